@@ -1,0 +1,1 @@
+//! Image decoding and preprocessing, in the open_clip and transformers conventions.

@@ -1,0 +1,1 @@
+//! CLIP byte-level BPE tokenizer, in the open_clip and transformers conventions.

@@ -1,0 +1,6 @@
+//! gclip: CLIP and Generalized Contrastive Learning in Rust.
+//!
+//! Data flows one way: [`input`] (tokens, pixels) → [`model`] (the two towers) → embeddings.
+
+pub mod input;
+pub mod model;

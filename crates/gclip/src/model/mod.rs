@@ -1,0 +1,1 @@
+//! The CLIP dual encoder: configs, weights, layers and the two towers.
