@@ -1,0 +1,118 @@
+//! Both towers and the logit scale: the CLIP dual encoder.
+
+use candle_core::{Device, Tensor};
+
+use super::config::ClipConfig;
+use super::text::TextTower;
+use super::vision::{l2_normalize, VisionTower};
+use super::weights::Weights;
+use super::ModelError;
+
+/// A loaded CLIP model.
+#[derive(Debug, Clone)]
+pub struct Clip {
+    pub config: ClipConfig,
+    pub vision: VisionTower,
+    pub text: TextTower,
+    /// The learnt temperature, stored as its logarithm (as in both reference libraries).
+    pub logit_scale: Tensor,
+}
+
+/// Rows of embedding vectors, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub dim: usize,
+    pub data: Vec<f32>,
+}
+
+impl Embeddings {
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.data.len().checked_div(self.dim).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`-th vector.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// Iterates over the vectors.
+    pub fn rows(&self) -> impl Iterator<Item = &[f32]> {
+        self.data.chunks_exact(self.dim.max(1))
+    }
+
+    pub(crate) fn from_tensor(t: &Tensor) -> Result<Self, ModelError> {
+        let (_, dim) = t.dims2()?;
+        let data = t
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(Self { dim, data })
+    }
+}
+
+impl Clip {
+    /// Builds the model from a checkpoint, strictly: every tensor must be present with its
+    /// shape. Tensors the checkpoint holds beyond those are returned (and logged as a warning).
+    pub fn load(config: &ClipConfig, weights: &Weights) -> Result<(Self, Vec<String>), ModelError> {
+        let model = Self {
+            vision: VisionTower::load(weights, &config.vision, config.embed_dim)?,
+            text: TextTower::load(weights, &config.text, config.embed_dim)?,
+            logit_scale: weights.get("logit_scale", &[])?,
+            config: config.clone(),
+        };
+        let unused = weights.unused();
+        if !unused.is_empty() {
+            tracing::warn!(
+                checkpoint = %weights.path().display(),
+                "{} unexpected tensors in the checkpoint were ignored: {}",
+                unused.len(),
+                unused.join(", ")
+            );
+        }
+        Ok((model, unused))
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.logit_scale.device()
+    }
+
+    /// `exp(logit_scale)`: the factor applied to cosine similarities before a softmax.
+    pub fn logit_scale_exp(&self) -> Result<f32, ModelError> {
+        Ok(self
+            .logit_scale
+            .to_dtype(candle_core::DType::F32)?
+            .exp()?
+            .to_scalar::<f32>()?)
+    }
+
+    /// Text embeddings of token-id rows (all of one length, at most the context length).
+    pub fn encode_text_ids(
+        &self,
+        ids: &[Vec<u32>],
+        normalize: bool,
+    ) -> Result<Embeddings, ModelError> {
+        let out = self.text.forward(ids).map_err(ModelError::input)?;
+        let out = if normalize { l2_normalize(&out)? } else { out };
+        Embeddings::from_tensor(&out)
+    }
+
+    /// Image embeddings of normalised pixels `[batch, 3, size, size]`.
+    pub fn encode_pixels(
+        &self,
+        pixels: &Tensor,
+        normalize: bool,
+    ) -> Result<Embeddings, ModelError> {
+        let pixels = pixels
+            .to_device(self.device())?
+            .to_dtype(self.logit_scale.dtype())?;
+        let out = self.vision.forward(&pixels).map_err(ModelError::input)?;
+        let out = if normalize { l2_normalize(&out)? } else { out };
+        Embeddings::from_tensor(&out)
+    }
+}

@@ -1,0 +1,632 @@
+//! Fused CPU kernels for the hot paths of a transformer block, exposed as candle custom ops.
+//!
+//! candle's generic element-wise ops run on one thread and make one pass (and one allocation)
+//! per op; a LayerNorm is six of them, a bias-add-then-GELU three. These kernels do each job in
+//! one parallel pass over contiguous rows, and are compiled twice: once for the baseline CPU and
+//! once with AVX-512 enabled, chosen at run time. Every op has a backward pass written with
+//! candle tensor ops, so training gets gradients through the same forward code.
+//!
+//! The ops only accept contiguous `f32` CPU tensors; [`super::layers`] checks that and falls back
+//! to composed candle ops everywhere else (other devices, other dtypes).
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
+};
+use rayon::prelude::*;
+
+/// Generates a run-time dispatcher `$name` that calls `$generic` compiled with AVX-512 when the
+/// CPU has it, and the baseline build otherwise. `$generic` must be `#[inline(always)]` so that it
+/// is compiled inside each variant.
+macro_rules! simd_dispatch {
+    ($vis:vis fn $name:ident($($arg:ident : $ty:ty),*) $(-> $ret:ty)? = $generic:ident) => {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+                unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                if has_avx512() {
+                    // SAFETY: `wide` only needs the AVX-512 features checked just above.
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            $generic($($arg),*)
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512dq")
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+    })
+}
+
+/// Number of independent partial sums in reductions: enough lanes for one AVX-512 register, and
+/// independent accumulators let the compiler vectorise without reassociating floats itself.
+const LANES: usize = 16;
+
+/// `exp(x)` for f32 without branches, so that loops calling it vectorise. Range reduction
+/// `x = n·ln2 + r` with |r| ≤ ln2/2, then a degree-7 Taylor polynomial: relative error about
+/// 1e-7 over the clamped range, which is what `f32::exp` gives for the values a softmax sees.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding then subtracting 1.5·2^23 rounds to the nearest integer in any rounding-free way.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+/// `erf(x)` (Abramowitz & Stegun 7.1.26, absolute error below 1.5e-7), branch-free.
+#[inline(always)]
+pub(crate) fn erf_f32(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A1: f32 = 0.254_829_6;
+    const A2: f32 = -0.284_496_74;
+    const A3: f32 = 1.421_413_8;
+    const A4: f32 = -1.453_152_1;
+    const A5: f32 = 1.061_405_4;
+    let ax = x.abs();
+    let t = 1.0 / (1.0 + P * ax);
+    let poly = t * (A1 + t * (A2 + t * (A3 + t * (A4 + t * A5))));
+    let y = 1.0 - poly * exp_f32(-ax * ax);
+    y.copysign(x)
+}
+
+/// The activation functions of CLIP's MLPs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `x · Φ(x)` with the exact (erf) normal CDF, as `torch.nn.GELU()`.
+    Gelu,
+    /// `x · σ(1.702 x)`, OpenAI's original approximation.
+    QuickGelu,
+}
+
+#[inline(always)]
+fn gelu_f32(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[inline(always)]
+fn quick_gelu_f32(x: f32) -> f32 {
+    x / (1.0 + exp_f32(-1.702 * x))
+}
+
+#[inline(always)]
+fn bias_act_row_generic(row: &mut [f32], bias: &[f32], act: Activation) {
+    match act {
+        Activation::Gelu => {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v = gelu_f32(*v + b);
+            }
+        }
+        Activation::QuickGelu => {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v = quick_gelu_f32(*v + b);
+            }
+        }
+    }
+}
+simd_dispatch!(fn bias_act_row(row: &mut [f32], bias: &[f32], act: Activation) = bias_act_row_generic);
+
+#[inline(always)]
+fn sum_lanes(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+#[inline(always)]
+fn sum_sq_dev_lanes(xs: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            let d = c[i] - mean;
+            acc[i] += d * d;
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()
+}
+
+#[inline(always)]
+fn layer_norm_row_generic(src: &[f32], dst: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let n = src.len() as f32;
+    let mean = sum_lanes(src) / n;
+    let var = sum_sq_dev_lanes(src, mean) / n;
+    let rstd = 1.0 / (var + eps).sqrt();
+    for (((d, s), w), b) in dst.iter_mut().zip(src).zip(w).zip(b) {
+        *d = (s - mean) * rstd * w + b;
+    }
+}
+simd_dispatch!(fn layer_norm_row(src: &[f32], dst: &mut [f32], w: &[f32], b: &[f32], eps: f32) = layer_norm_row_generic);
+
+/// Softmax of `row[..valid]` in place; entries from `valid` on are set to 0 (causal masking).
+#[inline(always)]
+fn softmax_prefix_generic(row: &mut [f32], valid: usize) {
+    let (live, masked) = row.split_at_mut(valid);
+    let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for v in live.iter_mut() {
+        *v = exp_f32(*v - max);
+    }
+    let inv = 1.0 / sum_lanes(live);
+    for v in live.iter_mut() {
+        *v *= inv;
+    }
+    masked.fill(0.0);
+}
+simd_dispatch!(fn softmax_prefix(row: &mut [f32], valid: usize) = softmax_prefix_generic);
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what}: fused kernel needs a contiguous tensor"),
+    }
+}
+
+/// The rayon thread count that candle's own matmul uses, so `--threads` caps both.
+fn matmul_parallelism() -> gemm::Parallelism {
+    let n = candle_core::utils::get_num_threads();
+    if n > 1 {
+        gemm::Parallelism::Rayon(n)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// Whether a tensor can go through the fused CPU kernels.
+pub(crate) fn fusable(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear: y = x·Wᵀ + b in one gemm call (the bias pre-fills the destination).
+
+/// `x·Wᵀ + b` with `x: [.., in]`, `W: [out, in]`, `b: [out]`.
+pub(crate) struct LinearOp;
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "gclip-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, "linear input")?;
+        let w = contiguous_f32(ws, wl, "linear weight")?;
+        let b = contiguous_f32(bs, bl, "linear bias")?;
+        let (out_dim, in_dim) = wl.shape().dims2()?;
+        let dims = xl.shape().dims();
+        if dims.last() != Some(&in_dim) || b.len() != out_dim {
+            candle_core::bail!(
+                "linear: input {:?}, weight {:?}, bias {:?} do not fit",
+                xl.shape(),
+                wl.shape(),
+                bl.shape()
+            );
+        }
+        let rows = x.len() / in_dim;
+        let mut dst = vec![0f32; rows * out_dim];
+        for row in dst.chunks_exact_mut(out_dim) {
+            row.copy_from_slice(b);
+        }
+        if rows > 0 {
+            // SAFETY: dst is rows×out_dim row-major, x rows×in_dim row-major, w out_dim×in_dim
+            // row-major read as its transpose (in_dim×out_dim with column stride in_dim); all
+            // pointers are valid for those extents and dst does not alias the inputs.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    out_dim,
+                    in_dim,
+                    dst.as_mut_ptr(),
+                    1,
+                    out_dim as isize,
+                    true,
+                    x.as_ptr(),
+                    1,
+                    in_dim as isize,
+                    w.as_ptr(),
+                    in_dim as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    matmul_parallelism(),
+                );
+            }
+        }
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("checked non-empty above") = out_dim;
+        Ok((CpuStorage::F32(dst), Shape::from(shape)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (out_dim, in_dim) = w.dims2()?;
+        let g2 = grad.reshape(((), out_dim))?;
+        let x2 = x.reshape(((), in_dim))?;
+        let grad_x = g2.matmul(w)?.reshape(x.shape())?;
+        let grad_w = g2.t()?.matmul(&x2)?;
+        let grad_b = g2.sum(0)?;
+        Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm over the last dimension.
+
+pub(crate) struct LayerNormOp {
+    pub eps: f32,
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "gclip-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, "layer norm input")?;
+        let w = contiguous_f32(ws, wl, "layer norm weight")?;
+        let b = contiguous_f32(bs, bl, "layer norm bias")?;
+        let width = xl.shape().dims().last().copied().unwrap_or(0);
+        if width == 0 || w.len() != width || b.len() != width {
+            candle_core::bail!(
+                "layer norm: input {:?}, weight {:?}, bias {:?} do not fit",
+                xl.shape(),
+                wl.shape(),
+                bl.shape()
+            );
+        }
+        let mut dst = vec![0f32; x.len()];
+        let eps = self.eps;
+        dst.par_chunks_mut(width)
+            .zip(x.par_chunks(width))
+            .with_min_len(16)
+            .for_each(|(d, s)| layer_norm_row(s, d, w, b, eps));
+        Ok((CpuStorage::F32(dst), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let width = w.dim(0)?;
+        let x2 = x.reshape(((), width))?;
+        let g2 = grad.reshape(((), width))?;
+        let mean = x2.mean_keepdim(1)?;
+        let centered = x2.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(1)?;
+        let rstd = (var + self.eps as f64)?.sqrt()?.recip()?;
+        let x_hat = centered.broadcast_mul(&rstd)?;
+        let grad_w = (&g2 * &x_hat)?.sum(0)?;
+        let grad_b = g2.sum(0)?;
+        let g_hat = g2.broadcast_mul(w)?;
+        let mean_g = g_hat.mean_keepdim(1)?;
+        let mean_gx = (&g_hat * &x_hat)?.mean_keepdim(1)?;
+        let grad_x = g_hat
+            .broadcast_sub(&mean_g)?
+            .sub(&x_hat.broadcast_mul(&mean_gx)?)?
+            .broadcast_mul(&rstd)?
+            .reshape(x.shape())?;
+        Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bias add + activation, fused.
+
+pub(crate) struct BiasActivationOp {
+    pub act: Activation,
+}
+
+impl CustomOp2 for BiasActivationOp {
+    fn name(&self) -> &'static str {
+        "gclip-bias-activation"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, "activation input")?;
+        let b = contiguous_f32(bs, bl, "activation bias")?;
+        let width = b.len();
+        if width == 0 || xl.shape().dims().last() != Some(&width) {
+            candle_core::bail!(
+                "activation: input {:?}, bias {:?} do not fit",
+                xl.shape(),
+                bl.shape()
+            );
+        }
+        let mut dst = x.to_vec();
+        let act = self.act;
+        dst.par_chunks_mut(width)
+            .with_min_len(8)
+            .for_each(|row| bias_act_row(row, b, act));
+        Ok((CpuStorage::F32(dst), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let z = x.broadcast_add(b)?;
+        let dz = match self.act {
+            Activation::Gelu => {
+                // d/dz [z·Φ(z)] = Φ(z) + z·φ(z)
+                let cdf = ((z.affine(std::f64::consts::FRAC_1_SQRT_2, 0.)?.erf()? + 1.0)? * 0.5)?;
+                let pdf = (z.sqr()?.affine(-0.5, 0.)?.exp()?
+                    * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2))?;
+                (cdf + (&z * pdf)?)?
+            }
+            Activation::QuickGelu => {
+                // d/dz [z·σ(az)] = σ(az) + a·z·σ(az)(1−σ(az))
+                let s = candle_nn::ops::sigmoid(&z.affine(1.702, 0.)?)?;
+                let one_minus = s.affine(-1.0, 1.0)?;
+                (&s + (z.affine(1.702, 0.)? * (&s * one_minus)?)?)?
+            }
+        };
+        let grad_z = (grad * dz)?;
+        let width = b.dim(0)?;
+        let grad_b = grad_z.reshape(((), width))?.sum(0)?;
+        Ok((Some(grad_z), Some(grad_b)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multi-head attention on a fused q/k/v projection.
+
+/// Scaled dot-product attention over `qkv: [batch, tokens, 3·width]` (q, k, v side by side,
+/// heads contiguous inside each) giving `[batch, tokens, width]`. Each (sequence, head) pair
+/// is one task: two single-threaded gemm calls read q, k and v in place through strides, so
+/// nothing is permuted or copied, and the causal mask is applied by never reading the future.
+pub(crate) struct AttentionOp {
+    pub heads: usize,
+    pub causal: bool,
+}
+
+impl AttentionOp {
+    fn check(&self, shape: &Shape) -> Result<(usize, usize, usize, usize)> {
+        let (batch, tokens, three_width) = shape.dims3()?;
+        if three_width % 3 != 0 || (three_width / 3) % self.heads != 0 {
+            candle_core::bail!(
+                "attention: qkv width {three_width} is not 3 × heads ({}) × head width",
+                self.heads
+            );
+        }
+        let width = three_width / 3;
+        Ok((batch, tokens, width, width / self.heads))
+    }
+
+    /// The same computation with candle ops: reference for tests and the backward pass.
+    pub(crate) fn composed(&self, qkv: &Tensor) -> Result<Tensor> {
+        let (batch, tokens, width, head_dim) = self.check(qkv.shape())?;
+        let split = |i: usize| -> Result<Tensor> {
+            qkv.narrow(D::Minus1, i * width, width)?
+                .reshape((batch, tokens, self.heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if self.causal {
+            let mask = causal_mask(tokens, qkv.device())?.to_dtype(qkv.dtype())?;
+            scores = scores.broadcast_add(&mask)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((batch, tokens, width))
+    }
+}
+
+/// `[tokens, tokens]` additive mask: 0 on and below the diagonal, −∞ above.
+pub(crate) fn causal_mask(tokens: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..tokens)
+        .flat_map(|i| (0..tokens).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (tokens, tokens), device)
+}
+
+/// A raw pointer that may cross threads; each task writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: used only for disjoint writes from rayon tasks, see `AttentionOp::cpu_fwd`.
+unsafe impl Send for SharedMut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMut {}
+
+impl CustomOp1 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "gclip-attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = contiguous_f32(storage, layout, "attention input")?;
+        let (batch, tokens, width, head_dim) = self.check(layout.shape())?;
+        let heads = self.heads;
+        let row = 3 * width;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let mut out = vec![0f32; batch * tokens * width];
+        let out_ptr = SharedMut(out.as_mut_ptr());
+        let causal = self.causal;
+        (0..batch * heads).into_par_iter().for_each_init(
+            || vec![0f32; tokens * tokens],
+            |scores, task| {
+                let (b, h) = (task / heads, task % heads);
+                let seq = &qkv[b * tokens * row..(b + 1) * tokens * row];
+                let q = seq[h * head_dim..].as_ptr();
+                let k = seq[width + h * head_dim..].as_ptr();
+                let v = seq[2 * width + h * head_dim..].as_ptr();
+                // SAFETY: q and k address tokens×head_dim blocks with row stride `row` inside
+                // `seq`; scores is tokens×tokens. The result block written through `dst` (rows
+                // of sequence b, columns of head h) is touched by this task only.
+                unsafe {
+                    gemm::gemm(
+                        tokens,
+                        tokens,
+                        head_dim,
+                        scores.as_mut_ptr(),
+                        1,
+                        tokens as isize,
+                        false,
+                        q,
+                        1,
+                        row as isize,
+                        k,
+                        row as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                for (i, r) in scores.chunks_exact_mut(tokens).enumerate() {
+                    softmax_prefix(r, if causal { i + 1 } else { tokens });
+                }
+                let dst = out_ptr;
+                // SAFETY: see above; dst + offset addresses tokens×head_dim elements with row
+                // stride `width`, inside `out`, disjoint from every other task's block.
+                unsafe {
+                    gemm::gemm(
+                        tokens,
+                        head_dim,
+                        tokens,
+                        dst.0.add(b * tokens * width + h * head_dim),
+                        1,
+                        width as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        tokens as isize,
+                        v,
+                        1,
+                        row as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((batch, tokens, width))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // Recompute the forward with differentiable ops and back-propagate through it.
+        let var = candle_core::Var::from_tensor(&qkv.detach())?;
+        let out = self.composed(var.as_tensor())?;
+        let loss = (out * grad.detach())?.sum_all()?;
+        let grads = loss.backward()?;
+        Ok(grads.get(var.as_tensor()).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_std_over_softmax_range() {
+        let mut worst = 0f32;
+        let mut x = -80.0f32;
+        while x < 80.0 {
+            let rel = ((exp_f32(x) - x.exp()) / x.exp()).abs();
+            worst = worst.max(rel);
+            x += 0.013;
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn erf_matches_reference_values() {
+        // erf values from the definition, computed in f64 by series for |x| ≤ 3.
+        fn erf64(x: f64) -> f64 {
+            let mut sum = 0.0;
+            let mut term = x;
+            let mut n = 0.0;
+            while term.abs() > 1e-17 || n < 5.0 {
+                sum += term / (2.0 * n + 1.0);
+                n += 1.0;
+                term *= -x * x / n;
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        }
+        let mut x = -3.0f64;
+        while x <= 3.0 {
+            let d = (erf_f32(x as f32) as f64 - erf64(x)).abs();
+            assert!(d < 3e-7, "erf({x}) off by {d}");
+            x += 0.01;
+        }
+    }
+}

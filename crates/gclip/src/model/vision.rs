@@ -1,0 +1,94 @@
+//! The image tower: a Vision Transformer (ViT) as in CLIP.
+
+use candle_core::{Result, Tensor, D};
+
+use super::config::VisionConfig;
+use super::layers::{LayerNorm, StackShape, Transformer};
+use super::weights::Weights;
+use super::ModelError;
+
+/// Patch embedding, class token, position embeddings, pre-LayerNorm, residual blocks,
+/// post-LayerNorm on the class token and the projection into the shared space.
+#[derive(Debug, Clone)]
+pub struct VisionTower {
+    pub config: VisionConfig,
+    /// `[width, 3·patch·patch]`: the patch convolution (no bias) as a matrix.
+    pub patch_embed: Tensor,
+    pub class_embedding: Tensor,
+    pub position_embedding: Tensor,
+    pub ln_pre: LayerNorm,
+    pub transformer: Transformer,
+    pub ln_post: LayerNorm,
+    /// `[embed, width]`
+    pub projection: Tensor,
+}
+
+impl VisionTower {
+    pub(crate) fn load(
+        w: &Weights,
+        c: &VisionConfig,
+        embed_dim: usize,
+    ) -> std::result::Result<Self, ModelError> {
+        let p = c.patch_size;
+        let patch = w.get("vision.patch_embed.weight", &[c.width, 3, p, p])?;
+        Ok(Self {
+            patch_embed: patch.reshape((c.width, 3 * p * p))?,
+            class_embedding: w.get("vision.class_embedding", &[c.width])?,
+            position_embedding: w.get("vision.position_embedding", &[c.tokens(), c.width])?,
+            ln_pre: LayerNorm::load(w, "vision.ln_pre", c.width, c.layer_norm_eps)?,
+            transformer: Transformer::load(
+                w,
+                "vision",
+                &StackShape {
+                    width: c.width,
+                    layers: c.layers,
+                    heads: c.heads,
+                    mlp_dim: c.mlp_dim,
+                    activation: c.activation,
+                    layer_norm_eps: c.layer_norm_eps,
+                },
+            )?,
+            ln_post: LayerNorm::load(w, "vision.ln_post", c.width, c.layer_norm_eps)?,
+            projection: w.get("vision.projection", &[embed_dim, c.width])?,
+            config: c.clone(),
+        })
+    }
+
+    /// `[batch, 3, size, size]` normalised pixels → `[batch, embed]` (not normalised).
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let (batch, channels, h, w) = pixels.dims4()?;
+        if channels != 3 || h != c.image_size || w != c.image_size {
+            candle_core::bail!(
+                "the image tower expects [batch, 3, {s}, {s}] pixels, got {:?}",
+                pixels.dims(),
+                s = c.image_size
+            );
+        }
+        let (g, p) = (c.grid(), c.patch_size);
+        // A stride-p convolution with a p×p kernel is a matmul over flattened patches, in the
+        // conv weight's (channel, row, column) order.
+        let patches = pixels
+            .reshape((batch, 3, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((batch, g * g, 3 * p * p))?;
+        let tokens = patches.broadcast_matmul(&self.patch_embed.t()?)?;
+        let class = self
+            .class_embedding
+            .reshape((1, 1, c.width))?
+            .broadcast_as((batch, 1, c.width))?;
+        let x = Tensor::cat(&[&class, &tokens], 1)?.broadcast_add(&self.position_embedding)?;
+        let x = self.ln_pre.forward(&x)?;
+        let x = self.transformer.forward(&x, false)?;
+        // LayerNorm acts per token, so normalising only the class token equals normalising all.
+        let pooled = self.ln_post.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
+        pooled.matmul(&self.projection.t()?)
+    }
+}
+
+/// L2-normalises the last dimension.
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+    x.broadcast_div(&norm)
+}

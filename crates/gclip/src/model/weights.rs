@@ -1,0 +1,435 @@
+//! Checkpoint reading: safetensors (memory-mapped) and PyTorch zip files, in the Hugging Face
+//! and open_clip naming schemes, mapped once at load time onto gclip's own tensor names.
+//!
+//! The towers ask for tensors by gclip's names (`vision.layers.3.attn.qkv.weight`); this module
+//! finds them under the checkpoint's names, fuses or transposes them into gclip's layout, checks
+//! the shape and remembers what was used. Loading is strict: a missing or mis-shaped tensor is an
+//! error naming it, and whatever the checkpoint holds that no module asked for is reported.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use super::ModelError;
+
+/// The two naming schemes of CLIP checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamingScheme {
+    /// transformers' `CLIPModel` (`vision_model.encoder.layers.N.self_attn.q_proj.weight`, …).
+    HuggingFace,
+    /// open_clip's `CLIP` (`visual.transformer.resblocks.N.attn.in_proj_weight`, …).
+    OpenClip,
+}
+
+enum Store {
+    SafeTensors(candle_core::safetensors::MmapedSafetensors),
+    Pth(candle_core::pickle::PthTensors),
+    Memory(HashMap<String, Tensor>),
+}
+
+/// The tensors of one checkpoint, read lazily under gclip's names.
+pub struct Weights {
+    store: Store,
+    /// Name without any `module.` prefix → name in the file.
+    names: HashMap<String, String>,
+    scheme: NamingScheme,
+    path: PathBuf,
+    device: Device,
+    dtype: DType,
+    used: RefCell<BTreeSet<String>>,
+}
+
+/// Where one gclip tensor comes from in a checkpoint.
+enum SourceSpec {
+    /// A tensor stored as it is, or transposed (open_clip's projections are `[width, embed]`).
+    Single { name: String, transpose: bool },
+    /// Several tensors concatenated along the first dimension (transformers' q, k, v).
+    Concat(Vec<String>),
+}
+
+/// Buffers that checkpoints carry and CLIP never needs: not reported as unexpected.
+fn is_known_buffer(name: &str) -> bool {
+    name.ends_with("position_ids") || name == "attn_mask" || name.ends_with(".attn_mask")
+}
+
+impl Weights {
+    /// Opens a checkpoint file: `.safetensors`, or a PyTorch zip (`.bin`, `.pt`, `.pth`), raw or
+    /// wrapped in `{"state_dict": …}`, with or without a `module.` prefix. Several safetensors
+    /// shards may be given for one model.
+    pub fn open(paths: &[PathBuf], device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        let first = paths.first().ok_or_else(|| ModelError::Checkpoint {
+            path: PathBuf::new(),
+            message: "no checkpoint file given".into(),
+        })?;
+        for p in paths {
+            if !p.is_file() {
+                return Err(ModelError::Io {
+                    path: p.clone(),
+                    message: "checkpoint file not found".into(),
+                });
+            }
+        }
+        let is_safetensors = first.extension().is_some_and(|e| e == "safetensors");
+        let (store, file_names): (Store, Vec<String>) = if is_safetensors {
+            // SAFETY: the files are mapped read-only; like every memory-mapped reader we rely on
+            // them not being truncated by another process while the model loads (tensor data is
+            // copied out of the mapping at load time, so only loading is exposed).
+            let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(paths) }.map_err(
+                |e| ModelError::Checkpoint {
+                    path: first.clone(),
+                    message: format!("not a readable safetensors file: {e}"),
+                },
+            )?;
+            let names = st.tensors().into_iter().map(|(n, _)| n).collect();
+            (Store::SafeTensors(st), names)
+        } else {
+            if paths.len() > 1 {
+                return Err(ModelError::Checkpoint {
+                    path: first.clone(),
+                    message: "sharded checkpoints are only supported as safetensors".into(),
+                });
+            }
+            let pth = open_pth(first)?;
+            let names = pth.tensor_infos().keys().cloned().collect();
+            (Store::Pth(pth), names)
+        };
+        Self::from_store(store, file_names, first.clone(), device, dtype)
+    }
+
+    /// Wraps tensors already in memory (tests, conversions), named as in a checkpoint.
+    pub fn from_tensors(
+        tensors: HashMap<String, Tensor>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        let names = tensors.keys().cloned().collect();
+        Self::from_store(
+            Store::Memory(tensors),
+            names,
+            PathBuf::from("<memory>"),
+            device,
+            dtype,
+        )
+    }
+
+    fn from_store(
+        store: Store,
+        file_names: Vec<String>,
+        path: PathBuf,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        let names: HashMap<String, String> = file_names
+            .into_iter()
+            .map(|n| {
+                let bare = n.strip_prefix("module.").unwrap_or(&n).to_string();
+                (bare, n)
+            })
+            .collect();
+        if names.is_empty() {
+            return Err(ModelError::Checkpoint {
+                path,
+                message: "the file holds no tensors".into(),
+            });
+        }
+        let scheme = detect_scheme(&names).ok_or_else(|| ModelError::Checkpoint {
+            path: path.clone(),
+            message: format!(
+                "neither Hugging Face nor open_clip tensor names (first names: {})",
+                names.keys().take(5).cloned().collect::<Vec<_>>().join(", ")
+            ),
+        })?;
+        Ok(Self {
+            store,
+            names,
+            scheme,
+            path,
+            device: device.clone(),
+            dtype,
+            used: RefCell::new(BTreeSet::new()),
+        })
+    }
+
+    /// The naming scheme found in the checkpoint.
+    pub fn scheme(&self) -> NamingScheme {
+        self.scheme
+    }
+
+    /// The checkpoint file (the first shard).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The tensor gclip calls `name`, with the given shape, in the load dtype and device.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+        let tensor = match self.source_of(name) {
+            SourceSpec::Single {
+                name: src,
+                transpose,
+            } => {
+                let t = self.read(&src, name)?;
+                if transpose {
+                    t.t()
+                        .and_then(|t| t.contiguous())
+                        .map_err(ModelError::from)?
+                } else {
+                    t
+                }
+            }
+            SourceSpec::Concat(parts) => {
+                let ts = parts
+                    .iter()
+                    .map(|p| self.read(p, name))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Tensor::cat(&ts, 0)?
+            }
+        };
+        if tensor.dims() != shape {
+            return Err(ModelError::TensorShape {
+                name: self.describe_source(name),
+                path: self.path.clone(),
+                expected: shape.to_vec(),
+                found: tensor.dims().to_vec(),
+            });
+        }
+        Ok(tensor.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+
+    /// Checkpoint tensors that no module asked for (buffers CLIP never needs excluded).
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.used.borrow();
+        let mut unused: Vec<String> = self
+            .names
+            .keys()
+            .filter(|n| !used.contains(*n) && !is_known_buffer(n))
+            .cloned()
+            .collect();
+        unused.sort();
+        unused
+    }
+
+    fn read(&self, source_name: &str, wanted_as: &str) -> Result<Tensor, ModelError> {
+        let file_name = self
+            .names
+            .get(source_name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: source_name.to_string(),
+                path: self.path.clone(),
+                needed_for: wanted_as.to_string(),
+            })?;
+        self.used.borrow_mut().insert(source_name.to_string());
+        let bad = |e: candle_core::Error| ModelError::Checkpoint {
+            path: self.path.clone(),
+            message: format!("cannot read tensor `{file_name}`: {e}"),
+        };
+        let t = match &self.store {
+            Store::SafeTensors(st) => st.load(file_name, &Device::Cpu).map_err(bad)?,
+            Store::Pth(pth) => {
+                pth.get(file_name)
+                    .map_err(bad)?
+                    .ok_or_else(|| ModelError::MissingTensor {
+                        name: source_name.to_string(),
+                        path: self.path.clone(),
+                        needed_for: wanted_as.to_string(),
+                    })?
+            }
+            Store::Memory(map) => map[file_name].clone(),
+        };
+        Ok(t)
+    }
+
+    fn describe_source(&self, name: &str) -> String {
+        match self.source_of(name) {
+            SourceSpec::Single { name, .. } => name,
+            SourceSpec::Concat(parts) => parts.join(" + "),
+        }
+    }
+
+    fn source_of(&self, name: &str) -> SourceSpec {
+        match self.scheme {
+            NamingScheme::HuggingFace => hf_source(name),
+            NamingScheme::OpenClip => open_clip_source(name),
+        }
+    }
+}
+
+fn open_pth(path: &Path) -> Result<candle_core::pickle::PthTensors, ModelError> {
+    let unreadable = |e: candle_core::Error| ModelError::Checkpoint {
+        path: path.to_path_buf(),
+        message: format!("not a readable PyTorch checkpoint: {e}"),
+    };
+    // Training checkpoints wrap the weights as {"state_dict": …, "epoch": …}; plain state
+    // dicts have no such key, and reading them with it fails, so fall back to the whole file.
+    match candle_core::pickle::PthTensors::new(path, Some("state_dict")) {
+        Ok(p) if !p.tensor_infos().is_empty() => Ok(p),
+        Ok(_) | Err(_) => {
+            let p = candle_core::pickle::PthTensors::new(path, None).map_err(unreadable)?;
+            Ok(p)
+        }
+    }
+}
+
+fn detect_scheme(names: &HashMap<String, String>) -> Option<NamingScheme> {
+    let has = |prefix: &str| names.keys().any(|n| n.starts_with(prefix));
+    if has("vision_model.") || has("text_model.") {
+        Some(NamingScheme::HuggingFace)
+    } else if has("visual.") || has("transformer.resblocks.") || has("token_embedding.") {
+        Some(NamingScheme::OpenClip)
+    } else {
+        None
+    }
+}
+
+/// Splits `vision.layers.3.attn.qkv.weight` into `("vision", Some(3), "attn.qkv.weight")`,
+/// and `vision.ln_pre.weight` into `("vision", None, "ln_pre.weight")`.
+fn split_name(name: &str) -> (&str, Option<&str>, &str) {
+    let (tower, rest) = name.split_once('.').unwrap_or(("", name));
+    if let Some(layer_rest) = rest.strip_prefix("layers.") {
+        if let Some((idx, sub)) = layer_rest.split_once('.') {
+            return (tower, Some(idx), sub);
+        }
+    }
+    (tower, None, rest)
+}
+
+fn single(name: String) -> SourceSpec {
+    SourceSpec::Single {
+        name,
+        transpose: false,
+    }
+}
+
+fn hf_source(name: &str) -> SourceSpec {
+    if name == "logit_scale" {
+        return single(name.into());
+    }
+    let (tower, layer, sub) = split_name(name);
+    let model = if tower == "vision" {
+        "vision_model"
+    } else {
+        "text_model"
+    };
+    if let Some(i) = layer {
+        let base = format!("{model}.encoder.layers.{i}");
+        let (module, param) = sub.rsplit_once('.').unwrap_or((sub, ""));
+        return match module {
+            "attn.qkv" => SourceSpec::Concat(
+                ["q_proj", "k_proj", "v_proj"]
+                    .iter()
+                    .map(|p| format!("{base}.self_attn.{p}.{param}"))
+                    .collect(),
+            ),
+            "attn.out" => single(format!("{base}.self_attn.out_proj.{param}")),
+            "ln_1" => single(format!("{base}.layer_norm1.{param}")),
+            "ln_2" => single(format!("{base}.layer_norm2.{param}")),
+            "mlp.fc1" => single(format!("{base}.mlp.fc1.{param}")),
+            "mlp.fc2" => single(format!("{base}.mlp.fc2.{param}")),
+            _ => single(format!("{base}.{sub}")),
+        };
+    }
+    let mapped = match (tower, sub) {
+        ("vision", "patch_embed.weight") => "vision_model.embeddings.patch_embedding.weight".into(),
+        ("vision", "class_embedding") => "vision_model.embeddings.class_embedding".into(),
+        ("vision", "position_embedding") => {
+            "vision_model.embeddings.position_embedding.weight".into()
+        }
+        ("vision", "projection") => "visual_projection.weight".into(),
+        ("text", "token_embedding") => "text_model.embeddings.token_embedding.weight".into(),
+        ("text", "position_embedding") => "text_model.embeddings.position_embedding.weight".into(),
+        ("text", "projection") => "text_projection.weight".into(),
+        (_, s) => {
+            let (module, param) = s.rsplit_once('.').unwrap_or((s, ""));
+            let module = match module {
+                "ln_pre" => "pre_layrnorm",
+                "ln_post" => "post_layernorm",
+                "ln_final" => "final_layer_norm",
+                m => m,
+            };
+            format!("{model}.{module}.{param}")
+        }
+    };
+    single(mapped)
+}
+
+fn open_clip_source(name: &str) -> SourceSpec {
+    if name == "logit_scale" {
+        return single(name.into());
+    }
+    let (tower, layer, sub) = split_name(name);
+    let prefix = if tower == "vision" { "visual." } else { "" };
+    if let Some(i) = layer {
+        let base = format!("{prefix}transformer.resblocks.{i}");
+        let (module, param) = sub.rsplit_once('.').unwrap_or((sub, ""));
+        return single(match module {
+            "attn.qkv" => format!("{base}.attn.in_proj_{param}"),
+            "attn.out" => format!("{base}.attn.out_proj.{param}"),
+            "mlp.fc1" => format!("{base}.mlp.c_fc.{param}"),
+            "mlp.fc2" => format!("{base}.mlp.c_proj.{param}"),
+            m => format!("{base}.{m}.{param}"),
+        });
+    }
+    match (tower, sub) {
+        ("vision", "patch_embed.weight") => single("visual.conv1.weight".into()),
+        ("vision", "class_embedding") => single("visual.class_embedding".into()),
+        ("vision", "position_embedding") => single("visual.positional_embedding".into()),
+        ("vision", "projection") => SourceSpec::Single {
+            name: "visual.proj".into(),
+            transpose: true,
+        },
+        ("text", "token_embedding") => single("token_embedding.weight".into()),
+        ("text", "position_embedding") => single("positional_embedding".into()),
+        ("text", "projection") => SourceSpec::Single {
+            name: "text_projection".into(),
+            transpose: true,
+        },
+        (_, s) => single(format!("{prefix}{s}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name_of(spec: SourceSpec) -> String {
+        match spec {
+            SourceSpec::Single { name, .. } => name,
+            SourceSpec::Concat(parts) => parts.join("+"),
+        }
+    }
+
+    #[test]
+    fn maps_names_of_both_schemes() {
+        let cases = [
+            ("vision.layers.3.attn.qkv.weight", "vision_model.encoder.layers.3.self_attn.q_proj.weight+vision_model.encoder.layers.3.self_attn.k_proj.weight+vision_model.encoder.layers.3.self_attn.v_proj.weight", "visual.transformer.resblocks.3.attn.in_proj_weight"),
+            ("text.layers.0.mlp.fc2.bias", "text_model.encoder.layers.0.mlp.fc2.bias", "transformer.resblocks.0.mlp.c_proj.bias"),
+            ("text.layers.11.ln_2.weight", "text_model.encoder.layers.11.layer_norm2.weight", "transformer.resblocks.11.ln_2.weight"),
+            ("vision.ln_pre.bias", "vision_model.pre_layrnorm.bias", "visual.ln_pre.bias"),
+            ("vision.ln_post.weight", "vision_model.post_layernorm.weight", "visual.ln_post.weight"),
+            ("text.ln_final.weight", "text_model.final_layer_norm.weight", "ln_final.weight"),
+            ("vision.projection", "visual_projection.weight", "visual.proj"),
+            ("text.projection", "text_projection.weight", "text_projection"),
+            ("vision.patch_embed.weight", "vision_model.embeddings.patch_embedding.weight", "visual.conv1.weight"),
+            ("text.position_embedding", "text_model.embeddings.position_embedding.weight", "positional_embedding"),
+        ];
+        for (ours, hf, oc) in cases {
+            assert_eq!(name_of(hf_source(ours)), hf, "{ours}");
+            assert_eq!(name_of(open_clip_source(ours)), oc, "{ours}");
+        }
+        assert!(matches!(
+            open_clip_source("text.projection"),
+            SourceSpec::Single {
+                transpose: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            hf_source("text.projection"),
+            SourceSpec::Single {
+                transpose: false,
+                ..
+            }
+        ));
+    }
+}
