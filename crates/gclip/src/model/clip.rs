@@ -62,7 +62,7 @@ impl Clip {
         let model = Self {
             vision: VisionTower::load(weights, &config.vision, config.embed_dim)?,
             text: TextTower::load(weights, &config.text, config.embed_dim)?,
-            logit_scale: weights.get("logit_scale", &[])?,
+            logit_scale: weights.get_scalar("logit_scale")?,
             config: config.clone(),
         };
         let unused = weights.unused();

@@ -197,6 +197,16 @@ impl Weights {
         Ok(tensor.to_dtype(self.dtype)?.to_device(&self.device)?)
     }
 
+    /// A scalar parameter, stored as `[]` or `[1]` depending on the exporter.
+    pub fn get_scalar(&self, name: &str) -> Result<Tensor, ModelError> {
+        match self.get(name, &[]) {
+            Err(ModelError::TensorShape { found, .. }) if found == [1] => {
+                Ok(self.get(name, &[1])?.reshape(())?)
+            }
+            other => other,
+        }
+    }
+
     /// Checkpoint tensors that no module asked for (buffers CLIP never needs excluded).
     pub fn unused(&self) -> Vec<String> {
         let used = self.used.borrow();
