@@ -1,1 +1,52 @@
-fn main() {}
+//! The `gclip` command: argument parsing and printing; the work is done by the `gclip` library.
+
+mod bench;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "gclip",
+    version,
+    about = "CLIP and GCL in one binary: embed, classify, train and search without Python",
+    after_help = "Example:\n  gclip embed text --model ./clip-vit-base-patch32 --input captions.txt --output captions.npy"
+)]
+struct Cli {
+    /// Cap the number of CPU threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure image and text throughput of an architecture on random weights.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GCLIP_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(n) = cli.threads {
+        // Read by rayon's global pool and by candle's matmul; set before either starts.
+        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    }
+    let result: Result<()> = match cli.command {
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

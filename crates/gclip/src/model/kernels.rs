@@ -113,21 +113,21 @@ fn quick_gelu_f32(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn bias_act_row_generic(row: &mut [f32], bias: &[f32], act: Activation) {
+fn bias_act_row_generic(src: &[f32], dst: &mut [f32], bias: &[f32], act: Activation) {
     match act {
         Activation::Gelu => {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v = gelu_f32(*v + b);
+            for ((d, s), b) in dst.iter_mut().zip(src).zip(bias) {
+                *d = gelu_f32(s + b);
             }
         }
         Activation::QuickGelu => {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v = quick_gelu_f32(*v + b);
+            for ((d, s), b) in dst.iter_mut().zip(src).zip(bias) {
+                *d = quick_gelu_f32(s + b);
             }
         }
     }
 }
-simd_dispatch!(fn bias_act_row(row: &mut [f32], bias: &[f32], act: Activation) = bias_act_row_generic);
+simd_dispatch!(fn bias_act_row(src: &[f32], dst: &mut [f32], bias: &[f32], act: Activation) = bias_act_row_generic);
 
 #[inline(always)]
 fn sum_lanes(xs: &[f32]) -> f32 {
@@ -210,7 +210,11 @@ pub(crate) fn fusable(t: &Tensor) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Linear: y = x·Wᵀ + b in one gemm call (the bias pre-fills the destination).
 
-/// `x·Wᵀ + b` with `x: [.., in]`, `W: [out, in]`, `b: [out]`.
+/// `x·W + b` with `x: [.., in]`, `W: [in, out]` (PyTorch's weight transposed) and `b: [out]`.
+///
+/// The weight is kept `[in, out]` because gemm then streams it in place: with PyTorch's
+/// `[out, in]` layout it repacks the whole weight matrix on every call, which costs more than
+/// the multiplication itself for short inputs (one image, one caption).
 pub(crate) struct LinearOp;
 
 impl CustomOp3 for LinearOp {
@@ -230,7 +234,7 @@ impl CustomOp3 for LinearOp {
         let x = contiguous_f32(xs, xl, "linear input")?;
         let w = contiguous_f32(ws, wl, "linear weight")?;
         let b = contiguous_f32(bs, bl, "linear bias")?;
-        let (out_dim, in_dim) = wl.shape().dims2()?;
+        let (in_dim, out_dim) = wl.shape().dims2()?;
         let dims = xl.shape().dims();
         if dims.last() != Some(&in_dim) || b.len() != out_dim {
             candle_core::bail!(
@@ -246,9 +250,8 @@ impl CustomOp3 for LinearOp {
             row.copy_from_slice(b);
         }
         if rows > 0 {
-            // SAFETY: dst is rows×out_dim row-major, x rows×in_dim row-major, w out_dim×in_dim
-            // row-major read as its transpose (in_dim×out_dim with column stride in_dim); all
-            // pointers are valid for those extents and dst does not alias the inputs.
+            // SAFETY: dst is rows×out_dim row-major, x rows×in_dim row-major and w in_dim×out_dim
+            // row-major; all pointers are valid for those extents and dst aliases neither input.
             unsafe {
                 gemm::gemm(
                     rows,
@@ -262,8 +265,8 @@ impl CustomOp3 for LinearOp {
                     1,
                     in_dim as isize,
                     w.as_ptr(),
-                    in_dim as isize,
                     1,
+                    out_dim as isize,
                     1.0,
                     1.0,
                     false,
@@ -274,7 +277,9 @@ impl CustomOp3 for LinearOp {
             }
         }
         let mut shape = dims.to_vec();
-        *shape.last_mut().expect("checked non-empty above") = out_dim;
+        if let Some(last) = shape.last_mut() {
+            *last = out_dim;
+        }
         Ok((CpuStorage::F32(dst), Shape::from(shape)))
     }
 
@@ -286,11 +291,11 @@ impl CustomOp3 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (out_dim, in_dim) = w.dims2()?;
+        let (in_dim, out_dim) = w.dims2()?;
         let g2 = grad.reshape(((), out_dim))?;
         let x2 = x.reshape(((), in_dim))?;
-        let grad_x = g2.matmul(w)?.reshape(x.shape())?;
-        let grad_w = g2.t()?.matmul(&x2)?;
+        let grad_x = g2.matmul(&w.t()?)?.reshape(x.shape())?;
+        let grad_w = x2.t()?.matmul(&g2)?;
         let grad_b = g2.sum(0)?;
         Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
     }
@@ -397,11 +402,12 @@ impl CustomOp2 for BiasActivationOp {
                 bl.shape()
             );
         }
-        let mut dst = x.to_vec();
+        let mut dst = vec![0f32; x.len()];
         let act = self.act;
         dst.par_chunks_mut(width)
+            .zip(x.par_chunks(width))
             .with_min_len(8)
-            .for_each(|row| bias_act_row(row, b, act));
+            .for_each(|(d, s)| bias_act_row(s, d, b, act));
         Ok((CpuStorage::F32(dst), xl.shape().clone()))
     }
 

@@ -52,10 +52,13 @@ impl LayerNorm {
     }
 }
 
-/// `y = x·Wᵀ + b`, weight stored `[out, in]` as in PyTorch.
+/// `y = x·W + b`. The weight is held `[in, out]`, transposed from PyTorch's `[out, in]`,
+/// because that is the layout the matmul kernel reads without repacking (see `LinearOp`).
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub weight: Tensor,
+    /// `[in, out]`
+    pub weight_t: Tensor,
+    /// `[out]`
     pub bias: Tensor,
 }
 
@@ -67,7 +70,10 @@ impl Linear {
         in_dim: usize,
     ) -> std::result::Result<Self, ModelError> {
         Ok(Self {
-            weight: w.get(&format!("{name}.weight"), &[out_dim, in_dim])?,
+            weight_t: w
+                .get(&format!("{name}.weight"), &[out_dim, in_dim])?
+                .t()?
+                .contiguous()?,
             bias: w.get(&format!("{name}.bias"), &[out_dim])?,
         })
     }
@@ -77,17 +83,17 @@ impl Linear {
         if fusable(x) {
             return x
                 .contiguous()?
-                .apply_op3(&self.weight, &self.bias, LinearOp);
+                .apply_op3(&self.weight_t, &self.bias, LinearOp);
         }
         self.forward_no_bias(x)?.broadcast_add(&self.bias)
     }
 
-    /// `x·Wᵀ` without the bias, for callers that fuse the bias into the next op.
+    /// `x·W` without the bias, for callers that fuse the bias into the next op.
     fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
-        let (out_dim, in_dim) = self.weight.dims2()?;
+        let (in_dim, out_dim) = self.weight_t.dims2()?;
         let mut shape = x.dims().to_vec();
         let flat = x.reshape(((), in_dim))?;
-        let y = flat.matmul(&self.weight.t()?)?;
+        let y = flat.matmul(&self.weight_t)?;
         if let Some(last) = shape.last_mut() {
             *last = out_dim;
         }
@@ -316,12 +322,12 @@ mod tests {
 
     #[test]
     fn linear_and_activations_match_composed_with_gradients() {
-        let inputs = [rand(&[2, 7, 24], 4), rand(&[33, 24], 5), rand(&[33], 6)];
+        let inputs = [rand(&[2, 7, 24], 4), rand(&[24, 33], 5), rand(&[33], 6)];
         check_fused_against_composed(
             &inputs,
             |t| {
                 Linear {
-                    weight: t[1].clone(),
+                    weight_t: t[1].clone(),
                     bias: t[2].clone(),
                 }
                 .forward(&t[0])
@@ -334,7 +340,7 @@ mod tests {
                 &inputs,
                 |t| {
                     Linear {
-                        weight: t[1].clone(),
+                        weight_t: t[1].clone(),
                         bias: t[2].clone(),
                     }
                     .forward_activated(&t[0], act)

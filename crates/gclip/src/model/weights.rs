@@ -27,6 +27,8 @@ enum Store {
     SafeTensors(candle_core::safetensors::MmapedSafetensors),
     Pth(candle_core::pickle::PthTensors),
     Memory(HashMap<String, Tensor>),
+    /// Every requested tensor is generated: for benchmarks and tests, never for user models.
+    Random,
 }
 
 /// The tensors of one checkpoint, read lazily under gclip's names.
@@ -152,6 +154,21 @@ impl Weights {
         })
     }
 
+    /// Random weights of whatever shape the architecture asks for (normal, std 0.02; LayerNorm
+    /// gains 1; biases 0; logit scale ln(1/0.07)). Only for benchmarks and tests: every user-facing
+    /// loading path goes through [`Weights::open`], which never invents a tensor.
+    pub fn random(device: &Device, dtype: DType) -> Self {
+        Self {
+            store: Store::Random,
+            names: HashMap::new(),
+            scheme: NamingScheme::HuggingFace,
+            path: PathBuf::from("<random>"),
+            device: device.clone(),
+            dtype,
+            used: RefCell::new(BTreeSet::new()),
+        }
+    }
+
     /// The naming scheme found in the checkpoint.
     pub fn scheme(&self) -> NamingScheme {
         self.scheme
@@ -164,6 +181,9 @@ impl Weights {
 
     /// The tensor gclip calls `name`, with the given shape, in the load dtype and device.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+        if let Store::Random = self.store {
+            return Ok(random_tensor(name, shape, &self.device)?.to_dtype(self.dtype)?);
+        }
         let tensor = match self.source_of(name) {
             SourceSpec::Single {
                 name: src,
@@ -246,6 +266,12 @@ impl Weights {
                     })?
             }
             Store::Memory(map) => map[file_name].clone(),
+            Store::Random => {
+                return Err(ModelError::Checkpoint {
+                    path: self.path.clone(),
+                    message: format!("random weights have no stored tensor `{file_name}`"),
+                })
+            }
         };
         Ok(t)
     }
@@ -262,6 +288,19 @@ impl Weights {
             NamingScheme::HuggingFace => hf_source(name),
             NamingScheme::OpenClip => open_clip_source(name),
         }
+    }
+}
+
+fn random_tensor(name: &str, shape: &[usize], device: &Device) -> candle_core::Result<Tensor> {
+    let is_norm = name.contains(".ln_");
+    if name == "logit_scale" {
+        Tensor::new((1.0f32 / 0.07).ln(), device)
+    } else if is_norm && name.ends_with(".weight") {
+        Tensor::ones(shape, DType::F32, device)
+    } else if name.ends_with(".bias") {
+        Tensor::zeros(shape, DType::F32, device)
+    } else {
+        Tensor::randn(0f32, 0.02, shape, device)
     }
 }
 

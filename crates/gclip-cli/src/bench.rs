@@ -1,0 +1,76 @@
+//! `gclip bench`
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use clap::Args;
+use gclip::bench::{random_model, BenchPlan, BenchResult};
+use gclip::model::ClipConfig;
+
+#[derive(Args)]
+#[command(
+    after_help = "Example:\n  gclip bench --arch ViT-B-32 --batch 1,8,32 --tokens 16,77 --json"
+)]
+pub struct BenchArgs {
+    /// Architecture name (ViT-B-32, ViT-L-14, …) or an open_clip config JSON.
+    #[arg(long, default_value = "ViT-B-32")]
+    arch: String,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    batch: Vec<usize>,
+    /// Text lengths in tokens (including start and end tokens), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "16,77")]
+    tokens: Vec<usize>,
+    /// Minimum seconds timed per configuration.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Only the image tower.
+    #[arg(long, conflicts_with = "text_only")]
+    image_only: bool,
+    /// Only the text tower.
+    #[arg(long)]
+    text_only: bool,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let config = ClipConfig::open_clip(&args.arch)?;
+    let model =
+        random_model(&config, &Device::Cpu, DType::F32).context("building the random model")?;
+    let plan = BenchPlan {
+        batches: args.batch,
+        token_lengths: args.tokens,
+        min_time: Duration::from_secs_f64(args.seconds),
+        images: !args.text_only,
+        texts: !args.image_only,
+    };
+    let threads = candle_core::utils::get_num_threads();
+    if !args.json {
+        println!("gclip {} fp32, {threads} threads", args.arch);
+        println!(
+            "{:<6} {:>6} {:>7} {:>12} {:>12}",
+            "tower", "batch", "tokens", "items/s", "ms/batch"
+        );
+    }
+    let arch = args.arch.clone();
+    let json = args.json;
+    gclip::bench::run(&model, &plan, |r: &BenchResult| {
+        if json {
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            v["impl"] = "gclip".into();
+            v["arch"] = arch.clone().into();
+            v["threads"] = threads.into();
+            println!("{v}");
+        } else {
+            let tokens = r.tokens.map_or("-".to_string(), |t| t.to_string());
+            println!(
+                "{:<6} {:>6} {:>7} {:>12.1} {:>12.1}",
+                r.tower, r.batch, tokens, r.items_per_s, r.ms_per_batch
+            );
+        }
+    })?;
+    Ok(())
+}
