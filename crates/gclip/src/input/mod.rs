@@ -2,4 +2,5 @@
 //! reference pipeline of each model produces.
 
 pub mod image;
+pub mod items;
 pub mod tokenizer;
