@@ -503,7 +503,9 @@ def gen_oc_fullvocab(root: Path, seed=5005):
 
 def copy_bpe(root: Path):
     src = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    dst = root / "bpe_simple_vocab_16e6.txt.gz"
+    # The vocabulary is embedded in the library from its assets folder, not kept twice.
+    dst = root.parent.parent / "crates" / "gclip" / "assets" / "bpe_simple_vocab_16e6.txt.gz"
+    dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
     with gzip.open(dst) as f:
         first = f.readline().decode().strip()
