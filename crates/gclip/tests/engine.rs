@@ -86,6 +86,12 @@ fn check_against_reference(dir: &Path, source: ModelSource, convention: Conventi
         dir.display()
     );
 
+    eprintln!(
+        "{}: max |Δ| text {:.2e}, image {d:.2e}",
+        dir.display(),
+        max_abs_diff(&text.data, &flat("text_embeds"))
+    );
+
     let scale = clip.logit_scale.to_scalar::<f32>().unwrap();
     assert_eq!(scale, flat("logit_scale")[0]);
 
