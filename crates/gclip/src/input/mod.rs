@@ -2,4 +2,5 @@
 //! reference pipeline of each model produces.
 
 pub mod image;
+pub mod text_clean;
 pub mod tokenizer;
