@@ -5,6 +5,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use gclip::input::text_clean;
+use gclip::input::tokenizer::{ClipTokenizer, TokenizerConvention};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizer")
@@ -88,4 +89,49 @@ fn corpus_sanity() {
     eprintln!("{} strings, {} changed by ftfy", corpus.len(), changed);
     assert!(changed > 300);
     assert_eq!(text_clean::fix_text("sÃ³"), "só");
+}
+
+fn open_clip() -> ClipTokenizer {
+    ClipTokenizer::open_clip_default().expect("embedded vocabulary")
+}
+
+fn padded(ids: &[u32], pad: u32) -> Vec<u32> {
+    let mut v = ids.to_vec();
+    v.resize(77, pad);
+    v
+}
+
+fn compare(tok: &ClipTokenizer, pick: impl Fn(&Record) -> &Vec<u32>, pad: u32) {
+    let corpus = corpus();
+    let mut bad = Vec::new();
+    for r in &corpus {
+        let got = tok.encode(&r.text);
+        let want = padded(pick(r), pad);
+        if got != want {
+            let n = want.iter().rposition(|&x| x != pad).map_or(0, |i| i + 1).max(2);
+            bad.push(format!("{}\n   got  {:?}\n   want {:?}", show(&r.text), &got[..n.min(77)], &want[..n.min(77)]));
+        }
+    }
+    eprintln!("{} of {} strings identical", corpus.len() - bad.len(), corpus.len());
+    assert!(bad.is_empty(), "{} of {} differ:\n{}", bad.len(), corpus.len(), bad.join("\n"));
+}
+
+#[test]
+fn open_clip_ids_match() {
+    compare(&open_clip(), |r| &r.open_clip, 0);
+}
+
+#[test]
+fn transformers_ids_match_vocab_json() {
+    let tok = ClipTokenizer::from_hf_dir(&fixtures().join("hf")).expect("hf fixture");
+    assert_eq!(tok.convention(), TokenizerConvention::Transformers);
+    assert_eq!((tok.sot_id(), tok.eot_id(), tok.pad_id(), tok.vocab_size(), tok.context_length()), (49406, 49407, 49407, 49408, 77));
+    compare(&tok, |r| &r.hf, 49407);
+}
+
+#[test]
+fn transformers_ids_match_tokenizer_json() {
+    let tok = ClipTokenizer::from_hf_dir(&fixtures().join("hf_json")).expect("hf_json fixture");
+    assert_eq!((tok.sot_id(), tok.eot_id(), tok.pad_id(), tok.vocab_size(), tok.context_length()), (49406, 49407, 49407, 49408, 77));
+    compare(&tok, |r| &r.hf, 49407);
 }
