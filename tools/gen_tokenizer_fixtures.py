@@ -22,9 +22,11 @@ Sub-commands:
   object a line: `text`, `fixed` (ftfy.fix_text), `clean` (open_clip's cleaning), `open_clip`
   (open_clip.tokenize ids, padding trimmed), `hf` (CLIPTokenizerFast ids with
   padding="max_length", truncation=True, max_length=77, padding trimmed).
+- `sweep`: writes `tests/fixtures/tokenizer/unicode_sweep.json.gz`: every assigned code point up
+  to U+2FFFF in chunks of 64, with the untruncated ids of both conventions.
 - `slow`: (transformers 4.x only) adds `hf_slow` ids from the slow `CLIPTokenizer` to a separate
   file `tests/fixtures/tokenizer/slow.jsonl.gz` and prints where slow and fast differ.
-- `all`: assets, hf, corpus.
+- `all`: assets, hf, corpus, sweep.
 
 Ids are stored without their padding (the tests pad them back); the Rust tests know the pad ids.
 """
@@ -327,6 +329,24 @@ def build_corpus():
     add("Ã©" * 100)
     add("word " * 40 + "\n" + "other " * 40)
 
+    # --- case-folding and Unicode-table corners ---------------------------------------------
+    for s in [
+        "a\u0345b", "\u0345", "ΣΑΣ.", "ΑΣ ΑΣ", "ὈΔΥΣΣΕΎΣ!", "σ", "Σ1", "aΣ", "İİ", "ẞ", "ǅ", "Ǆ", "ﬀ", "ŉ",
+        "K", "Å", "Ω", "ſ", "ﬅ", "\u1e9e", "\u0130\u0307", "\u03a3\u0301", "A\u0301\u0302", "\u1100\u1161\u11a8",
+    ]:
+        add(s)
+    # Random strings of assigned code points (Unicode as Python knows it), to exercise the letter,
+    # digit, whitespace, case and normalisation tables of both sides.
+    import unicodedata
+
+    assigned = [
+        c
+        for c in range(0x20, 0x30000)
+        if unicodedata.category(chr(c)) not in ("Cn", "Cs", "Co") and not (0xD800 <= c <= 0xDFFF)
+    ]
+    for _ in range(120):
+        add("".join(chr(rng.choice(assigned)) for _ in range(rng.randint(1, 12))))
+
     # --- random mixtures (keep the corpus broad) --------------------------------------------
     pieces = [
         "cat", "DOG", "Ünïcödé", "日本", "😀", "&amp;", "&lt;", "Ã©", "’", "“", "ﬁ", "ＡＢ", "\t", "\n", "\r\n",
@@ -334,7 +354,7 @@ def build_corpus():
         "\x1b[31m", "\x00", "\u200b", "\u2028", "\x85", "#tag", "@you", "...", "—", "ß", "İ", "ǅ", "ｶ", "€",
         "Â£", "â€œ", "\xa0", "&#x41;", "&nbsp;", "<b>", "a.b", "x-y", "(", ")", "ſ", "K",
     ]
-    while len(out) < 1300:
+    while len(out) < 1500:
         k = rng.randint(1, 12)
         add("".join(rng.choice(pieces) + rng.choice(["", " ", "", "-"]) for _ in range(k)))
     return out
@@ -381,6 +401,30 @@ def write_corpus():
     print("wrote", path, len(corpus), "strings")
 
 
+def write_sweep():
+    """Every code point assigned in Python's Unicode tables (U+0020..U+2FFFF), in chunks of 64
+    consecutive characters, with the full (untruncated) ids of both conventions."""
+    import unicodedata
+
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPTokenizerFast
+
+    simple = SimpleTokenizer()
+    hf = CLIPTokenizerFast.from_pretrained(os.path.join(FIX, "hf"))
+    assigned = [c for c in range(0x20, 0x30000) if unicodedata.category(chr(c)) not in ("Cn", "Cs", "Co")]
+    chunks = ["".join(chr(c) for c in assigned[i : i + 64]) for i in range(0, len(assigned), 64)]
+    data = {
+        "unicode_version": unicodedata.unidata_version,
+        "chunks": chunks,
+        "open_clip": [simple.encode(s) for s in chunks],
+        "hf": hf(chunks, add_special_tokens=False)["input_ids"],
+    }
+    path = os.path.join(FIX, "unicode_sweep.json.gz")
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False)
+    print("wrote", path, len(chunks), "chunks of", len(assigned), "code points")
+
+
 def write_slow():
     import transformers
     from transformers import CLIPTokenizer, CLIPTokenizerFast
@@ -413,5 +457,7 @@ if __name__ == "__main__":
         write_hf_dir()
     if cmd in ("corpus", "all"):
         write_corpus()
+    if cmd in ("sweep", "all"):
+        write_sweep()
     if cmd == "slow":
         write_slow()

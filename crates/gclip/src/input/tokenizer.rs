@@ -491,7 +491,14 @@ impl ClipTokenizer {
         let eot = vocab["<end_of_text>"];
         let vocab_size = vocab.values().map(|&v| v as usize + 1).max().unwrap_or(0);
         let bpe = Bpe::new(vocab, &merges, "</w>", None, path)?;
-        let words = Regex::new(&format!("(?i)<start_of_text>|<end_of_text>|{WORD_PATTERN}")).expect("valid regex");
+        // open_clip compiles its pattern case-insensitively. That matters for the contractions
+        // (`'S`, and `'ſ` since ſ folds to s) and in one more place: Python's `regex` then leaves
+        // U+0345 (a combining mark whose case folding is the letter ι) out of both the letter
+        // class and the negated class, so the character is dropped.
+        let words = Regex::new(&format!(
+            r"(?i:<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d)|\p{{L}}+|\p{{N}}|[^\s\p{{L}}\p{{N}}\x{{345}}]+"
+        ))
+        .expect("valid regex");
         Ok(ClipTokenizer {
             id: NEXT_TOKENIZER_ID.fetch_add(1, Ordering::Relaxed),
             convention: TokenizerConvention::OpenClip,
