@@ -155,10 +155,8 @@ fn byte_alphabet() -> Vec<(u8, char)> {
         .filter(|&b| printable(b))
         .map(|b| (b, b as char))
         .collect();
-    let mut next = 256u32;
-    for b in (0..=255u8).filter(|&b| !printable(b)) {
+    for (next, b) in (256u32..).zip((0..=255u8).filter(|&b| !printable(b))) {
         out.push((b, char::from_u32(next).expect("valid code point")));
-        next += 1;
     }
     out
 }
@@ -190,10 +188,16 @@ impl Bpe {
         merge_map.reserve(merges.len());
         for (rank, (a, b)) in merges.iter().enumerate() {
             let lookup = |t: &str| {
-                vocab.get(t).copied().ok_or_else(|| TokenizerError::Malformed {
-                    path: path.to_owned(),
-                    message: format!("merge {} ({a:?} {b:?}) uses {t:?}, which is not in the vocabulary", rank + 1),
-                })
+                vocab
+                    .get(t)
+                    .copied()
+                    .ok_or_else(|| TokenizerError::Malformed {
+                        path: path.to_owned(),
+                        message: format!(
+                            "merge {} ({a:?} {b:?}) uses {t:?}, which is not in the vocabulary",
+                            rank + 1
+                        ),
+                    })
             };
             let left = lookup(a)?;
             let right = lookup(b)?;
@@ -222,11 +226,23 @@ impl Bpe {
         if let Some(id) = self.byte_end_ids[last as usize].or(self.unk) {
             symbols.push(id);
         }
-        loop {
-            // The adjacent pair with the lowest rank; all its occurrences merge, left to right.
+        if symbols.len() > LONG_WORD {
+            self.merge_long(symbols, out);
+        } else {
+            self.merge_scan(symbols, out);
+        }
+    }
+
+    /// Merges by repeated scans: find the adjacent pair with the lowest rank, merge all its
+    /// occurrences left to right, repeat (open_clip's algorithm; fast for short words).
+    fn merge_scan(&self, mut symbols: Vec<u32>, out: &mut Vec<u32>) {
+        while symbols.len() > 1 {
             let mut best: Option<(u32, u32, u32, u32)> = None;
             for pair in symbols.windows(2) {
-                if let Some(&(rank, merged)) = self.merges.get(&(((pair[0] as u64) << 32) | pair[1] as u64)) {
+                if let Some(&(rank, merged)) = self
+                    .merges
+                    .get(&(((pair[0] as u64) << 32) | pair[1] as u64))
+                {
                     if best.is_none_or(|(r, ..)| rank < r) {
                         best = Some((rank, pair[0], pair[1], merged));
                     }
@@ -248,13 +264,68 @@ impl Bpe {
                 write += 1;
             }
             symbols.truncate(write);
-            if symbols.len() == 1 {
-                break;
-            }
         }
         out.extend_from_slice(&symbols);
     }
+
+    /// The same merges for long words in O(n log n): a heap of candidate pairs ordered by
+    /// (rank, position) over a linked list of symbols. Popping the lowest rank, leftmost first,
+    /// merges the occurrences of a pair left to right as the full scan does (this is how the
+    /// `tokenizers` library merges every word).
+    fn merge_long(&self, ids: Vec<u32>, out: &mut Vec<u32>) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        const NONE: usize = usize::MAX;
+        let n = ids.len();
+        let mut id = ids;
+        let mut next: Vec<usize> = (1..=n).map(|i| if i == n { NONE } else { i }).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| if i == 0 { NONE } else { i - 1 }).collect();
+        let mut alive = vec![true; n];
+        let mut heap = BinaryHeap::new();
+        let rank_of = |a: u32, b: u32| self.merges.get(&(((a as u64) << 32) | b as u64)).copied();
+        for i in 0..n.saturating_sub(1) {
+            if let Some((rank, _)) = rank_of(id[i], id[i + 1]) {
+                heap.push(Reverse((rank, i, id[i], id[i + 1])));
+            }
+        }
+        while let Some(Reverse((rank, i, left, right))) = heap.pop() {
+            let j = next[i];
+            if !alive[i] || j == NONE || id[i] != left || id[j] != right {
+                continue;
+            }
+            let Some((r, merged)) = rank_of(left, right) else {
+                continue;
+            };
+            if r != rank {
+                continue;
+            }
+            id[i] = merged;
+            alive[j] = false;
+            next[i] = next[j];
+            if next[j] != NONE {
+                prev[next[j]] = i;
+            }
+            if prev[i] != NONE {
+                if let Some((rank, _)) = rank_of(id[prev[i]], merged) {
+                    heap.push(Reverse((rank, prev[i], id[prev[i]], merged)));
+                }
+            }
+            if next[i] != NONE {
+                if let Some((rank, _)) = rank_of(merged, id[next[i]]) {
+                    heap.push(Reverse((rank, i, merged, id[next[i]])));
+                }
+            }
+        }
+        let mut i = 0;
+        while i != NONE {
+            out.push(id[i]);
+            i = next[i];
+        }
+    }
 }
+
+/// Words with more symbols than this are merged with a heap instead of repeated scans.
+const LONG_WORD: usize = 96;
 
 // ---------------------------------------------------------------------------------------------
 // Word cache: per thread, so that `encode_batch` threads never wait on each other.
@@ -314,10 +385,13 @@ fn split_added<'a>(text: &'a str, tokens: &[AddedToken], out: &mut Vec<Piece<'a>
                 let ok = !t.single_word || {
                     let before = text[..start].chars().next_back();
                     let after = text[end..].chars().next();
-                    !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+                    !before.is_some_and(char::is_alphanumeric)
+                        && !after.is_some_and(char::is_alphanumeric)
                 };
                 if ok {
-                    if best.is_none_or(|(s, b)| start < s || (start == s && t.content.len() > b.content.len())) {
+                    if best.is_none_or(|(s, b)| {
+                        start < s || (start == s && t.content.len() > b.content.len())
+                    }) {
                         best = Some((start, t));
                     }
                     break;
@@ -351,11 +425,12 @@ fn split_added<'a>(text: &'a str, tokens: &[AddedToken], out: &mut Vec<Piece<'a>
 /// The normaliser of `CLIPTokenizerFast`: NFC, every run of whitespace (Unicode `White_Space`)
 /// to one space, then each character lowercased on its own (no final-sigma rule).
 fn normalize_transformers(text: &str) -> String {
-    let nfc: std::borrow::Cow<'_, str> = if text.is_ascii() || is_nfc_quick(text.chars()) == IsNormalized::Yes {
-        std::borrow::Cow::Borrowed(text)
-    } else {
-        std::borrow::Cow::Owned(text.nfc().collect())
-    };
+    let nfc: std::borrow::Cow<'_, str> =
+        if text.is_ascii() || is_nfc_quick(text.chars()) == IsNormalized::Yes {
+            std::borrow::Cow::Borrowed(text)
+        } else {
+            std::borrow::Cow::Owned(text.nfc().collect())
+        };
     let mut out = String::with_capacity(nfc.len());
     let mut in_space = false;
     for c in nfc.chars() {
@@ -495,9 +570,9 @@ impl ClipTokenizer {
         // (`'S`, and `'ſ` since ſ folds to s) and in one more place: Python's `regex` then leaves
         // U+0345 (a combining mark whose case folding is the letter ι) out of both the letter
         // class and the negated class, so the character is dropped.
-        let words = Regex::new(&format!(
-            r"(?i:<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d)|\p{{L}}+|\p{{N}}|[^\s\p{{L}}\p{{N}}\x{{345}}]+"
-        ))
+        let words = Regex::new(
+            r"(?i:<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d)|\p{L}+|\p{N}|[^\s\p{L}\p{N}\x{345}]+"
+        )
         .expect("valid regex");
         Ok(ClipTokenizer {
             id: NEXT_TOKENIZER_ID.fetch_add(1, Ordering::Relaxed),
@@ -542,10 +617,11 @@ impl ClipTokenizer {
         } else if vocab_json.is_file() && merges_txt.is_file() {
             let json = read_json(&vocab_json)?;
             let vocab = parse_vocab(&json, &vocab_json)?;
-            let text = std::fs::read_to_string(&merges_txt).map_err(|source| TokenizerError::Io {
-                path: merges_txt.clone(),
-                source,
-            })?;
+            let text =
+                std::fs::read_to_string(&merges_txt).map_err(|source| TokenizerError::Io {
+                    path: merges_txt.clone(),
+                    source,
+                })?;
             let merges = parse_merges_txt(&text, &merges_txt)?;
             (vocab, merges, "</w>".to_owned(), vocab_json)
         } else if !dir.is_dir() {
@@ -554,15 +630,29 @@ impl ClipTokenizer {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
             });
         } else {
-            return Err(TokenizerError::MissingFiles { dir: dir.to_owned() });
+            return Err(TokenizerError::MissingFiles {
+                dir: dir.to_owned(),
+            });
         };
 
         let config_path = dir.join("tokenizer_config.json");
-        let config = if config_path.is_file() { Some(read_json(&config_path)?) } else { None };
+        let config = if config_path.is_file() {
+            Some(read_json(&config_path)?)
+        } else {
+            None
+        };
         let map_path = dir.join("special_tokens_map.json");
-        let special_map = if map_path.is_file() { Some(read_json(&map_path)?) } else { None };
+        let special_map = if map_path.is_file() {
+            Some(read_json(&map_path)?)
+        } else {
+            None
+        };
 
-        if let Some(decoder) = config.as_ref().and_then(|c| c.get("added_tokens_decoder")).and_then(Value::as_object) {
+        if let Some(decoder) = config
+            .as_ref()
+            .and_then(|c| c.get("added_tokens_decoder"))
+            .and_then(Value::as_object)
+        {
             for (id, entry) in decoder {
                 if let Some(t) = added_token_from_json(entry, id.parse().ok()) {
                     upsert(&mut added, t);
@@ -576,12 +666,19 @@ impl ClipTokenizer {
                 .map(|t| t.id)
                 .or_else(|| vocab.get(content).copied())
         };
-        let special = |role: &'static str, default: &str, added: &mut Vec<AddedToken>| -> Result<u32, TokenizerError> {
+        let special = |role: &'static str,
+                       default: &str,
+                       added: &mut Vec<AddedToken>|
+         -> Result<u32, TokenizerError> {
             let value = config
                 .as_ref()
                 .and_then(|c| c.get(format!("{role}_token")))
                 .filter(|v| !v.is_null())
-                .or_else(|| special_map.as_ref().and_then(|m| m.get(format!("{role}_token"))));
+                .or_else(|| {
+                    special_map
+                        .as_ref()
+                        .and_then(|m| m.get(format!("{role}_token")))
+                });
             let (content, flags) = match value {
                 Some(Value::String(s)) => (s.clone(), None),
                 Some(v @ Value::Object(_)) => match v.get("content").and_then(Value::as_str) {
@@ -623,13 +720,16 @@ impl ClipTokenizer {
             .as_ref()
             .and_then(|c| c.get("model_max_length"))
             .and_then(Value::as_f64)
-            .filter(|&n| n >= 1.0 && n <= 1e6)
+            .filter(|n| (1.0..=1e6).contains(n))
             .map_or(DEFAULT_CONTEXT_LENGTH, |n| n as usize);
 
         let mut vocab_size = vocab.values().map(|&v| v as usize + 1).max().unwrap_or(0);
         vocab_size = vocab_size.max(added.iter().map(|t| t.id as usize + 1).max().unwrap_or(0));
         let bpe = Bpe::new(vocab, &merges, &end_of_word, Some(unk), &source)?;
-        let words = Regex::new(&format!(r"<\|startoftext\|>|<\|endoftext\|>|{WORD_PATTERN}")).expect("valid regex");
+        let words = Regex::new(&format!(
+            r"<\|startoftext\|>|<\|endoftext\|>|{WORD_PATTERN}"
+        ))
+        .expect("valid regex");
         Ok(ClipTokenizer {
             id: NEXT_TOKENIZER_ID.fetch_add(1, Ordering::Relaxed),
             convention: TokenizerConvention::Transformers,
@@ -764,7 +864,8 @@ impl ClipTokenizer {
             let word = m.as_str();
             match self.convention {
                 TokenizerConvention::OpenClip => {
-                    if let Some(&(_, id)) = self.open_clip_specials.iter().find(|(s, _)| *s == word) {
+                    if let Some(&(_, id)) = self.open_clip_specials.iter().find(|(s, _)| *s == word)
+                    {
                         out.push(id);
                         continue;
                     }
@@ -830,16 +931,20 @@ fn parse_vocab(json: &Value, path: &Path) -> Result<FastMap<String, u32>, Tokeni
         path: path.to_owned(),
         message,
     };
-    let object = json
-        .as_object()
-        .ok_or_else(|| malformed("the vocabulary is not a JSON object of token to id".to_owned()))?;
+    let object = json.as_object().ok_or_else(|| {
+        malformed("the vocabulary is not a JSON object of token to id".to_owned())
+    })?;
     let mut vocab = FastMap::default();
     vocab.reserve(object.len());
     for (token, id) in object {
         let id = id
             .as_u64()
             .filter(|&i| i < u32::MAX as u64)
-            .ok_or_else(|| malformed(format!("token {token:?} has id {id}, not a non-negative integer")))?;
+            .ok_or_else(|| {
+                malformed(format!(
+                    "token {token:?} has id {id}, not a non-negative integer"
+                ))
+            })?;
         vocab.insert(token.clone(), id as u32);
     }
     if vocab.is_empty() {
@@ -855,7 +960,9 @@ fn parse_merges_txt(text: &str, path: &Path) -> Result<Vec<(String, String)>, To
             continue;
         }
         match line.split_once(' ') {
-            Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => merges.push((a.to_owned(), b.to_owned())),
+            Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => {
+                merges.push((a.to_owned(), b.to_owned()))
+            }
             _ => {
                 return Err(TokenizerError::Malformed {
                     path: path.to_owned(),
@@ -874,13 +981,20 @@ fn parse_tokenizer_json(json: &Value, path: &Path) -> Result<ParsedModel, Tokeni
         path: path.to_owned(),
         message: message.to_owned(),
     };
-    let model = json.get("model").ok_or_else(|| malformed("no \"model\" section"))?;
+    let model = json
+        .get("model")
+        .ok_or_else(|| malformed("no \"model\" section"))?;
     if let Some(kind) = model.get("type").and_then(Value::as_str) {
         if kind != "BPE" {
             return Err(malformed(&format!("the model is {kind}, not BPE")));
         }
     }
-    let vocab = parse_vocab(model.get("vocab").ok_or_else(|| malformed("no \"model.vocab\""))?, path)?;
+    let vocab = parse_vocab(
+        model
+            .get("vocab")
+            .ok_or_else(|| malformed("no \"model.vocab\""))?,
+        path,
+    )?;
     let list = model
         .get("merges")
         .and_then(Value::as_array)
@@ -895,7 +1009,12 @@ fn parse_tokenizer_json(json: &Value, path: &Path) -> Result<ParsedModel, Tokeni
             },
             _ => None,
         };
-        merges.push(pair.ok_or_else(|| malformed(&format!("merge {} is neither \"a b\" nor [\"a\", \"b\"]: {entry}", i + 1)))?);
+        merges.push(pair.ok_or_else(|| {
+            malformed(&format!(
+                "merge {} is neither \"a b\" nor [\"a\", \"b\"]: {entry}",
+                i + 1
+            ))
+        })?);
     }
     let end_of_word = model
         .get("end_of_word_suffix")
@@ -936,6 +1055,36 @@ mod tests {
         assert_eq!(a[0], (b'!', '!'));
         assert_eq!(a[188], (0, '\u{100}'));
         assert_eq!(a.iter().find(|(b, _)| *b == b' ').unwrap().1, '\u{120}');
+    }
+
+    #[test]
+    fn heap_merge_equals_scan_merge() {
+        let tok = ClipTokenizer::open_clip_default().unwrap();
+        let mut state = 99u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize
+        };
+        let alphabet: Vec<char> = "etaoinshrdlucmfwypvbgkjqxzéü日本ßø".chars().collect();
+        for _ in 0..300 {
+            let len = 1 + next() % 200;
+            let word: String = (0..len)
+                .map(|_| alphabet[next() % alphabet.len()])
+                .collect();
+            let bytes = word.as_bytes();
+            let (last, init) = bytes.split_last().unwrap();
+            let mut symbols: Vec<u32> = init
+                .iter()
+                .map(|&b| tok.bpe.byte_ids[b as usize].unwrap())
+                .collect();
+            symbols.push(tok.bpe.byte_end_ids[*last as usize].unwrap());
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            tok.bpe.merge_scan(symbols.clone(), &mut a);
+            tok.bpe.merge_long(symbols, &mut b);
+            assert_eq!(a, b, "{word}");
+        }
     }
 
     #[test]
