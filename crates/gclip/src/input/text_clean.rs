@@ -328,7 +328,7 @@ pub fn ftfy_unescape_html(text: &str) -> Cow<'_, str> {
 /// ```
 /// use gclip::input::text_clean::fix_text;
 /// assert_eq!(fix_text("âœ” No problems"), "✔ No problems");
-/// assert_eq!(fix_text("Broken text&hellip; it&#x2019;s ﬂubberiﬁc!"), "Broken text... it's flubberific!");
+/// assert_eq!(fix_text("Broken text&hellip; it&#x2019;s ﬂubberiﬁc!"), "Broken text… it's flubberific!");
 /// assert_eq!(fix_text("ＬＯＵＤ　ＮＯＩＳＥＳ"), "LOUD NOISES");
 /// ```
 pub fn fix_text(text: &str) -> Cow<'_, str> {
