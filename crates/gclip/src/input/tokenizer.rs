@@ -12,10 +12,10 @@
 //! | sequence | `[SOT] ids [EOT]`, cut to the context length, last id forced to EOT | `[BOS] ids[..n-2] [EOS]` |
 //! | padding | 0 | the pad token of the tokenizer config (EOT for OpenAI checkpoints) |
 //!
-//! Each convention is matched id for id on a corpus of 1,300 strings (see
-//! `tests/fixtures/tokenizer/README.md`). Differences from transformers' *slow* `CLIPTokenizer`
-//! (transformers 4.x, which ran ftfy when installed) are listed there; gclip follows the fast one,
-//! which is the only one transformers 5 has.
+//! Each convention is matched id for id on a corpus of 1,500 strings and on a sweep of every
+//! assigned code point (see `tests/fixtures/tokenizer/README.md`). Differences from transformers'
+//! *slow* `CLIPTokenizer` (transformers 4.x, which ran ftfy when installed) are listed there;
+//! gclip follows the fast one, which is the only one transformers 5 has.
 //!
 //! ```
 //! use gclip::input::tokenizer::ClipTokenizer;
