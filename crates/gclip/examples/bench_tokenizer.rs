@@ -126,11 +126,21 @@ fn main() {
     println!("example caption: {:?}", texts[1]);
     println!("single thread; {} distinct captions", texts.len());
 
+    let start = Instant::now();
     let oc = ClipTokenizer::open_clip_default().expect("embedded vocabulary");
+    println!(
+        "open_clip_default(): {:.1} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
     bench("open_clip convention, first pass", &oc, &texts, 1);
     bench("open_clip convention, warm (3 passes)", &oc, &texts, 3);
     if let Some(dir) = value("--hf") {
+        let start = Instant::now();
         let hf = ClipTokenizer::from_hf_dir(std::path::Path::new(&dir)).expect("hf dir");
+        println!(
+            "from_hf_dir(): {:.1} ms",
+            start.elapsed().as_secs_f64() * 1e3
+        );
         bench("transformers convention, first pass", &hf, &texts, 1);
         bench("transformers convention, warm (3 passes)", &hf, &texts, 3);
     }

@@ -333,13 +333,13 @@ const LONG_WORD: usize = 96;
 static NEXT_TOKENIZER_ID: AtomicU64 = AtomicU64::new(1);
 const WORD_CACHE_LIMIT: usize = 200_000;
 
-struct WordCache {
-    owner: u64,
-    words: FastMap<Box<[u8]>, Box<[u32]>>,
-}
+/// Words already encoded on this thread, per tokenizer (a few tokenizers at a time, so that a
+/// program alternating between two does not keep emptying the cache).
+type WordCache = Vec<(u64, FastMap<Box<[u8]>, Box<[u32]>>)>;
+const WORD_CACHE_TOKENIZERS: usize = 4;
 
 thread_local! {
-    static WORD_CACHE: RefCell<WordCache> = RefCell::new(WordCache { owner: 0, words: FastMap::default() });
+    static WORD_CACHE: RefCell<WordCache> = const { RefCell::new(Vec::new()) };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -894,20 +894,27 @@ impl ClipTokenizer {
         }
         WORD_CACHE.with(|cache| {
             let mut cache = cache.borrow_mut();
-            if cache.owner != self.id {
-                cache.owner = self.id;
-                cache.words.clear();
-            }
-            if let Some(ids) = cache.words.get(word) {
+            let slot = match cache.iter().position(|(owner, _)| *owner == self.id) {
+                Some(i) => i,
+                None => {
+                    if cache.len() >= WORD_CACHE_TOKENIZERS {
+                        cache.remove(0);
+                    }
+                    cache.push((self.id, FastMap::default()));
+                    cache.len() - 1
+                }
+            };
+            let words = &mut cache[slot].1;
+            if let Some(ids) = words.get(word) {
                 out.extend_from_slice(ids);
                 return;
             }
             let start = out.len();
             self.bpe.encode_word(word, out);
-            if cache.words.len() >= WORD_CACHE_LIMIT {
-                cache.words.clear();
+            if words.len() >= WORD_CACHE_LIMIT {
+                *words = FastMap::default();
             }
-            cache.words.insert(word.into(), out[start..].into());
+            words.insert(word.into(), out[start..].into());
         });
     }
 }
