@@ -522,3 +522,15 @@ fn no_panics_on_odd_input() {
         assert_eq!(hf.encode(&text).len(), 77);
     }
 }
+
+/// ftfy's CESU-8 decoder uses a Python regex whose `$` also matches before a final newline, so
+/// a surrogate pair missing its last byte at the end of a line takes the line break as that
+/// byte (and so does Java's `C0` null). gclip reproduces it. Expected values from ftfy 6.3.1.
+#[test]
+fn cesu8_before_final_newline() {
+    assert_eq!(text_clean::fix_text("í\u{a0}½í¸\n"), "😊");
+    assert_eq!(text_clean::fix_text("xí\u{a0}½í¸\ny"), "x😊y");
+    assert_eq!(text_clean::fix_text("í\u{a0}½í¸\u{80}\n"), "😀\n");
+    assert_eq!(text_clean::fix_text("cafÃ© À\n"), "café ");
+    assert_eq!(text_clean::fix_text("Ã©tÃ©À\n"), "été");
+}

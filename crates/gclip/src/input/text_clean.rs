@@ -37,9 +37,6 @@
 //! - Python's `int()` refuses numeric character references with more than 4,300 digits (and
 //!   open_clip then raises an exception); here such a reference decodes to U+FFFD like any other
 //!   out-of-range number.
-//! - One Python-regex quirk of ftfy's CESU-8 decoder is not reproduced: its `$` also matches before
-//!   a final `\n`, so a CESU-8 surrogate pair missing its last byte at the very end of a line
-//!   swallows the line break. Here that sequence is simply not decodable.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -739,7 +736,11 @@ fn decode_utf8_variants(bytes: &[u8]) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        let special = (b == 0xc0 && bytes.get(i + 1) == Some(&0x80))
+        // ftfy finds these with a Python regex whose `$` also matches before a final `\n`: a
+        // `C0` or a six-byte CESU-8 pair whose last byte is a newline ending the input takes
+        // that newline as its last byte. Reproduced for exactness.
+        let final_newline = |k: usize| k + 1 == bytes.len() && bytes[k] == b'\n';
+        let special = (b == 0xc0 && (bytes.get(i + 1) == Some(&0x80) || final_newline(i + 1)))
             || (b == 0xed && matches!(bytes.get(i + 1), Some(0xa0..=0xbf)));
         if !special {
             i += 1;
@@ -755,7 +756,7 @@ fn decode_utf8_variants(bytes: &[u8]) -> Option<String> {
                 && matches!(s[2], 0x80..=0xbf)
                 && s[3] == 0xed
                 && matches!(s[4], 0xb0..=0xbf)
-                && matches!(s[5], 0x80..=0xbf))
+                && (matches!(s[5], 0x80..=0xbf) || final_newline(i + 5)))
             {
                 return None;
             }
