@@ -510,6 +510,8 @@ const WORD_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}
 impl ClipTokenizer {
     /// open_clip's default tokenizer: the vocabulary shipped inside gclip
     /// (`bpe_simple_vocab_16e6.txt.gz`, 49,408 ids), context length 77, padding 0.
+    ///
+    /// Building decompresses and indexes the vocabulary (tens of milliseconds): build once, share.
     pub fn open_clip_default() -> Result<Self, TokenizerError> {
         let path = PathBuf::from("<embedded bpe_simple_vocab_16e6.txt.gz>");
         let mut text = String::new();
@@ -597,7 +599,13 @@ impl ClipTokenizer {
     /// `special_tokens_map.json` when present for the bos/eos/pad/unk tokens, the added tokens'
     /// options and `model_max_length` (the context length; 77 when absent or unrealistically
     /// large). Defaults are those of `CLIPTokenizer`: `<|startoftext|>`, `<|endoftext|>` for
-    /// eos, pad and unk.
+    /// eos, pad and unk. Special tokens are matched in the raw text, or in the normalised text
+    /// when their `"normalized"` option says so (older `tokenizer.json` files).
+    ///
+    /// The normaliser and word splitter are always CLIP's, whatever `tokenizer.json` describes:
+    /// transformers 5 rebuilds them the same way for every `CLIPTokenizer`.
+    ///
+    /// Building reads and indexes about 2 MB of JSON (tens of milliseconds): build once, share.
     pub fn from_hf_dir(dir: &Path) -> Result<Self, TokenizerError> {
         let tokenizer_json = dir.join("tokenizer.json");
         let vocab_json = dir.join("vocab.json");
