@@ -534,3 +534,37 @@ fn cesu8_before_final_newline() {
     assert_eq!(text_clean::fix_text("cafÃ© À\n"), "café ");
     assert_eq!(text_clean::fix_text("Ã©tÃ©À\n"), "été");
 }
+
+/// `tokenizer.json` files written by older `tokenizers` versions list merges as `"a b"` strings
+/// rather than `["a", "b"]` pairs; both load to the same tokenizer.
+#[test]
+fn tokenizer_json_with_string_merges() {
+    let text = std::fs::read_to_string(fixtures().join("hf_json/tokenizer.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let merges = json["model"]["merges"].as_array_mut().unwrap();
+    for m in merges.iter_mut() {
+        let pair = m.as_array().unwrap();
+        *m = serde_json::Value::String(format!(
+            "{} {}",
+            pair[0].as_str().unwrap(),
+            pair[1].as_str().unwrap()
+        ));
+    }
+    let dir = temp_dir("string-merges");
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_string(&json).unwrap(),
+    )
+    .unwrap();
+    let tok = ClipTokenizer::from_hf_dir(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let reference = ClipTokenizer::from_hf_dir(&fixtures().join("hf_json")).unwrap();
+    for r in corpus().iter().take(300) {
+        assert_eq!(
+            tok.encode(&r.text),
+            reference.encode(&r.text),
+            "{}",
+            show(&r.text)
+        );
+    }
+}
