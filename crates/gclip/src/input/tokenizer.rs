@@ -799,7 +799,7 @@ impl ClipTokenizer {
     /// with 0 it is empty.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let n = self.context_length;
-        let mut ids = Vec::with_capacity(n.max(2) + 8);
+        let mut ids = Vec::with_capacity(n.clamp(2, 4096) + 8);
         ids.push(self.sot);
         self.tokenize_into(text, n.saturating_sub(2), &mut ids);
         ids.truncate(n.saturating_sub(1).max(1));
