@@ -3,4 +3,5 @@
 
 pub mod image;
 pub mod items;
+pub mod text_clean;
 pub mod tokenizer;

@@ -1,1 +1,1110 @@
-//! CLIP byte-level BPE tokenizer, in the open_clip and transformers conventions.
+//! CLIP's byte-level BPE tokenizer, in the open_clip and transformers conventions.
+//!
+//! Both conventions share the model: UTF-8 bytes are mapped to printable characters, the text is
+//! split into words by a regular expression (contractions, runs of letters, single digits, runs of
+//! other symbols), each word gets the end-of-word marker `</w>` on its last character, and merges
+//! are applied by rank. They differ in everything around it:
+//!
+//! | | open_clip | transformers (`CLIPTokenizerFast`) |
+//! |---|---|---|
+//! | cleaning | ftfy `fix_text`, HTML-unescape twice, collapse whitespace, `str.lower` | NFC, `\s+` → space, per-character lowercase |
+//! | special tokens in the text | `<start_of_text>`, `<end_of_text>` (case-insensitive) | the added tokens of the directory (`<\|startoftext\|>`, `<\|endoftext\|>`, …) |
+//! | sequence | `[SOT] ids [EOT]`, cut to the context length, last id forced to EOT | `[BOS] ids[..n-2] [EOS]` |
+//! | padding | 0 | the pad token of the tokenizer config (EOT for OpenAI checkpoints) |
+//!
+//! Each convention is matched id for id on a corpus of 1,500 strings and on a sweep of every
+//! assigned code point (see `tests/fixtures/tokenizer/README.md`). Differences from transformers'
+//! *slow* `CLIPTokenizer` (transformers 4.x, which ran ftfy when installed) are listed there;
+//! gclip follows the fast one, which is the only one transformers 5 has.
+//!
+//! ```
+//! use gclip::input::tokenizer::ClipTokenizer;
+//! let tok = ClipTokenizer::open_clip_default().unwrap();
+//! let ids = tok.encode("a photo of a cat");
+//! assert_eq!(&ids[..7], &[49406, 320, 1125, 539, 320, 2368, 49407]);
+//! assert_eq!(ids.len(), 77);
+//! ```
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+use regex::Regex;
+use serde_json::Value;
+use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
+
+use super::text_clean;
+
+/// The embedded open_clip vocabulary (`bpe_simple_vocab_16e6.txt.gz` from `open_clip_torch`).
+static OPEN_CLIP_BPE_GZ: &[u8] = include_bytes!("../../assets/bpe_simple_vocab_16e6.txt.gz");
+
+/// Context length of every CLIP text tower.
+pub const DEFAULT_CONTEXT_LENGTH: usize = 77;
+
+/// Which reference pipeline the token ids reproduce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TokenizerConvention {
+    /// open_clip's `SimpleTokenizer` (`open_clip.tokenize`), used for open_clip checkpoints.
+    OpenClip,
+    /// transformers' `CLIPTokenizerFast` with `padding="max_length", truncation=True`, used for
+    /// Hugging Face model directories.
+    Transformers,
+}
+
+/// Why a tokenizer could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The directory has neither `tokenizer.json` nor `vocab.json` with `merges.txt`.
+    #[error(
+        "{dir} holds no tokenizer: expected tokenizer.json, or vocab.json and merges.txt \
+         (as in a Hugging Face CLIP model directory)"
+    )]
+    MissingFiles {
+        /// The directory that was searched.
+        dir: PathBuf,
+    },
+    /// A JSON file could not be parsed.
+    #[error("{path} is not valid JSON: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A file parsed but does not describe a CLIP BPE vocabulary.
+    #[error("{path}: {message}")]
+    Malformed {
+        /// The file (or the embedded vocabulary's name).
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A special token named by the configuration is not in the vocabulary.
+    #[error("the {role} token {token:?} is not in the vocabulary of {dir}")]
+    MissingToken {
+        /// The token text.
+        token: String,
+        /// `bos`, `eos`, `pad` or `unk`.
+        role: &'static str,
+        /// The model directory.
+        dir: PathBuf,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hashing: a small multiplicative hasher for the integer and short-string keys of BPE tables.
+
+#[derive(Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+        for &b in chunks.remainder() {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(i as u64);
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+// ---------------------------------------------------------------------------------------------
+// Byte-level BPE
+
+/// The byte-to-character table of GPT-2 and CLIP: printable Latin-1 bytes stand for themselves,
+/// the others (controls, space, DEL, NBSP, soft hyphen) are moved to U+0100 onwards, in order.
+/// Returns the 256 characters in vocabulary order (printable bytes first, then the moved ones)
+/// together with the byte each stands for.
+fn byte_alphabet() -> Vec<(u8, char)> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xa1..=0xac | 0xae..=0xff);
+    let mut out: Vec<(u8, char)> = (0..=255u8)
+        .filter(|&b| printable(b))
+        .map(|b| (b, b as char))
+        .collect();
+    for (next, b) in (256u32..).zip((0..=255u8).filter(|&b| !printable(b))) {
+        out.push((b, char::from_u32(next).expect("valid code point")));
+    }
+    out
+}
+
+struct Bpe {
+    /// Id of each byte's character, and of that character followed by the end-of-word suffix.
+    byte_ids: [Option<u32>; 256],
+    byte_end_ids: [Option<u32>; 256],
+    /// `(left << 32) | right` to `(rank, merged id)`.
+    merges: FastMap<u64, (u32, u32)>,
+    unk: Option<u32>,
+}
+
+impl Bpe {
+    fn new(
+        vocab: FastMap<String, u32>,
+        merges: &[(String, String)],
+        end_of_word: &str,
+        unk: Option<u32>,
+        path: &Path,
+    ) -> Result<Self, TokenizerError> {
+        let mut byte_ids = [None; 256];
+        let mut byte_end_ids = [None; 256];
+        for (b, c) in byte_alphabet() {
+            byte_ids[b as usize] = vocab.get(c.to_string().as_str()).copied();
+            byte_end_ids[b as usize] = vocab.get(format!("{c}{end_of_word}").as_str()).copied();
+        }
+        let mut merge_map = FastMap::default();
+        merge_map.reserve(merges.len());
+        for (rank, (a, b)) in merges.iter().enumerate() {
+            let lookup = |t: &str| {
+                vocab
+                    .get(t)
+                    .copied()
+                    .ok_or_else(|| TokenizerError::Malformed {
+                        path: path.to_owned(),
+                        message: format!(
+                            "merge {} ({a:?} {b:?}) uses {t:?}, which is not in the vocabulary",
+                            rank + 1
+                        ),
+                    })
+            };
+            let left = lookup(a)?;
+            let right = lookup(b)?;
+            let merged = lookup(&format!("{a}{b}"))?;
+            merge_map.insert(((left as u64) << 32) | right as u64, (rank as u32, merged));
+        }
+        Ok(Bpe {
+            byte_ids,
+            byte_end_ids,
+            merges: merge_map,
+            unk,
+        })
+    }
+
+    /// BPE of one pre-token (its UTF-8 bytes), appending ids to `out`.
+    fn encode_word(&self, word: &[u8], out: &mut Vec<u32>) {
+        let Some((&last, init)) = word.split_last() else {
+            return;
+        };
+        let mut symbols: Vec<u32> = Vec::with_capacity(word.len());
+        for &b in init {
+            if let Some(id) = self.byte_ids[b as usize].or(self.unk) {
+                symbols.push(id);
+            }
+        }
+        if let Some(id) = self.byte_end_ids[last as usize].or(self.unk) {
+            symbols.push(id);
+        }
+        if symbols.len() > LONG_WORD {
+            self.merge_long(symbols, out);
+        } else {
+            self.merge_scan(symbols, out);
+        }
+    }
+
+    /// Merges by repeated scans: find the adjacent pair with the lowest rank, merge all its
+    /// occurrences left to right, repeat (open_clip's algorithm; fast for short words).
+    fn merge_scan(&self, mut symbols: Vec<u32>, out: &mut Vec<u32>) {
+        while symbols.len() > 1 {
+            let mut best: Option<(u32, u32, u32, u32)> = None;
+            for pair in symbols.windows(2) {
+                if let Some(&(rank, merged)) = self
+                    .merges
+                    .get(&(((pair[0] as u64) << 32) | pair[1] as u64))
+                {
+                    if best.is_none_or(|(r, ..)| rank < r) {
+                        best = Some((rank, pair[0], pair[1], merged));
+                    }
+                }
+            }
+            let Some((_, left, right, merged)) = best else {
+                break;
+            };
+            let mut write = 0;
+            let mut read = 0;
+            while read < symbols.len() {
+                if read + 1 < symbols.len() && symbols[read] == left && symbols[read + 1] == right {
+                    symbols[write] = merged;
+                    read += 2;
+                } else {
+                    symbols[write] = symbols[read];
+                    read += 1;
+                }
+                write += 1;
+            }
+            symbols.truncate(write);
+        }
+        out.extend_from_slice(&symbols);
+    }
+
+    /// The same merges for long words in O(n log n): a heap of candidate pairs ordered by
+    /// (rank, position) over a linked list of symbols. Popping the lowest rank, leftmost first,
+    /// merges the occurrences of a pair left to right as the full scan does (this is how the
+    /// `tokenizers` library merges every word).
+    fn merge_long(&self, ids: Vec<u32>, out: &mut Vec<u32>) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        const NONE: usize = usize::MAX;
+        let n = ids.len();
+        let mut id = ids;
+        let mut next: Vec<usize> = (1..=n).map(|i| if i == n { NONE } else { i }).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| if i == 0 { NONE } else { i - 1 }).collect();
+        let mut alive = vec![true; n];
+        let mut heap = BinaryHeap::new();
+        let rank_of = |a: u32, b: u32| self.merges.get(&(((a as u64) << 32) | b as u64)).copied();
+        for i in 0..n.saturating_sub(1) {
+            if let Some((rank, _)) = rank_of(id[i], id[i + 1]) {
+                heap.push(Reverse((rank, i, id[i], id[i + 1])));
+            }
+        }
+        while let Some(Reverse((rank, i, left, right))) = heap.pop() {
+            let j = next[i];
+            if !alive[i] || j == NONE || id[i] != left || id[j] != right {
+                continue;
+            }
+            let Some((r, merged)) = rank_of(left, right) else {
+                continue;
+            };
+            if r != rank {
+                continue;
+            }
+            id[i] = merged;
+            alive[j] = false;
+            next[i] = next[j];
+            if next[j] != NONE {
+                prev[next[j]] = i;
+            }
+            if prev[i] != NONE {
+                if let Some((rank, _)) = rank_of(id[prev[i]], merged) {
+                    heap.push(Reverse((rank, prev[i], id[prev[i]], merged)));
+                }
+            }
+            if next[i] != NONE {
+                if let Some((rank, _)) = rank_of(merged, id[next[i]]) {
+                    heap.push(Reverse((rank, i, merged, id[next[i]])));
+                }
+            }
+        }
+        let mut i = 0;
+        while i != NONE {
+            out.push(id[i]);
+            i = next[i];
+        }
+    }
+}
+
+/// Words with more symbols than this are merged with a heap instead of repeated scans.
+const LONG_WORD: usize = 96;
+
+// ---------------------------------------------------------------------------------------------
+// Word cache: per thread, so that `encode_batch` threads never wait on each other.
+
+static NEXT_TOKENIZER_ID: AtomicU64 = AtomicU64::new(1);
+const WORD_CACHE_LIMIT: usize = 200_000;
+
+/// Words already encoded on this thread, per tokenizer (a few tokenizers at a time, so that a
+/// program alternating between two does not keep emptying the cache).
+type WordCache = Vec<(u64, FastMap<Box<[u8]>, Box<[u32]>>)>;
+const WORD_CACHE_TOKENIZERS: usize = 4;
+
+thread_local! {
+    static WORD_CACHE: RefCell<WordCache> = const { RefCell::new(Vec::new()) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Added tokens (transformers convention)
+
+#[derive(Clone, Debug)]
+struct AddedToken {
+    content: String,
+    id: u32,
+    /// Matched in the normalised text (after NFC, whitespace and lowercase) rather than the raw.
+    normalized: bool,
+    lstrip: bool,
+    rstrip: bool,
+    single_word: bool,
+}
+
+/// Pieces of a text: plain text, or an added token's id.
+enum Piece<'a> {
+    Text(&'a str),
+    Token(u32),
+}
+
+/// Splits `text` around the leftmost-longest occurrences of `tokens` (tokenizers' added
+/// vocabulary rules, with `lstrip`/`rstrip` taking the neighbouring whitespace along).
+fn split_added<'a>(text: &'a str, tokens: &[AddedToken], out: &mut Vec<Piece<'a>>) {
+    if tokens.is_empty() {
+        out.push(Piece::Text(text));
+        return;
+    }
+    let mut pos = 0; // start of the text not yet emitted
+    let mut search = 0;
+    while search <= text.len() {
+        // Leftmost match, longest on ties.
+        let mut best: Option<(usize, &AddedToken)> = None;
+        for t in tokens {
+            if t.content.is_empty() {
+                continue;
+            }
+            let mut from = search;
+            while let Some(i) = text[from..].find(t.content.as_str()) {
+                let start = from + i;
+                let end = start + t.content.len();
+                let ok = !t.single_word || {
+                    let before = text[..start].chars().next_back();
+                    let after = text[end..].chars().next();
+                    !before.is_some_and(char::is_alphanumeric)
+                        && !after.is_some_and(char::is_alphanumeric)
+                };
+                if ok {
+                    if best.is_none_or(|(s, b)| {
+                        start < s || (start == s && t.content.len() > b.content.len())
+                    }) {
+                        best = Some((start, t));
+                    }
+                    break;
+                }
+                from = start + text[start..].chars().next().map_or(1, char::len_utf8);
+            }
+        }
+        let Some((start, t)) = best else {
+            break;
+        };
+        let mut begin = start;
+        let mut end = start + t.content.len();
+        if t.lstrip {
+            begin = text[pos..start].trim_end().len() + pos;
+        }
+        if t.rstrip {
+            end = text.len() - text[end..].trim_start().len();
+        }
+        if begin > pos {
+            out.push(Piece::Text(&text[pos..begin]));
+        }
+        out.push(Piece::Token(t.id));
+        pos = end;
+        search = end;
+    }
+    if pos < text.len() {
+        out.push(Piece::Text(&text[pos..]));
+    }
+}
+
+/// The normaliser of `CLIPTokenizerFast`: NFC, every run of whitespace (Unicode `White_Space`)
+/// to one space, then each character lowercased on its own (no final-sigma rule).
+fn normalize_transformers(text: &str) -> String {
+    let nfc: std::borrow::Cow<'_, str> =
+        if text.is_ascii() || is_nfc_quick(text.chars()) == IsNormalized::Yes {
+            std::borrow::Cow::Borrowed(text)
+        } else {
+            std::borrow::Cow::Owned(text.nfc().collect())
+        };
+    let mut out = String::with_capacity(nfc.len());
+    let mut in_space = false;
+    for c in nfc.chars() {
+        if is_white_space(c) {
+            if !in_space {
+                out.push(' ');
+            }
+            in_space = true;
+            continue;
+        }
+        in_space = false;
+        if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.extend(c.to_lowercase());
+        }
+    }
+    out
+}
+
+/// Unicode `White_Space` (what `\s` means in Oniguruma, Rust's `regex` and Python's `regex`).
+fn is_white_space(c: char) -> bool {
+    matches!(
+        c,
+        '\t'..='\r'
+            | ' '
+            | '\u{85}'
+            | '\u{a0}'
+            | '\u{1680}'
+            | '\u{2000}'..='\u{200a}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202f}'
+            | '\u{205f}'
+            | '\u{3000}'
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tokenizer
+
+/// CLIP's tokenizer in one of the two reference conventions. `Send + Sync`; share it freely.
+pub struct ClipTokenizer {
+    id: u64,
+    convention: TokenizerConvention,
+    bpe: Bpe,
+    words: Regex,
+    context_length: usize,
+    sot: u32,
+    eot: u32,
+    pad: u32,
+    vocab_size: usize,
+    /// Special-token literals of the open_clip convention and their ids.
+    open_clip_specials: [(&'static str, u32); 2],
+    /// Added tokens of the transformers convention matched in the raw text, and those matched in
+    /// the normalised text.
+    added_raw: Vec<AddedToken>,
+    added_normalized: Vec<AddedToken>,
+}
+
+impl std::fmt::Debug for ClipTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClipTokenizer")
+            .field("convention", &self.convention)
+            .field("vocab_size", &self.vocab_size)
+            .field("context_length", &self.context_length)
+            .field("sot", &self.sot)
+            .field("eot", &self.eot)
+            .field("pad", &self.pad)
+            .finish()
+    }
+}
+
+/// The word-splitting pattern shared by both conventions, after the special-token literals.
+const WORD_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+";
+
+impl ClipTokenizer {
+    /// open_clip's default tokenizer: the vocabulary shipped inside gclip
+    /// (`bpe_simple_vocab_16e6.txt.gz`, 49,408 ids), context length 77, padding 0.
+    ///
+    /// Building decompresses and indexes the vocabulary (tens of milliseconds): build once, share.
+    pub fn open_clip_default() -> Result<Self, TokenizerError> {
+        let path = PathBuf::from("<embedded bpe_simple_vocab_16e6.txt.gz>");
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(OPEN_CLIP_BPE_GZ)
+            .read_to_string(&mut text)
+            .map_err(|source| TokenizerError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Self::from_open_clip_merges(&text, &path)
+    }
+
+    /// open_clip's tokenizer built from the text of a `bpe_simple_vocab_16e6.txt`-style file
+    /// (a header line, then one merge per line): the first 48,894 merges, after the 256 byte
+    /// characters and the same with `</w>`, then `<start_of_text>` and `<end_of_text>`.
+    pub fn from_open_clip_bpe_text(text: &str) -> Result<Self, TokenizerError> {
+        Self::from_open_clip_merges(text, Path::new("<bpe text>"))
+    }
+
+    fn from_open_clip_merges(text: &str, path: &Path) -> Result<Self, TokenizerError> {
+        const MERGES: usize = 49152 - 256 - 2;
+        let lines: Vec<&str> = text.split('\n').skip(1).take(MERGES).collect();
+        let mut merges = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            let mut parts = line.split_whitespace();
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(a), Some(b), None) => merges.push((a.to_owned(), b.to_owned())),
+                _ => {
+                    return Err(TokenizerError::Malformed {
+                        path: path.to_owned(),
+                        message: format!("line {} is not a merge of two symbols: {line:?}", i + 2),
+                    })
+                }
+            }
+        }
+        let mut vocab: FastMap<String, u32> = FastMap::default();
+        let mut push = |t: String| {
+            let id = vocab.len() as u32;
+            vocab.entry(t).or_insert(id);
+        };
+        let alphabet = byte_alphabet();
+        for &(_, c) in &alphabet {
+            push(c.to_string());
+        }
+        for &(_, c) in &alphabet {
+            push(format!("{c}</w>"));
+        }
+        for (a, b) in &merges {
+            push(format!("{a}{b}"));
+        }
+        push("<start_of_text>".to_owned());
+        push("<end_of_text>".to_owned());
+        let sot = vocab["<start_of_text>"];
+        let eot = vocab["<end_of_text>"];
+        let vocab_size = vocab.values().map(|&v| v as usize + 1).max().unwrap_or(0);
+        let bpe = Bpe::new(vocab, &merges, "</w>", None, path)?;
+        // open_clip compiles its pattern case-insensitively. That matters for the contractions
+        // (`'S`, and `'ſ` since ſ folds to s) and in one more place: Python's `regex` then leaves
+        // U+0345 (a combining mark whose case folding is the letter ι) out of both the letter
+        // class and the negated class, so the character is dropped.
+        let words = Regex::new(
+            r"(?i:<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d)|\p{L}+|\p{N}|[^\s\p{L}\p{N}\x{345}]+"
+        )
+        .expect("valid regex");
+        Ok(ClipTokenizer {
+            id: NEXT_TOKENIZER_ID.fetch_add(1, Ordering::Relaxed),
+            convention: TokenizerConvention::OpenClip,
+            bpe,
+            words,
+            context_length: DEFAULT_CONTEXT_LENGTH,
+            sot,
+            eot,
+            pad: 0,
+            vocab_size,
+            open_clip_specials: [("<start_of_text>", sot), ("<end_of_text>", eot)],
+            added_raw: Vec::new(),
+            added_normalized: Vec::new(),
+        })
+    }
+
+    /// The tokenizer of a Hugging Face model directory, in the transformers convention.
+    ///
+    /// Reads `tokenizer.json` (its `model.vocab`, `model.merges` and `added_tokens`) when present,
+    /// otherwise `vocab.json` and `merges.txt`; then `tokenizer_config.json` and
+    /// `special_tokens_map.json` when present for the bos/eos/pad/unk tokens, the added tokens'
+    /// options and `model_max_length` (the context length; 77 when absent or unrealistically
+    /// large). Defaults are those of `CLIPTokenizer`: `<|startoftext|>`, `<|endoftext|>` for
+    /// eos, pad and unk. Special tokens are matched in the raw text, or in the normalised text
+    /// when their `"normalized"` option says so (older `tokenizer.json` files).
+    ///
+    /// The normaliser and word splitter are always CLIP's, whatever `tokenizer.json` describes:
+    /// transformers 5 rebuilds them the same way for every `CLIPTokenizer`.
+    ///
+    /// Building reads and indexes about 2 MB of JSON (tens of milliseconds): build once, share.
+    pub fn from_hf_dir(dir: &Path) -> Result<Self, TokenizerError> {
+        let tokenizer_json = dir.join("tokenizer.json");
+        let vocab_json = dir.join("vocab.json");
+        let merges_txt = dir.join("merges.txt");
+        let mut added: Vec<AddedToken> = Vec::new();
+        let (vocab, merges, end_of_word, source) = if tokenizer_json.is_file() {
+            let json = read_json(&tokenizer_json)?;
+            let (vocab, merges, eow) = parse_tokenizer_json(&json, &tokenizer_json)?;
+            if let Some(list) = json.get("added_tokens").and_then(Value::as_array) {
+                for entry in list {
+                    if let Some(t) = added_token_from_json(entry, None) {
+                        upsert(&mut added, t);
+                    }
+                }
+            }
+            (vocab, merges, eow, tokenizer_json)
+        } else if vocab_json.is_file() && merges_txt.is_file() {
+            let json = read_json(&vocab_json)?;
+            let vocab = parse_vocab(&json, &vocab_json)?;
+            let text =
+                std::fs::read_to_string(&merges_txt).map_err(|source| TokenizerError::Io {
+                    path: merges_txt.clone(),
+                    source,
+                })?;
+            let merges = parse_merges_txt(&text, &merges_txt)?;
+            (vocab, merges, "</w>".to_owned(), vocab_json)
+        } else if !dir.is_dir() {
+            return Err(TokenizerError::Io {
+                path: dir.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+            });
+        } else {
+            return Err(TokenizerError::MissingFiles {
+                dir: dir.to_owned(),
+            });
+        };
+
+        let config_path = dir.join("tokenizer_config.json");
+        let config = if config_path.is_file() {
+            Some(read_json(&config_path)?)
+        } else {
+            None
+        };
+        let map_path = dir.join("special_tokens_map.json");
+        let special_map = if map_path.is_file() {
+            Some(read_json(&map_path)?)
+        } else {
+            None
+        };
+
+        if let Some(decoder) = config
+            .as_ref()
+            .and_then(|c| c.get("added_tokens_decoder"))
+            .and_then(Value::as_object)
+        {
+            for (id, entry) in decoder {
+                if let Some(t) = added_token_from_json(entry, id.parse().ok()) {
+                    upsert(&mut added, t);
+                }
+            }
+        }
+        let lookup = |content: &str, added: &[AddedToken]| {
+            added
+                .iter()
+                .find(|t| t.content == content)
+                .map(|t| t.id)
+                .or_else(|| vocab.get(content).copied())
+        };
+        let special = |role: &'static str,
+                       default: &str,
+                       added: &mut Vec<AddedToken>|
+         -> Result<u32, TokenizerError> {
+            let value = config
+                .as_ref()
+                .and_then(|c| c.get(format!("{role}_token")))
+                .filter(|v| !v.is_null())
+                .or_else(|| {
+                    special_map
+                        .as_ref()
+                        .and_then(|m| m.get(format!("{role}_token")))
+                });
+            let (content, flags) = match value {
+                Some(Value::String(s)) => (s.clone(), None),
+                Some(v @ Value::Object(_)) => match v.get("content").and_then(Value::as_str) {
+                    Some(s) => (s.to_owned(), Some(v)),
+                    None => (default.to_owned(), None),
+                },
+                _ => (default.to_owned(), None),
+            };
+            let id = lookup(&content, added).ok_or_else(|| TokenizerError::MissingToken {
+                token: content.clone(),
+                role,
+                dir: dir.to_owned(),
+            })?;
+            let existing = added.iter().any(|t| t.content == content);
+            match flags {
+                Some(v) => {
+                    if let Some(t) = added_token_from_json(v, Some(id)) {
+                        upsert(added, t);
+                    }
+                }
+                None if !existing => added.push(AddedToken {
+                    content,
+                    id,
+                    normalized: false,
+                    lstrip: false,
+                    rstrip: false,
+                    single_word: false,
+                }),
+                None => {}
+            }
+            Ok(id)
+        };
+        let bos = special("bos", "<|startoftext|>", &mut added)?;
+        let eos = special("eos", "<|endoftext|>", &mut added)?;
+        let unk = special("unk", "<|endoftext|>", &mut added)?;
+        let pad = special("pad", "<|endoftext|>", &mut added)?;
+
+        let context_length = config
+            .as_ref()
+            .and_then(|c| c.get("model_max_length"))
+            .and_then(Value::as_f64)
+            .filter(|n| (1.0..=1e6).contains(n))
+            .map_or(DEFAULT_CONTEXT_LENGTH, |n| n as usize);
+
+        let mut vocab_size = vocab.values().map(|&v| v as usize + 1).max().unwrap_or(0);
+        vocab_size = vocab_size.max(added.iter().map(|t| t.id as usize + 1).max().unwrap_or(0));
+        let bpe = Bpe::new(vocab, &merges, &end_of_word, Some(unk), &source)?;
+        let words = Regex::new(&format!(
+            r"<\|startoftext\|>|<\|endoftext\|>|{WORD_PATTERN}"
+        ))
+        .expect("valid regex");
+        Ok(ClipTokenizer {
+            id: NEXT_TOKENIZER_ID.fetch_add(1, Ordering::Relaxed),
+            convention: TokenizerConvention::Transformers,
+            bpe,
+            words,
+            context_length,
+            sot: bos,
+            eot: eos,
+            pad,
+            vocab_size,
+            open_clip_specials: [("", u32::MAX), ("", u32::MAX)],
+            added_raw: added.iter().filter(|t| !t.normalized).cloned().collect(),
+            added_normalized: added.into_iter().filter(|t| t.normalized).collect(),
+        })
+    }
+
+    /// The same tokenizer with another context length (the number of ids [`encode`] returns).
+    ///
+    /// [`encode`]: ClipTokenizer::encode
+    pub fn with_context_length(mut self, n: usize) -> Self {
+        self.context_length = n;
+        self
+    }
+
+    /// The convention these ids follow.
+    pub fn convention(&self) -> TokenizerConvention {
+        self.convention
+    }
+
+    /// Number of ids [`encode`](ClipTokenizer::encode) returns.
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    /// Start-of-text id (49406 for CLIP).
+    pub fn sot_id(&self) -> u32 {
+        self.sot
+    }
+
+    /// End-of-text id (49407 for CLIP).
+    pub fn eot_id(&self) -> u32 {
+        self.eot
+    }
+
+    /// Padding id: 0 for open_clip, the config's pad token for transformers (49407 for OpenAI).
+    pub fn pad_id(&self) -> u32 {
+        self.pad
+    }
+
+    /// Number of ids (one more than the largest id).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// The ids the text tower receives: exactly [`context_length`](Self::context_length) ids,
+    /// start and end tokens included, cut and padded as the convention does.
+    ///
+    /// With a context length of 1 the result is the end token alone (what open_clip produces),
+    /// with 0 it is empty.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        let n = self.context_length;
+        let mut ids = Vec::with_capacity(n.clamp(2, 4096) + 8);
+        ids.push(self.sot);
+        self.tokenize_into(text, n.saturating_sub(2), &mut ids);
+        ids.truncate(n.saturating_sub(1).max(1));
+        ids.push(self.eot);
+        if n == 1 {
+            ids.clear();
+            ids.push(self.eot);
+        }
+        ids.resize(n, self.pad);
+        ids
+    }
+
+    /// [`encode`](Self::encode) for many texts, in parallel (rayon).
+    pub fn encode_batch(&self, texts: &[&str]) -> Vec<Vec<u32>> {
+        texts.par_iter().map(|t| self.encode(t)).collect()
+    }
+
+    /// The BPE ids of the text, without start, end or padding, and not cut.
+    pub fn tokenize_unpadded(&self, text: &str) -> Vec<u32> {
+        let mut ids = Vec::new();
+        self.tokenize_into(text, usize::MAX, &mut ids);
+        ids
+    }
+
+    /// Cleans and tokenizes `text`, appending ids to `out` and stopping once `limit` ids were
+    /// added (words are independent, so the ids before the cut are exact).
+    fn tokenize_into(&self, text: &str, limit: usize, out: &mut Vec<u32>) {
+        let goal = out.len().saturating_add(limit);
+        match self.convention {
+            TokenizerConvention::OpenClip => {
+                let clean = text_clean::clean_open_clip(text);
+                self.words_into(&clean, goal, out);
+            }
+            TokenizerConvention::Transformers => {
+                let mut pieces = Vec::new();
+                split_added(text, &self.added_raw, &mut pieces);
+                for piece in pieces {
+                    if out.len() >= goal {
+                        break;
+                    }
+                    match piece {
+                        Piece::Token(id) => out.push(id),
+                        Piece::Text(t) => {
+                            let norm = normalize_transformers(t);
+                            let mut inner = Vec::new();
+                            split_added(&norm, &self.added_normalized, &mut inner);
+                            for p in inner {
+                                if out.len() >= goal {
+                                    break;
+                                }
+                                match p {
+                                    Piece::Token(id) => out.push(id),
+                                    Piece::Text(s) => self.words_into(s, goal, out),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out.truncate(goal);
+    }
+
+    /// Splits cleaned text into words and BPE-encodes each.
+    fn words_into(&self, text: &str, goal: usize, out: &mut Vec<u32>) {
+        for m in self.words.find_iter(text) {
+            if out.len() >= goal {
+                return;
+            }
+            let word = m.as_str();
+            match self.convention {
+                TokenizerConvention::OpenClip => {
+                    if let Some(&(_, id)) = self.open_clip_specials.iter().find(|(s, _)| *s == word)
+                    {
+                        out.push(id);
+                        continue;
+                    }
+                    self.bpe_cached(word.as_bytes(), out);
+                }
+                TokenizerConvention::Transformers => {
+                    // A special-token literal that was not taken as an added token (for
+                    // example written in capitals): transformers' byte-level step splits it
+                    // again with GPT-2's pattern, into `<|`, the name and `|>`.
+                    if word == "<|startoftext|>" || word == "<|endoftext|>" {
+                        self.bpe_cached(b"<|", out);
+                        self.bpe_cached(&word.as_bytes()[2..word.len() - 2], out);
+                        self.bpe_cached(b"|>", out);
+                        continue;
+                    }
+                    self.bpe_cached(word.as_bytes(), out);
+                }
+            }
+        }
+    }
+
+    fn bpe_cached(&self, word: &[u8], out: &mut Vec<u32>) {
+        if word.len() > 64 {
+            self.bpe.encode_word(word, out);
+            return;
+        }
+        WORD_CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let slot = match cache.iter().position(|(owner, _)| *owner == self.id) {
+                Some(i) => i,
+                None => {
+                    if cache.len() >= WORD_CACHE_TOKENIZERS {
+                        cache.remove(0);
+                    }
+                    cache.push((self.id, FastMap::default()));
+                    cache.len() - 1
+                }
+            };
+            let words = &mut cache[slot].1;
+            if let Some(ids) = words.get(word) {
+                out.extend_from_slice(ids);
+                return;
+            }
+            let start = out.len();
+            self.bpe.encode_word(word, out);
+            if words.len() >= WORD_CACHE_LIMIT {
+                *words = FastMap::default();
+            }
+            words.insert(word.into(), out[start..].into());
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hugging Face files
+
+fn read_json(path: &Path) -> Result<Value, TokenizerError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| TokenizerError::Json {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn parse_vocab(json: &Value, path: &Path) -> Result<FastMap<String, u32>, TokenizerError> {
+    let malformed = |message: String| TokenizerError::Malformed {
+        path: path.to_owned(),
+        message,
+    };
+    let object = json.as_object().ok_or_else(|| {
+        malformed("the vocabulary is not a JSON object of token to id".to_owned())
+    })?;
+    let mut vocab = FastMap::default();
+    vocab.reserve(object.len());
+    for (token, id) in object {
+        let id = id
+            .as_u64()
+            .filter(|&i| i < u32::MAX as u64)
+            .ok_or_else(|| {
+                malformed(format!(
+                    "token {token:?} has id {id}, not a non-negative integer"
+                ))
+            })?;
+        vocab.insert(token.clone(), id as u32);
+    }
+    if vocab.is_empty() {
+        return Err(malformed("the vocabulary is empty".to_owned()));
+    }
+    Ok(vocab)
+}
+
+fn parse_merges_txt(text: &str, path: &Path) -> Result<Vec<(String, String)>, TokenizerError> {
+    let mut merges = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with("#version") || line.is_empty() {
+            continue;
+        }
+        match line.split_once(' ') {
+            Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => {
+                merges.push((a.to_owned(), b.to_owned()))
+            }
+            _ => {
+                return Err(TokenizerError::Malformed {
+                    path: path.to_owned(),
+                    message: format!("line {} is not a merge of two symbols: {line:?}", i + 1),
+                })
+            }
+        }
+    }
+    Ok(merges)
+}
+
+type ParsedModel = (FastMap<String, u32>, Vec<(String, String)>, String);
+
+fn parse_tokenizer_json(json: &Value, path: &Path) -> Result<ParsedModel, TokenizerError> {
+    let malformed = |message: &str| TokenizerError::Malformed {
+        path: path.to_owned(),
+        message: message.to_owned(),
+    };
+    let model = json
+        .get("model")
+        .ok_or_else(|| malformed("no \"model\" section"))?;
+    if let Some(kind) = model.get("type").and_then(Value::as_str) {
+        if kind != "BPE" {
+            return Err(malformed(&format!("the model is {kind}, not BPE")));
+        }
+    }
+    let vocab = parse_vocab(
+        model
+            .get("vocab")
+            .ok_or_else(|| malformed("no \"model.vocab\""))?,
+        path,
+    )?;
+    let list = model
+        .get("merges")
+        .and_then(Value::as_array)
+        .ok_or_else(|| malformed("no \"model.merges\" list"))?;
+    let mut merges = Vec::with_capacity(list.len());
+    for (i, entry) in list.iter().enumerate() {
+        let pair = match entry {
+            Value::String(s) => s.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())),
+            Value::Array(parts) => match parts.as_slice() {
+                [Value::String(a), Value::String(b)] => Some((a.clone(), b.clone())),
+                _ => None,
+            },
+            _ => None,
+        };
+        merges.push(pair.ok_or_else(|| {
+            malformed(&format!(
+                "merge {} is neither \"a b\" nor [\"a\", \"b\"]: {entry}",
+                i + 1
+            ))
+        })?);
+    }
+    let end_of_word = model
+        .get("end_of_word_suffix")
+        .and_then(Value::as_str)
+        .unwrap_or("</w>")
+        .to_owned();
+    Ok((vocab, merges, end_of_word))
+}
+
+fn added_token_from_json(entry: &Value, id: Option<u32>) -> Option<AddedToken> {
+    let flag = |name: &str| entry.get(name).and_then(Value::as_bool).unwrap_or(false);
+    let id = id.or_else(|| entry.get("id").and_then(Value::as_u64).map(|i| i as u32))?;
+    Some(AddedToken {
+        content: entry.get("content")?.as_str()?.to_owned(),
+        id,
+        normalized: flag("normalized"),
+        lstrip: flag("lstrip"),
+        rstrip: flag("rstrip"),
+        single_word: flag("single_word"),
+    })
+}
+
+fn upsert(added: &mut Vec<AddedToken>, token: AddedToken) {
+    match added.iter_mut().find(|t| t.content == token.content) {
+        Some(t) => *t = token,
+        None => added.push(token),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_alphabet_is_clip_order() {
+        let a = byte_alphabet();
+        assert_eq!(a.len(), 256);
+        assert_eq!(a[0], (b'!', '!'));
+        assert_eq!(a[188], (0, '\u{100}'));
+        assert_eq!(a.iter().find(|(b, _)| *b == b' ').unwrap().1, '\u{120}');
+    }
+
+    #[test]
+    fn heap_merge_equals_scan_merge() {
+        let tok = ClipTokenizer::open_clip_default().unwrap();
+        let mut state = 99u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize
+        };
+        let alphabet: Vec<char> = "etaoinshrdlucmfwypvbgkjqxzéü日本ßø".chars().collect();
+        for _ in 0..300 {
+            let len = 1 + next() % 200;
+            let word: String = (0..len)
+                .map(|_| alphabet[next() % alphabet.len()])
+                .collect();
+            let bytes = word.as_bytes();
+            let (last, init) = bytes.split_last().unwrap();
+            let mut symbols: Vec<u32> = init
+                .iter()
+                .map(|&b| tok.bpe.byte_ids[b as usize].unwrap())
+                .collect();
+            symbols.push(tok.bpe.byte_end_ids[*last as usize].unwrap());
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            tok.bpe.merge_scan(symbols.clone(), &mut a);
+            tok.bpe.merge_long(symbols, &mut b);
+            assert_eq!(a, b, "{word}");
+        }
+    }
+
+    #[test]
+    fn is_send_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<ClipTokenizer>();
+    }
+}

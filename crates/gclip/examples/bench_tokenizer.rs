@@ -1,0 +1,176 @@
+//! Tokenizer throughput on one core: `encode` of short captions like product titles.
+//!
+//! ```text
+//! cargo run --release -p gclip --example bench_tokenizer [-- --hf tests/fixtures/tokenizer/hf] [--n 200000]
+//! ```
+//!
+//! Prints captions per second for the open_clip convention (and the transformers convention when
+//! `--hf DIR` is given), first with every caption distinct (cold word cache), then repeated passes
+//! (warm cache), plus a few long or unusual inputs. `tools/bench_tokenizer.py` times open_clip and
+//! transformers on the same captions.
+
+use std::time::Instant;
+
+use gclip::input::tokenizer::ClipTokenizer;
+
+/// The same deterministic captions `tools/bench_tokenizer.py` makes.
+fn captions(n: usize) -> Vec<String> {
+    const BRANDS: [&str; 12] = [
+        "Samsung",
+        "Apple",
+        "Nike",
+        "IKEA",
+        "Sony",
+        "Bosch",
+        "LEGO",
+        "Philips",
+        "Adidas",
+        "Canon",
+        "Müller",
+        "Café Noir",
+    ];
+    const ITEMS: [&str; 16] = [
+        "Wireless Headphones",
+        "Running Shoes",
+        "Smart TV",
+        "Coffee Maker",
+        "Desk Lamp",
+        "Backpack",
+        "Water Bottle",
+        "Gaming Mouse",
+        "T-Shirt",
+        "Office Chair",
+        "Phone Case",
+        "Blender",
+        "Sunglasses",
+        "Wall Clock",
+        "Yoga Mat",
+        "Kitchen Knife Set",
+    ];
+    const COLOURS: [&str; 10] = [
+        "Black",
+        "White",
+        "Navy Blue",
+        "Red",
+        "Grey",
+        "Green",
+        "Rose Gold",
+        "Silver",
+        "Beige",
+        "Pink",
+    ];
+    const EXTRAS: [&str; 8] = [
+        "2-Pack",
+        "XL",
+        "(2024 Model)",
+        "- Waterproof",
+        "with USB-C",
+        "500ml",
+        "Men's",
+        "for Kids",
+    ];
+    let mut state: u64 = 42;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    (0..n)
+        .map(|i| {
+            format!(
+                "{} {} {} {} {}{}",
+                BRANDS[next() % BRANDS.len()],
+                ITEMS[next() % ITEMS.len()],
+                COLOURS[next() % COLOURS.len()],
+                EXTRAS[next() % EXTRAS.len()],
+                next() % 1000,
+                if i % 10 == 0 {
+                    " – Free Shipping!"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect()
+}
+
+fn bench(name: &str, tok: &ClipTokenizer, texts: &[String], passes: usize) {
+    let start = Instant::now();
+    let mut checksum = 0u64;
+    for _ in 0..passes {
+        for t in texts {
+            checksum = checksum.wrapping_add(tok.encode(t)[1] as u64);
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = texts.len() * passes;
+    println!(
+        "{name:<44} {:>9.0} captions/s  {:>6.2} M/min  {:>6.2} µs/caption  (n={n}, checksum {checksum})",
+        n as f64 / secs,
+        n as f64 / secs * 60.0 / 1e6,
+        secs * 1e6 / n as f64
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let n: usize = value("--n").and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let texts = captions(n);
+    println!("example caption: {:?}", texts[1]);
+    println!("single thread; {} distinct captions", texts.len());
+
+    let start = Instant::now();
+    let oc = ClipTokenizer::open_clip_default().expect("embedded vocabulary");
+    println!(
+        "open_clip_default(): {:.1} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    bench("open_clip convention, first pass", &oc, &texts, 1);
+    bench("open_clip convention, warm (3 passes)", &oc, &texts, 3);
+    if let Some(dir) = value("--hf") {
+        let start = Instant::now();
+        let hf = ClipTokenizer::from_hf_dir(std::path::Path::new(&dir)).expect("hf dir");
+        println!(
+            "from_hf_dir(): {:.1} ms",
+            start.elapsed().as_secs_f64() * 1e3
+        );
+        bench("transformers convention, first pass", &hf, &texts, 1);
+        bench("transformers convention, warm (3 passes)", &hf, &texts, 3);
+    }
+
+    let odd: Vec<String> = vec![
+        "Ã©tÃ© â€œmojibakeâ€ caf&eacute; ﬁne ＬＯＵＤ".to_owned(),
+        "Ein Foto von einer Katze auf dem Sofa, Größe XL".to_owned(),
+        "日本語のテキストと絵文字 😀👍🏽".to_owned(),
+    ];
+    let odd: Vec<String> = odd.iter().cycle().take(30_000).cloned().collect();
+    bench("open_clip, non-ASCII captions", &oc, &odd, 1);
+
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(500);
+    bench("open_clip, 22,000-character text", &oc, &[long], 20);
+    let mut state = 7u64;
+    let word: String = (0..100_000)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (b'a' + ((state >> 33) % 26) as u8) as char
+        })
+        .collect();
+    bench("open_clip, one 100,000-letter word", &oc, &[word], 1);
+
+    let batch: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let start = Instant::now();
+    let out = oc.encode_batch(&batch);
+    println!(
+        "encode_batch ({} threads), open_clip: {:.0} captions/s ({} rows)",
+        rayon::current_num_threads(),
+        out.len() as f64 / start.elapsed().as_secs_f64(),
+        out.len()
+    );
+}
