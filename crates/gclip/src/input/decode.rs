@@ -18,7 +18,7 @@
 //! * BMP: 1/4/8-bit → `P`, or `1`/`L` when the palette is the black-white / grey ramp; 16-bit
 //!   → `RGB` (5-5-5 or 5-6-5); 24/32-bit → `RGB` (32-bit alpha only with an alpha bitmask).
 //! * WebP: `RGB`, or `RGBA` when the file has alpha.
-//! * TIFF: `1`, `L`, `I;16`, `LA`, `RGB`, `RGBA`, `CMYK`, `P`.
+//! * TIFF: `1`, `L`, `I;16`, `LA`, `RGB`, `RGBA`, `CMYK` (palette TIFFs are not supported).
 
 use std::io::Cursor;
 
@@ -236,6 +236,13 @@ fn new_decoded(
 
 fn decode_png(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
     let corrupt = |e: png::DecodingError| DecodeError::Corrupt(Format::Png, e.to_string());
+    // The size sits at a fixed place in the IHDR chunk: check it before the decoder reads on.
+    if bytes.len() >= 24 && &bytes[12..16] == b"IHDR" {
+        let be = |o: usize| {
+            u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]) as u64
+        };
+        check_size(be(16), be(20), max_pixels)?;
+    }
     let mut decoder = png::Decoder::new(Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::IDENTITY);
     decoder.set_limits(png::Limits { bytes: usize::MAX });
@@ -776,7 +783,12 @@ fn decode_tiff(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
     use tiff::decoder::DecodingResult;
     use tiff::tags::Tag;
     use tiff::ColorType as C;
-    let corrupt = |e: tiff::TiffError| DecodeError::Corrupt(Format::Tiff, e.to_string());
+    let corrupt = |e: tiff::TiffError| match e {
+        tiff::TiffError::UnsupportedError(u) => {
+            DecodeError::Unsupported(Format::Tiff, u.to_string())
+        }
+        e => DecodeError::Corrupt(Format::Tiff, e.to_string()),
+    };
     let mut dec = tiff::decoder::Decoder::new(Cursor::new(bytes)).map_err(corrupt)?;
     let (w, h) = dec.dimensions().map_err(corrupt)?;
     let (w, h) = (w as usize, h as usize);
