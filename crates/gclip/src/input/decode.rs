@@ -393,11 +393,15 @@ fn decode_png(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
         d.palette = p.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect();
     }
     if let Some(t) = trns {
+        // The png crate keeps 16-bit keys as big-endian pairs and shortens lower-depth keys
+        // to their low byte.
         let be = |i: usize| -> u16 {
-            if t.len() >= 2 * i + 2 {
-                u16::from_be_bytes([t[2 * i], t[2 * i + 1]])
+            if depth == 16 {
+                t.get(2 * i..2 * i + 2)
+                    .map(|b| u16::from_be_bytes([b[0], b[1]]))
+                    .unwrap_or(0)
             } else {
-                0
+                t.get(i).copied().unwrap_or(0) as u16
             }
         };
         d.transparency = match d.mode {

@@ -10,11 +10,12 @@
 //!   divided by their sum.
 //! * For 8-bit data the weights become signed fixed-point integers with 22 fractional bits,
 //!   rounded half away from zero; each output is `(Σ pixel·weight + 2²¹) >> 22`, clamped to
-//!   `0..=255`. The horizontal pass runs first (on the rows the vertical pass will read) and its
-//!   8-bit result feeds the vertical pass. Integer sums are exact, so the order of the
+//!   `0..=255`. Normally the horizontal pass runs first (on the rows the vertical pass will
+//!   read) and its 8-bit result feeds the vertical pass. Integer sums are exact, so the order of the
 //!   additions does not matter here and the loops are free to be vectorised.
-//! * Images more than 100 times taller than wide are resized vertically first when their
-//!   height shrinks, as Pillow does.
+//! * Pillow 13 runs the vertical pass first instead when the height shrinks by more than
+//!   twice as many pixels as the width; the order matters because the intermediate image is
+//!   rounded to 8 bits.
 //! * 16-bit single-channel data (Pillow's `I;16`) is filtered in double precision, summed in
 //!   tap order, rounded half away from zero and clamped to `0..=65535` after each pass.
 //! * Nearest-neighbour (used by Pillow for palette and bilevel images whatever filter is
@@ -216,11 +217,6 @@ pub fn resize_u8(
     if filter == Filter::Nearest {
         return nearest(src, width, height, channels, out_w, out_h);
     }
-    if height > width * 100 && out_h < height {
-        // Pillow resizes very tall images vertically first, through two separate calls.
-        let tmp = resample_u8(src, width, height, channels, width, out_h, filter);
-        return resample_u8(&tmp, width, out_h, channels, out_w, out_h, filter);
-    }
     resample_u8(src, width, height, channels, out_w, out_h, filter)
 }
 
@@ -240,7 +236,22 @@ fn resample_u8(
     if !need_h && !need_v {
         return src.to_vec();
     }
+    let horizontal = |rows: &[u8], out_w: usize| {
+        let horiz = precompute(width, out_w, filter);
+        let kk = fixed_point(&horiz.k);
+        match channels {
+            1 => horizontal_u8::<1>(rows, width, out_w, &horiz, &kk),
+            2 => horizontal_u8::<2>(rows, width, out_w, &horiz, &kk),
+            3 => horizontal_u8::<3>(rows, width, out_w, &horiz, &kk),
+            _ => horizontal_u8::<4>(rows, width, out_w, &horiz, &kk),
+        }
+    };
     let vert = precompute(height, out_h, filter);
+    if !horizontal_first(width, height, out_w, out_h) {
+        let kk = fixed_point(&vert.k);
+        let tmp = vertical_u8(src, width * channels, 0, out_h, &vert, &kk);
+        return if need_h { horizontal(&tmp, out_w) } else { tmp };
+    }
     let (rows_first, rows_last) = if need_h && need_v {
         let last = out_h - 1;
         (vert.start[0], vert.start[last] + vert.len[last])
@@ -249,15 +260,8 @@ fn resample_u8(
     };
     let tmp;
     let (img, img_w, row0) = if need_h {
-        let horiz = precompute(width, out_w, filter);
-        let kk = fixed_point(&horiz.k);
         let rows = &src[rows_first * width * channels..rows_last * width * channels];
-        tmp = match channels {
-            1 => horizontal_u8::<1>(rows, width, out_w, &horiz, &kk),
-            2 => horizontal_u8::<2>(rows, width, out_w, &horiz, &kk),
-            3 => horizontal_u8::<3>(rows, width, out_w, &horiz, &kk),
-            _ => horizontal_u8::<4>(rows, width, out_w, &horiz, &kk),
-        };
+        tmp = horizontal(rows, out_w);
         (&tmp[..], out_w, rows_first)
     } else {
         (src, width, 0)
@@ -267,6 +271,14 @@ fn resample_u8(
     }
     let kk = fixed_point(&vert.k);
     vertical_u8(img, img_w * channels, row0, out_h, &vert, &kk)
+}
+
+/// Pillow 13 runs the vertical pass first when the height shrinks by more than twice as many
+/// pixels as the width does (the horizontal pass then has fewer rows to filter).
+fn horizontal_first(width: usize, height: usize, out_w: usize, out_h: usize) -> bool {
+    let dy = height as i64 - out_h as i64;
+    let dx = width as i64 - out_w as i64;
+    !(dy > 0 && dy > dx * 2)
 }
 
 fn horizontal_u8<const C: usize>(
@@ -358,10 +370,6 @@ pub fn resize_u16(
     if filter == Filter::Nearest {
         return nearest(src, width, height, 1, out_w, out_h);
     }
-    if height > width * 100 && out_h < height {
-        let tmp = resample_u16(src, width, height, width, out_h, filter);
-        return resample_u16(&tmp, width, out_h, out_w, out_h, filter);
-    }
     resample_u16(src, width, height, out_w, out_h, filter)
 }
 
@@ -379,37 +387,57 @@ fn resample_u16(
         return src.to_vec();
     }
     let vert = precompute(height, out_h, filter);
+    if !horizontal_first(width, height, out_w, out_h) {
+        let tmp = vertical_u16(src, width, 0, out_h, &vert);
+        return if need_h {
+            horizontal_u16(&tmp, width, out_w, filter)
+        } else {
+            tmp
+        };
+    }
     let (rows_first, rows_last) = if need_h && need_v {
         let last = out_h - 1;
         (vert.start[0], vert.start[last] + vert.len[last])
     } else {
         (0, height)
     };
-    let clip16 = |f: f64| round_up(f).clamp(0, 65535) as u16;
-    let tmp;
-    let (img, img_w, row0) = if need_h {
-        let co = precompute(width, out_w, filter);
-        let rows = &src[rows_first * width..rows_last * width];
-        let mut out = vec![0u16; (rows_last - rows_first) * out_w];
-        for (line_in, line_out) in rows.chunks_exact(width).zip(out.chunks_exact_mut(out_w)) {
-            for (xx, o) in line_out.iter_mut().enumerate() {
-                let (xmin, n) = (co.start[xx], co.len[xx]);
-                let k = &co.k[xx * co.ksize..xx * co.ksize + n];
-                let mut ss = 0.0f64;
-                for (&p, &w) in line_in[xmin..xmin + n].iter().zip(k) {
-                    ss += p as f64 * w;
-                }
-                *o = clip16(ss);
-            }
-        }
-        tmp = out;
-        (&tmp[..], out_w, rows_first)
-    } else {
-        (src, width, 0)
-    };
-    if !need_v {
-        return img.to_vec();
+    if !need_h {
+        return vertical_u16(src, width, 0, out_h, &vert);
     }
+    let tmp = horizontal_u16(
+        &src[rows_first * width..rows_last * width],
+        width,
+        out_w,
+        filter,
+    );
+    if !need_v {
+        return tmp;
+    }
+    vertical_u16(&tmp, out_w, rows_first, out_h, &vert)
+}
+
+fn clip16(f: f64) -> u16 {
+    round_up(f).clamp(0, 65535) as u16
+}
+
+fn horizontal_u16(rows: &[u16], width: usize, out_w: usize, filter: Filter) -> Vec<u16> {
+    let co = precompute(width, out_w, filter);
+    let mut out = vec![0u16; rows.len() / width * out_w];
+    for (line_in, line_out) in rows.chunks_exact(width).zip(out.chunks_exact_mut(out_w)) {
+        for (xx, o) in line_out.iter_mut().enumerate() {
+            let (xmin, n) = (co.start[xx], co.len[xx]);
+            let k = &co.k[xx * co.ksize..xx * co.ksize + n];
+            let mut ss = 0.0f64;
+            for (&p, &w) in line_in[xmin..xmin + n].iter().zip(k) {
+                ss += p as f64 * w;
+            }
+            *o = clip16(ss);
+        }
+    }
+    out
+}
+
+fn vertical_u16(img: &[u16], img_w: usize, row0: usize, out_h: usize, vert: &Coeffs) -> Vec<u16> {
     let mut out = vec![0u16; out_h * img_w];
     for (yy, line_out) in out.chunks_exact_mut(img_w).enumerate() {
         let (ymin, n) = (vert.start[yy] - row0, vert.len[yy]);
