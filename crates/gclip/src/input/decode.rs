@@ -431,43 +431,20 @@ fn decode_png(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
 // JPEG
 
 fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
-    use zune_core::colorspace::ColorSpace;
-    use zune_core::options::DecoderOptions;
-    let corrupt =
-        |e: zune_jpeg::errors::DecodeErrors| DecodeError::Corrupt(Format::Jpeg, e.to_string());
-    let opts = DecoderOptions::new_fast()
-        .set_max_width(usize::MAX)
-        .set_max_height(usize::MAX)
-        .set_strict_mode(false);
-    let mut dec = zune_jpeg::JpegDecoder::new_with_options(Cursor::new(bytes), opts);
-    dec.decode_headers().map_err(corrupt)?;
-    let info = dec
-        .info()
-        .ok_or_else(|| DecodeError::Corrupt(Format::Jpeg, "no frame header".into()))?;
-    let (w, h) = (info.width as usize, info.height as usize);
-    check_size(w as u64, h as u64, max_pixels)?;
-    let input = dec.input_colorspace().unwrap_or(ColorSpace::YCbCr);
-    let (mode, out_cs) = match input {
-        ColorSpace::Luma => (Mode::L, ColorSpace::Luma),
-        ColorSpace::CMYK | ColorSpace::YCCK => (Mode::Cmyk, ColorSpace::CMYK),
-        _ => (Mode::Rgb, ColorSpace::RGB),
+    let img = super::jpeg::decode(bytes, max_pixels)?;
+    let (mode, mut px) = match img.color {
+        super::jpeg::JpegColor::Grey => (Mode::L, img.pixels),
+        super::jpeg::JpegColor::Rgb => (Mode::Rgb, img.pixels),
+        super::jpeg::JpegColor::Cmyk => (Mode::Cmyk, img.pixels),
     };
-    dec.set_options(opts.jpeg_set_out_colorspace(out_cs));
-    let mut px = dec.decode().map_err(corrupt)?;
     if mode == Mode::Cmyk {
         // Pillow reads every CMYK JPEG with Adobe's inverted polarity ("CMYK;I").
         for v in px.iter_mut() {
             *v = 255 - *v;
         }
     }
-    if px.len() != w * h * mode.channels() {
-        return Err(DecodeError::Corrupt(
-            Format::Jpeg,
-            "unexpected decoded size".into(),
-        ));
-    }
-    let mut d = new_decoded(Format::Jpeg, mode, w, h, Samples::U8(px));
-    d.orientation = dec.exif().and_then(|e| exif_orientation(e));
+    let mut d = new_decoded(Format::Jpeg, mode, img.width, img.height, Samples::U8(px));
+    d.orientation = img.exif.as_deref().and_then(exif_orientation);
     Ok(d)
 }
 

@@ -4,5 +4,6 @@
 
 pub mod decode;
 pub mod image;
+pub mod jpeg;
 pub mod resample;
 pub mod tokenizer;
