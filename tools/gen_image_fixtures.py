@@ -28,7 +28,9 @@ from __future__ import annotations
 import io
 import json
 import random
+import shutil
 import struct
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -267,6 +269,35 @@ def make_inputs() -> list[dict]:
     add("jpeg_grey.jpg")
     save(Image.fromarray(base).convert("CMYK"), "jpeg_cmyk.jpg", quality=90)
     add("jpeg_cmyk.jpg")
+
+    # Sampling layouts, restart markers and colour spaces Pillow cannot write: libjpeg-turbo's
+    # cjpeg (Debian package libjpeg-turbo-progs), when installed.
+    if shutil.which("cjpeg"):
+        ppm = OUT / "tmp_src.ppm"
+        Image.fromarray(base).save(ppm)
+        for name, args in [
+            ("jpeg_440.jpg", ["-sample", "1x2", "-quality", "90"]),
+            ("jpeg_411.jpg", ["-sample", "4x1", "-quality", "90"]),
+            ("jpeg_mixed_sampling.jpg", ["-sample", "2x2,2x1,1x2", "-quality", "85"]),
+            ("jpeg_restart.jpg", ["-restart", "5B", "-quality", "80"]),
+            ("jpeg_rgb_adobe.jpg", ["-rgb", "-quality", "90"]),
+            ("jpeg_progressive_restart.jpg", ["-progressive", "-restart", "1", "-quality", "75"]),
+        ]:
+            subprocess.run(["cjpeg", *args, "-outfile", str(OUT / name), str(ppm)], check=True)
+            add(name)
+        ppm.unlink()
+    else:
+        print("cjpeg not found: skipping the extra JPEG layouts", file=sys.stderr)
+    # chroma planes at most two samples wide (plain replication instead of the triangle filter)
+    save(Image.fromarray(smooth_rgb(3, 3, 28)), "jpeg_tiny_3x3.jpg", quality=90)
+    add("jpeg_tiny_3x3.jpg")
+    save(Image.fromarray(smooth_rgb(4, 37, 29)), "jpeg_narrow_4x37.jpg", quality=90)
+    add("jpeg_narrow_4x37.jpg")
+    # EXIF orientation in a JPEG
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    save(Image.fromarray(smooth_rgb(120, 80, 30)), "jpeg_exif_rotate270.jpg", quality=90, exif=exif)
+    add("jpeg_exif_rotate270.jpg", extra_cases=[{"convention": "open_clip", "size": 64, "exif": True}, {"convention": "transformers", "size": 64, "exif": True}])
 
     # --- WebP
     save(Image.fromarray(smooth_rgb(181, 133, 21)), "webp_lossless.webp", lossless=True)
