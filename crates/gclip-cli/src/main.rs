@@ -1,6 +1,8 @@
 //! The `gclip` command: argument parsing and printing; the work is done by the `gclip` library.
 
 mod bench;
+mod embed;
+mod progress;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -22,6 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Embed texts or images into .npy or .jsonl.
+    Embed(embed::EmbedArgs),
     /// Measure image and text throughput of an architecture on random weights.
     Bench(bench::BenchArgs),
 }
@@ -40,6 +44,7 @@ fn main() -> std::process::ExitCode {
         std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
     }
     let result: Result<()> = match cli.command {
+        Command::Embed(args) => embed::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -3,6 +3,7 @@
 //! Data flows one way: [`input`] (tokens, pixels) → [`model`] (the two towers) → embeddings.
 
 pub mod bench;
+pub mod embed;
 pub mod input;
 pub mod model;
 pub mod source;

@@ -7,14 +7,7 @@ use candle_core::{DType, Device};
 
 use crate::model::{Clip, ClipConfig, ModelError, Weights};
 
-/// Which reference pipeline a model follows for tokenisation and preprocessing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Convention {
-    /// open_clip checkpoints: open_clip's tokenizer and transforms.
-    OpenClip,
-    /// Hugging Face `CLIPModel` directories: transformers' tokenizer and image processor.
-    Transformers,
-}
+pub use crate::input::Convention;
 
 /// A model location, resolved but not yet loaded.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,21 +85,15 @@ impl ModelSource {
         }
     }
 
-    /// Loads the model on a device, in a dtype.
-    pub fn load(&self, device: &Device, dtype: DType) -> Result<LoadedModel, ModelError> {
+    /// The architecture, input convention and model directory, without reading any weights.
+    pub fn describe(&self) -> Result<ModelDescription, ModelError> {
         match self {
-            Self::HfDir(dir) => {
-                let config = ClipConfig::from_hf_file(&dir.join("config.json"))?;
-                let files = hf_weight_files(dir)?;
-                let weights = Weights::open(&files, device, dtype)?;
-                let (clip, unused) = Clip::load(&config, &weights)?;
-                Ok(LoadedModel {
-                    clip,
-                    convention: Convention::Transformers,
-                    dir: Some(dir.clone()),
-                    unused_tensors: unused,
-                })
-            }
+            Self::HfDir(dir) => Ok(ModelDescription {
+                config: ClipConfig::from_hf_file(&dir.join("config.json"))?,
+                convention: Convention::Transformers,
+                dir: Some(dir.clone()),
+                weight_files: hf_weight_files(dir)?,
+            }),
             Self::OpenClipDir(dir) => {
                 let cfg_path = dir.join("open_clip_config.json");
                 let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::Io {
@@ -120,32 +107,53 @@ impl ModelSource {
                     })?;
                 // The hub's open_clip_config.json nests the model config under `model_cfg`.
                 let model_cfg = value.get("model_cfg").unwrap_or(&value);
-                let config =
-                    ClipConfig::from_open_clip_value(model_cfg, &cfg_path.display().to_string())?;
-                let checkpoint =
-                    first_existing(dir, OPEN_CLIP_WEIGHT_FILES).ok_or_else(|| no_weights(dir))?;
-                let weights = Weights::open(&[checkpoint], device, dtype)?;
-                let (clip, unused) = Clip::load(&config, &weights)?;
-                Ok(LoadedModel {
-                    clip,
+                Ok(ModelDescription {
+                    config: ClipConfig::from_open_clip_value(
+                        model_cfg,
+                        &cfg_path.display().to_string(),
+                    )?,
                     convention: Convention::OpenClip,
                     dir: Some(dir.clone()),
-                    unused_tensors: unused,
+                    weight_files: vec![first_existing(dir, OPEN_CLIP_WEIGHT_FILES)
+                        .ok_or_else(|| no_weights(dir))?],
                 })
             }
-            Self::OpenClipFile { checkpoint, arch } => {
-                let config = ClipConfig::open_clip(arch)?;
-                let weights = Weights::open(std::slice::from_ref(checkpoint), device, dtype)?;
-                let (clip, unused) = Clip::load(&config, &weights)?;
-                Ok(LoadedModel {
-                    clip,
-                    convention: Convention::OpenClip,
-                    dir: None,
-                    unused_tensors: unused,
-                })
-            }
+            Self::OpenClipFile { checkpoint, arch } => Ok(ModelDescription {
+                config: ClipConfig::open_clip(arch)?,
+                convention: Convention::OpenClip,
+                dir: None,
+                weight_files: vec![checkpoint.clone()],
+            }),
         }
     }
+
+    /// Loads the model on a device, in a dtype.
+    pub fn load(&self, device: &Device, dtype: DType) -> Result<LoadedModel, ModelError> {
+        let ModelDescription {
+            config,
+            convention,
+            dir,
+            weight_files,
+        } = self.describe()?;
+        let weights = Weights::open(&weight_files, device, dtype)?;
+        let (clip, unused_tensors) = Clip::load(&config, &weights)?;
+        Ok(LoadedModel {
+            clip,
+            convention,
+            dir,
+            unused_tensors,
+        })
+    }
+}
+
+/// What a source holds, known before its weights are read.
+#[derive(Debug, Clone)]
+pub struct ModelDescription {
+    pub config: ClipConfig,
+    pub convention: Convention,
+    /// The directory holding tokenizer and preprocessor files, when the source has one.
+    pub dir: Option<PathBuf>,
+    pub weight_files: Vec<PathBuf>,
 }
 
 const OPEN_CLIP_WEIGHT_FILES: &[&str] = &[

@@ -52,7 +52,9 @@ pub fn parse_items(text: &str, kind: ItemKind) -> Vec<InputItem> {
                 match serde_json::from_str::<serde_json::Value>(trimmed) {
                     Ok(v) => match v.get(field) {
                         Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                        Some(other) => Err(format!("field \"{field}\" must be a string, got {other}")),
+                        Some(other) => {
+                            Err(format!("field \"{field}\" must be a string, got {other}"))
+                        }
                         None => Err(format!("no \"{field}\" field in the JSON object")),
                     },
                     Err(e) => Err(format!("invalid JSON: {e}")),
@@ -97,7 +99,10 @@ pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>, ItemsError> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|e| ItemsError::Io { path: d.clone(), message: e.to_string() })?;
+        let entries = std::fs::read_dir(&d).map_err(|e| ItemsError::Io {
+            path: d.clone(),
+            message: e.to_string(),
+        })?;
         for entry in entries.flatten() {
             let p = entry.path();
             if p.is_dir() {
@@ -127,9 +132,21 @@ mod tests {
         assert_eq!(lines, vec![1, 3, 4, 5, 6, 7]);
         assert_eq!(items[0].value, Ok("a photo of a cat".into()));
         assert_eq!(items[1].value, Ok(String::new()));
-        assert!(items[2].value.as_ref().unwrap_err().contains("no \"text\" field"));
-        assert!(items[3].value.as_ref().unwrap_err().contains("must be a string"));
-        assert!(items[4].value.as_ref().unwrap_err().contains("invalid JSON"));
+        assert!(items[2]
+            .value
+            .as_ref()
+            .unwrap_err()
+            .contains("no \"text\" field"));
+        assert!(items[3]
+            .value
+            .as_ref()
+            .unwrap_err()
+            .contains("must be a string"));
+        assert!(items[4]
+            .value
+            .as_ref()
+            .unwrap_err()
+            .contains("invalid JSON"));
         assert_eq!(items[5].value, Ok("  indented line".into()));
     }
 }

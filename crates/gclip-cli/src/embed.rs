@@ -1,0 +1,206 @@
+//! `gclip embed text|image`
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::{Args, ValueEnum};
+use gclip::embed::Embedder;
+use gclip::input::items::{read_items, resolve_image_path, walk_images, InputItem, ItemKind};
+use gclip::source::ModelSource;
+
+use crate::progress::Progress;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum What {
+    Text,
+    Image,
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  gclip embed text --model ./clip-vit-base-patch32 --input captions.txt --output captions.npy
+  gclip embed image --model ViT-B-32.pt --arch ViT-B-32 photos/ --output photos.jsonl
+  gclip embed text --model ./clip-vit-base-patch32 \"a cat\" \"a dog\" --output pets.npy")]
+pub struct EmbedArgs {
+    /// What to embed.
+    what: What,
+    /// Model: a Hugging Face model directory, or an open_clip checkpoint file with --arch.
+    #[arg(long)]
+    model: String,
+    /// open_clip architecture name (ViT-B-32, …) or config JSON, for checkpoint files.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Input list: JSONL ({"text": …} or {"image": path} per line) or plain lines.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Items given directly: texts, or image files and directories (walked recursively).
+    items: Vec<String>,
+    /// Output file: .npy (float32 [N, D], rows of the inputs that succeeded, in input order)
+    /// or .jsonl (each input beside its vector or its error).
+    #[arg(long)]
+    output: PathBuf,
+    /// Keep the raw projections instead of L2-normalising them.
+    #[arg(long)]
+    no_normalize: bool,
+    /// Items per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+}
+
+enum OutputFormat {
+    Npy,
+    Jsonl,
+}
+
+fn output_format(path: &Path) -> Result<OutputFormat> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => Ok(OutputFormat::Npy),
+        Some("jsonl") => Ok(OutputFormat::Jsonl),
+        _ => bail!("--output {} must end in .npy or .jsonl", path.display()),
+    }
+}
+
+/// Collects the items of the list file and of the command line, in that order.
+pub fn collect_items(
+    input: Option<&Path>,
+    direct: &[String],
+    kind: ItemKind,
+) -> Result<Vec<InputItem>> {
+    let mut items = match input {
+        Some(p) => read_items(p, kind)?,
+        None => Vec::new(),
+    };
+    for d in direct {
+        if kind == ItemKind::Image && Path::new(d).is_dir() {
+            let files = walk_images(Path::new(d))?;
+            items.extend(files.into_iter().map(|f| InputItem {
+                line: 0,
+                value: Ok(f.display().to_string()),
+            }));
+        } else {
+            items.push(InputItem {
+                line: 0,
+                value: Ok(d.clone()),
+            });
+        }
+    }
+    if items.is_empty() {
+        bail!("nothing to embed: give --input FILE or items on the command line");
+    }
+    Ok(items)
+}
+
+/// How an item is named in messages: its value, and its line when it came from a file.
+pub fn describe(item: &InputItem, raw: &str) -> String {
+    if item.line > 0 {
+        format!("line {} ({raw})", item.line)
+    } else {
+        raw.to_string()
+    }
+}
+
+pub fn run(args: EmbedArgs) -> Result<()> {
+    let format = output_format(&args.output)?;
+    let kind = match args.what {
+        What::Text => ItemKind::Text,
+        What::Image => ItemKind::Image,
+    };
+    let items = collect_items(args.input.as_deref(), &args.items, kind)?;
+    let source = ModelSource::resolve(&args.model, args.arch.as_deref())?;
+    let mut embedder = Embedder::load(&source, &Device::Cpu)
+        .with_context(|| format!("loading model {}", args.model))?;
+    embedder.batch_size = args.batch_size.max(1);
+    let normalize = !args.no_normalize;
+
+    // Items whose line was unusable fail before the model sees anything.
+    let mut errors: Vec<Option<String>> = items
+        .iter()
+        .map(|i| i.value.as_ref().err().cloned())
+        .collect();
+    let good: Vec<usize> = (0..items.len()).filter(|&i| errors[i].is_none()).collect();
+    let values: Vec<&str> = good
+        .iter()
+        .map(|&i| items[i].value.as_deref().unwrap_or(""))
+        .collect();
+    let progress = Progress::new(good.len() as u64, "embedding");
+    let dim = embedder.clip().config.embed_dim;
+    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; items.len()];
+    match kind {
+        ItemKind::Text => {
+            let e = embedder.embed_texts(&values, normalize, &|n| progress.set(n as u64))?;
+            for (row, &i) in e.rows().zip(&good) {
+                vectors[i] = Some(row.to_vec());
+            }
+        }
+        ItemKind::Image => {
+            let paths: Vec<PathBuf> = values
+                .iter()
+                .map(|v| resolve_image_path(v, args.input.as_deref()))
+                .collect();
+            let r = embedder.embed_image_files(&paths, normalize, &|n| progress.set(n as u64))?;
+            for (row, &k) in r.embeddings.rows().zip(&r.indices) {
+                vectors[good[k]] = Some(row.to_vec());
+            }
+            for (k, e) in r.failures {
+                errors[good[k]] = Some(e.to_string());
+            }
+        }
+    }
+    progress.finish();
+
+    match format {
+        OutputFormat::Npy => {
+            let data: Vec<f32> = vectors.iter().flatten().flatten().copied().collect();
+            let rows = data.len() / dim;
+            Tensor::from_vec(data, (rows, dim), &Device::Cpu)?
+                .write_npy(&args.output)
+                .with_context(|| format!("writing {}", args.output.display()))?;
+        }
+        OutputFormat::Jsonl => {
+            let file = std::fs::File::create(&args.output)
+                .with_context(|| format!("creating {}", args.output.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            for (i, item) in items.iter().enumerate() {
+                let mut obj = serde_json::Map::new();
+                let value = item.value.clone().unwrap_or_default();
+                obj.insert(kind.field().into(), value.into());
+                if item.line > 0 {
+                    obj.insert("line".into(), item.line.into());
+                }
+                match (&vectors[i], &errors[i]) {
+                    (Some(v), _) => obj.insert("embedding".into(), v.clone().into()),
+                    (None, Some(e)) => obj.insert("error".into(), e.clone().into()),
+                    (None, None) => obj.insert("error".into(), "not embedded".into()),
+                };
+                writeln!(w, "{}", serde_json::Value::Object(obj))?;
+            }
+            w.flush()?;
+        }
+    }
+    let failed: Vec<String> = items
+        .iter()
+        .zip(&errors)
+        .filter_map(|(item, e)| {
+            e.as_ref().map(|e| {
+                format!(
+                    "  {}: {e}",
+                    describe(item, item.value.as_deref().unwrap_or(""))
+                )
+            })
+        })
+        .collect();
+    let ok = items.len() - failed.len();
+    eprintln!(
+        "embedded {ok} of {} {}s into {}",
+        items.len(),
+        kind.field(),
+        args.output.display()
+    );
+    if !failed.is_empty() {
+        eprintln!("{} failed:\n{}", failed.len(), failed.join("\n"));
+        bail!("{} of {} inputs failed", failed.len(), items.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! The `gclip` binary end to end: real files in, `.npy` / `.jsonl` out.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gclip-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn gclip(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gclip"))
+        .args(args)
+        .output()
+        .expect("gclip runs")
+}
+
+fn full_vocab_model() -> (String, String) {
+    let dir = fixtures().join("models/oc-fullvocab");
+    (
+        dir.join("open_clip_model.safetensors")
+            .display()
+            .to_string(),
+        dir.join("open_clip_config.json").display().to_string(),
+    )
+}
+
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let t = Tensor::read_npy(path).expect("valid npy");
+    (
+        t.dims().to_vec(),
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+    )
+}
+
+/// Raw captions in, through gclip's open_clip tokenizer and the model, equal the embeddings
+/// open_clip computed from the same captions.
+#[test]
+fn embed_text_from_jsonl_matches_open_clip() {
+    let dir = scratch("text");
+    let captions: Vec<String> = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("models/oc-fullvocab/captions.json")).unwrap(),
+    )
+    .unwrap();
+    let jsonl: String = captions
+        .iter()
+        .map(|c| serde_json::json!({ "text": c }).to_string() + "\n")
+        .collect();
+    std::fs::write(dir.join("captions.jsonl"), jsonl).unwrap();
+    let (model, arch) = full_vocab_model();
+    let out = dir.join("out.npy");
+    let o = gclip(&[
+        "embed",
+        "text",
+        "--model",
+        &model,
+        "--arch",
+        &arch,
+        "--input",
+        dir.join("captions.jsonl").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (shape, got) = read_npy(&out);
+    assert_eq!(shape, vec![captions.len(), 16]);
+    let reference = candle_core::safetensors::load(
+        fixtures().join("models/oc-fullvocab/reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let want = reference["text_embeds"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let d = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(d <= 1e-4, "embeddings differ by {d}");
+}
+
+#[test]
+fn embed_images_reports_bad_files_and_keeps_the_good_rows_in_order() {
+    let dir = scratch("images");
+    let images = fixtures().join("images");
+    let mut good: Vec<PathBuf> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    good.sort();
+    good.truncate(3);
+    std::fs::write(dir.join("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let list = format!(
+        "{}\n{}\n{{\"image\": \"{}\"}}\n{}\nmissing.jpg\n",
+        good[0].display(),
+        dir.join("broken.png").display(),
+        good[1].display(),
+        good[2].display()
+    );
+    std::fs::write(dir.join("list.txt"), list).unwrap();
+    let (model, arch) = full_vocab_model();
+    let npy = dir.join("out.npy");
+    let o = gclip(&[
+        "embed",
+        "image",
+        "--model",
+        &model,
+        "--arch",
+        &arch,
+        "--input",
+        dir.join("list.txt").to_str().unwrap(),
+        "--output",
+        npy.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "bad inputs must give a non-zero exit");
+    assert!(stderr.contains("embedded 3 of 5"), "{stderr}");
+    assert!(
+        stderr.contains("line 2") && stderr.contains("broken.png"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 5") && stderr.contains("missing.jpg"),
+        "{stderr}"
+    );
+    let (shape, rows) = read_npy(&npy);
+    assert_eq!(shape, vec![3, 16]);
+
+    // The same good images alone give the same rows, in the same order.
+    let alone = dir.join("alone.npy");
+    let paths: Vec<String> = good.iter().map(|p| p.display().to_string()).collect();
+    let mut args = vec![
+        "embed",
+        "image",
+        "--model",
+        &model,
+        "--arch",
+        &arch,
+        "--output",
+        alone.to_str().unwrap(),
+    ];
+    args.extend(paths.iter().map(String::as_str));
+    let o = gclip(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(read_npy(&alone).1, rows);
+
+    // JSONL output carries every input, with its vector or its error.
+    let jsonl = dir.join("out.jsonl");
+    let o = gclip(&[
+        "embed",
+        "image",
+        "--model",
+        &model,
+        "--arch",
+        &arch,
+        "--input",
+        dir.join("list.txt").to_str().unwrap(),
+        "--output",
+        jsonl.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[0]["embedding"].as_array().unwrap().len(), 16);
+    assert!(lines[1]["error"].is_string() && lines[1].get("embedding").is_none());
+    assert!(lines[4]["error"].as_str().unwrap().contains("missing.jpg"));
+}
+
+#[test]
+fn bad_model_arguments_fail_fast_with_a_clear_message() {
+    let (model, _) = full_vocab_model();
+    let o = gclip(&[
+        "embed",
+        "text",
+        "--model",
+        &model,
+        "--arch",
+        "ViT-Nope",
+        "hello",
+        "--output",
+        "/tmp/never.npy",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("unknown architecture `ViT-Nope`") && stderr.contains("ViT-B-32"),
+        "{stderr}"
+    );
+
+    let o = gclip(&[
+        "embed",
+        "text",
+        "--model",
+        &model,
+        "hello",
+        "--output",
+        "/tmp/never.npy",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--arch"));
+
+    let o = gclip(&[
+        "embed",
+        "text",
+        "--model",
+        &model,
+        "--arch",
+        "ViT-B-32",
+        "hello",
+        "--output",
+        "/tmp/never.txt",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains(".npy or .jsonl"));
+}
+
+#[test]
+fn help_shows_runnable_examples() {
+    for sub in [
+        vec!["--help"],
+        vec!["embed", "--help"],
+        vec!["bench", "--help"],
+    ] {
+        let o = gclip(&sub);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && text.contains("Example") && text.contains("gclip "),
+            "{sub:?}: {text}"
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! The embedding pipeline: a model with the inputs of its reference convention, batching, and
+//! image decoding on a worker thread while the model runs.
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+
+use crate::input::image::ImageError;
+use crate::input::pipeline::InputPipeline;
+use crate::input::tokenizer::ClipTokenizer;
+use crate::model::{Clip, Embeddings, ModelError};
+use crate::source::{Convention, LoadedModel, ModelSource};
+
+/// Everything that can stop an embedding call as a whole (a bad image only fails its item).
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("this model cannot embed text: {0}")]
+    NoTokenizer(String),
+}
+
+/// A model ready to embed raw texts and image files.
+pub struct Embedder {
+    clip: Clip,
+    convention: Convention,
+    inputs: InputPipeline,
+    /// Items per forward pass.
+    pub batch_size: usize,
+}
+
+/// The outcome of embedding a list of images: the vectors of those that worked, in input order,
+/// and the failures with their input index.
+pub struct ImageEmbeddings {
+    pub embeddings: Embeddings,
+    /// Input index of each row of `embeddings`.
+    pub indices: Vec<usize>,
+    pub failures: Vec<(usize, ImageError)>,
+}
+
+impl Embedder {
+    /// Loads a model and the input pipeline that belongs to it.
+    pub fn load(source: &ModelSource, device: &Device) -> Result<Self, EmbedError> {
+        Self::new(source.load(device, candle_core::DType::F32)?)
+    }
+
+    /// Wraps a loaded model with its input pipeline.
+    pub fn new(loaded: LoadedModel) -> Result<Self, EmbedError> {
+        let LoadedModel {
+            clip,
+            convention,
+            dir,
+            ..
+        } = loaded;
+        let inputs = InputPipeline::new(
+            convention,
+            dir.as_deref(),
+            clip.config.text.context_length,
+            clip.config.vision.image_size,
+        )?;
+        Ok(Self {
+            clip,
+            convention,
+            inputs,
+            batch_size: 32,
+        })
+    }
+
+    /// The model.
+    pub fn clip(&self) -> &Clip {
+        &self.clip
+    }
+
+    /// Which reference pipeline the inputs follow.
+    pub fn convention(&self) -> Convention {
+        self.convention
+    }
+
+    /// Tokenizer and image preprocessing.
+    pub fn inputs(&self) -> &InputPipeline {
+        &self.inputs
+    }
+
+    fn tokenizer(&self) -> Result<&ClipTokenizer, EmbedError> {
+        self.inputs
+            .tokenizer()
+            .map_err(|e| EmbedError::NoTokenizer(e.to_string()))
+    }
+
+    /// Embeds texts in batches; `progress` is told how many are done after each batch.
+    pub fn embed_texts(
+        &self,
+        texts: &[&str],
+        normalize: bool,
+        progress: &dyn Fn(usize),
+    ) -> Result<Embeddings, EmbedError> {
+        let tokenizer = self.tokenizer()?;
+        let dim = self.clip.config.embed_dim;
+        let mut out = Embeddings {
+            dim,
+            data: Vec::with_capacity(texts.len() * dim),
+        };
+        for chunk in texts.chunks(self.batch_size.max(1)) {
+            let ids = tokenizer.encode_batch(chunk);
+            let e = self.clip.encode_text_ids(&ids, normalize)?;
+            out.data.extend_from_slice(&e.data);
+            progress(out.len());
+        }
+        Ok(out)
+    }
+
+    /// Embeds image files. Decoding and preprocessing of the next batch run on a worker thread
+    /// (itself parallel over the batch) while the model runs the current one. A file that fails
+    /// is reported in `failures`; the others go on.
+    pub fn embed_image_files(
+        &self,
+        paths: &[PathBuf],
+        normalize: bool,
+        progress: &dyn Fn(usize),
+    ) -> Result<ImageEmbeddings, EmbedError> {
+        let dim = self.clip.config.embed_dim;
+        let preprocessor = self.inputs.preprocessor();
+        let size = preprocessor.config().crop_size;
+        let batch = self.batch_size.max(1);
+        let mut result = ImageEmbeddings {
+            embeddings: Embeddings {
+                dim,
+                data: Vec::new(),
+            },
+            indices: Vec::new(),
+            failures: Vec::new(),
+        };
+        type Prepared = (usize, Vec<Result<Vec<f32>, ImageError>>);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Prepared>(1);
+        std::thread::scope(|scope| -> Result<(), EmbedError> {
+            scope.spawn(move || {
+                for (i, chunk) in paths.chunks(batch).enumerate() {
+                    if tx
+                        .send((i * batch, preprocessor.batch_from_paths(chunk)))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            let mut done = 0;
+            for (start, pixels) in rx {
+                done += pixels.len();
+                let mut rows = Vec::new();
+                let mut ok = Vec::new();
+                for (j, r) in pixels.into_iter().enumerate() {
+                    match r {
+                        Ok(p) => {
+                            rows.extend_from_slice(&p);
+                            ok.push(start + j);
+                        }
+                        Err(e) => result.failures.push((start + j, e)),
+                    }
+                }
+                if !ok.is_empty() {
+                    let t = Tensor::from_vec(rows, (ok.len(), 3, size, size), &Device::Cpu)
+                        .map_err(ModelError::from)?;
+                    let e = self.clip.encode_pixels(&t, normalize)?;
+                    result.embeddings.data.extend_from_slice(&e.data);
+                    result.indices.extend(ok);
+                }
+                progress(done);
+            }
+            Ok(())
+        })?;
+        Ok(result)
+    }
+}
