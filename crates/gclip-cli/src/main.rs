@@ -2,6 +2,7 @@
 
 mod bench;
 mod embed;
+mod inputs;
 mod progress;
 
 use anyhow::Result;
@@ -26,6 +27,16 @@ struct Cli {
 enum Command {
     /// Embed texts or images into .npy or .jsonl.
     Embed(embed::EmbedArgs),
+    /// Write token ids exactly as the model receives them (int64 [N, context_length] .npy).
+    #[command(
+        after_help = "Example:\n  gclip tokenize --model ./clip-vit-base-patch32 --input captions.txt --output ids.npy"
+    )]
+    Tokenize(inputs::InputArgs),
+    /// Write preprocessed pixels exactly as the model receives them (float32 [N, 3, H, W] .npy).
+    #[command(
+        after_help = "Example:\n  gclip preprocess --model ./clip-vit-base-patch32 --input images.txt --output pixels.npy"
+    )]
+    Preprocess(inputs::InputArgs),
     /// Measure image and text throughput of an architecture on random weights.
     Bench(bench::BenchArgs),
 }
@@ -45,6 +56,8 @@ fn main() -> std::process::ExitCode {
     }
     let result: Result<()> = match cli.command {
         Command::Embed(args) => embed::run(args),
+        Command::Tokenize(args) => inputs::tokenize(args),
+        Command::Preprocess(args) => inputs::preprocess(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -243,3 +243,73 @@ fn help_shows_runnable_examples() {
         );
     }
 }
+
+/// `gclip tokenize` writes the ids open_clip's tokenizer gives, as int64 [N, 77].
+#[test]
+fn tokenize_writes_the_reference_ids() {
+    let dir = scratch("tokenize");
+    let captions: Vec<String> = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("models/oc-fullvocab/captions.json")).unwrap(),
+    )
+    .unwrap();
+    let jsonl: String = captions
+        .iter()
+        .map(|c| serde_json::json!({ "text": c }).to_string() + "\n")
+        .collect();
+    std::fs::write(dir.join("captions.jsonl"), jsonl).unwrap();
+    let (model, arch) = full_vocab_model();
+    let out = dir.join("ids.npy");
+    let o = gclip(&[
+        "tokenize",
+        "--model",
+        &model,
+        "--arch",
+        &arch,
+        "--input",
+        dir.join("captions.jsonl").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = Tensor::read_npy(&out).unwrap();
+    assert_eq!(got.dtype(), candle_core::DType::I64);
+    let reference = candle_core::safetensors::load(
+        fixtures().join("models/oc-fullvocab/reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(
+        got.to_vec2::<i64>().unwrap(),
+        reference["input_ids"].to_vec2::<i64>().unwrap()
+    );
+}
+
+/// `gclip preprocess` writes float32 [N, 3, H, W] for the images that decode and names the rest.
+#[test]
+fn preprocess_writes_pixels_and_reports_failures() {
+    let dir = scratch("preprocess");
+    std::fs::write(dir.join("empty.png"), b"").unwrap();
+    let model = fixtures().join("models/hf-fullvocab");
+    let img = fixtures().join("images/rgb_301x199.png");
+    let out = dir.join("px.npy");
+    let o = gclip(&[
+        "preprocess",
+        "--model",
+        model.to_str().unwrap(),
+        img.to_str().unwrap(),
+        dir.join("empty.png").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("wrote 1 of 2") && stderr.contains("empty.png"),
+        "{stderr}"
+    );
+    let t = Tensor::read_npy(&out).unwrap();
+    assert_eq!(t.dims(), &[1, 3, 32, 32]);
+    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    // Normalised with CLIP's mean and std, pixels span roughly [-1.8, 2.2].
+    assert!(v.iter().all(|x| (-1.9..=2.2).contains(x)) && v.iter().any(|&x| x != v[0]));
+}
