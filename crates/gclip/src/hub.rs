@@ -859,6 +859,7 @@ impl Hub {
         let meta = self.file_metadata(repo, commit, file)?;
         let blob = repo_dir.join("blobs").join(&meta.etag);
         if !blob.is_file() {
+            tag_cache_dir(&self.config.cache_dir);
             self.download_blob(repo, commit, file, &meta, &blob)?;
         }
         let depth = file.split('/').count() + 1;
@@ -1257,6 +1258,27 @@ fn is_loopback(endpoint: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Marks the cache as such for backup tools (the CACHEDIR.TAG standard), as huggingface_hub
+/// does; best effort.
+fn tag_cache_dir(cache_dir: &Path) {
+    let tag = cache_dir.join("CACHEDIR.TAG");
+    if tag.exists() {
+        return;
+    }
+    let made = std::fs::create_dir_all(cache_dir).and_then(|()| {
+        std::fs::write(
+            &tag,
+            "Signature: 8a477f597d28d172789f06886806bc55\n\
+             # This file is a cache directory tag created by gclip (Hugging Face hub cache).\n\
+             # For information about cache directory tags, see:\n\
+             #\thttps://bford.info/cachedir/\n",
+        )
+    });
+    if let Err(e) = made {
+        tracing::debug!("cannot write {}: {e}", tag.display());
+    }
 }
 
 /// `refs/<revision>` holds `commit`, written atomically.

@@ -161,6 +161,9 @@ fn transformers_model_is_downloaded_into_the_huggingface_cache_layout_and_loads(
     }
     expected.sort();
     assert_eq!(tree(&repo_dir), expected);
+    assert!(std::fs::read_to_string(cache.path().join("CACHEDIR.TAG"))
+        .unwrap()
+        .starts_with("Signature: 8a477f597d28d172789f06886806bc55\n"));
 
     // What went over the wire: the listing, then HEAD + GET per file; the token to the hub and
     // never to the CDN; identity encoding on HEAD so that sizes are exact.
