@@ -3,6 +3,7 @@
 mod bench;
 mod embed;
 mod progress;
+mod source;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
