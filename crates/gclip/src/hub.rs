@@ -51,8 +51,7 @@ model.safetensors), or at an open_clip checkpoint file with --arch";
 /// Everything that can go wrong fetching a model from the hub.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("`{id}` is not a Hugging Face model id (ORG/NAME, optionally @REVISION)")]
-    InvalidId { id: String },
+    /// Offline mode, and the model is not in the cache.
     #[error(
         "model `{repo}` is not in the Hugging Face cache ({}) and offline mode is on \
          (HF_HUB_OFFLINE), so it cannot be downloaded; unset HF_HUB_OFFLINE to download it, \
@@ -60,6 +59,7 @@ pub enum HubError {
         cache.display()
     )]
     Offline { repo: String, cache: PathBuf },
+    /// The hub cannot be reached (DNS, connection, TLS, timeout), and the model is not cached.
     #[error(
         "cannot download model `{repo}`: {endpoint} cannot be reached ({reason}), and the \
          model is not in the Hugging Face cache ({}); check the network connection (and \
@@ -72,12 +72,15 @@ pub enum HubError {
         cache: PathBuf,
         reason: String,
     },
+    /// No such repository, or a private one the token does not open (the hub does not tell
+    /// them apart).
     #[error(
         "`{repo}` is neither a local file or directory nor a model on {endpoint}: check the \
          name; if the repository is private or gated, set HF_TOKEN to an access token of an \
          account that can read it"
     )]
     RepoNotFound { repo: String, endpoint: String },
+    /// The repository is gated and the token (if any) has not been granted access.
     #[error(
         "model `{repo}` is gated on {endpoint}: accept its conditions on the model's page, then \
          set HF_TOKEN to an access token of that account (the hub says: {message})"
@@ -87,25 +90,30 @@ pub enum HubError {
         endpoint: String,
         message: String,
     },
+    /// The hub rejected the token itself.
     #[error(
         "{endpoint} rejected the access token sent for model `{repo}` (from HF_TOKEN or the \
          token file): renew it, or unset HF_TOKEN for public models"
     )]
     InvalidToken { repo: String, endpoint: String },
+    /// No such branch, tag or commit.
     #[error("model `{repo}` has no revision `{revision}` on {endpoint}")]
     RevisionNotFound {
         repo: String,
         revision: String,
         endpoint: String,
     },
+    /// A file the listing or an index named is not there.
     #[error("model `{repo}` has no file `{file}` at revision {revision}")]
     FileMissing {
         repo: String,
         revision: String,
         file: String,
     },
+    /// The repository has no model in a layout gclip reads.
     #[error("model `{repo}` holds no CLIP model that gclip reads: {reason}")]
     NotAModel { repo: String, reason: String },
+    /// Any other unexpected HTTP status (server errors, rate limits, …).
     #[error(
         "model `{repo}`: {url} answered HTTP {status}{}",
         message_suffix(message)
@@ -116,6 +124,7 @@ pub enum HubError {
         status: u16,
         message: String,
     },
+    /// An answer that is not what a Hugging Face hub sends.
     #[error(
         "model `{repo}`: {url}: {message}; is HF_ENDPOINT a Hugging Face hub, and is no proxy \
          rewriting its answers?"
@@ -125,12 +134,14 @@ pub enum HubError {
         url: String,
         message: String,
     },
+    /// A transfer that broke off or delivered the wrong number of bytes, after retries.
     #[error("model `{repo}`: downloading `{file}` failed: {reason}")]
     Download {
         repo: String,
         file: String,
         reason: String,
     },
+    /// Reading or writing the cache.
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -293,7 +304,9 @@ fn clean_token(t: Option<String>) -> Option<String> {
 /// A model on the hub: `ORG/NAME`, at a revision (a branch, tag or commit).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelId {
+    /// `ORG/NAME`.
     pub repo: String,
+    /// A branch, tag or commit; `main` unless the id says `@REVISION`.
     pub revision: String,
 }
 
@@ -535,6 +548,7 @@ fn read_json(path: &Path) -> Result<Value, HubError> {
 pub struct CachedSnapshot {
     /// `snapshots/<commit>`.
     pub dir: PathBuf,
+    /// The commit the revision pointed to when the snapshot was made.
     pub commit: String,
     /// Whether every file gclip reads is there (or known not to exist in the repository);
     /// otherwise only the config and weights are.
@@ -553,9 +567,11 @@ pub struct RepoListing {
 /// A file's metadata, from a `HEAD` of its `resolve` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileMetadata {
+    /// `X-Repo-Commit`: the commit the file was resolved at.
     pub commit: String,
     /// `X-Linked-Etag` (the sha256 of LFS files) or `ETag` (the git blob id), unquoted.
     pub etag: String,
+    /// `X-Linked-Size` (LFS files) or `Content-Length`.
     pub size: u64,
     /// Where to read the contents: the CDN for LFS files, the `resolve` URL otherwise.
     pub location: String,
@@ -595,6 +611,7 @@ impl Hub {
         self
     }
 
+    /// The configuration this client uses.
     pub fn config(&self) -> &HubConfig {
         &self.config
     }

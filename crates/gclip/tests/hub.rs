@@ -277,6 +277,22 @@ fn open_clip_models_download_their_open_clip_files_only() {
             "models--acme--marqo-like/snapshots/{COMMIT_B}/config.json"
         ))
         .is_file());
+
+    // With --arch, a hub id stands for its checkpoint file.
+    let arch = oc.join("open_clip_config.json").display().to_string();
+    let source = ModelSource::resolve_with("acme/oc-tiny", Some(&arch), &hub).unwrap();
+    assert_eq!(
+        source,
+        ModelSource::OpenClipFile {
+            checkpoint: cache
+                .path()
+                .join("models--acme--oc-tiny/snapshots")
+                .join(COMMIT_A)
+                .join("open_clip_model.safetensors"),
+            arch,
+        }
+    );
+    assert_embeds_like_reference(&source, "oc-gelu");
 }
 
 /// Splits a safetensors file in two shards and their index, as transformers saves big models.
