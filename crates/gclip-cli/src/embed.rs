@@ -8,7 +8,6 @@ use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use gclip::embed::Embedder;
 use gclip::input::items::{read_items, resolve_image_path, walk_images, InputItem, ItemKind};
-use gclip::source::ModelSource;
 
 use crate::progress::Progress;
 
@@ -20,14 +19,15 @@ pub enum What {
 
 #[derive(Args)]
 #[command(after_help = "Examples:
+  gclip embed text --input captions.txt --output captions.npy   # openai/clip-vit-base-patch32
+  gclip embed image --model laion/CLIP-ViT-B-32-laion2B-s34B-b79K photos/ --output photos.npy
   gclip embed text --model ./clip-vit-base-patch32 --input captions.txt --output captions.npy
   gclip embed image --model ViT-B-32.pt --arch ViT-B-32 photos/ --output photos.jsonl
   gclip embed text --model ./clip-vit-base-patch32 \"a cat\" \"a dog\" --output pets.npy")]
 pub struct EmbedArgs {
     /// What to embed.
     what: What,
-    /// Model: a Hugging Face model directory, or an open_clip checkpoint file with --arch.
-    #[arg(long)]
+    #[arg(long, default_value = gclip::source::DEFAULT_MODEL, help = crate::source::MODEL_HELP)]
     model: String,
     /// open_clip architecture name (ViT-B-32, …) or config JSON, for checkpoint files.
     #[arg(long)]
@@ -108,7 +108,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         What::Image => ItemKind::Image,
     };
     let items = collect_items(args.input.as_deref(), &args.items, kind)?;
-    let source = ModelSource::resolve(&args.model, args.arch.as_deref())?;
+    let source = crate::source::resolve(&args.model, args.arch.as_deref())?;
     let mut embedder = Embedder::load(&source, &Device::Cpu)
         .with_context(|| format!("loading model {}", args.model))?;
     embedder.batch_size = args.batch_size.max(1);

@@ -4,6 +4,7 @@ mod bench;
 mod embed;
 mod inputs;
 mod progress;
+mod source;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -1,11 +1,15 @@
 //! Where a model comes from: a local directory in Hugging Face layout, an open_clip checkpoint
-//! file with its architecture, or a Hugging Face model id already in the local hub cache.
+//! file with its architecture, or a Hugging Face model id, read from the hub cache or downloaded
+//! into it ([`crate::hub`]).
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
+use crate::hub::{Hub, HubConfig, ModelId};
 use crate::model::{Clip, ClipConfig, ModelError, Weights};
+
+pub use crate::hub::DEFAULT_MODEL;
 
 pub use crate::input::Convention;
 
@@ -33,8 +37,16 @@ pub struct LoadedModel {
 
 impl ModelSource {
     /// Interprets a `--model` value: a directory, a checkpoint file (requires `arch`), or a
-    /// Hugging Face id found in the local hub cache.
+    /// Hugging Face model id (`ORG/NAME`, optionally `@REVISION`), read from the hub cache or
+    /// downloaded into it, configured from the environment as huggingface_hub is
+    /// ([`HubConfig::from_env`]).
     pub fn resolve(model: &str, arch: Option<&str>) -> Result<Self, ModelError> {
+        Self::resolve_with(model, arch, &Hub::from_env())
+    }
+
+    /// [`ModelSource::resolve`] with an explicit hub client (endpoint, cache, token, offline
+    /// mode, progress reporting).
+    pub fn resolve_with(model: &str, arch: Option<&str>, hub: &Hub) -> Result<Self, ModelError> {
         let path = Path::new(model);
         if path.is_file() {
             let arch = arch.ok_or_else(|| ModelError::Config {
@@ -50,17 +62,17 @@ impl ModelSource {
         if path.is_dir() {
             return Self::from_dir(path, arch);
         }
-        if let Some(dir) = hub_cache_snapshot(model) {
+        if let Some(id) = ModelId::parse(model) {
+            let dir = hub.model_snapshot(&id, arch.is_some())?;
             return Self::from_dir(&dir, arch);
         }
         Err(ModelError::Io {
             path: path.to_path_buf(),
-            message: format!(
-                "no such file or directory, and `{model}` is not in the Hugging Face cache ({}); \
-                 point --model at a local model directory (config.json + model.safetensors) or at \
-                 an open_clip checkpoint file with --arch",
-                hub_cache_dir().display()
-            ),
+            message: "no such file or directory, and not a Hugging Face model id (ORG/NAME); \
+                      point --model at a local model directory (config.json + model.safetensors), \
+                      at an open_clip checkpoint file with --arch, or name a model on the hub \
+                      (e.g. openai/clip-vit-base-patch32)"
+                .into(),
         })
     }
 
@@ -73,9 +85,15 @@ impl ModelSource {
                 arch: arch.to_string(),
             });
         }
-        if dir.join("config.json").is_file() {
+        let config = dir.join("config.json");
+        let open_clip = dir.join("open_clip_config.json").is_file();
+        // Some open_clip repositories (Marqo's) carry a config.json of their own that is not a
+        // transformers CLIP config; their model is the open_clip one.
+        if config.is_file()
+            && !(open_clip && (!is_clip_config_file(&config) || hf_weight_files(dir).is_err()))
+        {
             Ok(Self::HfDir(dir.to_path_buf()))
-        } else if dir.join("open_clip_config.json").is_file() {
+        } else if open_clip {
             Ok(Self::OpenClipDir(dir.to_path_buf()))
         } else {
             Err(ModelError::Io {
@@ -218,29 +236,21 @@ fn hf_weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     Err(no_weights(dir))
 }
 
-/// The hub cache directory, as huggingface_hub computes it.
-pub fn hub_cache_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = std::env::var_os("HF_HOME") {
-        return PathBuf::from(p).join("hub");
-    }
-    let home = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    home.join("huggingface").join("hub")
+fn is_clip_config_file(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .is_some_and(|v| crate::hub::is_clip_config(&v))
 }
 
-/// The snapshot directory of a model id (`org/name`) in the hub cache, following `refs/main`.
+/// The hub cache directory, as huggingface_hub computes it from the environment.
+pub fn hub_cache_dir() -> PathBuf {
+    HubConfig::from_env().cache_dir
+}
+
+/// The snapshot directory of a model id (`org/name`) in the hub cache, following `refs/main`,
+/// when it holds at least the model's config and weights. Never touches the network.
 pub fn hub_cache_snapshot(model_id: &str) -> Option<PathBuf> {
-    let (org, name) = model_id.split_once('/')?;
-    if org.is_empty() || name.is_empty() || name.contains('/') {
-        return None;
-    }
-    let repo = hub_cache_dir().join(format!("models--{org}--{name}"));
-    let commit = std::fs::read_to_string(repo.join("refs").join("main")).ok()?;
-    let snapshot = repo.join("snapshots").join(commit.trim());
-    snapshot.is_dir().then_some(snapshot)
+    let id = ModelId::parse(model_id)?;
+    Hub::from_env().cached_snapshot(&id, false).map(|s| s.dir)
 }

@@ -51,6 +51,8 @@ pub enum ModelError {
     Input(String),
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
 }
 
 impl ModelError {
