@@ -7,14 +7,12 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use gclip::input::items::{resolve_image_path, ItemKind};
 use gclip::input::pipeline::InputPipeline;
-use gclip::source::ModelSource;
 
 use crate::embed::{collect_items, describe};
 
 #[derive(Args)]
 pub struct InputArgs {
-    /// Model: a Hugging Face model directory, or an open_clip checkpoint file with --arch.
-    #[arg(long)]
+    #[arg(long, default_value = gclip::source::DEFAULT_MODEL, help = crate::source::MODEL_HELP)]
     model: String,
     /// open_clip architecture name (ViT-B-32, …) or config JSON, for checkpoint files.
     #[arg(long)]
@@ -33,7 +31,7 @@ fn pipeline(args: &InputArgs) -> Result<InputPipeline> {
     if args.output.extension().is_none_or(|e| e != "npy") {
         bail!("--output {} must end in .npy", args.output.display());
     }
-    let source = ModelSource::resolve(&args.model, args.arch.as_deref())?;
+    let source = crate::source::resolve(&args.model, args.arch.as_deref())?;
     let d = source.describe()?;
     Ok(InputPipeline::new(
         d.convention,
