@@ -265,7 +265,7 @@ fn decode_png(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
         0u8;
         reader
             .output_buffer_size()
-            .ok_or_else(|| DecodeError::TooLarge(w as u64, h as u64, max_pixels))?
+            .ok_or(DecodeError::TooLarge(w as u64, h as u64, max_pixels))?
     ];
     let out = reader.next_frame(&mut buf).map_err(corrupt)?;
     let line = out.line_size;

@@ -560,6 +560,7 @@ fn window(mut img: Decoded, x0: isize, y0: isize, cw: usize, ch: usize) -> Decod
     if x0 == 0 && y0 == 0 && cw == img.width && ch == img.height {
         return img;
     }
+    #[allow(clippy::too_many_arguments)]
     fn cut<T: Copy + Default>(
         src: &[T],
         w: usize,
