@@ -23,7 +23,12 @@ fn main() {
         match a.as_str() {
             "--size" => size = args.next().and_then(|v| v.parse().ok()).expect("--size N"),
             "--transformers" => convention = PreprocessConvention::Transformers,
-            "--threads" => threads = args.next().and_then(|v| v.parse().ok()).expect("--threads N"),
+            "--threads" => {
+                threads = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--threads N")
+            }
             _ => files.push(PathBuf::from(a)),
         }
     }
@@ -53,12 +58,19 @@ fn main() {
             convention,
         );
         if threads > 1 {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             let batch: Vec<PathBuf> = vec![path.clone(); threads * 8];
             let t0 = Instant::now();
             pool.install(|| pre.batch_from_paths(&batch));
             let dt = t0.elapsed().as_secs_f64();
-            println!("  batch of {} on {threads} threads: {:.1} images/s", batch.len(), batch.len() as f64 / dt);
+            println!(
+                "  batch of {} on {threads} threads: {:.1} images/s",
+                batch.len(),
+                batch.len() as f64 / dt
+            );
         }
     }
 }

@@ -438,14 +438,7 @@ pub fn decode(data: &[u8], max_pixels: u64) -> Result<JpegImage, DecodeError> {
         for c in f.comps.iter_mut() {
             let q = qt[c.tq];
             c.plane = vec![0u8; c.bw * 8 * c.bh * 8];
-            let stride = c.bw * 8;
-            for by in 0..c.bh {
-                for bx in 0..c.bw {
-                    let i = (by * c.bw + bx) * 64;
-                    let block: &[i16; 64] = c.coefs[i..i + 64].try_into().expect("64 coefficients");
-                    idct_islow(block, &q, &mut c.plane[by * 8 * stride + bx * 8..], stride);
-                }
-            }
+            idct_blocks(&c.coefs, c.bw, c.bw, &q, &mut c.plane);
             c.coefs = Vec::new();
         }
     }
@@ -627,7 +620,17 @@ fn decode_scan(
             .as_ref()
             .ok_or_else(|| corrupt("missing Huffman table"))
     };
-    let mut block = [0i16; 64];
+    let mut rowbuf: Vec<Vec<i16>> = if f.progressive {
+        Vec::new()
+    } else {
+        members
+            .iter()
+            .map(|&ci| {
+                let c = &f.comps[ci];
+                vec![0i16; c.bw * if single { 1 } else { c.v } * 64]
+            })
+            .collect()
+    };
     for unit in 0..total {
         if restart_interval > 0 && unit > 0 && unit % restart_interval == 0 {
             bits.restart()?;
@@ -637,7 +640,7 @@ fn decode_scan(
             *eobrun = 0;
         }
         let (ux, uy) = (unit % units_x, unit / units_x);
-        for &ci in &members {
+        for (mi, &ci) in members.iter().enumerate() {
             let (bh_n, bv_n) = if single {
                 (1, 1)
             } else {
@@ -653,21 +656,19 @@ fn decode_scan(
                     let c = &mut f.comps[ci];
                     let (dci, aci) = (c.dc_table, c.ac_table);
                     if !f.progressive {
-                        block.fill(0);
+                        // Coefficients of one row of units, transformed when the row is done.
+                        let i = ((row - uy * bv_n) * c.bw + col) * 64;
+                        let blk: &mut [i16; 64] = (&mut rowbuf[mi][i..i + 64])
+                            .try_into()
+                            .expect("64 coefficients");
+                        blk.fill(0);
                         decode_block_baseline(
                             &mut bits,
                             need_dc(dci)?,
                             need_ac(aci)?,
                             &mut c.pred,
-                            &mut block,
+                            blk,
                         )?;
-                        let stride = c.bw * 8;
-                        idct_islow(
-                            &block,
-                            &qt[c.tq],
-                            &mut c.plane[row * 8 * stride + col * 8..],
-                            stride,
-                        );
                     } else {
                         let i = (row * c.bw + col) * 64;
                         let blk: &mut [i16; 64] = (&mut c.coefs[i..i + 64])
@@ -688,6 +689,23 @@ fn decode_scan(
                         }
                     }
                 }
+            }
+        }
+        if !f.progressive && (ux + 1 == units_x || unit + 1 == total) {
+            for (mi, &ci) in members.iter().enumerate() {
+                let c = &mut f.comps[ci];
+                let rows = if single { 1 } else { c.v };
+                let cols = if single { units_x } else { c.bw };
+                let stride = c.bw * 8;
+                let start = uy * rows * 8 * stride;
+                let end = (start + rows * 8 * stride).min(c.plane.len());
+                idct_blocks(
+                    &rowbuf[mi][..rows * c.bw * 64],
+                    cols,
+                    c.bw,
+                    &qt[c.tq],
+                    &mut c.plane[start..end],
+                );
             }
         }
         if bits.overrun > 16 {
@@ -921,8 +939,52 @@ fn range_limit(x: i32) -> u8 {
     }
 }
 
+/// Inverse-transform rows of blocks: `coefs` holds blocks of 64 coefficients, `bw` per row
+/// of blocks, of which the first `cols` are transformed into `plane` (`bw * 8` samples per
+/// row). Uses AVX2 when the CPU has it (the arithmetic is the same integer arithmetic).
+fn idct_blocks(coefs: &[i16], cols: usize, bw: usize, q: &[u16; 64], plane: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        unsafe { idct_blocks_avx2(coefs, cols, bw, q, plane) };
+        return;
+    }
+    idct_blocks_generic(coefs, cols, bw, q, plane);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn idct_blocks_avx2(coefs: &[i16], cols: usize, bw: usize, q: &[u16; 64], plane: &mut [u8]) {
+    idct_blocks_generic(coefs, cols, bw, q, plane);
+}
+
+#[inline(always)]
+fn idct_blocks_generic(coefs: &[i16], cols: usize, bw: usize, q: &[u16; 64], plane: &mut [u8]) {
+    let stride = bw * 8;
+    let rows = (coefs.len() / 64 / bw).min(plane.len() / (8 * stride));
+    for by in 0..rows {
+        for bx in 0..cols {
+            let i = (by * bw + bx) * 64;
+            let block: &[i16; 64] = coefs[i..i + 64].try_into().expect("64 coefficients");
+            idct_islow(block, q, &mut plane[by * 8 * stride + bx * 8..], stride);
+        }
+    }
+}
+
 /// Dequantise and inverse-transform one block into `out` (8 rows of `stride`).
+#[inline(always)]
 fn idct_islow(coef: &[i16; 64], q: &[u16; 64], out: &mut [u8], stride: usize) {
+    if coef[1..].iter().all(|&c| c == 0) {
+        // DC only: both passes reduce to one descaled value (exactly what the full
+        // computation gives).
+        let dc = W(coef[0] as i32) * W(q[0] as i32);
+        let v =
+            range_limit((((dc << PASS1_BITS) + W(1 << (PASS1_BITS + 2))) >> (PASS1_BITS + 3)).0);
+        for r in 0..8 {
+            out[r * stride..r * stride + 8].fill(v);
+        }
+        return;
+    }
     // Columns first: lane = column, x[i] = row i.
     let mut x = [[W(0i32); 8]; 8];
     for i in 0..8 {
@@ -999,64 +1061,45 @@ fn output_color(f: &Frame, jfif: bool, adobe: Option<u8>) -> Result<InColor, Dec
     })
 }
 
-/// One component upsampled to full resolution, `width` samples per row for each image row.
-fn upsample(c: &Component, f: &Frame) -> Vec<u8> {
-    let (w, h) = (f.width, f.height);
+/// Upsample row `y` of component `c` to full resolution into `out` (at least `width` samples
+/// are written; a few more may be). `sums` is scratch space of at least `c.w_samples` entries.
+#[inline(always)]
+fn upsample_row(c: &Component, f: &Frame, y: usize, out: &mut [u8], sums: &mut [u32]) {
+    let w = f.width;
     let stride = c.bw * 8;
     let (fx, fy) = (f.hmax / c.h, f.vmax / c.v);
     let exact = f.hmax % c.h == 0 && f.vmax % c.v == 0;
-    let cw = c.w_samples;
-    let ch = c.h_samples;
+    let (cw, ch) = (c.w_samples, c.h_samples);
     let row = |y: usize| &c.plane[y * stride..y * stride + cw];
-    let mut out = vec![0u8; w * h];
-    if fx == 1 && fy == 1 && exact {
-        for y in 0..h {
-            out[y * w..(y + 1) * w].copy_from_slice(&row(y)[..w]);
+    if exact && fx == 1 && fy == 1 {
+        out[..w].copy_from_slice(&row(y)[..w]);
+    } else if exact && fx == 2 && fy == 1 {
+        if cw > 2 {
+            h2_fancy(row(y), out);
+        } else {
+            replicate(row(y), out, 2);
         }
-        return out;
-    }
-    let mut line = vec![0u8; cw * fx.max(1) + 2];
-    if fx == 2 && fy == 1 && exact {
-        for y in 0..h {
-            if cw > 2 {
-                h2_fancy(row(y), &mut line);
-            } else {
-                replicate(row(y), &mut line, 2);
-            }
-            out[y * w..(y + 1) * w].copy_from_slice(&line[..w]);
+    } else if exact && fx == 1 && fy == 2 {
+        let (cur, near, bias) = v2_rows(y, ch);
+        for ((o, &a), &b) in out[..w].iter_mut().zip(row(cur)).zip(row(near)) {
+            *o = ((a as u32 * 3 + b as u32 + bias) >> 2) as u8;
         }
-    } else if fx == 1 && fy == 2 && exact {
-        for y in 0..h {
-            let (cur, near, bias) = v2_rows(y, ch);
-            for (x, o) in out[y * w..(y + 1) * w].iter_mut().enumerate() {
-                *o = ((row(cur)[x] as u32 * 3 + row(near)[x] as u32 + bias) >> 2) as u8;
-            }
+    } else if exact && fx == 2 && fy == 2 && cw > 2 {
+        let (cur, near, _) = v2_rows(y, ch);
+        for ((s, &a), &b) in sums[..cw].iter_mut().zip(row(cur)).zip(row(near)) {
+            *s = a as u32 * 3 + b as u32;
         }
-    } else if fx == 2 && fy == 2 && exact && cw > 2 {
-        let mut sums = vec![0u32; cw];
-        for y in 0..h {
-            let (cur, near, _) = v2_rows(y, ch);
-            for ((s, &a), &b) in sums.iter_mut().zip(row(cur)).zip(row(near)) {
-                *s = a as u32 * 3 + b as u32;
-            }
-            h2v2_horizontal(&sums, &mut line);
-            out[y * w..(y + 1) * w].copy_from_slice(&line[..w]);
-        }
+        h2v2_horizontal(&sums[..cw], out);
     } else {
         // Plain replication (libjpeg's integral-factor upsampler).
         let (fx, fy) = (fx.max(1), fy.max(1));
-        for y in 0..h {
-            let src = row((y / fy).min(ch - 1));
-            replicate(src, &mut line, fx);
-            out[y * w..(y + 1) * w].copy_from_slice(&line[..w]);
-        }
+        replicate(row((y / fy).min(ch - 1)), out, fx);
     }
-    out
 }
 
 /// For 2:1 vertical upsampling: the input row of output row `y`, its nearer neighbour (the row
 /// above for even rows, below for odd ones, edges replicated), and the rounding bias.
-#[inline]
+#[inline(always)]
 fn v2_rows(y: usize, ch: usize) -> (usize, usize, u32) {
     let cur = (y / 2).min(ch - 1);
     if y % 2 == 0 {
@@ -1066,65 +1109,41 @@ fn v2_rows(y: usize, ch: usize) -> (usize, usize, u32) {
     }
 }
 
+#[inline(always)]
 fn replicate(src: &[u8], out: &mut [u8], f: usize) {
-    for (i, &s) in src.iter().enumerate() {
-        out[i * f..i * f + f].fill(s);
+    for (o, &s) in out.chunks_exact_mut(f).zip(src) {
+        o.fill(s);
     }
 }
 
 /// 2:1 horizontal triangle filter on one row of `n > 2` samples.
+#[inline(always)]
 fn h2_fancy(s: &[u8], out: &mut [u8]) {
     let n = s.len();
     out[0] = s[0];
     out[1] = ((s[0] as u32 * 3 + s[1] as u32 + 2) >> 2) as u8;
-    for i in 1..n - 1 {
-        let c = s[i] as u32 * 3;
-        out[2 * i] = ((c + s[i - 1] as u32 + 1) >> 2) as u8;
-        out[2 * i + 1] = ((c + s[i + 1] as u32 + 2) >> 2) as u8;
+    for (i, o) in out[2..2 * n - 2].chunks_exact_mut(2).enumerate() {
+        let c = s[i + 1] as u32 * 3;
+        o[0] = ((c + s[i] as u32 + 1) >> 2) as u8;
+        o[1] = ((c + s[i + 2] as u32 + 2) >> 2) as u8;
     }
     out[2 * n - 2] = ((s[n - 1] as u32 * 3 + s[n - 2] as u32 + 1) >> 2) as u8;
     out[2 * n - 1] = s[n - 1];
 }
 
 /// Horizontal half of the 2:1 × 2:1 triangle filter, on column sums `3·near + far`.
+#[inline(always)]
 fn h2v2_horizontal(s: &[u32], out: &mut [u8]) {
     let n = s.len();
     out[0] = ((s[0] * 4 + 8) >> 4) as u8;
     out[1] = ((s[0] * 3 + s[1] + 7) >> 4) as u8;
-    for i in 1..n - 1 {
-        let c = s[i] * 3;
-        out[2 * i] = ((c + s[i - 1] + 8) >> 4) as u8;
-        out[2 * i + 1] = ((c + s[i + 1] + 7) >> 4) as u8;
+    for (i, o) in out[2..2 * n - 2].chunks_exact_mut(2).enumerate() {
+        let c = s[i + 1] * 3;
+        o[0] = ((c + s[i] + 8) >> 4) as u8;
+        o[1] = ((c + s[i + 2] + 7) >> 4) as u8;
     }
     out[2 * n - 2] = ((s[n - 1] * 3 + s[n - 2] + 8) >> 4) as u8;
     out[2 * n - 1] = ((s[n - 1] * 4 + 7) >> 4) as u8;
-}
-
-struct YccTables {
-    cr_r: [i32; 256],
-    cb_b: [i32; 256],
-    cr_g: [i32; 256],
-    cb_g: [i32; 256],
-}
-
-fn ycc_tables() -> YccTables {
-    const SCALEBITS: i32 = 16;
-    const ONE_HALF: i32 = 1 << (SCALEBITS - 1);
-    let fix = |x: f64| (x * (1i64 << SCALEBITS) as f64 + 0.5) as i32;
-    let mut t = YccTables {
-        cr_r: [0; 256],
-        cb_b: [0; 256],
-        cr_g: [0; 256],
-        cb_g: [0; 256],
-    };
-    for i in 0..256 {
-        let x = i as i32 - 128;
-        t.cr_r[i] = (fix(1.40200) * x + ONE_HALF) >> SCALEBITS;
-        t.cb_b[i] = (fix(1.77200) * x + ONE_HALF) >> SCALEBITS;
-        t.cr_g[i] = -fix(0.71414) * x;
-        t.cb_g[i] = -fix(0.34414) * x + ONE_HALF;
-    }
-    t
 }
 
 #[inline(always)]
@@ -1132,41 +1151,82 @@ fn clamp8(x: i32) -> u8 {
     x.clamp(0, 255) as u8
 }
 
+/// YCbCr → RGB of one pixel with libjpeg's 16-bit fixed-point constants (the values its lookup
+/// tables hold: FIX(1.402) = 91881, FIX(0.34414) = 22554, FIX(0.71414) = 46802,
+/// FIX(1.772) = 116130, rounding constant 2^15).
+#[inline(always)]
+fn ycc_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
+    let (y, cb, cr) = (y as i32, cb as i32 - 128, cr as i32 - 128);
+    [
+        clamp8(y + ((91881 * cr + 32768) >> 16)),
+        clamp8(y + ((-22554 * cb - 46802 * cr + 32768) >> 16)),
+        clamp8(y + ((116130 * cb + 32768) >> 16)),
+    ]
+}
+
+/// Upsample every component and convert to the output colour space, row by row.
 fn assemble(f: &Frame, color: InColor) -> Vec<u8> {
-    let planes: Vec<Vec<u8>> = f.comps.iter().map(|c| upsample(c, f)).collect();
-    let n = f.width * f.height;
-    match color {
-        InColor::Grey => planes.into_iter().next().unwrap_or_default(),
-        InColor::Rgb | InColor::Cmyk => {
-            let k = planes.len();
-            let mut out = vec![0u8; n * k];
-            for (ci, p) in planes.iter().enumerate() {
-                for (o, &v) in out.iter_mut().skip(ci).step_by(k).zip(p) {
-                    *o = v;
-                }
-            }
-            out
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { assemble_avx2(f, color) };
+    }
+    assemble_generic(f, color)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn assemble_avx2(f: &Frame, color: InColor) -> Vec<u8> {
+    assemble_generic(f, color)
+}
+
+#[inline(always)]
+fn assemble_generic(f: &Frame, color: InColor) -> Vec<u8> {
+    let (w, h) = (f.width, f.height);
+    let k = f.comps.len();
+    let mut out = vec![0u8; w * h * k];
+    let widest = f
+        .comps
+        .iter()
+        .map(|c| c.w_samples * (f.hmax / c.h).max(1))
+        .max()
+        .unwrap_or(0)
+        .max(w)
+        + 8;
+    let mut rows = vec![vec![0u8; widest]; k];
+    let mut sums = vec![0u32; widest];
+    for (y, line) in out.chunks_exact_mut(w * k).enumerate() {
+        for (c, r) in f.comps.iter().zip(rows.iter_mut()) {
+            upsample_row(c, f, y, r, &mut sums);
         }
-        InColor::YCbCr | InColor::Ycck => {
-            let t = ycc_tables();
-            let k = planes.len();
-            let mut out = vec![0u8; n * k];
-            for (i, o) in out.chunks_exact_mut(k).enumerate() {
-                let y = planes[0][i] as i32;
-                let cb = planes[1][i] as usize;
-                let cr = planes[2][i] as usize;
-                let r = clamp8(y + t.cr_r[cr]);
-                let g = clamp8(y + ((t.cb_g[cb] + t.cr_g[cr]) >> 16));
-                let b = clamp8(y + t.cb_b[cb]);
-                if k == 3 {
-                    o.copy_from_slice(&[r, g, b]);
-                } else {
-                    o.copy_from_slice(&[255 - r, 255 - g, 255 - b, planes[3][i]]);
+        match (color, k) {
+            (InColor::Grey, _) => line.copy_from_slice(&rows[0][..w]),
+            (InColor::YCbCr, 3) => {
+                for (((o, &yy), &cb), &cr) in line
+                    .chunks_exact_mut(3)
+                    .zip(&rows[0][..w])
+                    .zip(&rows[1][..w])
+                    .zip(&rows[2][..w])
+                {
+                    o.copy_from_slice(&ycc_to_rgb(yy, cb, cr));
                 }
             }
-            out
+            (InColor::Ycck, 4) => {
+                for (x, o) in line.chunks_exact_mut(4).enumerate() {
+                    let [r, g, b] = ycc_to_rgb(rows[0][x], rows[1][x], rows[2][x]);
+                    o.copy_from_slice(&[255 - r, 255 - g, 255 - b, rows[3][x]]);
+                }
+            }
+            _ => {
+                for (x, o) in line.chunks_exact_mut(k).enumerate() {
+                    for (ci, v) in o.iter_mut().enumerate() {
+                        *v = rows[ci][x];
+                    }
+                }
+            }
         }
     }
+    out
 }
 
 #[cfg(test)]
