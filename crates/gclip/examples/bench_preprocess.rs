@@ -5,7 +5,8 @@
 //! cargo run --release -p gclip --example bench_preprocess -- data/bench/photo_4000x3000.jpg data/bench/photo_640x480.png
 //! ```
 //! Options: `--size N` (default 224), `--transformers` (transformers' convention),
-//! `--threads N` (also time a parallel batch on N threads).
+//! `--threads N` (also time a parallel batch on N threads), `--iters N` (a fixed number of
+//! iterations instead of about three seconds per measurement).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -17,12 +18,14 @@ fn main() {
     let mut size = 224;
     let mut convention = PreprocessConvention::OpenClip;
     let mut threads = 0usize;
+    let mut iters = 0u32;
     let mut files = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--size" => size = args.next().and_then(|v| v.parse().ok()).expect("--size N"),
             "--transformers" => convention = PreprocessConvention::Transformers,
+            "--iters" => iters = args.next().and_then(|v| v.parse().ok()).expect("--iters N"),
             "--threads" => {
                 threads = args
                     .next()
@@ -42,10 +45,10 @@ fn main() {
     for path in &files {
         let bytes = std::fs::read(path).expect("readable file");
         let _ = pre.rgb8_from_path(path).expect("image decodes");
-        let per_image = time(|| {
+        let per_image = time(iters, || {
             std::hint::black_box(pre.rgb8_from_path(path).unwrap());
         });
-        let decode_only = time(|| {
+        let decode_only = time(iters, || {
             std::hint::black_box(decode::decode(&bytes, u64::MAX).ok());
         });
         println!(
@@ -75,10 +78,10 @@ fn main() {
     }
 }
 
-fn time(mut f: impl FnMut()) -> Duration {
+fn time(iters: u32, mut f: impl FnMut()) -> Duration {
     let mut n = 0u32;
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(3) || n < 5 {
+    while (iters == 0 && (t0.elapsed() < Duration::from_secs(3) || n < 5)) || n < iters {
         f();
         n += 1;
     }

@@ -68,6 +68,9 @@ fn unsupported(msg: impl Into<String>) -> DecodeError {
 struct Huffman {
     /// Codes of up to `FAST_BITS` bits: `(length << 8) | symbol`, or 0.
     fast: Vec<u16>,
+    /// For AC tables: when a code and its magnitude bits fit in `FAST_BITS` bits, the decoded
+    /// `(value, run, total length)`; length 0 otherwise.
+    fast_ac: Vec<(i16, u8, u8)>,
     /// Largest code of each length (−1 when none), for lengths 1..=16.
     maxcode: [i32; 18],
     /// `values` index of the first code of each length, minus that code.
@@ -113,8 +116,26 @@ impl Huffman {
             code <<= 1;
         }
         maxcode[17] = i32::MAX;
+        let mut fast_ac = vec![(0i16, 0u8, 0u8); 1 << FAST_BITS];
+        for (peek, f) in fast.iter().enumerate() {
+            if *f == 0 {
+                continue;
+            }
+            let (len, rs) = ((*f >> 8) as u32, *f as u8);
+            let (run, size) = ((rs >> 4) as u32, (rs & 15) as u32);
+            if size > 0 && len + size <= FAST_BITS {
+                let v = ((peek as u32) >> (FAST_BITS - len - size)) & ((1 << size) - 1);
+                let v = if v < (1 << (size - 1)) {
+                    v as i32 - (1 << size) + 1
+                } else {
+                    v as i32
+                };
+                fast_ac[peek] = (v as i16, run as u8, (len + size) as u8);
+            }
+        }
         Ok(Huffman {
             fast,
+            fast_ac,
             maxcode,
             offset,
             values,
@@ -147,6 +168,21 @@ impl<'a> Bits<'a> {
 
     #[inline(always)]
     fn refill(&mut self) {
+        // Fast path: eight bytes without 0xFF need no unstuffing.
+        if !self.at_marker && self.pos + 8 <= self.data.len() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&self.data[self.pos..self.pos + 8]);
+            let w = u64::from_be_bytes(b);
+            let nw = !w;
+            if nw.wrapping_sub(0x0101_0101_0101_0101) & !nw & 0x8080_8080_8080_8080 == 0 {
+                let k = (64 - self.n) / 8;
+                let v = if k == 8 { w } else { w >> (64 - 8 * k) };
+                self.acc |= v << (64 - self.n - 8 * k);
+                self.n += 8 * k;
+                self.pos += k as usize;
+                return;
+            }
+        }
         while self.n <= 56 {
             let mut byte = 0u8;
             if !self.at_marker {
@@ -735,6 +771,21 @@ fn decode_block_baseline(
     block[0] = *pred as i16;
     let mut k = 1;
     while k < 64 {
+        if bits.n < 16 {
+            bits.refill();
+        }
+        let (v, run, len) = ac.fast_ac[(bits.acc >> (64 - FAST_BITS)) as usize];
+        if len != 0 {
+            bits.acc <<= len;
+            bits.n -= len as u32;
+            k += run as usize;
+            if k > 63 {
+                return Err(corrupt("bad AC coefficient run"));
+            }
+            block[ZIGZAG[k]] = v;
+            k += 1;
+            continue;
+        }
         let rs = bits.decode(ac)?;
         let (r, s) = ((rs >> 4) as usize, (rs & 15) as u32);
         if s != 0 {
@@ -1405,6 +1456,37 @@ mod tests {
         let mut out = [0u8; 64];
         idct_islow(&coef, &q, &mut out, 8);
         assert!(out.iter().all(|&v| v == 112), "{out:?}");
+    }
+
+    #[test]
+    fn avx2_idct_matches_portable_idct() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            let mut seed = 12345u64;
+            let mut next = move || {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 33) as i32
+            };
+            for case in 0..2000 {
+                let mut coef = [0i16; 64];
+                let q: [u16; 64] = std::array::from_fn(|_| 1 + (next() % 60) as u16);
+                let n = if case % 3 == 0 {
+                    1
+                } else {
+                    1 + (next() % 64) as usize
+                };
+                for c in coef.iter_mut().take(n) {
+                    *c = (next() % 400 - 200) as i16;
+                }
+                let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+                idct_islow(&coef, &q, &mut a, 8);
+                // SAFETY: AVX2 is available (checked above); `b` holds 8 rows of 8.
+                unsafe { avx2::idct_islow(&coef, &q, &mut b, 8) };
+                assert_eq!(a, b, "block {case}");
+            }
+        }
     }
 
     #[test]

@@ -660,6 +660,35 @@ mod tests {
     }
 
     #[test]
+    fn avx2_paths_match_portable_paths() {
+        let mut seed = 99u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        for &(w, h, ow, oh) in &[
+            (97, 61, 40, 25),
+            (40, 25, 97, 61),
+            (300, 20, 31, 77),
+            (5, 3, 64, 64),
+        ] {
+            for c in 1..=4 {
+                let src: Vec<u8> = (0..w * h * c).map(|_| next() as u8).collect();
+                for filter in [Filter::Bicubic, Filter::Lanczos, Filter::Bilinear] {
+                    let portable = resample_u8_impl::<false>(&src, w, h, c, ow, oh, filter);
+                    assert_eq!(
+                        resample_u8(&src, w, h, c, ow, oh, filter),
+                        portable,
+                        "{w}x{h}x{c} -> {ow}x{oh} {filter:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn nearest_picks_centres() {
         let src: Vec<u8> = (0..10).collect();
         assert_eq!(nearest(&src, 10, 1, 1, 5, 1), vec![1, 3, 5, 7, 9]);
