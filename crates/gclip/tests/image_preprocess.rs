@@ -110,12 +110,8 @@ fn pixels_match_references() {
                 .zip(&want)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            // Exact when the 8-bit pixels are; JPEG may be one unit off (1/255/std).
-            let limit = if case.format == "JPEG" {
-                1.0 / 255.0 / 0.26 + 1e-6
-            } else {
-                1e-6
-            };
+            // Both references' float steps are reproduced operation for operation.
+            let limit = 0.0;
             if worst > limit {
                 failures.push(format!(
                     "{} [{}]: tensor differs by {worst}",
