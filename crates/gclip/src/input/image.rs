@@ -438,7 +438,22 @@ impl Preprocessor {
     }
 
     fn transformers(&self, img: Decoded) -> Rgb8Image {
-        let mut rgb = to_rgb_onto_white(&img);
+        let mut rgb = match img {
+            // Already RGB without a transparency key: no conversion, no copy.
+            Decoded {
+                mode: Mode::Rgb,
+                transparency: None,
+                samples: Samples::U8(data),
+                width,
+                height,
+                ..
+            } => Rgb8Image {
+                width,
+                height,
+                data,
+            },
+            img => to_rgb_onto_white(&img),
+        };
         if self.cfg.do_resize {
             let (w, h) = shortest_edge_size(rgb.width, rgb.height, self.cfg.image_size);
             if (w, h) != (rgb.width, rgb.height) {
