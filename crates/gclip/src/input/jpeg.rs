@@ -1117,6 +1117,78 @@ mod avx2 {
         ]
     }
 
+    /// YCbCr → RGB for as many whole groups of 16 pixels as the row has, with the same
+    /// fixed-point arithmetic as [`super::ycc_to_rgb`]; returns the number of pixels done.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn ycc_to_rgb_row(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) -> usize {
+        let n = y.len().min(cb.len()).min(cr.len()).min(out.len() / 3);
+        // Byte shuffles that interleave 16 R, G and B bytes into three 16-byte blocks.
+        let mut masks = [[[0i8; 16]; 3]; 3];
+        for (block, m) in masks.iter_mut().enumerate() {
+            for j in 0..16 {
+                let at = block * 16 + j;
+                for (ch, mc) in m.iter_mut().enumerate() {
+                    mc[j] = if at % 3 == ch { (at / 3) as i8 } else { -1 };
+                }
+            }
+        }
+        let load = |m: &[i8; 16]| _mm_loadu_si128(m.as_ptr() as *const __m128i);
+        let convert = |yv: __m128i, cbv: __m128i, crv: __m128i| {
+            let y = _mm256_cvtepu8_epi32(yv);
+            let cb = _mm256_sub_epi32(_mm256_cvtepu8_epi32(cbv), c(128));
+            let cr = _mm256_sub_epi32(_mm256_cvtepu8_epi32(crv), c(128));
+            let half = c(32768);
+            let r = _mm256_add_epi32(
+                y,
+                _mm256_srai_epi32::<16>(_mm256_add_epi32(mul(cr, 91881), half)),
+            );
+            let g = _mm256_add_epi32(
+                y,
+                _mm256_srai_epi32::<16>(_mm256_add_epi32(
+                    _mm256_add_epi32(mul(cb, -22554), mul(cr, -46802)),
+                    half,
+                )),
+            );
+            let b = _mm256_add_epi32(
+                y,
+                _mm256_srai_epi32::<16>(_mm256_add_epi32(mul(cb, 116130), half)),
+            );
+            (r, g, b)
+        };
+        let to_bytes = |lo: __m256i, hi: __m256i| {
+            let w = _mm256_permute4x64_epi64::<0b11011000>(_mm256_packs_epi32(lo, hi));
+            _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w))
+        };
+        let mut x = 0;
+        while x + 16 <= n {
+            let yv = _mm_loadu_si128(y.as_ptr().add(x) as *const __m128i);
+            let cbv = _mm_loadu_si128(cb.as_ptr().add(x) as *const __m128i);
+            let crv = _mm_loadu_si128(cr.as_ptr().add(x) as *const __m128i);
+            let (r0, g0, b0) = convert(yv, cbv, crv);
+            let (r1, g1, b1) = convert(
+                _mm_srli_si128::<8>(yv),
+                _mm_srli_si128::<8>(cbv),
+                _mm_srli_si128::<8>(crv),
+            );
+            let (r, g, b) = (to_bytes(r0, r1), to_bytes(g0, g1), to_bytes(b0, b1));
+            for (block, m) in masks.iter().enumerate() {
+                let v = _mm_or_si128(
+                    _mm_or_si128(
+                        _mm_shuffle_epi8(r, load(&m[0])),
+                        _mm_shuffle_epi8(g, load(&m[1])),
+                    ),
+                    _mm_shuffle_epi8(b, load(&m[2])),
+                );
+                _mm_storeu_si128(out.as_mut_ptr().add(3 * x + 16 * block) as *mut __m128i, v);
+            }
+            x += 16;
+        }
+        x
+    }
+
     /// # Safety
     /// The CPU must support AVX2 and `out` must hold `7 * stride + 8` bytes.
     #[target_feature(enable = "avx2")]
@@ -1386,17 +1458,17 @@ fn assemble(f: &Frame, color: InColor) -> Vec<u8> {
         // SAFETY: the CPU supports AVX2, checked just above.
         return unsafe { assemble_avx2(f, color) };
     }
-    assemble_generic(f, color)
+    assemble_generic::<false>(f, color)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn assemble_avx2(f: &Frame, color: InColor) -> Vec<u8> {
-    assemble_generic(f, color)
+    assemble_generic::<true>(f, color)
 }
 
 #[inline(always)]
-fn assemble_generic(f: &Frame, color: InColor) -> Vec<u8> {
+fn assemble_generic<const AVX2: bool>(f: &Frame, color: InColor) -> Vec<u8> {
     let (w, h) = (f.width, f.height);
     let k = f.comps.len();
     let mut out = vec![0u8; w * h * k];
@@ -1417,11 +1489,19 @@ fn assemble_generic(f: &Frame, color: InColor) -> Vec<u8> {
         match (color, k) {
             (InColor::Grey, _) => line.copy_from_slice(&rows[0][..w]),
             (InColor::YCbCr, 3) => {
-                for (((o, &yy), &cb), &cr) in line
+                let mut done = 0;
+                #[cfg(target_arch = "x86_64")]
+                if AVX2 {
+                    // SAFETY: AVX2 is only requested from `assemble_avx2`.
+                    done = unsafe {
+                        avx2::ycc_to_rgb_row(&rows[0][..w], &rows[1][..w], &rows[2][..w], line)
+                    };
+                }
+                for (((o, &yy), &cb), &cr) in line[done * 3..]
                     .chunks_exact_mut(3)
-                    .zip(&rows[0][..w])
-                    .zip(&rows[1][..w])
-                    .zip(&rows[2][..w])
+                    .zip(&rows[0][done..w])
+                    .zip(&rows[1][done..w])
+                    .zip(&rows[2][done..w])
                 {
                     o.copy_from_slice(&ycc_to_rgb(yy, cb, cr));
                 }
@@ -1485,6 +1565,29 @@ mod tests {
                 // SAFETY: AVX2 is available (checked above); `b` holds 8 rows of 8.
                 unsafe { avx2::idct_islow(&coef, &q, &mut b, 8) };
                 assert_eq!(a, b, "block {case}");
+            }
+        }
+    }
+
+    #[test]
+    fn avx2_colour_conversion_matches_portable() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // Every (Cb, Cr) pair, with Y sweeping through its range.
+            let n = 256 * 256;
+            let y: Vec<u8> = (0..n).map(|i| (i * 7 % 256) as u8).collect();
+            let cb: Vec<u8> = (0..n).map(|i| (i / 256) as u8).collect();
+            let cr: Vec<u8> = (0..n).map(|i| (i % 256) as u8).collect();
+            let mut out = vec![0u8; 3 * n];
+            // SAFETY: AVX2 is available (checked above).
+            let done = unsafe { avx2::ycc_to_rgb_row(&y, &cb, &cr, &mut out) };
+            assert_eq!(done, n);
+            for i in 0..n {
+                assert_eq!(
+                    out[3 * i..3 * i + 3],
+                    ycc_to_rgb(y[i], cb[i], cr[i]),
+                    "pixel {i}"
+                );
             }
         }
     }
