@@ -20,6 +20,12 @@
 //! * WebP: `RGB`, or `RGBA` when the file has alpha.
 //! * TIFF: `1`, `L`, `I;16`, `LA`, `RGB`, `RGBA` (associated alpha un-premultiplied as Pillow
 //!   does), `CMYK`; 16-bit colour keeps the high byte. Palette TIFFs are not supported.
+//!
+//! Not supported (a typed [`DecodeError::Unsupported`] error, where Pillow would decode):
+//! arithmetic-coded, 12-bit, lossless and hierarchical JPEG; palette TIFF, TIFF with 32-bit
+//! integer or float samples (Pillow's `I` and `F` modes), and TIFF compressions other than
+//! none, PackBits, LZW and Deflate; BMP with RLE or embedded JPEG/PNG. Animated GIF and WebP
+//! give their first frame, as with Pillow before `seek`.
 
 use std::io::Cursor;
 
