@@ -4,8 +4,8 @@
 //! A [`Preprocessor`] turns an image file into the `[3, crop, crop]` float tensor the vision
 //! tower receives. Its 8-bit stage ([`Preprocessor::rgb8_from_path`]) reproduces the
 //! reference pixels exactly: decoding keeps what a Pillow image would hold (see
-//! [`decode`](super::decode)), resizing follows Pillow bit for bit (see
-//! [`resample`](super::resample)), and each convention's order of operations is kept:
+//! [`super::decode`]), resizing follows Pillow bit for bit (see
+//! [`super::resample`]), and each convention's order of operations is kept:
 //!
 //! * [`PreprocessConvention::OpenClip`]: `Resize(size, BICUBIC)` of the shorter side (the
 //!   longer becomes `int(size * long / short)`) in the image's own mode, so palette images are
