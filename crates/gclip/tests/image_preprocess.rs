@@ -232,6 +232,11 @@ fn bad_inputs_give_typed_errors_naming_the_file() {
     let err = pre.rgb8_from_bytes(&zero, "zero.png").unwrap_err();
     assert!(matches!(err, ImageError::ZeroSized { .. }), "{err}");
     assert!(err.to_string().contains("zero.png"));
+    // A configuration that cannot produce pixels is an error, not a panic.
+    let mut cfg = PreprocessConfig::open_clip(0);
+    cfg.crop_size = 0;
+    let err = Preprocessor::new(cfg).rgb8_from_path(&ok).unwrap_err();
+    assert!(matches!(err, ImageError::Config(_)), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

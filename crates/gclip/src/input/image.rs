@@ -352,6 +352,11 @@ impl Preprocessor {
     /// Like [`rgb8_from_path`](Self::rgb8_from_path) for an in-memory file; `name` is used
     /// in error messages.
     pub fn rgb8_from_bytes(&self, bytes: &[u8], name: &str) -> Result<Rgb8Image, ImageError> {
+        if self.cfg.image_size == 0 || self.cfg.crop_size == 0 {
+            return Err(ImageError::Config(
+                "image_size and crop_size must be at least 1".into(),
+            ));
+        }
         let img = decode::decode(bytes, self.cfg.max_pixels)
             .map_err(|e| ImageError::from_decode(e, name))?;
         Ok(self.rgb8_from_decoded(img))
