@@ -338,6 +338,16 @@ def make_inputs() -> list[dict]:
     add("tiff_rgb_lzw.tif")
     save(Image.fromarray(rgba), "tiff_rgba.tif", compression="tiff_adobe_deflate")
     add("tiff_rgba.tif")
+    # associated (premultiplied) alpha: Pillow cannot write it, so patch ExtraSamples 2 -> 1
+    pre = rgba.astype(np.uint32)
+    pre[..., :3] = pre[..., :3] * pre[..., 3:] // 255
+    save(Image.fromarray(pre.astype(np.uint8), "RGBA"), "tiff_rgba_associated.tif")
+    raw = (OUT / "tiff_rgba_associated.tif").read_bytes()
+    entry = struct.pack("<HHIHH", 338, 3, 1, 2, 0)
+    assert raw.count(entry) == 1
+    (OUT / "tiff_rgba_associated.tif").write_bytes(raw.replace(entry, struct.pack("<HHIHH", 338, 3, 1, 1, 0)))
+    assert Image.open(OUT / "tiff_rgba_associated.tif").tag_v2[338] in (1, (1,))
+    add("tiff_rgba_associated.tif")
     save(Image.fromarray(grey, "L"), "tiff_grey.tif")
     add("tiff_grey.tif")
     save(Image.fromarray(g16.astype(np.uint16)), "tiff_grey16.tif")

@@ -18,7 +18,14 @@
 //! * BMP: 1/4/8-bit → `P`, or `1`/`L` when the palette is the black-white / grey ramp; 16-bit
 //!   → `RGB` (5-5-5 or 5-6-5); 24/32-bit → `RGB` (32-bit alpha only with an alpha bitmask).
 //! * WebP: `RGB`, or `RGBA` when the file has alpha.
-//! * TIFF: `1`, `L`, `I;16`, `LA`, `RGB`, `RGBA`, `CMYK` (palette TIFFs are not supported).
+//! * TIFF: `1`, `L`, `I;16`, `LA`, `RGB`, `RGBA` (associated alpha un-premultiplied as Pillow
+//!   does), `CMYK`; 16-bit colour keeps the high byte. Palette TIFFs are not supported.
+//!
+//! Not supported (a typed [`DecodeError::Unsupported`] error, where Pillow would decode):
+//! arithmetic-coded, 12-bit, lossless and hierarchical JPEG; palette TIFF, TIFF with 32-bit
+//! integer or float samples (Pillow's `I` and `F` modes), and TIFF compressions other than
+//! none, PackBits, LZW and Deflate; BMP with RLE or embedded JPEG/PNG. Animated GIF and WebP
+//! give their first frame, as with Pillow before `seek`.
 
 use std::io::Cursor;
 
@@ -265,7 +272,7 @@ fn decode_png(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
         0u8;
         reader
             .output_buffer_size()
-            .ok_or_else(|| DecodeError::TooLarge(w as u64, h as u64, max_pixels))?
+            .ok_or(DecodeError::TooLarge(w as u64, h as u64, max_pixels))?
     ];
     let out = reader.next_frame(&mut buf).map_err(corrupt)?;
     let line = out.line_size;
@@ -776,6 +783,12 @@ fn decode_tiff(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
     check_size(w as u64, h as u64, max_pixels)?;
     dec = dec.with_limits(tiff::decoder::Limits::unlimited());
     let color = dec.colortype().map_err(corrupt)?;
+    let associated_alpha = dec
+        .find_tag(Tag::ExtraSamples)
+        .ok()
+        .flatten()
+        .and_then(|v| v.into_u16().ok())
+        == Some(1);
     let orientation = dec
         .find_tag(Tag::Orientation)
         .ok()
@@ -815,7 +828,20 @@ fn decode_tiff(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
         (C::RGB(8), DecodingResult::U8(v)) => {
             new_decoded(Format::Tiff, Mode::Rgb, w, h, Samples::U8(v))
         }
-        (C::RGBA(8), DecodingResult::U8(v)) => {
+        (C::RGBA(8), DecodingResult::U8(mut v)) => {
+            if associated_alpha {
+                // Pillow un-premultiplies associated alpha on load ("RGBa" raw mode).
+                for p in v.chunks_exact_mut(4) {
+                    let a = p[3] as u32;
+                    if a == 0 {
+                        p.fill(0);
+                    } else if a != 255 {
+                        for s in &mut p[..3] {
+                            *s = (*s as u32 * 255 / a).min(255) as u8;
+                        }
+                    }
+                }
+            }
             new_decoded(Format::Tiff, Mode::Rgba, w, h, Samples::U8(v))
         }
         (C::CMYK(8), DecodingResult::U8(v)) => {

@@ -4,8 +4,8 @@
 //! A [`Preprocessor`] turns an image file into the `[3, crop, crop]` float tensor the vision
 //! tower receives. Its 8-bit stage ([`Preprocessor::rgb8_from_path`]) reproduces the
 //! reference pixels exactly: decoding keeps what a Pillow image would hold (see
-//! [`decode`](super::decode)), resizing follows Pillow bit for bit (see
-//! [`resample`](super::resample)), and each convention's order of operations is kept:
+//! [`super::decode`]), resizing follows Pillow bit for bit (see
+//! [`super::resample`]), and each convention's order of operations is kept:
 //!
 //! * [`PreprocessConvention::OpenClip`]: `Resize(size, BICUBIC)` of the shorter side (the
 //!   longer becomes `int(size * long / short)`) in the image's own mode, so palette images are
@@ -352,6 +352,11 @@ impl Preprocessor {
     /// Like [`rgb8_from_path`](Self::rgb8_from_path) for an in-memory file; `name` is used
     /// in error messages.
     pub fn rgb8_from_bytes(&self, bytes: &[u8], name: &str) -> Result<Rgb8Image, ImageError> {
+        if self.cfg.image_size == 0 || self.cfg.crop_size == 0 {
+            return Err(ImageError::Config(
+                "image_size and crop_size must be at least 1".into(),
+            ));
+        }
         let img = decode::decode(bytes, self.cfg.max_pixels)
             .map_err(|e| ImageError::from_decode(e, name))?;
         Ok(self.rgb8_from_decoded(img))
@@ -438,7 +443,22 @@ impl Preprocessor {
     }
 
     fn transformers(&self, img: Decoded) -> Rgb8Image {
-        let mut rgb = to_rgb_onto_white(&img);
+        let mut rgb = match img {
+            // Already RGB without a transparency key: no conversion, no copy.
+            Decoded {
+                mode: Mode::Rgb,
+                transparency: None,
+                samples: Samples::U8(data),
+                width,
+                height,
+                ..
+            } => Rgb8Image {
+                width,
+                height,
+                data,
+            },
+            img => to_rgb_onto_white(&img),
+        };
         if self.cfg.do_resize {
             let (w, h) = shortest_edge_size(rgb.width, rgb.height, self.cfg.image_size);
             if (w, h) != (rgb.width, rgb.height) {
@@ -560,6 +580,7 @@ fn window(mut img: Decoded, x0: isize, y0: isize, cw: usize, ch: usize) -> Decod
     if x0 == 0 && y0 == 0 && cw == img.width && ch == img.height {
         return img;
     }
+    #[allow(clippy::too_many_arguments)]
     fn cut<T: Copy + Default>(
         src: &[T],
         w: usize,

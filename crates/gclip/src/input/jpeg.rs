@@ -68,6 +68,9 @@ fn unsupported(msg: impl Into<String>) -> DecodeError {
 struct Huffman {
     /// Codes of up to `FAST_BITS` bits: `(length << 8) | symbol`, or 0.
     fast: Vec<u16>,
+    /// For AC tables: when a code and its magnitude bits fit in `FAST_BITS` bits, the decoded
+    /// `(value, run, total length)`; length 0 otherwise.
+    fast_ac: Vec<(i16, u8, u8)>,
     /// Largest code of each length (−1 when none), for lengths 1..=16.
     maxcode: [i32; 18],
     /// `values` index of the first code of each length, minus that code.
@@ -113,8 +116,26 @@ impl Huffman {
             code <<= 1;
         }
         maxcode[17] = i32::MAX;
+        let mut fast_ac = vec![(0i16, 0u8, 0u8); 1 << FAST_BITS];
+        for (peek, f) in fast.iter().enumerate() {
+            if *f == 0 {
+                continue;
+            }
+            let (len, rs) = ((*f >> 8) as u32, *f as u8);
+            let (run, size) = ((rs >> 4) as u32, (rs & 15) as u32);
+            if size > 0 && len + size <= FAST_BITS {
+                let v = ((peek as u32) >> (FAST_BITS - len - size)) & ((1 << size) - 1);
+                let v = if v < (1 << (size - 1)) {
+                    v as i32 - (1 << size) + 1
+                } else {
+                    v as i32
+                };
+                fast_ac[peek] = (v as i16, run as u8, (len + size) as u8);
+            }
+        }
         Ok(Huffman {
             fast,
+            fast_ac,
             maxcode,
             offset,
             values,
@@ -147,6 +168,21 @@ impl<'a> Bits<'a> {
 
     #[inline(always)]
     fn refill(&mut self) {
+        // Fast path: eight bytes without 0xFF need no unstuffing.
+        if !self.at_marker && self.pos + 8 <= self.data.len() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&self.data[self.pos..self.pos + 8]);
+            let w = u64::from_be_bytes(b);
+            let nw = !w;
+            if nw.wrapping_sub(0x0101_0101_0101_0101) & !nw & 0x8080_8080_8080_8080 == 0 {
+                let k = (64 - self.n) / 8;
+                let v = if k == 8 { w } else { w >> (64 - 8 * k) };
+                self.acc |= v << (64 - self.n - 8 * k);
+                self.n += 8 * k;
+                self.pos += k as usize;
+                return;
+            }
+        }
         while self.n <= 56 {
             let mut byte = 0u8;
             if !self.at_marker {
@@ -396,22 +432,10 @@ pub fn decode(data: &[u8], max_pixels: u64) -> Result<JpegImage, DecodeError> {
                 }
                 restart_interval = u16::from_be_bytes([seg[0], seg[1]]) as usize;
             }
-            0xE0 => {
-                if seg.starts_with(b"JFIF\0") {
-                    jfif = true;
-                }
-            }
-            0xE1 => {
-                if seg.starts_with(b"Exif\0\0") && exif.is_none() {
-                    exif = Some(seg.to_vec());
-                }
-            }
-            0xEE => {
-                if seg.starts_with(b"Adobe") && seg.len() >= 12 {
-                    adobe = Some(seg[11]);
-                }
-            }
-            0xC0 | 0xC1 | 0xC2 => {
+            0xE0 if seg.starts_with(b"JFIF\0") => jfif = true,
+            0xE1 if seg.starts_with(b"Exif\0\0") && exif.is_none() => exif = Some(seg.to_vec()),
+            0xEE if seg.starts_with(b"Adobe") && seg.len() >= 12 => adobe = Some(seg[11]),
+            0xC0..=0xC2 => {
                 if frame.is_some() {
                     return Err(corrupt("more than one frame"));
                 }
@@ -450,14 +474,7 @@ pub fn decode(data: &[u8], max_pixels: u64) -> Result<JpegImage, DecodeError> {
         for c in f.comps.iter_mut() {
             let q = qt[c.tq];
             c.plane = vec![0u8; c.bw * 8 * c.bh * 8];
-            let stride = c.bw * 8;
-            for by in 0..c.bh {
-                for bx in 0..c.bw {
-                    let i = (by * c.bw + bx) * 64;
-                    let block: &[i16; 64] = c.coefs[i..i + 64].try_into().expect("64 coefficients");
-                    idct_islow(block, &q, &mut c.plane[by * 8 * stride + bx * 8..], stride);
-                }
-            }
+            idct_blocks(&c.coefs, c.bw, c.bw, &q, &mut c.plane);
             c.coefs = Vec::new();
         }
     }
@@ -639,7 +656,17 @@ fn decode_scan(
             .as_ref()
             .ok_or_else(|| corrupt("missing Huffman table"))
     };
-    let mut block = [0i16; 64];
+    let mut rowbuf: Vec<Vec<i16>> = if f.progressive {
+        Vec::new()
+    } else {
+        members
+            .iter()
+            .map(|&ci| {
+                let c = &f.comps[ci];
+                vec![0i16; c.bw * if single { 1 } else { c.v } * 64]
+            })
+            .collect()
+    };
     for unit in 0..total {
         if restart_interval > 0 && unit > 0 && unit % restart_interval == 0 {
             bits.restart()?;
@@ -649,7 +676,7 @@ fn decode_scan(
             *eobrun = 0;
         }
         let (ux, uy) = (unit % units_x, unit / units_x);
-        for &ci in &members {
+        for (mi, &ci) in members.iter().enumerate() {
             let (bh_n, bv_n) = if single {
                 (1, 1)
             } else {
@@ -665,21 +692,19 @@ fn decode_scan(
                     let c = &mut f.comps[ci];
                     let (dci, aci) = (c.dc_table, c.ac_table);
                     if !f.progressive {
-                        block.fill(0);
+                        // Coefficients of one row of units, transformed when the row is done.
+                        let i = ((row - uy * bv_n) * c.bw + col) * 64;
+                        let blk: &mut [i16; 64] = (&mut rowbuf[mi][i..i + 64])
+                            .try_into()
+                            .expect("64 coefficients");
+                        blk.fill(0);
                         decode_block_baseline(
                             &mut bits,
                             need_dc(dci)?,
                             need_ac(aci)?,
                             &mut c.pred,
-                            &mut block,
+                            blk,
                         )?;
-                        let stride = c.bw * 8;
-                        idct_islow(
-                            &block,
-                            &qt[c.tq],
-                            &mut c.plane[row * 8 * stride + col * 8..],
-                            stride,
-                        );
                     } else {
                         let i = (row * c.bw + col) * 64;
                         let blk: &mut [i16; 64] = (&mut c.coefs[i..i + 64])
@@ -700,6 +725,23 @@ fn decode_scan(
                         }
                     }
                 }
+            }
+        }
+        if !f.progressive && (ux + 1 == units_x || unit + 1 == total) {
+            for (mi, &ci) in members.iter().enumerate() {
+                let c = &mut f.comps[ci];
+                let rows = if single { 1 } else { c.v };
+                let cols = if single { units_x } else { c.bw };
+                let stride = c.bw * 8;
+                let start = uy * rows * 8 * stride;
+                let end = (start + rows * 8 * stride).min(c.plane.len());
+                idct_blocks(
+                    &rowbuf[mi][..rows * c.bw * 64],
+                    cols,
+                    c.bw,
+                    &qt[c.tq],
+                    &mut c.plane[start..end],
+                );
             }
         }
         if bits.overrun > 16 {
@@ -729,6 +771,21 @@ fn decode_block_baseline(
     block[0] = *pred as i16;
     let mut k = 1;
     while k < 64 {
+        if bits.n < 16 {
+            bits.refill();
+        }
+        let (v, run, len) = ac.fast_ac[(bits.acc >> (64 - FAST_BITS)) as usize];
+        if len != 0 {
+            bits.acc <<= len;
+            bits.n -= len as u32;
+            k += run as usize;
+            if k > 63 {
+                return Err(corrupt("bad AC coefficient run"));
+            }
+            block[ZIGZAG[k]] = v;
+            k += 1;
+            continue;
+        }
         let rs = bits.decode(ac)?;
         let (r, s) = ((rs >> 4) as usize, (rs & 15) as u32);
         if s != 0 {
@@ -920,7 +977,7 @@ fn idct_1d(x: &[[W<i32>; 8]; 8], shift: usize, bias: W<i32>) -> [[W<i32>; 8]; 8]
 /// libjpeg's post-IDCT range limit: the descaled value plus 128, clamped, with values far out of
 /// range wrapping modulo 1024 as its lookup table does.
 #[inline(always)]
-fn range_limit(x: i32) -> u8 {
+pub(crate) fn range_limit(x: i32) -> u8 {
     let t = x & 1023;
     if t < 128 {
         (t + 128) as u8
@@ -933,8 +990,288 @@ fn range_limit(x: i32) -> u8 {
     }
 }
 
+/// Inverse-transform rows of blocks: `coefs` holds blocks of 64 coefficients, `bw` per row
+/// of blocks, of which the first `cols` are transformed into `plane` (`bw * 8` samples per
+/// row). Uses AVX2 when the CPU has it (the arithmetic is the same integer arithmetic).
+fn idct_blocks(coefs: &[i16], cols: usize, bw: usize, q: &[u16; 64], plane: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        unsafe { idct_blocks_avx2(coefs, cols, bw, q, plane) };
+        return;
+    }
+    idct_blocks_generic(coefs, cols, bw, q, plane);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn idct_blocks_avx2(coefs: &[i16], cols: usize, bw: usize, q: &[u16; 64], plane: &mut [u8]) {
+    let stride = bw * 8;
+    let rows = (coefs.len() / 64 / bw).min(plane.len() / (8 * stride));
+    for by in 0..rows {
+        for bx in 0..cols {
+            let i = (by * bw + bx) * 64;
+            let block: &[i16; 64] = coefs[i..i + 64].try_into().expect("64 coefficients");
+            let out = &mut plane[by * 8 * stride + bx * 8..];
+            assert!(out.len() >= 7 * stride + 8);
+            // SAFETY: AVX2 is enabled for this function; `out` holds 8 rows of 8 samples.
+            unsafe { avx2::idct_islow(block, q, out, stride) };
+        }
+    }
+}
+
+/// The same accurate integer IDCT written with AVX2 intrinsics: eight lanes of 32-bit
+/// integers, one lane per column (first pass) or row (second pass), the same operations in
+/// the same order as [`idct_1d`], so the results are identical.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{CONST_BITS, PASS1_BITS};
+
+    #[inline(always)]
+    unsafe fn c(v: i32) -> __m256i {
+        _mm256_set1_epi32(v)
+    }
+
+    #[inline(always)]
+    unsafe fn mul(a: __m256i, k: i32) -> __m256i {
+        _mm256_mullo_epi32(a, c(k))
+    }
+
+    #[inline(always)]
+    unsafe fn pass(x: [__m256i; 8], bias: i32, shift: i32) -> [__m256i; 8] {
+        let add = _mm256_add_epi32;
+        let sub = _mm256_sub_epi32;
+        // Even part.
+        let z1 = mul(add(x[2], x[6]), 4433);
+        let tmp2 = sub(z1, mul(x[6], 15137));
+        let tmp3 = add(z1, mul(x[2], 6270));
+        let tmp0 = _mm256_slli_epi32::<{ CONST_BITS as i32 }>(add(x[0], x[4]));
+        let tmp1 = _mm256_slli_epi32::<{ CONST_BITS as i32 }>(sub(x[0], x[4]));
+        let tmp10 = add(tmp0, tmp3);
+        let tmp13 = sub(tmp0, tmp3);
+        let tmp11 = add(tmp1, tmp2);
+        let tmp12 = sub(tmp1, tmp2);
+        // Odd part.
+        let (t0, t1, t2, t3) = (x[7], x[5], x[3], x[1]);
+        let z1 = add(t0, t3);
+        let z2 = add(t1, t2);
+        let z3 = add(t0, t2);
+        let z4 = add(t1, t3);
+        let z5 = mul(add(z3, z4), 9633);
+        let t0 = mul(t0, 2446);
+        let t1 = mul(t1, 16819);
+        let t2 = mul(t2, 25172);
+        let t3 = mul(t3, 12299);
+        let z1 = mul(z1, -7373);
+        let z2 = mul(z2, -20995);
+        let z3 = add(mul(z3, -16069), z5);
+        let z4 = add(mul(z4, -3196), z5);
+        let t0 = add(add(t0, z1), z3);
+        let t1 = add(add(t1, z2), z4);
+        let t2 = add(add(t2, z2), z3);
+        let t3 = add(add(t3, z1), z4);
+        let b = c(bias);
+        let sh = _mm_cvtsi32_si128(shift);
+        let d = |v: __m256i| _mm256_sra_epi32(add(v, b), sh);
+        [
+            d(add(tmp10, t3)),
+            d(add(tmp11, t2)),
+            d(add(tmp12, t1)),
+            d(add(tmp13, t0)),
+            d(sub(tmp13, t0)),
+            d(sub(tmp12, t1)),
+            d(sub(tmp11, t2)),
+            d(sub(tmp10, t3)),
+        ]
+    }
+
+    #[inline(always)]
+    unsafe fn transpose(r: [__m256i; 8]) -> [__m256i; 8] {
+        let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+        let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+        let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+        let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+        let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+        let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+        let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+        let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+        let u0 = _mm256_unpacklo_epi64(t0, t2);
+        let u1 = _mm256_unpackhi_epi64(t0, t2);
+        let u2 = _mm256_unpacklo_epi64(t1, t3);
+        let u3 = _mm256_unpackhi_epi64(t1, t3);
+        let u4 = _mm256_unpacklo_epi64(t4, t6);
+        let u5 = _mm256_unpackhi_epi64(t4, t6);
+        let u6 = _mm256_unpacklo_epi64(t5, t7);
+        let u7 = _mm256_unpackhi_epi64(t5, t7);
+        [
+            _mm256_permute2x128_si256::<0x20>(u0, u4),
+            _mm256_permute2x128_si256::<0x20>(u1, u5),
+            _mm256_permute2x128_si256::<0x20>(u2, u6),
+            _mm256_permute2x128_si256::<0x20>(u3, u7),
+            _mm256_permute2x128_si256::<0x31>(u0, u4),
+            _mm256_permute2x128_si256::<0x31>(u1, u5),
+            _mm256_permute2x128_si256::<0x31>(u2, u6),
+            _mm256_permute2x128_si256::<0x31>(u3, u7),
+        ]
+    }
+
+    /// YCbCr → RGB for as many whole groups of 16 pixels as the row has, with the same
+    /// fixed-point arithmetic as [`super::ycc_to_rgb`]; returns the number of pixels done.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn ycc_to_rgb_row(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) -> usize {
+        let n = y.len().min(cb.len()).min(cr.len()).min(out.len() / 3);
+        // Byte shuffles that interleave 16 R, G and B bytes into three 16-byte blocks.
+        let mut masks = [[[0i8; 16]; 3]; 3];
+        for (block, m) in masks.iter_mut().enumerate() {
+            for j in 0..16 {
+                let at = block * 16 + j;
+                for (ch, mc) in m.iter_mut().enumerate() {
+                    mc[j] = if at % 3 == ch { (at / 3) as i8 } else { -1 };
+                }
+            }
+        }
+        let load = |m: &[i8; 16]| _mm_loadu_si128(m.as_ptr() as *const __m128i);
+        let convert = |yv: __m128i, cbv: __m128i, crv: __m128i| {
+            let y = _mm256_cvtepu8_epi32(yv);
+            let cb = _mm256_sub_epi32(_mm256_cvtepu8_epi32(cbv), c(128));
+            let cr = _mm256_sub_epi32(_mm256_cvtepu8_epi32(crv), c(128));
+            let half = c(32768);
+            let r = _mm256_add_epi32(
+                y,
+                _mm256_srai_epi32::<16>(_mm256_add_epi32(mul(cr, 91881), half)),
+            );
+            let g = _mm256_add_epi32(
+                y,
+                _mm256_srai_epi32::<16>(_mm256_add_epi32(
+                    _mm256_add_epi32(mul(cb, -22554), mul(cr, -46802)),
+                    half,
+                )),
+            );
+            let b = _mm256_add_epi32(
+                y,
+                _mm256_srai_epi32::<16>(_mm256_add_epi32(mul(cb, 116130), half)),
+            );
+            (r, g, b)
+        };
+        let to_bytes = |lo: __m256i, hi: __m256i| {
+            let w = _mm256_permute4x64_epi64::<0b11011000>(_mm256_packs_epi32(lo, hi));
+            _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w))
+        };
+        let mut x = 0;
+        while x + 16 <= n {
+            let yv = _mm_loadu_si128(y.as_ptr().add(x) as *const __m128i);
+            let cbv = _mm_loadu_si128(cb.as_ptr().add(x) as *const __m128i);
+            let crv = _mm_loadu_si128(cr.as_ptr().add(x) as *const __m128i);
+            let (r0, g0, b0) = convert(yv, cbv, crv);
+            let (r1, g1, b1) = convert(
+                _mm_srli_si128::<8>(yv),
+                _mm_srli_si128::<8>(cbv),
+                _mm_srli_si128::<8>(crv),
+            );
+            let (r, g, b) = (to_bytes(r0, r1), to_bytes(g0, g1), to_bytes(b0, b1));
+            for (block, m) in masks.iter().enumerate() {
+                let v = _mm_or_si128(
+                    _mm_or_si128(
+                        _mm_shuffle_epi8(r, load(&m[0])),
+                        _mm_shuffle_epi8(g, load(&m[1])),
+                    ),
+                    _mm_shuffle_epi8(b, load(&m[2])),
+                );
+                _mm_storeu_si128(out.as_mut_ptr().add(3 * x + 16 * block) as *mut __m128i, v);
+            }
+            x += 16;
+        }
+        x
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and `out` must hold `7 * stride + 8` bytes.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn idct_islow(coef: &[i16; 64], q: &[u16; 64], out: &mut [u8], stride: usize) {
+        let cp = coef.as_ptr() as *const __m256i;
+        let ac_mask = _mm256_setr_epi16(
+            0, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+        );
+        let any = _mm256_or_si256(
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_loadu_si256(cp), ac_mask),
+                _mm256_loadu_si256(cp.add(1)),
+            ),
+            _mm256_or_si256(_mm256_loadu_si256(cp.add(2)), _mm256_loadu_si256(cp.add(3))),
+        );
+        if _mm256_testz_si256(any, any) == 1 {
+            let dc = (coef[0] as i32).wrapping_mul(q[0] as i32);
+            let v = super::range_limit(
+                (dc.wrapping_shl(PASS1_BITS as u32)
+                    .wrapping_add(1 << (PASS1_BITS + 2)))
+                    >> (PASS1_BITS + 3),
+            );
+            for r in 0..8 {
+                out[r * stride..r * stride + 8].fill(v);
+            }
+            return;
+        }
+        let mut x = [_mm256_setzero_si256(); 8];
+        for (i, xi) in x.iter_mut().enumerate() {
+            let cv =
+                _mm256_cvtepi16_epi32(_mm_loadu_si128(coef.as_ptr().add(8 * i) as *const __m128i));
+            let qv =
+                _mm256_cvtepu16_epi32(_mm_loadu_si128(q.as_ptr().add(8 * i) as *const __m128i));
+            *xi = _mm256_mullo_epi32(cv, qv);
+        }
+        let ws = pass(
+            x,
+            1 << (CONST_BITS - PASS1_BITS - 1),
+            (CONST_BITS - PASS1_BITS) as i32,
+        );
+        let shift = (CONST_BITS + PASS1_BITS + 3) as i32;
+        let y = transpose(pass(transpose(ws), 1 << (shift - 1), shift));
+        // Range limit as libjpeg's table does: u = (v + 128) mod 1024; u < 256 → u,
+        // u < 640 → 255, else 0.
+        let m1023 = c(1023);
+        for (r, row) in y.iter().enumerate() {
+            let u = _mm256_and_si256(_mm256_add_epi32(*row, c(128)), m1023);
+            let v = _mm256_andnot_si256(_mm256_cmpgt_epi32(u, c(639)), _mm256_min_epi32(u, c(255)));
+            let w16 = _mm256_packus_epi32(v, v);
+            let w16 = _mm256_permute4x64_epi64::<0b1000>(w16);
+            let b8 = _mm_packus_epi16(_mm256_castsi256_si128(w16), _mm256_castsi256_si128(w16));
+            _mm_storel_epi64(out.as_mut_ptr().add(r * stride) as *mut __m128i, b8);
+        }
+    }
+}
+
+#[inline(always)]
+fn idct_blocks_generic(coefs: &[i16], cols: usize, bw: usize, q: &[u16; 64], plane: &mut [u8]) {
+    let stride = bw * 8;
+    let rows = (coefs.len() / 64 / bw).min(plane.len() / (8 * stride));
+    for by in 0..rows {
+        for bx in 0..cols {
+            let i = (by * bw + bx) * 64;
+            let block: &[i16; 64] = coefs[i..i + 64].try_into().expect("64 coefficients");
+            idct_islow(block, q, &mut plane[by * 8 * stride + bx * 8..], stride);
+        }
+    }
+}
+
 /// Dequantise and inverse-transform one block into `out` (8 rows of `stride`).
+#[inline(always)]
 fn idct_islow(coef: &[i16; 64], q: &[u16; 64], out: &mut [u8], stride: usize) {
+    if coef[1..].iter().all(|&c| c == 0) {
+        // DC only: both passes reduce to one descaled value (exactly what the full
+        // computation gives).
+        let dc = W(coef[0] as i32) * W(q[0] as i32);
+        let v =
+            range_limit((((dc << PASS1_BITS) + W(1 << (PASS1_BITS + 2))) >> (PASS1_BITS + 3)).0);
+        for r in 0..8 {
+            out[r * stride..r * stride + 8].fill(v);
+        }
+        return;
+    }
     // Columns first: lane = column, x[i] = row i.
     let mut x = [[W(0i32); 8]; 8];
     for i in 0..8 {
@@ -1011,64 +1348,45 @@ fn output_color(f: &Frame, jfif: bool, adobe: Option<u8>) -> Result<InColor, Dec
     })
 }
 
-/// One component upsampled to full resolution, `width` samples per row for each image row.
-fn upsample(c: &Component, f: &Frame) -> Vec<u8> {
-    let (w, h) = (f.width, f.height);
+/// Upsample row `y` of component `c` to full resolution into `out` (at least `width` samples
+/// are written; a few more may be). `sums` is scratch space of at least `c.w_samples` entries.
+#[inline(always)]
+fn upsample_row(c: &Component, f: &Frame, y: usize, out: &mut [u8], sums: &mut [u32]) {
+    let w = f.width;
     let stride = c.bw * 8;
     let (fx, fy) = (f.hmax / c.h, f.vmax / c.v);
     let exact = f.hmax % c.h == 0 && f.vmax % c.v == 0;
-    let cw = c.w_samples;
-    let ch = c.h_samples;
+    let (cw, ch) = (c.w_samples, c.h_samples);
     let row = |y: usize| &c.plane[y * stride..y * stride + cw];
-    let mut out = vec![0u8; w * h];
-    if fx == 1 && fy == 1 && exact {
-        for y in 0..h {
-            out[y * w..(y + 1) * w].copy_from_slice(&row(y)[..w]);
+    if exact && fx == 1 && fy == 1 {
+        out[..w].copy_from_slice(&row(y)[..w]);
+    } else if exact && fx == 2 && fy == 1 {
+        if cw > 2 {
+            h2_fancy(row(y), out);
+        } else {
+            replicate(row(y), out, 2);
         }
-        return out;
-    }
-    let mut line = vec![0u8; cw * fx.max(1) + 2];
-    if fx == 2 && fy == 1 && exact {
-        for y in 0..h {
-            if cw > 2 {
-                h2_fancy(row(y), &mut line);
-            } else {
-                replicate(row(y), &mut line, 2);
-            }
-            out[y * w..(y + 1) * w].copy_from_slice(&line[..w]);
+    } else if exact && fx == 1 && fy == 2 {
+        let (cur, near, bias) = v2_rows(y, ch);
+        for ((o, &a), &b) in out[..w].iter_mut().zip(row(cur)).zip(row(near)) {
+            *o = ((a as u32 * 3 + b as u32 + bias) >> 2) as u8;
         }
-    } else if fx == 1 && fy == 2 && exact {
-        for y in 0..h {
-            let (cur, near, bias) = v2_rows(y, ch);
-            for (x, o) in out[y * w..(y + 1) * w].iter_mut().enumerate() {
-                *o = ((row(cur)[x] as u32 * 3 + row(near)[x] as u32 + bias) >> 2) as u8;
-            }
+    } else if exact && fx == 2 && fy == 2 && cw > 2 {
+        let (cur, near, _) = v2_rows(y, ch);
+        for ((s, &a), &b) in sums[..cw].iter_mut().zip(row(cur)).zip(row(near)) {
+            *s = a as u32 * 3 + b as u32;
         }
-    } else if fx == 2 && fy == 2 && exact && cw > 2 {
-        let mut sums = vec![0u32; cw];
-        for y in 0..h {
-            let (cur, near, _) = v2_rows(y, ch);
-            for ((s, &a), &b) in sums.iter_mut().zip(row(cur)).zip(row(near)) {
-                *s = a as u32 * 3 + b as u32;
-            }
-            h2v2_horizontal(&sums, &mut line);
-            out[y * w..(y + 1) * w].copy_from_slice(&line[..w]);
-        }
+        h2v2_horizontal(&sums[..cw], out);
     } else {
         // Plain replication (libjpeg's integral-factor upsampler).
         let (fx, fy) = (fx.max(1), fy.max(1));
-        for y in 0..h {
-            let src = row((y / fy).min(ch - 1));
-            replicate(src, &mut line, fx);
-            out[y * w..(y + 1) * w].copy_from_slice(&line[..w]);
-        }
+        replicate(row((y / fy).min(ch - 1)), out, fx);
     }
-    out
 }
 
 /// For 2:1 vertical upsampling: the input row of output row `y`, its nearer neighbour (the row
 /// above for even rows, below for odd ones, edges replicated), and the rounding bias.
-#[inline]
+#[inline(always)]
 fn v2_rows(y: usize, ch: usize) -> (usize, usize, u32) {
     let cur = (y / 2).min(ch - 1);
     if y % 2 == 0 {
@@ -1078,65 +1396,41 @@ fn v2_rows(y: usize, ch: usize) -> (usize, usize, u32) {
     }
 }
 
+#[inline(always)]
 fn replicate(src: &[u8], out: &mut [u8], f: usize) {
-    for (i, &s) in src.iter().enumerate() {
-        out[i * f..i * f + f].fill(s);
+    for (o, &s) in out.chunks_exact_mut(f).zip(src) {
+        o.fill(s);
     }
 }
 
 /// 2:1 horizontal triangle filter on one row of `n > 2` samples.
+#[inline(always)]
 fn h2_fancy(s: &[u8], out: &mut [u8]) {
     let n = s.len();
     out[0] = s[0];
     out[1] = ((s[0] as u32 * 3 + s[1] as u32 + 2) >> 2) as u8;
-    for i in 1..n - 1 {
-        let c = s[i] as u32 * 3;
-        out[2 * i] = ((c + s[i - 1] as u32 + 1) >> 2) as u8;
-        out[2 * i + 1] = ((c + s[i + 1] as u32 + 2) >> 2) as u8;
+    for (i, o) in out[2..2 * n - 2].chunks_exact_mut(2).enumerate() {
+        let c = s[i + 1] as u32 * 3;
+        o[0] = ((c + s[i] as u32 + 1) >> 2) as u8;
+        o[1] = ((c + s[i + 2] as u32 + 2) >> 2) as u8;
     }
     out[2 * n - 2] = ((s[n - 1] as u32 * 3 + s[n - 2] as u32 + 1) >> 2) as u8;
     out[2 * n - 1] = s[n - 1];
 }
 
 /// Horizontal half of the 2:1 × 2:1 triangle filter, on column sums `3·near + far`.
+#[inline(always)]
 fn h2v2_horizontal(s: &[u32], out: &mut [u8]) {
     let n = s.len();
     out[0] = ((s[0] * 4 + 8) >> 4) as u8;
     out[1] = ((s[0] * 3 + s[1] + 7) >> 4) as u8;
-    for i in 1..n - 1 {
-        let c = s[i] * 3;
-        out[2 * i] = ((c + s[i - 1] + 8) >> 4) as u8;
-        out[2 * i + 1] = ((c + s[i + 1] + 7) >> 4) as u8;
+    for (i, o) in out[2..2 * n - 2].chunks_exact_mut(2).enumerate() {
+        let c = s[i + 1] * 3;
+        o[0] = ((c + s[i] + 8) >> 4) as u8;
+        o[1] = ((c + s[i + 2] + 7) >> 4) as u8;
     }
     out[2 * n - 2] = ((s[n - 1] * 3 + s[n - 2] + 8) >> 4) as u8;
     out[2 * n - 1] = ((s[n - 1] * 4 + 7) >> 4) as u8;
-}
-
-struct YccTables {
-    cr_r: [i32; 256],
-    cb_b: [i32; 256],
-    cr_g: [i32; 256],
-    cb_g: [i32; 256],
-}
-
-fn ycc_tables() -> YccTables {
-    const SCALEBITS: i32 = 16;
-    const ONE_HALF: i32 = 1 << (SCALEBITS - 1);
-    let fix = |x: f64| (x * (1i64 << SCALEBITS) as f64 + 0.5) as i32;
-    let mut t = YccTables {
-        cr_r: [0; 256],
-        cb_b: [0; 256],
-        cr_g: [0; 256],
-        cb_g: [0; 256],
-    };
-    for i in 0..256 {
-        let x = i as i32 - 128;
-        t.cr_r[i] = (fix(1.40200) * x + ONE_HALF) >> SCALEBITS;
-        t.cb_b[i] = (fix(1.77200) * x + ONE_HALF) >> SCALEBITS;
-        t.cr_g[i] = -fix(0.71414) * x;
-        t.cb_g[i] = -fix(0.34414) * x + ONE_HALF;
-    }
-    t
 }
 
 #[inline(always)]
@@ -1144,41 +1438,90 @@ fn clamp8(x: i32) -> u8 {
     x.clamp(0, 255) as u8
 }
 
+/// YCbCr → RGB of one pixel with libjpeg's 16-bit fixed-point constants (the values its lookup
+/// tables hold: FIX(1.402) = 91881, FIX(0.34414) = 22554, FIX(0.71414) = 46802,
+/// FIX(1.772) = 116130, rounding constant 2^15).
+#[inline(always)]
+fn ycc_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
+    let (y, cb, cr) = (y as i32, cb as i32 - 128, cr as i32 - 128);
+    [
+        clamp8(y + ((91881 * cr + 32768) >> 16)),
+        clamp8(y + ((-22554 * cb - 46802 * cr + 32768) >> 16)),
+        clamp8(y + ((116130 * cb + 32768) >> 16)),
+    ]
+}
+
+/// Upsample every component and convert to the output colour space, row by row.
 fn assemble(f: &Frame, color: InColor) -> Vec<u8> {
-    let planes: Vec<Vec<u8>> = f.comps.iter().map(|c| upsample(c, f)).collect();
-    let n = f.width * f.height;
-    match color {
-        InColor::Grey => planes.into_iter().next().unwrap_or_default(),
-        InColor::Rgb | InColor::Cmyk => {
-            let k = planes.len();
-            let mut out = vec![0u8; n * k];
-            for (ci, p) in planes.iter().enumerate() {
-                for (o, &v) in out.iter_mut().skip(ci).step_by(k).zip(p) {
-                    *o = v;
-                }
-            }
-            out
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { assemble_avx2(f, color) };
+    }
+    assemble_generic::<false>(f, color)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn assemble_avx2(f: &Frame, color: InColor) -> Vec<u8> {
+    assemble_generic::<true>(f, color)
+}
+
+#[inline(always)]
+fn assemble_generic<const AVX2: bool>(f: &Frame, color: InColor) -> Vec<u8> {
+    let (w, h) = (f.width, f.height);
+    let k = f.comps.len();
+    let mut out = vec![0u8; w * h * k];
+    let widest = f
+        .comps
+        .iter()
+        .map(|c| c.w_samples * (f.hmax / c.h).max(1))
+        .max()
+        .unwrap_or(0)
+        .max(w)
+        + 8;
+    let mut rows = vec![vec![0u8; widest]; k];
+    let mut sums = vec![0u32; widest];
+    for (y, line) in out.chunks_exact_mut(w * k).enumerate() {
+        for (c, r) in f.comps.iter().zip(rows.iter_mut()) {
+            upsample_row(c, f, y, r, &mut sums);
         }
-        InColor::YCbCr | InColor::Ycck => {
-            let t = ycc_tables();
-            let k = planes.len();
-            let mut out = vec![0u8; n * k];
-            for (i, o) in out.chunks_exact_mut(k).enumerate() {
-                let y = planes[0][i] as i32;
-                let cb = planes[1][i] as usize;
-                let cr = planes[2][i] as usize;
-                let r = clamp8(y + t.cr_r[cr]);
-                let g = clamp8(y + ((t.cb_g[cb] + t.cr_g[cr]) >> 16));
-                let b = clamp8(y + t.cb_b[cb]);
-                if k == 3 {
-                    o.copy_from_slice(&[r, g, b]);
-                } else {
-                    o.copy_from_slice(&[255 - r, 255 - g, 255 - b, planes[3][i]]);
+        match (color, k) {
+            (InColor::Grey, _) => line.copy_from_slice(&rows[0][..w]),
+            (InColor::YCbCr, 3) => {
+                let mut done = 0;
+                #[cfg(target_arch = "x86_64")]
+                if AVX2 {
+                    // SAFETY: AVX2 is only requested from `assemble_avx2`.
+                    done = unsafe {
+                        avx2::ycc_to_rgb_row(&rows[0][..w], &rows[1][..w], &rows[2][..w], line)
+                    };
+                }
+                for (((o, &yy), &cb), &cr) in line[done * 3..]
+                    .chunks_exact_mut(3)
+                    .zip(&rows[0][done..w])
+                    .zip(&rows[1][done..w])
+                    .zip(&rows[2][done..w])
+                {
+                    o.copy_from_slice(&ycc_to_rgb(yy, cb, cr));
                 }
             }
-            out
+            (InColor::Ycck, 4) => {
+                for (x, o) in line.chunks_exact_mut(4).enumerate() {
+                    let [r, g, b] = ycc_to_rgb(rows[0][x], rows[1][x], rows[2][x]);
+                    o.copy_from_slice(&[255 - r, 255 - g, 255 - b, rows[3][x]]);
+                }
+            }
+            _ => {
+                for (x, o) in line.chunks_exact_mut(k).enumerate() {
+                    for (ci, v) in o.iter_mut().enumerate() {
+                        *v = rows[ci][x];
+                    }
+                }
+            }
         }
     }
+    out
 }
 
 #[cfg(test)]
@@ -1193,6 +1536,60 @@ mod tests {
         let mut out = [0u8; 64];
         idct_islow(&coef, &q, &mut out, 8);
         assert!(out.iter().all(|&v| v == 112), "{out:?}");
+    }
+
+    #[test]
+    fn avx2_idct_matches_portable_idct() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            let mut seed = 12345u64;
+            let mut next = move || {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 33) as i32
+            };
+            for case in 0..2000 {
+                let mut coef = [0i16; 64];
+                let q: [u16; 64] = std::array::from_fn(|_| 1 + (next() % 60) as u16);
+                let n = if case % 3 == 0 {
+                    1
+                } else {
+                    1 + (next() % 64) as usize
+                };
+                for c in coef.iter_mut().take(n) {
+                    *c = (next() % 400 - 200) as i16;
+                }
+                let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+                idct_islow(&coef, &q, &mut a, 8);
+                // SAFETY: AVX2 is available (checked above); `b` holds 8 rows of 8.
+                unsafe { avx2::idct_islow(&coef, &q, &mut b, 8) };
+                assert_eq!(a, b, "block {case}");
+            }
+        }
+    }
+
+    #[test]
+    fn avx2_colour_conversion_matches_portable() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // Every (Cb, Cr) pair, with Y sweeping through its range.
+            let n = 256 * 256;
+            let y: Vec<u8> = (0..n).map(|i| (i * 7 % 256) as u8).collect();
+            let cb: Vec<u8> = (0..n).map(|i| (i / 256) as u8).collect();
+            let cr: Vec<u8> = (0..n).map(|i| (i % 256) as u8).collect();
+            let mut out = vec![0u8; 3 * n];
+            // SAFETY: AVX2 is available (checked above).
+            let done = unsafe { avx2::ycc_to_rgb_row(&y, &cb, &cr, &mut out) };
+            assert_eq!(done, n);
+            for i in 0..n {
+                assert_eq!(
+                    out[3 * i..3 * i + 3],
+                    ycc_to_rgb(y[i], cb[i], cr[i]),
+                    "pixel {i}"
+                );
+            }
+        }
     }
 
     #[test]
