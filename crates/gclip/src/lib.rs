@@ -7,3 +7,4 @@ pub mod embed;
 pub mod input;
 pub mod model;
 pub mod source;
+pub mod train;
