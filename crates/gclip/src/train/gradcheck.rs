@@ -41,7 +41,7 @@ fn with_flat(t: &Tensor, v: Vec<f64>) -> Tensor {
 
 /// The check described in the module documentation. `inputs` are f64; `loss` must accept
 /// inputs of either dtype and return a scalar. Returns the largest relative error seen.
-fn check(name: &str, inputs: &[Tensor], loss: impl Fn(&[Tensor]) -> Tensor) {
+pub(crate) fn check(name: &str, inputs: &[Tensor], loss: impl Fn(&[Tensor]) -> Tensor) {
     let analytic = |dtype: DType| -> Vec<Vec<f64>> {
         let vars: Vec<Var> = inputs
             .iter()

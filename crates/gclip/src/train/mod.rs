@@ -3,9 +3,11 @@
 //!
 //! * [`params`]: the model's parameters by name; trainable ones become `Var`s in place.
 //! * [`init`]: open_clip's random initialisation, seeded.
+//! * [`loss`]: CLIP and GCL objectives on embeddings.
 //! * [`rng`]: the seedable generator behind every random draw of training.
 
 pub mod init;
+pub mod loss;
 pub mod params;
 pub mod rng;
 
