@@ -389,6 +389,7 @@ mod tests {
     }
 
     /// The definition, term by term, in plain f64 loops.
+    #[allow(clippy::needless_range_loop)]
     fn reference(
         l: &[Vec<f64>],
         r: &[Vec<f64>],

@@ -1,15 +1,25 @@
 //! Training: CLIP's contrastive loss and Generalized Contrastive Learning (GCL), from scratch or
 //! from a checkpoint, on the same model code that serves inference.
 //!
+//! * [`checkpoint`]: atomic training checkpoints with optimiser state.
+//! * [`export`]: Hugging Face and open_clip model layouts, atomic file writes.
 //! * [`params`]: the model's parameters by name; trainable ones become `Var`s in place.
 //! * [`init`]: open_clip's random initialisation, seeded.
 //! * [`loss`]: CLIP and GCL objectives on embeddings.
+//! * [`optim`]: AdamW with open_clip's decay groups, schedules, gradient clipping.
 //! * [`rng`]: the seedable generator behind every random draw of training.
+//! * [`step`]: a batch's loss and gradients, plain or with gradient caching.
+//! * [`trainer`]: the loop, its log, evaluations, checkpoints and exact resumption.
 
+pub mod checkpoint;
+pub mod export;
 pub mod init;
 pub mod loss;
+pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod step;
+pub mod trainer;
 
 #[cfg(test)]
 mod gradcheck;
@@ -33,4 +43,13 @@ pub enum TrainError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+}
+
+impl TrainError {
+    pub(crate) fn io(path: impl Into<PathBuf>, e: impl std::fmt::Display) -> Self {
+        TrainError::Io {
+            path: path.into(),
+            message: e.to_string(),
+        }
+    }
 }
