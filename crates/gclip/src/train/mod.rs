@@ -1,6 +1,8 @@
 //! Training: CLIP's contrastive loss and Generalized Contrastive Learning (GCL), from scratch or
 //! from a checkpoint, on the same model code that serves inference.
 //!
+//! * [`data`], [`augment`]: training pairs (JSONL, Marqo-GS) and open_clip's train transform.
+//! * [`loader`]: batches built on a worker thread through a bounded queue.
 //! * [`checkpoint`]: atomic training checkpoints with optimiser state.
 //! * [`export`]: Hugging Face and open_clip model layouts, atomic file writes.
 //! * [`params`]: the model's parameters by name; trainable ones become `Var`s in place.
@@ -11,9 +13,12 @@
 //! * [`step`]: a batch's loss and gradients, plain or with gradient caching.
 //! * [`trainer`]: the loop, its log, evaluations, checkpoints and exact resumption.
 
+pub mod augment;
 pub mod checkpoint;
+pub mod data;
 pub mod export;
 pub mod init;
+pub mod loader;
 pub mod loss;
 pub mod optim;
 pub mod params;
