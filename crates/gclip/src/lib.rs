@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod embed;
+pub mod eval;
 pub mod input;
 pub mod model;
 pub mod source;
