@@ -314,7 +314,8 @@ pub fn rbp_key(p: f64) -> String {
 /// `queries_evaluated` (those also in the run).
 pub fn evaluate(qrels: &Qrels, run: &Run, set: &MetricSet) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    let both: Vec<(&HashMap<String, i64>, &Vec<(String, f64)>)> = qrels
+    type Judged<'a> = (&'a HashMap<String, i64>, &'a Vec<(String, f64)>);
+    let both: Vec<Judged> = qrels
         .0
         .iter()
         .filter_map(|(q, rels)| run.0.get(q).map(|docs| (rels, docs)))
