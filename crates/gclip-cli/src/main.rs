@@ -2,7 +2,9 @@
 
 mod bench;
 mod embed;
+mod eval_ranking;
 mod progress;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -28,6 +30,13 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// Measure image and text throughput of an architecture on random weights.
     Bench(bench::BenchArgs),
+    /// Train a CLIP model with CLIP's loss or GCL (from scratch or from a checkpoint).
+    Train(train::TrainArgs),
+    /// Write a training checkpoint as a transformers or open_clip model.
+    Export(train::ExportArgs),
+    /// Evaluate: retrieval (R@K) or ranking (nDCG, MAP, MRR, ERR, RBP; also TREC files).
+    #[command(subcommand)]
+    Eval(eval_ranking::EvalCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +55,9 @@ fn main() -> std::process::ExitCode {
     let result: Result<()> = match cli.command {
         Command::Embed(args) => embed::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Export(args) => train::export(args),
+        Command::Eval(cmd) => eval_ranking::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

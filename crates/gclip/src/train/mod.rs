@@ -3,6 +3,8 @@
 //!
 //! * [`data`], [`augment`]: training pairs (JSONL, Marqo-GS) and open_clip's train transform.
 //! * [`loader`]: batches built on a worker thread through a bounded queue.
+//! * [`config`]: the `train.toml` file and the assembly of a run; [`evaluate`]: metrics of
+//!   a model on held-out pairs.
 //! * [`checkpoint`]: atomic training checkpoints with optimiser state.
 //! * [`export`]: Hugging Face and open_clip model layouts, atomic file writes.
 //! * [`params`]: the model's parameters by name; trainable ones become `Var`s in place.
@@ -15,7 +17,9 @@
 
 pub mod augment;
 pub mod checkpoint;
+pub mod config;
 pub mod data;
+pub mod evaluate;
 pub mod export;
 pub mod init;
 pub mod loader;
