@@ -90,6 +90,10 @@ pub struct RankingArgs {
     /// Cut-offs (default: GCL's 1 … 1000).
     #[arg(long, value_delimiter = ',')]
     cutoffs: Option<Vec<usize>>,
+    /// Extra documents to search: a JSONL (or GS CSV) of pairs whose document sides form the
+    /// corpus (their queries are ignored).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
     /// Write the model's run as a TREC run file.
     #[arg(long)]
     save_run: Option<PathBuf>,
@@ -188,6 +192,15 @@ fn dataset(
     d: &[FieldSpec],
 ) -> Result<gclip::train::data::Dataset> {
     let path = md.data.clone().context("--data is required with --model")?;
+    dataset_at(md, path, q, d)
+}
+
+fn dataset_at(
+    md: &ModelData,
+    path: PathBuf,
+    q: &[FieldSpec],
+    d: &[FieldSpec],
+) -> Result<gclip::train::data::Dataset> {
     let layout = if path.extension().is_some_and(|e| e == "csv") {
         Layout::Gs
     } else {
@@ -284,7 +297,11 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
                     preprocessor: &pp,
                     batch_size: 64,
                 };
-                let r = ranking_metrics(&e, &ds, &q, &d, a.top_k, &set)?;
+                let corpus = match &a.corpus {
+                    Some(c) => Some(dataset_at(md, c.clone(), &q, &d)?),
+                    None => None,
+                };
+                let r = ranking_metrics(&e, &ds, corpus.as_ref(), &q, &d, a.top_k, &set)?;
                 if let Some(p) = &a.save_run {
                     std::fs::write(p, r.run.to_trec("gclip"))
                         .with_context(|| format!("writing {}", p.display()))?;

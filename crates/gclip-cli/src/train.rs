@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use gclip::input::image::PreprocessConfig;
 use gclip::train::checkpoint::{list_checkpoints, load_checkpoint};
-use gclip::train::config::{evaluate_model, prepare, TrainConfig};
+use gclip::train::config::{evaluate_model, prepare, EvalSet, TrainConfig};
 use gclip::train::export::{export_hf, export_open_clip, TokenizerSource};
 use gclip::train::trainer::{Control, Event};
 
@@ -81,7 +81,8 @@ fn parse_value(text: &str) -> toml::Value {
 }
 
 /// Reads the config file with the command line's overrides applied. Relative paths in the
-/// file are relative to the file's folder.
+/// file (data, eval, corpus, output, an architecture JSON or model directory) are relative to
+/// the file's folder.
 pub fn read_config(path: &Path, sets: &[String]) -> Result<TrainConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -103,6 +104,18 @@ pub fn read_config(path: &Path, sets: &[String]) -> Result<TrainConfig> {
             *p = base.join(&*p);
         }
     };
+    fix(&mut cfg.train.output);
+    for m in [&mut cfg.model.arch, &mut cfg.model.from]
+        .into_iter()
+        .flatten()
+    {
+        // Architecture names and hub ids stay as they are; relative paths that exist beside
+        // the config file are taken from there.
+        let beside = base.join(&*m);
+        if Path::new(m.as_str()).is_relative() && beside.exists() {
+            *m = beside.display().to_string();
+        }
+    }
     if let Some(d) = cfg.data.as_mut() {
         fix(&mut d.path);
         if let Some(r) = d.image_root.as_mut() {
@@ -111,6 +124,9 @@ pub fn read_config(path: &Path, sets: &[String]) -> Result<TrainConfig> {
     }
     if let Some(e) = cfg.eval.as_mut() {
         fix(&mut e.data.path);
+        if let Some(c) = e.corpus.as_mut() {
+            fix(c);
+        }
         if let Some(r) = e.data.image_root.as_mut() {
             fix(r);
         }
@@ -133,6 +149,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         sets.push(format!("train.seed={v}"));
     }
     let mut cfg = read_config(&args.config, &sets)?;
+    // --output is relative to the current directory, like every other command-line path.
     if let Some(o) = args.output {
         cfg.train.output = o;
     }
@@ -228,15 +245,25 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Control::Continue
     };
     let objective = session.trainer.options.objective.clone();
-    let (eval, eval_data, tokenizer, preprocess) = (
+    let (eval, eval_data, eval_corpus, tokenizer, preprocess) = (
         &session.config.eval,
         &session.eval_data,
+        &session.eval_corpus,
         &session.tokenizer,
         &session.preprocess,
     );
     let mut evaluator = |clip: &gclip::model::Clip| match (eval, eval_data) {
         (Some(e), Some(data)) => evaluate_model(
-            clip, tokenizer, preprocess, data, &objective, e.kind, e.top_k,
+            clip,
+            tokenizer,
+            preprocess,
+            &objective,
+            EvalSet {
+                data,
+                corpus: eval_corpus.as_ref(),
+                kind: e.kind,
+                top_k: e.top_k,
+            },
         ),
         _ => Ok(Vec::new()),
     };

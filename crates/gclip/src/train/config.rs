@@ -98,6 +98,10 @@ pub struct EvalSection {
     /// Documents retrieved per query (ranking).
     #[serde(default = "thousand")]
     pub top_k: usize,
+    /// Extra documents to search (ranking): a JSONL of pairs whose document sides form the
+    /// corpus (their queries are ignored).
+    #[serde(default)]
+    pub corpus: Option<PathBuf>,
 }
 
 fn thousand() -> usize {
@@ -313,6 +317,7 @@ pub struct Session {
     pub trainer: Trainer,
     pub loader: Loader,
     pub eval_data: Option<Dataset>,
+    pub eval_corpus: Option<Dataset>,
     pub tokenizer: ClipTokenizer,
     pub preprocess: PreprocessConfig,
     pub convention: Convention,
@@ -383,6 +388,16 @@ pub fn prepare(cfg: TrainConfig, resume: Option<&Path>) -> Result<Session, Train
         Some(e) => Some(load(&data_spec(&e.data), &options.objective)?),
         None => None,
     };
+    let eval_corpus = match cfg.eval.as_ref().and_then(|e| e.corpus.as_ref()) {
+        Some(c) => Some(load(
+            &DataSpec {
+                path: c.clone(),
+                ..data_spec(&cfg.eval.as_ref().expect("checked").data)
+            },
+            &options.objective,
+        )?),
+        None => None,
+    };
     let loader = Loader::new(
         dataset,
         &options.objective,
@@ -413,6 +428,7 @@ pub fn prepare(cfg: TrainConfig, resume: Option<&Path>) -> Result<Session, Train
         trainer,
         loader,
         eval_data,
+        eval_corpus,
         tokenizer,
         preprocess,
         convention,
@@ -431,12 +447,26 @@ impl Session {
             clip,
             &self.tokenizer,
             &self.preprocess,
-            data,
             &self.trainer.options.objective,
-            e.kind,
-            e.top_k,
+            EvalSet {
+                data,
+                corpus: self.eval_corpus.as_ref(),
+                kind: e.kind,
+                top_k: e.top_k,
+            },
         )
     }
+}
+
+/// An evaluation set and what to measure on it.
+#[derive(Clone, Copy)]
+pub struct EvalSet<'a> {
+    pub data: &'a Dataset,
+    /// Extra documents to search (ranking).
+    pub corpus: Option<&'a Dataset>,
+    pub kind: EvalKind,
+    /// Documents retrieved per query (ranking).
+    pub top_k: usize,
 }
 
 /// Metrics of a model on a dataset: open_clip's retrieval metrics, or GCL's ranking metrics
@@ -445,11 +475,15 @@ pub fn evaluate_model(
     clip: &Clip,
     tokenizer: &ClipTokenizer,
     preprocess: &PreprocessConfig,
-    data: &Dataset,
     objective: &GclSpec,
-    kind: EvalKind,
-    top_k: usize,
+    set: EvalSet,
 ) -> Result<Vec<(String, f64)>, TrainError> {
+    let EvalSet {
+        data,
+        corpus,
+        kind,
+        top_k,
+    } = set;
     let pp = Preprocessor::new(preprocess.clone());
     let e = Embedding {
         clip,
@@ -468,6 +502,7 @@ pub fn evaluate_model(
             let r = ranking_metrics(
                 &e,
                 data,
+                corpus,
                 &objective.query_fields,
                 &objective.doc_fields,
                 top_k,

@@ -120,19 +120,29 @@ pub struct RankingEval {
 /// GCL's ranking evaluation of a model on graded pairs: every distinct query searches every
 /// distinct document of the set (by cosine of fused embeddings, top `k`); relevance labels are
 /// the pair scores rescaled to integers 1–100 over the set.
+///
+/// `corpus` adds documents (the document side of its pairs) that no query of `data` grades, as
+/// GCL searches the whole corpus of a split, not only its judged documents.
 pub fn ranking_metrics(
     e: &Embedding,
     data: &Dataset,
+    corpus: Option<&Dataset>,
     query_fields: &[FieldSpec],
     doc_fields: &[FieldSpec],
     k: usize,
     set: &MetricSet,
 ) -> Result<RankingEval, TrainError> {
     let mut queries: BTreeMap<u64, usize> = BTreeMap::new();
-    let mut docs: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut docs: BTreeMap<u64, &[Option<FieldValue>]> = BTreeMap::new();
+    for p in data
+        .pairs
+        .iter()
+        .chain(corpus.map_or(&[][..], |c| &c.pairs))
+    {
+        docs.entry(p.doc_key).or_insert(&p.doc);
+    }
     for (i, p) in data.pairs.iter().enumerate() {
         queries.entry(p.query_key).or_insert(i);
-        docs.entry(p.doc_key).or_insert(i);
     }
     let labels = relevance_labels(&data.pairs.iter().map(|p| p.score).collect::<Vec<_>>());
     let mut qrels = Qrels::default();
@@ -149,10 +159,7 @@ pub fn ranking_metrics(
         .values()
         .map(|&i| data.pairs[i].query.as_slice())
         .collect();
-    let d_rows: Vec<&[Option<FieldValue>]> = docs
-        .values()
-        .map(|&i| data.pairs[i].doc.as_slice())
-        .collect();
+    let d_rows: Vec<&[Option<FieldValue>]> = docs.values().copied().collect();
     let q_ids: Vec<String> = queries.keys().map(|k| format!("{k:016x}")).collect();
     let d_ids: Vec<String> = docs.keys().map(|k| format!("{k:016x}")).collect();
     let qe = e.side(&q_rows, query_fields)?;
@@ -164,4 +171,55 @@ pub fn ranking_metrics(
         run,
         metrics,
     })
+}
+
+/// Zero-shot classification accuracy: each image is assigned the class whose prompt embeds
+/// closest (cosine); `labels[i]` is image `i`'s class index into `prompts`.
+pub fn zero_shot_accuracy(
+    e: &Embedding,
+    images: &[std::path::PathBuf],
+    labels: &[usize],
+    prompts: &[String],
+) -> Result<f64, TrainError> {
+    let dim = e.clip.config.embed_dim;
+    let text_spec = [FieldSpec {
+        name: "text".into(),
+        kind: FieldKind::Text,
+        weight: 1.0,
+    }];
+    let image_spec = [FieldSpec {
+        name: "image".into(),
+        kind: FieldKind::Image,
+        weight: 1.0,
+    }];
+    let t_rows: Vec<Vec<Option<FieldValue>>> = prompts
+        .iter()
+        .map(|p| vec![Some(FieldValue::Text(p.clone()))])
+        .collect();
+    let i_rows: Vec<Vec<Option<FieldValue>>> = images
+        .iter()
+        .map(|p| vec![Some(FieldValue::Image(p.clone()))])
+        .collect();
+    let t = e.side(
+        &t_rows.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        &text_spec,
+    )?;
+    let im = e.side(
+        &i_rows.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        &image_spec,
+    )?;
+    let mut correct = 0usize;
+    for (v, &label) in im.chunks_exact(dim).zip(labels) {
+        let best = t
+            .chunks_exact(dim)
+            .map(|c| c.iter().zip(v).map(|(a, b)| a * b).sum::<f32>())
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |acc, (j, s)| if s > acc.1 { (j, s) } else { acc },
+            )
+            .0;
+        correct += (best == label) as usize;
+    }
+    Ok(correct as f64 / labels.len().max(1) as f64)
 }
