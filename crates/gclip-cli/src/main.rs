@@ -5,6 +5,8 @@ mod embed;
 mod inputs;
 mod progress;
 mod source;
+mod eval_ranking;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -40,6 +42,13 @@ enum Command {
     Preprocess(inputs::InputArgs),
     /// Measure image and text throughput of an architecture on random weights.
     Bench(bench::BenchArgs),
+    /// Train a CLIP model with CLIP's loss or GCL (from scratch or from a checkpoint).
+    Train(train::TrainArgs),
+    /// Write a training checkpoint as a transformers or open_clip model.
+    Export(train::ExportArgs),
+    /// Evaluate: retrieval (R@K) or ranking (nDCG, MAP, MRR, ERR, RBP; also TREC files).
+    #[command(subcommand)]
+    Eval(eval_ranking::EvalCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +69,9 @@ fn main() -> std::process::ExitCode {
         Command::Tokenize(args) => inputs::tokenize(args),
         Command::Preprocess(args) => inputs::preprocess(args),
         Command::Bench(args) => bench::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Export(args) => train::export(args),
+        Command::Eval(cmd) => eval_ranking::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -5,6 +5,8 @@
 pub mod bench;
 pub mod embed;
 pub mod hub;
+pub mod eval;
 pub mod input;
 pub mod model;
 pub mod source;
+pub mod train;

@@ -40,7 +40,8 @@ use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 use super::text_clean;
 
 /// The embedded open_clip vocabulary (`bpe_simple_vocab_16e6.txt.gz` from `open_clip_torch`).
-static OPEN_CLIP_BPE_GZ: &[u8] = include_bytes!("../../assets/bpe_simple_vocab_16e6.txt.gz");
+pub(crate) static OPEN_CLIP_BPE_GZ: &[u8] =
+    include_bytes!("../../assets/bpe_simple_vocab_16e6.txt.gz");
 
 /// Context length of every CLIP text tower.
 pub const DEFAULT_CONTEXT_LENGTH: usize = 77;
@@ -149,7 +150,7 @@ type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 /// the others (controls, space, DEL, NBSP, soft hyphen) are moved to U+0100 onwards, in order.
 /// Returns the 256 characters in vocabulary order (printable bytes first, then the moved ones)
 /// together with the byte each stands for.
-fn byte_alphabet() -> Vec<(u8, char)> {
+pub(crate) fn byte_alphabet() -> Vec<(u8, char)> {
     let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xa1..=0xac | 0xae..=0xff);
     let mut out: Vec<(u8, char)> = (0..=255u8)
         .filter(|&b| printable(b))

@@ -482,7 +482,9 @@ impl AttentionOp {
             let mask = causal_mask(tokens, qkv.device())?.to_dtype(qkv.dtype())?;
             scores = scores.broadcast_add(&mask)?;
         }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        // candle-nn's `softmax_last_dim` has no backward pass (it would silently stop the
+        // gradient of q and k); the composed softmax is differentiable.
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         probs
             .matmul(&v)?
             .transpose(1, 2)?
@@ -589,6 +591,16 @@ impl CustomOp1 for AttentionOp {
     }
 
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        if fusable(qkv) && fusable(grad) {
+            let op = AttentionBackwardOp {
+                heads: self.heads,
+                causal: self.causal,
+            };
+            return Ok(Some(
+                qkv.contiguous()?
+                    .apply_op2_no_bwd(&grad.contiguous()?, &op)?,
+            ));
+        }
         // Recompute the forward with differentiable ops and back-propagate through it.
         let var = candle_core::Var::from_tensor(&qkv.detach())?;
         let out = self.composed(var.as_tensor())?;
@@ -596,6 +608,226 @@ impl CustomOp1 for AttentionOp {
         let grads = loss.backward()?;
         Ok(grads.get(var.as_tensor()).cloned())
     }
+}
+
+/// The gradient of [`AttentionOp`] with respect to `qkv`, given the gradient of its output.
+///
+/// Per (sequence, head), with `P = softmax(s·QKᵀ)` recomputed exactly as the forward pass does
+/// (nothing of size tokens² is kept between the passes):
+/// `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ∘ (dP − rowsum(P ∘ dP))`, `dQ = s·dS·K`, `dK = s·dSᵀ·Q`.
+/// Every product is one single-threaded gemm call reading its operands in place through strides;
+/// tasks write disjoint column blocks of the result.
+pub(crate) struct AttentionBackwardOp {
+    pub heads: usize,
+    pub causal: bool,
+}
+
+impl CustomOp2 for AttentionBackwardOp {
+    fn name(&self) -> &'static str {
+        "gclip-attention-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qkv_s: &CpuStorage,
+        qkv_l: &Layout,
+        g_s: &CpuStorage,
+        g_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let fwd = AttentionOp {
+            heads: self.heads,
+            causal: self.causal,
+        };
+        let qkv = contiguous_f32(qkv_s, qkv_l, "attention backward input")?;
+        let grad = contiguous_f32(g_s, g_l, "attention backward gradient")?;
+        let (batch, tokens, width, head_dim) = fwd.check(qkv_l.shape())?;
+        if g_l.shape().dims() != [batch, tokens, width] {
+            candle_core::bail!(
+                "attention backward: gradient {:?} does not fit input {:?}",
+                g_l.shape(),
+                qkv_l.shape()
+            );
+        }
+        let heads = self.heads;
+        let row = 3 * width;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let causal = self.causal;
+        let mut out = vec![0f32; batch * tokens * row];
+        let out_ptr = SharedMut(out.as_mut_ptr());
+        (0..batch * heads).into_par_iter().for_each_init(
+            || (vec![0f32; tokens * tokens], vec![0f32; tokens * tokens]),
+            |(probs, dp), task| {
+                let (b, h) = (task / heads, task % heads);
+                let seq = &qkv[b * tokens * row..(b + 1) * tokens * row];
+                let q = seq[h * head_dim..].as_ptr();
+                let k = seq[width + h * head_dim..].as_ptr();
+                let v = seq[2 * width + h * head_dim..].as_ptr();
+                let d_out = grad[b * tokens * width + h * head_dim..].as_ptr();
+                let dst = out_ptr;
+                // SAFETY (all gemm calls below): q, k, v address tokens×head_dim blocks with row
+                // stride `row` inside this sequence of `qkv`; d_out a tokens×head_dim block with
+                // row stride `width` inside `grad`; probs and dp are tokens×tokens scratch
+                // buffers of this task. The destination blocks (rows of sequence b, the q/k/v
+                // columns of head h, row stride `row`) lie inside `out` and are written by this
+                // task only.
+                unsafe {
+                    let dq = dst.0.add(b * tokens * row + h * head_dim);
+                    let dv = dq.add(2 * width);
+                    // probs = s·Q·Kᵀ, then the (causal) softmax of each row, as in the forward.
+                    gemm::gemm(
+                        tokens,
+                        tokens,
+                        head_dim,
+                        probs.as_mut_ptr(),
+                        1,
+                        tokens as isize,
+                        false,
+                        q,
+                        1,
+                        row as isize,
+                        k,
+                        row as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                    for (i, r) in probs.chunks_exact_mut(tokens).enumerate() {
+                        softmax_prefix(r, if causal { i + 1 } else { tokens });
+                    }
+                    // dV = Pᵀ·dO
+                    gemm::gemm(
+                        tokens,
+                        head_dim,
+                        tokens,
+                        dv,
+                        1,
+                        row as isize,
+                        false,
+                        probs.as_ptr(),
+                        tokens as isize,
+                        1,
+                        d_out,
+                        1,
+                        width as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                    // dP = dO·Vᵀ
+                    gemm::gemm(
+                        tokens,
+                        tokens,
+                        head_dim,
+                        dp.as_mut_ptr(),
+                        1,
+                        tokens as isize,
+                        false,
+                        d_out,
+                        1,
+                        width as isize,
+                        v,
+                        row as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                // dS = P ∘ (dP − rowsum(P ∘ dP)), in place of dP; masked entries have P = 0.
+                for (i, (p_row, d_row)) in probs
+                    .chunks_exact(tokens)
+                    .zip(dp.chunks_exact_mut(tokens))
+                    .enumerate()
+                {
+                    let valid = if causal { i + 1 } else { tokens };
+                    let dot = dot_lanes(&p_row[..valid], &d_row[..valid]);
+                    for (d, p) in d_row[..valid].iter_mut().zip(&p_row[..valid]) {
+                        *d = p * (*d - dot);
+                    }
+                    d_row[valid..].fill(0.0);
+                }
+                // SAFETY: as above.
+                unsafe {
+                    let dq = dst.0.add(b * tokens * row + h * head_dim);
+                    let dk = dq.add(width);
+                    // dQ = s·dS·K
+                    gemm::gemm(
+                        tokens,
+                        head_dim,
+                        tokens,
+                        dq,
+                        1,
+                        row as isize,
+                        false,
+                        dp.as_ptr(),
+                        1,
+                        tokens as isize,
+                        k,
+                        1,
+                        row as isize,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                    // dK = s·dSᵀ·Q
+                    gemm::gemm(
+                        tokens,
+                        head_dim,
+                        tokens,
+                        dk,
+                        1,
+                        row as isize,
+                        false,
+                        dp.as_ptr(),
+                        tokens as isize,
+                        1,
+                        q,
+                        1,
+                        row as isize,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), qkv_l.shape().clone()))
+    }
+}
+
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let ca = a.chunks_exact(LANES);
+    let cb = b.chunks_exact(LANES);
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
 }
 
 #[cfg(test)]

@@ -43,8 +43,8 @@ pub struct Weights {
     used: RefCell<BTreeSet<String>>,
 }
 
-/// Where one gclip tensor comes from in a checkpoint.
-enum SourceSpec {
+/// Where one gclip tensor comes from in a checkpoint (and where an exporter puts it).
+pub(crate) enum SourceSpec {
     /// A tensor stored as it is, or transposed (open_clip's projections are `[width, embed]`).
     Single { name: String, transpose: bool },
     /// Several tensors concatenated along the first dimension (transformers' q, k, v).
@@ -288,6 +288,14 @@ impl Weights {
             NamingScheme::HuggingFace => hf_source(name),
             NamingScheme::OpenClip => open_clip_source(name),
         }
+    }
+}
+
+/// Where the tensor gclip calls `name` lives in a checkpoint of naming scheme `scheme`.
+pub(crate) fn checkpoint_source(scheme: NamingScheme, name: &str) -> SourceSpec {
+    match scheme {
+        NamingScheme::HuggingFace => hf_source(name),
+        NamingScheme::OpenClip => open_clip_source(name),
     }
 }
 

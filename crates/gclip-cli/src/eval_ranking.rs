@@ -1,0 +1,342 @@
+//! `gclip eval retrieval` and `gclip eval ranking`
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Args, Subcommand};
+use gclip::eval::ranking::{evaluate, MetricSet, Qrels, Run};
+use gclip::input::image::{PreprocessConfig, Preprocessor};
+use gclip::input::pipeline::InputPipeline;
+use gclip::input::tokenizer::ClipTokenizer;
+use gclip::input::Convention;
+use gclip::model::Clip;
+use gclip::source::ModelSource;
+use gclip::train::checkpoint::load_checkpoint;
+use gclip::train::data::{load, DataSpec, Layout};
+use gclip::train::evaluate::{ranking_metrics, retrieval_metrics, Embedding};
+use gclip::train::loss::{FieldKind, FieldSpec};
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Text→image and image→text Recall@1/5/10, mean and median rank (open_clip's metrics).
+    Retrieval(RetrievalArgs),
+    /// GCL's ranking metrics of a model on graded pairs, or of TREC qrels and run files.
+    Ranking(RankingArgs),
+}
+
+/// The model and data options shared by both evaluations.
+#[derive(Args)]
+pub struct ModelData {
+    /// Model: a model directory, an open_clip checkpoint file with --arch, or a gclip training
+    /// checkpoint (run directory or step-N directory).
+    #[arg(long)]
+    model: Option<String>,
+    /// open_clip architecture of a checkpoint file.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Evaluation pairs: JSONL ({"query": {...}, "doc": {...}, "score": x}) or a Marqo-GS CSV.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Folder that relative image paths are relative to (default: the data file's).
+    #[arg(long)]
+    image_root: Option<PathBuf>,
+    /// Query fields: NAME[:KIND][:WEIGHT], comma-separated (KIND text or image; a field named
+    /// `image` defaults to image).
+    #[arg(long, default_value = "text")]
+    query_fields: String,
+    /// Document fields, as --query-fields. GCL's default for GS data is `image:0.9,title:0.1`.
+    #[arg(long, default_value = "image")]
+    doc_fields: String,
+    /// GS CSV: the score column.
+    #[arg(long, default_value = "score_linear")]
+    score_column: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  gclip eval retrieval --model runs/emoji --data emoji-test.jsonl
+  gclip eval retrieval --model ./clip-vit-base-patch32 --data pairs.jsonl --query-fields caption --json")]
+pub struct RetrievalArgs {
+    #[command(flatten)]
+    md: ModelData,
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  gclip eval ranking --qrels test.qrels --run system.run --json
+  gclip eval ranking --model runs/gcl --data query_1_product_id_1.csv --query-fields query --doc-fields image:0.9,title:0.1 --json
+  gclip eval ranking --model runs/gcl --data test.jsonl --save-run test.run --save-qrels test.qrels
+
+Keys: ndcg@K, map@K, recall@K, p@K, mrr@K for K in 1,2,3,4,5,6,8,10,12,20,30,...,100,200,500,1000;
+err; rbp@0.7, rbp@0.8, rbp@0.9. nDCG/MAP/recall/P follow trec_eval (pytrec_eval), MRR BEIR,
+ERR and RBP GCL's evaluation; see the gclip::eval::ranking documentation.")]
+pub struct RankingArgs {
+    /// TREC qrels file (`query 0 document grade`).
+    #[arg(long, requires = "run", conflicts_with = "model")]
+    qrels: Option<PathBuf>,
+    /// TREC run file (`query Q0 document rank score tag`) or pytrec_eval JSON.
+    #[arg(long)]
+    run: Option<PathBuf>,
+    #[command(flatten)]
+    md: ModelData,
+    /// Documents retrieved per query.
+    #[arg(long, default_value_t = 1000)]
+    top_k: usize,
+    /// Cut-offs (default: GCL's 1 … 1000).
+    #[arg(long, value_delimiter = ',')]
+    cutoffs: Option<Vec<usize>>,
+    /// Extra documents to search: a JSONL (or GS CSV) of pairs whose document sides form the
+    /// corpus (their queries are ignored).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Write the model's run as a TREC run file.
+    #[arg(long)]
+    save_run: Option<PathBuf>,
+    /// Write the relevance labels as TREC qrels.
+    #[arg(long)]
+    save_qrels: Option<PathBuf>,
+}
+
+fn fields(spec: &str) -> Result<Vec<FieldSpec>> {
+    spec.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|f| {
+            let parts: Vec<&str> = f.trim().split(':').collect();
+            let name = parts[0].to_string();
+            let mut kind = if name == "image" {
+                FieldKind::Image
+            } else {
+                FieldKind::Text
+            };
+            let mut weight = 1.0;
+            for p in &parts[1..] {
+                match *p {
+                    "text" => kind = FieldKind::Text,
+                    "image" => kind = FieldKind::Image,
+                    w => {
+                        weight = w.parse().with_context(|| {
+                            format!("field `{f}`: `{w}` is neither a kind nor a weight")
+                        })?
+                    }
+                }
+            }
+            Ok(FieldSpec { name, kind, weight })
+        })
+        .collect()
+}
+
+struct Loaded {
+    clip: Clip,
+    tokenizer: ClipTokenizer,
+    preprocess: PreprocessConfig,
+}
+
+fn load_model(model: &str, arch: Option<&str>) -> Result<Loaded> {
+    let path = Path::new(model);
+    let as_checkpoint = if path.join("state.json").is_file() || path.join("checkpoints").is_dir() {
+        Some(crate::train::checkpoint_dir(path)?)
+    } else {
+        None
+    };
+    let (clip, convention, dir) = match as_checkpoint {
+        Some(dir) => (
+            load_checkpoint(&dir, &Device::Cpu)?.clip,
+            Convention::OpenClip,
+            None,
+        ),
+        None => {
+            let l = ModelSource::resolve(model, arch)?.load(&Device::Cpu, DType::F32)?;
+            (l.clip, l.convention, l.dir)
+        }
+    };
+    let ctx = clip.config.text.context_length;
+    let pipeline = InputPipeline::new(
+        convention,
+        dir.as_deref(),
+        ctx,
+        clip.config.vision.image_size,
+    )?;
+    let preprocess = pipeline.preprocessor().config().clone();
+    let tokenizer = match (convention, dir.as_deref()) {
+        (Convention::Transformers, Some(d)) => ClipTokenizer::from_hf_dir(d)?,
+        _ => ClipTokenizer::open_clip_default()?,
+    }
+    .with_context_length(ctx);
+    Ok(Loaded {
+        clip,
+        tokenizer,
+        preprocess,
+    })
+}
+
+fn print(metrics: &BTreeMap<String, f64>, json: bool, main: &[&str]) {
+    if json {
+        println!("{}", serde_json::to_string(metrics).unwrap_or_default());
+        return;
+    }
+    for k in main {
+        if let Some(v) = metrics.get(*k) {
+            println!("{k:<22} {v:.4}");
+        }
+    }
+}
+
+fn dataset(
+    md: &ModelData,
+    q: &[FieldSpec],
+    d: &[FieldSpec],
+) -> Result<gclip::train::data::Dataset> {
+    let path = md.data.clone().context("--data is required with --model")?;
+    dataset_at(md, path, q, d)
+}
+
+fn dataset_at(
+    md: &ModelData,
+    path: PathBuf,
+    q: &[FieldSpec],
+    d: &[FieldSpec],
+) -> Result<gclip::train::data::Dataset> {
+    let layout = if path.extension().is_some_and(|e| e == "csv") {
+        Layout::Gs
+    } else {
+        Layout::Jsonl
+    };
+    let spec = gclip::train::loss::GclSpec {
+        score_to_weight: gclip::train::loss::ScoreToWeight::None,
+        query_fields: q.to_vec(),
+        doc_fields: d.to_vec(),
+        extra_terms: vec![],
+        mask_shared: false,
+    };
+    let ds = load(
+        &DataSpec {
+            layout,
+            path,
+            image_root: md.image_root.clone(),
+            score_column: md.score_column.clone(),
+        },
+        &spec,
+    )?;
+    if ds.skipped.total() > 0 {
+        eprintln!(
+            "skipped {} of {} rows: {:?}",
+            ds.skipped.total(),
+            ds.rows_read,
+            ds.skipped.counts
+        );
+    }
+    if ds.pairs.is_empty() {
+        bail!("no usable pairs in the data");
+    }
+    Ok(ds)
+}
+
+pub fn run(cmd: EvalCommand) -> Result<()> {
+    match cmd {
+        EvalCommand::Retrieval(a) => {
+            let md = &a.md;
+            let model = load_model(
+                md.model.as_deref().context("--model is required")?,
+                md.arch.as_deref(),
+            )?;
+            let (q, d) = (fields(&md.query_fields)?, fields(&md.doc_fields)?);
+            let ds = dataset(md, &q, &d)?;
+            let pp = Preprocessor::new(model.preprocess.clone());
+            let e = Embedding {
+                clip: &model.clip,
+                tokenizer: &model.tokenizer,
+                preprocessor: &pp,
+                batch_size: 64,
+            };
+            let m = retrieval_metrics(&e, &ds, &q, &d)?;
+            let map: BTreeMap<String, f64> = m.named().into_iter().collect();
+            print(
+                &map,
+                md.json,
+                &[
+                    "text_to_image_R@1",
+                    "text_to_image_R@5",
+                    "text_to_image_R@10",
+                    "text_to_image_mean_rank",
+                    "text_to_image_median_rank",
+                    "image_to_text_R@1",
+                    "image_to_text_R@5",
+                    "image_to_text_R@10",
+                    "image_to_text_mean_rank",
+                    "image_to_text_median_rank",
+                ],
+            );
+        }
+        EvalCommand::Ranking(a) => {
+            let mut set = MetricSet::default();
+            if let Some(c) = a.cutoffs.clone() {
+                set.cutoffs = c;
+            }
+            let metrics = if let Some(qrels) = &a.qrels {
+                let run = a.run.as_ref().context("--run is required with --qrels")?;
+                evaluate(&Qrels::read(qrels)?, &Run::read(run)?, &set)
+            } else {
+                let md = &a.md;
+                let model = load_model(
+                    md.model
+                        .as_deref()
+                        .context("give --qrels and --run, or --model and --data")?,
+                    md.arch.as_deref(),
+                )?;
+                let (q, d) = (fields(&md.query_fields)?, fields(&md.doc_fields)?);
+                let ds = dataset(md, &q, &d)?;
+                let pp = Preprocessor::new(model.preprocess.clone());
+                let e = Embedding {
+                    clip: &model.clip,
+                    tokenizer: &model.tokenizer,
+                    preprocessor: &pp,
+                    batch_size: 64,
+                };
+                let corpus = match &a.corpus {
+                    Some(c) => Some(dataset_at(md, c.clone(), &q, &d)?),
+                    None => None,
+                };
+                let r = ranking_metrics(&e, &ds, corpus.as_ref(), &q, &d, a.top_k, &set)?;
+                if let Some(p) = &a.save_run {
+                    std::fs::write(p, r.run.to_trec("gclip"))
+                        .with_context(|| format!("writing {}", p.display()))?;
+                }
+                if let Some(p) = &a.save_qrels {
+                    let mut text = String::new();
+                    for (qid, docs) in &r.qrels.0 {
+                        let mut docs: Vec<_> = docs.iter().collect();
+                        docs.sort();
+                        for (d, g) in docs {
+                            text.push_str(&format!("{qid} 0 {d} {g}\n"));
+                        }
+                    }
+                    std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+                }
+                r.metrics
+            };
+            print(
+                &metrics,
+                a.md.json,
+                &[
+                    "ndcg@10",
+                    "mrr@10",
+                    "map@1000",
+                    "recall@10",
+                    "p@10",
+                    "err",
+                    "rbp@0.7",
+                    "rbp@0.8",
+                    "rbp@0.9",
+                    "queries",
+                    "queries_evaluated",
+                ],
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! `gclip train` and `gclip export`
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use gclip::input::image::PreprocessConfig;
+use gclip::train::checkpoint::{list_checkpoints, load_checkpoint};
+use gclip::train::config::{evaluate_model, prepare, EvalSet, TrainConfig};
+use gclip::train::export::{export_hf, export_open_clip, TokenizerSource};
+use gclip::train::trainer::{Control, Event};
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  gclip train --config train.toml
+  gclip train --config train.toml --steps 200 --set train.lr=1e-4 --set loss.kind=\"gcl\"
+  gclip train --config train.toml --resume            # continue from the newest checkpoint
+
+The config file (TOML) has sections [model], [data], [eval], [loss], [train], [freeze];
+docs/TRAINING.md describes every option. --set KEY=VALUE overrides any of them (VALUE is read
+as TOML, or as a string when it is not valid TOML).")]
+pub struct TrainArgs {
+    /// The run's configuration (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Override a config value: `section.key=value` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Optimiser steps (train.steps).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Learning rate (train.lr).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Pairs per batch (train.batch_size).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Run directory for the log and checkpoints (train.output).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Seed of initialisation, data order and augmentation (train.seed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Continue from the newest checkpoint of the run's output directory.
+    #[arg(long)]
+    resume: bool,
+    /// Continue from this checkpoint directory or run directory.
+    #[arg(long, conflicts_with = "resume")]
+    resume_from: Option<PathBuf>,
+}
+
+/// Sets `a.b.c = value` in a TOML table, creating tables on the way.
+fn set_path(root: &mut toml::Table, key: &str, value: toml::Value) -> Result<()> {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts
+        .pop()
+        .filter(|s| !s.is_empty())
+        .context("empty key in --set")?;
+    let mut t = root;
+    for p in parts {
+        let entry = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .with_context(|| format!("--set {key}: `{p}` is not a table"))?;
+    }
+    t.insert(last.to_string(), value);
+    Ok(())
+}
+
+fn parse_value(text: &str) -> toml::Value {
+    let doc = format!("v = {text}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(text.into())),
+        Err(_) => toml::Value::String(text.to_string()),
+    }
+}
+
+/// Reads the config file with the command line's overrides applied. Relative paths in the
+/// file (data, eval, corpus, output, an architecture JSON or model directory) are relative to
+/// the file's folder.
+pub fn read_config(path: &Path, sets: &[String]) -> Result<TrainConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{}: not valid TOML", path.display()))?;
+    for s in sets {
+        let (k, v) = s
+            .split_once('=')
+            .with_context(|| format!("--set {s}: expected KEY=VALUE"))?;
+        set_path(&mut table, k.trim(), parse_value(v.trim()))?;
+    }
+    let mut cfg: TrainConfig = toml::Value::Table(table)
+        .try_into()
+        .with_context(|| format!("{}: invalid training configuration", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    let fix = |p: &mut PathBuf| {
+        if p.is_relative() && !p.as_os_str().is_empty() {
+            *p = base.join(&*p);
+        }
+    };
+    fix(&mut cfg.train.output);
+    for m in [&mut cfg.model.arch, &mut cfg.model.from]
+        .into_iter()
+        .flatten()
+    {
+        // Architecture names and hub ids stay as they are; relative paths that exist beside
+        // the config file are taken from there.
+        let beside = base.join(&*m);
+        if Path::new(m.as_str()).is_relative() && beside.exists() {
+            *m = beside.display().to_string();
+        }
+    }
+    if let Some(d) = cfg.data.as_mut() {
+        fix(&mut d.path);
+        if let Some(r) = d.image_root.as_mut() {
+            fix(r);
+        }
+    }
+    if let Some(e) = cfg.eval.as_mut() {
+        fix(&mut e.data.path);
+        if let Some(c) = e.corpus.as_mut() {
+            fix(c);
+        }
+        if let Some(r) = e.data.image_root.as_mut() {
+            fix(r);
+        }
+    }
+    Ok(cfg)
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let mut sets = args.set.clone();
+    if let Some(v) = args.steps {
+        sets.push(format!("train.steps={v}"));
+    }
+    if let Some(v) = args.lr {
+        sets.push(format!("train.lr={v:e}"));
+    }
+    if let Some(v) = args.batch_size {
+        sets.push(format!("train.batch_size={v}"));
+    }
+    if let Some(v) = args.seed {
+        sets.push(format!("train.seed={v}"));
+    }
+    let mut cfg = read_config(&args.config, &sets)?;
+    // --output is relative to the current directory, like every other command-line path.
+    if let Some(o) = args.output {
+        cfg.train.output = o;
+    }
+    let resume = match (args.resume, args.resume_from) {
+        (_, Some(p)) => Some(p),
+        (true, None) => Some(cfg.train.output.clone()),
+        (false, None) => None,
+    };
+    let mut session = prepare(cfg, resume.as_deref()).context("preparing the run")?;
+    let ds = session.loader.dataset();
+    eprintln!(
+        "data: {} pairs from {} rows ({} skipped)",
+        ds.pairs.len(),
+        ds.rows_read,
+        ds.skipped.total()
+    );
+    for (reason, n) in &ds.skipped.counts {
+        eprintln!("  skipped {n} rows: {reason}");
+    }
+    for ex in ds.skipped.examples.iter().take(5) {
+        eprintln!("    e.g. {ex}");
+    }
+    let t = &session.trainer;
+    eprintln!(
+        "model: {} trainable tensors ({} values), {} frozen; starting at step {} of {}",
+        t.params.params.len(),
+        t.params.num_trainable(),
+        t.params.frozen.len(),
+        t.state.step,
+        t.options.total_steps
+    );
+    eprintln!("log:         {}", t.log_path().display());
+    eprintln!("checkpoints: {}", t.checkpoint_root().display());
+
+    let total = session.trainer.options.total_steps;
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(total);
+        if let Ok(s) = indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        ) {
+            b.set_style(s);
+        }
+        b.set_position(session.trainer.state.step);
+        Some(b)
+    } else {
+        None
+    };
+    let print_every = (total / 20).max(1);
+    let mut observe = |e: Event| -> Control {
+        match e {
+            Event::Step(s) => {
+                let msg = format!(
+                    "loss {:.4} lr {:.2e} scale {:.1} {:.1} samples/s",
+                    s.loss, s.lr, s.logit_scale, s.samples_per_s
+                );
+                match &bar {
+                    Some(b) => {
+                        b.set_position(s.step);
+                        b.set_message(msg);
+                    }
+                    None if s.step % print_every == 0 || s.step == 1 => {
+                        eprintln!("step {}/{total} {msg}", s.step)
+                    }
+                    None => {}
+                }
+            }
+            Event::Eval { step, metrics } => {
+                let line: Vec<String> = metrics
+                    .iter()
+                    .filter(|(k, _)| {
+                        k.contains("R@1")
+                            || k.contains("R@10")
+                            || k == "ndcg@10"
+                            || k == "mrr@10"
+                            || k == "err"
+                    })
+                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .collect();
+                let text = format!("eval at step {step}: {}", line.join(", "));
+                match &bar {
+                    Some(b) => b.println(text),
+                    None => eprintln!("{text}"),
+                }
+            }
+            Event::Checkpoint { step, path } => {
+                let text = format!("checkpoint at step {step}: {}", path.display());
+                match &bar {
+                    Some(b) => b.println(text),
+                    None => eprintln!("{text}"),
+                }
+            }
+        }
+        Control::Continue
+    };
+    let objective = session.trainer.options.objective.clone();
+    let (eval, eval_data, eval_corpus, tokenizer, preprocess) = (
+        &session.config.eval,
+        &session.eval_data,
+        &session.eval_corpus,
+        &session.tokenizer,
+        &session.preprocess,
+    );
+    let mut evaluator = |clip: &gclip::model::Clip| match (eval, eval_data) {
+        (Some(e), Some(data)) => evaluate_model(
+            clip,
+            tokenizer,
+            preprocess,
+            &objective,
+            EvalSet {
+                data,
+                corpus: eval_corpus.as_ref(),
+                kind: e.kind,
+                top_k: e.top_k,
+            },
+        ),
+        _ => Ok(Vec::new()),
+    };
+    let evaluate: Option<&mut gclip::train::trainer::Evaluator> = if eval.is_some() {
+        Some(&mut evaluator)
+    } else {
+        None
+    };
+    let summary = session
+        .trainer
+        .run(&mut session.loader, evaluate, &mut observe)?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    eprintln!("done: {} steps", summary.steps_done);
+    eprintln!("log:         {}", summary.log_path.display());
+    if let Some(c) = &summary.last_checkpoint {
+        eprintln!("checkpoint:  {}", c.display());
+        eprintln!(
+            "export:      gclip export --checkpoint {} --format hf --output EXPORT_DIR",
+            c.display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// transformers' layout: config.json, model.safetensors, tokenizer and preprocessor files.
+    Hf,
+    /// open_clip's hub layout: open_clip_config.json, open_clip_model.safetensors.
+    OpenClip,
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  gclip export --checkpoint runs/first --format hf --output exported/first-hf
+  gclip export --checkpoint runs/first/checkpoints/step-00001000 --format open-clip --output exported/oc")]
+pub struct ExportArgs {
+    /// A checkpoint directory (step-N) or a run directory (its newest checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long, value_enum)]
+    format: Format,
+    /// Output directory (created).
+    #[arg(long)]
+    output: PathBuf,
+    /// Copy tokenizer files from this transformers model directory instead of generating
+    /// open_clip's (hf format).
+    #[arg(long)]
+    tokenizer_from: Option<PathBuf>,
+}
+
+/// A checkpoint directory from a checkpoint or run directory.
+pub fn checkpoint_dir(path: &Path) -> Result<PathBuf> {
+    if path.join("state.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    match list_checkpoints(&path.join("checkpoints"))?.pop() {
+        Some((_, p)) => Ok(p),
+        None => bail!(
+            "{}: neither a checkpoint (state.json) nor a run directory with checkpoints/step-*",
+            path.display()
+        ),
+    }
+}
+
+pub fn export(args: ExportArgs) -> Result<()> {
+    let dir = checkpoint_dir(&args.checkpoint)?;
+    let ck = load_checkpoint(&dir, &candle_core::Device::Cpu)?;
+    let pp = PreprocessConfig::open_clip(ck.clip.config.vision.image_size);
+    let files = match args.format {
+        Format::Hf => {
+            let tok = match args.tokenizer_from {
+                Some(d) => TokenizerSource::HfDir(d),
+                None => TokenizerSource::OpenClip,
+            };
+            export_hf(&ck.clip, &args.output, &pp, &tok)?
+        }
+        Format::OpenClip => export_open_clip(&ck.clip, &args.output, &pp)?,
+    };
+    eprintln!("exported step {} of {}", ck.state.step, dir.display());
+    for f in files {
+        println!("{}", f.display());
+    }
+    Ok(())
+}

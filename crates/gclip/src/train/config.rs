@@ -1,0 +1,514 @@
+//! The configuration of a training run (`gclip train --config train.toml`) and the assembly of
+//! everything it names: model, data, loader, evaluation and trainer.
+//!
+//! ```toml
+//! [model]
+//! arch = "ViT-B-32"              # from scratch (open_clip init), or:
+//! # from = "./clip-vit-base-patch32"   # fine-tune any checkpoint the loader reads
+//! # from_arch = "ViT-B-32"             # with an open_clip checkpoint file
+//!
+//! [data]
+//! layout = "jsonl"               # or "gs" (a Marqo-GS split CSV)
+//! path = "train.jsonl"
+//!
+//! [eval]                         # optional
+//! path = "val.jsonl"
+//! kind = "retrieval"             # or "ranking"
+//! every = 100
+//!
+//! [loss]
+//! kind = "clip"                  # or "gcl"
+//!
+//! [train]
+//! steps = 1000
+//! batch_size = 64
+//! lr = 5e-4
+//! output = "runs/first"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+use super::augment::CropConfig;
+use super::data::{load, DataSpec, Dataset, Layout};
+use super::evaluate::{ranking_metrics, retrieval_metrics, Embedding};
+use super::init::init_open_clip;
+use super::loader::{Loader, LoaderConfig};
+use super::loss::{ExtraTerm, FieldKind, FieldSpec, GclSpec, ScoreToWeight};
+use super::optim::{AdamWConfig, Schedule, ScheduleKind};
+use super::params::Freeze;
+use super::trainer::{TrainOptions, Trainer};
+use super::TrainError;
+use crate::eval::ranking::MetricSet;
+use crate::input::image::{PreprocessConfig, Preprocessor};
+use crate::input::pipeline::InputPipeline;
+use crate::input::tokenizer::ClipTokenizer;
+use crate::input::Convention;
+use crate::model::{Clip, ClipConfig};
+use crate::source::ModelSource;
+
+/// `[model]`
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// Train from scratch: an open_clip architecture name or config JSON path.
+    pub arch: Option<String>,
+    /// Fine-tune: a model directory, checkpoint file or hub-cache id.
+    pub from: Option<String>,
+    /// The architecture of an open_clip checkpoint file given in `from`.
+    pub from_arch: Option<String>,
+}
+
+/// `[data]` and `[eval]`'s data.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    #[serde(default = "jsonl")]
+    pub layout: Layout,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub image_root: Option<PathBuf>,
+    #[serde(default)]
+    pub score_column: Option<String>,
+}
+
+fn jsonl() -> Layout {
+    Layout::Jsonl
+}
+
+/// Which evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalKind {
+    Retrieval,
+    Ranking,
+}
+
+/// `[eval]`
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    #[serde(flatten)]
+    pub data: DataSection,
+    pub kind: EvalKind,
+    /// Evaluate every this many steps (0: at the end only).
+    #[serde(default)]
+    pub every: u64,
+    /// Documents retrieved per query (ranking).
+    #[serde(default = "thousand")]
+    pub top_k: usize,
+    /// Extra documents to search (ranking): a JSONL of pairs whose document sides form the
+    /// corpus (their queries are ignored).
+    #[serde(default)]
+    pub corpus: Option<PathBuf>,
+}
+
+fn thousand() -> usize {
+    1000
+}
+
+/// Loss kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    Clip,
+    Gcl,
+}
+
+/// Score-to-weight names in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StwName {
+    None,
+    Linear,
+    Reciprocal,
+    Power,
+}
+
+/// `[loss]`
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossSection {
+    pub kind: LossKind,
+    pub score_to_weight: StwName,
+    /// The exponent of `power`.
+    pub power: f64,
+    pub query_fields: Option<Vec<FieldSpec>>,
+    pub doc_fields: Option<Vec<FieldSpec>>,
+    pub extra_terms: Vec<ExtraTerm>,
+    pub mask_shared: Option<bool>,
+}
+
+impl Default for LossSection {
+    fn default() -> Self {
+        Self {
+            kind: LossKind::Clip,
+            score_to_weight: StwName::Linear,
+            power: 2.0,
+            query_fields: None,
+            doc_fields: None,
+            extra_terms: Vec::new(),
+            mask_shared: None,
+        }
+    }
+}
+
+impl LossSection {
+    /// The objective: CLIP is one text query field and one image document field, unit weights,
+    /// no mask (open_clip); GCL uses every option.
+    pub fn objective(&self) -> Result<GclSpec, TrainError> {
+        let text = || {
+            vec![FieldSpec {
+                name: "text".into(),
+                kind: FieldKind::Text,
+                weight: 1.0,
+            }]
+        };
+        let image = || {
+            vec![FieldSpec {
+                name: "image".into(),
+                kind: FieldKind::Image,
+                weight: 1.0,
+            }]
+        };
+        let q = self.query_fields.clone().unwrap_or_else(text);
+        let d = self.doc_fields.clone().unwrap_or_else(image);
+        match self.kind {
+            LossKind::Clip => {
+                if q.len() != 1 || d.len() != 1 || !self.extra_terms.is_empty() {
+                    return Err(TrainError::Config(
+                        "loss = \"clip\" takes one query field and one document field and no extra terms; use loss.kind = \"gcl\" for more".into(),
+                    ));
+                }
+                Ok(GclSpec {
+                    score_to_weight: ScoreToWeight::None,
+                    query_fields: q,
+                    doc_fields: d,
+                    extra_terms: vec![],
+                    mask_shared: self.mask_shared.unwrap_or(false),
+                })
+            }
+            LossKind::Gcl => Ok(GclSpec {
+                score_to_weight: match self.score_to_weight {
+                    StwName::None => ScoreToWeight::None,
+                    StwName::Linear => ScoreToWeight::Linear,
+                    StwName::Reciprocal => ScoreToWeight::Reciprocal,
+                    StwName::Power => ScoreToWeight::Power { p: self.power },
+                },
+                query_fields: q,
+                doc_fields: d,
+                extra_terms: self.extra_terms.clone(),
+                mask_shared: self.mask_shared.unwrap_or(true),
+            }),
+        }
+    }
+}
+
+/// `[train]`
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSection {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup: u64,
+    pub schedule: ScheduleKind,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub max_grad_norm: Option<f64>,
+    pub accum_steps: u64,
+    pub grad_cache_chunk: Option<usize>,
+    pub seed: u64,
+    pub output: PathBuf,
+    pub checkpoint_every: u64,
+    pub keep_checkpoints: usize,
+    /// open_clip's random resized crop (scale 0.9–1.0); false: centre crop.
+    pub augment: bool,
+    pub prefetch: usize,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        let a = AdamWConfig::default();
+        Self {
+            steps: 1000,
+            batch_size: 64,
+            lr: 5e-4,
+            warmup: 100,
+            schedule: ScheduleKind::Cosine,
+            weight_decay: a.weight_decay,
+            beta1: a.beta1,
+            beta2: a.beta2,
+            eps: a.eps,
+            max_grad_norm: None,
+            accum_steps: 1,
+            grad_cache_chunk: None,
+            seed: 0,
+            output: PathBuf::from("runs/train"),
+            checkpoint_every: 500,
+            keep_checkpoints: 3,
+            augment: true,
+            prefetch: 2,
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelSection,
+    pub data: Option<DataSection>,
+    pub eval: Option<EvalSection>,
+    pub loss: LossSection,
+    pub train: TrainSection,
+    pub freeze: Freeze,
+}
+
+impl TrainConfig {
+    /// The trainer's options.
+    pub fn options(&self) -> Result<TrainOptions, TrainError> {
+        let t = &self.train;
+        Ok(TrainOptions {
+            total_steps: t.steps,
+            accum_steps: t.accum_steps,
+            grad_cache_chunk: t.grad_cache_chunk,
+            schedule: Schedule {
+                kind: t.schedule,
+                base_lr: t.lr,
+                warmup_steps: t.warmup,
+                total_steps: t.steps,
+            },
+            adamw: AdamWConfig {
+                beta1: t.beta1,
+                beta2: t.beta2,
+                eps: t.eps,
+                weight_decay: t.weight_decay,
+            },
+            max_grad_norm: t.max_grad_norm,
+            checkpoint_every: t.checkpoint_every,
+            keep_checkpoints: t.keep_checkpoints,
+            eval_every: self.eval.as_ref().map_or(0, |e| e.every),
+            seed: t.seed,
+            freeze: self.freeze.clone(),
+            objective: self.loss.objective()?,
+        })
+    }
+}
+
+fn data_spec(d: &DataSection) -> DataSpec {
+    DataSpec {
+        layout: d.layout,
+        path: d.path.clone(),
+        image_root: d.image_root.clone(),
+        score_column: d
+            .score_column
+            .clone()
+            .unwrap_or_else(|| "score_linear".into()),
+    }
+}
+
+/// A run ready to start: the trainer, its batches and its evaluation set.
+pub struct Session {
+    pub config: TrainConfig,
+    pub trainer: Trainer,
+    pub loader: Loader,
+    pub eval_data: Option<Dataset>,
+    pub eval_corpus: Option<Dataset>,
+    pub tokenizer: ClipTokenizer,
+    pub preprocess: PreprocessConfig,
+    pub convention: Convention,
+    /// The model directory of a fine-tuned source (for its tokenizer files at export).
+    pub source_dir: Option<PathBuf>,
+    pub run_dir: PathBuf,
+}
+
+/// The model of `[model]`, its input convention and directory.
+fn model_of(cfg: &TrainConfig) -> Result<(Clip, Convention, Option<PathBuf>), TrainError> {
+    match (&cfg.model.arch, &cfg.model.from) {
+        (Some(arch), None) => {
+            let c = ClipConfig::open_clip(arch)?;
+            Ok((init_open_clip(&c, cfg.train.seed, &Device::Cpu, DType::F32)?, Convention::OpenClip, None))
+        }
+        (None, Some(from)) => {
+            let loaded = ModelSource::resolve(from, cfg.model.from_arch.as_deref())?.load(&Device::Cpu, DType::F32)?;
+            Ok((loaded.clip, loaded.convention, loaded.dir))
+        }
+        _ => Err(TrainError::Config(
+            "[model] needs exactly one of `arch` (train from scratch) or `from` (fine-tune a checkpoint)".into(),
+        )),
+    }
+}
+
+/// Loads everything a config names. With `resume`, the model and optimiser come from that
+/// checkpoint (or run directory) instead of `[model]` (whose architecture must match).
+pub fn prepare(cfg: TrainConfig, resume: Option<&Path>) -> Result<Session, TrainError> {
+    let options = cfg.options()?;
+    let (clip, convention, source_dir) = model_of(&cfg)?;
+    let pipeline = InputPipeline::new(
+        convention,
+        source_dir.as_deref(),
+        clip.config.text.context_length,
+        clip.config.vision.image_size,
+    )
+    .map_err(|e| TrainError::Config(e.to_string()))?;
+    pipeline
+        .tokenizer()
+        .map_err(|e| TrainError::Config(format!("the model has no tokenizer: {e}")))?;
+    let ctx = clip.config.text.context_length;
+    let make_tokenizer = || -> Result<ClipTokenizer, TrainError> {
+        let t = match (convention, source_dir.as_deref()) {
+            (Convention::Transformers, Some(dir)) => ClipTokenizer::from_hf_dir(dir),
+            _ => ClipTokenizer::open_clip_default(),
+        };
+        Ok(t.map_err(|e| TrainError::Config(e.to_string()))?
+            .with_context_length(ctx))
+    };
+    let tokenizer = make_tokenizer()?;
+    let preprocess = pipeline.preprocessor().config().clone();
+    let data_section = cfg
+        .data
+        .as_ref()
+        .ok_or_else(|| TrainError::Config("[data] path is required".into()))?;
+    let dataset = load(&data_spec(data_section), &options.objective)?;
+    if dataset.pairs.len() < cfg.train.batch_size {
+        return Err(TrainError::Data(format!(
+            "{}: {} usable pairs ({} rows read, {} skipped), fewer than one batch of {}",
+            data_section.path.display(),
+            dataset.pairs.len(),
+            dataset.rows_read,
+            dataset.skipped.total(),
+            cfg.train.batch_size
+        )));
+    }
+    let eval_data = match &cfg.eval {
+        Some(e) => Some(load(&data_spec(&e.data), &options.objective)?),
+        None => None,
+    };
+    let eval_corpus = match cfg.eval.as_ref().and_then(|e| e.corpus.as_ref()) {
+        Some(c) => Some(load(
+            &DataSpec {
+                path: c.clone(),
+                ..data_spec(&cfg.eval.as_ref().expect("checked").data)
+            },
+            &options.objective,
+        )?),
+        None => None,
+    };
+    let loader = Loader::new(
+        dataset,
+        &options.objective,
+        make_tokenizer()?,
+        LoaderConfig {
+            batch_size: cfg.train.batch_size,
+            seed: cfg.train.seed,
+            prefetch: cfg.train.prefetch,
+            augment: cfg.train.augment.then(CropConfig::default),
+            preprocess: preprocess.clone(),
+        },
+    )?;
+    let run_dir = cfg.train.output.clone();
+    let trainer = match resume {
+        Some(from) => {
+            let t = Trainer::resume(from, options, &run_dir)?;
+            if t.clip.config != clip.config {
+                return Err(TrainError::Config(
+                    "the checkpoint to resume has another architecture than [model]".into(),
+                ));
+            }
+            t
+        }
+        None => Trainer::new(clip, options, &run_dir)?,
+    };
+    Ok(Session {
+        config: cfg,
+        trainer,
+        loader,
+        eval_data,
+        eval_corpus,
+        tokenizer,
+        preprocess,
+        convention,
+        source_dir,
+        run_dir,
+    })
+}
+
+impl Session {
+    /// Metrics of `clip` on the evaluation set (none without `[eval]`).
+    pub fn evaluate(&self, clip: &Clip) -> Result<Vec<(String, f64)>, TrainError> {
+        let (Some(e), Some(data)) = (&self.config.eval, &self.eval_data) else {
+            return Ok(Vec::new());
+        };
+        evaluate_model(
+            clip,
+            &self.tokenizer,
+            &self.preprocess,
+            &self.trainer.options.objective,
+            EvalSet {
+                data,
+                corpus: self.eval_corpus.as_ref(),
+                kind: e.kind,
+                top_k: e.top_k,
+            },
+        )
+    }
+}
+
+/// An evaluation set and what to measure on it.
+#[derive(Clone, Copy)]
+pub struct EvalSet<'a> {
+    pub data: &'a Dataset,
+    /// Extra documents to search (ranking).
+    pub corpus: Option<&'a Dataset>,
+    pub kind: EvalKind,
+    /// Documents retrieved per query (ranking).
+    pub top_k: usize,
+}
+
+/// Metrics of a model on a dataset: open_clip's retrieval metrics, or GCL's ranking metrics
+/// (nDCG@10, MRR@10, MAP@1000, ERR, RBP@0.7/0.8/0.9 and the rest at GCL's cut-offs).
+pub fn evaluate_model(
+    clip: &Clip,
+    tokenizer: &ClipTokenizer,
+    preprocess: &PreprocessConfig,
+    objective: &GclSpec,
+    set: EvalSet,
+) -> Result<Vec<(String, f64)>, TrainError> {
+    let EvalSet {
+        data,
+        corpus,
+        kind,
+        top_k,
+    } = set;
+    let pp = Preprocessor::new(preprocess.clone());
+    let e = Embedding {
+        clip,
+        tokenizer,
+        preprocessor: &pp,
+        batch_size: 64,
+    };
+    match kind {
+        EvalKind::Retrieval => {
+            Ok(
+                retrieval_metrics(&e, data, &objective.query_fields, &objective.doc_fields)?
+                    .named(),
+            )
+        }
+        EvalKind::Ranking => {
+            let r = ranking_metrics(
+                &e,
+                data,
+                corpus,
+                &objective.query_fields,
+                &objective.doc_fields,
+                top_k,
+                &MetricSet::default(),
+            )?;
+            Ok(r.metrics.into_iter().collect())
+        }
+    }
+}

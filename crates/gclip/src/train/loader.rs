@@ -1,0 +1,486 @@
+//! Batches for the trainer: a worker thread reads, decodes and augments the images of the next
+//! batches (itself parallel over a batch) and tokenises their texts while the model trains on
+//! the current one, through a bounded queue.
+//!
+//! The order of an epoch is a permutation drawn from `(seed, epoch)`; an incomplete last batch
+//! is dropped (as open_clip does); augmentation is drawn from `(seed, epoch, pair, field)`. A
+//! batch is therefore the same whichever worker builds it and whenever, which is what lets a
+//! resumed run continue exactly. An image that fails to decode drops its pair from the batch
+//! and is counted as `unreadable image`.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use super::augment::{random_resized_crop, CropConfig};
+use super::data::{Dataset, FieldValue};
+use super::loss::{FieldKind, GclSpec};
+use super::rng::Rng;
+use super::step::{Batch, FieldBatch, FieldData};
+use super::trainer::BatchSource;
+use super::TrainError;
+use crate::input::image::{PreprocessConfig, Preprocessor};
+use crate::input::tokenizer::ClipTokenizer;
+
+/// How batches are made.
+#[derive(Debug, Clone)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    pub seed: u64,
+    /// Batches prepared ahead of the model.
+    pub prefetch: usize,
+    /// Random resized crop (training); `None`: the model's inference preprocessing.
+    pub augment: Option<CropConfig>,
+    /// Normalisation and input size.
+    pub preprocess: PreprocessConfig,
+}
+
+struct Shared {
+    data: Dataset,
+    weights: Vec<f32>,
+    spec: GclSpec,
+    tokenizer: ClipTokenizer,
+    cfg: LoaderConfig,
+    /// Loads full images without resizing (the crop comes after).
+    raw: Preprocessor,
+    /// The model's inference preprocessing.
+    plain: Preprocessor,
+    skipped: Mutex<BTreeMap<String, u64>>,
+}
+
+/// A [`BatchSource`] over a [`Dataset`].
+pub struct Loader {
+    shared: Arc<Shared>,
+    rx: Option<Receiver<Result<Batch, TrainError>>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Loader {
+    /// A loader of `data` for `spec`'s fields, tokenising with `tokenizer` (padded to its
+    /// context length). Pair weights are computed here, from the data's score range.
+    pub fn new(
+        data: Dataset,
+        spec: &GclSpec,
+        tokenizer: ClipTokenizer,
+        cfg: LoaderConfig,
+    ) -> Result<Self, TrainError> {
+        if cfg.batch_size < 2 {
+            return Err(TrainError::Config("batch_size must be at least 2".into()));
+        }
+        let weights = data
+            .pairs
+            .iter()
+            .map(|p| {
+                spec.score_to_weight
+                    .weight(p.score, p.rank, &data.score_range)
+                    .map(|w| w as f32)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let raw = Preprocessor::new(PreprocessConfig {
+            do_resize: false,
+            do_center_crop: false,
+            ..cfg.preprocess.clone()
+        });
+        let plain = Preprocessor::new(cfg.preprocess.clone());
+        Ok(Self {
+            shared: Arc::new(Shared {
+                weights,
+                spec: spec.clone(),
+                tokenizer,
+                raw,
+                plain,
+                cfg,
+                skipped: Mutex::new(BTreeMap::new()),
+                data,
+            }),
+            rx: None,
+            worker: None,
+        })
+    }
+
+    /// The dataset.
+    pub fn dataset(&self) -> &Dataset {
+        &self.shared.data
+    }
+
+    fn stop(&mut self) {
+        self.rx = None; // the worker's next send fails and it returns
+        if let Some(h) = self.worker.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Shared {
+    fn order(&self, epoch: u64) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..self.data.pairs.len()).collect();
+        Rng::derive(self.cfg.seed, &[0xe90c, epoch]).shuffle(&mut idx);
+        idx
+    }
+
+    fn count(&self, reason: &str) {
+        if let Ok(mut m) = self.skipped.lock() {
+            *m.entry(reason.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Normalised pixels of one image field value.
+    fn pixels(&self, path: &std::path::Path, rng: Option<Rng>) -> Result<Vec<f32>, String> {
+        match (self.cfg.augment, rng) {
+            (Some(crop), Some(mut rng)) => {
+                let img = self.raw.rgb8_from_path(path).map_err(|e| e.to_string())?;
+                let out = random_resized_crop(&img, self.cfg.preprocess.crop_size, &crop, &mut rng);
+                Ok(self.plain.normalize(&out))
+            }
+            _ => self.plain.pixels_from_path(path).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn batch(&self, epoch: u64, order: &[usize], b: u64) -> Result<Batch, TrainError> {
+        let bs = self.cfg.batch_size;
+        let idx = &order[b as usize * bs..(b as usize + 1) * bs];
+        let size = self.cfg.preprocess.crop_size;
+        let plane = 3 * size * size;
+        let spec = &self.spec;
+        // Every image of every pair, decoded in parallel; a failure drops the pair.
+        let images: Vec<Result<Vec<Option<Vec<f32>>>, String>> = idx
+            .par_iter()
+            .map(|&i| {
+                let pair = &self.data.pairs[i];
+                let mut out = Vec::new();
+                for (side, (vals, fields)) in [
+                    (&pair.query, &spec.query_fields),
+                    (&pair.doc, &spec.doc_fields),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    for (k, (v, f)) in vals.iter().zip(fields).enumerate() {
+                        if let (Some(FieldValue::Image(p)), FieldKind::Image) = (v, f.kind) {
+                            let rng = Rng::derive(
+                                self.cfg.seed,
+                                &[0xa09, epoch, i as u64, (side * 1000 + k) as u64],
+                            );
+                            out.push(Some(
+                                self.pixels(p, Some(rng))
+                                    .map_err(|e| format!("{}: {e}", p.display()))?,
+                            ));
+                        } else {
+                            out.push(None);
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .collect();
+        let mut kept = Vec::new();
+        let mut pixels = Vec::new();
+        for (&i, r) in idx.iter().zip(images) {
+            match r {
+                Ok(px) => {
+                    kept.push(i);
+                    pixels.push(px);
+                }
+                Err(e) => {
+                    tracing::warn!("skipping a training pair: {e}");
+                    self.count("unreadable image");
+                }
+            }
+        }
+        let n = kept.len();
+        if n < 2 {
+            return Err(TrainError::Data(format!(
+                "batch {b} of epoch {epoch} has fewer than 2 readable pairs"
+            )));
+        }
+        let ctx = self.tokenizer.context_length();
+        let filler = self.tokenizer.encode("");
+        let make_side = |side: usize| -> Result<Vec<FieldBatch>, TrainError> {
+            let fields = if side == 0 {
+                &spec.query_fields
+            } else {
+                &spec.doc_fields
+            };
+            let offset = if side == 0 {
+                0
+            } else {
+                spec.query_fields.len()
+            };
+            fields
+                .iter()
+                .enumerate()
+                .map(|(k, f)| {
+                    let vals: Vec<&Option<FieldValue>> = kept
+                        .iter()
+                        .map(|&i| {
+                            let p = &self.data.pairs[i];
+                            if side == 0 {
+                                &p.query[k]
+                            } else {
+                                &p.doc[k]
+                            }
+                        })
+                        .collect();
+                    let present: Vec<bool> = vals.iter().map(|v| v.is_some()).collect();
+                    let data = match f.kind {
+                        FieldKind::Text => FieldData::Text(
+                            vals.iter()
+                                .map(|v| match v {
+                                    Some(FieldValue::Text(t)) => self.tokenizer.encode(t),
+                                    _ => filler.clone(),
+                                })
+                                .map(|mut ids| {
+                                    ids.resize(ctx, 0);
+                                    ids
+                                })
+                                .collect(),
+                        ),
+                        FieldKind::Image => {
+                            let mut flat = Vec::with_capacity(n * plane);
+                            for px in &pixels {
+                                match &px[offset + k] {
+                                    Some(p) => flat.extend_from_slice(p),
+                                    None => flat.extend(std::iter::repeat_n(0.0, plane)),
+                                }
+                            }
+                            FieldData::Image(Tensor::from_vec(
+                                flat,
+                                (n, 3, size, size),
+                                &Device::Cpu,
+                            )?)
+                        }
+                    };
+                    Ok(FieldBatch {
+                        name: f.name.clone(),
+                        data,
+                        present: present
+                            .iter()
+                            .all(|&b| b)
+                            .then_some(())
+                            .map_or(Some(present), |_| None),
+                    })
+                })
+                .collect()
+        };
+        let query = make_side(0)?;
+        let doc = make_side(1)?;
+        Ok(Batch {
+            query,
+            doc,
+            weights: kept.iter().map(|&i| self.weights[i]).collect(),
+            query_keys: kept.iter().map(|&i| self.data.pairs[i].query_key).collect(),
+            doc_keys: kept.iter().map(|&i| self.data.pairs[i].doc_key).collect(),
+        })
+    }
+}
+
+impl BatchSource for Loader {
+    fn batches_per_epoch(&self) -> u64 {
+        (self.shared.data.pairs.len() / self.shared.cfg.batch_size) as u64
+    }
+
+    fn start_epoch(&mut self, epoch: u64, start: u64) -> Result<(), TrainError> {
+        self.stop();
+        let shared = self.shared.clone();
+        let (tx, rx) = sync_channel(self.shared.cfg.prefetch.max(1));
+        let total = self.batches_per_epoch();
+        let handle = std::thread::Builder::new()
+            .name("gclip-loader".into())
+            .spawn(move || {
+                let order = shared.order(epoch);
+                for b in start..total {
+                    if tx.send(shared.batch(epoch, &order, b)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| TrainError::Data(format!("cannot start the loader thread: {e}")))?;
+        self.rx = Some(rx);
+        self.worker = Some(handle);
+        Ok(())
+    }
+
+    fn next_batch(&mut self) -> Result<Batch, TrainError> {
+        let rx = self
+            .rx
+            .as_ref()
+            .ok_or_else(|| TrainError::Data("the loader was not started".into()))?;
+        rx.recv()
+            .map_err(|_| TrainError::Data("the epoch has no more batches".into()))?
+    }
+
+    fn skipped(&self) -> Vec<(String, u64)> {
+        let mut out: BTreeMap<String, u64> = self.shared.data.skipped.counts.clone();
+        if let Ok(m) = self.shared.skipped.lock() {
+            for (k, v) in m.iter() {
+                *out.entry(k.clone()).or_default() += v;
+            }
+        }
+        out.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::data::{load, DataSpec, Layout};
+    use crate::train::loss::{FieldSpec, ScoreToWeight};
+    use std::path::PathBuf;
+
+    fn images() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/images")
+    }
+
+    fn setup(name: &str) -> (PathBuf, GclSpec) {
+        let d = std::env::temp_dir().join(format!("gclip-loader-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("broken.png"), b"\x89PNG but not really").unwrap();
+        let mut lines = Vec::new();
+        let names = [
+            "emoji_apple_1f308.png",
+            "emoji_google_1f600.png",
+            "rgb_301x199.png",
+            "p_trns_index.png",
+            "jpeg_420_q85.jpg",
+            "tiny_5x3.png",
+            "l_301x199.png",
+        ];
+        for (i, n) in names.iter().enumerate() {
+            let title = if i % 3 == 0 {
+                "null".to_string()
+            } else {
+                format!("\"title {i}\"")
+            };
+            lines.push(format!(
+                r#"{{"query": {{"text": "query {}"}}, "doc": {{"image": "{}", "title": {title}}}, "score": {}}}"#,
+                i / 2, images().join(n).display(), i
+            ));
+        }
+        lines.push(format!(
+            r#"{{"query": {{"text": "q"}}, "doc": {{"image": "{}"}}, "score": 3}}"#,
+            d.join("broken.png").display()
+        ));
+        std::fs::write(d.join("train.jsonl"), lines.join("\n")).unwrap();
+        let spec = GclSpec {
+            score_to_weight: ScoreToWeight::Linear,
+            query_fields: vec![FieldSpec {
+                name: "text".into(),
+                kind: FieldKind::Text,
+                weight: 1.0,
+            }],
+            doc_fields: vec![
+                FieldSpec {
+                    name: "image".into(),
+                    kind: FieldKind::Image,
+                    weight: 0.9,
+                },
+                FieldSpec {
+                    name: "title".into(),
+                    kind: FieldKind::Text,
+                    weight: 0.1,
+                },
+            ],
+            extra_terms: vec![],
+            mask_shared: true,
+        };
+        (d, spec)
+    }
+
+    fn loader(d: &std::path::Path, spec: &GclSpec, augment: bool) -> Loader {
+        let data = load(
+            &DataSpec {
+                layout: Layout::Jsonl,
+                path: d.join("train.jsonl"),
+                image_root: None,
+                score_column: "score_linear".into(),
+            },
+            spec,
+        )
+        .unwrap();
+        let tok = ClipTokenizer::open_clip_default()
+            .unwrap()
+            .with_context_length(16);
+        Loader::new(
+            data,
+            spec,
+            tok,
+            LoaderConfig {
+                batch_size: 4,
+                seed: 9,
+                prefetch: 1,
+                augment: augment.then(CropConfig::default),
+                preprocess: PreprocessConfig::open_clip(24),
+            },
+        )
+        .unwrap()
+    }
+
+    fn flat(b: &Batch) -> (Vec<f32>, Vec<u64>, Vec<Vec<u32>>) {
+        let FieldData::Image(px) = &b.doc[0].data else {
+            panic!()
+        };
+        let FieldData::Text(ids) = &b.query[0].data else {
+            panic!()
+        };
+        (
+            px.flatten_all().unwrap().to_vec1().unwrap(),
+            b.doc_keys.clone(),
+            ids.clone(),
+        )
+    }
+
+    #[test]
+    fn batches_are_deterministic_bounded_and_count_bad_images() {
+        let (d, spec) = setup("det");
+        let mut a = loader(&d, &spec, true);
+        assert_eq!(a.batches_per_epoch(), 2); // 8 pairs, batch 4
+        a.start_epoch(0, 0).unwrap();
+        let a0 = a.next_batch().unwrap();
+        let a1 = a.next_batch().unwrap();
+        assert!(a.next_batch().is_err(), "only two batches per epoch");
+        // One of the 8 pairs is an unreadable file: dropped from its batch and counted.
+        assert_eq!(a0.len() + a1.len(), 7);
+        assert_eq!(a.skipped(), vec![("unreadable image".to_string(), 1)]);
+        let b0 = &a0;
+        let FieldData::Image(px) = &b0.doc[0].data else {
+            panic!()
+        };
+        assert_eq!(px.dims(), &[b0.len(), 3, 24, 24]);
+        let FieldData::Text(ids) = &b0.query[0].data else {
+            panic!()
+        };
+        assert!(ids.iter().all(|r| r.len() == 16 && r[0] == 49406));
+        // Titles missing in some rows are marked absent.
+        let all_docs: Vec<bool> = [&a0, &a1]
+            .iter()
+            .flat_map(|b| b.doc[1].present.clone().unwrap_or(vec![true; b.len()]))
+            .collect();
+        assert_eq!(all_docs.iter().filter(|&&p| !p).count(), 3); // rows 0, 3, 6
+                                                                 // A fresh loader positioned at batch 1 gives the same batch, pixels included.
+        let mut b = loader(&d, &spec, true);
+        b.start_epoch(0, 1).unwrap();
+        assert_eq!(flat(&b.next_batch().unwrap()), flat(&a1));
+        // Another epoch: another order and other crops.
+        b.start_epoch(1, 0).unwrap();
+        let e1 = [b.next_batch().unwrap(), b.next_batch().unwrap()];
+        assert_ne!(flat(&e1[0]).0, flat(&a0).0);
+        // Without augmentation an image is its centre-crop preprocessing.
+        let mut c = loader(&d, &spec, false);
+        c.start_epoch(0, 0).unwrap();
+        let c0 = c.next_batch().unwrap();
+        assert_eq!(c0.doc_keys, a0.doc_keys);
+        assert_ne!(flat(&c0).0, flat(&a0).0);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

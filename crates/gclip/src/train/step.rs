@@ -1,0 +1,415 @@
+//! One batch's loss and parameter gradients: directly, or with gradient caching for
+//! contrastive batches larger than memory allows.
+//!
+//! Gradient caching (Gao et al. 2021; open_clip's `--accum-freq` does the same): the loss of a
+//! contrastive batch couples every pair, so it cannot be split into independent micro-batches.
+//! Instead (1) every field is embedded in chunks without keeping a graph, (2) the loss and its
+//! gradient with respect to the embeddings (and the logit scale) are computed on the whole
+//! batch, and (3) each chunk is embedded again, with a graph, and back-propagated from its slice
+//! of the embedding gradient (`Σ e ∘ ∂loss/∂e`). The parameter gradients equal the full-batch
+//! ones up to rounding, while only one chunk's activations are alive at a time.
+
+use candle_core::{Tensor, Var};
+
+use super::loss::{gcl_loss, FieldEmbedding, GclSpec, LossParts};
+use super::params::{ParamSet, Tower};
+use super::TrainError;
+use crate::model::Clip;
+
+/// A field's inputs for a batch.
+#[derive(Debug, Clone)]
+pub enum FieldData {
+    /// Token rows, all of the same length (padded to the context length).
+    Text(Vec<Vec<u32>>),
+    /// Normalised pixels `[n, 3, size, size]`.
+    Image(Tensor),
+}
+
+impl FieldData {
+    fn len(&self) -> usize {
+        match self {
+            FieldData::Text(ids) => ids.len(),
+            FieldData::Image(t) => t.dims().first().copied().unwrap_or(0),
+        }
+    }
+
+    fn tower(&self) -> Tower {
+        match self {
+            FieldData::Text(_) => Tower::Text,
+            FieldData::Image(_) => Tower::Vision,
+        }
+    }
+}
+
+/// One field of one side of a batch. Rows without the field hold placeholder inputs and are
+/// marked absent in `present`.
+#[derive(Debug, Clone)]
+pub struct FieldBatch {
+    pub name: String,
+    pub data: FieldData,
+    pub present: Option<Vec<bool>>,
+}
+
+/// A batch of query–document pairs, ready for the model.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub query: Vec<FieldBatch>,
+    pub doc: Vec<FieldBatch>,
+    /// Each pair's weight (STW of its score).
+    pub weights: Vec<f32>,
+    /// Identities of each pair's query and document, for the shared-pair mask.
+    pub query_keys: Vec<u64>,
+    pub doc_keys: Vec<u64>,
+}
+
+impl Batch {
+    /// Number of pairs.
+    pub fn len(&self) -> usize {
+        self.weights.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.weights.is_empty()
+    }
+}
+
+/// Embeds rows `start..start+len` of a field, `[len, embed]` (not normalised).
+pub fn embed_rows(
+    clip: &Clip,
+    data: &FieldData,
+    start: usize,
+    len: usize,
+) -> candle_core::Result<Tensor> {
+    match data {
+        FieldData::Text(ids) => clip.text.forward(&ids[start..start + len]),
+        FieldData::Image(px) => clip.vision.forward(&px.narrow(0, start, len)?),
+    }
+}
+
+/// The loss value and parts of a batch (as f64) and the gradient of every trainable parameter.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    pub loss: f64,
+    pub main: f64,
+    pub extra: Vec<f64>,
+    pub grads: Vec<Tensor>,
+}
+
+fn scalar(t: &Tensor) -> Result<f64, TrainError> {
+    Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+}
+
+fn parts_values(parts: &LossParts) -> Result<(f64, f64, Vec<f64>), TrainError> {
+    Ok((
+        scalar(&parts.total)?,
+        scalar(&parts.main)?,
+        parts
+            .extra
+            .iter()
+            .map(scalar)
+            .collect::<Result<Vec<_>, _>>()?,
+    ))
+}
+
+fn check_batch(batch: &Batch) -> Result<(), TrainError> {
+    let n = batch.len();
+    if n < 2 {
+        return Err(TrainError::Data(format!(
+            "a contrastive batch needs at least 2 pairs, got {n}"
+        )));
+    }
+    for f in batch.query.iter().chain(&batch.doc) {
+        if f.data.len() != n || f.present.as_ref().is_some_and(|p| p.len() != n) {
+            return Err(TrainError::Data(format!(
+                "field `{}` has {} rows in a batch of {n}",
+                f.name,
+                f.data.len()
+            )));
+        }
+    }
+    if batch.query_keys.len() != n || batch.doc_keys.len() != n {
+        return Err(TrainError::Data("keys do not match the batch size".into()));
+    }
+    Ok(())
+}
+
+/// The loss of `batch` and the parameter gradients, over the whole batch at once.
+pub fn loss_and_grads(
+    clip: &Clip,
+    params: &ParamSet,
+    spec: &GclSpec,
+    batch: &Batch,
+) -> Result<StepOutput, TrainError> {
+    check_batch(batch)?;
+    let n = batch.len();
+    let embed = |fields: &[FieldBatch]| -> Result<Vec<FieldEmbedding>, TrainError> {
+        fields
+            .iter()
+            .map(|f| {
+                Ok(FieldEmbedding {
+                    name: f.name.clone(),
+                    embedding: embed_rows(clip, &f.data, 0, n)?,
+                    present: f.present.clone(),
+                })
+            })
+            .collect()
+    };
+    let q = embed(&batch.query)?;
+    let d = embed(&batch.doc)?;
+    let parts = gcl_loss(
+        spec,
+        &q,
+        &d,
+        &clip.logit_scale,
+        &batch.weights,
+        &batch.query_keys,
+        &batch.doc_keys,
+    )?;
+    let (loss, main, extra) = parts_values(&parts)?;
+    let store = parts.total.backward()?;
+    Ok(StepOutput {
+        loss,
+        main,
+        extra,
+        grads: params.grads(&store)?,
+    })
+}
+
+/// Like [`loss_and_grads`], with gradient caching over chunks of `chunk` rows.
+pub fn loss_and_grads_cached(
+    clip: &Clip,
+    params: &ParamSet,
+    spec: &GclSpec,
+    batch: &Batch,
+    chunk: usize,
+) -> Result<StepOutput, TrainError> {
+    check_batch(batch)?;
+    let n = batch.len();
+    let chunk = chunk.max(1);
+    let trains = |t: Tower| params.params.iter().any(|p| p.info.tower == t);
+    // (1) Embeddings without graphs, as leaves of the loss graph.
+    let leaves = |fields: &[FieldBatch]| -> Result<Vec<(FieldEmbedding, Var)>, TrainError> {
+        fields
+            .iter()
+            .map(|f| {
+                let mut parts = Vec::new();
+                let mut start = 0;
+                while start < n {
+                    let len = chunk.min(n - start);
+                    parts.push(embed_rows(clip, &f.data, start, len)?.detach());
+                    start += len;
+                }
+                let var = Var::from_tensor(&Tensor::cat(&parts, 0)?)?;
+                Ok((
+                    FieldEmbedding {
+                        name: f.name.clone(),
+                        embedding: var.as_tensor().clone(),
+                        present: f.present.clone(),
+                    },
+                    var,
+                ))
+            })
+            .collect()
+    };
+    let q = leaves(&batch.query)?;
+    let d = leaves(&batch.doc)?;
+    let qe: Vec<FieldEmbedding> = q.iter().map(|(e, _)| e.clone()).collect();
+    let de: Vec<FieldEmbedding> = d.iter().map(|(e, _)| e.clone()).collect();
+    // (2) The loss and its gradient with respect to the embeddings and the logit scale.
+    let parts = gcl_loss(
+        spec,
+        &qe,
+        &de,
+        &clip.logit_scale,
+        &batch.weights,
+        &batch.query_keys,
+        &batch.doc_keys,
+    )?;
+    let (loss, main, extra) = parts_values(&parts)?;
+    let store = parts.total.backward()?;
+    let mut grads: Vec<Option<Tensor>> = params
+        .params
+        .iter()
+        .map(|p| store.get(p.var.as_tensor()).cloned())
+        .collect();
+    // (3) Each chunk again, with its graph, from the cached embedding gradient.
+    for (field, (_, var)) in batch.query.iter().chain(&batch.doc).zip(q.iter().chain(&d)) {
+        if !trains(field.data.tower()) {
+            continue;
+        }
+        let Some(g_all) = store.get(var.as_tensor()) else {
+            continue;
+        };
+        let mut start = 0;
+        while start < n {
+            let len = chunk.min(n - start);
+            let e = embed_rows(clip, &field.data, start, len)?;
+            let g = g_all.narrow(0, start, len)?.detach();
+            let surrogate = (e * g)?.sum_all()?;
+            let chunk_store = surrogate.backward()?;
+            for (acc, p) in grads.iter_mut().zip(&params.params) {
+                if let Some(cg) = chunk_store.get(p.var.as_tensor()) {
+                    *acc = Some(match acc.take() {
+                        None => cg.clone(),
+                        Some(a) => (a + cg)?,
+                    });
+                }
+            }
+            start += len;
+        }
+    }
+    let grads = grads
+        .into_iter()
+        .zip(&params.params)
+        .map(|(g, p)| match g {
+            Some(g) => Ok(g),
+            None => p.var.as_tensor().zeros_like(),
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(StepOutput {
+        loss,
+        main,
+        extra,
+        grads,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::train::gradcheck::tiny_config;
+    use crate::train::init::init_open_clip;
+    use crate::train::loss::{ExtraTerm, FieldKind, FieldSpec, ScoreToWeight};
+    use crate::train::params::Freeze;
+    use crate::train::rng::Rng;
+    use candle_core::{DType, Device};
+
+    pub(crate) fn synthetic_batch(n: usize, seed: u64) -> Batch {
+        let mut r = Rng::new(seed);
+        let ids = |r: &mut Rng| -> Vec<Vec<u32>> {
+            (0..n)
+                .map(|_| {
+                    let len = 2 + r.below(4) as usize;
+                    let mut row = vec![0u32; 6];
+                    row[0] = 17;
+                    for x in row.iter_mut().take(len - 1).skip(1) {
+                        *x = 1 + r.below(15) as u32;
+                    }
+                    row[len - 1] = 19;
+                    row
+                })
+                .collect()
+        };
+        let px: Vec<f32> = (0..n * 3 * 64).map(|_| r.normal() as f32).collect();
+        Batch {
+            query: vec![FieldBatch {
+                name: "text".into(),
+                data: FieldData::Text(ids(&mut r)),
+                present: None,
+            }],
+            doc: vec![
+                FieldBatch {
+                    name: "image".into(),
+                    data: FieldData::Image(
+                        Tensor::from_vec(px, (n, 3, 8, 8), &Device::Cpu).unwrap(),
+                    ),
+                    present: Some((0..n).map(|i| i % 4 != 1).collect()),
+                },
+                FieldBatch {
+                    name: "title".into(),
+                    data: FieldData::Text(ids(&mut r)),
+                    present: None,
+                },
+            ],
+            weights: (0..n)
+                .map(|i| 0.2 + 0.8 * ((i * 7) % n) as f32 / n as f32)
+                .collect(),
+            query_keys: (0..n as u64).map(|i| i / 2).collect(),
+            doc_keys: (0..n as u64).map(|i| 100 + i % (n as u64 - 1)).collect(),
+        }
+    }
+
+    pub(crate) fn gcl_spec() -> GclSpec {
+        GclSpec {
+            score_to_weight: ScoreToWeight::Linear,
+            query_fields: vec![FieldSpec {
+                name: "text".into(),
+                kind: FieldKind::Text,
+                weight: 1.0,
+            }],
+            doc_fields: vec![
+                FieldSpec {
+                    name: "image".into(),
+                    kind: FieldKind::Image,
+                    weight: 0.9,
+                },
+                FieldSpec {
+                    name: "title".into(),
+                    kind: FieldKind::Text,
+                    weight: 0.1,
+                },
+            ],
+            extra_terms: vec![ExtraTerm {
+                query: "text".into(),
+                doc: "title".into(),
+                weight: 0.5,
+            }],
+            mask_shared: true,
+        }
+    }
+
+    #[test]
+    fn gradient_cache_equals_full_batch_gradients() {
+        let batch = synthetic_batch(7, 1);
+        let spec = gcl_spec();
+        for freeze in [
+            Freeze::default(),
+            Freeze {
+                lock_image: true,
+                ..Default::default()
+            },
+        ] {
+            let mut clip =
+                init_open_clip(&tiny_config(false), 2, &Device::Cpu, DType::F32).unwrap();
+            let set = ParamSet::attach(&mut clip, &freeze).unwrap();
+            let full = loss_and_grads(&clip, &set, &spec, &batch).unwrap();
+            for chunk in [1, 3, 7, 100] {
+                let cached = loss_and_grads_cached(&clip, &set, &spec, &batch, chunk).unwrap();
+                assert!(
+                    (full.loss - cached.loss).abs() < 1e-6,
+                    "chunk {chunk}: loss"
+                );
+                let mut nonzero = 0;
+                for ((a, b), p) in full.grads.iter().zip(&cached.grads).zip(&set.params) {
+                    let scale = a
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    let d = (a - b)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    assert!(
+                        d <= 1e-5 + 1e-4 * scale,
+                        "chunk {chunk}: {} differs by {d} (scale {scale})",
+                        p.info.name
+                    );
+                    nonzero += (scale > 0.0) as usize;
+                }
+                // Every trainable tensor but the token-embedding rows of unused ids gets some
+                // gradient; a broken cache would leave whole towers at zero.
+                assert!(
+                    nonzero + 1 >= set.params.len(),
+                    "only {nonzero} non-zero gradients"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Fetch the emoji packages from npm and build gclip's emoji training and evaluation sets.
+
+    tools/emoji_data.py [--mini]          # plain python3; --mini also needs Pillow
+
+Packages (`npm pack`, into the git-ignored data/emoji/): emoji-datasource-google, -twitter,
+-apple (64-pixel PNGs, names, categories, sub-categories) and emojilib (keywords per emoji).
+
+Writes under data/emoji/sets/:
+
+* CLIP: `clip-train-google.jsonl` (each Google emoji twice: its name, and its first emojilib
+  keywords as a caption), `clip-test-{twitter,apple}.jsonl` (name <-> image of another vendor,
+  one row per emoji, with its category for zero-shot accuracy), `categories.json`.
+* GCL (four GS-style splits): queries are emojilib keywords, documents are Google emoji with
+  fields `name` (text) and `image`. Relevance of keyword k to emoji e: 1.0 when k is e's name
+  or short name, 0.6 when k is in e's emojilib keywords, 0.2 when e shares a sub-category with
+  an emoji whose keywords hold k. Queries are split 80/20 and documents 50/50 (seeded):
+  `gcl-train.jsonl` (train queries x train documents, all graded pairs), and test sets
+  `gcl-in-domain.jsonl` (train queries, train documents), `gcl-novel-query.jsonl`,
+  `gcl-novel-document.jsonl`, `gcl-zero-shot.jsonl`, each with a corpus file
+  `gcl-corpus-{train,test}.jsonl` of every document of its partition.
+
+With --mini, also writes tests/fixtures/emoji-mini/: 200 emoji as 24-pixel PNGs from Google
+(train) and Twitter (test), and the JSONL files for CI's reduced run.
+"""
+
+import argparse
+import json
+import random
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data" / "emoji"
+VENDORS = ["google", "twitter", "apple"]
+
+
+def fetch():
+    DATA.mkdir(parents=True, exist_ok=True)
+    for pkg in [f"emoji-datasource-{v}" for v in VENDORS] + ["emojilib"]:
+        dest = DATA / pkg
+        if (dest / "package").is_dir():
+            continue
+        out = subprocess.run(["npm", "pack", pkg], cwd=DATA, check=True, capture_output=True, text=True)
+        tgz = DATA / out.stdout.strip().splitlines()[-1]
+        dest.mkdir(exist_ok=True)
+        with tarfile.open(tgz) as t:
+            t.extractall(dest)
+        tgz.unlink()
+
+
+def unified_to_char(u):
+    return "".join(chr(int(x, 16)) for x in u.split("-"))
+
+
+def load():
+    meta = json.loads((DATA / "emoji-datasource-google/package/emoji.json").read_text())
+    lib = json.loads((DATA / "emojilib/package/dist/emoji-en-US.json").read_text())
+    rows = []
+    for e in sorted(meta, key=lambda e: e["sort_order"]):
+        if not e.get("name"):
+            continue
+        paths = {v: DATA / f"emoji-datasource-{v}/package/img/{v}/64/{e['image']}" for v in VENDORS}
+        if not all(p.is_file() for p in paths.values()):
+            continue
+        ch = unified_to_char(e["unified"])
+        kws = lib.get(ch) or lib.get(ch.replace("\ufe0f", "")) or []
+        rows.append({
+            "id": e["unified"].lower(),
+            "name": e["name"].lower(),
+            "short_names": [s.replace("_", " ").replace("-", " ") for s in e["short_names"]],
+            "keywords": [k.replace("_", " ") for k in kws[1:]],
+            "category": e["category"],
+            "subcategory": e["subcategory"],
+            "paths": {v: str(p) for v, p in paths.items()},
+        })
+    return rows
+
+
+def write(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def clip_sets(rows, out, image_of=lambda r, v: r["paths"][v]):
+    train = []
+    for r in rows:
+        train.append({"query": {"text": r["name"]}, "doc": {"image": image_of(r, "google")}, "doc_id": r["id"]})
+        if r["keywords"]:
+            train.append({"query": {"text": ", ".join(r["keywords"][:4])}, "doc": {"image": image_of(r, "google")}, "doc_id": r["id"]})
+    write(out / "clip-train-google.jsonl", train)
+    for v in ["twitter", "apple"]:
+        write(out / f"clip-test-{v}.jsonl", [
+            {"query": {"text": r["name"]}, "doc": {"image": image_of(r, v)}, "doc_id": r["id"], "category": r["category"]}
+            for r in rows])
+    cats = sorted({r["category"] for r in rows})
+    (out / "categories.json").write_text(json.dumps(cats, indent=1))
+
+
+def gcl_sets(rows, out, seed=1):
+    by_kw = {}
+    for r in rows:
+        for k in set(r["keywords"]):
+            by_kw.setdefault(k, []).append(r)
+    sub = {}
+    for r in rows:
+        sub.setdefault(r["subcategory"], []).append(r)
+    # Queries: keywords naming 2..25 emoji (specific enough to rank).
+    queries = sorted(k for k, es in by_kw.items() if 2 <= len(es) <= 25 and re.search(r"[a-z]", k))
+    rng = random.Random(seed)
+    rng.shuffle(queries)
+    docs = list(rows)
+    rng.shuffle(docs)
+    nq = int(len(queries) * 0.8)
+    q_train, q_test = set(queries[:nq]), set(queries[nq:])
+    nd = len(docs) // 2
+    d_train, d_test = {r["id"] for r in docs[:nd]}, {r["id"] for r in docs[nd:]}
+
+    def graded(k):
+        g = {}
+        for r in by_kw[k]:
+            for s in sub[r["subcategory"]]:
+                g.setdefault(s["id"], (0.2, s))
+        for r in by_kw[k]:
+            g[r["id"]] = (0.6, r)
+        for r in rows:
+            if k == r["name"] or k in r["short_names"]:
+                g[r["id"]] = (1.0, r)
+        return g
+
+    def pairs(qs, ds):
+        out_rows = []
+        for k in sorted(qs):
+            for did, (score, r) in sorted(graded(k).items()):
+                if did in ds:
+                    out_rows.append({"query": {"text": k}, "doc": {"name": r["name"], "image": r["paths"]["google"]},
+                                     "score": score, "query_id": k, "doc_id": did})
+        return out_rows
+
+    write(out / "gcl-train.jsonl", pairs(q_train, d_train))
+    write(out / "gcl-in-domain.jsonl", pairs(q_train, d_train))
+    write(out / "gcl-novel-query.jsonl", pairs(q_test, d_train))
+    write(out / "gcl-novel-document.jsonl", pairs(q_train, d_test))
+    write(out / "gcl-zero-shot.jsonl", pairs(q_test, d_test))
+    for name, ds in [("train", d_train), ("test", d_test)]:
+        write(out / f"gcl-corpus-{name}.jsonl", [
+            {"query": {"text": "-"}, "doc": {"name": r["name"], "image": r["paths"]["google"]}, "doc_id": r["id"]}
+            for r in rows if r["id"] in ds])
+    print(f"gcl: {len(q_train)} train / {len(q_test)} novel queries, {len(d_train)} / {len(d_test)} documents")
+
+
+def mini(rows):
+    from PIL import Image
+    out = ROOT / "tests" / "fixtures" / "emoji-mini"
+    rng = random.Random(7)
+    picked = sorted(rng.sample(rows, 200), key=lambda r: r["id"])
+    for v in ["google", "twitter"]:
+        (out / v).mkdir(parents=True, exist_ok=True)
+        for r in picked:
+            im = Image.open(r["paths"][v]).convert("RGBA")
+            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            bg.alpha_composite(im)
+            bg.convert("RGB").resize((24, 24), Image.BICUBIC).save(out / v / f"{r['id']}.png", optimize=True)
+    clip_sets(picked, out, image_of=lambda r, v: f"{v}/{r['id']}.png")
+    for f in ["clip-test-apple.jsonl"]:
+        (out / f).unlink()
+    print(f"mini: {len(picked)} emoji in {out}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mini", action="store_true")
+    a = ap.parse_args()
+    fetch()
+    rows = load()
+    out = DATA / "sets"
+    clip_sets(rows, out)
+    gcl_sets(rows, out)
+    print(f"clip: {len(rows)} emoji with images from all three vendors -> {out}")
+    if a.mini:
+        mini(rows)
+
+
+if __name__ == "__main__":
+    main()
