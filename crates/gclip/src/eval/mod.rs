@@ -1,0 +1,3 @@
+//! Evaluation: metrics computed the way the reference benchmarks compute them.
+
+pub mod zeroshot;
