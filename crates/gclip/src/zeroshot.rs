@@ -10,22 +10,23 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use gclip::embed::Embedder;
 //! use gclip::source::ModelSource;
-//! use gclip::zeroshot::{classify_image_files, ClassifyOptions, TemplateSet};
+//! use gclip::zeroshot::{classify_image_files, ClassifyOptions};
 //!
-//! let source = ModelSource::resolve("./clip-vit-base-patch32", None)?;
+//! let source = ModelSource::resolve("openai/clip-vit-base-patch32", None)?;
 //! let embedder = Embedder::load(&source, &candle_core::Device::Cpu)?;
-//! let labels = ["cat".to_string(), "dog".to_string()];
-//! let options = ClassifyOptions {
-//!     templates: TemplateSet::Simple.templates(),
-//!     ..ClassifyOptions::default()
-//! };
-//! let paths = [std::path::PathBuf::from("cat.jpg")];
-//! let result = classify_image_files(&embedder, &labels, &paths, &options, &|_| {})?;
-//! for ranked in result.rankings.iter().flatten() {
-//!     println!("{}: {:.3}", ranked[0].label, ranked[0].score);
+//! let captions = ["a photo of a cat", "a photo of a dog"].map(String::from);
+//! let images = ["cat1.jpg", "cat2.jpg", "cat3.jpg"].map(std::path::PathBuf::from);
+//! let result = classify_image_files(&embedder, &captions, &images, &ClassifyOptions::default(), &|_, _, _| {})?;
+//! for (image, ranked) in images.iter().zip(&result.rankings) {
+//!     match ranked {
+//!         Ok(ranked) => println!("{}: {} ({:.3})", image.display(), ranked[0].label, ranked[0].score),
+//!         Err(e) => eprintln!("{e}"),
+//!     }
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! (The same code is in README.md; `crates/gclip-cli/tests/tasks.rs` checks they agree.)
 
 use std::collections::HashMap;
 use std::path::PathBuf;
