@@ -1,11 +1,15 @@
 //! The `gclip` command: argument parsing and printing; the work is done by the `gclip` library.
 
+mod args;
 mod bench;
+mod classify;
 mod embed;
+mod eval;
+mod eval_ranking;
 mod inputs;
 mod progress;
+mod similarity;
 mod source;
-mod eval_ranking;
 mod train;
 
 use anyhow::Result;
@@ -16,12 +20,19 @@ use clap::{Parser, Subcommand};
     name = "gclip",
     version,
     about = "CLIP and GCL in one binary: embed, classify, train and search without Python",
-    after_help = "Example:\n  gclip embed text --model ./clip-vit-base-patch32 --input captions.txt --output captions.npy"
+    after_help = "Examples:
+  gclip classify --labels \"a photo of a cat\" \"a photo of a dog\" cat.jpg
+  gclip similarity --text \"a photo of a cat\" --image cat.jpg --image dog.jpg
+  gclip embed text --model ./clip-vit-base-patch32 --input captions.txt --output captions.npy
+  gclip eval zeroshot --model ./clip-vit-base-patch32 --dataset ./imagenette/val"
 )]
 struct Cli {
     /// Cap the number of CPU threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Where the model runs: `cpu` (the only device this build supports).
+    #[arg(long, global = true, default_value = "cpu", value_parser = parse_device)]
+    device: DeviceArg,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,15 +51,51 @@ enum Command {
         after_help = "Example:\n  gclip preprocess --model ./clip-vit-base-patch32 --input images.txt --output pixels.npy"
     )]
     Preprocess(inputs::InputArgs),
+    /// Zero-shot classification: score images against labels or captions.
+    Classify(classify::ClassifyArgs),
+    /// Similarity matrix between texts and images, in any mix.
+    Similarity(similarity::SimilarityArgs),
     /// Measure image and text throughput of an architecture on random weights.
     Bench(bench::BenchArgs),
     /// Train a CLIP model with CLIP's loss or GCL (from scratch or from a checkpoint).
     Train(train::TrainArgs),
     /// Write a training checkpoint as a transformers or open_clip model.
     Export(train::ExportArgs),
-    /// Evaluate: retrieval (R@K) or ranking (nDCG, MAP, MRR, ERR, RBP; also TREC files).
+    /// Evaluate: zero-shot accuracy, retrieval (R@K) or ranking (nDCG, MAP, MRR, ERR, RBP; also TREC files).
     #[command(subcommand)]
-    Eval(eval_ranking::EvalCommand),
+    Eval(EvalTask),
+}
+
+/// `gclip eval …`: one sub-command per kind of evaluation.
+#[derive(Subcommand)]
+enum EvalTask {
+    /// Zero-shot classification accuracy (top-1, top-5) on an image-folder dataset.
+    Zeroshot(eval::ZeroShotArgs),
+    #[command(flatten)]
+    Metrics(eval_ranking::EvalCommand),
+}
+
+/// A device named by `--device`.
+#[derive(Clone, Copy)]
+enum DeviceArg {
+    Cpu,
+}
+
+fn parse_device(s: &str) -> Result<DeviceArg, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "cpu" => Ok(DeviceArg::Cpu),
+        other => Err(format!(
+            "`{other}` is not available: this gclip runs on the CPU only (use --device cpu)"
+        )),
+    }
+}
+
+impl DeviceArg {
+    fn device(self) -> candle_core::Device {
+        match self {
+            DeviceArg::Cpu => candle_core::Device::Cpu,
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,10 +115,13 @@ fn main() -> std::process::ExitCode {
         Command::Embed(args) => embed::run(args),
         Command::Tokenize(args) => inputs::tokenize(args),
         Command::Preprocess(args) => inputs::preprocess(args),
+        Command::Classify(args) => classify::run(args, &cli.device.device()),
+        Command::Similarity(args) => similarity::run(args, &cli.device.device()),
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(args),
         Command::Export(args) => train::export(args),
-        Command::Eval(cmd) => eval_ranking::run(cmd),
+        Command::Eval(EvalTask::Zeroshot(args)) => eval::zeroshot(args, &cli.device.device()),
+        Command::Eval(EvalTask::Metrics(cmd)) => eval_ranking::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

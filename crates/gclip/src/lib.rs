@@ -1,12 +1,13 @@
 //! gclip: CLIP and Generalized Contrastive Learning in Rust.
 //!
-//! Data flows one way: [`input`] (tokens, pixels) → [`model`] (the two towers) → embeddings.
+//! Data flows one way: [`input`] (tokens, pixels) → [`model`] (the two towers) → embeddings → tasks ([`zeroshot`], [`eval`]).
 
 pub mod bench;
 pub mod embed;
-pub mod hub;
 pub mod eval;
+pub mod hub;
 pub mod input;
 pub mod model;
 pub mod source;
 pub mod train;
+pub mod zeroshot;
