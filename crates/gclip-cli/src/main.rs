@@ -1,8 +1,11 @@
 //! The `gclip` command: argument parsing and printing; the work is done by the `gclip` library.
 
+mod add;
 mod bench;
 mod embed;
+mod index;
 mod progress;
+mod search;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -28,6 +31,16 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// Measure image and text throughput of an architecture on random weights.
     Bench(bench::BenchArgs),
+    /// Index a folder of images into a collection (incremental).
+    Index(index::IndexArgs),
+    /// Add documents (JSONL or CSV) to a collection; existing ids are replaced.
+    Add(add::AddArgs),
+    /// Change fields of a document by id.
+    Update(add::UpdateArgs),
+    /// Delete documents by id.
+    Delete(add::DeleteArgs),
+    /// Search a collection by text, image, weighted parts, with filters.
+    Search(search::SearchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +59,11 @@ fn main() -> std::process::ExitCode {
     let result: Result<()> = match cli.command {
         Command::Embed(args) => embed::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Index(args) => index::run(args),
+        Command::Add(args) => add::run(args),
+        Command::Update(args) => add::run_update(args),
+        Command::Delete(args) => add::run_delete(args),
+        Command::Search(args) => search::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
