@@ -6,6 +6,7 @@ mod embed;
 mod index;
 mod progress;
 mod search;
+mod serve;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -41,6 +42,10 @@ enum Command {
     Delete(add::DeleteArgs),
     /// Search a collection by text, image, weighted parts, with filters.
     Search(search::SearchArgs),
+    /// Measure HNSW recall and latency against exact search on random vectors.
+    SearchBench(search::SearchBenchArgs),
+    /// Serve collections over HTTP: JSON API and a web page.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -64,6 +69,8 @@ fn main() -> std::process::ExitCode {
         Command::Update(args) => add::run_update(args),
         Command::Delete(args) => add::run_delete(args),
         Command::Search(args) => search::run(args),
+        Command::SearchBench(args) => search::run_bench(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

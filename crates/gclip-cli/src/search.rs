@@ -179,3 +179,94 @@ fn print_table(hits: &[Hit], offset: usize) {
         );
     }
 }
+
+#[derive(Args)]
+#[command(after_help = "Example:
+  gclip search-bench --count 100000 --dim 512 --queries 200 --ef 64,128,256")]
+pub struct SearchBenchArgs {
+    /// Random unit vectors in the index.
+    #[arg(long, default_value_t = 100_000)]
+    count: usize,
+    #[arg(long, default_value_t = 512)]
+    dim: usize,
+    /// Queries timed (one at a time).
+    #[arg(long, default_value_t = 200)]
+    queries: usize,
+    /// Recall@k.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Search-time candidate lists (ef) to try, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256")]
+    ef: Vec<usize>,
+    /// HNSW connectivity (M).
+    #[arg(long, default_value_t = 16)]
+    connectivity: usize,
+    /// Insert-time candidate list (efConstruction).
+    #[arg(long, default_value_t = 128)]
+    ef_construction: usize,
+    /// Graph vectors in f32 instead of bf16.
+    #[arg(long)]
+    f32: bool,
+    /// Filtered queries select one category of this many.
+    #[arg(long, default_value_t = 10)]
+    categories: usize,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_bench(args: SearchBenchArgs) -> Result<()> {
+    use gclip_search::ann::AnnParams;
+    use gclip_search::bench::{run_ann_bench, AnnBenchPlan};
+    let plan = AnnBenchPlan {
+        count: args.count,
+        dim: args.dim,
+        queries: args.queries.max(1),
+        k: args.k.max(1),
+        expansions: args.ef.clone(),
+        categories: args.categories,
+        params: AnnParams {
+            connectivity: args.connectivity,
+            expansion_add: args.ef_construction,
+            expansion_search: args.ef.first().copied().unwrap_or(64),
+            bf16: !args.f32,
+        },
+        seed: 42,
+    };
+    let (build, rows) = run_ann_bench(&plan, &|m| eprintln!("{m}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&build)?);
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+        return Ok(());
+    }
+    println!(
+        "HNSW M={} efConstruction={} {}: {} × {}-d built in {:.1} s on {} threads",
+        args.connectivity,
+        args.ef_construction,
+        if args.f32 { "f32" } else { "bf16" },
+        build.count,
+        build.dim,
+        build.seconds,
+        build.threads
+    );
+    println!(
+        "{:>6}  {:>8}  {:>9}  {:>8}  {:>8}  {:>10}",
+        "ef", "filter", "recall@k", "p50 ms", "p99 ms", "exact p50"
+    );
+    for r in rows {
+        println!(
+            "{:>6}  {:>8}  {:>9.4}  {:>8.3}  {:>8.3}  {:>10.2}",
+            r.expansion_search,
+            r.filter_selectivity
+                .map(|s| format!("{:.0}%", s * 100.0))
+                .unwrap_or_else(|| "none".into()),
+            r.recall_at_k,
+            r.p50_ms,
+            r.p99_ms,
+            r.exact_p50_ms
+        );
+    }
+    Ok(())
+}

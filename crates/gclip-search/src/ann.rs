@@ -104,6 +104,11 @@ impl Hnsw {
         Ok(h)
     }
 
+    /// Changes the search-time candidate list (ef).
+    pub fn set_expansion_search(&mut self, ef: usize) {
+        self.params.expansion_search = ef;
+    }
+
     /// Number of vectors.
     pub fn len(&self) -> usize {
         self.index.size()

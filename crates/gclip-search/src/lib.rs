@@ -9,6 +9,7 @@
 //! [`filter`] (conditions on fields).
 
 pub mod ann;
+pub mod bench;
 pub mod collection;
 pub mod document;
 pub mod encoder;
