@@ -309,14 +309,16 @@ impl AnnState {
             return Ok(None);
         };
         let filter = |key: u64| mem.by_rowid.get(&(key as i64)).is_some_and(|&s| keep(s));
-        let found = h.search(query, k, Some(&filter))?;
-        // Exact cosines from the f32 vectors (the graph may hold bf16), best first.
+        // A few extra candidates, re-ranked by exact cosine from the f32 vectors (the graph
+        // may hold bf16, whose rounding can swap near neighbours).
+        let found = h.search(query, k + k / 4 + 4, Some(&filter))?;
         let mut out: Vec<(usize, f32)> = found
             .into_iter()
             .filter_map(|(key, _)| mem.by_rowid.get(&(key as i64)).copied())
             .map(|slot| (slot, dot(mem.vector(slot), query)))
             .collect();
         out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out.truncate(k);
         Ok(Some(out))
     }
 

@@ -53,10 +53,13 @@ pub struct StoreOptions {
 }
 
 impl Default for StoreOptions {
+    /// 20,000 documents, or `GCLIP_EXACT_BELOW` from the environment.
     fn default() -> Self {
-        Self {
-            exact_below: 20_000,
-        }
+        let exact_below = std::env::var("GCLIP_EXACT_BELOW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        Self { exact_below }
     }
 }
 
