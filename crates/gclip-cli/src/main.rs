@@ -46,6 +46,8 @@ enum Command {
     SearchBench(search::SearchBenchArgs),
     /// Serve collections over HTTP: JSON API and a web page.
     Serve(serve::ServeArgs),
+    /// Measure server requests/s under concurrent clients against the engine's batched throughput.
+    ServeBench(serve::ServeBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,6 +73,7 @@ fn main() -> std::process::ExitCode {
         Command::Search(args) => search::run(args),
         Command::SearchBench(args) => search::run_bench(args),
         Command::Serve(args) => serve::run(args),
+        Command::ServeBench(args) => serve::run_bench(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

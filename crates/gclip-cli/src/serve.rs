@@ -85,3 +85,92 @@ pub fn run(args: ServeArgs) -> Result<()> {
         anyhow::Ok(())
     })
 }
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  gclip serve-bench --arch ViT-B-32 --random          # random weights, built-in tokenizer
+  gclip serve-bench --model ./clip-vit-base-patch32 --clients 16 --seconds 20")]
+pub struct ServeBenchArgs {
+    /// Model (a directory, or a checkpoint with --arch); or --random with --arch.
+    #[arg(long)]
+    model: Option<String>,
+    /// open_clip architecture name or config JSON.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Random weights for --arch (timing only).
+    #[arg(long, requires = "arch", conflicts_with = "model")]
+    random: bool,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Seconds of load (the engine measurement takes half as long).
+    #[arg(long, default_value_t = 20.0)]
+    seconds: f64,
+    /// Engine batch size and the server's largest batch.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Server batching wait in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    batch_wait_ms: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_bench(args: ServeBenchArgs) -> Result<()> {
+    use candle_core::{DType, Device};
+    use gclip::embed::Embedder;
+    use gclip::source::{Convention, LoadedModel, ModelSource};
+    let embedder = if args.random {
+        let arch = args.arch.as_deref().unwrap_or("ViT-B-32");
+        let config = gclip::model::ClipConfig::open_clip(arch)?;
+        let clip = gclip::bench::random_model(&config, &Device::Cpu, DType::F32)?;
+        Embedder::new(LoadedModel {
+            clip,
+            convention: Convention::OpenClip,
+            dir: None,
+            unused_tensors: Vec::new(),
+        })?
+    } else {
+        let model = args
+            .model
+            .as_deref()
+            .context("give --model (or --random --arch NAME)")?;
+        Embedder::load(
+            &ModelSource::resolve(model, args.arch.as_deref())?,
+            &Device::Cpu,
+        )?
+    };
+    let dir = std::env::temp_dir().join(format!("gclip-serve-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let plan = gclip_server::bench::ServerBenchPlan {
+        clients: args.clients,
+        seconds: args.seconds,
+        batch: args.batch,
+        max_wait: Duration::from_millis(args.batch_wait_ms),
+        documents: 10_000,
+    };
+    let r = gclip_server::bench::run_server_bench(embedder, &plan, &dir, &|m| eprintln!("{m}"))
+        .map_err(anyhow::Error::msg);
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = r?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "engine {:.1} texts/s (batches of {}); server {:.1} requests/s with {} clients = {:.0} % \
+             (p50 {:.1} ms, p99 {:.1} ms, mean batch {:.1}, {} requests, {} errors)",
+            r.engine_texts_per_s,
+            args.batch,
+            r.server_requests_per_s,
+            args.clients,
+            r.ratio * 100.0,
+            r.p50_ms,
+            r.p99_ms,
+            r.mean_batch,
+            r.requests,
+            r.errors
+        );
+    }
+    Ok(())
+}

@@ -11,6 +11,7 @@
 //! requests; collection work runs on blocking threads so the async runtime stays free.
 
 pub mod batcher;
+pub mod bench;
 pub mod error;
 pub mod metrics;
 mod openapi;
