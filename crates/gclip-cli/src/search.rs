@@ -182,7 +182,8 @@ fn print_table(hits: &[Hit], offset: usize) {
 
 #[derive(Args)]
 #[command(after_help = "Example:
-  gclip search-bench --count 100000 --dim 512 --queries 200 --ef 64,128,256")]
+  gclip search-bench --count 100000 --dim 512 --queries 200 --ef 64,128,256
+  gclip search-bench --count 100000 --latent-dim 32")]
 pub struct SearchBenchArgs {
     /// Random unit vectors in the index.
     #[arg(long, default_value_t = 100_000)]
@@ -210,6 +211,10 @@ pub struct SearchBenchArgs {
     /// Filtered queries select one category of this many.
     #[arg(long, default_value_t = 10)]
     categories: usize,
+    /// Draw vectors near a random subspace of this dimension (structure like real embeddings)
+    /// instead of uniform random directions.
+    #[arg(long)]
+    latent_dim: Option<usize>,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
@@ -232,6 +237,7 @@ pub fn run_bench(args: SearchBenchArgs) -> Result<()> {
             bf16: !args.f32,
         },
         seed: 42,
+        latent_dim: args.latent_dim,
     };
     let (build, rows) = run_ann_bench(&plan, &|m| eprintln!("{m}"))?;
     if args.json {
@@ -242,10 +248,14 @@ pub fn run_bench(args: SearchBenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "HNSW M={} efConstruction={} {}: {} × {}-d built in {:.1} s on {} threads",
+        "HNSW M={} efConstruction={} {}, {}: {} × {}-d built in {:.1} s on {} threads",
         args.connectivity,
         args.ef_construction,
         if args.f32 { "f32" } else { "bf16" },
+        match args.latent_dim {
+            Some(l) => format!("vectors near a {l}-d subspace"),
+            None => "uniform random vectors".to_string(),
+        },
         build.count,
         build.dim,
         build.seconds,

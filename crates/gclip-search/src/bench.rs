@@ -24,6 +24,10 @@ pub struct AnnBenchPlan {
     pub categories: usize,
     pub params: AnnParams,
     pub seed: u64,
+    /// Vectors with structure like real embeddings: `Some(d)` draws them near a random
+    /// `d`-dimensional subspace (latent Gaussian, random projection, 10 % isotropic noise);
+    /// `None` draws uniform random directions in the full space.
+    pub latent_dim: Option<usize>,
 }
 
 /// One line of results.
@@ -86,6 +90,29 @@ fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
     sorted_ms[i]
 }
 
+/// `count` unit vectors near a random `latent`-dimensional subspace of `dim` dimensions.
+pub fn structured_unit_vectors(count: usize, dim: usize, latent: usize, seed: u64) -> Vec<f32> {
+    let latent = latent.clamp(1, dim);
+    // The projection is shared by every call with the same seed (data and queries alike).
+    let basis = random_unit_vectors(latent, dim, seed);
+    let z = random_unit_vectors(count, latent, seed ^ 0x5eed ^ count as u64);
+    let noise = random_unit_vectors(count, dim, seed ^ 0x0153 ^ count as u64);
+    let mut data = vec![0.0f32; count * dim];
+    data.par_chunks_mut(dim).enumerate().for_each(|(i, row)| {
+        for (j, &w) in z[i * latent..(i + 1) * latent].iter().enumerate() {
+            for (r, b) in row.iter_mut().zip(&basis[j * dim..(j + 1) * dim]) {
+                *r += w * b;
+            }
+        }
+        crate::document::normalize(row);
+        for (r, n) in row.iter_mut().zip(&noise[i * dim..(i + 1) * dim]) {
+            *r += 0.1 * n;
+        }
+        crate::document::normalize(row);
+    });
+    data
+}
+
 /// Runs the benchmark; `progress` receives messages.
 pub fn run_ann_bench(
     plan: &AnnBenchPlan,
@@ -96,8 +123,16 @@ pub fn run_ann_bench(
         "generating {} vectors of {dim} dimensions",
         plan.count
     ));
-    let data = random_unit_vectors(plan.count, dim, plan.seed);
-    let queries = random_unit_vectors(plan.queries, dim, plan.seed ^ 0xabcdef);
+    let (data, queries) = match plan.latent_dim {
+        None => (
+            random_unit_vectors(plan.count, dim, plan.seed),
+            random_unit_vectors(plan.queries, dim, plan.seed ^ 0xabcdef),
+        ),
+        Some(l) => (
+            structured_unit_vectors(plan.count, dim, l, plan.seed),
+            structured_unit_vectors(plan.queries, dim, l, plan.seed),
+        ),
+    };
     let items: Vec<(u64, &[f32])> = data
         .chunks_exact(dim)
         .enumerate()
