@@ -41,7 +41,8 @@ impl TopK {
     pub fn new(k: usize) -> Self {
         Self {
             k,
-            heap: BinaryHeap::with_capacity(k + 1),
+            // A huge `k` (a user's limit) must not allocate up front.
+            heap: BinaryHeap::with_capacity(k.min(4096) + 1),
         }
     }
 

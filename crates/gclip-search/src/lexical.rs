@@ -257,6 +257,10 @@ impl LexicalState {
         // Lenient: user text is words, not query syntax; what does not parse is dropped.
         let (query, _) = parser.parse_query_lenient(text);
         let searcher = l.reader.searcher();
+        let k = k.min(mem.len());
+        if k == 0 {
+            return Ok(Vec::new());
+        }
         let mut fetch = k.max(10);
         loop {
             let top = searcher

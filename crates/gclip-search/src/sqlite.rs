@@ -428,6 +428,11 @@ impl SqliteStore {
                 want: mem.dim,
             });
         }
+        // Never more than there are documents (a user's limit can be anything).
+        let k = k.min(mem.len());
+        if k == 0 {
+            return Ok(Vec::new());
+        }
         let keep = |slot: usize| -> bool {
             mem.alive[slot]
                 && request

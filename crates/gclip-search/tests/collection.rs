@@ -203,6 +203,16 @@ fn ingest_query_filter_page_update_delete_reopen() {
         }
     }
 
+    // Absurd limits and offsets are answered, not a crash.
+    let mut r = request(text_query(&c, "dress"), usize::MAX);
+    r.offset = usize::MAX;
+    assert!(c.search(&r).unwrap().is_empty());
+    let mut r = request(text_query(&c, "dress"), usize::MAX / 2);
+    assert_eq!(c.search(&r).unwrap().len(), PRODUCTS.len());
+    r.text = Some("dress".into());
+    r.vector = None;
+    assert_eq!(c.search(&r).unwrap().len(), 2);
+
     // Paging: offset 2, limit 3 is the middle of the full ranking.
     let all = c
         .search(&request(text_query(&c, "summer dress"), 100))
