@@ -443,7 +443,15 @@ impl SqliteStore {
         let use_ann = match request.mode {
             SearchMode::Exact => false,
             SearchMode::Ann => true,
-            SearchMode::Auto => self.wants_ann(mem.len()),
+            // A selective filter leaves few documents: scanning them exactly is cheaper than a
+            // graph walk that must step over all the others (and is exact).
+            SearchMode::Auto => {
+                self.wants_ann(mem.len())
+                    && request
+                        .filter
+                        .as_ref()
+                        .is_none_or(|f| estimated_matches(mem, f) > self.options.exact_below as f64)
+            }
         };
         if use_ann {
             if let Some(found) = self.ann.search(mem, query, k, &keep)? {
@@ -459,6 +467,28 @@ impl SqliteStore {
             .map(|s| (s.row, s.score))
             .collect())
     }
+}
+
+/// How many documents a filter matches, from an evenly spaced sample of up to 1,000 slots.
+fn estimated_matches(mem: &Mem, filter: &crate::filter::Filter) -> f64 {
+    let slots = mem.alive.len();
+    if slots == 0 {
+        return 0.0;
+    }
+    let step = (slots / 1000).max(1);
+    let (mut seen, mut hits) = (0usize, 0usize);
+    for s in (0..slots).step_by(step) {
+        if mem.alive[s] {
+            seen += 1;
+            if filter.matches(&mem.ids[s], &mem.fields[s]) {
+                hits += 1;
+            }
+        }
+    }
+    if seen == 0 {
+        return mem.len() as f64;
+    }
+    hits as f64 / seen as f64 * mem.len() as f64
 }
 
 /// What changed after a generation: rowids deleted (tombstones) and rowids written.

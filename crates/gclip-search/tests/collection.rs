@@ -403,6 +403,23 @@ fn hnsw_agrees_with_exact_survives_restarts_and_filters_fill_the_limit() {
     r.limit = 500;
     assert_eq!(c.search(&r).unwrap().len(), 100, "every matching document");
 
+    // Auto mode: a selective filter (100 matching ≤ the exact threshold) is answered exactly;
+    // a broad one by the graph, still close to exact.
+    let mut auto = request(queries[1].clone(), 30);
+    auto.filter = Some(Filter::parse("group = g7").unwrap());
+    let mut exact = auto.clone();
+    exact.mode = SearchMode::Exact;
+    assert_eq!(
+        ids(&c.search(&auto).unwrap()),
+        ids(&c.search(&exact).unwrap())
+    );
+    auto.filter = Some(Filter::parse("n >= 100").unwrap());
+    exact.filter = auto.filter.clone();
+    let (a, e) = (c.search(&auto).unwrap(), c.search(&exact).unwrap());
+    assert_eq!(a.len(), 30);
+    assert!(a.iter().all(|h| h.fields["n"].as_u64().unwrap() >= 100));
+    assert!(recall(&a, &e) >= 0.8, "{}", recall(&a, &e));
+
     c.flush().unwrap();
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(cdir.join("hnsw.json")).unwrap()).unwrap();
