@@ -1,13 +1,17 @@
 //! The `gclip` command: argument parsing and printing; the work is done by the `gclip` library.
 
+mod add;
 mod args;
 mod bench;
 mod classify;
 mod embed;
 mod eval;
 mod eval_ranking;
+mod index;
 mod inputs;
 mod progress;
+mod search;
+mod serve;
 mod similarity;
 mod source;
 mod train;
@@ -57,6 +61,22 @@ enum Command {
     Similarity(similarity::SimilarityArgs),
     /// Measure image and text throughput of an architecture on random weights.
     Bench(bench::BenchArgs),
+    /// Index a folder of images into a collection (incremental).
+    Index(index::IndexArgs),
+    /// Add documents (JSONL or CSV) to a collection; existing ids are replaced.
+    Add(add::AddArgs),
+    /// Change fields of a document by id.
+    Update(add::UpdateArgs),
+    /// Delete documents by id.
+    Delete(add::DeleteArgs),
+    /// Search a collection by text, image, weighted parts, with filters.
+    Search(search::SearchArgs),
+    /// Measure HNSW recall and latency against exact search on random vectors.
+    SearchBench(search::SearchBenchArgs),
+    /// Serve collections over HTTP: JSON API and a web page.
+    Serve(serve::ServeArgs),
+    /// Measure server requests/s under concurrent clients against the engine's batched throughput.
+    ServeBench(serve::ServeBenchArgs),
     /// Train a CLIP model with CLIP's loss or GCL (from scratch or from a checkpoint).
     Train(train::TrainArgs),
     /// Write a training checkpoint as a transformers or open_clip model.
@@ -122,6 +142,14 @@ fn main() -> std::process::ExitCode {
         Command::Export(args) => train::export(args),
         Command::Eval(EvalTask::Zeroshot(args)) => eval::zeroshot(args, &cli.device.device()),
         Command::Eval(EvalTask::Metrics(cmd)) => eval_ranking::run(cmd),
+        Command::Index(args) => index::run(args),
+        Command::Add(args) => add::run(args),
+        Command::Update(args) => add::run_update(args),
+        Command::Delete(args) => add::run_delete(args),
+        Command::Search(args) => search::run(args),
+        Command::SearchBench(args) => search::run_bench(args),
+        Command::Serve(args) => serve::run(args),
+        Command::ServeBench(args) => serve::run_bench(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

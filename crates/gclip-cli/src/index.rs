@@ -1,0 +1,146 @@
+//! `gclip index DIR --collection C`, and what the collection commands share: opening or
+//! creating a collection, loading its model, printing what was ingested.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Args;
+use gclip::embed::Embedder;
+use gclip_search::ingest::{index_directory, IndexOptions, IngestReport};
+use gclip_search::{model_identity, Collection, EmbedSpec};
+
+use crate::progress::Progress;
+
+/// How a collection is found, or created on first use.
+#[derive(Args, Clone, Default)]
+pub struct ModelArgs {
+    /// Model for a new collection: a Hugging Face model directory, or an open_clip checkpoint
+    /// file with --arch. An existing collection remembers its model; giving it again checks it.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// open_clip architecture name (ViT-B-32, …) or config JSON, for checkpoint files.
+    #[arg(long)]
+    pub arch: Option<String>,
+}
+
+/// Opens the collection in `dir`, creating it with `--model` and `spec` when it does not exist.
+pub fn open_collection(
+    dir: &Path,
+    model: &ModelArgs,
+    spec: Option<EmbedSpec>,
+) -> Result<Collection> {
+    let identity = match &model.model {
+        Some(m) => Some(model_identity(m, model.arch.as_deref())?.0),
+        None => None,
+    };
+    if identity.is_none() && !Collection::exists(dir) {
+        bail!(
+            "{} is not a collection yet: give --model (and --arch for a checkpoint file) to create it",
+            dir.display()
+        );
+    }
+    Collection::open_or_create(dir, identity, spec)
+        .with_context(|| format!("opening collection {}", dir.display()))
+}
+
+/// Loads the model a collection was created with.
+pub fn load_embedder(collection: &Collection, batch_size: usize) -> Result<Embedder> {
+    let source = collection.model_source()?;
+    let mut e = Embedder::load(&source, &Device::Cpu)
+        .with_context(|| format!("loading model {}", collection.info().model.describe()))?;
+    e.batch_size = batch_size.max(1);
+    Ok(e)
+}
+
+/// Prints an ingestion summary (JSON with `--json`) and fails when some inputs failed.
+pub fn finish_report(report: &IngestReport, collection: &Collection, json: bool) -> Result<()> {
+    collection.flush()?;
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        eprintln!(
+            "{} written, {} unchanged, {} touched, {} removed, {} failed; collection {} holds {} documents",
+            report.written,
+            report.unchanged,
+            report.touched,
+            report.removed,
+            report.failed.len(),
+            collection.dir().display(),
+            collection.len()
+        );
+    }
+    if !report.failed.is_empty() {
+        let lines: Vec<String> = report
+            .failed
+            .iter()
+            .map(|(what, e)| format!("  {what}: {e}"))
+            .collect();
+        eprintln!("{} failed:\n{}", report.failed.len(), lines.join("\n"));
+        bail!("{} inputs failed", report.failed.len());
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  gclip index ~/Pictures --collection photos --model ./clip-vit-base-patch32
+  gclip index ~/Pictures --collection photos --prune      # again: only new/changed files")]
+pub struct IndexArgs {
+    /// Folder of images, walked recursively (JPEG, PNG, WebP, GIF, BMP, TIFF).
+    dir: PathBuf,
+    /// Collection directory (created on first use, with --model).
+    #[arg(long)]
+    collection: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Images per committed batch.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Remove documents whose file under DIR has vanished.
+    #[arg(long)]
+    prune: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: IndexArgs) -> Result<()> {
+    if !args.dir.is_dir() {
+        bail!("{} is not a directory", args.dir.display());
+    }
+    let collection = open_collection(&args.collection, &args.model, Some(EmbedSpec::image()))
+        .or_else(|e| {
+            // An existing collection with another spec may still have an image field.
+            if Collection::exists(&args.collection) {
+                open_collection(&args.collection, &args.model, None)
+            } else {
+                Err(e)
+            }
+        })?;
+    let embedder = load_embedder(&collection, 32)?;
+    let mut progress: Option<Progress> = None;
+    let report = index_directory(
+        collection.store(),
+        &embedder,
+        &args.dir,
+        &IndexOptions {
+            batch_size: args.batch_size,
+            prune: args.prune,
+        },
+        &mut |c| {
+            let p = progress.get_or_insert_with(|| Progress::new(c.total as u64, "indexing"));
+            p.set(c.done as u64);
+            tracing::info!(
+                done = c.done,
+                total = c.total,
+                generation = c.generation,
+                "committed"
+            );
+        },
+    )?;
+    if let Some(p) = progress {
+        p.finish();
+    }
+    finish_report(&report, &collection, args.json)
+}

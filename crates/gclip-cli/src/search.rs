@@ -1,0 +1,282 @@
+//! `gclip search C "text" | --image PATH | --query "text:weight"…`
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use gclip_search::query::{parse_weighted, query_vector};
+use gclip_search::{Filter, Fusion, Hit, QueryInput, QueryPart, SearchMode, SearchRequest};
+
+use crate::index::{load_embedder, open_collection, ModelArgs};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FusionArg {
+    /// Reciprocal-rank fusion, k = 60.
+    Rrf,
+    /// 0.5 · cosine + 0.5 · normalised BM25.
+    Weighted,
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  gclip search photos \"a cat sleeping\" --limit 5
+  gclip search photos --image query.jpg --json
+  gclip search shop --query \"red dress:1.0\" --query \"floral:-0.3\" --filter 'price < 50 AND tags:summer'
+  gclip search shop \"linen shirt\" --hybrid          # BM25 fused with vectors (RRF, k = 60)
+Filters: FIELD = V, != , <, <=, >, >=, FIELD:TAG, AND, OR, NOT, parentheses.")]
+pub struct SearchArgs {
+    /// Collection directory.
+    collection: PathBuf,
+    /// Query text.
+    text: Option<String>,
+    /// Query image file.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Weighted query part, `TEXT[:WEIGHT]`; repeat; negative weights push away.
+    #[arg(long = "query")]
+    queries: Vec<String>,
+    /// Weighted image part, `PATH[:WEIGHT]`; repeat.
+    #[arg(long = "image-query")]
+    image_queries: Vec<String>,
+    /// Documents like this one (its stored vector).
+    #[arg(long)]
+    like: Option<String>,
+    /// Results to show.
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+    /// Results to skip (paging).
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Filter on fields, e.g. 'price >= 10 AND (tags:red OR NOT sold)'.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Exact (brute-force) search instead of HNSW.
+    #[arg(long)]
+    exact: bool,
+    /// Fuse BM25 over text fields with the vector results.
+    #[arg(long)]
+    hybrid: bool,
+    /// BM25 only (no model needed).
+    #[arg(long, conflicts_with = "hybrid")]
+    lexical: bool,
+    /// How hybrid results are fused.
+    #[arg(long, value_enum, default_value = "rrf")]
+    fusion: FusionArg,
+    /// One JSON array of hits on stdout, best first.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: SearchArgs) -> Result<()> {
+    let collection = open_collection(&args.collection, &ModelArgs::default(), None)?;
+    let filter = args.filter.as_deref().map(Filter::parse).transpose()?;
+    let mut parts = Vec::new();
+    if let Some(t) = &args.text {
+        parts.push(QueryPart::new(QueryInput::Text(t.clone())));
+    }
+    if let Some(p) = &args.image {
+        parts.push(QueryPart::new(QueryInput::ImageFile(p.clone())));
+    }
+    for q in &args.queries {
+        let (text, weight) = parse_weighted(q);
+        parts.push(QueryPart {
+            input: QueryInput::Text(text),
+            weight,
+        });
+    }
+    for q in &args.image_queries {
+        let (path, weight) = parse_weighted(q);
+        parts.push(QueryPart {
+            input: QueryInput::ImageFile(PathBuf::from(path)),
+            weight,
+        });
+    }
+    if let Some(id) = &args.like {
+        parts.push(QueryPart::new(QueryInput::Document(id.clone())));
+    }
+    if parts.is_empty() {
+        bail!("nothing to search for: give TEXT, --image, --query, --image-query or --like");
+    }
+    let lexical_text: Option<String> = if args.hybrid || args.lexical {
+        let texts: Vec<String> = parts
+            .iter()
+            .filter(|p| p.weight > 0.0)
+            .filter_map(|p| match &p.input {
+                QueryInput::Text(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        if texts.is_empty() {
+            bail!("--hybrid and --lexical need query text");
+        }
+        Some(texts.join(" "))
+    } else {
+        None
+    };
+    let vector = if args.lexical {
+        None
+    } else {
+        let embedder = load_embedder(&collection, 32)?;
+        Some(query_vector(&embedder, Some(collection.store()), &parts)?)
+    };
+    let request = SearchRequest {
+        vector,
+        text: lexical_text,
+        filter,
+        limit: args.limit,
+        offset: args.offset,
+        mode: if args.exact {
+            SearchMode::Exact
+        } else {
+            SearchMode::Auto
+        },
+        fusion: match args.fusion {
+            FusionArg::Rrf => Fusion::Rrf { k: 60.0 },
+            FusionArg::Weighted => Fusion::Weighted {
+                vector: 0.5,
+                lexical: 0.5,
+            },
+        },
+    };
+    let hits = collection.search(&request)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&hits)?);
+    } else {
+        print_table(&hits, args.offset);
+    }
+    Ok(())
+}
+
+fn print_table(hits: &[Hit], offset: usize) {
+    if hits.is_empty() {
+        eprintln!("no results");
+        return;
+    }
+    println!(
+        "{:>4}  {:>7}  {:<28}  image / fields",
+        "rank", "score", "id"
+    );
+    for (i, h) in hits.iter().enumerate() {
+        let detail = match &h.image {
+            Some(p) => p.clone(),
+            None => serde_json::Value::Object(h.fields.clone()).to_string(),
+        };
+        let detail: String = detail.chars().take(100).collect();
+        // Ids are often paths: keep their end.
+        let n = h.id.chars().count();
+        let id: String = if n > 28 {
+            std::iter::once('…')
+                .chain(h.id.chars().skip(n - 27))
+                .collect()
+        } else {
+            h.id.clone()
+        };
+        println!(
+            "{:>4}  {:>7.4}  {:<28}  {detail}",
+            offset + i + 1,
+            h.score,
+            id
+        );
+    }
+}
+
+#[derive(Args)]
+#[command(after_help = "Example:
+  gclip search-bench --count 100000 --dim 512 --queries 200 --ef 64,128,256
+  gclip search-bench --count 100000 --latent-dim 32")]
+pub struct SearchBenchArgs {
+    /// Random unit vectors in the index.
+    #[arg(long, default_value_t = 100_000)]
+    count: usize,
+    #[arg(long, default_value_t = 512)]
+    dim: usize,
+    /// Queries timed (one at a time).
+    #[arg(long, default_value_t = 200)]
+    queries: usize,
+    /// Recall@k.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Search-time candidate lists (ef) to try, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256")]
+    ef: Vec<usize>,
+    /// HNSW connectivity (M).
+    #[arg(long, default_value_t = 16)]
+    connectivity: usize,
+    /// Insert-time candidate list (efConstruction).
+    #[arg(long, default_value_t = 128)]
+    ef_construction: usize,
+    /// Graph vectors in f32 instead of bf16.
+    #[arg(long)]
+    f32: bool,
+    /// Filtered queries select one category of this many.
+    #[arg(long, default_value_t = 10)]
+    categories: usize,
+    /// Draw vectors near a random subspace of this dimension (structure like real embeddings)
+    /// instead of uniform random directions.
+    #[arg(long)]
+    latent_dim: Option<usize>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_bench(args: SearchBenchArgs) -> Result<()> {
+    use gclip_search::ann::AnnParams;
+    use gclip_search::bench::{run_ann_bench, AnnBenchPlan};
+    let plan = AnnBenchPlan {
+        count: args.count,
+        dim: args.dim,
+        queries: args.queries.max(1),
+        k: args.k.max(1),
+        expansions: args.ef.clone(),
+        categories: args.categories,
+        params: AnnParams {
+            connectivity: args.connectivity,
+            expansion_add: args.ef_construction,
+            expansion_search: args.ef.first().copied().unwrap_or(64),
+            bf16: !args.f32,
+        },
+        seed: 42,
+        latent_dim: args.latent_dim,
+    };
+    let (build, rows) = run_ann_bench(&plan, &|m| eprintln!("{m}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&build)?);
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+        return Ok(());
+    }
+    println!(
+        "HNSW M={} efConstruction={} {}, {}: {} × {}-d built in {:.1} s on {} threads",
+        args.connectivity,
+        args.ef_construction,
+        if args.f32 { "f32" } else { "bf16" },
+        match args.latent_dim {
+            Some(l) => format!("vectors near a {l}-d subspace"),
+            None => "uniform random vectors".to_string(),
+        },
+        build.count,
+        build.dim,
+        build.seconds,
+        build.threads
+    );
+    println!(
+        "{:>6}  {:>8}  {:>9}  {:>8}  {:>8}  {:>10}",
+        "ef", "filter", "recall@k", "p50 ms", "p99 ms", "exact p50"
+    );
+    for r in rows {
+        println!(
+            "{:>6}  {:>8}  {:>9.4}  {:>8.3}  {:>8.3}  {:>10.2}",
+            r.expansion_search,
+            r.filter_selectivity
+                .map(|s| format!("{:.0}%", s * 100.0))
+                .unwrap_or_else(|| "none".into()),
+            r.recall_at_k,
+            r.p50_ms,
+            r.p99_ms,
+            r.exact_p50_ms
+        );
+    }
+    Ok(())
+}

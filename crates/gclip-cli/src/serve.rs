@@ -1,0 +1,176 @@
+//! `gclip serve`: the HTTP API and web page over collections.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use gclip_server::{AppState, BatchConfig, ServerConfig};
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  gclip serve --collection photos                    # http://127.0.0.1:8080/
+  gclip serve --collection photos --collection shop --root ./collections --api-key \"$KEY\"
+API: see GET /api/openapi.json. Writes need the key when one is set.")]
+pub struct ServeArgs {
+    /// Collection directory to serve (repeat for several; named by their folder name).
+    #[arg(long = "collection")]
+    collections: Vec<PathBuf>,
+    /// Folder for collections created through the API (its collections are served too).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Address to listen on. Anything but loopback exposes the collections to the network.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// API key required for writes (also read from GCLIP_API_KEY).
+    #[arg(long, env = "GCLIP_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Require the API key for reads too.
+    #[arg(long, requires = "api_key")]
+    protect_reads: bool,
+    /// Largest request body in MiB (images are sent in the body).
+    #[arg(long, default_value_t = 16)]
+    max_body_mib: usize,
+    /// Largest image accepted, in megapixels.
+    #[arg(long, default_value_t = 40)]
+    max_image_mpixels: u64,
+    /// Most texts or images in one model batch.
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
+    /// How long a request waits for others to join its batch, in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    batch_wait_ms: u64,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    if args.collections.is_empty() && args.root.is_none() {
+        bail!("give --collection DIR (one or more) or --root DIR");
+    }
+    if !args.addr.ip().is_loopback() && args.api_key.is_none() {
+        eprintln!(
+            "warning: listening on {} without --api-key: anyone who can reach it can write",
+            args.addr
+        );
+    }
+    if let Some(root) = &args.root {
+        std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    }
+    let config = ServerConfig {
+        addr: args.addr,
+        collections: args.collections,
+        root: args.root,
+        api_key: args.api_key,
+        protect_reads: args.protect_reads,
+        max_body_bytes: args.max_body_mib.max(1) * 1024 * 1024,
+        max_results: 1000,
+        batch: BatchConfig {
+            max_batch: args.max_batch.max(1),
+            max_wait: Duration::from_millis(args.batch_wait_ms),
+            max_image_pixels: args.max_image_mpixels.max(1) * 1_000_000,
+        },
+    };
+    let state = AppState::new(config.clone())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("binding {}", config.addr))?;
+        let addr = listener.local_addr()?;
+        eprintln!("gclip serving on http://{addr}/ (API: http://{addr}/api/openapi.json)");
+        gclip_server::serve(state, listener, gclip_server::shutdown_signal()).await?;
+        eprintln!("stopped; indexes saved");
+        anyhow::Ok(())
+    })
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  gclip serve-bench --arch ViT-B-32 --random          # random weights, built-in tokenizer
+  gclip serve-bench --model ./clip-vit-base-patch32 --clients 16 --seconds 20")]
+pub struct ServeBenchArgs {
+    /// Model (a directory, or a checkpoint with --arch); or --random with --arch.
+    #[arg(long)]
+    model: Option<String>,
+    /// open_clip architecture name or config JSON.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Random weights for --arch (timing only).
+    #[arg(long, requires = "arch", conflicts_with = "model")]
+    random: bool,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Seconds of load (the engine measurement takes half as long).
+    #[arg(long, default_value_t = 20.0)]
+    seconds: f64,
+    /// Engine batch size and the server's largest batch.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Server batching wait in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    batch_wait_ms: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_bench(args: ServeBenchArgs) -> Result<()> {
+    use candle_core::{DType, Device};
+    use gclip::embed::Embedder;
+    use gclip::source::{Convention, LoadedModel, ModelSource};
+    let embedder = if args.random {
+        let arch = args.arch.as_deref().unwrap_or("ViT-B-32");
+        let config = gclip::model::ClipConfig::open_clip(arch)?;
+        let clip = gclip::bench::random_model(&config, &Device::Cpu, DType::F32)?;
+        Embedder::new(LoadedModel {
+            clip,
+            convention: Convention::OpenClip,
+            dir: None,
+            unused_tensors: Vec::new(),
+        })?
+    } else {
+        let model = args
+            .model
+            .as_deref()
+            .context("give --model (or --random --arch NAME)")?;
+        Embedder::load(
+            &ModelSource::resolve(model, args.arch.as_deref())?,
+            &Device::Cpu,
+        )?
+    };
+    let dir = std::env::temp_dir().join(format!("gclip-serve-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let plan = gclip_server::bench::ServerBenchPlan {
+        clients: args.clients,
+        seconds: args.seconds,
+        batch: args.batch,
+        max_wait: Duration::from_millis(args.batch_wait_ms),
+        documents: 10_000,
+    };
+    let r = gclip_server::bench::run_server_bench(embedder, &plan, &dir, &|m| eprintln!("{m}"))
+        .map_err(anyhow::Error::msg);
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = r?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "engine {:.1} texts/s (batches of {}); server {:.1} requests/s with {} clients = {:.0} % \
+             (p50 {:.1} ms, p99 {:.1} ms, mean batch {:.1}, {} requests, {} errors)",
+            r.engine_texts_per_s,
+            args.batch,
+            r.server_requests_per_s,
+            args.clients,
+            r.ratio * 100.0,
+            r.p50_ms,
+            r.p99_ms,
+            r.mean_batch,
+            r.requests,
+            r.errors
+        );
+    }
+    Ok(())
+}

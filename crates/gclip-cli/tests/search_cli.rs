@@ -1,0 +1,303 @@
+//! `gclip index`, `add`, `update`, `delete` and `search` end to end with a real model and a
+//! real collection directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gclip-search-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn gclip(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gclip"))
+        .args(args)
+        .output()
+        .expect("gclip runs")
+}
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn model_args() -> Vec<String> {
+    let dir = fixtures().join("models/oc-fullvocab");
+    vec![
+        "--model".into(),
+        dir.join("open_clip_model.safetensors")
+            .display()
+            .to_string(),
+        "--arch".into(),
+        dir.join("open_clip_config.json").display().to_string(),
+    ]
+}
+
+fn json(o: &std::process::Output) -> Value {
+    serde_json::from_str(&ok(o)).expect("JSON on stdout")
+}
+
+#[test]
+fn index_folder_incrementally_and_search_by_image() {
+    let dir = scratch("index");
+    let images = dir.join("images");
+    std::fs::create_dir_all(images.join("sub")).unwrap();
+    let names = [
+        "clipart_0.png",
+        "clipart_1.png",
+        "photo_motorcycle.png",
+        "jpeg_420_q85.jpg",
+    ];
+    for (i, n) in names.iter().enumerate() {
+        let to = if i % 2 == 0 {
+            images.join(n)
+        } else {
+            images.join("sub").join(n)
+        };
+        std::fs::copy(fixtures().join("images").join(n), to).unwrap();
+    }
+    std::fs::write(images.join("broken.png"), b"not a png").unwrap();
+    let coll = dir.join("coll");
+    let (i, c) = (images.to_str().unwrap(), coll.to_str().unwrap());
+    let mut args = vec!["index", i, "--collection", c, "--json"];
+    let m = model_args();
+    args.extend(m.iter().map(String::as_str));
+    let first = gclip(&args);
+    assert!(
+        !first.status.success(),
+        "a broken image makes the exit code non-zero"
+    );
+    let report: Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(report["written"], 4);
+    assert_eq!(report["failed"].as_array().unwrap().len(), 1);
+    std::fs::remove_file(images.join("broken.png")).unwrap();
+
+    // Again: nothing to do. The model is remembered.
+    let again = json(&gclip(&["index", i, "--collection", c, "--json"]));
+    assert_eq!(
+        (again["written"].as_u64(), again["unchanged"].as_u64()),
+        (Some(0), Some(4))
+    );
+
+    // Same content, new mtime: touched, not re-embedded. New content: re-embedded.
+    let moto = images.join("photo_motorcycle.png");
+    let f = std::fs::File::options().write(true).open(&moto).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    std::fs::copy(
+        fixtures().join("images/clipart_2.png"),
+        images.join("clipart_0.png"),
+    )
+    .unwrap();
+    let r = json(&gclip(&["index", i, "--collection", c, "--json"]));
+    assert_eq!(
+        (
+            r["written"].as_u64(),
+            r["touched"].as_u64(),
+            r["unchanged"].as_u64()
+        ),
+        (Some(1), Some(1), Some(2))
+    );
+
+    // A query image finds itself first with cosine 1, and the table shows image paths.
+    let hits = json(&gclip(&[
+        "search",
+        c,
+        "--image",
+        moto.to_str().unwrap(),
+        "--json",
+        "--limit",
+        "2",
+    ]));
+    let hits = hits.as_array().unwrap();
+    assert_eq!(hits.len(), 2);
+    let want = std::fs::canonicalize(&moto).unwrap().display().to_string();
+    assert_eq!(hits[0]["id"], Value::String(want.clone()));
+    assert_eq!(hits[0]["image"], Value::String(want));
+    assert!((hits[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
+    assert!(hits[0]["score"].as_f64() >= hits[1]["score"].as_f64());
+    let table = ok(&gclip(&[
+        "search",
+        c,
+        "a motorcycle",
+        "--limit",
+        "4",
+        "--filter",
+        "folder = sub",
+    ]));
+    assert_eq!(
+        table.lines().count(),
+        3,
+        "header + the 2 files under sub/:\n{table}"
+    );
+    assert!(
+        table.lines().skip(1).all(|l| l.contains("/sub/")),
+        "{table}"
+    );
+
+    // Vanished files are removed only with --prune.
+    std::fs::remove_file(images.join("sub/clipart_1.png")).unwrap();
+    let r = json(&gclip(&["index", i, "--collection", c, "--json"]));
+    assert_eq!(r["removed"], 0);
+    let r = json(&gclip(&[
+        "index",
+        i,
+        "--collection",
+        c,
+        "--json",
+        "--prune",
+    ]));
+    assert_eq!(r["removed"], 1);
+    let all = json(&gclip(&["search", c, "x", "--json", "--limit", "100"]));
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn add_documents_search_text_update_delete() {
+    let dir = scratch("add");
+    let docs = dir.join("docs.jsonl");
+    let titles = [
+        "a photo of a cat",
+        "a photo of a dog",
+        "a red sports car",
+        "a bowl of soup",
+    ];
+    let mut text = String::new();
+    for (k, t) in titles.iter().enumerate() {
+        text += &serde_json::json!({"id": format!("d{k}"), "title": t, "price": k * 10, "tags": if k < 2 {vec!["pet"]} else {vec!["thing"]}}).to_string();
+        text.push('\n');
+    }
+    text += "{\"id\": \"img\", \"title\": \"a picture\", \"image\": \"images/clipart_1.png\"}\n";
+    std::fs::write(&docs, text).unwrap();
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    std::fs::copy(
+        fixtures().join("images/clipart_1.png"),
+        dir.join("images/clipart_1.png"),
+    )
+    .unwrap();
+    let coll = dir.join("coll");
+    let c = coll.to_str().unwrap();
+    let mut args = vec![
+        "add",
+        c,
+        docs.to_str().unwrap(),
+        "--embed",
+        "title:0.5,image:0.5",
+        "--batch-size",
+        "2",
+        "--print-commits",
+    ];
+    let m = model_args();
+    args.extend(m.iter().map(String::as_str));
+    let out = ok(&gclip(&args));
+    let commits: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("committed "))
+        .collect();
+    assert_eq!(
+        commits,
+        vec!["committed 2 d1", "committed 2 d3", "committed 1 img"]
+    );
+
+    for (k, t) in titles.iter().enumerate() {
+        let hits = json(&gclip(&["search", c, t, "--json", "--limit", "1"]));
+        assert_eq!(hits[0]["id"], format!("d{k}"), "{t}");
+        assert!((hits[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
+    }
+    // The image document's relative path was resolved against the list's folder.
+    let hits = json(&gclip(&[
+        "search",
+        c,
+        "--image",
+        dir.join("images/clipart_1.png").to_str().unwrap(),
+        "--json",
+        "--limit",
+        "1",
+    ]));
+    assert_eq!(hits[0]["id"], "img");
+    assert!(Path::new(hits[0]["image"].as_str().unwrap()).is_absolute());
+
+    let hits = json(&gclip(&[
+        "search",
+        c,
+        "a photo of a cat",
+        "--json",
+        "--filter",
+        "tags:thing AND price >= 30",
+    ]));
+    assert_eq!(hits.as_array().unwrap().len(), 1);
+    assert_eq!(hits[0]["id"], "d3");
+    let bad = gclip(&["search", c, "cat", "--filter", "price >"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("bad filter"));
+
+    // Update: a plain field keeps the vector; the embedded field re-embeds.
+    ok(&gclip(&["update", c, "d0", "--set", "{\"price\": 99}"]));
+    let hits = json(&gclip(&[
+        "search",
+        c,
+        "a photo of a cat",
+        "--json",
+        "--limit",
+        "1",
+        "--filter",
+        "price = 99",
+    ]));
+    assert_eq!(hits[0]["id"], "d0");
+    assert!((hits[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
+    ok(&gclip(&[
+        "update",
+        c,
+        "d0",
+        "--set",
+        "{\"title\": \"a wooden chair\"}",
+    ]));
+    let hits = json(&gclip(&[
+        "search",
+        c,
+        "a wooden chair",
+        "--json",
+        "--limit",
+        "1",
+    ]));
+    assert_eq!(hits[0]["id"], "d0");
+    assert!((hits[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
+
+    ok(&gclip(&["delete", c, "d1", "nope"]));
+    let hits = json(&gclip(&[
+        "search",
+        c,
+        "a photo of a dog",
+        "--json",
+        "--limit",
+        "10",
+    ]));
+    assert_eq!(hits.as_array().unwrap().len(), 4);
+    assert!(hits.as_array().unwrap().iter().all(|h| h["id"] != "d1"));
+    // Lexical search needs no model run; hybrid reports both scores.
+    let hits = json(&gclip(&["search", c, "soup", "--lexical", "--json"]));
+    assert_eq!(hits.as_array().unwrap().len(), 1);
+    assert_eq!(hits[0]["id"], "d3");
+    let hits = json(&gclip(&[
+        "search",
+        c,
+        "bowl of soup",
+        "--hybrid",
+        "--json",
+        "--limit",
+        "2",
+    ]));
+    assert_eq!(hits[0]["id"], "d3");
+    assert!(hits[0]["cosine"].is_number() && hits[0]["bm25"].is_number());
+    let _ = std::fs::remove_dir_all(&dir);
+}

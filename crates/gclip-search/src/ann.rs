@@ -1,0 +1,351 @@
+//! The approximate index: HNSW (usearch) over the documents' vectors, keyed by database rowid,
+//! saved beside the database with the generation it reflects, and caught up or rebuilt from
+//! the database when stale or missing.
+
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
+
+use crate::document::dot;
+use crate::error::{io_err, Result, SearchError};
+use crate::sqlite::{Changes, Mem};
+
+/// The HNSW file inside a collection directory.
+pub const ANN_FILE: &str = "hnsw.usearch";
+/// What the HNSW file reflects.
+pub const ANN_META_FILE: &str = "hnsw.json";
+
+/// HNSW parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AnnParams {
+    /// Neighbours per node (M).
+    pub connectivity: usize,
+    /// Candidate list while inserting (efConstruction).
+    pub expansion_add: usize,
+    /// Candidate list while searching (ef); raised to the number of results asked for.
+    pub expansion_search: usize,
+    /// Store vectors as bf16 in the graph (half the memory, faster distance); final scores are
+    /// always recomputed from the f32 vectors.
+    pub bf16: bool,
+}
+
+impl Default for AnnParams {
+    fn default() -> Self {
+        Self {
+            connectivity: 16,
+            expansion_add: 128,
+            // recall@10 0.987 at p50 1 ms on 100k structured 512-d vectors (docs/BENCHMARKS.md).
+            expansion_search: 256,
+            bf16: true,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AnnMeta {
+    generation: u64,
+    dim: usize,
+    count: usize,
+    params: AnnParams,
+}
+
+/// An HNSW index over vectors keyed by `u64`, independent of any store (the benchmark uses it
+/// directly).
+pub struct Hnsw {
+    index: Index,
+    params: AnnParams,
+}
+
+fn ann_err(e: impl std::fmt::Display) -> SearchError {
+    SearchError::Ann(e.to_string())
+}
+
+impl Hnsw {
+    /// An empty index.
+    pub fn new(dim: usize, params: AnnParams) -> Result<Self> {
+        let options = IndexOptions {
+            dimensions: dim,
+            // Vectors are unit length: inner product is cosine, and cheaper.
+            metric: MetricKind::IP,
+            quantization: if params.bf16 {
+                ScalarKind::BF16
+            } else {
+                ScalarKind::F32
+            },
+            connectivity: params.connectivity,
+            expansion_add: params.expansion_add,
+            expansion_search: params.expansion_search,
+            multi: false,
+        };
+        let index = Index::new(&options).map_err(ann_err)?;
+        Ok(Self { index, params })
+    }
+
+    /// Builds an index from `(key, vector)` pairs, inserting in parallel.
+    pub fn build(
+        dim: usize,
+        params: AnnParams,
+        items: &[(u64, &[f32])],
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<Self> {
+        let h = Self::new(dim, params)?;
+        h.index.reserve(items.len().max(16)).map_err(ann_err)?;
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        items.par_chunks(1024).try_for_each(|chunk| -> Result<()> {
+            for (key, v) in chunk {
+                h.index.add(*key, v).map_err(ann_err)?;
+            }
+            let n = done.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+            progress(n + chunk.len());
+            Ok(())
+        })?;
+        Ok(h)
+    }
+
+    /// Changes the search-time candidate list (ef).
+    pub fn set_expansion_search(&mut self, ef: usize) {
+        self.params.expansion_search = ef;
+    }
+
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.index.size()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds or replaces a vector.
+    pub fn upsert(&self, key: u64, vector: &[f32]) -> Result<()> {
+        if self.index.contains(key) {
+            self.index.remove(key).map_err(ann_err)?;
+        }
+        if self.index.size() + 1 > self.index.capacity() {
+            let cap = (self.index.capacity() * 2).max(1024);
+            self.index.reserve(cap).map_err(ann_err)?;
+        }
+        self.index.add(key, vector).map_err(ann_err)
+    }
+
+    /// Removes a vector if present.
+    pub fn remove(&self, key: u64) -> Result<()> {
+        if self.index.contains(key) {
+            self.index.remove(key).map_err(ann_err)?;
+        }
+        Ok(())
+    }
+
+    /// The `k` nearest keys with approximate similarity (1 − distance), best first; with a
+    /// filter, only keys it accepts (the filter is applied during the graph walk).
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: Option<&dyn Fn(u64) -> bool>,
+    ) -> Result<Vec<(u64, f32)>> {
+        if k == 0 || self.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ef = self.params.expansion_search.max(k);
+        if self.index.expansion_search() != ef {
+            self.index.change_expansion_search(ef);
+        }
+        let m = match filter {
+            None => self.index.search(query, k),
+            Some(f) => self.index.filtered_search(query, k, f),
+        }
+        .map_err(ann_err)?;
+        Ok(m.keys
+            .into_iter()
+            .zip(m.distances)
+            .map(|(k, d)| (k, 1.0 - d))
+            .collect())
+    }
+
+    /// Saves to a file (atomically: a temporary file renamed over the old one).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("tmp");
+        let s = tmp
+            .to_str()
+            .ok_or_else(|| SearchError::Ann(format!("path {} is not UTF-8", tmp.display())))?;
+        self.index.save(s).map_err(ann_err)?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))
+    }
+
+    /// Loads a saved index.
+    pub fn load(path: &Path, dim: usize, params: AnnParams) -> Result<Self> {
+        let s = path
+            .to_str()
+            .ok_or_else(|| SearchError::Ann(format!("path {} is not UTF-8", path.display())))?;
+        let h = Self::new(dim, params)?;
+        h.index.load(s).map_err(ann_err)?;
+        if h.index.dimensions() != dim {
+            return Err(SearchError::Ann(format!(
+                "{} has {} dimensions, expected {dim}",
+                path.display(),
+                h.index.dimensions()
+            )));
+        }
+        h.index.change_expansion_search(params.expansion_search);
+        Ok(h)
+    }
+}
+
+/// The HNSW index of a store: absent (exact search) until the collection is large enough.
+pub(crate) struct AnnState {
+    dir: PathBuf,
+    dim: usize,
+    params: AnnParams,
+    inner: RwLock<Option<Hnsw>>,
+}
+
+impl AnnState {
+    pub fn new(dir: &Path, dim: usize) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            dim,
+            params: AnnParams::default(),
+            inner: RwLock::new(None),
+        }
+    }
+
+    fn all_items(mem: &Mem) -> Vec<(u64, &[f32])> {
+        (0..mem.alive.len())
+            .filter(|&s| mem.alive[s])
+            .map(|s| (mem.rowids[s] as u64, mem.vector(s)))
+            .collect()
+    }
+
+    fn rebuild(&self, mem: &Mem) -> Result<Hnsw> {
+        let items = Self::all_items(mem);
+        tracing::info!(count = items.len(), "building HNSW index");
+        Hnsw::build(self.dim, self.params, &items, &|_| {})
+    }
+
+    fn replay(h: &Hnsw, mem: &Mem, changes: &Changes) -> Result<()> {
+        for &r in &changes.removed {
+            h.remove(r as u64)?;
+        }
+        for &r in &changes.written {
+            if let Some(&slot) = mem.by_rowid.get(&r) {
+                h.upsert(r as u64, mem.vector(slot))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the saved index and replays what changed since it was saved, or rebuilds it.
+    pub fn sync(
+        &self,
+        mem: &Mem,
+        generation: u64,
+        changes: &dyn Fn(u64) -> Result<Changes>,
+    ) -> Result<()> {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if inner.is_some() {
+            return Ok(());
+        }
+        let loaded = self.load_saved(generation).and_then(|(h, saved_gen)| {
+            let c = changes(saved_gen).ok()?;
+            Self::replay(&h, mem, &c).ok()?;
+            (h.len() == mem.len()).then_some(h)
+        });
+        *inner = Some(match loaded {
+            Some(h) => h,
+            None => self.rebuild(mem)?,
+        });
+        Ok(())
+    }
+
+    fn load_saved(&self, generation: u64) -> Option<(Hnsw, u64)> {
+        let meta: AnnMeta =
+            serde_json::from_slice(&std::fs::read(self.dir.join(ANN_META_FILE)).ok()?).ok()?;
+        if meta.dim != self.dim || meta.generation > generation || meta.params != self.params {
+            return None;
+        }
+        let h = Hnsw::load(&self.dir.join(ANN_FILE), self.dim, self.params).ok()?;
+        Some((h, meta.generation))
+    }
+
+    /// Applies a committed write; builds the index when the collection has just grown past
+    /// the exact-search threshold.
+    pub fn apply(&self, mem: &Mem, written: &[i64], removed: &[i64], wanted: bool) {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let result = match inner.as_ref() {
+            None if !wanted => Ok(()),
+            None => self.rebuild(mem).map(|h| *inner = Some(h)),
+            Some(h) => Self::replay(
+                h,
+                mem,
+                &Changes {
+                    removed: removed.to_vec(),
+                    written: written.to_vec(),
+                },
+            ),
+        };
+        if let Err(e) = result {
+            // The database holds the write; a broken in-memory index is dropped and rebuilt
+            // on the next open, and searches fall back to exact meanwhile.
+            tracing::warn!("HNSW update failed, dropping the index: {e}");
+            *inner = None;
+            let _ = std::fs::remove_file(self.dir.join(ANN_META_FILE));
+        }
+    }
+
+    /// Searches; `None` when there is no index (exact search is used instead).
+    pub fn search(
+        &self,
+        mem: &Mem,
+        query: &[f32],
+        k: usize,
+        keep: &dyn Fn(usize) -> bool,
+    ) -> Result<Option<Vec<(usize, f32)>>> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let Some(h) = inner.as_ref() else {
+            return Ok(None);
+        };
+        let filter = |key: u64| mem.by_rowid.get(&(key as i64)).is_some_and(|&s| keep(s));
+        // A few extra candidates, re-ranked by exact cosine from the f32 vectors (the graph
+        // may hold bf16, whose rounding can swap near neighbours).
+        let found = h.search(query, k + k / 4 + 4, Some(&filter))?;
+        let mut out: Vec<(usize, f32)> = found
+            .into_iter()
+            .filter_map(|(key, _)| mem.by_rowid.get(&(key as i64)).copied())
+            .map(|slot| (slot, dot(mem.vector(slot), query)))
+            .collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out.truncate(k);
+        Ok(Some(out))
+    }
+
+    /// Saves the index with the generation it reflects; returns that generation, or None when
+    /// there is no index.
+    pub fn save(&self, mem: &Mem, generation: u64, wanted: bool) -> Result<Option<u64>> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let Some(h) = inner.as_ref() else {
+            if !wanted {
+                let _ = std::fs::remove_file(self.dir.join(ANN_META_FILE));
+                let _ = std::fs::remove_file(self.dir.join(ANN_FILE));
+            }
+            return Ok(None);
+        };
+        h.save(&self.dir.join(ANN_FILE))?;
+        let meta = AnnMeta {
+            generation,
+            dim: self.dim,
+            count: mem.len(),
+            params: self.params,
+        };
+        let path = self.dir.join(ANN_META_FILE);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&meta).unwrap_or_default())
+            .map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        Ok(Some(generation))
+    }
+}

@@ -1,0 +1,203 @@
+//! The vector-search benchmark: recall@k of HNSW against exact search, and query latency with
+//! and without a filter, on random unit vectors (the hardest case for a graph index: no
+//! cluster structure to exploit).
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::ann::{AnnParams, Hnsw};
+use crate::error::Result;
+use crate::exact;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct AnnBenchPlan {
+    pub count: usize,
+    pub dim: usize,
+    pub queries: usize,
+    pub k: usize,
+    /// Search-time candidate lists to try.
+    pub expansions: Vec<usize>,
+    /// Documents carry a category `key % categories`; filtered queries ask for one category.
+    pub categories: usize,
+    pub params: AnnParams,
+    pub seed: u64,
+    /// Vectors with structure like real embeddings: `Some(d)` draws them near a random
+    /// `d`-dimensional subspace (latent Gaussian, random projection, 10 % isotropic noise);
+    /// `None` draws uniform random directions in the full space.
+    pub latent_dim: Option<usize>,
+}
+
+/// One line of results.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnnBenchRow {
+    pub count: usize,
+    pub dim: usize,
+    pub expansion_search: usize,
+    /// `None` without a filter; otherwise the share of documents that match.
+    pub filter_selectivity: Option<f64>,
+    pub recall_at_k: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub exact_p50_ms: f64,
+}
+
+/// Build statistics.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnnBuild {
+    pub count: usize,
+    pub dim: usize,
+    pub seconds: f64,
+    pub threads: usize,
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e3779b97f4a7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+    x ^ (x >> 31)
+}
+
+/// `count` random unit vectors (Gaussian directions via Box–Muller), row-major.
+pub fn random_unit_vectors(count: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let mut data = vec![0.0f32; count * dim];
+    data.par_chunks_mut(dim).enumerate().for_each(|(i, row)| {
+        let mut s = splitmix(seed ^ (i as u64).wrapping_mul(0x2545f4914f6cdd1d));
+        for pair in row.chunks_mut(2) {
+            s = splitmix(s);
+            let u1 = ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            s = splitmix(s);
+            let u2 = (s >> 11) as f64 / (1u64 << 53) as f64;
+            let r = (-2.0 * u1.ln()).sqrt();
+            let t = std::f64::consts::TAU * u2;
+            pair[0] = (r * t.cos()) as f32;
+            if pair.len() > 1 {
+                pair[1] = (r * t.sin()) as f32;
+            }
+        }
+        crate::document::normalize(row);
+    });
+    data
+}
+
+fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
+    if sorted_ms.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted_ms.len() - 1) as f64 * p).round() as usize;
+    sorted_ms[i]
+}
+
+/// `count` unit vectors near a random `latent`-dimensional subspace of `dim` dimensions.
+pub fn structured_unit_vectors(count: usize, dim: usize, latent: usize, seed: u64) -> Vec<f32> {
+    let latent = latent.clamp(1, dim);
+    // The projection is shared by every call with the same seed (data and queries alike).
+    let basis = random_unit_vectors(latent, dim, seed);
+    let z = random_unit_vectors(count, latent, seed ^ 0x5eed ^ count as u64);
+    let noise = random_unit_vectors(count, dim, seed ^ 0x0153 ^ count as u64);
+    let mut data = vec![0.0f32; count * dim];
+    data.par_chunks_mut(dim).enumerate().for_each(|(i, row)| {
+        for (j, &w) in z[i * latent..(i + 1) * latent].iter().enumerate() {
+            for (r, b) in row.iter_mut().zip(&basis[j * dim..(j + 1) * dim]) {
+                *r += w * b;
+            }
+        }
+        crate::document::normalize(row);
+        for (r, n) in row.iter_mut().zip(&noise[i * dim..(i + 1) * dim]) {
+            *r += 0.1 * n;
+        }
+        crate::document::normalize(row);
+    });
+    data
+}
+
+/// Runs the benchmark; `progress` receives messages.
+pub fn run_ann_bench(
+    plan: &AnnBenchPlan,
+    progress: &dyn Fn(&str),
+) -> Result<(AnnBuild, Vec<AnnBenchRow>)> {
+    let dim = plan.dim;
+    progress(&format!(
+        "generating {} vectors of {dim} dimensions",
+        plan.count
+    ));
+    let (data, queries) = match plan.latent_dim {
+        None => (
+            random_unit_vectors(plan.count, dim, plan.seed),
+            random_unit_vectors(plan.queries, dim, plan.seed ^ 0xabcdef),
+        ),
+        Some(l) => (
+            structured_unit_vectors(plan.count, dim, l, plan.seed),
+            structured_unit_vectors(plan.queries, dim, l, plan.seed),
+        ),
+    };
+    let items: Vec<(u64, &[f32])> = data
+        .chunks_exact(dim)
+        .enumerate()
+        .map(|(i, v)| (i as u64, v))
+        .collect();
+    progress("building HNSW");
+    let t = Instant::now();
+    let mut index = Hnsw::build(dim, plan.params, &items, &|_| {})?;
+    let build = AnnBuild {
+        count: plan.count,
+        dim,
+        seconds: t.elapsed().as_secs_f64(),
+        threads: rayon::current_num_threads(),
+    };
+    progress(&format!(
+        "built in {:.1} s; exact ground truth",
+        build.seconds
+    ));
+    let cats = plan.categories.max(1) as u64;
+    let mut rows = Vec::new();
+    for filtered in [false, true] {
+        // Ground truth and exact latency (one query at a time, like a server request).
+        let mut truth = Vec::with_capacity(plan.queries);
+        let mut exact_ms = Vec::with_capacity(plan.queries);
+        for (qi, q) in queries.chunks_exact(dim).enumerate() {
+            let want = qi as u64 % cats;
+            let keep = |row: usize| !filtered || row as u64 % cats == want;
+            let t = Instant::now();
+            let top = exact::top_k(&data, dim, q, plan.k, &keep);
+            exact_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            truth.push(top.into_iter().map(|s| s.row as u64).collect::<Vec<_>>());
+        }
+        exact_ms.sort_by(f64::total_cmp);
+        for &ef in &plan.expansions {
+            index.set_expansion_search(ef);
+            let h = &index;
+            let mut ms = Vec::with_capacity(plan.queries);
+            let mut hits = 0usize;
+            for (qi, q) in queries.chunks_exact(dim).enumerate() {
+                let want = qi as u64 % cats;
+                let f = |key: u64| key % cats == want;
+                let t = Instant::now();
+                let found = if filtered {
+                    h.search(q, plan.k, Some(&f))?
+                } else {
+                    h.search(q, plan.k, None)?
+                };
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+                hits += found
+                    .iter()
+                    .filter(|(key, _)| truth[qi].contains(key))
+                    .count();
+            }
+            ms.sort_by(f64::total_cmp);
+            rows.push(AnnBenchRow {
+                count: plan.count,
+                dim,
+                expansion_search: ef,
+                filter_selectivity: filtered.then(|| 1.0 / cats as f64),
+                recall_at_k: hits as f64 / (plan.queries * plan.k) as f64,
+                p50_ms: percentile(&ms, 0.5),
+                p99_ms: percentile(&ms, 0.99),
+                exact_p50_ms: percentile(&exact_ms, 0.5),
+            });
+        }
+    }
+    Ok((build, rows))
+}

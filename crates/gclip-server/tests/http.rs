@@ -1,0 +1,416 @@
+//! A real server on a loopback port with the fixture model: documents in through the API,
+//! text, image and filtered searches, thumbnails only for documents, JSON 4xx for bad input,
+//! API key, metrics, restart and query again, graceful shutdown.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use gclip_search::{model_identity, Collection, EmbedSpec};
+use gclip_server::ServerConfig;
+
+mod common;
+use common::{call, request, Running};
+use serde_json::{json, Value};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gclip-server-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn b64(path: &Path) -> String {
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
+}
+
+#[test]
+fn api_end_to_end_with_restart() {
+    let dir = scratch("api");
+    let m = fixtures().join("models/oc-fullvocab");
+    let (identity, _) = model_identity(
+        m.join("open_clip_model.safetensors").to_str().unwrap(),
+        Some(m.join("open_clip_config.json").to_str().unwrap()),
+    )
+    .unwrap();
+    let coll = dir.join("shop");
+    let spec = EmbedSpec::parse("title:0.5,image:0.5", &["image".into()]).unwrap();
+    drop(Collection::create(&coll, identity, spec).unwrap());
+    let images = fixtures().join("images");
+    let config = ServerConfig {
+        collections: vec![coll.clone()],
+        root: Some(dir.join("root")),
+        api_key: Some("sekret".into()),
+        ..Default::default()
+    };
+    let server = Running::start(config.clone());
+    let a = server.addr;
+
+    let (s, v) = call(a, "GET", "/api/health", None, None);
+    assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
+    let docs = json!({"documents": [
+        {"id": "cat", "title": "a photo of a cat", "price": 10, "tags": ["pet"]},
+        {"id": "dog", "title": "a photo of a dog", "price": 20, "tags": ["pet"]},
+        {"id": "car", "title": "a red sports car", "price": 30000, "tags": ["vehicle"]},
+        {"id": "moto", "title": "a motorcycle", "image": images.join("photo_motorcycle.png").to_str().unwrap(), "price": 9000},
+        {"id": "broken", "image": "/nonexistent.png"},
+        "not an object"
+    ]});
+    // Writes need the key.
+    let (s, v) = call(
+        a,
+        "POST",
+        "/api/collections/shop/documents",
+        Some(docs.clone()),
+        None,
+    );
+    assert_eq!(s, 401, "{v}");
+    let (s, v) = call(
+        a,
+        "POST",
+        "/api/collections/shop/documents",
+        Some(docs),
+        Some("sekret"),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["written"], 4);
+    assert_eq!(v["failed"].as_array().unwrap().len(), 2);
+
+    // Text search: the exact title first.
+    let (s, v) = call(
+        a,
+        "POST",
+        "/api/collections/shop/search",
+        Some(json!({"q": "a photo of a dog", "limit": 2})),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["hits"][0]["id"], "dog");
+    assert_eq!(v["hits"].as_array().unwrap().len(), 2);
+    // Image search by bytes; the document combines title and image, so it leads without being 1.
+    let (s, v) = call(
+        a,
+        "POST",
+        "/api/collections/shop/search",
+        Some(
+            json!({"image": format!("data:image/png;base64,{}", b64(&images.join("photo_motorcycle.png"))), "limit": 1}),
+        ),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["hits"][0]["id"], "moto");
+    assert!(v["hits"][0]["image"]
+        .as_str()
+        .unwrap()
+        .ends_with("photo_motorcycle.png"));
+    // Filters and paging.
+    let (_, v) = call(
+        a,
+        "POST",
+        "/api/collections/shop/search",
+        Some(json!({"q": "a cat", "filter": "tags:pet AND price > 15"})),
+        None,
+    );
+    let ids: Vec<&str> = v["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["dog"]);
+    let (_, all) = call(
+        a,
+        "POST",
+        "/api/collections/shop/search",
+        Some(json!({"q": "a cat", "limit": 4})),
+        None,
+    );
+    let (_, page) = call(
+        a,
+        "POST",
+        "/api/collections/shop/search",
+        Some(json!({"q": "a cat", "limit": 2, "offset": 2})),
+        None,
+    );
+    assert_eq!(page["hits"][0]["id"], all["hits"][2]["id"]);
+    assert_eq!(page["hits"][1]["id"], all["hits"][3]["id"]);
+    // Weighted parts with a negative weight, and more-like-this.
+    let (s, v) = call(
+        a,
+        "POST",
+        "/api/collections/shop/search",
+        Some(
+            json!({"queries": [{"text": "a photo of a cat", "weight": 1.0}, {"document": "dog", "weight": -0.5}], "limit": 4}),
+        ),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["hits"][0]["id"], "cat");
+    assert_ne!(v["hits"][1]["id"], "dog");
+    // Hybrid and lexical.
+    let (_, v) = call(
+        a,
+        "POST",
+        "/api/collections/shop/search",
+        Some(json!({"q": "sports car", "lexical": true})),
+        None,
+    );
+    assert_eq!(v["hits"].as_array().unwrap().len(), 1);
+    let (_, v) = call(
+        a,
+        "POST",
+        "/api/collections/shop/search",
+        Some(json!({"q": "red sports car", "hybrid": true, "limit": 3})),
+        None,
+    );
+    assert_eq!(v["hits"][0]["id"], "car");
+
+    // Bad input is a JSON 4xx, never a 500.
+    let bad: Vec<(&str, &str, Option<&[u8]>, u16)> = vec![
+        (
+            "POST",
+            "/api/collections/shop/search",
+            Some(b"{not json"),
+            400,
+        ),
+        (
+            "POST",
+            "/api/collections/shop/search",
+            Some(br#"{"q": 5}"#),
+            422,
+        ),
+        (
+            "POST",
+            "/api/collections/shop/search",
+            Some(br#"{"q": "x", "filter": "price >"}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/api/collections/shop/search",
+            Some(br#"{"q": "x", "limit": 0}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/api/collections/shop/search",
+            Some(br#"{"q": "x", "limit": 100000}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/api/collections/shop/search",
+            Some(br#"{"image": "!!!"}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/api/collections/shop/search",
+            Some(br#"{"image": "aGVsbG8="}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/api/collections/shop/search",
+            Some(br#"{"queries": [{"text": "a", "image": "b"}]}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/api/collections/shop/search",
+            Some(br#"{"queries": [{"vector": [1, 2]}]}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/api/collections/shop/search",
+            Some(br#"{"queries": [{"document": "nope"}]}"#),
+            404,
+        ),
+        (
+            "POST",
+            "/api/collections/shop/search",
+            Some(br#"{"unknown": 1}"#),
+            422,
+        ),
+        ("POST", "/api/collections/shop/search", Some(br#"{}"#), 400),
+        (
+            "POST",
+            "/api/collections/nope/search",
+            Some(br#"{"q": "x"}"#),
+            404,
+        ),
+        ("GET", "/api/collections/nope", None, 404),
+        ("GET", "/api/collections/shop/documents/nope", None, 404),
+        ("GET", "/api/no/such/route", None, 404),
+        ("POST", "/api/embed", Some(br#"{"texts": []}"#), 400),
+        (
+            "POST",
+            "/api/classify",
+            Some(br#"{"labels": ["a"], "text": "x", "image": "y"}"#),
+            400,
+        ),
+    ];
+    for (method, path, body, want) in bad {
+        let (status, ctype, b) = request(a, method, path, body, &[]);
+        assert_eq!(
+            status,
+            want,
+            "{method} {path} {:?}: {}",
+            body.map(String::from_utf8_lossy),
+            String::from_utf8_lossy(&b)
+        );
+        assert!(ctype.starts_with("application/json"), "{path}: {ctype}");
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert!(v["error"]["message"].is_string(), "{v}");
+    }
+    // A body over the limit is refused.
+    let huge = format!("{{\"q\": \"{}\"}}", "a".repeat(17 * 1024 * 1024));
+    let (status, _, _) = request(
+        a,
+        "POST",
+        "/api/collections/shop/search",
+        Some(huge.as_bytes()),
+        &[],
+    );
+    assert_eq!(status, 413);
+
+    // Thumbnails: a PNG for a document's image; nothing for others or for paths.
+    let (s, ctype, png) = request(
+        a,
+        "GET",
+        "/api/collections/shop/documents/moto/thumbnail?size=64",
+        None,
+        &[],
+    );
+    assert_eq!((s, ctype.as_str()), (200, "image/png"));
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(u32::from_be_bytes([png[16], png[17], png[18], png[19]]), 64);
+    for path in [
+        "/api/collections/shop/documents/cat/thumbnail",
+        "/api/collections/shop/documents/..%2F..%2Fetc%2Fpasswd/thumbnail",
+        "/api/collections/shop/documents/%2Fetc%2Fpasswd/thumbnail",
+    ] {
+        let (s, _, _) = request(a, "GET", path, None, &[]);
+        assert_eq!(s, 404, "{path}");
+    }
+
+    // Embed and classify.
+    let (s, v) = call(
+        a,
+        "POST",
+        "/api/embed",
+        Some(json!({"texts": ["a cat", "a dog"]})),
+        None,
+    );
+    assert_eq!(s, 200);
+    assert_eq!(v["dim"], 16);
+    assert_eq!(v["embeddings"].as_array().unwrap().len(), 2);
+    let (s, v) = call(
+        a,
+        "POST",
+        "/api/classify",
+        Some(json!({"labels": ["cat", "dog"], "text": "a photo of a cat."})),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["labels"][0]["label"], "cat");
+    let p: f64 = v["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["probability"].as_f64().unwrap())
+        .sum();
+    assert!((p - 1.0).abs() < 1e-4);
+
+    // Collections: create under --root, list, delete (removes only its files).
+    let (s, v) = call(
+        a,
+        "POST",
+        "/api/collections",
+        Some(
+            json!({"name": "made", "model": m.join("open_clip_model.safetensors"), "arch": m.join("open_clip_config.json"), "embed": "title"}),
+        ),
+        Some("sekret"),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, _) = call(
+        a,
+        "POST",
+        "/api/collections",
+        Some(json!({"name": "../evil", "model": "x"})),
+        Some("sekret"),
+    );
+    assert_eq!(s, 400);
+    let (_, v) = call(a, "GET", "/api/collections", None, None);
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert!(dir.join("root/made/collection.sqlite3").exists());
+    let (s, v) = call(a, "DELETE", "/api/collections/made", None, Some("sekret"));
+    assert_eq!((s, v["files_removed"].as_bool()), (200, Some(true)));
+    assert!(!dir.join("root/made").exists());
+
+    // Delete a document; metrics count what happened; the OpenAPI document parses.
+    let (s, _) = call(
+        a,
+        "DELETE",
+        "/api/collections/shop/documents/car",
+        None,
+        Some("sekret"),
+    );
+    assert_eq!(s, 200);
+    let (s, _) = call(
+        a,
+        "DELETE",
+        "/api/collections/shop/documents/car",
+        None,
+        Some("sekret"),
+    );
+    assert_eq!(s, 404);
+    let (s, ctype, text) = request(a, "GET", "/metrics", None, &[]);
+    let text = String::from_utf8(text).unwrap();
+    assert_eq!(s, 200);
+    assert!(ctype.starts_with("text/plain"));
+    assert!(
+        text.contains(
+            "gclip_http_requests_total{route=\"/api/collections/{name}/search\",status=\"200\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("gclip_collection_documents{collection=\"shop\"} 3"),
+        "{text}"
+    );
+    assert!(text.contains("gclip_documents_written_total 4"));
+    let (_, v) = call(a, "GET", "/api/openapi.json", None, None);
+    assert_eq!(v["openapi"], "3.1.0");
+    assert!(v["paths"]["/api/collections/{name}/search"]["post"].is_object());
+    let (s, ctype, page) = request(a, "GET", "/", None, &[]);
+    assert_eq!(s, 200);
+    assert!(ctype.starts_with("text/html"));
+    assert!(String::from_utf8_lossy(&page).contains("id=\"drop\""));
+    server.stop();
+    assert!(coll.join("lexical").exists());
+
+    // Restart: the same answers from disk.
+    let server = Running::start(config);
+    let (s, v) = call(
+        server.addr,
+        "POST",
+        "/api/collections/shop/search",
+        Some(json!({"q": "a photo of a dog", "limit": 10})),
+        None,
+    );
+    assert_eq!(s, 200);
+    assert_eq!(v["hits"][0]["id"], "dog");
+    assert_eq!(v["documents"], 3);
+    assert!(v["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["id"] != "car"));
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
