@@ -108,6 +108,7 @@ impl Hnsw {
     /// Changes the search-time candidate list (ef).
     pub fn set_expansion_search(&mut self, ef: usize) {
         self.params.expansion_search = ef;
+        self.index.change_expansion_search(ef);
     }
 
     /// Number of vectors.
@@ -151,10 +152,8 @@ impl Hnsw {
         if k == 0 || self.is_empty() {
             return Ok(Vec::new());
         }
-        let ef = self.params.expansion_search.max(k);
-        if self.index.expansion_search() != ef {
-            self.index.change_expansion_search(ef);
-        }
+        // usearch widens the candidate list to `k` itself; ef is set once (new, load,
+        // set_expansion_search), never here, so concurrent searches share a constant config.
         let m = match filter {
             None => self.index.search(query, k),
             Some(f) => self.index.filtered_search(query, k, f),
