@@ -3,14 +3,17 @@
 # architecture, in one sitting: the two alternate ROUNDS times and the best round of each
 # configuration is kept, so a burst of load from other processes penalises neither side alone.
 # Usage: tools/bench_engine.sh [ARCH] [ROUNDS] [SECONDS]   (needs the reference venv, see
-# tools/setup_ref_env.sh; PYTHON overrides its interpreter)
+# tools/setup_ref_env.sh; PYTHON overrides its interpreter, GCLIP the gclip binary)
 set -euo pipefail
 arch="${1:-ViT-B-32}"; rounds="${2:-3}"; secs="${3:-3}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 py="${PYTHON:-$root/tools/.venv/bin/python}"
 threads="$(nproc)"
-cargo build --release -q -p gclip-cli --manifest-path "$root/Cargo.toml"
-gclip="${CARGO_TARGET_DIR:-$root/target}/release/gclip"
+# GCLIP=path/to/gclip uses an existing release binary instead of building one.
+if [ -z "${GCLIP:-}" ]; then
+  cargo build --release -q -p gclip-cli --manifest-path "$root/Cargo.toml"
+fi
+gclip="${GCLIP:-${CARGO_TARGET_DIR:-$root/target}/release/gclip}"
 out="$(mktemp -d)"
 for r in $(seq "$rounds"); do
   "$gclip" bench --arch "$arch" --seconds "$secs" --json >> "$out/gclip.jsonl"
