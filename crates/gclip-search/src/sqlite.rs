@@ -25,6 +25,10 @@ use crate::store::{
 /// The database file inside a collection directory.
 pub const DB_FILE: &str = "collection.sqlite3";
 
+/// Held (an exclusive file lock) while a process has the collection open: the in-memory state
+/// and the derived indexes belong to one process at a time.
+pub const LOCK_FILE: &str = "collection.lock";
+
 const SCHEMA_VERSION: &str = "1";
 
 const SCHEMA: &str = "
@@ -143,6 +147,8 @@ impl Mem {
 
 /// A collection stored in a directory: SQLite plus derived indexes.
 pub struct SqliteStore {
+    /// Released when the store is dropped (or the process dies).
+    _lock: std::fs::File,
     dir: PathBuf,
     db_path: PathBuf,
     info: CollectionInfo,
@@ -232,6 +238,24 @@ impl SqliteStore {
         if !Self::exists(dir) {
             return Err(SearchError::NotACollection(dir.to_path_buf()));
         }
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(SearchError::Invalid(format!(
+                    "collection {} is open in another process (a running `gclip serve`?); \
+                     stop it or use its HTTP API",
+                    dir.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
         let db_path = dir.join(DB_FILE);
         let conn = Self::connect(&db_path)?;
         let get_meta = |key: &str| -> Result<Option<String>> {
@@ -280,6 +304,7 @@ impl SqliteStore {
             }
         }
         let store = Self {
+            _lock: lock,
             dir: dir.to_path_buf(),
             db_path,
             info,

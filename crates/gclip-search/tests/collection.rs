@@ -322,7 +322,10 @@ fn ingest_query_filter_page_update_delete_reopen() {
     assert_eq!(h[0].id, "p3");
     assert!(h[0].score <= 1.0 + 1e-5 && h[0].score > 0.5);
 
-    // Opening with another model is refused; a non-collection is reported as such.
+    // Open in one place at a time; opening with another model is refused; a non-collection is
+    // reported as such.
+    assert!(Collection::open(&cdir).is_err(), "already open");
+    drop(c);
     let other = ModelIdentity {
         model: "other".into(),
         ..identity()

@@ -268,8 +268,15 @@ async fn authorize(State(state): Shared, req: Request, next: Next) -> Response {
                 && (path.ends_with("/search") || path == "/api/embed" || path == "/api/classify"));
         let open = path == "/api/health" || path == "/" || path.starts_with("/assets/");
         let needs = !open && (!read || state.config.protect_reads);
+        // Image tags cannot send headers: thumbnails also accept `?key=`.
+        let query_key = req.uri().query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("key="))
+                .filter(|_| path.ends_with("/thumbnail"))
+        });
         if needs
             && !presented_key(req.headers())
+                .or(query_key)
                 .is_some_and(|k| constant_time_eq(k.as_bytes(), key.as_bytes()))
         {
             return ApiError::new(

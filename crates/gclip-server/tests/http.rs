@@ -391,8 +391,60 @@ fn api_end_to_end_with_restart() {
     assert_eq!(s, 200);
     assert!(ctype.starts_with("text/html"));
     assert!(String::from_utf8_lossy(&page).contains("id=\"drop\""));
+    // While a server has the collection open, no other process or store may open it.
+    assert!(Collection::open(&coll).is_err());
     server.stop();
     assert!(coll.join("lexical").exists());
+
+    // A server that protects reads: searches and thumbnails need the key (header or ?key=).
+    let guarded = Running::start(ServerConfig {
+        protect_reads: true,
+        ..config.clone()
+    });
+    let g = guarded.addr;
+    let (s, _) = call(
+        g,
+        "POST",
+        "/api/collections/shop/search",
+        Some(json!({"q": "a cat"})),
+        None,
+    );
+    assert_eq!(s, 401);
+    let (s, _) = call(
+        g,
+        "POST",
+        "/api/collections/shop/search",
+        Some(json!({"q": "a cat"})),
+        Some("sekret"),
+    );
+    assert_eq!(s, 200);
+    let (s, _, _) = request(
+        g,
+        "GET",
+        "/api/collections/shop/documents/moto/thumbnail",
+        None,
+        &[],
+    );
+    assert_eq!(s, 401);
+    let (s, _, _) = request(
+        g,
+        "GET",
+        "/api/collections/shop/documents/moto/thumbnail?size=32&key=wrong",
+        None,
+        &[],
+    );
+    assert_eq!(s, 401);
+    let (s, _, _) = request(
+        g,
+        "GET",
+        "/api/collections/shop/documents/moto/thumbnail?size=32&key=sekret",
+        None,
+        &[],
+    );
+    assert_eq!(s, 200);
+    let (s, _) = call(g, "GET", "/api/health", None, None);
+    assert_eq!(s, 200, "health stays open");
+    guarded.stop();
 
     // Restart: the same answers from disk.
     let server = Running::start(config);
