@@ -31,6 +31,18 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let arch = args.get(1).map_or("ViT-B-32", String::as_str);
@@ -83,6 +95,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         query_keys: (0..batch as u64).collect(),
         doc_keys: (0..batch as u64).collect(),
     };
+    if std::env::var("BENCH_PROBE").is_ok() {
+        // Resident memory around one image-tower forward and backward.
+        let FieldData::Image(px) = &b.doc[0].data else {
+            unreachable!()
+        };
+        eprintln!("probe: model + optimiser state: {:.0} MiB", rss_mib());
+        let emb = clip.vision.forward(px)?;
+        eprintln!(
+            "probe: after image forward with graph: {:.0} MiB",
+            rss_mib()
+        );
+        let grads = emb.sum_all()?.backward()?;
+        eprintln!(
+            "probe: after backward (graph and grads alive): {:.0} MiB",
+            rss_mib()
+        );
+        drop(grads);
+        drop(emb);
+        eprintln!("probe: after dropping both: {:.0} MiB", rss_mib());
+        return Ok(());
+    }
     let mut times = Vec::new();
     for i in 0..=steps {
         let t0 = Instant::now();
