@@ -200,7 +200,7 @@ pub struct SearchBenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "64,128,256")]
     ef: Vec<usize>,
     /// HNSW connectivity (M).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     connectivity: usize,
     /// Insert-time candidate list (efConstruction).
     #[arg(long, default_value_t = 128)]

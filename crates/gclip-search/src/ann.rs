@@ -35,10 +35,11 @@ pub struct AnnParams {
 impl Default for AnnParams {
     fn default() -> Self {
         Self {
-            connectivity: 16,
+            // recall@10 0.968 at p50 1.5 ms on 1,000,000 structured 512-d vectors
+            // (docs/BENCHMARKS.md); M = 16 needed ef = 512 and 3.5 ms for the same recall.
+            connectivity: 32,
             expansion_add: 128,
-            // recall@10 0.987 at p50 1 ms on 100k structured 512-d vectors (docs/BENCHMARKS.md).
-            expansion_search: 256,
+            expansion_search: 128,
             bf16: true,
         }
     }

@@ -68,13 +68,10 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = request(
-            self.addr,
-            "DELETE",
-            &format!("/session/{}", self.session),
-            None,
-            &[],
-        );
+        if !self.session.is_empty() && !std::thread::panicking() {
+            let path = format!("/session/{}", self.session);
+            let _ = request(self.addr, "DELETE", &path, None, &[]);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -98,7 +95,7 @@ fn free_port() -> u16 {
 
 fn start_driver(profile: &Path) -> Driver {
     let port = free_port();
-    let child = Command::new("chromedriver")
+    let mut child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -107,10 +104,10 @@ fn start_driver(profile: &Path) -> Driver {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let start = Instant::now();
     while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "chromedriver did not listen"
-        );
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("chromedriver did not listen");
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     let caps = json!({"capabilities": {"alwaysMatch": {
@@ -123,16 +120,18 @@ fn start_driver(profile: &Path) -> Driver {
                      format!("--user-data-dir={}", profile.display())]
         }
     }}});
+    // The driver process is ours from here: Drop kills it even if the session fails.
+    let mut driver = Driver {
+        addr,
+        child,
+        session: String::new(),
+    };
     let v = wd(addr, "POST", "/session", Some(caps));
-    let session = v["value"]["sessionId"]
+    driver.session = v["value"]["sessionId"]
         .as_str()
         .expect("a session id")
         .to_string();
-    Driver {
-        addr,
-        child,
-        session,
-    }
+    driver
 }
 
 #[test]
