@@ -500,6 +500,53 @@ pub(crate) fn causal_mask(tokens: usize, device: &candle_core::Device) -> Result
     Tensor::from_vec(mask, (tokens, tokens), device)
 }
 
+/// `P = softmax(scale·Q·Kᵀ)` for one (sequence, head) into `probs` (`tokens × tokens`), rows
+/// masked causally when asked: the shared first step of the attention forward and backward.
+///
+/// # Safety
+/// `q` and `k` must each address `tokens` rows of `head_dim` floats with row stride `row`, and
+/// `probs` must hold `tokens × tokens` floats.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attention_probs(
+    probs: &mut [f32],
+    q: *const f32,
+    k: *const f32,
+    tokens: usize,
+    head_dim: usize,
+    row: usize,
+    scale: f32,
+    causal: bool,
+) {
+    debug_assert!(probs.len() >= tokens * tokens);
+    // SAFETY: the caller guarantees the extents of q and k; probs is checked above.
+    unsafe {
+        gemm::gemm(
+            tokens,
+            tokens,
+            head_dim,
+            probs.as_mut_ptr(),
+            1,
+            tokens as isize,
+            false,
+            q,
+            1,
+            row as isize,
+            k,
+            row as isize,
+            1,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    for (i, r) in probs.chunks_exact_mut(tokens).take(tokens).enumerate() {
+        softmax_prefix(r, if causal { i + 1 } else { tokens });
+    }
+}
+
 /// A raw pointer that may cross threads; each task writes a disjoint set of elements.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
@@ -531,34 +578,9 @@ impl CustomOp1 for AttentionOp {
                 let k = seq[width + h * head_dim..].as_ptr();
                 let v = seq[2 * width + h * head_dim..].as_ptr();
                 // SAFETY: q and k address tokens×head_dim blocks with row stride `row` inside
-                // `seq`; scores is tokens×tokens. The result block written through `dst` (rows
-                // of sequence b, columns of head h) is touched by this task only.
-                unsafe {
-                    gemm::gemm(
-                        tokens,
-                        tokens,
-                        head_dim,
-                        scores.as_mut_ptr(),
-                        1,
-                        tokens as isize,
-                        false,
-                        q,
-                        1,
-                        row as isize,
-                        k,
-                        row as isize,
-                        1,
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-                for (i, r) in scores.chunks_exact_mut(tokens).enumerate() {
-                    softmax_prefix(r, if causal { i + 1 } else { tokens });
-                }
+                // `seq`. The result block written through `dst` below (rows of sequence b,
+                // columns of head h) is touched by this task only.
+                unsafe { attention_probs(scores, q, k, tokens, head_dim, row, scale, causal) };
                 let dst = out_ptr;
                 // SAFETY: see above; dst + offset addresses tokens×head_dim elements with row
                 // stride `width`, inside `out`, disjoint from every other task's block.
@@ -673,31 +695,8 @@ impl CustomOp2 for AttentionBackwardOp {
                 unsafe {
                     let dq = dst.0.add(b * tokens * row + h * head_dim);
                     let dv = dq.add(2 * width);
-                    // probs = s·Q·Kᵀ, then the (causal) softmax of each row, as in the forward.
-                    gemm::gemm(
-                        tokens,
-                        tokens,
-                        head_dim,
-                        probs.as_mut_ptr(),
-                        1,
-                        tokens as isize,
-                        false,
-                        q,
-                        1,
-                        row as isize,
-                        k,
-                        row as isize,
-                        1,
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                    for (i, r) in probs.chunks_exact_mut(tokens).enumerate() {
-                        softmax_prefix(r, if causal { i + 1 } else { tokens });
-                    }
+                    // P recomputed exactly as the forward pass computes it.
+                    attention_probs(probs, q, k, tokens, head_dim, row, scale, causal);
                     // dV = Pᵀ·dO
                     gemm::gemm(
                         tokens,
