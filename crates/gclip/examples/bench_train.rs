@@ -111,6 +111,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "probe: after backward (graph and grads alive): {:.0} MiB",
             rss_mib()
         );
+        let ids: Vec<_> = grads.get_ids().copied().collect();
+        let mut bytes = 0usize;
+        for id in &ids {
+            if let Some(g) = grads.get_id(*id) {
+                bytes += g.elem_count() * 4;
+            }
+        }
+        eprintln!(
+            "probe: grad store {} tensors, {:.0} MiB",
+            ids.len(),
+            bytes as f64 / 1048576.0
+        );
         drop(grads);
         drop(emb);
         eprintln!("probe: after dropping both: {:.0} MiB", rss_mib());

@@ -291,6 +291,10 @@ impl CustomOp3 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Inputs are detached (here and in the other backward passes): a gradient computed from
+        // tracked tensors would carry their graph, and the gradients that candle keeps for the
+        // parameters would then hold every intermediate of the backward pass alive.
+        let (x, w) = (x.detach(), w.detach());
         let (in_dim, out_dim) = w.dims2()?;
         let g2 = grad.reshape(((), out_dim))?;
         let x2 = x.reshape(((), in_dim))?;
@@ -351,6 +355,7 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, w) = (x.detach(), w.detach());
         let width = w.dim(0)?;
         let x2 = x.reshape(((), width))?;
         let g2 = grad.reshape(((), width))?;
@@ -361,7 +366,7 @@ impl CustomOp3 for LayerNormOp {
         let x_hat = centered.broadcast_mul(&rstd)?;
         let grad_w = (&g2 * &x_hat)?.sum(0)?;
         let grad_b = g2.sum(0)?;
-        let g_hat = g2.broadcast_mul(w)?;
+        let g_hat = g2.broadcast_mul(&w)?;
         let mean_g = g_hat.mean_keepdim(1)?;
         let mean_gx = (&g_hat * &x_hat)?.mean_keepdim(1)?;
         let grad_x = g_hat
@@ -418,7 +423,7 @@ impl CustomOp2 for BiasActivationOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let z = x.broadcast_add(b)?;
+        let z = x.detach().broadcast_add(&b.detach())?;
         let dz = match self.act {
             Activation::Gelu => {
                 // d/dz [z·Φ(z)] = Φ(z) + z·φ(z)
