@@ -3,8 +3,9 @@
 //! candle's generic element-wise ops run on one thread and make one pass (and one allocation)
 //! per op; a LayerNorm is six of them, a bias-add-then-GELU three. These kernels do each job in
 //! one parallel pass over contiguous rows, and are compiled twice: once for the baseline CPU and
-//! once with AVX-512 enabled, chosen at run time. Every op has a backward pass written with
-//! candle tensor ops, so training gets gradients through the same forward code.
+//! once with AVX-512 enabled, chosen at run time. Every op has a backward pass (fused kernels
+//! of the same kind on this path, candle tensor ops elsewhere), so training gets gradients
+//! through the same forward code.
 //!
 //! The ops only accept contiguous `f32` CPU tensors; [`super::layers`] checks that and falls back
 //! to composed candle ops everywhere else (other devices, other dtypes).
@@ -167,6 +168,150 @@ fn layer_norm_row_generic(src: &[f32], dst: &mut [f32], w: &[f32], b: &[f32], ep
     }
 }
 simd_dispatch!(fn layer_norm_row(src: &[f32], dst: &mut [f32], w: &[f32], b: &[f32], eps: f32) = layer_norm_row_generic);
+
+/// One row of the LayerNorm gradient: writes `dx` and adds this row's terms of the weight and
+/// bias gradients to `dw` and `db`. With `x̂ = (x − μ)·r`, `ĝ = g ∘ w`:
+/// `dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ ∘ x̂))`, `dw += g ∘ x̂`, `db += g`.
+#[inline(always)]
+fn layer_norm_grad_row_generic(
+    x: &[f32],
+    g: &[f32],
+    w: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    let width = x.len();
+    let (g, w, dx, dw, db) = (
+        &g[..width],
+        &w[..width],
+        &mut dx[..width],
+        &mut dw[..width],
+        &mut db[..width],
+    );
+    let n = width as f32;
+    let mean = sum_lanes(x) / n;
+    let rstd = 1.0 / (sum_sq_dev_lanes(x, mean) / n + eps).sqrt();
+    let mut acc_g = [0f32; LANES];
+    let mut acc_gx = [0f32; LANES];
+    let full = width / LANES * LANES;
+    for base in (0..full).step_by(LANES) {
+        for i in 0..LANES {
+            let j = base + i;
+            let x_hat = (x[j] - mean) * rstd;
+            let g_hat = g[j] * w[j];
+            acc_g[i] += g_hat;
+            acc_gx[i] += g_hat * x_hat;
+            dw[j] += g[j] * x_hat;
+            db[j] += g[j];
+        }
+    }
+    let mut sum_g: f32 = acc_g.iter().sum();
+    let mut sum_gx: f32 = acc_gx.iter().sum();
+    for j in full..width {
+        let x_hat = (x[j] - mean) * rstd;
+        let g_hat = g[j] * w[j];
+        sum_g += g_hat;
+        sum_gx += g_hat * x_hat;
+        dw[j] += g[j] * x_hat;
+        db[j] += g[j];
+    }
+    let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
+    for j in 0..width {
+        let x_hat = (x[j] - mean) * rstd;
+        dx[j] = rstd * (g[j] * w[j] - mean_g - x_hat * mean_gx);
+    }
+}
+simd_dispatch!(fn layer_norm_grad_row(x: &[f32], g: &[f32], w: &[f32], eps: f32, dx: &mut [f32], dw: &mut [f32], db: &mut [f32]) = layer_norm_grad_row_generic);
+
+/// One row of the bias + activation gradient: `dz = g ∘ act′(x + b)`, and `db += dz`.
+#[inline(always)]
+fn bias_act_grad_row_generic(
+    x: &[f32],
+    g: &[f32],
+    bias: &[f32],
+    act: Activation,
+    dz: &mut [f32],
+    db: &mut [f32],
+) {
+    let width = x.len();
+    let (g, bias, dz, db) = (
+        &g[..width],
+        &bias[..width],
+        &mut dz[..width],
+        &mut db[..width],
+    );
+    match act {
+        Activation::Gelu => {
+            // d/dz [z·Φ(z)] = Φ(z) + z·φ(z)
+            const INV_SQRT_2PI: f32 = 0.398_942_3;
+            for j in 0..width {
+                let z = x[j] + bias[j];
+                let cdf = 0.5 * (1.0 + erf_f32(z * std::f32::consts::FRAC_1_SQRT_2));
+                let pdf = INV_SQRT_2PI * exp_f32(-0.5 * z * z);
+                let d = g[j] * (cdf + z * pdf);
+                dz[j] = d;
+                db[j] += d;
+            }
+        }
+        Activation::QuickGelu => {
+            // d/dz [z·σ(az)] = σ(az) + a·z·σ(az)·(1 − σ(az))
+            for j in 0..width {
+                let z = x[j] + bias[j];
+                let s = 1.0 / (1.0 + exp_f32(-1.702 * z));
+                let d = g[j] * (s + 1.702 * z * s * (1.0 - s));
+                dz[j] = d;
+                db[j] += d;
+            }
+        }
+    }
+}
+simd_dispatch!(fn bias_act_grad_row(x: &[f32], g: &[f32], bias: &[f32], act: Activation, dz: &mut [f32], db: &mut [f32]) = bias_act_grad_row_generic);
+
+/// Runs `row(x_row, g_row, out_row, column_sums)` over all rows of `x` and `g` in parallel and
+/// returns `[rows + sums, width]`: the per-row outputs, then `sums` rows of column sums (each
+/// task accumulates its own partial sums, added up at the end). Gradients of a row-wise op and
+/// of its broadcast parameters come out of one pass this way.
+fn rows_with_column_sums(
+    x: &[f32],
+    g: &[f32],
+    width: usize,
+    sums: usize,
+    row: impl Fn(&[f32], &[f32], &mut [f32], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let rows = x.len() / width;
+    let mut out = vec![0f32; (rows + sums) * width];
+    let (per_row, tail) = out.split_at_mut(rows * width);
+    let tasks = 4 * rayon::current_num_threads().max(1);
+    let chunk_rows = rows.div_ceil(tasks).max(8);
+    let totals = per_row
+        .par_chunks_mut(chunk_rows * width)
+        .zip(x.par_chunks(chunk_rows * width))
+        .zip(g.par_chunks(chunk_rows * width))
+        .map(|((dst, xs), gs)| {
+            let mut partial = vec![0f32; sums * width];
+            for ((d, xr), gr) in dst
+                .chunks_exact_mut(width)
+                .zip(xs.chunks_exact(width))
+                .zip(gs.chunks_exact(width))
+            {
+                row(xr, gr, d, &mut partial);
+            }
+            partial
+        })
+        .reduce(
+            || vec![0f32; sums * width],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(&b) {
+                    *x += y;
+                }
+                a
+            },
+        );
+    tail.copy_from_slice(&totals);
+    out
+}
 
 /// Softmax of `row[..valid]` in place; entries from `valid` on are set to 0 (causal masking).
 #[inline(always)]
@@ -357,6 +502,21 @@ impl CustomOp3 for LayerNormOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (x, w) = (x.detach(), w.detach());
         let width = w.dim(0)?;
+        if fusable(&x) && fusable(&w) && fusable(grad) {
+            let rows = x.elem_count() / width;
+            let packed = x.contiguous()?.apply_op3_no_bwd(
+                &w.contiguous()?,
+                &grad.contiguous()?,
+                &LayerNormGradOp { eps: self.eps },
+            )?;
+            // The two small gradients are copied out so that they do not keep the large
+            // buffer alive in the gradient store.
+            return Ok((
+                Some(packed.narrow(0, 0, rows)?.reshape(x.shape())?),
+                Some(packed.narrow(0, rows, 1)?.reshape(width)?.copy()?),
+                Some(packed.narrow(0, rows + 1, 1)?.reshape(width)?.copy()?),
+            ));
+        }
         let x2 = x.reshape(((), width))?;
         let g2 = grad.reshape(((), width))?;
         let mean = x2.mean_keepdim(1)?;
@@ -423,7 +583,21 @@ impl CustomOp2 for BiasActivationOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let z = x.detach().broadcast_add(&b.detach())?;
+        let (x, b) = (x.detach(), b.detach());
+        let width = b.dim(0)?;
+        if fusable(&x) && fusable(&b) && fusable(grad) {
+            let rows = x.elem_count() / width;
+            let packed = x.contiguous()?.apply_op3_no_bwd(
+                &b.contiguous()?,
+                &grad.contiguous()?,
+                &BiasActivationGradOp { act: self.act },
+            )?;
+            return Ok((
+                Some(packed.narrow(0, 0, rows)?.reshape(x.shape())?),
+                Some(packed.narrow(0, rows, 1)?.reshape(width)?.copy()?),
+            ));
+        }
+        let z = x.broadcast_add(&b)?;
         let dz = match self.act {
             Activation::Gelu => {
                 // d/dz [z·Φ(z)] = Φ(z) + z·φ(z)
@@ -440,9 +614,94 @@ impl CustomOp2 for BiasActivationOp {
             }
         };
         let grad_z = (grad * dz)?;
-        let width = b.dim(0)?;
         let grad_b = grad_z.reshape(((), width))?.sum(0)?;
         Ok((Some(grad_z), Some(grad_b)))
+    }
+}
+
+/// Reads three contiguous f32 inputs `(x, parameter, gradient)` of a row-wise op's backward
+/// pass and checks that they fit together; returns them with the row width.
+fn row_grad_inputs<'a>(
+    what: &str,
+    (xs, xl): (&'a CpuStorage, &Layout),
+    (ps, pl): (&'a CpuStorage, &Layout),
+    (gs, gl): (&'a CpuStorage, &Layout),
+) -> Result<(&'a [f32], &'a [f32], &'a [f32], usize)> {
+    let x = contiguous_f32(xs, xl, what)?;
+    let p = contiguous_f32(ps, pl, what)?;
+    let g = contiguous_f32(gs, gl, what)?;
+    let width = p.len();
+    if width == 0 || xl.shape() != gl.shape() || xl.shape().dims().last() != Some(&width) {
+        candle_core::bail!(
+            "{what}: input {:?}, parameter {:?}, gradient {:?} do not fit",
+            xl.shape(),
+            pl.shape(),
+            gl.shape()
+        );
+    }
+    Ok((x, p, g, width))
+}
+
+/// The gradient of [`LayerNormOp`] given `(x, weight, grad)`: `[rows + 2, width]` holding the
+/// input gradient, then the weight and bias gradients.
+struct LayerNormGradOp {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormGradOp {
+    fn name(&self) -> &'static str {
+        "gclip-layer-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, g, width) =
+            row_grad_inputs("layer norm backward", (xs, xl), (ws, wl), (gs, gl))?;
+        let eps = self.eps;
+        let out = rows_with_column_sums(x, g, width, 2, |xr, gr, dx, sums| {
+            let (dw, db) = sums.split_at_mut(width);
+            layer_norm_grad_row(xr, gr, w, eps, dx, dw, db);
+        });
+        let rows = x.len() / width;
+        Ok((CpuStorage::F32(out), Shape::from((rows + 2, width))))
+    }
+}
+
+/// The gradient of [`BiasActivationOp`] given `(x, bias, grad)`: `[rows + 1, width]` holding
+/// the input gradient, then the bias gradient.
+struct BiasActivationGradOp {
+    act: Activation,
+}
+
+impl CustomOp3 for BiasActivationGradOp {
+    fn name(&self) -> &'static str {
+        "gclip-bias-activation-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, b, g, width) =
+            row_grad_inputs("activation backward", (xs, xl), (bs, bl), (gs, gl))?;
+        let act = self.act;
+        let out = rows_with_column_sums(x, g, width, 1, |xr, gr, dz, db| {
+            bias_act_grad_row(xr, gr, b, act, dz, db);
+        });
+        let rows = x.len() / width;
+        Ok((CpuStorage::F32(out), Shape::from((rows + 1, width))))
     }
 }
 
