@@ -131,9 +131,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut times = Vec::new();
     for i in 0..=steps {
         let t0 = Instant::now();
+        let before = rss_mib();
         let out = loss_and_grads(&clip, &params, &spec, &b)?;
+        let after_grads = (rss_mib(), peak_rss_mib());
         opt.step(&params, &out.grads, 1e-5, None)?;
         let dt = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "memory (MiB): {before:.0} before the step, {:.0} after backward (peak so far {:.0}), {:.0} after the update",
+            after_grads.0,
+            after_grads.1,
+            rss_mib()
+        );
         if i > 0 {
             times.push(dt);
         }

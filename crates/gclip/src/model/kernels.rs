@@ -114,21 +114,21 @@ fn quick_gelu_f32(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn bias_act_row_generic(src: &[f32], dst: &mut [f32], bias: &[f32], act: Activation) {
+fn act_row_generic(src: &[f32], dst: &mut [f32], act: Activation) {
     match act {
         Activation::Gelu => {
-            for ((d, s), b) in dst.iter_mut().zip(src).zip(bias) {
-                *d = gelu_f32(s + b);
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = gelu_f32(*s);
             }
         }
         Activation::QuickGelu => {
-            for ((d, s), b) in dst.iter_mut().zip(src).zip(bias) {
-                *d = quick_gelu_f32(s + b);
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = quick_gelu_f32(*s);
             }
         }
     }
 }
-simd_dispatch!(fn bias_act_row(src: &[f32], dst: &mut [f32], bias: &[f32], act: Activation) = bias_act_row_generic);
+simd_dispatch!(fn act_row(src: &[f32], dst: &mut [f32], act: Activation) = act_row_generic);
 
 #[inline(always)]
 fn sum_lanes(xs: &[f32]) -> f32 {
@@ -225,49 +225,41 @@ fn layer_norm_grad_row_generic(
 }
 simd_dispatch!(fn layer_norm_grad_row(x: &[f32], g: &[f32], w: &[f32], eps: f32, dx: &mut [f32], dw: &mut [f32], db: &mut [f32]) = layer_norm_grad_row_generic);
 
-/// One row of the bias + activation gradient: `dz = g ∘ act′(x + b)`, and `db += dz`.
+/// One row of the activation gradient: `dz = g ∘ act′(z)`.
 #[inline(always)]
-fn bias_act_grad_row_generic(
-    x: &[f32],
-    g: &[f32],
-    bias: &[f32],
-    act: Activation,
-    dz: &mut [f32],
-    db: &mut [f32],
-) {
-    let width = x.len();
-    let (g, bias, dz, db) = (
-        &g[..width],
-        &bias[..width],
-        &mut dz[..width],
-        &mut db[..width],
-    );
+fn act_grad_row_generic(z: &[f32], g: &[f32], act: Activation, dz: &mut [f32]) {
+    let width = z.len();
+    let (g, dz) = (&g[..width], &mut dz[..width]);
     match act {
         Activation::Gelu => {
             // d/dz [z·Φ(z)] = Φ(z) + z·φ(z)
             const INV_SQRT_2PI: f32 = 0.398_942_3;
             for j in 0..width {
-                let z = x[j] + bias[j];
-                let cdf = 0.5 * (1.0 + erf_f32(z * std::f32::consts::FRAC_1_SQRT_2));
-                let pdf = INV_SQRT_2PI * exp_f32(-0.5 * z * z);
-                let d = g[j] * (cdf + z * pdf);
-                dz[j] = d;
-                db[j] += d;
+                let cdf = 0.5 * (1.0 + erf_f32(z[j] * std::f32::consts::FRAC_1_SQRT_2));
+                let pdf = INV_SQRT_2PI * exp_f32(-0.5 * z[j] * z[j]);
+                dz[j] = g[j] * (cdf + z[j] * pdf);
             }
         }
         Activation::QuickGelu => {
             // d/dz [z·σ(az)] = σ(az) + a·z·σ(az)·(1 − σ(az))
             for j in 0..width {
-                let z = x[j] + bias[j];
-                let s = 1.0 / (1.0 + exp_f32(-1.702 * z));
-                let d = g[j] * (s + 1.702 * z * s * (1.0 - s));
-                dz[j] = d;
-                db[j] += d;
+                let s = 1.0 / (1.0 + exp_f32(-1.702 * z[j]));
+                dz[j] = g[j] * (s + 1.702 * z[j] * s * (1.0 - s));
             }
         }
     }
 }
-simd_dispatch!(fn bias_act_grad_row(x: &[f32], g: &[f32], bias: &[f32], act: Activation, dz: &mut [f32], db: &mut [f32]) = bias_act_grad_row_generic);
+simd_dispatch!(fn act_grad_row(z: &[f32], g: &[f32], act: Activation, dz: &mut [f32]) = act_grad_row_generic);
+
+/// `act(z)` over contiguous rows, in parallel.
+fn activate_rows(z: &[f32], width: usize, act: Activation) -> Vec<f32> {
+    let mut dst = vec![0f32; z.len()];
+    dst.par_chunks_mut(width)
+        .zip(z.par_chunks(width))
+        .with_min_len(8)
+        .for_each(|(d, s)| act_row(s, d, act));
+    dst
+}
 
 /// Runs `row(x_row, g_row, out_row, column_sums)` over all rows of `x` and `g` in parallel and
 /// returns `[rows + sums, width]`: the per-row outputs, then `sums` rows of column sums (each
@@ -360,7 +352,13 @@ pub(crate) fn fusable(t: &Tensor) -> bool {
 /// The weight is kept `[in, out]` because gemm then streams it in place: with PyTorch's
 /// `[out, in]` layout it repacks the whole weight matrix on every call, which costs more than
 /// the multiplication itself for short inputs (one image, one caption).
-pub(crate) struct LinearOp;
+///
+/// With `input_activation`, the op computes `act(x)·W + b` for the second layer of an MLP: the
+/// graph then keeps only the pre-activation `x` (the activated copy is a temporary, recomputed
+/// by the backward pass), a quarter of a transformer block's saved activations.
+pub(crate) struct LinearOp {
+    pub input_activation: Option<Activation>,
+}
 
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
@@ -390,6 +388,14 @@ impl CustomOp3 for LinearOp {
             );
         }
         let rows = x.len() / in_dim;
+        let activated;
+        let x = match self.input_activation {
+            None => x,
+            Some(act) => {
+                activated = activate_rows(x, in_dim, act);
+                &activated[..]
+            }
+        };
         let mut dst = vec![0f32; rows * out_dim];
         for row in dst.chunks_exact_mut(out_dim) {
             row.copy_from_slice(b);
@@ -443,8 +449,17 @@ impl CustomOp3 for LinearOp {
         let (in_dim, out_dim) = w.dims2()?;
         let g2 = grad.reshape(((), out_dim))?;
         let x2 = x.reshape(((), in_dim))?;
-        let grad_x = g2.matmul(&w.t()?)?.reshape(x.shape())?;
-        let grad_w = x2.t()?.matmul(&g2)?;
+        let grad_in = g2.matmul(&w.t()?)?;
+        let (input, grad_x) = match self.input_activation {
+            None => (x2, grad_in),
+            Some(act) => {
+                let x2 = x2.contiguous()?;
+                let grad_x = x2.apply_op2_no_bwd(&grad_in, &ActivationGradOp { act })?;
+                (activate(&x2, act)?, grad_x)
+            }
+        };
+        let grad_x = grad_x.reshape(x.shape())?;
+        let grad_w = input.t()?.matmul(&g2)?;
         let grad_b = g2.sum(0)?;
         Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
     }
@@ -539,83 +554,73 @@ impl CustomOp3 for LayerNormOp {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Bias add + activation, fused.
+// Activation, recomputed by the backward pass of a linear layer that takes it as input.
 
-pub(crate) struct BiasActivationOp {
-    pub act: Activation,
+/// `act(z)`, with no backward pass of its own: only [`LinearOp::bwd`] applies it, without a graph.
+struct ActivationOp {
+    act: Activation,
 }
 
-impl CustomOp2 for BiasActivationOp {
+impl CustomOp1 for ActivationOp {
     fn name(&self) -> &'static str {
-        "gclip-bias-activation"
+        "gclip-activation"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let z = contiguous_f32(storage, layout, "activation input")?;
+        let width = layout.shape().dims().last().copied().unwrap_or(0).max(1);
+        Ok((
+            CpuStorage::F32(activate_rows(z, width, self.act)),
+            layout.shape().clone(),
+        ))
+    }
+}
+
+/// `grad ∘ act′(z)` given `(z, grad)`, without a graph.
+struct ActivationGradOp {
+    act: Activation,
+}
+
+impl CustomOp2 for ActivationGradOp {
+    fn name(&self) -> &'static str {
+        "gclip-activation-backward"
     }
 
     fn cpu_fwd(
         &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
+        zs: &CpuStorage,
+        zl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(xs, xl, "activation input")?;
-        let b = contiguous_f32(bs, bl, "activation bias")?;
-        let width = b.len();
-        if width == 0 || xl.shape().dims().last() != Some(&width) {
+        let z = contiguous_f32(zs, zl, "activation backward input")?;
+        let g = contiguous_f32(gs, gl, "activation backward gradient")?;
+        if zl.shape() != gl.shape() {
             candle_core::bail!(
-                "activation: input {:?}, bias {:?} do not fit",
-                xl.shape(),
-                bl.shape()
+                "activation backward: input {:?} and gradient {:?} differ",
+                zl.shape(),
+                gl.shape()
             );
         }
-        let mut dst = vec![0f32; x.len()];
+        let width = zl.shape().dims().last().copied().unwrap_or(0).max(1);
+        let mut dz = vec![0f32; z.len()];
         let act = self.act;
-        dst.par_chunks_mut(width)
-            .zip(x.par_chunks(width))
+        dz.par_chunks_mut(width)
+            .zip(z.par_chunks(width).zip(g.par_chunks(width)))
             .with_min_len(8)
-            .for_each(|(d, s)| bias_act_row(s, d, b, act));
-        Ok((CpuStorage::F32(dst), xl.shape().clone()))
+            .for_each(|(d, (zr, gr))| act_grad_row(zr, gr, act, d));
+        Ok((CpuStorage::F32(dz), zl.shape().clone()))
     }
+}
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (x, b) = (x.detach(), b.detach());
-        let width = b.dim(0)?;
-        if fusable(&x) && fusable(&b) && fusable(grad) {
-            let rows = x.elem_count() / width;
-            let packed = x.contiguous()?.apply_op3_no_bwd(
-                &b.contiguous()?,
-                &grad.contiguous()?,
-                &BiasActivationGradOp { act: self.act },
-            )?;
-            return Ok((
-                Some(packed.narrow(0, 0, rows)?.reshape(x.shape())?),
-                Some(packed.narrow(0, rows, 1)?.reshape(width)?.copy()?),
-            ));
-        }
-        let z = x.broadcast_add(&b)?;
-        let dz = match self.act {
-            Activation::Gelu => {
-                // d/dz [z·Φ(z)] = Φ(z) + z·φ(z)
-                let cdf = ((z.affine(std::f64::consts::FRAC_1_SQRT_2, 0.)?.erf()? + 1.0)? * 0.5)?;
-                let pdf = (z.sqr()?.affine(-0.5, 0.)?.exp()?
-                    * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2))?;
-                (cdf + (&z * pdf)?)?
-            }
-            Activation::QuickGelu => {
-                // d/dz [z·σ(az)] = σ(az) + a·z·σ(az)(1−σ(az))
-                let s = candle_nn::ops::sigmoid(&z.affine(1.702, 0.)?)?;
-                let one_minus = s.affine(-1.0, 1.0)?;
-                (&s + (z.affine(1.702, 0.)? * (&s * one_minus)?)?)?
-            }
-        };
-        let grad_z = (grad * dz)?;
-        let grad_b = grad_z.reshape(((), width))?.sum(0)?;
-        Ok((Some(grad_z), Some(grad_b)))
+/// `act(z)`: one fused pass on CPU f32, candle ops elsewhere (differentiable there).
+pub(crate) fn activate(z: &Tensor, act: Activation) -> Result<Tensor> {
+    if fusable(z) && !z.track_op() {
+        return z.contiguous()?.apply_op1_no_bwd(&ActivationOp { act });
+    }
+    match act {
+        Activation::Gelu => z.gelu_erf(),
+        Activation::QuickGelu => z.broadcast_mul(&candle_nn::ops::sigmoid(&(z * 1.702)?)?),
     }
 }
 
@@ -671,37 +676,6 @@ impl CustomOp3 for LayerNormGradOp {
         });
         let rows = x.len() / width;
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, width))))
-    }
-}
-
-/// The gradient of [`BiasActivationOp`] given `(x, bias, grad)`: `[rows + 1, width]` holding
-/// the input gradient, then the bias gradient.
-struct BiasActivationGradOp {
-    act: Activation,
-}
-
-impl CustomOp3 for BiasActivationGradOp {
-    fn name(&self) -> &'static str {
-        "gclip-bias-activation-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, b, g, width) =
-            row_grad_inputs("activation backward", (xs, xl), (bs, bl), (gs, gl))?;
-        let act = self.act;
-        let out = rows_with_column_sums(x, g, width, 1, |xr, gr, dz, db| {
-            bias_act_grad_row(xr, gr, b, act, dz, db);
-        });
-        let rows = x.len() / width;
-        Ok((CpuStorage::F32(out), Shape::from((rows + 1, width))))
     }
 }
 

@@ -5,7 +5,7 @@
 
 use candle_core::{Result, Tensor, D};
 
-use super::kernels::{fusable, Activation, AttentionOp, BiasActivationOp, LayerNormOp, LinearOp};
+use super::kernels::{activate, fusable, Activation, AttentionOp, LayerNormOp, LinearOp};
 use super::weights::Weights;
 use super::ModelError;
 
@@ -81,14 +81,17 @@ impl Linear {
     /// `[.., in]` → `[.., out]`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if fusable(x) {
-            return x
-                .contiguous()?
-                .apply_op3(&self.weight_t, &self.bias, LinearOp);
+            return x.contiguous()?.apply_op3(
+                &self.weight_t,
+                &self.bias,
+                LinearOp {
+                    input_activation: None,
+                },
+            );
         }
         self.forward_no_bias(x)?.broadcast_add(&self.bias)
     }
 
-    /// `x·W` without the bias, for callers that fuse the bias into the next op.
     fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
         let (in_dim, out_dim) = self.weight_t.dims2()?;
         let mut shape = x.dims().to_vec();
@@ -100,17 +103,19 @@ impl Linear {
         y.reshape(shape)
     }
 
-    /// `act(x·Wᵀ + b)`, with the bias add and activation fused in one pass on CPU.
-    pub fn forward_activated(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
-        let y = self.forward_no_bias(x)?;
-        if fusable(&y) {
-            return y.apply_op2(&self.bias, BiasActivationOp { act });
+    /// `act(x)·W + b`: an MLP's second layer applies the activation of the first layer's output,
+    /// so that training keeps only the pre-activation for the backward pass.
+    pub fn forward_after(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        if fusable(x) {
+            return x.contiguous()?.apply_op3(
+                &self.weight_t,
+                &self.bias,
+                LinearOp {
+                    input_activation: Some(act),
+                },
+            );
         }
-        let z = y.broadcast_add(&self.bias)?;
-        match act {
-            Activation::Gelu => z.gelu_erf(),
-            Activation::QuickGelu => z.broadcast_mul(&candle_nn::ops::sigmoid(&(&z * 1.702)?)?),
-        }
+        self.forward(&activate(x, act)?)
     }
 }
 
@@ -183,10 +188,8 @@ impl ResidualBlock {
     /// `[batch, tokens, width]` → `[batch, tokens, width]`
     pub fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
         let x = (x + self.attn.forward(&self.ln_1.forward(x)?, causal)?)?;
-        let h = self
-            .fc1
-            .forward_activated(&self.ln_2.forward(&x)?, self.activation)?;
-        x + self.fc2.forward(&h)?
+        let pre_activation = self.fc1.forward(&self.ln_2.forward(&x)?)?;
+        x + self.fc2.forward_after(&pre_activation, self.activation)?
     }
 }
 
@@ -343,7 +346,7 @@ mod tests {
                         weight_t: t[1].clone(),
                         bias: t[2].clone(),
                     }
-                    .forward_activated(&t[0], act)
+                    .forward_after(&t[0], act)
                     .unwrap()
                 },
                 2e-4,

@@ -158,10 +158,7 @@ fn linear_gradients_with_and_without_activation() {
     });
     for act in [Activation::Gelu, Activation::QuickGelu] {
         check(&format!("linear + {act:?}"), &inputs, |t| {
-            weighted_sum(
-                &linear(&t[1], &t[2]).forward_activated(&t[0], act).unwrap(),
-                12,
-            )
+            weighted_sum(&linear(&t[1], &t[2]).forward_after(&t[0], act).unwrap(), 12)
         });
     }
 }
