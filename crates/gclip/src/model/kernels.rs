@@ -624,29 +624,6 @@ pub(crate) fn activate(z: &Tensor, act: Activation) -> Result<Tensor> {
     }
 }
 
-/// Reads three contiguous f32 inputs `(x, parameter, gradient)` of a row-wise op's backward
-/// pass and checks that they fit together; returns them with the row width.
-fn row_grad_inputs<'a>(
-    what: &str,
-    (xs, xl): (&'a CpuStorage, &Layout),
-    (ps, pl): (&'a CpuStorage, &Layout),
-    (gs, gl): (&'a CpuStorage, &Layout),
-) -> Result<(&'a [f32], &'a [f32], &'a [f32], usize)> {
-    let x = contiguous_f32(xs, xl, what)?;
-    let p = contiguous_f32(ps, pl, what)?;
-    let g = contiguous_f32(gs, gl, what)?;
-    let width = p.len();
-    if width == 0 || xl.shape() != gl.shape() || xl.shape().dims().last() != Some(&width) {
-        candle_core::bail!(
-            "{what}: input {:?}, parameter {:?}, gradient {:?} do not fit",
-            xl.shape(),
-            pl.shape(),
-            gl.shape()
-        );
-    }
-    Ok((x, p, g, width))
-}
-
 /// The gradient of [`LayerNormOp`] given `(x, weight, grad)`: `[rows + 2, width]` holding the
 /// input gradient, then the weight and bias gradients.
 struct LayerNormGradOp {
@@ -667,8 +644,18 @@ impl CustomOp3 for LayerNormGradOp {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w, g, width) =
-            row_grad_inputs("layer norm backward", (xs, xl), (ws, wl), (gs, gl))?;
+        let x = contiguous_f32(xs, xl, "layer norm backward input")?;
+        let w = contiguous_f32(ws, wl, "layer norm backward weight")?;
+        let g = contiguous_f32(gs, gl, "layer norm backward gradient")?;
+        let width = w.len();
+        if width == 0 || xl.shape() != gl.shape() || xl.shape().dims().last() != Some(&width) {
+            candle_core::bail!(
+                "layer norm backward: input {:?}, weight {:?}, gradient {:?} do not fit",
+                xl.shape(),
+                wl.shape(),
+                gl.shape()
+            );
+        }
         let eps = self.eps;
         let out = rows_with_column_sums(x, g, width, 2, |xr, gr, dx, sums| {
             let (dw, db) = sums.split_at_mut(width);
