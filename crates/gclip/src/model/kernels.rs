@@ -261,6 +261,48 @@ fn activate_rows(z: &[f32], width: usize, act: Activation) -> Vec<f32> {
     dst
 }
 
+/// Sums of the columns of a row-major `[rows, width]` matrix: each task adds up a band of rows,
+/// then the bands' sums are added (candle's own reduction runs on one thread).
+fn column_sums(m: &[f32], width: usize) -> Vec<f32> {
+    let rows = m.len() / width.max(1);
+    let tasks = 4 * rayon::current_num_threads().max(1);
+    let band = rows.div_ceil(tasks).max(8) * width;
+    m.par_chunks(band.max(1))
+        .map(|rows| {
+            let mut acc = vec![0f32; width];
+            for row in rows.chunks_exact(width) {
+                for (a, v) in acc.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+            acc
+        })
+        .reduce(
+            || vec![0f32; width],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(&b) {
+                    *x += y;
+                }
+                a
+            },
+        )
+}
+
+/// `Σ_rows m` of a `[rows, width]` tensor, as a `[width]` tensor, without a graph.
+struct ColumnSumOp;
+
+impl CustomOp1 for ColumnSumOp {
+    fn name(&self) -> &'static str {
+        "gclip-column-sum"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let m = contiguous_f32(storage, layout, "column sum input")?;
+        let (_, width) = layout.shape().dims2()?;
+        Ok((CpuStorage::F32(column_sums(m, width)), Shape::from(width)))
+    }
+}
+
 /// Runs `row(x_row, g_row, out_row, column_sums)` over all rows of `x` and `g` in parallel and
 /// returns `[rows + sums, width]`: the per-row outputs, then `sums` rows of column sums (each
 /// task accumulates its own partial sums, added up at the end). Gradients of a row-wise op and
@@ -460,7 +502,7 @@ impl CustomOp3 for LinearOp {
         };
         let grad_x = grad_x.reshape(x.shape())?;
         let grad_w = input.t()?.matmul(&g2)?;
-        let grad_b = g2.sum(0)?;
+        let grad_b = g2.contiguous()?.apply_op1_no_bwd(&ColumnSumOp)?;
         Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
     }
 }
