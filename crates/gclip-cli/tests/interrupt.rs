@@ -53,9 +53,10 @@ fn spawn_train(config: &Path, extra: &[&str]) -> Child {
         .unwrap()
 }
 
+/// Sends a signal with the shell's built-in `kill` (minimal systems may lack /bin/kill).
 fn signal(child: &Child, name: &str) {
-    let st = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
+    let st = Command::new("sh")
+        .args(["-c", &format!("kill -{name} {}", child.id())])
         .status()
         .unwrap();
     assert!(st.success());
