@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, Subcommand};
-use gclip::eval::ranking::{evaluate, MetricSet, Qrels, Run};
+use gclip::eval::marqo_gs::{self, Corpus};
+use gclip::eval::ranking::{evaluate, run_from_embeddings, MetricSet, Qrels, Run};
 use gclip::input::image::{PreprocessConfig, Preprocessor};
 use gclip::input::pipeline::InputPipeline;
 use gclip::input::tokenizer::ClipTokenizer;
@@ -14,7 +15,7 @@ use gclip::input::Convention;
 use gclip::model::Clip;
 use gclip::source::ModelSource;
 use gclip::train::checkpoint::load_checkpoint;
-use gclip::train::data::{load, DataSpec, Layout};
+use gclip::train::data::{load, DataSpec, FieldValue, Layout};
 use gclip::train::evaluate::{ranking_metrics, retrieval_metrics, Embedding};
 use gclip::train::loss::{FieldKind, FieldSpec};
 
@@ -23,7 +24,7 @@ pub enum EvalCommand {
     /// Text→image and image→text Recall@1/5/10, mean and median rank (open_clip's metrics).
     Retrieval(RetrievalArgs),
     /// GCL's ranking metrics of a model on graded pairs, or of TREC qrels and run files.
-    Ranking(RankingArgs),
+    Ranking(Box<RankingArgs>),
 }
 
 /// The model and data options shared by both evaluations.
@@ -71,6 +72,14 @@ pub struct RetrievalArgs {
   gclip eval ranking --qrels test.qrels --run system.run --json
   gclip eval ranking --model runs/gcl --data query_1_product_id_1.csv --query-fields query --doc-fields image:0.9,title:0.1 --json
   gclip eval ranking --model runs/gcl --data test.jsonl --save-run test.run --save-qrels test.qrels
+  gclip eval ranking --model runs/gcl --data query_0_product_id_0.csv --corpus corpus_1.json \
+      --sample-queries 2000 --seed 1 --query-fields query --doc-fields image --json
+  gclip eval ranking --model runs/gcl --corpus corpus_1.json \
+      --ground-truth query_0_product_id_0_gt_test.json --query-fields query --doc-fields image
+
+Marqo-GS (GCL's eval_gs_v1.py): a --corpus that is one JSON object (document id → fields, as
+corpus_N.json) is searched whole; queries come from --ground-truth (all of its queries) or from
+the split's CSV (--data; all queries, or --sample-queries N drawn as GCL draws them).
 
 Keys: ndcg@K, map@K, recall@K, p@K, mrr@K for K in 1,2,3,4,5,6,8,10,12,20,30,...,100,200,500,1000;
 err; rbp@0.7, rbp@0.8, rbp@0.9. nDCG/MAP/recall/P follow trec_eval (pytrec_eval), MRR BEIR,
@@ -91,13 +100,26 @@ pub struct RankingArgs {
     #[arg(long, value_delimiter = ',')]
     cutoffs: Option<Vec<usize>>,
     /// Extra documents to search: a JSONL (or GS CSV) of pairs whose document sides form the
-    /// corpus (their queries are ignored).
+    /// corpus (their queries are ignored), or a Marqo-GS corpus_N.json (one JSON object,
+    /// document id → fields), all of whose documents are searched.
     #[arg(long)]
     corpus: Option<PathBuf>,
-    /// Write the model's run as a TREC run file.
+    /// Marqo-GS ground truth (query_…_gt_test.json, or the gt_results.json of GCL's script):
+    /// query key → {document id → grade}; every query of it is evaluated. Needs a corpus JSON.
+    #[arg(long, conflicts_with_all = ["qrels", "sample_queries"])]
+    ground_truth: Option<PathBuf>,
+    /// Marqo-GS: evaluate N queries of the --data CSV drawn as GCL draws its test queries
+    /// (without replacement, weighted by their summed rescaled scores; GCL's scripts use 2000).
+    /// Default: every query.
+    #[arg(long, value_name = "N", conflicts_with = "qrels")]
+    sample_queries: Option<usize>,
+    /// Seed of --sample-queries (GCL's: 1).
+    #[arg(long, default_value_t = 1)]
+    seed: u32,
+    /// Write the model's run as a TREC run file (Marqo-GS: as JSON {query: {document: score}}).
     #[arg(long)]
     save_run: Option<PathBuf>,
-    /// Write the relevance labels as TREC qrels.
+    /// Write the relevance labels as TREC qrels (Marqo-GS: as ground-truth JSON).
     #[arg(long)]
     save_qrels: Option<PathBuf>,
 }
@@ -277,7 +299,13 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
             if let Some(c) = a.cutoffs.clone() {
                 set.cutoffs = c;
             }
-            let metrics = if let Some(qrels) = &a.qrels {
+            let gs_corpus = match &a.corpus {
+                Some(c) => marqo_gs::is_json_object_file(c)?,
+                None => false,
+            };
+            let metrics = if gs_corpus || a.ground_truth.is_some() || a.sample_queries.is_some() {
+                gs_ranking(&a, &set)?
+            } else if let Some(qrels) = &a.qrels {
                 let run = a.run.as_ref().context("--run is required with --qrels")?;
                 evaluate(&Qrels::read(qrels)?, &Run::read(run)?, &set)
             } else {
@@ -339,4 +367,239 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A GS CSV column of a query field: `text` is the `query` column, as in training data.
+fn query_column(f: &FieldSpec) -> String {
+    match f.name.as_str() {
+        "text" => "query".into(),
+        n => n.into(),
+    }
+}
+
+/// A field value: text as it is, an image path relative to `root` unless absolute (`None`
+/// when the file is missing).
+fn field_value(kind: FieldKind, raw: String, root: &Path) -> Option<FieldValue> {
+    match kind {
+        FieldKind::Text => Some(FieldValue::Text(raw)),
+        FieldKind::Image => {
+            let p = PathBuf::from(raw);
+            let p = if p.is_absolute() { p } else { root.join(p) };
+            p.is_file().then_some(FieldValue::Image(p))
+        }
+    }
+}
+
+fn folder_of(p: &Path) -> PathBuf {
+    p.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// GCL's evaluation on Marqo-GS files: every document of a corpus JSON, queries and grades
+/// from a ground-truth file or from the split's CSV.
+fn gs_ranking(a: &RankingArgs, set: &MetricSet) -> Result<BTreeMap<String, f64>> {
+    let md = &a.md;
+    let corpus_path = a.corpus.as_ref().context(
+        "--ground-truth and --sample-queries need --corpus with a Marqo-GS corpus JSON \
+         (corpus_N.json: document id → fields)",
+    )?;
+    if !marqo_gs::is_json_object_file(corpus_path)? {
+        bail!(
+            "{}: not a Marqo-GS corpus (one JSON object, document id → fields)",
+            corpus_path.display()
+        );
+    }
+    let model_name = md
+        .model
+        .as_deref()
+        .context("--model is required to evaluate a corpus")?;
+    let (q, d) = (fields(&md.query_fields)?, fields(&md.doc_fields)?);
+    let columns: Vec<String> = q.iter().map(query_column).collect();
+    let rows = match &md.data {
+        Some(p) => {
+            if p.extension().is_none_or(|e| e != "csv") {
+                bail!(
+                    "{}: with a Marqo-GS corpus, --data is the split's CSV \
+                     (query_…_product_id_….csv)",
+                    p.display()
+                );
+            }
+            let r = marqo_gs::read_test_rows(p, &columns, "product_id", &md.score_column)?;
+            for (reason, n) in &r.skipped {
+                eprintln!("{}: skipped {n} rows: {reason}", p.display());
+            }
+            Some((p, r))
+        }
+        None => None,
+    };
+    let (qrels, queries): (Qrels, Vec<(String, Vec<String>)>) = match &a.ground_truth {
+        Some(gt) => {
+            let qrels = marqo_gs::read_ground_truth(gt)?;
+            let mut by_key: std::collections::HashMap<&str, &[String]> = Default::default();
+            if let Some((_, r)) = &rows {
+                // A key is GCL's query key, the CSV's query_id or (one query field) the
+                // query itself.
+                for row in r.rows.iter().rev() {
+                    if let [only] = row.query.as_slice() {
+                        by_key.insert(only, &row.query);
+                    }
+                    if let Some(id) = &row.query_id {
+                        by_key.insert(id, &row.query);
+                    }
+                    by_key.insert(&row.key, &row.query);
+                }
+            }
+            let mut queries = Vec::with_capacity(qrels.0.len());
+            for key in qrels.0.keys() {
+                let values = match by_key.get(key.as_str()) {
+                    Some(v) => v.to_vec(),
+                    None => marqo_gs::query_values(key, q.len()).with_context(|| {
+                        format!(
+                            "{}: query `{key}` is neither GCL's key of {} field(s) \
+                             (values each followed by `{}`) nor a query of --data",
+                            gt.display(),
+                            q.len(),
+                            marqo_gs::QUERY_KEY_SEPARATOR
+                        )
+                    })?,
+                };
+                queries.push((key.clone(), values));
+            }
+            (qrels, queries)
+        }
+        None => {
+            let (_, r) = rows.as_ref().context(
+                "give --ground-truth, or --data with the split's CSV to take queries from",
+            )?;
+            let keys = marqo_gs::sample_queries(&r.rows, a.sample_queries, a.seed);
+            let qrels = marqo_gs::ground_truth(&r.rows, &keys, a.top_k);
+            let mut first: std::collections::HashMap<&str, &[String]> = Default::default();
+            for row in r.rows.iter().rev() {
+                first.insert(&row.key, &row.query);
+            }
+            let queries = keys
+                .iter()
+                .map(|k| {
+                    (
+                        k.clone(),
+                        first.get(k.as_str()).map_or(vec![], |v| v.to_vec()),
+                    )
+                })
+                .collect();
+            (qrels, queries)
+        }
+    };
+    let query_root = md
+        .image_root
+        .clone()
+        .or_else(|| rows.as_ref().map(|(p, _)| folder_of(p)))
+        .unwrap_or_default();
+    let mut q_ids = Vec::with_capacity(queries.len());
+    let mut q_rows = Vec::with_capacity(queries.len());
+    for (key, values) in queries {
+        let row: Vec<Option<FieldValue>> = q
+            .iter()
+            .zip(values)
+            .map(|(f, v)| field_value(f.kind, v, &query_root))
+            .collect();
+        if row.iter().all(Option::is_none) {
+            eprintln!("query `{key}` has no usable field; it scores 0");
+            continue;
+        }
+        q_ids.push(key);
+        q_rows.push(row);
+    }
+
+    let corpus = Corpus::read(corpus_path)?;
+    let doc_root = md
+        .image_root
+        .clone()
+        .unwrap_or_else(|| folder_of(corpus_path));
+    let mut d_ids = Vec::with_capacity(corpus.ids.len());
+    let mut d_rows = Vec::with_capacity(corpus.ids.len());
+    let mut unusable = 0usize;
+    for (i, id) in corpus.ids.iter().enumerate() {
+        let row: Vec<Option<FieldValue>> = d
+            .iter()
+            .map(|f| {
+                let raw = match f.name.as_str() {
+                    "image" => corpus
+                        .field(i, "image_local")
+                        .or_else(|| corpus.field(i, "image")),
+                    n => corpus.field(i, n),
+                };
+                raw.and_then(|r| field_value(f.kind, r, &doc_root))
+            })
+            .collect();
+        if row.iter().all(Option::is_none) {
+            unusable += 1;
+            continue;
+        }
+        d_ids.push(id.clone());
+        d_rows.push(row);
+    }
+    if unusable > 0 {
+        eprintln!(
+            "{}: {unusable} of {} documents have none of the document fields (or their image \
+             is missing) and are not searched",
+            corpus_path.display(),
+            corpus.ids.len()
+        );
+    }
+    if d_rows.is_empty() {
+        bail!("{}: no document to search", corpus_path.display());
+    }
+    eprintln!("{} queries, {} documents", q_ids.len(), d_ids.len());
+    let model = load_model(model_name, md.arch.as_deref())?;
+    let pp = Preprocessor::new(model.preprocess.clone());
+    let e = Embedding {
+        clip: &model.clip,
+        tokenizer: &model.tokenizer,
+        preprocessor: &pp,
+        batch_size: 64,
+    };
+    let qe = e.side(&as_slices(&q_rows), &q)?;
+    let de = e.side(&as_slices(&d_rows), &d)?;
+    let run = run_from_embeddings(
+        &q_ids,
+        &qe,
+        &d_ids,
+        &de,
+        model.clip.config.embed_dim,
+        a.top_k,
+    );
+    if let Some(p) = &a.save_run {
+        let v: serde_json::Map<String, serde_json::Value> = run
+            .0
+            .iter()
+            .map(|(q, docs)| {
+                let m: serde_json::Map<String, serde_json::Value> = docs
+                    .iter()
+                    .map(|(d, s)| (d.clone(), serde_json::json!(s)))
+                    .collect();
+                (q.clone(), serde_json::Value::Object(m))
+            })
+            .collect();
+        std::fs::write(p, serde_json::Value::Object(v).to_string())
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.save_qrels {
+        let v: serde_json::Map<String, serde_json::Value> = qrels
+            .0
+            .iter()
+            .map(|(q, docs)| {
+                let m: serde_json::Map<String, serde_json::Value> = docs
+                    .iter()
+                    .map(|(d, g)| (d.clone(), serde_json::json!(g)))
+                    .collect();
+                (q.clone(), serde_json::Value::Object(m))
+            })
+            .collect();
+        std::fs::write(p, serde_json::Value::Object(v).to_string())
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(evaluate(&qrels, &run, set))
+}
+
+fn as_slices(rows: &[Vec<Option<FieldValue>>]) -> Vec<&[Option<FieldValue>]> {
+    rows.iter().map(Vec::as_slice).collect()
 }

@@ -9,6 +9,7 @@ mod eval;
 mod eval_ranking;
 mod index;
 mod inputs;
+mod interrupt;
 mod progress;
 mod search;
 mod serve;
@@ -138,7 +139,10 @@ fn main() -> std::process::ExitCode {
         Command::Classify(args) => classify::run(args, &cli.device.device()),
         Command::Similarity(args) => similarity::run(args, &cli.device.device()),
         Command::Bench(args) => bench::run(args),
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => match train::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Export(args) => train::export(args),
         Command::Eval(EvalTask::Zeroshot(args)) => eval::zeroshot(args, &cli.device.device()),
         Command::Eval(EvalTask::Metrics(cmd)) => eval_ranking::run(cmd),

@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -16,6 +17,10 @@ use gclip::train::trainer::{Control, Event};
   gclip train --config train.toml
   gclip train --config train.toml --steps 200 --set train.lr=1e-4 --set loss.kind=\"gcl\"
   gclip train --config train.toml --resume            # continue from the newest checkpoint
+
+Ctrl-C (or SIGTERM) stops after the current step, writes a checkpoint and exits with status 130
+(143 for SIGTERM); run the same command with --resume to continue. A second Ctrl-C stops at
+once, keeping the checkpoints already written.
 
 The config file (TOML) has sections [model], [data], [eval], [loss], [train], [freeze];
 docs/TRAINING.md describes every option. --set KEY=VALUE overrides any of them (VALUE is read
@@ -134,7 +139,41 @@ pub fn read_config(path: &Path, sets: &[String]) -> Result<TrainConfig> {
     Ok(cfg)
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
+/// The command line that continues an interrupted run: this one, with `--resume` in place of
+/// any `--resume`/`--resume-from`.
+pub fn resume_command(argv: &[String]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut it = argv.iter();
+    if let Some(first) = it.next() {
+        out.push(first.clone());
+    }
+    while let Some(a) = it.next() {
+        if a == "--resume-from" {
+            it.next();
+        } else if a != "--resume" && !a.starts_with("--resume-from=") {
+            out.push(a.clone());
+        }
+    }
+    out.push("--resume".into());
+    out.iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `a` as a POSIX shell word.
+fn shell_quote(a: &str) -> String {
+    let plain = !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+    if plain {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let mut sets = args.set.clone();
     if let Some(v) = args.steps {
         sets.push(format!("train.steps={v}"));
@@ -198,6 +237,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None
     };
     let print_every = (total / 20).max(1);
+    let notice_bar = bar.clone();
+    let interrupt = crate::interrupt::Interrupt::install(
+        move |_| {
+            let text = "interrupted: finishing the current step and writing a checkpoint \
+                        (press Ctrl-C again to stop at once)";
+            match &notice_bar {
+                Some(b) => b.println(text),
+                None => eprintln!("{text}"),
+            }
+        },
+        "interrupted again: stopping at once; the checkpoints already written are complete",
+    )?;
     let mut observe = |e: Event| -> Control {
         match e {
             Event::Step(s) => {
@@ -210,7 +261,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                         b.set_position(s.step);
                         b.set_message(msg);
                     }
-                    None if s.step % print_every == 0 || s.step == 1 => {
+                    None if s.step.is_multiple_of(print_every) || s.step == 1 => {
                         eprintln!("step {}/{total} {msg}", s.step)
                     }
                     None => {}
@@ -242,7 +293,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 }
             }
         }
-        Control::Continue
+        if interrupt.received().is_some() {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
     };
     let objective = session.trainer.options.objective.clone();
     let (eval, eval_data, eval_corpus, tokenizer, preprocess) = (
@@ -278,6 +333,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
+    if let (Some(sig), true) = (interrupt.received(), summary.stopped_early) {
+        eprintln!("interrupted at step {} of {total}", summary.steps_done);
+        eprintln!("log:         {}", summary.log_path.display());
+        if let Some(c) = &summary.last_checkpoint {
+            eprintln!("checkpoint:  {}", c.display());
+        }
+        let argv: Vec<String> = std::env::args().collect();
+        eprintln!("resume:      {}", resume_command(&argv));
+        return Ok(ExitCode::from(crate::interrupt::exit_status(sig)));
+    }
     eprintln!("done: {} steps", summary.steps_done);
     eprintln!("log:         {}", summary.log_path.display());
     if let Some(c) = &summary.last_checkpoint {
@@ -287,7 +352,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             c.display()
         );
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -350,4 +415,51 @@ pub fn export(args: ExportArgs) -> Result<()> {
         println!("{}", f.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &[&str]) -> Vec<String> {
+        s.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn resume_command_replaces_any_resume_option() {
+        assert_eq!(
+            resume_command(&argv(&["gclip", "train", "--config", "a.toml"])),
+            "gclip train --config a.toml --resume"
+        );
+        assert_eq!(
+            resume_command(&argv(&[
+                "gclip",
+                "train",
+                "--resume-from",
+                "runs/x/checkpoints/step-00000010",
+                "--config",
+                "a.toml",
+                "--resume-from=other",
+                "--resume",
+            ])),
+            "gclip train --config a.toml --resume"
+        );
+    }
+
+    #[test]
+    fn resume_command_quotes_words_the_shell_would_split() {
+        assert_eq!(
+            resume_command(&argv(&[
+                "gclip",
+                "train",
+                "--config",
+                "my runs/a.toml",
+                "--set",
+                "loss.kind=\"gcl\"",
+                "--set",
+                "x=it's",
+            ])),
+            "gclip train --config 'my runs/a.toml' --set 'loss.kind=\"gcl\"' --set 'x=it'\\''s' --resume"
+        );
+    }
 }

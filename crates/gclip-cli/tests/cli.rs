@@ -313,3 +313,66 @@ fn preprocess_writes_pixels_and_reports_failures() {
     // Normalised with CLIP's mean and std, pixels span roughly [-1.8, 2.2].
     assert!(v.iter().all(|x| (-1.9..=2.2).contains(x)) && v.iter().any(|&x| x != v[0]));
 }
+
+/// A directory with a transformers config and tokenizer files but no weights is enough for
+/// `tokenize` and `preprocess` (the ids and pixels equal those from the full model directory);
+/// commands that load the model name the missing weights.
+#[test]
+fn tokenizer_only_directory_tokenizes_and_preprocesses() {
+    let dir = scratch("tokenizer-only");
+    let full = fixtures().join("models/hf-fullvocab");
+    let only = dir.join("model");
+    std::fs::create_dir_all(&only).unwrap();
+    for f in [
+        "config.json",
+        "merges.txt",
+        "vocab.json",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+    ] {
+        std::fs::copy(full.join(f), only.join(f)).unwrap();
+    }
+    assert!(!only.join("model.safetensors").exists());
+    let img = fixtures().join("images/rgb_301x199.png");
+    for (cmd, item) in [
+        ("tokenize", "a photo of a cat"),
+        ("preprocess", img.to_str().unwrap()),
+    ] {
+        let mut outputs = Vec::new();
+        for (name, model) in [("full", &full), ("only", &only)] {
+            let out = dir.join(format!("{cmd}-{name}.npy"));
+            let o = gclip(&[
+                cmd,
+                "--model",
+                model.to_str().unwrap(),
+                item,
+                "--output",
+                out.to_str().unwrap(),
+            ]);
+            assert!(
+                o.status.success(),
+                "{cmd} {name}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            outputs.push(std::fs::read(&out).unwrap());
+        }
+        assert!(outputs[0].len() > 128, "{cmd}: a header and data");
+        assert_eq!(
+            outputs[0], outputs[1],
+            "{cmd}: same bytes from both directories"
+        );
+    }
+    let o = gclip(&[
+        "embed",
+        "text",
+        "--model",
+        only.to_str().unwrap(),
+        "hello",
+        "--output",
+        dir.join("never.npy").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(stderr.contains("no weight file"), "{stderr}");
+    assert!(!dir.join("never.npy").exists());
+}

@@ -103,14 +103,15 @@ impl ModelSource {
         }
     }
 
-    /// The architecture, input convention and model directory, without reading any weights.
+    /// The architecture, input convention and model directory, without reading weights or
+    /// requiring them: a directory with only a config and tokenizer files is enough to
+    /// tokenize and preprocess.
     pub fn describe(&self) -> Result<ModelDescription, ModelError> {
         match self {
             Self::HfDir(dir) => Ok(ModelDescription {
                 config: ClipConfig::from_hf_file(&dir.join("config.json"))?,
                 convention: Convention::Transformers,
                 dir: Some(dir.clone()),
-                weight_files: hf_weight_files(dir)?,
             }),
             Self::OpenClipDir(dir) => {
                 let cfg_path = dir.join("open_clip_config.json");
@@ -132,16 +133,24 @@ impl ModelSource {
                     )?,
                     convention: Convention::OpenClip,
                     dir: Some(dir.clone()),
-                    weight_files: vec![first_existing(dir, OPEN_CLIP_WEIGHT_FILES)
-                        .ok_or_else(|| no_weights(dir))?],
                 })
             }
-            Self::OpenClipFile { checkpoint, arch } => Ok(ModelDescription {
+            Self::OpenClipFile { arch, .. } => Ok(ModelDescription {
                 config: ClipConfig::open_clip(arch)?,
                 convention: Convention::OpenClip,
                 dir: None,
-                weight_files: vec![checkpoint.clone()],
             }),
+        }
+    }
+
+    /// The files holding the weights: an error when a directory has none.
+    pub fn weight_files(&self) -> Result<Vec<PathBuf>, ModelError> {
+        match self {
+            Self::HfDir(dir) => hf_weight_files(dir),
+            Self::OpenClipDir(dir) => Ok(vec![
+                first_existing(dir, OPEN_CLIP_WEIGHT_FILES).ok_or_else(|| no_weights(dir))?
+            ]),
+            Self::OpenClipFile { checkpoint, .. } => Ok(vec![checkpoint.clone()]),
         }
     }
 
@@ -151,9 +160,8 @@ impl ModelSource {
             config,
             convention,
             dir,
-            weight_files,
         } = self.describe()?;
-        let weights = Weights::open(&weight_files, device, dtype)?;
+        let weights = Weights::open(&self.weight_files()?, device, dtype)?;
         let (clip, unused_tensors) = Clip::load(&config, &weights)?;
         Ok(LoadedModel {
             clip,
@@ -171,7 +179,6 @@ pub struct ModelDescription {
     pub convention: Convention,
     /// The directory holding tokenizer and preprocessor files, when the source has one.
     pub dir: Option<PathBuf>,
-    pub weight_files: Vec<PathBuf>,
 }
 
 const OPEN_CLIP_WEIGHT_FILES: &[&str] = &[
@@ -253,4 +260,59 @@ pub fn hub_cache_dir() -> PathBuf {
 pub fn hub_cache_snapshot(model_id: &str) -> Option<PathBuf> {
     let id = ModelId::parse(model_id)?;
     Hub::from_env().cached_snapshot(&id, false).map(|s| s.dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("gclip-source-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn fixture(sub: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/models")
+            .join(sub)
+    }
+
+    #[test]
+    fn directories_without_weights_describe_but_do_not_load() {
+        let hf = scratch("hf");
+        std::fs::copy(fixture("hf-fullvocab/config.json"), hf.join("config.json")).unwrap();
+        let oc = scratch("oc");
+        std::fs::copy(
+            fixture("oc-fullvocab/open_clip_config.json"),
+            oc.join("open_clip_config.json"),
+        )
+        .unwrap();
+        for (dir, convention) in [(&hf, Convention::Transformers), (&oc, Convention::OpenClip)] {
+            let s = ModelSource::resolve(dir.to_str().unwrap(), None).unwrap();
+            let d = s.describe().unwrap();
+            assert_eq!(d.convention, convention);
+            assert_eq!(d.dir.as_deref(), Some(dir.as_path()));
+            assert!(d.config.embed_dim > 0);
+            let e = s.weight_files().unwrap_err().to_string();
+            assert!(e.contains("no weight file"), "{e}");
+            let e = s
+                .load(&Device::Cpu, DType::F32)
+                .err()
+                .expect("no weights to load")
+                .to_string();
+            assert!(e.contains("no weight file"), "{e}");
+        }
+        // With weights, the same directory lists them.
+        std::fs::copy(
+            fixture("hf-fullvocab/model.safetensors"),
+            hf.join("model.safetensors"),
+        )
+        .unwrap();
+        let s = ModelSource::resolve(hf.to_str().unwrap(), None).unwrap();
+        assert_eq!(s.weight_files().unwrap(), [hf.join("model.safetensors")]);
+        let _ = std::fs::remove_dir_all(&hf);
+        let _ = std::fs::remove_dir_all(&oc);
+    }
 }

@@ -364,7 +364,9 @@ impl ZeroShotClassifier {
         if labels.is_empty() {
             return Err(ZeroShotError::NoLabels);
         }
-        if class_vectors.len() != labels.len() || class_vectors.data.len() % labels.len() != 0 {
+        if class_vectors.len() != labels.len()
+            || !class_vectors.data.len().is_multiple_of(labels.len())
+        {
             return Err(ZeroShotError::LabelCount {
                 labels: labels.len(),
                 vectors: class_vectors.len(),

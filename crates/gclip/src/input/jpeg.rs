@@ -1355,7 +1355,7 @@ fn upsample_row(c: &Component, f: &Frame, y: usize, out: &mut [u8], sums: &mut [
     let w = f.width;
     let stride = c.bw * 8;
     let (fx, fy) = (f.hmax / c.h, f.vmax / c.v);
-    let exact = f.hmax % c.h == 0 && f.vmax % c.v == 0;
+    let exact = f.hmax.is_multiple_of(c.h) && f.vmax.is_multiple_of(c.v);
     let (cw, ch) = (c.w_samples, c.h_samples);
     let row = |y: usize| &c.plane[y * stride..y * stride + cw];
     if exact && fx == 1 && fy == 1 {
@@ -1389,7 +1389,7 @@ fn upsample_row(c: &Component, f: &Frame, y: usize, out: &mut [u8], sums: &mut [
 #[inline(always)]
 fn v2_rows(y: usize, ch: usize) -> (usize, usize, u32) {
     let cur = (y / 2).min(ch - 1);
-    if y % 2 == 0 {
+    if y.is_multiple_of(2) {
         (cur, cur.saturating_sub(1), 1)
     } else {
         (cur, (cur + 1).min(ch - 1), 2)

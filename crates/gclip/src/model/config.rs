@@ -249,7 +249,7 @@ impl ClipConfig {
             message,
         };
         let v = &self.vision;
-        if v.patch_size == 0 || v.image_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || v.image_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return Err(bad(format!(
                 "vision image size {} is not a multiple of the patch size {}",
                 v.image_size, v.patch_size

@@ -352,7 +352,8 @@ impl Trainer {
             let mut control = observe(Event::Step(&rec));
             let step = self.state.step;
             let last = step == self.options.total_steps;
-            let eval_now = self.options.eval_every > 0 && step % self.options.eval_every == 0;
+            let eval_now =
+                self.options.eval_every > 0 && step.is_multiple_of(self.options.eval_every);
             if let Some(ev) = evaluate.as_deref_mut() {
                 if eval_now || last {
                     let metrics = ev(&self.clip)?;
@@ -374,8 +375,8 @@ impl Trainer {
                 stopped_early = true;
                 break;
             }
-            let ckpt_now =
-                self.options.checkpoint_every > 0 && step % self.options.checkpoint_every == 0;
+            let ckpt_now = self.options.checkpoint_every > 0
+                && step.is_multiple_of(self.options.checkpoint_every);
             if ckpt_now || last || control == Control::Stop {
                 let path = self.save()?;
                 write(serde_json::json!({"event": "checkpoint", "step": step, "path": path}))?;
