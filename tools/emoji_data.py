@@ -8,8 +8,10 @@ Packages (`npm pack`, into the git-ignored data/emoji/): emoji-datasource-google
 
 Writes under data/emoji/sets/:
 
-* CLIP: `clip-train-google.jsonl` (each Google emoji twice: its name, and its first emojilib
-  keywords as a caption), `clip-test-{twitter,apple}.jsonl` (name <-> image of another vendor,
+* CLIP: `clip-train-google.jsonl` (each Google emoji three times: its name; its first emojilib
+  keywords; and a caption that names only its category, alternately "a CATEGORY emoji" and
+  "an emoji of CATEGORY", with "&" spelt "and" — many emoji share this caption, which is how
+  the category words get tied to what the emoji of a category look like), `clip-test-{twitter,apple}.jsonl` (name <-> image of another vendor,
   one row per emoji, with its category for zero-shot accuracy), `categories.json`.
 * GCL (four GS-style splits): queries are emojilib keywords, documents are Google emoji with
   fields `name` (text) and `image`. Relevance of keyword k to emoji e: 1.0 when k is e's name
@@ -86,12 +88,23 @@ def write(path, rows):
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def clip_sets(rows, out, image_of=lambda r, v: r["paths"][v]):
+def category_words(category):
+    return category.lower().replace("&", "and")
+
+
+def category_caption(r, i):
+    cat = category_words(r["category"])
+    return f"a {cat} emoji" if i % 2 == 0 else f"an emoji of {cat}"
+
+
+def clip_sets(rows, out, image_of=lambda r, v: r["paths"][v], category_captions=True):
     train = []
-    for r in rows:
+    for i, r in enumerate(rows):
         train.append({"query": {"text": r["name"]}, "doc": {"image": image_of(r, "google")}, "doc_id": r["id"]})
         if r["keywords"]:
             train.append({"query": {"text": ", ".join(r["keywords"][:4])}, "doc": {"image": image_of(r, "google")}, "doc_id": r["id"]})
+        if category_captions:
+            train.append({"query": {"text": category_caption(r, i)}, "doc": {"image": image_of(r, "google")}, "doc_id": r["id"]})
     write(out / "clip-train-google.jsonl", train)
     for v in ["twitter", "apple"]:
         write(out / f"clip-test-{v}.jsonl", [
@@ -165,7 +178,8 @@ def mini(rows):
             bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
             bg.alpha_composite(im)
             bg.convert("RGB").resize((24, 24), Image.BICUBIC).save(out / v / f"{r['id']}.png", optimize=True)
-    clip_sets(picked, out, image_of=lambda r, v: f"{v}/{r['id']}.png")
+    # CI's fixture keeps the two captions per emoji it was made with.
+    clip_sets(picked, out, image_of=lambda r, v: f"{v}/{r['id']}.png", category_captions=False)
     for f in ["clip-test-apple.jsonl"]:
         (out / f).unlink()
     print(f"mini: {len(picked)} emoji in {out}")

@@ -234,6 +234,7 @@ fn dataset_at(
         doc_fields: d.to_vec(),
         extra_terms: vec![],
         mask_shared: false,
+        weight_floor: 0.0,
     };
     let ds = load(
         &DataSpec {

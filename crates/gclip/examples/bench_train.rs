@@ -79,6 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }],
         extra_terms: vec![],
         mask_shared: false,
+        weight_floor: 0.0,
     };
     let b = Batch {
         query: vec![FieldBatch {

@@ -1,10 +1,18 @@
 //! Zero-shot emoji category accuracy of a trained model (docs/TRAINING.md, experiment 1).
 //!
-//!     cargo run --release -p gclip --example emoji_zeroshot -- RUN_DIR data/emoji/sets/clip-test-twitter.jsonl
+//!     cargo run --release -p gclip --example emoji_zeroshot -- RUN_OR_CHECKPOINT_DIR data/emoji/sets/clip-test-twitter.jsonl
 //!
-//! Each test image (a row of the JSONL, with its `category`) is assigned the category whose
-//! prompt — the category's name in lower case, as the model saw names in training — embeds
-//! closest. Prints the accuracy and chance (1 / number of categories).
+//! RUN_OR_CHECKPOINT_DIR is a run directory (its newest checkpoint is used) or one checkpoint
+//! (`RUN/checkpoints/step-NNNNNNNN`). Each test image (a row of the JSONL, with its `category`)
+//! is assigned the category whose prompts embed closest, two ways:
+//!
+//! * `accuracy_name`: one prompt, the category's name in lower case ("animals & nature");
+//! * `accuracy_prompts`: the normalised mean of the prompts "a CATEGORY emoji" and "an emoji of
+//!   CATEGORY", with "&" spelt "and" (the phrasing of the training captions that mention
+//!   categories, `tools/emoji_data.py`).
+//!
+//! Prints both with uniform chance (1 / number of categories) and the majority-class rate (the
+//! accuracy of always answering the most frequent category of the test set).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,13 +21,13 @@ use candle_core::Device;
 use gclip::input::image::{PreprocessConfig, Preprocessor};
 use gclip::input::tokenizer::ClipTokenizer;
 use gclip::train::checkpoint::{list_checkpoints, load_checkpoint};
-use gclip::train::evaluate::{zero_shot_accuracy, Embedding};
+use gclip::train::evaluate::{zero_shot_accuracy, zero_shot_accuracy_ensemble, Embedding};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (run, test) = match (args.get(1), args.get(2)) {
         (Some(r), Some(t)) => (PathBuf::from(r), PathBuf::from(t)),
-        _ => return Err("usage: emoji_zeroshot RUN_DIR TEST.jsonl".into()),
+        _ => return Err("usage: emoji_zeroshot RUN_OR_CHECKPOINT_DIR TEST.jsonl".into()),
     };
     let dir = match list_checkpoints(&run.join("checkpoints"))?.pop() {
         Some((_, d)) => d,
@@ -49,16 +57,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         v.sort_by_key(|(_, &i)| i);
         v.into_iter().map(|(c, _)| c.to_lowercase()).collect()
     };
+    let prompts: Vec<Vec<String>> = names
+        .iter()
+        .map(|c| {
+            let c = c.replace('&', "and");
+            vec![format!("a {c} emoji"), format!("an emoji of {c}")]
+        })
+        .collect();
     let labels: Vec<usize> = labels_text.iter().map(|c| classes[c]).collect();
+    let mut freq = vec![0usize; names.len()];
+    for &l in &labels {
+        freq[l] += 1;
+    }
+    let majority = freq.iter().copied().max().unwrap_or(0) as f64 / labels.len().max(1) as f64;
     let e = Embedding {
         clip: &clip,
         tokenizer: &tokenizer,
         preprocessor: &pp,
         batch_size: 64,
     };
-    let acc = zero_shot_accuracy(&e, &images, &labels, &names)?;
+    let acc_name = zero_shot_accuracy(&e, &images, &labels, &names)?;
+    let acc_prompts = zero_shot_accuracy_ensemble(&e, &images, &labels, &prompts)?;
     println!(
-        "{{\"checkpoint\": \"{}\", \"images\": {}, \"classes\": {}, \"accuracy\": {acc:.4}, \"chance\": {:.4}}}",
+        "{{\"checkpoint\": \"{}\", \"images\": {}, \"classes\": {}, \"accuracy_name\": {acc_name:.4}, \"accuracy_prompts\": {acc_prompts:.4}, \"chance\": {:.4}, \"majority\": {majority:.4}}}",
         dir.display(),
         images.len(),
         names.len(),

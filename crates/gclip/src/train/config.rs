@@ -34,7 +34,7 @@ use super::augment::CropConfig;
 use super::data::{load, DataSpec, Dataset, Layout};
 use super::evaluate::{ranking_metrics, retrieval_metrics, Embedding};
 use super::init::init_open_clip;
-use super::loader::{Loader, LoaderConfig};
+use super::loader::{BatchSampler, Loader, LoaderConfig};
 use super::loss::{ExtraTerm, FieldKind, FieldSpec, GclSpec, ScoreToWeight};
 use super::optim::{AdamWConfig, Schedule, ScheduleKind};
 use super::params::Freeze;
@@ -138,6 +138,8 @@ pub struct LossSection {
     pub doc_fields: Option<Vec<FieldSpec>>,
     pub extra_terms: Vec<ExtraTerm>,
     pub mask_shared: Option<bool>,
+    /// GCL: the smallest pair weight, `w = max(STW(score), weight_floor)`.
+    pub weight_floor: f64,
 }
 
 impl Default for LossSection {
@@ -150,6 +152,7 @@ impl Default for LossSection {
             doc_fields: None,
             extra_terms: Vec::new(),
             mask_shared: None,
+            weight_floor: 0.0,
         }
     }
 }
@@ -172,6 +175,27 @@ impl LossSection {
                 weight: 1.0,
             }]
         };
+        if !(0.0..=1.0).contains(&self.weight_floor) {
+            return Err(TrainError::Config(format!(
+                "loss.weight_floor must be between 0 and 1 (pair weights are at most 1), got {}",
+                self.weight_floor
+            )));
+        }
+        if self.kind == LossKind::Clip && self.weight_floor != 0.0 {
+            return Err(TrainError::Config(
+                "loss.weight_floor only applies to loss.kind = \"gcl\" (CLIP weighs every pair 1)"
+                    .into(),
+            ));
+        }
+        if self.kind == LossKind::Gcl
+            && self.score_to_weight == StwName::Power
+            && !(self.power.is_finite() && self.power > 0.0)
+        {
+            return Err(TrainError::Config(format!(
+                "loss.power must be a positive number, got {}",
+                self.power
+            )));
+        }
         let q = self.query_fields.clone().unwrap_or_else(text);
         let d = self.doc_fields.clone().unwrap_or_else(image);
         match self.kind {
@@ -187,6 +211,7 @@ impl LossSection {
                     doc_fields: d,
                     extra_terms: vec![],
                     mask_shared: self.mask_shared.unwrap_or(false),
+                    weight_floor: 0.0,
                 })
             }
             LossKind::Gcl => Ok(GclSpec {
@@ -200,6 +225,7 @@ impl LossSection {
                 doc_fields: d,
                 extra_terms: self.extra_terms.clone(),
                 mask_shared: self.mask_shared.unwrap_or(true),
+                weight_floor: self.weight_floor,
             }),
         }
     }
@@ -228,6 +254,8 @@ pub struct TrainSection {
     /// open_clip's random resized crop (scale 0.9–1.0); false: centre crop.
     pub augment: bool,
     pub prefetch: usize,
+    /// `random` (open_clip) or `unique` (at most one pair per query and per document in a batch).
+    pub batch_sampler: BatchSampler,
 }
 
 impl Default for TrainSection {
@@ -252,6 +280,7 @@ impl Default for TrainSection {
             keep_checkpoints: 3,
             augment: true,
             prefetch: 2,
+            batch_sampler: BatchSampler::Random,
         }
     }
 }
@@ -405,6 +434,7 @@ pub fn prepare(cfg: TrainConfig, resume: Option<&Path>) -> Result<Session, Train
         LoaderConfig {
             batch_size: cfg.train.batch_size,
             seed: cfg.train.seed,
+            sampler: cfg.train.batch_sampler,
             prefetch: cfg.train.prefetch,
             augment: cfg.train.augment.then(CropConfig::default),
             preprocess: preprocess.clone(),
@@ -510,5 +540,63 @@ pub fn evaluate_model(
             )?;
             Ok(r.metrics.into_iter().collect())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config from JSON (the same serde model as the TOML file the CLI reads).
+    fn parse(json: &str) -> Result<TrainConfig, String> {
+        serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn weight_floor_and_power_are_validated() {
+        let gcl = |extra: &str| {
+            parse(&format!(r#"{{"loss": {{"kind": "gcl"{extra}}}}}"#))
+                .unwrap()
+                .loss
+                .objective()
+        };
+        assert_eq!(gcl(r#", "weight_floor": 0.2"#).unwrap().weight_floor, 0.2);
+        assert_eq!(gcl("").unwrap().weight_floor, 0.0);
+        for bad in [r#", "weight_floor": 1.5"#, r#", "weight_floor": -0.1"#] {
+            let e = gcl(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("weight_floor must be between 0 and 1"),
+                "{bad}: {e}"
+            );
+        }
+        let e = parse(r#"{"loss": {"kind": "clip", "weight_floor": 0.2}}"#)
+            .unwrap()
+            .loss
+            .objective()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only applies to loss.kind = \"gcl\""), "{e}");
+        let e = gcl(r#", "score_to_weight": "power", "power": 0"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("loss.power must be a positive number"), "{e}");
+        assert!(gcl(r#", "score_to_weight": "power", "power": 0.5"#).is_ok());
+    }
+
+    #[test]
+    fn batch_sampler_parses_and_rejects_unknown_names() {
+        assert_eq!(
+            parse("{}").unwrap().train.batch_sampler,
+            BatchSampler::Random
+        );
+        assert_eq!(
+            parse(r#"{"train": {"batch_sampler": "unique"}}"#)
+                .unwrap()
+                .train
+                .batch_sampler,
+            BatchSampler::Unique
+        );
+        let e = parse(r#"{"train": {"batch_sampler": "one-per-query"}}"#).unwrap_err();
+        assert!(e.contains("unknown variant") && e.contains("unique"), "{e}");
     }
 }

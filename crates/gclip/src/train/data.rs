@@ -439,6 +439,7 @@ mod tests {
             ],
             extra_terms: vec![],
             mask_shared: true,
+            weight_floor: 0.0,
         }
     }
 

@@ -181,7 +181,45 @@ pub fn zero_shot_accuracy(
     labels: &[usize],
     prompts: &[String],
 ) -> Result<f64, TrainError> {
+    let single: Vec<Vec<String>> = prompts.iter().map(|p| vec![p.clone()]).collect();
+    zero_shot_accuracy_ensemble(e, images, labels, &single)
+}
+
+/// The class embeddings of a prompt ensemble (CLIP's zero-shot recipe): class `c`'s embedding
+/// is the normalised mean of its prompts' normalised embeddings. `rows` holds the prompt
+/// embeddings of every class, class after class, `counts[c]` rows for class `c`.
+pub fn ensemble_class_embeddings(rows: &[f32], dim: usize, counts: &[usize]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(counts.len() * dim);
+    let mut start = 0;
+    for &n in counts {
+        let mut mean = vec![0.0f32; dim];
+        for r in rows[start * dim..(start + n) * dim].chunks_exact(dim) {
+            let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            for (m, x) in mean.iter_mut().zip(r) {
+                *m += x / norm;
+            }
+        }
+        let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        out.extend(mean.iter().map(|m| m / norm));
+        start += n;
+    }
+    out
+}
+
+/// Zero-shot classification accuracy with several prompts per class (`prompts[c]`, at least
+/// one each), averaged as [`ensemble_class_embeddings`] does.
+pub fn zero_shot_accuracy_ensemble(
+    e: &Embedding,
+    images: &[std::path::PathBuf],
+    labels: &[usize],
+    prompts: &[Vec<String>],
+) -> Result<f64, TrainError> {
     let dim = e.clip.config.embed_dim;
+    if prompts.iter().any(Vec::is_empty) {
+        return Err(TrainError::Config(
+            "zero-shot classification needs at least one prompt per class".into(),
+        ));
+    }
     let text_spec = [FieldSpec {
         name: "text".into(),
         kind: FieldKind::Text,
@@ -194,6 +232,7 @@ pub fn zero_shot_accuracy(
     }];
     let t_rows: Vec<Vec<Option<FieldValue>>> = prompts
         .iter()
+        .flatten()
         .map(|p| vec![Some(FieldValue::Text(p.clone()))])
         .collect();
     let i_rows: Vec<Vec<Option<FieldValue>>> = images
@@ -204,6 +243,8 @@ pub fn zero_shot_accuracy(
         &t_rows.iter().map(Vec::as_slice).collect::<Vec<_>>(),
         &text_spec,
     )?;
+    let counts: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let t = ensemble_class_embeddings(&t, dim, &counts);
     let im = e.side(
         &i_rows.iter().map(Vec::as_slice).collect::<Vec<_>>(),
         &image_spec,
@@ -222,4 +263,24 @@ pub fn zero_shot_accuracy(
         correct += (best == label) as usize;
     }
     Ok(correct as f64 / labels.len().max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ensemble_averages_normalised_prompts_per_class() {
+        // Class 0: two prompts of different lengths along x and y: the mean of the normalised
+        // rows points at 45°, whatever the lengths. Class 1: one prompt, only normalised.
+        let rows = [10.0f32, 0.0, 0.0, 0.5, 0.0, -3.0];
+        let e = ensemble_class_embeddings(&rows, 2, &[2, 1]);
+        let h = std::f32::consts::FRAC_1_SQRT_2;
+        assert_eq!(e.len(), 4);
+        assert!((e[0] - h).abs() < 1e-6 && (e[1] - h).abs() < 1e-6, "{e:?}");
+        assert!(
+            (e[2] - 0.0).abs() < 1e-6 && (e[3] + 1.0).abs() < 1e-6,
+            "{e:?}"
+        );
+    }
 }

@@ -8,7 +8,7 @@
 //! resumed run continue exactly. An image that fails to decode drops its pair from the batch
 //! and is counted as `unreadable image`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -26,11 +26,26 @@ use super::TrainError;
 use crate::input::image::{PreprocessConfig, Preprocessor};
 use crate::input::tokenizer::ClipTokenizer;
 
+/// How an epoch's pairs are grouped into batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchSampler {
+    /// Consecutive slices of a random permutation of the pairs (open_clip).
+    #[default]
+    Random,
+    /// At most one pair per query and one per document in a batch: the permutation is scanned
+    /// in order and a pair whose query or document is already in the batch waits for a later
+    /// batch. When the pairs left cannot fill a batch, a fresh permutation (drawn from the seed,
+    /// the epoch and a counter) is appended to them. An epoch has as many batches as `random`.
+    Unique,
+}
+
 /// How batches are made.
 #[derive(Debug, Clone)]
 pub struct LoaderConfig {
     pub batch_size: usize,
     pub seed: u64,
+    pub sampler: BatchSampler,
     /// Batches prepared ahead of the model.
     pub prefetch: usize,
     /// Random resized crop (training); `None`: the model's inference preprocessing.
@@ -75,11 +90,21 @@ impl Loader {
             .pairs
             .iter()
             .map(|p| {
-                spec.score_to_weight
-                    .weight(p.score, p.rank, &data.score_range)
+                spec.pair_weight(p.score, p.rank, &data.score_range)
                     .map(|w| w as f32)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if cfg.sampler == BatchSampler::Unique {
+            let distinct = |keys: Vec<u64>| keys.into_iter().collect::<HashSet<_>>().len();
+            let q = distinct(data.pairs.iter().map(|p| p.query_key).collect());
+            let d = distinct(data.pairs.iter().map(|p| p.doc_key).collect());
+            if q < cfg.batch_size || d < cfg.batch_size {
+                return Err(TrainError::Config(format!(
+                    "batch_sampler = \"unique\" puts at most one pair per query and per document in a batch, but the data has {q} distinct queries and {d} distinct documents, fewer than batch_size = {}",
+                    cfg.batch_size
+                )));
+            }
+        }
         let raw = Preprocessor::new(PreprocessConfig {
             do_resize: false,
             do_center_crop: false,
@@ -122,10 +147,58 @@ impl Drop for Loader {
 }
 
 impl Shared {
-    fn order(&self, epoch: u64) -> Vec<usize> {
-        let mut idx: Vec<usize> = (0..self.data.pairs.len()).collect();
-        Rng::derive(self.cfg.seed, &[0xe90c, epoch]).shuffle(&mut idx);
-        idx
+    /// The pairs of `epoch`, batch after batch (`batch_size` each, `batches_per_epoch` batches).
+    fn order(&self, epoch: u64) -> Result<Vec<usize>, TrainError> {
+        let n = self.data.pairs.len();
+        let permutation = |k: u64| {
+            let mut idx: Vec<usize> = (0..n).collect();
+            Rng::derive(self.cfg.seed, &[0xe90c, epoch, k]).shuffle(&mut idx);
+            idx
+        };
+        if self.cfg.sampler == BatchSampler::Random {
+            let mut idx: Vec<usize> = (0..n).collect();
+            Rng::derive(self.cfg.seed, &[0xe90c, epoch]).shuffle(&mut idx);
+            return Ok(idx);
+        }
+        let bs = self.cfg.batch_size;
+        let batches = n / bs;
+        let mut out = Vec::with_capacity(batches * bs);
+        let mut pool = permutation(0);
+        let mut refills = 0u64;
+        while out.len() < batches * bs {
+            let mut queries = HashSet::with_capacity(bs);
+            let mut docs = HashSet::with_capacity(bs);
+            let mut batch = Vec::with_capacity(bs);
+            let mut waiting = Vec::new();
+            let mut pos = 0;
+            while batch.len() < bs && pos < pool.len() {
+                let i = pool[pos];
+                pos += 1;
+                let p = &self.data.pairs[i];
+                if !queries.contains(&p.query_key) && !docs.contains(&p.doc_key) {
+                    queries.insert(p.query_key);
+                    docs.insert(p.doc_key);
+                    batch.push(i);
+                } else {
+                    waiting.push(i);
+                }
+            }
+            if batch.len() < bs {
+                // The pairs left cannot fill a batch: append a fresh permutation and retry.
+                refills += 1;
+                if refills > batches as u64 + 1 {
+                    return Err(TrainError::Data(format!(
+                        "batch_sampler = \"unique\" cannot fill a batch of {bs} pairs with distinct queries and documents"
+                    )));
+                }
+                pool.extend(permutation(refills));
+                continue;
+            }
+            waiting.extend_from_slice(&pool[pos..]);
+            pool = waiting;
+            out.extend(batch);
+        }
+        Ok(out)
     }
 
     fn count(&self, reason: &str) {
@@ -297,7 +370,13 @@ impl BatchSource for Loader {
         let handle = std::thread::Builder::new()
             .name("gclip-loader".into())
             .spawn(move || {
-                let order = shared.order(epoch);
+                let order = match shared.order(epoch) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
                 for b in start..total {
                     if tx.send(shared.batch(epoch, &order, b)).is_err() {
                         return;
@@ -393,6 +472,7 @@ mod tests {
             ],
             extra_terms: vec![],
             mask_shared: true,
+            weight_floor: 0.0,
         };
         (d, spec)
     }
@@ -418,6 +498,7 @@ mod tests {
             LoaderConfig {
                 batch_size: 4,
                 seed: 9,
+                sampler: BatchSampler::Random,
                 prefetch: 1,
                 augment: augment.then(CropConfig::default),
                 preprocess: PreprocessConfig::open_clip(24),
@@ -438,6 +519,134 @@ mod tests {
             b.doc_keys.clone(),
             ids.clone(),
         )
+    }
+
+    /// 60 pairs: 6 queries × 10 documents, text fields only (query `q{i}`, document `d{j}`).
+    fn grid_loader(
+        sampler: BatchSampler,
+        batch_size: usize,
+        seed: u64,
+    ) -> (Result<Loader, TrainError>, PathBuf) {
+        let d = std::env::temp_dir().join(format!(
+            "gclip-loader-grid-{}-{batch_size}-{seed}-{sampler:?}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        let mut lines = Vec::new();
+        for q in 0..6 {
+            for j in 0..10 {
+                lines.push(format!(
+                    r#"{{"query": {{"text": "q{q}"}}, "doc": {{"title": "d{j}"}}, "query_id": "q{q}", "doc_id": "d{j}", "score": {}}}"#,
+                    (q + j) % 3
+                ));
+            }
+        }
+        std::fs::write(d.join("train.jsonl"), lines.join("\n")).unwrap();
+        let field = |name: &str| FieldSpec {
+            name: name.into(),
+            kind: FieldKind::Text,
+            weight: 1.0,
+        };
+        let spec = GclSpec {
+            score_to_weight: ScoreToWeight::Linear,
+            query_fields: vec![field("text")],
+            doc_fields: vec![field("title")],
+            extra_terms: vec![],
+            mask_shared: true,
+            weight_floor: 0.0,
+        };
+        let data = load(
+            &DataSpec {
+                layout: Layout::Jsonl,
+                path: d.join("train.jsonl"),
+                image_root: None,
+                score_column: "score_linear".into(),
+            },
+            &spec,
+        )
+        .unwrap();
+        let tok = ClipTokenizer::open_clip_default()
+            .unwrap()
+            .with_context_length(8);
+        let cfg = LoaderConfig {
+            batch_size,
+            seed,
+            sampler,
+            prefetch: 1,
+            augment: None,
+            preprocess: PreprocessConfig::open_clip(24),
+        };
+        (Loader::new(data, &spec, tok, cfg), d)
+    }
+
+    fn repeats(keys: &[u64]) -> usize {
+        keys.len() - keys.iter().collect::<HashSet<_>>().len()
+    }
+
+    #[test]
+    fn unique_sampler_never_repeats_a_query_or_document_in_a_batch() {
+        let (random, d1) = grid_loader(BatchSampler::Random, 5, 3);
+        let (unique, d2) = grid_loader(BatchSampler::Unique, 5, 3);
+        let (mut random, mut unique) = (random.unwrap(), unique.unwrap());
+        // The same number of batches per epoch as the random sampler.
+        assert_eq!(random.batches_per_epoch(), 12);
+        assert_eq!(unique.batches_per_epoch(), 12);
+        let mut random_repeats = 0;
+        let mut seen = HashSet::new();
+        for epoch in 0..3 {
+            random.start_epoch(epoch, 0).unwrap();
+            unique.start_epoch(epoch, 0).unwrap();
+            for _ in 0..12 {
+                let r = random.next_batch().unwrap();
+                random_repeats += repeats(&r.query_keys) + repeats(&r.doc_keys);
+                let u = unique.next_batch().unwrap();
+                assert_eq!(u.len(), 5);
+                assert_eq!(repeats(&u.query_keys), 0, "{:?}", u.query_keys);
+                assert_eq!(repeats(&u.doc_keys), 0, "{:?}", u.doc_keys);
+                for (q, dk) in u.query_keys.iter().zip(&u.doc_keys) {
+                    seen.insert((*q, *dk));
+                }
+            }
+            assert!(unique.next_batch().is_err(), "12 batches per epoch");
+        }
+        // With 6 queries in batches of 5, random batches repeat queries; the unique sampler
+        // still visits (nearly) every pair in three epochs.
+        assert!(random_repeats > 0);
+        assert!(seen.len() >= 55, "{} of 60 pairs seen", seen.len());
+        // Deterministic: a fresh loader positioned at batch 7 of epoch 1 gives the same batch.
+        let (again, d3) = grid_loader(BatchSampler::Unique, 5, 3);
+        let mut again = again.unwrap();
+        unique.start_epoch(1, 0).unwrap();
+        let mut b7 = None;
+        for _ in 0..8 {
+            b7 = Some(unique.next_batch().unwrap());
+        }
+        again.start_epoch(1, 7).unwrap();
+        let a7 = again.next_batch().unwrap();
+        let b7 = b7.unwrap();
+        assert_eq!((a7.query_keys, a7.doc_keys), (b7.query_keys, b7.doc_keys));
+        for d in [d1, d2, d3] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
+    #[test]
+    fn unique_sampler_refuses_batches_larger_than_the_distinct_queries() {
+        // 6 distinct queries cannot fill a batch of 7 with distinct queries.
+        let (bad, d1) = grid_loader(BatchSampler::Unique, 7, 1);
+        let Err(e) = bad else {
+            panic!("a batch of 7 was accepted")
+        };
+        assert!(
+            e.to_string()
+                .contains("6 distinct queries and 10 distinct documents"),
+            "{e}"
+        );
+        let (ok, d2) = grid_loader(BatchSampler::Random, 7, 1);
+        assert_eq!(ok.unwrap().batches_per_epoch(), 8);
+        for d in [d1, d2] {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 
     #[test]

@@ -289,10 +289,28 @@ pub struct GclSpec {
     /// Mask pairs that share a query or a document out of each other's negatives.
     #[serde(default = "yes")]
     pub mask_shared: bool,
+    /// The smallest weight a pair gets: `w = max(STW(score), weight_floor)`, in `[0, 1]`.
+    #[serde(default)]
+    pub weight_floor: f64,
 }
 
 fn yes() -> bool {
     true
+}
+
+impl GclSpec {
+    /// A pair's weight in the loss: its score-to-weight value, raised to the floor.
+    pub fn pair_weight(
+        &self,
+        score: f64,
+        rank: Option<u32>,
+        range: &ScoreRange,
+    ) -> Result<f64, TrainError> {
+        Ok(self
+            .score_to_weight
+            .weight(score, rank, range)?
+            .max(self.weight_floor))
+    }
 }
 
 /// The loss of one batch and its parts, for logging.
@@ -371,6 +389,35 @@ mod tests {
     use super::*;
     use crate::train::rng::Rng;
     use candle_core::DType;
+
+    #[test]
+    fn weight_floor_raises_only_the_weights_below_it() {
+        let range = ScoreRange { min: 0.2, max: 1.0 };
+        let spec = |stw, floor| GclSpec {
+            score_to_weight: stw,
+            query_fields: vec![],
+            doc_fields: vec![],
+            extra_terms: vec![],
+            mask_shared: true,
+            weight_floor: floor,
+        };
+        let w = |s: &GclSpec, score| s.pair_weight(score, Some(4), &range).unwrap();
+        // linear: 0.2 -> 0.01, 0.6 -> 0.505, 1.0 -> 1; a floor of 0.2 lifts only the first.
+        let lin = spec(ScoreToWeight::Linear, 0.0);
+        assert!((w(&lin, 0.2) - 0.01).abs() < 1e-12);
+        let floored = spec(ScoreToWeight::Linear, 0.2);
+        assert!((w(&floored, 0.2) - 0.2).abs() < 1e-12);
+        assert!((w(&floored, 0.6) - 0.505).abs() < 1e-12);
+        assert!((w(&floored, 1.0) - 1.0).abs() < 1e-12);
+        // power 2: 0.505² = 0.255025 stays above a floor of 0.1; reciprocal: 1/4 -> 0.3.
+        let pow = spec(ScoreToWeight::Power { p: 2.0 }, 0.1);
+        assert!((w(&pow, 0.6) - 0.255025).abs() < 1e-12);
+        assert!((w(&pow, 0.2) - 0.1).abs() < 1e-12);
+        let rec = spec(ScoreToWeight::Reciprocal, 0.3);
+        assert!((w(&rec, 0.0) - 0.3).abs() < 1e-12);
+        // A missing rank is still an error with a floor.
+        assert!(rec.pair_weight(0.5, None, &range).is_err());
+    }
 
     fn rows(n: usize, d: usize, seed: u64) -> Vec<Vec<f64>> {
         let mut r = Rng::new(seed);
@@ -568,6 +615,7 @@ mod tests {
                 weight: 0.3,
             }],
             mask_shared: true,
+            weight_floor: 0.0,
         };
         let t = Tensor::new(2.0f64, &Device::Cpu).unwrap();
         let w = [1.0f32, 0.5, 0.2, 0.9];

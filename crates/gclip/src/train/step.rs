@@ -355,6 +355,7 @@ pub(crate) mod tests {
                 weight: 0.5,
             }],
             mask_shared: true,
+            weight_floor: 0.0,
         }
     }
 
