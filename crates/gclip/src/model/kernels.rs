@@ -261,13 +261,26 @@ fn activate_rows(z: &[f32], width: usize, act: Activation) -> Vec<f32> {
     dst
 }
 
+/// Rows per parallel task for a pass over `rows` rows that also accumulates column sums: about
+/// four tasks per thread, each at least 8 rows so that its partial sums pay for themselves.
+fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(4 * rayon::current_num_threads().max(1))
+        .max(8)
+}
+
+/// Adds the partial column sums of two tasks.
+fn add_partial_sums(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
+    for (x, y) in a.iter_mut().zip(&b) {
+        *x += y;
+    }
+    a
+}
+
 /// Sums of the columns of a row-major `[rows, width]` matrix: each task adds up a band of rows,
 /// then the bands' sums are added (candle's own reduction runs on one thread).
 fn column_sums(m: &[f32], width: usize) -> Vec<f32> {
-    let rows = m.len() / width.max(1);
-    let tasks = 4 * rayon::current_num_threads().max(1);
-    let band = rows.div_ceil(tasks).max(8) * width;
-    m.par_chunks(band.max(1))
+    let band = (rows_per_task(m.len() / width.max(1)) * width).max(1);
+    m.par_chunks(band)
         .map(|rows| {
             let mut acc = vec![0f32; width];
             for row in rows.chunks_exact(width) {
@@ -277,15 +290,7 @@ fn column_sums(m: &[f32], width: usize) -> Vec<f32> {
             }
             acc
         })
-        .reduce(
-            || vec![0f32; width],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(&b) {
-                    *x += y;
-                }
-                a
-            },
-        )
+        .reduce(|| vec![0f32; width], add_partial_sums)
 }
 
 /// `Σ_rows m` of a `[rows, width]` tensor, as a `[width]` tensor, without a graph.
@@ -317,8 +322,7 @@ fn rows_with_column_sums(
     let rows = x.len() / width;
     let mut out = vec![0f32; (rows + sums) * width];
     let (per_row, tail) = out.split_at_mut(rows * width);
-    let tasks = 4 * rayon::current_num_threads().max(1);
-    let chunk_rows = rows.div_ceil(tasks).max(8);
+    let chunk_rows = rows_per_task(rows);
     let totals = per_row
         .par_chunks_mut(chunk_rows * width)
         .zip(x.par_chunks(chunk_rows * width))
@@ -334,15 +338,7 @@ fn rows_with_column_sums(
             }
             partial
         })
-        .reduce(
-            || vec![0f32; sums * width],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(&b) {
-                    *x += y;
-                }
-                a
-            },
-        );
+        .reduce(|| vec![0f32; sums * width], add_partial_sums);
     tail.copy_from_slice(&totals);
     out
 }
