@@ -416,6 +416,7 @@ fn load_gs(path: &Path, score_column: &str, ctx: &Ctx) -> Result<Dataset, TrainE
 mod tests {
     use super::*;
     use crate::train::loss::ExtraTerm;
+    use crate::train::step::tests::gcl_spec;
 
     fn spec(stw: ScoreToWeight) -> GclSpec {
         GclSpec {
@@ -425,21 +426,9 @@ mod tests {
                 kind: FieldKind::Text,
                 weight: 1.0,
             }],
-            doc_fields: vec![
-                FieldSpec {
-                    name: "image".into(),
-                    kind: FieldKind::Image,
-                    weight: 0.9,
-                },
-                FieldSpec {
-                    name: "title".into(),
-                    kind: FieldKind::Text,
-                    weight: 0.1,
-                },
-            ],
             extra_terms: vec![],
-            mask_shared: true,
-            weight_floor: 0.0,
+            // Documents as in the step tests: image 0.9 + title 0.1.
+            ..gcl_spec()
         }
     }
 

@@ -414,6 +414,7 @@ mod tests {
     use super::*;
     use crate::train::data::{load, DataSpec, Layout};
     use crate::train::loss::{FieldSpec, ScoreToWeight};
+    use crate::train::step::tests::gcl_spec;
     use std::path::PathBuf;
 
     fn images() -> PathBuf {
@@ -451,28 +452,11 @@ mod tests {
             d.join("broken.png").display()
         ));
         std::fs::write(d.join("train.jsonl"), lines.join("\n")).unwrap();
+        // The step tests' objective (text query; image 0.9 + title 0.1 document) without its
+        // extra loss term.
         let spec = GclSpec {
-            score_to_weight: ScoreToWeight::Linear,
-            query_fields: vec![FieldSpec {
-                name: "text".into(),
-                kind: FieldKind::Text,
-                weight: 1.0,
-            }],
-            doc_fields: vec![
-                FieldSpec {
-                    name: "image".into(),
-                    kind: FieldKind::Image,
-                    weight: 0.9,
-                },
-                FieldSpec {
-                    name: "title".into(),
-                    kind: FieldKind::Text,
-                    weight: 0.1,
-                },
-            ],
             extra_terms: vec![],
-            mask_shared: true,
-            weight_floor: 0.0,
+            ..gcl_spec()
         };
         (d, spec)
     }
