@@ -569,36 +569,38 @@ fn gs_ranking(a: &RankingArgs, set: &MetricSet) -> Result<BTreeMap<String, f64>>
         a.top_k,
     );
     if let Some(p) = &a.save_run {
-        let v: serde_json::Map<String, serde_json::Value> = run
+        let by_query = run
             .0
             .iter()
-            .map(|(q, docs)| {
-                let m: serde_json::Map<String, serde_json::Value> = docs
-                    .iter()
-                    .map(|(d, s)| (d.clone(), serde_json::json!(s)))
-                    .collect();
-                (q.clone(), serde_json::Value::Object(m))
-            })
-            .collect();
-        std::fs::write(p, serde_json::Value::Object(v).to_string())
-            .with_context(|| format!("writing {}", p.display()))?;
+            .map(|(q, docs)| (q, docs.iter().map(|(d, s)| (d, s))));
+        save_nested_json(p, by_query)?;
     }
     if let Some(p) = &a.save_qrels {
-        let v: serde_json::Map<String, serde_json::Value> = qrels
-            .0
-            .iter()
-            .map(|(q, docs)| {
-                let m: serde_json::Map<String, serde_json::Value> = docs
-                    .iter()
-                    .map(|(d, g)| (d.clone(), serde_json::json!(g)))
-                    .collect();
-                (q.clone(), serde_json::Value::Object(m))
-            })
-            .collect();
-        std::fs::write(p, serde_json::Value::Object(v).to_string())
-            .with_context(|| format!("writing {}", p.display()))?;
+        save_nested_json(p, qrels.0.iter())?;
     }
     Ok(evaluate(&qrels, &run, set))
+}
+
+/// Writes `{query: {document: value}}` as one JSON object (keys sorted), the form this mode
+/// saves runs and qrels in: GS query keys contain spaces, which the TREC formats cannot hold.
+fn save_nested_json<'a, D, V>(
+    path: &Path,
+    by_query: impl Iterator<Item = (&'a String, D)>,
+) -> Result<()>
+where
+    D: IntoIterator<Item = (&'a String, V)>,
+    V: serde::Serialize,
+{
+    let mut outer = serde_json::Map::new();
+    for (q, docs) in by_query {
+        let mut inner = serde_json::Map::new();
+        for (d, v) in docs {
+            inner.insert(d.clone(), serde_json::to_value(v)?);
+        }
+        outer.insert(q.clone(), serde_json::Value::Object(inner));
+    }
+    std::fs::write(path, serde_json::Value::Object(outer).to_string())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn as_slices(rows: &[Vec<Option<FieldValue>>]) -> Vec<&[Option<FieldValue>]> {
