@@ -291,40 +291,32 @@ fn check_tower_and_model(quick_gelu: bool) {
 
     // Each tower alone.
     let pick = |idx: &[usize]| idx.iter().map(|&i| params[i].clone()).collect::<Vec<_>>();
+    // The model with the parameters at `idx` replaced by `t`, all in `t`'s dtype.
+    let clip_with = |idx: &[usize], t: &[Tensor]| {
+        let mut all = params.clone();
+        for (&i, x) in idx.iter().zip(t) {
+            all[i] = x.clone();
+        }
+        let all: Vec<Tensor> = all
+            .iter()
+            .map(|p| p.to_dtype(t[0].dtype()).unwrap())
+            .collect();
+        with_params(&base, &all)
+    };
     let vparams = pick(&vision);
     check(
         &format!("vision tower quick_gelu={quick_gelu}"),
         &vparams,
         |t| {
-            let mut all = params.clone();
-            for (&i, x) in vision.iter().zip(t) {
-                all[i] = x.clone();
-            }
-            let all: Vec<Tensor> = all
-                .iter()
-                .map(|p| p.to_dtype(t[0].dtype()).unwrap())
-                .collect();
-            let clip = with_params(&base, &all);
             let px = pixels.to_dtype(t[0].dtype()).unwrap();
-            weighted_sum(&clip.vision.forward(&px).unwrap(), 21)
+            weighted_sum(&clip_with(&vision, t).vision.forward(&px).unwrap(), 21)
         },
     );
     let tparams = pick(&text);
     check(
         &format!("text tower quick_gelu={quick_gelu}"),
         &tparams,
-        |t| {
-            let mut all = params.clone();
-            for (&i, x) in text.iter().zip(t) {
-                all[i] = x.clone();
-            }
-            let all: Vec<Tensor> = all
-                .iter()
-                .map(|p| p.to_dtype(t[0].dtype()).unwrap())
-                .collect();
-            let clip = with_params(&base, &all);
-            weighted_sum(&clip.text.forward(&ids).unwrap(), 22)
-        },
+        |t| weighted_sum(&clip_with(&text, t).text.forward(&ids).unwrap(), 22),
     );
 
     // The whole model under a contrastive-style loss of normalised embeddings and the scale.
