@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use clap::{Args, Subcommand};
 use gclip::eval::marqo_gs::{self, Corpus};
 use gclip::eval::ranking::{evaluate, run_from_embeddings, MetricSet, Qrels, Run};
-use gclip::input::image::{PreprocessConfig, Preprocessor};
+use gclip::input::image::Preprocessor;
 use gclip::input::pipeline::InputPipeline;
 use gclip::input::tokenizer::ClipTokenizer;
 use gclip::input::Convention;
@@ -155,7 +155,19 @@ fn fields(spec: &str) -> Result<Vec<FieldSpec>> {
 struct Loaded {
     clip: Clip,
     tokenizer: ClipTokenizer,
-    preprocess: PreprocessConfig,
+    preprocessor: Preprocessor,
+}
+
+impl Loaded {
+    /// The model as the evaluation functions embed with it, 64 rows at a time.
+    fn embedding(&self) -> Embedding<'_> {
+        Embedding {
+            clip: &self.clip,
+            tokenizer: &self.tokenizer,
+            preprocessor: &self.preprocessor,
+            batch_size: 64,
+        }
+    }
 }
 
 fn load_model(model: &str, arch: Option<&str>) -> Result<Loaded> {
@@ -183,7 +195,7 @@ fn load_model(model: &str, arch: Option<&str>) -> Result<Loaded> {
         ctx,
         clip.config.vision.image_size,
     )?;
-    let preprocess = pipeline.preprocessor().config().clone();
+    let preprocessor = Preprocessor::new(pipeline.preprocessor().config().clone());
     let tokenizer = match (convention, dir.as_deref()) {
         (Convention::Transformers, Some(d)) => ClipTokenizer::from_hf_dir(d)?,
         _ => ClipTokenizer::open_clip_default()?,
@@ -192,7 +204,7 @@ fn load_model(model: &str, arch: Option<&str>) -> Result<Loaded> {
     Ok(Loaded {
         clip,
         tokenizer,
-        preprocess,
+        preprocessor,
     })
 }
 
@@ -269,13 +281,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
             )?;
             let (q, d) = (fields(&md.query_fields)?, fields(&md.doc_fields)?);
             let ds = dataset(md, &q, &d)?;
-            let pp = Preprocessor::new(model.preprocess.clone());
-            let e = Embedding {
-                clip: &model.clip,
-                tokenizer: &model.tokenizer,
-                preprocessor: &pp,
-                batch_size: 64,
-            };
+            let e = model.embedding();
             let m = retrieval_metrics(&e, &ds, &q, &d)?;
             let map: BTreeMap<String, f64> = m.named().into_iter().collect();
             print(
@@ -319,13 +325,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
                 )?;
                 let (q, d) = (fields(&md.query_fields)?, fields(&md.doc_fields)?);
                 let ds = dataset(md, &q, &d)?;
-                let pp = Preprocessor::new(model.preprocess.clone());
-                let e = Embedding {
-                    clip: &model.clip,
-                    tokenizer: &model.tokenizer,
-                    preprocessor: &pp,
-                    batch_size: 64,
-                };
+                let e = model.embedding();
                 let corpus = match &a.corpus {
                     Some(c) => Some(dataset_at(md, c.clone(), &q, &d)?),
                     None => None,
@@ -551,13 +551,7 @@ fn gs_ranking(a: &RankingArgs, set: &MetricSet) -> Result<BTreeMap<String, f64>>
     }
     eprintln!("{} queries, {} documents", q_ids.len(), d_ids.len());
     let model = load_model(model_name, md.arch.as_deref())?;
-    let pp = Preprocessor::new(model.preprocess.clone());
-    let e = Embedding {
-        clip: &model.clip,
-        tokenizer: &model.tokenizer,
-        preprocessor: &pp,
-        batch_size: 64,
-    };
+    let e = model.embedding();
     let qe = e.side(&as_slices(&q_rows), &q)?;
     let de = e.side(&as_slices(&d_rows), &d)?;
     let run = run_from_embeddings(
