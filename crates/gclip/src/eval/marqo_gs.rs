@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use super::ranking::{relevance_labels, Qrels};
+use super::InOrder;
 
 /// What GCL appends to each query field's value to form a query key.
 pub const QUERY_KEY_SEPARATOR: &str = "_{!@#~}_";
@@ -106,7 +107,7 @@ impl Corpus {
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        let entries: InOrder = serde_json::from_str(text).map_err(|e| {
+        let entries: InOrder<serde_json::Value> = serde_json::from_str(text).map_err(|e| {
             if e.is_data() {
                 "expected one JSON object: document id → fields".to_string()
             } else {
@@ -147,33 +148,6 @@ impl Corpus {
             serde_json::Value::Bool(b) => Some(b.to_string()),
             _ => None,
         }
-    }
-}
-
-/// A JSON object's entries in file order (GCL iterates the corpus in file order; document
-/// order breaks ties between equal scores).
-struct InOrder(Vec<(String, serde_json::Value)>);
-
-impl<'de> serde::Deserialize<'de> for InOrder {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = InOrder;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> Result<InOrder, A::Error> {
-                let mut v = Vec::with_capacity(m.size_hint().unwrap_or(0));
-                while let Some(e) = m.next_entry()? {
-                    v.push(e);
-                }
-                Ok(InOrder(v))
-            }
-        }
-        d.deserialize_map(Visit)
     }
 }
 

@@ -16,6 +16,7 @@
 //! `trec_eval` without `-c`); a query listed in the run with no results is evaluated (0).
 //! Values are not rounded (BEIR rounds to 5 decimals).
 
+use super::InOrder;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -122,57 +123,12 @@ impl Run {
 
     fn parse_json(text: &str, name: &str) -> Result<Self, RankingError> {
         // Entries in file order: a plain map would sort them and lose the order of ties.
-        struct Ordered(Vec<(String, OrderedScores)>);
-        struct OrderedScores(Vec<(String, f64)>);
-        impl<'de> serde::Deserialize<'de> for OrderedScores {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V;
-                impl<'de> serde::de::Visitor<'de> for V {
-                    type Value = OrderedScores;
-                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                        f.write_str("an object of document: score")
-                    }
-                    fn visit_map<A: serde::de::MapAccess<'de>>(
-                        self,
-                        mut m: A,
-                    ) -> Result<Self::Value, A::Error> {
-                        let mut v = Vec::new();
-                        while let Some((k, s)) = m.next_entry::<String, f64>()? {
-                            v.push((k, s));
-                        }
-                        Ok(OrderedScores(v))
-                    }
-                }
-                d.deserialize_map(V)
-            }
-        }
-        impl<'de> serde::Deserialize<'de> for Ordered {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V;
-                impl<'de> serde::de::Visitor<'de> for V {
-                    type Value = Ordered;
-                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                        f.write_str("an object of query: {document: score}")
-                    }
-                    fn visit_map<A: serde::de::MapAccess<'de>>(
-                        self,
-                        mut m: A,
-                    ) -> Result<Self::Value, A::Error> {
-                        let mut v = Vec::new();
-                        while let Some((k, s)) = m.next_entry::<String, OrderedScores>()? {
-                            v.push((k, s));
-                        }
-                        Ok(Ordered(v))
-                    }
-                }
-                d.deserialize_map(V)
-            }
-        }
-        let parsed: Ordered = serde_json::from_str(text).map_err(|e| RankingError::Parse {
-            path: name.into(),
-            line: e.line(),
-            message: e.to_string(),
-        })?;
+        let parsed: InOrder<InOrder<f64>> =
+            serde_json::from_str(text).map_err(|e| RankingError::Parse {
+                path: name.into(),
+                line: e.line(),
+                message: e.to_string(),
+            })?;
         Ok(Self(parsed.0.into_iter().map(|(q, s)| (q, s.0)).collect()))
     }
 
