@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gclip_search::ingest::{add_documents, embed_documents, read_documents};
-use gclip_search::{Document, EmbedSpec, Fields, NewDocument};
+use gclip_search::ingest::{add_documents, read_documents, update_document};
+use gclip_search::{EmbedSpec, Fields};
 
-use crate::index::{finish_report, load_embedder, open_collection, ModelArgs};
+use crate::index::{finish_report, load_embedder, open_collection, LazyEncoder, ModelArgs};
 use crate::progress::Progress;
 
 #[derive(Args)]
@@ -90,50 +90,18 @@ pub struct UpdateArgs {
 pub fn run_update(args: UpdateArgs) -> Result<()> {
     let collection = open_collection(&args.collection, &ModelArgs::default(), None)?;
     let patch: Fields = serde_json::from_str(&args.set).context("--set must be a JSON object")?;
-    let Some(doc) = collection.get(&args.id)? else {
+    if collection.get(&args.id)?.is_none() {
         bail!(
             "no document with id {:?} in {}",
             args.id,
             args.collection.display()
         );
-    };
-    let mut fields = doc.fields.clone();
-    for (k, v) in &patch {
-        if v.is_null() {
-            fields.remove(k);
-        } else {
-            fields.insert(k.clone(), v.clone());
-        }
     }
-    let spec = collection.info().spec.clone();
-    let embedded_changed = spec
-        .fields
-        .iter()
-        .any(|f| doc.fields.get(&f.name) != fields.get(&f.name));
-    if embedded_changed {
-        let embedder = load_embedder(&collection, 32)?;
-        let images: Vec<&str> = spec.image_fields().collect();
-        let cwd = std::env::current_dir()?;
-        let new_doc: Document =
-            gclip_search::ingest::document_from_fields(fields.clone(), "", &cwd, &images)
-                .map(|mut d| {
-                    d.id = args.id.clone();
-                    d
-                })
-                .map_err(anyhow::Error::msg)?;
-        let vector = embed_documents(&embedder, &spec, &[&new_doc])?
-            .pop()
-            .unwrap_or_else(|| Err("not embedded".into()))
-            .map_err(anyhow::Error::msg)?;
-        collection.upsert(vec![NewDocument {
-            id: args.id.clone(),
-            fields: new_doc.fields,
-            vector,
-            source: None,
-        }])?;
-    } else {
-        collection.update_fields(&args.id, fields)?;
-    }
+    // The model is loaded only when an embedded field changes.
+    let encoder = LazyEncoder::new(&collection);
+    let cwd = std::env::current_dir()?;
+    let report = update_document(collection.store(), &encoder, &args.id, &patch, &cwd)?;
+    let embedded_changed = report.reembedded;
     collection.flush()?;
     eprintln!(
         "updated {}{}",

@@ -29,13 +29,13 @@ pub struct SearchArgs {
     collection: PathBuf,
     /// Query text.
     text: Option<String>,
-    /// Query image file.
+    /// Query image: a file, or an http(s) URL (fetched into the image cache).
     #[arg(long)]
     image: Option<PathBuf>,
     /// Weighted query part, `TEXT[:WEIGHT]`; repeat; negative weights push away.
     #[arg(long = "query")]
     queries: Vec<String>,
-    /// Weighted image part, `PATH[:WEIGHT]`; repeat.
+    /// Weighted image part, `PATH[:WEIGHT]` or `URL[:WEIGHT]`; repeat.
     #[arg(long = "image-query")]
     image_queries: Vec<String>,
     /// Documents like this one (its stored vector).
@@ -67,6 +67,15 @@ pub struct SearchArgs {
     json: bool,
 }
 
+/// A query image: a URL is fetched (and cached), anything else is a local file.
+fn image_input(value: &str) -> QueryInput {
+    if gclip_search::remote::is_url(value) {
+        QueryInput::ImageUrl(value.to_string())
+    } else {
+        QueryInput::ImageFile(PathBuf::from(value))
+    }
+}
+
 pub fn run(args: SearchArgs) -> Result<()> {
     let collection = open_collection(&args.collection, &ModelArgs::default(), None)?;
     let filter = args.filter.as_deref().map(Filter::parse).transpose()?;
@@ -75,7 +84,7 @@ pub fn run(args: SearchArgs) -> Result<()> {
         parts.push(QueryPart::new(QueryInput::Text(t.clone())));
     }
     if let Some(p) = &args.image {
-        parts.push(QueryPart::new(QueryInput::ImageFile(p.clone())));
+        parts.push(QueryPart::new(image_input(&p.to_string_lossy())));
     }
     for q in &args.queries {
         let (text, weight) = parse_weighted(q);
@@ -87,7 +96,7 @@ pub fn run(args: SearchArgs) -> Result<()> {
     for q in &args.image_queries {
         let (path, weight) = parse_weighted(q);
         parts.push(QueryPart {
-            input: QueryInput::ImageFile(PathBuf::from(path)),
+            input: image_input(&path),
             weight,
         });
     }

@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::document::{combine, field_input, Document, EmbedSpec, Fields, Modality};
 use crate::encoder::Encoder;
 use crate::error::{io_err, Result, SearchError};
+use crate::remote::{is_url, RemoteImages};
 use crate::store::{FileState, NewDocument, Store};
 
 /// One input document, or why its line is unusable; `label` names it in messages.
@@ -72,8 +73,8 @@ pub fn embed_documents(
                 encoder.texts(&texts)?.into_iter().map(Ok).collect()
             }
             Modality::Image => {
-                let paths: Vec<PathBuf> = present.iter().map(|&(_, p)| PathBuf::from(p)).collect();
-                encoder.image_files(&paths)?
+                let values: Vec<&str> = present.iter().map(|&(_, p)| p).collect();
+                embed_image_values(encoder, &values)?
             }
         };
         for (&(i, _), r) in present.iter().zip(results) {
@@ -99,6 +100,114 @@ pub fn embed_documents(
             combine(&refs).ok_or_else(|| "embedding is zero".to_string())
         })
         .collect())
+}
+
+/// Embeds images given as local paths or URLs (fetched into the image cache first); one
+/// result per value, in order. A URL's failure names the URL.
+pub fn embed_image_values(
+    encoder: &dyn Encoder,
+    values: &[&str],
+) -> Result<Vec<Result<Vec<f32>, String>>> {
+    let urls: Vec<&str> = values.iter().copied().filter(|v| is_url(v)).collect();
+    let mut fetched = if urls.is_empty() {
+        Vec::new()
+    } else {
+        RemoteImages::shared().fetch_all(&urls)
+    }
+    .into_iter();
+    let mut out: Vec<Result<Vec<f32>, String>> = Vec::with_capacity(values.len());
+    let mut paths = Vec::with_capacity(values.len());
+    let mut where_from = Vec::with_capacity(values.len());
+    for v in values {
+        let local = if is_url(v) {
+            fetched
+                .next()
+                .unwrap_or_else(|| Err(format!("{v}: not fetched")))
+        } else {
+            Ok(PathBuf::from(v))
+        };
+        match local {
+            Ok(p) => {
+                where_from.push((out.len(), is_url(v).then_some(*v)));
+                paths.push(p);
+                out.push(Err(String::new()));
+            }
+            Err(e) => out.push(Err(e)),
+        }
+    }
+    for ((slot, url), r) in where_from.into_iter().zip(encoder.image_files(&paths)?) {
+        out[slot] = match url {
+            // The decoder names the cached file; the user knows the URL.
+            Some(url) => r.map_err(|e| format!("{url}: {e}")),
+            None => r,
+        };
+    }
+    Ok(out)
+}
+
+/// What [`update_document`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct UpdateReport {
+    /// An embedded field changed, so the document got a new vector.
+    pub reembedded: bool,
+    /// The collection's generation after the write.
+    pub generation: u64,
+}
+
+/// Changes some fields of a document: each field of `patch` is set, or removed when null; the
+/// others are kept. The document is embedded again only when a field its vector comes from
+/// changed. Relative image paths are resolved against `base`.
+pub fn update_document(
+    store: &dyn Store,
+    encoder: &dyn Encoder,
+    id: &str,
+    patch: &Fields,
+    base: &Path,
+) -> Result<UpdateReport> {
+    if patch.contains_key("id") {
+        return Err(SearchError::Invalid(
+            "the id of a document cannot be changed (add a new document and delete this one)"
+                .into(),
+        ));
+    }
+    let doc = store
+        .get(id)?
+        .ok_or_else(|| SearchError::NotFound(id.to_string()))?;
+    let mut fields = doc.fields.clone();
+    for (k, v) in patch {
+        if v.is_null() {
+            fields.remove(k);
+        } else {
+            fields.insert(k.clone(), v.clone());
+        }
+    }
+    let spec = &store.info().spec;
+    let reembedded = spec
+        .fields
+        .iter()
+        .any(|f| doc.fields.get(&f.name) != fields.get(&f.name));
+    let receipt = if reembedded {
+        let images: Vec<&str> = spec.image_fields().collect();
+        let mut new_doc =
+            document_from_fields(fields, "", base, &images).map_err(SearchError::Invalid)?;
+        new_doc.id = id.to_string();
+        let vector = embed_documents(encoder, spec, &[&new_doc])?
+            .pop()
+            .unwrap_or_else(|| Err("not embedded".into()))
+            .map_err(|e| SearchError::Invalid(format!("document {id:?}: {e}")))?;
+        store.upsert(vec![NewDocument {
+            id: new_doc.id,
+            fields: new_doc.fields,
+            vector,
+            source: None,
+        }])?
+    } else {
+        store.update_fields(id, fields)?
+    };
+    Ok(UpdateReport {
+        reembedded,
+        generation: receipt.generation,
+    })
 }
 
 /// Embeds and writes documents in batches of `batch_size`, calling `on_commit` after each
@@ -231,6 +340,9 @@ pub fn document_from_fields(
     };
     for name in image_fields {
         if let Some(Value::String(p)) = fields.get(*name) {
+            if is_url(p) {
+                continue;
+            }
             let resolved = resolve_path(p, base);
             fields.insert(name.to_string(), Value::String(resolved));
         }

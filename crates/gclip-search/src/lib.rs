@@ -19,6 +19,7 @@ pub mod filter;
 pub mod ingest;
 pub mod lexical;
 pub mod query;
+pub mod remote;
 pub mod sqlite;
 pub mod store;
 

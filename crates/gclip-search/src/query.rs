@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::document::combine;
 use crate::encoder::Encoder;
 use crate::error::{Result, SearchError};
+use crate::remote::{is_url, RemoteImages};
 use crate::store::Store;
 
 /// What one part of a query is.
@@ -18,6 +19,8 @@ pub enum QueryInput {
     Text(String),
     /// An image file, embedded by the image tower.
     ImageFile(PathBuf),
+    /// An image at an `http(s)://` URL, fetched into the image cache first.
+    ImageUrl(String),
     /// An encoded image (PNG, JPEG, …).
     #[serde(skip)]
     ImageBytes(Vec<u8>),
@@ -95,6 +98,18 @@ pub fn query_vector(
                 .unwrap_or_else(|| Err("not embedded".into()))
                 .map_err(|e| SearchError::Invalid(format!("image {}: {e}", path.display())))?,
             QueryInput::ImageBytes(bytes) => encoder.image_bytes(bytes, "uploaded image")?,
+            QueryInput::ImageUrl(url) => {
+                if !is_url(url) {
+                    return Err(SearchError::Invalid(format!(
+                        "image URL {url:?} must start with http:// or https://"
+                    )));
+                }
+                let path = RemoteImages::shared()
+                    .fetch(url)
+                    .map_err(|e| SearchError::Invalid(format!("query image {e}")))?;
+                let bytes = std::fs::read(&path).map_err(crate::error::io_err(&path))?;
+                encoder.image_bytes(&bytes, url)?
+            }
             QueryInput::Document(id) => store
                 .ok_or_else(|| SearchError::Invalid("document queries need a collection".into()))?
                 .vector(id)?

@@ -33,11 +33,11 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use candle_core::Device;
 use gclip::embed::Embedder;
-use gclip_search::ingest::{add_documents, document_from_fields, InputDocument};
+use gclip_search::ingest::{add_documents, document_from_fields, update_document, InputDocument};
 use gclip_search::query::query_vector;
 use gclip_search::{
-    model_identity, Collection, EmbedSpec, Filter, Fusion, ModelIdentity, QueryInput, QueryPart,
-    SearchMode, SearchRequest,
+    model_identity, Collection, EmbedSpec, Fields, Filter, Fusion, ModelIdentity, QueryInput,
+    QueryPart, SearchError, SearchMode, SearchRequest,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -315,7 +315,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/api/collections/{name}/documents/{id}",
-            get(get_doc).delete(delete_doc),
+            get(get_doc).patch(patch_doc).delete(delete_doc),
         )
         .route(
             "/api/collections/{name}/documents/{id}/thumbnail",
@@ -632,6 +632,40 @@ async fn get_doc(
     Ok(Json(json!(doc)))
 }
 
+/// Sets the fields given (null removes one), keeps the others; re-embeds the document only
+/// when a field its vector comes from changed.
+async fn patch_doc(
+    State(state): Shared,
+    p: Result<UrlPath<(String, String)>, PathRejection>,
+    body: Result<Json<Fields>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let UrlPath((name, id)) = p?;
+    let Json(patch) = body?;
+    let served = state.collection(&name)?;
+    let st = state.clone();
+    blocking(move || {
+        let worker = st.worker(&served.collection.info().model)?;
+        let base = served.collection.dir().to_path_buf();
+        let r = update_document(
+            served.collection.store(),
+            worker.as_ref(),
+            &id,
+            &patch,
+            &base,
+        )
+        .map_err(|e| match e {
+            SearchError::NotFound(_) => {
+                ApiError::not_found(format!("no document {id:?} in {name:?}"))
+            }
+            e => e.into(),
+        })?;
+        Ok(Json(
+            json!({"updated": id, "reembedded": r.reembedded, "generation": r.generation}),
+        ))
+    })
+    .await
+}
+
 async fn delete_doc(
     State(state): Shared,
     p: Result<UrlPath<(String, String)>, PathRejection>,
@@ -676,17 +710,24 @@ async fn thumbnail(
         .get(&id)?
         .ok_or_else(|| ApiError::not_found(format!("no document {id:?} in {name:?}")))?;
     let spec = served.collection.info().spec.clone();
-    let path = spec
+    let image = spec
         .image_fields()
-        .find_map(|f| {
-            doc.fields
-                .get(f)
-                .and_then(|v| v.as_str())
-                .map(PathBuf::from)
-        })
+        .find_map(|f| doc.fields.get(f).and_then(|v| v.as_str()).map(String::from))
         .ok_or_else(|| ApiError::not_found(format!("document {id:?} has no image")))?;
     let max_pixels = state.config.batch.max_image_pixels;
-    let png = blocking(move || make_thumbnail(&path, size, max_pixels)).await?;
+    let png = blocking(move || {
+        // An image given by URL is shown from the copy fetched when it was indexed (fetched
+        // again if the cache lost it).
+        let path = if gclip_search::remote::is_url(&image) {
+            gclip_search::remote::RemoteImages::shared()
+                .fetch(&image)
+                .map_err(|e| ApiError::not_found(format!("image unavailable: {e}")))?
+        } else {
+            PathBuf::from(image)
+        };
+        make_thumbnail(&path, size, max_pixels)
+    })
+    .await?;
     Ok((
         [
             (header::CONTENT_TYPE, "image/png"),
@@ -729,6 +770,9 @@ struct PartBody {
     /// Base64 of an encoded image (a `data:` URL prefix is accepted).
     #[serde(default)]
     image: Option<String>,
+    /// An `http(s)://` image URL, fetched by the server.
+    #[serde(default)]
+    image_url: Option<String>,
     /// A document id of the collection (its stored vector).
     #[serde(default)]
     document: Option<String>,
@@ -751,6 +795,9 @@ struct SearchBody {
     /// Query image, base64.
     #[serde(default)]
     image: Option<String>,
+    /// Query image by `http(s)://` URL, fetched by the server.
+    #[serde(default)]
+    image_url: Option<String>,
     /// Weighted parts.
     #[serde(default)]
     queries: Vec<PartBody>,
@@ -783,10 +830,21 @@ fn decode_image(b64: &str) -> Result<Vec<u8>, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("image is not valid base64: {e}")))
 }
 
+/// Only URLs: a path would let a client read the server's files.
+fn image_url_input(url: String) -> Result<QueryInput, ApiError> {
+    if !gclip_search::remote::is_url(&url) {
+        return Err(ApiError::bad_request(format!(
+            "image_url {url:?} must start with http:// or https://"
+        )));
+    }
+    Ok(QueryInput::ImageUrl(url))
+}
+
 fn part_input(p: PartBody) -> Result<QueryPart, ApiError> {
     let given = [
         p.text.is_some(),
         p.image.is_some(),
+        p.image_url.is_some(),
         p.document.is_some(),
         p.vector.is_some(),
     ]
@@ -795,13 +853,15 @@ fn part_input(p: PartBody) -> Result<QueryPart, ApiError> {
     .count();
     if given != 1 {
         return Err(ApiError::bad_request(
-            "each query part needs exactly one of text, image, document, vector",
+            "each query part needs exactly one of text, image, image_url, document, vector",
         ));
     }
     let input = if let Some(t) = p.text {
         QueryInput::Text(t)
     } else if let Some(i) = p.image {
         QueryInput::ImageBytes(decode_image(&i)?)
+    } else if let Some(u) = p.image_url {
+        image_url_input(u)?
     } else if let Some(d) = p.document {
         QueryInput::Document(d)
     } else {
@@ -853,12 +913,15 @@ async fn search(
     if let Some(img) = &body.image {
         parts.push(QueryPart::new(QueryInput::ImageBytes(decode_image(img)?)));
     }
+    if let Some(url) = body.image_url {
+        parts.push(QueryPart::new(image_url_input(url)?));
+    }
     for p in body.queries {
         parts.push(part_input(p)?);
     }
     if parts.is_empty() {
         return Err(ApiError::bad_request(
-            "nothing to search for: give q, image or queries",
+            "nothing to search for: give q, image, image_url or queries",
         ));
     }
     let lexical_text: Option<String> = if body.hybrid || body.lexical {

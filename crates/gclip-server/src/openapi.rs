@@ -49,12 +49,15 @@ pub fn document() -> Value {
                     "responses": {"200": ok("documents"), "4XX": errors()}},
                 "post": {"summary": "Add or replace documents (embedded per the collection's spec)",
                          "requestBody": body(json!({"type": "object", "required": ["documents"], "properties": {
-                             "documents": {"type": "array", "items": {"type": "object", "description": "id plus fields: text, image path, numbers, tags"}}}})),
+                             "documents": {"type": "array", "items": {"type": "object", "description": "id plus fields: text, image path or http(s) URL, numbers, tags"}}}})),
                          "responses": {"200": ok("written and failed"), "4XX": errors()}}
             },
             "/api/collections/{name}/documents/{id}": {
                 "parameters": [name, id],
                 "get": {"summary": "One document", "responses": {"200": ok("document"), "4XX": errors()}},
+                "patch": {"summary": "Set some fields (null removes one); re-embeds only when an embedded field changed",
+                          "requestBody": body(json!({"type": "object", "description": "fields to set; the id cannot change"})),
+                          "responses": {"200": ok("updated, reembedded, generation"), "4XX": errors()}},
                 "delete": {"summary": "Delete a document", "responses": {"200": ok("deleted"), "4XX": errors()}}
             },
             "/api/collections/{name}/documents/{id}/thumbnail": {
@@ -83,8 +86,9 @@ pub fn document() -> Value {
                 "Search": {"type": "object", "properties": {
                     "q": {"type": "string"},
                     "image": {"type": "string", "description": "base64 (data: URL accepted)"},
+                    "image_url": {"type": "string", "description": "http(s) URL the server fetches"},
                     "queries": {"type": "array", "items": {"type": "object", "properties": {
-                        "text": {"type": "string"}, "image": {"type": "string"}, "document": {"type": "string"},
+                        "text": {"type": "string"}, "image": {"type": "string"}, "image_url": {"type": "string"}, "document": {"type": "string"},
                         "vector": {"type": "array", "items": {"type": "number"}}, "weight": {"type": "number"}}}},
                     "filter": {"type": "string", "example": "price < 50 AND tags:summer AND NOT sold"},
                     "limit": {"type": "integer", "default": 10}, "offset": {"type": "integer", "default": 0},

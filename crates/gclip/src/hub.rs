@@ -288,7 +288,9 @@ impl HubConfig {
     }
 }
 
-fn is_true(v: Option<String>) -> bool {
+/// True when an environment switch is on: `1`, `ON`, `YES` or `TRUE`, any case (huggingface_hub's
+/// rule, which gclip's own switches follow too).
+pub fn is_true(v: Option<String>) -> bool {
     v.is_some_and(|v| {
         matches!(
             v.trim().to_ascii_uppercase().as_str(),
