@@ -13,6 +13,7 @@
 //! a list holding it. Ranges compare numbers with numbers and strings with strings (so ISO dates
 //! work); a missing field matches no comparison except `!=`. `id` names the document id.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use serde_json::Value;
@@ -288,7 +289,7 @@ impl Filter {
             Filter::And(parts) => parts.iter().all(|f| f.matches(id, fields)),
             Filter::Or(parts) => parts.iter().any(|f| f.matches(id, fields)),
             Filter::Not(inner) => !inner.matches(id, fields),
-            Filter::Truthy(field) => match lookup(id, fields, field) {
+            Filter::Truthy(field) => match lookup(id, fields, field).as_deref() {
                 None | Some(Value::Null) | Some(Value::Bool(false)) => false,
                 Some(Value::String(s)) => !s.is_empty(),
                 Some(Value::Array(a)) => !a.is_empty(),
@@ -308,7 +309,7 @@ impl Filter {
                             Op::Gt => ord == Ordering::Greater,
                             _ => ord != Ordering::Less,
                         };
-                        match &have {
+                        match have.as_ref() {
                             Value::Array(items) => {
                                 items.iter().any(|h| compare(h, value).is_some_and(test))
                             }
@@ -321,10 +322,11 @@ impl Filter {
     }
 }
 
-fn lookup(id: &str, fields: &Fields, name: &str) -> Option<Value> {
+/// Borrowed: a filter runs once per candidate document, so it must not copy field values.
+fn lookup<'a>(id: &str, fields: &'a Fields, name: &str) -> Option<Cow<'a, Value>> {
     match fields.get(name) {
-        Some(v) => Some(v.clone()),
-        None if name == "id" => Some(Value::String(id.to_string())),
+        Some(v) => Some(Cow::Borrowed(v)),
+        None if name == "id" => Some(Cow::Owned(Value::String(id.to_string()))),
         None => None,
     }
 }

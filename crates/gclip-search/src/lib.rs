@@ -18,6 +18,7 @@ pub mod exact;
 pub mod filter;
 pub mod ingest;
 pub mod lexical;
+mod payload;
 pub mod query;
 pub mod remote;
 pub mod sqlite;

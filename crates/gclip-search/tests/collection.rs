@@ -445,6 +445,30 @@ fn hnsw_agrees_with_exact_survives_restarts_and_filters_fill_the_limit() {
     let c = Collection::open_with(&cdir, options.clone()).unwrap();
     assert_eq!(c.len(), 1950);
     check(&c, "caught up");
+    // Equality filters are answered from the payload index, which follows deletes, upserts,
+    // reopening and field updates: Auto gives the exact answer.
+    let mut moved = c.get("d500").unwrap().unwrap();
+    let old_group = moved.fields["group"].clone();
+    moved.fields.insert("group".into(), json!("moved"));
+    c.update_fields("d500", moved.fields).unwrap();
+    for f in [
+        "group = moved",
+        "group = g3 OR group = g4",
+        "group = g5 AND n >= 1000",
+    ] {
+        let mut auto = request(queries[2].clone(), 40);
+        auto.filter = Some(Filter::parse(f).unwrap());
+        let mut exact = auto.clone();
+        exact.mode = SearchMode::Exact;
+        let (a, e) = (c.search(&auto).unwrap(), c.search(&exact).unwrap());
+        assert_eq!(ids(&a), ids(&e), "{f}");
+        assert!(!a.is_empty(), "{f}");
+    }
+    let mut r = request(queries[2].clone(), 2000);
+    r.filter = Some(Filter::parse(&format!("group = {old_group}")).unwrap());
+    assert!(c.search(&r).unwrap().iter().all(|h| h.id != "d500"));
+    r.filter = Some(Filter::parse("group = moved").unwrap());
+    assert_eq!(ids(&c.search(&r).unwrap()), vec!["d500".to_string()]);
     let q = &random_docs(50, 5_000)[7].vector;
     let mut r = request(q.clone(), 1);
     r.mode = SearchMode::Ann;
