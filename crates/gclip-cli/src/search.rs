@@ -192,7 +192,8 @@ fn print_table(hits: &[Hit], offset: usize) {
 #[derive(Args)]
 #[command(after_help = "Example:
   gclip search-bench --count 100000 --dim 512 --queries 200 --ef 64,128,256
-  gclip search-bench --count 100000 --latent-dim 32")]
+  gclip search-bench --count 100000 --latent-dim 32
+  gclip search-bench --count 100000 --latent-dim 32 --store /tmp/bench-collection")]
 pub struct SearchBenchArgs {
     /// Random unit vectors in the index.
     #[arg(long, default_value_t = 100_000)]
@@ -224,12 +225,66 @@ pub struct SearchBenchArgs {
     /// instead of uniform random directions.
     #[arg(long)]
     latent_dim: Option<usize>,
+    /// Instead of the bare HNSW index: searches through a real collection in this directory
+    /// (SQLite store, payload index, query planner, HNSW with the collection defaults), with
+    /// and without filters of several kinds. The collection is kept and reused by the next run
+    /// with the same --count, --dim and --latent-dim.
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
 }
 
+fn run_store_bench(args: &SearchBenchArgs, dir: &std::path::Path) -> Result<()> {
+    use gclip_search::bench::{run_store_bench, StoreBenchPlan};
+    let plan = StoreBenchPlan {
+        count: args.count,
+        dim: args.dim,
+        queries: args.queries.max(1),
+        k: args.k.max(1),
+        seed: 42,
+        latent_dim: args.latent_dim,
+    };
+    let rows = run_store_bench(&plan, dir, &|m| eprintln!("{m}"))?;
+    if args.json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+        return Ok(());
+    }
+    println!(
+        "collection of {} × {}-d {} on {} threads: Auto (planner) against Exact, one query at a time",
+        args.count,
+        args.dim,
+        match args.latent_dim {
+            Some(l) => format!("vectors near a {l}-d subspace"),
+            None => "uniform random vectors".to_string(),
+        },
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:<30}  {:>6}  {:>9}  {:>8}  {:>8}  {:>10}",
+        "filter", "match", "recall@k", "p50 ms", "p99 ms", "exact p50"
+    );
+    for r in rows {
+        println!(
+            "{:<30}  {:>5.1}%  {:>9.4}  {:>8.3}  {:>8.3}  {:>10.2}",
+            r.filter,
+            r.selectivity * 100.0,
+            r.recall_at_k,
+            r.p50_ms,
+            r.p99_ms,
+            r.exact_p50_ms
+        );
+    }
+    Ok(())
+}
+
 pub fn run_bench(args: SearchBenchArgs) -> Result<()> {
+    if let Some(dir) = &args.store {
+        return run_store_bench(&args, dir);
+    }
     use gclip_search::ann::AnnParams;
     use gclip_search::bench::{run_ann_bench, AnnBenchPlan};
     let plan = AnnBenchPlan {

@@ -201,3 +201,181 @@ pub fn run_ann_bench(
     }
     Ok((build, rows))
 }
+
+/// What the collection benchmark measures: searches through a real collection (SQLite store,
+/// payload index, query planner, HNSW), as a user's queries run.
+#[derive(Debug, Clone)]
+pub struct StoreBenchPlan {
+    pub count: usize,
+    pub dim: usize,
+    pub queries: usize,
+    pub k: usize,
+    pub seed: u64,
+    pub latent_dim: Option<usize>,
+}
+
+/// One filter's results through the collection.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreBenchRow {
+    pub filter: String,
+    /// Share of the documents the filter matches.
+    pub selectivity: f64,
+    /// Auto mode (the planner's choice) against exact search.
+    pub recall_at_k: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Exact mode: every matching document scored.
+    pub exact_p50_ms: f64,
+}
+
+/// The filters of the collection benchmark and how each document's fields are drawn:
+/// `category` one of ten (10 %), `shard` one of a hundred (1 %), `price` 0–999 (a range, which
+/// the payload index does not cover).
+pub const STORE_BENCH_FILTERS: [&str; 5] = [
+    "",
+    "category = c3",
+    "shard = 7",
+    "price < 100",
+    "category = c3 AND price < 500",
+];
+
+fn bench_fields(i: usize) -> crate::document::Fields {
+    let mut f = crate::document::Fields::new();
+    f.insert("category".into(), format!("c{}", i % 10).into());
+    f.insert("shard".into(), ((i / 10) % 100).into());
+    f.insert("price".into(), ((i * 7919) % 1000).into());
+    f
+}
+
+/// Fills a collection in `dir` (or reuses the one a previous run left there, with the same
+/// plan) and times searches through it, one query at a time.
+pub fn run_store_bench(
+    plan: &StoreBenchPlan,
+    dir: &std::path::Path,
+    progress: &dyn Fn(&str),
+) -> Result<Vec<StoreBenchRow>> {
+    use crate::collection::Collection;
+    use crate::document::EmbedSpec;
+    use crate::filter::Filter;
+    use crate::sqlite::StoreOptions;
+    use crate::store::{ModelIdentity, NewDocument, SearchMode, SearchRequest};
+
+    let dim = plan.dim;
+    let label = format!(
+        "bench:{}x{}:seed{}:{}",
+        plan.count,
+        dim,
+        plan.seed,
+        plan.latent_dim
+            .map(|l| format!("latent{l}"))
+            .unwrap_or_else(|| "uniform".into())
+    );
+    let generate = |count: usize, seed: u64| match plan.latent_dim {
+        None => random_unit_vectors(count, dim, seed),
+        Some(l) => structured_unit_vectors(count, dim, l, seed),
+    };
+    let reusable = Collection::exists(dir)
+        && Collection::open_with(
+            dir,
+            StoreOptions {
+                exact_below: usize::MAX,
+            },
+        )
+        .map(|c| c.info().model.model == label && c.len() == plan.count)
+        .unwrap_or(false);
+    if !reusable {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(crate::error::io_err(dir))?;
+        }
+        progress(&format!("generating and storing {} documents", plan.count));
+        let identity = ModelIdentity {
+            model: label.clone(),
+            arch: None,
+            dim,
+        };
+        let spec = EmbedSpec::parse("title", &[])?;
+        // No index while filling: it is built once, in parallel, when the collection reopens.
+        let c = Collection::create_with(
+            dir,
+            identity,
+            spec,
+            StoreOptions {
+                exact_below: usize::MAX,
+            },
+        )?;
+        let data = generate(plan.count, plan.seed);
+        for (b, block) in data.chunks(20_000 * dim).enumerate() {
+            let docs = block
+                .chunks_exact(dim)
+                .enumerate()
+                .map(|(j, v)| {
+                    let i = b * 20_000 + j;
+                    NewDocument {
+                        id: format!("d{i}"),
+                        fields: bench_fields(i),
+                        vector: v.to_vec(),
+                        source: None,
+                    }
+                })
+                .collect();
+            c.upsert(docs)?;
+        }
+    }
+    progress("opening (builds or loads the HNSW index)");
+    let t = Instant::now();
+    let c = Collection::open(dir)?;
+    c.flush()?;
+    progress(&format!("open in {:.1} s", t.elapsed().as_secs_f64()));
+    let queries = match plan.latent_dim {
+        None => random_unit_vectors(plan.queries, dim, plan.seed ^ 0xabcdef),
+        Some(l) => structured_unit_vectors(plan.queries, dim, l, plan.seed),
+    };
+    let mut rows = Vec::new();
+    for text in STORE_BENCH_FILTERS {
+        let filter = (!text.is_empty())
+            .then(|| Filter::parse(text))
+            .transpose()?;
+        let matching = match &filter {
+            None => plan.count,
+            Some(f) => (0..plan.count)
+                .filter(|&i| f.matches("", &bench_fields(i)))
+                .count(),
+        };
+        let (mut auto_ms, mut exact_ms, mut hits) = (Vec::new(), Vec::new(), 0usize);
+        for q in queries.chunks_exact(dim) {
+            let mut request = SearchRequest {
+                vector: Some(q.to_vec()),
+                filter: filter.clone(),
+                limit: plan.k,
+                mode: SearchMode::Exact,
+                ..Default::default()
+            };
+            let t = Instant::now();
+            let truth = c.search(&request)?;
+            exact_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            request.mode = SearchMode::Auto;
+            let t = Instant::now();
+            let got = c.search(&request)?;
+            auto_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            hits += got
+                .iter()
+                .filter(|h| truth.iter().any(|t| t.id == h.id))
+                .count();
+        }
+        auto_ms.sort_by(f64::total_cmp);
+        exact_ms.sort_by(f64::total_cmp);
+        rows.push(StoreBenchRow {
+            filter: if text.is_empty() {
+                "none".into()
+            } else {
+                text.into()
+            },
+            selectivity: matching as f64 / plan.count.max(1) as f64,
+            recall_at_k: hits as f64 / (plan.queries * plan.k).max(1) as f64,
+            p50_ms: percentile(&auto_ms, 0.5),
+            p99_ms: percentile(&auto_ms, 0.99),
+            exact_p50_ms: percentile(&exact_ms, 0.5),
+        });
+    }
+    Ok(rows)
+}

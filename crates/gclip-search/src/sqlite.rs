@@ -471,19 +471,29 @@ impl SqliteStore {
         if k == 0 {
             return Ok(Vec::new());
         }
-        let keep = |slot: usize| -> bool {
-            mem.alive[slot]
-                && request
-                    .filter
-                    .as_ref()
-                    .is_none_or(|f| f.matches(&mem.ids[slot], &mem.fields[slot]))
-        };
-        // Equality and tag conditions name the documents that can match (a superset, checked
-        // by `keep`).
+        // Equality, tag and numeric range conditions name the documents that can match:
+        // exactly those, or a superset that the filter itself then checks.
         let candidates = request
             .filter
             .as_ref()
             .and_then(|f| mem.payload.candidates(f));
+        // For the graph walk, exact candidates as a bit per slot: a test per visited node that
+        // does not touch the document's fields.
+        let allowed: Option<Vec<u64>> = candidates.as_ref().filter(|c| c.exact).map(|c| {
+            let mut bits = vec![0u64; mem.alive.len().div_ceil(64)];
+            for &r in &c.rows {
+                bits[r as usize / 64] |= 1 << (r % 64);
+            }
+            bits
+        });
+        let keep = |slot: usize| -> bool {
+            mem.alive[slot]
+                && match (&allowed, &request.filter) {
+                    (Some(bits), _) => bits[slot / 64] & (1 << (slot % 64)) != 0,
+                    (None, Some(f)) => f.matches(&mem.ids[slot], &mem.fields[slot]),
+                    (None, None) => true,
+                }
+        };
         let use_ann = match request.mode {
             SearchMode::Exact => false,
             SearchMode::Ann => true,
@@ -493,7 +503,7 @@ impl SqliteStore {
                 self.wants_ann(mem.len())
                     && match (&request.filter, &candidates) {
                         (None, _) => true,
-                        (Some(_), Some(c)) => !self.scan_beats_walk(c.len(), mem.len()),
+                        (Some(_), Some(c)) => !self.scan_beats_walk(c.rows.len(), mem.len()),
                         (Some(f), None) => {
                             estimated_matches(mem, f) > self.options.exact_below as f64
                         }
@@ -510,7 +520,7 @@ impl SqliteStore {
             }
         }
         let found = match &candidates {
-            Some(rows) => exact::top_k_of_rows(&mem.vectors, mem.dim, query, k, rows, &keep),
+            Some(c) => exact::top_k_of_rows(&mem.vectors, mem.dim, query, k, &c.rows, &keep),
             None => exact::top_k(&mem.vectors, mem.dim, query, k, &keep),
         };
         Ok(found.into_iter().map(|s| (s.row, s.score)).collect())
