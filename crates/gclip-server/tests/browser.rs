@@ -14,11 +14,7 @@ use gclip_server::ServerConfig;
 use serde_json::{json, Value};
 
 mod common;
-use common::{call, request, Running};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+use common::{call, fixtures, request, Running};
 
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {

@@ -2,26 +2,15 @@
 //! text, image and filtered searches, thumbnails only for documents, JSON 4xx for bad input,
 //! API key, metrics, restart and query again, graceful shutdown.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::Engine as _;
 use gclip_search::{model_identity, Collection, EmbedSpec};
 use gclip_server::ServerConfig;
 
 mod common;
-use common::{call, request, Running};
+use common::{call, fixtures, request, scratch, Running};
 use serde_json::{json, Value};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gclip-server-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn b64(path: &Path) -> String {
     base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
