@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use gclip::hub::is_true;
+use gclip::hub::{is_loopback, is_true};
 
 /// True when `s` is an `http://` or `https://` URL (the only schemes fetched).
 pub fn is_url(s: &str) -> bool {
@@ -76,7 +76,10 @@ static SHARED: OnceLock<RemoteImages> = OnceLock::new();
 /// Fetches image URLs into the cache.
 pub struct RemoteImages {
     config: RemoteConfig,
+    /// Through the environment's proxy, if any.
     agent: OnceLock<ureq::Agent>,
+    /// For hosts on this machine.
+    direct: OnceLock<ureq::Agent>,
 }
 
 impl RemoteImages {
@@ -84,6 +87,7 @@ impl RemoteImages {
         Self {
             config,
             agent: OnceLock::new(),
+            direct: OnceLock::new(),
         }
     }
 
@@ -161,12 +165,18 @@ impl RemoteImages {
             .collect()
     }
 
-    fn agent(&self) -> &ureq::Agent {
-        self.agent.get_or_init(|| {
+    fn agent(&self, url: &str) -> &ureq::Agent {
+        let loopback = is_loopback(url);
+        let cell = if loopback { &self.direct } else { &self.agent };
+        cell.get_or_init(|| {
             let config = ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .max_redirects(5)
-                .proxy(ureq::Proxy::try_from_env())
+                .proxy(if loopback {
+                    None
+                } else {
+                    ureq::Proxy::try_from_env()
+                })
                 .user_agent(format!("gclip/{}", env!("CARGO_PKG_VERSION")))
                 .timeout_resolve(Some(self.config.connect_timeout))
                 .timeout_connect(Some(self.config.connect_timeout))
@@ -178,7 +188,7 @@ impl RemoteImages {
 
     fn download(&self, url: &str) -> Result<Vec<u8>, String> {
         let mut response = self
-            .agent()
+            .agent(url)
             .get(url)
             .call()
             .map_err(|e| format!("download failed: {e}"))?;

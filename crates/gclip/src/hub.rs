@@ -1262,7 +1262,9 @@ fn redirect_target(url: &str, r: &ureq::http::Response<ureq::Body>) -> Option<St
     header(r, "location").map(|l| absolute(url, &l))
 }
 
-fn is_loopback(endpoint: &str) -> bool {
+/// True when a URL's host is this machine (`localhost`, 127.0.0.0/8, `[::1]`): such requests
+/// never go through a proxy.
+pub fn is_loopback(endpoint: &str) -> bool {
     let host_port = origin(endpoint)
         .split("://")
         .nth(1)
