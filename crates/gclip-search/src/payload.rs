@@ -242,18 +242,12 @@ impl PayloadIndex {
                     Op::Gt => (Excluded(bound), Unbounded),
                     _ => (Included(bound), Unbounded),
                 };
-                let mut rows: Vec<u32> = self
+                let lists: Vec<&Vec<u32>> = self
                     .numeric
                     .get(field)
-                    .map(|m| {
-                        m.range(range)
-                            .flat_map(|(_, l)| l.iter().copied())
-                            .collect()
-                    })
+                    .map(|m| m.range(range).map(|(_, l)| l).collect())
                     .unwrap_or_default();
-                rows.sort_unstable();
-                // A list field is found once per value in range.
-                rows.dedup();
+                let rows = sorted_union(&lists);
                 Some(Candidates { rows, exact: true })
             }
             Filter::And(parts) => {
@@ -308,13 +302,62 @@ fn union(a: &[u32], b: &[u32]) -> Vec<u32> {
     out
 }
 
+/// The sorted union of many sorted lists (a range over many values): through a bit per slot,
+/// which costs a pass over the slots instead of a sort of everything collected.
+fn sorted_union(lists: &[&Vec<u32>]) -> Vec<u32> {
+    let total: usize = lists.iter().map(|l| l.len()).sum();
+    if lists.len() <= 1 || total < 4096 {
+        let mut rows: Vec<u32> = lists.iter().flat_map(|l| l.iter().copied()).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        return rows;
+    }
+    let max = lists
+        .iter()
+        .filter_map(|l| l.last())
+        .max()
+        .map_or(0, |&m| m as usize + 1);
+    let mut bits = vec![0u64; max.div_ceil(64)];
+    for l in lists {
+        for &r in l.iter() {
+            bits[r as usize / 64] |= 1 << (r % 64);
+        }
+    }
+    let mut rows = Vec::with_capacity(total);
+    for (w, &word) in bits.iter().enumerate() {
+        let mut word = word;
+        while word != 0 {
+            rows.push((w * 64) as u32 + word.trailing_zeros());
+            word &= word - 1;
+        }
+    }
+    rows
+}
+
 fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
     let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
-    small
-        .iter()
-        .copied()
-        .filter(|x| large.binary_search(x).is_ok())
-        .collect()
+    if small.len() * 16 < large.len() {
+        return small
+            .iter()
+            .copied()
+            .filter(|x| large.binary_search(x).is_ok())
+            .collect();
+    }
+    // Lists of similar size: one merge pass.
+    let mut out = Vec::with_capacity(small.len());
+    let (mut i, mut j) = (0, 0);
+    while i < small.len() && j < large.len() {
+        match small[i].cmp(&large[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(small[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -421,6 +464,28 @@ mod tests {
             }
         }
         assert!(exact_seen >= 12, "{exact_seen} exact answers");
+        // Many values in range (the union through bits) and lists of similar size (merged).
+        let many: Vec<Fields> = (0..20_000)
+            .map(|i| fields(json!({"price": (i * 7919) % 1000, "category": format!("c{}", i % 7)})))
+            .collect();
+        let mut big = PayloadIndex::default();
+        for (slot, f) in many.iter().enumerate().rev() {
+            big.insert(slot, f);
+        }
+        for text in [
+            "price < 500",
+            "price >= 100 AND category = c2",
+            "price > 998",
+        ] {
+            let filter = Filter::parse(text).unwrap();
+            let matching: Vec<u32> = (0..many.len())
+                .filter(|&s| filter.matches("x", &many[s]))
+                .map(|s| s as u32)
+                .collect();
+            let c = big.candidates(&filter).unwrap();
+            assert!(c.exact, "{text}");
+            assert_eq!(c.rows, matching, "{text}");
+        }
         // Superset, not exact: "2" finds the number 2 and "2.0", which do not equal the string.
         let c = index
             .candidates(&Filter::parse("n = '2'").unwrap())

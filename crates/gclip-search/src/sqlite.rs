@@ -530,9 +530,9 @@ impl SqliteStore {
     /// walk over a collection of `len`. The walk costs about (unfiltered walk) / (share
     /// matching) = t_walk · len / candidates, the scan t_row · candidates; they cross at
     /// candidates² = (t_walk / t_row) · len. Measured here (docs/BENCHMARKS.md): an unfiltered
-    /// walk at 1,000,000 (M 32, ef 128) ≈ 1.5 ms, a scattered candidate row ≈ 100–160 ns.
+    /// walk at 1,000,000 (M 32, ef 128) ≈ 1.5 ms, a scattered candidate row 100–300 ns.
     fn scan_beats_walk(&self, candidates: usize, len: usize) -> bool {
-        const WALK_OVER_ROW: f64 = 10_000.0;
+        const WALK_OVER_ROW: f64 = 5_000.0;
         candidates <= self.options.exact_below
             || (candidates as f64).powi(2) <= WALK_OVER_ROW * len as f64
     }
