@@ -1,8 +1,8 @@
 //! `gclip search C "text" | --image PATH | --query "text:weight"…`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use gclip_search::query::{parse_weighted, query_vector};
 use gclip_search::{Filter, Fusion, Hit, QueryInput, QueryPart, SearchMode, SearchRequest};
@@ -193,7 +193,12 @@ fn print_table(hits: &[Hit], offset: usize) {
 #[command(after_help = "Example:
   gclip search-bench --count 100000 --dim 512 --queries 200 --ef 64,128,256
   gclip search-bench --count 100000 --latent-dim 32
-  gclip search-bench --count 100000 --latent-dim 32 --store /tmp/bench-collection")]
+  gclip search-bench --count 100000 --latent-dim 32 --store /tmp/bench-collection
+  gclip search-bench --count 100000 --latent-dim 32 --export bench-data   # vectors for other engines
+
+--export DIR writes data.npy (float32 [count, dim]), queries.npy (float32 [queries, dim]) and
+meta.json, then exits without building the index. Document i has category i % categories;
+filtered query qi asks for category qi % categories.")]
 pub struct SearchBenchArgs {
     /// Random unit vectors in the index.
     #[arg(long, default_value_t = 100_000)]
@@ -234,6 +239,54 @@ pub struct SearchBenchArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Write the generated data and query vectors (.npy) and meta.json to this directory and
+    /// exit without building the index, so other engines can be measured on the same vectors.
+    #[arg(long, value_name = "DIR")]
+    export: Option<PathBuf>,
+}
+
+/// Writes the vectors `run_ann_bench` would generate for `plan` as `data.npy`, `queries.npy`
+/// (little-endian float32, row-major) and `meta.json`.
+fn export_bench_vectors(plan: &gclip_search::bench::AnnBenchPlan, dir: &Path) -> Result<()> {
+    use candle_core::{Device, Tensor};
+    let (data, queries) = gclip_search::bench::bench_vectors(
+        plan.count,
+        plan.queries,
+        plan.dim,
+        plan.seed,
+        plan.latent_dim,
+    );
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, rows, values) in [
+        ("data.npy", plan.count, data),
+        ("queries.npy", plan.queries, queries),
+    ] {
+        let path = dir.join(name);
+        Tensor::from_vec(values, (rows, plan.dim), &Device::Cpu)?
+            .write_npy(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let meta = serde_json::json!({
+        "count": plan.count,
+        "dim": plan.dim,
+        "queries": plan.queries,
+        "k": plan.k,
+        "categories": plan.categories.max(1),
+        "seed": plan.seed,
+        "latent_dim": plan.latent_dim,
+        "category_rule": "document i has category i % categories; filtered query qi asks for category qi % categories",
+    });
+    let path = dir.join("meta.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&meta)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "wrote {} data and {} query vectors of {} dimensions to {}",
+        plan.count,
+        plan.queries,
+        plan.dim,
+        dir.display()
+    );
+    Ok(())
 }
 
 fn run_store_bench(args: &SearchBenchArgs, dir: &std::path::Path) -> Result<()> {
@@ -303,6 +356,9 @@ pub fn run_bench(args: SearchBenchArgs) -> Result<()> {
         seed: 42,
         latent_dim: args.latent_dim,
     };
+    if let Some(dir) = &args.export {
+        return export_bench_vectors(&plan, dir);
+    }
     let (build, rows) = run_ann_bench(&plan, &|m| eprintln!("{m}"))?;
     if args.json {
         println!("{}", serde_json::to_string(&build)?);

@@ -113,6 +113,28 @@ pub fn structured_unit_vectors(count: usize, dim: usize, latent: usize, seed: u6
     data
 }
 
+/// The data and query vectors of a benchmark: uniform random directions, or (with `latent`)
+/// vectors near a random subspace, queries drawn the same way. Every benchmark (and the export
+/// for other engines) uses this, so the same arguments give the same vectors everywhere.
+pub fn bench_vectors(
+    count: usize,
+    queries: usize,
+    dim: usize,
+    seed: u64,
+    latent: Option<usize>,
+) -> (Vec<f32>, Vec<f32>) {
+    match latent {
+        None => (
+            random_unit_vectors(count, dim, seed),
+            random_unit_vectors(queries, dim, seed ^ 0xabcdef),
+        ),
+        Some(l) => (
+            structured_unit_vectors(count, dim, l, seed),
+            structured_unit_vectors(queries, dim, l, seed),
+        ),
+    }
+}
+
 /// Runs the benchmark; `progress` receives messages.
 pub fn run_ann_bench(
     plan: &AnnBenchPlan,
@@ -123,16 +145,7 @@ pub fn run_ann_bench(
         "generating {} vectors of {dim} dimensions",
         plan.count
     ));
-    let (data, queries) = match plan.latent_dim {
-        None => (
-            random_unit_vectors(plan.count, dim, plan.seed),
-            random_unit_vectors(plan.queries, dim, plan.seed ^ 0xabcdef),
-        ),
-        Some(l) => (
-            structured_unit_vectors(plan.count, dim, l, plan.seed),
-            structured_unit_vectors(plan.queries, dim, l, plan.seed),
-        ),
-    };
+    let (data, queries) = bench_vectors(plan.count, plan.queries, dim, plan.seed, plan.latent_dim);
     let items: Vec<(u64, &[f32])> = data
         .chunks_exact(dim)
         .enumerate()
@@ -270,10 +283,6 @@ pub fn run_store_bench(
             .map(|l| format!("latent{l}"))
             .unwrap_or_else(|| "uniform".into())
     );
-    let generate = |count: usize, seed: u64| match plan.latent_dim {
-        None => random_unit_vectors(count, dim, seed),
-        Some(l) => structured_unit_vectors(count, dim, l, seed),
-    };
     let reusable = Collection::exists(dir)
         && Collection::open_with(
             dir,
@@ -303,7 +312,7 @@ pub fn run_store_bench(
                 exact_below: usize::MAX,
             },
         )?;
-        let data = generate(plan.count, plan.seed);
+        let (data, _) = bench_vectors(plan.count, 0, dim, plan.seed, plan.latent_dim);
         for (b, block) in data.chunks(20_000 * dim).enumerate() {
             let docs = block
                 .chunks_exact(dim)
@@ -326,10 +335,7 @@ pub fn run_store_bench(
     let c = Collection::open(dir)?;
     c.flush()?;
     progress(&format!("open in {:.1} s", t.elapsed().as_secs_f64()));
-    let queries = match plan.latent_dim {
-        None => random_unit_vectors(plan.queries, dim, plan.seed ^ 0xabcdef),
-        Some(l) => structured_unit_vectors(plan.queries, dim, l, plan.seed),
-    };
+    let (_, queries) = bench_vectors(0, plan.queries, dim, plan.seed, plan.latent_dim);
     let mut rows = Vec::new();
     for text in STORE_BENCH_FILTERS {
         let filter = (!text.is_empty())
