@@ -297,22 +297,31 @@ impl AnnState {
         }
     }
 
-    /// Searches; `None` when there is no index (exact search is used instead).
+    /// Searches, keeping only the slots `keep` accepts when given; `None` when there is no
+    /// index (exact search is used instead).
     pub fn search(
         &self,
         mem: &Mem,
         query: &[f32],
         k: usize,
-        keep: &dyn Fn(usize) -> bool,
+        keep: Option<&dyn Fn(usize) -> bool>,
     ) -> Result<Option<Vec<(usize, f32)>>> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let Some(h) = inner.as_ref() else {
             return Ok(None);
         };
-        let filter = |key: u64| mem.by_rowid.get(&(key as i64)).is_some_and(|&s| keep(s));
         // A few extra candidates, re-ranked by exact cosine from the f32 vectors (the graph
-        // may hold bf16, whose rounding can swap near neighbours).
-        let found = h.search(query, k + k / 4 + 4, Some(&filter))?;
+        // may hold bf16, whose rounding can swap near neighbours). Without a filter the walk
+        // calls no predicate (the index holds live documents only; a key deleted meanwhile is
+        // dropped below).
+        let n = k + k / 4 + 4;
+        let found = match keep {
+            Some(keep) => {
+                let filter = |key: u64| mem.by_rowid.get(&(key as i64)).is_some_and(|&s| keep(s));
+                h.search(query, n, Some(&filter))?
+            }
+            None => h.search(query, n, None)?,
+        };
         let mut out: Vec<(usize, f32)> = found
             .into_iter()
             .filter_map(|(key, _)| mem.by_rowid.get(&(key as i64)).copied())

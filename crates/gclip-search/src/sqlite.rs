@@ -511,7 +511,8 @@ impl SqliteStore {
             }
         };
         if use_ann {
-            if let Some(found) = self.ann.search(mem, query, k, &keep)? {
+            let filter: Option<&dyn Fn(usize) -> bool> = request.filter.is_some().then_some(&keep);
+            if let Some(found) = self.ann.search(mem, query, k, filter)? {
                 // An approximate search that found fewer than asked while more documents may
                 // match (a selective filter) falls through to the exact scan.
                 if found.len() >= k.min(mem.len()) || request.filter.is_none() {
