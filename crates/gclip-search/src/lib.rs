@@ -19,6 +19,7 @@ pub mod filter;
 pub mod ingest;
 pub mod lexical;
 mod payload;
+mod quant;
 pub mod query;
 pub mod remote;
 pub mod sqlite;

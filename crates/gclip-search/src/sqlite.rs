@@ -15,9 +15,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::ann::AnnState;
 use crate::document::{Document, Fields};
 use crate::error::{db_err, io_err, Result, SearchError};
-use crate::exact;
+use crate::exact::{self, Quantized};
 use crate::lexical::LexicalState;
 use crate::payload::PayloadIndex;
+use crate::quant;
 use crate::store::{
     CollectionInfo, FileState, Fusion, Hit, NewDocument, SearchMode, SearchRequest, Store,
     WriteReceipt,
@@ -76,6 +77,9 @@ pub(crate) struct Mem {
     pub fields: Vec<Fields>,
     pub alive: Vec<bool>,
     pub vectors: Vec<f32>,
+    /// The vectors as 8-bit codes and their scales, for fast scans.
+    pub codes: Vec<i8>,
+    pub scales: Vec<f32>,
     pub by_id: HashMap<String, usize>,
     pub by_rowid: HashMap<i64, usize>,
     /// Which slots hold which field values, to narrow filtered searches.
@@ -92,6 +96,8 @@ impl Mem {
             fields: Vec::new(),
             alive: Vec::new(),
             vectors: Vec::new(),
+            codes: Vec::new(),
+            scales: Vec::new(),
             by_id: HashMap::new(),
             by_rowid: HashMap::new(),
             payload: PayloadIndex::default(),
@@ -119,6 +125,8 @@ impl Mem {
                     self.fields.push(Fields::new());
                     self.alive.push(false);
                     self.vectors.resize(self.vectors.len() + dim, 0.0);
+                    self.codes.resize(self.codes.len() + dim, 0);
+                    self.scales.push(0.0);
                     self.rowids.len() - 1
                 }
             },
@@ -129,6 +137,7 @@ impl Mem {
         self.fields[slot] = fields;
         self.alive[slot] = true;
         self.vectors[slot * dim..(slot + 1) * dim].copy_from_slice(vector);
+        self.scales[slot] = quant::quantize(vector, &mut self.codes[slot * dim..(slot + 1) * dim]);
         self.by_id.insert(id.to_string(), slot);
         self.by_rowid.insert(rowid, slot);
     }
@@ -143,6 +152,8 @@ impl Mem {
         self.ids[slot].clear();
         let dim = self.dim;
         self.vectors[slot * dim..(slot + 1) * dim].fill(0.0);
+        self.codes[slot * dim..(slot + 1) * dim].fill(0);
+        self.scales[slot] = 0.0;
         self.free.push(slot);
         Some(rowid)
     }
@@ -520,9 +531,25 @@ impl SqliteStore {
                 }
             }
         }
-        let found = match &candidates {
-            Some(c) => exact::top_k_of_rows(&mem.vectors, mem.dim, query, k, &c.rows, &keep),
-            None => exact::top_k(&mem.vectors, mem.dim, query, k, &keep),
+        let rows = candidates.as_ref().map(|c| c.rows.as_slice());
+        let found = match (request.mode, rows) {
+            // Exact mode reads every f32 vector it scores.
+            (SearchMode::Exact, Some(rows)) => {
+                exact::top_k_of_rows(&mem.vectors, mem.dim, query, k, rows, &keep)
+            }
+            (SearchMode::Exact, None) => exact::top_k(&mem.vectors, mem.dim, query, k, &keep),
+            _ => exact::top_k_quantized(
+                Quantized {
+                    codes: &mem.codes,
+                    scales: &mem.scales,
+                },
+                &mem.vectors,
+                mem.dim,
+                query,
+                k,
+                rows,
+                &keep,
+            ),
         };
         Ok(found.into_iter().map(|s| (s.row, s.score)).collect())
     }
@@ -531,9 +558,10 @@ impl SqliteStore {
     /// walk over a collection of `len`. The walk costs about (unfiltered walk) / (share
     /// matching) = t_walk · len / candidates, the scan t_row · candidates; they cross at
     /// candidates² = (t_walk / t_row) · len. Measured here (docs/BENCHMARKS.md): an unfiltered
-    /// walk at 1,000,000 (M 32, ef 128) ≈ 1.5 ms, a scattered candidate row 100–300 ns.
+    /// walk at 1,000,000 (M 32, ef 128) ≈ 1.5 ms, a scattered candidate row ≈ 40 ns as 8-bit
+    /// codes.
     fn scan_beats_walk(&self, candidates: usize, len: usize) -> bool {
-        const WALK_OVER_ROW: f64 = 5_000.0;
+        const WALK_OVER_ROW: f64 = 40_000.0;
         candidates <= self.options.exact_below
             || (candidates as f64).powi(2) <= WALK_OVER_ROW * len as f64
     }

@@ -17,7 +17,9 @@ use rayon::prelude::*;
 
 /// Generates a run-time dispatcher `$name` that calls `$generic` compiled with AVX-512 when the
 /// CPU has it, and the baseline build otherwise. `$generic` must be `#[inline(always)]` so that it
-/// is compiled inside each variant.
+/// is compiled inside each variant. Exported for the other crates' kernels (the search crate's
+/// quantized scans).
+#[macro_export]
 macro_rules! simd_dispatch {
     ($vis:vis fn $name:ident($($arg:ident : $ty:ty),*) $(-> $ret:ty)? = $generic:ident) => {
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
@@ -27,7 +29,7 @@ macro_rules! simd_dispatch {
                 unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
                     $generic($($arg),*)
                 }
-                if has_avx512() {
+                if $crate::model::kernels::has_avx512() {
                     // SAFETY: `wide` only needs the AVX-512 features checked just above.
                     return unsafe { wide($($arg),*) };
                 }
@@ -37,8 +39,10 @@ macro_rules! simd_dispatch {
     };
 }
 
+/// Whether this CPU runs the AVX-512 variants of the kernels (checked once).
 #[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
+#[doc(hidden)]
+pub fn has_avx512() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
