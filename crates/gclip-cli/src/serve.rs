@@ -41,9 +41,25 @@ pub struct ServeArgs {
     /// How long a request waits for others to join its batch, in milliseconds.
     #[arg(long, default_value_t = 2)]
     batch_wait_ms: u64,
+    /// Never fetch image URLs that clients send (documents' image fields, `image_url` queries);
+    /// images already in the image cache are still used. Clients that may search but should
+    /// not make the server reach other hosts (its own network included) need this.
+    #[arg(long)]
+    no_url_fetch: bool,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    if args.no_url_fetch {
+        use gclip_search::remote::{RemoteConfig, RemoteImages};
+        let config = RemoteConfig {
+            offline: true,
+            offline_reason: "gclip serve --no-url-fetch".into(),
+            ..RemoteConfig::from_vars(|n| std::env::var(n).ok())
+        };
+        if !RemoteImages::init_shared(config) {
+            bail!("the image fetcher was set up before --no-url-fetch could apply");
+        }
+    }
     if args.collections.is_empty() && args.root.is_none() {
         bail!("give --collection DIR (one or more) or --root DIR");
     }

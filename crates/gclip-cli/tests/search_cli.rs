@@ -301,3 +301,81 @@ fn add_documents_search_text_update_delete() {
     assert!(hits[0]["cosine"].is_number() && hits[0]["bm25"].is_number());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One HTTP/1.1 request with `Connection: close`; status and body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+#[test]
+fn serve_with_no_url_fetch_refuses_image_urls() {
+    let dir = scratch("nofetch");
+    let docs = dir.join("docs.jsonl");
+    std::fs::write(&docs, "{\"id\": \"a\", \"title\": \"a red dress\"}\n").unwrap();
+    let coll = dir.join("shop");
+    let mut args = vec![
+        "add".to_string(),
+        coll.display().to_string(),
+        docs.display().to_string(),
+        "--embed".into(),
+        "title".into(),
+    ];
+    args.extend(model_args());
+    ok(&gclip(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_gclip"))
+        .args(["serve", "--collection"])
+        .arg(&coll)
+        .args(["--addr", &format!("127.0.0.1:{port}"), "--no-url-fetch"])
+        .env("GCLIP_IMAGE_CACHE", dir.join("cache"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while http(port, "GET", "/api/health", "").is_none_or(|(s, _)| s != 200) {
+        assert!(started.elapsed().as_secs() < 60, "server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (status, body) = http(
+        port,
+        "POST",
+        "/api/collections/shop/search",
+        r#"{"image_url": "http://127.0.0.1:9/x.png"}"#,
+    )
+    .unwrap();
+    let text_search = http(
+        port,
+        "POST",
+        "/api/collections/shop/search",
+        r#"{"q": "a red dress"}"#,
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("offline (gclip serve --no-url-fetch)"),
+        "{body}"
+    );
+    let (status, body) = text_search.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"a\""), "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

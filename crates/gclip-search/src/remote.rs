@@ -26,6 +26,8 @@ pub struct RemoteConfig {
     pub cache_dir: PathBuf,
     /// Never touch the network: only cached images are used.
     pub offline: bool,
+    /// Who turned the network off, for the message a refused URL gets.
+    pub offline_reason: String,
     /// Largest image accepted, in bytes.
     pub max_bytes: u64,
     /// Limit for resolving and connecting.
@@ -63,6 +65,7 @@ impl RemoteConfig {
         Self {
             cache_dir,
             offline,
+            offline_reason: "GCLIP_OFFLINE or HF_HUB_OFFLINE is set".into(),
             max_bytes,
             connect_timeout: Duration::from_secs(10).min(timeout),
             timeout,
@@ -121,8 +124,8 @@ impl RemoteImages {
         }
         if self.config.offline {
             return Err(format!(
-                "{url}: offline (GCLIP_OFFLINE or HF_HUB_OFFLINE is set) and not in the image \
-                 cache {}",
+                "{url}: offline ({}) and not in the image cache {}",
+                self.config.offline_reason,
                 self.config.cache_dir.display()
             ));
         }

@@ -84,6 +84,7 @@ fn image_urls_are_fetched_cached_and_embedded_and_documents_patch() {
     assert!(RemoteImages::init_shared(RemoteConfig {
         cache_dir: cache.clone(),
         offline: false,
+        offline_reason: String::new(),
         max_bytes: 10_000_000,
         connect_timeout: Duration::from_secs(5),
         timeout: Duration::from_secs(20),
@@ -333,11 +334,12 @@ fn image_urls_are_fetched_cached_and_embedded_and_documents_patch() {
     // Offline, cached images still work and the others fail at once.
     let offline = RemoteImages::new(RemoteConfig {
         offline: true,
+        offline_reason: "gclip serve --no-url-fetch".into(),
         ..RemoteImages::shared().config().clone()
     });
     assert!(offline.fetch(&host.url("/moto.png")).is_ok());
     let e = offline.fetch(&host.url("/other.png")).unwrap_err();
-    assert!(e.contains("offline"), "{e}");
+    assert!(e.contains("offline (gclip serve --no-url-fetch)"), "{e}");
     assert_eq!(host.hits("/other.png"), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
