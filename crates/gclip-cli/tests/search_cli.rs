@@ -125,6 +125,25 @@ fn index_folder_incrementally_and_search_by_image() {
     assert_eq!(hits[0]["image"], Value::String(want));
     assert!((hits[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
     assert!(hits[0]["score"].as_f64() >= hits[1]["score"].as_f64());
+    // The same image by URL (fetched into the image cache) finds the same document; a missing
+    // one fails naming the URL.
+    let port = serve_files(vec![("/moto.png".into(), std::fs::read(&moto).unwrap())]);
+    let cache = dir.join("image-cache");
+    let by_url = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_gclip"))
+            .args(["search", c, "--image", url, "--json", "--limit", "1"])
+            .env("GCLIP_IMAGE_CACHE", &cache)
+            .output()
+            .unwrap()
+    };
+    let url_hits = json(&by_url(&format!("http://127.0.0.1:{port}/moto.png")));
+    assert_eq!(url_hits[0]["id"], hits[0]["id"]);
+    assert!((url_hits[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+    let missing = by_url(&format!("http://127.0.0.1:{port}/gone.png"));
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("/gone.png") && err.contains("404"), "{err}");
     let table = ok(&gclip(&[
         "search",
         c,
@@ -300,6 +319,39 @@ fn add_documents_search_text_update_delete() {
     assert_eq!(hits[0]["id"], "d3");
     assert!(hits[0]["cosine"].is_number() && hits[0]["bm25"].is_number());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Serves `files` by path on a loopback port (404 for anything else), on a thread.
+fn serve_files(files: Vec<(String, Vec<u8>)>) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
+                    break;
+                }
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = match files.iter().find(|(p, _)| p == path) {
+                Some((_, b)) => ("200 OK", b.as_slice()),
+                None => ("404 Not Found", b"none".as_slice()),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(body);
+        }
+    });
+    port
 }
 
 /// One HTTP/1.1 request with `Connection: close`; status and body.
