@@ -224,14 +224,20 @@ impl PayloadIndex {
                 value,
             } => {
                 let (keys, exact) = query_keys(value)?;
-                let by_value = self.equal.get(field);
-                let mut rows: Vec<u32> = Vec::new();
-                for key in keys {
-                    if let Some(list) = by_value.and_then(|m| m.get(&key)) {
-                        rows = union(&rows, list);
-                    }
-                }
-                Some(Candidates { rows, exact })
+                let lists: Vec<&[u32]> = self
+                    .equal
+                    .get(field)
+                    .map(|m| {
+                        keys.iter()
+                            .filter_map(|k| m.get(k))
+                            .map(Vec::as_slice)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Some(Candidates {
+                    rows: sorted_union(&lists),
+                    exact,
+                })
             }
             Filter::Compare { field, op, value } if *op != Op::Ne => {
                 let bound = Ordered(value.as_f64().filter(|x| !x.is_nan())?);
@@ -242,10 +248,10 @@ impl PayloadIndex {
                     Op::Gt => (Excluded(bound), Unbounded),
                     _ => (Included(bound), Unbounded),
                 };
-                let lists: Vec<&Vec<u32>> = self
+                let lists: Vec<&[u32]> = self
                     .numeric
                     .get(field)
-                    .map(|m| m.range(range).map(|(_, l)| l).collect())
+                    .map(|m| m.range(range).map(|(_, l)| l.as_slice()).collect())
                     .unwrap_or_default();
                 let rows = sorted_union(&lists);
                 Some(Candidates { rows, exact: true })
@@ -261,68 +267,41 @@ impl PayloadIndex {
                 Some(Candidates { rows, exact })
             }
             Filter::Or(parts) => {
-                let mut out = Candidates {
-                    rows: Vec::new(),
-                    exact: true,
-                };
-                for p in parts {
-                    let c = self.candidates(p)?;
-                    out.rows = union(&out.rows, &c.rows);
-                    out.exact &= c.exact;
-                }
-                Some(out)
+                let sets: Vec<Candidates> = parts
+                    .iter()
+                    .map(|p| self.candidates(p))
+                    .collect::<Option<_>>()?;
+                let lists: Vec<&[u32]> = sets.iter().map(|c| c.rows.as_slice()).collect();
+                Some(Candidates {
+                    rows: sorted_union(&lists),
+                    exact: sets.iter().all(|c| c.exact),
+                })
             }
             _ => None,
         }
     }
 }
 
-fn union(a: &[u32], b: &[u32]) -> Vec<u32> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Less => {
-                out.push(a[i]);
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                out.push(b[j]);
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                out.push(a[i]);
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    out.extend_from_slice(&a[i..]);
-    out.extend_from_slice(&b[j..]);
-    out
-}
-
-/// The sorted union of many sorted lists (a range over many values): through a bit per slot,
-/// which costs a pass over the slots instead of a sort of everything collected.
-fn sorted_union(lists: &[&Vec<u32>]) -> Vec<u32> {
+/// The sorted union of sorted lists: small ones merged by a sort, large ones (a range over many
+/// values) through a bit per slot, which costs a pass over the slots instead of a sort of
+/// everything collected.
+fn sorted_union(lists: &[&[u32]]) -> Vec<u32> {
     let total: usize = lists.iter().map(|l| l.len()).sum();
-    if lists.len() <= 1 || total < 4096 {
+    if let [only] = lists {
+        return only.to_vec();
+    }
+    if total < 4096 {
         let mut rows: Vec<u32> = lists.iter().flat_map(|l| l.iter().copied()).collect();
         rows.sort_unstable();
         rows.dedup();
         return rows;
     }
-    let max = lists
+    let slots = lists
         .iter()
         .filter_map(|l| l.last())
         .max()
         .map_or(0, |&m| m as usize + 1);
-    let mut bits = vec![0u64; max.div_ceil(64)];
-    for l in lists {
-        for &r in l.iter() {
-            bits[r as usize / 64] |= 1 << (r % 64);
-        }
-    }
+    let bits = slot_bits(lists.iter().flat_map(|l| l.iter().copied()), slots);
     let mut rows = Vec::with_capacity(total);
     for (w, &word) in bits.iter().enumerate() {
         let mut word = word;
@@ -332,6 +311,15 @@ fn sorted_union(lists: &[&Vec<u32>]) -> Vec<u32> {
         }
     }
     rows
+}
+
+/// A bit per slot (`slots` of them), set for the given ones.
+pub(crate) fn slot_bits(rows: impl IntoIterator<Item = u32>, slots: usize) -> Vec<u64> {
+    let mut bits = vec![0u64; slots.div_ceil(64)];
+    for r in rows {
+        bits[r as usize / 64] |= 1 << (r % 64);
+    }
+    bits
 }
 
 fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {

@@ -17,7 +17,7 @@ use crate::document::{Document, Fields};
 use crate::error::{db_err, io_err, Result, SearchError};
 use crate::exact::{self, Quantized};
 use crate::lexical::LexicalState;
-use crate::payload::PayloadIndex;
+use crate::payload::{slot_bits, PayloadIndex};
 use crate::quant;
 use crate::store::{
     CollectionInfo, FileState, Fusion, Hit, NewDocument, SearchMode, SearchRequest, Store,
@@ -492,22 +492,16 @@ impl SqliteStore {
             .filter
             .as_ref()
             .and_then(|f| mem.payload.candidates(f));
-        // For the graph walk, exact candidates as a bit per slot: a test per visited node that
-        // does not touch the document's fields.
-        let allowed: Option<Vec<u64>> = candidates.as_ref().filter(|c| c.exact).map(|c| {
-            let mut bits = vec![0u64; mem.alive.len().div_ceil(64)];
-            for &r in &c.rows {
-                bits[r as usize / 64] |= 1 << (r % 64);
-            }
-            bits
-        });
+        // Exact candidates need no check of the filter (a scan reads only them); otherwise the
+        // filter itself decides.
+        let exact_candidates = candidates.as_ref().is_some_and(|c| c.exact);
         let keep = |slot: usize| -> bool {
             mem.alive[slot]
-                && match (&allowed, &request.filter) {
-                    (Some(bits), _) => bits[slot / 64] & (1 << (slot % 64)) != 0,
-                    (None, Some(f)) => f.matches(&mem.ids[slot], &mem.fields[slot]),
-                    (None, None) => true,
-                }
+                && (exact_candidates
+                    || request
+                        .filter
+                        .as_ref()
+                        .is_none_or(|f| f.matches(&mem.ids[slot], &mem.fields[slot])))
         };
         let use_ann = match request.mode {
             SearchMode::Exact => false,
@@ -526,7 +520,20 @@ impl SqliteStore {
             }
         };
         if use_ann {
-            let filter: Option<&dyn Fn(usize) -> bool> = request.filter.is_some().then_some(&keep);
+            // The graph walk visits any node: exact candidates become a bit per slot, a test
+            // that does not touch the document's fields.
+            let allowed = candidates
+                .as_ref()
+                .filter(|c| c.exact)
+                .map(|c| slot_bits(c.rows.iter().copied(), mem.alive.len()));
+            let walk_keep = |slot: usize| -> bool {
+                match &allowed {
+                    Some(bits) => mem.alive[slot] && bits[slot / 64] & (1 << (slot % 64)) != 0,
+                    None => keep(slot),
+                }
+            };
+            let filter: Option<&dyn Fn(usize) -> bool> =
+                request.filter.is_some().then_some(&walk_keep);
             if let Some(found) = self.ann.search(mem, query, k, filter)? {
                 // An approximate search that found fewer than asked while more documents may
                 // match (a selective filter) falls through to the exact scan.
