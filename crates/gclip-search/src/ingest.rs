@@ -115,34 +115,41 @@ pub fn embed_image_values(
         RemoteImages::shared().fetch_all(&urls)
     }
     .into_iter();
-    let mut out: Vec<Result<Vec<f32>, String>> = Vec::with_capacity(values.len());
-    let mut paths = Vec::with_capacity(values.len());
-    let mut where_from = Vec::with_capacity(values.len());
-    for v in values {
-        let local = if is_url(v) {
-            fetched
-                .next()
-                .unwrap_or_else(|| Err(format!("{v}: not fetched")))
-        } else {
-            Ok(PathBuf::from(v))
-        };
-        match local {
-            Ok(p) => {
-                where_from.push((out.len(), is_url(v).then_some(*v)));
-                paths.push(p);
-                out.push(Err(String::new()));
+    // Each value's local file, or why there is none.
+    let local: Vec<Result<PathBuf, String>> = values
+        .iter()
+        .map(|v| {
+            if is_url(v) {
+                fetched
+                    .next()
+                    .unwrap_or_else(|| Err(format!("{v}: not fetched")))
+            } else {
+                Ok(PathBuf::from(v))
             }
-            Err(e) => out.push(Err(e)),
-        }
-    }
-    for ((slot, url), r) in where_from.into_iter().zip(encoder.image_files(&paths)?) {
-        out[slot] = match url {
+        })
+        .collect();
+    let paths: Vec<PathBuf> = local
+        .iter()
+        .filter_map(|l| l.as_ref().ok())
+        .cloned()
+        .collect();
+    let mut embedded = encoder.image_files(&paths)?.into_iter();
+    Ok(values
+        .iter()
+        .zip(local)
+        .map(|(v, l)| {
+            l?;
+            let r = embedded
+                .next()
+                .unwrap_or_else(|| Err("not embedded".into()));
             // The decoder names the cached file; the user knows the URL.
-            Some(url) => r.map_err(|e| format!("{url}: {e}")),
-            None => r,
-        };
-    }
-    Ok(out)
+            if is_url(v) {
+                r.map_err(|e| format!("{v}: {e}"))
+            } else {
+                r
+            }
+        })
+        .collect())
 }
 
 /// What [`update_document`] did.

