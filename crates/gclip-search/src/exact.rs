@@ -125,40 +125,29 @@ pub fn top_k_quantized(
     let query_scale = crate::quant::quantize(query, &mut query_codes);
     let count = rows.map_or(matrix.len() / dim, <[u32]>::len);
     let window = k.saturating_mul(4).saturating_add(32);
-    const CHUNK: usize = 4096;
-    let partial: Vec<Vec<Scored>> = (0..count.div_ceil(CHUNK))
-        .into_par_iter()
-        .map(|c| {
-            let range = c * CHUNK..count.min((c + 1) * CHUNK);
-            let kept: Vec<u32> = match rows {
-                Some(rows) => rows[range]
-                    .iter()
-                    .copied()
-                    .filter(|&r| keep(r as usize))
-                    .collect(),
-                None => range
-                    .map(|r| r as u32)
-                    .filter(|&r| keep(r as usize))
-                    .collect(),
-            };
-            let mut dots = vec![0i32; kept.len()];
-            crate::quant::dot_rows(quantized.codes, dim, &query_codes, &kept, &mut dots);
-            let mut top = TopK::new(window);
-            for (&r, &d) in kept.iter().zip(&dots) {
-                top.push(Scored {
-                    score: d as f32 * quantized.scales[r as usize] * query_scale,
-                    row: r as usize,
-                });
-            }
-            top.into_sorted()
-        })
-        .collect();
-    let mut best = TopK::new(window);
-    for s in partial.into_iter().flatten() {
-        best.push(s);
-    }
+    let best = best_of_chunks(count, window, &|range, top| {
+        let kept: Vec<u32> = match rows {
+            Some(rows) => rows[range]
+                .iter()
+                .copied()
+                .filter(|&r| keep(r as usize))
+                .collect(),
+            None => range
+                .map(|r| r as u32)
+                .filter(|&r| keep(r as usize))
+                .collect(),
+        };
+        let mut dots = vec![0i32; kept.len()];
+        crate::quant::dot_rows(quantized.codes, dim, &query_codes, &kept, &mut dots);
+        for (&r, &d) in kept.iter().zip(&dots) {
+            top.push(Scored {
+                score: d as f32 * quantized.scales[r as usize] * query_scale,
+                row: r as usize,
+            });
+        }
+    });
     let mut top = TopK::new(k);
-    for s in best.into_sorted() {
+    for s in best {
         top.push(Scored {
             score: dot(&matrix[s.row * dim..(s.row + 1) * dim], query),
             row: s.row,
@@ -206,24 +195,36 @@ fn scan(
     if k == 0 || dim == 0 {
         return Vec::new();
     }
+    best_of_chunks(count, k, &|range, top| {
+        let end = range.end;
+        for i in range {
+            if i + PREFETCH_AHEAD < end {
+                prefetch_row(matrix, row_of(i + PREFETCH_AHEAD), dim);
+            }
+            let row = row_of(i);
+            if keep(row) {
+                top.push(Scored {
+                    score: dot(&matrix[row * dim..(row + 1) * dim], query),
+                    row,
+                });
+            }
+        }
+    })
+}
+
+/// The best `k` of `0..count`, scored in parallel chunks of 4,096 by `score_chunk` (which
+/// pushes into its chunk's own best `k`), then merged; best first.
+fn best_of_chunks(
+    count: usize,
+    k: usize,
+    score_chunk: &(dyn Fn(std::ops::Range<usize>, &mut TopK) + Sync),
+) -> Vec<Scored> {
     const CHUNK: usize = 4096;
     let partial: Vec<Vec<Scored>> = (0..count.div_ceil(CHUNK))
         .into_par_iter()
         .map(|c| {
             let mut top = TopK::new(k);
-            let end = count.min((c + 1) * CHUNK);
-            for i in c * CHUNK..end {
-                if i + PREFETCH_AHEAD < end {
-                    prefetch_row(matrix, row_of(i + PREFETCH_AHEAD), dim);
-                }
-                let row = row_of(i);
-                if keep(row) {
-                    top.push(Scored {
-                        score: dot(&matrix[row * dim..(row + 1) * dim], query),
-                        row,
-                    });
-                }
-            }
+            score_chunk(c * CHUNK..count.min((c + 1) * CHUNK), &mut top);
             top.into_sorted()
         })
         .collect();
