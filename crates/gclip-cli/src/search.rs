@@ -289,6 +289,16 @@ fn export_bench_vectors(plan: &gclip_search::bench::AnnBenchPlan, dir: &Path) ->
     Ok(())
 }
 
+/// Every benchmark draws its vectors from this seed, so runs and exports compare.
+const BENCH_SEED: u64 = 42;
+
+fn vectors_kind(latent_dim: Option<usize>) -> String {
+    match latent_dim {
+        Some(l) => format!("vectors near a {l}-d subspace"),
+        None => "uniform random vectors".to_string(),
+    }
+}
+
 fn run_store_bench(args: &SearchBenchArgs, dir: &std::path::Path) -> Result<()> {
     use gclip_search::bench::{run_store_bench, StoreBenchPlan};
     let plan = StoreBenchPlan {
@@ -296,7 +306,7 @@ fn run_store_bench(args: &SearchBenchArgs, dir: &std::path::Path) -> Result<()> 
         dim: args.dim,
         queries: args.queries.max(1),
         k: args.k.max(1),
-        seed: 42,
+        seed: BENCH_SEED,
         latent_dim: args.latent_dim,
     };
     let rows = run_store_bench(&plan, dir, &|m| eprintln!("{m}"))?;
@@ -310,10 +320,7 @@ fn run_store_bench(args: &SearchBenchArgs, dir: &std::path::Path) -> Result<()> 
         "collection of {} × {}-d {} on {} threads: Auto (planner) against Exact, one query at a time",
         args.count,
         args.dim,
-        match args.latent_dim {
-            Some(l) => format!("vectors near a {l}-d subspace"),
-            None => "uniform random vectors".to_string(),
-        },
+        vectors_kind(args.latent_dim),
         rayon::current_num_threads()
     );
     println!(
@@ -353,7 +360,7 @@ pub fn run_bench(args: SearchBenchArgs) -> Result<()> {
             expansion_search: args.ef.first().copied().unwrap_or(64),
             bf16: !args.f32,
         },
-        seed: 42,
+        seed: BENCH_SEED,
         latent_dim: args.latent_dim,
     };
     if let Some(dir) = &args.export {
@@ -372,10 +379,7 @@ pub fn run_bench(args: SearchBenchArgs) -> Result<()> {
         args.connectivity,
         args.ef_construction,
         if args.f32 { "f32" } else { "bf16" },
-        match args.latent_dim {
-            Some(l) => format!("vectors near a {l}-d subspace"),
-            None => "uniform random vectors".to_string(),
-        },
+        vectors_kind(args.latent_dim),
         build.count,
         build.dim,
         build.seconds,

@@ -252,6 +252,9 @@ pub const STORE_BENCH_FILTERS: [&str; 5] = [
     "category = c3 AND price < 500",
 ];
 
+/// Beside a benchmark collection: the plan it was filled for.
+const STORE_BENCH_FILLED: &str = "bench-filled";
+
 fn bench_fields(i: usize) -> crate::document::Fields {
     let mut f = crate::document::Fields::new();
     f.insert("category".into(), format!("c{}", i % 10).into());
@@ -283,15 +286,11 @@ pub fn run_store_bench(
             .map(|l| format!("latent{l}"))
             .unwrap_or_else(|| "uniform".into())
     );
-    let reusable = Collection::exists(dir)
-        && Collection::open_with(
-            dir,
-            StoreOptions {
-                exact_below: usize::MAX,
-            },
-        )
-        .map(|c| c.info().model.model == label && c.len() == plan.count)
-        .unwrap_or(false);
+    // Written once a fill completes, so that reuse needs no opening (a million documents take
+    // seconds to load) and an interrupted fill is never reused.
+    let filled = dir.join(STORE_BENCH_FILLED);
+    let reusable =
+        Collection::exists(dir) && std::fs::read_to_string(&filled).is_ok_and(|done| done == label);
     if !reusable {
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(crate::error::io_err(dir))?;
@@ -329,6 +328,7 @@ pub fn run_store_bench(
                 .collect();
             c.upsert(docs)?;
         }
+        std::fs::write(&filled, &label).map_err(crate::error::io_err(&filled))?;
     }
     progress("opening (builds or loads the HNSW index)");
     let t = Instant::now();
