@@ -461,8 +461,9 @@ mod tests {
         (d, spec)
     }
 
-    fn loader(d: &std::path::Path, spec: &GclSpec, augment: bool) -> Loader {
-        let data = load(
+    /// `train.jsonl` in `d`, weighted by its `score_linear` column.
+    fn train_jsonl(d: &std::path::Path, spec: &GclSpec) -> Dataset {
+        load(
             &DataSpec {
                 layout: Layout::Jsonl,
                 path: d.join("train.jsonl"),
@@ -471,7 +472,11 @@ mod tests {
             },
             spec,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    fn loader(d: &std::path::Path, spec: &GclSpec, augment: bool) -> Loader {
+        let data = train_jsonl(d, spec);
         let tok = ClipTokenizer::open_clip_default()
             .unwrap()
             .with_context_length(16);
@@ -539,16 +544,7 @@ mod tests {
             mask_shared: true,
             weight_floor: 0.0,
         };
-        let data = load(
-            &DataSpec {
-                layout: Layout::Jsonl,
-                path: d.join("train.jsonl"),
-                image_root: None,
-                score_column: "score_linear".into(),
-            },
-            &spec,
-        )
-        .unwrap();
+        let data = train_jsonl(&d, &spec);
         let tok = ClipTokenizer::open_clip_default()
             .unwrap()
             .with_context_length(8);
