@@ -162,6 +162,7 @@ pub fn run(args: IndexArgs) -> Result<()> {
                 Err(e)
             }
         })?;
+    gclip_search::roots::record_roots(collection.dir(), std::slice::from_ref(&args.dir))?;
     let embedder = load_embedder(&collection, 32)?;
     let mut progress: Option<Progress> = None;
     let report = index_directory(

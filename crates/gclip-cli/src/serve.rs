@@ -41,24 +41,46 @@ pub struct ServeArgs {
     /// How long a request waits for others to join its batch, in milliseconds.
     #[arg(long, default_value_t = 2)]
     batch_wait_ms: u64,
-    /// Never fetch image URLs that clients send (documents' image fields, `image_url` queries);
-    /// images already in the image cache are still used. Clients that may search but should
-    /// not make the server reach other hosts (its own network included) need this.
+    /// Fetch the image URLs that clients send (documents' image fields, `image_url` queries).
+    /// Off by default: images already in the image cache are still used. When on, only public
+    /// addresses are fetched (checked after DNS resolution and after every redirect), without a
+    /// proxy, and every refused or failed fetch gets the same answer.
     #[arg(long)]
-    no_url_fetch: bool,
+    allow_url_fetch: bool,
+    /// Fetch only from this host (repeatable; needs --allow-url-fetch).
+    #[arg(
+        long = "url-allow-host",
+        value_name = "HOST",
+        requires = "allow_url_fetch"
+    )]
+    url_allow_hosts: Vec<String>,
+    /// Also fetch from loopback and private addresses (a server inside a trusted network
+    /// fetching from its intranet; needs --allow-url-fetch).
+    #[arg(long, requires = "allow_url_fetch")]
+    url_allow_private: bool,
+    /// Folder whose image files clients may name in documents (repeatable). Folders that
+    /// `gclip index`/`gclip add` indexed are recorded with their collection and need no flag.
+    #[arg(long = "files-root", value_name = "DIR")]
+    files_roots: Vec<PathBuf>,
+    /// The URL clients use to reach the server when it is not its IP address (a DNS name,
+    /// a reverse proxy): a server without --api-key answers only to its IP address,
+    /// localhost and this URL's host.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// Longest time, in seconds, a request waits for an image decoding slot or the model
+    /// before it is answered 503.
+    #[arg(long, default_value_t = 30)]
+    deadline_s: u64,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    if args.no_url_fetch {
-        use gclip_search::remote::{RemoteConfig, RemoteImages};
-        let config = RemoteConfig {
-            offline: true,
-            offline_reason: "gclip serve --no-url-fetch".into(),
-            ..RemoteConfig::from_vars(|n| std::env::var(n).ok())
-        };
-        if !RemoteImages::init_shared(config) {
-            bail!("the image fetcher was set up before --no-url-fetch could apply");
-        }
+    let fetch = gclip_server::client_url_fetching(
+        args.allow_url_fetch,
+        args.url_allow_hosts,
+        args.url_allow_private,
+    );
+    if !gclip_search::remote::RemoteImages::init_shared(fetch) {
+        bail!("the image fetcher was set up before the server's URL policy could apply");
     }
     if args.collections.is_empty() && args.root.is_none() {
         bail!("give --collection DIR (one or more) or --root DIR");
@@ -80,10 +102,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         protect_reads: args.protect_reads,
         max_body_bytes: args.max_body_mib.max(1) * 1024 * 1024,
         max_results: 1000,
+        files_roots: args.files_roots,
+        public_url: args.public_url,
         batch: BatchConfig {
             max_batch: args.max_batch.max(1),
             max_wait: Duration::from_millis(args.batch_wait_ms),
             max_image_pixels: args.max_image_mpixels.max(1) * 1_000_000,
+            deadline: Duration::from_secs(args.deadline_s.max(1)),
+            ..BatchConfig::default()
         },
     };
     let state = AppState::new(config.clone())?;
@@ -128,6 +154,10 @@ pub struct ServeBenchArgs {
     /// Server batching wait in milliseconds.
     #[arg(long, default_value_t = 2)]
     batch_wait_ms: u64,
+    /// Then measure the searches again while this many threads send the attack set (oversized
+    /// texts and templates, deep filters, server paths, internal URLs, a 6300×6300 16-bit PNG).
+    #[arg(long, default_value_t = 0)]
+    attackers: usize,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -165,6 +195,7 @@ pub fn run_bench(args: ServeBenchArgs) -> Result<()> {
         batch: args.batch,
         max_wait: Duration::from_millis(args.batch_wait_ms),
         documents: 10_000,
+        attackers: args.attackers,
     };
     let r = gclip_server::bench::run_server_bench(embedder, &plan, &dir, &|m| eprintln!("{m}"))
         .map_err(anyhow::Error::msg);
@@ -187,6 +218,16 @@ pub fn run_bench(args: ServeBenchArgs) -> Result<()> {
             r.requests,
             r.errors
         );
+        if let Some(a) = &r.under_attack {
+            println!(
+                "under attack ({} attackers): p50 {:.1} ms, p99 {:.1} ms, {} searches, {} errors",
+                args.attackers, a.p50_ms, a.p99_ms, a.requests, a.errors
+            );
+            for (name, statuses) in &a.attacks {
+                let s: Vec<String> = statuses.iter().map(|(c, n)| format!("{c}×{n}")).collect();
+                println!("  {name}: {}", s.join(", "));
+            }
+        }
     }
     Ok(())
 }

@@ -373,8 +373,36 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)
     Some((status, body))
 }
 
+/// `gclip serve` on a free loopback port with `extra` arguments, once it answers.
+fn start_serve(
+    coll: &std::path::Path,
+    cache: &std::path::Path,
+    extra: &[&str],
+) -> (std::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Command::new(env!("CARGO_BIN_EXE_gclip"))
+        .args(["serve", "--collection"])
+        .arg(coll)
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .env("GCLIP_IMAGE_CACHE", cache)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while http(port, "GET", "/api/health", "").is_none_or(|(s, _)| s != 200) {
+        assert!(started.elapsed().as_secs() < 60, "server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    (server, port)
+}
+
 #[test]
-fn serve_with_no_url_fetch_refuses_image_urls() {
+fn serve_fetches_no_client_urls_by_default_and_no_internal_ones_when_allowed() {
     let dir = scratch("nofetch");
     let docs = dir.join("docs.jsonl");
     std::fs::write(&docs, "{\"id\": \"a\", \"title\": \"a red dress\"}\n").unwrap();
@@ -388,31 +416,27 @@ fn serve_with_no_url_fetch_refuses_image_urls() {
     ];
     args.extend(model_args());
     ok(&gclip(&args.iter().map(String::as_str).collect::<Vec<_>>()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    // A loopback listener that counts the connections made to it: none may come.
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    target.set_nonblocking(true).unwrap();
+    let target_url = format!("http://{}/x.png", target.local_addr().unwrap());
+    let closed_url = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/x.png", l.local_addr().unwrap())
+    };
+    let cache = dir.join("cache");
+
+    let (mut server, port) = start_serve(&coll, &cache, &[]);
+    let search = |port: u16, url: &str| {
+        http(
+            port,
+            "POST",
+            "/api/collections/shop/search",
+            &format!("{{\"image_url\": \"{url}\"}}"),
+        )
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_gclip"))
-        .args(["serve", "--collection"])
-        .arg(&coll)
-        .args(["--addr", &format!("127.0.0.1:{port}"), "--no-url-fetch"])
-        .env("GCLIP_IMAGE_CACHE", dir.join("cache"))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while http(port, "GET", "/api/health", "").is_none_or(|(s, _)| s != 200) {
-        assert!(started.elapsed().as_secs() < 60, "server did not start");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let (status, body) = http(
-        port,
-        "POST",
-        "/api/collections/shop/search",
-        r#"{"image_url": "http://127.0.0.1:9/x.png"}"#,
-    )
-    .unwrap();
+    };
+    let (status, body) = search(port, &target_url);
     let text_search = http(
         port,
         "POST",
@@ -422,12 +446,39 @@ fn serve_with_no_url_fetch_refuses_image_urls() {
     let _ = server.kill();
     let _ = server.wait();
     assert_eq!(status, 400, "{body}");
-    assert!(
-        body.contains("offline (gclip serve --no-url-fetch)"),
-        "{body}"
-    );
+    assert!(body.contains("--allow-url-fetch"), "{body}");
     let (status, body) = text_search.unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"a\""), "{body}");
+
+    // Allowed, loopback in its other spellings is still refused, with one answer for an open
+    // and a closed port.
+    let (mut server, port) = start_serve(&coll, &cache, &["--allow-url-fetch"]);
+    let target_port = target.local_addr().unwrap().port();
+    let mut answers = Vec::new();
+    for url in [
+        target_url.clone(),
+        closed_url.clone(),
+        format!("http://localhost:{target_port}/x.png"),
+        format!("http://127.1:{target_port}/x.png"),
+        format!("http://2130706433:{target_port}/x.png"),
+        format!("http://0x7f000001:{target_port}/x.png"),
+        format!("http://[::ffff:127.0.0.1]:{target_port}/x.png"),
+    ] {
+        let (status, body) = search(port, &url);
+        answers.push((url, status, body));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    for (url, status, body) in &answers {
+        assert_eq!(*status, 400, "{url}: {body}");
+        assert!(body.contains("could not be fetched"), "{url}: {body}");
+    }
+    let generic = |i: usize| answers[i].2.replace(&answers[i].0, "URL");
+    assert_eq!(generic(0), generic(1));
+    assert!(
+        target.accept().is_err(),
+        "the server connected to a loopback address for a client"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

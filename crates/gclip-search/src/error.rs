@@ -35,6 +35,9 @@ pub enum SearchError {
     /// The lexical index failed.
     #[error("lexical index: {0}")]
     Lexical(String),
+    /// The work waited longer than its deadline for the model (a server under load).
+    #[error("server busy: {0}")]
+    Busy(String),
     /// The model failed to embed a query or a document.
     #[error(transparent)]
     Embed(#[from] gclip::embed::EmbedError),

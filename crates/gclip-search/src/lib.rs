@@ -18,10 +18,12 @@ pub mod exact;
 pub mod filter;
 pub mod ingest;
 pub mod lexical;
+pub mod netguard;
 mod payload;
 mod quant;
 pub mod query;
 pub mod remote;
+pub mod roots;
 pub mod sqlite;
 pub mod store;
 

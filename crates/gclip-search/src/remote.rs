@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use gclip::hub::{is_loopback, is_true};
 
+use crate::netguard::{Guard, GuardedResolver};
+
 /// True when `s` is an `http://` or `https://` URL (the only schemes fetched).
 pub fn is_url(s: &str) -> bool {
     let lower = s.get(..8).unwrap_or(s).to_ascii_lowercase();
@@ -36,6 +38,11 @@ pub struct RemoteConfig {
     pub timeout: Duration,
     /// Downloads at once.
     pub parallel: usize,
+    /// Fetching for clients of a server: only the addresses the guard allows, checked after
+    /// every resolution (redirects too), no proxy (the check must see the real destination),
+    /// and one error text for every refused or failed fetch, so that a client cannot probe
+    /// which hosts and ports exist. `None`: the operator's own fetches (CLI), anything goes.
+    pub guard: Option<Guard>,
 }
 
 impl RemoteConfig {
@@ -70,9 +77,13 @@ impl RemoteConfig {
             connect_timeout: Duration::from_secs(10).min(timeout),
             timeout,
             parallel: 8,
+            guard: None,
         }
     }
 }
+
+/// What a client of a guarded fetcher is told for any URL that was refused or failed.
+pub const UNFETCHED: &str = "could not be fetched";
 
 static SHARED: OnceLock<RemoteImages> = OnceLock::new();
 
@@ -123,16 +134,31 @@ impl RemoteImages {
             return Ok(path);
         }
         if self.config.offline {
-            return Err(format!(
-                "{url}: offline ({}) and not in the image cache {}",
-                self.config.offline_reason,
-                self.config.cache_dir.display()
-            ));
+            // A server's clients are not told where its cache is.
+            return Err(match self.config.guard {
+                Some(_) => format!("{url}: not fetched ({})", self.config.offline_reason),
+                None => format!(
+                    "{url}: offline ({}) and not in the image cache {}",
+                    self.config.offline_reason,
+                    self.config.cache_dir.display()
+                ),
+            });
         }
-        let bytes = self.download(url).map_err(|e| format!("{url}: {e}"))?;
-        self.store(&path, &bytes)
-            .map_err(|e| format!("{url}: caching in {}: {e}", path.display()))?;
-        Ok(path)
+        let fetched = self
+            .download(url)
+            .map_err(|e| format!("{url}: {e}"))
+            .and_then(|bytes| {
+                self.store(&path, &bytes)
+                    .map_err(|e| format!("{url}: caching in {}: {e}", path.display()))
+            });
+        match (fetched, &self.config.guard) {
+            (Ok(()), _) => Ok(path),
+            (Err(e), None) => Err(e),
+            (Err(e), Some(_)) => {
+                tracing::warn!("image URL not fetched: {e}");
+                Err(format!("{url}: {UNFETCHED}"))
+            }
+        }
     }
 
     /// [`RemoteImages::fetch`] for many URLs, several at a time; results in order.
@@ -169,13 +195,15 @@ impl RemoteImages {
     }
 
     fn agent(&self, url: &str) -> &ureq::Agent {
-        let loopback = is_loopback(url);
-        let cell = if loopback { &self.direct } else { &self.agent };
+        // A guarded agent never uses a proxy: the proxy would make the connection, and the
+        // guard could only check the proxy's address.
+        let direct = is_loopback(url) || self.config.guard.is_some();
+        let cell = if direct { &self.direct } else { &self.agent };
         cell.get_or_init(|| {
             let config = ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .max_redirects(5)
-                .proxy(if loopback {
+                .proxy(if direct {
                     None
                 } else {
                     ureq::Proxy::try_from_env()
@@ -185,7 +213,14 @@ impl RemoteImages {
                 .timeout_connect(Some(self.config.connect_timeout))
                 .timeout_global(Some(self.config.timeout))
                 .build();
-            ureq::Agent::new_with_config(config)
+            match &self.config.guard {
+                Some(guard) => ureq::Agent::with_parts(
+                    config,
+                    ureq::unversioned::transport::DefaultConnector::default(),
+                    GuardedResolver(guard.clone()),
+                ),
+                None => ureq::Agent::new_with_config(config),
+            }
         })
     }
 

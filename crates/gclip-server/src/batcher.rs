@@ -1,12 +1,16 @@
 //! Dynamic batching: one thread owns the model; concurrent requests queue their texts and
 //! images, and the thread runs them together, waiting a short time for a batch to fill.
 //! Query work goes before ingestion work, so that searches stay quick while documents are added.
+//!
+//! The model thread only runs the model: texts are cleaned and tokenised, and images decoded,
+//! on the requesting threads (images a few at a time, so that large images cannot exhaust
+//! memory together), and work that waited past its deadline is answered "busy" instead of run.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
@@ -24,6 +28,11 @@ pub struct BatchConfig {
     pub max_wait: Duration,
     /// Largest image accepted, in pixels.
     pub max_image_pixels: u64,
+    /// Longest time work may wait (for a decoding slot or for the model) before it is
+    /// answered "busy".
+    pub deadline: Duration,
+    /// Images decoded at once (each may take width × height × 8 bytes while decoding).
+    pub parallel_decodes: usize,
 }
 
 impl Default for BatchConfig {
@@ -32,14 +41,62 @@ impl Default for BatchConfig {
             max_batch: 32,
             max_wait: Duration::from_millis(2),
             max_image_pixels: 40_000_000,
+            deadline: Duration::from_secs(30),
+            parallel_decodes: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
 
-type Reply = Sender<Result<Vec<Vec<f32>>, String>>;
+/// A counting semaphore whose waits end at a deadline.
+struct Slots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Slots {
+    fn new(n: usize) -> Self {
+        Self {
+            free: Mutex::new(n.max(1)),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Runs `f` holding a slot, or fails when none frees up before `deadline`.
+    fn with<T>(&self, deadline: Instant, f: impl FnOnce() -> T) -> Result<T> {
+        {
+            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+            while *free == 0 {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(SearchError::Busy(
+                        "no image decoding slot became free in time".into(),
+                    ));
+                }
+                free = self
+                    .freed
+                    .wait_timeout(free, deadline - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            *free -= 1;
+        }
+        struct Release<'a>(&'a Slots);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                self.0.freed.notify_one();
+            }
+        }
+        let _release = Release(self);
+        Ok(f())
+    }
+}
+
+type Reply = Sender<Result<Vec<Vec<f32>>, JobError>>;
 
 enum Work {
-    Texts(Vec<String>),
+    /// Token ids, the model's context length each.
+    Tokens(Vec<Vec<u32>>),
     /// Preprocessed pixels, `3 × size × size` floats each.
     Pixels(Vec<Vec<f32>>),
 }
@@ -47,13 +104,14 @@ enum Work {
 struct Job {
     work: Work,
     urgent: bool,
+    deadline: Instant,
     reply: Reply,
 }
 
 impl Job {
     fn items(&self) -> usize {
         match &self.work {
-            Work::Texts(t) => t.len(),
+            Work::Tokens(t) => t.len(),
             Work::Pixels(p) => p.len(),
         }
     }
@@ -71,7 +129,11 @@ pub struct BatchStats {
 pub struct ModelWorker {
     tx: Sender<Job>,
     dim: usize,
+    /// Shared with the model thread, which runs only its model.
+    embedder: Arc<Embedder>,
     preprocessor: Preprocessor,
+    decodes: Slots,
+    deadline: Duration,
     logit_scale: f32,
     pub stats: Arc<BatchStats>,
 }
@@ -88,14 +150,21 @@ impl ModelWorker {
         let (tx, rx) = channel::<Job>();
         let stats = Arc::new(BatchStats::default());
         let s = stats.clone();
+        let embedder = Arc::new(embedder);
+        let model = embedder.clone();
+        let decodes = Slots::new(config.parallel_decodes);
+        let deadline = config.deadline;
         std::thread::Builder::new()
             .name("gclip-model".into())
-            .spawn(move || run(embedder, rx, config, image_size, &s))
+            .spawn(move || run(&model, rx, config, image_size, &s))
             .ok();
         Self {
             tx,
             dim,
+            embedder,
             preprocessor,
+            decodes,
+            deadline,
             logit_scale,
             stats,
         }
@@ -106,33 +175,63 @@ impl ModelWorker {
         self.logit_scale
     }
 
-    fn submit(&self, work: Work, urgent: bool) -> Result<Vec<Vec<f32>>> {
+    fn submit(&self, work: Work, urgent: bool, deadline: Instant) -> Result<Vec<Vec<f32>>> {
         let (reply, rx) = channel();
         self.tx
             .send(Job {
                 work,
                 urgent,
+                deadline,
                 reply,
             })
             .map_err(|_| SearchError::Invalid("the model thread has stopped".into()))?;
         rx.recv()
             .map_err(|_| SearchError::Invalid("the model thread has stopped".into()))?
-            .map_err(SearchError::Invalid)
+            .map_err(|e| match e {
+                JobError::Busy(m) => SearchError::Busy(m),
+                JobError::Failed(m) => SearchError::Invalid(m),
+            })
+    }
+
+    fn texts(&self, texts: &[&str], urgent: bool) -> Result<Vec<Vec<f32>>> {
+        let deadline = Instant::now() + self.deadline;
+        let tokenizer = self
+            .embedder
+            .inputs()
+            .tokenizer()
+            .map_err(|e| SearchError::Invalid(format!("this model cannot embed text: {e}")))?;
+        let ids = tokenizer.encode_batch(texts);
+        self.submit(Work::Tokens(ids), urgent, deadline)
     }
 
     /// Embeds query texts (urgent: before ingestion work).
     pub fn query_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        self.submit(
-            Work::Texts(texts.iter().map(|t| t.to_string()).collect()),
-            true,
-        )
+        self.texts(texts, true)
     }
 
-    fn pixels(&self, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
-        self.preprocessor
-            .pixels_from_bytes(bytes, name)
-            .map_err(|e| SearchError::Invalid(format!("image {name}: {e}")))
+    fn pixels(&self, bytes: &[u8], name: &str, deadline: Instant) -> Result<Vec<f32>> {
+        self.decodes.with(deadline, || {
+            self.preprocessor
+                .pixels_from_bytes(bytes, name)
+                .map_err(|e| SearchError::Invalid(format!("image {name}: {e}")))
+        })?
     }
+
+    fn image(&self, bytes: &[u8], name: &str, urgent: bool) -> Result<Vec<f32>> {
+        let deadline = Instant::now() + self.deadline;
+        let p = self.pixels(bytes, name, deadline)?;
+        self.submit(Work::Pixels(vec![p]), urgent, deadline)?
+            .pop()
+            .ok_or_else(|| SearchError::Invalid("no embedding".into()))
+    }
+}
+
+/// Why the model thread did not embed a job.
+#[derive(Debug, Clone)]
+enum JobError {
+    /// It waited past its deadline.
+    Busy(String),
+    Failed(String),
 }
 
 /// The encoder used for ingestion (not urgent); queries use [`QueryEncoder`].
@@ -141,19 +240,21 @@ impl Encoder for ModelWorker {
         self.dim
     }
     fn texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        self.submit(
-            Work::Texts(texts.iter().map(|t| t.to_string()).collect()),
-            false,
-        )
+        ModelWorker::texts(self, texts, false)
     }
     fn image_files(&self, paths: &[PathBuf]) -> Result<Vec<Result<Vec<f32>, String>>> {
         use rayon::prelude::*;
+        let deadline = Instant::now() + self.deadline;
         let pixels: Vec<Result<Vec<f32>, String>> = paths
             .par_iter()
             .map(|p| {
-                self.preprocessor
-                    .pixels_from_path(p)
-                    .map_err(|e| e.to_string())
+                self.decodes
+                    .with(deadline, || {
+                        self.preprocessor
+                            .pixels_from_path(p)
+                            .map_err(|e| e.to_string())
+                    })
+                    .unwrap_or_else(|busy| Err(busy.to_string()))
             })
             .collect();
         let good: Vec<Vec<f32>> = pixels
@@ -163,7 +264,7 @@ impl Encoder for ModelWorker {
         let mut vectors = if good.is_empty() {
             Vec::new()
         } else {
-            self.submit(Work::Pixels(good), false)?
+            self.submit(Work::Pixels(good), false, deadline)?
         }
         .into_iter();
         Ok(pixels
@@ -172,10 +273,7 @@ impl Encoder for ModelWorker {
             .collect())
     }
     fn image_bytes(&self, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
-        let p = self.pixels(bytes, name)?;
-        self.submit(Work::Pixels(vec![p]), false)?
-            .pop()
-            .ok_or_else(|| SearchError::Invalid("no embedding".into()))
+        self.image(bytes, name, false)
     }
 }
 
@@ -195,16 +293,12 @@ impl Encoder for QueryEncoder<'_> {
         ))
     }
     fn image_bytes(&self, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
-        let p = self.0.pixels(bytes, name)?;
-        self.0
-            .submit(Work::Pixels(vec![p]), true)?
-            .pop()
-            .ok_or_else(|| SearchError::Invalid("no embedding".into()))
+        self.0.image(bytes, name, true)
     }
 }
 
 fn run(
-    embedder: Embedder,
+    embedder: &Embedder,
     rx: Receiver<Job>,
     config: BatchConfig,
     size: usize,
@@ -253,15 +347,25 @@ fn run(
         } else {
             &mut urgent
         };
+        let now = Instant::now();
+        queue.retain(|job| {
+            let alive = job.deadline > now;
+            if !alive {
+                let _ = job.reply.send(Err(JobError::Busy(
+                    "the request waited for the model past its deadline".into(),
+                )));
+            }
+            alive
+        });
         let Some(first) = queue.pop_front() else {
             continue;
         };
-        let texts = matches!(first.work, Work::Texts(_));
+        let texts = matches!(first.work, Work::Tokens(_));
         let mut jobs = vec![first];
         let mut n = jobs[0].items();
         let mut i = 0;
         while i < queue.len() && n < max {
-            if matches!(queue[i].work, Work::Texts(_)) == texts && n + queue[i].items() <= max {
+            if matches!(queue[i].work, Work::Tokens(_)) == texts && n + queue[i].items() <= max {
                 if let Some(j) = queue.remove(i) {
                     n += j.items();
                     jobs.push(j);
@@ -272,15 +376,16 @@ fn run(
         }
         let t = Instant::now();
         let result = if texts {
-            let all: Vec<&str> = jobs
+            let ids: Vec<Vec<u32>> = jobs
                 .iter()
                 .flat_map(|j| match &j.work {
-                    Work::Texts(t) => t.iter().map(String::as_str).collect::<Vec<_>>(),
+                    Work::Tokens(t) => t.clone(),
                     Work::Pixels(_) => Vec::new(),
                 })
                 .collect();
             embedder
-                .embed_texts(&all, true, &|_| {})
+                .clip()
+                .encode_text_ids(&ids, true)
                 .map(|e| e.rows().map(<[f32]>::to_vec).collect::<Vec<_>>())
                 .map_err(|e| e.to_string())
         } else {
@@ -320,7 +425,7 @@ fn run(
             }
             Err(e) => {
                 for j in jobs {
-                    let _ = j.reply.send(Err(e.clone()));
+                    let _ = j.reply.send(Err(JobError::Failed(e.clone())));
                 }
             }
         }

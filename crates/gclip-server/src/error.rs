@@ -41,6 +41,9 @@ impl From<SearchError> for ApiError {
             SearchError::Filter { .. } => {
                 Self::new(StatusCode::BAD_REQUEST, "bad_filter", e.to_string())
             }
+            SearchError::Busy(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
+            }
             SearchError::Embed(_) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "cannot_embed",

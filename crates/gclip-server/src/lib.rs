@@ -35,6 +35,7 @@ use candle_core::Device;
 use gclip::embed::Embedder;
 use gclip_search::ingest::{add_documents, document_from_fields, update_document, InputDocument};
 use gclip_search::query::query_vector;
+use gclip_search::roots::FileRoots;
 use gclip_search::{
     model_identity, Collection, EmbedSpec, Fields, Filter, Fusion, ModelIdentity, QueryInput,
     QueryPart, SearchError, SearchMode, SearchRequest,
@@ -63,6 +64,12 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Most results one search may ask for (limit + offset).
     pub max_results: usize,
+    /// Folders local image files may be read from (beyond those each collection recorded when
+    /// the CLI indexed it); clients may name files only under these.
+    pub files_roots: Vec<PathBuf>,
+    /// The URL clients reach the server by, when not its address (a reverse proxy, a DNS
+    /// name): its host is accepted in the `Host` header of a server without an API key.
+    pub public_url: Option<String>,
     pub batch: BatchConfig,
 }
 
@@ -76,6 +83,8 @@ impl Default for ServerConfig {
             protect_reads: false,
             max_body_bytes: 16 * 1024 * 1024,
             max_results: 1000,
+            files_roots: Vec::new(),
+            public_url: None,
             batch: BatchConfig::default(),
         }
     }
@@ -94,6 +103,10 @@ pub struct AppState {
     models: Mutex<HashMap<String, Arc<ModelWorker>>>,
     metrics: Metrics,
     started: Instant,
+    /// The operator's `--files-root` folders, canonical.
+    files_roots: FileRoots,
+    /// Host names (lower case) a keyless server answers to besides IP addresses and localhost.
+    allowed_hosts: Vec<String>,
 }
 
 /// A name usable in URLs and as a directory name.
@@ -105,6 +118,44 @@ pub fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// What one request may ask for. Text beyond a model's context (77 tokens for CLIP, a few
+/// hundred bytes) is cut anyway, so the text limits leave ample room for real queries while
+/// keeping a request's cleaning and tokenising to microseconds.
+pub mod limits {
+    /// Bytes of one query text, caption or label.
+    pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+    /// Texts and images in one `/api/embed` request.
+    pub const MAX_EMBED_INPUTS: usize = 256;
+    /// Labels of one `/api/classify` request.
+    pub const MAX_LABELS: usize = 1000;
+    /// Bytes of a classify template, and how many `{}` it may hold.
+    pub const MAX_TEMPLATE_BYTES: usize = 1024;
+    pub const MAX_TEMPLATE_SLOTS: usize = 4;
+    /// Bytes of all prompts of one classify request together (labels put into the template).
+    pub const MAX_PROMPT_BYTES: usize = 1024 * 1024;
+    /// Weighted parts of one search.
+    pub const MAX_QUERY_PARTS: usize = 16;
+    /// Request bodies of routes that carry no images.
+    pub const SMALL_BODY_BYTES: usize = 64 * 1024;
+    /// Request bodies of document updates.
+    pub const PATCH_BODY_BYTES: usize = 1024 * 1024;
+}
+
+fn check_text(what: &str, text: &str) -> Result<(), ApiError> {
+    if text.len() > limits::MAX_TEXT_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "{what} is {} bytes; at most {} are accepted (the model reads only the first 77 tokens)",
+                text.len(),
+                limits::MAX_TEXT_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn model_key(m: &ModelIdentity) -> String {
     m.describe()
 }
@@ -112,12 +163,23 @@ fn model_key(m: &ModelIdentity) -> String {
 impl AppState {
     /// Opens the configured collections.
     pub fn new(config: ServerConfig) -> anyhow_free::Result<Arc<Self>> {
+        let files_roots = FileRoots::new(&config.files_roots)?;
+        let allowed_hosts = match &config.public_url {
+            Some(url) => vec![url_host(url).ok_or_else(|| {
+                SearchError::Invalid(format!(
+                    "--public-url {url:?}: give a URL such as https://search.example.com/"
+                ))
+            })?],
+            None => Vec::new(),
+        };
         let state = Arc::new(Self {
             config,
             collections: RwLock::new(BTreeMap::new()),
             models: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             started: Instant::now(),
+            files_roots,
+            allowed_hosts,
         });
         for dir in state.config.collections.clone() {
             let name = dir
@@ -143,6 +205,24 @@ impl AppState {
             }
         }
         Ok(state)
+    }
+
+    /// The folders a collection's local images may be read from.
+    fn roots_of(&self, served: &Served) -> Result<FileRoots, ApiError> {
+        Ok(self.files_roots.with_collection(served.collection.dir())?)
+    }
+
+    /// A model or architecture a client names: a hub id as given, or a file under the
+    /// server's files roots (a client never makes the server open its other files).
+    fn client_model_path(&self, value: &str) -> Result<String, ApiError> {
+        let looks_local = value.starts_with(['/', '.', '~', '\\']) || value.contains("..");
+        if !looks_local {
+            return Ok(value.to_string());
+        }
+        self.files_roots
+            .client_path(value)
+            .map(|p| p.display().to_string())
+            .map_err(ApiError::bad_request)
     }
 
     fn has(&self, name: &str) -> bool {
@@ -209,6 +289,34 @@ impl AppState {
                 tracing::warn!("flushing {}: {e}", s.name);
             }
         }
+    }
+}
+
+/// How the server's process fetches image URLs that clients send: not at all unless
+/// `allow` (cached images are still used); when allowed, guarded (public addresses only unless
+/// `allow_private`, only `allow_hosts` when given, no proxy, one error text for every failure).
+pub fn client_url_fetching(
+    allow: bool,
+    allow_hosts: Vec<String>,
+    allow_private: bool,
+) -> gclip_search::remote::RemoteConfig {
+    let base = gclip_search::remote::RemoteConfig::from_vars(|n| std::env::var(n).ok());
+    let guard = gclip_search::netguard::Guard {
+        allow_hosts,
+        allow_private,
+        ..Default::default()
+    };
+    gclip_search::remote::RemoteConfig {
+        offline: base.offline || !allow,
+        offline_reason: if allow {
+            base.offline_reason.clone()
+        } else {
+            "this server does not fetch image URLs; its operator can allow it with gclip serve \
+             --allow-url-fetch"
+                .into()
+        },
+        guard: Some(guard),
+        ..base
     }
 }
 
@@ -290,6 +398,53 @@ async fn authorize(State(state): Shared, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// The host of an `http(s)://host[:port]/…` URL, lower case, without IPv6 brackets.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    host_of_authority(authority).filter(|h| !h.is_empty())
+}
+
+fn host_of_authority(authority: &str) -> Option<String> {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split_once(']')?.0
+    } else {
+        authority.split(':').next()?
+    };
+    Some(host.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// A server without an API key answers only to its addresses by number, `localhost` and the
+/// host of `--public-url`: a web page on another site cannot reach it through a DNS name that
+/// it makes resolve to this machine (DNS rebinding), because the browser sends that name.
+async fn check_host(State(state): Shared, req: Request, next: Next) -> Response {
+    if state.config.api_key.is_none() {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        if let Some(host) = host {
+            let name = host_of_authority(&host).unwrap_or_default();
+            let allowed = name.parse::<std::net::IpAddr>().is_ok()
+                || name == "localhost"
+                || state.allowed_hosts.contains(&name);
+            if !allowed {
+                return ApiError::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "host_not_allowed",
+                    "this server answers to its IP address and localhost only; its operator \
+                     can name another host with --public-url or set --api-key",
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Router
 
@@ -303,7 +458,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/openapi.json", get(openapi_json))
         .route(
             "/api/collections",
-            get(list_collections).post(create_collection),
+            get(list_collections)
+                .post(create_collection)
+                .layer(DefaultBodyLimit::max(limits::SMALL_BODY_BYTES)),
         )
         .route(
             "/api/collections/{name}",
@@ -315,7 +472,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/api/collections/{name}/documents/{id}",
-            get(get_doc).patch(patch_doc).delete(delete_doc),
+            get(get_doc)
+                .patch(patch_doc)
+                .delete(delete_doc)
+                .layer(DefaultBodyLimit::max(limits::PATCH_BODY_BYTES)),
         )
         .route(
             "/api/collections/{name}/documents/{id}/thumbnail",
@@ -329,6 +489,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_host,
         ))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
@@ -496,7 +660,22 @@ async fn create_collection(
     blocking(move || {
         let images = body.image_fields.unwrap_or_else(|| vec!["image".into()]);
         let spec = EmbedSpec::parse(body.embed.as_deref().unwrap_or("image"), &images)?;
-        let (identity, _) = model_identity(&body.model, body.arch.as_deref())?;
+        let model = st.client_model_path(&body.model)?;
+        let arch = body
+            .arch
+            .as_deref()
+            .map(|a| st.client_model_path(a))
+            .transpose()?;
+        let (identity, _) = model_identity(&model, arch.as_deref())?;
+        // The model is loaded and checked before anything is written, so that a collection
+        // whose model cannot be used is never created.
+        st.worker(&identity).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad_model",
+                format!("model {}: {}", body.model, e.message),
+            )
+        })?;
         let dir = root.join(&body.name);
         let c = Collection::create(&dir, identity, spec)?;
         st.insert(body.name.clone(), c)?;
@@ -548,6 +727,7 @@ async fn add_docs(
         let spec = served.collection.info().spec.clone();
         let images: Vec<&str> = spec.image_fields().collect();
         let base = served.collection.dir().to_path_buf();
+        let roots = st.roots_of(&served)?;
         let inputs: Vec<InputDocument> = body
             .documents
             .into_iter()
@@ -555,9 +735,10 @@ async fn add_docs(
             .map(|(i, v)| InputDocument {
                 label: i.to_string(),
                 doc: match v {
-                    Value::Object(m) => {
+                    Value::Object(mut m) => {
                         let raw = Value::Object(m.clone()).to_string();
-                        document_from_fields(m, &raw, &base, &images)
+                        client_image_paths(&mut m, &images, &roots)
+                            .and_then(|()| document_from_fields(m, &raw, &base, &images))
                     }
                     _ => Err("a document must be a JSON object".into()),
                 },
@@ -587,6 +768,26 @@ async fn add_docs(
         ))
     })
     .await
+}
+
+/// Replaces the local paths in a client's image fields by the files they name under the roots;
+/// URLs stay as they are (fetched, or refused, by the image fetcher).
+fn client_image_paths(
+    fields: &mut Fields,
+    image_fields: &[&str],
+    roots: &FileRoots,
+) -> Result<(), String> {
+    for name in image_fields {
+        if let Some(Value::String(value)) = fields.get_mut(*name) {
+            if !gclip_search::remote::is_url(value) {
+                let path = roots
+                    .client_path(value)
+                    .map_err(|e| format!("field {name:?}: {e}"))?;
+                *value = path.display().to_string();
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -644,6 +845,17 @@ async fn patch_doc(
     let served = state.collection(&name)?;
     let st = state.clone();
     blocking(move || {
+        let mut patch = patch;
+        let images: Vec<String> = served
+            .collection
+            .info()
+            .spec
+            .image_fields()
+            .map(String::from)
+            .collect();
+        let images: Vec<&str> = images.iter().map(String::as_str).collect();
+        client_image_paths(&mut patch, &images, &st.roots_of(&served)?)
+            .map_err(ApiError::bad_request)?;
         let worker = st.worker(&served.collection.info().model)?;
         let base = served.collection.dir().to_path_buf();
         let r = update_document(
@@ -715,6 +927,7 @@ async fn thumbnail(
         .find_map(|f| doc.fields.get(f).and_then(|v| v.as_str()).map(String::from))
         .ok_or_else(|| ApiError::not_found(format!("document {id:?} has no image")))?;
     let max_pixels = state.config.batch.max_image_pixels;
+    let roots = state.roots_of(&served)?;
     let png = blocking(move || {
         // An image given by URL is shown from the copy fetched when it was indexed (fetched
         // again if the cache lost it).
@@ -723,7 +936,10 @@ async fn thumbnail(
                 .fetch(&image)
                 .map_err(|e| ApiError::not_found(format!("image unavailable: {e}")))?
         } else {
-            PathBuf::from(image)
+            // The same answer whether the file is missing or outside the roots.
+            roots
+                .readable(&image)
+                .ok_or_else(|| ApiError::not_found(format!("document {id:?}: image unavailable")))?
         };
         make_thumbnail(&path, size, max_pixels)
     })
@@ -847,6 +1063,7 @@ fn part_input(p: PartBody) -> Result<QueryPart, ApiError> {
         ));
     }
     let input = if let Some(t) = p.text {
+        check_text("a query part's text", &t)?;
         QueryInput::Text(t)
     } else if let Some(i) = p.image {
         QueryInput::ImageBytes(decode_image(&i)?)
@@ -897,7 +1114,16 @@ async fn search(
             )))
         }
     };
+    if body.queries.len() > limits::MAX_QUERY_PARTS {
+        return Err(ApiError::bad_request(format!(
+            "at most {} query parts",
+            limits::MAX_QUERY_PARTS
+        )));
+    }
     let mut parts = Vec::new();
+    if let Some(q) = &body.q {
+        check_text("q", q)?;
+    }
     if let Some(q) = body.q.clone().filter(|q| !q.trim().is_empty()) {
         parts.push(QueryPart::new(QueryInput::Text(q)));
     }
@@ -1006,8 +1232,14 @@ async fn embed(
     if body.texts.is_empty() && body.images.is_empty() {
         return Err(ApiError::bad_request("give texts or images"));
     }
-    if body.texts.len() + body.images.len() > 256 {
-        return Err(ApiError::bad_request("at most 256 inputs per request"));
+    if body.texts.len() + body.images.len() > limits::MAX_EMBED_INPUTS {
+        return Err(ApiError::bad_request(format!(
+            "at most {} inputs per request",
+            limits::MAX_EMBED_INPUTS
+        )));
+    }
+    for (i, t) in body.texts.iter().enumerate() {
+        check_text(&format!("texts[{i}]"), t)?;
     }
     let identity = model_for(&state, body.collection.as_deref())?;
     let images: Vec<Vec<u8>> = body
@@ -1055,8 +1287,39 @@ async fn classify(
     body: Result<Json<ClassifyBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(body) = body?;
-    if body.labels.is_empty() || body.labels.len() > 1000 {
-        return Err(ApiError::bad_request("give 1..1000 labels"));
+    if body.labels.is_empty() || body.labels.len() > limits::MAX_LABELS {
+        return Err(ApiError::bad_request(format!(
+            "give 1..{} labels",
+            limits::MAX_LABELS
+        )));
+    }
+    for (i, l) in body.labels.iter().enumerate() {
+        check_text(&format!("labels[{i}]"), l)?;
+    }
+    if let Some(t) = &body.text {
+        check_text("text", t)?;
+    }
+    if let Some(t) = &body.template {
+        let slots = t.matches("{}").count();
+        if t.len() > limits::MAX_TEMPLATE_BYTES || slots > limits::MAX_TEMPLATE_SLOTS {
+            return Err(ApiError::bad_request(format!(
+                "a template has at most {} bytes and {} {{}} (this one: {} bytes, {slots})",
+                limits::MAX_TEMPLATE_BYTES,
+                limits::MAX_TEMPLATE_SLOTS,
+                t.len()
+            )));
+        }
+        let prompt_bytes: usize = body.labels.iter().map(|l| t.len() + slots * l.len()).sum();
+        if prompt_bytes > limits::MAX_PROMPT_BYTES {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the prompts would be {prompt_bytes} bytes together; at most {}",
+                    limits::MAX_PROMPT_BYTES
+                ),
+            ));
+        }
     }
     let input = match (&body.text, &body.image) {
         (Some(t), None) => QueryInput::Text(t.clone()),

@@ -158,11 +158,12 @@ fn page_searches_by_typed_text_and_dropped_image() {
         )
         .unwrap(),
     );
+    let images = fixtures().join("images");
     let server = Running::start(ServerConfig {
         collections: vec![coll],
+        files_roots: vec![images.clone()],
         ..Default::default()
     });
-    let images = fixtures().join("images");
     let docs = json!({"documents": [
         {"id": "moto", "title": "a motorcycle", "image": images.join("photo_motorcycle.png")},
         {"id": "clip1", "title": "clip art", "image": images.join("clipart_1.png")},

@@ -33,6 +33,7 @@ fn api_end_to_end_with_restart() {
         collections: vec![coll.clone()],
         root: Some(dir.join("root")),
         api_key: Some("sekret".into()),
+        files_roots: vec![images.clone()],
         ..Default::default()
     };
     let server = Running::start(config.clone());

@@ -81,14 +81,15 @@ fn closed_port() -> u16 {
 fn image_urls_are_fetched_cached_and_embedded_and_documents_patch() {
     let dir = scratch("urls");
     let cache = dir.join("image-cache");
+    // The server's fetching as `gclip serve --allow-url-fetch --url-allow-private` sets it up
+    // (the image host is on loopback).
     assert!(RemoteImages::init_shared(RemoteConfig {
         cache_dir: cache.clone(),
-        offline: false,
-        offline_reason: String::new(),
         max_bytes: 10_000_000,
         connect_timeout: Duration::from_secs(5),
         timeout: Duration::from_secs(20),
         parallel: 4,
+        ..gclip_server::client_url_fetching(true, Vec::new(), true)
     }));
     let images = fixtures().join("images");
     let moto = std::fs::read(images.join("photo_motorcycle.png")).unwrap();
@@ -107,11 +108,13 @@ fn image_urls_are_fetched_cached_and_embedded_and_documents_patch() {
     drop(Collection::create(&coll, identity, spec).unwrap());
     let server = Running::start(ServerConfig {
         collections: vec![coll.clone()],
+        files_roots: vec![images.clone()],
         ..Default::default()
     });
     let a = server.addr;
 
-    let dead = format!("http://127.0.0.1:{}/x.png", closed_port());
+    let dead_host = format!("127.0.0.1:{}", closed_port());
+    let dead = format!("http://{dead_host}/x.png");
     let started = std::time::Instant::now();
     let (s, v) = call(
         a,
@@ -141,15 +144,24 @@ fn image_urls_are_fetched_cached_and_embedded_and_documents_patch() {
             .unwrap()
             .to_string()
     };
+    // A missing image and a closed port get the same answer: clients cannot probe the network.
     let e = error_of(3);
-    assert!(e.contains("/gone.png") && e.contains("404"), "{e}");
+    assert!(e.contains("/gone.png: could not be fetched"), "{e}");
     let e = error_of(4);
     assert!(
         e.contains("/not-an-image.png") && e.contains("not a recognised image"),
         "{e}"
     );
     let e = error_of(5);
-    assert!(e.contains("/x.png") && e.contains("download failed"), "{e}");
+    assert!(e.contains("/x.png: could not be fetched"), "{e}");
+    assert_eq!(
+        error_of(3)
+            .replace("/gone.png", "URL")
+            .replace(&host.addr.to_string(), "HOST"),
+        error_of(5)
+            .replace("/x.png", "URL")
+            .replace(&dead_host, "HOST"),
+    );
 
     // The fetched copy is the image: the URL document and the file document have one vector.
     let (s, v) = call(
@@ -208,7 +220,10 @@ fn image_urls_are_fetched_cached_and_embedded_and_documents_patch() {
     );
     assert_eq!(s, 400, "{v}");
     assert!(
-        v["error"]["message"].as_str().unwrap().contains("404"),
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not be fetched"),
         "{v}"
     );
     // Thumbnails of URL documents come from the cache.
@@ -332,14 +347,16 @@ fn image_urls_are_fetched_cached_and_embedded_and_documents_patch() {
     server.stop();
 
     // Offline, cached images still work and the others fail at once.
+    // A server that does not fetch (the default) still uses cached images; the others fail at
+    // once, without telling clients where the cache is.
     let offline = RemoteImages::new(RemoteConfig {
-        offline: true,
-        offline_reason: "gclip serve --no-url-fetch".into(),
-        ..RemoteImages::shared().config().clone()
+        cache_dir: cache.clone(),
+        ..gclip_server::client_url_fetching(false, Vec::new(), false)
     });
     assert!(offline.fetch(&host.url("/moto.png")).is_ok());
     let e = offline.fetch(&host.url("/other.png")).unwrap_err();
-    assert!(e.contains("offline (gclip serve --no-url-fetch)"), "{e}");
+    assert!(e.contains("--allow-url-fetch"), "{e}");
+    assert!(!e.contains(cache.to_str().unwrap()), "{e}");
     assert_eq!(host.hits("/other.png"), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
