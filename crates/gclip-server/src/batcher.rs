@@ -31,7 +31,7 @@ impl Default for BatchConfig {
         Self {
             max_batch: 32,
             max_wait: Duration::from_millis(2),
-            max_image_pixels: 40_000_000,
+            max_image_pixels: gclip::input::image::max_image_pixels(),
         }
     }
 }
