@@ -1348,7 +1348,7 @@ mod tests {
         let pieces = 1 + next() % 1500;
         let mut text = String::new();
         for _ in 0..pieces {
-            if next() % 40 == 0 {
+            if next().is_multiple_of(40) {
                 // A long run without whitespace (shorter than any cap).
                 let len = 1 + next() % 3000;
                 let unit = PIECES[next() % 20];
