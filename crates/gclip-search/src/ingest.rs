@@ -463,7 +463,8 @@ pub fn file_state(path: &Path) -> Result<FileState> {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let bytes = gclip::input::image::read_image_file(path, gclip::input::image::max_image_bytes())
+        .map_err(|e| SearchError::Invalid(e.to_string()))?;
     Ok(FileState {
         path: path.display().to_string(),
         size: meta.len(),

@@ -107,7 +107,11 @@ pub fn query_vector(
                 let path = RemoteImages::shared()
                     .fetch(url)
                     .map_err(|e| SearchError::Invalid(format!("query image {e}")))?;
-                let bytes = std::fs::read(&path).map_err(crate::error::io_err(&path))?;
+                let bytes = gclip::input::image::read_image_file(
+                    &path,
+                    gclip::input::image::max_image_bytes(),
+                )
+                .map_err(|e| SearchError::Invalid(e.to_string()))?;
                 encoder.image_bytes(&bytes, url)?
             }
             QueryInput::Document(id) => store

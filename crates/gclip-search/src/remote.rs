@@ -61,9 +61,8 @@ impl RemoteConfig {
             .or_else(|| get("HOME").map(|h| PathBuf::from(h).join(".cache/gclip/images")))
             .unwrap_or_else(|| PathBuf::from(".cache/gclip/images"));
         let offline = is_true(get("GCLIP_OFFLINE")) || is_true(get("HF_HUB_OFFLINE"));
-        let max_bytes = get("GCLIP_MAX_IMAGE_BYTES")
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(50_000_000);
+        let max_bytes =
+            gclip::input::image::parse_max_image_bytes(get("GCLIP_MAX_IMAGE_BYTES").as_deref());
         let timeout = get("GCLIP_IMAGE_TIMEOUT")
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s > 0.0)

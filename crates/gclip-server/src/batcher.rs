@@ -40,7 +40,7 @@ impl Default for BatchConfig {
         Self {
             max_batch: 32,
             max_wait: Duration::from_millis(2),
-            max_image_pixels: 40_000_000,
+            max_image_pixels: gclip::input::image::max_image_pixels(),
             deadline: Duration::from_secs(30),
             parallel_decodes: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }

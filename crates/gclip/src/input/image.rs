@@ -23,7 +23,8 @@
 //! `ImageOps.exif_transpose`).
 //!
 //! Images larger than [`PreprocessConfig::max_pixels`] are refused from their header, before
-//! their pixels are decoded (a decompression-bomb guard).
+//! their pixels are decoded (a decompression-bomb guard), and files are read with
+//! [`read_image_file`]: regular files only, at most [`PreprocessConfig::max_file_bytes`].
 
 use std::path::{Path, PathBuf};
 
@@ -37,9 +38,164 @@ pub const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73]
 /// OpenAI CLIP's normalisation standard deviation (RGB).
 pub const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
-/// Default pixel limit: Pillow's `Image.MAX_IMAGE_PIXELS * 2` (178,956,970 pixels), the size
-/// above which Pillow refuses to open an image. A 4-channel image this size takes about 716 MB.
-pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
+/// Default limit on decoded pixels per image (width × height), shared by the CLI, the library
+/// and the server: 40,000,000 pixels (for example 8000 × 5000). Override it with the environment
+/// variable [`MAX_IMAGE_PIXELS_VAR`] (read by [`max_image_pixels`]) or per preprocessor with
+/// [`PreprocessConfig::max_pixels`].
+///
+/// The memory an image may take while decoding is width × height × bytes per decoded pixel:
+/// 3 bytes for 8-bit RGB (120 MB at the limit), 4 for 8-bit RGBA (160 MB) and 8 for 16-bit RGBA
+/// (320 MB), plus the 8-bit RGB copy that preprocessing converts it to. Images above the limit
+/// are refused from their header, before any pixel is decoded (a decompression-bomb guard).
+/// Pillow's own limit is 178,956,970 pixels (`Image.MAX_IMAGE_PIXELS * 2`); this one is lower
+/// so that a few concurrent requests of a server stay within a few GB.
+pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+
+/// The environment variable that overrides [`DEFAULT_MAX_PIXELS`] (a positive integer).
+pub const MAX_IMAGE_PIXELS_VAR: &str = "GCLIP_MAX_IMAGE_PIXELS";
+
+/// Default limit on the size of one image file, local or downloaded: 50,000,000 bytes.
+/// Override it with the environment variable [`MAX_IMAGE_BYTES_VAR`] (read by
+/// [`max_image_bytes`]) or per preprocessor with [`PreprocessConfig::max_file_bytes`].
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 50_000_000;
+
+/// The environment variable that overrides [`DEFAULT_MAX_IMAGE_BYTES`] (a positive integer).
+pub const MAX_IMAGE_BYTES_VAR: &str = "GCLIP_MAX_IMAGE_BYTES";
+
+/// The decoded-pixel limit in force: [`MAX_IMAGE_PIXELS_VAR`] when it is set to a positive
+/// integer, else [`DEFAULT_MAX_PIXELS`]. The one place the variable is read (once per process).
+pub fn max_image_pixels() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT
+        .get_or_init(|| parse_max_image_pixels(std::env::var(MAX_IMAGE_PIXELS_VAR).ok().as_deref()))
+}
+
+/// The image file size limit in force: [`MAX_IMAGE_BYTES_VAR`] when it is set to a positive
+/// integer, else [`DEFAULT_MAX_IMAGE_BYTES`]. The one place the variable is read (once per
+/// process).
+pub fn max_image_bytes() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| parse_max_image_bytes(std::env::var(MAX_IMAGE_BYTES_VAR).ok().as_deref()))
+}
+
+/// The file size limit that the value of [`MAX_IMAGE_BYTES_VAR`] sets (`None`: unset). Values
+/// that are not positive integers are ignored with a warning. For callers that read their
+/// variables through their own lookup (see `gclip-search`'s `RemoteConfig::from_vars`).
+pub fn parse_max_image_bytes(value: Option<&str>) -> u64 {
+    parse_limit(MAX_IMAGE_BYTES_VAR, value, DEFAULT_MAX_IMAGE_BYTES)
+}
+
+/// The pixel limit that the value of [`MAX_IMAGE_PIXELS_VAR`] sets (`None`: unset); values that
+/// are not positive integers are ignored with a warning.
+pub fn parse_max_image_pixels(value: Option<&str>) -> u64 {
+    parse_limit(MAX_IMAGE_PIXELS_VAR, value, DEFAULT_MAX_PIXELS)
+}
+
+fn parse_limit(var: &str, value: Option<&str>, default: u64) -> u64 {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return default;
+    };
+    match v.parse::<u64>() {
+        Ok(n) if n > 0 => n,
+        _ => {
+            tracing::warn!("{var}={v:?} is not a positive integer: using the default {default}");
+            default
+        }
+    }
+}
+
+/// Reads an image file of at most `max_bytes` bytes, refusing what is not a regular file.
+///
+/// The file is opened without blocking (a named pipe would otherwise wait for a writer forever)
+/// and the opened file's metadata must say "regular file": directories, pipes, sockets and
+/// devices such as `/dev/zero` are refused with [`ImageError::NotRegularFile`]. A file larger
+/// than `max_bytes` is refused with [`ImageError::FileTooLarge`], and at most `max_bytes + 1`
+/// bytes are ever read, so a file that grows while it is read cannot exceed the limit either.
+pub fn read_image_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, ImageError> {
+    use std::io::Read;
+    let name = || path.display().to_string();
+    let io = |source| ImageError::Io {
+        name: name(),
+        source,
+    };
+    // Checked before opening as well as after: opening some devices has effects of its own.
+    check_regular(&std::fs::metadata(path).map_err(io)?, path)?;
+    let file = open_nonblocking(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    check_regular(&meta, path)?;
+    let too_large = || ImageError::FileTooLarge {
+        name: name(),
+        limit: max_bytes,
+    };
+    if meta.len() > max_bytes {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+fn check_regular(meta: &std::fs::Metadata, path: &Path) -> Result<(), ImageError> {
+    let ft = meta.file_type();
+    if ft.is_file() {
+        return Ok(());
+    }
+    let kind = if ft.is_dir() {
+        "a directory"
+    } else {
+        special_file_kind(&ft)
+    };
+    Err(ImageError::NotRegularFile {
+        name: path.display().to_string(),
+        kind,
+    })
+}
+
+#[cfg(unix)]
+fn special_file_kind(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "a named pipe"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else {
+        "a special file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_file_kind(_: &std::fs::FileType) -> &'static str {
+    "a special file"
+}
+
+#[cfg(unix)]
+fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK (no libc dependency for one constant): opening a named pipe then returns at
+    // once instead of waiting for a writer; reads of regular files are unaffected.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    const O_NONBLOCK: i32 = 0o4000;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    const O_NONBLOCK: i32 = 0x0004; // macOS and the BSDs
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NONBLOCK)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(path)
+}
 
 /// Errors from decoding or preprocessing one image. Every variant that concerns a file names
 /// it, so that batch callers can report failures per input.
@@ -76,6 +232,24 @@ pub enum ImageError {
         /// The decoder's message.
         message: String,
     },
+    /// The path names a directory, a pipe, a socket or a device, not a file.
+    #[error("{name}: not a regular file ({kind}); only image files can be read")]
+    NotRegularFile {
+        /// The path.
+        name: String,
+        /// What it is instead ("a directory", "a named pipe", …).
+        kind: &'static str,
+    },
+    /// The file is larger than the configured limit.
+    #[error(
+        "{name}: file larger than the limit of {limit} bytes (raise it with GCLIP_MAX_IMAGE_BYTES)"
+    )]
+    FileTooLarge {
+        /// The file.
+        name: String,
+        /// The limit in force.
+        limit: u64,
+    },
     /// The image has no pixels.
     #[error("{name}: image has a zero dimension ({width}x{height})")]
     ZeroSized {
@@ -89,7 +263,7 @@ pub enum ImageError {
     /// The image has more pixels than the configured limit.
     #[error(
         "{name}: {width}x{height} image exceeds the limit of {limit} pixels (decompression-bomb \
-         guard); raise PreprocessConfig::max_pixels to accept it"
+         guard); raise GCLIP_MAX_IMAGE_PIXELS or PreprocessConfig::max_pixels to accept it"
     )]
     TooLarge {
         /// The file.
@@ -184,8 +358,12 @@ pub struct PreprocessConfig {
     /// Transpose images according to their EXIF orientation tag first (off by default, as in
     /// both references).
     pub apply_exif_orientation: bool,
-    /// Largest accepted image, in pixels (width × height); see [`DEFAULT_MAX_PIXELS`].
+    /// Largest accepted image, in pixels (width × height); [`max_image_pixels`] by default
+    /// (see [`DEFAULT_MAX_PIXELS`]).
     pub max_pixels: u64,
+    /// Largest accepted image file, in bytes, for the `*_from_path` methods;
+    /// [`max_image_bytes`] by default (see [`DEFAULT_MAX_IMAGE_BYTES`]).
+    pub max_file_bytes: u64,
 }
 
 impl PreprocessConfig {
@@ -204,7 +382,8 @@ impl PreprocessConfig {
             rescale_factor: 1.0 / 255.0,
             do_normalize: true,
             apply_exif_orientation: false,
-            max_pixels: DEFAULT_MAX_PIXELS,
+            max_pixels: max_image_pixels(),
+            max_file_bytes: max_image_bytes(),
         }
     }
 
@@ -342,10 +521,7 @@ impl Preprocessor {
     /// Decode, resize, crop and convert a file to 8-bit RGB (before normalisation).
     pub fn rgb8_from_path(&self, path: &Path) -> Result<Rgb8Image, ImageError> {
         let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
-            name: name.clone(),
-            source,
-        })?;
+        let bytes = read_image_file(path, self.cfg.max_file_bytes)?;
         self.rgb8_from_bytes(&bytes, &name)
     }
 
@@ -497,10 +673,12 @@ fn resize_in_mode(mut img: Decoded, w: usize, h: usize, filter: Filter) -> Decod
         return img;
     }
     let (iw, ih) = (img.width, img.height);
-    img.samples = match (&img.samples, img.mode) {
-        (Samples::U16(v), _) => Samples::U16(resample::resize_u16(v, iw, ih, w, h, filter)),
+    // Taken, not borrowed: premultiplying works in place instead of on a full-size copy.
+    let samples = std::mem::replace(&mut img.samples, Samples::U8(Vec::new()));
+    img.samples = match (samples, img.mode) {
+        (Samples::U16(v), _) => Samples::U16(resample::resize_u16(&v, iw, ih, w, h, filter)),
         (Samples::U8(v), Mode::P | Mode::Bilevel) => {
-            Samples::U8(resample::nearest(v, iw, ih, 1, w, h))
+            Samples::U8(resample::nearest(&v, iw, ih, 1, w, h))
         }
         (Samples::U8(v), Mode::La | Mode::Rgba) if filter != Filter::Nearest => {
             let c = img.mode.channels();
@@ -509,7 +687,7 @@ fn resize_in_mode(mut img: Decoded, w: usize, h: usize, filter: Filter) -> Decod
             Samples::U8(unpremultiply(out, c))
         }
         (Samples::U8(v), m) => {
-            Samples::U8(resample::resize_u8(v, iw, ih, m.channels(), w, h, filter))
+            Samples::U8(resample::resize_u8(&v, iw, ih, m.channels(), w, h, filter))
         }
     };
     img.width = w;
@@ -524,8 +702,8 @@ fn muldiv255(a: u32, b: u32) -> u8 {
 }
 
 /// Pillow's RGBA → RGBa (and LA → La): colour times alpha, rounded.
-fn premultiply(v: &[u8], c: usize) -> Vec<u8> {
-    let mut out = v.to_vec();
+fn premultiply(v: Vec<u8>, c: usize) -> Vec<u8> {
+    let mut out = v;
     for px in out.chunks_exact_mut(c) {
         let a = px[c - 1] as u32;
         for s in &mut px[..c - 1] {
@@ -862,10 +1040,36 @@ mod tests {
         assert_eq!(round_half_even_half(8), 4);
     }
 
+    /// The second line of defence: a named pipe that appears after the first check (a race)
+    /// is opened without waiting for a writer, and refused by the opened file's metadata.
+    #[cfg(unix)]
+    #[test]
+    fn named_pipe_opens_without_blocking_and_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.jpg");
+        let ok = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(open_nonblocking(&f).map(|file| file.metadata()));
+        });
+        let meta = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("opening a named pipe blocked")
+            .unwrap()
+            .unwrap();
+        let err = check_regular(&meta, &fifo).unwrap_err();
+        assert!(err.to_string().contains("a named pipe"), "{err}");
+    }
+
     #[test]
     fn premultiply_roundtrip_keeps_opaque() {
         let v = vec![10, 20, 30, 255, 200, 100, 50, 0];
-        assert_eq!(unpremultiply(premultiply(&v, 4), 4)[..4], v[..4]);
+        assert_eq!(unpremultiply(premultiply(v.clone(), 4), 4)[..4], v[..4]);
     }
 
     #[test]

@@ -505,6 +505,73 @@ impl std::fmt::Debug for ClipTokenizer {
     }
 }
 
+/// Where a text may be cut before cleaning so that the ids of the prefix are the first ids of
+/// the whole text. The requirement at a cut point `p`: cleaning `text[..p]` gives exactly the
+/// beginning of what cleaning the whole text gives, up to a whitespace character that no later
+/// step joins across (no regex word, special token, HTML reference, composition or case rule
+/// spans whitespace). Then the words, and so the ids, of the prefix are the first words of the
+/// whole text, and a prefix that yields `limit` ids decides the output.
+enum CutRule {
+    /// open_clip (`ftfy.fix_text`, `html.unescape` twice, whitespace collapsed, lowercased).
+    /// Either (a) the prefix is plain ASCII in ftfy's sense (printable ASCII, tab, newline, form
+    /// feed, no `&`) and ends with one of space, tab, newline or form feed: no ftfy fixer
+    /// changes such text, and every fixer that acts on the rest (entities start with `&`,
+    /// mojibake with a non-ASCII byte, escapes with ESC) starts after the cut; the separators are
+    /// those that HTML reference names cannot contain. Or (b) the prefix ends with a newline
+    /// preceded by an ASCII character (or by nothing): ftfy fixes text one line at a time and the
+    /// only state carried from line to line (whether to decode entities) depends on earlier
+    /// lines only, so the prefix's lines are fixed as in the whole text; and the newline survives
+    /// fixing: the only rules that consume a line's final newline (Java's `C0 80` null and
+    /// CESU-8, which ftfy matches with a `$` that accepts a final newline) need a non-ASCII
+    /// character before it. Lines are cut into segments at a million characters, but a cut
+    /// after a newline keeps them too.
+    OpenClip { plain_ascii_len: usize },
+    /// transformers (added tokens in the raw text, NFC, whitespace collapsed, lowercased): the
+    /// prefix ends with ASCII whitespace, which no added token contains (checked: otherwise
+    /// [`CutRule::Never`]); NFC neither composes nor reorders across a whitespace character.
+    AsciiWhitespace,
+    /// No exact cut point: the whole text up to the cap is tokenized.
+    Never,
+}
+
+impl CutRule {
+    fn is_exact(&self, text: &str, p: usize) -> bool {
+        let b = text.as_bytes();
+        if p == 0 || p > b.len() {
+            return false;
+        }
+        let last = b[p - 1];
+        match *self {
+            CutRule::OpenClip { plain_ascii_len } => {
+                (p <= plain_ascii_len && matches!(last, b' ' | b'\t' | b'\n' | b'\x0c'))
+                    || (last == b'\n' && (p == 1 || b[p - 2].is_ascii()))
+            }
+            CutRule::AsciiWhitespace => last.is_ascii_whitespace() || last == b'\x0b',
+            CutRule::Never => false,
+        }
+    }
+}
+
+/// A byte of text that no ftfy rule changes (ftfy's plain ASCII: printable, tab, newline, form
+/// feed; not `&`). Matches `text_clean`'s test for whole texts.
+fn is_plain_ascii_byte(b: u8) -> bool {
+    matches!(b, b' '..=b'~' | b'\t' | b'\n' | b'\x0c') && b != b'&'
+}
+
+/// Where a text longer than the cap is cut when no exact cut point was found: after its last
+/// ASCII whitespace within `cap` bytes, else at the last character boundary within them.
+fn hard_cut(text: &str, cap: usize) -> usize {
+    let window = &text.as_bytes()[..cap.min(text.len())];
+    if let Some(i) = window.iter().rposition(|b| b.is_ascii_whitespace()) {
+        return i + 1;
+    }
+    let mut end = window.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
+}
+
 /// The word-splitting pattern shared by both conventions, after the special-token literals.
 const WORD_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+";
 
@@ -798,11 +865,110 @@ impl ClipTokenizer {
     ///
     /// With a context length of 1 the result is the end token alone (what open_clip produces),
     /// with 0 it is empty.
+    ///
+    /// Only a prefix of a long text is cleaned and tokenized (ids beyond the context are cut
+    /// anyway): the shortest prefix ending at a cut point where cleaning provably cannot join
+    /// what comes before with what comes after that yields enough ids, so the ids are those of
+    /// the whole text. A text is never read beyond [`encode_cap`](Self::encode_cap) bytes,
+    /// which only matters for texts whose first ids are not within that many bytes at such a
+    /// cut point (see [`encode_cap`](Self::encode_cap)).
     pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.encode_measured(text).0
+    }
+
+    /// [`encode`](Self::encode), and how many bytes of `text` were cleaned and tokenized.
+    pub(crate) fn encode_measured(&self, text: &str) -> (Vec<u32>, usize) {
         let n = self.context_length;
         let mut ids = Vec::with_capacity(n.clamp(2, 4096) + 8);
         ids.push(self.sot);
+        let used = self.tokenize_prefix(text, n.saturating_sub(2), &mut ids);
+        (self.finish_ids(ids), used)
+    }
+
+    /// [`encode`](Self::encode) of the whole text, without any cut: the reference the cut is
+    /// tested against.
+    #[cfg(test)]
+    pub(crate) fn encode_uncut(&self, text: &str) -> Vec<u32> {
+        let n = self.context_length;
+        let mut ids = vec![self.sot];
         self.tokenize_into(text, n.saturating_sub(2), &mut ids);
+        self.finish_ids(ids)
+    }
+
+    /// The most bytes of one text that [`encode`](Self::encode) cleans and tokenizes: 1 KiB
+    /// per id of context, at least 64 KiB (78,848 bytes at the usual 77). A text is cut there
+    /// (at its last ASCII whitespace before the cap, or inside a word when it has none) only
+    /// when no exact cut was found before: in practice a single "word" (a run without
+    /// whitespace) longer than the cap, or, for the open_clip convention, a line longer than
+    /// the cap that is not plain ASCII, where ftfy's decisions that concern a whole line (such
+    /// as mojibake repair) then see only the part before the cap. Realistic texts are never cut
+    /// there; the cap bounds the time one text can take (ftfy and BPE of megabytes).
+    pub fn encode_cap(&self) -> usize {
+        self.context_length.max(64).saturating_mul(1024)
+    }
+
+    /// Cleans and tokenizes the shortest prefix of `text` that ends at an exact cut point (see
+    /// [`exact_cut`](Self::exact_cut)) and yields `limit` ids, appending them to `out`; the ids
+    /// are then those of the whole text. Prefixes grow geometrically (each try at least four
+    /// times longer), so the work is bounded by a few times the final prefix. Returns the
+    /// number of bytes of `text` tokenized.
+    fn tokenize_prefix(&self, text: &str, limit: usize, out: &mut Vec<u32>) -> usize {
+        let start = out.len();
+        let cap = self.encode_cap();
+        // Most words of most texts are far shorter than 16 bytes.
+        let mut want = limit.saturating_add(1).saturating_mul(16).max(256);
+        let cut_ok = self.cut_rule(text, cap);
+        loop {
+            if text.len() <= want {
+                self.tokenize_into(text, limit, out);
+                return text.len();
+            }
+            if want >= cap {
+                let end = hard_cut(text, cap);
+                self.tokenize_into(&text[..end], limit, out);
+                return end;
+            }
+            if let Some(end) = (want..=cap.min(text.len())).find(|&p| cut_ok.is_exact(text, p)) {
+                self.tokenize_into(&text[..end], limit, out);
+                if out.len() - start >= limit {
+                    return end;
+                }
+                out.truncate(start);
+            }
+            want = want.saturating_mul(4).min(cap);
+        }
+    }
+
+    /// Which positions of `text` (within its first `cap` bytes) are exact cut points.
+    fn cut_rule(&self, text: &str, cap: usize) -> CutRule {
+        match self.convention {
+            TokenizerConvention::OpenClip => {
+                let window = &text.as_bytes()[..cap.min(text.len())];
+                CutRule::OpenClip {
+                    plain_ascii_len: window
+                        .iter()
+                        .position(|&b| !is_plain_ascii_byte(b))
+                        .unwrap_or(window.len()),
+                }
+            }
+            TokenizerConvention::Transformers => {
+                let spaced = self
+                    .added_raw
+                    .iter()
+                    .chain(&self.added_normalized)
+                    .any(|t| t.content.is_empty() || t.content.chars().any(char::is_whitespace));
+                if spaced {
+                    CutRule::Never
+                } else {
+                    CutRule::AsciiWhitespace
+                }
+            }
+        }
+    }
+
+    /// Start, end and padding around the ids of the text.
+    fn finish_ids(&self, mut ids: Vec<u32>) -> Vec<u32> {
+        let n = self.context_length;
         ids.truncate(n.saturating_sub(1).max(1));
         ids.push(self.eot);
         if n == 1 {
@@ -1107,5 +1273,158 @@ mod tests {
     fn is_send_sync() {
         fn check<T: Send + Sync>() {}
         check::<ClipTokenizer>();
+    }
+
+    fn hf_fixture() -> ClipTokenizer {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizer/hf");
+        ClipTokenizer::from_hf_dir(&dir).unwrap()
+    }
+
+    /// Texts built from pieces that exercise every cleaning rule near a possible cut: words,
+    /// non-ASCII letters, combining marks, HTML references, mojibake, ANSI escapes, control
+    /// characters, special tokens, `<`, all kinds of whitespace and long runs without any.
+    fn generated_text(next: &mut impl FnMut() -> usize) -> String {
+        const PIECES: &[&str] = &[
+            "a",
+            "photo",
+            "of",
+            "The",
+            "CAT",
+            "dog's",
+            "don't",
+            "42",
+            "3.14",
+            "x",
+            "ΣΑΣ",
+            "Σ",
+            "naïve",
+            "café",
+            "e\u{301}",
+            "\u{301}",
+            "日本語",
+            "ß",
+            "ﬁne",
+            "ＬＯＵＤ",
+            "“quoted”",
+            "&amp;",
+            "&amp;amp;",
+            "&eacute;",
+            "&EACUTE;",
+            "&#x2019;",
+            "&#233;",
+            "&lt;",
+            "&",
+            "&nbsp;",
+            "&#32;",
+            "<b>",
+            "<",
+            ">",
+            "Ã©",
+            "â€™",
+            "Ã",
+            "Ã ",
+            "Ã\u{a0}",
+            "À",
+            "\u{c0}",
+            "\u{1b}[31m",
+            "\u{1}",
+            "\u{7f}",
+            "\u{feff}",
+            "\u{80}",
+            "\u{9d}",
+            "<|endoftext|>",
+            "<|startoftext|>",
+            "<start_of_text>",
+            "😀",
+            "👍🏽",
+            "x\u{200d}y",
+            "--",
+            "...",
+        ];
+        const SPACES: &[&str] = &[
+            " ", " ", " ", "  ", "\t", "\n", "\n", "\r\n", "\r", "\u{a0}", "\u{3000}", "\u{2028}",
+            "\u{85}", "\x0b", "\x0c", "\x1c", "\u{2009}", "",
+        ];
+        let pieces = 1 + next() % 1500;
+        let mut text = String::new();
+        for _ in 0..pieces {
+            if next().is_multiple_of(40) {
+                // A long run without whitespace (shorter than any cap).
+                let len = 1 + next() % 3000;
+                let unit = PIECES[next() % 20];
+                let mut run = String::new();
+                while run.len() < len {
+                    run.push_str(unit);
+                }
+                text.push_str(&run);
+            } else {
+                text.push_str(PIECES[next() % PIECES.len()]);
+            }
+            text.push_str(SPACES[next() % SPACES.len()]);
+        }
+        text
+    }
+
+    #[test]
+    fn cut_text_gives_the_ids_of_the_whole_text() {
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize
+        };
+        for tok in [ClipTokenizer::open_clip_default().unwrap(), hf_fixture()] {
+            let mut cut = 0;
+            for i in 0..250 {
+                let text = generated_text(&mut next);
+                let (ids, used) = tok.encode_measured(&text);
+                assert_eq!(
+                    ids,
+                    tok.encode_uncut(&text),
+                    "{:?} text {i} cut at {used} of {} bytes: {text:?}",
+                    tok.convention,
+                    text.len()
+                );
+                cut += usize::from(used < text.len());
+            }
+            // The comparison means something only if many texts were actually cut.
+            assert!(cut > 50, "{:?}: only {cut} texts were cut", tok.convention);
+            // Short context lengths cut earlier: the same holds.
+            let short = ClipTokenizer {
+                context_length: 5,
+                ..tok
+            };
+            for _ in 0..50 {
+                let text = generated_text(&mut next);
+                assert_eq!(short.encode(&text), short.encode_uncut(&text), "{text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn huge_texts_are_cut_before_cleaning() {
+        for tok in [ClipTokenizer::open_clip_default().unwrap(), hf_fixture()] {
+            let cap = tok.encode_cap();
+            // 10 MiB of words: a few kilobytes are cleaned.
+            let words = "a photo of a cat on the mat ".repeat(10 << 20 >> 5);
+            let (ids, used) = tok.encode_measured(&words);
+            assert!(used <= 4096, "{used} bytes cleaned");
+            assert_eq!(ids, tok.encode_uncut(&words[..used]));
+            // Non-ASCII words on one line (no exact cut point for open_clip): the cap.
+            let line = "naïve café ".repeat(10 << 20 >> 4);
+            let (_, used) = tok.encode_measured(&line);
+            assert!(used <= cap, "{used} bytes cleaned");
+            // The same on lines (ending in ASCII): a few kilobytes.
+            let lines = "naïve café au lait\n".repeat(10 << 20 >> 5);
+            let (ids, used) = tok.encode_measured(&lines);
+            assert!(used <= 4096, "{used} bytes cleaned");
+            assert_eq!(ids, tok.encode_uncut(&lines[..used]));
+            // One 10 MiB "word": cut at the cap, inside the word.
+            let word = "x".repeat(10 << 20);
+            let (ids, used) = tok.encode_measured(&word);
+            assert_eq!(used, cap);
+            assert_eq!(ids.len(), tok.context_length());
+        }
     }
 }

@@ -47,16 +47,43 @@ pub enum ModelError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    #[error("checkpoint {path}: tensor `{name}` holds {count} non-finite values (NaN or infinity) among {total}; the checkpoint is damaged or its training diverged")]
+    NonFinite {
+        name: String,
+        path: PathBuf,
+        count: usize,
+        total: usize,
+    },
     #[error("invalid model input: {0}")]
     Input(String),
-    #[error(transparent)]
-    Tensor(#[from] candle_core::Error),
+    /// A tensor operation failed. Shown without the backtrace candle may have captured (with
+    /// `RUST_BACKTRACE` set), and not exposed as a `source`, so that no error chain prints one.
+    #[error("{}", error_message(.0))]
+    Tensor(candle_core::Error),
     #[error(transparent)]
     Hub(#[from] crate::hub::HubError),
 }
 
+impl From<candle_core::Error> for ModelError {
+    fn from(e: candle_core::Error) -> Self {
+        ModelError::Tensor(e)
+    }
+}
+
 impl ModelError {
     fn input(e: candle_core::Error) -> Self {
-        ModelError::Input(e.to_string())
+        ModelError::Input(error_message(&e))
+    }
+}
+
+/// The message of a candle error without the backtraces candle captures when `RUST_BACKTRACE`
+/// (or `RUST_LIB_BACKTRACE`) is set: user-facing errors carry what went wrong, never a stack.
+pub fn error_message(e: &candle_core::Error) -> String {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } => error_message(inner),
+        E::Context { inner, context } => format!("{context}: {}", error_message(inner)),
+        E::WithPath { inner, path } => format!("{}: {}", path.display(), error_message(inner)),
+        other => other.to_string(),
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::ModelError;
+use super::{error_message, ModelError};
 
 /// The two naming schemes of CLIP checkpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +81,7 @@ impl Weights {
             let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(paths) }.map_err(
                 |e| ModelError::Checkpoint {
                     path: first.clone(),
-                    message: format!("not a readable safetensors file: {e}"),
+                    message: format!("not a readable safetensors file: {}", error_message(&e)),
                 },
             )?;
             let names = st.tensors().into_iter().map(|(n, _)| n).collect();
@@ -252,7 +252,7 @@ impl Weights {
         self.used.borrow_mut().insert(source_name.to_string());
         let bad = |e: candle_core::Error| ModelError::Checkpoint {
             path: self.path.clone(),
-            message: format!("cannot read tensor `{file_name}`: {e}"),
+            message: format!("cannot read tensor `{file_name}`: {}", error_message(&e)),
         };
         let t = match &self.store {
             Store::SafeTensors(st) => st.load(file_name, &Device::Cpu).map_err(bad)?,
@@ -273,6 +273,17 @@ impl Weights {
                 })
             }
         };
+        // Every stored tensor is read once per load: the one place to refuse NaN or infinity,
+        // which would otherwise flow silently into every embedding.
+        let count = count_non_finite(&t).map_err(bad)?;
+        if count > 0 {
+            return Err(ModelError::NonFinite {
+                name: file_name.clone(),
+                path: self.path.clone(),
+                count,
+                total: t.elem_count(),
+            });
+        }
         Ok(t)
     }
 
@@ -312,20 +323,166 @@ fn random_tensor(name: &str, shape: &[usize], device: &Device) -> candle_core::R
     }
 }
 
+/// How many values of a floating-point tensor are NaN or infinite (0 for integer tensors).
+/// One pass over the values, in parallel for large tensors.
+fn count_non_finite(t: &Tensor) -> candle_core::Result<usize> {
+    use candle_core::{CpuStorage, Storage};
+    if !t.dtype().is_float() {
+        return Ok(0);
+    }
+    let t = if t.device().is_cpu() {
+        t.flatten_all()?
+    } else {
+        t.to_device(&Device::Cpu)?.flatten_all()?
+    };
+    fn count<T: Sync>(values: &[T], bad: impl Fn(&T) -> bool + Sync) -> usize {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 16;
+        if values.len() <= CHUNK {
+            values.iter().filter(|v| bad(v)).count()
+        } else {
+            values
+                .par_chunks(CHUNK)
+                .map(|c| c.iter().filter(|v| bad(v)).count())
+                .sum()
+        }
+    }
+    let counted = {
+        let (storage, layout) = t.storage_and_layout();
+        match (&*storage, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => {
+                Some(count(&v[a..b], |x| !x.is_finite()))
+            }
+            (Storage::Cpu(CpuStorage::F64(v)), Some((a, b))) => {
+                Some(count(&v[a..b], |x| !x.is_finite()))
+            }
+            (Storage::Cpu(CpuStorage::F16(v)), Some((a, b))) => {
+                Some(count(&v[a..b], |x| !x.is_finite()))
+            }
+            (Storage::Cpu(CpuStorage::BF16(v)), Some((a, b))) => {
+                Some(count(&v[a..b], |x| !x.is_finite()))
+            }
+            _ => None,
+        }
+    };
+    match counted {
+        Some(n) => Ok(n),
+        // Other float formats (8-bit and smaller) are rare: widen them first.
+        None if t.dtype() != DType::F32 => count_non_finite(&t.to_dtype(DType::F32)?),
+        None => count_non_finite(&t.contiguous()?.copy()?),
+    }
+}
+
 fn open_pth(path: &Path) -> Result<candle_core::pickle::PthTensors, ModelError> {
     let unreadable = |e: candle_core::Error| ModelError::Checkpoint {
         path: path.to_path_buf(),
-        message: format!("not a readable PyTorch checkpoint: {e}"),
+        message: format!("not a readable PyTorch checkpoint: {}", error_message(&e)),
     };
     // Training checkpoints wrap the weights as {"state_dict": …, "epoch": …}; plain state
     // dicts have no such key, and reading them with it fails, so fall back to the whole file.
-    match candle_core::pickle::PthTensors::new(path, Some("state_dict")) {
-        Ok(p) if !p.tensor_infos().is_empty() => Ok(p),
-        Ok(_) | Err(_) => {
-            let p = candle_core::pickle::PthTensors::new(path, None).map_err(unreadable)?;
-            Ok(p)
+    let pth = match candle_core::pickle::PthTensors::new(path, Some("state_dict")) {
+        Ok(p) if !p.tensor_infos().is_empty() => p,
+        Ok(_) | Err(_) => candle_core::pickle::PthTensors::new(path, None).map_err(unreadable)?,
+    };
+    check_pth_storages(path, pth.tensor_infos()).map_err(|message| ModelError::Checkpoint {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    Ok(pth)
+}
+
+/// Checks what the pickle of a PyTorch zip says about each tensor against the archive itself,
+/// before any tensor is allocated: the storage the pickle declares (elements × element size)
+/// must fit in the archive entry that holds it, that entry's size must be plausible for the
+/// archive file (stored entries fit in the file; deflated ones within deflate's largest ratio),
+/// and the tensor's view (offset, shape, strides) must lie inside its storage. A pickle that
+/// claims 2^31 elements is refused here instead of being allocated.
+fn check_pth_storages(
+    path: &Path,
+    infos: &HashMap<String, candle_core::pickle::TensorInfo>,
+) -> Result<(), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| format!("cannot open: {e}"))?
+        .len();
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| format!("not a readable PyTorch zip archive: {e}"))?;
+    // Deflate cannot expand data by more than about 1032:1.
+    const MAX_DEFLATE_RATIO: u64 = 1032;
+    let mut names: Vec<&String> = infos.keys().collect();
+    names.sort();
+    for name in names {
+        let info = &infos[name];
+        let entry = zip.by_name(&info.path).map_err(|e| {
+            format!(
+                "tensor `{name}`: its storage `{}` cannot be read from the archive ({e})",
+                info.path
+            )
+        })?;
+        let entry_size = entry.size();
+        let plausible = match entry.compression() {
+            zip::CompressionMethod::Stored => {
+                entry_size == entry.compressed_size() && entry_size <= file_len
+            }
+            _ => {
+                entry.compressed_size() <= file_len
+                    && entry_size
+                        <= entry
+                            .compressed_size()
+                            .saturating_mul(MAX_DEFLATE_RATIO)
+                            .saturating_add(1024)
+            }
+        };
+        if !plausible {
+            return Err(format!(
+                "tensor `{name}`: archive entry `{}` claims {entry_size} bytes, more than the                  archive of {file_len} bytes can hold",
+                info.path
+            ));
+        }
+        let elem = info.dtype.size_in_bytes() as u64;
+        let storage_elems = info.storage_size as u64;
+        let storage_bytes = storage_elems.checked_mul(elem);
+        if storage_bytes.is_none_or(|b| b > entry_size) {
+            return Err(format!(
+                "tensor `{name}`: the pickle declares a storage of {storage_elems} {:?} elements                  ({} bytes), but its archive entry `{}` holds {entry_size} bytes",
+                info.dtype,
+                storage_bytes.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string()),
+                info.path
+            ));
+        }
+        let layout = &info.layout;
+        // candle keeps the storage offset in bytes.
+        let offset = layout.start_offset() as u64 / elem.max(1);
+        let dims = layout.dims();
+        let strides = layout.stride();
+        let needed = if dims.contains(&0) {
+            Some(0)
+        } else {
+            // The last element the view reaches, plus one.
+            dims.iter()
+                .zip(strides)
+                .try_fold(offset, |acc, (&d, &s)| {
+                    (d as u64 - 1)
+                        .checked_mul(s as u64)
+                        .and_then(|x| acc.checked_add(x))
+                })
+                .and_then(|last| last.checked_add(1))
+                .and_then(|end| {
+                    // What candle reads: the elements from the offset on, contiguously.
+                    let count = dims
+                        .iter()
+                        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))?;
+                    Some(end.max(offset.checked_add(count)?))
+                })
+        };
+        if needed.is_none_or(|n| n > storage_elems) {
+            return Err(format!(
+                "tensor `{name}`: its view (offset {offset}, shape {dims:?}, strides {strides:?})                  reaches beyond its storage of {storage_elems} elements"
+            ));
         }
     }
+    Ok(())
 }
 
 fn detect_scheme(names: &HashMap<String, String>) -> Option<NamingScheme> {

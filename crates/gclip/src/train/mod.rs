@@ -50,8 +50,16 @@ pub enum TrainError {
     Data(String),
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error(transparent)]
-    Tensor(#[from] candle_core::Error),
+    /// A tensor operation failed (shown without any captured backtrace; see
+    /// [`crate::model::error_message`]).
+    #[error("{}", crate::model::error_message(.0))]
+    Tensor(candle_core::Error),
+}
+
+impl From<candle_core::Error> for TrainError {
+    fn from(e: candle_core::Error) -> Self {
+        TrainError::Tensor(e)
+    }
 }
 
 impl TrainError {
