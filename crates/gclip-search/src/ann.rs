@@ -134,6 +134,11 @@ impl Hnsw {
         self.index.add(key, vector).map_err(ann_err)
     }
 
+    /// Whether a key is in the index.
+    pub fn contains(&self, key: u64) -> bool {
+        self.index.contains(key)
+    }
+
     /// Removes a vector if present.
     pub fn remove(&self, key: u64) -> Result<()> {
         if self.index.contains(key) {
@@ -196,6 +201,97 @@ impl Hnsw {
     }
 }
 
+/// What a saved index turned out to be when opening a store.
+enum Saved {
+    Usable(Hnsw, u64),
+    Absent,
+    Outdated(String),
+    Damaged(String),
+}
+
+/// What the saved index's files say, before loading the graph.
+pub(crate) enum SavedState {
+    /// Neither file: never saved (or removed when the collection shrank below the threshold).
+    Absent,
+    /// Saved with other parameters (a newer gclip): rebuilt as a matter of course.
+    Outdated(String),
+    /// A file missing, unreadable or inconsistent with the database: the message says which.
+    Damaged(String),
+    /// The metadata reads and fits; the graph file is still to be loaded.
+    Readable(SavedMeta),
+}
+
+/// What a saved HNSW index reflects.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SavedMeta {
+    pub generation: u64,
+    pub count: usize,
+}
+
+/// Reads the saved index's metadata in `dir` against the collection's dimension and the
+/// database's generation.
+pub(crate) fn inspect_saved(
+    dir: &Path,
+    dim: usize,
+    params: AnnParams,
+    generation: u64,
+) -> SavedState {
+    let meta_path = dir.join(ANN_META_FILE);
+    let index_path = dir.join(ANN_FILE);
+    let bytes = match std::fs::read(&meta_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return if index_path.exists() {
+                SavedState::Damaged(format!(
+                    "{}: missing beside {}",
+                    meta_path.display(),
+                    index_path.display()
+                ))
+            } else {
+                SavedState::Absent
+            };
+        }
+        Err(e) => return SavedState::Damaged(format!("{}: {e}", meta_path.display())),
+    };
+    let meta: AnnMeta = match serde_json::from_slice(&bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            return SavedState::Damaged(format!("{}: does not parse: {e}", meta_path.display()))
+        }
+    };
+    if meta.dim != dim {
+        return SavedState::Damaged(format!(
+            "{}: says {} dimensions, the collection has {dim}",
+            meta_path.display(),
+            meta.dim
+        ));
+    }
+    if meta.generation > generation {
+        return SavedState::Damaged(format!(
+            "{}: saved at generation {}, after the database's {generation}",
+            meta_path.display(),
+            meta.generation
+        ));
+    }
+    if meta.params != params {
+        return SavedState::Outdated(format!(
+            "{}: built with other parameters",
+            meta_path.display()
+        ));
+    }
+    if !index_path.is_file() {
+        return SavedState::Damaged(format!(
+            "{}: missing (its metadata {} is there)",
+            index_path.display(),
+            meta_path.display()
+        ));
+    }
+    SavedState::Readable(SavedMeta {
+        generation: meta.generation,
+        count: meta.count,
+    })
+}
+
 /// The HNSW index of a store: absent (exact search) until the collection is large enough.
 pub(crate) struct AnnState {
     dir: PathBuf,
@@ -250,11 +346,44 @@ impl AnnState {
         if inner.is_some() {
             return Ok(());
         }
-        let loaded = self.load_saved(generation).and_then(|(h, saved_gen)| {
-            let c = changes(saved_gen).ok()?;
-            Self::replay(&h, mem, &c).ok()?;
-            (h.len() == mem.len()).then_some(h)
-        });
+        // The index is derived from the database: one that cannot be used is rebuilt from it,
+        // with a warning naming what was wrong (never silently).
+        let loaded = match self.load_saved(generation) {
+            Saved::Usable(h, saved_gen) => {
+                // A database error here is an error, not a reason to rebuild.
+                let c = changes(saved_gen)?;
+                match Self::replay(&h, mem, &c) {
+                    Err(e) => {
+                        tracing::warn!(
+                            "{}: replaying the changes since generation {saved_gen} failed \
+                             ({e}); rebuilding it",
+                            self.dir.join(ANN_FILE).display()
+                        );
+                        None
+                    }
+                    Ok(()) if h.len() != mem.len() => {
+                        tracing::warn!(
+                            "{}: holds {} vectors after catching up, the collection {}; \
+                             rebuilding it",
+                            self.dir.join(ANN_FILE).display(),
+                            h.len(),
+                            mem.len()
+                        );
+                        None
+                    }
+                    Ok(()) => Some(h),
+                }
+            }
+            Saved::Absent => None,
+            Saved::Outdated(why) => {
+                tracing::info!("{why}; rebuilding the HNSW index");
+                None
+            }
+            Saved::Damaged(why) => {
+                tracing::warn!("{why}; rebuilding the HNSW index from the database");
+                None
+            }
+        };
         *inner = Some(match loaded {
             Some(h) => h,
             None => self.rebuild(mem)?,
@@ -262,14 +391,21 @@ impl AnnState {
         Ok(())
     }
 
-    fn load_saved(&self, generation: u64) -> Option<(Hnsw, u64)> {
-        let meta: AnnMeta =
-            serde_json::from_slice(&std::fs::read(self.dir.join(ANN_META_FILE)).ok()?).ok()?;
-        if meta.dim != self.dim || meta.generation > generation || meta.params != self.params {
-            return None;
+    fn load_saved(&self, generation: u64) -> Saved {
+        match inspect_saved(&self.dir, self.dim, self.params, generation) {
+            SavedState::Absent => Saved::Absent,
+            SavedState::Outdated(why) => Saved::Outdated(why),
+            SavedState::Damaged(why) => Saved::Damaged(why),
+            SavedState::Readable(meta) => {
+                match Hnsw::load(&self.dir.join(ANN_FILE), self.dim, self.params) {
+                    Ok(h) => Saved::Usable(h, meta.generation),
+                    Err(e) => Saved::Damaged(format!(
+                        "{}: does not load: {e}",
+                        self.dir.join(ANN_FILE).display()
+                    )),
+                }
+            }
         }
-        let h = Hnsw::load(&self.dir.join(ANN_FILE), self.dim, self.params).ok()?;
-        Some((h, meta.generation))
     }
 
     /// Applies a committed write; builds the index when the collection has just grown past
@@ -352,8 +488,8 @@ impl AnnState {
         };
         let path = self.dir.join(ANN_META_FILE);
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&meta).unwrap_or_default())
-            .map_err(io_err(&tmp))?;
+        let json = serde_json::to_vec(&meta).map_err(ann_err)?;
+        std::fs::write(&tmp, json).map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
         Ok(Some(generation))
     }

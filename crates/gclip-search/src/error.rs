@@ -11,6 +11,13 @@ pub enum SearchError {
     /// A file or directory of the collection could not be read or written.
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
+    /// Something stored in the collection is damaged: a row, a key or a file that does not
+    /// read back as what was written. Never defaulted: the error names what is wrong.
+    #[error("collection {collection} is damaged: {message} (`gclip check {collection}` lists every problem)")]
+    Corrupt {
+        collection: PathBuf,
+        message: String,
+    },
     /// The directory is not a collection (and creating one was not asked for).
     #[error("{0} is not a gclip collection (no collection.sqlite3); create it with --model")]
     NotACollection(PathBuf),
@@ -69,6 +76,13 @@ pub(crate) fn io_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> Searc
     move |e| SearchError::Io {
         path: path.to_path_buf(),
         message: e.to_string(),
+    }
+}
+
+pub(crate) fn corrupt(collection: &std::path::Path, message: impl Into<String>) -> SearchError {
+    SearchError::Corrupt {
+        collection: collection.to_path_buf(),
+        message: message.into(),
     }
 }
 

@@ -12,6 +12,14 @@
 //! `=` and `:` match a string, number or boolean equal to the value, or, for a list field (tags),
 //! a list holding it. Ranges compare numbers with numbers and strings with strings (so ISO dates
 //! work); a missing field matches no comparison except `!=`. `id` names the document id.
+//!
+//! Filters come from users (a search request, `gclip search --filter`), so parsing is bounded:
+//! [`MAX_FILTER_BYTES`] of text, [`MAX_FILTER_DEPTH`] levels of `NOT` and parentheses together,
+//! [`MAX_FILTER_CONDITIONS`] conditions and [`MAX_FILTER_CHAIN`] operands in one `AND`/`OR`
+//! chain. Each is checked while parsing (the depth before descending), and every [`Filter`]
+//! comes from the parser (its variants cannot be built outside this crate), so whatever walks a
+//! filter (matching, the payload index, `Debug`, `Drop`) recurses at most about
+//! `3 × MAX_FILTER_DEPTH` levels. `NOT NOT x` is parsed as `x`.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -21,20 +29,50 @@ use serde_json::Value;
 use crate::document::Fields;
 use crate::error::{Result, SearchError};
 
-/// A parsed filter.
+/// The longest filter text accepted, in bytes (16 KiB).
+pub const MAX_FILTER_BYTES: usize = 16 * 1024;
+
+/// How deeply `NOT`s and parentheses may nest, counted together: `NOT (a OR NOT b)` nests 3 deep.
+pub const MAX_FILTER_DEPTH: usize = 64;
+
+/// The most conditions (`field op value`, `field:value`, bare `field`) in one filter.
+pub const MAX_FILTER_CONDITIONS: usize = 1024;
+
+/// The most operands in one `AND` chain or one `OR` chain (`a AND b AND c` has 3).
+pub const MAX_FILTER_CHAIN: usize = 512;
+
+/// A parsed filter. Only [`Filter::parse`] makes one (the variants cannot be constructed outside
+/// this crate), so every filter is within the limits above.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
+    #[non_exhaustive]
     And(Vec<Filter>),
+    #[non_exhaustive]
     Or(Vec<Filter>),
+    #[non_exhaustive]
     Not(Box<Filter>),
-    Compare {
-        field: String,
-        op: Op,
-        value: Value,
-    },
+    #[non_exhaustive]
+    Compare { field: String, op: Op, value: Value },
     /// The bare field: true, or present with a value other than false/null/empty.
+    #[non_exhaustive]
     Truthy(String),
 }
+
+/// The limits a parse runs under: the public constants, or (in tests) other values.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    bytes: usize,
+    depth: usize,
+    conditions: usize,
+    chain: usize,
+}
+
+const LIMITS: Limits = Limits {
+    bytes: MAX_FILTER_BYTES,
+    depth: MAX_FILTER_DEPTH,
+    conditions: MAX_FILTER_CONDITIONS,
+    chain: MAX_FILTER_CHAIN,
+};
 
 /// A comparison operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,8 +95,17 @@ enum Tok {
     Quoted(String),
 }
 
-fn bad(position: usize, message: impl Into<String>) -> SearchError {
-    SearchError::Filter {
+/// A parse error: small, so that the parser's frames (one set per nesting level) stay small
+/// (`SearchError` is much larger); made a [`SearchError::Filter`] once, at the top.
+struct Bad {
+    position: usize,
+    message: String,
+}
+
+type Parsed<T> = std::result::Result<T, Bad>;
+
+fn bad(position: usize, message: impl Into<String>) -> Bad {
+    Bad {
         position,
         message: message.into(),
     }
@@ -68,7 +115,7 @@ fn is_word_char(c: char) -> bool {
     c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | '+' | '@' | '#' | '*')
 }
 
-fn lex(text: &str) -> Result<Vec<(usize, Tok)>> {
+fn lex(text: &str) -> Parsed<Vec<(usize, Tok)>> {
     let chars: Vec<(usize, char)> = text.char_indices().collect();
     let mut out = Vec::new();
     let mut i = 0;
@@ -152,10 +199,20 @@ struct Parser {
     toks: Vec<(usize, Tok)>,
     at: usize,
     end: usize,
+    limits: Limits,
+    conditions: usize,
 }
 
 fn keyword(tok: Option<&Tok>, kw: &str) -> bool {
     matches!(tok, Some(Tok::Word(w)) if w.eq_ignore_ascii_case(kw))
+}
+
+/// `NOT f`, with `NOT NOT x` as `x`.
+fn negate(f: Filter) -> Filter {
+    match f {
+        Filter::Not(inner) => *inner,
+        f => Filter::Not(Box::new(f)),
+    }
 }
 
 impl Parser {
@@ -166,12 +223,33 @@ impl Parser {
         self.toks.get(self.at).map(|(p, _)| *p).unwrap_or(self.end)
     }
 
-    fn expr(&mut self, depth: usize) -> Result<Filter> {
-        if depth > 64 {
-            return Err(bad(self.pos(), "nested too deeply"));
-        }
+    fn too_deep(&self) -> Bad {
+        bad(
+            self.pos(),
+            format!(
+                "filter nests deeper than {} (NOT and parentheses)",
+                self.limits.depth
+            ),
+        )
+    }
+
+    fn chain_too_long(&self, kw: &str) -> Bad {
+        bad(
+            self.pos(),
+            format!(
+                "filter has a chain of more than {} conditions joined by {kw}",
+                self.limits.chain
+            ),
+        )
+    }
+
+    /// `depth`: the `NOT`s and parentheses around this expression.
+    fn expr(&mut self, depth: usize) -> Parsed<Filter> {
         let mut parts = vec![self.and(depth)?];
         while keyword(self.peek(), "OR") {
+            if parts.len() == self.limits.chain {
+                return Err(self.chain_too_long("OR"));
+            }
             self.at += 1;
             parts.push(self.and(depth)?);
         }
@@ -182,9 +260,12 @@ impl Parser {
         })
     }
 
-    fn and(&mut self, depth: usize) -> Result<Filter> {
+    fn and(&mut self, depth: usize) -> Parsed<Filter> {
         let mut parts = vec![self.unary(depth)?];
         while keyword(self.peek(), "AND") {
+            if parts.len() == self.limits.chain {
+                return Err(self.chain_too_long("AND"));
+            }
             self.at += 1;
             parts.push(self.unary(depth)?);
         }
@@ -195,13 +276,33 @@ impl Parser {
         })
     }
 
-    fn unary(&mut self, depth: usize) -> Result<Filter> {
-        if keyword(self.peek(), "NOT") {
+    fn unary(&mut self, depth: usize) -> Parsed<Filter> {
+        // A run of NOTs is counted in a loop, not by recursion: each one is a level of depth,
+        // checked before going on.
+        let mut depth = depth;
+        let mut negations = 0usize;
+        while keyword(self.peek(), "NOT") {
+            if depth == self.limits.depth {
+                return Err(self.too_deep());
+            }
+            depth += 1;
+            negations += 1;
             self.at += 1;
-            return Ok(Filter::Not(Box::new(self.unary(depth + 1)?)));
         }
+        let inner = self.operand(depth)?;
+        Ok(if negations % 2 == 1 {
+            negate(inner)
+        } else {
+            inner
+        })
+    }
+
+    fn operand(&mut self, depth: usize) -> Parsed<Filter> {
         match self.peek() {
             Some(Tok::LParen) => {
+                if depth == self.limits.depth {
+                    return Err(self.too_deep());
+                }
                 self.at += 1;
                 let inner = self.expr(depth + 1)?;
                 if self.peek() != Some(&Tok::RParen) {
@@ -211,7 +312,14 @@ impl Parser {
                 Ok(inner)
             }
             Some(Tok::Word(w)) if !is_keyword(w) => {
+                if self.conditions == self.limits.conditions {
+                    return Err(bad(
+                        self.pos(),
+                        format!("filter has more than {} conditions", self.limits.conditions),
+                    ));
+                }
                 let field = w.clone();
+                self.conditions += 1;
                 self.at += 1;
                 let op = match self.peek() {
                     Some(Tok::Op(op)) => *op,
@@ -228,7 +336,7 @@ impl Parser {
         }
     }
 
-    fn value(&mut self) -> Result<Value> {
+    fn value(&mut self) -> Parsed<Value> {
         let pos = self.pos();
         let v = match self.peek() {
             Some(Tok::Quoted(s)) => Value::String(s.clone()),
@@ -265,8 +373,31 @@ fn word_value(w: &str) -> Value {
 }
 
 impl Filter {
-    /// Parses a filter expression.
+    /// Parses a filter expression. Text beyond [`MAX_FILTER_BYTES`], nesting beyond
+    /// [`MAX_FILTER_DEPTH`], more than [`MAX_FILTER_CONDITIONS`] conditions or a chain longer
+    /// than [`MAX_FILTER_CHAIN`] are [`SearchError::Filter`] errors naming the limit.
     pub fn parse(text: &str) -> Result<Filter> {
+        Self::parse_limited(text, LIMITS)
+    }
+
+    fn parse_limited(text: &str, limits: Limits) -> Result<Filter> {
+        Self::parse_bounded(text, limits).map_err(|b| SearchError::Filter {
+            position: b.position,
+            message: b.message,
+        })
+    }
+
+    fn parse_bounded(text: &str, limits: Limits) -> Parsed<Filter> {
+        if text.len() > limits.bytes {
+            return Err(bad(
+                limits.bytes,
+                format!(
+                    "filter is {} bytes long, more than the limit of {}",
+                    text.len(),
+                    limits.bytes
+                ),
+            ));
+        }
         let toks = lex(text)?;
         if toks.is_empty() {
             return Err(bad(0, "empty filter"));
@@ -275,6 +406,8 @@ impl Filter {
             toks,
             at: 0,
             end: text.len(),
+            limits,
+            conditions: 0,
         };
         let f = p.expr(0)?;
         if p.at < p.toks.len() {
@@ -416,5 +549,172 @@ mod tests {
         }
         let deep = "(".repeat(200) + "a" + &")".repeat(200);
         assert!(Filter::parse(&deep).is_err());
+    }
+
+    /// Runs `f` on a thread with a 512 KiB stack (a quarter of a default thread's): parsing and
+    /// dropping must not need more. Runs of NOTs take no stack per NOT; each level of
+    /// parentheses takes a few frames, and 64 levels in an unoptimised (test) build need more
+    /// than 256 KiB.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(f)
+            .expect("spawn")
+            .join()
+            .expect("the parser overflowed or panicked on a small stack")
+    }
+
+    fn message(r: Result<Filter>) -> String {
+        match r {
+            Err(SearchError::Filter { message, .. }) => message,
+            other => panic!("expected a filter error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn chained_nots_are_an_error_not_a_crash() {
+        let results = on_small_stack(|| {
+            let mut out = Vec::new();
+            for n in [6_000, 100_000] {
+                let text = "NOT ".repeat(n) + "a";
+                // At the public limits the text is too long before anything else is read.
+                out.push(message(Filter::parse(&text)));
+                // Without the length limit, the depth limit fires while reading the NOTs.
+                let no_length = Limits {
+                    bytes: usize::MAX,
+                    ..LIMITS
+                };
+                out.push(message(Filter::parse_limited(&text, no_length)));
+            }
+            // Within the length limit.
+            out.push(message(Filter::parse(&("NOT ".repeat(4000) + "a"))));
+            out
+        });
+        assert!(
+            results[0].contains("more than the limit of 16384"),
+            "{}",
+            results[0]
+        );
+        assert!(
+            results[2].contains("more than the limit of 16384"),
+            "{}",
+            results[2]
+        );
+        for m in [&results[1], &results[3], &results[4]] {
+            assert_eq!(m, "filter nests deeper than 64 (NOT and parentheses)");
+        }
+    }
+
+    #[test]
+    fn a_million_nots_parse_without_recursion_when_the_limits_are_lifted() {
+        // Counting NOTs is a loop: even far beyond the default depth, nothing recurses.
+        let lifted = Limits {
+            bytes: usize::MAX,
+            depth: usize::MAX,
+            ..LIMITS
+        };
+        let (even, odd) = on_small_stack(move || {
+            let even = Filter::parse_limited(&("NOT ".repeat(1_000_000) + "a"), lifted);
+            let odd = Filter::parse_limited(&("not ".repeat(999_999) + "a"), lifted);
+            (even, odd)
+        });
+        assert_eq!(even.unwrap(), Filter::Truthy("a".into()));
+        assert_eq!(
+            odd.unwrap(),
+            Filter::Not(Box::new(Filter::Truthy("a".into())))
+        );
+    }
+
+    #[test]
+    fn depth_counts_nots_and_parentheses_together() {
+        let (ok, too_deep, mixed_ok, mixed_deep) = on_small_stack(|| {
+            let parens = |n: usize| "(".repeat(n) + "a = 1" + &")".repeat(n);
+            let mixed = |n: usize| "NOT (".repeat(n) + "a" + &")".repeat(n);
+            (
+                Filter::parse(&parens(64)),
+                Filter::parse(&parens(65)),
+                Filter::parse(&mixed(32)),
+                Filter::parse(&mixed(33)),
+            )
+        });
+        let doc = doc(json!({"a": 1}));
+        assert!(ok.unwrap().matches("x", &doc));
+        assert_eq!(
+            message(too_deep),
+            "filter nests deeper than 64 (NOT and parentheses)"
+        );
+        // 32 NOTs: an even number, so the filter is `a`.
+        assert!(mixed_ok.unwrap().matches("x", &doc));
+        assert!(message(mixed_deep).contains("deeper than 64"));
+        // 64 NOTs in a row are fine, 65 are not.
+        assert!(Filter::parse(&("NOT ".repeat(64) + "a")).is_ok());
+        assert!(message(Filter::parse(&("NOT ".repeat(65) + "a"))).contains("deeper than 64"));
+    }
+
+    #[test]
+    fn double_negation_collapses() {
+        let a = Filter::parse("a = 1").unwrap();
+        assert_eq!(Filter::parse("NOT NOT a = 1").unwrap(), a);
+        assert_eq!(Filter::parse("NOT (NOT (a = 1))").unwrap(), a);
+        assert_eq!(
+            Filter::parse("NOT NOT NOT a = 1").unwrap(),
+            Filter::Not(Box::new(a))
+        );
+    }
+
+    #[test]
+    fn long_chains_and_many_conditions_are_errors_naming_the_limit() {
+        let chain = |n: usize, kw: &str| vec!["a = 1"; n].join(&format!(" {kw} "));
+        // 10,000 conditions do not fit in 16 KiB.
+        assert!(message(Filter::parse(&chain(10_000, "AND"))).contains("limit of 16384"));
+        let lifted = Limits {
+            bytes: usize::MAX,
+            ..LIMITS
+        };
+        assert_eq!(
+            message(Filter::parse_limited(&chain(10_000, "AND"), lifted)),
+            "filter has a chain of more than 512 conditions joined by AND"
+        );
+        // At the chain limit: fine; one more: an error.
+        let doc = doc(json!({"a": 1}));
+        assert!(Filter::parse(&chain(512, "AND"))
+            .unwrap()
+            .matches("x", &doc));
+        assert!(Filter::parse(&chain(512, "OR")).unwrap().matches("x", &doc));
+        assert_eq!(
+            message(Filter::parse(&chain(513, "OR"))),
+            "filter has a chain of more than 512 conditions joined by OR"
+        );
+        // Chains inside parentheses: each within the chain limit, 1024 conditions in all.
+        let two = |n: usize| format!("({}) AND ({})", chain(512, "OR"), chain(n, "OR"));
+        let at_limit = two(512);
+        assert!(at_limit.len() <= MAX_FILTER_BYTES);
+        assert!(Filter::parse(&at_limit).unwrap().matches("x", &doc));
+        assert_eq!(
+            message(Filter::parse(&two(513))),
+            "filter has a chain of more than 512 conditions joined by OR"
+        );
+        let over = format!("{} AND b", two(512));
+        assert_eq!(
+            message(Filter::parse(&over)),
+            "filter has more than 1024 conditions"
+        );
+    }
+
+    #[test]
+    fn a_filter_at_every_limit_at_once_parses_and_matches() {
+        // 64 levels of nesting around a 512-condition OR, 1024 conditions, up to 16 KiB.
+        let inner = vec!["b:x"; 511].join(" OR ") + " OR a = 1";
+        let nested = "NOT NOT (".repeat(21) + "(" + &inner + ")" + &")".repeat(21);
+        let text = format!("{nested} AND ({})", vec!["c != 2"; 512].join(" AND "));
+        assert!(text.len() <= MAX_FILTER_BYTES, "{}", text.len());
+        let f = on_small_stack(move || Filter::parse(&text)).unwrap();
+        assert!(f.matches("x", &doc(json!({"a": 1}))));
+        assert!(!f.matches("x", &doc(json!({"a": 2}))));
+        assert!(!f.matches("x", &doc(json!({"a": 1, "c": 2}))));
+        // Exactly 16 KiB of text is accepted, one byte more is not.
+        let pad = |n: usize| format!("a = '{}'", "x".repeat(n - 6));
+        assert!(Filter::parse(&pad(MAX_FILTER_BYTES)).is_ok());
+        assert!(message(Filter::parse(&pad(MAX_FILTER_BYTES + 1))).contains("16385 bytes"));
     }
 }

@@ -70,18 +70,23 @@ impl Lex {
     }
 
     fn open(dir: &Path) -> Result<Self> {
-        let index = Index::open_in_dir(dir).map_err(lex_err)?;
+        let named = |e: &dyn std::fmt::Display| lex_err(format!("{}: {e}", dir.display()));
+        let index = Index::open_in_dir(dir).map_err(|e| named(&e))?;
         let (schema, rowid, body) = Self::schema();
         if index.schema() != schema {
-            return Err(lex_err("schema differs"));
+            return Err(named(&"the schema differs from this gclip's"));
         }
-        let committed = index
-            .load_metas()
-            .map_err(lex_err)?
-            .payload
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| lex_err("no generation in the last commit"))?;
-        Self::with_index(index, rowid, body, committed)
+        let payload = index.load_metas().map_err(|e| named(&e))?.payload;
+        let committed = match payload.as_deref().map(str::parse::<u64>) {
+            Some(Ok(g)) => g,
+            Some(Err(e)) => {
+                return Err(named(&format!(
+                    "the last commit's generation {payload:?} does not parse: {e}"
+                )))
+            }
+            None => return Err(named(&"no generation in the last commit")),
+        };
+        Self::with_index(index, rowid, body, committed).map_err(|e| named(&e))
     }
 
     fn create(dir: &Path) -> Result<Self> {
@@ -155,6 +160,42 @@ impl Lex {
     }
 }
 
+/// What a saved lexical index holds: the generation of its last commit and the rowids of its
+/// documents, read from every segment (so that unreadable segment files are found).
+pub(crate) struct SavedLexical {
+    pub generation: u64,
+    pub rowids: Vec<u64>,
+}
+
+/// Opens the lexical index of the collection in `collection_dir` read-only; `Ok(None)` when
+/// there is none.
+pub(crate) fn inspect_saved(collection_dir: &Path) -> Result<Option<SavedLexical>> {
+    let dir = collection_dir.join(LEXICAL_DIR);
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let l = Lex::open(&dir)?;
+    let searcher = l.reader.searcher();
+    let mut rowids = Vec::new();
+    for seg in searcher.segment_readers() {
+        let col = seg.fast_fields().u64("rowid").map_err(lex_err)?;
+        let alive = seg.alive_bitset();
+        for doc in 0..seg.max_doc() {
+            if alive.is_some_and(|a| !a.is_alive(doc)) {
+                continue;
+            }
+            if let Some(r) = col.first(doc) {
+                rowids.push(r);
+            }
+        }
+    }
+    rowids.sort_unstable();
+    Ok(Some(SavedLexical {
+        generation: l.committed,
+        rowids,
+    }))
+}
+
 /// The lexical index of a store.
 pub(crate) struct LexicalState {
     dir: PathBuf,
@@ -185,9 +226,31 @@ impl LexicalState {
         if inner.is_some() {
             return Ok(());
         }
-        let opened = Lex::open(&self.dir)
-            .ok()
-            .filter(|l| l.committed <= generation);
+        // Derived from the database: an index that cannot be used is rebuilt from it, with a
+        // warning naming what was wrong (a missing one, e.g. a new collection, quietly).
+        let opened = if !self.dir.exists() {
+            None
+        } else {
+            match Lex::open(&self.dir) {
+                Ok(l) if l.committed <= generation => Some(l),
+                Ok(l) => {
+                    tracing::warn!(
+                        "{}: committed at generation {}, after the database's {generation}; \
+                         rebuilding it",
+                        self.dir.display(),
+                        l.committed
+                    );
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "{}: does not open ({e}); rebuilding it from the database",
+                        self.dir.display()
+                    );
+                    None
+                }
+            }
+        };
         let lex = match opened {
             Some(mut l) => {
                 let since = l.committed;

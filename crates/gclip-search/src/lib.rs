@@ -10,6 +10,7 @@
 
 pub mod ann;
 pub mod bench;
+pub mod check;
 pub mod collection;
 pub mod document;
 pub mod encoder;

@@ -14,7 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::ann::AnnState;
 use crate::document::{Document, Fields};
-use crate::error::{db_err, io_err, Result, SearchError};
+use crate::error::{corrupt, db_err, io_err, Result, SearchError};
 use crate::exact::{self, Quantized};
 use crate::lexical::LexicalState;
 use crate::payload::{slot_bits, PayloadIndex};
@@ -187,14 +187,90 @@ fn vector_to_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn blob_to_vector(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
+/// The vector stored for document `id` in the collection `dir`: exactly `dim` little-endian
+/// f32s, all finite (what [`Store::upsert`] accepts), or an error naming the document.
+pub(crate) fn decode_vector(dir: &Path, id: &str, blob: &[u8], dim: usize) -> Result<Vec<f32>> {
+    if blob.len() != dim * 4 {
+        return Err(corrupt(
+            dir,
+            format!(
+                "documents table: document {id:?} has a vector of {} bytes, the collection's \
+                 dimension {dim} needs {}",
+                blob.len(),
+                dim * 4
+            ),
+        ));
+    }
+    let v: Vec<f32> = blob
+        .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+        .collect();
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(corrupt(
+            dir,
+            format!(
+                "documents table: document {id:?} has a non-finite vector ({} at index {i})",
+                v[i]
+            ),
+        ));
+    }
+    Ok(v)
 }
 
-fn parse_fields(text: &str) -> Fields {
-    serde_json::from_str::<Fields>(text).unwrap_or_default()
+/// The fields stored for document `id` in the collection `dir`: a JSON object, or an error
+/// naming the document and the parse error.
+pub(crate) fn parse_fields(dir: &Path, id: &str, text: &str) -> Result<Fields> {
+    serde_json::from_str::<Fields>(text).map_err(|e| {
+        corrupt(
+            dir,
+            format!("documents table: the fields of document {id:?} are not a JSON object: {e}"),
+        )
+    })
+}
+
+/// A value of the `meta` table, or an error naming the key when it is missing.
+pub(crate) fn read_meta(conn: &Connection, dir: &Path, key: &str) -> Result<String> {
+    let db_path = dir.join(DB_FILE);
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+        r.get::<_, String>(0)
+    })
+    .optional()
+    .map_err(db_err(&db_path))?
+    .ok_or_else(|| corrupt(dir, format!("meta table: key {key:?} is missing")))
+}
+
+/// The collection info (model, spec) stored in the `meta` table.
+pub(crate) fn read_info(conn: &Connection, dir: &Path) -> Result<CollectionInfo> {
+    let text = read_meta(conn, dir, "info")?;
+    serde_json::from_str(&text).map_err(|e| {
+        corrupt(
+            dir,
+            format!("meta table: key \"info\" is not a collection info: {e}"),
+        )
+    })
+}
+
+/// The schema version, which must be the one this gclip reads.
+pub(crate) fn check_schema_version(conn: &Connection, dir: &Path) -> Result<()> {
+    let version = read_meta(conn, dir, "schema_version")?;
+    if version != SCHEMA_VERSION {
+        return Err(SearchError::Database {
+            path: dir.join(DB_FILE),
+            message: format!("schema version {version:?}, this gclip reads {SCHEMA_VERSION}"),
+        });
+    }
+    Ok(())
+}
+
+/// The generation of the last committed write, from the `meta` table.
+pub(crate) fn read_generation(conn: &Connection, dir: &Path) -> Result<u64> {
+    let g = read_meta(conn, dir, "generation")?;
+    g.parse().map_err(|e| {
+        corrupt(
+            dir,
+            format!("meta table: key \"generation\" holds {g:?}, not a generation: {e}"),
+        )
+    })
 }
 
 fn now_unix() -> u64 {
@@ -202,6 +278,29 @@ fn now_unix() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Takes the collection's lock (held while the returned file is open): one process at a time.
+pub(crate) fn lock_collection(dir: &Path) -> Result<std::fs::File> {
+    if !SqliteStore::exists(dir) {
+        return Err(SearchError::NotACollection(dir.to_path_buf()));
+    }
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err(&lock_path))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SearchError::Invalid(format!(
+            "collection {} is open in another process (a running `gclip serve`?); \
+             stop it or use its HTTP API",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err(&lock_path)(e)),
+    }
 }
 
 impl SqliteStore {
@@ -263,52 +362,38 @@ impl SqliteStore {
     /// Opens the collection in `dir`, loading documents into memory and bringing the derived
     /// indexes up to date (rebuilding them when missing or unreadable).
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Self> {
-        if !Self::exists(dir) {
-            return Err(SearchError::NotACollection(dir.to_path_buf()));
-        }
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(SearchError::Invalid(format!(
-                    "collection {} is open in another process (a running `gclip serve`?); \
-                     stop it or use its HTTP API",
-                    dir.display()
-                )))
+        Self::open_inner(dir, options, false)
+    }
+
+    /// Opens the collection after removing its derived indexes (HNSW, lexical), so that they
+    /// are rebuilt from the database; the documents are not touched.
+    pub(crate) fn open_rebuilding(dir: &Path, options: StoreOptions) -> Result<Self> {
+        Self::open_inner(dir, options, true)
+    }
+
+    fn open_inner(dir: &Path, options: StoreOptions, rebuild_derived: bool) -> Result<Self> {
+        let lock = lock_collection(dir)?;
+        if rebuild_derived {
+            for file in [crate::ann::ANN_FILE, crate::ann::ANN_META_FILE] {
+                let path = dir.join(file);
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io_err(&path)(e))
+                    }
+                    _ => {}
+                }
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+            let lexical = dir.join(crate::lexical::LEXICAL_DIR);
+            if lexical.exists() {
+                std::fs::remove_dir_all(&lexical).map_err(io_err(&lexical))?;
+            }
         }
         let db_path = dir.join(DB_FILE);
         let conn = Self::connect(&db_path)?;
-        let get_meta = |key: &str| -> Result<Option<String>> {
-            conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
-                r.get::<_, String>(0)
-            })
-            .optional()
-            .map_err(db_err(&db_path))
-        };
-        let version = get_meta("schema_version")?;
-        if version.as_deref() != Some(SCHEMA_VERSION) {
-            return Err(SearchError::Database {
-                path: db_path.clone(),
-                message: format!(
-                    "schema version {:?}, this gclip reads {SCHEMA_VERSION}",
-                    version
-                ),
-            });
-        }
-        let info: CollectionInfo = get_meta("info")?
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .ok_or_else(|| SearchError::Database {
-                path: db_path.clone(),
-                message: "missing or unreadable collection info".into(),
-            })?;
+        check_schema_version(&conn, dir)?;
+        let info = read_info(&conn, dir)?;
+        // Read once here so that a damaged counter stops the open, not the first write.
+        read_generation(&conn, dir)?;
         let dim = info.model.dim;
         let mut mem = Mem::new(dim);
         {
@@ -321,14 +406,8 @@ impl SqliteStore {
                 let id: String = row.get(1).map_err(db_err(&db_path))?;
                 let fields: String = row.get(2).map_err(db_err(&db_path))?;
                 let blob: Vec<u8> = row.get(3).map_err(db_err(&db_path))?;
-                let v = blob_to_vector(&blob);
-                if v.len() != dim {
-                    return Err(SearchError::Database {
-                        path: db_path.clone(),
-                        message: format!("document {id:?} has a vector of {} floats", v.len()),
-                    });
-                }
-                mem.put(rowid, &id, parse_fields(&fields), &v);
+                let v = decode_vector(dir, &id, &blob, dim)?;
+                mem.put(rowid, &id, parse_fields(dir, &id, &fields)?, &v);
             }
         }
         let store = Self {
@@ -354,19 +433,7 @@ impl SqliteStore {
     /// The generation of the last committed write.
     pub fn generation(&self) -> Result<u64> {
         let conn = self.conn();
-        Self::read_generation(&conn, &self.db_path)
-    }
-
-    fn read_generation(conn: &Connection, db_path: &Path) -> Result<u64> {
-        let g: String = conn
-            .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
-                r.get(0)
-            })
-            .map_err(db_err(db_path))?;
-        g.parse().map_err(|_| SearchError::Database {
-            path: db_path.to_path_buf(),
-            message: format!("bad generation {g:?}"),
-        })
+        read_generation(&conn, &self.dir)
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -390,7 +457,7 @@ impl SqliteStore {
     /// since their generation, or rebuilds them from the documents.
     fn sync_derived(&self) -> Result<()> {
         let conn = self.conn();
-        let generation = Self::read_generation(&conn, &self.db_path)?;
+        let generation = read_generation(&conn, &self.dir)?;
         let mem = self.mem();
         let changes = |since: u64| -> Result<Changes> { self.changes_since(&conn, since) };
         if self.wants_ann(mem.len()) {
@@ -432,14 +499,16 @@ impl SqliteStore {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(&e)?;
-        let generation: u64 = tx
-            .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
-                r.get::<_, String>(0)
-            })
-            .map_err(&e)?
-            .parse::<u64>()
-            .unwrap_or(0)
-            + 1;
+        // A damaged counter is an error (the transaction rolls back when dropped): restarting
+        // at 0 would make derived indexes saved at a later generation look newer than the data.
+        let generation = read_generation(&tx, &self.dir)?
+            .checked_add(1)
+            .ok_or_else(|| {
+                corrupt(
+                    &self.dir,
+                    "meta table: key \"generation\" is at its maximum",
+                )
+            })?;
         let out = f(&tx, generation as i64).map_err(&e)?;
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'generation'",
@@ -753,20 +822,34 @@ impl Store for SqliteStore {
     }
 
     fn list(&self, skip: usize, limit: usize) -> Result<Vec<Document>> {
+        // SQLite's LIMIT and OFFSET are signed: an offset past i64::MAX would wrap to a negative
+        // one, which SQLite reads as none (the first page). No collection has that many rows.
+        let (Ok(skip), Ok(limit)) = (
+            i64::try_from(skip),
+            i64::try_from(limit.min(i64::MAX as usize)),
+        ) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let conn = self.conn();
         let e = db_err(&self.db_path);
         let mut stmt = conn
             .prepare_cached("SELECT id, fields FROM documents ORDER BY id LIMIT ?1 OFFSET ?2")
             .map_err(&e)?;
         let rows = stmt
-            .query_map(params![limit as i64, skip as i64], |r| {
-                Ok(Document {
-                    id: r.get(0)?,
-                    fields: parse_fields(&r.get::<_, String>(1)?),
-                })
+            .query_map(params![limit, skip], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
             })
             .map_err(&e)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(&e)
+        let rows = rows.collect::<rusqlite::Result<Vec<_>>>().map_err(&e)?;
+        rows.into_iter()
+            .map(|(id, fields)| {
+                let fields = parse_fields(&self.dir, &id, &fields)?;
+                Ok(Document { id, fields })
+            })
+            .collect()
     }
 
     fn search(&self, request: &SearchRequest) -> Result<Vec<Hit>> {
@@ -862,7 +945,7 @@ impl Store for SqliteStore {
 
     fn flush(&self) -> Result<()> {
         let conn = self.conn();
-        let generation = Self::read_generation(&conn, &self.db_path)?;
+        let generation = read_generation(&conn, &self.dir)?;
         let mem = self.mem();
         let wants_ann = self.wants_ann(mem.len());
         let ann_gen = self.ann.save(&mem, generation, wants_ann)?;
