@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Installs what the web page test needs: Debian's headless Chromium and its WebDriver.
-# crates/gclip-server/tests/browser.rs drives them on loopback only.
+# Installs the Debian packages the test suite needs beyond Rust:
+# - headless Chromium and its WebDriver, for the web page test (crates/gclip-server/tests/browser.rs
+#   drives them on loopback only);
+# - libjpeg-turbo's cjpeg/djpeg, for the JPEG differential test (crates/gclip/tests/jpeg_differential.rs,
+#   which fails under CI without them).
+# Idempotent: installs only what is missing.
 set -euo pipefail
-if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
-  exit 0
+packages=()
+command -v chromium >/dev/null || packages+=(chromium)
+command -v chromedriver >/dev/null || packages+=(chromium-driver)
+{ command -v cjpeg >/dev/null && command -v djpeg >/dev/null; } || packages+=(libjpeg-turbo-progs)
+if [ ${#packages[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
 chromium --version
 chromedriver --version
+cjpeg -version 2>&1 | head -n 1

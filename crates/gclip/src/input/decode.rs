@@ -268,12 +268,23 @@ fn decode_png(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
         )
     };
     check_size(w as u64, h as u64, max_pixels)?;
-    let mut buf = vec![
-        0u8;
-        reader
-            .output_buffer_size()
-            .ok_or(DecodeError::TooLarge(w as u64, h as u64, max_pixels))?
-    ];
+    let size = reader
+        .output_buffer_size()
+        .ok_or(DecodeError::TooLarge(w as u64, h as u64, max_pixels))?;
+    // Deflate expands at most 1032:1, so compressed data too short for the declared size means
+    // a corrupt or truncated file: refuse it before allocating the declared size.
+    if let Some(compressed) = png_idat_bytes(bytes) {
+        if size as u64 > compressed.saturating_mul(DEFLATE_MAX_RATIO) + 1024 {
+            return Err(DecodeError::Corrupt(
+                Format::Png,
+                format!(
+                    "image data is truncated: {compressed} bytes of compressed data cannot \
+                     hold a {w}x{h} image"
+                ),
+            ));
+        }
+    }
+    let mut buf = vec![0u8; size];
     let out = reader.next_frame(&mut buf).map_err(corrupt)?;
     let line = out.line_size;
     let rows = buf.chunks_exact(line).take(h);
@@ -432,6 +443,31 @@ fn decode_png(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
     }
     d.orientation = exif.as_deref().and_then(exif_orientation);
     Ok(d)
+}
+
+/// The largest expansion of deflate: a 258-byte match coded in two bits.
+const DEFLATE_MAX_RATIO: u64 = 1032;
+
+/// Total length of a PNG's `IDAT` chunks, or `None` when the chunk list is malformed (the
+/// decoder then reports what is wrong).
+fn png_idat_bytes(bytes: &[u8]) -> Option<u64> {
+    let mut pos = 8usize;
+    let mut total = 0u64;
+    loop {
+        let head = bytes.get(pos..pos.checked_add(8)?)?;
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        match &head[4..8] {
+            // Only the bytes present count (a cut-off chunk declares more than it has).
+            b"IDAT" => total += len.min(bytes.len() - pos - 8) as u64,
+            b"IEND" => return Some(total),
+            _ => {}
+        }
+        pos = pos.checked_add(12)?.checked_add(len)?;
+        if pos >= bytes.len() {
+            // A file cut short: count what it has.
+            return Some(total);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -781,7 +817,11 @@ fn decode_tiff(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
     let (w, h) = dec.dimensions().map_err(corrupt)?;
     let (w, h) = (w as usize, h as usize);
     check_size(w as u64, h as u64, max_pixels)?;
-    dec = dec.with_limits(tiff::decoder::Limits::unlimited());
+    // The pixel cap bounds the image buffer; a tag's values must lie within the file, so a
+    // tag claiming more than the file holds is refused instead of allocated.
+    let mut limits = tiff::decoder::Limits::unlimited();
+    limits.ifd_value_size = bytes.len();
+    dec = dec.with_limits(limits);
     let color = dec.colortype().map_err(corrupt)?;
     let associated_alpha = dec
         .find_tag(Tag::ExtraSamples)
