@@ -3,6 +3,7 @@
 mod add;
 mod args;
 mod bench;
+mod check;
 mod classify;
 mod embed;
 mod eval;
@@ -70,6 +71,8 @@ enum Command {
     Update(add::UpdateArgs),
     /// Delete documents by id.
     Delete(add::DeleteArgs),
+    /// Verify a collection (database, documents, indexes); --repair rebuilds the derived indexes.
+    Check(check::CheckArgs),
     /// Search a collection by text, image, weighted parts, with filters.
     Search(search::SearchArgs),
     /// Measure HNSW recall and latency against exact search on random vectors.
@@ -150,6 +153,10 @@ fn main() -> std::process::ExitCode {
         Command::Add(args) => add::run(args),
         Command::Update(args) => add::run_update(args),
         Command::Delete(args) => add::run_delete(args),
+        Command::Check(args) => match check::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Search(args) => search::run(args),
         Command::SearchBench(args) => search::run_bench(args),
         Command::Serve(args) => serve::run(args),
