@@ -109,6 +109,9 @@ pub struct AppState {
     allowed_hosts: Vec<String>,
 }
 
+/// What a client is told for a model file it may not use.
+pub const MODEL_OUTSIDE_ROOTS: &str = "model files must lie under the server's --files-root folders (or give a Hugging Face model id)";
+
 /// A name usable in URLs and as a directory name.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -222,7 +225,13 @@ impl AppState {
         self.files_roots
             .client_path(value)
             .map(|p| p.display().to_string())
-            .map_err(ApiError::bad_request)
+            .map_err(|e| {
+                ApiError::bad_request(if e == gclip_search::roots::OUTSIDE_ROOTS {
+                    MODEL_OUTSIDE_ROOTS.to_string()
+                } else {
+                    e
+                })
+            })
     }
 
     fn has(&self, name: &str) -> bool {

@@ -158,7 +158,7 @@ fn page_searches_by_typed_text_and_dropped_image() {
         )
         .unwrap(),
     );
-    let images = fixtures().join("images");
+    let images = std::fs::canonicalize(fixtures().join("images")).unwrap();
     let server = Running::start(ServerConfig {
         collections: vec![coll],
         files_roots: vec![images.clone()],

@@ -19,7 +19,7 @@ fn b64(path: &Path) -> String {
 #[test]
 fn api_end_to_end_with_restart() {
     let dir = scratch("api");
-    let m = fixtures().join("models/oc-fullvocab");
+    let m = std::fs::canonicalize(fixtures().join("models/oc-fullvocab")).unwrap();
     let (identity, _) = model_identity(
         m.join("open_clip_model.safetensors").to_str().unwrap(),
         Some(m.join("open_clip_config.json").to_str().unwrap()),
@@ -28,12 +28,12 @@ fn api_end_to_end_with_restart() {
     let coll = dir.join("shop");
     let spec = EmbedSpec::parse("title:0.5,image:0.5", &["image".into()]).unwrap();
     drop(Collection::create(&coll, identity, spec).unwrap());
-    let images = fixtures().join("images");
+    let images = std::fs::canonicalize(fixtures().join("images")).unwrap();
     let config = ServerConfig {
         collections: vec![coll.clone()],
         root: Some(dir.join("root")),
         api_key: Some("sekret".into()),
-        files_roots: vec![images.clone()],
+        files_roots: vec![images.clone(), m.clone()],
         ..Default::default()
     };
     let server = Running::start(config.clone());

@@ -91,7 +91,7 @@ fn image_urls_are_fetched_cached_and_embedded_and_documents_patch() {
         parallel: 4,
         ..gclip_server::client_url_fetching(true, Vec::new(), true)
     }));
-    let images = fixtures().join("images");
+    let images = std::fs::canonicalize(fixtures().join("images")).unwrap();
     let moto = std::fs::read(images.join("photo_motorcycle.png")).unwrap();
     let host = ImageHost::start(HashMap::from([
         ("/moto.png".to_string(), moto.clone()),
