@@ -184,10 +184,13 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         .zip(&errors)
         .filter_map(|(item, e)| {
             e.as_ref().map(|e| {
-                format!(
-                    "  {}: {e}",
-                    describe(item, item.value.as_deref().unwrap_or(""))
-                )
+                let raw = item.value.as_deref().unwrap_or("");
+                // Image errors begin with the file they are about: not named twice.
+                match (e.starts_with(raw) && !raw.is_empty(), item.line) {
+                    (true, 0) => format!("  {e}"),
+                    (true, line) => format!("  line {line}: {e}"),
+                    (false, _) => format!("  {}: {e}", describe(item, raw)),
+                }
             })
         })
         .collect();

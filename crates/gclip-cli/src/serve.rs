@@ -32,9 +32,10 @@ pub struct ServeArgs {
     /// Largest request body in MiB (images are sent in the body).
     #[arg(long, default_value_t = 16)]
     max_body_mib: usize,
-    /// Largest image accepted, in megapixels.
-    #[arg(long, default_value_t = 40)]
-    max_image_mpixels: u64,
+    /// Largest image accepted, in megapixels (default: GCLIP_MAX_IMAGE_PIXELS, else 40, the
+    /// limit the CLI uses too).
+    #[arg(long)]
+    max_image_mpixels: Option<u64>,
     /// Most texts or images in one model batch.
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
@@ -107,7 +108,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         batch: BatchConfig {
             max_batch: args.max_batch.max(1),
             max_wait: Duration::from_millis(args.batch_wait_ms),
-            max_image_pixels: args.max_image_mpixels.max(1) * 1_000_000,
+            max_image_pixels: args
+                .max_image_mpixels
+                .map_or_else(gclip::input::image::max_image_pixels, |m| {
+                    m.max(1) * 1_000_000
+                }),
             deadline: Duration::from_secs(args.deadline_s.max(1)),
             ..BatchConfig::default()
         },

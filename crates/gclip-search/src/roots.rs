@@ -242,7 +242,7 @@ mod tests {
         std::fs::create_dir_all(&coll).unwrap();
         assert!(recorded_roots(&coll).unwrap().is_empty());
         record_roots(&coll, &[a.join("deep")]).unwrap();
-        record_roots(&coll, &[a.clone()]).unwrap();
+        record_roots(&coll, std::slice::from_ref(&a)).unwrap();
         record_roots(&coll, &[a.join("deep")]).unwrap();
         let canonical_a = std::fs::canonicalize(&a).unwrap();
         assert_eq!(recorded_roots(&coll).unwrap(), vec![canonical_a.clone()]);

@@ -964,8 +964,12 @@ async fn thumbnail(
 }
 
 fn make_thumbnail(path: &Path, size: usize, max_pixels: u64) -> Result<Vec<u8>, ApiError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| ApiError::not_found(format!("image file unavailable: {e}")))?;
+    // Regular files only, size-capped; the reason stays in the log (it names server paths).
+    let bytes = gclip::input::image::read_image_file(path, gclip::input::image::max_image_bytes())
+        .map_err(|e| {
+            tracing::warn!("thumbnail: {e}");
+            ApiError::not_found("image unavailable")
+        })?;
     // A square thumbnail: shortest edge resized to `size` (bicubic, as Pillow), centre crop.
     let mut cfg = gclip::input::image::PreprocessConfig::open_clip(size);
     cfg.max_pixels = max_pixels;
