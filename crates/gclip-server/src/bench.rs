@@ -355,25 +355,18 @@ pub fn run_server_bench(
         .await;
     });
     let deadline = Instant::now() + Duration::from_secs_f64(plan.seconds);
-    let before = (
-        worker_stats
-            .batches
-            .load(std::sync::atomic::Ordering::Relaxed),
-        worker_stats
-            .items
-            .load(std::sync::atomic::Ordering::Relaxed),
-    );
+    let batches_and_items = || {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            worker_stats.batches.load(Relaxed),
+            worker_stats.items.load(Relaxed),
+        )
+    };
+    let before = batches_and_items();
     let start = Instant::now();
     let (mut lat, errors) = search_stream(addr, plan.clients, deadline);
     let elapsed = start.elapsed().as_secs_f64();
-    let after = (
-        worker_stats
-            .batches
-            .load(std::sync::atomic::Ordering::Relaxed),
-        worker_stats
-            .items
-            .load(std::sync::atomic::Ordering::Relaxed),
-    );
+    let after = batches_and_items();
     let under_attack = (plan.attackers > 0).then(|| {
         progress("server: the same searches while attackers send the attack set");
         let attacks = std::sync::Arc::new(attack_set(addr, "bench"));
