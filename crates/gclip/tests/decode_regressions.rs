@@ -184,6 +184,15 @@ fn png_larger_than_its_compressed_data_is_refused_before_allocating() {
 }
 
 #[test]
+fn tiff_orientation_outside_1_to_8_is_dropped() {
+    // Found by fuzz/fuzz_targets/image_decode.rs: a 7x5 TIFF whose Orientation tag is 59 came
+    // out with `orientation: Some(59)`, breaking `Decoded`'s documented 1..=8.
+    let file = include_bytes!("../../../fuzz/regressions/image_decode/tiff_orientation_59.tif");
+    let img = decode(file, 1 << 20).expect("a decodable TIFF");
+    assert_eq!((img.width, img.height, img.orientation), (7, 5, None));
+}
+
+#[test]
 fn fuzz_regressions_never_panic() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/image_decode");
     let Ok(entries) = std::fs::read_dir(&dir) else {

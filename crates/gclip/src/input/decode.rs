@@ -931,7 +931,8 @@ fn decode_tiff(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
             "short pixel data".into(),
         ));
     }
-    d.orientation = orientation;
+    // Only the eight EXIF orientations mean anything (as in the JPEG and WebP paths).
+    d.orientation = orientation.filter(|o| (1..=8).contains(o));
     Ok(d)
 }
 
