@@ -266,3 +266,14 @@ fn model_errors_carry_no_backtrace_even_with_rust_backtrace() {
     let chained = format!("{:#}", anyhow::Error::from(err));
     assert!(!has_frames(&chained), "{chained}");
 }
+
+/// Reproducers the pytorch fuzz target found: each is an error, never a panic or a huge
+/// allocation.
+#[test]
+fn fuzzed_pytorch_reproducers_are_errors() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/pytorch");
+    for name in ["short_rebuild_args.pt", "huge_storage_claim.pt"] {
+        let e = open_err(&dir.join(name));
+        assert!(e.contains(name), "{name}: {e}");
+    }
+}

@@ -380,9 +380,20 @@ fn open_pth(path: &Path) -> Result<candle_core::pickle::PthTensors, ModelError> 
     };
     // Training checkpoints wrap the weights as {"state_dict": …, "epoch": …}; plain state
     // dicts have no such key, and reading them with it fails, so fall back to the whole file.
-    let pth = match candle_core::pickle::PthTensors::new(path, Some("state_dict")) {
+    // candle's pickle reader panics on some malformed pickles (a tensor rebuilt from too few
+    // arguments): a bad file must be an error, not the end of the process.
+    let read = |key: Option<&str>| {
+        std::panic::catch_unwind(|| candle_core::pickle::PthTensors::new(path, key)).unwrap_or_else(
+            |_| {
+                Err(candle_core::Error::Msg(
+                    "malformed pickle (the reader gave up on it)".into(),
+                ))
+            },
+        )
+    };
+    let pth = match read(Some("state_dict")) {
         Ok(p) if !p.tensor_infos().is_empty() => p,
-        Ok(_) | Err(_) => candle_core::pickle::PthTensors::new(path, None).map_err(unreadable)?,
+        Ok(_) | Err(_) => read(None).map_err(unreadable)?,
     };
     check_pth_storages(path, pth.tensor_infos()).map_err(|message| ModelError::Checkpoint {
         path: path.to_path_buf(),
