@@ -78,6 +78,11 @@ fn index_folder_incrementally_and_search_by_image() {
     let report: Value = serde_json::from_slice(&first.stdout).unwrap();
     assert_eq!(report["written"], 4);
     assert_eq!(report["failed"].as_array().unwrap().len(), 1);
+    // The folder is recorded, so that a server may show these images.
+    assert_eq!(
+        gclip_search::roots::recorded_roots(&coll).unwrap(),
+        vec![std::fs::canonicalize(&images).unwrap()]
+    );
     std::fs::remove_file(images.join("broken.png")).unwrap();
 
     // Again: nothing to do. The model is remembered.

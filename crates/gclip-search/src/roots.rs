@@ -47,7 +47,10 @@ pub fn record_roots(collection_dir: &Path, folders: &[PathBuf]) -> Result<()> {
     let existing = recorded_roots(collection_dir)?;
     let mut all: BTreeSet<PathBuf> = existing.iter().cloned().collect();
     for folder in folders {
-        let canonical = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.clone());
+        // A folder that does not exist holds no image to show (its documents failed).
+        let Ok(canonical) = std::fs::canonicalize(folder) else {
+            continue;
+        };
         if !all.iter().any(|root| canonical.starts_with(root)) {
             // A new root may cover roots recorded before.
             all.retain(|root| !root.starts_with(&canonical));
