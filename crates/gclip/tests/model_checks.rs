@@ -272,8 +272,36 @@ fn model_errors_carry_no_backtrace_even_with_rust_backtrace() {
 #[test]
 fn fuzzed_pytorch_reproducers_are_errors() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/pytorch");
-    for name in ["short_rebuild_args.pt", "huge_storage_claim.pt"] {
-        let e = open_err(&dir.join(name));
-        assert!(e.contains(name), "{name}: {e}");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".pt"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 3, "{names:?}");
+    for name in names {
+        let e = open_err(&dir.join(&name));
+        assert!(e.contains(&name), "{name}: {e}");
     }
+}
+
+/// A pickle string whose declared length runs past the pickle is refused before candle's reader
+/// reserves that length.
+#[test]
+fn pickle_strings_must_fit_in_the_pickle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long_string.pt");
+    let mut pickle = vec![0x80, 2, b'}', b'(', b'X'];
+    pickle.extend(4_000_000_000u32.to_le_bytes());
+    pickle.extend(b"visual.proj");
+    write_pt(&path, &pickle, &floats(&[1.0]));
+    let e = open_err(&path);
+    assert!(e.contains("declares 4000000000 bytes"), "{e}");
+
+    // The same string with its true length gets past the check (to the reader's own error).
+    let mut pickle = vec![0x80, 2, b'}', b'('];
+    unicode(&mut pickle, "visual.proj");
+    write_pt(&path, &pickle, &floats(&[1.0]));
+    let e = open_err(&path);
+    assert!(!e.contains("declares"), "{e}");
 }

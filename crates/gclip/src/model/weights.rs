@@ -391,6 +391,10 @@ fn open_pth(path: &Path) -> Result<candle_core::pickle::PthTensors, ModelError> 
             },
         )
     };
+    check_pickle_lengths(path).map_err(|message| ModelError::Checkpoint {
+        path: path.to_path_buf(),
+        message: format!("not a readable PyTorch checkpoint: {message}"),
+    })?;
     let pth = match read(Some("state_dict")) {
         Ok(p) if !p.tensor_infos().is_empty() => p,
         Ok(_) | Err(_) => read(None).map_err(unreadable)?,
@@ -400,6 +404,113 @@ fn open_pth(path: &Path) -> Result<candle_core::pickle::PthTensors, ModelError> 
         message,
     })?;
     Ok(pth)
+}
+
+/// The largest pickle (`data.pkl`) read from a PyTorch zip: real checkpoints hold well under
+/// 1 MiB of pickle (names, shapes, strides); the tensors are separate archive entries.
+const MAX_PICKLE_BYTES: u64 = 64 << 20;
+
+/// Walks the opcodes of every `data.pkl` in the archive, as candle's reader will, and checks
+/// that each length-prefixed string fits in the bytes that follow it. candle allocates a
+/// string's declared length before reading it, so a 1 KB pickle declaring a 4 GiB string would
+/// reserve 4 GiB (and abort the process where memory is not overcommitted). The walk knows the
+/// same opcodes as candle 0.11 and stops at the first other one, where candle stops too.
+fn check_pickle_lengths(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| format!("not a readable zip archive: {e}"))?;
+    for index in 0..zip.len() {
+        let mut entry = zip
+            .by_index(index)
+            .map_err(|e| format!("archive entry {index}: {e}"))?;
+        let name = entry
+            .name()
+            .map_err(|e| format!("archive entry {index}: {e}"))?
+            .into_owned();
+        if !name.ends_with("data.pkl") {
+            continue;
+        }
+        let mut pickle = Vec::new();
+        (&mut entry)
+            .take(MAX_PICKLE_BYTES + 1)
+            .read_to_end(&mut pickle)
+            .map_err(|e| format!("`{name}`: {e}"))?;
+        if pickle.len() as u64 > MAX_PICKLE_BYTES {
+            return Err(format!(
+                "`{name}` is larger than {MAX_PICKLE_BYTES} bytes, far beyond any state dict's pickle"
+            ));
+        }
+        check_pickle_opcodes(&pickle).map_err(|e| format!("`{name}`: {e}"))?;
+    }
+    Ok(())
+}
+
+fn check_pickle_opcodes(pickle: &[u8]) -> Result<(), String> {
+    let mut pos = 0usize;
+    let take = |pos: &mut usize, n: usize| -> Result<&[u8], String> {
+        let end = pos
+            .checked_add(n)
+            .filter(|&end| end <= pickle.len())
+            .ok_or_else(|| format!("the pickle ends inside the opcode at byte {}", *pos))?;
+        let bytes = &pickle[*pos..end];
+        *pos = end;
+        Ok(bytes)
+    };
+    while pos < pickle.len() {
+        let opcode = pickle[pos];
+        let at = pos;
+        pos += 1;
+        let fixed = match opcode {
+            b'.' => return Ok(()),
+            0x80 | b'q' | b'K' | b'h' => 1,
+            b'r' | b'J' | b'j' => 4,
+            b'M' => 2,
+            b'G' => 8,
+            b')'
+            | b'R'
+            | b'('
+            | b't'
+            | b'Q'
+            | 0x85..=0x89
+            | b'N'
+            | b's'
+            | b'u'
+            | b'}'
+            | b'd'
+            | b'b'
+            | 0x81
+            | b']'
+            | b'a'
+            | b'e' => 0,
+            0x8a => usize::from(take(&mut pos, 1)?[0]),
+            b'X' => {
+                let len = u32::from_le_bytes(take(&mut pos, 4)?.try_into().unwrap_or_default());
+                let remaining = pickle.len() - pos;
+                if len as usize > remaining {
+                    return Err(format!(
+                        "a string at byte {at} declares {len} bytes, but only {remaining} follow"
+                    ));
+                }
+                len as usize
+            }
+            b'c' => {
+                // Module and class names, each ended by a newline.
+                for _ in 0..2 {
+                    let line = pickle[pos..]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .ok_or_else(|| format!("unterminated name at byte {at}"))?;
+                    pos += line + 1;
+                }
+                0
+            }
+            // candle stops at any other opcode with an error of its own.
+            _ => return Ok(()),
+        };
+        take(&mut pos, fixed)?;
+    }
+    Ok(())
 }
 
 /// Checks what the pickle of a PyTorch zip says about each tensor against the archive itself,
@@ -447,7 +558,7 @@ fn check_pth_storages(
         };
         if !plausible {
             return Err(format!(
-                "tensor `{name}`: archive entry `{}` claims {entry_size} bytes, more than the                  archive of {file_len} bytes can hold",
+                "tensor `{name}`: archive entry `{}` claims {entry_size} bytes, more than the archive of {file_len} bytes can hold",
                 info.path
             ));
         }
@@ -456,7 +567,7 @@ fn check_pth_storages(
         let storage_bytes = storage_elems.checked_mul(elem);
         if storage_bytes.is_none_or(|b| b > entry_size) {
             return Err(format!(
-                "tensor `{name}`: the pickle declares a storage of {storage_elems} {:?} elements                  ({} bytes), but its archive entry `{}` holds {entry_size} bytes",
+                "tensor `{name}`: the pickle declares a storage of {storage_elems} {:?} elements ({} bytes), but its archive entry `{}` holds {entry_size} bytes",
                 info.dtype,
                 storage_bytes.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string()),
                 info.path
@@ -489,7 +600,7 @@ fn check_pth_storages(
         };
         if needed.is_none_or(|n| n > storage_elems) {
             return Err(format!(
-                "tensor `{name}`: its view (offset {offset}, shape {dims:?}, strides {strides:?})                  reaches beyond its storage of {storage_elems} elements"
+                "tensor `{name}`: its view (offset {offset}, shape {dims:?}, strides {strides:?}) reaches beyond its storage of {storage_elems} elements"
             ));
         }
     }
