@@ -12,10 +12,13 @@ use gclip_search::sqlite::StoreOptions;
 #[command(after_help = "Examples:
   gclip check products
   gclip check products --repair
+  gclip check products --repair --quarantine
 Checks SQLite's integrity, the generation counter, every document (fields parse; vector of the
 collection's dimension, finite, unit length) and the HNSW and lexical indexes against the
 database. --repair rebuilds the HNSW and lexical indexes from the database; it never changes or
-deletes documents (bad ones are listed by id). Exit status: 0 when no problem remains, 1 otherwise.
+deletes documents (bad ones are listed by id) unless --quarantine is given: then each bad
+document is first written in full (id, stored fields, source path, problems) to
+COLLECTION/quarantine/generation-G-TIME.jsonl, synced, and only then removed. Exit status: 0 when no problem remains, 1 otherwise.
 The collection must not be open in another process (stop `gclip serve` first).")]
 pub struct CheckArgs {
     /// Collection directory.
@@ -23,11 +26,15 @@ pub struct CheckArgs {
     /// Rebuild the derived indexes (HNSW, lexical) from the database, then check again.
     #[arg(long)]
     repair: bool,
+    /// With --repair: move bad documents out into COLLECTION/quarantine/ so the rest opens.
+    #[arg(long, requires = "repair")]
+    quarantine: bool,
 }
 
 pub fn run(args: CheckArgs) -> Result<ExitCode> {
     let options = CheckOptions {
         repair: args.repair,
+        quarantine: args.quarantine,
         store: StoreOptions::default(),
     };
     let report = check_collection(&args.collection, &options)

@@ -1,6 +1,8 @@
 //! Verifying a collection (`gclip check`): the database's integrity, every stored document, the
 //! generation counter, and the derived indexes (HNSW, lexical) against the database. With
-//! `repair`, the derived indexes are rebuilt from the database; documents are never changed.
+//! `repair`, the derived indexes are rebuilt from the database; documents are never changed,
+//! unless `quarantine` is also asked for: then bad documents are first written out in full to
+//! `quarantine/` inside the collection and removed from it, so that the rest opens again.
 //!
 //! What is checked, and what is not:
 //! - SQLite's `PRAGMA integrity_check`; the `meta` table (schema version, collection info,
@@ -23,7 +25,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::ann::{self, AnnParams, Hnsw, SavedState};
-use crate::error::{db_err, Result, SearchError};
+use crate::error::{db_err, io_err, Result, SearchError};
 use crate::lexical::{self, document_text};
 use crate::sqlite::{self, SqliteStore, StoreOptions, DB_FILE};
 
@@ -38,6 +40,9 @@ const MAX_INTEGRITY_LINES: usize = 20;
 pub struct CheckOptions {
     /// Rebuild the derived indexes from the database (when the documents are sound).
     pub repair: bool,
+    /// With `repair`: move the bad documents out of the collection first, into a JSON Lines
+    /// file under `quarantine/` (id, fields as stored, source path, what was wrong).
+    pub quarantine: bool,
     /// The store's options (the HNSW threshold decides whether an HNSW index is expected).
     pub store: StoreOptions,
 }
@@ -98,6 +103,8 @@ pub struct CheckReport {
     pub notes: Vec<String>,
     /// What a repair did (empty without `repair`).
     pub repaired: Vec<String>,
+    /// The SQLite rowids of the documents reported as bad, in the order found.
+    pub bad_rowids: Vec<i64>,
 }
 
 impl CheckReport {
@@ -164,8 +171,8 @@ impl fmt::Display for CheckReport {
             if derived < self.problems.len() {
                 write!(
                     f,
-                    "; the database and document problems are not repaired automatically (re-add or \
-                     delete those documents, or restore the collection from a backup)"
+                    "; documents are not changed by --repair alone (`--repair --quarantine` moves \
+                     bad documents out to a file; database damage needs a backup)"
                 )?;
             }
             Ok(())
@@ -186,13 +193,28 @@ pub fn check_collection(dir: &Path, options: &CheckOptions) -> Result<CheckRepor
     if !options.repair {
         return Ok(report);
     }
-    if report.problems.iter().any(|p| !p.component.is_derived()) {
+    let mut quarantined = None;
+    let only_documents_bad = report
+        .problems
+        .iter()
+        .all(|p| p.component.is_derived() || matches!(p.component, Component::Document(_)));
+    if options.quarantine && only_documents_bad && !report.bad_rowids.is_empty() {
+        let _lock = sqlite::lock_collection(dir)?;
+        quarantined = Some(quarantine(dir, &report)?);
+    } else if report.problems.iter().any(|p| !p.component.is_derived()) {
         let mut report = report;
         report.notes.push(
             "not repaired: the derived indexes are rebuilt from the documents, so the database \
              and document problems must be fixed first"
                 .into(),
         );
+        if options.quarantine && !only_documents_bad {
+            report.notes.push(
+                "not quarantined: only bad documents are moved out; the database and meta \
+                 problems above need a backup"
+                    .into(),
+            );
+        }
         return Ok(report);
     }
     // Opening with the derived indexes removed rebuilds them; flushing saves them.
@@ -203,6 +225,12 @@ pub fn check_collection(dir: &Path, options: &CheckOptions) -> Result<CheckRepor
         let _lock = sqlite::lock_collection(dir)?;
         examine(dir, &options.store)?
     };
+    if let Some((file, count)) = quarantined {
+        after.repaired.push(format!(
+            "moved {count} bad document(s) out of the collection into {}",
+            file.display()
+        ));
+    }
     after
         .repaired
         .push(if after.documents >= options.store.exact_below {
@@ -215,6 +243,93 @@ pub fn check_collection(dir: &Path, options: &CheckOptions) -> Result<CheckRepor
             )
         });
     Ok(after)
+}
+
+/// Writes the bad documents of `report` to a new file under `DIR/quarantine/` (synced before
+/// anything is deleted), then deletes them in one write that bumps the generation and leaves
+/// tombstones, as a deletion through the store does. Returns the file and how many moved.
+/// The caller holds the collection's lock.
+fn quarantine(dir: &Path, report: &CheckReport) -> Result<(PathBuf, usize)> {
+    use std::io::Write;
+    let db_path = dir.join(DB_FILE);
+    let mut conn = Connection::open(&db_path).map_err(db_err(&db_path))?;
+    let folder = dir.join("quarantine");
+    std::fs::create_dir_all(&folder).map_err(io_err(&folder))?;
+    let generation = report.generation.unwrap_or(0);
+    let stamp = sqlite::now_unix();
+    let file_path = folder.join(format!("generation-{generation}-{stamp}.jsonl"));
+    let mut lines = String::new();
+    {
+        let mut stmt = conn
+            .prepare("SELECT id, fields, source_path FROM documents WHERE rowid = ?1")
+            .map_err(db_err(&db_path))?;
+        for &rowid in &report.bad_rowids {
+            // Each column as far as it reads: the point is to lose nothing that can be saved.
+            let row = stmt
+                .query_row([rowid], |r| {
+                    Ok((
+                        r.get::<_, String>(0).ok(),
+                        r.get::<_, String>(1).ok(),
+                        r.get::<_, Option<String>>(2).ok().flatten(),
+                    ))
+                })
+                .map_err(db_err(&db_path))?;
+            let label = match &row.0 {
+                Some(id) => Component::Document(id.clone()),
+                None => Component::Document(format!("rowid {rowid}")),
+            };
+            let problems: Vec<&str> = report
+                .problems
+                .iter()
+                .filter(|p| p.component == label)
+                .map(|p| p.message.as_str())
+                .collect();
+            let line = serde_json::json!({
+                "rowid": rowid,
+                "id": row.0,
+                "fields": row.1,
+                "source_path": row.2,
+                "problems": problems,
+            });
+            lines.push_str(&line.to_string());
+            lines.push('\n');
+        }
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&file_path)
+        .map_err(io_err(&file_path))?;
+    file.write_all(lines.as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(io_err(&file_path))?;
+    std::fs::File::open(&folder)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(&folder))?;
+
+    let tx = conn.transaction().map_err(db_err(&db_path))?;
+    let next = sqlite::read_generation(&tx, dir)?
+        .checked_add(1)
+        .ok_or_else(|| {
+            crate::error::corrupt(dir, "meta table: key \"generation\" is at its maximum")
+        })?;
+    let write = |tx: &rusqlite::Transaction| -> rusqlite::Result<()> {
+        for &rowid in &report.bad_rowids {
+            tx.execute("DELETE FROM documents WHERE rowid = ?1", [rowid])?;
+            tx.execute(
+                "INSERT INTO tombstones(rowid, gen) VALUES (?1, ?2)",
+                [rowid, next as i64],
+            )?;
+        }
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'generation'",
+            [next.to_string()],
+        )?;
+        Ok(())
+    };
+    write(&tx).map_err(db_err(&db_path))?;
+    tx.commit().map_err(db_err(&db_path))?;
+    Ok((file_path, report.bad_rowids.len()))
 }
 
 /// The whole check, read-only. The caller holds the collection's lock.
@@ -321,6 +436,7 @@ fn examine(dir: &Path, store: &StoreOptions) -> Result<CheckReport> {
                 Ok(id) => id,
                 Err(e) => {
                     unknown_text.insert(rowid as u64);
+                    report.bad_rowids.push(rowid);
                     report.problem(
                         Component::Document(format!("rowid {rowid}")),
                         format!("documents table: the id does not read: {e}"),
@@ -329,6 +445,9 @@ fn examine(dir: &Path, store: &StoreOptions) -> Result<CheckReport> {
                 }
             };
             let mut bad = |message: String| {
+                if report.bad_rowids.last() != Some(&rowid) {
+                    report.bad_rowids.push(rowid);
+                }
                 report.problem(Component::Document(id.clone()), message);
             };
             match row.get::<_, String>(2) {

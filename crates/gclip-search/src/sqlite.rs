@@ -273,7 +273,7 @@ pub(crate) fn read_generation(conn: &Connection, dir: &Path) -> Result<u64> {
     })
 }
 
-fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

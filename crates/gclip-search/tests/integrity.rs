@@ -90,6 +90,7 @@ fn check(dir: &Path, repair: bool) -> gclip_search::check::CheckReport {
         &CheckOptions {
             repair,
             store: options(),
+            ..Default::default()
         },
     )
     .unwrap()
@@ -459,4 +460,94 @@ fn check_refuses_a_collection_open_elsewhere_and_a_missing_one() {
         check_collection(&dir.join("nope"), &CheckOptions::default()),
         Err(SearchError::NotACollection(_))
     ));
+}
+
+#[test]
+fn quarantine_moves_bad_documents_out_and_the_rest_opens() {
+    let dir = build("quarantine");
+    let mut v = vector(5);
+    v[2] = f32::INFINITY;
+    let blob: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    db(&dir)
+        .execute(
+            "UPDATE documents SET vector = ?1 WHERE id = 'd5'",
+            params![blob],
+        )
+        .unwrap();
+    db(&dir)
+        .execute("UPDATE documents SET fields = '[1]' WHERE id = 'd9'", [])
+        .unwrap();
+    corrupt_message(&dir);
+
+    let report = check_collection(
+        &dir,
+        &CheckOptions {
+            repair: true,
+            quarantine: true,
+            store: options(),
+        },
+    )
+    .unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.documents, 22, "{report}");
+    assert!(
+        report.repaired[0].contains("moved 2 bad document(s)"),
+        "{report}"
+    );
+
+    // Nothing is lost: both documents are in the quarantine file, with what was wrong.
+    let files: Vec<PathBuf> = std::fs::read_dir(dir.join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&files[0])
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["id"], "d5");
+    assert!(lines[0]["fields"]
+        .as_str()
+        .unwrap()
+        .contains("document number 5"));
+    assert!(lines[0]["problems"][0]
+        .as_str()
+        .unwrap()
+        .contains("non-finite"));
+    assert_eq!(lines[1]["id"], "d9");
+    assert_eq!(lines[1]["fields"], "[1]");
+
+    // The collection opens and searches without them.
+    let c = open(&dir).unwrap();
+    assert_eq!(c.len(), 22);
+    assert!(c.get("d5").unwrap().is_none());
+    assert!(c.get("d4").unwrap().is_some());
+}
+
+#[test]
+fn quarantine_leaves_a_damaged_database_alone() {
+    let dir = build("quarantine-meta");
+    db(&dir)
+        .execute("UPDATE meta SET value = 'x' WHERE key = 'generation'", [])
+        .unwrap();
+    let report = check_collection(
+        &dir,
+        &CheckOptions {
+            repair: true,
+            quarantine: true,
+            store: options(),
+        },
+    )
+    .unwrap();
+    assert!(!report.is_clean());
+    assert!(!dir.join("quarantine").exists());
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.starts_with("not quarantined")),
+        "{report}"
+    );
 }
