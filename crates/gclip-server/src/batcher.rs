@@ -31,7 +31,10 @@ pub struct BatchConfig {
     /// Longest time work may wait (for a decoding slot or for the model) before it is
     /// answered "busy".
     pub deadline: Duration,
-    /// Images decoded at once (each may take width × height × 8 bytes while decoding).
+    /// Images decoded at once (each may take width × height × 8 bytes while decoding). Half the
+    /// cores by default: the model thread keeps the other half, so a stream of large images
+    /// (the costliest request a client without a key can send) cannot take every core from
+    /// the searches queued behind it.
     pub parallel_decodes: usize,
 }
 
@@ -42,7 +45,8 @@ impl Default for BatchConfig {
             max_wait: Duration::from_millis(2),
             max_image_pixels: gclip::input::image::max_image_pixels(),
             deadline: Duration::from_secs(30),
-            parallel_decodes: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            parallel_decodes: std::thread::available_parallelism()
+                .map_or(1, |n| (n.get() / 2).max(1)),
         }
     }
 }
