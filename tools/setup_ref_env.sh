@@ -5,6 +5,7 @@
 #   tools/setup_ref_env.sh                 # venv at tools/.venv, pinned versions
 #   REF_VENV=/some/dir tools/setup_ref_env.sh
 #   REF_UNPINNED=1 tools/setup_ref_env.sh  # latest releases instead of the pins
+#   REF_PEERS=0 tools/setup_ref_env.sh     # without the peer engines of tools/bench_peers.py
 #
 # Packages come from PyPI through pip's default index; no other index is used.
 # The pins are the versions the committed fixtures were generated with (see
@@ -26,6 +27,9 @@ pinned=(
     "ftfy==6.3.1"
 )
 unpinned=(torch transformers open_clip_torch safetensors numpy pillow ftfy)
+# The CPU engines gclip is compared with (tools/bench_peers.py): ONNX export needs onnx and
+# onnxscript (torch's exporter); ONNX Runtime for fp32 and dynamic int8; OpenVINO fp32/bf16.
+peers=("onnx==1.23.2" "onnxscript==0.7.2" "onnxruntime==1.31.1" "openvino==2026.4.1")
 
 if [[ "${REF_UNPINNED:-0}" == "1" ]]; then
     pkgs=("${unpinned[@]}")
@@ -39,6 +43,9 @@ echo "creating venv at $venv with $("$python" --version 2>&1)"
 # torch first (the largest download), then the rest.
 "$venv/bin/python" -m pip install "${pkgs[0]}"
 "$venv/bin/python" -m pip install "${pkgs[@]:1}"
+if [[ "${REF_PEERS:-1}" == "1" ]]; then
+    "$venv/bin/python" -m pip install "${peers[@]}"
+fi
 
 "$venv/bin/python" - <<'EOF'
 import torch, transformers, open_clip, safetensors, numpy, PIL, ftfy

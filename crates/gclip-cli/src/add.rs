@@ -60,7 +60,7 @@ pub fn run(args: AddArgs) -> Result<()> {
         &image_fields,
         Path::new(""),
     )?;
-    let embedder = load_embedder(&collection, 32)?;
+    let embedder = load_embedder(&collection, 32, args.model.precision)?;
     let progress = Progress::new(inputs.len() as u64, "adding");
     let print_commits = args.print_commits;
     let report = add_documents(
@@ -109,7 +109,7 @@ pub fn run_update(args: UpdateArgs) -> Result<()> {
         );
     }
     // The model is loaded only when an embedded field changes.
-    let encoder = LazyEncoder::new(&collection);
+    let encoder = LazyEncoder::new(&collection, None);
     let cwd = std::env::current_dir()?;
     let image_fields: Vec<&str> = collection.info().spec.image_fields().collect();
     record_document_roots(collection.dir(), [&patch], &image_fields, &cwd)?;

@@ -6,11 +6,11 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
 use gclip::bench::{random_model, BenchPlan, BenchResult};
-use gclip::model::ClipConfig;
+use gclip::model::{ClipConfig, Precision};
 
 #[derive(Args)]
 #[command(
-    after_help = "Example:\n  gclip bench --arch ViT-B-32 --batch 1,8,32 --tokens 16,77 --json"
+    after_help = "Examples:\n  gclip bench --arch ViT-B-32 --batch 1,8,32 --tokens 16,77 --json\n  gclip bench --precision fp32,bf16,int8 --batch 32 --image-only"
 )]
 pub struct BenchArgs {
     /// Architecture name (ViT-B-32, ViT-L-14, …) or an open_clip config JSON.
@@ -34,11 +34,14 @@ pub struct BenchArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Precisions to time, comma-separated (fp32, bf16, int8).
+    #[arg(long, value_delimiter = ',', default_value = "fp32")]
+    precision: Vec<Precision>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let config = ClipConfig::open_clip(&args.arch)?;
-    let model =
+    let fp32 =
         random_model(&config, &Device::Cpu, DType::F32).context("building the random model")?;
     let plan = BenchPlan {
         batches: args.batch,
@@ -48,29 +51,39 @@ pub fn run(args: BenchArgs) -> Result<()> {
         texts: !args.image_only,
     };
     let threads = candle_core::utils::get_num_threads();
-    if !args.json {
-        println!("gclip {} fp32, {threads} threads", args.arch);
-        println!(
-            "{:<6} {:>6} {:>7} {:>12} {:>12}",
-            "tower", "batch", "tokens", "items/s", "ms/batch"
-        );
-    }
-    let arch = args.arch.clone();
-    let json = args.json;
-    gclip::bench::run(&model, &plan, |r: &BenchResult| {
-        if json {
-            let mut v = serde_json::to_value(r).unwrap_or_default();
-            v["impl"] = "gclip".into();
-            v["arch"] = arch.clone().into();
-            v["threads"] = threads.into();
-            println!("{v}");
-        } else {
-            let tokens = r.tokens.map_or("-".to_string(), |t| t.to_string());
+    for precision in args.precision {
+        let mut model = fp32.clone();
+        model.convert(precision, Default::default())?;
+        let kernels = model.kernel_description();
+        if !args.json {
             println!(
-                "{:<6} {:>6} {:>7} {:>12.1} {:>12.1}",
-                r.tower, r.batch, tokens, r.items_per_s, r.ms_per_batch
+                "gclip {} {precision}, {threads} threads, kernels: {kernels}",
+                args.arch
+            );
+            println!(
+                "{:<6} {:>6} {:>7} {:>12} {:>12}",
+                "tower", "batch", "tokens", "items/s", "ms/batch"
             );
         }
-    })?;
+        let arch = args.arch.clone();
+        let json = args.json;
+        gclip::bench::run(&model, &plan, |r: &BenchResult| {
+            if json {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["impl"] = "gclip".into();
+                v["arch"] = arch.clone().into();
+                v["threads"] = threads.into();
+                v["precision"] = precision.name().into();
+                v["kernels"] = kernels.clone().into();
+                println!("{v}");
+            } else {
+                let tokens = r.tokens.map_or("-".to_string(), |t| t.to_string());
+                println!(
+                    "{:<6} {:>6} {:>7} {:>12.1} {:>12.1}",
+                    r.tower, r.batch, tokens, r.items_per_s, r.ms_per_batch
+                );
+            }
+        })?;
+    }
     Ok(())
 }

@@ -47,6 +47,9 @@ pub struct EmbedArgs {
     /// Items per forward pass.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Precision of the transformer weights: fp32 (exact), bf16 or int8.
+    #[arg(long, default_value = "fp32")]
+    precision: gclip::model::Precision,
 }
 
 enum OutputFormat {
@@ -109,7 +112,11 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     };
     let items = collect_items(args.input.as_deref(), &args.items, kind)?;
     let source = crate::source::resolve(&args.model, args.arch.as_deref())?;
-    let mut embedder = Embedder::load(&source, &Device::Cpu)
+    let options = gclip::embed::LoadOptions {
+        precision: args.precision,
+        ..Default::default()
+    };
+    let mut embedder = Embedder::load_with(&source, &Device::Cpu, options)
         .with_context(|| format!("loading model {}", args.model))?;
     embedder.batch_size = args.batch_size.max(1);
     let normalize = !args.no_normalize;

@@ -37,6 +37,9 @@ pub struct ModelData {
     /// open_clip architecture of a checkpoint file.
     #[arg(long)]
     arch: Option<String>,
+    /// Precision of the model: fp32, bf16 or int8.
+    #[arg(long, default_value = "fp32")]
+    precision: gclip::model::Precision,
     /// Evaluation pairs: JSONL ({"query": {...}, "doc": {...}, "score": x}) or a Marqo-GS CSV.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -170,14 +173,18 @@ impl Loaded {
     }
 }
 
-fn load_model(model: &str, arch: Option<&str>) -> Result<Loaded> {
+fn load_model(
+    model: &str,
+    arch: Option<&str>,
+    precision: gclip::model::Precision,
+) -> Result<Loaded> {
     let path = Path::new(model);
     let as_checkpoint = if path.join("state.json").is_file() || path.join("checkpoints").is_dir() {
         Some(crate::train::checkpoint_dir(path)?)
     } else {
         None
     };
-    let (clip, convention, dir) = match as_checkpoint {
+    let (mut clip, convention, dir) = match as_checkpoint {
         Some(dir) => (
             load_checkpoint(&dir, &Device::Cpu)?.clip,
             Convention::OpenClip,
@@ -188,6 +195,7 @@ fn load_model(model: &str, arch: Option<&str>) -> Result<Loaded> {
             (l.clip, l.convention, l.dir)
         }
     };
+    clip.convert(precision, Default::default())?;
     let ctx = clip.config.text.context_length;
     let pipeline = InputPipeline::new(
         convention,
@@ -278,6 +286,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
             let model = load_model(
                 md.model.as_deref().context("--model is required")?,
                 md.arch.as_deref(),
+                md.precision,
             )?;
             let (q, d) = (fields(&md.query_fields)?, fields(&md.doc_fields)?);
             let ds = dataset(md, &q, &d)?;
@@ -322,6 +331,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
                         .as_deref()
                         .context("give --qrels and --run, or --model and --data")?,
                     md.arch.as_deref(),
+                    md.precision,
                 )?;
                 let (q, d) = (fields(&md.query_fields)?, fields(&md.doc_fields)?);
                 let ds = dataset(md, &q, &d)?;
@@ -550,7 +560,7 @@ fn gs_ranking(a: &RankingArgs, set: &MetricSet) -> Result<BTreeMap<String, f64>>
         bail!("{}: no document to search", corpus_path.display());
     }
     eprintln!("{} queries, {} documents", q_ids.len(), d_ids.len());
-    let model = load_model(model_name, md.arch.as_deref())?;
+    let model = load_model(model_name, md.arch.as_deref(), md.precision)?;
     let e = model.embedding();
     let qe = e.side(&as_slices(&q_rows), &q)?;
     let de = e.side(&as_slices(&d_rows), &d)?;

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
-use gclip::embed::Embedder;
+use gclip::embed::{Embedder, LoadOptions};
+use gclip::model::Precision;
 use gclip_search::encoder::Encoder;
 use gclip_search::ingest::{index_directory, IndexOptions, IngestReport};
 use gclip_search::{model_identity, Collection, EmbedSpec};
@@ -23,6 +24,10 @@ pub struct ModelArgs {
     /// open_clip architecture name (ViT-B-32, …) or config JSON, for checkpoint files.
     #[arg(long)]
     pub arch: Option<String>,
+    /// Precision of the model: fp32, bf16 or int8. A new collection records it; an existing
+    /// one runs its recorded precision unless this asks for another (with a warning).
+    #[arg(long)]
+    pub precision: Option<Precision>,
 }
 
 /// Opens the collection in `dir`, creating it with `--model` and `spec` when it does not exist.
@@ -32,7 +37,14 @@ pub fn open_collection(
     spec: Option<EmbedSpec>,
 ) -> Result<Collection> {
     let identity = match &model.model {
-        Some(m) => Some(model_identity(m, model.arch.as_deref())?.0),
+        Some(m) => Some(
+            model_identity(
+                m,
+                model.arch.as_deref(),
+                model.precision.unwrap_or_default(),
+            )?
+            .0,
+        ),
         None => None,
     };
     if identity.is_none() && !Collection::exists(dir) {
@@ -45,10 +57,27 @@ pub fn open_collection(
         .with_context(|| format!("opening collection {}", dir.display()))
 }
 
-/// Loads the model a collection was created with.
-pub fn load_embedder(collection: &Collection, batch_size: usize) -> Result<Embedder> {
+/// Loads the model a collection was created with, in the collection's precision unless
+/// `precision` asks for another (which is said on stderr: the vectors then differ slightly).
+pub fn load_embedder(
+    collection: &Collection,
+    batch_size: usize,
+    precision: Option<Precision>,
+) -> Result<Embedder> {
     let source = collection.model_source()?;
-    let mut e = Embedder::load(&source, &Device::Cpu)
+    let recorded = collection.info().model.precision;
+    let precision = precision.unwrap_or(recorded);
+    if precision != recorded {
+        eprintln!(
+            "note: collection {} holds {recorded} vectors; this command embeds in {precision}",
+            collection.dir().display()
+        );
+    }
+    let options = LoadOptions {
+        precision,
+        ..Default::default()
+    };
+    let mut e = Embedder::load_with(&source, &Device::Cpu, options)
         .with_context(|| format!("loading model {}", collection.info().model.describe()))?;
     e.batch_size = batch_size.max(1);
     Ok(e)
@@ -58,13 +87,15 @@ pub fn load_embedder(collection: &Collection, batch_size: usize) -> Result<Embed
 /// changes no embedded field needs no model).
 pub struct LazyEncoder<'a> {
     collection: &'a Collection,
+    precision: Option<Precision>,
     embedder: std::sync::OnceLock<Embedder>,
 }
 
 impl<'a> LazyEncoder<'a> {
-    pub fn new(collection: &'a Collection) -> Self {
+    pub fn new(collection: &'a Collection, precision: Option<Precision>) -> Self {
         Self {
             collection,
+            precision,
             embedder: std::sync::OnceLock::new(),
         }
     }
@@ -73,7 +104,7 @@ impl<'a> LazyEncoder<'a> {
         if let Some(e) = self.embedder.get() {
             return Ok(e);
         }
-        let e = load_embedder(self.collection, 32)
+        let e = load_embedder(self.collection, 32, self.precision)
             .map_err(|e| gclip_search::SearchError::Invalid(format!("{e:#}")))?;
         Ok(self.embedder.get_or_init(|| e))
     }
@@ -163,7 +194,7 @@ pub fn run(args: IndexArgs) -> Result<()> {
             }
         })?;
     gclip_search::roots::record_roots(collection.dir(), std::slice::from_ref(&args.dir))?;
-    let embedder = load_embedder(&collection, 32)?;
+    let embedder = load_embedder(&collection, 32, args.model.precision)?;
     let mut progress: Option<Progress> = None;
     let report = index_directory(
         collection.store(),

@@ -53,6 +53,9 @@ pub struct SearchArgs {
     /// Exact (brute-force) search instead of HNSW.
     #[arg(long)]
     exact: bool,
+    /// Embed the query in this precision (fp32, bf16, int8) instead of the collection's.
+    #[arg(long)]
+    precision: Option<gclip::model::Precision>,
     /// Fuse BM25 over text fields with the vector results.
     #[arg(long)]
     hybrid: bool,
@@ -125,7 +128,7 @@ pub fn run(args: SearchArgs) -> Result<()> {
     let vector = if args.lexical {
         None
     } else {
-        let embedder = load_embedder(&collection, 32)?;
+        let embedder = load_embedder(&collection, 32, args.precision)?;
         Some(query_vector(&embedder, Some(collection.store()), &parts)?)
     };
     let request = SearchRequest {

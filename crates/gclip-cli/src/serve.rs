@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use gclip::model::Precision;
 use gclip_server::{AppState, BatchConfig, ServerConfig};
 
 #[derive(Args)]
@@ -72,6 +73,10 @@ pub struct ServeArgs {
     /// before it is answered 503.
     #[arg(long, default_value_t = 30)]
     deadline_s: u64,
+    /// Run every model in this precision (fp32, bf16, int8). Default: each collection's model
+    /// in the precision its vectors were made with.
+    #[arg(long)]
+    precision: Option<Precision>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -105,6 +110,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_results: 1000,
         files_roots: args.files_roots,
         public_url: args.public_url,
+        precision: args.precision,
         batch: BatchConfig {
             max_batch: args.max_batch.max(1),
             max_wait: Duration::from_millis(args.batch_wait_ms),
@@ -147,6 +153,9 @@ pub struct ServeBenchArgs {
     /// Random weights for --arch (timing only).
     #[arg(long, requires = "arch", conflicts_with = "model")]
     random: bool,
+    /// Precision of the model (fp32, bf16, int8).
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
     /// Concurrent clients.
     #[arg(long, default_value_t = 16)]
     clients: usize,
@@ -175,7 +184,8 @@ pub fn run_bench(args: ServeBenchArgs) -> Result<()> {
     let embedder = if args.random {
         let arch = args.arch.as_deref().unwrap_or("ViT-B-32");
         let config = gclip::model::ClipConfig::open_clip(arch)?;
-        let clip = gclip::bench::random_model(&config, &Device::Cpu, DType::F32)?;
+        let mut clip = gclip::bench::random_model(&config, &Device::Cpu, DType::F32)?;
+        clip.convert(args.precision, Default::default())?;
         Embedder::new(LoadedModel {
             clip,
             convention: Convention::OpenClip,
@@ -187,9 +197,13 @@ pub fn run_bench(args: ServeBenchArgs) -> Result<()> {
             .model
             .as_deref()
             .context("give --model (or --random --arch NAME)")?;
-        Embedder::load(
+        Embedder::load_with(
             &ModelSource::resolve(model, args.arch.as_deref())?,
             &Device::Cpu,
+            gclip::embed::LoadOptions {
+                precision: args.precision,
+                ..Default::default()
+            },
         )?
     };
     let dir = std::env::temp_dir().join(format!("gclip-serve-bench-{}", std::process::id()));

@@ -53,6 +53,9 @@ pub struct TrainArgs {
     /// Continue from this checkpoint directory or run directory.
     #[arg(long, conflicts_with = "resume")]
     resume_from: Option<PathBuf>,
+    /// Training runs in fp32; bf16 and int8 are inference precisions (refused here).
+    #[arg(long, default_value = "fp32")]
+    precision: gclip::model::Precision,
 }
 
 /// Sets `a.b.c = value` in a TOML table, creating tables on the way.
@@ -174,6 +177,14 @@ fn shell_quote(a: &str) -> String {
 }
 
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
+    if !args.precision.trains() {
+        anyhow::bail!(
+            "--precision {}: training runs in fp32 only (bf16 and int8 weights have no gradients); \
+             train in fp32, then embed, index or serve the result with --precision {}",
+            args.precision,
+            args.precision
+        );
+    }
     let mut sets = args.set.clone();
     if let Some(v) = args.steps {
         sets.push(format!("train.steps={v}"));

@@ -300,6 +300,7 @@ pub fn run_store_bench(
             model: label.clone(),
             arch: None,
             dim,
+            precision: Default::default(),
         };
         let spec = EmbedSpec::parse("title", &[])?;
         // No index while filling: it is built once, in parallel, when the collection reopens.

@@ -4,6 +4,7 @@
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
+use gclip::model::Precision;
 use gclip::source::ModelSource;
 
 use crate::document::EmbedSpec;
@@ -25,7 +26,11 @@ impl Deref for Collection {
 }
 
 /// Resolves `--model`/`--arch` into what a collection remembers (absolute paths, dimension).
-pub fn model_identity(model: &str, arch: Option<&str>) -> Result<(ModelIdentity, ModelSource)> {
+pub fn model_identity(
+    model: &str,
+    arch: Option<&str>,
+    precision: Precision,
+) -> Result<(ModelIdentity, ModelSource)> {
     let absolute = |s: &str| -> String {
         let p = Path::new(s);
         if p.exists() {
@@ -45,7 +50,15 @@ pub fn model_identity(model: &str, arch: Option<&str>) -> Result<(ModelIdentity,
         .map_err(|e| SearchError::Invalid(format!("model {model}: {e}")))?
         .config
         .embed_dim;
-    Ok((ModelIdentity { model, arch, dim }, source))
+    Ok((
+        ModelIdentity {
+            model,
+            arch,
+            dim,
+            precision,
+        },
+        source,
+    ))
 }
 
 impl Collection {

@@ -17,6 +17,10 @@ pub struct ModelIdentity {
     pub arch: Option<String>,
     /// Embedding dimension.
     pub dim: usize,
+    /// The precision the collection's vectors were embedded in (fp32 for collections made
+    /// before precisions existed). Queries default to it.
+    #[serde(default)]
+    pub precision: gclip::model::Precision,
 }
 
 impl ModelIdentity {

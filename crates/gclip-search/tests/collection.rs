@@ -91,6 +91,7 @@ fn identity() -> ModelIdentity {
         model: "bag-of-words".into(),
         arch: None,
         dim: DIM,
+        precision: Default::default(),
     }
 }
 

@@ -45,6 +45,7 @@ fn build(name: &str) -> PathBuf {
         model: "fake".into(),
         arch: None,
         dim: DIM,
+        precision: Default::default(),
     };
     let c = Collection::create_with(&dir, identity, spec, options()).unwrap();
     let docs = (0..24)

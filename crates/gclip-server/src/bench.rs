@@ -292,6 +292,7 @@ pub fn run_server_bench(
         model: "bench-model".into(),
         arch: None,
         dim,
+        precision: Default::default(),
     };
     let cdir = dir.join("bench");
     let _ = std::fs::remove_dir_all(&cdir);

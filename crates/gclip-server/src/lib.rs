@@ -32,7 +32,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use candle_core::Device;
-use gclip::embed::Embedder;
+use gclip::embed::{Embedder, LoadOptions};
+use gclip::model::Precision;
 use gclip_search::ingest::{add_documents, document_from_fields, update_document, InputDocument};
 use gclip_search::query::query_vector;
 use gclip_search::roots::FileRoots;
@@ -70,6 +71,9 @@ pub struct ServerConfig {
     /// The URL clients reach the server by, when not its address (a reverse proxy, a DNS
     /// name): its host is accepted in the `Host` header of a server without an API key.
     pub public_url: Option<String>,
+    /// The precision models run in: `None` runs each collection's model in the precision its
+    /// vectors were made with (and the default model in fp32).
+    pub precision: Option<Precision>,
     pub batch: BatchConfig,
 }
 
@@ -85,6 +89,7 @@ impl Default for ServerConfig {
             max_results: 1000,
             files_roots: Vec::new(),
             public_url: None,
+            precision: None,
             batch: BatchConfig::default(),
         }
     }
@@ -159,8 +164,9 @@ fn check_text(what: &str, text: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn model_key(m: &ModelIdentity) -> String {
-    m.describe()
+/// Workers are shared by the collections of one model at one precision.
+fn model_key(m: &ModelIdentity, precision: Precision) -> String {
+    format!("{} [{precision}]", m.describe())
 }
 
 impl AppState {
@@ -258,7 +264,7 @@ impl AppState {
         self.models
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(model_key(identity), worker);
+            .insert(model_key(identity, self.precision_for(identity)), worker);
     }
 
     fn collection(&self, name: &str) -> Result<Arc<Served>, ApiError> {
@@ -271,16 +277,33 @@ impl AppState {
     }
 
     /// The batching worker of a model, loading the model on first use (blocking).
+    /// The precision a collection's model runs in on this server.
+    fn precision_for(&self, identity: &ModelIdentity) -> Precision {
+        self.config.precision.unwrap_or(identity.precision)
+    }
+
     fn worker(&self, identity: &ModelIdentity) -> Result<Arc<ModelWorker>, ApiError> {
-        let key = model_key(identity);
+        let precision = self.precision_for(identity);
+        let key = model_key(identity, precision);
         let mut models = self.models.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(w) = models.get(&key) {
             return Ok(w.clone());
         }
         let source = gclip::source::ModelSource::resolve(&identity.model, identity.arch.as_deref())
             .map_err(|e| ApiError::internal(format!("model {key}: {e}")))?;
-        let embedder = Embedder::load(&source, &Device::Cpu)
+        let options = LoadOptions {
+            precision,
+            ..Default::default()
+        };
+        let embedder = Embedder::load_with(&source, &Device::Cpu, options)
             .map_err(|e| ApiError::internal(format!("loading model {key}: {e}")))?;
+        if precision != identity.precision {
+            tracing::warn!(
+                "model {key}: the collections of this model were embedded in {}; queries run in \
+                 {precision} (similar, not identical, vectors)",
+                identity.precision
+            );
+        }
         let w = Arc::new(ModelWorker::start(embedder, self.config.batch.clone()));
         models.insert(key, w.clone());
         Ok(w)
@@ -639,6 +662,9 @@ struct CreateBody {
     embed: Option<String>,
     #[serde(default)]
     image_fields: Option<Vec<String>>,
+    /// `fp32`, `bf16` or `int8`; the server's `--precision`, else fp32, when absent.
+    #[serde(default)]
+    precision: Option<Precision>,
 }
 
 async fn create_collection(
@@ -675,7 +701,10 @@ async fn create_collection(
             .as_deref()
             .map(|a| st.client_model_path(a))
             .transpose()?;
-        let (identity, _) = model_identity(&model, arch.as_deref())?;
+        let precision = body
+            .precision
+            .unwrap_or_else(|| st.config.precision.unwrap_or_default());
+        let (identity, _) = model_identity(&model, arch.as_deref(), precision)?;
         // The model is loaded and checked before anything is written, so that a collection
         // whose model cannot be used is never created.
         st.worker(&identity).map_err(|e| {

@@ -33,7 +33,8 @@ pub fn document() -> Value {
                              "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
                              "model": {"type": "string"}, "arch": {"type": "string"},
                              "embed": {"type": "string", "description": "FIELD[:WEIGHT],…", "example": "title:0.3,image:0.7"},
-                             "image_fields": {"type": "array", "items": {"type": "string"}}}})),
+                             "image_fields": {"type": "array", "items": {"type": "string"}},
+                             "precision": {"type": "string", "enum": ["fp32", "bf16", "int8"], "description": "precision of the vectors; the server's --precision, else fp32"}}})),
                          "responses": {"201": ok("created"), "4XX": errors()}}
             },
             "/api/collections/{name}": {

@@ -147,6 +147,7 @@ fn page_searches_by_typed_text_and_dropped_image() {
     let (identity, _) = model_identity(
         m.join("open_clip_model.safetensors").to_str().unwrap(),
         Some(m.join("open_clip_config.json").to_str().unwrap()),
+        Default::default(),
     )
     .unwrap();
     let coll = dir.join("gallery");

@@ -24,7 +24,7 @@ fn fixture_model() -> (String, String) {
 
 fn new_collection(dir: &Path, spec: &str) -> PathBuf {
     let (model, arch) = fixture_model();
-    let (identity, _) = model_identity(&model, Some(&arch)).unwrap();
+    let (identity, _) = model_identity(&model, Some(&arch), Default::default()).unwrap();
     let coll = dir.join("pics");
     let spec = EmbedSpec::parse(spec, &["image".into()]).unwrap();
     drop(Collection::create(&coll, identity, spec).unwrap());

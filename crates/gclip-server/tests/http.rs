@@ -23,6 +23,7 @@ fn api_end_to_end_with_restart() {
     let (identity, _) = model_identity(
         m.join("open_clip_model.safetensors").to_str().unwrap(),
         Some(m.join("open_clip_config.json").to_str().unwrap()),
+        Default::default(),
     )
     .unwrap();
     let coll = dir.join("shop");

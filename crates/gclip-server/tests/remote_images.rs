@@ -101,6 +101,7 @@ fn image_urls_are_fetched_cached_and_embedded_and_documents_patch() {
     let (identity, _) = model_identity(
         m.join("open_clip_model.safetensors").to_str().unwrap(),
         Some(m.join("open_clip_config.json").to_str().unwrap()),
+        Default::default(),
     )
     .unwrap();
     let coll = dir.join("pics");

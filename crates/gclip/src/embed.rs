@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use crate::input::image::ImageError;
 use crate::input::pipeline::InputPipeline;
 use crate::input::tokenizer::ClipTokenizer;
-use crate::model::{Clip, Embeddings, ModelError};
+use crate::model::{Clip, Embeddings, KernelChoice, ModelError, Precision};
 use crate::source::{Convention, LoadedModel, ModelSource};
 
 /// Everything that can stop an embedding call as a whole (a bad image only fails its item).
@@ -40,10 +40,35 @@ pub struct ImageEmbeddings {
     pub failures: Vec<(usize, ImageError)>,
 }
 
+/// How to load a model for embedding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The precision of the transformer weights (fp32, exact, by default).
+    pub precision: Precision,
+    /// Which kernel variants the bf16/int8 layers run.
+    pub kernels: KernelChoice,
+}
+
 impl Embedder {
-    /// Loads a model and the input pipeline that belongs to it.
+    /// Loads a model in fp32, with the input pipeline that belongs to it.
     pub fn load(source: &ModelSource, device: &Device) -> Result<Self, EmbedError> {
-        Self::new(source.load(device, candle_core::DType::F32)?)
+        Self::load_with(source, device, LoadOptions::default())
+    }
+
+    /// Loads a model at the precision of `options`.
+    pub fn load_with(
+        source: &ModelSource,
+        device: &Device,
+        options: LoadOptions,
+    ) -> Result<Self, EmbedError> {
+        let mut loaded = source.load(device, candle_core::DType::F32)?;
+        loaded.clip.convert(options.precision, options.kernels)?;
+        Self::new(loaded)
+    }
+
+    /// The precision the model runs in.
+    pub fn precision(&self) -> Precision {
+        self.clip.precision()
     }
 
     /// Wraps a loaded model with its input pipeline.

@@ -118,5 +118,26 @@ fn tiny_clip_learns_emoji_and_transfers_across_vendors() {
     assert!(r10_after > 0.25, "R@10 {r10_after}");
     assert!(r1_after > 0.05, "R@1 {r1_after}");
     assert!(r10_after > r10_before + 0.15);
+
+    // The trained model in bf16 and int8 retrieves as in fp32 (issue 11: top-1 unchanged):
+    // 200 queries each way, so 0.005 is one query.
+    let fp32 = evaluator(&session.trainer.clip).unwrap();
+    for precision in [gclip::model::Precision::Bf16, gclip::model::Precision::Int8] {
+        let mut clip = session.trainer.clip.clone();
+        clip.convert(precision, Default::default()).unwrap();
+        let m = evaluator(&clip).unwrap();
+        for key in [
+            "text_to_image_R@1",
+            "image_to_text_R@1",
+            "text_to_image_R@10",
+        ] {
+            let (want, got) = (get(&fp32, key), get(&m, key));
+            eprintln!("{precision} {key}: {got:.3} (fp32 {want:.3})");
+            assert!(
+                (got - want).abs() <= 0.0051,
+                "{precision} {key}: {got} vs {want}"
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -3,6 +3,7 @@
 use candle_core::{Device, Tensor};
 
 use super::config::ClipConfig;
+use super::precision::{KernelChoice, Precision};
 use super::text::TextTower;
 use super::vision::{l2_normalize, VisionTower};
 use super::weights::Weights;
@@ -75,6 +76,38 @@ impl Clip {
             );
         }
         Ok((model, unused))
+    }
+
+    /// Converts both towers' transformer weights to `precision` (see [`super::precision`]).
+    /// Converting to the model's own precision changes nothing; a converted model cannot be
+    /// converted again (its f32 weights are gone).
+    pub fn convert(
+        &mut self,
+        precision: Precision,
+        kernels: KernelChoice,
+    ) -> Result<(), ModelError> {
+        if precision == self.precision() {
+            return Ok(());
+        }
+        if self.precision() != Precision::Fp32 {
+            return Err(ModelError::Unsupported(format!(
+                "the model is already {}; load it again to run it in {precision}",
+                self.precision()
+            )));
+        }
+        self.vision.transformer.convert(precision, kernels)?;
+        self.text.transformer.convert(precision, kernels)
+    }
+
+    /// Which kernels the transformer's linear layers run (`gemm f32`, `bf16-avx512bf16`, …),
+    /// chosen at load time for this CPU.
+    pub fn kernel_description(&self) -> String {
+        self.vision.transformer.kernel_description()
+    }
+
+    /// The precision the transformer weights run in.
+    pub fn precision(&self) -> Precision {
+        self.vision.transformer.precision()
     }
 
     /// The device the weights live on.

@@ -7,6 +7,9 @@ pub mod clip;
 pub mod config;
 pub mod kernels;
 pub mod layers;
+pub mod lowp;
+pub mod packed;
+pub mod precision;
 pub mod text;
 pub mod vision;
 pub mod weights;
@@ -16,6 +19,7 @@ use std::path::PathBuf;
 pub use clip::{Clip, Embeddings};
 pub use config::{ClipConfig, TextConfig, TextPooling, VisionConfig};
 pub use kernels::Activation;
+pub use precision::{KernelChoice, Precision};
 pub use weights::{NamingScheme, Weights};
 
 /// Everything that can go wrong loading or running a model.
@@ -56,6 +60,9 @@ pub enum ModelError {
     },
     #[error("invalid model input: {0}")]
     Input(String),
+    /// A precision, device or operation this model or machine cannot run.
+    #[error("{0}")]
+    Unsupported(String),
     /// A tensor operation failed. Shown without the backtrace candle may have captured (with
     /// `RUST_BACKTRACE` set), and not exposed as a `source`, so that no error chain prints one.
     #[error("{}", error_message(.0))]

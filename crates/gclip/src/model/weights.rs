@@ -191,9 +191,7 @@ impl Weights {
             } => {
                 let t = self.read(&src, name)?;
                 if transpose {
-                    t.t()
-                        .and_then(|t| t.contiguous())
-                        .map_err(ModelError::from)?
+                    super::kernels::transpose_2d(&t)?
                 } else {
                     t
                 }

@@ -121,10 +121,7 @@ fn weighted_sum(out: &Tensor, seed: u64) -> Tensor {
 }
 
 fn linear(w: &Tensor, b: &Tensor) -> Linear {
-    Linear {
-        weight_t: w.clone(),
-        bias: b.clone(),
-    }
+    Linear::dense(w.clone(), b.clone())
 }
 
 #[test]

@@ -168,13 +168,18 @@ impl Visitor<'_, '_> {
         layer: Option<usize>,
         l: &mut Linear,
     ) -> candle_core::Result<()> {
+        let Some(weight) = l.dense_weight_mut() else {
+            candle_core::bail!(
+                "{prefix}: packed (bf16/int8) weights cannot be trained; load the model in fp32"
+            );
+        };
         self.one(
             format!("{prefix}.weight"),
             tower,
             ParamKind::Weight,
             StoredLayout::Transposed,
             layer,
-            &mut l.weight_t,
+            weight,
         )?;
         self.one(
             format!("{prefix}.bias"),

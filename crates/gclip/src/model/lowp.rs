@@ -1,0 +1,1842 @@
+//! Low-precision matrix multiply kernels for linear layers: `y = x · W + b`.
+//!
+//! Two families:
+//!
+//! * **bf16**: weights stored as bf16 (round-to-nearest-even), activations
+//!   rounded to bf16 per call, products accumulated in f32.
+//! * **int8**: weights quantised symmetrically per output column, activations
+//!   quantised symmetrically per row at run time, products accumulated exactly
+//!   in i32 and rescaled to f32.
+//!
+//! Weights are packed once ([`PackedBf16::pack`], [`PackedInt8::pack`]) into
+//! panels of [`NR`] output columns; the packed bytes can be saved and restored
+//! with `as_bytes` / `from_bytes` (native endianness).
+//!
+//! Every public entry point validates shapes and returns `Err(String)` instead
+//! of panicking; a kernel variant the CPU cannot run is also an `Err`.
+//!
+//! Threading: the work of one call is split over at most `threads` tasks on the
+//! current rayon pool (`threads == 0` means "the pool's size"); `threads == 1`
+//! runs on the calling thread without touching rayon. No pool is created.
+//!
+//! Scratch: each call packs the activations into a per-calling-thread scratch
+//! buffer that is kept (thread-local) and reused by later calls on the same
+//! thread, so steady-state calls do not allocate it again (int8 also allocates
+//! one `Vec<f32>` of `rows` scales per call).
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rayon::prelude::*;
+
+/// Output columns per packed weight panel (two 16-lane vectors).
+pub const NR: usize = 32;
+/// K-steps (bf16 pairs / int8 quads) per K block. Measured on Zen 4: no K
+/// blocking was fastest for CLIP's K <= 3072 (KC = 64..384 lost 5-20%), so
+/// this only splits very long K.
+const KC: usize = 2048;
+/// Micro-row-blocks per tile (tile rows = `MC_BLOCKS * mr`).
+const MC_BLOCKS: usize = 8;
+/// Panels per tile (tile columns = `NC_PANELS * NR`).
+const NC_PANELS: usize = 4;
+/// Largest `in_dim` for which the int8 i32 accumulator cannot overflow
+/// (|acc| <= 127 * 127 * in_dim < 2^31).
+pub const MAX_INT8_IN_DIM: usize = 131_072;
+
+// ---------------------------------------------------------------------------
+// Kernel selection
+// ---------------------------------------------------------------------------
+
+/// bf16 kernel variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bf16Kernel {
+    /// Plain Rust, any CPU.
+    Portable,
+    /// AVX-512F: bf16 widened to f32, f32 FMA.
+    Avx512,
+    /// AVX-512 BF16: `vdpbf16ps`.
+    Avx512Bf16,
+}
+
+/// int8 kernel variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Int8Kernel {
+    /// Plain Rust, any CPU (i32 accumulation).
+    Portable,
+    /// AVX-512 VNNI: `vpdpbusd`.
+    Avx512Vnni,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx512() -> bool {
+    false
+}
+#[cfg(target_arch = "x86_64")]
+fn has_avx512bf16() -> bool {
+    has_avx512()
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx512bf16() -> bool {
+    false
+}
+#[cfg(target_arch = "x86_64")]
+fn has_avx512vnni() -> bool {
+    has_avx512() && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx512vnni() -> bool {
+    false
+}
+
+impl Bf16Kernel {
+    /// Whether this CPU can run the variant.
+    pub fn is_available(self) -> bool {
+        match self {
+            Bf16Kernel::Portable => true,
+            Bf16Kernel::Avx512 => has_avx512(),
+            Bf16Kernel::Avx512Bf16 => has_avx512bf16(),
+        }
+    }
+    /// The variants this CPU can run, slowest first.
+    pub fn available() -> Vec<Bf16Kernel> {
+        [
+            Bf16Kernel::Portable,
+            Bf16Kernel::Avx512,
+            Bf16Kernel::Avx512Bf16,
+        ]
+        .into_iter()
+        .filter(|k| k.is_available())
+        .collect()
+    }
+    /// The fastest variant this CPU can run.
+    pub fn best() -> Bf16Kernel {
+        *Self::available().last().unwrap_or(&Bf16Kernel::Portable)
+    }
+    /// Short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Kernel::Portable => "bf16-portable",
+            Bf16Kernel::Avx512 => "bf16-avx512",
+            Bf16Kernel::Avx512Bf16 => "bf16-avx512bf16",
+        }
+    }
+}
+
+impl Int8Kernel {
+    /// Whether this CPU can run the variant.
+    pub fn is_available(self) -> bool {
+        match self {
+            Int8Kernel::Portable => true,
+            Int8Kernel::Avx512Vnni => has_avx512vnni(),
+        }
+    }
+    /// The variants this CPU can run, slowest first.
+    pub fn available() -> Vec<Int8Kernel> {
+        [Int8Kernel::Portable, Int8Kernel::Avx512Vnni]
+            .into_iter()
+            .filter(|k| k.is_available())
+            .collect()
+    }
+    /// The fastest variant this CPU can run.
+    pub fn best() -> Int8Kernel {
+        *Self::available().last().unwrap_or(&Int8Kernel::Portable)
+    }
+    /// Short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Int8Kernel::Portable => "int8-portable",
+            Int8Kernel::Avx512Vnni => "int8-avx512vnni",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Conversions and quantisation
+// ---------------------------------------------------------------------------
+
+/// f32 -> bf16 bits, round to nearest even; NaN stays NaN (quietened).
+#[inline]
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16;
+    let nan = ((b >> 16) as u16) | 0x0040;
+    if (b & 0x7FFF_FFFF) > 0x7F80_0000 {
+        nan
+    } else {
+        rounded
+    }
+}
+
+/// bf16 bits -> f32 (exact).
+#[inline]
+pub fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// Round to nearest even for |v| <= 2^22 (used for values within ±128).
+#[inline]
+fn rne_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + MAGIC) - MAGIC
+}
+
+/// Scale of a row and the multiplier used to quantise it (see
+/// [`quantize_row_i8`]); `inv` is `None` when every q is 0.
+#[inline(always)]
+fn row_quant_params(x: &[f32]) -> (f32, Option<f32>) {
+    let mut max = 0f32;
+    let mut bad = false;
+    for &v in x {
+        bad |= !v.is_finite();
+        let a = v.abs();
+        max = if a > max { a } else { max };
+    }
+    if bad {
+        (f32::NAN, None)
+    } else if max == 0.0 {
+        (0.0, None)
+    } else {
+        (max / 127.0, Some(127.0 / max))
+    }
+}
+
+/// The quantised value of `v` for multiplier `inv` (integer in ±127).
+#[inline(always)]
+fn quant(v: f32, inv: f32) -> f32 {
+    rne_small(v * inv).clamp(-127.0, 127.0)
+}
+
+/// Quantise one activation row exactly as [`linear_int8`] does.
+///
+/// Returns the scale `s` (so `x ≈ s * q`): `max|x| / 127`, `0.0` for an
+/// all-zero (or empty) row, and `NaN` when the row holds a NaN or infinity
+/// (then every `q` is 0 and the output row of [`linear_int8`] is all NaN).
+/// `q[k] = round_half_even(x[k] * (127 / max|x|))` clamped to `[-127, 127]`.
+/// `q.len()` must be at least `x.len()`; only `q[..x.len()]` is written.
+pub fn quantize_row_i8(x: &[f32], q: &mut [i8]) -> f32 {
+    let q = &mut q[..x.len()];
+    let (scale, inv) = row_quant_params(x);
+    match inv {
+        None => q.fill(0),
+        Some(inv) => {
+            for (d, &v) in q.iter_mut().zip(x) {
+                *d = quant(v, inv) as i8;
+            }
+        }
+    }
+    scale
+}
+
+/// One activation row as u8 (`q + 128`), padded with 128 (q = 0) to
+/// `out.len()`; returns the row scale.
+#[inline(always)]
+fn pack_row_u8(xr: &[f32], out: &mut [u8]) -> f32 {
+    let (scale, inv) = row_quant_params(xr);
+    let (head, tail) = out.split_at_mut(xr.len());
+    match inv {
+        None => head.fill(128),
+        Some(inv) => {
+            for (d, &v) in head.iter_mut().zip(xr) {
+                *d = (quant(v, inv) as i32 + 128) as u8;
+            }
+        }
+    }
+    tail.fill(128);
+    scale
+}
+
+/// One activation row as bf16-rounded f32 bit patterns, zero padded.
+#[inline(always)]
+fn pack_row_f32pair(xr: &[f32], out: &mut [u32]) {
+    let (head, tail) = out.split_at_mut(xr.len());
+    for (d, &v) in head.iter_mut().zip(xr) {
+        *d = (f32_to_bf16(v) as u32) << 16;
+    }
+    tail.fill(0);
+}
+
+// ---------------------------------------------------------------------------
+// 64-byte aligned word buffer
+// ---------------------------------------------------------------------------
+
+/// `u32` words whose first element is 64-byte aligned.
+struct AlignedWords {
+    v: Vec<u32>,
+    off: usize,
+    len: usize,
+}
+
+fn align_off(ptr: *const u32) -> usize {
+    // Vec<u32> is 4-byte aligned, so the byte distance is a multiple of 4.
+    (ptr as usize).wrapping_neg() % 64 / 4
+}
+
+impl AlignedWords {
+    fn zeroed(len: usize) -> Self {
+        let v = vec![0u32; len + 16];
+        let off = align_off(v.as_ptr());
+        Self { v, off, len }
+    }
+    fn words(&self) -> &[u32] {
+        &self.v[self.off..self.off + self.len]
+    }
+    fn words_mut(&mut self) -> &mut [u32] {
+        let (o, l) = (self.off, self.len);
+        &mut self.v[o..o + l]
+    }
+    fn bytes(&self) -> &[u8] {
+        let w = self.words();
+        // SAFETY: `w` is a valid, initialised `[u32]`; u32 has no padding and
+        // every byte pattern is a valid u8; u8 needs alignment 1; the byte
+        // length is exactly `4 * w.len()` and the borrow keeps `self` alive.
+        unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<u8>(), w.len() * 4) }
+    }
+    /// `bytes.len()` must be a multiple of 4 (callers check the exact length).
+    fn from_bytes(bytes: &[u8]) -> Self {
+        let mut s = Self::zeroed(bytes.len() / 4);
+        for (d, c) in s.words_mut().iter_mut().zip(bytes.chunks_exact(4)) {
+            *d = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        s
+    }
+}
+
+impl Clone for AlignedWords {
+    fn clone(&self) -> Self {
+        let mut s = Self::zeroed(self.len);
+        s.words_mut().copy_from_slice(self.words());
+        s
+    }
+}
+
+impl PartialEq for AlignedWords {
+    fn eq(&self, o: &Self) -> bool {
+        self.words() == o.words()
+    }
+}
+
+impl std::fmt::Debug for AlignedWords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedWords({} words)", self.len)
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a 64-byte aligned scratch slice of `len` words (contents
+/// unspecified) that is kept per thread between calls.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
+    let mut v = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    if v.len() < len + 16 {
+        v = vec![0u32; len + 16];
+    }
+    let off = align_off(v.as_ptr());
+    let r = f(&mut v[off..off + len]);
+    SCRATCH.with(|s| *s.borrow_mut() = v);
+    r
+}
+
+/// Frees the calling thread's scratch buffer (it is re-created on demand).
+pub fn release_scratch() {
+    SCRATCH.with(|s| *s.borrow_mut() = Vec::new());
+}
+
+fn checked_dims(a: usize, b: usize, what: &str) -> Result<usize, String> {
+    a.checked_mul(b)
+        .ok_or_else(|| format!("{what}: size {a} x {b} overflows"))
+}
+
+// ---------------------------------------------------------------------------
+// Packed weights
+// ---------------------------------------------------------------------------
+
+/// bf16 weights packed for the microkernels.
+///
+/// Layout (words of two bf16): panel `p` of [`NR`] columns, then K-pair `kp`,
+/// then column `j`: word = `bf16(w[2kp][n]) | bf16(w[2kp+1][n]) << 16` with
+/// `n = p*NR + j`; K is padded to even and N to a multiple of `NR` with zeros.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedBf16 {
+    buf: AlignedWords,
+    in_dim: usize,
+    out_dim: usize,
+}
+
+fn bf16_words(in_dim: usize, out_dim: usize) -> Result<usize, String> {
+    let panels = out_dim.div_ceil(NR);
+    let per = checked_dims(in_dim.div_ceil(2), NR, "bf16 pack")?;
+    checked_dims(panels, per, "bf16 pack")
+}
+
+impl PackedBf16 {
+    /// Packs row-major `w[in_dim][out_dim]` (y = x·w), rounding to bf16 (RNE).
+    pub fn pack(w: &[f32], in_dim: usize, out_dim: usize) -> Result<Self, String> {
+        let n = checked_dims(in_dim, out_dim, "bf16 pack")?;
+        if w.len() != n {
+            return Err(format!(
+                "bf16 pack: weight has {} values, expected {in_dim} x {out_dim}",
+                w.len()
+            ));
+        }
+        let mut buf = AlignedWords::zeroed(bf16_words(in_dim, out_dim)?);
+        let k2 = in_dim.div_ceil(2);
+        let words = buf.words_mut();
+        for (p, panel) in words.chunks_exact_mut(k2 * NR).enumerate() {
+            for (kp, wrow) in panel.chunks_exact_mut(NR).enumerate() {
+                for (j, d) in wrow.iter_mut().enumerate() {
+                    let n = p * NR + j;
+                    if n >= out_dim {
+                        break;
+                    }
+                    let lo = f32_to_bf16(w[2 * kp * out_dim + n]) as u32;
+                    let hi = if 2 * kp + 1 < in_dim {
+                        f32_to_bf16(w[(2 * kp + 1) * out_dim + n]) as u32
+                    } else {
+                        0
+                    };
+                    *d = lo | hi << 16;
+                }
+            }
+        }
+        Ok(Self {
+            buf,
+            in_dim,
+            out_dim,
+        })
+    }
+    /// Input features (K).
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+    /// Output features (N).
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+    /// The packed weights (native-endian; see the type docs for the layout).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buf.bytes()
+    }
+    /// Rebuilds from [`Self::as_bytes`] output (copied into an aligned buffer).
+    pub fn from_bytes(bytes: &[u8], in_dim: usize, out_dim: usize) -> Result<Self, String> {
+        let words = bf16_words(in_dim, out_dim)?;
+        if bytes.len() != words * 4 {
+            return Err(format!(
+                "bf16 packed weight: {} bytes, expected {} for {in_dim} x {out_dim}",
+                bytes.len(),
+                words * 4
+            ));
+        }
+        Ok(Self {
+            buf: AlignedWords::from_bytes(bytes),
+            in_dim,
+            out_dim,
+        })
+    }
+    /// The bf16-rounded weight `w[k][n]` as f32 (for tests / debugging).
+    pub fn get(&self, k: usize, n: usize) -> f32 {
+        assert!(k < self.in_dim && n < self.out_dim);
+        let k2 = self.in_dim.div_ceil(2);
+        let word = self.buf.words()[(n / NR) * k2 * NR + (k / 2) * NR + n % NR];
+        bf16_to_f32((word >> (16 * (k % 2))) as u16)
+    }
+}
+
+/// int8 weights, symmetric per output column, packed for the microkernels.
+///
+/// Byte image (all native-endian 32-bit words), with `npad = ceil(N/NR)*NR`:
+/// `corr: [i32; npad]` = `-128 * sum_k q[k][n]` (the u8-offset correction),
+/// `scale: [f32; npad]` = `max_k |w[k][n]| / 127`, then the quantised weights:
+/// panel `p`, K-quad `kq`, column `j`: word = bytes `q[4kq+t][p*NR+j]`,
+/// `t = 0..4` (K padded to a multiple of 4 and N to `npad` with zeros).
+/// `q = round_half_even(w / scale)` clamped to ±127. A column that contains a
+/// NaN or infinity gets scale NaN and q = 0, so its outputs are NaN; an
+/// all-zero column gets scale 0.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedInt8 {
+    buf: AlignedWords,
+    in_dim: usize,
+    out_dim: usize,
+}
+
+fn int8_words(in_dim: usize, out_dim: usize) -> Result<usize, String> {
+    let panels = out_dim.div_ceil(NR);
+    let per = checked_dims(in_dim.div_ceil(4), NR, "int8 pack")?;
+    let data = checked_dims(panels, per, "int8 pack")?;
+    data.checked_add(2 * panels * NR)
+        .ok_or_else(|| "int8 pack: size overflows".to_string())
+}
+
+impl PackedInt8 {
+    /// Quantises and packs row-major `w[in_dim][out_dim]`.
+    pub fn pack(w: &[f32], in_dim: usize, out_dim: usize) -> Result<Self, String> {
+        let n_all = checked_dims(in_dim, out_dim, "int8 pack")?;
+        if w.len() != n_all {
+            return Err(format!(
+                "int8 pack: weight has {} values, expected {in_dim} x {out_dim}",
+                w.len()
+            ));
+        }
+        if in_dim > MAX_INT8_IN_DIM {
+            return Err(format!(
+                "int8 pack: in_dim {in_dim} > {MAX_INT8_IN_DIM} could overflow i32"
+            ));
+        }
+        let mut buf = AlignedWords::zeroed(int8_words(in_dim, out_dim)?);
+        let npad = out_dim.div_ceil(NR) * NR;
+        let k4 = in_dim.div_ceil(4);
+        let words = buf.words_mut();
+        let (head, data) = words.split_at_mut(2 * npad);
+        let mut col = vec![0i8; in_dim];
+        for n in 0..out_dim {
+            let mut max = 0f32;
+            let mut bad = false;
+            for k in 0..in_dim {
+                let v = w[k * out_dim + n];
+                bad |= !v.is_finite();
+                max = max.max(v.abs());
+            }
+            let scale = if bad { f32::NAN } else { max / 127.0 };
+            let mut sum = 0i32;
+            for (k, q) in col.iter_mut().enumerate() {
+                *q = if bad || max == 0.0 {
+                    0
+                } else {
+                    (w[k * out_dim + n] / scale)
+                        .round_ties_even()
+                        .clamp(-127.0, 127.0) as i8
+                };
+                sum += *q as i32;
+            }
+            head[n] = (-128 * sum) as u32;
+            head[npad + n] = scale.to_bits();
+            let (p, j) = (n / NR, n % NR);
+            for kq in 0..k4 {
+                let mut word = 0u32;
+                for t in 0..4 {
+                    if let Some(&q) = col.get(4 * kq + t) {
+                        word |= (q as u8 as u32) << (8 * t);
+                    }
+                }
+                data[p * k4 * NR + kq * NR + j] = word;
+            }
+        }
+        Ok(Self {
+            buf,
+            in_dim,
+            out_dim,
+        })
+    }
+    /// Input features (K).
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+    /// Output features (N).
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+    /// Scales, corrections and quantised weights (see the type docs).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buf.bytes()
+    }
+    /// Rebuilds from [`Self::as_bytes`] output (copied into an aligned buffer).
+    pub fn from_bytes(bytes: &[u8], in_dim: usize, out_dim: usize) -> Result<Self, String> {
+        if in_dim > MAX_INT8_IN_DIM {
+            return Err(format!("int8 packed weight: in_dim {in_dim} too large"));
+        }
+        let words = int8_words(in_dim, out_dim)?;
+        if bytes.len() != words * 4 {
+            return Err(format!(
+                "int8 packed weight: {} bytes, expected {} for {in_dim} x {out_dim}",
+                bytes.len(),
+                words * 4
+            ));
+        }
+        Ok(Self {
+            buf: AlignedWords::from_bytes(bytes),
+            in_dim,
+            out_dim,
+        })
+    }
+    fn npad(&self) -> usize {
+        self.out_dim.div_ceil(NR) * NR
+    }
+    /// Per-column scale of column `n`.
+    pub fn scale(&self, n: usize) -> f32 {
+        assert!(n < self.out_dim);
+        f32::from_bits(self.buf.words()[self.npad() + n])
+    }
+    /// Quantised weight `q[k][n]`.
+    pub fn q(&self, k: usize, n: usize) -> i8 {
+        assert!(k < self.in_dim && n < self.out_dim);
+        let k4 = self.in_dim.div_ceil(4);
+        let word = self.buf.words()[2 * self.npad() + (n / NR) * k4 * NR + (k / 4) * NR + n % NR];
+        (word >> (8 * (k % 4))) as u8 as i8
+    }
+    fn corr(&self) -> &[i32] {
+        let w = &self.buf.words()[..self.npad()];
+        // SAFETY: i32 and u32 have identical size and alignment and every bit
+        // pattern is valid for both; the length is unchanged.
+        unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<i32>(), w.len()) }
+    }
+    fn scales(&self) -> &[f32] {
+        let np = self.npad();
+        let w = &self.buf.words()[np..2 * np];
+        // SAFETY: f32 and u32 have identical size and alignment and every bit
+        // pattern is a valid f32; the length is unchanged.
+        unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<f32>(), w.len()) }
+    }
+    fn data(&self) -> &[u32] {
+        &self.buf.words()[2 * self.npad()..]
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Activation packing
+// ---------------------------------------------------------------------------
+
+/// Number of parallel tasks to use.
+fn effective_threads(threads: usize) -> usize {
+    let pool = rayon::current_num_threads().max(1);
+    if threads == 0 {
+        pool
+    } else {
+        threads.min(pool)
+    }
+}
+
+/// Runs `f(row_index, row)` for each `lda`-word row of `buf` on up to
+/// `threads` tasks (contiguous row ranges).
+fn for_rows(buf: &mut [u32], lda: usize, threads: usize, f: impl Fn(usize, &mut [u32]) + Sync) {
+    if lda == 0 {
+        return;
+    }
+    let rows = buf.len() / lda;
+    if threads <= 1 || rows <= 1 {
+        for (i, r) in buf.chunks_exact_mut(lda).enumerate() {
+            f(i, r);
+        }
+        return;
+    }
+    let per = rows.div_ceil(threads);
+    buf.par_chunks_mut(per * lda)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            for (i, r) in chunk.chunks_exact_mut(lda).enumerate() {
+                f(c * per + i, r);
+            }
+        });
+}
+
+fn words_as_bytes_mut(w: &mut [u32]) -> &mut [u8] {
+    // SAFETY: the byte slice covers exactly the memory of `w` (4 bytes per
+    // word), u8 has alignment 1 and no invalid bit patterns, and it borrows
+    // `w` mutably for its whole lifetime, so there is no aliasing.
+    unsafe { std::slice::from_raw_parts_mut(w.as_mut_ptr().cast::<u8>(), w.len() * 4) }
+}
+
+/// Activation layouts: row-major, `lda` words per row.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AFormat {
+    /// One f32 (bf16-rounded, as bits) per k; K padded to even with zeros.
+    F32Pair,
+    /// One bf16 per k in memory order (two per word); x86 only.
+    Bf16,
+}
+
+/// Converts x rows into `out` (rows × lda words) in the given layout.
+fn pack_a_bf16(
+    x: &[f32],
+    in_dim: usize,
+    lda: usize,
+    fmt: AFormat,
+    out: &mut [u32],
+    threads: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = has_avx512();
+    for_rows(out, lda, threads, |r, row| {
+        let xr = &x[r * in_dim..(r + 1) * in_dim];
+        match fmt {
+            #[cfg(target_arch = "x86_64")]
+            AFormat::Bf16 => {
+                // SAFETY: this layout is only chosen for the Avx512Bf16
+                // kernel, after its CPU features were detected.
+                unsafe { x86::pack_row_bf16(xr, row) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            AFormat::F32Pair if avx512 => {
+                // SAFETY: avx512f was detected just above.
+                unsafe { x86::pack_row_f32pair_avx512(xr, row) }
+            }
+            _ => pack_row_f32pair(xr, row),
+        }
+    });
+}
+
+/// Quantises x rows into u8 rows (`lda` words each), scales into `sx`.
+fn pack_a_int8(
+    x: &[f32],
+    in_dim: usize,
+    lda: usize,
+    out: &mut [u32],
+    sx: &mut [f32],
+    threads: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = std::arch::is_x86_feature_detected!("avx512bw") && has_avx512();
+    let rows = sx.len();
+    let per = rows.div_ceil(threads.max(1)).max(1);
+    let work = |r0: usize, chunk: &mut [u32], sxc: &mut [f32]| {
+        for (i, (row, s)) in chunk.chunks_exact_mut(lda).zip(sxc.iter_mut()).enumerate() {
+            let xr = &x[(r0 + i) * in_dim..(r0 + i + 1) * in_dim];
+            let bytes = words_as_bytes_mut(row);
+            #[cfg(target_arch = "x86_64")]
+            if avx512 {
+                // SAFETY: avx512f and avx512bw were detected above.
+                *s = unsafe { x86::pack_row_u8_avx512(xr, bytes) };
+                continue;
+            }
+            *s = pack_row_u8(xr, bytes);
+        }
+    };
+    if lda == 0 {
+        sx.fill(0.0);
+        return;
+    }
+    if threads <= 1 || rows <= 1 {
+        work(0, out, sx);
+        return;
+    }
+    out.par_chunks_mut(per * lda)
+        .zip(sx.par_chunks_mut(per))
+        .enumerate()
+        .for_each(|(c, (chunk, sxc))| work(c * per, chunk, sxc));
+}
+
+// ---------------------------------------------------------------------------
+// Tile driver
+// ---------------------------------------------------------------------------
+
+/// One microkernel invocation: `m` rows (≤ the kernel's MR) × `ncols` columns.
+struct Tile {
+    /// K-steps to run.
+    k: usize,
+    /// Packed A (row-major, `lda` words per row) at the tile's first row
+    /// and K offset; each K-step uses 1 word (2 for the f32-pair layout).
+    a: *const u32,
+    lda: usize,
+    /// Packed B panel at this K offset; `NR` words per K-step.
+    b: *const u32,
+    /// Output tile (row stride `ldc`), `m` rows × `ncols` valid columns.
+    c: *mut f32,
+    ldc: usize,
+    ncols: usize,
+    /// First K block: initialise (bias / correction) instead of loading `c`.
+    init: bool,
+    /// Last K block: apply the epilogue (int8 scaling) before storing.
+    fin: bool,
+    /// `ncols` bias values or null.
+    bias: *const f32,
+    /// int8: `NR` corrections and `NR` column scales; `m` row scales.
+    corr: *const i32,
+    wscale: *const f32,
+    xscale: *const f32,
+}
+
+/// Runs one tile; `m` is the number of valid rows.
+type KernFn = unsafe fn(&Tile, usize);
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the pointer is only used to write disjoint tiles of the output
+// slice, which outlives the parallel region (see `run_tiles`).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above; concurrent tasks never touch the same element.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// Method access makes closures capture the whole (Sync) wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+struct Gemm<'a> {
+    rows: usize,
+    out: usize,
+    ksteps: usize,
+    mr: usize,
+    lda: usize,
+    astep: usize,
+    a: &'a [u32],
+    b: &'a [u32],
+    bias: Option<&'a [f32]>,
+    corr: Option<&'a [i32]>,
+    wscale: Option<&'a [f32]>,
+    xscale: Option<&'a [f32]>,
+    kern: KernFn,
+}
+
+fn run_tiles(g: &Gemm, dst: &mut [f32], threads: usize) {
+    let (kc, mcb, ncp) = (KC, MC_BLOCKS, NC_PANELS);
+    let panels = g.out.div_ceil(NR);
+    let mblocks = g.rows.div_ceil(g.mr);
+    // Everything the kernels touch is inside these slices (checked here so
+    // the raw-pointer arithmetic below stays in bounds).
+    assert!(dst.len() >= g.rows * g.out);
+    assert!(g.a.len() >= g.rows * g.lda && g.lda >= g.ksteps * g.astep);
+    assert!(g.b.len() >= panels * g.ksteps * NR);
+    assert!(g.bias.is_none_or(|b| b.len() >= g.out));
+    assert!(g.corr.is_none_or(|b| b.len() >= panels * NR));
+    assert!(g.wscale.is_none_or(|b| b.len() >= panels * NR));
+    assert!(g.xscale.is_none_or(|b| b.len() >= g.rows));
+    if g.rows == 0 || g.out == 0 {
+        return;
+    }
+    let tm = mblocks.div_ceil(mcb);
+    let tn = panels.div_ceil(ncp);
+    let items = tm * tn;
+    let dptr = SendPtr(dst.as_mut_ptr());
+    let do_item = |i: usize| {
+        let (ti, tj) = (i % tm, i / tm);
+        let mb_range = ti * mcb..((ti + 1) * mcb).min(mblocks);
+        let p_range = tj * ncp..((tj + 1) * ncp).min(panels);
+        let mut kc0 = 0;
+        loop {
+            let kl = kc.min(g.ksteps - kc0);
+            let init = kc0 == 0;
+            let fin = kc0 + kl >= g.ksteps;
+            for p in p_range.clone() {
+                let c0 = p * NR;
+                for mb in mb_range.clone() {
+                    let r0 = mb * g.mr;
+                    let m = g.mr.min(g.rows - r0);
+                    // SAFETY (pointer arithmetic): all offsets are within the
+                    // slices asserted above: A rows `r0..r0+m` hold
+                    // `ksteps*astep` words each, B panel `p` spans `ksteps*NR`,
+                    // row `r0 + m - 1 < rows`, column `c0 + ncols <= out`, and
+                    // the per-column arrays hold `panels*NR` values.
+                    let t = unsafe {
+                        Tile {
+                            k: kl,
+                            a: g.a.as_ptr().add(r0 * g.lda + kc0 * g.astep),
+                            lda: g.lda,
+                            b: g.b.as_ptr().add((p * g.ksteps + kc0) * NR),
+                            c: dptr.get().add(r0 * g.out + c0),
+                            ldc: g.out,
+                            ncols: NR.min(g.out - c0),
+                            init,
+                            fin,
+                            bias: g.bias.map_or(std::ptr::null(), |b| b.as_ptr().add(c0)),
+                            corr: g.corr.map_or(std::ptr::null(), |b| b.as_ptr().add(c0)),
+                            wscale: g.wscale.map_or(std::ptr::null(), |b| b.as_ptr().add(c0)),
+                            xscale: g.xscale.map_or(std::ptr::null(), |b| b.as_ptr().add(r0)),
+                        }
+                    };
+                    // SAFETY: the tile satisfies the kernel contract (pointers
+                    // valid for the extents documented on `Tile`, `m <= mr`),
+                    // and the kernel was chosen only after its CPU features
+                    // were detected. Tiles of different items are disjoint
+                    // rectangles of `dst`, so no two tasks write the same
+                    // element.
+                    unsafe { (g.kern)(&t, m) };
+                }
+            }
+            kc0 += kl;
+            if fin {
+                break;
+            }
+        }
+    };
+    let t = threads.min(items);
+    if t <= 1 {
+        (0..items).for_each(do_item);
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    let worker = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= items {
+            break;
+        }
+        do_item(i);
+    };
+    rayon::scope(|s| {
+        for _ in 1..t {
+            s.spawn(|_| worker());
+        }
+        worker();
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Portable kernels
+// ---------------------------------------------------------------------------
+
+const PORTABLE_MR: usize = 4;
+
+/// # Safety
+/// `t` must satisfy the `Tile` contract with `m <= PORTABLE_MR` and the
+/// f32-pair A layout.
+unsafe fn kern_bf16_portable(t: &Tile, m: usize) {
+    let nc = t.ncols;
+    // SAFETY: per the Tile contract A rows `< m` hold `2 * k` words from `a`
+    // (row stride `lda`), B holds `k * NR` words, and bias (when non-null)
+    // holds `ncols` values.
+    let (a, b, bias) = unsafe {
+        (
+            std::slice::from_raw_parts(t.a, (m - 1) * t.lda + 2 * t.k),
+            std::slice::from_raw_parts(t.b, t.k * NR),
+            (!t.bias.is_null()).then(|| std::slice::from_raw_parts(t.bias, nc)),
+        )
+    };
+    let mut acc = [[0f32; NR]; PORTABLE_MR];
+    for (i, row) in acc.iter_mut().enumerate().take(m) {
+        if t.init {
+            if let Some(bias) = bias {
+                row[..nc].copy_from_slice(bias);
+            }
+        } else {
+            // SAFETY: rows `< m` of the tile hold `ncols` valid elements.
+            let c = unsafe { std::slice::from_raw_parts(t.c.add(i * t.ldc), nc) };
+            row[..nc].copy_from_slice(c);
+        }
+    }
+    for (kk, bk) in b.chunks_exact(NR).enumerate() {
+        for (i, row) in acc.iter_mut().enumerate().take(m) {
+            let ae = f32::from_bits(a[i * t.lda + 2 * kk]);
+            let ao = f32::from_bits(a[i * t.lda + 2 * kk + 1]);
+            for (r, &w) in row.iter_mut().zip(bk) {
+                *r += ae * f32::from_bits(w << 16) + ao * f32::from_bits(w & 0xFFFF_0000);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate().take(m) {
+        // SAFETY: rows `< m` of the tile hold `ncols` valid elements, and no
+        // other task writes this tile.
+        let c = unsafe { std::slice::from_raw_parts_mut(t.c.add(i * t.ldc), nc) };
+        c.copy_from_slice(&row[..nc]);
+    }
+}
+
+/// # Safety
+/// `t` must satisfy the `Tile` contract with `m <= PORTABLE_MR`, the u8 A
+/// layout (one word per K-step), and non-null `corr`/`wscale`/`xscale`.
+unsafe fn kern_int8_portable(t: &Tile, m: usize) {
+    let nc = t.ncols;
+    // SAFETY: per the Tile contract (see `run_tiles`).
+    let (a, b, corr, ws, xs, bias) = unsafe {
+        (
+            std::slice::from_raw_parts(t.a, (m - 1) * t.lda + t.k),
+            std::slice::from_raw_parts(t.b, t.k * NR),
+            std::slice::from_raw_parts(t.corr, NR),
+            std::slice::from_raw_parts(t.wscale, NR),
+            std::slice::from_raw_parts(t.xscale, m),
+            (!t.bias.is_null()).then(|| std::slice::from_raw_parts(t.bias, nc)),
+        )
+    };
+    let mut acc = [[0i32; NR]; PORTABLE_MR];
+    for (i, row) in acc.iter_mut().enumerate().take(m) {
+        if t.init {
+            row.copy_from_slice(corr);
+        } else {
+            // SAFETY: rows `< m` hold `ncols` elements; between K blocks they
+            // hold i32 bit patterns written below (same size as f32).
+            let c = unsafe { std::slice::from_raw_parts(t.c.add(i * t.ldc).cast::<i32>(), nc) };
+            row[..nc].copy_from_slice(c);
+        }
+    }
+    for (kk, bk) in b.chunks_exact(NR).enumerate() {
+        for (i, row) in acc.iter_mut().enumerate().take(m) {
+            // A bytes are in memory order (k, k+1, k+2, k+3).
+            let au = a[i * t.lda + kk].to_ne_bytes();
+            for (r, &w) in row.iter_mut().zip(bk) {
+                let wb = w.to_le_bytes();
+                let mut s = 0i32;
+                for q in 0..4 {
+                    s += au[q] as i32 * wb[q] as i8 as i32;
+                }
+                *r = r.wrapping_add(s);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate().take(m) {
+        if t.fin {
+            // SAFETY: as above; this task owns the tile.
+            let c = unsafe { std::slice::from_raw_parts_mut(t.c.add(i * t.ldc), nc) };
+            for (j, d) in c.iter_mut().enumerate() {
+                let v = row[j] as f32 * (xs[i] * ws[j]);
+                *d = v + bias.map_or(0.0, |b| b[j]);
+            }
+        } else {
+            // SAFETY: as above; i32 has the size and alignment of f32.
+            let c = unsafe { std::slice::from_raw_parts_mut(t.c.add(i * t.ldc).cast::<i32>(), nc) };
+            c.copy_from_slice(&row[..nc]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// AVX-512 kernels
+// ---------------------------------------------------------------------------
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Tile, NR};
+    use std::arch::x86_64::*;
+
+    pub const BF16_MR: usize = 12;
+    pub const AVX512_MR: usize = 8;
+    pub const VNNI_MR: usize = 12;
+
+    /// Lane masks for the two 16-column halves of a tile with `ncols` columns.
+    #[inline(always)]
+    fn masks(ncols: usize) -> (__mmask16, __mmask16) {
+        let full = if ncols >= NR {
+            u32::MAX
+        } else {
+            (1u32 << ncols) - 1
+        };
+        (full as u16, (full >> 16) as u16)
+    }
+
+    macro_rules! dispatch_m {
+        ($name:ident, $inner:ident, $feat:literal, $($m:literal)*) => {
+            /// # Safety
+            /// `t` must satisfy the `Tile` contract and the CPU must support
+            #[doc = $feat]
+            pub unsafe fn $name(t: &Tile, m: usize) {
+                // SAFETY: forwarded contract; `m` selects the instantiation.
+                unsafe {
+                    match m {
+                        $($m => $inner::<$m>(t),)*
+                        _ => {}
+                    }
+                }
+            }
+        };
+    }
+
+    /// # Safety
+    /// Tile contract with `M` valid rows, one bf16-pair word per A entry; CPU
+    /// supports avx512f + avx512bf16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn bf16dp<const M: usize>(t: &Tile) {
+        let (k0, k1) = masks(t.ncols);
+        let mut acc = [[_mm512_setzero_ps(); 2]; M];
+        // SAFETY (whole body): pointers are valid for the extents in the Tile
+        // contract; masked loads/stores never touch lanes beyond `ncols`.
+        unsafe {
+            if t.init {
+                if !t.bias.is_null() {
+                    let b0 = _mm512_maskz_loadu_ps(k0, t.bias);
+                    let b1 = _mm512_maskz_loadu_ps(k1, t.bias.add(16));
+                    for r in acc.iter_mut() {
+                        *r = [b0, b1];
+                    }
+                }
+            } else {
+                for (i, r) in acc.iter_mut().enumerate() {
+                    let c = t.c.add(i * t.ldc);
+                    *r = [
+                        _mm512_maskz_loadu_ps(k0, c),
+                        _mm512_maskz_loadu_ps(k1, c.add(16)),
+                    ];
+                }
+            }
+            let mut a = t.a;
+            let mut b = t.b;
+            for _ in 0..t.k {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16).cast()));
+                for (i, r) in acc.iter_mut().enumerate() {
+                    let av: __m512bh =
+                        std::mem::transmute(_mm512_set1_epi32(*a.add(i * t.lda) as i32));
+                    r[0] = _mm512_dpbf16_ps(r[0], av, b0);
+                    r[1] = _mm512_dpbf16_ps(r[1], av, b1);
+                }
+                a = a.add(1);
+                b = b.add(NR);
+            }
+            for (i, r) in acc.iter().enumerate() {
+                let c = t.c.add(i * t.ldc);
+                _mm512_mask_storeu_ps(c, k0, r[0]);
+                _mm512_mask_storeu_ps(c.add(16), k1, r[1]);
+            }
+        }
+    }
+    dispatch_m!(kern_bf16dp, bf16dp, "avx512f and avx512bf16.", 1 2 3 4 5 6 7 8 9 10 11 12);
+
+    /// # Safety
+    /// Tile contract with `M` valid rows, f32-pair A entries; CPU supports
+    /// avx512f.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn bf16fma<const M: usize>(t: &Tile) {
+        let (k0, k1) = masks(t.ncols);
+        let mut acc = [[_mm512_setzero_ps(); 2]; M];
+        // SAFETY (whole body): as in `bf16dp`.
+        unsafe {
+            if t.init {
+                if !t.bias.is_null() {
+                    let b0 = _mm512_maskz_loadu_ps(k0, t.bias);
+                    let b1 = _mm512_maskz_loadu_ps(k1, t.bias.add(16));
+                    for r in acc.iter_mut() {
+                        *r = [b0, b1];
+                    }
+                }
+            } else {
+                for (i, r) in acc.iter_mut().enumerate() {
+                    let c = t.c.add(i * t.ldc);
+                    *r = [
+                        _mm512_maskz_loadu_ps(k0, c),
+                        _mm512_maskz_loadu_ps(k1, c.add(16)),
+                    ];
+                }
+            }
+            let hi = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+            let mut a = t.a.cast::<f32>();
+            let mut b = t.b;
+            for _ in 0..t.k {
+                let w0 = _mm512_loadu_si512(b.cast());
+                let w1 = _mm512_loadu_si512(b.add(16).cast());
+                let e0 = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w0));
+                let o0 = _mm512_castsi512_ps(_mm512_and_si512(w0, hi));
+                let e1 = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w1));
+                let o1 = _mm512_castsi512_ps(_mm512_and_si512(w1, hi));
+                for (i, r) in acc.iter_mut().enumerate() {
+                    let ae = _mm512_set1_ps(*a.add(i * t.lda));
+                    let ao = _mm512_set1_ps(*a.add(i * t.lda + 1));
+                    r[0] = _mm512_fmadd_ps(ae, e0, r[0]);
+                    r[1] = _mm512_fmadd_ps(ae, e1, r[1]);
+                    r[0] = _mm512_fmadd_ps(ao, o0, r[0]);
+                    r[1] = _mm512_fmadd_ps(ao, o1, r[1]);
+                }
+                a = a.add(2);
+                b = b.add(NR);
+            }
+            for (i, r) in acc.iter().enumerate() {
+                let c = t.c.add(i * t.ldc);
+                _mm512_mask_storeu_ps(c, k0, r[0]);
+                _mm512_mask_storeu_ps(c.add(16), k1, r[1]);
+            }
+        }
+    }
+    dispatch_m!(kern_bf16fma, bf16fma, "avx512f.", 1 2 3 4 5 6 7 8);
+
+    /// # Safety
+    /// Tile contract with `M` valid rows, one u8-quad word per A entry,
+    /// non-null corr/wscale/xscale; CPU supports avx512f + avx512vnni.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn vnni<const M: usize>(t: &Tile) {
+        let (k0, k1) = masks(t.ncols);
+        let mut acc = [[_mm512_setzero_si512(); 2]; M];
+        // SAFETY (whole body): as in `bf16dp`; `corr`/`wscale` hold `NR`
+        // values (padded arrays), `xscale` holds `M`.
+        unsafe {
+            if t.init {
+                let c0 = _mm512_loadu_si512(t.corr.cast());
+                let c1 = _mm512_loadu_si512(t.corr.add(16).cast());
+                for r in acc.iter_mut() {
+                    *r = [c0, c1];
+                }
+            } else {
+                for (i, r) in acc.iter_mut().enumerate() {
+                    let c = t.c.add(i * t.ldc).cast::<i32>();
+                    *r = [
+                        _mm512_maskz_loadu_epi32(k0, c),
+                        _mm512_maskz_loadu_epi32(k1, c.add(16)),
+                    ];
+                }
+            }
+            let mut a = t.a;
+            let mut b = t.b;
+            for _ in 0..t.k {
+                let b0 = _mm512_loadu_si512(b.cast());
+                let b1 = _mm512_loadu_si512(b.add(16).cast());
+                for (i, r) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_epi32(*a.add(i * t.lda) as i32);
+                    r[0] = _mm512_dpbusd_epi32(r[0], av, b0);
+                    r[1] = _mm512_dpbusd_epi32(r[1], av, b1);
+                }
+                a = a.add(1);
+                b = b.add(NR);
+            }
+            if t.fin {
+                let s0 = _mm512_loadu_ps(t.wscale);
+                let s1 = _mm512_loadu_ps(t.wscale.add(16));
+                let (bi0, bi1) = if t.bias.is_null() {
+                    (_mm512_setzero_ps(), _mm512_setzero_ps())
+                } else {
+                    (
+                        _mm512_maskz_loadu_ps(k0, t.bias),
+                        _mm512_maskz_loadu_ps(k1, t.bias.add(16)),
+                    )
+                };
+                for (i, r) in acc.iter().enumerate() {
+                    let xs = _mm512_set1_ps(*t.xscale.add(i));
+                    let c = t.c.add(i * t.ldc);
+                    let v0 = _mm512_mul_ps(_mm512_cvtepi32_ps(r[0]), _mm512_mul_ps(xs, s0));
+                    let v1 = _mm512_mul_ps(_mm512_cvtepi32_ps(r[1]), _mm512_mul_ps(xs, s1));
+                    _mm512_mask_storeu_ps(c, k0, _mm512_add_ps(v0, bi0));
+                    _mm512_mask_storeu_ps(c.add(16), k1, _mm512_add_ps(v1, bi1));
+                }
+            } else {
+                for (i, r) in acc.iter().enumerate() {
+                    let c = t.c.add(i * t.ldc).cast::<i32>();
+                    _mm512_mask_storeu_epi32(c, k0, r[0]);
+                    _mm512_mask_storeu_epi32(c.add(16), k1, r[1]);
+                }
+            }
+        }
+    }
+    dispatch_m!(kern_vnni, vnni, "avx512f and avx512vnni.", 1 2 3 4 5 6 7 8 9 10 11 12);
+
+    /// Converts one row to bf16 (RNE, `vcvtneps2bf16`), zero padded to
+    /// `2 * out.len()` values.
+    ///
+    /// # Safety
+    /// CPU supports avx512f, avx512bw, avx512vl and avx512bf16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub unsafe fn pack_row_bf16(xr: &[f32], out: &mut [u32]) {
+        let total = 2 * out.len();
+        let dst = out.as_mut_ptr().cast::<u16>();
+        let mut c = 0;
+        while c < total {
+            let nx = xr.len().saturating_sub(c).min(16);
+            let nd = (total - c).min(16);
+            let mx = ((1u32 << nx) - 1) as u16;
+            let md = ((1u32 << nd) - 1) as u16;
+            // SAFETY: the masked load reads only `xr[c..c + nx]` (in bounds)
+            // and the masked store writes only the `nd` u16 at `c..c + nd`,
+            // which lie inside `out` (2 u16 per word).
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(mx, xr.as_ptr().add(c.min(xr.len())));
+                let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+                _mm256_mask_storeu_epi16(dst.add(c).cast(), md, h);
+            }
+            c += 16;
+        }
+    }
+
+    /// [`super::pack_row_f32pair`] compiled for AVX-512.
+    ///
+    /// # Safety
+    /// CPU supports avx512f.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn pack_row_f32pair_avx512(xr: &[f32], out: &mut [u32]) {
+        super::pack_row_f32pair(xr, out)
+    }
+
+    /// Same result as [`super::pack_row_u8`] (bit for bit), with intrinsics.
+    ///
+    /// # Safety
+    /// CPU supports avx512f and avx512bw; `out.len() >= xr.len()`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn pack_row_u8_avx512(xr: &[f32], out: &mut [u8]) -> f32 {
+        let n = xr.len();
+        let p = xr.as_ptr();
+        // For non-negative floats the bit patterns order like the values, and
+        // every NaN/inf pattern is >= 0x7F80_0000.
+        let absmask = _mm512_set1_epi32(0x7FFF_FFFF);
+        let mut mx = _mm512_setzero_si512();
+        let mut c = 0;
+        while c < n {
+            let m = ((1u32 << (n - c).min(16)) - 1) as u16;
+            // SAFETY: masked load of `xr[c..c + min(16, n - c)]`, in bounds.
+            let v = unsafe { _mm512_maskz_loadu_epi32(m, p.add(c).cast()) };
+            mx = _mm512_max_epu32(mx, _mm512_and_si512(v, absmask));
+            c += 16;
+        }
+        let maxbits = _mm512_reduce_max_epu32(mx);
+        if maxbits >= 0x7F80_0000 || maxbits == 0 {
+            out.fill(128);
+            return if maxbits == 0 { 0.0 } else { f32::NAN };
+        }
+        let max = f32::from_bits(maxbits);
+        let inv = _mm512_set1_ps(127.0 / max);
+        let lo = _mm512_set1_epi32(-127);
+        let hi = _mm512_set1_epi32(127);
+        let off = _mm512_set1_epi32(128);
+        let o = out.as_mut_ptr();
+        let mut c = 0;
+        while c < n {
+            let m = ((1u32 << (n - c).min(16)) - 1) as u16;
+            // SAFETY: masked load of in-bounds `xr` values and masked store of
+            // the same count of bytes into `out` (`out.len() >= n`). The
+            // conversion rounds to nearest even (default MXCSR), matching
+            // `quant` for these magnitudes (|v * inv| <= 127 + rounding).
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(m, p.add(c));
+                let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inv));
+                let q = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(q, lo), hi), off);
+                _mm512_mask_cvtepi32_storeu_epi8(o.add(c).cast(), m, q);
+            }
+            c += 16;
+        }
+        out[n..].fill(128);
+        max / 127.0
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Public entry points
+// ---------------------------------------------------------------------------
+
+fn check_common(
+    x: &[f32],
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+    bias: &[f32],
+    dst: &[f32],
+) -> Result<(), String> {
+    if x.len() != checked_dims(rows, in_dim, "x")? {
+        return Err(format!(
+            "x has {} values, expected {rows} x {in_dim}",
+            x.len()
+        ));
+    }
+    if dst.len() != checked_dims(rows, out_dim, "dst")? {
+        return Err(format!(
+            "dst has {} values, expected {rows} x {out_dim}",
+            dst.len()
+        ));
+    }
+    if !bias.is_empty() && bias.len() != out_dim {
+        return Err(format!(
+            "bias has {} values, expected {out_dim} (or 0 for none)",
+            bias.len()
+        ));
+    }
+    Ok(())
+}
+
+/// `dst[rows][out] = x[rows][in] · W + bias` with bf16 inputs, f32 accumulation.
+///
+/// `x` is row-major f32 and is rounded to bf16 (RNE) inside; `bias` has
+/// `out_dim` values or is empty (no bias). NaN/inf in `x` propagate like in
+/// an f32 matmul (a NaN makes its whole output row NaN). Errors on shape
+/// mismatch or when `kernel` is not available on this CPU.
+pub fn linear_bf16(
+    x: &[f32],
+    rows: usize,
+    w: &PackedBf16,
+    bias: &[f32],
+    dst: &mut [f32],
+    kernel: Bf16Kernel,
+    threads: usize,
+) -> Result<(), String> {
+    check_common(x, rows, w.in_dim, w.out_dim, bias, dst)?;
+    if !kernel.is_available() {
+        return Err(format!("{} is not supported by this CPU", kernel.name()));
+    }
+    let (mr, f32pair, kern): (usize, bool, KernFn) = match kernel {
+        Bf16Kernel::Portable => (PORTABLE_MR, true, kern_bf16_portable),
+        #[cfg(target_arch = "x86_64")]
+        Bf16Kernel::Avx512 => (x86::AVX512_MR, true, x86::kern_bf16fma),
+        #[cfg(target_arch = "x86_64")]
+        Bf16Kernel::Avx512Bf16 => (x86::BF16_MR, false, x86::kern_bf16dp),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => return Err(format!("{} is not supported here", kernel.name())),
+    };
+    if rows == 0 || w.out_dim == 0 {
+        return Ok(());
+    }
+    let threads = effective_threads(threads);
+    let ksteps = w.in_dim.div_ceil(2);
+    let astep = if f32pair { 2 } else { 1 };
+    let fmt = if f32pair {
+        AFormat::F32Pair
+    } else {
+        AFormat::Bf16
+    };
+    let lda = ksteps * astep;
+    with_scratch(rows * lda, |a| {
+        pack_a_bf16(x, w.in_dim, lda, fmt, a, threads);
+        let g = Gemm {
+            rows,
+            out: w.out_dim,
+            ksteps,
+            mr,
+            lda,
+            astep,
+            a,
+            b: w.buf.words(),
+            bias: (!bias.is_empty()).then_some(bias),
+            corr: None,
+            wscale: None,
+            xscale: None,
+            kern,
+        };
+        run_tiles(&g, dst, threads);
+    });
+    Ok(())
+}
+
+/// `dst[rows][out] = x · W + bias` with int8 weights and per-row int8
+/// activations: `dst[m][n] = sx[m] * sw[n] * acc[m][n] + bias[n]` where
+/// `acc` is the exact i32 dot product of the quantised values and `sx` comes
+/// from [`quantize_row_i8`]. A row of `x` holding NaN or infinity gives an
+/// all-NaN output row. `bias` has `out_dim` values or is empty. Errors on
+/// shape mismatch or when `kernel` is not available on this CPU.
+pub fn linear_int8(
+    x: &[f32],
+    rows: usize,
+    w: &PackedInt8,
+    bias: &[f32],
+    dst: &mut [f32],
+    kernel: Int8Kernel,
+    threads: usize,
+) -> Result<(), String> {
+    check_common(x, rows, w.in_dim, w.out_dim, bias, dst)?;
+    if !kernel.is_available() {
+        return Err(format!("{} is not supported by this CPU", kernel.name()));
+    }
+    let (mr, kern): (usize, KernFn) = match kernel {
+        Int8Kernel::Portable => (PORTABLE_MR, kern_int8_portable),
+        #[cfg(target_arch = "x86_64")]
+        Int8Kernel::Avx512Vnni => (x86::VNNI_MR, x86::kern_vnni),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => return Err(format!("{} is not supported here", kernel.name())),
+    };
+    if rows == 0 || w.out_dim == 0 {
+        return Ok(());
+    }
+    let threads = effective_threads(threads);
+    let ksteps = w.in_dim.div_ceil(4);
+    let mut sx = vec![0f32; rows];
+    with_scratch(rows * ksteps, |a| {
+        pack_a_int8(x, w.in_dim, ksteps, a, &mut sx, threads);
+        let g = Gemm {
+            rows,
+            out: w.out_dim,
+            ksteps,
+            mr,
+            lda: ksteps,
+            astep: 1,
+            a,
+            b: w.data(),
+            bias: (!bias.is_empty()).then_some(bias),
+            corr: Some(w.corr()),
+            wscale: Some(w.scales()),
+            xscale: Some(&sx),
+            kern,
+        };
+        run_tiles(&g, dst, threads);
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+        fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+            (0..n).map(|_| self.next() * scale).collect()
+        }
+    }
+
+    fn r16(v: f32) -> f64 {
+        bf16_to_f32(f32_to_bf16(v)) as f64
+    }
+
+    /// f64 reference on bf16-rounded inputs; returns (value, magnitude bound).
+    fn ref_bf16(
+        x: &[f32],
+        rows: usize,
+        w: &[f32],
+        k: usize,
+        n: usize,
+        b: &[f32],
+    ) -> Vec<(f64, f64)> {
+        let mut out = Vec::with_capacity(rows * n);
+        for m in 0..rows {
+            for j in 0..n {
+                let bj = b.get(j).map_or(0.0, |&v| v as f64);
+                let (mut s, mut mag) = (bj, bj.abs());
+                for kk in 0..k {
+                    let p = r16(x[m * k + kk]) * r16(w[kk * n + j]);
+                    s += p;
+                    mag += p.abs();
+                }
+                out.push((s, mag));
+            }
+        }
+        out
+    }
+
+    const SHAPES: &[(usize, usize, usize)] = &[
+        (1, 1, 1),
+        (3, 7, 5),
+        (17, 33, 31),
+        (100, 768, 47),
+        (17, 768, 2304),
+        (1, 64, 48),
+        (13, 32, 64),
+        (25, 400, 33),
+    ];
+
+    fn check_bf16(kernel: Bf16Kernel, rows: usize, k: usize, n: usize, threads: usize, seed: u64) {
+        let mut rng = Rng(seed);
+        let x = rng.vec(rows * k, 2.0);
+        let w = rng.vec(k * n, 0.5);
+        let b = rng.vec(n, 1.0);
+        let p = PackedBf16::pack(&w, k, n).unwrap();
+        let mut y = vec![f32::NAN; rows * n];
+        linear_bf16(&x, rows, &p, &b, &mut y, kernel, threads).unwrap();
+        let r = ref_bf16(&x, rows, &w, k, n, &b);
+        for (i, (&got, &(want, mag))) in y.iter().zip(&r).enumerate() {
+            let err = (got as f64 - want).abs();
+            assert!(
+                err <= 1e-4 * mag + 1e-30,
+                "{kernel:?} {rows}x{k}x{n} t{threads} at {i}: got {got}, want {want}, mag {mag}"
+            );
+        }
+    }
+
+    #[test]
+    fn bf16_matches_reference() {
+        for kernel in Bf16Kernel::available() {
+            for (s, &(rows, k, n)) in SHAPES.iter().enumerate() {
+                for threads in [1, 2] {
+                    check_bf16(kernel, rows, k, n, threads, 7 + s as u64);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_more_odd_shapes() {
+        for kernel in Bf16Kernel::available() {
+            for rows in [1, 3, 17, 100] {
+                for k in [1, 7, 33, 768] {
+                    for n in [1, 5, 31, 47] {
+                        check_bf16(kernel, rows, k, n, 2, (rows * 31 + k * 7 + n) as u64);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_k_blocking_and_big_k() {
+        // in_dim > 2*KC exercises several K blocks (partial last one).
+        for kernel in Bf16Kernel::available() {
+            check_bf16(kernel, 29, 3072, 40, 2, 99);
+            check_bf16(kernel, 5, 2 * KC * 2 + 3, 33, 1, 98);
+        }
+    }
+
+    #[test]
+    fn bf16_special_values() {
+        for kernel in Bf16Kernel::available() {
+            let (rows, k, n) = (5, 9, 37);
+            let mut rng = Rng(3);
+            let w = rng.vec(k * n, 1.0);
+            let p = PackedBf16::pack(&w, k, n).unwrap();
+            // all-zero x, no bias -> zeros; with bias -> bias
+            let x = vec![0f32; rows * k];
+            let mut y = vec![1f32; rows * n];
+            linear_bf16(&x, rows, &p, &[], &mut y, kernel, 2).unwrap();
+            assert!(y.iter().all(|&v| v == 0.0));
+            let b = rng.vec(n, 1.0);
+            linear_bf16(&x, rows, &p, &b, &mut y, kernel, 2).unwrap();
+            for r in 0..rows {
+                assert_eq!(&y[r * n..(r + 1) * n], &b[..]);
+            }
+            // NaN in row 2 -> whole row NaN, other rows finite
+            let mut x = rng.vec(rows * k, 1.0);
+            x[2 * k + 4] = f32::NAN;
+            linear_bf16(&x, rows, &p, &b, &mut y, kernel, 2).unwrap();
+            for r in 0..rows {
+                let row = &y[r * n..(r + 1) * n];
+                if r == 2 {
+                    assert!(row.iter().all(|v| v.is_nan()), "{kernel:?}");
+                } else {
+                    assert!(row.iter().all(|v| v.is_finite()), "{kernel:?}");
+                }
+            }
+            // large magnitudes (no overflow in f32)
+            let x: Vec<f32> = rng.vec(rows * k, 1e15);
+            let w2: Vec<f32> = rng.vec(k * n, 1e15);
+            let p2 = PackedBf16::pack(&w2, k, n).unwrap();
+            linear_bf16(&x, rows, &p2, &[], &mut y, kernel, 1).unwrap();
+            let r = ref_bf16(&x, rows, &w2, k, n, &[]);
+            for (&got, &(want, mag)) in y.iter().zip(&r) {
+                assert!((got as f64 - want).abs() <= 1e-4 * mag);
+            }
+            // rows == 0 is fine
+            linear_bf16(&[], 0, &p, &b, &mut [], kernel, 2).unwrap();
+        }
+    }
+
+    #[test]
+    fn bf16_conversion() {
+        assert_eq!(f32_to_bf16(1.0), 0x3F80);
+        // halfway cases round to even
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3F80_8000)), 0x3F80);
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3F81_8000)), 0x3F82);
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3F80_8001)), 0x3F81);
+        assert_eq!(f32_to_bf16(f32::INFINITY), 0x7F80);
+        assert_eq!(f32_to_bf16(f32::MAX), 0x7F80);
+        assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
+        // a NaN whose payload is only in the low bits must stay NaN
+        assert!(bf16_to_f32(f32_to_bf16(f32::from_bits(0x7F80_0001))).is_nan());
+    }
+
+    #[test]
+    fn shape_errors() {
+        let w = vec![0f32; 6];
+        assert!(PackedBf16::pack(&w, 2, 4).is_err());
+        assert!(PackedInt8::pack(&w, 4, 2).is_err());
+        let p = PackedBf16::pack(&w, 2, 3).unwrap();
+        let q = PackedInt8::pack(&w, 2, 3).unwrap();
+        let mut y = vec![0f32; 6];
+        let x = vec![0f32; 4];
+        assert!(linear_bf16(&x[..3], 2, &p, &[], &mut y, Bf16Kernel::Portable, 1).is_err());
+        assert!(linear_bf16(&x, 2, &p, &[], &mut y[..5], Bf16Kernel::Portable, 1).is_err());
+        assert!(linear_bf16(&x, 2, &p, &[1.0], &mut y, Bf16Kernel::Portable, 1).is_err());
+        assert!(linear_int8(&x[..3], 2, &q, &[], &mut y, Int8Kernel::Portable, 1).is_err());
+        assert!(linear_int8(&x, 2, &q, &[0.0; 4], &mut y, Int8Kernel::Portable, 1).is_err());
+        assert!(linear_bf16(&x, usize::MAX, &p, &[], &mut y, Bf16Kernel::Portable, 1).is_err());
+        for k in [Bf16Kernel::Avx512, Bf16Kernel::Avx512Bf16] {
+            let r = linear_bf16(&x, 2, &p, &[], &mut y, k, 1);
+            assert_eq!(r.is_ok(), k.is_available());
+        }
+        let r = linear_int8(&x, 2, &q, &[], &mut y, Int8Kernel::Avx512Vnni, 1);
+        assert_eq!(r.is_ok(), Int8Kernel::Avx512Vnni.is_available());
+    }
+
+    #[test]
+    fn bytes_round_trip() {
+        let mut rng = Rng(5);
+        for &(k, n) in &[(1, 1), (7, 33), (768, 47)] {
+            let w = rng.vec(k * n, 1.0);
+            let p = PackedBf16::pack(&w, k, n).unwrap();
+            let p2 = PackedBf16::from_bytes(p.as_bytes(), k, n).unwrap();
+            assert_eq!(p, p2);
+            assert_eq!(p.as_bytes(), p2.as_bytes());
+            assert!(PackedBf16::from_bytes(&p.as_bytes()[1..], k, n).is_err());
+            assert!(PackedBf16::from_bytes(p.as_bytes(), k + 2, n).is_err());
+            let q = PackedInt8::pack(&w, k, n).unwrap();
+            let q2 = PackedInt8::from_bytes(q.as_bytes(), k, n).unwrap();
+            assert_eq!(q, q2);
+            assert!(PackedInt8::from_bytes(&q.as_bytes()[4..], k, n).is_err());
+            assert!(PackedInt8::from_bytes(q.as_bytes(), k, n + NR).is_err());
+            for kk in 0..k {
+                for j in 0..n {
+                    assert_eq!(p.get(kk, j) as f64, r16(w[kk * n + j]));
+                }
+            }
+        }
+    }
+
+    /// Scalar reproduction of the int8 path: exact i32 dot of quantised data.
+    fn ref_int8(x: &[f32], rows: usize, p: &PackedInt8, b: &[f32]) -> Vec<(f64, f64, i64)> {
+        let (k, n) = (p.in_dim(), p.out_dim());
+        let mut out = Vec::new();
+        let mut q = vec![0i8; k];
+        for m in 0..rows {
+            let sx = quantize_row_i8(&x[m * k..(m + 1) * k], &mut q) as f64;
+            for j in 0..n {
+                let acc: i64 = (0..k).map(|kk| q[kk] as i64 * p.q(kk, j) as i64).sum();
+                let s = sx * p.scale(j) as f64;
+                let bj = b.get(j).map_or(0.0, |&v| v as f64);
+                out.push((s * acc as f64 + bj, (s * acc as f64).abs() + bj.abs(), acc));
+            }
+        }
+        out
+    }
+
+    fn check_int8(kernel: Int8Kernel, rows: usize, k: usize, n: usize, threads: usize, seed: u64) {
+        let mut rng = Rng(seed);
+        let x = rng.vec(rows * k, 3.0);
+        let w = rng.vec(k * n, 0.2);
+        let b = rng.vec(n, 1.0);
+        let p = PackedInt8::pack(&w, k, n).unwrap();
+        let mut y = vec![f32::NAN; rows * n];
+        linear_int8(&x, rows, &p, &b, &mut y, kernel, threads).unwrap();
+        let r = ref_int8(&x, rows, &p, &b);
+        for (i, (&got, &(want, mag, _))) in y.iter().zip(&r).enumerate() {
+            assert!(
+                (got as f64 - want).abs() <= 1e-6 * mag + 1e-6,
+                "{kernel:?} {rows}x{k}x{n} at {i}: got {got} want {want}"
+            );
+        }
+        // close to the f32 result
+        let mut exact = vec![0f64; rows * n];
+        for m in 0..rows {
+            for j in 0..n {
+                exact[m * n + j] = b[j] as f64
+                    + (0..k)
+                        .map(|kk| x[m * k + kk] as f64 * w[kk * n + j] as f64)
+                        .sum::<f64>();
+            }
+        }
+        if k >= 32 && rows * n >= 32 {
+            let dot: f64 = exact.iter().zip(&y).map(|(a, &b)| a * b as f64).sum();
+            let na: f64 = exact.iter().map(|a| a * a).sum::<f64>().sqrt();
+            let nb: f64 = y.iter().map(|&b| (b as f64).powi(2)).sum::<f64>().sqrt();
+            assert!(dot / (na * nb) >= 0.999, "cosine {}", dot / (na * nb));
+        }
+    }
+
+    #[test]
+    fn int8_matches_reference() {
+        for kernel in Int8Kernel::available() {
+            for (s, &(rows, k, n)) in SHAPES.iter().enumerate() {
+                for threads in [1, 2] {
+                    check_int8(kernel, rows, k, n, threads, 11 + s as u64);
+                }
+            }
+            for rows in [1, 3, 17, 100] {
+                for k in [1, 7, 33, 768] {
+                    for n in [1, 5, 31, 47] {
+                        check_int8(kernel, rows, k, n, 2, (rows * 13 + k * 5 + n) as u64);
+                    }
+                }
+            }
+            check_int8(kernel, 29, 3072, 40, 2, 77);
+            check_int8(kernel, 5, 4 * KC * 2 + 5, 33, 1, 78);
+        }
+    }
+
+    #[test]
+    fn int8_exact_integer_accumulators() {
+        // Integer data with row max 127 and column max 127: both scales are
+        // exactly 1, so dst equals the raw i32 accumulator.
+        let (rows, k, n) = (19, 1029, 45);
+        let mut rng = Rng(21);
+        let ints = |rng: &mut Rng, len: usize| -> Vec<f32> {
+            (0..len).map(|_| (rng.next() * 127.0).round()).collect()
+        };
+        let mut x = ints(&mut rng, rows * k);
+        let mut w = ints(&mut rng, k * n);
+        for m in 0..rows {
+            x[m * k + m % k] = if m % 2 == 0 { 127.0 } else { -127.0 };
+        }
+        for j in 0..n {
+            w[(j * 3 % k) * n + j] = -127.0;
+        }
+        let p = PackedInt8::pack(&w, k, n).unwrap();
+        for kernel in Int8Kernel::available() {
+            let mut y = vec![0f32; rows * n];
+            linear_int8(&x, rows, &p, &[], &mut y, kernel, 2).unwrap();
+            for m in 0..rows {
+                for j in 0..n {
+                    let acc: i64 = (0..k)
+                        .map(|kk| x[m * k + kk] as i64 * w[kk * n + j] as i64)
+                        .sum();
+                    assert!(acc.abs() < 1 << 24);
+                    assert_eq!(y[m * n + j], acc as f32, "{kernel:?} {m} {j}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int8_special_values() {
+        for kernel in Int8Kernel::available() {
+            let (rows, k, n) = (4, 13, 35);
+            let mut rng = Rng(8);
+            let w = rng.vec(k * n, 1.0);
+            let b = rng.vec(n, 1.0);
+            let p = PackedInt8::pack(&w, k, n).unwrap();
+            let mut x = rng.vec(rows * k, 1.0);
+            x[k..2 * k].fill(0.0); // zero row -> bias
+            x[2 * k + 3] = f32::NAN; // NaN row -> NaN
+            x[3 * k + 5] = f32::INFINITY; // inf row -> NaN
+            let mut y = vec![0f32; rows * n];
+            linear_int8(&x, rows, &p, &b, &mut y, kernel, 1).unwrap();
+            assert!(y[..n].iter().all(|v| v.is_finite()));
+            assert_eq!(&y[n..2 * n], &b[..]);
+            assert!(y[2 * n..].iter().all(|v| v.is_nan()));
+            // large magnitudes are fine (scales absorb them)
+            let x = rng.vec(rows * k, 1e30);
+            linear_int8(&x, rows, &p, &[], &mut y, kernel, 1).unwrap();
+            assert!(y.iter().all(|v| v.is_finite()));
+            // non-finite weight column -> NaN column
+            let mut w2 = w.clone();
+            w2[2 * n + 7] = f32::NAN;
+            let p2 = PackedInt8::pack(&w2, k, n).unwrap();
+            let x = rng.vec(rows * k, 1.0);
+            linear_int8(&x, rows, &p2, &b, &mut y, kernel, 1).unwrap();
+            for m in 0..rows {
+                for j in 0..n {
+                    assert_eq!(y[m * n + j].is_nan(), j == 7);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantize_row_rules() {
+        let mut q = [0i8; 4];
+        assert_eq!(quantize_row_i8(&[0.0; 4], &mut q), 0.0);
+        assert_eq!(q, [0; 4]);
+        let s = quantize_row_i8(&[1.0, -2.0, 0.5, 2.0], &mut q);
+        assert_eq!(s, 2.0 / 127.0);
+        assert_eq!(q, [64, -127, 32, 127]); // 63.5 -> 64 (ties to even), 31.75 -> 32
+        assert!(quantize_row_i8(&[1.0, f32::NAN, 0.0, 0.0], &mut q).is_nan());
+        assert_eq!(q, [0; 4]);
+    }
+
+    #[test]
+    fn dispatch_runs_the_requested_variant() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let av = Bf16Kernel::available();
+            assert_eq!(
+                av.contains(&Bf16Kernel::Avx512Bf16),
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bf16")
+            );
+            assert_eq!(
+                Int8Kernel::available().contains(&Int8Kernel::Avx512Vnni),
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            );
+        }
+        assert_eq!(Bf16Kernel::best(), *Bf16Kernel::available().last().unwrap());
+        // vdpbf16ps treats denormal inputs as zero; the f32 paths do not.
+        let tiny = f32::from_bits(0x0001_0000); // a bf16-exact denormal
+        let p = PackedBf16::pack(&[1.0], 1, 1).unwrap();
+        for kernel in Bf16Kernel::available() {
+            let mut y = [0f32];
+            linear_bf16(&[tiny], 1, &p, &[], &mut y, kernel, 1).unwrap();
+            let flushed = y[0] == 0.0;
+            assert_eq!(flushed, kernel == Bf16Kernel::Avx512Bf16, "{kernel:?}");
+        }
+        // int8 variants are bit-identical (exact integer math, same epilogue)
+        let mut rng = Rng(42);
+        let (rows, k, n) = (23, 100, 70);
+        let x = rng.vec(rows * k, 1.0);
+        let w = rng.vec(k * n, 1.0);
+        let b = rng.vec(n, 1.0);
+        let p = PackedInt8::pack(&w, k, n).unwrap();
+        let mut y0 = vec![0f32; rows * n];
+        linear_int8(&x, rows, &p, &b, &mut y0, Int8Kernel::Portable, 1).unwrap();
+        for kernel in Int8Kernel::available() {
+            let mut y = vec![0f32; rows * n];
+            linear_int8(&x, rows, &p, &b, &mut y, kernel, 2).unwrap();
+            assert_eq!(y, y0, "{kernel:?}");
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Linear layers whose weights are packed for the bf16 and int8 kernels of [`super::lowp`], as a
+//! candle op: `act(x)·W + b` with `x` an f32 CPU tensor, `W` held outside candle in the kernels'
+//! layout, `b` an f32 tensor. Inference only: these layers have no gradient.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
+
+use super::kernels::{activate_rows, contiguous_f32, Activation};
+use super::lowp::{self, Bf16Kernel, Int8Kernel, PackedBf16, PackedInt8};
+use super::precision::{KernelChoice, Precision};
+
+/// A weight packed for one precision, with the kernel variant chosen for it at load time.
+#[derive(Debug)]
+pub enum PackedWeight {
+    Bf16(PackedBf16, Bf16Kernel),
+    Int8(PackedInt8, Int8Kernel),
+}
+
+impl PackedWeight {
+    /// Packs `w`, row-major `[in_dim, out_dim]` f32, for `precision` (not fp32).
+    pub fn pack(
+        w: &[f32],
+        in_dim: usize,
+        out_dim: usize,
+        precision: Precision,
+        kernels: KernelChoice,
+    ) -> std::result::Result<Self, String> {
+        match precision {
+            Precision::Bf16 => Ok(PackedWeight::Bf16(
+                PackedBf16::pack(w, in_dim, out_dim)?,
+                match kernels {
+                    KernelChoice::Fastest => Bf16Kernel::best(),
+                    KernelChoice::Portable => Bf16Kernel::Portable,
+                },
+            )),
+            Precision::Int8 => Ok(PackedWeight::Int8(
+                PackedInt8::pack(w, in_dim, out_dim)?,
+                match kernels {
+                    KernelChoice::Fastest => Int8Kernel::best(),
+                    KernelChoice::Portable => Int8Kernel::Portable,
+                },
+            )),
+            Precision::Fp32 => Err("fp32 weights are not packed".into()),
+        }
+    }
+
+    /// `(in_dim, out_dim)`
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            PackedWeight::Bf16(w, _) => (w.in_dim(), w.out_dim()),
+            PackedWeight::Int8(w, _) => (w.in_dim(), w.out_dim()),
+        }
+    }
+
+    pub fn precision(&self) -> Precision {
+        match self {
+            PackedWeight::Bf16(..) => Precision::Bf16,
+            PackedWeight::Int8(..) => Precision::Int8,
+        }
+    }
+
+    /// The kernel variant this weight runs with, by name (for `gclip bench`).
+    pub fn kernel_name(&self) -> String {
+        match self {
+            PackedWeight::Bf16(_, k) => k.name().to_string(),
+            PackedWeight::Int8(_, k) => k.name().to_string(),
+        }
+    }
+
+    /// Bytes held by the packed weight.
+    pub fn bytes(&self) -> usize {
+        match self {
+            PackedWeight::Bf16(w, _) => w.as_bytes().len(),
+            PackedWeight::Int8(w, _) => w.as_bytes().len(),
+        }
+    }
+}
+
+/// `act(x)·W + b` over packed weights.
+pub(crate) struct PackedLinearOp {
+    pub weight: Arc<PackedWeight>,
+    pub input_activation: Option<Activation>,
+}
+
+impl CustomOp2 for PackedLinearOp {
+    fn name(&self) -> &'static str {
+        "gclip-packed-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, "linear input")?;
+        let b = contiguous_f32(bs, bl, "linear bias")?;
+        let (in_dim, out_dim) = self.weight.dims();
+        let dims = xl.shape().dims();
+        if dims.last() != Some(&in_dim) || b.len() != out_dim {
+            candle_core::bail!(
+                "linear: input {:?}, packed weight [{in_dim}, {out_dim}], bias {:?} do not fit",
+                xl.shape(),
+                bl.shape()
+            );
+        }
+        let rows = x.len() / in_dim.max(1);
+        let activated;
+        let x = match self.input_activation {
+            None => x,
+            Some(act) => {
+                activated = activate_rows(x, in_dim, act);
+                &activated[..]
+            }
+        };
+        let mut dst = vec![0f32; rows * out_dim];
+        let threads = candle_core::utils::get_num_threads();
+        let done = match &*self.weight {
+            PackedWeight::Bf16(w, k) => lowp::linear_bf16(x, rows, w, b, &mut dst, *k, threads),
+            PackedWeight::Int8(w, k) => lowp::linear_int8(x, rows, w, b, &mut dst, *k, threads),
+        };
+        done.map_err(|e| candle_core::Error::Msg(format!("packed linear: {e}")))?;
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = out_dim;
+        }
+        Ok((CpuStorage::F32(dst), Shape::from(shape)))
+    }
+}
