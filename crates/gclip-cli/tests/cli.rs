@@ -376,3 +376,26 @@ fn tokenizer_only_directory_tokenizes_and_preprocesses() {
     assert!(stderr.contains("no weight file"), "{stderr}");
     assert!(!dir.join("never.npy").exists());
 }
+
+/// Training runs in fp32 only: a reduced precision is refused before anything is read, naming
+/// the precision and what to do instead.
+#[test]
+fn training_refuses_reduced_precision() {
+    for precision in ["bf16", "int8"] {
+        let o = gclip(&[
+            "train",
+            "--config",
+            "/nonexistent/run.toml",
+            "--precision",
+            precision,
+        ]);
+        assert!(!o.status.success());
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "--precision {precision}: training runs in fp32 only"
+            )),
+            "{stderr}"
+        );
+    }
+}

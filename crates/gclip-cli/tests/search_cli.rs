@@ -487,3 +487,58 @@ fn serve_fetches_no_client_urls_by_default_and_no_internal_ones_when_allowed() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A collection made with `--precision bf16` records it: later commands embed in bf16 unless
+/// told otherwise (a query then equals its document's vector exactly), and a query in another
+/// precision is said on stderr and lands close, not exactly.
+#[test]
+fn a_collection_keeps_the_precision_it_was_made_in() {
+    let dir = scratch("precision");
+    let docs = dir.join("docs.jsonl");
+    let titles = ["a photo of a cat", "a red sports car", "a bowl of soup"];
+    let text: String = titles
+        .iter()
+        .enumerate()
+        .map(|(k, t)| serde_json::json!({"id": format!("d{k}"), "title": t}).to_string() + "\n")
+        .collect();
+    std::fs::write(&docs, text).unwrap();
+    let coll = dir.join("coll");
+    let c = coll.to_str().unwrap();
+    let mut args = vec!["add", c, docs.to_str().unwrap(), "--embed", "title"];
+    let m = model_args();
+    args.extend(m.iter().map(String::as_str));
+    args.extend(["--precision", "bf16"]);
+    ok(&gclip(&args));
+
+    for (k, t) in titles.iter().enumerate() {
+        let o = gclip(&["search", c, t, "--json", "--limit", "1"]);
+        let hits = json(&o);
+        assert_eq!(hits[0]["id"], format!("d{k}"));
+        assert!(
+            (hits[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-5,
+            "{t}"
+        );
+        assert!(!String::from_utf8_lossy(&o.stderr).contains("note:"));
+
+        let o = gclip(&[
+            "search",
+            c,
+            t,
+            "--json",
+            "--limit",
+            "1",
+            "--precision",
+            "fp32",
+        ]);
+        let hits = json(&o);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(stderr.contains("holds bf16 vectors"), "{stderr}");
+        assert!(stderr.contains("embeds in fp32"), "{stderr}");
+        assert_eq!(hits[0]["id"], format!("d{k}"));
+        let score = hits[0]["score"].as_f64().unwrap();
+        assert!(score > 0.999 && score < 1.0 - 1e-6, "{t}: {score}");
+    }
+    let o = gclip(&["search", c, "cat", "--precision", "fp16"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("expected one of fp32, bf16, int8"));
+}

@@ -61,9 +61,12 @@ impl Embedder {
         device: &Device,
         options: LoadOptions,
     ) -> Result<Self, EmbedError> {
-        let mut loaded = source.load(device, candle_core::DType::F32)?;
-        loaded.clip.convert(options.precision, options.kernels)?;
-        Self::new(loaded)
+        Self::new(source.load_in(
+            device,
+            candle_core::DType::F32,
+            options.precision,
+            options.kernels,
+        )?)
     }
 
     /// The precision the model runs in.

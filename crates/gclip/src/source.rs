@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 
 use crate::hub::{Hub, HubConfig, ModelId};
-use crate::model::{Clip, ClipConfig, ModelError, Weights};
+use crate::model::{Clip, ClipConfig, KernelChoice, ModelError, Precision, Weights};
 
 pub use crate::hub::DEFAULT_MODEL;
 
@@ -156,12 +156,25 @@ impl ModelSource {
 
     /// Loads the model on a device, in a dtype.
     pub fn load(&self, device: &Device, dtype: DType) -> Result<LoadedModel, ModelError> {
+        self.load_in(device, dtype, Precision::Fp32, KernelChoice::Fastest)
+    }
+
+    /// Loads the model with its transformer blocks' linear layers in `precision` (bf16 and
+    /// int8 weights are packed as they are read).
+    pub fn load_in(
+        &self,
+        device: &Device,
+        dtype: DType,
+        precision: Precision,
+        kernels: KernelChoice,
+    ) -> Result<LoadedModel, ModelError> {
         let ModelDescription {
             config,
             convention,
             dir,
         } = self.describe()?;
-        let weights = Weights::open(&self.weight_files()?, device, dtype)?;
+        let weights =
+            Weights::open(&self.weight_files()?, device, dtype)?.with_precision(precision, kernels);
         let (clip, unused_tensors) = Clip::load(&config, &weights)?;
         Ok(LoadedModel {
             clip,

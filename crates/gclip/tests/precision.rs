@@ -293,3 +293,28 @@ fn full_size_precisions_stay_close_to_fp32_when_available() {
     }
     let _ = std::fs::remove_dir_all(&model);
 }
+
+/// Packing while loading (from the stored `[out, in]` weights) and converting a loaded fp32
+/// model (from its `[in, out]` copies) build the same layers: identical embeddings.
+#[test]
+fn packing_at_load_equals_converting_after_load() {
+    for (name, source) in models() {
+        let r = reference(name);
+        let fp32 = source.load(&Device::Cpu, DType::F32).unwrap().clip;
+        for precision in [Precision::Bf16, Precision::Int8] {
+            let loaded = source
+                .load_in(&Device::Cpu, DType::F32, precision, KernelChoice::Fastest)
+                .unwrap()
+                .clip;
+            assert_eq!(loaded.precision(), precision);
+            let converted = converted(&fp32, precision, KernelChoice::Fastest);
+            let a = loaded.encode_pixels(&r["pixel_values"], true).unwrap();
+            let b = converted.encode_pixels(&r["pixel_values"], true).unwrap();
+            assert_eq!(a, b, "{name} {precision}");
+            let ids = ids_of(&r["input_ids"]);
+            let a = loaded.encode_text_ids(&ids, true).unwrap();
+            let b = converted.encode_text_ids(&ids, true).unwrap();
+            assert_eq!(a, b, "{name} {precision}");
+        }
+    }
+}

@@ -405,23 +405,35 @@ pub fn transpose_2d(t: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, (cols, rows), t.device())
 }
 
-/// `dst[c][r] = src[r][c]` for a row-major `[rows, cols]` matrix, by tiles small enough that a
-/// tile's source rows and destination rows all stay in L1; bands of destination rows run in
-/// parallel.
-fn transpose_f32(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
+/// `dst[c][r] = src[r][c]` for a row-major `[rows, cols]` matrix: 16 × 16 tiles are read as
+/// 16 contiguous row pieces into a local block and written back as 16 contiguous column
+/// pieces, so both sides move whole cache lines; bands of 16 destination rows run in parallel.
+pub(crate) fn transpose_f32(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const T: usize = 16;
     let mut dst = vec![0f32; rows * cols];
-    dst.par_chunks_mut(TILE * rows)
+    if rows == 0 || cols == 0 {
+        return dst;
+    }
+    dst.par_chunks_mut(T * rows)
         .enumerate()
         .for_each(|(band, out)| {
-            let c0 = band * TILE;
+            let c0 = band * T;
             let width = out.len() / rows;
-            for r0 in (0..rows).step_by(TILE) {
-                let r1 = (r0 + TILE).min(rows);
-                for c in 0..width {
-                    let dst_row = &mut out[c * rows..(c + 1) * rows];
-                    for r in r0..r1 {
-                        dst_row[r] = src[r * cols + c0 + c];
+            let mut tile = [[0f32; T]; T];
+            for r0 in (0..rows).step_by(T) {
+                let height = T.min(rows - r0);
+                for (r, line) in tile.iter_mut().enumerate().take(height) {
+                    let start = (r0 + r) * cols + c0;
+                    if width == T {
+                        // A fixed-size copy compiles to one vector move, not a memmove call.
+                        *line = src[start..start + T].try_into().unwrap_or(*line);
+                    } else {
+                        line[..width].copy_from_slice(&src[start..start + width]);
+                    }
+                }
+                for (c, dst_row) in out.chunks_exact_mut(rows).enumerate() {
+                    for (r, d) in dst_row[r0..r0 + height].iter_mut().enumerate() {
+                        *d = tile[r][c];
                     }
                 }
             }

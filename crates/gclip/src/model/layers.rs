@@ -8,7 +8,7 @@ use std::sync::Arc;
 use candle_core::{Result, Tensor, D};
 
 use super::kernels::{
-    activate, fusable, transpose_2d, Activation, AttentionOp, LayerNormOp, LinearOp,
+    activate, fusable, transpose_2d, transpose_f32, Activation, AttentionOp, LayerNormOp, LinearOp,
 };
 use super::packed::{PackedLinearOp, PackedWeight};
 use super::precision::{KernelChoice, Precision};
@@ -77,16 +77,70 @@ pub enum LinearWeight {
 }
 
 impl Linear {
+    /// Reads a linear layer and builds it in `precision`: fp32 transposes the stored
+    /// `[out, in]` weight to `[in, out]`; bf16 and int8 pack it straight from `[out, in]`.
     pub(crate) fn load(
         w: &Weights,
         name: &str,
         out_dim: usize,
         in_dim: usize,
+        precision: Precision,
     ) -> std::result::Result<Self, ModelError> {
-        Ok(Self::dense(
-            transpose_2d(&w.get(&format!("{name}.weight"), &[out_dim, in_dim])?)?,
-            w.get(&format!("{name}.bias"), &[out_dim])?,
-        ))
+        let bias = w.get(&format!("{name}.bias"), &[out_dim])?;
+        if precision != Precision::Fp32 && !fusable(&bias) {
+            return Err(ModelError::Unsupported(format!(
+                "{precision} weights run on the CPU in f32 activations only (this model loads \
+                 {:?} on {:?})",
+                bias.dtype(),
+                bias.device()
+            )));
+        }
+        let weight = w.with_f32(&format!("{name}.weight"), &[out_dim, in_dim], |stored| {
+            if precision == Precision::Fp32 {
+                let t = transpose_f32(stored, out_dim, in_dim);
+                return Ok(LinearWeight::Dense(Tensor::from_vec(
+                    t,
+                    (in_dim, out_dim),
+                    &candle_core::Device::Cpu,
+                )?));
+            }
+            let packed = PackedWeight::pack(stored, in_dim, out_dim, precision, w.precision().1)
+                .map_err(ModelError::Unsupported)?;
+            Ok(LinearWeight::Packed(Arc::new(packed)))
+        })?;
+        let weight = match weight {
+            // Other devices and dtypes keep what `Weights::get` gives (the fused CPU path is
+            // f32 only), as before.
+            LinearWeight::Dense(t) if !fusable(&bias) => {
+                LinearWeight::Dense(t.to_dtype(bias.dtype())?.to_device(bias.device())?)
+            }
+            other => other,
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// A layer over `stored`, `[out, in]`, packed for `precision`.
+    fn packed(
+        stored: &Tensor,
+        bias: Tensor,
+        precision: Precision,
+        kernels: KernelChoice,
+    ) -> std::result::Result<Self, ModelError> {
+        if !fusable(stored) {
+            return Err(ModelError::Unsupported(format!(
+                "{precision} weights need f32 weights on the CPU (this layer holds {:?} on {:?})",
+                stored.dtype(),
+                stored.device()
+            )));
+        }
+        let (out_dim, in_dim) = stored.dims2()?;
+        let data = stored.flatten_all()?.to_vec1::<f32>()?;
+        let packed = PackedWeight::pack(&data, in_dim, out_dim, precision, kernels)
+            .map_err(ModelError::Unsupported)?;
+        Ok(Self {
+            weight: LinearWeight::Packed(Arc::new(packed)),
+            bias,
+        })
     }
 
     /// A linear layer from its weight `[in, out]` and bias `[out]`.
@@ -112,25 +166,12 @@ impl Linear {
         precision: Precision,
         kernels: KernelChoice,
     ) -> std::result::Result<Self, ModelError> {
-        let dense = match (&self.weight, precision) {
-            (_, Precision::Fp32) | (LinearWeight::Packed(_), _) => return Ok(self.clone()),
-            (LinearWeight::Dense(w), _) => w,
-        };
-        if !fusable(dense) {
-            return Err(ModelError::Unsupported(format!(
-                "{precision} weights need f32 weights on the CPU (this layer holds {:?} on {:?})",
-                dense.dtype(),
-                dense.device()
-            )));
+        match (&self.weight, precision) {
+            (_, Precision::Fp32) | (LinearWeight::Packed(_), _) => Ok(self.clone()),
+            (LinearWeight::Dense(w), _) => {
+                Self::packed(&transpose_2d(w)?, self.bias.clone(), precision, kernels)
+            }
         }
-        let (in_dim, out_dim) = dense.dims2()?;
-        let data = dense.flatten_all()?.to_vec1::<f32>()?;
-        let packed = PackedWeight::pack(&data, in_dim, out_dim, precision, kernels)
-            .map_err(ModelError::Unsupported)?;
-        Ok(Self {
-            weight: LinearWeight::Packed(Arc::new(packed)),
-            bias: self.bias.clone(),
-        })
     }
 
     /// `[.., in]` → `[.., out]`
@@ -208,6 +249,18 @@ impl Attention {
     }
 }
 
+/// The precision of the q/k/v projection in a model of `precision`. In int8 it stays bf16: its
+/// errors are amplified by the attention softmax, and measurement put it alone between int8 and
+/// a cosine of 0.999 to fp32 (small fixture models: text 0.9984 with it in int8, 0.9991 in
+/// bf16; keeping one of the other three layers in bf16 instead changed little). It is a
+/// quarter of a block's multiply-adds.
+fn qkv_precision(precision: Precision) -> Precision {
+    match precision {
+        Precision::Int8 => Precision::Bf16,
+        p => p,
+    }
+}
+
 /// Pre-norm residual block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
 #[derive(Debug, Clone)]
 pub struct ResidualBlock {
@@ -235,16 +288,42 @@ impl ResidualBlock {
         prefix: &str,
         s: &StackShape,
     ) -> std::result::Result<Self, ModelError> {
+        let precision = w.precision().0;
+        let qkv_precision = qkv_precision(precision);
         Ok(Self {
             ln_1: LayerNorm::load(w, &format!("{prefix}.ln_1"), s.width, s.layer_norm_eps)?,
             attn: Attention {
-                qkv: Linear::load(w, &format!("{prefix}.attn.qkv"), 3 * s.width, s.width)?,
-                out: Linear::load(w, &format!("{prefix}.attn.out"), s.width, s.width)?,
+                qkv: Linear::load(
+                    w,
+                    &format!("{prefix}.attn.qkv"),
+                    3 * s.width,
+                    s.width,
+                    qkv_precision,
+                )?,
+                out: Linear::load(
+                    w,
+                    &format!("{prefix}.attn.out"),
+                    s.width,
+                    s.width,
+                    precision,
+                )?,
                 heads: s.heads,
             },
             ln_2: LayerNorm::load(w, &format!("{prefix}.ln_2"), s.width, s.layer_norm_eps)?,
-            fc1: Linear::load(w, &format!("{prefix}.mlp.fc1"), s.mlp_dim, s.width)?,
-            fc2: Linear::load(w, &format!("{prefix}.mlp.fc2"), s.width, s.mlp_dim)?,
+            fc1: Linear::load(
+                w,
+                &format!("{prefix}.mlp.fc1"),
+                s.mlp_dim,
+                s.width,
+                precision,
+            )?,
+            fc2: Linear::load(
+                w,
+                &format!("{prefix}.mlp.fc2"),
+                s.width,
+                s.mlp_dim,
+                precision,
+            )?,
             activation: s.activation,
         })
     }
@@ -276,23 +355,15 @@ impl Transformer {
     }
 
     /// Packs the weights of every block's linear layers for `precision`, one layer at a time
-    /// (the f32 weight of a layer is dropped as soon as its packed form exists).
-    ///
-    /// In int8 the q/k/v projection stays bf16: its errors are amplified by the attention
-    /// softmax, and measurement put it alone between int8 and a cosine of 0.999 to fp32 (small
-    /// fixture models: text 0.9984 with it in int8, 0.9991 in bf16; the other three layers
-    /// kept in bf16 instead changed little). It is a quarter of a block's multiply-adds.
+    /// (the f32 weight of a layer is dropped as soon as its packed form exists). Models read
+    /// from files are packed as they load instead ([`Weights::with_precision`]).
     pub fn convert(
         &mut self,
         precision: Precision,
         kernels: KernelChoice,
     ) -> std::result::Result<(), ModelError> {
-        let qkv_precision = match precision {
-            Precision::Int8 => Precision::Bf16,
-            p => p,
-        };
         for b in &mut self.blocks {
-            b.attn.qkv = b.attn.qkv.to_precision(qkv_precision, kernels)?;
+            b.attn.qkv = b.attn.qkv.to_precision(qkv_precision(precision), kernels)?;
             for l in [&mut b.attn.out, &mut b.fc1, &mut b.fc2] {
                 *l = l.to_precision(precision, kernels)?;
             }

@@ -377,6 +377,17 @@ fn bf16_words(in_dim: usize, out_dim: usize) -> Result<usize, String> {
     checked_dims(panels, per, "bf16 pack")
 }
 
+/// `[rows, cols]` → `[cols, rows]`, row-major (for callers holding `[in, out]` weights).
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; w.len()];
+    for (r, row) in w.chunks_exact(cols.max(1)).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
+}
+
 impl PackedBf16 {
     /// Packs row-major `w[in_dim][out_dim]` (y = x·w), rounding to bf16 (RNE).
     pub fn pack(w: &[f32], in_dim: usize, out_dim: usize) -> Result<Self, String> {
@@ -387,25 +398,46 @@ impl PackedBf16 {
                 w.len()
             ));
         }
+        Self::pack_out_in(&transpose(w, in_dim, out_dim), in_dim, out_dim)
+    }
+
+    /// Packs row-major `w[out_dim][in_dim]` (PyTorch's `nn.Linear` layout, y = x·wᵀ): each
+    /// output channel is a contiguous row, read once; panels are packed in parallel.
+    pub fn pack_out_in(w: &[f32], in_dim: usize, out_dim: usize) -> Result<Self, String> {
+        let n = checked_dims(in_dim, out_dim, "bf16 pack")?;
+        if w.len() != n {
+            return Err(format!(
+                "bf16 pack: weight has {} values, expected {out_dim} x {in_dim}",
+                w.len()
+            ));
+        }
         let mut buf = AlignedWords::zeroed(bf16_words(in_dim, out_dim)?);
         let k2 = in_dim.div_ceil(2);
-        let words = buf.words_mut();
-        for (p, panel) in words.chunks_exact_mut(k2 * NR).enumerate() {
-            for (kp, wrow) in panel.chunks_exact_mut(NR).enumerate() {
-                for (j, d) in wrow.iter_mut().enumerate() {
-                    let n = p * NR + j;
-                    if n >= out_dim {
-                        break;
+        if k2 > 0 {
+            buf.words_mut()
+                .par_chunks_mut(k2 * NR)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    let channels = NR.min(out_dim.saturating_sub(p * NR));
+                    // Blocks of 8 K-pairs (one cache line of each of the panel's rows): the
+                    // rows are read a line at a time and the panel written a line at a time.
+                    const PAIRS: usize = 8;
+                    for kb in (0..k2).step_by(PAIRS) {
+                        let pairs = PAIRS.min(k2 - kb);
+                        for j in 0..channels {
+                            let row = &w[(p * NR + j) * in_dim..(p * NR + j + 1) * in_dim];
+                            let piece = &row[2 * kb..(2 * (kb + pairs)).min(in_dim)];
+                            let mut words = [0u32; PAIRS];
+                            for (word, pair) in words.iter_mut().zip(piece.chunks(2)) {
+                                let hi = pair.get(1).map_or(0, |&v| f32_to_bf16(v) as u32);
+                                *word = f32_to_bf16(pair[0]) as u32 | hi << 16;
+                            }
+                            for (t, word) in words.iter().enumerate().take(pairs) {
+                                panel[(kb + t) * NR + j] = *word;
+                            }
+                        }
                     }
-                    let lo = f32_to_bf16(w[2 * kp * out_dim + n]) as u32;
-                    let hi = if 2 * kp + 1 < in_dim {
-                        f32_to_bf16(w[(2 * kp + 1) * out_dim + n]) as u32
-                    } else {
-                        0
-                    };
-                    *d = lo | hi << 16;
-                }
-            }
+                });
         }
         Ok(Self {
             buf,
@@ -485,6 +517,19 @@ impl PackedInt8 {
                 w.len()
             ));
         }
+        Self::pack_out_in(&transpose(w, in_dim, out_dim), in_dim, out_dim)
+    }
+
+    /// Quantises and packs row-major `w[out_dim][in_dim]` (PyTorch's layout): each output
+    /// channel, whose scale is its own, is a contiguous row; panels are packed in parallel.
+    pub fn pack_out_in(w: &[f32], in_dim: usize, out_dim: usize) -> Result<Self, String> {
+        let n_all = checked_dims(in_dim, out_dim, "int8 pack")?;
+        if w.len() != n_all {
+            return Err(format!(
+                "int8 pack: weight has {} values, expected {out_dim} x {in_dim}",
+                w.len()
+            ));
+        }
         if in_dim > MAX_INT8_IN_DIM {
             return Err(format!(
                 "int8 pack: in_dim {in_dim} > {MAX_INT8_IN_DIM} could overflow i32"
@@ -495,46 +540,44 @@ impl PackedInt8 {
         let k4 = in_dim.div_ceil(4);
         let words = buf.words_mut();
         let (head, data) = words.split_at_mut(2 * npad);
-        let mut col = vec![0i8; in_dim];
-        for n in 0..out_dim {
-            let mut max = 0f32;
-            let mut bad = false;
-            for k in 0..in_dim {
-                let v = w[k * out_dim + n];
-                bad |= !v.is_finite();
-                max = max.max(v.abs());
-            }
-            let scale = if bad { f32::NAN } else { max / 127.0 };
-            let mut sum = 0i32;
-            for (k, q) in col.iter_mut().enumerate() {
-                *q = if bad || max == 0.0 {
-                    0
-                } else {
-                    (w[k * out_dim + n] / scale)
-                        .round_ties_even()
-                        .clamp(-127.0, 127.0) as i8
-                };
-                sum += *q as i32;
-            }
-            head[n] = (-128 * sum) as u32;
-            head[npad + n] = scale.to_bits();
-            let (p, j) = (n / NR, n % NR);
-            for kq in 0..k4 {
-                let mut word = 0u32;
-                for t in 0..4 {
-                    if let Some(&q) = col.get(4 * kq + t) {
-                        word |= (q as u8 as u32) << (8 * t);
-                    }
+        let (corrections, scales) = head.split_at_mut(npad);
+        // One task per panel of NR output channels: its corrections, scales and packed quads.
+        let panels = corrections
+            .par_chunks_mut(NR)
+            .zip(scales.par_chunks_mut(NR))
+            .zip(data.par_chunks_mut((k4 * NR).max(1)))
+            .enumerate();
+        panels.for_each(|(p, ((corr, scale), panel))| {
+            let mut col = vec![0i8; k4 * 4];
+            for j in 0..NR.min(out_dim.saturating_sub(p * NR)) {
+                let row = &w[(p * NR + j) * in_dim..(p * NR + j + 1) * in_dim];
+                // The same rule as the activations': scale max|w| / 127 (NaN for a row with a
+                // non-finite value, whose codes are then 0), codes rounded half to even.
+                let (s, inv) = row_quant_params(row);
+                let mut sum = 0i32;
+                for (q, &v) in col.iter_mut().zip(row) {
+                    *q = inv.map_or(0, |inv| quant(v, inv) as i8);
+                    sum += *q as i32;
                 }
-                data[p * k4 * NR + kq * NR + j] = word;
+                corr[j] = (-128 * sum) as u32;
+                scale[j] = s.to_bits();
+                for (kq, quad) in col.chunks_exact(4).enumerate() {
+                    panel[kq * NR + j] = u32::from_le_bytes([
+                        quad[0] as u8,
+                        quad[1] as u8,
+                        quad[2] as u8,
+                        quad[3] as u8,
+                    ]);
+                }
             }
-        }
+        });
         Ok(Self {
             buf,
             in_dim,
             out_dim,
         })
     }
+
     /// Input features (K).
     pub fn in_dim(&self) -> usize {
         self.in_dim

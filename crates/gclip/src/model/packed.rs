@@ -18,7 +18,8 @@ pub enum PackedWeight {
 }
 
 impl PackedWeight {
-    /// Packs `w`, row-major `[in_dim, out_dim]` f32, for `precision` (not fp32).
+    /// Packs `w`, row-major `[out_dim, in_dim]` f32 (PyTorch's `nn.Linear` layout), for
+    /// `precision` (not fp32).
     pub fn pack(
         w: &[f32],
         in_dim: usize,
@@ -28,14 +29,14 @@ impl PackedWeight {
     ) -> std::result::Result<Self, String> {
         match precision {
             Precision::Bf16 => Ok(PackedWeight::Bf16(
-                PackedBf16::pack(w, in_dim, out_dim)?,
+                PackedBf16::pack_out_in(w, in_dim, out_dim)?,
                 match kernels {
                     KernelChoice::Fastest => Bf16Kernel::best(),
                     KernelChoice::Portable => Bf16Kernel::Portable,
                 },
             )),
             Precision::Int8 => Ok(PackedWeight::Int8(
-                PackedInt8::pack(w, in_dim, out_dim)?,
+                PackedInt8::pack_out_in(w, in_dim, out_dim)?,
                 match kernels {
                     KernelChoice::Fastest => Int8Kernel::best(),
                     KernelChoice::Portable => Int8Kernel::Portable,

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
+use super::precision::{KernelChoice, Precision};
 use super::{error_message, ModelError};
 
 /// The two naming schemes of CLIP checkpoints.
@@ -40,6 +41,9 @@ pub struct Weights {
     path: PathBuf,
     device: Device,
     dtype: DType,
+    /// The precision the transformer blocks' linear layers are built in (packed as they load).
+    precision: Precision,
+    kernels: KernelChoice,
     used: RefCell<BTreeSet<String>>,
 }
 
@@ -150,8 +154,23 @@ impl Weights {
             path,
             device: device.clone(),
             dtype,
+            precision: Precision::Fp32,
+            kernels: KernelChoice::Fastest,
             used: RefCell::new(BTreeSet::new()),
         })
+    }
+
+    /// Builds the transformer blocks' linear layers in `precision` (packed one at a time as
+    /// they are read, so no full f32 copy of them is ever held), with `kernels`.
+    pub fn with_precision(mut self, precision: Precision, kernels: KernelChoice) -> Self {
+        self.precision = precision;
+        self.kernels = kernels;
+        self
+    }
+
+    /// The precision and kernels the linear layers are built in.
+    pub(crate) fn precision(&self) -> (Precision, KernelChoice) {
+        (self.precision, self.kernels)
     }
 
     /// Random weights of whatever shape the architecture asks for (normal, std 0.02; LayerNorm
@@ -165,6 +184,8 @@ impl Weights {
             path: PathBuf::from("<random>"),
             device: device.clone(),
             dtype,
+            precision: Precision::Fp32,
+            kernels: KernelChoice::Fastest,
             used: RefCell::new(BTreeSet::new()),
         }
     }
@@ -285,6 +306,60 @@ impl Weights {
         Ok(t)
     }
 
+    /// Calls `f` with the f32 values of the tensor gclip calls `name` (shape `shape`, row-major):
+    /// in place in the memory-mapped file when it is stored there as one f32 tensor of that
+    /// shape, without a copy (a linear weight is then read once, straight into its transposed
+    /// or packed form); otherwise from the tensor [`Weights::get`] builds. Non-finite values
+    /// are refused either way.
+    pub(crate) fn with_f32<R>(
+        &self,
+        name: &str,
+        shape: &[usize],
+        f: impl FnOnce(&[f32]) -> Result<R, ModelError>,
+    ) -> Result<R, ModelError> {
+        if let (
+            Store::SafeTensors(st),
+            SourceSpec::Single {
+                name: src,
+                transpose: false,
+            },
+            DType::F32,
+        ) = (&self.store, self.source_of(name), self.dtype)
+        {
+            if let Some(file_name) = self.names.get(&src) {
+                if let Ok(view) = st.get(file_name) {
+                    // SAFETY: f32 has no invalid bit patterns, and `align_to` only yields the
+                    // part of the mapped bytes that is aligned for f32.
+                    let (head, values, tail) = unsafe { view.data().align_to::<f32>() };
+                    if view.dtype() == safetensors::Dtype::F32
+                        && view.shape() == shape
+                        && head.is_empty()
+                        && tail.is_empty()
+                        && cfg!(target_endian = "little")
+                    {
+                        self.used.borrow_mut().insert(src.clone());
+                        let count = count_values(values, |x| !x.is_finite());
+                        if count > 0 {
+                            return Err(ModelError::NonFinite {
+                                name: file_name.clone(),
+                                path: self.path.clone(),
+                                count,
+                                total: values.len(),
+                            });
+                        }
+                        return f(values);
+                    }
+                }
+            }
+        }
+        let t = self
+            .get(name, shape)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
+        let values = t.flatten_all()?.to_vec1::<f32>()?;
+        f(&values)
+    }
+
     fn describe_source(&self, name: &str) -> String {
         match self.source_of(name) {
             SourceSpec::Single { name, .. } => name,
@@ -321,6 +396,20 @@ fn random_tensor(name: &str, shape: &[usize], device: &Device) -> candle_core::R
     }
 }
 
+/// How many of `values` are `bad`, in parallel for long slices.
+fn count_values<T: Sync>(values: &[T], bad: impl Fn(&T) -> bool + Sync) -> usize {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    if values.len() <= CHUNK {
+        values.iter().filter(|v| bad(v)).count()
+    } else {
+        values
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().filter(|v| bad(v)).count())
+            .sum()
+    }
+}
+
 /// How many values of a floating-point tensor are NaN or infinite (0 for integer tensors).
 /// One pass over the values, in parallel for large tensors.
 fn count_non_finite(t: &Tensor) -> candle_core::Result<usize> {
@@ -333,32 +422,20 @@ fn count_non_finite(t: &Tensor) -> candle_core::Result<usize> {
     } else {
         t.to_device(&Device::Cpu)?.flatten_all()?
     };
-    fn count<T: Sync>(values: &[T], bad: impl Fn(&T) -> bool + Sync) -> usize {
-        use rayon::prelude::*;
-        const CHUNK: usize = 1 << 16;
-        if values.len() <= CHUNK {
-            values.iter().filter(|v| bad(v)).count()
-        } else {
-            values
-                .par_chunks(CHUNK)
-                .map(|c| c.iter().filter(|v| bad(v)).count())
-                .sum()
-        }
-    }
     let counted = {
         let (storage, layout) = t.storage_and_layout();
         match (&*storage, layout.contiguous_offsets()) {
             (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => {
-                Some(count(&v[a..b], |x| !x.is_finite()))
+                Some(count_values(&v[a..b], |x| !x.is_finite()))
             }
             (Storage::Cpu(CpuStorage::F64(v)), Some((a, b))) => {
-                Some(count(&v[a..b], |x| !x.is_finite()))
+                Some(count_values(&v[a..b], |x| !x.is_finite()))
             }
             (Storage::Cpu(CpuStorage::F16(v)), Some((a, b))) => {
-                Some(count(&v[a..b], |x| !x.is_finite()))
+                Some(count_values(&v[a..b], |x| !x.is_finite()))
             }
             (Storage::Cpu(CpuStorage::BF16(v)), Some((a, b))) => {
-                Some(count(&v[a..b], |x| !x.is_finite()))
+                Some(count_values(&v[a..b], |x| !x.is_finite()))
             }
             _ => None,
         }
