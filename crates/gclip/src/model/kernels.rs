@@ -441,6 +441,27 @@ pub(crate) fn transpose_f32(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     dst
 }
 
+#[inline(always)]
+fn count_non_finite_generic(xs: &[f32]) -> usize {
+    // Exponent all ones: infinity or NaN. Summed as integers so that the loop vectorises.
+    xs.iter()
+        .map(|x| usize::from(x.to_bits() & 0x7f80_0000 == 0x7f80_0000))
+        .sum()
+}
+
+simd_dispatch!(fn count_non_finite_run(xs: &[f32]) -> usize = count_non_finite_generic);
+
+/// How many of `xs` are NaN or infinite, in parallel for long slices (a model load checks
+/// every weight).
+pub(crate) fn count_non_finite_f32(xs: &[f32]) -> usize {
+    const CHUNK: usize = 1 << 16;
+    if xs.len() <= CHUNK {
+        count_non_finite_run(xs)
+    } else {
+        xs.par_chunks(CHUNK).map(count_non_finite_run).sum()
+    }
+}
+
 /// Whether a tensor can go through the fused CPU kernels.
 pub(crate) fn fusable(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32

@@ -162,7 +162,7 @@ impl Int8Kernel {
 // ---------------------------------------------------------------------------
 
 /// f32 -> bf16 bits, round to nearest even; NaN stays NaN (quietened).
-#[inline]
+#[inline(always)]
 pub fn f32_to_bf16(x: f32) -> u16 {
     let b = x.to_bits();
     let rounded = (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16;
@@ -173,6 +173,15 @@ pub fn f32_to_bf16(x: f32) -> u16 {
         rounded
     }
 }
+
+#[inline(always)]
+fn bf16_row_generic(src: &[f32], dst: &mut [u16]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = f32_to_bf16(v);
+    }
+}
+
+crate::simd_dispatch!(fn bf16_row(src: &[f32], dst: &mut [u16]) = bf16_row_generic);
 
 /// bf16 bits -> f32 (exact).
 #[inline]
@@ -418,23 +427,14 @@ impl PackedBf16 {
                 .par_chunks_mut(k2 * NR)
                 .enumerate()
                 .for_each(|(p, panel)| {
-                    let channels = NR.min(out_dim.saturating_sub(p * NR));
-                    // Blocks of 8 K-pairs (one cache line of each of the panel's rows): the
-                    // rows are read a line at a time and the panel written a line at a time.
-                    const PAIRS: usize = 8;
-                    for kb in (0..k2).step_by(PAIRS) {
-                        let pairs = PAIRS.min(k2 - kb);
-                        for j in 0..channels {
-                            let row = &w[(p * NR + j) * in_dim..(p * NR + j + 1) * in_dim];
-                            let piece = &row[2 * kb..(2 * (kb + pairs)).min(in_dim)];
-                            let mut words = [0u32; PAIRS];
-                            for (word, pair) in words.iter_mut().zip(piece.chunks(2)) {
-                                let hi = pair.get(1).map_or(0, |&v| f32_to_bf16(v) as u32);
-                                *word = f32_to_bf16(pair[0]) as u32 | hi << 16;
-                            }
-                            for (t, word) in words.iter().enumerate().take(pairs) {
-                                panel[(kb + t) * NR + j] = *word;
-                            }
+                    // Each output channel's row is converted whole (vectorised), then its
+                    // K-pairs are laid into the panel's column for that channel.
+                    let mut halves = vec![0u16; 2 * k2];
+                    for j in 0..NR.min(out_dim.saturating_sub(p * NR)) {
+                        let row = &w[(p * NR + j) * in_dim..(p * NR + j + 1) * in_dim];
+                        bf16_row(row, &mut halves[..in_dim]);
+                        for (kp, pair) in halves.chunks_exact(2).enumerate() {
+                            panel[kp * NR + j] = pair[0] as u32 | (pair[1] as u32) << 16;
                         }
                     }
                 });

@@ -338,7 +338,7 @@ impl Weights {
                         && cfg!(target_endian = "little")
                     {
                         self.used.borrow_mut().insert(src.clone());
-                        let count = count_values(values, |x| !x.is_finite());
+                        let count = super::kernels::count_non_finite_f32(values);
                         if count > 0 {
                             return Err(ModelError::NonFinite {
                                 name: file_name.clone(),
@@ -426,7 +426,7 @@ fn count_non_finite(t: &Tensor) -> candle_core::Result<usize> {
         let (storage, layout) = t.storage_and_layout();
         match (&*storage, layout.contiguous_offsets()) {
             (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => {
-                Some(count_values(&v[a..b], |x| !x.is_finite()))
+                Some(super::kernels::count_non_finite_f32(&v[a..b]))
             }
             (Storage::Cpu(CpuStorage::F64(v)), Some((a, b))) => {
                 Some(count_values(&v[a..b], |x| !x.is_finite()))
