@@ -2,15 +2,16 @@
 //! images, and the thread runs them together, waiting a short time for a batch to fill.
 //! Query work goes before ingestion work, so that searches stay quick while documents are added.
 //!
-//! The model thread only runs the model: texts are cleaned and tokenised, and images decoded,
-//! on the requesting threads (images a few at a time, so that large images cannot exhaust
-//! memory together), and work that waited past its deadline is answered "busy" instead of run.
+//! The model thread only runs the model: texts are cleaned and tokenised on the requesting
+//! threads, images decoded on a few low-priority decoding threads (so that large images can
+//! neither exhaust memory together nor take the CPU from searches), and work that waited past
+//! its deadline is answered "busy" instead of run.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
@@ -51,48 +52,87 @@ impl Default for BatchConfig {
     }
 }
 
-/// A counting semaphore whose waits end at a deadline.
-struct Slots {
-    free: Mutex<usize>,
-    freed: Condvar,
+/// The threads that decode and preprocess images, at a lower CPU priority than the model and
+/// request threads (nice 10 on Linux): a flood of large images then takes the CPU only when
+/// searches leave it idle, instead of sharing it with them evenly. There are few of them (half
+/// the cores by default), so at most that many images are decoded, and held decoded, at once.
+struct DecodePool {
+    tx: Mutex<Sender<DecodeJob>>,
 }
 
-impl Slots {
-    fn new(n: usize) -> Self {
-        Self {
-            free: Mutex::new(n.max(1)),
-            freed: Condvar::new(),
+struct DecodeJob {
+    deadline: Instant,
+    run: Box<dyn FnOnce(bool) + Send>,
+}
+
+/// How much lower the decoding threads' CPU priority is than the process's (Linux nice
+/// values: 0 is the default, 19 the lowest).
+const DECODE_NICENESS: i32 = 10;
+
+impl DecodePool {
+    fn new(threads: usize) -> Self {
+        let (tx, rx) = channel::<DecodeJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("gclip-decode-{i}"))
+                .spawn(move || {
+                    lower_priority();
+                    loop {
+                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok(job) = job else { return };
+                        // Work whose deadline passed while it queued is refused, not run.
+                        let in_time = Instant::now() < job.deadline;
+                        (job.run)(in_time);
+                    }
+                })
+                .ok();
         }
+        Self { tx: Mutex::new(tx) }
     }
 
-    /// Runs `f` holding a slot, or fails when none frees up before `deadline`.
-    fn with<T>(&self, deadline: Instant, f: impl FnOnce() -> T) -> Result<T> {
-        {
-            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-            while *free == 0 {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err(SearchError::Busy(
-                        "no image decoding slot became free in time".into(),
-                    ));
-                }
-                free = self
-                    .freed
-                    .wait_timeout(free, deadline - now)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-            }
-            *free -= 1;
+    /// Runs `f` on a decoding thread and waits for it; "busy" when no thread took it up
+    /// before `deadline`.
+    fn run<T: Send + 'static>(
+        &self,
+        deadline: Instant,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        let (reply, rx) = channel();
+        let job = DecodeJob {
+            deadline,
+            run: Box::new(move |in_time| {
+                let _ = reply.send(in_time.then(f));
+            }),
+        };
+        let sent = self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(job);
+        sent.map_err(|_| SearchError::Invalid("the image decoding threads have stopped".into()))?;
+        match rx.recv() {
+            Ok(Some(out)) => Ok(out),
+            Ok(None) => Err(SearchError::Busy(
+                "no image decoding thread became free in time".into(),
+            )),
+            Err(_) => Err(SearchError::Invalid(
+                "an image decoding thread stopped".into(),
+            )),
         }
-        struct Release<'a>(&'a Slots);
-        impl Drop for Release<'_> {
-            fn drop(&mut self) {
-                *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-                self.0.freed.notify_one();
-            }
+    }
+}
+
+/// Lowers the calling thread's CPU priority (Linux applies nice values per thread); best
+/// effort, elsewhere or when refused the thread keeps the default.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // Relative to the process's own niceness (a thread starts with its creator's).
+        let tid = rustix::thread::gettid();
+        let lowered = rustix::process::getpriority_process(Some(tid)).and_then(|now| {
+            rustix::process::setpriority_process(Some(tid), (now + DECODE_NICENESS).min(19))
+        });
+        if let Err(e) = lowered {
+            tracing::debug!("image decoding keeps the default priority: {e}");
         }
-        let _release = Release(self);
-        Ok(f())
     }
 }
 
@@ -136,7 +176,7 @@ pub struct ModelWorker {
     /// Shared with the model thread, which runs only its model.
     embedder: Arc<Embedder>,
     preprocessor: Preprocessor,
-    decodes: Slots,
+    decodes: DecodePool,
     deadline: Duration,
     logit_scale: f32,
     pub stats: Arc<BatchStats>,
@@ -156,7 +196,7 @@ impl ModelWorker {
         let s = stats.clone();
         let embedder = Arc::new(embedder);
         let model = embedder.clone();
-        let decodes = Slots::new(config.parallel_decodes);
+        let decodes = DecodePool::new(config.parallel_decodes);
         let deadline = config.deadline;
         std::thread::Builder::new()
             .name("gclip-model".into())
@@ -214,9 +254,12 @@ impl ModelWorker {
     }
 
     fn pixels(&self, bytes: &[u8], name: &str, deadline: Instant) -> Result<Vec<f32>> {
-        self.decodes.with(deadline, || {
-            self.preprocessor
-                .pixels_from_bytes(bytes, name)
+        // The decoding thread outlives no borrow: it gets its own copy of the bytes.
+        let (bytes, name) = (bytes.to_vec(), name.to_string());
+        let preprocessor = self.preprocessor.clone();
+        self.decodes.run(deadline, move || {
+            preprocessor
+                .pixels_from_bytes(&bytes, &name)
                 .map_err(|e| SearchError::Invalid(format!("image {name}: {e}")))
         })?
     }
@@ -252,10 +295,11 @@ impl Encoder for ModelWorker {
         let pixels: Vec<Result<Vec<f32>, String>> = paths
             .par_iter()
             .map(|p| {
+                let (path, preprocessor) = (p.clone(), self.preprocessor.clone());
                 self.decodes
-                    .with(deadline, || {
-                        self.preprocessor
-                            .pixels_from_path(p)
+                    .run(deadline, move || {
+                        preprocessor
+                            .pixels_from_path(&path)
                             .map_err(|e| e.to_string())
                     })
                     .unwrap_or_else(|busy| Err(busy.to_string()))
@@ -433,5 +477,39 @@ fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod decode_pool_tests {
+    use super::*;
+
+    #[test]
+    fn decoding_runs_at_lower_priority_and_refuses_work_past_its_deadline() {
+        let pool = DecodePool::new(1);
+        let later = Instant::now() + Duration::from_secs(30);
+        #[cfg(target_os = "linux")]
+        {
+            let here =
+                rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+            let there = pool
+                .run(later, || {
+                    rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+                })
+                .unwrap();
+            assert_eq!(there, (here + DECODE_NICENESS).min(19));
+        }
+        assert_eq!(pool.run(later, || 7).unwrap(), 7);
+        // A job queued behind a slow one, with a deadline that passes meanwhile, is refused.
+        let pool = Arc::new(pool);
+        let p = pool.clone();
+        let slow = std::thread::spawn(move || {
+            p.run(later, || std::thread::sleep(Duration::from_millis(300)))
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let soon = Instant::now() + Duration::from_millis(100);
+        let refused = pool.run(soon, || 1);
+        assert!(matches!(refused, Err(SearchError::Busy(_))), "{refused:?}");
+        slow.join().unwrap().unwrap();
     }
 }
