@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
 use gclip::bench::{random_model, BenchPlan, BenchResult};
-use gclip::model::{ClipConfig, Precision};
+use gclip::model::{ClipConfig, KernelChoice, Precision};
 
 #[derive(Args)]
 #[command(
@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// Precisions to time, comma-separated (fp32, bf16, int8).
     #[arg(long, value_delimiter = ',', default_value = "fp32")]
     precision: Vec<Precision>,
+    /// Run bf16/int8 on the portable kernels that every CPU has, as a CPU without AVX-512
+    /// BF16/VNNI would (the default is the fastest this CPU runs).
+    #[arg(long)]
+    portable_kernels: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -53,7 +57,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let threads = candle_core::utils::get_num_threads();
     for precision in args.precision {
         let mut model = fp32.clone();
-        model.convert(precision, Default::default())?;
+        let kernels = if args.portable_kernels {
+            KernelChoice::Portable
+        } else {
+            KernelChoice::Fastest
+        };
+        model.convert(precision, kernels)?;
         let kernels = model.kernel_description();
         if !args.json {
             println!(

@@ -399,3 +399,49 @@ fn training_refuses_reduced_precision() {
         );
     }
 }
+
+/// `gclip bench` says which kernels each precision ran, and `--portable-kernels` runs the
+/// fallbacks that a CPU without AVX-512 BF16/VNNI gets.
+#[test]
+fn bench_names_the_kernels_of_each_precision() {
+    let arch = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/models/oc-gelu/open_clip_config.json");
+    let arch = arch.to_str().unwrap();
+    let run = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec![
+            "bench",
+            "--arch",
+            arch,
+            "--batch",
+            "2",
+            "--tokens",
+            "8",
+            "--seconds",
+            "0.05",
+            "--precision",
+            "fp32,bf16,int8",
+            "--json",
+        ];
+        args.extend(extra);
+        let o = gclip(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let kernels = |rows: &[serde_json::Value], precision: &str| -> String {
+        let row = rows.iter().find(|r| r["precision"] == precision).unwrap();
+        row["kernels"].as_str().unwrap().to_string()
+    };
+    let fastest = run(&[]);
+    assert_eq!(kernels(&fastest, "fp32"), "gemm f32");
+    assert!(kernels(&fastest, "bf16").starts_with("bf16-"));
+    assert!(kernels(&fastest, "int8").contains("int8-"));
+    let portable = run(&["--portable-kernels"]);
+    assert_eq!(kernels(&portable, "bf16"), "bf16-portable");
+    assert_eq!(
+        kernels(&portable, "int8"),
+        "qkv bf16-portable, out/fc1/fc2 int8-portable"
+    );
+}
