@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 
 use crate::hub::{Hub, HubConfig, ModelId};
+use crate::model::lowp::{Bf16Kernel, Int8Kernel};
 use crate::model::{Clip, ClipConfig, KernelChoice, ModelError, Precision, Weights};
 
 pub use crate::hub::DEFAULT_MODEL;
@@ -175,6 +176,17 @@ impl ModelSource {
         } = self.describe()?;
         let weights =
             Weights::open(&self.weight_files()?, device, dtype)?.with_precision(precision, kernels);
+        let portable = match precision {
+            Precision::Fp32 => false,
+            Precision::Bf16 => Bf16Kernel::best() == Bf16Kernel::Portable,
+            Precision::Int8 => Int8Kernel::best() == Int8Kernel::Portable,
+        };
+        if portable && kernels == KernelChoice::Fastest {
+            tracing::warn!(
+                "this CPU lacks the AVX-512 instructions of {precision}: it runs on portable \
+                 kernels, several times slower than fp32 here (use --precision fp32)"
+            );
+        }
         let (clip, unused_tensors) = Clip::load(&config, &weights)?;
         Ok(LoadedModel {
             clip,
