@@ -256,7 +256,7 @@ fn act_grad_row_generic(z: &[f32], g: &[f32], act: Activation, dz: &mut [f32]) {
 simd_dispatch!(fn act_grad_row(z: &[f32], g: &[f32], act: Activation, dz: &mut [f32]) = act_grad_row_generic);
 
 /// `act(z)` over contiguous rows, in parallel.
-pub(crate) fn activate_rows(z: &[f32], width: usize, act: Activation) -> Vec<f32> {
+fn activate_rows(z: &[f32], width: usize, act: Activation) -> Vec<f32> {
     let mut dst = vec![0f32; z.len()];
     dst.par_chunks_mut(width)
         .zip(z.par_chunks(width))
@@ -470,6 +470,45 @@ pub(crate) fn fusable(t: &Tensor) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Linear: y = x·Wᵀ + b in one gemm call (the bias pre-fills the destination).
 
+/// What a linear op (f32 `LinearOp` or the packed one) computes from: its input rows, checked
+/// against the weight's `(in, out)` and the bias, with the MLP's activation applied when asked,
+/// and the output's shape.
+pub(crate) struct LinearInput<'a> {
+    pub x: std::borrow::Cow<'a, [f32]>,
+    pub rows: usize,
+    pub shape: Shape,
+}
+
+impl<'a> LinearInput<'a> {
+    pub(crate) fn new(
+        x: &'a [f32],
+        x_shape: &Shape,
+        (in_dim, out_dim): (usize, usize),
+        (bias, bias_shape): (&[f32], &Shape),
+        act: Option<Activation>,
+    ) -> Result<Self> {
+        let dims = x_shape.dims();
+        if dims.last() != Some(&in_dim) || bias.len() != out_dim {
+            candle_core::bail!(
+                "linear: input {x_shape:?}, weight [{in_dim}, {out_dim}], bias {bias_shape:?} do \
+                 not fit"
+            );
+        }
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = out_dim;
+        }
+        Ok(Self {
+            rows: x.len() / in_dim.max(1),
+            x: match act {
+                None => std::borrow::Cow::Borrowed(x),
+                Some(act) => std::borrow::Cow::Owned(activate_rows(x, in_dim, act)),
+            },
+            shape: Shape::from(shape),
+        })
+    }
+}
+
 /// `x·W + b` with `x: [.., in]`, `W: [in, out]` (PyTorch's weight transposed) and `b: [out]`.
 ///
 /// The weight is kept `[in, out]` because gemm then streams it in place: with PyTorch's
@@ -497,28 +536,16 @@ impl CustomOp3 for LinearOp {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(xs, xl, "linear input")?;
         let w = contiguous_f32(ws, wl, "linear weight")?;
         let b = contiguous_f32(bs, bl, "linear bias")?;
         let (in_dim, out_dim) = wl.shape().dims2()?;
-        let dims = xl.shape().dims();
-        if dims.last() != Some(&in_dim) || b.len() != out_dim {
-            candle_core::bail!(
-                "linear: input {:?}, weight {:?}, bias {:?} do not fit",
-                xl.shape(),
-                wl.shape(),
-                bl.shape()
-            );
-        }
-        let rows = x.len() / in_dim;
-        let activated;
-        let x = match self.input_activation {
-            None => x,
-            Some(act) => {
-                activated = activate_rows(x, in_dim, act);
-                &activated[..]
-            }
-        };
+        let LinearInput { x, rows, shape } = LinearInput::new(
+            contiguous_f32(xs, xl, "linear input")?,
+            xl.shape(),
+            (in_dim, out_dim),
+            (b, bl.shape()),
+            self.input_activation,
+        )?;
         let mut dst = vec![0f32; rows * out_dim];
         for row in dst.chunks_exact_mut(out_dim) {
             row.copy_from_slice(b);
@@ -550,11 +577,7 @@ impl CustomOp3 for LinearOp {
                 );
             }
         }
-        let mut shape = dims.to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = out_dim;
-        }
-        Ok((CpuStorage::F32(dst), Shape::from(shape)))
+        Ok((CpuStorage::F32(dst), shape))
     }
 
     fn bwd(

@@ -104,9 +104,7 @@ impl Linear {
                     &candle_core::Device::Cpu,
                 )?));
             }
-            let packed = PackedWeight::pack(stored, in_dim, out_dim, precision, w.precision().1)
-                .map_err(ModelError::Unsupported)?;
-            Ok(LinearWeight::Packed(Arc::new(packed)))
+            packed(stored, in_dim, out_dim, precision, w.precision().1)
         })?;
         let weight = match weight {
             // Other devices and dtypes keep what `Weights::get` gives (the fused CPU path is
@@ -117,30 +115,6 @@ impl Linear {
             other => other,
         };
         Ok(Self { weight, bias })
-    }
-
-    /// A layer over `stored`, `[out, in]`, packed for `precision`.
-    fn packed(
-        stored: &Tensor,
-        bias: Tensor,
-        precision: Precision,
-        kernels: KernelChoice,
-    ) -> std::result::Result<Self, ModelError> {
-        if !fusable(stored) {
-            return Err(ModelError::Unsupported(format!(
-                "{precision} weights need f32 weights on the CPU (this layer holds {:?} on {:?})",
-                stored.dtype(),
-                stored.device()
-            )));
-        }
-        let (out_dim, in_dim) = stored.dims2()?;
-        let data = stored.flatten_all()?.to_vec1::<f32>()?;
-        let packed = PackedWeight::pack(&data, in_dim, out_dim, precision, kernels)
-            .map_err(ModelError::Unsupported)?;
-        Ok(Self {
-            weight: LinearWeight::Packed(Arc::new(packed)),
-            bias,
-        })
     }
 
     /// A linear layer from its weight `[in, out]` and bias `[out]`.
@@ -166,12 +140,23 @@ impl Linear {
         precision: Precision,
         kernels: KernelChoice,
     ) -> std::result::Result<Self, ModelError> {
-        match (&self.weight, precision) {
-            (_, Precision::Fp32) | (LinearWeight::Packed(_), _) => Ok(self.clone()),
-            (LinearWeight::Dense(w), _) => {
-                Self::packed(&transpose_2d(w)?, self.bias.clone(), precision, kernels)
-            }
+        let w = match (&self.weight, precision) {
+            (_, Precision::Fp32) | (LinearWeight::Packed(_), _) => return Ok(self.clone()),
+            (LinearWeight::Dense(w), _) => w,
+        };
+        if !fusable(w) {
+            return Err(ModelError::Unsupported(format!(
+                "{precision} weights need f32 weights on the CPU (this layer holds {:?} on {:?})",
+                w.dtype(),
+                w.device()
+            )));
         }
+        let (in_dim, out_dim) = w.dims2()?;
+        let stored = transpose_2d(w)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self {
+            weight: packed(&stored, in_dim, out_dim, precision, kernels)?,
+            bias: self.bias.clone(),
+        })
     }
 
     /// `[.., in]` → `[.., out]`
@@ -247,6 +232,19 @@ impl Attention {
         };
         self.out.forward(&mixed)
     }
+}
+
+/// A linear weight packed for `precision` from `stored`, row-major `[out, in]`.
+fn packed(
+    stored: &[f32],
+    in_dim: usize,
+    out_dim: usize,
+    precision: Precision,
+    kernels: KernelChoice,
+) -> std::result::Result<LinearWeight, ModelError> {
+    let packed = PackedWeight::pack(stored, in_dim, out_dim, precision, kernels)
+        .map_err(ModelError::Unsupported)?;
+    Ok(LinearWeight::Packed(Arc::new(packed)))
 }
 
 /// The precision of the q/k/v projection in a model of `precision`. In int8 it stays bf16: its

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 
-use super::kernels::{activate_rows, contiguous_f32, Activation};
+use super::kernels::{contiguous_f32, Activation, LinearInput};
 use super::lowp::{self, Bf16Kernel, Int8Kernel, PackedBf16, PackedInt8};
 use super::precision::{KernelChoice, Precision};
 
@@ -96,37 +96,22 @@ impl CustomOp2 for PackedLinearOp {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(xs, xl, "linear input")?;
         let b = contiguous_f32(bs, bl, "linear bias")?;
         let (in_dim, out_dim) = self.weight.dims();
-        let dims = xl.shape().dims();
-        if dims.last() != Some(&in_dim) || b.len() != out_dim {
-            candle_core::bail!(
-                "linear: input {:?}, packed weight [{in_dim}, {out_dim}], bias {:?} do not fit",
-                xl.shape(),
-                bl.shape()
-            );
-        }
-        let rows = x.len() / in_dim.max(1);
-        let activated;
-        let x = match self.input_activation {
-            None => x,
-            Some(act) => {
-                activated = activate_rows(x, in_dim, act);
-                &activated[..]
-            }
-        };
+        let LinearInput { x, rows, shape } = LinearInput::new(
+            contiguous_f32(xs, xl, "linear input")?,
+            xl.shape(),
+            (in_dim, out_dim),
+            (b, bl.shape()),
+            self.input_activation,
+        )?;
         let mut dst = vec![0f32; rows * out_dim];
         let threads = candle_core::utils::get_num_threads();
         let done = match &*self.weight {
-            PackedWeight::Bf16(w, k) => lowp::linear_bf16(x, rows, w, b, &mut dst, *k, threads),
-            PackedWeight::Int8(w, k) => lowp::linear_int8(x, rows, w, b, &mut dst, *k, threads),
+            PackedWeight::Bf16(w, k) => lowp::linear_bf16(&x, rows, w, b, &mut dst, *k, threads),
+            PackedWeight::Int8(w, k) => lowp::linear_int8(&x, rows, w, b, &mut dst, *k, threads),
         };
         done.map_err(|e| candle_core::Error::Msg(format!("packed linear: {e}")))?;
-        let mut shape = dims.to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = out_dim;
-        }
-        Ok((CpuStorage::F32(dst), Shape::from(shape)))
+        Ok((CpuStorage::F32(dst), shape))
     }
 }
