@@ -294,16 +294,30 @@ impl Weights {
         };
         // Every stored tensor is read once per load: the one place to refuse NaN or infinity,
         // which would otherwise flow silently into every embedding.
-        let count = count_non_finite(&t).map_err(bad)?;
-        if count > 0 {
-            return Err(ModelError::NonFinite {
-                name: file_name.clone(),
-                path: self.path.clone(),
-                count,
-                total: t.elem_count(),
-            });
-        }
+        self.refuse_non_finite(
+            file_name,
+            count_non_finite(&t).map_err(bad)?,
+            t.elem_count(),
+        )?;
         Ok(t)
+    }
+
+    /// The error for a stored tensor holding `count` NaN or infinite values among `total`.
+    fn refuse_non_finite(
+        &self,
+        file_name: &str,
+        count: usize,
+        total: usize,
+    ) -> Result<(), ModelError> {
+        if count == 0 {
+            return Ok(());
+        }
+        Err(ModelError::NonFinite {
+            name: file_name.to_string(),
+            path: self.path.clone(),
+            count,
+            total,
+        })
     }
 
     /// Calls `f` with the f32 values of the tensor gclip calls `name` (shape `shape`, row-major):
@@ -339,14 +353,7 @@ impl Weights {
                     {
                         self.used.borrow_mut().insert(src.clone());
                         let count = super::kernels::count_non_finite_f32(values);
-                        if count > 0 {
-                            return Err(ModelError::NonFinite {
-                                name: file_name.clone(),
-                                path: self.path.clone(),
-                                count,
-                                total: values.len(),
-                            });
-                        }
+                        self.refuse_non_finite(file_name, count, values.len())?;
                         return f(values);
                     }
                 }
