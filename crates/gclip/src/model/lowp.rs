@@ -8,7 +8,7 @@
 //!   quantised symmetrically per row at run time, products accumulated exactly
 //!   in i32 and rescaled to f32.
 //!
-//! Weights are packed once ([`PackedBf16::pack`], [`PackedInt8::pack`]) into
+//! Weights are packed once ([`PackedBf16::pack_out_in`], [`PackedInt8::pack_out_in`]) into
 //! panels of [`NR`] output columns; the packed bytes can be saved and restored
 //! with `as_bytes` / `from_bytes` (native endianness).
 //!
@@ -386,30 +386,7 @@ fn bf16_words(in_dim: usize, out_dim: usize) -> Result<usize, String> {
     checked_dims(panels, per, "bf16 pack")
 }
 
-/// `[rows, cols]` → `[cols, rows]`, row-major (for callers holding `[in, out]` weights).
-fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; w.len()];
-    for (r, row) in w.chunks_exact(cols.max(1)).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            t[c * rows + r] = v;
-        }
-    }
-    t
-}
-
 impl PackedBf16 {
-    /// Packs row-major `w[in_dim][out_dim]` (y = x·w), rounding to bf16 (RNE).
-    pub fn pack(w: &[f32], in_dim: usize, out_dim: usize) -> Result<Self, String> {
-        let n = checked_dims(in_dim, out_dim, "bf16 pack")?;
-        if w.len() != n {
-            return Err(format!(
-                "bf16 pack: weight has {} values, expected {in_dim} x {out_dim}",
-                w.len()
-            ));
-        }
-        Self::pack_out_in(&transpose(w, in_dim, out_dim), in_dim, out_dim)
-    }
-
     /// Packs row-major `w[out_dim][in_dim]` (PyTorch's `nn.Linear` layout, y = x·wᵀ): each
     /// output channel is a contiguous row, read once; panels are packed in parallel.
     pub fn pack_out_in(w: &[f32], in_dim: usize, out_dim: usize) -> Result<Self, String> {
@@ -508,18 +485,6 @@ fn int8_words(in_dim: usize, out_dim: usize) -> Result<usize, String> {
 }
 
 impl PackedInt8 {
-    /// Quantises and packs row-major `w[in_dim][out_dim]`.
-    pub fn pack(w: &[f32], in_dim: usize, out_dim: usize) -> Result<Self, String> {
-        let n_all = checked_dims(in_dim, out_dim, "int8 pack")?;
-        if w.len() != n_all {
-            return Err(format!(
-                "int8 pack: weight has {} values, expected {in_dim} x {out_dim}",
-                w.len()
-            ));
-        }
-        Self::pack_out_in(&transpose(w, in_dim, out_dim), in_dim, out_dim)
-    }
-
     /// Quantises and packs row-major `w[out_dim][in_dim]` (PyTorch's layout): each output
     /// channel, whose scale is its own, is a contiguous row; panels are packed in parallel.
     pub fn pack_out_in(w: &[f32], in_dim: usize, out_dim: usize) -> Result<Self, String> {
@@ -1483,6 +1448,15 @@ pub fn linear_int8(
 mod tests {
     use super::*;
 
+    // The tests write weights as `w[k][n]` (y = x·w); the model packs PyTorch's `[out, in]`.
+    fn pack_bf16(w: &[f32], k: usize, n: usize) -> Result<PackedBf16, String> {
+        PackedBf16::pack_out_in(&crate::model::kernels::transpose_f32(w, k, n), k, n)
+    }
+
+    fn pack_int8(w: &[f32], k: usize, n: usize) -> Result<PackedInt8, String> {
+        PackedInt8::pack_out_in(&crate::model::kernels::transpose_f32(w, k, n), k, n)
+    }
+
     struct Rng(u64);
     impl Rng {
         fn next(&mut self) -> f32 {
@@ -1541,7 +1515,7 @@ mod tests {
         let x = rng.vec(rows * k, 2.0);
         let w = rng.vec(k * n, 0.5);
         let b = rng.vec(n, 1.0);
-        let p = PackedBf16::pack(&w, k, n).unwrap();
+        let p = pack_bf16(&w, k, n).unwrap();
         let mut y = vec![f32::NAN; rows * n];
         linear_bf16(&x, rows, &p, &b, &mut y, kernel, threads).unwrap();
         let r = ref_bf16(&x, rows, &w, k, n, &b);
@@ -1593,7 +1567,7 @@ mod tests {
             let (rows, k, n) = (5, 9, 37);
             let mut rng = Rng(3);
             let w = rng.vec(k * n, 1.0);
-            let p = PackedBf16::pack(&w, k, n).unwrap();
+            let p = pack_bf16(&w, k, n).unwrap();
             // all-zero x, no bias -> zeros; with bias -> bias
             let x = vec![0f32; rows * k];
             let mut y = vec![1f32; rows * n];
@@ -1619,7 +1593,7 @@ mod tests {
             // large magnitudes (no overflow in f32)
             let x: Vec<f32> = rng.vec(rows * k, 1e15);
             let w2: Vec<f32> = rng.vec(k * n, 1e15);
-            let p2 = PackedBf16::pack(&w2, k, n).unwrap();
+            let p2 = pack_bf16(&w2, k, n).unwrap();
             linear_bf16(&x, rows, &p2, &[], &mut y, kernel, 1).unwrap();
             let r = ref_bf16(&x, rows, &w2, k, n, &[]);
             for (&got, &(want, mag)) in y.iter().zip(&r) {
@@ -1647,10 +1621,10 @@ mod tests {
     #[test]
     fn shape_errors() {
         let w = vec![0f32; 6];
-        assert!(PackedBf16::pack(&w, 2, 4).is_err());
-        assert!(PackedInt8::pack(&w, 4, 2).is_err());
-        let p = PackedBf16::pack(&w, 2, 3).unwrap();
-        let q = PackedInt8::pack(&w, 2, 3).unwrap();
+        assert!(PackedBf16::pack_out_in(&w, 2, 4).is_err());
+        assert!(PackedInt8::pack_out_in(&w, 4, 2).is_err());
+        let p = pack_bf16(&w, 2, 3).unwrap();
+        let q = pack_int8(&w, 2, 3).unwrap();
         let mut y = vec![0f32; 6];
         let x = vec![0f32; 4];
         assert!(linear_bf16(&x[..3], 2, &p, &[], &mut y, Bf16Kernel::Portable, 1).is_err());
@@ -1672,13 +1646,13 @@ mod tests {
         let mut rng = Rng(5);
         for &(k, n) in &[(1, 1), (7, 33), (768, 47)] {
             let w = rng.vec(k * n, 1.0);
-            let p = PackedBf16::pack(&w, k, n).unwrap();
+            let p = pack_bf16(&w, k, n).unwrap();
             let p2 = PackedBf16::from_bytes(p.as_bytes(), k, n).unwrap();
             assert_eq!(p, p2);
             assert_eq!(p.as_bytes(), p2.as_bytes());
             assert!(PackedBf16::from_bytes(&p.as_bytes()[1..], k, n).is_err());
             assert!(PackedBf16::from_bytes(p.as_bytes(), k + 2, n).is_err());
-            let q = PackedInt8::pack(&w, k, n).unwrap();
+            let q = pack_int8(&w, k, n).unwrap();
             let q2 = PackedInt8::from_bytes(q.as_bytes(), k, n).unwrap();
             assert_eq!(q, q2);
             assert!(PackedInt8::from_bytes(&q.as_bytes()[4..], k, n).is_err());
@@ -1713,7 +1687,7 @@ mod tests {
         let x = rng.vec(rows * k, 3.0);
         let w = rng.vec(k * n, 0.2);
         let b = rng.vec(n, 1.0);
-        let p = PackedInt8::pack(&w, k, n).unwrap();
+        let p = pack_int8(&w, k, n).unwrap();
         let mut y = vec![f32::NAN; rows * n];
         linear_int8(&x, rows, &p, &b, &mut y, kernel, threads).unwrap();
         let r = ref_int8(&x, rows, &p, &b);
@@ -1778,7 +1752,7 @@ mod tests {
         for j in 0..n {
             w[(j * 3 % k) * n + j] = -127.0;
         }
-        let p = PackedInt8::pack(&w, k, n).unwrap();
+        let p = pack_int8(&w, k, n).unwrap();
         for kernel in Int8Kernel::available() {
             let mut y = vec![0f32; rows * n];
             linear_int8(&x, rows, &p, &[], &mut y, kernel, 2).unwrap();
@@ -1801,7 +1775,7 @@ mod tests {
             let mut rng = Rng(8);
             let w = rng.vec(k * n, 1.0);
             let b = rng.vec(n, 1.0);
-            let p = PackedInt8::pack(&w, k, n).unwrap();
+            let p = pack_int8(&w, k, n).unwrap();
             let mut x = rng.vec(rows * k, 1.0);
             x[k..2 * k].fill(0.0); // zero row -> bias
             x[2 * k + 3] = f32::NAN; // NaN row -> NaN
@@ -1818,7 +1792,7 @@ mod tests {
             // non-finite weight column -> NaN column
             let mut w2 = w.clone();
             w2[2 * n + 7] = f32::NAN;
-            let p2 = PackedInt8::pack(&w2, k, n).unwrap();
+            let p2 = pack_int8(&w2, k, n).unwrap();
             let x = rng.vec(rows * k, 1.0);
             linear_int8(&x, rows, &p2, &b, &mut y, kernel, 1).unwrap();
             for m in 0..rows {
@@ -1860,7 +1834,7 @@ mod tests {
         assert_eq!(Bf16Kernel::best(), *Bf16Kernel::available().last().unwrap());
         // vdpbf16ps treats denormal inputs as zero; the f32 paths do not.
         let tiny = f32::from_bits(0x0001_0000); // a bf16-exact denormal
-        let p = PackedBf16::pack(&[1.0], 1, 1).unwrap();
+        let p = pack_bf16(&[1.0], 1, 1).unwrap();
         for kernel in Bf16Kernel::available() {
             let mut y = [0f32];
             linear_bf16(&[tiny], 1, &p, &[], &mut y, kernel, 1).unwrap();
@@ -1873,7 +1847,7 @@ mod tests {
         let x = rng.vec(rows * k, 1.0);
         let w = rng.vec(k * n, 1.0);
         let b = rng.vec(n, 1.0);
-        let p = PackedInt8::pack(&w, k, n).unwrap();
+        let p = pack_int8(&w, k, n).unwrap();
         let mut y0 = vec![0f32; rows * n];
         linear_int8(&x, rows, &p, &b, &mut y0, Int8Kernel::Portable, 1).unwrap();
         for kernel in Int8Kernel::available() {
