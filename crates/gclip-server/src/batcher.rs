@@ -57,7 +57,7 @@ impl Default for BatchConfig {
 /// searches leave it idle, instead of sharing it with them evenly. There are few of them (half
 /// the cores by default), so at most that many images are decoded, and held decoded, at once.
 struct DecodePool {
-    tx: Mutex<Sender<DecodeJob>>,
+    tx: Sender<DecodeJob>,
 }
 
 struct DecodeJob {
@@ -89,7 +89,7 @@ impl DecodePool {
                 })
                 .ok();
         }
-        Self { tx: Mutex::new(tx) }
+        Self { tx }
     }
 
     /// Runs `f` on a decoding thread and waits for it; "busy" when no thread took it up
@@ -106,8 +106,9 @@ impl DecodePool {
                 let _ = reply.send(in_time.then(f));
             }),
         };
-        let sent = self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(job);
-        sent.map_err(|_| SearchError::Invalid("the image decoding threads have stopped".into()))?;
+        self.tx
+            .send(job)
+            .map_err(|_| SearchError::Invalid("the image decoding threads have stopped".into()))?;
         match rx.recv() {
             Ok(Some(out)) => Ok(out),
             Ok(None) => Err(SearchError::Busy(
