@@ -184,18 +184,24 @@ fn load_model(
     } else {
         None
     };
-    let (mut clip, convention, dir) = match as_checkpoint {
-        Some(dir) => (
-            load_checkpoint(&dir, &Device::Cpu)?.clip,
-            Convention::OpenClip,
-            None,
-        ),
+    let (clip, convention, dir) = match as_checkpoint {
+        Some(dir) => {
+            // A training checkpoint is restored in fp32, then converted.
+            let mut clip = load_checkpoint(&dir, &Device::Cpu)?.clip;
+            clip.convert(precision, Default::default())?;
+            (clip, Convention::OpenClip, None)
+        }
         None => {
-            let l = ModelSource::resolve(model, arch)?.load(&Device::Cpu, DType::F32)?;
+            // Model files are packed as they are read.
+            let l = ModelSource::resolve(model, arch)?.load_in(
+                &Device::Cpu,
+                DType::F32,
+                precision,
+                Default::default(),
+            )?;
             (l.clip, l.convention, l.dir)
         }
     };
-    clip.convert(precision, Default::default())?;
     let ctx = clip.config.text.context_length;
     let pipeline = InputPipeline::new(
         convention,
