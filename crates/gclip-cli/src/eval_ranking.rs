@@ -193,12 +193,12 @@ fn load_model(
         }
         None => {
             // Model files are packed as they are read.
-            let l = ModelSource::resolve(model, arch)?.load_in(
-                &Device::Cpu,
-                DType::F32,
+            let options = gclip::embed::LoadOptions {
                 precision,
-                Default::default(),
-            )?;
+                ..Default::default()
+            };
+            let l =
+                ModelSource::resolve(model, arch)?.load_in(&Device::Cpu, DType::F32, &options)?;
             (l.clip, l.convention, l.dir)
         }
     };

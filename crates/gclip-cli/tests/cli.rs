@@ -19,6 +19,11 @@ fn scratch(name: &str) -> PathBuf {
 fn gclip(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_gclip"))
         .args(args)
+        // bf16/int8 conversions go to a scratch cache, not the user's.
+        .env(
+            "GCLIP_CONVERTED_CACHE",
+            std::env::temp_dir().join(format!("gclip-cli-{}-converted", std::process::id())),
+        )
         .output()
         .expect("gclip runs")
 }
@@ -375,6 +380,102 @@ fn tokenizer_only_directory_tokenizes_and_preprocesses() {
     assert!(!o.status.success());
     assert!(stderr.contains("no weight file"), "{stderr}");
     assert!(!dir.join("never.npy").exists());
+}
+
+/// `--precision bf16` converts the weights once into the converted-weights cache and maps them
+/// from there afterwards; a corrupt, truncated or stale cache file is reported, rebuilt and
+/// never used, and every run embeds the same.
+#[test]
+fn converted_weights_are_cached_checked_and_rebuilt() {
+    let dir = scratch("converted");
+    let (model, arch) = full_vocab_model();
+    let local_model = dir.join("model.safetensors");
+    std::fs::copy(&model, &local_model).unwrap();
+    let cache = dir.join("cache");
+    std::fs::write(
+        dir.join("captions.txt"),
+        "a photo of a cat\nan emoji of a dog\n",
+    )
+    .unwrap();
+    let run = |n: usize| {
+        let out = dir.join(format!("out{n}.npy"));
+        let o = Command::new(env!("CARGO_BIN_EXE_gclip"))
+            .args(["embed", "text", "--precision", "bf16", "--model"])
+            .arg(&local_model)
+            .args(["--arch", &arch, "--input"])
+            .arg(dir.join("captions.txt"))
+            .arg("--output")
+            .arg(&out)
+            .env("GCLIP_CONVERTED_CACHE", &cache)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{stderr}");
+        (read_npy(&out).1, stderr)
+    };
+    let cache_files = || -> Vec<PathBuf> {
+        std::fs::read_dir(&cache)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+    let (want, stderr) = run(1);
+    assert!(!stderr.contains("not used"), "{stderr}");
+    let files = cache_files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let file = files[0].clone();
+    assert!(
+        file.to_string_lossy().ends_with("-bf16.gclipcv"),
+        "{file:?}"
+    );
+    let written = std::fs::metadata(&file).unwrap().modified().unwrap();
+
+    // Used as it is: no warning, not rewritten, the same embeddings.
+    let (got, stderr) = run(2);
+    assert_eq!(got, want);
+    assert!(!stderr.contains("not used"), "{stderr}");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().modified().unwrap(),
+        written
+    );
+
+    // One flipped byte of packed data: detected by the checksum, rebuilt.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 100;
+    bytes[last] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    let (got, stderr) = run(3);
+    assert_eq!(got, want);
+    assert!(stderr.contains("checksum mismatch"), "{stderr}");
+    let (_, stderr) = run(4);
+    assert!(
+        !stderr.contains("not used"),
+        "rebuilt file not valid: {stderr}"
+    );
+
+    // Truncated: detected by its length.
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let (got, stderr) = run(5);
+    assert_eq!(got, want);
+    assert!(stderr.contains("truncated"), "{stderr}");
+
+    // The checkpoint replaced (same bytes, another modification time): stale, rebuilt.
+    std::fs::remove_file(&local_model).unwrap();
+    std::fs::copy(&model, &local_model).unwrap();
+    let f = std::fs::File::options()
+        .write(true)
+        .open(&local_model)
+        .unwrap();
+    f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
+        .unwrap();
+    drop(f);
+    let (got, stderr) = run(6);
+    assert_eq!(got, want);
+    assert!(
+        stderr.contains("another version of the checkpoint"),
+        "{stderr}"
+    );
+    assert_eq!(cache_files(), vec![file]);
 }
 
 /// Training runs in fp32 only: a reduced precision is refused before anything is read, naming

@@ -20,6 +20,11 @@ fn scratch(name: &str) -> PathBuf {
 fn gclip(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_gclip"))
         .args(args)
+        // bf16/int8 conversions go to a scratch cache, not the user's.
+        .env(
+            "GCLIP_CONVERTED_CACHE",
+            std::env::temp_dir().join(format!("gclip-search-{}-converted", std::process::id())),
+        )
         .output()
         .expect("gclip runs")
 }

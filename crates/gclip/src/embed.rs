@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use crate::input::image::ImageError;
 use crate::input::pipeline::InputPipeline;
 use crate::input::tokenizer::ClipTokenizer;
-use crate::model::{Clip, Embeddings, KernelChoice, ModelError, Precision};
+use crate::model::{Clip, Embeddings, ModelError, Precision};
 use crate::source::{Convention, LoadedModel, ModelSource};
 
 /// Everything that can stop an embedding call as a whole (a bad image only fails its item).
@@ -40,14 +40,7 @@ pub struct ImageEmbeddings {
     pub failures: Vec<(usize, ImageError)>,
 }
 
-/// How to load a model for embedding.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LoadOptions {
-    /// The precision of the transformer weights (fp32, exact, by default).
-    pub precision: Precision,
-    /// Which kernel variants the bf16/int8 layers run.
-    pub kernels: KernelChoice,
-}
+pub use crate::source::LoadOptions;
 
 impl Embedder {
     /// Loads a model in fp32, with the input pipeline that belongs to it.
@@ -61,12 +54,7 @@ impl Embedder {
         device: &Device,
         options: LoadOptions,
     ) -> Result<Self, EmbedError> {
-        Self::new(source.load_in(
-            device,
-            candle_core::DType::F32,
-            options.precision,
-            options.kernels,
-        )?)
+        Self::new(source.load_in(device, candle_core::DType::F32, &options)?)
     }
 
     /// The precision the model runs in.

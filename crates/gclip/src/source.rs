@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 
 use crate::hub::{Hub, HubConfig, ModelId};
+use crate::model::converted::ConvertedCache;
 use crate::model::lowp::{Bf16Kernel, Int8Kernel};
 use crate::model::{Clip, ClipConfig, KernelChoice, ModelError, Precision, Weights};
 
@@ -157,25 +158,31 @@ impl ModelSource {
 
     /// Loads the model on a device, in a dtype.
     pub fn load(&self, device: &Device, dtype: DType) -> Result<LoadedModel, ModelError> {
-        self.load_in(device, dtype, Precision::Fp32, KernelChoice::Fastest)
+        self.load_in(device, dtype, &LoadOptions::default())
     }
 
-    /// Loads the model with its transformer blocks' linear layers in `precision` (bf16 and
-    /// int8 weights are packed as they are read).
+    /// Loads the model with its transformer blocks' linear layers in the precision of
+    /// `options` (bf16 and int8 weights are packed as they are read, or mapped from the
+    /// converted-weights cache).
     pub fn load_in(
         &self,
         device: &Device,
         dtype: DType,
-        precision: Precision,
-        kernels: KernelChoice,
+        options: &LoadOptions,
     ) -> Result<LoadedModel, ModelError> {
+        let LoadOptions {
+            precision,
+            kernels,
+            ref converted_cache,
+        } = *options;
         let ModelDescription {
             config,
             convention,
             dir,
         } = self.describe()?;
-        let weights =
-            Weights::open(&self.weight_files()?, device, dtype)?.with_precision(precision, kernels);
+        let weights = Weights::open(&self.weight_files()?, device, dtype)?
+            .with_precision(precision, kernels)
+            .with_converted_cache(converted_cache);
         let portable = match precision {
             Precision::Fp32 => false,
             Precision::Bf16 => Bf16Kernel::best() == Bf16Kernel::Portable,
@@ -188,6 +195,7 @@ impl ModelSource {
             );
         }
         let (clip, unused_tensors) = Clip::load(&config, &weights)?;
+        weights.save_converted();
         Ok(LoadedModel {
             clip,
             convention,
@@ -195,6 +203,17 @@ impl ModelSource {
             unused_tensors,
         })
     }
+}
+
+/// How to load a model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The precision of the transformer weights (fp32, exact, by default).
+    pub precision: Precision,
+    /// Which kernel variants the bf16/int8 layers run.
+    pub kernels: KernelChoice,
+    /// Where bf16/int8 weights converted at an earlier load are kept and found.
+    pub converted_cache: ConvertedCache,
 }
 
 /// What a source holds, known before its weights are read.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use gclip::embed::{Embedder, LoadOptions};
 use gclip::eval::zeroshot::{evaluate, EvalOptions, ImageFolder};
-use gclip::model::{Clip, KernelChoice, Precision};
+use gclip::model::{Clip, ConvertedCache, KernelChoice, Precision};
 use gclip::source::ModelSource;
 
 const MIN_COSINE: f32 = 0.999;
@@ -151,6 +151,7 @@ fn zero_shot_top1_on_the_emoji_set_is_unchanged_where_fp32_decides_clearly() {
             &Device::Cpu,
             LoadOptions {
                 precision,
+                converted_cache: ConvertedCache::Off,
                 ..Default::default()
             },
         )
@@ -231,6 +232,7 @@ fn full_size_precisions_stay_close_to_fp32_when_available() {
     let load = |precision| {
         let options = LoadOptions {
             precision,
+            converted_cache: ConvertedCache::Off,
             ..Default::default()
         };
         Embedder::load_with(&source, &Device::Cpu, options).unwrap()
@@ -302,8 +304,13 @@ fn packing_at_load_equals_converting_after_load() {
         let r = reference(name);
         let fp32 = source.load(&Device::Cpu, DType::F32).unwrap().clip;
         for precision in [Precision::Bf16, Precision::Int8] {
+            let options = LoadOptions {
+                precision,
+                converted_cache: ConvertedCache::Off,
+                ..Default::default()
+            };
             let loaded = source
-                .load_in(&Device::Cpu, DType::F32, precision, KernelChoice::Fastest)
+                .load_in(&Device::Cpu, DType::F32, &options)
                 .unwrap()
                 .clip;
             assert_eq!(loaded.precision(), precision);

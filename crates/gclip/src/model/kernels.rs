@@ -405,11 +405,75 @@ pub fn transpose_2d(t: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, (cols, rows), t.device())
 }
 
+/// A row-major `[rows, cols]` f32 matrix held as consecutive blocks of whole rows: a
+/// checkpoint that stores q, k and v apart gives the fused q/k/v weight as three blocks, read
+/// in place where they lie instead of concatenated into a copy first.
+pub(crate) struct RowBlocks<'a> {
+    /// Each block with the index of its first row.
+    blocks: Vec<(usize, &'a [f32])>,
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> RowBlocks<'a> {
+    /// Blocks of whole rows of `cols` values each, in row order.
+    pub(crate) fn new(blocks: Vec<&'a [f32]>, cols: usize) -> Result<Self> {
+        let mut rows = 0;
+        let mut indexed = Vec::with_capacity(blocks.len());
+        for block in blocks {
+            if cols == 0 || block.len() % cols != 0 {
+                candle_core::bail!(
+                    "a block of {} values is not whole rows of {cols} values",
+                    block.len()
+                );
+            }
+            indexed.push((rows, block));
+            rows += block.len() / cols;
+        }
+        Ok(Self {
+            blocks: indexed,
+            rows,
+            cols,
+        })
+    }
+
+    /// One contiguous matrix; `values` holds `rows × cols` values (slicing a row panics
+    /// otherwise, so callers check the length first).
+    pub(crate) fn whole(values: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            blocks: vec![(0, values)],
+            rows,
+            cols,
+        }
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub(crate) fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Row `r` (`r < rows`).
+    pub(crate) fn row(&self, r: usize) -> &'a [f32] {
+        let at = self.blocks.partition_point(|(first, _)| *first <= r) - 1;
+        let (first, block) = self.blocks[at];
+        &block[(r - first) * self.cols..(r - first + 1) * self.cols]
+    }
+}
+
 /// `dst[c][r] = src[r][c]` for a row-major `[rows, cols]` matrix: 16 × 16 tiles are read as
 /// 16 contiguous row pieces into a local block and written back as 16 contiguous column
 /// pieces, so both sides move whole cache lines; bands of 16 destination rows run in parallel.
 pub(crate) fn transpose_f32(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    transpose_blocks(&RowBlocks::whole(src, rows, cols))
+}
+
+/// [`transpose_f32`] of a matrix held in row blocks.
+pub(crate) fn transpose_blocks(src: &RowBlocks) -> Vec<f32> {
     const T: usize = 16;
+    let (rows, cols) = (src.rows(), src.cols());
     let mut dst = vec![0f32; rows * cols];
     if rows == 0 || cols == 0 {
         return dst;
@@ -423,12 +487,12 @@ pub(crate) fn transpose_f32(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
             for r0 in (0..rows).step_by(T) {
                 let height = T.min(rows - r0);
                 for (r, line) in tile.iter_mut().enumerate().take(height) {
-                    let start = (r0 + r) * cols + c0;
+                    let piece = &src.row(r0 + r)[c0..c0 + width];
                     if width == T {
                         // A fixed-size copy compiles to one vector move, not a memmove call.
-                        *line = src[start..start + T].try_into().unwrap_or(*line);
+                        *line = piece.try_into().unwrap_or(*line);
                     } else {
-                        line[..width].copy_from_slice(&src[start..start + width]);
+                        line[..width].copy_from_slice(piece);
                     }
                 }
                 for (c, dst_row) in out.chunks_exact_mut(rows).enumerate() {
@@ -1218,6 +1282,22 @@ mod tests {
                 "{rows}x{cols}"
             );
         }
+    }
+
+    #[test]
+    fn row_blocks_read_like_their_concatenation() {
+        // Blocks of 5, 16 and 12 rows (tiles of 16 straddle the block boundaries).
+        let cols = 19;
+        let data: Vec<f32> = (0..33 * cols).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let (a, rest) = data.split_at(5 * cols);
+        let (b, c) = rest.split_at(16 * cols);
+        let blocks = RowBlocks::new(vec![a, b, c], cols).unwrap();
+        assert_eq!((blocks.rows(), blocks.cols()), (33, cols));
+        for r in 0..33 {
+            assert_eq!(blocks.row(r), &data[r * cols..(r + 1) * cols], "row {r}");
+        }
+        assert_eq!(transpose_blocks(&blocks), transpose_f32(&data, 33, cols));
+        assert!(RowBlocks::new(vec![&data[..cols + 1]], cols).is_err());
     }
 
     #[test]

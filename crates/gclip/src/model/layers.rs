@@ -8,7 +8,8 @@ use std::sync::Arc;
 use candle_core::{Result, Tensor, D};
 
 use super::kernels::{
-    activate, fusable, transpose_2d, transpose_f32, Activation, AttentionOp, LayerNormOp, LinearOp,
+    activate, fusable, transpose_2d, transpose_blocks, Activation, AttentionOp, LayerNormOp,
+    LinearOp, RowBlocks,
 };
 use super::packed::{PackedLinearOp, PackedWeight};
 use super::precision::{KernelChoice, Precision};
@@ -95,16 +96,20 @@ impl Linear {
                 bias.device()
             )));
         }
-        let weight = w.with_f32(&format!("{name}.weight"), &[out_dim, in_dim], |stored| {
-            if precision == Precision::Fp32 {
-                let t = transpose_f32(stored, out_dim, in_dim);
-                return Ok(LinearWeight::Dense(Tensor::from_vec(
-                    t,
-                    (in_dim, out_dim),
-                    &candle_core::Device::Cpu,
-                )?));
-            }
-            packed(stored, in_dim, out_dim, precision, w.precision().1)
+        let weight_name = format!("{name}.weight");
+        if precision != Precision::Fp32 {
+            let weight = w.packed_linear(&weight_name, [out_dim, in_dim], precision)?;
+            return Ok(Self {
+                weight: LinearWeight::Packed(weight),
+                bias,
+            });
+        }
+        let weight = w.with_f32(&weight_name, [out_dim, in_dim], |stored| {
+            Ok(LinearWeight::Dense(Tensor::from_vec(
+                transpose_blocks(stored),
+                (in_dim, out_dim),
+                &candle_core::Device::Cpu,
+            )?))
         })?;
         let weight = match weight {
             // Other devices and dtypes keep what `Weights::get` gives (the fused CPU path is
@@ -154,7 +159,11 @@ impl Linear {
         let (in_dim, out_dim) = w.dims2()?;
         let stored = transpose_2d(w)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(Self {
-            weight: packed(&stored, in_dim, out_dim, precision, kernels)?,
+            weight: packed(
+                &RowBlocks::whole(&stored, out_dim, in_dim),
+                precision,
+                kernels,
+            )?,
             bias: self.bias.clone(),
         })
     }
@@ -236,14 +245,11 @@ impl Attention {
 
 /// A linear weight packed for `precision` from `stored`, row-major `[out, in]`.
 fn packed(
-    stored: &[f32],
-    in_dim: usize,
-    out_dim: usize,
+    stored: &RowBlocks,
     precision: Precision,
     kernels: KernelChoice,
 ) -> std::result::Result<LinearWeight, ModelError> {
-    let packed = PackedWeight::pack(stored, in_dim, out_dim, precision, kernels)
-        .map_err(ModelError::Unsupported)?;
+    let packed = PackedWeight::pack(stored, precision, kernels).map_err(ModelError::Unsupported)?;
     Ok(LinearWeight::Packed(Arc::new(packed)))
 }
 

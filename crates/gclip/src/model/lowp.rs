@@ -26,8 +26,11 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use rayon::prelude::*;
+
+use super::kernels::RowBlocks;
 
 /// Output columns per packed weight panel (two 16-lane vectors).
 pub const NR: usize = 32;
@@ -275,11 +278,22 @@ fn pack_row_f32pair(xr: &[f32], out: &mut [u32]) {
 // 64-byte aligned word buffer
 // ---------------------------------------------------------------------------
 
-/// `u32` words whose first element is 64-byte aligned.
+/// `u32` words whose first element is 64-byte aligned: owned, or in place in a read-only
+/// memory-mapped file (a converted-weights cache, see `super::converted`).
 struct AlignedWords {
-    v: Vec<u32>,
-    off: usize,
+    store: WordStore,
     len: usize,
+}
+
+enum WordStore {
+    /// The words start `off` elements into the vector.
+    Owned { v: Vec<u32>, off: usize },
+    /// The words start `byte_offset` bytes into the mapping (checked 64-byte aligned and in
+    /// bounds when built).
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        byte_offset: usize,
+    },
 }
 
 fn align_off(ptr: *const u32) -> usize {
@@ -291,14 +305,59 @@ impl AlignedWords {
     fn zeroed(len: usize) -> Self {
         let v = vec![0u32; len + 16];
         let off = align_off(v.as_ptr());
-        Self { v, off, len }
+        Self {
+            store: WordStore::Owned { v, off },
+            len,
+        }
+    }
+    /// `len` words at `byte_offset` in `map`, which must lie inside it and be 64-byte aligned.
+    fn mapped(map: Arc<memmap2::Mmap>, byte_offset: usize, len: usize) -> Result<Self, String> {
+        let end = len
+            .checked_mul(4)
+            .and_then(|bytes| bytes.checked_add(byte_offset))
+            .ok_or_else(|| "packed weight: size overflows".to_string())?;
+        if end > map.len() {
+            return Err(format!(
+                "packed weight: bytes {byte_offset}..{end} lie outside the {}-byte file",
+                map.len()
+            ));
+        }
+        if !(map.as_ptr() as usize + byte_offset).is_multiple_of(64) {
+            return Err(format!(
+                "packed weight: offset {byte_offset} is not 64-byte aligned"
+            ));
+        }
+        Ok(Self {
+            store: WordStore::Mapped { map, byte_offset },
+            len,
+        })
+    }
+    fn is_mapped(&self) -> bool {
+        matches!(self.store, WordStore::Mapped { .. })
     }
     fn words(&self) -> &[u32] {
-        &self.v[self.off..self.off + self.len]
+        match &self.store {
+            WordStore::Owned { v, off } => &v[*off..*off + self.len],
+            WordStore::Mapped { map, byte_offset } => {
+                // SAFETY: `mapped` checked that `len` words from `byte_offset` lie inside the
+                // mapping and start 64-byte aligned (so u32-aligned); every bit pattern is a
+                // valid u32; the mapping is read-only, never written through, and the Arc
+                // keeps it alive as long as this borrow of `self`.
+                unsafe {
+                    std::slice::from_raw_parts(
+                        map.as_ptr().add(*byte_offset).cast::<u32>(),
+                        self.len,
+                    )
+                }
+            }
+        }
     }
+    /// The owned words, to fill while packing (packing always starts from [`Self::zeroed`]).
     fn words_mut(&mut self) -> &mut [u32] {
-        let (o, l) = (self.off, self.len);
-        &mut self.v[o..o + l]
+        match &mut self.store {
+            WordStore::Owned { v, off } => &mut v[*off..*off + self.len],
+            WordStore::Mapped { .. } => &mut [],
+        }
     }
     fn bytes(&self) -> &[u8] {
         let w = self.words();
@@ -319,9 +378,20 @@ impl AlignedWords {
 
 impl Clone for AlignedWords {
     fn clone(&self) -> Self {
-        let mut s = Self::zeroed(self.len);
-        s.words_mut().copy_from_slice(self.words());
-        s
+        match &self.store {
+            WordStore::Mapped { map, byte_offset } => Self {
+                store: WordStore::Mapped {
+                    map: map.clone(),
+                    byte_offset: *byte_offset,
+                },
+                len: self.len,
+            },
+            WordStore::Owned { .. } => {
+                let mut s = Self::zeroed(self.len);
+                s.words_mut().copy_from_slice(self.words());
+                s
+            }
+        }
     }
 }
 
@@ -390,13 +460,19 @@ impl PackedBf16 {
     /// Packs row-major `w[out_dim][in_dim]` (PyTorch's `nn.Linear` layout, y = x·wᵀ): each
     /// output channel is a contiguous row, read once; panels are packed in parallel.
     pub fn pack_out_in(w: &[f32], in_dim: usize, out_dim: usize) -> Result<Self, String> {
-        let n = checked_dims(in_dim, out_dim, "bf16 pack")?;
-        if w.len() != n {
+        checked_dims(in_dim, out_dim, "bf16 pack")?;
+        if w.len() != in_dim * out_dim {
             return Err(format!(
                 "bf16 pack: weight has {} values, expected {out_dim} x {in_dim}",
                 w.len()
             ));
         }
+        Self::pack_rows(&RowBlocks::whole(w, out_dim, in_dim))
+    }
+
+    /// [`Self::pack_out_in`] of a weight held in row blocks (`[out_dim, in_dim]`).
+    pub(crate) fn pack_rows(w: &RowBlocks) -> Result<Self, String> {
+        let (in_dim, out_dim) = (w.cols(), w.rows());
         let mut buf = AlignedWords::zeroed(bf16_words(in_dim, out_dim)?);
         let k2 = in_dim.div_ceil(2);
         if k2 > 0 {
@@ -408,8 +484,7 @@ impl PackedBf16 {
                     // K-pairs are laid into the panel's column for that channel.
                     let mut halves = vec![0u16; 2 * k2];
                     for j in 0..NR.min(out_dim.saturating_sub(p * NR)) {
-                        let row = &w[(p * NR + j) * in_dim..(p * NR + j + 1) * in_dim];
-                        bf16_row(row, &mut halves[..in_dim]);
+                        bf16_row(w.row(p * NR + j), &mut halves[..in_dim]);
                         for (kp, pair) in halves.chunks_exact(2).enumerate() {
                             panel[kp * NR + j] = pair[0] as u32 | (pair[1] as u32) << 16;
                         }
@@ -450,6 +525,24 @@ impl PackedBf16 {
             out_dim,
         })
     }
+    /// Uses packed words in place: `in_dim × out_dim` weights at `byte_offset` in `map`, as
+    /// [`Self::as_bytes`] wrote them (a converted-weights cache file).
+    pub(crate) fn from_mapped(
+        map: Arc<memmap2::Mmap>,
+        byte_offset: usize,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            buf: AlignedWords::mapped(map, byte_offset, bf16_words(in_dim, out_dim)?)?,
+            in_dim,
+            out_dim,
+        })
+    }
+    /// Whether the words are used in place in a mapped file.
+    pub fn is_mapped(&self) -> bool {
+        self.buf.is_mapped()
+    }
     /// The bf16-rounded weight `w[k][n]` as f32 (for tests / debugging).
     pub fn get(&self, k: usize, n: usize) -> f32 {
         assert!(k < self.in_dim && n < self.out_dim);
@@ -488,13 +581,19 @@ impl PackedInt8 {
     /// Quantises and packs row-major `w[out_dim][in_dim]` (PyTorch's layout): each output
     /// channel, whose scale is its own, is a contiguous row; panels are packed in parallel.
     pub fn pack_out_in(w: &[f32], in_dim: usize, out_dim: usize) -> Result<Self, String> {
-        let n_all = checked_dims(in_dim, out_dim, "int8 pack")?;
-        if w.len() != n_all {
+        checked_dims(in_dim, out_dim, "int8 pack")?;
+        if w.len() != in_dim * out_dim {
             return Err(format!(
                 "int8 pack: weight has {} values, expected {out_dim} x {in_dim}",
                 w.len()
             ));
         }
+        Self::pack_rows(&RowBlocks::whole(w, out_dim, in_dim))
+    }
+
+    /// [`Self::pack_out_in`] of a weight held in row blocks (`[out_dim, in_dim]`).
+    pub(crate) fn pack_rows(w: &RowBlocks) -> Result<Self, String> {
+        let (in_dim, out_dim) = (w.cols(), w.rows());
         if in_dim > MAX_INT8_IN_DIM {
             return Err(format!(
                 "int8 pack: in_dim {in_dim} > {MAX_INT8_IN_DIM} could overflow i32"
@@ -515,7 +614,7 @@ impl PackedInt8 {
         panels.for_each(|(p, ((corr, scale), panel))| {
             let mut col = vec![0i8; k4 * 4];
             for j in 0..NR.min(out_dim.saturating_sub(p * NR)) {
-                let row = &w[(p * NR + j) * in_dim..(p * NR + j + 1) * in_dim];
+                let row = w.row(p * NR + j);
                 // The same rule as the activations': scale max|w| / 127 (NaN for a row with a
                 // non-finite value, whose codes are then 0), codes rounded half to even.
                 let (s, inv) = row_quant_params(row);
@@ -573,6 +672,27 @@ impl PackedInt8 {
             in_dim,
             out_dim,
         })
+    }
+    /// Uses packed words in place: `in_dim × out_dim` weights at `byte_offset` in `map`, as
+    /// [`Self::as_bytes`] wrote them (a converted-weights cache file).
+    pub(crate) fn from_mapped(
+        map: Arc<memmap2::Mmap>,
+        byte_offset: usize,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Self, String> {
+        if in_dim > MAX_INT8_IN_DIM {
+            return Err(format!("int8 packed weight: in_dim {in_dim} too large"));
+        }
+        Ok(Self {
+            buf: AlignedWords::mapped(map, byte_offset, int8_words(in_dim, out_dim)?)?,
+            in_dim,
+            out_dim,
+        })
+    }
+    /// Whether the words are used in place in a mapped file.
+    pub fn is_mapped(&self) -> bool {
+        self.buf.is_mapped()
     }
     fn npad(&self) -> usize {
         self.out_dim.div_ceil(NR) * NR

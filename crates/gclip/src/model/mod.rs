@@ -5,6 +5,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod converted;
 pub mod kernels;
 pub mod layers;
 pub mod lowp;
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 
 pub use clip::{Clip, Embeddings};
 pub use config::{ClipConfig, TextConfig, TextPooling, VisionConfig};
+pub use converted::ConvertedCache;
 pub use kernels::Activation;
 pub use precision::{KernelChoice, Precision};
 pub use weights::{NamingScheme, Weights};

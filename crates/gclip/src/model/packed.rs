@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 
-use super::kernels::{contiguous_f32, Activation, LinearInput};
+use super::kernels::{contiguous_f32, Activation, LinearInput, RowBlocks};
 use super::lowp::{self, Bf16Kernel, Int8Kernel, PackedBf16, PackedInt8};
 use super::precision::{KernelChoice, Precision};
 
@@ -20,8 +20,29 @@ pub enum PackedWeight {
 impl PackedWeight {
     /// Packs `w`, row-major `[out_dim, in_dim]` f32 (PyTorch's `nn.Linear` layout), for
     /// `precision` (not fp32).
-    pub fn pack(
-        w: &[f32],
+    pub(crate) fn pack(
+        w: &RowBlocks,
+        precision: Precision,
+        kernels: KernelChoice,
+    ) -> std::result::Result<Self, String> {
+        match precision {
+            Precision::Bf16 => Ok(PackedWeight::Bf16(
+                PackedBf16::pack_rows(w)?,
+                bf16_kernel(kernels),
+            )),
+            Precision::Int8 => Ok(PackedWeight::Int8(
+                PackedInt8::pack_rows(w)?,
+                int8_kernel(kernels),
+            )),
+            Precision::Fp32 => Err("fp32 weights are not packed".into()),
+        }
+    }
+
+    /// A weight packed earlier (by [`Self::pack`], bytes as [`Self::as_bytes`] gives them),
+    /// used in place at `byte_offset` in `map`.
+    pub(crate) fn from_mapped(
+        map: Arc<memmap2::Mmap>,
+        byte_offset: usize,
         in_dim: usize,
         out_dim: usize,
         precision: Precision,
@@ -29,20 +50,22 @@ impl PackedWeight {
     ) -> std::result::Result<Self, String> {
         match precision {
             Precision::Bf16 => Ok(PackedWeight::Bf16(
-                PackedBf16::pack_out_in(w, in_dim, out_dim)?,
-                match kernels {
-                    KernelChoice::Fastest => Bf16Kernel::best(),
-                    KernelChoice::Portable => Bf16Kernel::Portable,
-                },
+                PackedBf16::from_mapped(map, byte_offset, in_dim, out_dim)?,
+                bf16_kernel(kernels),
             )),
             Precision::Int8 => Ok(PackedWeight::Int8(
-                PackedInt8::pack_out_in(w, in_dim, out_dim)?,
-                match kernels {
-                    KernelChoice::Fastest => Int8Kernel::best(),
-                    KernelChoice::Portable => Int8Kernel::Portable,
-                },
+                PackedInt8::from_mapped(map, byte_offset, in_dim, out_dim)?,
+                int8_kernel(kernels),
             )),
             Precision::Fp32 => Err("fp32 weights are not packed".into()),
+        }
+    }
+
+    /// The packed bytes, as a converted-weights file stores them.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            PackedWeight::Bf16(w, _) => w.as_bytes(),
+            PackedWeight::Int8(w, _) => w.as_bytes(),
         }
     }
 
@@ -69,12 +92,33 @@ impl PackedWeight {
         }
     }
 
+    /// Whether the weight is used in place in a converted-weights file (not held in memory).
+    pub fn is_mapped(&self) -> bool {
+        match self {
+            PackedWeight::Bf16(w, _) => w.is_mapped(),
+            PackedWeight::Int8(w, _) => w.is_mapped(),
+        }
+    }
+
     /// Bytes held by the packed weight.
     pub fn bytes(&self) -> usize {
-        match self {
-            PackedWeight::Bf16(w, _) => w.as_bytes().len(),
-            PackedWeight::Int8(w, _) => w.as_bytes().len(),
-        }
+        self.as_bytes().len()
+    }
+}
+
+/// The bf16 kernel variant `kernels` asks for on this CPU.
+fn bf16_kernel(kernels: KernelChoice) -> Bf16Kernel {
+    match kernels {
+        KernelChoice::Fastest => Bf16Kernel::best(),
+        KernelChoice::Portable => Bf16Kernel::Portable,
+    }
+}
+
+/// The int8 kernel variant `kernels` asks for on this CPU.
+fn int8_kernel(kernels: KernelChoice) -> Int8Kernel {
+    match kernels {
+        KernelChoice::Fastest => Int8Kernel::best(),
+        KernelChoice::Portable => Int8Kernel::Portable,
     }
 }
 

@@ -6,12 +6,16 @@
 //! the shape and remembers what was used. Loading is strict: a missing or mis-shaped tensor is an
 //! error naming it, and whatever the checkpoint holds that no module asked for is reported.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::converted::{self, ConvertedCache, ConvertedFile, SourceIdentity};
+use super::kernels::RowBlocks;
+use super::packed::PackedWeight;
 use super::precision::{KernelChoice, Precision};
 use super::{error_message, ModelError};
 
@@ -45,6 +49,21 @@ pub struct Weights {
     precision: Precision,
     kernels: KernelChoice,
     used: RefCell<BTreeSet<String>>,
+    /// Every checkpoint file (shards), for the converted-weights cache.
+    files: Vec<PathBuf>,
+    converted: Option<Converted>,
+}
+
+/// The converted-weights cache of one load (see [`super::converted`]).
+struct Converted {
+    path: PathBuf,
+    sources: Vec<SourceIdentity>,
+    /// The file to read from, when a valid one exists.
+    file: Option<ConvertedFile>,
+    /// Every weight packed in this load, from the file or converted afresh, by gclip name.
+    packed: RefCell<Vec<(String, Arc<PackedWeight>)>>,
+    /// Whether any weight was converted afresh (the file is then written anew).
+    fresh: Cell<bool>,
 }
 
 /// Where one gclip tensor comes from in a checkpoint (and where an exporter puts it).
@@ -101,7 +120,9 @@ impl Weights {
             let names = pth.tensor_infos().keys().cloned().collect();
             (Store::Pth(pth), names)
         };
-        Self::from_store(store, file_names, first.clone(), device, dtype)
+        let mut weights = Self::from_store(store, file_names, first.clone(), device, dtype)?;
+        weights.files = paths.to_vec();
+        Ok(weights)
     }
 
     /// Wraps tensors already in memory (tests, conversions), named as in a checkpoint.
@@ -157,6 +178,8 @@ impl Weights {
             precision: Precision::Fp32,
             kernels: KernelChoice::Fastest,
             used: RefCell::new(BTreeSet::new()),
+            files: Vec::new(),
+            converted: None,
         })
     }
 
@@ -166,6 +189,133 @@ impl Weights {
         self.precision = precision;
         self.kernels = kernels;
         self
+    }
+
+    /// Reads and writes the bf16/int8 linear weights of this checkpoint in `cache` (see
+    /// [`super::converted`]): a valid converted file is used in place; a missing, stale or
+    /// corrupt one is reported and rebuilt by [`Weights::save_converted`]. Nothing changes for
+    /// fp32 or for weights that do not come from files.
+    pub fn with_converted_cache(mut self, cache: &ConvertedCache) -> Self {
+        let Some(dir) = cache.dir() else {
+            return self;
+        };
+        if self.precision == Precision::Fp32 || self.files.is_empty() {
+            return self;
+        }
+        let sources = match self
+            .files
+            .iter()
+            .map(|p| SourceIdentity::of(p))
+            .collect::<std::io::Result<Vec<_>>>()
+        {
+            Ok(sources) => sources,
+            Err(e) => {
+                tracing::warn!(
+                    "not using the converted-weights cache for {}: {e}",
+                    self.path.display()
+                );
+                return self;
+            }
+        };
+        let path = converted::file_for(&dir, &sources, self.precision);
+        let file = match ConvertedFile::open(&path, &sources, self.precision) {
+            Ok(file) => file,
+            Err(reason) => {
+                tracing::warn!(
+                    "converted-weights cache {} is not used ({reason}): converting {} again",
+                    path.display(),
+                    self.path.display()
+                );
+                None
+            }
+        };
+        self.converted = Some(Converted {
+            path,
+            sources,
+            file,
+            packed: RefCell::new(Vec::new()),
+            fresh: Cell::new(false),
+        });
+        self
+    }
+
+    /// The linear weight gclip calls `name` (`[out, in]` in the checkpoint), packed for
+    /// `precision`: in place from the converted-weights file when it holds it, otherwise packed
+    /// from the checkpoint as it is read.
+    pub(crate) fn packed_linear(
+        &self,
+        name: &str,
+        [out_dim, in_dim]: [usize; 2],
+        precision: Precision,
+    ) -> Result<Arc<PackedWeight>, ModelError> {
+        let from_file = self.converted.as_ref().and_then(|c| {
+            let sources = self.source_names(name);
+            if !sources.iter().all(|s| self.names.contains_key(s)) {
+                return None;
+            }
+            match c
+                .file
+                .as_ref()?
+                .packed(name, precision, (in_dim, out_dim), self.kernels)?
+            {
+                Ok(w) => {
+                    self.used.borrow_mut().extend(sources);
+                    Some(Arc::new(w))
+                }
+                Err(reason) => {
+                    tracing::warn!(
+                        "converted-weights cache {}: {reason}; converting it again",
+                        c.path.display()
+                    );
+                    None
+                }
+            }
+        });
+        let weight = match from_file {
+            Some(w) => w,
+            None => {
+                let w = self.with_f32(name, [out_dim, in_dim], |rows| {
+                    PackedWeight::pack(rows, precision, self.kernels)
+                        .map_err(ModelError::Unsupported)
+                })?;
+                if let Some(c) = &self.converted {
+                    c.fresh.set(true);
+                }
+                Arc::new(w)
+            }
+        };
+        if let Some(c) = &self.converted {
+            c.packed
+                .borrow_mut()
+                .push((name.to_string(), weight.clone()));
+        }
+        Ok(weight)
+    }
+
+    /// Writes the converted-weights file when this load converted any weight afresh (call it
+    /// once the whole model has loaded). A cache that cannot be written is reported, not an
+    /// error: the model works without it.
+    pub fn save_converted(&self) {
+        let Some(c) = &self.converted else {
+            return;
+        };
+        if !c.fresh.get() {
+            return;
+        }
+        match converted::write(&c.path, &c.sources, self.precision, &c.packed.borrow()) {
+            Ok(()) => tracing::info!("converted weights written to {}", c.path.display()),
+            Err(e) => tracing::warn!(
+                "could not write the converted-weights cache {}: {e}",
+                c.path.display()
+            ),
+        }
+    }
+
+    fn source_names(&self, name: &str) -> Vec<String> {
+        match self.source_of(name) {
+            SourceSpec::Single { name, .. } => vec![name],
+            SourceSpec::Concat(parts) => parts,
+        }
     }
 
     /// The precision and kernels the linear layers are built in.
@@ -187,6 +337,8 @@ impl Weights {
             precision: Precision::Fp32,
             kernels: KernelChoice::Fastest,
             used: RefCell::new(BTreeSet::new()),
+            files: Vec::new(),
+            converted: None,
         }
     }
 
@@ -320,51 +472,80 @@ impl Weights {
         })
     }
 
-    /// Calls `f` with the f32 values of the tensor gclip calls `name` (shape `shape`, row-major):
-    /// in place in the memory-mapped file when it is stored there as one f32 tensor of that
-    /// shape, without a copy (a linear weight is then read once, straight into its transposed
-    /// or packed form); otherwise from the tensor [`Weights::get`] builds. Non-finite values
-    /// are refused either way.
+    /// Calls `f` with the f32 values of the 2-D tensor gclip calls `name` (shape `shape`,
+    /// row-major): in place in the memory-mapped file when it is stored there as f32 (as one
+    /// tensor of that shape, or as blocks of its rows, like transformers' q, k and v), without a
+    /// copy, so a linear weight is read once, straight into its transposed or packed form;
+    /// otherwise from the tensor [`Weights::get`] builds. Non-finite values are refused either
+    /// way.
     pub(crate) fn with_f32<R>(
         &self,
         name: &str,
-        shape: &[usize],
-        f: impl FnOnce(&[f32]) -> Result<R, ModelError>,
+        shape: [usize; 2],
+        f: impl FnOnce(&RowBlocks) -> Result<R, ModelError>,
     ) -> Result<R, ModelError> {
-        if let (
-            Store::SafeTensors(st),
-            SourceSpec::Single {
-                name: src,
-                transpose: false,
-            },
-            DType::F32,
-        ) = (&self.store, self.source_of(name), self.dtype)
-        {
-            if let Some(file_name) = self.names.get(&src) {
-                if let Ok(view) = st.get(file_name) {
-                    // SAFETY: f32 has no invalid bit patterns, and `align_to` only yields the
-                    // part of the mapped bytes that is aligned for f32.
-                    let (head, values, tail) = unsafe { view.data().align_to::<f32>() };
-                    if view.dtype() == safetensors::Dtype::F32
-                        && view.shape() == shape
-                        && head.is_empty()
-                        && tail.is_empty()
-                        && cfg!(target_endian = "little")
-                    {
-                        self.used.borrow_mut().insert(src.clone());
-                        let count = super::kernels::count_non_finite_f32(values);
-                        self.refuse_non_finite(file_name, count, values.len())?;
-                        return f(values);
-                    }
-                }
+        if let Some(blocks) = self.mapped_row_blocks(name, shape) {
+            for (file_name, values) in &blocks {
+                let count = super::kernels::count_non_finite_f32(values);
+                self.refuse_non_finite(file_name, count, values.len())?;
             }
+            return f(&RowBlocks::new(
+                blocks.iter().map(|(_, values)| *values).collect(),
+                shape[1],
+            )?);
         }
         let t = self
-            .get(name, shape)?
+            .get(name, &shape)?
             .to_dtype(DType::F32)?
             .to_device(&Device::Cpu)?;
         let values = t.flatten_all()?.to_vec1::<f32>()?;
-        f(&values)
+        f(&RowBlocks::whole(&values, shape[0], shape[1]))
+    }
+
+    /// The stored pieces of `name` as f32 slices of the mapped file, with their names in the
+    /// file, when every piece is an f32 tensor `[rows_i, shape[1]]` whose rows add up to
+    /// `shape[0]` (marked used); `None` when any is not (then [`Weights::get`] reads it).
+    fn mapped_row_blocks(&self, name: &str, shape: [usize; 2]) -> Option<Vec<(&str, &[f32])>> {
+        let (Store::SafeTensors(st), DType::F32) = (&self.store, self.dtype) else {
+            return None;
+        };
+        if !cfg!(target_endian = "little") {
+            return None;
+        }
+        let sources = match self.source_of(name) {
+            SourceSpec::Single {
+                name,
+                transpose: false,
+            } => vec![name],
+            SourceSpec::Single { .. } => return None,
+            SourceSpec::Concat(parts) => parts,
+        };
+        let mut blocks = Vec::with_capacity(sources.len());
+        let mut rows = 0;
+        for src in &sources {
+            let file_name = self.names.get(src)?;
+            let view = st.get(file_name).ok()?;
+            let [piece_rows, cols] = view.shape() else {
+                return None;
+            };
+            // SAFETY: f32 has no invalid bit patterns, and `align_to` only yields the part of
+            // the mapped bytes that is aligned for f32.
+            let (head, values, tail) = unsafe { view.data().align_to::<f32>() };
+            if view.dtype() != safetensors::Dtype::F32
+                || *cols != shape[1]
+                || !head.is_empty()
+                || !tail.is_empty()
+            {
+                return None;
+            }
+            rows += piece_rows;
+            blocks.push((file_name.as_str(), values));
+        }
+        if rows != shape[0] {
+            return None;
+        }
+        self.used.borrow_mut().extend(sources);
+        Some(blocks)
     }
 
     fn describe_source(&self, name: &str) -> String {

@@ -1,0 +1,530 @@
+//! The converted-weights cache: the bf16 and int8 linear weights of a model, packed once and
+//! written to a file that later loads map and use in place, so that a reduced-precision model
+//! starts without reading, converting and repacking its f32 checkpoint again.
+//!
+//! One file per checkpoint and precision, named by a hash of the checkpoint's canonical path(s)
+//! and the precision, in `GCLIP_CONVERTED_CACHE`, else `$XDG_CACHE_HOME/gclip/converted`, else
+//! `~/.cache/gclip/converted`. The file records what it was made from (each source file's size,
+//! modification time, inode and a hash of its first and last MiB) and a checksum of its packed
+//! data; a file that does not match its source or its checksum, or that cannot be read, is
+//! reported and rebuilt, never used. A file is written beside its final name and renamed into
+//! place, so a reader never sees half of one, and a process that has mapped the old file keeps
+//! it intact.
+//!
+//! Layout: `GCLIPCV1`, the header's length (u64 LE), the header (JSON), zero padding to a
+//! multiple of 64 bytes, then the packed weights, each starting at a multiple of 64 bytes from
+//! the start of the file (the kernels' alignment), native-endian as the kernels read them.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::packed::PackedWeight;
+use super::precision::{KernelChoice, Precision};
+
+const MAGIC: &[u8; 8] = b"GCLIPCV1";
+/// Bumped whenever the packed layouts of `lowp` or this file's layout change.
+const FORMAT: u32 = 1;
+const ALIGN: usize = 64;
+/// A header longer than this is refused before it is read (a ViT-L/14's holds ~100 entries).
+const MAX_HEADER_BYTES: u64 = 4 << 20;
+/// How much of each end of a source file its fingerprint hashes.
+const FINGERPRINT_BYTES: u64 = 1 << 20;
+/// The checksum hashes the packed data in pieces of this size, in parallel.
+const CHECKSUM_PIECE: usize = 8 << 20;
+
+/// Where converted weights are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ConvertedCache {
+    /// `GCLIP_CONVERTED_CACHE` (`off` disables the cache), else
+    /// `$XDG_CACHE_HOME/gclip/converted`, else `$HOME/.cache/gclip/converted`.
+    #[default]
+    FromEnvironment,
+    /// This directory.
+    At(PathBuf),
+    /// No cache: bf16 and int8 weights are converted at every load.
+    Off,
+}
+
+impl ConvertedCache {
+    /// The cache directory, if any.
+    pub fn dir(&self) -> Option<PathBuf> {
+        match self {
+            ConvertedCache::FromEnvironment => Self::dir_from_vars(|name| std::env::var(name).ok()),
+            ConvertedCache::At(dir) => Some(dir.clone()),
+            ConvertedCache::Off => None,
+        }
+    }
+
+    /// [`ConvertedCache::FromEnvironment`]'s directory with variables looked up by `var`
+    /// (empty variables count as unset).
+    pub fn dir_from_vars(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+        let get = |name: &str| var(name).filter(|v| !v.is_empty());
+        if let Some(dir) = get("GCLIP_CONVERTED_CACHE") {
+            return match dir.to_ascii_lowercase().as_str() {
+                "off" | "0" | "false" | "no" => None,
+                _ => Some(PathBuf::from(dir)),
+            };
+        }
+        get("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| get("HOME").map(|h| Path::new(&h).join(".cache")))
+            .map(|base| base.join("gclip").join("converted"))
+    }
+}
+
+/// What a converted file was made from: one record per source file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SourceIdentity {
+    path: PathBuf,
+    size: u64,
+    modified_ns: i128,
+    inode: u64,
+    device: u64,
+    /// xxh3-64 of the first and last MiB, hex.
+    fingerprint: String,
+}
+
+impl SourceIdentity {
+    pub(crate) fn of(path: &Path) -> std::io::Result<Self> {
+        let path = path.canonicalize()?;
+        let mut file = File::open(&path)?;
+        let meta = file.metadata()?;
+        let size = meta.len();
+        let modified_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i128);
+        #[cfg(unix)]
+        let (inode, device) = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.ino(), meta.dev())
+        };
+        #[cfg(not(unix))]
+        let (inode, device) = (0, 0);
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut head = vec![0u8; size.min(FINGERPRINT_BYTES) as usize];
+        file.read_exact(&mut head)?;
+        hasher.update(&head);
+        let tail_start = size
+            .saturating_sub(FINGERPRINT_BYTES)
+            .max(head.len() as u64);
+        let mut tail = Vec::with_capacity((size - tail_start) as usize);
+        file.seek(SeekFrom::Start(tail_start))?;
+        file.take(size - tail_start).read_to_end(&mut tail)?;
+        hasher.update(&tail);
+        Ok(Self {
+            path,
+            size,
+            modified_ns,
+            inode,
+            device,
+            fingerprint: format!("{:016x}", hasher.digest()),
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    format: u32,
+    precision: Precision,
+    sources: Vec<SourceIdentity>,
+    /// Bytes of packed data after the header's padding.
+    data_len: u64,
+    /// See [`checksum`].
+    checksum: String,
+    tensors: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    /// gclip's name of the weight (`vision.layers.0.attn.qkv.weight`).
+    name: String,
+    /// The precision this weight is packed in (int8 models keep some layers in bf16).
+    precision: Precision,
+    in_dim: usize,
+    out_dim: usize,
+    /// From the start of the packed data.
+    offset: u64,
+    len: u64,
+}
+
+/// The cache file for `sources` at `precision` in `dir`.
+pub(crate) fn file_for(dir: &Path, sources: &[SourceIdentity], precision: Precision) -> PathBuf {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for s in sources {
+        hasher.update(s.path.as_os_str().as_encoded_bytes());
+        hasher.update(&[0]);
+    }
+    dir.join(format!("{:032x}-{precision}.gclipcv", hasher.digest128()))
+}
+
+/// xxh3-64 of the xxh3-64 digests of consecutive [`CHECKSUM_PIECE`]-byte pieces (so the pieces
+/// hash in parallel), hex.
+fn checksum(data: &[u8]) -> String {
+    let digests: Vec<u8> = data
+        .par_chunks(CHECKSUM_PIECE)
+        .map(xxhash_rust::xxh3::xxh3_64)
+        .collect::<Vec<u64>>()
+        .into_iter()
+        .flat_map(u64::to_le_bytes)
+        .collect();
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&digests))
+}
+
+/// [`checksum`] of data that arrives in slices.
+#[derive(Default)]
+struct PieceHasher {
+    piece: Vec<u8>,
+    digests: Vec<u8>,
+}
+
+impl PieceHasher {
+    fn update(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let take = (CHECKSUM_PIECE - self.piece.len()).min(bytes.len());
+            self.piece.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.piece.len() == CHECKSUM_PIECE {
+                self.flush();
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let digest = xxhash_rust::xxh3::xxh3_64(&self.piece);
+        self.digests.extend_from_slice(&digest.to_le_bytes());
+        self.piece.clear();
+    }
+
+    fn finish(mut self) -> String {
+        if !self.piece.is_empty() {
+            self.flush();
+        }
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&self.digests))
+    }
+}
+
+fn padding(len: usize) -> usize {
+    len.next_multiple_of(ALIGN) - len
+}
+
+/// A converted-weights file, mapped and checked.
+pub(crate) struct ConvertedFile {
+    map: Arc<memmap2::Mmap>,
+    data_start: usize,
+    entries: HashMap<String, Entry>,
+}
+
+impl ConvertedFile {
+    /// Opens `path` if it exists. `Ok(None)`: no such file. `Err`: the file exists but is not
+    /// a complete, intact conversion of `sources` at `precision` (the reason, for a warning).
+    pub(crate) fn open(
+        path: &Path,
+        sources: &[SourceIdentity],
+        precision: Precision,
+    ) -> Result<Option<Self>, String> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot open it: {e}")),
+        };
+        // SAFETY: the file is mapped read-only. Cache files are only ever replaced by renaming
+        // a new file over them, never written in place, so the mapped bytes do not change
+        // under us; a user truncating the file by hand while a model loads is the same risk
+        // every memory-mapped reader (the safetensors loader included) accepts.
+        let map =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("cannot map it: {e}"))?;
+        let bytes: &[u8] = &map;
+        if bytes.len() < 16 || &bytes[..8] != MAGIC {
+            return Err("not a gclip converted-weights file".into());
+        }
+        let header_len = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
+        if header_len > MAX_HEADER_BYTES || header_len > bytes.len() as u64 - 16 {
+            return Err(format!("header length {header_len} is out of bounds"));
+        }
+        let header_end = 16 + header_len as usize;
+        let header: Header = serde_json::from_slice(&bytes[16..header_end])
+            .map_err(|e| format!("unreadable header: {e}"))?;
+        if header.format != FORMAT {
+            return Err(format!(
+                "format {} (this gclip writes {FORMAT})",
+                header.format
+            ));
+        }
+        if header.precision != precision {
+            return Err(format!("holds {} weights", header.precision));
+        }
+        if header.sources != sources {
+            return Err(
+                "made from another version of the checkpoint (size, time or content \
+                        differ)"
+                    .into(),
+            );
+        }
+        let data_start = header_end + padding(header_end);
+        if bytes.len() as u64 != data_start as u64 + header.data_len {
+            return Err(format!(
+                "{} bytes long, expected {} (truncated or extended)",
+                bytes.len(),
+                data_start as u64 + header.data_len
+            ));
+        }
+        if checksum(&bytes[data_start..]) != header.checksum {
+            return Err("checksum mismatch (the file is corrupt)".into());
+        }
+        let mut entries = HashMap::with_capacity(header.tensors.len());
+        for e in header.tensors {
+            let end = e.offset.checked_add(e.len);
+            if !e.offset.is_multiple_of(ALIGN as u64) || end.is_none_or(|end| end > header.data_len) {
+                return Err(format!("tensor `{}` lies outside the data", e.name));
+            }
+            entries.insert(e.name.clone(), e);
+        }
+        Ok(Some(Self {
+            map: Arc::new(map),
+            data_start,
+            entries,
+        }))
+    }
+
+    /// The weight gclip calls `name`, packed in `precision` for `in_dim × out_dim`, used in
+    /// place; `None` when the file holds no such weight.
+    pub(crate) fn packed(
+        &self,
+        name: &str,
+        precision: Precision,
+        (in_dim, out_dim): (usize, usize),
+        kernels: KernelChoice,
+    ) -> Option<Result<PackedWeight, String>> {
+        let e = self.entries.get(name)?;
+        if e.precision != precision || e.in_dim != in_dim || e.out_dim != out_dim {
+            return None;
+        }
+        let offset = self.data_start + e.offset as usize;
+        let weight = PackedWeight::from_mapped(
+            self.map.clone(),
+            offset,
+            in_dim,
+            out_dim,
+            precision,
+            kernels,
+        );
+        Some(weight.and_then(|w| {
+            if w.bytes() as u64 == e.len {
+                Ok(w)
+            } else {
+                Err(format!(
+                    "tensor `{name}` has {} bytes, expected {}",
+                    e.len,
+                    w.bytes()
+                ))
+            }
+        }))
+    }
+}
+
+/// Writes `weights` (gclip name → packed weight) as the conversion of `sources` at
+/// `precision` to `path`: into a temporary file beside it, synced, then renamed into place.
+pub(crate) fn write(
+    path: &Path,
+    sources: &[SourceIdentity],
+    precision: Precision,
+    weights: &[(String, Arc<PackedWeight>)],
+) -> std::io::Result<()> {
+    let mut tensors = Vec::with_capacity(weights.len());
+    let mut offset = 0u64;
+    for (name, w) in weights {
+        let len = w.bytes() as u64;
+        tensors.push(Entry {
+            name: name.clone(),
+            precision: w.precision(),
+            in_dim: w.dims().0,
+            out_dim: w.dims().1,
+            offset,
+            len,
+        });
+        offset = (offset + len).next_multiple_of(ALIGN as u64);
+    }
+    let data_len = offset;
+    // The checksum is known only once the data has gone by; it has a fixed width, so the
+    // header is written with a placeholder and rewritten in place at the end.
+    let mut header = Header {
+        format: FORMAT,
+        precision,
+        sources: sources.to_vec(),
+        data_len,
+        checksum: "0".repeat(16),
+        tensors,
+    };
+    let placeholder = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = path.with_extension(format!("tmp-{}-{nanos}", std::process::id()));
+    let written = (|| {
+        let mut f = std::io::BufWriter::new(File::create(&tmp)?);
+        f.write_all(MAGIC)?;
+        f.write_all(&(placeholder.len() as u64).to_le_bytes())?;
+        f.write_all(&placeholder)?;
+        f.write_all(&vec![0u8; padding(16 + placeholder.len())])?;
+        let mut hasher = PieceHasher::default();
+        for (e, (_, w)) in header.tensors.iter().zip(weights) {
+            let pad = vec![0u8; (e.len.next_multiple_of(ALIGN as u64) - e.len) as usize];
+            for bytes in [w.as_bytes(), &pad] {
+                hasher.update(bytes);
+                f.write_all(bytes)?;
+            }
+        }
+        header.checksum = hasher.finish();
+        let header = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
+        if header.len() != placeholder.len() {
+            return Err(std::io::Error::other(
+                "converted-weights header changed length",
+            ));
+        }
+        let mut f = f.into_inner().map_err(|e| e.into_error())?;
+        f.seek(SeekFrom::Start(16))?;
+        f.write_all(&header)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{LoadOptions, ModelSource};
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn cache_directory_follows_the_environment() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let dir = ConvertedCache::dir_from_vars;
+        assert_eq!(
+            dir(vars(&[("GCLIP_CONVERTED_CACHE", "/c"), ("HOME", "/h")])),
+            Some(PathBuf::from("/c"))
+        );
+        assert_eq!(
+            dir(vars(&[("GCLIP_CONVERTED_CACHE", "off"), ("HOME", "/h")])),
+            None
+        );
+        assert_eq!(
+            dir(vars(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")])),
+            Some(PathBuf::from("/x/gclip/converted"))
+        );
+        assert_eq!(
+            dir(vars(&[("GCLIP_CONVERTED_CACHE", ""), ("HOME", "/h")])),
+            Some(PathBuf::from("/h/.cache/gclip/converted"))
+        );
+        assert_eq!(dir(vars(&[])), None);
+    }
+
+    /// The second load maps the packed weights from the file and computes with them there:
+    /// altered data with a matching checksum changes the embeddings (which a cache that was
+    /// silently bypassed would not), and the file's own data gives exactly the embeddings of
+    /// packing afresh.
+    #[test]
+    fn a_valid_file_is_used_in_place() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        let source = ModelSource::HfDir(fixtures.join("models/hf-gelu"));
+        let reference = candle_core::safetensors::load(
+            fixtures.join("models/hf-gelu/reference.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let pixels = &reference["pixel_values"];
+        let cache = tempfile::tempdir().unwrap();
+        for precision in [Precision::Bf16, Precision::Int8] {
+            let load = |converted_cache: ConvertedCache| {
+                let options = LoadOptions {
+                    precision,
+                    converted_cache,
+                    ..Default::default()
+                };
+                source
+                    .load_in(&Device::Cpu, DType::F32, &options)
+                    .unwrap()
+                    .clip
+            };
+            let mapped = |clip: &crate::model::Clip| {
+                clip.vision.transformer.blocks.iter().all(|b| {
+                    [&b.attn.qkv, &b.attn.out, &b.fc1, &b.fc2].iter().all(|l| {
+                        matches!(&l.weight, crate::model::layers::LinearWeight::Packed(w) if w.is_mapped())
+                    })
+                })
+            };
+            let fresh = load(ConvertedCache::Off);
+            assert!(!mapped(&fresh));
+            let want = fresh.encode_pixels(pixels, true).unwrap();
+            let at = ConvertedCache::At(cache.path().to_path_buf());
+            let first = load(at.clone());
+            assert!(!mapped(&first), "nothing to map before the file exists");
+            let second = load(at.clone());
+            assert!(mapped(&second), "{precision}");
+            assert_eq!(second.encode_pixels(pixels, true).unwrap(), want);
+            drop((first, second));
+
+            // Alter every data byte, then give the file a matching checksum.
+            let path = std::fs::read_dir(cache.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| {
+                    p.to_string_lossy()
+                        .ends_with(&format!("-{precision}.gclipcv"))
+                })
+                .unwrap();
+            let mut bytes = std::fs::read(&path).unwrap();
+            let header_len = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
+            let data_start = (16 + header_len).next_multiple_of(ALIGN);
+            let mut header: Header = serde_json::from_slice(&bytes[16..16 + header_len]).unwrap();
+            for e in &header.tensors {
+                let start = data_start + e.offset as usize;
+                // bf16: halve every weight; int8: halve every scale (the words after the
+                // corrections), both by lowering the f32/bf16 exponent by one.
+                let words = &mut bytes[start..start + e.len as usize];
+                match e.precision {
+                    Precision::Bf16 => words
+                        .chunks_exact_mut(2)
+                        .for_each(|h| h[1] = h[1].wrapping_sub(u8::from(h[1] & 0x7f != 0))),
+                    _ => {
+                        let npad = e.out_dim.next_multiple_of(crate::model::lowp::NR);
+                        words[4 * npad..8 * npad]
+                            .chunks_exact_mut(4)
+                            .for_each(|f| f[3] = f[3].wrapping_sub(u8::from(f[3] & 0x7f != 0)));
+                    }
+                }
+            }
+            header.checksum = checksum(&bytes[data_start..]);
+            let new_header = serde_json::to_vec(&header).unwrap();
+            assert_eq!(new_header.len(), header_len);
+            bytes[16..16 + header_len].copy_from_slice(&new_header);
+            std::fs::write(&path, &bytes).unwrap();
+            let altered = load(at);
+            assert!(mapped(&altered));
+            assert_ne!(
+                altered.encode_pixels(pixels, false).unwrap(),
+                fresh.encode_pixels(pixels, false).unwrap()
+            );
+        }
+    }
+}
