@@ -19,31 +19,39 @@ fn non_finite_weights_are_refused_with_the_tensor_name() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture("hf-gelu");
     std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
-    let mut tensors =
-        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
-    let name = "text_model.encoder.layers.1.mlp.fc1.weight";
-    let t = &tensors[name];
-    let mut values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    values[17] = f32::NAN;
-    let shape = t.dims().to_vec();
-    tensors.insert(
-        name.into(),
-        Tensor::from_vec(values, shape, &Device::Cpu).unwrap(),
-    );
-    candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
-    let err = match ModelSource::HfDir(dir.path().to_path_buf()).load(&Device::Cpu, DType::F32) {
-        Ok(_) => panic!("a checkpoint with NaN loaded"),
-        Err(e) => e,
-    };
-    let msg = err.to_string();
-    match &err {
-        ModelError::NonFinite { name: n, count, .. } => {
-            assert_eq!(n, name);
-            assert_eq!(*count, 1);
+    // A linear weight, the token table (used in place) and one of transformers' separate
+    // q/k/v weights (read in place as part of the fused one).
+    for name in [
+        "text_model.encoder.layers.1.mlp.fc1.weight",
+        "text_model.embeddings.token_embedding.weight",
+        "vision_model.encoder.layers.0.self_attn.k_proj.weight",
+    ] {
+        let mut tensors =
+            candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+        let t = &tensors[name];
+        let mut values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        values[17] = f32::NAN;
+        let shape = t.dims().to_vec();
+        tensors.insert(
+            name.into(),
+            Tensor::from_vec(values, shape, &Device::Cpu).unwrap(),
+        );
+        candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+        let err = match ModelSource::HfDir(dir.path().to_path_buf()).load(&Device::Cpu, DType::F32)
+        {
+            Ok(_) => panic!("a checkpoint with NaN in {name} loaded"),
+            Err(e) => e,
+        };
+        let msg = err.to_string();
+        match &err {
+            ModelError::NonFinite { name: n, count, .. } => {
+                assert_eq!(n, name);
+                assert_eq!(*count, 1);
+            }
+            other => panic!("wrong error: {other}"),
         }
-        other => panic!("wrong error: {other}"),
+        assert!(msg.contains(name) && msg.contains("1 non-finite"), "{msg}");
     }
-    assert!(msg.contains(name) && msg.contains("1 non-finite"), "{msg}");
 
     // Infinity in a half-precision tensor is caught too.
     let mut tensors = HashMapOf::new();

@@ -282,7 +282,8 @@ impl ConvertedFile {
         let mut entries = HashMap::with_capacity(header.tensors.len());
         for e in header.tensors {
             let end = e.offset.checked_add(e.len);
-            if !e.offset.is_multiple_of(ALIGN as u64) || end.is_none_or(|end| end > header.data_len) {
+            if !e.offset.is_multiple_of(ALIGN as u64) || end.is_none_or(|end| end > header.data_len)
+            {
                 return Err(format!("tensor `{}` lies outside the data", e.name));
             }
             entries.insert(e.name.clone(), e);

@@ -13,8 +13,67 @@ use super::kernels::{
 };
 use super::packed::{PackedLinearOp, PackedWeight};
 use super::precision::{KernelChoice, Precision};
-use super::weights::Weights;
+use super::weights::{MappedF32, Weights};
 use super::ModelError;
+
+/// A lookup table (the text tower's token embedding): a tensor, or used in place in the
+/// mapped checkpoint, where a lookup reads only the rows it needs (49,408 × 512 f32 is 101 MB,
+/// of which a caption touches a few KB).
+#[derive(Debug, Clone)]
+pub enum EmbeddingTable {
+    Tensor(Tensor),
+    Mapped(MappedF32),
+}
+
+impl EmbeddingTable {
+    pub(crate) fn load(
+        w: &Weights,
+        name: &str,
+        shape: [usize; 2],
+    ) -> std::result::Result<Self, ModelError> {
+        Ok(match w.mapped_f32(name, shape)? {
+            Some(table) => EmbeddingTable::Mapped(table),
+            None => EmbeddingTable::Tensor(w.get(name, &shape)?),
+        })
+    }
+
+    /// Rows `ids` (each below the row count), `[ids.len(), width]`, on `device`.
+    pub fn lookup(&self, ids: &[u32], device: &candle_core::Device) -> Result<Tensor> {
+        match self {
+            EmbeddingTable::Tensor(t) => {
+                t.index_select(&Tensor::from_slice(ids, ids.len(), t.device())?, 0)
+            }
+            EmbeddingTable::Mapped(table) => {
+                let (rows, width) = table.dims();
+                let values = table.values();
+                let mut out = Vec::with_capacity(ids.len() * width);
+                for &id in ids {
+                    let id = id as usize;
+                    if id >= rows {
+                        candle_core::bail!("row {id} is outside the table of {rows} rows");
+                    }
+                    out.extend_from_slice(&values[id * width..(id + 1) * width]);
+                }
+                Tensor::from_vec(out, (ids.len(), width), device)
+            }
+        }
+    }
+
+    /// The table as a tensor (trainable), copied out of the mapping the first time.
+    pub fn tensor_mut(&mut self) -> Result<&mut Tensor> {
+        if let EmbeddingTable::Mapped(table) = self {
+            *self = EmbeddingTable::Tensor(Tensor::from_slice(
+                table.values(),
+                table.dims(),
+                &candle_core::Device::Cpu,
+            )?);
+        }
+        match self {
+            EmbeddingTable::Tensor(t) => Ok(t),
+            EmbeddingTable::Mapped(_) => candle_core::bail!("embedding table not materialised"),
+        }
+    }
+}
 
 /// LayerNorm over the last dimension, differentiable.
 #[derive(Debug, Clone)]

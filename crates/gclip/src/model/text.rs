@@ -3,7 +3,7 @@
 use candle_core::{Result, Tensor};
 
 use super::config::{TextConfig, TextPooling};
-use super::layers::{LayerNorm, StackShape, Transformer};
+use super::layers::{EmbeddingTable, LayerNorm, StackShape, Transformer};
 use super::weights::Weights;
 use super::ModelError;
 
@@ -12,7 +12,7 @@ use super::ModelError;
 #[derive(Debug, Clone)]
 pub struct TextTower {
     pub config: TextConfig,
-    pub token_embedding: Tensor,
+    pub token_embedding: EmbeddingTable,
     pub position_embedding: Tensor,
     pub transformer: Transformer,
     pub ln_final: LayerNorm,
@@ -27,7 +27,11 @@ impl TextTower {
         embed_dim: usize,
     ) -> std::result::Result<Self, ModelError> {
         Ok(Self {
-            token_embedding: w.get("text.token_embedding", &[c.vocab_size, c.width])?,
+            token_embedding: EmbeddingTable::load(
+                w,
+                "text.token_embedding",
+                [c.vocab_size, c.width],
+            )?,
             position_embedding: w.get("text.position_embedding", &[c.context_length, c.width])?,
             transformer: Transformer::load(
                 w,
@@ -93,11 +97,10 @@ impl TextTower {
         let pool = self.pool_positions(ids);
         let run = pool.iter().max().copied().unwrap_or(0) + 1;
         let flat: Vec<u32> = ids.iter().flat_map(|r| r[..run].iter().copied()).collect();
-        let device = self.token_embedding.device();
-        let flat = Tensor::from_vec(flat, batch * run, device)?;
+        let device = self.position_embedding.device();
         let x = self
             .token_embedding
-            .index_select(&flat, 0)?
+            .lookup(&flat, device)?
             .reshape((batch, run, c.width))?
             .broadcast_add(&self.position_embedding.narrow(0, 0, run)?)?;
         let x = self.transformer.forward(&x, true)?;

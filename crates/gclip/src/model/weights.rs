@@ -11,6 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
 
 use super::converted::{self, ConvertedCache, ConvertedFile, SourceIdentity};
@@ -29,11 +30,124 @@ pub enum NamingScheme {
 }
 
 enum Store {
-    SafeTensors(candle_core::safetensors::MmapedSafetensors),
+    SafeTensors(MappedSafetensors),
     Pth(candle_core::pickle::PthTensors),
     Memory(HashMap<String, Tensor>),
     /// Every requested tensor is generated: for benchmarks and tests, never for user models.
     Random,
+}
+
+/// A safetensors checkpoint (one file or several shards) mapped read-only for as long as any
+/// tensor used in place from it lives (the text tower's token embedding), every tensor read
+/// straight from the mapping.
+struct MappedSafetensors {
+    files: Vec<Arc<memmap2::Mmap>>,
+    tensors: HashMap<String, MappedTensor>,
+}
+
+struct MappedTensor {
+    file: usize,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    /// Byte range in the file (checked against it when the header was read).
+    bytes: std::ops::Range<usize>,
+}
+
+impl MappedSafetensors {
+    fn open(paths: &[PathBuf]) -> Result<Self, ModelError> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut tensors = HashMap::new();
+        for (index, path) in paths.iter().enumerate() {
+            let bad = |message: String| ModelError::Checkpoint {
+                path: path.clone(),
+                message,
+            };
+            let file = std::fs::File::open(path).map_err(|e| ModelError::Io {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            // SAFETY: the file is mapped read-only; like every memory-mapped reader we rely on
+            // it not being truncated by another process while the model uses it.
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .map_err(|e| bad(format!("cannot map the file: {e}")))?;
+            // Checks the header, every tensor's size and that the offsets tile the file.
+            let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&map)
+                .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?;
+            let data_start = 8 + header_len;
+            for (name, info) in metadata.tensors() {
+                let (start, end) = info.data_offsets;
+                tensors.entry(name).or_insert(MappedTensor {
+                    file: index,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    bytes: data_start + start..data_start + end,
+                });
+            }
+            files.push(Arc::new(map));
+        }
+        Ok(Self { files, tensors })
+    }
+
+    /// The tensor stored as `name`.
+    fn view(&self, name: &str) -> Option<safetensors::tensor::TensorView<'_>> {
+        let t = self.tensors.get(name)?;
+        let bytes = self.files[t.file].get(t.bytes.clone())?;
+        safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), bytes).ok()
+    }
+
+    /// Drops the pages of tensor `name` from this process (they stay in the page cache and
+    /// come back on the next access): what has been copied or converted out of the mapping
+    /// need not count in the process's memory.
+    fn release(&self, name: &str) {
+        let Some(t) = self.tensors.get(name) else {
+            return;
+        };
+        let map = &self.files[t.file];
+        // 4 KiB pages; where pages are larger, an unaligned range is refused and nothing
+        // happens (the advice is an optimisation only).
+        let page = 4096;
+        let start = t.bytes.start.next_multiple_of(page);
+        let end = t.bytes.end / page * page;
+        if end > start {
+            // SAFETY: the mapping is shared and read-only, so MADV_DONTNEED discards no data:
+            // a later access reads the same bytes from the file again. Only whole pages inside
+            // this tensor are advised.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+}
+
+/// A row-major `[rows, cols]` f32 tensor used in place in a mapped checkpoint.
+#[derive(Clone)]
+pub struct MappedF32 {
+    map: Arc<memmap2::Mmap>,
+    /// Byte range in the mapping: in bounds, f32-aligned, `rows × cols × 4` long (checked when
+    /// built).
+    bytes: std::ops::Range<usize>,
+    rows: usize,
+    cols: usize,
+}
+
+impl MappedF32 {
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    pub fn values(&self) -> &[f32] {
+        let bytes = &self.map[self.bytes.clone()];
+        // SAFETY: the range was checked in bounds, 4-byte aligned and rows × cols × 4 bytes
+        // long when built; every bit pattern is a valid f32; the mapping is read-only and the
+        // Arc keeps it alive for the borrow.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), self.rows * self.cols) }
+    }
+}
+
+impl std::fmt::Debug for MappedF32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MappedF32([{}, {}])", self.rows, self.cols)
+    }
 }
 
 /// The tensors of one checkpoint, read lazily under gclip's names.
@@ -98,16 +212,8 @@ impl Weights {
         }
         let is_safetensors = first.extension().is_some_and(|e| e == "safetensors");
         let (store, file_names): (Store, Vec<String>) = if is_safetensors {
-            // SAFETY: the files are mapped read-only; like every memory-mapped reader we rely on
-            // them not being truncated by another process while the model loads (tensor data is
-            // copied out of the mapping at load time, so only loading is exposed).
-            let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(paths) }.map_err(
-                |e| ModelError::Checkpoint {
-                    path: first.clone(),
-                    message: format!("not a readable safetensors file: {}", error_message(&e)),
-                },
-            )?;
-            let names = st.tensors().into_iter().map(|(n, _)| n).collect();
+            let st = MappedSafetensors::open(paths)?;
+            let names = st.tensors.keys().cloned().collect();
             (Store::SafeTensors(st), names)
         } else {
             if paths.len() > 1 {
@@ -388,6 +494,59 @@ impl Weights {
         Ok(tensor.to_dtype(self.dtype)?.to_device(&self.device)?)
     }
 
+    /// The 2-D f32 tensor gclip calls `name`, used in place in the mapped checkpoint when it is
+    /// stored there as one little-endian f32 tensor of that shape (a lookup table then reads only
+    /// the rows it is asked for), else `None` (read it with [`Weights::get`]). Non-finite values
+    /// are refused.
+    pub(crate) fn mapped_f32(
+        &self,
+        name: &str,
+        [rows, cols]: [usize; 2],
+    ) -> Result<Option<MappedF32>, ModelError> {
+        let (Store::SafeTensors(st), DType::F32) = (&self.store, self.dtype) else {
+            return Ok(None);
+        };
+        let SourceSpec::Single {
+            name: src,
+            transpose: false,
+        } = self.source_of(name)
+        else {
+            return Ok(None);
+        };
+        let Some((file_name, t)) = self
+            .names
+            .get(&src)
+            .and_then(|f| Some((f, st.tensors.get(f)?)))
+        else {
+            return Ok(None);
+        };
+        let map = &st.files[t.file];
+        let fits = t.dtype == safetensors::Dtype::F32
+            && t.shape == [rows, cols]
+            && t.bytes.end <= map.len()
+            && (map.as_ptr() as usize + t.bytes.start).is_multiple_of(4)
+            && cfg!(target_endian = "little");
+        if !fits {
+            return Ok(None);
+        }
+        let table = MappedF32 {
+            map: map.clone(),
+            bytes: t.bytes.clone(),
+            rows,
+            cols,
+        };
+        let values = table.values();
+        self.refuse_non_finite(
+            file_name,
+            super::kernels::count_non_finite_f32(values),
+            values.len(),
+        )?;
+        // Checked: only the rows looked up later need to come back.
+        st.release(file_name);
+        self.used.borrow_mut().insert(src);
+        Ok(Some(table))
+    }
+
     /// A scalar parameter, stored as `[]` or `[1]` depending on the exporter.
     pub fn get_scalar(&self, name: &str) -> Result<Tensor, ModelError> {
         match self.get(name, &[]) {
@@ -426,7 +585,19 @@ impl Weights {
             message: format!("cannot read tensor `{file_name}`: {}", error_message(&e)),
         };
         let t = match &self.store {
-            Store::SafeTensors(st) => st.load(file_name, &Device::Cpu).map_err(bad)?,
+            Store::SafeTensors(st) => {
+                let t = st
+                    .view(file_name)
+                    .ok_or_else(|| ModelError::Checkpoint {
+                        path: self.path.clone(),
+                        message: format!("tensor `{file_name}` lies outside the file"),
+                    })?
+                    .load(&Device::Cpu)
+                    .map_err(bad)?;
+                // Copied out: the pages need not stay in this process.
+                st.release(file_name);
+                t
+            }
             Store::Pth(pth) => {
                 pth.get(file_name)
                     .map_err(bad)?
@@ -489,10 +660,17 @@ impl Weights {
                 let count = super::kernels::count_non_finite_f32(values);
                 self.refuse_non_finite(file_name, count, values.len())?;
             }
-            return f(&RowBlocks::new(
+            let result = f(&RowBlocks::new(
                 blocks.iter().map(|(_, values)| *values).collect(),
                 shape[1],
             )?);
+            if let Store::SafeTensors(st) = &self.store {
+                // Read into its final form: the pages need not stay in this process.
+                blocks
+                    .iter()
+                    .for_each(|(file_name, _)| st.release(file_name));
+            }
+            return result;
         }
         let t = self
             .get(name, &shape)?
@@ -524,7 +702,7 @@ impl Weights {
         let mut rows = 0;
         for src in &sources {
             let file_name = self.names.get(src)?;
-            let view = st.get(file_name).ok()?;
+            let view = st.view(file_name)?;
             let [piece_rows, cols] = view.shape() else {
                 return None;
             };

@@ -265,7 +265,7 @@ pub fn for_each_param_mut(
         ParamKind::TokenEmbedding,
         StoredLayout::AsIs,
         None,
-        &mut text.token_embedding,
+        text.token_embedding.tensor_mut()?,
     )?;
     v.one(
         "text.position_embedding".into(),
