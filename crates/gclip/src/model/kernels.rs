@@ -487,12 +487,15 @@ pub(crate) fn transpose_blocks(src: &RowBlocks) -> Vec<f32> {
             for r0 in (0..rows).step_by(T) {
                 let height = T.min(rows - r0);
                 for (r, line) in tile.iter_mut().enumerate().take(height) {
-                    let piece = &src.row(r0 + r)[c0..c0 + width];
+                    let row = src.row(r0 + r);
                     if width == T {
-                        // A fixed-size copy compiles to one vector move, not a memmove call.
-                        *line = piece.try_into().unwrap_or(*line);
+                        // Element by element over a constant length: vector moves, where a
+                        // slice copy became a memmove call per 64 bytes.
+                        for (d, s) in line.iter_mut().zip(&row[c0..c0 + T]) {
+                            *d = *s;
+                        }
                     } else {
-                        line[..width].copy_from_slice(piece);
+                        line[..width].copy_from_slice(&row[c0..c0 + width]);
                     }
                 }
                 for (c, dst_row) in out.chunks_exact_mut(rows).enumerate() {
