@@ -680,9 +680,9 @@ impl ClipTokenizer {
         let merges_txt = dir.join("merges.txt");
         let mut added: Vec<AddedToken> = Vec::new();
         let (vocab, merges, end_of_word, source) = if tokenizer_json.is_file() {
-            let json = read_json(&tokenizer_json)?;
-            let (vocab, merges, eow) = parse_tokenizer_json(&json, &tokenizer_json)?;
-            if let Some(list) = json.get("added_tokens").and_then(Value::as_array) {
+            let json: TokenizerJson = read_json_as(&tokenizer_json)?;
+            let (vocab, merges, eow) = parse_tokenizer_json(json.model, &tokenizer_json)?;
+            if let Some(list) = json.added_tokens.as_ref().and_then(Value::as_array) {
                 for entry in list {
                     if let Some(t) = added_token_from_json(entry, None) {
                         upsert(&mut added, t);
@@ -691,8 +691,7 @@ impl ClipTokenizer {
             }
             (vocab, merges, eow, tokenizer_json)
         } else if vocab_json.is_file() && merges_txt.is_file() {
-            let json = read_json(&vocab_json)?;
-            let vocab = parse_vocab(&json, &vocab_json)?;
+            let vocab = read_json_as::<VocabJson>(&vocab_json)?.into_vocab(&vocab_json)?;
             let text =
                 std::fs::read_to_string(&merges_txt).map_err(|source| TokenizerError::Io {
                     path: merges_txt.clone(),
@@ -1098,6 +1097,112 @@ impl ClipTokenizer {
 // Hugging Face files
 
 fn read_json(path: &Path) -> Result<Value, TokenizerError> {
+    read_json_as(path)
+}
+
+/// A vocabulary object (token → id) read straight into the tokenizer's map: the first problem
+/// is kept as a message (the rest of the file is still read). A 49,408-entry vocabulary parsed
+/// into a `serde_json::Value` first builds an ordered map of owned strings, then copies every
+/// key again: a quarter of a bf16 `gclip classify` process.
+struct VocabJson(Result<FastMap<String, u32>, String>);
+
+impl<'de> serde::Deserialize<'de> for VocabJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(VocabVisitor)
+    }
+}
+
+struct VocabVisitor;
+
+const NOT_A_VOCABULARY: &str = "the vocabulary is not a JSON object of token to id";
+
+impl<'de> serde::de::Visitor<'de> for VocabVisitor {
+    type Value = VocabJson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object of token to id")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<VocabJson, A::Error> {
+        let mut vocab = FastMap::default();
+        vocab.reserve(map.size_hint().unwrap_or(0));
+        let mut problem = None;
+        while let Some((token, id)) = map.next_entry::<String, Value>()? {
+            match id.as_u64().filter(|&i| i < u32::MAX as u64) {
+                Some(id) => {
+                    vocab.insert(token, id as u32);
+                }
+                None => {
+                    problem.get_or_insert_with(|| {
+                        format!("token {token:?} has id {id}, not a non-negative integer")
+                    });
+                }
+            }
+        }
+        Ok(VocabJson(match problem {
+            Some(p) => Err(p),
+            None if vocab.is_empty() => Err("the vocabulary is empty".to_owned()),
+            None => Ok(vocab),
+        }))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<VocabJson, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(VocabJson(Err(NOT_A_VOCABULARY.to_owned())))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<VocabJson, E> {
+        Ok(VocabJson(Err(NOT_A_VOCABULARY.to_owned())))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<VocabJson, E> {
+        Ok(VocabJson(Err(NOT_A_VOCABULARY.to_owned())))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<VocabJson, E> {
+        Ok(VocabJson(Err(NOT_A_VOCABULARY.to_owned())))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<VocabJson, E> {
+        Ok(VocabJson(Err(NOT_A_VOCABULARY.to_owned())))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<VocabJson, E> {
+        Ok(VocabJson(Err(NOT_A_VOCABULARY.to_owned())))
+    }
+
+    fn visit_unit<E>(self) -> Result<VocabJson, E> {
+        Ok(VocabJson(Err(NOT_A_VOCABULARY.to_owned())))
+    }
+}
+
+impl VocabJson {
+    fn into_vocab(self, path: &Path) -> Result<FastMap<String, u32>, TokenizerError> {
+        self.0.map_err(|message| TokenizerError::Malformed {
+            path: path.to_owned(),
+            message,
+        })
+    }
+}
+
+/// The parts of `tokenizer.json` the tokenizer reads; the rest of the file is skipped.
+#[derive(serde::Deserialize)]
+struct TokenizerJson {
+    model: Option<TokenizerJsonModel>,
+    added_tokens: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenizerJsonModel {
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    vocab: Option<VocabJson>,
+    merges: Option<Value>,
+    end_of_word_suffix: Option<Value>,
+}
+
+/// Reads a JSON file into `T`.
+fn read_json_as<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TokenizerError> {
     let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
         path: path.to_owned(),
         source,
@@ -1106,33 +1211,6 @@ fn read_json(path: &Path) -> Result<Value, TokenizerError> {
         path: path.to_owned(),
         source,
     })
-}
-
-fn parse_vocab(json: &Value, path: &Path) -> Result<FastMap<String, u32>, TokenizerError> {
-    let malformed = |message: String| TokenizerError::Malformed {
-        path: path.to_owned(),
-        message,
-    };
-    let object = json.as_object().ok_or_else(|| {
-        malformed("the vocabulary is not a JSON object of token to id".to_owned())
-    })?;
-    let mut vocab = FastMap::default();
-    vocab.reserve(object.len());
-    for (token, id) in object {
-        let id = id
-            .as_u64()
-            .filter(|&i| i < u32::MAX as u64)
-            .ok_or_else(|| {
-                malformed(format!(
-                    "token {token:?} has id {id}, not a non-negative integer"
-                ))
-            })?;
-        vocab.insert(token.clone(), id as u32);
-    }
-    if vocab.is_empty() {
-        return Err(malformed("the vocabulary is empty".to_owned()));
-    }
-    Ok(vocab)
 }
 
 fn parse_merges_txt(text: &str, path: &Path) -> Result<Vec<(String, String)>, TokenizerError> {
@@ -1158,27 +1236,27 @@ fn parse_merges_txt(text: &str, path: &Path) -> Result<Vec<(String, String)>, To
 
 type ParsedModel = (FastMap<String, u32>, Vec<(String, String)>, String);
 
-fn parse_tokenizer_json(json: &Value, path: &Path) -> Result<ParsedModel, TokenizerError> {
+fn parse_tokenizer_json(
+    model: Option<TokenizerJsonModel>,
+    path: &Path,
+) -> Result<ParsedModel, TokenizerError> {
     let malformed = |message: &str| TokenizerError::Malformed {
         path: path.to_owned(),
         message: message.to_owned(),
     };
-    let model = json
-        .get("model")
-        .ok_or_else(|| malformed("no \"model\" section"))?;
-    if let Some(kind) = model.get("type").and_then(Value::as_str) {
+    let model = model.ok_or_else(|| malformed("no \"model\" section"))?;
+    if let Some(kind) = model.kind.as_ref().and_then(Value::as_str) {
         if kind != "BPE" {
             return Err(malformed(&format!("the model is {kind}, not BPE")));
         }
     }
-    let vocab = parse_vocab(
-        model
-            .get("vocab")
-            .ok_or_else(|| malformed("no \"model.vocab\""))?,
-        path,
-    )?;
+    let vocab = model
+        .vocab
+        .ok_or_else(|| malformed("no \"model.vocab\""))?
+        .into_vocab(path)?;
     let list = model
-        .get("merges")
+        .merges
+        .as_ref()
         .and_then(Value::as_array)
         .ok_or_else(|| malformed("no \"model.merges\" list"))?;
     let mut merges = Vec::with_capacity(list.len());
@@ -1199,7 +1277,8 @@ fn parse_tokenizer_json(json: &Value, path: &Path) -> Result<ParsedModel, Tokeni
         })?);
     }
     let end_of_word = model
-        .get("end_of_word_suffix")
+        .end_of_word_suffix
+        .as_ref()
         .and_then(Value::as_str)
         .unwrap_or("</w>")
         .to_owned();
