@@ -10,6 +10,8 @@
 #   IMAGE           default tests/fixtures/images/photo_chelsea.jpg (451×300 JPEG of a cat)
 #   PYTHON          an interpreter with torch and transformers (default tools/.venv/bin/python)
 # Environment: RUNS (process runs per tool, default 10), WARM (in-process calls, default 20).
+# gclip runs in fp32, bf16 and int8 (bf16/int8 from a converted-weights cache of the run's own,
+# made by a first run of each that is timed apart).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 src="${1:-/tmp/vitb32}"
@@ -72,17 +74,32 @@ echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(date -
 echo "gclip classify output:"
 "$gclip" classify --model "$model" --labels "${captions[@]}" -- "$image"
 gclip_cmd=("$gclip" classify --model "$model" --labels "${captions[@]}" -- "$image")
+gclip_bf16=("$gclip" classify --precision bf16 --model "$model" --labels "${captions[@]}" -- "$image")
+gclip_int8=("$gclip" classify --precision int8 --model "$model" --labels "${captions[@]}" -- "$image")
 py_cmd=("$py" "$root/tools/bench_classify.py" "$model" "$image")
 imp_cmd=("$py" -c "import torch, transformers; from transformers import CLIPModel, CLIPProcessor")
+# bf16/int8 keep their converted weights in a cache of this run's own: the first run of each
+# (timed apart) converts and writes it, the timed runs map it.
+export GCLIP_CONVERTED_CACHE="$tmp/converted"
+timed "$tmp/first-bf16" "${gclip_bf16[@]}"
+timed "$tmp/first-int8" "${gclip_int8[@]}"
 "${gclip_cmd[@]}" > /dev/null 2>&1; "${py_cmd[@]}" > /dev/null 2>&1  # warm-up
 # Interleaved, so that both tools see the same machine.
 for _ in $(seq "$runs"); do
   timed "$tmp/gclip" "${gclip_cmd[@]}"
+  timed "$tmp/gclip-bf16" "${gclip_bf16[@]}"
+  timed "$tmp/gclip-int8" "${gclip_int8[@]}"
   timed "$tmp/py" "${py_cmd[@]}"
   timed "$tmp/imp" "${imp_cmd[@]}"
 done
+for p in bf16 int8; do
+  read -r w c m < "$tmp/first-$p"
+  echo "gclip classify --precision $p, first run (converts, writes the cache): $w ms wall, $c ms CPU, $(( m / 1024 )) MB"
+done
 printf '%-40s %-20s %-20s %s\n' "whole process, $runs runs" "wall ms" "CPU ms (user+sys)" "peak RSS MB"
-for t in gclip:"gclip classify" py:"python tutorial script" imp:"python: import torch+transformers"; do
+for t in gclip:"gclip classify" gclip-bf16:"gclip classify --precision bf16" \
+  gclip-int8:"gclip classify --precision int8" py:"python tutorial script" \
+  imp:"python: import torch+transformers"; do
   f="$tmp/${t%%:*}"
   printf '%-40s %s  %s  %6d\n' "${t#*:}" "$(stat 1 "$f")" "$(stat 2 "$f")" \
     "$(( $(cut -d' ' -f3 "$f" | sort -n | sed -n "$(( (runs + 1) / 2 ))p") / 1024 ))"
