@@ -70,14 +70,20 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     // Adding then subtracting 1.5·2^23 rounds to the nearest integer in any rounding-free way.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // `shifted` lies in [2^23, 2^24), where consecutive integers are consecutive bit patterns,
+    // so its bits hold n exactly: integer arithmetic that vectorises, where `n as i32` (a
+    // saturating conversion) made the compiler fall back to scalar code. A NaN x gives a NaN p,
+    // so the scale it gets does not matter.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
     p * scale
 }
 
