@@ -138,7 +138,7 @@ fn act_row_generic(src: &[f32], dst: &mut [f32], act: Activation) {
         }
     }
 }
-simd_dispatch!(fn act_row(src: &[f32], dst: &mut [f32], act: Activation) = act_row_generic);
+simd_dispatch!(pub(crate) fn act_row(src: &[f32], dst: &mut [f32], act: Activation) = act_row_generic);
 
 #[inline(always)]
 fn sum_lanes(xs: &[f32]) -> f32 {
