@@ -70,14 +70,20 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     // Adding then subtracting 1.5·2^23 rounds to the nearest integer in any rounding-free way.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // `shifted` lies in [2^23, 2^24), where consecutive integers are consecutive bit patterns,
+    // so its bits hold n exactly: integer arithmetic that vectorises, where `n as i32` (a
+    // saturating conversion) made the compiler fall back to scalar code. A NaN x gives a NaN p,
+    // so the scale it gets does not matter.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
     p * scale
 }
 
@@ -132,7 +138,7 @@ fn act_row_generic(src: &[f32], dst: &mut [f32], act: Activation) {
         }
     }
 }
-simd_dispatch!(fn act_row(src: &[f32], dst: &mut [f32], act: Activation) = act_row_generic);
+simd_dispatch!(pub(crate) fn act_row(src: &[f32], dst: &mut [f32], act: Activation) = act_row_generic);
 
 #[inline(always)]
 fn sum_lanes(xs: &[f32]) -> f32 {
@@ -675,6 +681,160 @@ impl CustomOp3 for LinearOp {
         let grad_w = input.t()?.matmul(&g2)?;
         let grad_b = g2.contiguous()?.apply_op1_no_bwd(&ColumnSumOp)?;
         Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// x·Wᵀ with W in PyTorch's [out, in] layout, for few rows (the patch embedding of one image).
+
+/// Most rows [`out_in_matmul`] takes: beyond this a general gemm's packing pays for itself.
+pub(crate) const OUT_IN_MAX_ROWS: usize = 64;
+
+/// Whether [`out_in_matmul`] runs here for `rows` rows: it needs AVX-512; elsewhere, and for
+/// more rows, callers use candle's matmul.
+pub(crate) fn out_in_matmul_fits(rows: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        rows <= OUT_IN_MAX_ROWS && has_avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = rows;
+        false
+    }
+}
+
+/// `x·Wᵀ` for `x: [.., in]` and `W: [out, in]` read in place: every output is a dot product of
+/// two contiguous rows. A general gemm repacks the whole of W on each call (9.4 MB for ViT-B/32's
+/// patch embedding), which costs more than the product itself for one image. No gradient:
+/// callers use it on weights that are not being trained.
+pub(crate) struct OutInMatmulOp;
+
+impl CustomOp2 for OutInMatmulOp {
+    fn name(&self) -> &'static str {
+        "gclip-out-in-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, "matmul input")?;
+        let w = contiguous_f32(ws, wl, "matmul weight")?;
+        let (n, k) = wl.shape().dims2()?;
+        let dims = xl.shape().dims();
+        if dims.last() != Some(&k) {
+            candle_core::bail!(
+                "matmul: input {:?} does not fit weight [{n}, {k}]",
+                xl.shape()
+            );
+        }
+        let m = x.len() / k.max(1);
+        if !out_in_matmul_fits(m) {
+            candle_core::bail!("matmul: {m} rows is not a small out-in product on this CPU");
+        }
+        let mut out = vec![0f32; m * n];
+        #[cfg(target_arch = "x86_64")]
+        if m > 0 && n > 0 {
+            out_in_x86::run(x, m, w, n, k, &mut out);
+        }
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = n;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod out_in_x86 {
+    use rayon::prelude::*;
+    use std::arch::x86_64::*;
+
+    /// Rows of x and of W per register block: 4 × 4 accumulators of 16 lanes.
+    const R: usize = 4;
+
+    /// `out[i][j] = x[i] · w[j]` for `m` rows of `x` and `n` rows of `w`, each `k` long.
+    pub fn run(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, out: &mut [f32]) {
+        assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
+        assert!(super::has_avx512());
+        // One task per block of R weight rows: the block stays in cache while every row block
+        // of x (at most OUT_IN_MAX_ROWS rows) passes over it.
+        let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(R))
+            .into_par_iter()
+            .with_min_len(4)
+            .map(|jb| {
+                let j0 = jb * R;
+                let mut col = vec![0f32; m * R];
+                for i0 in (0..m).step_by(R) {
+                    let mut res = [[0f32; R]; R];
+                    // SAFETY: AVX-512F was checked above; rows are clamped to `m - 1` and
+                    // `n - 1`, so every row read holds `k` floats inside x and w.
+                    unsafe {
+                        block(x, m, w, n, k, i0, j0, &mut res);
+                    }
+                    for (r, row) in res.iter().enumerate().take(m - i0) {
+                        col[(i0 + r) * R..(i0 + r + 1) * R].copy_from_slice(row);
+                    }
+                }
+                (j0, col)
+            })
+            .collect();
+        for (j0, col) in blocks {
+            let nj = R.min(n - j0);
+            for i in 0..m {
+                out[i * n + j0..i * n + j0 + nj].copy_from_slice(&col[i * R..i * R + nj]);
+            }
+        }
+    }
+
+    /// `res[r][c] = x[i0 + r] · w[j0 + c]` (rows past the end repeat the last one).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; `x` holds `m` rows and `w` `n` rows of `k` floats.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block(
+        x: &[f32],
+        m: usize,
+        w: &[f32],
+        n: usize,
+        k: usize,
+        i0: usize,
+        j0: usize,
+        res: &mut [[f32; R]; R],
+    ) {
+        let xr: [*const f32; R] = std::array::from_fn(|r| x[(i0 + r).min(m - 1) * k..].as_ptr());
+        let wr: [*const f32; R] = std::array::from_fn(|c| w[(j0 + c).min(n - 1) * k..].as_ptr());
+        let mut acc = [[_mm512_setzero_ps(); R]; R];
+        let mut d = 0;
+        while d < k {
+            let mask = if k - d >= 16 {
+                u16::MAX
+            } else {
+                ((1u32 << (k - d)) - 1) as u16
+            };
+            // SAFETY: lanes d..d + 16 within `k` (masked) of rows that hold `k` floats.
+            unsafe {
+                let xv: [__m512; R] =
+                    std::array::from_fn(|r| _mm512_maskz_loadu_ps(mask, xr[r].add(d)));
+                for (c, wp) in wr.iter().enumerate() {
+                    let wv = _mm512_maskz_loadu_ps(mask, wp.add(d));
+                    for r in 0..R {
+                        acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
+                    }
+                }
+            }
+            d += 16;
+        }
+        for r in 0..R {
+            for c in 0..R {
+                res[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+            }
+        }
     }
 }
 
@@ -1301,6 +1461,50 @@ mod tests {
         }
         assert_eq!(transpose_blocks(&blocks), transpose_f32(&data, 33, cols));
         assert!(RowBlocks::new(vec![&data[..cols + 1]], cols).is_err());
+    }
+
+    #[test]
+    fn out_in_matmul_matches_candle() {
+        if !out_in_matmul_fits(1) {
+            return;
+        }
+        let mut seed = 5u64;
+        let mut rand = |shape: &[usize]| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                })
+                .collect();
+            Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()
+        };
+        for &(batch, rows, n, k) in &[
+            (1, 1, 1, 1),
+            (1, 49, 37, 3072),
+            (2, 3, 5, 33),
+            (1, 64, 9, 16),
+        ] {
+            let x = rand(&[batch, rows, k]);
+            let w = rand(&[n, k]);
+            let got = x.apply_op2_no_bwd(&w, &OutInMatmulOp).unwrap();
+            let want = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let (got, want) = (
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (k as f32).sqrt(),
+                    "{batch}x{rows}x{n}x{k}: {g} vs {w}"
+                );
+            }
+        }
+        let x = rand(&[65, 8]);
+        assert!(x.apply_op2_no_bwd(&rand(&[3, 8]), &OutInMatmulOp).is_err());
     }
 
     #[test]

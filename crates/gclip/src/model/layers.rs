@@ -238,6 +238,29 @@ impl Linear {
         self.forward_activated(x, Some(act))
     }
 
+    /// `residual + self.forward_activated(x, act)`; packed layers add the residual inside their
+    /// kernel (the same sum, one pass fewer).
+    fn forward_residual(
+        &self,
+        x: &Tensor,
+        act: Option<Activation>,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        match &self.weight {
+            LinearWeight::Packed(w) if fusable(x) && fusable(residual) => {
+                x.contiguous()?.apply_op3(
+                    &self.bias,
+                    &residual.contiguous()?,
+                    PackedLinearOp {
+                        weight: w.clone(),
+                        input_activation: act,
+                    },
+                )
+            }
+            _ => residual + self.forward_activated(x, act)?,
+        }
+    }
+
     fn forward_activated(&self, x: &Tensor, act: Option<Activation>) -> Result<Tensor> {
         match &self.weight {
             LinearWeight::Dense(w) if fusable(x) => x.contiguous()?.apply_op3(
@@ -288,17 +311,28 @@ pub struct Attention {
 impl Attention {
     /// `[batch, tokens, width]` → `[batch, tokens, width]`
     pub fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
+        self.out.forward(&self.mix(x, causal)?)
+    }
+
+    /// `residual + self.forward(x, causal)`, the sum made by the output projection's kernel
+    /// where it can.
+    fn forward_residual(&self, x: &Tensor, causal: bool, residual: &Tensor) -> Result<Tensor> {
+        self.out
+            .forward_residual(&self.mix(x, causal)?, None, residual)
+    }
+
+    /// The heads' attention-weighted values, before the output projection.
+    fn mix(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?;
         let op = AttentionOp {
             heads: self.heads,
             causal,
         };
-        let mixed = if fusable(&qkv) {
-            qkv.contiguous()?.apply_op1(op)?
+        if fusable(&qkv) {
+            qkv.contiguous()?.apply_op1(op)
         } else {
-            op.composed(&qkv)?
-        };
-        self.out.forward(&mixed)
+            op.composed(&qkv)
+        }
     }
 }
 
@@ -393,9 +427,12 @@ impl ResidualBlock {
 
     /// `[batch, tokens, width]` → `[batch, tokens, width]`
     pub fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, causal)?)?;
+        let x = self
+            .attn
+            .forward_residual(&self.ln_1.forward(x)?, causal, x)?;
         let pre_activation = self.fc1.forward(&self.ln_2.forward(&x)?)?;
-        x + self.fc2.forward_after(&pre_activation, self.activation)?
+        self.fc2
+            .forward_residual(&pre_activation, Some(self.activation), &x)
     }
 }
 

@@ -25,12 +25,13 @@
 //! one `Vec<f32>` of `rows` scales per call).
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::kernels::RowBlocks;
+use super::kernels::{act_row, Activation, RowBlocks};
 
 /// Output columns per packed weight panel (two 16-lane vectors).
 pub const NR: usize = 32;
@@ -741,16 +742,24 @@ fn effective_threads(threads: usize) -> usize {
     }
 }
 
-/// Runs `f(row_index, row)` for each `lda`-word row of `buf` on up to
-/// `threads` tasks (contiguous row ranges).
-fn for_rows(buf: &mut [u32], lda: usize, threads: usize, f: impl Fn(usize, &mut [u32]) + Sync) {
+/// Runs `f(row_index, row, tmp)` for each `lda`-word row of `buf` on up to
+/// `threads` tasks (contiguous row ranges); `tmp` is a per-task f32 buffer
+/// of `tmp_len` values.
+fn for_rows(
+    buf: &mut [u32],
+    lda: usize,
+    threads: usize,
+    tmp_len: usize,
+    f: impl Fn(usize, &mut [u32], &mut [f32]) + Sync,
+) {
     if lda == 0 {
         return;
     }
     let rows = buf.len() / lda;
     if threads <= 1 || rows <= 1 {
+        let mut tmp = vec![0f32; tmp_len];
         for (i, r) in buf.chunks_exact_mut(lda).enumerate() {
-            f(i, r);
+            f(i, r, &mut tmp);
         }
         return;
     }
@@ -758,10 +767,32 @@ fn for_rows(buf: &mut [u32], lda: usize, threads: usize, f: impl Fn(usize, &mut 
     buf.par_chunks_mut(per * lda)
         .enumerate()
         .for_each(|(c, chunk)| {
+            let mut tmp = vec![0f32; tmp_len];
             for (i, r) in chunk.chunks_exact_mut(lda).enumerate() {
-                f(c * per + i, r);
+                f(c * per + i, r, &mut tmp);
             }
         });
+}
+
+/// Row `r` of `x` (`in_dim` wide), passed through `act` into `tmp` when
+/// there is one: the activated rows only ever exist one at a time, in cache.
+#[inline(always)]
+fn input_row<'a>(
+    x: &'a [f32],
+    r: usize,
+    in_dim: usize,
+    act: Option<Activation>,
+    tmp: &'a mut [f32],
+) -> &'a [f32] {
+    let src = &x[r * in_dim..(r + 1) * in_dim];
+    match act {
+        None => src,
+        Some(act) => {
+            let tmp = &mut tmp[..in_dim];
+            act_row(src, tmp, act);
+            tmp
+        }
+    }
 }
 
 fn words_as_bytes_mut(w: &mut [u32]) -> &mut [u8] {
@@ -780,10 +811,11 @@ enum AFormat {
     Bf16,
 }
 
-/// Converts x rows into `out` (rows × lda words) in the given layout.
+/// Converts `act(x)` rows into `out` (rows × lda words) in the given layout.
 fn pack_a_bf16(
     x: &[f32],
     in_dim: usize,
+    act: Option<Activation>,
     lda: usize,
     fmt: AFormat,
     out: &mut [u32],
@@ -791,8 +823,9 @@ fn pack_a_bf16(
 ) {
     #[cfg(target_arch = "x86_64")]
     let avx512 = has_avx512();
-    for_rows(out, lda, threads, |r, row| {
-        let xr = &x[r * in_dim..(r + 1) * in_dim];
+    let tmp_len = if act.is_some() { in_dim } else { 0 };
+    for_rows(out, lda, threads, tmp_len, |r, row, tmp| {
+        let xr = input_row(x, r, in_dim, act, tmp);
         match fmt {
             #[cfg(target_arch = "x86_64")]
             AFormat::Bf16 => {
@@ -810,10 +843,12 @@ fn pack_a_bf16(
     });
 }
 
-/// Quantises x rows into u8 rows (`lda` words each), scales into `sx`.
+/// Quantises `act(x)` rows into u8 rows (`lda` words each), scales into `sx`.
+#[allow(clippy::too_many_arguments)]
 fn pack_a_int8(
     x: &[f32],
     in_dim: usize,
+    act: Option<Activation>,
     lda: usize,
     out: &mut [u32],
     sx: &mut [f32],
@@ -823,9 +858,11 @@ fn pack_a_int8(
     let avx512 = std::arch::is_x86_feature_detected!("avx512bw") && has_avx512();
     let rows = sx.len();
     let per = rows.div_ceil(threads.max(1)).max(1);
+    let tmp_len = if act.is_some() { in_dim } else { 0 };
     let work = |r0: usize, chunk: &mut [u32], sxc: &mut [f32]| {
+        let mut tmp = vec![0f32; tmp_len];
         for (i, (row, s)) in chunk.chunks_exact_mut(lda).zip(sxc.iter_mut()).enumerate() {
-            let xr = &x[(r0 + i) * in_dim..(r0 + i + 1) * in_dim];
+            let xr = input_row(x, r0 + i, in_dim, act, &mut tmp);
             let bytes = words_as_bytes_mut(row);
             #[cfg(target_arch = "x86_64")]
             if avx512 {
@@ -870,7 +907,7 @@ struct Tile {
     ncols: usize,
     /// First K block: initialise (bias / correction) instead of loading `c`.
     init: bool,
-    /// Last K block: apply the epilogue (int8 scaling) before storing.
+    /// Last K block: apply the epilogue (int8 scaling, residual) before storing.
     fin: bool,
     /// `ncols` bias values or null.
     bias: *const f32,
@@ -878,6 +915,8 @@ struct Tile {
     corr: *const i32,
     wscale: *const f32,
     xscale: *const f32,
+    /// Added to the result in the last K block (row stride `ldc`, like `c`), or null.
+    resid: *const f32,
 }
 
 /// Runs one tile; `m` is the number of valid rows.
@@ -911,10 +950,13 @@ struct Gemm<'a> {
     corr: Option<&'a [i32]>,
     wscale: Option<&'a [f32]>,
     xscale: Option<&'a [f32]>,
+    residual: Option<&'a [f32]>,
     kern: KernFn,
 }
 
-fn run_tiles(g: &Gemm, dst: &mut [f32], threads: usize) {
+/// Writes every element of `dst[..rows * out]` (the first K block stores
+/// whole tiles without reading them), so `dst` may start uninitialised.
+fn run_tiles(g: &Gemm, dst: &mut [MaybeUninit<f32>], threads: usize) {
     let (kc, mcb, ncp) = (KC, MC_BLOCKS, NC_PANELS);
     let panels = g.out.div_ceil(NR);
     let mblocks = g.rows.div_ceil(g.mr);
@@ -927,13 +969,14 @@ fn run_tiles(g: &Gemm, dst: &mut [f32], threads: usize) {
     assert!(g.corr.is_none_or(|b| b.len() >= panels * NR));
     assert!(g.wscale.is_none_or(|b| b.len() >= panels * NR));
     assert!(g.xscale.is_none_or(|b| b.len() >= g.rows));
+    assert!(g.residual.is_none_or(|r| r.len() >= g.rows * g.out));
     if g.rows == 0 || g.out == 0 {
         return;
     }
     let tm = mblocks.div_ceil(mcb);
     let tn = panels.div_ceil(ncp);
     let items = tm * tn;
-    let dptr = SendPtr(dst.as_mut_ptr());
+    let dptr = SendPtr(dst.as_mut_ptr().cast::<f32>());
     let do_item = |i: usize| {
         let (ti, tj) = (i % tm, i / tm);
         let mb_range = ti * mcb..((ti + 1) * mcb).min(mblocks);
@@ -968,6 +1011,9 @@ fn run_tiles(g: &Gemm, dst: &mut [f32], threads: usize) {
                             corr: g.corr.map_or(std::ptr::null(), |b| b.as_ptr().add(c0)),
                             wscale: g.wscale.map_or(std::ptr::null(), |b| b.as_ptr().add(c0)),
                             xscale: g.xscale.map_or(std::ptr::null(), |b| b.as_ptr().add(r0)),
+                            resid: g
+                                .residual
+                                .map_or(std::ptr::null(), |r| r.as_ptr().add(r0 * g.out + c0)),
                         }
                     };
                     // SAFETY: the tile satisfies the kernel contract (pointers
@@ -1053,6 +1099,13 @@ unsafe fn kern_bf16_portable(t: &Tile, m: usize) {
         // other task writes this tile.
         let c = unsafe { std::slice::from_raw_parts_mut(t.c.add(i * t.ldc), nc) };
         c.copy_from_slice(&row[..nc]);
+        if t.fin && !t.resid.is_null() {
+            // SAFETY: the residual has the tile's shape and row stride.
+            let r = unsafe { std::slice::from_raw_parts(t.resid.add(i * t.ldc), nc) };
+            for (d, r) in c.iter_mut().zip(r) {
+                *d += r;
+            }
+        }
     }
 }
 
@@ -1105,6 +1158,13 @@ unsafe fn kern_int8_portable(t: &Tile, m: usize) {
                 let v = row[j] as f32 * (xs[i] * ws[j]);
                 *d = v + bias.map_or(0.0, |b| b[j]);
             }
+            if !t.resid.is_null() {
+                // SAFETY: the residual has the tile's shape and row stride.
+                let r = unsafe { std::slice::from_raw_parts(t.resid.add(i * t.ldc), nc) };
+                for (d, r) in c.iter_mut().zip(r) {
+                    *d += r;
+                }
+            }
         } else {
             // SAFETY: as above; i32 has the size and alignment of f32.
             let c = unsafe { std::slice::from_raw_parts_mut(t.c.add(i * t.ldc).cast::<i32>(), nc) };
@@ -1135,6 +1195,36 @@ mod x86 {
             (1u32 << ncols) - 1
         };
         (full as u16, (full >> 16) as u16)
+    }
+
+    /// Stores f32 accumulators into the tile, adding the residual in the
+    /// last K block when there is one.
+    ///
+    /// # Safety
+    /// Tile contract with `M` valid rows.
+    #[inline(always)]
+    unsafe fn store_f32<const M: usize>(
+        t: &Tile,
+        acc: &[[__m512; 2]; M],
+        k0: __mmask16,
+        k1: __mmask16,
+    ) {
+        let resid = t.fin && !t.resid.is_null();
+        for (i, r) in acc.iter().enumerate() {
+            // SAFETY: rows `< M` of `c` (and of the residual, which has the
+            // tile's shape and stride) hold the `ncols` lanes the masks keep.
+            unsafe {
+                let c = t.c.add(i * t.ldc);
+                let (mut v0, mut v1) = (r[0], r[1]);
+                if resid {
+                    let p = t.resid.add(i * t.ldc);
+                    v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(k0, p));
+                    v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(k1, p.add(16)));
+                }
+                _mm512_mask_storeu_ps(c, k0, v0);
+                _mm512_mask_storeu_ps(c.add(16), k1, v1);
+            }
+        }
     }
 
     macro_rules! dispatch_m {
@@ -1195,11 +1285,7 @@ mod x86 {
                 a = a.add(1);
                 b = b.add(NR);
             }
-            for (i, r) in acc.iter().enumerate() {
-                let c = t.c.add(i * t.ldc);
-                _mm512_mask_storeu_ps(c, k0, r[0]);
-                _mm512_mask_storeu_ps(c.add(16), k1, r[1]);
-            }
+            store_f32(t, &acc, k0, k1);
         }
     }
     dispatch_m!(kern_bf16dp, bf16dp, "avx512f and avx512bf16.", 1 2 3 4 5 6 7 8 9 10 11 12);
@@ -1251,11 +1337,7 @@ mod x86 {
                 a = a.add(2);
                 b = b.add(NR);
             }
-            for (i, r) in acc.iter().enumerate() {
-                let c = t.c.add(i * t.ldc);
-                _mm512_mask_storeu_ps(c, k0, r[0]);
-                _mm512_mask_storeu_ps(c.add(16), k1, r[1]);
-            }
+            store_f32(t, &acc, k0, k1);
         }
     }
     dispatch_m!(kern_bf16fma, bf16fma, "avx512f.", 1 2 3 4 5 6 7 8);
@@ -1309,14 +1391,14 @@ mod x86 {
                         _mm512_maskz_loadu_ps(k1, t.bias.add(16)),
                     )
                 };
-                for (i, r) in acc.iter().enumerate() {
+                let mut out = [[_mm512_setzero_ps(); 2]; M];
+                for ((o, r), i) in out.iter_mut().zip(&acc).zip(0..) {
                     let xs = _mm512_set1_ps(*t.xscale.add(i));
-                    let c = t.c.add(i * t.ldc);
                     let v0 = _mm512_mul_ps(_mm512_cvtepi32_ps(r[0]), _mm512_mul_ps(xs, s0));
                     let v1 = _mm512_mul_ps(_mm512_cvtepi32_ps(r[1]), _mm512_mul_ps(xs, s1));
-                    _mm512_mask_storeu_ps(c, k0, _mm512_add_ps(v0, bi0));
-                    _mm512_mask_storeu_ps(c.add(16), k1, _mm512_add_ps(v1, bi1));
+                    *o = [_mm512_add_ps(v0, bi0), _mm512_add_ps(v1, bi1)];
                 }
+                store_f32(t, &out, k0, k1);
             } else {
                 for (i, r) in acc.iter().enumerate() {
                     let c = t.c.add(i * t.ldc).cast::<i32>();
@@ -1425,7 +1507,7 @@ fn check_common(
     in_dim: usize,
     out_dim: usize,
     bias: &[f32],
-    dst: &[f32],
+    dst_len: usize,
 ) -> Result<(), String> {
     if x.len() != checked_dims(rows, in_dim, "x")? {
         return Err(format!(
@@ -1433,10 +1515,9 @@ fn check_common(
             x.len()
         ));
     }
-    if dst.len() != checked_dims(rows, out_dim, "dst")? {
+    if dst_len != checked_dims(rows, out_dim, "dst")? {
         return Err(format!(
-            "dst has {} values, expected {rows} x {out_dim}",
-            dst.len()
+            "dst has {dst_len} values, expected {rows} x {out_dim}"
         ));
     }
     if !bias.is_empty() && bias.len() != out_dim {
@@ -1446,6 +1527,41 @@ fn check_common(
         ));
     }
     Ok(())
+}
+
+fn check_residual(residual: Option<&[f32]>, dst_len: usize) -> Result<(), String> {
+    match residual {
+        Some(r) if r.len() != dst_len => Err(format!(
+            "residual has {} values, expected {dst_len} (the output's)",
+            r.len()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `&mut [f32]` as the kernels' output type.
+fn as_uninit(dst: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the kernels
+    // only ever store initialised f32 values through the result, so `dst`
+    // stays initialised.
+    unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast(), dst.len()) }
+}
+
+/// A new `rows × out_dim` output filled by `run` (which must write every
+/// element, as [`run_tiles`] does), without zeroing it first.
+fn new_output(
+    rows: usize,
+    out_dim: usize,
+    run: impl FnOnce(&mut [MaybeUninit<f32>]) -> Result<(), String>,
+) -> Result<Vec<f32>, String> {
+    let len = checked_dims(rows, out_dim, "dst")?;
+    let mut v = Vec::<f32>::with_capacity(len);
+    run(&mut v.spare_capacity_mut()[..len])?;
+    // SAFETY: `run` returned Ok, so every one of the first `len` elements
+    // was written (the entry points store all of `rows × out_dim`, see
+    // `run_tiles`), and `len <= capacity`.
+    unsafe { v.set_len(len) };
+    Ok(v)
 }
 
 /// `dst[rows][out] = x[rows][in] · W + bias` with bf16 inputs, f32 accumulation.
@@ -1463,7 +1579,51 @@ pub fn linear_bf16(
     kernel: Bf16Kernel,
     threads: usize,
 ) -> Result<(), String> {
-    check_common(x, rows, w.in_dim, w.out_dim, bias, dst)?;
+    let fused = Fused::default();
+    bf16_into(x, rows, fused, w, bias, as_uninit(dst), kernel, threads)
+}
+
+/// What a linear layer computes around its product, in the kernels' passes:
+/// `act(x)·W + b + residual`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fused<'a> {
+    /// Applied (in f32) to each input row before it is rounded or quantised.
+    pub act: Option<Activation>,
+    /// `rows × out_dim` values added to the result (after the bias): a
+    /// transformer block's skip connection.
+    pub residual: Option<&'a [f32]>,
+}
+
+/// [`linear_bf16`] of `act(x)` plus the residual (see [`Fused`]), into a
+/// new `rows × out_dim` vector. The result equals the unfused steps' bit for
+/// bit: the activation is the f32 one, and the residual is added last.
+pub fn linear_bf16_fused(
+    x: &[f32],
+    rows: usize,
+    w: &PackedBf16,
+    bias: &[f32],
+    fused: Fused,
+    kernel: Bf16Kernel,
+    threads: usize,
+) -> Result<Vec<f32>, String> {
+    new_output(rows, w.out_dim, |dst| {
+        bf16_into(x, rows, fused, w, bias, dst, kernel, threads)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bf16_into(
+    x: &[f32],
+    rows: usize,
+    fused: Fused,
+    w: &PackedBf16,
+    bias: &[f32],
+    dst: &mut [MaybeUninit<f32>],
+    kernel: Bf16Kernel,
+    threads: usize,
+) -> Result<(), String> {
+    check_common(x, rows, w.in_dim, w.out_dim, bias, dst.len())?;
+    check_residual(fused.residual, dst.len())?;
     if !kernel.is_available() {
         return Err(format!("{} is not supported by this CPU", kernel.name()));
     }
@@ -1489,7 +1649,7 @@ pub fn linear_bf16(
     };
     let lda = ksteps * astep;
     with_scratch(rows * lda, |a| {
-        pack_a_bf16(x, w.in_dim, lda, fmt, a, threads);
+        pack_a_bf16(x, w.in_dim, fused.act, lda, fmt, a, threads);
         let g = Gemm {
             rows,
             out: w.out_dim,
@@ -1503,6 +1663,7 @@ pub fn linear_bf16(
             corr: None,
             wscale: None,
             xscale: None,
+            residual: fused.residual,
             kern,
         };
         run_tiles(&g, dst, threads);
@@ -1525,7 +1686,39 @@ pub fn linear_int8(
     kernel: Int8Kernel,
     threads: usize,
 ) -> Result<(), String> {
-    check_common(x, rows, w.in_dim, w.out_dim, bias, dst)?;
+    let fused = Fused::default();
+    int8_into(x, rows, fused, w, bias, as_uninit(dst), kernel, threads)
+}
+
+/// [`linear_int8`] of `act(x)` plus the residual (see [`Fused`]), into a
+/// new `rows × out_dim` vector, equal to the unfused steps' bit for bit.
+pub fn linear_int8_fused(
+    x: &[f32],
+    rows: usize,
+    w: &PackedInt8,
+    bias: &[f32],
+    fused: Fused,
+    kernel: Int8Kernel,
+    threads: usize,
+) -> Result<Vec<f32>, String> {
+    new_output(rows, w.out_dim, |dst| {
+        int8_into(x, rows, fused, w, bias, dst, kernel, threads)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn int8_into(
+    x: &[f32],
+    rows: usize,
+    fused: Fused,
+    w: &PackedInt8,
+    bias: &[f32],
+    dst: &mut [MaybeUninit<f32>],
+    kernel: Int8Kernel,
+    threads: usize,
+) -> Result<(), String> {
+    check_common(x, rows, w.in_dim, w.out_dim, bias, dst.len())?;
+    check_residual(fused.residual, dst.len())?;
     if !kernel.is_available() {
         return Err(format!("{} is not supported by this CPU", kernel.name()));
     }
@@ -1543,7 +1736,7 @@ pub fn linear_int8(
     let ksteps = w.in_dim.div_ceil(4);
     let mut sx = vec![0f32; rows];
     with_scratch(rows * ksteps, |a| {
-        pack_a_int8(x, w.in_dim, ksteps, a, &mut sx, threads);
+        pack_a_int8(x, w.in_dim, fused.act, ksteps, a, &mut sx, threads);
         let g = Gemm {
             rows,
             out: w.out_dim,
@@ -1557,6 +1750,7 @@ pub fn linear_int8(
             corr: Some(w.corr()),
             wscale: Some(w.scales()),
             xscale: Some(&sx),
+            residual: fused.residual,
             kern,
         };
         run_tiles(&g, dst, threads);
@@ -1722,6 +1916,69 @@ mod tests {
             // rows == 0 is fine
             linear_bf16(&[], 0, &p, &b, &mut [], kernel, 2).unwrap();
         }
+    }
+
+    #[test]
+    fn fused_steps_equal_the_unfused_ones() {
+        // The activation fused into the input conversion and the residual added by the kernel
+        // must give the very bits of an activated copy run through the plain entry points and
+        // a separate sum, for every kernel (K = 9000 also runs several K blocks).
+        use crate::model::kernels::act_row;
+        let mut rng = Rng(17);
+        for &(rows, k, n) in &[(1, 7, 5), (13, 100, 33), (37, 768, 70), (14, 9000, 40)] {
+            let x = rng.vec(rows * k, 3.0);
+            let w = rng.vec(k * n, 0.3);
+            let b = rng.vec(n, 1.0);
+            let res = rng.vec(rows * n, 10.0);
+            let (pb, pi) = (pack_bf16(&w, k, n).unwrap(), pack_int8(&w, k, n).unwrap());
+            for act in [None, Some(Activation::QuickGelu), Some(Activation::Gelu)] {
+                let mut xa = x.clone();
+                if let Some(act) = act {
+                    for (d, s) in xa.chunks_exact_mut(k).zip(x.chunks_exact(k)) {
+                        act_row(s, d, act);
+                    }
+                }
+                for residual in [None, Some(&res[..])] {
+                    let fused = Fused { act, residual };
+                    let add = |y: &mut Vec<f32>| {
+                        if let Some(r) = residual {
+                            for (y, r) in y.iter_mut().zip(r) {
+                                *y += r;
+                            }
+                        }
+                    };
+                    for kernel in Bf16Kernel::available() {
+                        for threads in [1, 2] {
+                            let mut want = vec![0f32; rows * n];
+                            linear_bf16(&xa, rows, &pb, &b, &mut want, kernel, threads).unwrap();
+                            add(&mut want);
+                            let got = linear_bf16_fused(&x, rows, &pb, &b, fused, kernel, threads)
+                                .unwrap();
+                            assert_eq!(got, want, "{kernel:?} {fused:?} {rows}x{k}x{n}");
+                        }
+                    }
+                    for kernel in Int8Kernel::available() {
+                        for threads in [1, 2] {
+                            let mut want = vec![0f32; rows * n];
+                            linear_int8(&xa, rows, &pi, &b, &mut want, kernel, threads).unwrap();
+                            add(&mut want);
+                            let got = linear_int8_fused(&x, rows, &pi, &b, fused, kernel, threads)
+                                .unwrap();
+                            assert_eq!(got, want, "{kernel:?} {fused:?} {rows}x{k}x{n}");
+                        }
+                    }
+                }
+            }
+        }
+        let p = pack_bf16(&[1.0], 1, 1).unwrap();
+        let none = Fused::default();
+        let fused = linear_bf16_fused(&[], 0, &p, &[], none, Bf16Kernel::Portable, 1).unwrap();
+        assert!(fused.is_empty());
+        let short = Fused {
+            act: None,
+            residual: Some(&[1.0]),
+        };
+        assert!(linear_bf16_fused(&[1.0; 2], 2, &p, &[], short, Bf16Kernel::Portable, 1).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
 
 use super::kernels::{contiguous_f32, Activation, LinearInput, RowBlocks};
 use super::lowp::{self, Bf16Kernel, Int8Kernel, PackedBf16, PackedInt8};
@@ -122,10 +122,51 @@ fn int8_kernel(kernels: KernelChoice) -> Int8Kernel {
     }
 }
 
-/// `act(x)·W + b` over packed weights.
+/// `act(x)·W + b` over packed weights (a [`CustomOp2`] of `x` and `b`), or `act(x)·W + b + r`
+/// with a residual `r` of the output's shape (a [`CustomOp3`] of `x`, `b` and `r`): the
+/// kernels apply the activation as they convert their input and add the residual as they store
+/// their output, so neither an activated copy of `x` nor a separate sum is made.
 pub(crate) struct PackedLinearOp {
     pub weight: Arc<PackedWeight>,
     pub input_activation: Option<Activation>,
+}
+
+impl PackedLinearOp {
+    fn run(
+        &self,
+        (xs, xl): (&CpuStorage, &Layout),
+        (bs, bl): (&CpuStorage, &Layout),
+        residual: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let b = contiguous_f32(bs, bl, "linear bias")?;
+        let (in_dim, out_dim) = self.weight.dims();
+        let LinearInput { x, rows, shape } = LinearInput::new(
+            contiguous_f32(xs, xl, "linear input")?,
+            xl.shape(),
+            (in_dim, out_dim),
+            (b, bl.shape()),
+            None,
+        )?;
+        let residual = match residual {
+            Some((rs, rl)) if rl.shape() == &shape => Some(contiguous_f32(rs, rl, "residual")?),
+            Some((_, rl)) => candle_core::bail!(
+                "linear: residual {:?} does not match the output {shape:?}",
+                rl.shape()
+            ),
+            None => None,
+        };
+        let fused = lowp::Fused {
+            act: self.input_activation,
+            residual,
+        };
+        let threads = candle_core::utils::get_num_threads();
+        let dst = match &*self.weight {
+            PackedWeight::Bf16(w, k) => lowp::linear_bf16_fused(&x, rows, w, b, fused, *k, threads),
+            PackedWeight::Int8(w, k) => lowp::linear_int8_fused(&x, rows, w, b, fused, *k, threads),
+        }
+        .map_err(|e| candle_core::Error::Msg(format!("packed linear: {e}")))?;
+        Ok((CpuStorage::F32(dst), shape))
+    }
 }
 
 impl CustomOp2 for PackedLinearOp {
@@ -140,22 +181,24 @@ impl CustomOp2 for PackedLinearOp {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let b = contiguous_f32(bs, bl, "linear bias")?;
-        let (in_dim, out_dim) = self.weight.dims();
-        let LinearInput { x, rows, shape } = LinearInput::new(
-            contiguous_f32(xs, xl, "linear input")?,
-            xl.shape(),
-            (in_dim, out_dim),
-            (b, bl.shape()),
-            self.input_activation,
-        )?;
-        let mut dst = vec![0f32; rows * out_dim];
-        let threads = candle_core::utils::get_num_threads();
-        let done = match &*self.weight {
-            PackedWeight::Bf16(w, k) => lowp::linear_bf16(&x, rows, w, b, &mut dst, *k, threads),
-            PackedWeight::Int8(w, k) => lowp::linear_int8(&x, rows, w, b, &mut dst, *k, threads),
-        };
-        done.map_err(|e| candle_core::Error::Msg(format!("packed linear: {e}")))?;
-        Ok((CpuStorage::F32(dst), shape))
+        self.run((xs, xl), (bs, bl), None)
+    }
+}
+
+impl CustomOp3 for PackedLinearOp {
+    fn name(&self) -> &'static str {
+        "gclip-packed-linear-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((xs, xl), (bs, bl), Some((rs, rl)))
     }
 }

@@ -3,6 +3,7 @@
 use candle_core::{Result, Tensor, D};
 
 use super::config::VisionConfig;
+use super::kernels::{fusable, out_in_matmul_fits, OutInMatmulOp};
 use super::layers::{LayerNorm, StackShape, Transformer};
 use super::weights::Weights;
 use super::ModelError;
@@ -73,7 +74,17 @@ impl VisionTower {
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((batch, g * g, 3 * p * p))?;
-        let tokens = patches.broadcast_matmul(&self.patch_embed.t()?)?;
+        // For one image the weight read in place beats a gemm that repacks all of it per call.
+        let tokens = if !self.patch_embed.track_op()
+            && fusable(&patches)
+            && fusable(&self.patch_embed)
+            && self.patch_embed.is_contiguous()
+            && out_in_matmul_fits(batch * g * g)
+        {
+            patches.apply_op2_no_bwd(&self.patch_embed, &OutInMatmulOp)?
+        } else {
+            patches.broadcast_matmul(&self.patch_embed.t()?)?
+        };
         let class = self
             .class_embedding
             .reshape((1, 1, c.width))?
