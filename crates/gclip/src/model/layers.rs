@@ -238,16 +238,17 @@ impl Linear {
         self.forward_activated(x, Some(act))
     }
 
-    /// `residual + self.forward_activated(x, act)`; packed layers add the residual inside their
-    /// kernel (the same sum, one pass fewer).
+    /// `residual + self.forward_activated(&x, act)`; packed layers add the residual inside their
+    /// kernel (the same sum, one pass fewer). `x` is taken so that it is freed before the sum is
+    /// allocated, which can then reuse its memory instead of faulting in fresh pages.
     fn forward_residual(
         &self,
-        x: &Tensor,
+        x: Tensor,
         act: Option<Activation>,
         residual: &Tensor,
     ) -> Result<Tensor> {
         match &self.weight {
-            LinearWeight::Packed(w) if fusable(x) && fusable(residual) => {
+            LinearWeight::Packed(w) if fusable(&x) && fusable(residual) => {
                 x.contiguous()?.apply_op3(
                     &self.bias,
                     &residual.contiguous()?,
@@ -257,7 +258,11 @@ impl Linear {
                     },
                 )
             }
-            _ => residual + self.forward_activated(x, act)?,
+            _ => {
+                let y = self.forward_activated(&x, act)?;
+                drop(x);
+                residual + y
+            }
         }
     }
 
@@ -318,7 +323,7 @@ impl Attention {
     /// where it can.
     fn forward_residual(&self, x: &Tensor, causal: bool, residual: &Tensor) -> Result<Tensor> {
         self.out
-            .forward_residual(&self.mix(x, causal)?, None, residual)
+            .forward_residual(self.mix(x, causal)?, None, residual)
     }
 
     /// The heads' attention-weighted values, before the output projection.
@@ -427,12 +432,19 @@ impl ResidualBlock {
 
     /// `[batch, tokens, width]` → `[batch, tokens, width]`
     pub fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
+        if !matches!(self.fc2.weight, LinearWeight::Packed(_)) {
+            // The f32 layers keep the plain sums: routed through `forward_residual`, image batch
+            // 32 in fp32 measured 5-10 % slower (more fresh pages faulted in per block).
+            let x = (x + self.attn.forward(&self.ln_1.forward(x)?, causal)?)?;
+            let pre_activation = self.fc1.forward(&self.ln_2.forward(&x)?)?;
+            return x + self.fc2.forward_after(&pre_activation, self.activation)?;
+        }
         let x = self
             .attn
             .forward_residual(&self.ln_1.forward(x)?, causal, x)?;
         let pre_activation = self.fc1.forward(&self.ln_2.forward(&x)?)?;
         self.fc2
-            .forward_residual(&pre_activation, Some(self.activation), &x)
+            .forward_residual(pre_activation, Some(self.activation), &x)
     }
 }
 
