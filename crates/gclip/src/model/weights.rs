@@ -95,6 +95,26 @@ impl MappedSafetensors {
         safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), bytes).ok()
     }
 
+    /// Tensor `name` used in place as a 2-D f32 matrix, when it is stored as one: little-endian
+    /// f32, two dimensions, 4-byte aligned in the mapping.
+    fn f32_matrix(&self, name: &str) -> Option<MappedF32> {
+        let t = self.tensors.get(name)?;
+        let map = &self.files[t.file];
+        let [rows, cols] = t.shape[..] else {
+            return None;
+        };
+        let fits = t.dtype == safetensors::Dtype::F32
+            && t.bytes.end <= map.len()
+            && (map.as_ptr() as usize + t.bytes.start).is_multiple_of(4)
+            && cfg!(target_endian = "little");
+        fits.then(|| MappedF32 {
+            map: map.clone(),
+            bytes: t.bytes.clone(),
+            rows,
+            cols,
+        })
+    }
+
     /// Drops the pages of tensor `name` from this process (they stay in the page cache and
     /// come back on the next access): what has been copied or converted out of the mapping
     /// need not count in the process's memory.
@@ -503,47 +523,15 @@ impl Weights {
         name: &str,
         [rows, cols]: [usize; 2],
     ) -> Result<Option<MappedF32>, ModelError> {
-        let (Store::SafeTensors(st), DType::F32) = (&self.store, self.dtype) else {
+        let Some(blocks) = self.mapped_row_blocks(name, [rows, cols])? else {
             return Ok(None);
         };
-        let SourceSpec::Single {
-            name: src,
-            transpose: false,
-        } = self.source_of(name)
-        else {
+        // A table stored as one tensor (a fused q/k/v would be several).
+        let Ok([(file_name, table)]) = <[_; 1]>::try_from(blocks) else {
             return Ok(None);
         };
-        let Some((file_name, t)) = self
-            .names
-            .get(&src)
-            .and_then(|f| Some((f, st.tensors.get(f)?)))
-        else {
-            return Ok(None);
-        };
-        let map = &st.files[t.file];
-        let fits = t.dtype == safetensors::Dtype::F32
-            && t.shape == [rows, cols]
-            && t.bytes.end <= map.len()
-            && (map.as_ptr() as usize + t.bytes.start).is_multiple_of(4)
-            && cfg!(target_endian = "little");
-        if !fits {
-            return Ok(None);
-        }
-        let table = MappedF32 {
-            map: map.clone(),
-            bytes: t.bytes.clone(),
-            rows,
-            cols,
-        };
-        let values = table.values();
-        self.refuse_non_finite(
-            file_name,
-            super::kernels::count_non_finite_f32(values),
-            values.len(),
-        )?;
         // Checked: only the rows looked up later need to come back.
-        st.release(file_name);
-        self.used.borrow_mut().insert(src);
+        self.release(file_name);
         Ok(Some(table))
     }
 
@@ -655,21 +643,15 @@ impl Weights {
         shape: [usize; 2],
         f: impl FnOnce(&RowBlocks) -> Result<R, ModelError>,
     ) -> Result<R, ModelError> {
-        if let Some(blocks) = self.mapped_row_blocks(name, shape) {
-            for (file_name, values) in &blocks {
-                let count = super::kernels::count_non_finite_f32(values);
-                self.refuse_non_finite(file_name, count, values.len())?;
-            }
+        if let Some(blocks) = self.mapped_row_blocks(name, shape)? {
             let result = f(&RowBlocks::new(
-                blocks.iter().map(|(_, values)| *values).collect(),
+                blocks.iter().map(|(_, piece)| piece.values()).collect(),
                 shape[1],
             )?);
-            if let Store::SafeTensors(st) = &self.store {
-                // Read into its final form: the pages need not stay in this process.
-                blocks
-                    .iter()
-                    .for_each(|(file_name, _)| st.release(file_name));
-            }
+            // Read into its final form: the pages need not stay in this process.
+            blocks
+                .iter()
+                .for_each(|(file_name, _)| self.release(file_name));
             return result;
         }
         let t = self
@@ -680,50 +662,55 @@ impl Weights {
         f(&RowBlocks::whole(&values, shape[0], shape[1]))
     }
 
-    /// The stored pieces of `name` as f32 slices of the mapped file, with their names in the
-    /// file, when every piece is an f32 tensor `[rows_i, shape[1]]` whose rows add up to
-    /// `shape[0]` (marked used); `None` when any is not (then [`Weights::get`] reads it).
-    fn mapped_row_blocks(&self, name: &str, shape: [usize; 2]) -> Option<Vec<(&str, &[f32])>> {
+    /// The stored pieces of `name` used in place in the mapped file, with their names in the
+    /// file, when every piece is an f32 matrix `[rows_i, shape[1]]` whose rows add up to
+    /// `shape[0]` (checked finite, marked used); `None` when any is not (then
+    /// [`Weights::get`] reads it).
+    fn mapped_row_blocks(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+    ) -> Result<Option<Vec<(&str, MappedF32)>>, ModelError> {
         let (Store::SafeTensors(st), DType::F32) = (&self.store, self.dtype) else {
-            return None;
+            return Ok(None);
         };
-        if !cfg!(target_endian = "little") {
-            return None;
-        }
         let sources = match self.source_of(name) {
             SourceSpec::Single {
                 name,
                 transpose: false,
             } => vec![name],
-            SourceSpec::Single { .. } => return None,
+            SourceSpec::Single { .. } => return Ok(None),
             SourceSpec::Concat(parts) => parts,
         };
         let mut blocks = Vec::with_capacity(sources.len());
         let mut rows = 0;
         for src in &sources {
-            let file_name = self.names.get(src)?;
-            let view = st.view(file_name)?;
-            let [piece_rows, cols] = view.shape() else {
-                return None;
+            let Some((file_name, piece)) = self.names.get(src).and_then(|f| {
+                let piece = st.f32_matrix(f).filter(|p| p.dims().1 == shape[1])?;
+                Some((f.as_str(), piece))
+            }) else {
+                return Ok(None);
             };
-            // SAFETY: f32 has no invalid bit patterns, and `align_to` only yields the part of
-            // the mapped bytes that is aligned for f32.
-            let (head, values, tail) = unsafe { view.data().align_to::<f32>() };
-            if view.dtype() != safetensors::Dtype::F32
-                || *cols != shape[1]
-                || !head.is_empty()
-                || !tail.is_empty()
-            {
-                return None;
-            }
-            rows += piece_rows;
-            blocks.push((file_name.as_str(), values));
+            rows += piece.dims().0;
+            blocks.push((file_name, piece));
         }
         if rows != shape[0] {
-            return None;
+            return Ok(None);
+        }
+        for (file_name, piece) in &blocks {
+            let values = piece.values();
+            let count = super::kernels::count_non_finite_f32(values);
+            self.refuse_non_finite(file_name, count, values.len())?;
         }
         self.used.borrow_mut().extend(sources);
-        Some(blocks)
+        Ok(Some(blocks))
+    }
+
+    /// Releases the pages of stored tensor `file_name` (see [`MappedSafetensors::release`]).
+    fn release(&self, file_name: &str) {
+        if let Store::SafeTensors(st) = &self.store {
+            st.release(file_name);
+        }
     }
 
     fn describe_source(&self, name: &str) -> String {
