@@ -680,7 +680,7 @@ impl ClipTokenizer {
         let merges_txt = dir.join("merges.txt");
         let mut added: Vec<AddedToken> = Vec::new();
         let (vocab, merges, end_of_word, source) = if tokenizer_json.is_file() {
-            let json: TokenizerJson = read_json_as(&tokenizer_json)?;
+            let json: TokenizerJson = read_json(&tokenizer_json)?;
             let (vocab, merges, eow) = parse_tokenizer_json(json.model, &tokenizer_json)?;
             if let Some(list) = json.added_tokens.as_ref().and_then(Value::as_array) {
                 for entry in list {
@@ -691,7 +691,7 @@ impl ClipTokenizer {
             }
             (vocab, merges, eow, tokenizer_json)
         } else if vocab_json.is_file() && merges_txt.is_file() {
-            let vocab = read_json_as::<VocabJson>(&vocab_json)?.into_vocab(&vocab_json)?;
+            let vocab = read_json::<VocabJson>(&vocab_json)?.into_vocab(&vocab_json)?;
             let text =
                 std::fs::read_to_string(&merges_txt).map_err(|source| TokenizerError::Io {
                     path: merges_txt.clone(),
@@ -712,13 +712,13 @@ impl ClipTokenizer {
 
         let config_path = dir.join("tokenizer_config.json");
         let config = if config_path.is_file() {
-            Some(read_json(&config_path)?)
+            Some(read_json::<Value>(&config_path)?)
         } else {
             None
         };
         let map_path = dir.join("special_tokens_map.json");
         let special_map = if map_path.is_file() {
-            Some(read_json(&map_path)?)
+            Some(read_json::<Value>(&map_path)?)
         } else {
             None
         };
@@ -1096,10 +1096,6 @@ impl ClipTokenizer {
 // ---------------------------------------------------------------------------------------------
 // Hugging Face files
 
-fn read_json(path: &Path) -> Result<Value, TokenizerError> {
-    read_json_as(path)
-}
-
 /// A vocabulary object (token → id) read straight into the tokenizer's map: the first problem
 /// is kept as a message (the rest of the file is still read). A 49,408-entry vocabulary parsed
 /// into a `serde_json::Value` first builds an ordered map of owned strings, then copies every
@@ -1202,7 +1198,7 @@ struct TokenizerJsonModel {
 }
 
 /// Reads a JSON file into `T`.
-fn read_json_as<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TokenizerError> {
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TokenizerError> {
     let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
         path: path.to_owned(),
         source,
