@@ -1427,6 +1427,24 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + rest
 }
 
+/// Deterministic pseudo-random values in [-1, 1) of `shape`, for tests (no RNG dependency).
+#[cfg(test)]
+pub(crate) fn test_tensor(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1470,16 +1488,8 @@ mod tests {
         }
         let mut seed = 5u64;
         let mut rand = |shape: &[usize]| {
-            let n: usize = shape.iter().product();
-            let v: Vec<f32> = (0..n)
-                .map(|_| {
-                    seed = seed
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-                })
-                .collect();
-            Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()
+            seed += 1;
+            test_tensor(shape, seed)
         };
         for &(batch, rows, n, k) in &[
             (1, 1, 1, 1),

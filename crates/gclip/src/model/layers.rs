@@ -521,24 +521,9 @@ impl Transformer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device, Var};
+    use candle_core::{DType, Var};
 
-    fn rand(shape: &[usize], seed: u64) -> Tensor {
-        // Deterministic pseudo-random values in [-1, 1) without a RNG dependency.
-        let n: usize = shape.iter().product();
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
+    use crate::model::kernels::test_tensor as rand;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
