@@ -16,7 +16,7 @@ fi
 gclip="${GCLIP:-${CARGO_TARGET_DIR:-$root/target}/release/gclip}"
 out="$(mktemp -d)"
 lscpu | grep -E '^(Model name|CPU family|Model):' | sed 's/  */ /g'
-grep -o -w -E 'avx512f|avx512_bf16|avx512_vnni|amx_bf16|amx_int8' /proc/cpuinfo | sort -u | tr '\n' ' '; echo
+grep -o -w -E 'avx2|fma|avx512f|avx512_bf16|avx512_vnni|amx_bf16|amx_int8' /proc/cpuinfo | sort -u | tr '\n' ' '; echo
 for r in $(seq "$rounds"); do
   "$gclip" bench --arch "$arch" --batch 1,32 --tokens 16,77 --seconds "$secs" \
     --precision fp32,bf16,int8 --json >> "$out/gclip.jsonl"

@@ -37,8 +37,8 @@ pub struct BenchArgs {
     /// Precisions to time, comma-separated (fp32, bf16, int8).
     #[arg(long, value_delimiter = ',', default_value = "fp32")]
     precision: Vec<Precision>,
-    /// Run bf16/int8 on the portable kernels that every CPU has, as a CPU without AVX-512
-    /// BF16/VNNI would (the default is the fastest this CPU runs).
+    /// Run bf16/int8 on the portable kernels that every CPU has, as a CPU without AVX2 or
+    /// AVX-512 would (the default is the fastest this CPU runs).
     #[arg(long)]
     portable_kernels: bool,
 }

@@ -190,7 +190,7 @@ impl ModelSource {
         };
         if portable && kernels == KernelChoice::Fastest {
             tracing::warn!(
-                "this CPU lacks the AVX-512 instructions of {precision}: it runs on portable \
+                "this CPU lacks the AVX2/AVX-512 instructions of {precision}: it runs on portable \
                  kernels, several times slower than fp32 here (use --precision fp32)"
             );
         }

@@ -56,6 +56,8 @@ pub const MAX_INT8_IN_DIM: usize = 131_072;
 pub enum Bf16Kernel {
     /// Plain Rust, any CPU.
     Portable,
+    /// AVX2 + FMA (Zen 2/3, Intel Haswell to Comet Lake): bf16 widened to f32, f32 FMA.
+    Avx2,
     /// AVX-512F: bf16 widened to f32, f32 FMA.
     Avx512,
     /// AVX-512 BF16: `vdpbf16ps`.
@@ -67,10 +69,19 @@ pub enum Bf16Kernel {
 pub enum Int8Kernel {
     /// Plain Rust, any CPU (i32 accumulation).
     Portable,
+    /// AVX2: `vpmaddubsw` on |a| and the weights carrying a's sign, which cannot saturate
+    /// (|a|, |w| <= 127), then `vpmaddwd` to i32; exact like the others.
+    Avx2,
     /// AVX-512 VNNI: `vpdpbusd`.
     Avx512Vnni,
 }
 
+#[cfg(target_arch = "x86_64")]
+use super::kernels::has_avx2_fma;
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx2_fma() -> bool {
+    false
+}
 #[cfg(target_arch = "x86_64")]
 fn has_avx512() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
@@ -104,6 +115,7 @@ impl Bf16Kernel {
     pub fn is_available(self) -> bool {
         match self {
             Bf16Kernel::Portable => true,
+            Bf16Kernel::Avx2 => has_avx2_fma(),
             Bf16Kernel::Avx512 => has_avx512(),
             Bf16Kernel::Avx512Bf16 => has_avx512bf16(),
         }
@@ -112,6 +124,7 @@ impl Bf16Kernel {
     pub fn available() -> Vec<Bf16Kernel> {
         [
             Bf16Kernel::Portable,
+            Bf16Kernel::Avx2,
             Bf16Kernel::Avx512,
             Bf16Kernel::Avx512Bf16,
         ]
@@ -127,6 +140,7 @@ impl Bf16Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Bf16Kernel::Portable => "bf16-portable",
+            Bf16Kernel::Avx2 => "bf16-avx2",
             Bf16Kernel::Avx512 => "bf16-avx512",
             Bf16Kernel::Avx512Bf16 => "bf16-avx512bf16",
         }
@@ -138,15 +152,20 @@ impl Int8Kernel {
     pub fn is_available(self) -> bool {
         match self {
             Int8Kernel::Portable => true,
+            Int8Kernel::Avx2 => has_avx2_fma(),
             Int8Kernel::Avx512Vnni => has_avx512vnni(),
         }
     }
     /// The variants this CPU can run, slowest first.
     pub fn available() -> Vec<Int8Kernel> {
-        [Int8Kernel::Portable, Int8Kernel::Avx512Vnni]
-            .into_iter()
-            .filter(|k| k.is_available())
-            .collect()
+        [
+            Int8Kernel::Portable,
+            Int8Kernel::Avx2,
+            Int8Kernel::Avx512Vnni,
+        ]
+        .into_iter()
+        .filter(|k| k.is_available())
+        .collect()
     }
     /// The fastest variant this CPU can run.
     pub fn best() -> Int8Kernel {
@@ -156,6 +175,7 @@ impl Int8Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Int8Kernel::Portable => "int8-portable",
+            Int8Kernel::Avx2 => "int8-avx2",
             Int8Kernel::Avx512Vnni => "int8-avx512vnni",
         }
     }
@@ -263,6 +283,15 @@ fn pack_row_u8(xr: &[f32], out: &mut [u8]) -> f32 {
     }
     tail.fill(128);
     scale
+}
+
+/// u8 codes `q + 128` to the i8 codes `q` in place (also padding 128 to 0): flipping the top
+/// bit subtracts 128 modulo 256.
+#[inline(always)]
+fn flip_code_offset(bytes: &mut [u8]) {
+    for b in bytes {
+        *b ^= 0x80;
+    }
 }
 
 /// One activation row as bf16-rounded f32 bit patterns, zero padded.
@@ -822,7 +851,7 @@ fn pack_a_bf16(
     threads: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    let avx512 = has_avx512();
+    let (avx512, avx2) = (has_avx512(), has_avx2_fma());
     let tmp_len = if act.is_some() { in_dim } else { 0 };
     for_rows(out, lda, threads, tmp_len, |r, row, tmp| {
         let xr = input_row(x, r, in_dim, act, tmp);
@@ -838,24 +867,33 @@ fn pack_a_bf16(
                 // SAFETY: avx512f was detected just above.
                 unsafe { x86::pack_row_f32pair_avx512(xr, row) }
             }
+            #[cfg(target_arch = "x86_64")]
+            AFormat::F32Pair if avx2 => {
+                // SAFETY: avx2 and fma were detected just above.
+                unsafe { x86::pack_row_f32pair_avx2(xr, row) }
+            }
             _ => pack_row_f32pair(xr, row),
         }
     });
 }
 
-/// Quantises `act(x)` rows into u8 rows (`lda` words each), scales into `sx`.
+/// Quantises `act(x)` rows into `lda` words each, scales into `sx`: u8 codes (`q + 128`, what
+/// `vpdpbusd` multiplies), or with `signed` the codes `q` themselves as i8 (the AVX2 kernel's).
 #[allow(clippy::too_many_arguments)]
 fn pack_a_int8(
     x: &[f32],
     in_dim: usize,
     act: Option<Activation>,
     lda: usize,
+    signed: bool,
     out: &mut [u32],
     sx: &mut [f32],
     threads: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
     let avx512 = std::arch::is_x86_feature_detected!("avx512bw") && has_avx512();
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = has_avx2_fma();
     let rows = sx.len();
     let per = rows.div_ceil(threads.max(1)).max(1);
     let tmp_len = if act.is_some() { in_dim } else { 0 };
@@ -868,9 +906,19 @@ fn pack_a_int8(
             if avx512 {
                 // SAFETY: avx512f and avx512bw were detected above.
                 *s = unsafe { x86::pack_row_u8_avx512(xr, bytes) };
-                continue;
+            } else if avx2 {
+                // SAFETY: avx2 and fma were detected above.
+                *s = unsafe { x86::pack_row_u8_avx2(xr, bytes) };
+            } else {
+                *s = pack_row_u8(xr, bytes);
             }
-            *s = pack_row_u8(xr, bytes);
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                *s = pack_row_u8(xr, bytes);
+            }
+            if signed {
+                flip_code_offset(bytes);
+            }
         }
     };
     if lda == 0 {
@@ -1185,6 +1233,8 @@ mod x86 {
     pub const BF16_MR: usize = 12;
     pub const AVX512_MR: usize = 8;
     pub const VNNI_MR: usize = 12;
+    pub const AVX2_BF16_MR: usize = 6;
+    pub const AVX2_INT8_MR: usize = 4;
 
     /// Lane masks for the two 16-column halves of a tile with `ncols` columns.
     #[inline(always)]
@@ -1410,6 +1460,256 @@ mod x86 {
     }
     dispatch_m!(kern_vnni, vnni, "avx512f and avx512vnni.", 1 2 3 4 5 6 7 8 9 10 11 12);
 
+    // AVX2 has 16 vector registers and no lane masks: the kernels below run a tile's 32
+    // columns as two halves of 16 (two 8-lane vectors), so that the accumulators of MR rows,
+    // the weights and a broadcast fit in registers, and they read or write the columns past a
+    // narrow tile's edge through `vmaskmov` lane masks.
+
+    /// The lane mask of the first `n` (0..=8) of 8 lanes.
+    #[inline(always)]
+    fn lane_mask(n: usize) -> __m256i {
+        // SAFETY: only needs AVX, which every caller's target features include.
+        unsafe {
+            _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(n.min(8) as i32),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            )
+        }
+    }
+
+    /// The 16 columns `col0..col0 + 16` of a tile as two 8-lane halves: how many of each
+    /// half's lanes are inside the tile, and their masks.
+    struct Half16 {
+        n: [usize; 2],
+        mask: [__m256i; 2],
+    }
+
+    #[inline(always)]
+    fn half16(ncols: usize, col0: usize) -> Half16 {
+        let rest = ncols.saturating_sub(col0);
+        let n = [rest.min(8), rest.saturating_sub(8).min(8)];
+        Half16 {
+            n,
+            mask: [lane_mask(n[0]), lane_mask(n[1])],
+        }
+    }
+
+    /// Loads the lanes of `p` that the half holds (zeros elsewhere).
+    ///
+    /// # Safety
+    /// `p` is valid for reading `n` f32; CPU supports AVX.
+    #[inline(always)]
+    unsafe fn load8(p: *const f32, n: usize, mask: __m256i) -> __m256 {
+        // SAFETY: a full load when all 8 lanes are valid, else a masked one that touches
+        // only the first `n` lanes.
+        unsafe {
+            if n == 8 {
+                _mm256_loadu_ps(p)
+            } else {
+                _mm256_maskload_ps(p, mask)
+            }
+        }
+    }
+
+    /// Stores the lanes of `v` that the half holds.
+    ///
+    /// # Safety
+    /// `p` is valid for writing `n` f32; CPU supports AVX.
+    #[inline(always)]
+    unsafe fn store8(p: *mut f32, n: usize, mask: __m256i, v: __m256) {
+        // SAFETY: as in `load8`, for writing.
+        unsafe {
+            if n == 8 {
+                _mm256_storeu_ps(p, v)
+            } else if n > 0 {
+                _mm256_maskstore_ps(p, mask, v)
+            }
+        }
+    }
+
+    /// Stores f32 accumulators of 16 columns from `col0`, adding the residual in the last
+    /// K block when there is one.
+    ///
+    /// # Safety
+    /// Tile contract with `M` valid rows; CPU supports AVX2.
+    #[inline(always)]
+    unsafe fn store_f32_avx2<const M: usize>(
+        t: &Tile,
+        col0: usize,
+        h: &Half16,
+        acc: &[[__m256; 2]; M],
+    ) {
+        let resid = t.fin && !t.resid.is_null();
+        for (i, r) in acc.iter().enumerate() {
+            // SAFETY: rows `< M` of `c` (and of the residual, which has the tile's shape and
+            // stride) hold the lanes the half keeps.
+            unsafe {
+                let c = t.c.add(i * t.ldc + col0);
+                let (mut v0, mut v1) = (r[0], r[1]);
+                if resid {
+                    let p = t.resid.add(i * t.ldc + col0);
+                    v0 = _mm256_add_ps(v0, load8(p, h.n[0], h.mask[0]));
+                    v1 = _mm256_add_ps(v1, load8(p.add(8), h.n[1], h.mask[1]));
+                }
+                store8(c, h.n[0], h.mask[0], v0);
+                store8(c.add(8), h.n[1], h.mask[1], v1);
+            }
+        }
+    }
+
+    /// # Safety
+    /// Tile contract with `M` valid rows, f32-pair A entries; CPU supports avx2 and fma.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn bf16avx2<const M: usize>(t: &Tile) {
+        let hi = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+        for col0 in [0, 16] {
+            if col0 >= t.ncols {
+                break;
+            }
+            let h = half16(t.ncols, col0);
+            let mut acc = [[_mm256_setzero_ps(); 2]; M];
+            // SAFETY (whole body): pointers are valid for the extents in the Tile contract;
+            // `load8`/`store8` touch only the lanes inside the tile; B panels are NR words
+            // wide whatever `ncols` is.
+            unsafe {
+                if t.init {
+                    if !t.bias.is_null() {
+                        let b0 = load8(t.bias.add(col0), h.n[0], h.mask[0]);
+                        let b1 = load8(t.bias.add(col0 + 8), h.n[1], h.mask[1]);
+                        for r in acc.iter_mut() {
+                            *r = [b0, b1];
+                        }
+                    }
+                } else {
+                    for (i, r) in acc.iter_mut().enumerate() {
+                        let c = t.c.add(i * t.ldc + col0);
+                        *r = [
+                            load8(c, h.n[0], h.mask[0]),
+                            load8(c.add(8), h.n[1], h.mask[1]),
+                        ];
+                    }
+                }
+                let mut a = t.a.cast::<f32>();
+                let mut b = t.b.add(col0);
+                for _ in 0..t.k {
+                    let w0 = _mm256_loadu_si256(b.cast());
+                    let w1 = _mm256_loadu_si256(b.add(8).cast());
+                    // Even k: the low bf16 of each word shifted up; odd k: the high one masked.
+                    let e0 = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w0));
+                    let e1 = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w1));
+                    for (i, r) in acc.iter_mut().enumerate() {
+                        let ae = _mm256_broadcast_ss(&*a.add(i * t.lda));
+                        r[0] = _mm256_fmadd_ps(ae, e0, r[0]);
+                        r[1] = _mm256_fmadd_ps(ae, e1, r[1]);
+                    }
+                    let o0 = _mm256_castsi256_ps(_mm256_and_si256(w0, hi));
+                    let o1 = _mm256_castsi256_ps(_mm256_and_si256(w1, hi));
+                    for (i, r) in acc.iter_mut().enumerate() {
+                        let ao = _mm256_broadcast_ss(&*a.add(i * t.lda + 1));
+                        r[0] = _mm256_fmadd_ps(ao, o0, r[0]);
+                        r[1] = _mm256_fmadd_ps(ao, o1, r[1]);
+                    }
+                    a = a.add(2);
+                    b = b.add(NR);
+                }
+                store_f32_avx2(t, col0, &h, &acc);
+            }
+        }
+    }
+    dispatch_m!(kern_bf16_avx2, bf16avx2, "avx2 and fma.", 1 2 3 4 5 6);
+
+    /// # Safety
+    /// Tile contract with `M` valid rows, one i8-quad word per A entry (the signed codes),
+    /// non-null wscale/xscale; CPU supports avx2 and fma.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn int8avx2<const M: usize>(t: &Tile) {
+        let ones = _mm256_set1_epi16(1);
+        for col0 in [0, 16] {
+            if col0 >= t.ncols {
+                break;
+            }
+            let h = half16(t.ncols, col0);
+            // The signed A codes need no correction term: a first K block starts from zero.
+            let mut acc = [[_mm256_setzero_si256(); 2]; M];
+            // SAFETY (whole body): as in `bf16avx2`; `wscale` holds `NR` values (padded
+            // arrays), `xscale` holds `M`; i32 and f32 have the same size and alignment.
+            unsafe {
+                if !t.init {
+                    for (i, r) in acc.iter_mut().enumerate() {
+                        let c = t.c.add(i * t.ldc + col0);
+                        *r = [
+                            _mm256_castps_si256(load8(c, h.n[0], h.mask[0])),
+                            _mm256_castps_si256(load8(c.add(8), h.n[1], h.mask[1])),
+                        ];
+                    }
+                }
+                let mut a = t.a;
+                let mut b = t.b.add(col0);
+                for _ in 0..t.k {
+                    let w0 = _mm256_loadu_si256(b.cast());
+                    let w1 = _mm256_loadu_si256(b.add(8).cast());
+                    for (i, r) in acc.iter_mut().enumerate() {
+                        let av = _mm256_set1_epi32(*a.add(i * t.lda) as i32);
+                        let aa = _mm256_abs_epi8(av);
+                        // |a| * (w with a's sign) = a * w; each pair sum is at most
+                        // 2 * 127 * 127 < 2^15, so `vpmaddubsw` never saturates.
+                        let p0 = _mm256_maddubs_epi16(aa, _mm256_sign_epi8(w0, av));
+                        let p1 = _mm256_maddubs_epi16(aa, _mm256_sign_epi8(w1, av));
+                        r[0] = _mm256_add_epi32(r[0], _mm256_madd_epi16(p0, ones));
+                        r[1] = _mm256_add_epi32(r[1], _mm256_madd_epi16(p1, ones));
+                    }
+                    a = a.add(1);
+                    b = b.add(NR);
+                }
+                if t.fin {
+                    let s0 = _mm256_loadu_ps(t.wscale.add(col0));
+                    let s1 = _mm256_loadu_ps(t.wscale.add(col0 + 8));
+                    let (bi0, bi1) = if t.bias.is_null() {
+                        (_mm256_setzero_ps(), _mm256_setzero_ps())
+                    } else {
+                        (
+                            load8(t.bias.add(col0), h.n[0], h.mask[0]),
+                            load8(t.bias.add(col0 + 8), h.n[1], h.mask[1]),
+                        )
+                    };
+                    let mut out = [[_mm256_setzero_ps(); 2]; M];
+                    for ((o, r), i) in out.iter_mut().zip(&acc).zip(0..) {
+                        let xs = _mm256_set1_ps(*t.xscale.add(i));
+                        let v0 = _mm256_mul_ps(_mm256_cvtepi32_ps(r[0]), _mm256_mul_ps(xs, s0));
+                        let v1 = _mm256_mul_ps(_mm256_cvtepi32_ps(r[1]), _mm256_mul_ps(xs, s1));
+                        *o = [_mm256_add_ps(v0, bi0), _mm256_add_ps(v1, bi1)];
+                    }
+                    store_f32_avx2(t, col0, &h, &out);
+                } else {
+                    for (i, r) in acc.iter().enumerate() {
+                        let c = t.c.add(i * t.ldc + col0);
+                        store8(c, h.n[0], h.mask[0], _mm256_castsi256_ps(r[0]));
+                        store8(c.add(8), h.n[1], h.mask[1], _mm256_castsi256_ps(r[1]));
+                    }
+                }
+            }
+        }
+    }
+    dispatch_m!(kern_int8_avx2, int8avx2, "avx2 and fma.", 1 2 3 4);
+
+    /// [`super::pack_row_f32pair`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// CPU supports avx2 and fma.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn pack_row_f32pair_avx2(xr: &[f32], out: &mut [u32]) {
+        super::pack_row_f32pair(xr, out)
+    }
+
+    /// [`super::pack_row_u8`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// CPU supports avx2 and fma.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn pack_row_u8_avx2(xr: &[f32], out: &mut [u8]) -> f32 {
+        super::pack_row_u8(xr, out)
+    }
+
     /// Converts one row to bf16 (RNE, `vcvtneps2bf16`), zero padded to
     /// `2 * out.len()` values.
     ///
@@ -1630,6 +1930,8 @@ fn bf16_into(
     let (mr, f32pair, kern): (usize, bool, KernFn) = match kernel {
         Bf16Kernel::Portable => (PORTABLE_MR, true, kern_bf16_portable),
         #[cfg(target_arch = "x86_64")]
+        Bf16Kernel::Avx2 => (x86::AVX2_BF16_MR, true, x86::kern_bf16_avx2),
+        #[cfg(target_arch = "x86_64")]
         Bf16Kernel::Avx512 => (x86::AVX512_MR, true, x86::kern_bf16fma),
         #[cfg(target_arch = "x86_64")]
         Bf16Kernel::Avx512Bf16 => (x86::BF16_MR, false, x86::kern_bf16dp),
@@ -1725,6 +2027,8 @@ fn int8_into(
     let (mr, kern): (usize, KernFn) = match kernel {
         Int8Kernel::Portable => (PORTABLE_MR, kern_int8_portable),
         #[cfg(target_arch = "x86_64")]
+        Int8Kernel::Avx2 => (x86::AVX2_INT8_MR, x86::kern_int8_avx2),
+        #[cfg(target_arch = "x86_64")]
         Int8Kernel::Avx512Vnni => (x86::VNNI_MR, x86::kern_vnni),
         #[cfg(not(target_arch = "x86_64"))]
         _ => return Err(format!("{} is not supported here", kernel.name())),
@@ -1736,7 +2040,8 @@ fn int8_into(
     let ksteps = w.in_dim.div_ceil(4);
     let mut sx = vec![0f32; rows];
     with_scratch(rows * ksteps, |a| {
-        pack_a_int8(x, w.in_dim, fused.act, ksteps, a, &mut sx, threads);
+        let signed = kernel == Int8Kernel::Avx2;
+        pack_a_int8(x, w.in_dim, fused.act, ksteps, signed, a, &mut sx, threads);
         let g = Gemm {
             rows,
             out: w.out_dim,
@@ -2202,6 +2507,10 @@ mod tests {
                 std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bf16")
             );
+            let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma");
+            assert_eq!(av.contains(&Bf16Kernel::Avx2), avx2);
+            assert_eq!(Int8Kernel::available().contains(&Int8Kernel::Avx2), avx2);
             assert_eq!(
                 Int8Kernel::available().contains(&Int8Kernel::Avx512Vnni),
                 std::arch::is_x86_feature_detected!("avx512f")
