@@ -551,13 +551,13 @@ fn bench_names_the_kernels_of_each_precision() {
 fn embed_list(kind: &str, list: &Path, out: &Path, shard: Option<&str>) -> std::process::Output {
     let (model, arch) = full_vocab_model();
     let (list, out) = (list.to_str().unwrap(), out.to_str().unwrap());
-    let mut args = vec![
+    let mut args: Vec<&str> = vec![
         "embed",
         kind,
         "--model",
-        &model,
+        model.as_str(),
         "--arch",
-        &arch,
+        arch.as_str(),
         "--input",
         list,
         "--output",
@@ -573,7 +573,7 @@ fn embed_list(kind: &str, list: &Path, out: &Path, shard: Option<&str>) -> std::
 
 /// `gclip merge PARTS… --output OUT`.
 fn merge(parts: &[&Path], out: &Path) -> std::process::Output {
-    let mut args = vec!["merge"];
+    let mut args: Vec<&str> = vec!["merge"];
     args.extend(parts.iter().map(|p| p.to_str().unwrap()));
     args.extend(["--output", out.to_str().unwrap()]);
     gclip(&args)
