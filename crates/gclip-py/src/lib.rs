@@ -73,13 +73,13 @@ fn image_input(item: &Bound<'_, PyAny>, index: usize) -> Result<ImageInput, Stri
         .get_item(0)
         .map_err(|e| e.to_string())?
         .extract::<String>()
-        .map_err(|e| PyErr::from(e).to_string())?;
+        .map_err(|e| e.to_string())?;
     let field = |i: usize| t.get_item(i).map_err(|e| e.to_string());
     match kind.as_str() {
         "file" => {
             let path: PathBuf = field(1)?
                 .extract::<PathBuf>()
-                .map_err(|e| PyErr::from(e).to_string())?;
+                .map_err(|e| e.to_string())?;
             Ok(ImageInput::File(path))
         }
         "bytes" => {
@@ -98,7 +98,7 @@ fn image_input(item: &Bound<'_, PyAny>, index: usize) -> Result<ImageInput, Stri
         "pixels" => {
             let mode_name: String = field(1)?
                 .extract::<String>()
-                .map_err(|e| PyErr::from(e).to_string())?;
+                .map_err(|e| e.to_string())?;
             let mode = Mode::from_name(&mode_name).ok_or_else(|| {
                 format!(
                     "image mode {mode_name:?} is not supported (1, L, LA, P, RGB, RGBA, CMYK, \
@@ -107,10 +107,10 @@ fn image_input(item: &Bound<'_, PyAny>, index: usize) -> Result<ImageInput, Stri
             })?;
             let width: usize = field(2)?
                 .extract::<usize>()
-                .map_err(|e| PyErr::from(e).to_string())?;
+                .map_err(|e| e.to_string())?;
             let height: usize = field(3)?
                 .extract::<usize>()
-                .map_err(|e| PyErr::from(e).to_string())?;
+                .map_err(|e| e.to_string())?;
             let data = field(4)?;
             let data = data
                 .cast::<PyBytes>()
@@ -149,7 +149,7 @@ fn image_input(item: &Bound<'_, PyAny>, index: usize) -> Result<ImageInput, Stri
         // The package's reason why a Python object is no image.
         "error" => Err(field(1)?
             .extract::<String>()
-            .map_err(|e| PyErr::from(e).to_string())?),
+            .map_err(|e| e.to_string())?),
         other => Err(format!("unknown image item kind {other:?}")),
     }
 }

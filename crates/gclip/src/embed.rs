@@ -42,6 +42,9 @@ pub struct ImageEmbeddings {
 
 pub use crate::source::LoadOptions;
 
+/// Turns a chunk of image inputs into preprocessed pixels, one result per item.
+type PrepareChunk<'a, T> = dyn Fn(&[T]) -> Vec<Result<Vec<f32>, ImageError>> + Sync + 'a;
+
 impl Embedder {
     /// Loads a model in fp32, with the input pipeline that belongs to it.
     pub fn load(source: &ModelSource, device: &Device) -> Result<Self, EmbedError> {
@@ -167,7 +170,7 @@ impl Embedder {
     fn embed_prepared<T: Sync>(
         &self,
         items: &[T],
-        prepare: &(dyn Fn(&[T]) -> Vec<Result<Vec<f32>, ImageError>> + Sync),
+        prepare: &PrepareChunk<'_, T>,
         normalize: bool,
         progress: &dyn Fn(usize),
     ) -> Result<ImageEmbeddings, EmbedError> {
