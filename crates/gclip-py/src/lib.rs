@@ -77,9 +77,7 @@ fn image_input(item: &Bound<'_, PyAny>, index: usize) -> Result<ImageInput, Stri
     let field = |i: usize| t.get_item(i).map_err(|e| e.to_string());
     match kind.as_str() {
         "file" => {
-            let path: PathBuf = field(1)?
-                .extract::<PathBuf>()
-                .map_err(|e| e.to_string())?;
+            let path: PathBuf = field(1)?.extract::<PathBuf>().map_err(|e| e.to_string())?;
             Ok(ImageInput::File(path))
         }
         "bytes" => {
@@ -96,21 +94,15 @@ fn image_input(item: &Bound<'_, PyAny>, index: usize) -> Result<ImageInput, Stri
             })
         }
         "pixels" => {
-            let mode_name: String = field(1)?
-                .extract::<String>()
-                .map_err(|e| e.to_string())?;
+            let mode_name: String = field(1)?.extract::<String>().map_err(|e| e.to_string())?;
             let mode = Mode::from_name(&mode_name).ok_or_else(|| {
                 format!(
                     "image mode {mode_name:?} is not supported (1, L, LA, P, RGB, RGBA, CMYK, \
                      I;16); convert it first, e.g. image.convert(\"RGB\")"
                 )
             })?;
-            let width: usize = field(2)?
-                .extract::<usize>()
-                .map_err(|e| e.to_string())?;
-            let height: usize = field(3)?
-                .extract::<usize>()
-                .map_err(|e| e.to_string())?;
+            let width: usize = field(2)?.extract::<usize>().map_err(|e| e.to_string())?;
+            let height: usize = field(3)?.extract::<usize>().map_err(|e| e.to_string())?;
             let data = field(4)?;
             let data = data
                 .cast::<PyBytes>()
@@ -131,7 +123,7 @@ fn image_input(item: &Bound<'_, PyAny>, index: usize) -> Result<ImageInput, Stri
             let palette: Vec<[u8; 3]> = match field(5)?.extract::<Option<Vec<u8>>>() {
                 Ok(Some(p)) => p.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect(),
                 Ok(None) => Vec::new(),
-                Err(e) => return Err(format!("palette: {}", PyErr::from(e))),
+                Err(e) => return Err(format!("palette: {e}")),
             };
             let transparency = transparency(&field(6)?, mode)?;
             let decoded = Decoded::from_pixels(
@@ -147,9 +139,7 @@ fn image_input(item: &Bound<'_, PyAny>, index: usize) -> Result<ImageInput, Stri
             Ok(ImageInput::Pixels(decoded))
         }
         // The package's reason why a Python object is no image.
-        "error" => Err(field(1)?
-            .extract::<String>()
-            .map_err(|e| e.to_string())?),
+        "error" => Err(field(1)?.extract::<String>().map_err(|e| e.to_string())?),
         other => Err(format!("unknown image item kind {other:?}")),
     }
 }
@@ -177,11 +167,12 @@ fn transparency(value: &Bound<'_, PyAny>, mode: Mode) -> Result<Option<Transpare
     Err("transparency must be None, an int, bytes or an (r, g, b) tuple".into())
 }
 
+/// Items that failed in a batch: (index, reason).
+type ItemErrors = Vec<(usize, String)>;
+
 /// Converts every item; those that cannot be converted are reported with their index and left
 /// out (`None`).
-fn image_inputs(
-    items: &Bound<'_, PyAny>,
-) -> PyResult<(Vec<Option<ImageInput>>, Vec<(usize, String)>)> {
+fn image_inputs(items: &Bound<'_, PyAny>) -> PyResult<(Vec<Option<ImageInput>>, ItemErrors)> {
     let mut inputs = Vec::new();
     let mut errors = Vec::new();
     for (i, item) in items.try_iter()?.enumerate() {
@@ -215,7 +206,7 @@ fn embed_images_rows(
     embedder: &Embedder,
     items: &Bound<'_, PyAny>,
     normalize: bool,
-) -> PyResult<(Vec<f32>, usize, Vec<(usize, String)>)> {
+) -> PyResult<(Vec<f32>, usize, ItemErrors)> {
     let (inputs, mut errors) = image_inputs(items)?;
     let n = inputs.len();
     let good: Vec<usize> = (0..n).filter(|&i| inputs[i].is_some()).collect();
@@ -264,7 +255,7 @@ impl Model {
         py: Python<'py>,
         items: &Bound<'py, PyAny>,
         normalize: bool,
-    ) -> PyResult<(Bound<'py, PyAny>, Vec<(usize, String)>)> {
+    ) -> PyResult<(Bound<'py, PyAny>, ItemErrors)> {
         let (data, n, errors) = embed_images_rows(py, &self.embedder, items, normalize)?;
         let dim = self.embedder.clip().config.embed_dim;
         Ok((array_f32(py, data, &[n, dim])?, errors))
@@ -288,7 +279,7 @@ impl Model {
         &self,
         py: Python<'py>,
         items: &Bound<'py, PyAny>,
-    ) -> PyResult<(Bound<'py, PyAny>, Vec<(usize, String)>)> {
+    ) -> PyResult<(Bound<'py, PyAny>, ItemErrors)> {
         let (inputs, mut errors) = image_inputs(items)?;
         let pre = self.embedder.inputs().preprocessor();
         let s = pre.config().crop_size;
@@ -324,7 +315,7 @@ impl Model {
         labels: Vec<String>,
         templates: Option<&Bound<'py, PyAny>>,
         logit_scale: Option<f32>,
-    ) -> PyResult<(Bound<'py, PyAny>, Vec<(usize, String)>)> {
+    ) -> PyResult<(Bound<'py, PyAny>, ItemErrors)> {
         let templates: Vec<String> = match templates {
             None => Vec::new(),
             Some(t) if t.is_none() => Vec::new(),
@@ -382,6 +373,7 @@ impl Model {
 
     /// Side of the square image the model takes.
     #[getter]
+    #[allow(clippy::misnamed_getters)] // the crop size is the model's input size, by design
     fn image_size(&self) -> usize {
         self.embedder.inputs().preprocessor().config().crop_size
     }
@@ -434,7 +426,7 @@ fn load(
                 precision,
                 ..Default::default()
             };
-            Embedder::load_with(&source, &&candle_core::Device::Cpu, options)
+            Embedder::load_with(&source, &candle_core::Device::Cpu, options)
                 .map_err(|e| format!("loading model {model}: {e}"))
         })
         .map_err(err)?;
