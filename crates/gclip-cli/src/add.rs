@@ -8,7 +8,9 @@ use gclip_search::ingest::{add_documents, read_documents, update_document};
 use gclip_search::roots::record_document_roots;
 use gclip_search::{EmbedSpec, Fields};
 
-use crate::index::{finish_report, load_embedder, open_collection, LazyEncoder, ModelArgs};
+use gclip_search::encoder::LazyEncoder;
+
+use crate::index::{finish_report, load_embedder, open_collection, ModelArgs};
 use crate::progress::Progress;
 
 #[derive(Args)]
@@ -109,7 +111,7 @@ pub fn run_update(args: UpdateArgs) -> Result<()> {
         );
     }
     // The model is loaded only when an embedded field changes.
-    let encoder = LazyEncoder::new(&collection, None);
+    let encoder = LazyEncoder::new(collection.info().model.clone(), None);
     let cwd = std::env::current_dir()?;
     let image_fields: Vec<&str> = collection.info().spec.image_fields().collect();
     record_document_roots(collection.dir(), [&patch], &image_fields, &cwd)?;

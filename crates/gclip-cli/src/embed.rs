@@ -4,10 +4,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use clap::{Args, ValueEnum};
 use gclip::embed::Embedder;
 use gclip::input::items::{read_items, resolve_image_path, walk_images, InputItem, ItemKind};
+use gclip::model::Embeddings;
+use gclip::output::{merge, sidecar_path, write_npy_with_ids, RowId, Shard};
 
 use crate::progress::Progress;
 
@@ -23,7 +25,9 @@ pub enum What {
   gclip embed image --model laion/CLIP-ViT-B-32-laion2B-s34B-b79K photos/ --output photos.npy
   gclip embed text --model ./clip-vit-base-patch32 --input captions.txt --output captions.npy
   gclip embed image --model ViT-B-32.pt --arch ViT-B-32 photos/ --output photos.jsonl
-  gclip embed text --model ./clip-vit-base-patch32 \"a cat\" \"a dog\" --output pets.npy")]
+  gclip embed text --model ./clip-vit-base-patch32 \"a cat\" \"a dog\" --output pets.npy
+  gclip embed image photos/ --shard 0/4 --output part0.npy   # then: gclip merge part*.npy --output all.npy
+An .npy output comes with X.ids.jsonl: per row, its input index, list line and text or image.")]
 pub struct EmbedArgs {
     /// What to embed.
     what: What,
@@ -50,6 +54,10 @@ pub struct EmbedArgs {
     /// Precision of the transformer weights: fp32 (exact), bf16 or int8.
     #[arg(long, default_value = "fp32")]
     precision: gclip::model::Precision,
+    /// Embed only shard I of N of the input list (0-based; a contiguous, deterministic part),
+    /// e.g. one job per shard on a cluster; `gclip merge` joins the shards' .npy files.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
 }
 
 enum OutputFormat {
@@ -110,7 +118,14 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         What::Text => ItemKind::Text,
         What::Image => ItemKind::Image,
     };
-    let items = collect_items(args.input.as_deref(), &args.items, kind)?;
+    let all = collect_items(args.input.as_deref(), &args.items, kind)?;
+    // Items keep their index in the whole list, whichever shard this is.
+    let range = match args.shard {
+        Some(s) => s.range(all.len()),
+        None => 0..all.len(),
+    };
+    let first = range.start;
+    let items = &all[range];
     let source = crate::source::resolve(&args.model, args.arch.as_deref())?;
     let options = gclip::embed::LoadOptions {
         precision: args.precision,
@@ -160,10 +175,18 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     match format {
         OutputFormat::Npy => {
             let data: Vec<f32> = vectors.iter().flatten().flatten().copied().collect();
-            let rows = data.len() / dim;
-            Tensor::from_vec(data, (rows, dim), &Device::Cpu)?
-                .write_npy(&args.output)
-                .with_context(|| format!("writing {}", args.output.display()))?;
+            let ids: Vec<RowId> = items
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| vectors[*i].is_some())
+                .map(|(i, item)| RowId {
+                    index: first + i,
+                    line: item.line,
+                    kind,
+                    value: item.value.clone().unwrap_or_default(),
+                })
+                .collect();
+            write_npy_with_ids(&args.output, &Embeddings { dim, data }, &ids)?;
         }
         OutputFormat::Jsonl => {
             let file = std::fs::File::create(&args.output)
@@ -172,6 +195,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             for (i, item) in items.iter().enumerate() {
                 let mut obj = serde_json::Map::new();
                 let value = item.value.clone().unwrap_or_default();
+                obj.insert("index".into(), (first + i).into());
                 obj.insert(kind.field().into(), value.into());
                 if item.line > 0 {
                     obj.insert("line".into(), item.line.into());
@@ -202,8 +226,12 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         })
         .collect();
     let ok = items.len() - failed.len();
+    let shard = match args.shard {
+        Some(s) => format!(" (shard {s} of {} inputs)", all.len()),
+        None => String::new(),
+    };
     eprintln!(
-        "embedded {ok} of {} {}s into {}",
+        "embedded {ok} of {} {}s{shard} into {}",
         items.len(),
         kind.field(),
         args.output.display()
@@ -212,5 +240,35 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         eprintln!("{} failed:\n{}", failed.len(), failed.join("\n"));
         bail!("{} of {} inputs failed", failed.len(), items.len());
     }
+    Ok(())
+}
+
+#[derive(Args)]
+#[command(after_help = "Example:
+  gclip merge part0.npy part1.npy part2.npy part3.npy --output photos.npy
+Each part's rows are named by its X.ids.jsonl sidecar (written by gclip embed); the merged rows
+are in input order, as one run over the whole list writes them, with their own sidecar.")]
+pub struct MergeArgs {
+    /// The shards' .npy files (each with its .ids.jsonl sidecar), in any order.
+    #[arg(required = true)]
+    parts: Vec<PathBuf>,
+    /// The merged .npy file (its sidecar is written beside it).
+    #[arg(long)]
+    output: PathBuf,
+}
+
+pub fn run_merge(args: MergeArgs) -> Result<()> {
+    if !matches!(output_format(&args.output)?, OutputFormat::Npy) {
+        bail!("--output {} must end in .npy", args.output.display());
+    }
+    let (embeddings, ids) = merge(&args.parts)?;
+    write_npy_with_ids(&args.output, &embeddings, &ids)?;
+    eprintln!(
+        "merged {} rows from {} files into {} (ids in {})",
+        ids.len(),
+        args.parts.len(),
+        args.output.display(),
+        sidecar_path(&args.output).display()
+    );
     Ok(())
 }

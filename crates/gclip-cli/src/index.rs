@@ -4,11 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::Args;
-use gclip::embed::{Embedder, LoadOptions};
+use gclip::embed::Embedder;
 use gclip::model::Precision;
-use gclip_search::encoder::Encoder;
+use gclip_search::encoder::load_model;
 use gclip_search::ingest::{index_directory, IndexOptions, IngestReport};
 use gclip_search::{model_identity, Collection, EmbedSpec};
 
@@ -64,7 +63,6 @@ pub fn load_embedder(
     batch_size: usize,
     precision: Option<Precision>,
 ) -> Result<Embedder> {
-    let source = collection.model_source()?;
     let recorded = collection.info().model.precision;
     let precision = precision.unwrap_or(recorded);
     if precision != recorded {
@@ -73,59 +71,11 @@ pub fn load_embedder(
             collection.dir().display()
         );
     }
-    let options = LoadOptions {
-        precision,
-        ..Default::default()
-    };
-    let mut e = Embedder::load_with(&source, &Device::Cpu, options)
-        .with_context(|| format!("loading model {}", collection.info().model.describe()))?;
-    e.batch_size = batch_size.max(1);
-    Ok(e)
-}
-
-/// The collection's model, loaded the first time something is embedded (an update that
-/// changes no embedded field needs no model).
-pub struct LazyEncoder<'a> {
-    collection: &'a Collection,
-    precision: Option<Precision>,
-    embedder: std::sync::OnceLock<Embedder>,
-}
-
-impl<'a> LazyEncoder<'a> {
-    pub fn new(collection: &'a Collection, precision: Option<Precision>) -> Self {
-        Self {
-            collection,
-            precision,
-            embedder: std::sync::OnceLock::new(),
-        }
-    }
-
-    fn get(&self) -> gclip_search::Result<&Embedder> {
-        if let Some(e) = self.embedder.get() {
-            return Ok(e);
-        }
-        let e = load_embedder(self.collection, 32, self.precision)
-            .map_err(|e| gclip_search::SearchError::Invalid(format!("{e:#}")))?;
-        Ok(self.embedder.get_or_init(|| e))
-    }
-}
-
-impl Encoder for LazyEncoder<'_> {
-    fn dim(&self) -> usize {
-        self.collection.info().model.dim
-    }
-    fn texts(&self, texts: &[&str]) -> gclip_search::Result<Vec<Vec<f32>>> {
-        self.get()?.texts(texts)
-    }
-    fn image_files(
-        &self,
-        paths: &[PathBuf],
-    ) -> gclip_search::Result<Vec<Result<Vec<f32>, String>>> {
-        self.get()?.image_files(paths)
-    }
-    fn image_bytes(&self, bytes: &[u8], name: &str) -> gclip_search::Result<Vec<f32>> {
-        self.get()?.image_bytes(bytes, name)
-    }
+    Ok(load_model(
+        &collection.info().model,
+        Some(precision),
+        batch_size,
+    )?)
 }
 
 /// Prints an ingestion summary (JSON with `--json`) and fails when some inputs failed.

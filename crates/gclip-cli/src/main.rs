@@ -47,6 +47,8 @@ struct Cli {
 enum Command {
     /// Embed texts or images into .npy or .jsonl.
     Embed(embed::EmbedArgs),
+    /// Merge the .npy files of `gclip embed --shard` runs into one, in input order.
+    Merge(embed::MergeArgs),
     /// Write token ids exactly as the model receives them (int64 [N, context_length] .npy).
     #[command(
         after_help = "Example:\n  gclip tokenize --model ./clip-vit-base-patch32 --input captions.txt --output ids.npy"
@@ -137,6 +139,7 @@ fn main() -> std::process::ExitCode {
     }
     let result: Result<()> = match cli.command {
         Command::Embed(args) => embed::run(args),
+        Command::Merge(args) => embed::run_merge(args),
         Command::Tokenize(args) => inputs::tokenize(args),
         Command::Preprocess(args) => inputs::preprocess(args),
         Command::Classify(args) => classify::run(args, &cli.device.device()),

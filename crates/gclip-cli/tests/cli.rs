@@ -546,3 +546,129 @@ fn bench_names_the_kernels_of_each_precision() {
         "qkv bf16-portable, out/fc1/fc2 int8-portable"
     );
 }
+
+/// `gclip embed` of `list` (`--shard` when given) into `out`, in batches of 3.
+fn embed_list(kind: &str, list: &Path, out: &Path, shard: Option<&str>) -> std::process::Output {
+    let (model, arch) = full_vocab_model();
+    let (list, out) = (list.to_str().unwrap(), out.to_str().unwrap());
+    let mut args: Vec<&str> = vec![
+        "embed",
+        kind,
+        "--model",
+        model.as_str(),
+        "--arch",
+        arch.as_str(),
+        "--input",
+        list,
+        "--output",
+        out,
+        "--batch-size",
+        "3",
+    ];
+    if let Some(s) = shard {
+        args.extend(["--shard", s]);
+    }
+    gclip(&args)
+}
+
+/// `gclip merge PARTS… --output OUT`.
+fn merge(parts: &[&Path], out: &Path) -> std::process::Output {
+    let mut args: Vec<&str> = vec!["merge"];
+    args.extend(parts.iter().map(|p| p.to_str().unwrap()));
+    args.extend(["--output", out.to_str().unwrap()]);
+    gclip(&args)
+}
+
+/// The merged file holds the one run's ids, and its vectors to float rounding: a shard's
+/// batches hold other items than the one run's, and the model's sums depend on batch size.
+fn assert_same_as_one_run(merged: &Path, whole: &Path) -> String {
+    let ((sm, vm), (sw, vw)) = (read_npy(merged), read_npy(whole));
+    assert_eq!(sm, sw);
+    let worst = vm
+        .iter()
+        .zip(&vw)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-5, "vectors differ by up to {worst}");
+    let ids = std::fs::read_to_string(merged.with_extension("ids.jsonl")).unwrap();
+    assert_eq!(
+        ids,
+        std::fs::read_to_string(whole.with_extension("ids.jsonl")).unwrap()
+    );
+    ids
+}
+
+#[test]
+fn sharded_image_embed_and_merge_equal_one_run() {
+    let dir = scratch("shards-images");
+    let images = fixtures().join("images");
+    let mut lines: Vec<String> = [
+        "photo_chelsea.jpg",
+        "rgb_301x199.png",
+        "p_trns_index.png",
+        "photo_coffee.webp",
+        "missing.png",
+        "grey16.png",
+        "tiff_rgb.tif",
+        "gif_transparent.gif",
+    ]
+    .iter()
+    .map(|f| images.join(f).display().to_string())
+    .collect();
+    lines.insert(3, "{\"image\": 42}".into());
+    let list = dir.join("list.txt");
+    std::fs::write(&list, lines.join("\n") + "\n").unwrap();
+    let whole = dir.join("whole.npy");
+    assert!(!embed_list("image", &list, &whole, None).status.success());
+    let parts: Vec<PathBuf> = (0..3).map(|i| dir.join(format!("part{i}.npy"))).collect();
+    for (i, p) in parts.iter().enumerate() {
+        let o = embed_list("image", &list, p, Some(&format!("{i}/3")));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            stderr.contains(&format!("(shard {i}/3 of 9 inputs)")),
+            "{stderr}"
+        );
+    }
+    // The parts in any order.
+    let merged = dir.join("merged.npy");
+    let o = merge(&[&parts[2], &parts[0], &parts[1]], &merged);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ids = assert_same_as_one_run(&merged, &whole);
+    // Inputs 3 (no image string) and 5 (a missing file) failed and have no row.
+    let rows: Vec<serde_json::Value> = ids
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let index: Vec<u64> = rows.iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    assert_eq!(index, [0, 1, 2, 4, 6, 7, 8]);
+    assert_eq!(rows[3]["line"], 5);
+    assert_eq!(rows[0]["image"].as_str().unwrap(), lines[0]);
+    // Overlapping parts, and a shard outside the list, are refused.
+    let o = merge(&[&parts[0], &parts[0]], &dir.join("x.npy"));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("more than one shard"));
+    let o = embed_list("image", &list, &dir.join("y.npy"), Some("3/3"));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("0 <= I < N"));
+}
+
+#[test]
+fn sharded_text_embed_with_empty_shards_equals_one_run() {
+    let dir = scratch("shards-texts");
+    let list = dir.join("captions.jsonl");
+    let captions = "{\"text\": \"a cat\"}\n{\"text\": \"\"}\n{\"text\": \"a dog on a sofa\"}\n";
+    std::fs::write(&list, captions).unwrap();
+    let whole = dir.join("whole.npy");
+    assert!(embed_list("text", &list, &whole, None).status.success());
+    // Five shards of three items: two are empty.
+    let parts: Vec<PathBuf> = (0..5).map(|i| dir.join(format!("p{i}.npy"))).collect();
+    for (i, p) in parts.iter().enumerate() {
+        let o = embed_list("text", &list, p, Some(&format!("{i}/5")));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let merged = dir.join("merged.npy");
+    let refs: Vec<&Path> = parts.iter().map(PathBuf::as_path).collect();
+    let o = merge(&refs, &merged);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_as_one_run(&merged, &whole);
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 
-use crate::input::image::ImageError;
+use crate::input::image::{ImageError, ImageInput};
 use crate::input::pipeline::InputPipeline;
 use crate::input::tokenizer::ClipTokenizer;
 use crate::model::{Clip, Embeddings, ModelError, Precision};
@@ -41,6 +41,9 @@ pub struct ImageEmbeddings {
 }
 
 pub use crate::source::LoadOptions;
+
+/// Turns a chunk of image inputs into preprocessed pixels, one result per item.
+type PrepareChunk<'a, T> = dyn Fn(&[T]) -> Vec<Result<Vec<f32>, ImageError>> + Sync + 'a;
 
 impl Embedder {
     /// Loads a model in fp32, with the input pipeline that belongs to it.
@@ -136,9 +139,43 @@ impl Embedder {
         normalize: bool,
         progress: &dyn Fn(usize),
     ) -> Result<ImageEmbeddings, EmbedError> {
-        let dim = self.clip.config.embed_dim;
         let preprocessor = self.inputs.preprocessor();
-        let size = preprocessor.config().crop_size;
+        self.embed_prepared(
+            paths,
+            &|chunk| preprocessor.batch_from_paths(chunk),
+            normalize,
+            progress,
+        )
+    }
+
+    /// [`embed_image_files`](Self::embed_image_files) for images however they are held: files,
+    /// encoded bytes or decoded pixels.
+    pub fn embed_images(
+        &self,
+        images: &[ImageInput],
+        normalize: bool,
+        progress: &dyn Fn(usize),
+    ) -> Result<ImageEmbeddings, EmbedError> {
+        let preprocessor = self.inputs.preprocessor();
+        self.embed_prepared(
+            images,
+            &|chunk| preprocessor.batch_from_inputs(chunk),
+            normalize,
+            progress,
+        )
+    }
+
+    /// The batching of both: `prepare` turns a chunk of items into pixels on a worker thread
+    /// while the model runs the previous chunk.
+    fn embed_prepared<T: Sync>(
+        &self,
+        items: &[T],
+        prepare: &PrepareChunk<'_, T>,
+        normalize: bool,
+        progress: &dyn Fn(usize),
+    ) -> Result<ImageEmbeddings, EmbedError> {
+        let dim = self.clip.config.embed_dim;
+        let size = self.inputs.preprocessor().config().crop_size;
         let batch = self.batch_size.max(1);
         let mut result = ImageEmbeddings {
             embeddings: Embeddings {
@@ -152,11 +189,8 @@ impl Embedder {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Prepared>(1);
         std::thread::scope(|scope| -> Result<(), EmbedError> {
             scope.spawn(move || {
-                for (i, chunk) in paths.chunks(batch).enumerate() {
-                    if tx
-                        .send((i * batch, preprocessor.batch_from_paths(chunk)))
-                        .is_err()
-                    {
+                for (i, chunk) in items.chunks(batch).enumerate() {
+                    if tx.send((i * batch, prepare(chunk))).is_err() {
                         break;
                     }
                 }

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod hub;
 pub mod input;
 pub mod model;
+pub mod output;
 pub mod source;
 pub mod train;
 pub mod zeroshot;

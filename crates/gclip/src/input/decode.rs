@@ -74,6 +74,22 @@ impl Mode {
             Mode::I16 => "I;16",
         }
     }
+
+    /// The mode Pillow calls `name`, if decoding can produce it.
+    pub fn from_name(name: &str) -> Option<Mode> {
+        [
+            Mode::Bilevel,
+            Mode::L,
+            Mode::La,
+            Mode::P,
+            Mode::Rgb,
+            Mode::Rgba,
+            Mode::Cmyk,
+            Mode::I16,
+        ]
+        .into_iter()
+        .find(|m| m.name() == name)
+    }
 }
 
 /// The colour a file marks as transparent (Pillow's `info["transparency"]`).
@@ -104,6 +120,8 @@ pub enum Format {
     Webp,
     /// TIFF.
     Tiff,
+    /// Pixels handed over already decoded ([`Decoded::from_pixels`]), not read from a file.
+    Pixels,
 }
 
 impl Format {
@@ -116,6 +134,7 @@ impl Format {
             Format::Bmp => "BMP",
             Format::Webp => "WebP",
             Format::Tiff => "TIFF",
+            Format::Pixels => "raw pixels",
         }
     }
 
@@ -169,6 +188,72 @@ pub struct Decoded {
     pub orientation: Option<u16>,
 }
 
+impl Decoded {
+    /// An image from pixels already in memory, as Pillow's `Image.frombytes(mode, size, data)`
+    /// takes them: `width * height * mode.channels()` interleaved samples, rows top to bottom
+    /// (8-bit; `I;16` takes 16-bit samples as [`Samples::U16`]). `palette` is for `P` images
+    /// (RGB triples, at most 256); a `1` image holds 0 or 255 per pixel. The size is checked
+    /// against `max_pixels` as a decoded file's is.
+    pub fn from_pixels(
+        mode: Mode,
+        width: usize,
+        height: usize,
+        samples: Samples,
+        palette: Vec<[u8; 3]>,
+        transparency: Option<Transparency>,
+        max_pixels: u64,
+    ) -> Result<Decoded, DecodeError> {
+        let unsupported = |m: String| DecodeError::Unsupported(Format::Pixels, m);
+        check_size(width as u64, height as u64, max_pixels)?;
+        let want = width * height * mode.channels();
+        let (len, bits) = match &samples {
+            Samples::U8(v) => (v.len(), 8),
+            Samples::U16(v) => (v.len(), 16),
+        };
+        if (mode == Mode::I16) != (bits == 16) {
+            return Err(unsupported(format!(
+                "mode {} takes {} samples, not {bits}-bit ones",
+                mode.name(),
+                if mode == Mode::I16 { "16-bit" } else { "8-bit" }
+            )));
+        }
+        if len != want {
+            return Err(DecodeError::Corrupt(
+                Format::Pixels,
+                format!(
+                    "{width}x{height} {} needs {want} samples, got {len}",
+                    mode.name()
+                ),
+            ));
+        }
+        if mode == Mode::P && (palette.is_empty() || palette.len() > 256) {
+            return Err(unsupported(format!(
+                "a P image needs a palette of 1 to 256 colours, got {}",
+                palette.len()
+            )));
+        }
+        if mode == Mode::Bilevel {
+            if let Samples::U8(v) = &samples {
+                if v.iter().any(|&x| x != 0 && x != 255) {
+                    return Err(unsupported(
+                        "a 1 (bilevel) image holds 0 or 255 per pixel".into(),
+                    ));
+                }
+            }
+        }
+        Ok(Decoded {
+            format: Format::Pixels,
+            mode,
+            width,
+            height,
+            samples,
+            palette: if mode == Mode::P { palette } else { Vec::new() },
+            transparency,
+            orientation: None,
+        })
+    }
+}
+
 /// Why a file could not be decoded; `image.rs` adds the file name.
 #[derive(Debug)]
 pub enum DecodeError {
@@ -210,6 +295,8 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, DecodeError> {
         Format::Bmp => decode_bmp(bytes, max_pixels),
         Format::Webp => decode_webp(bytes, max_pixels),
         Format::Tiff => decode_tiff(bytes, max_pixels),
+        // `sniff` never answers this: raw pixels are not a file format.
+        Format::Pixels => Err(DecodeError::UnknownFormat),
     });
     match result {
         Ok(r) => r,

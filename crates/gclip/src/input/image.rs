@@ -291,7 +291,8 @@ pub enum ImageError {
 }
 
 impl ImageError {
-    fn from_decode(e: DecodeError, name: &str) -> ImageError {
+    /// The error for a decoding failure of the image called `name`.
+    pub fn from_decode(e: DecodeError, name: &str) -> ImageError {
         let name = name.to_string();
         match e {
             DecodeError::Empty => ImageError::Empty { name },
@@ -500,6 +501,18 @@ pub struct Rgb8Image {
     pub data: Vec<u8>,
 }
 
+/// An image as a caller holds it: a file, an encoded file in memory, or decoded pixels.
+#[derive(Clone, Debug)]
+pub enum ImageInput {
+    /// A file on disk (read with [`read_image_file`] under the configured size limit).
+    File(PathBuf),
+    /// An encoded file (JPEG, PNG, …) in memory; `name` is used in error messages.
+    Encoded { name: String, bytes: Vec<u8> },
+    /// Pixels already decoded ([`Decoded::from_pixels`]), preprocessed in their own mode as
+    /// Pillow would preprocess the same image.
+    Pixels(Decoded),
+}
+
 /// Turns image files into model input. Cheap to clone, `Send + Sync`: share one across
 /// threads.
 #[derive(Clone, Debug)]
@@ -564,6 +577,23 @@ impl Preprocessor {
     /// Preprocess many files in parallel (rayon's pool); one result per input, in order.
     pub fn batch_from_paths(&self, paths: &[PathBuf]) -> Vec<Result<Vec<f32>, ImageError>> {
         paths.par_iter().map(|p| self.pixels_from_path(p)).collect()
+    }
+
+    /// Preprocess one image, however it is held, into the normalised `[3, crop, crop]` tensor.
+    pub fn pixels_from_input(&self, input: &ImageInput) -> Result<Vec<f32>, ImageError> {
+        match input {
+            ImageInput::File(path) => self.pixels_from_path(path),
+            ImageInput::Encoded { name, bytes } => self.pixels_from_bytes(bytes, name),
+            ImageInput::Pixels(img) => Ok(self.normalize(&self.rgb8_from_decoded(img.clone()))),
+        }
+    }
+
+    /// [`batch_from_paths`](Self::batch_from_paths) for images however they are held.
+    pub fn batch_from_inputs(&self, inputs: &[ImageInput]) -> Vec<Result<Vec<f32>, ImageError>> {
+        inputs
+            .par_iter()
+            .map(|i| self.pixels_from_input(i))
+            .collect()
     }
 
     /// Scale and normalise an 8-bit RGB image into a CHW tensor, with each reference's

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Tests of the Python package (crates/gclip-py): builds the wheel with maturin into a virtual
+# environment (target/pyenv, or $GCLIP_PY_VENV), installs it, and runs its pytest tests, which
+# compare it with the gclip binary (target/debug/gclip) on the committed fixtures. Needs
+# python3 with venv and pip (PyPI for maturin, numpy, pytest, pillow); no PyTorch.
+# The wheel is built in the dev profile, as the binary it is compared with: both reuse the
+# workspace's build of the libraries. `pip install ./crates/gclip-py` builds the release one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${GCLIP_PY_VENV:-target/pyenv}"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check \
+  "maturin==1.16.0" numpy pytest pillow
+cargo build -p gclip-cli
+rm -rf target/wheels/gclip-*.whl
+"$venv/bin/maturin" build --quiet --profile dev -m crates/gclip-py/Cargo.toml \
+  -i "$venv/bin/python" --out target/wheels
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps \
+  target/wheels/gclip-*.whl
+GCLIP_BIN="$PWD/target/debug/gclip" "$venv/bin/python" -m pytest -q crates/gclip-py/tests "$@"
