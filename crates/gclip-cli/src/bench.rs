@@ -6,16 +6,25 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
 use gclip::bench::{random_model, BenchPlan, BenchResult};
-use gclip::model::{ClipConfig, KernelChoice, Precision};
+use gclip::embed::LoadOptions;
+use gclip::model::{Clip, ClipConfig, KernelChoice, Precision};
+use gclip::source::ModelSource;
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  gclip bench --arch ViT-B-32 --batch 1,8,32 --tokens 16,77 --json\n  gclip bench --precision fp32,bf16,int8 --batch 32 --image-only"
+    after_help = "Examples:\n  gclip bench --arch ViT-B-32 --batch 1,8,32 --tokens 16,77 --json\n  gclip bench --precision fp32,bf16,int8 --batch 32 --image-only\n  gclip bench --model openai/clip-vit-base-patch32 --batch 1,32 --tokens 77"
 )]
 pub struct BenchArgs {
-    /// Architecture name (ViT-B-32, ViT-L-14, …) or an open_clip config JSON.
-    #[arg(long, default_value = "ViT-B-32")]
-    arch: String,
+    /// Architecture name (ViT-B-32, ViT-L-14, …) or an open_clip config JSON: of the random
+    /// weights, or of the --model checkpoint file. Default ViT-B-32.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Time a model's own weights, loaded as the task commands load them (fp32 weights used in
+    /// place in a safetensors checkpoint, bf16/int8 from the converted-weights cache): a Hugging
+    /// Face id or directory, or an open_clip checkpoint file with --arch. Default: random
+    /// weights of --arch.
+    #[arg(long)]
+    model: Option<String>,
     /// Batch sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     batch: Vec<usize>,
@@ -43,10 +52,24 @@ pub struct BenchArgs {
     portable_kernels: bool,
 }
 
+/// What is timed: random weights, converted to each precision, or a model's own, loaded in each.
+enum Base {
+    Random(Clip),
+    Load(ModelSource),
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
-    let config = ClipConfig::open_clip(&args.arch)?;
-    let fp32 =
-        random_model(&config, &Device::Cpu, DType::F32).context("building the random model")?;
+    let arch = args
+        .model
+        .clone()
+        .unwrap_or_else(|| args.arch.clone().unwrap_or_else(|| "ViT-B-32".into()));
+    let base = match &args.model {
+        Some(model) => Base::Load(ModelSource::resolve(model, args.arch.as_deref())?),
+        None => Base::Random(
+            random_model(&ClipConfig::open_clip(&arch)?, &Device::Cpu, DType::F32)
+                .context("building the random model")?,
+        ),
+    };
     let plan = BenchPlan {
         batches: args.batch,
         token_lengths: args.tokens,
@@ -55,26 +78,39 @@ pub fn run(args: BenchArgs) -> Result<()> {
         texts: !args.image_only,
     };
     let threads = candle_core::utils::get_num_threads();
+    let kernels = if args.portable_kernels {
+        KernelChoice::Portable
+    } else {
+        KernelChoice::Fastest
+    };
     for precision in args.precision {
-        let mut model = fp32.clone();
-        let kernels = if args.portable_kernels {
-            KernelChoice::Portable
-        } else {
-            KernelChoice::Fastest
+        let model = match &base {
+            Base::Random(fp32) => {
+                let mut model = fp32.clone();
+                model.convert(precision, kernels)?;
+                model
+            }
+            Base::Load(source) => {
+                let options = LoadOptions {
+                    precision,
+                    kernels,
+                    ..Default::default()
+                };
+                source
+                    .load_in(&Device::Cpu, DType::F32, &options)
+                    .with_context(|| format!("loading model {arch}"))?
+                    .clip
+            }
         };
-        model.convert(precision, kernels)?;
         let kernels = model.kernel_description();
         if !args.json {
-            println!(
-                "gclip {} {precision}, {threads} threads, kernels: {kernels}",
-                args.arch
-            );
+            println!("gclip {arch} {precision}, {threads} threads, kernels: {kernels}");
             println!(
                 "{:<6} {:>6} {:>7} {:>12} {:>12}",
                 "tower", "batch", "tokens", "items/s", "ms/batch"
             );
         }
-        let arch = args.arch.clone();
+        let arch = arch.clone();
         let json = args.json;
         gclip::bench::run(&model, &plan, |r: &BenchResult| {
             if json {

@@ -156,9 +156,15 @@ impl ModelSource {
         }
     }
 
-    /// Loads the model on a device, in a dtype.
+    /// Loads the model on a device, in a dtype, for training: fp32 and every weight a
+    /// trainable tensor. (Inference loads go through [`ModelSource::load_in`], whose default
+    /// options use the fp32 linear weights in place in the checkpoint.)
     pub fn load(&self, device: &Device, dtype: DType) -> Result<LoadedModel, ModelError> {
-        self.load_in(device, dtype, &LoadOptions::default())
+        let options = LoadOptions {
+            trainable: true,
+            ..LoadOptions::default()
+        };
+        self.load_in(device, dtype, &options)
     }
 
     /// Loads the model with its transformer blocks' linear layers in the precision of
@@ -174,6 +180,7 @@ impl ModelSource {
             precision,
             kernels,
             ref converted_cache,
+            trainable,
         } = *options;
         let ModelDescription {
             config,
@@ -182,6 +189,7 @@ impl ModelSource {
         } = self.describe()?;
         let weights = Weights::open(&self.weight_files()?, device, dtype)?
             .with_precision(precision, kernels)
+            .for_training(trainable)
             .with_converted_cache(converted_cache);
         let portable = match precision {
             Precision::Fp32 => false,
@@ -214,6 +222,10 @@ pub struct LoadOptions {
     pub kernels: KernelChoice,
     /// Where bf16/int8 weights converted at an earlier load are kept and found.
     pub converted_cache: ConvertedCache,
+    /// Whether the model will be trained (fp32 only): its linear weights are then trainable
+    /// `[in, out]` tensors. Otherwise (the default) fp32 linear weights are used in place in a
+    /// mapped safetensors checkpoint, in PyTorch's `[out, in]` layout: no transposed copy.
+    pub trainable: bool,
 }
 
 /// What a source holds, known before its weights are read.

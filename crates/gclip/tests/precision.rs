@@ -2,6 +2,12 @@
 //! and open_clip): every fixture text and image embeds within cosine 0.999 of fp32, with the
 //! fastest kernels this CPU has and with the portable ones, and zero-shot top-1 on the emoji
 //! set is unchanged. The kernels themselves are tested variant by variant in `model::lowp`.
+//!
+//! fp32 inference loads use the checkpoint's linear weights in place (PyTorch's `[out, in]`,
+//! mapped; no transposed copy) and give the embeddings of the trainable load, which holds
+//! `[in, out]` copies: bit-identical where gemm runs (more than 64 rows: the same products
+//! summed in the same order), within 1e-6 of cosine where the out-in kernel runs (few rows:
+//! dot products summed in another order). Its kernel variants are tested in `model::outin`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +15,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use gclip::embed::{Embedder, LoadOptions};
 use gclip::eval::zeroshot::{evaluate, EvalOptions, ImageFolder};
+use gclip::model::layers::{Linear, LinearWeight};
+use gclip::model::outin::OutInKernel;
 use gclip::model::{Clip, ConvertedCache, KernelChoice, Precision};
 use gclip::source::ModelSource;
 
@@ -204,7 +212,7 @@ fn a_converted_model_is_not_converted_again_and_cannot_train() {
     assert_eq!(c.precision(), Precision::Int8);
     // And a packed model has no trainable weights.
     let mut block = c.vision.transformer.blocks[0].attn.qkv.clone();
-    assert!(block.dense_weight_mut().is_none());
+    assert!(block.dense_weight_mut().unwrap().is_none());
 }
 
 /// Full-size ViT-B/32 (`tools/gen_fixtures.py --full DIR`, random weights, not committed):
@@ -324,4 +332,110 @@ fn packing_at_load_equals_converting_after_load() {
             assert_eq!(a, b, "{name} {precision}");
         }
     }
+}
+
+fn fp32_inference(source: &ModelSource, kernels: KernelChoice) -> Clip {
+    let options = LoadOptions {
+        kernels,
+        converted_cache: ConvertedCache::Off,
+        ..Default::default()
+    };
+    source
+        .load_in(&Device::Cpu, DType::F32, &options)
+        .unwrap()
+        .clip
+}
+
+/// Whether every linear weight of both towers is held as `form` says.
+fn linears_are(c: &Clip, form: fn(&LinearWeight) -> bool) -> bool {
+    [&c.vision.transformer, &c.text.transformer]
+        .into_iter()
+        .flat_map(|t| &t.blocks)
+        .flat_map(|b| [&b.attn.qkv, &b.attn.out, &b.fc1, &b.fc2])
+        .all(|l: &Linear| form(&l.weight))
+}
+
+fn mapped(w: &LinearWeight) -> bool {
+    matches!(w, LinearWeight::Mapped(_))
+}
+
+fn dense(w: &LinearWeight) -> bool {
+    matches!(w, LinearWeight::Dense(_))
+}
+
+#[test]
+fn fp32_inference_loads_use_safetensors_weights_in_place_with_the_same_numbers() {
+    for (name, source) in models() {
+        let r = reference(name);
+        let (ids, pixels) = (ids_of(&r["input_ids"]), &r["pixel_values"]);
+        let trainable = source.load(&Device::Cpu, DType::F32).unwrap().clip;
+        assert!(
+            linears_are(&trainable, dense),
+            "{name}: training loads copy"
+        );
+        let images = trainable.encode_pixels(pixels, true).unwrap();
+        let texts = trainable.encode_text_ids(&ids, true).unwrap();
+        let one_image = pixels.narrow(0, 0, 1).unwrap();
+        let tokens =
+            1 + (trainable.config.vision.image_size / trainable.config.vision.patch_size).pow(2);
+        // The batch runs gemm (more than 64 rows), one image the out-in kernel.
+        assert!(
+            pixels.dim(0).unwrap() * tokens > 64 && tokens <= 64,
+            "{name}"
+        );
+        let one = trainable.encode_pixels(&one_image, true).unwrap();
+        let short: Vec<Vec<u32>> = ids.iter().take(2).cloned().collect();
+        let short_texts = trainable.encode_text_ids(&short, true).unwrap();
+        for kernels in [KernelChoice::Fastest, KernelChoice::Portable] {
+            let c = fp32_inference(&source, kernels);
+            let what = format!("{name} {}", c.kernel_description());
+            if name == "hf-quickgelu" {
+                // A PyTorch zip cannot be mapped: it loads dense.
+                assert!(linears_are(&c, dense), "{what}");
+                assert_eq!(c.kernel_description(), "gemm f32");
+                continue;
+            }
+            assert!(
+                linears_are(&c, mapped),
+                "{what}: every linear weight in place"
+            );
+            assert!(what.contains(OutInKernel::chosen(kernels).name()), "{what}");
+            assert_eq!(c.encode_pixels(pixels, true).unwrap(), images, "{what}");
+            assert_eq!(c.encode_text_ids(&ids, true).unwrap(), texts, "{what}");
+            let cos = min_cosine(&c.encode_pixels(&one_image, true).unwrap(), &one);
+            assert!(cos >= 1.0 - 1e-6, "{what}: one image, cosine {cos}");
+            let cos = min_cosine(&c.encode_text_ids(&short, true).unwrap(), &short_texts);
+            assert!(cos >= 1.0 - 1e-6, "{what}: two texts, cosine {cos}");
+        }
+    }
+}
+
+#[test]
+fn mapped_fp32_weights_convert_and_become_trainable_like_dense_ones() {
+    let (name, source) = models().remove(0);
+    let r = reference(name);
+    let trainable = source.load(&Device::Cpu, DType::F32).unwrap().clip;
+    let mut in_place = fp32_inference(&source, KernelChoice::Fastest);
+    assert!(linears_are(&in_place, mapped));
+    // Packing the mapped [out, in] rows equals packing the [in, out] copies.
+    for precision in [Precision::Bf16, Precision::Int8] {
+        let a = converted(&trainable, precision, KernelChoice::Fastest);
+        let b = converted(&in_place, precision, KernelChoice::Fastest);
+        let (a, b) = (
+            a.encode_pixels(&r["pixel_values"], true).unwrap(),
+            b.encode_pixels(&r["pixel_values"], true).unwrap(),
+        );
+        assert_eq!(a, b, "{precision}");
+    }
+    // Asking for the trainable weight copies it out, transposed: the trainable load's tensor.
+    let LinearWeight::Dense(want) = &trainable.vision.transformer.blocks[0].fc1.weight else {
+        panic!("a training load is dense")
+    };
+    let layer = &mut in_place.vision.transformer.blocks[0].fc1;
+    let got = layer.dense_weight_mut().unwrap().unwrap();
+    assert_eq!(
+        got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    assert!(dense(&layer.weight));
 }

@@ -402,7 +402,7 @@ pub(crate) fn contiguous_f32<'a>(
 }
 
 /// The rayon thread count that candle's own matmul uses, so `--threads` caps both.
-fn matmul_parallelism() -> gemm::Parallelism {
+pub(crate) fn matmul_parallelism() -> gemm::Parallelism {
     let n = candle_core::utils::get_num_threads();
     if n > 1 {
         gemm::Parallelism::Rayon(n)
@@ -602,6 +602,15 @@ impl<'a> LinearInput<'a> {
     }
 }
 
+/// `rows` copies of the bias `b`: the destination a linear op's gemm adds its product into.
+pub(crate) fn bias_rows(b: &[f32], rows: usize) -> Vec<f32> {
+    let mut dst = vec![0f32; rows * b.len()];
+    for row in dst.chunks_exact_mut(b.len().max(1)) {
+        row.copy_from_slice(b);
+    }
+    dst
+}
+
 /// `x·W + b` with `x: [.., in]`, `W: [in, out]` (PyTorch's weight transposed) and `b: [out]`.
 ///
 /// The weight is kept `[in, out]` because gemm then streams it in place: with PyTorch's
@@ -639,10 +648,7 @@ impl CustomOp3 for LinearOp {
             (b, bl.shape()),
             self.input_activation,
         )?;
-        let mut dst = vec![0f32; rows * out_dim];
-        for row in dst.chunks_exact_mut(out_dim) {
-            row.copy_from_slice(b);
-        }
+        let mut dst = bias_rows(b, rows);
         if rows > 0 {
             // SAFETY: dst is rows×out_dim row-major, x rows×in_dim row-major and w in_dim×out_dim
             // row-major; all pointers are valid for those extents and dst aliases neither input.
@@ -701,160 +707,6 @@ impl CustomOp3 for LinearOp {
         let grad_w = input.t()?.matmul(&g2)?;
         let grad_b = g2.contiguous()?.apply_op1_no_bwd(&ColumnSumOp)?;
         Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// x·Wᵀ with W in PyTorch's [out, in] layout, for few rows (the patch embedding of one image).
-
-/// Most rows [`out_in_matmul`] takes: beyond this a general gemm's packing pays for itself.
-pub(crate) const OUT_IN_MAX_ROWS: usize = 64;
-
-/// Whether [`out_in_matmul`] runs here for `rows` rows: it needs AVX-512; elsewhere, and for
-/// more rows, callers use candle's matmul.
-pub(crate) fn out_in_matmul_fits(rows: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        rows <= OUT_IN_MAX_ROWS && has_avx512()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = rows;
-        false
-    }
-}
-
-/// `x·Wᵀ` for `x: [.., in]` and `W: [out, in]` read in place: every output is a dot product of
-/// two contiguous rows. A general gemm repacks the whole of W on each call (9.4 MB for ViT-B/32's
-/// patch embedding), which costs more than the product itself for one image. No gradient:
-/// callers use it on weights that are not being trained.
-pub(crate) struct OutInMatmulOp;
-
-impl CustomOp2 for OutInMatmulOp {
-    fn name(&self) -> &'static str {
-        "gclip-out-in-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(xs, xl, "matmul input")?;
-        let w = contiguous_f32(ws, wl, "matmul weight")?;
-        let (n, k) = wl.shape().dims2()?;
-        let dims = xl.shape().dims();
-        if dims.last() != Some(&k) {
-            candle_core::bail!(
-                "matmul: input {:?} does not fit weight [{n}, {k}]",
-                xl.shape()
-            );
-        }
-        let m = x.len() / k.max(1);
-        if !out_in_matmul_fits(m) {
-            candle_core::bail!("matmul: {m} rows is not a small out-in product on this CPU");
-        }
-        let mut out = vec![0f32; m * n];
-        #[cfg(target_arch = "x86_64")]
-        if m > 0 && n > 0 {
-            out_in_x86::run(x, m, w, n, k, &mut out);
-        }
-        let mut shape = dims.to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = n;
-        }
-        Ok((CpuStorage::F32(out), Shape::from(shape)))
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod out_in_x86 {
-    use rayon::prelude::*;
-    use std::arch::x86_64::*;
-
-    /// Rows of x and of W per register block: 4 × 4 accumulators of 16 lanes.
-    const R: usize = 4;
-
-    /// `out[i][j] = x[i] · w[j]` for `m` rows of `x` and `n` rows of `w`, each `k` long.
-    pub fn run(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, out: &mut [f32]) {
-        assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
-        assert!(super::has_avx512());
-        // One task per block of R weight rows: the block stays in cache while every row block
-        // of x (at most OUT_IN_MAX_ROWS rows) passes over it.
-        let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(R))
-            .into_par_iter()
-            .with_min_len(4)
-            .map(|jb| {
-                let j0 = jb * R;
-                let mut col = vec![0f32; m * R];
-                for i0 in (0..m).step_by(R) {
-                    let mut res = [[0f32; R]; R];
-                    // SAFETY: AVX-512F was checked above; rows are clamped to `m - 1` and
-                    // `n - 1`, so every row read holds `k` floats inside x and w.
-                    unsafe {
-                        block(x, m, w, n, k, i0, j0, &mut res);
-                    }
-                    for (r, row) in res.iter().enumerate().take(m - i0) {
-                        col[(i0 + r) * R..(i0 + r + 1) * R].copy_from_slice(row);
-                    }
-                }
-                (j0, col)
-            })
-            .collect();
-        for (j0, col) in blocks {
-            let nj = R.min(n - j0);
-            for i in 0..m {
-                out[i * n + j0..i * n + j0 + nj].copy_from_slice(&col[i * R..i * R + nj]);
-            }
-        }
-    }
-
-    /// `res[r][c] = x[i0 + r] · w[j0 + c]` (rows past the end repeat the last one).
-    ///
-    /// # Safety
-    /// The CPU supports AVX-512F; `x` holds `m` rows and `w` `n` rows of `k` floats.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn block(
-        x: &[f32],
-        m: usize,
-        w: &[f32],
-        n: usize,
-        k: usize,
-        i0: usize,
-        j0: usize,
-        res: &mut [[f32; R]; R],
-    ) {
-        let xr: [*const f32; R] = std::array::from_fn(|r| x[(i0 + r).min(m - 1) * k..].as_ptr());
-        let wr: [*const f32; R] = std::array::from_fn(|c| w[(j0 + c).min(n - 1) * k..].as_ptr());
-        let mut acc = [[_mm512_setzero_ps(); R]; R];
-        let mut d = 0;
-        while d < k {
-            let mask = if k - d >= 16 {
-                u16::MAX
-            } else {
-                ((1u32 << (k - d)) - 1) as u16
-            };
-            // SAFETY: lanes d..d + 16 within `k` (masked) of rows that hold `k` floats.
-            unsafe {
-                let xv: [__m512; R] =
-                    std::array::from_fn(|r| _mm512_maskz_loadu_ps(mask, xr[r].add(d)));
-                for (c, wp) in wr.iter().enumerate() {
-                    let wv = _mm512_maskz_loadu_ps(mask, wp.add(d));
-                    for r in 0..R {
-                        acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
-                    }
-                }
-            }
-            d += 16;
-        }
-        for r in 0..R {
-            for c in 0..R {
-                res[r][c] = _mm512_reduce_add_ps(acc[r][c]);
-            }
-        }
     }
 }
 
@@ -1429,7 +1281,7 @@ impl CustomOp2 for AttentionBackwardOp {
 }
 
 #[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let ca = a.chunks_exact(LANES);
     let cb = b.chunks_exact(LANES);
@@ -1499,42 +1351,6 @@ mod tests {
         }
         assert_eq!(transpose_blocks(&blocks), transpose_f32(&data, 33, cols));
         assert!(RowBlocks::new(vec![&data[..cols + 1]], cols).is_err());
-    }
-
-    #[test]
-    fn out_in_matmul_matches_candle() {
-        if !out_in_matmul_fits(1) {
-            return;
-        }
-        let mut seed = 5u64;
-        let mut rand = |shape: &[usize]| {
-            seed += 1;
-            test_tensor(shape, seed)
-        };
-        for &(batch, rows, n, k) in &[
-            (1, 1, 1, 1),
-            (1, 49, 37, 3072),
-            (2, 3, 5, 33),
-            (1, 64, 9, 16),
-        ] {
-            let x = rand(&[batch, rows, k]);
-            let w = rand(&[n, k]);
-            let got = x.apply_op2_no_bwd(&w, &OutInMatmulOp).unwrap();
-            let want = x.broadcast_matmul(&w.t().unwrap()).unwrap();
-            assert_eq!(got.dims(), want.dims());
-            let (got, want) = (
-                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            );
-            for (g, w) in got.iter().zip(&want) {
-                assert!(
-                    (g - w).abs() <= 1e-5 * (k as f32).sqrt(),
-                    "{batch}x{rows}x{n}x{k}: {g} vs {w}"
-                );
-            }
-        }
-        let x = rand(&[65, 8]);
-        assert!(x.apply_op2_no_bwd(&rand(&[3, 8]), &OutInMatmulOp).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use super::kernels::{
     activate, fusable, transpose_2d, transpose_blocks, Activation, AttentionOp, LayerNormOp,
     LinearOp, RowBlocks,
 };
+use super::outin::{OutInLinearOp, OutInWeight};
 use super::packed::{PackedLinearOp, PackedWeight};
 use super::precision::{KernelChoice, Precision};
 use super::weights::{MappedF32, Weights};
@@ -134,11 +135,15 @@ pub enum LinearWeight {
     Dense(Tensor),
     /// Packed for the bf16 or int8 CPU kernels; inference only.
     Packed(Arc<PackedWeight>),
+    /// PyTorch's `[out, in]` f32, used in place in the mapped checkpoint (fp32 inference loads:
+    /// no transposed copy); made trainable by copying it out ([`Linear::dense_weight_mut`]).
+    Mapped(Arc<OutInWeight>),
 }
 
 impl Linear {
-    /// Reads a linear layer and builds it in `precision`: fp32 transposes the stored
-    /// `[out, in]` weight to `[in, out]`; bf16 and int8 pack it straight from `[out, in]`.
+    /// Reads a linear layer and builds it in `precision`: fp32 uses the stored `[out, in]`
+    /// weight in place when the load is not for training and the checkpoint is a mapped f32
+    /// one, else transposes it to `[in, out]`; bf16 and int8 pack it straight from `[out, in]`.
     pub(crate) fn load(
         w: &Weights,
         name: &str,
@@ -162,6 +167,14 @@ impl Linear {
                 weight: LinearWeight::Packed(weight),
                 bias,
             });
+        }
+        if !w.trainable() {
+            if let Some(weight) = w.mapped_linear(&weight_name, [out_dim, in_dim])? {
+                return Ok(Self {
+                    weight: LinearWeight::Mapped(Arc::new(weight)),
+                    bias,
+                });
+            }
         }
         let weight = w.with_f32(&weight_name, [out_dim, in_dim], |stored| {
             Ok(LinearWeight::Dense(Tensor::from_vec(
@@ -189,12 +202,21 @@ impl Linear {
         }
     }
 
-    /// The trainable weight `[in, out]`, when the layer has one (packed layers do not).
-    pub fn dense_weight_mut(&mut self) -> Option<&mut Tensor> {
-        match &mut self.weight {
-            LinearWeight::Dense(w) => Some(w),
-            LinearWeight::Packed(_) => None,
+    /// The trainable weight `[in, out]`, when the layer has one (packed layers do not); a
+    /// weight used in place in the checkpoint is copied out, transposed, the first time.
+    pub fn dense_weight_mut(&mut self) -> Result<Option<&mut Tensor>> {
+        if let LinearWeight::Mapped(w) = &self.weight {
+            let (in_dim, out_dim) = w.dims();
+            self.weight = LinearWeight::Dense(Tensor::from_vec(
+                transpose_blocks(&w.rows()?),
+                (in_dim, out_dim),
+                &candle_core::Device::Cpu,
+            )?);
         }
+        Ok(match &mut self.weight {
+            LinearWeight::Dense(w) => Some(w),
+            LinearWeight::Packed(_) | LinearWeight::Mapped(_) => None,
+        })
     }
 
     /// The same layer with its weight packed for `precision` (a copy of the dense layer for
@@ -206,6 +228,12 @@ impl Linear {
     ) -> std::result::Result<Self, ModelError> {
         let w = match (&self.weight, precision) {
             (_, Precision::Fp32) | (LinearWeight::Packed(_), _) => return Ok(self.clone()),
+            (LinearWeight::Mapped(w), _) => {
+                return Ok(Self {
+                    weight: packed(&w.rows()?, precision, kernels)?,
+                    bias: self.bias.clone(),
+                })
+            }
             (LinearWeight::Dense(w), _) => w,
         };
         if !fusable(w) {
@@ -298,6 +326,18 @@ impl Linear {
             LinearWeight::Packed(w) => candle_core::bail!(
                 "{} weights run on f32 CPU inputs only, not {:?} on {:?}",
                 w.precision(),
+                x.dtype(),
+                x.device()
+            ),
+            LinearWeight::Mapped(w) if fusable(x) => x.contiguous()?.apply_op2(
+                &self.bias,
+                OutInLinearOp {
+                    weight: w.clone(),
+                    input_activation: act,
+                },
+            ),
+            LinearWeight::Mapped(_) => candle_core::bail!(
+                "in-place f32 weights run on f32 CPU inputs only, not {:?} on {:?}",
                 x.dtype(),
                 x.device()
             ),
@@ -493,7 +533,8 @@ impl Transformer {
     }
 
     /// The kernels of the first block's layers, e.g. `qkv bf16-avx512bf16, out/fc1/fc2
-    /// int8-avx512vnni`, or `gemm f32`.
+    /// int8-avx512vnni`, `gemm f32`, or `f32 in place (f32-outin-avx2, gemm)` (the out-in
+    /// kernel for few rows, gemm for more).
     pub fn kernel_description(&self) -> String {
         let Some(b) = self.blocks.first() else {
             return "none".into();
@@ -501,6 +542,7 @@ impl Transformer {
         let name = |l: &Linear| match &l.weight {
             LinearWeight::Packed(w) => w.kernel_name(),
             LinearWeight::Dense(_) => "gemm f32".into(),
+            LinearWeight::Mapped(w) => format!("f32 in place ({}, gemm)", w.kernel().name()),
         };
         let (qkv, rest) = (name(&b.attn.qkv), name(&b.fc1));
         if qkv == rest {

@@ -9,6 +9,7 @@ pub mod converted;
 pub mod kernels;
 pub mod layers;
 pub mod lowp;
+pub mod outin;
 pub mod packed;
 pub mod precision;
 pub mod text;

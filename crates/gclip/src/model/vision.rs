@@ -3,8 +3,10 @@
 use candle_core::{Result, Tensor, D};
 
 use super::config::VisionConfig;
-use super::kernels::{fusable, out_in_matmul_fits, OutInMatmulOp};
+use super::kernels::fusable;
 use super::layers::{LayerNorm, StackShape, Transformer};
+use super::outin::{OutInKernel, OutInMatmulOp, OUT_IN_MAX_ROWS};
+use super::precision::KernelChoice;
 use super::weights::Weights;
 use super::ModelError;
 
@@ -79,9 +81,10 @@ impl VisionTower {
             && fusable(&patches)
             && fusable(&self.patch_embed)
             && self.patch_embed.is_contiguous()
-            && out_in_matmul_fits(batch * g * g)
+            && batch * g * g <= OUT_IN_MAX_ROWS
         {
-            patches.apply_op2_no_bwd(&self.patch_embed, &OutInMatmulOp)?
+            let kernel = OutInKernel::chosen(KernelChoice::Fastest);
+            patches.apply_op2_no_bwd(&self.patch_embed, &OutInMatmulOp { kernel })?
         } else {
             patches.broadcast_matmul(&self.patch_embed.t()?)?
         };

@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::converted::{self, ConvertedCache, ConvertedFile, SourceIdentity};
 use super::kernels::RowBlocks;
+use super::outin::{OutInKernel, OutInWeight};
 use super::packed::PackedWeight;
 use super::precision::{KernelChoice, Precision};
 use super::{error_message, ModelError};
@@ -182,6 +183,9 @@ pub struct Weights {
     /// The precision the transformer blocks' linear layers are built in (packed as they load).
     precision: Precision,
     kernels: KernelChoice,
+    /// Whether the model is loaded to be trained: fp32 linear weights are then trainable
+    /// `[in, out]` copies, else used in place in a mapped checkpoint where they can be.
+    trainable: bool,
     used: RefCell<BTreeSet<String>>,
     /// Every checkpoint file (shards), for the converted-weights cache.
     files: Vec<PathBuf>,
@@ -303,6 +307,7 @@ impl Weights {
             dtype,
             precision: Precision::Fp32,
             kernels: KernelChoice::Fastest,
+            trainable: true,
             used: RefCell::new(BTreeSet::new()),
             files: Vec::new(),
             converted: None,
@@ -315,6 +320,37 @@ impl Weights {
         self.precision = precision;
         self.kernels = kernels;
         self
+    }
+
+    /// Loads the model for training (`true`, the default: fp32 linear weights become trainable
+    /// `[in, out]` tensors) or for inference only (`false`: they are used in place in a mapped
+    /// safetensors checkpoint, [`super::layers::LinearWeight::Mapped`]).
+    pub fn for_training(mut self, trainable: bool) -> Self {
+        self.trainable = trainable;
+        self
+    }
+
+    /// Whether the model is loaded for training (see [`Weights::for_training`]).
+    pub(crate) fn trainable(&self) -> bool {
+        self.trainable
+    }
+
+    /// The linear weight gclip calls `name` (`[out, in]`), used in place in the mapped
+    /// checkpoint when it is stored there as f32 rows (checked finite), with the out-in kernel
+    /// of this load's kernel choice; `None` otherwise (read it with [`Weights::with_f32`]).
+    pub(crate) fn mapped_linear(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+    ) -> Result<Option<OutInWeight>, ModelError> {
+        let Some(blocks) = self.mapped_row_blocks(name, shape)? else {
+            return Ok(None);
+        };
+        let blocks = blocks.into_iter().map(|(_, block)| block).collect();
+        Ok(Some(OutInWeight::new(
+            blocks,
+            OutInKernel::chosen(self.kernels),
+        )?))
     }
 
     /// Reads and writes the bf16/int8 linear weights of this checkpoint in `cache` (see
@@ -462,6 +498,7 @@ impl Weights {
             dtype,
             precision: Precision::Fp32,
             kernels: KernelChoice::Fastest,
+            trainable: true,
             used: RefCell::new(BTreeSet::new()),
             files: Vec::new(),
             converted: None,

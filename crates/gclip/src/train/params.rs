@@ -168,7 +168,7 @@ impl Visitor<'_, '_> {
         layer: Option<usize>,
         l: &mut Linear,
     ) -> candle_core::Result<()> {
-        let Some(weight) = l.dense_weight_mut() else {
+        let Some(weight) = l.dense_weight_mut()? else {
             candle_core::bail!(
                 "{prefix}: packed (bf16/int8) weights cannot be trained; load the model in fp32"
             );

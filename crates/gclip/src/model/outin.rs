@@ -1,0 +1,570 @@
+//! `x·Wᵀ` with `W` read in place in PyTorch's `[out, in]` layout: the fp32 linear layers of an
+//! inference load use the checkpoint's own weights, mapped, instead of a transposed copy.
+//!
+//! Few input rows (one image's 50 tokens, a few short captions) go through the out-in kernel
+//! of this module: every output is the dot product of two contiguous rows, so the weight is
+//! read once, in place, and never repacked. More rows go through gemm on the transposed
+//! strides of the same memory; gemm then packs the weight per call, which its product over
+//! many rows repays. The kernel has AVX-512, AVX2+FMA and portable variants, the fastest this
+//! CPU runs chosen at load time ([`OutInKernel::best`]).
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
+use rayon::prelude::*;
+
+use super::kernels::{
+    bias_rows, contiguous_f32, dot_lanes, matmul_parallelism, Activation, LinearInput, RowBlocks,
+};
+use super::precision::KernelChoice;
+use super::weights::MappedF32;
+
+/// Most rows the out-in kernel takes: beyond this gemm's packing pays for itself.
+pub(crate) const OUT_IN_MAX_ROWS: usize = 64;
+
+/// Variants of the out-in kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutInKernel {
+    /// Plain Rust, any CPU: one dot product (16 partial sums) per output.
+    Portable,
+    /// AVX2 + FMA: 3 input rows × 4 weight rows per register block, 8 lanes.
+    Avx2,
+    /// AVX-512F: 4 × 4 rows per register block, 16 lanes.
+    Avx512,
+}
+
+impl OutInKernel {
+    /// Whether this CPU can run the variant.
+    pub fn is_available(self) -> bool {
+        match self {
+            OutInKernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            OutInKernel::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            OutInKernel::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The variants this CPU can run, slowest first.
+    pub fn available() -> Vec<OutInKernel> {
+        [
+            OutInKernel::Portable,
+            OutInKernel::Avx2,
+            OutInKernel::Avx512,
+        ]
+        .into_iter()
+        .filter(|k| k.is_available())
+        .collect()
+    }
+
+    /// The variant `choice` asks for on this CPU: the fastest, or the portable one.
+    pub fn chosen(choice: KernelChoice) -> OutInKernel {
+        match choice {
+            KernelChoice::Fastest => *Self::available().last().unwrap_or(&OutInKernel::Portable),
+            KernelChoice::Portable => OutInKernel::Portable,
+        }
+    }
+
+    /// Short name (for `gclip bench`).
+    pub fn name(self) -> &'static str {
+        match self {
+            OutInKernel::Portable => "f32-outin-portable",
+            OutInKernel::Avx2 => "f32-outin-avx2",
+            OutInKernel::Avx512 => "f32-outin-avx512",
+        }
+    }
+}
+
+/// Weight rows per parallel task: a task's rows (at most 16 × 12 KB for a 3072-wide weight)
+/// stay in L2 while every block of input rows passes over them.
+const TASK_ROWS: usize = 16;
+
+/// `out[i·ld + j] += x[i] · w[j]` for the `m` rows of `x` and the `n` rows of `w`, each `k`
+/// long, with `kernel` (an error when this CPU cannot run it or a slice is too short).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn out_in_add(
+    kernel: OutInKernel,
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    out: &mut [f32],
+    ld: usize,
+) -> Result<()> {
+    if !kernel.is_available() {
+        candle_core::bail!(
+            "the {} kernel needs instructions this CPU lacks",
+            kernel.name()
+        );
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let fits = m.checked_mul(k).is_some_and(|len| len <= x.len())
+        && n.checked_mul(k).is_some_and(|len| len <= w.len())
+        && n <= ld
+        && (m - 1)
+            .checked_mul(ld)
+            .and_then(|e| e.checked_add(n))
+            .is_some_and(|len| len <= out.len());
+    if !fits {
+        candle_core::bail!(
+            "out-in product: {m}x{k} input, {n}x{k} weight, output rows of {ld}: slices too short"
+        );
+    }
+    // One task per TASK_ROWS weight rows, each making an `m × rows` tile; the tiles are added
+    // into `out` afterwards (m × n additions, nothing beside the k-long dot products).
+    let tiles: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(TASK_ROWS))
+        .into_par_iter()
+        .map(|t| {
+            let j0 = t * TASK_ROWS;
+            let rows = TASK_ROWS.min(n - j0);
+            let mut tile = vec![0f32; m * rows];
+            tile_of(
+                kernel,
+                x,
+                m,
+                &w[j0 * k..(j0 + rows) * k],
+                rows,
+                k,
+                &mut tile,
+            );
+            (j0, tile)
+        })
+        .collect();
+    for (j0, tile) in tiles {
+        let rows = tile.len() / m;
+        for (i, t) in tile.chunks_exact(rows).enumerate() {
+            for (o, v) in out[i * ld + j0..i * ld + j0 + rows].iter_mut().zip(t) {
+                *o += v;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rows of `x` and of `w` per register block (the largest of the variants).
+const R: usize = 4;
+
+/// `tile[i·n + j] = x[i] · w[j]` for `m` rows of `x` and `n ≤ TASK_ROWS` rows of `w` (lengths
+/// checked by the caller; `kernel` available).
+fn tile_of(
+    kernel: OutInKernel,
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    tile: &mut [f32],
+) {
+    let x_rows = match kernel {
+        OutInKernel::Avx2 => 3,
+        _ => R,
+    };
+    for i0 in (0..m).step_by(x_rows) {
+        for j0 in (0..n).step_by(R) {
+            let mut res = [[0f32; R]; R];
+            let rows = |r: usize, count: usize, first: usize| (first + r).min(count - 1) * k;
+            // Rows past the end repeat the last one; their results are dropped below.
+            let xr: [&[f32]; R] = std::array::from_fn(|r| &x[rows(r, m, i0)..][..k]);
+            let wr: [&[f32]; R] = std::array::from_fn(|c| &w[rows(c, n, j0)..][..k]);
+            match kernel {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the variant's instructions were checked available by `out_in_add`;
+                // every row slice holds `k` floats.
+                OutInKernel::Avx2 => unsafe { x86::block_avx2(&xr, &wr, k, &mut res) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                OutInKernel::Avx512 => unsafe { x86::block_avx512(&xr, &wr, k, &mut res) },
+                _ => {
+                    for (r, line) in res.iter_mut().enumerate().take(x_rows) {
+                        for (c, v) in line.iter_mut().enumerate() {
+                            *v = dot_lanes(xr[r], wr[c]);
+                        }
+                    }
+                }
+            }
+            for (r, line) in res.iter().enumerate().take(x_rows.min(m - i0)) {
+                let cols = R.min(n - j0);
+                tile[(i0 + r) * n + j0..][..cols].copy_from_slice(&line[..cols]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::R;
+    use std::arch::x86_64::*;
+
+    /// `res[r][c] = x[r] · w[c]` for r < 3, c < 4, with 8-lane FMAs (12 accumulators).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; every row holds `k` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn block_avx2(
+        x: &[&[f32]; R],
+        w: &[&[f32]; R],
+        k: usize,
+        res: &mut [[f32; R]; R],
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); R]; 3];
+        // One step of 8 lanes from `d`, each vector read by `$load` from pointer `$p` (spelt
+        // out, not a closure, so that every load inlines into this AVX2 function).
+        macro_rules! step {
+            ($d:expr, $p:ident => $load:expr) => {{
+                let xv: [__m256; 3] = [
+                    {
+                        let $p = x[0].as_ptr().add($d);
+                        $load
+                    },
+                    {
+                        let $p = x[1].as_ptr().add($d);
+                        $load
+                    },
+                    {
+                        let $p = x[2].as_ptr().add($d);
+                        $load
+                    },
+                ];
+                for (c, wr) in w.iter().enumerate() {
+                    let wv = {
+                        let $p = wr.as_ptr().add($d);
+                        $load
+                    };
+                    for r in 0..3 {
+                        acc[r][c] = _mm256_fmadd_ps(xv[r], wv, acc[r][c]);
+                    }
+                }
+            }};
+        }
+        let whole = k / 8 * 8;
+        for d in (0..whole).step_by(8) {
+            // SAFETY: lanes d..d + 8 ≤ k of rows that hold `k` floats.
+            unsafe { step!(d, p => _mm256_loadu_ps(p)) };
+        }
+        if whole < k {
+            let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((k - whole) as i32), lane);
+            // SAFETY: lanes whole..k are read; the masked lanes past `k` are not.
+            unsafe { step!(whole, p => _mm256_maskload_ps(p, mask)) };
+        }
+        for r in 0..3 {
+            for c in 0..R {
+                let v = acc[r][c];
+                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+                res[r][c] = _mm_cvtss_f32(s);
+            }
+        }
+    }
+
+    /// `res[r][c] = x[r] · w[c]` for r, c < 4, with 16-lane FMAs.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; every row holds `k` floats.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn block_avx512(
+        x: &[&[f32]; R],
+        w: &[&[f32]; R],
+        k: usize,
+        res: &mut [[f32; R]; R],
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); R]; R];
+        let mut d = 0;
+        while d < k {
+            let mask = if k - d >= 16 {
+                u16::MAX
+            } else {
+                ((1u32 << (k - d)) - 1) as u16
+            };
+            // SAFETY: lanes d..d + 16 within `k` (masked) of rows that hold `k` floats.
+            unsafe {
+                let xv: [__m512; R] =
+                    std::array::from_fn(|r| _mm512_maskz_loadu_ps(mask, x[r].as_ptr().add(d)));
+                for (c, wr) in w.iter().enumerate() {
+                    let wv = _mm512_maskz_loadu_ps(mask, wr.as_ptr().add(d));
+                    for r in 0..R {
+                        acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
+                    }
+                }
+            }
+            d += 16;
+        }
+        for r in 0..R {
+            for c in 0..R {
+                res[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+            }
+        }
+    }
+}
+
+/// `x·Wᵀ` for `x: [.., in]` and a tensor `W: [out, in]` read in place, for at most
+/// [`OUT_IN_MAX_ROWS`] rows (the patch embedding of one image): a general gemm repacks the
+/// whole of `W` on each call (9.4 MB for ViT-B/32's patch embedding), which costs more than the
+/// product itself for one image. No gradient: callers use it on weights that are not being
+/// trained.
+pub(crate) struct OutInMatmulOp {
+    pub kernel: OutInKernel,
+}
+
+impl CustomOp2 for OutInMatmulOp {
+    fn name(&self) -> &'static str {
+        "gclip-out-in-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, "matmul input")?;
+        let w = contiguous_f32(ws, wl, "matmul weight")?;
+        let (n, k) = wl.shape().dims2()?;
+        let dims = xl.shape().dims();
+        if dims.last() != Some(&k) {
+            candle_core::bail!(
+                "matmul: input {:?} does not fit weight [{n}, {k}]",
+                xl.shape()
+            );
+        }
+        let m = x.len() / k.max(1);
+        if m > OUT_IN_MAX_ROWS {
+            candle_core::bail!("matmul: {m} rows is not a small out-in product");
+        }
+        let mut out = vec![0f32; m * n];
+        out_in_add(self.kernel, x, m, w, n, k, &mut out, n)?;
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = n;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
+
+/// A linear weight used in place in PyTorch's `[out, in]` layout in a mapped checkpoint: one
+/// stored f32 tensor, or several holding consecutive rows (transformers' q, k and v of the
+/// fused q/k/v projection), with the out-in kernel chosen for it at load time.
+#[derive(Debug, Clone)]
+pub struct OutInWeight {
+    blocks: Vec<MappedF32>,
+    in_dim: usize,
+    out_dim: usize,
+    kernel: OutInKernel,
+}
+
+impl OutInWeight {
+    /// The weight whose rows `blocks` hold, in order, each `[rows_i, in_dim]`.
+    pub(crate) fn new(blocks: Vec<MappedF32>, kernel: OutInKernel) -> Result<Self> {
+        let in_dim = blocks.first().map_or(0, |b| b.dims().1);
+        if in_dim == 0 || blocks.iter().any(|b| b.dims().1 != in_dim) {
+            candle_core::bail!("an in-place weight needs blocks of equal, non-zero row length");
+        }
+        let out_dim = blocks.iter().map(|b| b.dims().0).sum();
+        Ok(Self {
+            blocks,
+            in_dim,
+            out_dim,
+            kernel,
+        })
+    }
+
+    /// `(in_dim, out_dim)`
+    pub fn dims(&self) -> (usize, usize) {
+        (self.in_dim, self.out_dim)
+    }
+
+    /// The out-in kernel variant this weight runs few rows with.
+    pub fn kernel(&self) -> OutInKernel {
+        self.kernel
+    }
+
+    /// The stored `[out, in]` rows.
+    pub(crate) fn rows(&self) -> Result<RowBlocks<'_>> {
+        RowBlocks::new(
+            self.blocks.iter().map(|b| b.values()).collect(),
+            self.in_dim,
+        )
+    }
+}
+
+/// `act(x)·Wᵀ + b` over an [`OutInWeight`] (a [`CustomOp2`] of `x` and `b`): the out-in kernel
+/// for few rows, gemm on the weight's transposed strides for more. Inference only.
+pub(crate) struct OutInLinearOp {
+    pub weight: Arc<OutInWeight>,
+    pub input_activation: Option<Activation>,
+}
+
+impl CustomOp2 for OutInLinearOp {
+    fn name(&self) -> &'static str {
+        "gclip-out-in-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let b = contiguous_f32(bs, bl, "linear bias")?;
+        let (in_dim, out_dim) = self.weight.dims();
+        let LinearInput { x, rows, shape } = LinearInput::new(
+            contiguous_f32(xs, xl, "linear input")?,
+            xl.shape(),
+            (in_dim, out_dim),
+            (b, bl.shape()),
+            self.input_activation,
+        )?;
+        let mut dst = bias_rows(b, rows);
+        let mut first = 0;
+        for block in &self.weight.blocks {
+            let (n, k) = block.dims();
+            let w = block.values();
+            if rows <= OUT_IN_MAX_ROWS {
+                out_in_add(
+                    self.weight.kernel,
+                    &x,
+                    rows,
+                    w,
+                    n,
+                    k,
+                    &mut dst[first..],
+                    out_dim,
+                )?;
+            } else {
+                // SAFETY: dst is rows × out_dim row-major and this block writes its columns
+                // first..first + n (n ≤ out_dim - first); x is rows × k row-major; w is n × k
+                // row-major, read as the k × n matrix Wᵀ (row stride 1, column stride k). All
+                // pointers are valid for those extents and dst aliases neither input.
+                unsafe {
+                    gemm::gemm(
+                        rows,
+                        n,
+                        k,
+                        dst.as_mut_ptr().add(first),
+                        1,
+                        out_dim as isize,
+                        true,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        w.as_ptr(),
+                        k as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        matmul_parallelism(),
+                    );
+                }
+            }
+            first += n;
+        }
+        Ok((CpuStorage::F32(dst), shape))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kernels::test_tensor;
+
+    /// Every variant this CPU runs, forced in turn, against candle's matmul, on shapes with
+    /// ragged row blocks and lane tails, written into a wider output at a column offset.
+    #[test]
+    fn every_available_kernel_matches_candle() {
+        let available = OutInKernel::available();
+        assert_eq!(available[0], OutInKernel::Portable);
+        for kernel in available {
+            let mut seed = 5u64;
+            for &(m, n, k) in &[
+                (1, 1, 1),
+                (49, 37, 3072),
+                (50, 768, 768),
+                (3, 5, 33),
+                (64, 9, 16),
+                (7, 17, 7),
+            ] {
+                seed += 2;
+                let x = test_tensor(&[m, k], seed);
+                let w = test_tensor(&[n, k], seed + 1);
+                let want = x.matmul(&w.t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
+                let (xv, wv) = (
+                    x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                );
+                // Columns 2..2 + n of rows of n + 3, starting from 1.0.
+                let ld = n + 3;
+                let mut out = vec![1f32; m * ld];
+                out_in_add(kernel, &xv, m, &wv, n, k, &mut out[2..], ld).unwrap();
+                for i in 0..m {
+                    for j in 0..ld {
+                        let got = out[i * ld + j];
+                        let want = if (2..2 + n).contains(&j) {
+                            1.0 + want[i][j - 2]
+                        } else {
+                            1.0
+                        };
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (k as f32).sqrt(),
+                            "{} {m}x{n}x{k} [{i}][{j}]: {got} vs {want}",
+                            kernel.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn short_slices_and_missing_instructions_are_errors() {
+        let x = vec![0f32; 8];
+        let mut out = vec![0f32; 4];
+        let k = OutInKernel::Portable;
+        assert!(out_in_add(k, &x, 2, &x, 2, 4, &mut out, 2).is_ok());
+        assert!(out_in_add(k, &x, 3, &x, 2, 4, &mut out, 2).is_err());
+        assert!(out_in_add(k, &x, 2, &x, 3, 4, &mut out, 3).is_err());
+        assert!(out_in_add(k, &x, 2, &x, 2, 4, &mut out[1..], 2).is_err());
+        assert!(out_in_add(k, &x, 2, &x, 2, 4, &mut out, 1).is_err());
+        for kernel in [OutInKernel::Avx2, OutInKernel::Avx512] {
+            let r = out_in_add(kernel, &x, 2, &x, 2, 4, &mut out, 2);
+            assert_eq!(r.is_ok(), kernel.is_available(), "{}", kernel.name());
+        }
+    }
+
+    #[test]
+    fn out_in_matmul_matches_candle_and_refuses_many_rows() {
+        let kernel = OutInKernel::chosen(KernelChoice::Fastest);
+        let x = test_tensor(&[2, 3, 33], 1);
+        let w = test_tensor(&[5, 33], 2);
+        let got = x.apply_op2_no_bwd(&w, &OutInMatmulOp { kernel }).unwrap();
+        let want = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+        assert_eq!(got.dims(), want.dims());
+        let (got, want) = (
+            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        let diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "{diff}");
+        let x = test_tensor(&[65, 8], 3);
+        assert!(x
+            .apply_op2_no_bwd(&test_tensor(&[3, 8], 4), &OutInMatmulOp { kernel })
+            .is_err());
+    }
+}
