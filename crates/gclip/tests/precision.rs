@@ -373,16 +373,17 @@ fn fp32_inference_loads_use_safetensors_weights_in_place_with_the_same_numbers()
             linears_are(&trainable, dense),
             "{name}: training loads copy"
         );
-        let images = trainable.encode_pixels(pixels, true).unwrap();
-        let texts = trainable.encode_text_ids(&ids, true).unwrap();
-        let one_image = pixels.narrow(0, 0, 1).unwrap();
         let tokens =
             1 + (trainable.config.vision.image_size / trainable.config.vision.patch_size).pow(2);
-        // The batch runs gemm (more than 64 rows), one image the out-in kernel.
-        assert!(
-            pixels.dim(0).unwrap() * tokens > 64 && tokens <= 64,
-            "{name}"
-        );
+        // Batches of more than 64 rows run gemm: enough copies of the fixture images, and 65
+        // texts (each at least one token); one image and two texts run the out-in kernel.
+        assert!(tokens <= 64, "{name}: one image is {tokens} tokens");
+        let copies = 64 / (pixels.dim(0).unwrap() * tokens) + 1;
+        let many = Tensor::cat(&vec![pixels; copies], 0).unwrap();
+        let many_ids: Vec<Vec<u32>> = ids.iter().cycle().take(65).cloned().collect();
+        let images = trainable.encode_pixels(&many, true).unwrap();
+        let texts = trainable.encode_text_ids(&many_ids, true).unwrap();
+        let one_image = pixels.narrow(0, 0, 1).unwrap();
         let one = trainable.encode_pixels(&one_image, true).unwrap();
         let short: Vec<Vec<u32>> = ids.iter().take(2).cloned().collect();
         let short_texts = trainable.encode_text_ids(&short, true).unwrap();
@@ -400,8 +401,8 @@ fn fp32_inference_loads_use_safetensors_weights_in_place_with_the_same_numbers()
                 "{what}: every linear weight in place"
             );
             assert!(what.contains(OutInKernel::chosen(kernels).name()), "{what}");
-            assert_eq!(c.encode_pixels(pixels, true).unwrap(), images, "{what}");
-            assert_eq!(c.encode_text_ids(&ids, true).unwrap(), texts, "{what}");
+            assert_eq!(c.encode_pixels(&many, true).unwrap(), images, "{what}");
+            assert_eq!(c.encode_text_ids(&many_ids, true).unwrap(), texts, "{what}");
             let cos = min_cosine(&c.encode_pixels(&one_image, true).unwrap(), &one);
             assert!(cos >= 1.0 - 1e-6, "{what}: one image, cosine {cos}");
             let cos = min_cosine(&c.encode_text_ids(&short, true).unwrap(), &short_texts);
