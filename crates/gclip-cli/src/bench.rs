@@ -106,8 +106,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if !args.json {
             println!("gclip {arch} {precision}, {threads} threads, kernels: {kernels}");
             println!(
-                "{:<6} {:>6} {:>7} {:>12} {:>12}",
-                "tower", "batch", "tokens", "items/s", "ms/batch"
+                "{:<6} {:>6} {:>7} {:>12} {:>12} {:>12}",
+                "tower", "batch", "tokens", "items/s", "ms/batch", "CPU ms/batch"
             );
         }
         let arch = arch.clone();
@@ -123,9 +123,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 println!("{v}");
             } else {
                 let tokens = r.tokens.map_or("-".to_string(), |t| t.to_string());
+                let cpu = r
+                    .cpu_ms_per_batch
+                    .map_or("-".to_string(), |c| format!("{c:.1}"));
                 println!(
-                    "{:<6} {:>6} {:>7} {:>12.1} {:>12.1}",
-                    r.tower, r.batch, tokens, r.items_per_s, r.ms_per_batch
+                    "{:<6} {:>6} {:>7} {:>12.1} {:>12.1} {:>12}",
+                    r.tower, r.batch, tokens, r.items_per_s, r.ms_per_batch, cpu
                 );
             }
         })?;
