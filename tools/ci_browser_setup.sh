@@ -3,7 +3,7 @@
 # - headless Chromium and its WebDriver, for the web page test (crates/gclip-server/tests/browser.rs
 #   drives them on loopback only);
 # - libjpeg-turbo's cjpeg/djpeg, for the JPEG differential test (crates/gclip/tests/jpeg_differential.rs,
-#   which fails under CI without them).
+#   which fails without them, as the web page test does).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 packages=()

@@ -10,7 +10,9 @@ use gclip_search::{EmbedSpec, Fields};
 
 use gclip_search::encoder::LazyEncoder;
 
-use crate::index::{finish_report, load_embedder, open_collection, ModelArgs};
+use crate::index::{
+    finish_report, load_embedder, open_collection, open_existing_collection, ModelArgs,
+};
 use crate::progress::Progress;
 
 #[derive(Args)]
@@ -101,7 +103,7 @@ pub struct UpdateArgs {
 }
 
 pub fn run_update(args: UpdateArgs) -> Result<()> {
-    let collection = open_collection(&args.collection, &ModelArgs::default(), None)?;
+    let collection = open_existing_collection(&args.collection)?;
     let patch: Fields = serde_json::from_str(&args.set).context("--set must be a JSON object")?;
     if collection.get(&args.id)?.is_none() {
         bail!(
@@ -142,7 +144,7 @@ pub struct DeleteArgs {
 }
 
 pub fn run_delete(args: DeleteArgs) -> Result<()> {
-    let collection = open_collection(&args.collection, &ModelArgs::default(), None)?;
+    let collection = open_existing_collection(&args.collection)?;
     let r = collection.delete(&args.ids)?;
     collection.flush()?;
     eprintln!(

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use gclip::embed::{Embedder, LoadOptions};
-use gclip::input::items::{read_items, resolve_image_path, walk_images, ItemKind};
+use gclip::input::items::{is_image_path, read_items, resolve_image_path, walk_images, ItemKind};
 use gclip::model::Precision;
 use gclip::source::ModelSource;
 use gclip::zeroshot::{Stage, TemplateSet};
@@ -22,7 +22,8 @@ pub struct ModelArgs {
     #[arg(long, default_value = "openai/clip-vit-base-patch32")]
     pub model: String,
     /// open_clip architecture name (ViT-B-32, …) or config JSON, for checkpoint files.
-    #[arg(long)]
+    // Only with --model: on its own it would be silently ignored.
+    #[arg(long, requires = "model")]
     pub arch: Option<String>,
     /// Items per forward pass.
     #[arg(long, default_value_t = 32)]
@@ -135,15 +136,20 @@ pub fn collect_images(list: Option<&Path>, direct: &[String]) -> Result<Vec<Imag
     Ok(out)
 }
 
+/// A count that must be at least 1 (`--limit`, `--top-k`): 0 would silently show nothing.
+pub fn positive_count(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (0 would show nothing)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("`{value}` is not a whole number: {e}")),
+    }
+}
+
 /// Whether a command-line value names an image: an existing file or directory, or a name with
 /// an image extension.
 pub fn looks_like_image(value: &str) -> bool {
-    const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
     let p = Path::new(value);
-    p.exists()
-        || p.extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    p.exists() || is_image_path(p)
 }
 
 /// One progress bar per stage (texts, then images), on a terminal only.

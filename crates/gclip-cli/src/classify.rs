@@ -8,7 +8,10 @@ use candle_core::Device;
 use clap::Args;
 use gclip::zeroshot::{classify_with, ZeroShotClassifier};
 
-use crate::args::{collect_images, looks_like_image, ModelArgs, StageProgress, TemplateArgs};
+use crate::args::{
+    collect_images, looks_like_image, positive_count, ModelArgs, StageProgress, TemplateArgs,
+};
+use crate::wording::count;
 
 #[derive(Args)]
 #[command(after_help = "Examples:
@@ -38,10 +41,10 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "FILE")]
     input: Option<PathBuf>,
     /// Labels shown per image in the table.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = positive_count)]
     top_k: usize,
-    /// One JSON object per line and image, all labels sorted by score:
-    /// {"image": PATH, "labels": [{"label": L, "score": P}, …]}.
+    /// One JSON object per line and image, all labels, most probable first:
+    /// {"image": PATH, "labels": [{"label": L, "probability": P, "cosine": C}, …]}.
     #[arg(long)]
     json: bool,
     /// Multiply cosine similarities by this instead of the checkpoint's exp(logit_scale).
@@ -121,8 +124,8 @@ pub fn run(mut args: ClassifyArgs, device: &Device) -> Result<()> {
                     writeln!(out)?;
                 }
                 writeln!(out, "{}", image.shown)?;
-                for s in ranked.iter().take(args.top_k.max(1)) {
-                    writeln!(out, "  {:>7.2}%  {}", 100.0 * s.score, s.label)?;
+                for s in ranked.iter().take(args.top_k) {
+                    writeln!(out, "  {:>7.2}%  {}", 100.0 * s.probability, s.label)?;
                 }
             }
             Err(e) => {
@@ -137,13 +140,17 @@ pub fn run(mut args: ClassifyArgs, device: &Device) -> Result<()> {
     out.flush()?;
     if !failed.is_empty() {
         eprintln!(
-            "classified {} of {} images; {} failed:\n{}",
+            "classified {} of {}; {} failed:\n{}",
             images.len() - failed.len(),
-            images.len(),
+            count(images.len(), "image", "images"),
             failed.len(),
             failed.join("\n")
         );
-        bail!("{} of {} images failed", failed.len(), images.len());
+        bail!(
+            "{} of {} failed",
+            failed.len(),
+            count(images.len(), "image", "images")
+        );
     }
     Ok(())
 }

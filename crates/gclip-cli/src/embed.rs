@@ -7,11 +7,15 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use gclip::embed::Embedder;
-use gclip::input::items::{read_items, resolve_image_path, walk_images, InputItem, ItemKind};
+use gclip::input::items::{
+    is_image_path, read_items, resolve_image_path, walk_images, InputItem, ItemKind, IMAGE_TYPES,
+};
 use gclip::model::Embeddings;
 use gclip::output::{merge, sidecar_path, write_npy_with_ids, RowId, Shard};
+use gclip_search::remote::{is_url, RemoteImages};
 
 use crate::progress::Progress;
+use crate::wording::count;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum What {
@@ -34,7 +38,8 @@ pub struct EmbedArgs {
     #[arg(long, default_value = gclip::source::DEFAULT_MODEL, help = crate::source::MODEL_HELP)]
     model: String,
     /// open_clip architecture name (ViT-B-32, …) or config JSON, for checkpoint files.
-    #[arg(long)]
+    // Only with --model: on its own it would be silently ignored.
+    #[arg(long, requires = "model")]
     arch: Option<String>,
     /// Input list: JSONL ({"text": …} or {"image": path} per line) or plain lines.
     #[arg(long)]
@@ -73,24 +78,40 @@ fn output_format(path: &Path) -> Result<OutputFormat> {
     }
 }
 
-/// Collects the items of the list file and of the command line, in that order.
+/// Collects the items of the list file and of the command line, in that order. When nothing is
+/// left, the error names what was given and was empty (a list without items, a folder without
+/// images), or asks for input when none was given.
 pub fn collect_items(
     input: Option<&Path>,
     direct: &[String],
     kind: ItemKind,
 ) -> Result<Vec<InputItem>> {
+    let mut empty_sources = Vec::new();
     let mut items = match input {
         Some(p) => read_items(p, kind)?,
         None => Vec::new(),
     };
+    if let (Some(p), true) = (input, items.is_empty()) {
+        empty_sources.push(format!("--input {} holds no items", p.display()));
+    }
     for d in direct {
         if kind == ItemKind::Image && Path::new(d).is_dir() {
             let files = walk_images(Path::new(d))?;
+            if files.is_empty() {
+                empty_sources.push(format!("folder {d} holds no images ({IMAGE_TYPES})"));
+            }
             items.extend(files.into_iter().map(|f| InputItem {
                 line: 0,
                 value: Ok(f.display().to_string()),
             }));
         } else {
+            if kind == ItemKind::Text && looks_like_an_image_file(d) {
+                bail!(
+                    "{d} is an image file, which as a text would be read as its name: for the \
+                     image use `gclip embed image {d}` (a text that is a file name can go in an \
+                     --input list, taken as written)"
+                );
+            }
             items.push(InputItem {
                 line: 0,
                 value: Ok(d.clone()),
@@ -98,9 +119,19 @@ pub fn collect_items(
         }
     }
     if items.is_empty() {
-        bail!("nothing to embed: give --input FILE or items on the command line");
+        if empty_sources.is_empty() {
+            bail!("nothing to embed: give --input FILE or items on the command line");
+        }
+        bail!("nothing to embed: {}", empty_sources.join("; "));
     }
     Ok(items)
+}
+
+/// An existing file whose extension is an image type: given to a text command, it is almost
+/// certainly meant as an image.
+fn looks_like_an_image_file(value: &str) -> bool {
+    let path = Path::new(value);
+    path.is_file() && is_image_path(path)
 }
 
 /// How an item is named in messages: its value, and its line when it came from a file.
@@ -157,16 +188,30 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             }
         }
         ItemKind::Image => {
-            let paths: Vec<PathBuf> = values
-                .iter()
-                .map(|v| resolve_image_path(v, args.input.as_deref()))
-                .collect();
-            let r = embedder.embed_image_files(&paths, normalize, &|n| progress.set(n as u64))?;
-            for (row, &k) in r.embeddings.rows().zip(&r.indices) {
-                vectors[good[k]] = Some(row.to_vec());
+            // URLs are fetched into the image cache first, as `search --image` and `add` do;
+            // one that cannot be fetched fails alone.
+            let urls: Vec<&str> = values.iter().copied().filter(|v| is_url(v)).collect();
+            let mut fetched = RemoteImages::shared().fetch_all(&urls).into_iter();
+            // (index into `good`, local file) of the images that reach the model.
+            let mut files: Vec<(usize, PathBuf)> = Vec::with_capacity(values.len());
+            for (k, v) in values.iter().enumerate() {
+                if !is_url(v) {
+                    files.push((k, resolve_image_path(v, args.input.as_deref())));
+                    continue;
+                }
+                match fetched.next() {
+                    Some(Ok(path)) => files.push((k, path)),
+                    Some(Err(e)) => errors[good[k]] = Some(e),
+                    None => errors[good[k]] = Some(format!("{v}: not fetched")),
+                }
             }
-            for (k, e) in r.failures {
-                errors[good[k]] = Some(e.to_string());
+            let paths: Vec<PathBuf> = files.iter().map(|(_, p)| p.clone()).collect();
+            let r = embedder.embed_image_files(&paths, normalize, &|n| progress.set(n as u64))?;
+            for (row, &f) in r.embeddings.rows().zip(&r.indices) {
+                vectors[good[files[f].0]] = Some(row.to_vec());
+            }
+            for (f, e) in r.failures {
+                errors[good[files[f].0]] = Some(e.to_string());
             }
         }
     }
@@ -230,15 +275,19 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         Some(s) => format!(" (shard {s} of {} inputs)", all.len()),
         None => String::new(),
     };
+    let noun = format!("{}s", kind.field());
     eprintln!(
-        "embedded {ok} of {} {}s{shard} into {}",
-        items.len(),
-        kind.field(),
+        "embedded {ok} of {}{shard} into {}",
+        count(items.len(), kind.field(), &noun),
         args.output.display()
     );
     if !failed.is_empty() {
         eprintln!("{} failed:\n{}", failed.len(), failed.join("\n"));
-        bail!("{} of {} inputs failed", failed.len(), items.len());
+        bail!(
+            "{} of {} failed",
+            failed.len(),
+            count(items.len(), "input", "inputs")
+        );
     }
     Ok(())
 }

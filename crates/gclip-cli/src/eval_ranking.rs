@@ -35,7 +35,8 @@ pub struct ModelData {
     #[arg(long)]
     model: Option<String>,
     /// open_clip architecture of a checkpoint file.
-    #[arg(long)]
+    // Only with --model: on its own it would be silently ignored.
+    #[arg(long, requires = "model")]
     arch: Option<String>,
     /// Precision of the model: fp32, bf16 or int8.
     #[arg(long, default_value = "fp32")]
@@ -97,7 +98,7 @@ pub struct RankingArgs {
     #[command(flatten)]
     md: ModelData,
     /// Documents retrieved per query.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::args::positive_count)]
     top_k: usize,
     /// Cut-offs (default: GCL's 1 … 1000).
     #[arg(long, value_delimiter = ',')]
@@ -222,14 +223,20 @@ fn load_model(
     })
 }
 
+/// The metrics that count something rather than measure it.
+const COUNTS: &[&str] = &["queries", "queries_evaluated"];
+
 fn print(metrics: &BTreeMap<String, f64>, json: bool, main: &[&str]) {
     if json {
         println!("{}", serde_json::to_string(metrics).unwrap_or_default());
         return;
     }
     for k in main {
-        if let Some(v) = metrics.get(*k) {
-            println!("{k:<22} {v:.4}");
+        match metrics.get(*k) {
+            // Counts are whole numbers: `queries 25`, not `queries 25.0000`.
+            Some(v) if COUNTS.contains(k) => println!("{k:<22} {v}"),
+            Some(v) => println!("{k:<22} {v:.4}"),
+            None => {}
         }
     }
 }

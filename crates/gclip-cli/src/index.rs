@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gclip::embed::Embedder;
+use gclip::input::items::{walk_images, IMAGE_TYPES};
 use gclip::model::Precision;
 use gclip_search::encoder::load_model;
 use gclip_search::ingest::{index_directory, IndexOptions, IngestReport};
 use gclip_search::{model_identity, Collection, EmbedSpec};
 
 use crate::progress::Progress;
+use crate::wording::{about, count};
 
 /// How a collection is found, or created on first use.
 #[derive(Args, Clone, Default)]
@@ -21,12 +23,19 @@ pub struct ModelArgs {
     #[arg(long)]
     pub model: Option<String>,
     /// open_clip architecture name (ViT-B-32, …) or config JSON, for checkpoint files.
-    #[arg(long)]
+    // Only with --model: on its own it would be silently ignored.
+    #[arg(long, requires = "model")]
     pub arch: Option<String>,
     /// Precision of the model: fp32, bf16 or int8. A new collection records it; an existing
     /// one runs its recorded precision unless this asks for another (with a warning).
     #[arg(long)]
     pub precision: Option<Precision>,
+}
+
+/// Opens an existing collection, for the commands that cannot create one (search, update,
+/// delete): the error for a directory that is not a collection says how to create one.
+pub fn open_existing_collection(dir: &Path) -> Result<Collection> {
+    Ok(Collection::open(dir)?)
 }
 
 /// Opens the collection in `dir`, creating it with `--model` and `spec` when it does not exist.
@@ -85,24 +94,24 @@ pub fn finish_report(report: &IngestReport, collection: &Collection, json: bool)
         println!("{}", serde_json::to_string(report)?);
     } else {
         eprintln!(
-            "{} written, {} unchanged, {} touched, {} removed, {} failed; collection {} holds {} documents",
+            "{} written, {} unchanged, {} touched, {} removed, {} failed; collection {} holds {}",
             report.written,
             report.unchanged,
             report.touched,
             report.removed,
             report.failed.len(),
             collection.dir().display(),
-            collection.len()
+            count(collection.len(), "document", "documents")
         );
     }
     if !report.failed.is_empty() {
         let lines: Vec<String> = report
             .failed
             .iter()
-            .map(|(what, e)| format!("  {what}: {e}"))
+            .map(|(what, e)| format!("  {}", about(what, e)))
             .collect();
         eprintln!("{} failed:\n{}", report.failed.len(), lines.join("\n"));
-        bail!("{} inputs failed", report.failed.len());
+        bail!("{} failed", count(report.failed.len(), "input", "inputs"));
     }
     Ok(())
 }
@@ -133,6 +142,15 @@ pub struct IndexArgs {
 pub fn run(args: IndexArgs) -> Result<()> {
     if !args.dir.is_dir() {
         bail!("{} is not a directory", args.dir.display());
+    }
+    // Checked before the collection is opened, so that a wrong folder creates no empty
+    // collection. index_directory walks the folder again: a walk reads directory entries
+    // only, little next to embedding.
+    if walk_images(&args.dir)?.is_empty() {
+        bail!(
+            "{} holds no images ({IMAGE_TYPES}, searched recursively): nothing to index",
+            args.dir.display()
+        );
     }
     let collection = open_collection(&args.collection, &args.model, Some(EmbedSpec::image()))
         .or_else(|e| {

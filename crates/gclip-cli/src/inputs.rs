@@ -9,13 +9,15 @@ use gclip::input::items::{resolve_image_path, ItemKind};
 use gclip::input::pipeline::InputPipeline;
 
 use crate::embed::{collect_items, describe};
+use crate::wording::count;
 
 #[derive(Args)]
 pub struct InputArgs {
     #[arg(long, default_value = gclip::source::DEFAULT_MODEL, help = crate::source::MODEL_HELP)]
     model: String,
     /// open_clip architecture name (ViT-B-32, …) or config JSON, for checkpoint files.
-    #[arg(long)]
+    // Only with --model: on its own it would be silently ignored.
+    #[arg(long, requires = "model")]
     arch: Option<String>,
     /// Input list: JSONL ({"text": …} or {"image": path} per line) or plain lines.
     #[arg(long)]
@@ -65,7 +67,7 @@ pub fn tokenize(args: InputArgs) -> Result<()> {
     Tensor::from_vec(flat, (ids.len(), width), &Device::Cpu)?
         .write_npy(&args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;
-    finish(items.len(), failed, "texts", &args.output)
+    finish(items.len(), failed, ("text", "texts"), &args.output)
 }
 
 /// Normalised pixels as float32 `[N, 3, H, W]`.
@@ -106,18 +108,29 @@ pub fn preprocess(args: InputArgs) -> Result<()> {
     Tensor::from_vec(data, (rows, 3, s, s), &Device::Cpu)?
         .write_npy(&args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;
-    finish(items.len(), failed, "images", &args.output)
+    finish(items.len(), failed, ("image", "images"), &args.output)
 }
 
-fn finish(total: usize, failed: Vec<String>, what: &str, output: &std::path::Path) -> Result<()> {
+/// `what`: the item's noun, singular and plural.
+fn finish(
+    total: usize,
+    failed: Vec<String>,
+    what: (&str, &str),
+    output: &std::path::Path,
+) -> Result<()> {
     eprintln!(
-        "wrote {} of {total} {what} to {}",
+        "wrote {} of {} to {}",
         total - failed.len(),
+        count(total, what.0, what.1),
         output.display()
     );
     if !failed.is_empty() {
         eprintln!("{} failed:\n{}", failed.len(), failed.join("\n"));
-        bail!("{} of {total} inputs failed", failed.len());
+        bail!(
+            "{} of {} failed",
+            failed.len(),
+            count(total, "input", "inputs")
+        );
     }
     Ok(())
 }

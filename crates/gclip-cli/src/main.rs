@@ -17,6 +17,9 @@ mod serve;
 mod similarity;
 mod source;
 mod train;
+mod wording;
+
+use std::io::IsTerminal;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -126,13 +129,18 @@ impl DeviceArg {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GCLIP_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("GCLIP_LOG").unwrap_or_else(|_| "warn".into());
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // On a terminal, colours and times help; in a pipe or a log file they are noise
+    // (escape codes, and a time the file's own records already carry).
+    if std::io::stderr().is_terminal() {
+        log.init();
+    } else {
+        log.with_ansi(false).without_time().init();
+    }
     if let Some(n) = cli.threads {
         // Read by rayon's global pool and by candle's matmul; set before either starts.
         std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use gclip_search::query::{parse_weighted, query_vector};
 use gclip_search::{Filter, Fusion, Hit, QueryInput, QueryPart, SearchMode, SearchRequest};
 
-use crate::index::{load_embedder, open_collection, ModelArgs};
+use crate::index::{load_embedder, open_existing_collection};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum FusionArg {
@@ -42,7 +42,7 @@ pub struct SearchArgs {
     #[arg(long)]
     like: Option<String>,
     /// Results to show.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::args::positive_count)]
     limit: usize,
     /// Results to skip (paging).
     #[arg(long, default_value_t = 0)]
@@ -80,7 +80,7 @@ fn image_input(value: &str) -> QueryInput {
 }
 
 pub fn run(args: SearchArgs) -> Result<()> {
-    let collection = open_collection(&args.collection, &ModelArgs::default(), None)?;
+    let collection = open_existing_collection(&args.collection)?;
     let filter = args.filter.as_deref().map(Filter::parse).transpose()?;
     let mut parts = Vec::new();
     if let Some(t) = &args.text {
@@ -164,30 +164,38 @@ fn print_table(hits: &[Hit], offset: usize) {
         eprintln!("no results");
         return;
     }
+    // Ids are printed whole (a cut id cannot be passed to update, delete or --like): the
+    // column is as wide as the longest one.
+    let id_width = hits
+        .iter()
+        .map(|h| h.id.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("id".len());
     println!(
-        "{:>4}  {:>7}  {:<28}  image / fields",
+        "{:>4}  {:>7}  {:<id_width$}  image / fields",
         "rank", "score", "id"
     );
     for (i, h) in hits.iter().enumerate() {
         let detail = match &h.image {
-            Some(p) => p.clone(),
-            None => serde_json::Value::Object(h.fields.clone()).to_string(),
+            Some(p) if *p != h.id => p.clone(),
+            // An indexed file's id is its path: printed once, without the field repeating it.
+            _ => {
+                let mut fields = h.fields.clone();
+                fields.retain(|_, v| v.as_str() != Some(h.id.as_str()));
+                if fields.is_empty() {
+                    String::new()
+                } else {
+                    serde_json::Value::Object(fields).to_string()
+                }
+            }
         };
         let detail: String = detail.chars().take(100).collect();
-        // Ids are often paths: keep their end.
-        let n = h.id.chars().count();
-        let id: String = if n > 28 {
-            std::iter::once('…')
-                .chain(h.id.chars().skip(n - 27))
-                .collect()
-        } else {
-            h.id.clone()
-        };
         println!(
-            "{:>4}  {:>7.4}  {:<28}  {detail}",
+            "{:>4}  {:>7.4}  {:<id_width$}  {detail}",
             offset + i + 1,
             h.score,
-            id
+            h.id
         );
     }
 }

@@ -10,6 +10,7 @@ use gclip::input::items::{read_items, ItemKind};
 use gclip::zeroshot::{similarity, Item, Scores, SimilarityOptions};
 
 use crate::args::{collect_images, ModelArgs, StageProgress};
+use crate::wording::count;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Values {
@@ -178,8 +179,9 @@ pub fn run(args: SimilarityArgs, device: &Device) -> Result<()> {
     }
     out.flush().context("writing the matrix")?;
     if !failed.is_empty() {
-        eprintln!("{} inputs failed:\n  {}", failed.len(), failed.join("\n  "));
-        bail!("{} inputs failed", failed.len());
+        let n = count(failed.len(), "input", "inputs");
+        eprintln!("{n} failed:\n  {}", failed.join("\n  "));
+        bail!("{n} failed");
     }
     Ok(())
 }

@@ -331,6 +331,52 @@ fn add_documents_search_text_update_delete() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `gclip embed image` takes http(s) URLs as `search --image` and `add` do (fetched into the
+/// image cache, from a loopback server started here): the same vector as the file; a URL that
+/// cannot be fetched fails alone, named.
+#[test]
+fn embed_image_takes_urls_like_search_and_add() {
+    let dir = scratch("embed-url");
+    let photo = fixtures().join("images/photo_motorcycle.png");
+    let port = serve_files(vec![("/moto.png".into(), std::fs::read(&photo).unwrap())]);
+    let (good, gone) = (
+        format!("http://127.0.0.1:{port}/moto.png"),
+        format!("http://127.0.0.1:{port}/gone.png"),
+    );
+    let out = dir.join("out.jsonl");
+    let mut args = vec![
+        "embed".to_string(),
+        "image".into(),
+        photo.display().to_string(),
+        good.clone(),
+        gone.clone(),
+        "--output".into(),
+        out.display().to_string(),
+    ];
+    args.extend(model_args());
+    let o = Command::new(env!("CARGO_BIN_EXE_gclip"))
+        .args(&args)
+        .env("GCLIP_IMAGE_CACHE", dir.join("image-cache"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "one URL is missing: {err}");
+    assert!(err.contains("1 of 3 inputs failed"), "{err}");
+    assert!(err.contains("/gone.png") && err.contains("404"), "{err}");
+    assert!(!err.contains("cannot read file"), "{err}");
+    let rows: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[1]["image"], Value::String(good));
+    assert_eq!(rows[0]["embedding"], rows[1]["embedding"], "URL = file");
+    assert!(rows[0]["embedding"].is_array());
+    assert!(rows[2]["error"].as_str().unwrap().contains(&gone));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Serves `files` by path on a loopback port (404 for anything else), on a thread.
 fn serve_files(files: Vec<(String, Vec<u8>)>) -> u16 {
     use std::io::{BufRead, BufReader, Write};

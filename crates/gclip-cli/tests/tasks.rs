@@ -96,7 +96,8 @@ fn classify_images() -> Vec<String> {
 }
 
 /// Checks `--json` output against a case of classify_reference.json: one object per image, in
-/// order, with every label, sorted by score, each within 1e-4 of open_clip's probability.
+/// order, with every label, sorted by probability, each within 1e-4 of open_clip's, and the
+/// cosine beside it (what `/api/classify` calls `cosine` too), in the same order.
 fn check_against_reference(o: &Output, case: &Value, images: &[String]) {
     assert!(o.status.success(), "{}", stderr(o));
     let name = case["name"].as_str().unwrap();
@@ -108,17 +109,30 @@ fn check_against_reference(o: &Output, case: &Value, images: &[String]) {
         assert_eq!(line["image"].as_str().unwrap(), image);
         let ranked = line["labels"].as_array().unwrap();
         assert_eq!(ranked.len(), labels.len(), "{name}: all labels");
-        let scores: Vec<f64> = ranked
+        let probabilities: Vec<f64> = ranked
             .iter()
-            .map(|l| l["score"].as_f64().unwrap())
+            .map(|l| l["probability"].as_f64().unwrap())
             .collect();
-        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{name}: sorted");
+        assert!(
+            probabilities.windows(2).all(|w| w[0] >= w[1]),
+            "{name}: sorted"
+        );
+        // The softmax keeps the cosines' order; a cosine is within [-1, 1].
+        let cosines: Vec<f64> = ranked
+            .iter()
+            .map(|l| l["cosine"].as_f64().unwrap())
+            .collect();
+        assert!(cosines.windows(2).all(|w| w[0] >= w[1] - 1e-6), "{name}");
+        assert!(cosines.iter().all(|c| c.abs() <= 1.0 + 1e-5), "{name}");
         for l in ranked {
             let j = labels
                 .iter()
                 .position(|x| x == l["label"].as_str().unwrap())
                 .unwrap();
-            let (got, p) = (l["score"].as_f64().unwrap(), want[i * labels.len() + j]);
+            let (got, p) = (
+                l["probability"].as_f64().unwrap(),
+                want[i * labels.len() + j],
+            );
             assert!(
                 (got - p).abs() <= 1e-4,
                 "{name}: image {i} {l}: open_clip {p}"
@@ -195,7 +209,7 @@ fn classify_table_shows_top_k_and_threads_do_not_change_results() {
             let (pct, label) = row.trim().split_once("%  ").unwrap();
             assert_eq!(label, l["label"].as_str().unwrap());
             let p: f64 = pct.trim().parse().unwrap();
-            assert!((p - 100.0 * l["score"].as_f64().unwrap()).abs() <= 0.005 + 1e-9);
+            assert!((p - 100.0 * l["probability"].as_f64().unwrap()).abs() <= 0.005 + 1e-9);
         }
     }
     // One thread, on the CPU named explicitly: the same numbers.

@@ -206,7 +206,7 @@ def test_classify_matches_cli(oc):
     assert probs.shape == (2, 3)
     for row, line in zip(probs, r.stdout.strip().splitlines()):
         for entry in json.loads(line)["labels"]:
-            assert row[labels.index(entry["label"])] == np.float32(entry["score"])
+            assert row[labels.index(entry["label"])] == np.float32(entry["probability"])
     t = oc.classify(images, ["cat", "dog"], templates="simple")
     assert np.allclose(t.sum(axis=1), 1.0, atol=1e-6)
     with pytest.raises(gclip.GclipError, match="unknown"):

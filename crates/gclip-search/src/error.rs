@@ -19,7 +19,11 @@ pub enum SearchError {
         message: String,
     },
     /// The directory is not a collection (and creating one was not asked for).
-    #[error("{0} is not a gclip collection (no collection.sqlite3); create it with --model")]
+    #[error(
+        "{0} is not a gclip collection (no collection.sqlite3); create one with \
+         `gclip index IMAGE_DIR --collection {0} --model MODEL` or \
+         `gclip add {0} DOCS.jsonl --model MODEL`"
+    )]
     NotACollection(PathBuf),
     /// Opening a collection with a model other than the one it was created with.
     #[error("collection was created with model {stored}, not {given}; embeddings would not be comparable")]

@@ -57,6 +57,41 @@ pub(crate) struct PayloadIndex {
     equal: HashMap<String, HashMap<Canonical, Vec<u32>>>,
     /// Numeric values (numbers, and strings that parse to numbers) in order, for ranges.
     numeric: HashMap<String, BTreeMap<Ordered, Vec<u32>>>,
+    /// Per field name, how many documents hold it and with what kinds of values, so that a
+    /// filter on a field no document has, or comparing a field with a kind of value it never
+    /// holds, is an error rather than a silent "no results".
+    kinds: HashMap<String, FieldKinds>,
+}
+
+/// How many documents hold a field, and how many of them hold a number (or a string that is
+/// one) or a string that is not a number, in the value or among a list's items.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct FieldKinds {
+    documents: usize,
+    numbers: usize,
+    texts: usize,
+}
+
+impl FieldKinds {
+    fn of(value: &Value) -> Self {
+        let mut kinds = FieldKinds {
+            documents: 1,
+            ..Default::default()
+        };
+        let items = match value {
+            Value::Array(items) => items.as_slice(),
+            one => std::slice::from_ref(one),
+        };
+        for item in items {
+            match item {
+                Value::Number(_) => kinds.numbers = 1,
+                Value::String(s) if s.parse::<f64>().is_ok() => kinds.numbers = 1,
+                Value::String(_) => kinds.texts = 1,
+                _ => {}
+            }
+        }
+        kinds
+    }
 }
 
 /// The slots that can match a filter.
@@ -167,6 +202,13 @@ fn remove_slot(list: &mut Vec<u32>, slot: u32) {
 impl PayloadIndex {
     /// Records the fields of the document in `slot`.
     pub fn insert(&mut self, slot: usize, fields: &Fields) {
+        for (name, value) in fields {
+            let add = FieldKinds::of(value);
+            let kinds = self.kinds.entry(name.clone()).or_default();
+            kinds.documents += add.documents;
+            kinds.numbers += add.numbers;
+            kinds.texts += add.texts;
+        }
         let slot = slot as u32;
         for (name, keys, numbers) in indexed_values(fields) {
             if !keys.is_empty() {
@@ -186,6 +228,17 @@ impl PayloadIndex {
 
     /// Forgets the fields of the document in `slot`.
     pub fn remove(&mut self, slot: usize, fields: &Fields) {
+        for (name, value) in fields {
+            let gone = FieldKinds::of(value);
+            if let Some(kinds) = self.kinds.get_mut(name) {
+                kinds.documents = kinds.documents.saturating_sub(gone.documents);
+                kinds.numbers = kinds.numbers.saturating_sub(gone.numbers);
+                kinds.texts = kinds.texts.saturating_sub(gone.texts);
+                if kinds.documents == 0 {
+                    self.kinds.remove(name);
+                }
+            }
+        }
         let slot = slot as u32;
         for (name, keys, numbers) in indexed_values(fields) {
             if let Some(by_value) = self.equal.get_mut(name) {
@@ -209,6 +262,77 @@ impl PayloadIndex {
                 }
             }
         }
+    }
+
+    /// Refuses a filter that can only be a mistake, for a collection with documents: a condition
+    /// on a field no document has, a numeric range on a field that never holds a number, or an
+    /// equality between a field that holds only numbers and a word that is not one. Each would
+    /// otherwise give "no results" (or, negated, everything) without saying why.
+    pub fn check_filter(&self, filter: &Filter) -> Result<(), String> {
+        if self.kinds.is_empty() {
+            return Ok(());
+        }
+        // A stack rather than recursion: the parser bounds the depth, but this costs nothing.
+        let mut todo = vec![filter];
+        while let Some(f) = todo.pop() {
+            let (field, op, value) = match f {
+                Filter::And(parts) | Filter::Or(parts) => {
+                    todo.extend(parts);
+                    continue;
+                }
+                Filter::Not(inner) => {
+                    todo.push(inner.as_ref());
+                    continue;
+                }
+                Filter::Truthy(field) => (field, None, None),
+                Filter::Compare { field, op, value } => (field, Some(*op), Some(value)),
+            };
+            // `id` is the document's id, not a field.
+            if field == "id" {
+                continue;
+            }
+            let Some(kinds) = self.kinds.get(field) else {
+                return Err(format!(
+                    "filter: no document has a field `{field}` (fields: {})",
+                    self.field_names()
+                ));
+            };
+            let is_range = matches!(op, Some(Op::Lt | Op::Le | Op::Gt | Op::Ge));
+            match value {
+                Some(Value::Number(n)) if is_range && kinds.numbers == 0 => {
+                    return Err(format!(
+                        "filter: `{field}` is compared with the number {n}, but no document's \
+                         `{field}` is a number"
+                    ));
+                }
+                Some(Value::String(s))
+                    if !is_range
+                        && s.parse::<f64>().is_err()
+                        && kinds.texts == 0
+                        && kinds.numbers > 0 =>
+                {
+                    return Err(format!(
+                        "filter: `{field}` holds numbers only, and `{s}` is not a number"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The field names documents have, sorted, for messages (the first 20).
+    fn field_names(&self) -> String {
+        const SHOWN: usize = 20;
+        let mut names: Vec<&str> = self.kinds.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        let more = names.len().saturating_sub(SHOWN);
+        names.truncate(SHOWN);
+        let mut list = names.join(", ");
+        if more > 0 {
+            list.push_str(&format!(" and {more} more"));
+        }
+        list
     }
 
     /// The slots that include every document `filter` can match, or None when the filter has
@@ -355,6 +479,51 @@ mod tests {
 
     fn fields(v: Value) -> Fields {
         v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn filters_that_can_only_be_mistakes_are_refused() {
+        let mut index = PayloadIndex::default();
+        let check =
+            |index: &PayloadIndex, text: &str| index.check_filter(&Filter::parse(text).unwrap());
+        // An empty collection has no fields to check against.
+        assert_eq!(check(&index, "nosuch:x"), Ok(()));
+        let cat = fields(json!({"text": "a cat", "price": 5, "tags": ["red", "small"]}));
+        let dog = fields(json!({"text": "a dog", "price": "20", "sold": true}));
+        index.insert(0, &cat);
+        index.insert(1, &dog);
+        for fine in [
+            "price >= 10",
+            "price:5",
+            "price:\"20\"",
+            "tags:red",
+            "text:\"a cat\"",
+            "sold",
+            "NOT sold",
+            "id:a",
+            "text >= b",
+            "price >= 1 AND (tags:red OR sold)",
+        ] {
+            assert_eq!(check(&index, fine), Ok(()), "{fine}");
+        }
+        let message = check(&index, "price >= 1 AND nosuch:x").unwrap_err();
+        assert!(
+            message.contains("no document has a field `nosuch` (fields: price, sold, tags, text)"),
+            "{message}"
+        );
+        assert!(check(&index, "NOT colour")
+            .unwrap_err()
+            .contains("`colour`"));
+        let message = check(&index, "tags >= 3").unwrap_err();
+        assert!(
+            message.contains("no document's `tags` is a number"),
+            "{message}"
+        );
+        let message = check(&index, "price:red").unwrap_err();
+        assert!(message.contains("`price` holds numbers only"), "{message}");
+        // Removing the only document with a field forgets it.
+        index.remove(1, &dog);
+        assert!(check(&index, "sold").unwrap_err().contains("`sold`"));
     }
 
     /// Documents with mixed types; every filter's candidates must include every match, be

@@ -858,6 +858,11 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let mem = self.mem();
+        if let Some(filter) = &request.filter {
+            mem.payload
+                .check_filter(filter)
+                .map_err(SearchError::Invalid)?;
+        }
         let text = request
             .text
             .as_deref()

@@ -1242,7 +1242,7 @@ async fn search(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EmbedBody {
-    /// Which collection's model (default: the first collection).
+    /// Which collection's model; may be left out only when one collection is served.
     #[serde(default)]
     collection: Option<String>,
     #[serde(default)]
@@ -1252,6 +1252,8 @@ struct EmbedBody {
     images: Vec<String>,
 }
 
+/// The model of the named collection, or of the only one served: with several, which one
+/// "the first" is would be a guess the client cannot see, so the name is required.
 fn model_for(state: &AppState, collection: Option<&str>) -> Result<ModelIdentity, ApiError> {
     let c = state.collections.read().unwrap_or_else(|p| p.into_inner());
     let served = match collection {
@@ -1259,6 +1261,15 @@ fn model_for(state: &AppState, collection: Option<&str>) -> Result<ModelIdentity
             .get(n)
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("no collection named {n:?}")))?,
+        None if c.len() > 1 => {
+            let names: Vec<String> = c.keys().map(|n| format!("{n:?}")).collect();
+            return Err(ApiError::bad_request(format!(
+                "{} collections are served ({}): name the one whose model to use with \
+                 \"collection\"",
+                names.len(),
+                names.join(", ")
+            )));
+        }
         None => c.values().next().cloned().ok_or_else(|| {
             ApiError::bad_request("no collection is served, so no model is known")
         })?,
@@ -1391,7 +1402,7 @@ async fn classify(
             .labels
             .iter()
             .zip(exps.iter().zip(&logits))
-            .map(|(l, (e, logit))| json!({"label": l, "probability": e / sum, "score": logit / scale}))
+            .map(|(l, (e, logit))| json!({"label": l, "probability": e / sum, "cosine": logit / scale}))
             .collect();
         out.sort_by(|a, b| b["probability"].as_f64().unwrap_or(0.0).total_cmp(&a["probability"].as_f64().unwrap_or(0.0)));
         Ok(Json(json!({"labels": out})))

@@ -10,6 +10,14 @@ fn ok(description: &str) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": {"type": "object"}}}})
 }
 
+fn ok_with(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+/// How `/api/embed` and `/api/classify` choose a model.
+const COLLECTION_MODEL: &str =
+    "whose model to use; required when more than one collection is served";
+
 fn errors() -> Value {
     json!({"$ref": "#/components/responses/Error"})
 }
@@ -73,14 +81,19 @@ pub fn document() -> Value {
             },
             "/api/embed": {"post": {"summary": "Embed texts and images",
                 "requestBody": body(json!({"type": "object", "properties": {
-                    "collection": {"type": "string"}, "texts": {"type": "array", "items": {"type": "string"}},
+                    "collection": {"type": "string", "description": COLLECTION_MODEL}, "texts": {"type": "array", "items": {"type": "string"}},
                     "images": {"type": "array", "items": {"type": "string", "description": "base64"}}}})),
-                "responses": {"200": ok("dim and embeddings"), "4XX": errors()}}},
+                "responses": {"200": ok_with("dim and embeddings (texts first, then images)", json!({"type": "object", "properties": {
+                    "dim": {"type": "integer"},
+                    "embeddings": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}})),
+                    "4XX": errors()}}},
             "/api/classify": {"post": {"summary": "Zero-shot classification of a text or image",
                 "requestBody": body(json!({"type": "object", "required": ["labels"], "properties": {
-                    "collection": {"type": "string"}, "labels": {"type": "array", "items": {"type": "string"}},
+                    "collection": {"type": "string", "description": COLLECTION_MODEL}, "labels": {"type": "array", "items": {"type": "string"}},
                     "text": {"type": "string"}, "image": {"type": "string"}, "template": {"type": "string", "example": "a photo of a {}."}}})),
-                "responses": {"200": ok("labels with probabilities"), "4XX": errors()}}}
+                "responses": {"200": ok_with("every label, most probable first", json!({"type": "object", "properties": {
+                    "labels": {"type": "array", "items": {"$ref": "#/components/schemas/LabelScore"}}}})),
+                    "4XX": errors()}}}
         },
         "components": {
             "schemas": {
@@ -95,6 +108,10 @@ pub fn document() -> Value {
                     "limit": {"type": "integer", "default": 10}, "offset": {"type": "integer", "default": 0},
                     "exact": {"type": "boolean"}, "hybrid": {"type": "boolean"}, "lexical": {"type": "boolean"},
                     "fusion": {"type": "string", "enum": ["rrf", "weighted"]}}},
+                "LabelScore": {"type": "object", "required": ["label", "probability", "cosine"], "properties": {
+                    "label": {"type": "string"},
+                    "probability": {"type": "number", "description": "softmax over the labels of logit_scale · cosine; as in `gclip classify --json`"},
+                    "cosine": {"type": "number", "description": "cosine similarity of the query and the label's prompt"}}},
                 "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
                     "code": {"type": "string"}, "message": {"type": "string"}}}}}
             },

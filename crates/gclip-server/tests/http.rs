@@ -316,6 +316,12 @@ fn api_end_to_end_with_restart() {
         .map(|l| l["probability"].as_f64().unwrap())
         .sum();
     assert!((p - 1.0).abs() < 1e-4);
+    // `cosine` is the cosine (as in `gclip classify --json`), not a second probability.
+    let labels = v["labels"].as_array().unwrap();
+    assert!(labels
+        .iter()
+        .all(|l| l["cosine"].as_f64().unwrap().abs() <= 1.0 + 1e-5));
+    assert!(labels.iter().all(|l| l.get("score").is_none()), "{v}");
 
     // Collections: create under --root, list, delete (removes only its files).
     let (s, v) = call(
@@ -339,6 +345,24 @@ fn api_end_to_end_with_restart() {
     let (_, v) = call(a, "GET", "/api/collections", None, None);
     assert_eq!(v.as_array().unwrap().len(), 2);
     assert!(dir.join("root/made/collection.sqlite3").exists());
+    // Two collections served: embedding and classifying must name whose model to use.
+    for (path, body) in [
+        ("/api/embed", json!({"texts": ["a cat"]})),
+        ("/api/classify", json!({"labels": ["cat"], "text": "a cat"})),
+    ] {
+        let (s, v) = call(a, "POST", path, Some(body.clone()), None);
+        assert_eq!(s, 400, "{path}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("2 collections are served (\"made\", \"shop\")")
+                && message.contains("\"collection\""),
+            "{message}"
+        );
+        let mut named = body;
+        named["collection"] = json!("shop");
+        let (s, v) = call(a, "POST", path, Some(named), None);
+        assert_eq!(s, 200, "{path}: {v}");
+    }
     let (s, v) = call(a, "DELETE", "/api/collections/made", None, Some("sekret"));
     assert_eq!((s, v["files_removed"].as_bool()), (200, Some(true)));
     assert!(!dir.join("root/made").exists());
@@ -378,6 +402,8 @@ fn api_end_to_end_with_restart() {
     let (_, v) = call(a, "GET", "/api/openapi.json", None, None);
     assert_eq!(v["openapi"], "3.1.0");
     assert!(v["paths"]["/api/collections/{name}/search"]["post"].is_object());
+    let label_score = &v["components"]["schemas"]["LabelScore"]["properties"];
+    assert!(label_score["probability"].is_object() && label_score["cosine"].is_object());
     let (s, ctype, page) = request(a, "GET", "/", None, &[]);
     assert_eq!(s, 200);
     assert!(ctype.starts_with("text/html"));

@@ -73,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         candle_core::utils::get_num_threads()
     );
     if let Some(Ok(ranked)) = result.rankings.first() {
-        println!("top: {} ({:.4})", ranked[0].label, ranked[0].score);
+        println!("top: {} ({:.4})", ranked[0].label, ranked[0].probability);
     }
     Ok(())
 }

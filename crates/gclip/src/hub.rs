@@ -312,11 +312,16 @@ pub struct ModelId {
     pub revision: String,
 }
 
+/// How open_clip's `create_model` names a hub model: `hf-hub:ORG/NAME`.
+const OPEN_CLIP_HUB_PREFIX: &str = "hf-hub:";
+
 impl ModelId {
     /// Parses `ORG/NAME` or `ORG/NAME@REVISION`; `None` when it is not a valid hub model id
     /// (huggingface_hub's rules: letters, digits, `-`, `_`, `.`, not at either end of a part, no
-    /// `--` or `..`, at most 96 characters).
+    /// `--` or `..`, at most 96 characters). open_clip's spelling, `hf-hub:ORG/NAME`, names the
+    /// same repository: people copy it from model cards.
     pub fn parse(s: &str) -> Option<Self> {
+        let s = s.strip_prefix(OPEN_CLIP_HUB_PREFIX).unwrap_or(s);
         let (repo, revision) = match s.split_once('@') {
             Some((r, rev)) => (r, rev),
             None => (s, DEFAULT_REVISION),
@@ -454,7 +459,16 @@ fn plan(repo: &str, files: &mut dyn FileSet, arch: bool) -> Result<Plan, HubErro
     }
     let mut hf_config = false;
     if files.has("config.json") {
-        hf_config = is_clip_config(&files.json("config.json")?);
+        let config = files.json("config.json")?;
+        // Said before any weights are downloaded. open_clip repositories (Marqo's) may carry a
+        // config.json of another kind beside their own config: theirs decides.
+        if let (Some(reason), false) = (
+            crate::family::unsupported_family(&config),
+            files.has("open_clip_config.json"),
+        ) {
+            return Err(not_a_model(&reason));
+        }
+        hf_config = is_clip_config(&config);
     }
     if hf_config {
         let mut required = vec!["config.json".to_string()];
@@ -1365,7 +1379,14 @@ mod tests {
             id.to_string(),
             "laion/CLIP-ViT-B-32-laion2B-s34B-b79K@refs/pr/3"
         );
+        // open_clip's spelling of the same id.
+        let id = ModelId::parse("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K").unwrap();
+        assert_eq!(id.repo, "laion/CLIP-ViT-B-32-laion2B-s34B-b79K");
+        assert_eq!(id.revision, "main");
         for bad in [
+            "hf-hub:",
+            "hf-hub:ViT-B-32",
+            "hf-hub:hf-hub:org/name",
             "ViT-B-32",
             "a/b/c",
             "./model",

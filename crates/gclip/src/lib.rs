@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod embed;
 pub mod eval;
+pub mod family;
 pub mod hub;
 pub mod input;
 pub mod model;

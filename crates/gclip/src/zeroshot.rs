@@ -19,7 +19,7 @@
 //! let result = classify_image_files(&embedder, &captions, &images, &ClassifyOptions::default(), &|_, _, _| {})?;
 //! for (image, ranked) in images.iter().zip(&result.rankings) {
 //!     match ranked {
-//!         Ok(ranked) => println!("{}: {} ({:.3})", image.display(), ranked[0].label, ranked[0].score),
+//!         Ok(ranked) => println!("{}: {} ({:.3})", image.display(), ranked[0].label, ranked[0].probability),
 //!         Err(e) => eprintln!("{e}"),
 //!     }
 //! }
@@ -227,11 +227,15 @@ pub fn fill_template(template: &str, label: &str) -> Result<String, ZeroShotErro
     }
 }
 
-/// A label and its probability.
+/// A label with its probability and its cosine. The same two names, with the same meanings, in
+/// `gclip classify --json` and the server's `/api/classify`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LabelScore {
     pub label: String,
-    pub score: f32,
+    /// The softmax over every label of `logit_scale · cosine`.
+    pub probability: f32,
+    /// The cosine similarity between the image and the label's (templated, averaged) text.
+    pub cosine: f32,
 }
 
 /// What a progress callback is told about.
@@ -426,19 +430,22 @@ impl ZeroShotClassifier {
         Ok(softmax(&self.logits(image_embedding)?))
     }
 
-    /// Every label with its probability, most probable first (ties keep label order).
+    /// Every label with its probability and cosine, most probable first (ties keep label
+    /// order).
     pub fn rank(&self, image_embedding: &[f32]) -> Result<Vec<LabelScore>, ZeroShotError> {
-        let p = self.probabilities(image_embedding)?;
+        let logits = self.logits(image_embedding)?;
+        let probabilities = softmax(&logits);
         let mut ranked: Vec<LabelScore> = self
             .labels
             .iter()
-            .zip(p)
-            .map(|(label, score)| LabelScore {
+            .zip(logits.iter().zip(probabilities))
+            .map(|(label, (logit, probability))| LabelScore {
                 label: label.clone(),
-                score,
+                probability,
+                cosine: logit / self.logit_scale,
             })
             .collect();
-        ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+        ranked.sort_by(|a, b| b.probability.total_cmp(&a.probability));
         Ok(ranked)
     }
 }
@@ -759,7 +766,9 @@ mod tests {
         let order: Vec<&str> = ranked.iter().map(|s| s.label.as_str()).collect();
         assert_eq!(order, ["x", "xy", "y"]);
         let z = 1.0 + (-10f32 + 10.0 / 2f32.sqrt()).exp() + (-10f32).exp();
-        assert!((ranked[0].score - 1.0 / z).abs() < 1e-6);
+        assert!((ranked[0].probability - 1.0 / z).abs() < 1e-6);
+        // The image [3, 0] normalised is [1, 0]: its cosine with the class "x" is 1.
+        assert!((ranked[0].cosine - 1.0).abs() < 1e-6);
         assert!(matches!(
             c.logits(&[1.0, 0.0, 0.0]),
             Err(ZeroShotError::Dimension { .. })

@@ -91,15 +91,17 @@ fn classify_matches_open_clip() {
         for (i, ranked) in result.rankings.iter().enumerate() {
             let ranked = ranked.as_ref().unwrap();
             assert_eq!(ranked.len(), labels.len());
-            assert!(ranked.windows(2).all(|w| w[0].score >= w[1].score));
+            assert!(ranked
+                .windows(2)
+                .all(|w| w[0].probability >= w[1].probability));
             for s in ranked {
                 let j = labels.iter().position(|l| *l == s.label).unwrap();
                 let p = want[i * labels.len() + j];
                 assert!(
-                    (s.score - p).abs() <= 1e-4,
+                    (s.probability - p).abs() <= 1e-4,
                     "{name}: image {i} label {}: {} vs open_clip {p}",
                     s.label,
-                    s.score
+                    s.probability
                 );
             }
         }

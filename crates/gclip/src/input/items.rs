@@ -93,9 +93,20 @@ pub fn resolve_image_path(value: &str, list_file: Option<&Path>) -> PathBuf {
     }
 }
 
+/// The image types [`walk_images`] finds, as messages name them.
+pub const IMAGE_TYPES: &str = "JPEG, PNG, WebP, GIF, BMP, TIFF";
+
+/// Whether a path names an image by its extension (one of [`IMAGE_TYPES`]), the test
+/// [`walk_images`] applies.
+pub fn is_image_path(path: &Path) -> bool {
+    const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
 /// Image files under a directory, recursively, sorted, by extension.
 pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>, ItemsError> {
-    const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -107,11 +118,7 @@ pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>, ItemsError> {
             let p = entry.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-            {
+            } else if is_image_path(&p) {
                 out.push(p);
             }
         }

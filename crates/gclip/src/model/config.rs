@@ -200,6 +200,12 @@ impl ClipConfig {
 
     /// Parses a Hugging Face `CLIPConfig` (`text_config`, `vision_config`, `projection_dim`).
     pub fn from_hf_value(v: &Value, source_name: &str) -> Result<Self, ModelError> {
+        if let Some(message) = crate::family::unsupported_family(v) {
+            return Err(ModelError::Config {
+                source_name: source_name.to_string(),
+                message,
+            });
+        }
         let c = Cfg {
             v,
             source_name,
