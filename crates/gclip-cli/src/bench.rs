@@ -54,7 +54,8 @@ pub struct BenchArgs {
 
 /// What is timed: random weights, converted to each precision, or a model's own, loaded in each.
 enum Base {
-    Random(Clip),
+    // Boxed: a model is large beside a source.
+    Random(Box<Clip>),
     Load(ModelSource),
 }
 
@@ -65,10 +66,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .unwrap_or_else(|| args.arch.clone().unwrap_or_else(|| "ViT-B-32".into()));
     let base = match &args.model {
         Some(model) => Base::Load(ModelSource::resolve(model, args.arch.as_deref())?),
-        None => Base::Random(
+        None => Base::Random(Box::new(
             random_model(&ClipConfig::open_clip(&arch)?, &Device::Cpu, DType::F32)
                 .context("building the random model")?,
-        ),
+        )),
     };
     let plan = BenchPlan {
         batches: args.batch,
@@ -86,7 +87,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for precision in args.precision {
         let model = match &base {
             Base::Random(fp32) => {
-                let mut model = fp32.clone();
+                let mut model = Clip::clone(fp32);
                 model.convert(precision, kernels)?;
                 model
             }
