@@ -230,7 +230,7 @@ fn bad_model_arguments_fail_fast_with_a_clear_message() {
         "--output",
         "/tmp/never.txt",
     ]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains(".npy or .jsonl"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(".npy, .parquet or .jsonl"));
 }
 
 #[test]

@@ -3,8 +3,9 @@
 //! the `text` or `image` (path) it came from, and the `embedding` as a `list<float32>`.
 //!
 //! Written and read through the parquet crate's column API, so that no Arrow runtime is built;
-//! files are uncompressed (float vectors barely compress). The reader takes the optional
-//! (nullable) variants of the same columns too, as pyarrow writes them back.
+//! files are written uncompressed (float vectors barely compress). The reader takes the
+//! optional (nullable) variants of the same columns too, uncompressed or Snappy-compressed, as
+//! pyarrow and Spark write them back.
 
 use std::fs::File;
 use std::path::Path;
