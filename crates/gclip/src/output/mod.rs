@@ -179,12 +179,8 @@ pub fn sidecar_path(npy: &Path) -> PathBuf {
     npy.with_extension("ids.jsonl")
 }
 
-/// Writes `rows` of `embeddings` as float32 `[N, D]` `.npy` and their ids in the sidecar.
-pub fn write_npy_with_ids(
-    npy: &Path,
-    embeddings: &Embeddings,
-    ids: &[RowId],
-) -> Result<(), OutputError> {
+/// Refuses to write rows and ids that do not pair up.
+fn check_one_id_per_row(embeddings: &Embeddings, ids: &[RowId]) -> Result<(), OutputError> {
     if embeddings.len() != ids.len() {
         return Err(OutputError::Invalid(format!(
             "{} rows but {} ids",
@@ -192,6 +188,16 @@ pub fn write_npy_with_ids(
             ids.len()
         )));
     }
+    Ok(())
+}
+
+/// Writes `rows` of `embeddings` as float32 `[N, D]` `.npy` and their ids in the sidecar.
+pub fn write_npy_with_ids(
+    npy: &Path,
+    embeddings: &Embeddings,
+    ids: &[RowId],
+) -> Result<(), OutputError> {
+    check_one_id_per_row(embeddings, ids)?;
     Tensor::from_vec(
         embeddings.data.clone(),
         (embeddings.len(), embeddings.dim),

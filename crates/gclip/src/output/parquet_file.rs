@@ -46,13 +46,7 @@ pub fn write_parquet(
     ids: &[RowId],
     kind: ItemKind,
 ) -> Result<(), OutputError> {
-    if embeddings.len() != ids.len() {
-        return Err(OutputError::Invalid(format!(
-            "{} rows but {} ids",
-            embeddings.len(),
-            ids.len()
-        )));
-    }
+    super::check_one_id_per_row(embeddings, ids)?;
     if let Some(odd) = ids.iter().find(|id| id.kind != kind) {
         return Err(OutputError::Invalid(format!(
             "row {} is of kind {}, the file holds {}s",
