@@ -2,7 +2,9 @@
 # Tests of the Python package (crates/gclip-py): builds the wheel with maturin into a virtual
 # environment (target/pyenv, or $GCLIP_PY_VENV), installs it, and runs its pytest tests, which
 # compare it with the gclip binary (target/debug/gclip) on the committed fixtures. Needs
-# python3 with venv and pip (PyPI for maturin, numpy, pytest, pillow); no PyTorch.
+# python3 with venv and pip (PyPI for maturin, numpy, pytest, pillow, and pyarrow, pandas and
+# pyspark for the Parquet and Spark tests) and a Java runtime for Spark (tools/ci_browser_setup.sh
+# installs Debian's); no PyTorch. pandas stays below 3, which pyspark does not support yet.
 # The wheel is built in the dev profile, as the binary it is compared with: both reuse the
 # workspace's build of the libraries. `pip install ./crates/gclip-py` builds the release one.
 set -euo pipefail
@@ -10,7 +12,7 @@ cd "$(dirname "$0")/.."
 venv="${GCLIP_PY_VENV:-target/pyenv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-  "maturin==1.16.0" numpy pytest pillow
+  "maturin==1.16.0" numpy pytest pillow pyarrow "pandas<3" pyspark
 cargo build -p gclip-cli
 rm -rf target/wheels/gclip-*.whl
 "$venv/bin/maturin" build --quiet --profile dev -m crates/gclip-py/Cargo.toml \

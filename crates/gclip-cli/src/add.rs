@@ -1,11 +1,10 @@
 //! `gclip add C docs.jsonl|docs.csv`, `gclip update C ID`, `gclip delete C ID…`
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gclip_search::ingest::{add_documents, read_documents, update_document};
-use gclip_search::roots::record_document_roots;
+use gclip_search::ingest::read_documents;
 use gclip_search::{EmbedSpec, Fields};
 
 use gclip_search::encoder::LazyEncoder;
@@ -54,35 +53,21 @@ pub fn run(args: AddArgs) -> Result<()> {
     };
     let collection = open_collection(&args.collection, &args.model, spec_arg)?;
     let inputs = read_documents(&args.file, &collection.info().spec)?;
-    // The server may show the images of documents its operator added (thumbnails).
-    let image_fields: Vec<&str> = collection.info().spec.image_fields().collect();
-    record_document_roots(
-        collection.dir(),
-        inputs
-            .iter()
-            .filter_map(|d| d.doc.as_ref().ok().map(|d| &d.fields)),
-        &image_fields,
-        Path::new(""),
-    )?;
     let embedder = load_embedder(&collection, 32, args.model.precision)?;
     let progress = Progress::new(inputs.len() as u64, "adding");
     let print_commits = args.print_commits;
-    let report = add_documents(
-        collection.store(),
-        &embedder,
-        inputs,
-        args.batch_size,
-        &mut |c| {
-            progress.set(c.done as u64);
-            if print_commits {
-                println!(
-                    "committed {} {}",
-                    c.ids.len(),
-                    c.ids.last().map(String::as_str).unwrap_or("")
-                );
-            }
-        },
-    )?;
+    // The server may show the images of documents its operator added (thumbnails): add_local
+    // records their folders.
+    let report = collection.add_local(&embedder, inputs, args.batch_size, &mut |c| {
+        progress.set(c.done as u64);
+        if print_commits {
+            println!(
+                "committed {} {}",
+                c.ids.len(),
+                c.ids.last().map(String::as_str).unwrap_or("")
+            );
+        }
+    })?;
     progress.finish();
     finish_report(&report, &collection, args.json)
 }
@@ -115,9 +100,7 @@ pub fn run_update(args: UpdateArgs) -> Result<()> {
     // The model is loaded only when an embedded field changes.
     let encoder = LazyEncoder::new(collection.info().model.clone(), None);
     let cwd = std::env::current_dir()?;
-    let image_fields: Vec<&str> = collection.info().spec.image_fields().collect();
-    record_document_roots(collection.dir(), [&patch], &image_fields, &cwd)?;
-    let report = update_document(collection.store(), &encoder, &args.id, &patch, &cwd)?;
+    let report = collection.update_local(&encoder, &args.id, &patch, &cwd)?;
     let embedded_changed = report.reembedded;
     collection.flush()?;
     eprintln!(

@@ -11,7 +11,7 @@ use gclip::input::items::{
     is_image_path, read_items, resolve_image_path, walk_images, InputItem, ItemKind, IMAGE_TYPES,
 };
 use gclip::model::Embeddings;
-use gclip::output::{merge, sidecar_path, write_npy_with_ids, RowId, Shard};
+use gclip::output::{merge, sidecar_path, write_embeddings, FileFormat, RowId, Shard};
 use gclip_search::remote::{is_url, RemoteImages};
 
 use crate::progress::Progress;
@@ -31,7 +31,9 @@ pub enum What {
   gclip embed image --model ViT-B-32.pt --arch ViT-B-32 photos/ --output photos.jsonl
   gclip embed text --model ./clip-vit-base-patch32 \"a cat\" \"a dog\" --output pets.npy
   gclip embed image photos/ --shard 0/4 --output part0.npy   # then: gclip merge part*.npy --output all.npy
-An .npy output comes with X.ids.jsonl: per row, its input index, list line and text or image.")]
+  gclip embed image photos/ --output photos.parquet   # index, line, image, embedding (list<float32>)
+An .npy output comes with X.ids.jsonl: per row, its input index, list line and text or image.
+A .parquet output holds the same columns and the embedding, as clip-retrieval's users load it.")]
 pub struct EmbedArgs {
     /// What to embed.
     what: What,
@@ -46,8 +48,9 @@ pub struct EmbedArgs {
     input: Option<PathBuf>,
     /// Items given directly: texts, or image files and directories (walked recursively).
     items: Vec<String>,
-    /// Output file: .npy (float32 [N, D], rows of the inputs that succeeded, in input order)
-    /// or .jsonl (each input beside its vector or its error).
+    /// Output file: .npy (float32 [N, D], rows of the inputs that succeeded, in input order,
+    /// with an .ids.jsonl sidecar), .parquet (the same rows with their ids, the embedding as a
+    /// list<float32> column) or .jsonl (each input beside its vector or its error).
     #[arg(long)]
     output: PathBuf,
     /// Keep the raw projections instead of L2-normalising them.
@@ -66,15 +69,22 @@ pub struct EmbedArgs {
 }
 
 enum OutputFormat {
-    Npy,
+    /// `.npy` with its sidecar, or `.parquet`: the rows that succeeded, with their ids.
+    Rows,
+    /// Every input beside its vector or its error.
     Jsonl,
 }
 
 fn output_format(path: &Path) -> Result<OutputFormat> {
+    if FileFormat::of(path).is_some() {
+        return Ok(OutputFormat::Rows);
+    }
     match path.extension().and_then(|e| e.to_str()) {
-        Some("npy") => Ok(OutputFormat::Npy),
         Some("jsonl") => Ok(OutputFormat::Jsonl),
-        _ => bail!("--output {} must end in .npy or .jsonl", path.display()),
+        _ => bail!(
+            "--output {} must end in .npy, .parquet or .jsonl",
+            path.display()
+        ),
     }
 }
 
@@ -218,7 +228,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     progress.finish();
 
     match format {
-        OutputFormat::Npy => {
+        OutputFormat::Rows => {
             let data: Vec<f32> = vectors.iter().flatten().flatten().copied().collect();
             let ids: Vec<RowId> = items
                 .iter()
@@ -231,7 +241,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
                     value: item.value.clone().unwrap_or_default(),
                 })
                 .collect();
-            write_npy_with_ids(&args.output, &Embeddings { dim, data }, &ids)?;
+            write_embeddings(&args.output, &Embeddings { dim, data }, &ids, kind)?;
         }
         OutputFormat::Jsonl => {
             let file = std::fs::File::create(&args.output)
@@ -293,31 +303,41 @@ pub fn run(args: EmbedArgs) -> Result<()> {
 }
 
 #[derive(Args)]
-#[command(after_help = "Example:
+#[command(after_help = "Examples:
   gclip merge part0.npy part1.npy part2.npy part3.npy --output photos.npy
-Each part's rows are named by its X.ids.jsonl sidecar (written by gclip embed); the merged rows
-are in input order, as one run over the whole list writes them, with their own sidecar.")]
+  gclip merge part*.parquet --output photos.parquet
+Each .npy part's rows are named by its X.ids.jsonl sidecar (written by gclip embed), each
+.parquet part's by its own columns; parts of both formats may be mixed. The merged rows are in
+input order, as one run over the whole list writes them.")]
 pub struct MergeArgs {
-    /// The shards' .npy files (each with its .ids.jsonl sidecar), in any order.
+    /// The shards' files (.npy with their .ids.jsonl sidecars, or .parquet), in any order.
     #[arg(required = true)]
     parts: Vec<PathBuf>,
-    /// The merged .npy file (its sidecar is written beside it).
+    /// The merged file: .npy (its sidecar is written beside it) or .parquet.
     #[arg(long)]
     output: PathBuf,
 }
 
 pub fn run_merge(args: MergeArgs) -> Result<()> {
-    if !matches!(output_format(&args.output)?, OutputFormat::Npy) {
-        bail!("--output {} must end in .npy", args.output.display());
-    }
+    let Some(format) = FileFormat::of(&args.output) else {
+        bail!(
+            "--output {} must end in .npy or .parquet",
+            args.output.display()
+        );
+    };
     let (embeddings, ids) = merge(&args.parts)?;
-    write_npy_with_ids(&args.output, &embeddings, &ids)?;
+    // Shards of no rows name no kind; such a merge holds none either.
+    let kind = ids.first().map_or(ItemKind::Text, |id| id.kind);
+    write_embeddings(&args.output, &embeddings, &ids, kind)?;
+    let sidecar = match format {
+        FileFormat::Npy => format!(" (ids in {})", sidecar_path(&args.output).display()),
+        FileFormat::Parquet => String::new(),
+    };
     eprintln!(
-        "merged {} rows from {} files into {} (ids in {})",
+        "merged {} rows from {} files into {}{sidecar}",
         ids.len(),
         args.parts.len(),
         args.output.display(),
-        sidecar_path(&args.output).display()
     );
     Ok(())
 }

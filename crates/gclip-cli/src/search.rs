@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use gclip_search::query::{parse_weighted, query_vector};
-use gclip_search::{Filter, Fusion, Hit, QueryInput, QueryPart, SearchMode, SearchRequest};
+use gclip_search::encoder::Encoder;
+use gclip_search::query::{parse_weighted, run_search, SearchOptions};
+use gclip_search::{Filter, Fusion, Hit, QueryInput, QueryPart};
 
 use crate::index::{load_embedder, open_existing_collection};
 
@@ -109,39 +110,13 @@ pub fn run(args: SearchArgs) -> Result<()> {
     if parts.is_empty() {
         bail!("nothing to search for: give TEXT, --image, --query, --image-query or --like");
     }
-    let lexical_text: Option<String> = if args.hybrid || args.lexical {
-        let texts: Vec<String> = parts
-            .iter()
-            .filter(|p| p.weight > 0.0)
-            .filter_map(|p| match &p.input {
-                QueryInput::Text(t) => Some(t.clone()),
-                _ => None,
-            })
-            .collect();
-        if texts.is_empty() {
-            bail!("--hybrid and --lexical need query text");
-        }
-        Some(texts.join(" "))
-    } else {
-        None
-    };
-    let vector = if args.lexical {
-        None
-    } else {
-        let embedder = load_embedder(&collection, 32, args.precision)?;
-        Some(query_vector(&embedder, Some(collection.store()), &parts)?)
-    };
-    let request = SearchRequest {
-        vector,
-        text: lexical_text,
+    let options = SearchOptions {
         filter,
         limit: args.limit,
         offset: args.offset,
-        mode: if args.exact {
-            SearchMode::Exact
-        } else {
-            SearchMode::Auto
-        },
+        exact: args.exact,
+        hybrid: args.hybrid,
+        lexical: args.lexical,
         fusion: match args.fusion {
             FusionArg::Rrf => Fusion::Rrf { k: 60.0 },
             FusionArg::Weighted => Fusion::Weighted {
@@ -150,7 +125,15 @@ pub fn run(args: SearchArgs) -> Result<()> {
             },
         },
     };
-    let hits = collection.search(&request)?;
+    // A hybrid or lexical search without text is refused before the model loads.
+    options.lexical_text(&parts)?;
+    let embedder = if options.needs_vector() {
+        Some(load_embedder(&collection, 32, args.precision)?)
+    } else {
+        None
+    };
+    let encoder = embedder.as_ref().map(|e| e as &dyn Encoder);
+    let hits = run_search(collection.store(), encoder, &parts, options)?;
     if args.json {
         println!("{}", serde_json::to_string(&hits)?);
     } else {

@@ -8,8 +8,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use gclip::input::image::PreprocessConfig;
 use gclip::train::checkpoint::{list_checkpoints, load_checkpoint};
-use gclip::train::config::{evaluate_model, prepare, EvalSet, TrainConfig};
+use gclip::train::config::prepare;
 use gclip::train::export::{export_hf, export_open_clip, TokenizerSource};
+use gclip::train::run::read_config;
 use gclip::train::trainer::{Control, Event};
 
 #[derive(Args)]
@@ -56,90 +57,6 @@ pub struct TrainArgs {
     /// Training runs in fp32; bf16 and int8 are inference precisions (refused here).
     #[arg(long, default_value = "fp32")]
     precision: gclip::model::Precision,
-}
-
-/// Sets `a.b.c = value` in a TOML table, creating tables on the way.
-fn set_path(root: &mut toml::Table, key: &str, value: toml::Value) -> Result<()> {
-    let mut parts: Vec<&str> = key.split('.').collect();
-    let last = parts
-        .pop()
-        .filter(|s| !s.is_empty())
-        .context("empty key in --set")?;
-    let mut t = root;
-    for p in parts {
-        let entry = t
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        t = entry
-            .as_table_mut()
-            .with_context(|| format!("--set {key}: `{p}` is not a table"))?;
-    }
-    t.insert(last.to_string(), value);
-    Ok(())
-}
-
-fn parse_value(text: &str) -> toml::Value {
-    let doc = format!("v = {text}");
-    match doc.parse::<toml::Table>() {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(text.into())),
-        Err(_) => toml::Value::String(text.to_string()),
-    }
-}
-
-/// Reads the config file with the command line's overrides applied. Relative paths in the
-/// file (data, eval, corpus, output, an architecture JSON or model directory) are relative to
-/// the file's folder.
-pub fn read_config(path: &Path, sets: &[String]) -> Result<TrainConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut table: toml::Table = text
-        .parse()
-        .with_context(|| format!("{}: not valid TOML", path.display()))?;
-    for s in sets {
-        let (k, v) = s
-            .split_once('=')
-            .with_context(|| format!("--set {s}: expected KEY=VALUE"))?;
-        set_path(&mut table, k.trim(), parse_value(v.trim()))?;
-    }
-    let mut cfg: TrainConfig = toml::Value::Table(table)
-        .try_into()
-        .with_context(|| format!("{}: invalid training configuration", path.display()))?;
-    let base = path.parent().unwrap_or(Path::new(""));
-    let fix = |p: &mut PathBuf| {
-        if p.is_relative() && !p.as_os_str().is_empty() {
-            *p = base.join(&*p);
-        }
-    };
-    fix(&mut cfg.train.output);
-    for m in [&mut cfg.model.arch, &mut cfg.model.from]
-        .into_iter()
-        .flatten()
-    {
-        // Architecture names and hub ids stay as they are; relative paths that exist beside
-        // the config file are taken from there.
-        let beside = base.join(&*m);
-        if Path::new(m.as_str()).is_relative() && beside.exists() {
-            *m = beside.display().to_string();
-        }
-    }
-    if let Some(d) = cfg.data.as_mut() {
-        fix(&mut d.path);
-        if let Some(r) = d.image_root.as_mut() {
-            fix(r);
-        }
-    }
-    if let Some(e) = cfg.eval.as_mut() {
-        fix(&mut e.data.path);
-        if let Some(c) = e.corpus.as_mut() {
-            fix(c);
-        }
-        if let Some(r) = e.data.image_root.as_mut() {
-            fix(r);
-        }
-    }
-    Ok(cfg)
 }
 
 /// The command line that continues an interrupted run: this one, with `--resume` in place of
@@ -310,37 +227,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             Control::Continue
         }
     };
-    let objective = session.trainer.options.objective.clone();
-    let (eval, eval_data, eval_corpus, tokenizer, preprocess) = (
-        &session.config.eval,
-        &session.eval_data,
-        &session.eval_corpus,
-        &session.tokenizer,
-        &session.preprocess,
-    );
-    let mut evaluator = |clip: &gclip::model::Clip| match (eval, eval_data) {
-        (Some(e), Some(data)) => evaluate_model(
-            clip,
-            tokenizer,
-            preprocess,
-            &objective,
-            EvalSet {
-                data,
-                corpus: eval_corpus.as_ref(),
-                kind: e.kind,
-                top_k: e.top_k,
-            },
-        ),
-        _ => Ok(Vec::new()),
-    };
-    let evaluate: Option<&mut gclip::train::trainer::Evaluator> = if eval.is_some() {
-        Some(&mut evaluator)
-    } else {
-        None
-    };
-    let summary = session
-        .trainer
-        .run(&mut session.loader, evaluate, &mut observe)?;
+    let summary = session.run(&mut observe)?;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }

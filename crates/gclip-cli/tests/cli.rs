@@ -230,7 +230,7 @@ fn bad_model_arguments_fail_fast_with_a_clear_message() {
         "--output",
         "/tmp/never.txt",
     ]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains(".npy or .jsonl"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(".npy, .parquet or .jsonl"));
 }
 
 #[test]
@@ -671,4 +671,41 @@ fn sharded_text_embed_with_empty_shards_equals_one_run() {
     let o = merge(&refs, &merged);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_same_as_one_run(&merged, &whole);
+}
+
+#[test]
+fn parquet_embed_and_merge_hold_what_npy_holds() {
+    let dir = scratch("shards-parquet");
+    let list = dir.join("captions.jsonl");
+    let captions =
+        "{\"text\": \"a cat\"}\n{\"text\": \"ça coûte 3€\"}\n{\"text\": \"a dog on a sofa\"}\n";
+    std::fs::write(&list, captions).unwrap();
+    let whole = dir.join("whole.npy");
+    assert!(embed_list("text", &list, &whole, None).status.success());
+    // One run into Parquet holds the .npy's rows and ids: read back through a merge into .npy.
+    let whole_parquet = dir.join("whole.parquet");
+    let o = embed_list("text", &list, &whole_parquet, None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let back = dir.join("back.npy");
+    assert!(merge(&[&whole_parquet], &back).status.success());
+    assert_eq!(read_npy(&back), read_npy(&whole));
+    assert_eq!(
+        std::fs::read_to_string(back.with_extension("ids.jsonl")).unwrap(),
+        std::fs::read_to_string(whole.with_extension("ids.jsonl")).unwrap()
+    );
+    // Shards in both formats merge into Parquet, and that into the one run's .npy.
+    let parts = [dir.join("p0.parquet"), dir.join("p1.npy")];
+    for (i, p) in parts.iter().enumerate() {
+        let o = embed_list("text", &list, p, Some(&format!("{i}/2")));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let merged = dir.join("merged.parquet");
+    let o = merge(&[&parts[1], &parts[0]], &merged);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let merged_npy = dir.join("merged.npy");
+    assert!(merge(&[&merged], &merged_npy).status.success());
+    assert_same_as_one_run(&merged_npy, &whole);
+    let o = merge(&[&merged], &dir.join("x.csv"));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains(".npy or .parquet"));
 }

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use gclip::embed::{Embedder, LoadOptions};
 use gclip::eval::ranking::{evaluate, MetricSet, Qrels, Run};
@@ -15,20 +16,21 @@ use gclip::input::decode::{Decoded, Mode, Samples, Transparency};
 use gclip::input::image::{max_image_pixels, ImageError, ImageInput};
 use gclip::model::Precision;
 use gclip::source::ModelSource;
+use gclip::train::config::prepare;
+use gclip::train::run::{config_from_table, read_config};
+use gclip::train::trainer::{Control, Event};
 use gclip::zeroshot::{TemplateSet, ZeroShotClassifier};
-use gclip_search::encoder::LazyEncoder;
-use gclip_search::ingest::{add_documents, document_from_fields, update_document, InputDocument};
-use gclip_search::query::query_vector;
-use gclip_search::roots::record_document_roots;
+use gclip_search::encoder::{Encoder, LazyEncoder};
+use gclip_search::ingest::{document_from_fields, InputDocument};
+use gclip_search::query::{run_search, SearchOptions};
 use gclip_search::{
-    model_identity, Collection, EmbedSpec, Fields, Filter, QueryInput, QueryPart, SearchMode,
-    SearchRequest,
+    model_identity, Collection, EmbedSpec, Fields, Filter, Fusion, QueryInput, QueryPart,
 };
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 create_exception!(
     gclip,
@@ -483,10 +485,133 @@ fn eval_ranking(
     Ok(py.detach(|| evaluate(&qrels, &run, &set)))
 }
 
+/// A Python callback's wish to stop a run, or the exception it (or a Ctrl-C) raised.
+enum PythonStop {
+    Asked,
+    Raised(PyErr),
+}
+
+/// What one training event looks like to Python: a dict.
+fn event_dict<'py>(py: Python<'py>, event: &Event<'_>) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    match event {
+        Event::Step(s) => {
+            d.set_item("event", "step")?;
+            d.set_item("step", s.step)?;
+            d.set_item("epoch", s.epoch)?;
+            d.set_item("loss", s.loss)?;
+            d.set_item("lr", s.lr)?;
+            d.set_item("logit_scale", s.logit_scale)?;
+            d.set_item("grad_norm", s.grad_norm)?;
+            d.set_item("samples_per_s", s.samples_per_s)?;
+        }
+        Event::Eval { step, metrics } => {
+            d.set_item("event", "eval")?;
+            d.set_item("step", step)?;
+            let m = PyDict::new(py);
+            for (k, v) in metrics.iter() {
+                m.set_item(k, v)?;
+            }
+            d.set_item("metrics", m)?;
+        }
+        Event::Checkpoint { step, path } => {
+            d.set_item("event", "checkpoint")?;
+            d.set_item("step", step)?;
+            d.set_item("path", path)?;
+        }
+    }
+    Ok(d)
+}
+
+/// Trains as `gclip train` does: the config is a TOML file (`config_path`) or the same
+/// sections as JSON (`config_json`, relative paths taken from the working directory), with
+/// `overrides` (`section.key=value`). `resume`: a checkpoint or run directory to continue;
+/// `resume_newest`: continue from the newest checkpoint of the run's own directory.
+/// `on_event` is called with a dict per step, evaluation and checkpoint (with the GIL; the
+/// model work runs without it) and stops the run by returning False. A Ctrl-C stops the run
+/// after the current step, with a checkpoint, and is raised then. Returns (steps done, the last
+/// checkpoint, the log, whether it stopped early).
+#[pyfunction]
+#[pyo3(signature = (config_path = None, config_json = None, overrides = Vec::new(), output = None, resume = None, resume_newest = false, on_event = None))]
+#[allow(clippy::too_many_arguments)] // the run's options, as Python passes them
+fn train(
+    py: Python<'_>,
+    config_path: Option<PathBuf>,
+    config_json: Option<String>,
+    overrides: Vec<String>,
+    output: Option<PathBuf>,
+    resume: Option<PathBuf>,
+    resume_newest: bool,
+    on_event: Option<Bound<'_, PyAny>>,
+) -> PyResult<(u64, Option<PathBuf>, PathBuf, bool)> {
+    let mut cfg = match (config_path, config_json) {
+        (Some(path), None) => py.detach(|| read_config(&path, &overrides)).map_err(err)?,
+        (None, Some(json)) => {
+            let table: toml::Table = serde_json::from_str(&json)
+                .map_err(|e| err(format!("invalid training configuration: {e}")))?;
+            config_from_table(table, &overrides, Path::new(""), "the config dict").map_err(err)?
+        }
+        _ => return Err(err("give one of config_path or config_json")),
+    };
+    if let Some(o) = output {
+        cfg.train.output = o;
+    }
+    let resume = match (resume, resume_newest) {
+        (Some(from), _) => Some(from),
+        (None, true) => Some(cfg.train.output.clone()),
+        (None, false) => None,
+    };
+    let on_event = on_event.map(Bound::unbind);
+    let mut stop: Option<PythonStop> = None;
+    let summary = py
+        .detach(|| {
+            let mut session = prepare(cfg, resume.as_deref())?;
+            session.run(&mut |event| {
+                Python::attach(|py| {
+                    let asked = match &on_event {
+                        None => Ok(true),
+                        Some(f) => event_dict(py, &event)
+                            .and_then(|d| f.call1(py, (d,)))
+                            // Only False stops: None (no return) and anything else go on.
+                            .map(|r| !matches!(r.extract::<bool>(py), Ok(false))),
+                    };
+                    match asked.and_then(|go| py.check_signals().map(|()| go)) {
+                        Ok(true) => Control::Continue,
+                        Ok(false) => {
+                            stop.get_or_insert(PythonStop::Asked);
+                            Control::Stop
+                        }
+                        Err(e) => {
+                            stop.get_or_insert(PythonStop::Raised(e));
+                            Control::Stop
+                        }
+                    }
+                })
+            })
+        })
+        .map_err(err)?;
+    if let Some(PythonStop::Raised(e)) = stop {
+        return Err(e);
+    }
+    Ok((
+        summary.steps_done,
+        summary.last_checkpoint,
+        summary.log_path,
+        summary.stopped_early,
+    ))
+}
+
 /// A collection: documents with fields, their vectors, and the model that made them (a
 /// directory; see `gclip index`/`add`/`search`).
 #[pyclass(frozen, module = "gclip._gclip", name = "Collection")]
 struct PyCollection {
+    /// None once closed. Calls share the read lock (searches run concurrently); `close` takes
+    /// the write lock, so it waits for the calls in progress.
+    open: RwLock<Option<OpenCollection>>,
+    path: PathBuf,
+}
+
+struct OpenCollection {
     collection: Collection,
     encoder: LazyEncoder,
 }
@@ -495,10 +620,33 @@ impl PyCollection {
     fn wrap(collection: Collection) -> Self {
         let encoder = LazyEncoder::new(collection.info().model.clone(), None);
         Self {
-            collection,
-            encoder,
+            path: collection.dir().to_path_buf(),
+            open: RwLock::new(Some(OpenCollection {
+                collection,
+                encoder,
+            })),
         }
     }
+
+    /// Runs `f` on the open collection, without the GIL.
+    fn with<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&OpenCollection) -> gclip_search::Result<R> + Send,
+    ) -> PyResult<R> {
+        py.detach(|| {
+            let guard = self.open.read().unwrap_or_else(|p| p.into_inner());
+            match guard.as_ref() {
+                Some(open) => f(open).map_err(|e| e.to_string()),
+                None => Err(format!("the collection {} is closed", self.path.display())),
+            }
+        })
+        .map_err(err)
+    }
+}
+
+fn to_json(value: &impl serde::Serialize) -> gclip_search::Result<String> {
+    serde_json::to_string(value).map_err(|e| gclip_search::SearchError::Invalid(e.to_string()))
 }
 
 #[pymethods]
@@ -539,6 +687,28 @@ impl PyCollection {
             .map_err(err)
     }
 
+    /// Closes the collection: writes what is pending and releases its files (and the model),
+    /// so that another process may open it. Calls after it raise; closing twice does nothing.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| {
+            let mut guard = self.open.write().unwrap_or_else(|p| p.into_inner());
+            match guard.take() {
+                Some(open) => open.collection.flush(),
+                None => Ok(()),
+            }
+        })
+        .map_err(err)
+    }
+
+    /// Whether `close` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.open
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
     /// Adds documents given as JSON objects (an `id` field, else a hash of the object, is the
     /// id; relative image paths are resolved against `base`). Returns the ingestion report as
     /// JSON: written, failed `[label, error]`, ….
@@ -551,8 +721,8 @@ impl PyCollection {
         batch_size: usize,
     ) -> PyResult<String> {
         let batch_size = check_range("batch_size", batch_size, 1, MAX_BATCH_SIZE)?;
-        py.detach(|| -> gclip_search::Result<String> {
-            let c = &self.collection;
+        self.with(py, |open| {
+            let c = &open.collection;
             let image_fields: Vec<&str> = c.info().spec.image_fields().collect();
             let inputs: Vec<InputDocument> = documents
                 .iter()
@@ -568,26 +738,18 @@ impl PyCollection {
                     },
                 })
                 .collect();
-            record_document_roots(
-                c.dir(),
-                inputs
-                    .iter()
-                    .filter_map(|d| d.doc.as_ref().ok().map(|d| &d.fields)),
-                &image_fields,
-                Path::new(""),
-            )?;
-            let report = add_documents(c.store(), &self.encoder, inputs, batch_size, &mut |_| {})?;
+            let report = c.add_local(&open.encoder, inputs, batch_size, &mut |_| {})?;
             c.flush()?;
-            serde_json::to_string(&report)
-                .map_err(|e| gclip_search::SearchError::Invalid(e.to_string()))
+            to_json(&report)
         })
-        .map_err(err)
     }
 
     /// Searches: weighted parts `(kind, value, weight)` with kind `text`, `image` (a path),
-    /// `image_bytes`, `document` (an id: more like it); a filter; paging. Returns the hits as
-    /// JSON.
-    #[pyo3(signature = (parts, filter = None, limit = 10, offset = 0, exact = false))]
+    /// `image_bytes`, `document` (an id: more like it); a filter; paging; `hybrid` (vector and
+    /// BM25 results fused by `fusion`, `rrf` or `weighted`) or `lexical` (BM25 alone). Returns
+    /// the hits as JSON.
+    #[pyo3(signature = (parts, filter = None, limit = 10, offset = 0, exact = false, hybrid = false, lexical = false, fusion = "rrf"))]
+    #[allow(clippy::too_many_arguments)] // the search's options, as Python passes them
     fn search_json(
         &self,
         py: Python<'_>,
@@ -596,10 +758,21 @@ impl PyCollection {
         limit: usize,
         offset: usize,
         exact: bool,
+        hybrid: bool,
+        lexical: bool,
+        fusion: &str,
     ) -> PyResult<String> {
         check_range("limit", limit, 1, MAX_RESULTS)?;
         check_range("offset", offset, 0, MAX_RESULTS - limit)?;
         let filter = filter.map(Filter::parse).transpose().map_err(err)?;
+        let fusion = match fusion {
+            "rrf" => Fusion::Rrf { k: 60.0 },
+            "weighted" => Fusion::Weighted {
+                vector: 0.5,
+                lexical: 0.5,
+            },
+            other => return Err(err(format!("fusion {other:?}: use rrf or weighted"))),
+        };
         let mut query = Vec::new();
         for (kind, value, weight) in parts {
             let input = match kind.as_str() {
@@ -616,73 +789,67 @@ impl PyCollection {
         if query.is_empty() {
             return Err(err("nothing to search for: give q, image or like"));
         }
-        py.detach(|| -> gclip_search::Result<String> {
-            let c = &self.collection;
-            let vector = query_vector(&self.encoder, Some(c.store()), &query)?;
-            let hits = c.search(&SearchRequest {
-                vector: Some(vector),
-                filter,
-                limit,
-                offset,
-                mode: if exact {
-                    SearchMode::Exact
-                } else {
-                    SearchMode::Auto
-                },
-                ..Default::default()
-            })?;
-            serde_json::to_string(&hits)
-                .map_err(|e| gclip_search::SearchError::Invalid(e.to_string()))
+        let options = SearchOptions {
+            filter,
+            limit,
+            offset,
+            exact,
+            hybrid,
+            lexical,
+            fusion,
+        };
+        self.with(py, |open| {
+            let hits = run_search(
+                open.collection.store(),
+                Some(&open.encoder as &dyn Encoder),
+                &query,
+                options,
+            )?;
+            to_json(&hits)
         })
-        .map_err(err)
     }
 
     /// Deletes documents by id; returns how many existed.
     fn delete(&self, py: Python<'_>, ids: Vec<String>) -> PyResult<usize> {
-        py.detach(|| -> gclip_search::Result<usize> {
-            let r = self.collection.delete(&ids)?;
-            self.collection.flush()?;
+        self.with(py, |open| {
+            let r = open.collection.delete(&ids)?;
+            open.collection.flush()?;
             Ok(r.count)
         })
-        .map_err(err)
     }
 
     /// Sets fields of a document (JSON object; null removes a field); re-embeds it when an
     /// embedded field changed, which it returns.
     fn update_json(&self, py: Python<'_>, id: &str, patch: &str, base: PathBuf) -> PyResult<bool> {
         let patch: Fields = serde_json::from_str(patch).map_err(err)?;
-        py.detach(|| -> gclip_search::Result<bool> {
-            let c = &self.collection;
-            let image_fields: Vec<&str> = c.info().spec.image_fields().collect();
-            record_document_roots(c.dir(), [&patch], &image_fields, &base)?;
-            let r = update_document(c.store(), &self.encoder, id, &patch, &base)?;
+        self.with(py, |open| {
+            let c = &open.collection;
+            let r = c.update_local(&open.encoder, id, &patch, &base)?;
             c.flush()?;
             Ok(r.reembedded)
         })
-        .map_err(err)
     }
 
     /// A document's fields as JSON (with its `id`), or None.
     fn get_json(&self, py: Python<'_>, id: &str) -> PyResult<Option<String>> {
-        py.detach(|| self.collection.get(id))
-            .map_err(err)?
-            .map(|d| serde_json::to_string(&d).map_err(err))
-            .transpose()
+        self.with(py, |open| {
+            open.collection.get(id)?.map(|d| to_json(&d)).transpose()
+        })
     }
 
     /// The collection directory.
     #[getter]
     fn path(&self) -> PathBuf {
-        self.collection.dir().to_path_buf()
+        self.path.clone()
     }
 
     /// The model, spec and creation time, as JSON.
-    fn info_json(&self) -> PyResult<String> {
-        serde_json::to_string(self.collection.info()).map_err(err)
+    fn info_json(&self, py: Python<'_>) -> PyResult<String> {
+        self.with(py, |open| to_json(open.collection.info()))
     }
 
-    fn __len__(&self) -> usize {
-        self.collection.len()
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        self.with(py, |open| Ok(open.collection.len()))
     }
 }
 
@@ -695,6 +862,7 @@ fn _gclip(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add_function(wrap_pyfunction!(set_threads, m)?)?;
     m.add_function(wrap_pyfunction!(eval_ranking, m)?)?;
+    m.add_function(wrap_pyfunction!(train, m)?)?;
     m.add("DEFAULT_MODEL", gclip::source::DEFAULT_MODEL)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

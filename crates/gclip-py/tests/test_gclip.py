@@ -294,3 +294,109 @@ def test_eval_ranking_matches_cli(tmp_path):
         assert got[k] == pytest.approx(want[k], abs=1e-12), k
     # Both queries find their first relevant document second: reciprocal rank 1/2.
     assert got["mrr@10"] == pytest.approx(0.5)
+
+
+def test_parquet_output_reads_in_pyarrow_as_the_npy(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = [str(IMAGES / f) for f in CLI_IMAGES[:5]]
+    args = ["embed", "image", "--model", OC_MODEL, "--arch", OC_ARCH, *paths]
+    cli(*args, "--output", str(tmp_path / "x.npy"))
+    cli(*args, "--output", str(tmp_path / "x.parquet"))
+    table = pq.read_table(tmp_path / "x.parquet")
+    assert table.column_names == ["index", "line", "image", "embedding"]
+    assert table.schema.field("embedding").type == pa.list_(pa.field("element", pa.float32(), False))
+    want = np.load(tmp_path / "x.npy")
+    got = np.array(table.column("embedding").to_pylist(), np.float32)
+    assert np.array_equal(got, want)
+    assert table.column("image").to_pylist() == paths
+    assert table.column("index").to_pylist() == list(range(5))
+    assert table.column("line").null_count == 5
+    # What pyarrow writes back (nullable columns, Snappy) merges as gclip's own file does.
+    pq.write_table(table, tmp_path / "again.parquet")
+    cli("merge", str(tmp_path / "again.parquet"), "--output", str(tmp_path / "again.npy"))
+    assert np.array_equal(np.load(tmp_path / "again.npy"), want)
+
+
+def test_collection_close_context_manager_and_lexical_search(tmp_path):
+    path = tmp_path / "shop"
+    with gclip.Collection.create(path, OC_MODEL, arch=OC_ARCH, embed="title") as c:
+        c.add([{"id": "p1", "title": "a striped cat"}, {"id": "p2", "title": "a cup of coffee"}])
+        assert [h["id"] for h in c.search(q="striped", lexical=True)] == ["p1"]
+        hybrid = c.search(q="coffee", hybrid=True, fusion="weighted", limit=2)
+        assert hybrid[0]["id"] == "p2"
+        with pytest.raises(gclip.GclipError, match="need query text"):
+            c.search(like="p1", lexical=True)
+        with pytest.raises(gclip.GclipError, match="fusion"):
+            c.search(q="x", hybrid=True, fusion="max")
+    assert c.closed
+    with pytest.raises(gclip.GclipError, match="closed"):
+        len(c)
+    with pytest.raises(gclip.GclipError, match="closed"):
+        c.search(q="x")
+    c.close()  # a second close does nothing
+    # Closed, the collection opens again at once (no garbage collection needed).
+    again = gclip.Collection.open(path)
+    assert len(again) == 2 and again.get("p1")["fields"]["title"] == "a striped cat"
+    again.close()
+
+
+def tiny_training_config(tmp_path, steps):
+    """The tiny CLIP of the CLI's training tests (crates/gclip-cli/tests/interrupt.rs) on the
+    emoji fixture, as a dict."""
+    arch = tmp_path / "arch.json"
+    arch.write_text(json.dumps({
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 24, "patch_size": 6, "width": 32, "layers": 2,
+                       "head_width": 32},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                     "layers": 2},
+    }))
+    return {
+        "model": {"arch": str(arch)},
+        "data": {"path": str(FIXTURES / "emoji-mini" / "clip-train-google.jsonl")},
+        "train": {"steps": steps, "batch_size": 4, "lr": 1e-3, "warmup": 0, "seed": 0,
+                  "output": str(tmp_path / "run"), "checkpoint_every": 0},
+    }
+
+
+def test_train_from_python_as_the_cli(tmp_path):
+    config = tiny_training_config(tmp_path, steps=3)
+    events = []
+    summary = gclip.train(config, callback=events.append)
+    assert summary["steps_done"] == 3 and not summary["stopped_early"]
+    steps = [e for e in events if e["event"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3]
+    assert all(np.isfinite(e["loss"]) for e in steps)
+    assert any(e["event"] == "checkpoint" for e in events)
+    checkpoint = pathlib.Path(summary["last_checkpoint"])
+    assert (checkpoint / "state.json").is_file()
+    log = [json.loads(line) for line in open(summary["log"])]
+    assert [r["loss"] for r in log if r.get("event") == "step"] == [e["loss"] for e in steps]
+    # The same run from a TOML file with --set-style overrides, into another directory, through
+    # the CLI: the same losses (same seed, same data order).
+    toml = tmp_path / "train.toml"
+    toml.write_text(
+        f'[model]\narch = "arch.json"\n[data]\npath = "{config["data"]["path"]}"\n'
+        "[train]\nsteps = 99\nbatch_size = 4\nlr = 1e-3\nwarmup = 0\nseed = 0\n"
+        'output = "cli-run"\ncheckpoint_every = 0\n'
+    )
+    cli("--threads", "2", "train", "--config", str(toml), "--set", "train.steps=3")
+    cli_log = [json.loads(line) for line in open(tmp_path / "cli-run" / "log.jsonl")]
+    cli_losses = [r["loss"] for r in cli_log if r.get("event") == "step"]
+    py_file = gclip.train(toml, overrides={"train.steps": 3}, output=tmp_path / "py-run")
+    py_log = [json.loads(line) for line in open(py_file["log"])]
+    py_losses = [r["loss"] for r in py_log if r.get("event") == "step"]
+    assert len(py_losses) == 3 and np.allclose(py_losses, cli_losses, rtol=1e-4)
+    # A callback returning False stops after that step, with a checkpoint; resume continues.
+    stopped = gclip.train(tiny_training_config(tmp_path, steps=4), output=tmp_path / "stop",
+                          callback=lambda e: not (e["event"] == "step" and e["step"] == 2))
+    assert stopped["steps_done"] == 2 and stopped["stopped_early"]
+    resumed = gclip.train(tiny_training_config(tmp_path, steps=4), output=tmp_path / "stop",
+                          resume=True)
+    assert resumed["steps_done"] == 4 and not resumed["stopped_early"]
+    with pytest.raises(gclip.GclipError, match="invalid training configuration"):
+        gclip.train({"train": {"stepz": 1}})
+    with pytest.raises(gclip.GclipError, match="nonexistent"):
+        gclip.train(tiny_training_config(tmp_path, steps=1), overrides=["data.path=/nonexistent"])

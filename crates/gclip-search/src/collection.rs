@@ -7,8 +7,13 @@ use std::path::{Path, PathBuf};
 use gclip::model::Precision;
 use gclip::source::ModelSource;
 
-use crate::document::EmbedSpec;
+use crate::document::{EmbedSpec, Fields};
+use crate::encoder::Encoder;
 use crate::error::{Result, SearchError};
+use crate::ingest::{
+    add_documents, update_document, Committed, IngestReport, InputDocument, UpdateReport,
+};
+use crate::roots::record_document_roots;
 use crate::sqlite::{SqliteStore, StoreOptions};
 use crate::store::{CollectionInfo, ModelIdentity, Store};
 
@@ -62,6 +67,43 @@ pub fn model_identity(
 }
 
 impl Collection {
+    /// Adds documents as the collection's operator does (the command line, the Python
+    /// package): first records the folders of their local images, so that the server may show
+    /// them, then embeds and writes the documents in batches of `batch_size`; a document that
+    /// fails is reported and the others proceed. Relative image paths must be resolved already.
+    pub fn add_local(
+        &self,
+        encoder: &dyn Encoder,
+        inputs: Vec<InputDocument>,
+        batch_size: usize,
+        on_commit: &mut dyn FnMut(&Committed),
+    ) -> Result<IngestReport> {
+        let image_fields: Vec<&str> = self.info().spec.image_fields().collect();
+        record_document_roots(
+            self.dir(),
+            inputs
+                .iter()
+                .filter_map(|d| d.doc.as_ref().ok().map(|d| &d.fields)),
+            &image_fields,
+            Path::new(""),
+        )?;
+        add_documents(self.store(), encoder, inputs, batch_size, on_commit)
+    }
+
+    /// Updates a document as its operator does, recording the folders of the local images the
+    /// patch names (relative paths taken from `base`).
+    pub fn update_local(
+        &self,
+        encoder: &dyn Encoder,
+        id: &str,
+        patch: &Fields,
+        base: &Path,
+    ) -> Result<UpdateReport> {
+        let image_fields: Vec<&str> = self.info().spec.image_fields().collect();
+        record_document_roots(self.dir(), [patch], &image_fields, base)?;
+        update_document(self.store(), encoder, id, patch, base)
+    }
+
     /// Whether `dir` holds a collection.
     pub fn exists(dir: &Path) -> bool {
         SqliteStore::exists(dir)

@@ -145,3 +145,80 @@ mod tests {
         assert_eq!(parse_weighted(":2"), (":2".into(), 1.0));
     }
 }
+
+/// What a search asks besides its query parts. The command line, the server and the Python
+/// package fill it from their own options and run it with [`run_search`].
+#[derive(Debug, Clone, Default)]
+pub struct SearchOptions {
+    pub filter: Option<crate::Filter>,
+    pub limit: usize,
+    pub offset: usize,
+    /// Brute force over every vector, whatever the collection's size.
+    pub exact: bool,
+    /// Vector and lexical (BM25) results fused by `fusion`.
+    pub hybrid: bool,
+    /// The lexical index alone: no query vector, no model.
+    pub lexical: bool,
+    pub fusion: crate::Fusion,
+}
+
+impl SearchOptions {
+    /// Whether the search needs a query vector, hence the model: all but lexical ones.
+    pub fn needs_vector(&self) -> bool {
+        !self.lexical
+    }
+
+    /// The lexical index's query: the texts of the positively weighted parts, joined (None for
+    /// a vector search). A hybrid or lexical search without text is refused.
+    pub fn lexical_text(&self, parts: &[QueryPart]) -> Result<Option<String>> {
+        if !(self.hybrid || self.lexical) {
+            return Ok(None);
+        }
+        let texts: Vec<&str> = parts
+            .iter()
+            .filter(|p| p.weight > 0.0)
+            .filter_map(|p| match &p.input {
+                QueryInput::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        if texts.is_empty() {
+            return Err(SearchError::Invalid(
+                "hybrid and lexical search need query text".into(),
+            ));
+        }
+        Ok(Some(texts.join(" ")))
+    }
+}
+
+/// Searches `store` for `parts`: the query vector by `encoder` (which a lexical search does not
+/// need), the lexical text of a hybrid or lexical one, the options' filter and paging.
+pub fn run_search(
+    store: &dyn Store,
+    encoder: Option<&dyn Encoder>,
+    parts: &[QueryPart],
+    options: SearchOptions,
+) -> Result<Vec<crate::Hit>> {
+    let text = options.lexical_text(parts)?;
+    let vector = if options.needs_vector() {
+        let encoder = encoder.ok_or_else(|| {
+            SearchError::Invalid("a vector search needs the collection's model".into())
+        })?;
+        Some(query_vector(encoder, Some(store), parts)?)
+    } else {
+        None
+    };
+    store.search(&crate::SearchRequest {
+        vector,
+        text,
+        filter: options.filter,
+        limit: options.limit,
+        offset: options.offset,
+        mode: if options.exact {
+            crate::SearchMode::Exact
+        } else {
+            crate::SearchMode::Auto
+        },
+        fusion: options.fusion,
+    })
+}

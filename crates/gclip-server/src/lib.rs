@@ -34,12 +34,13 @@ use base64::Engine as _;
 use candle_core::Device;
 use gclip::embed::{Embedder, LoadOptions};
 use gclip::model::Precision;
+use gclip_search::encoder::Encoder;
 use gclip_search::ingest::{add_documents, document_from_fields, update_document, InputDocument};
-use gclip_search::query::query_vector;
+use gclip_search::query::{query_vector, run_search, SearchOptions};
 use gclip_search::roots::FileRoots;
 use gclip_search::{
     model_identity, Collection, EmbedSpec, Fields, Filter, Fusion, ModelIdentity, QueryInput,
-    QueryPart, SearchError, SearchMode, SearchRequest,
+    QueryPart, SearchError,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -1183,51 +1184,33 @@ async fn search(
             "nothing to search for: give q, image, image_url or queries",
         ));
     }
-    let lexical_text: Option<String> = if body.hybrid || body.lexical {
-        let texts: Vec<String> = parts
-            .iter()
-            .filter(|p| p.weight > 0.0)
-            .filter_map(|p| match &p.input {
-                QueryInput::Text(t) => Some(t.clone()),
-                _ => None,
-            })
-            .collect();
-        if texts.is_empty() {
-            return Err(ApiError::bad_request(
-                "hybrid and lexical search need query text",
-            ));
-        }
-        Some(texts.join(" "))
-    } else {
-        None
+    let options = SearchOptions {
+        filter,
+        limit: body.limit,
+        offset: body.offset,
+        exact: body.exact,
+        hybrid: body.hybrid,
+        lexical: body.lexical,
+        fusion,
     };
+    // A hybrid or lexical search without text is refused before the model is asked for.
+    options.lexical_text(&parts)?;
     let st = state.clone();
-    let (limit, offset, exact, lexical) = (body.limit, body.offset, body.exact, body.lexical);
+    let (limit, offset) = (options.limit, options.offset);
     let hits = blocking(move || {
-        let vector = if lexical {
-            None
+        let worker = if options.needs_vector() {
+            Some(st.worker(&served.collection.info().model)?)
         } else {
-            let worker = st.worker(&served.collection.info().model)?;
-            Some(query_vector(
-                &QueryEncoder(&worker),
-                Some(served.collection.store()),
-                &parts,
-            )?)
+            None
         };
-        let request = SearchRequest {
-            vector,
-            text: lexical_text,
-            filter,
-            limit,
-            offset,
-            mode: if exact {
-                SearchMode::Exact
-            } else {
-                SearchMode::Auto
-            },
-            fusion,
-        };
-        Ok((served.collection.search(&request)?, served.collection.len()))
+        let encoder = worker.as_deref().map(QueryEncoder);
+        let hits = run_search(
+            served.collection.store(),
+            encoder.as_ref().map(|e| e as &dyn Encoder),
+            &parts,
+            options,
+        )?;
+        Ok((hits, served.collection.len()))
     })
     .await?;
     Ok(Json(json!({
@@ -1304,7 +1287,6 @@ async fn embed(
     blocking(move || {
         let w = st.worker(&identity)?;
         let q = QueryEncoder(&w);
-        use gclip_search::encoder::Encoder;
         let texts: Vec<&str> = body.texts.iter().map(String::as_str).collect();
         let mut out = if texts.is_empty() {
             Vec::new()
@@ -1388,7 +1370,6 @@ async fn classify(
     blocking(move || {
         let w = st.worker(&identity)?;
         let q = QueryEncoder(&w);
-        use gclip_search::encoder::Encoder;
         let query = query_vector(&q, None, &[QueryPart::new(input)])?;
         let prompts: Vec<String> = body.labels.iter().map(|l| template.replace("{}", l)).collect();
         let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();

@@ -32,6 +32,7 @@ __all__ = [
     "Model",
     "eval_ranking",
     "load",
+    "train",
     "__version__",
 ]
 
@@ -250,11 +251,27 @@ class Collection:
 
     Documents are dicts: an ``id`` (else a hash of the document), text fields, image fields
     holding paths, numbers, tags (lists of strings) and booleans. One process has a collection
-    open at a time.
+    open at a time: :meth:`close` it (or use it in a ``with`` block) to let another open it.
     """
 
     def __init__(self, native: "_gclip.Collection"):
         self._c = native
+
+    def close(self) -> None:
+        """Writes what is pending and releases the collection's files and model; later calls
+        raise :class:`GclipError`. Closing twice does nothing."""
+        self._c.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._c.closed
+
+    def __enter__(self) -> "Collection":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @staticmethod
     def create(
@@ -325,12 +342,16 @@ class Collection:
         limit: int = 10,
         offset: int = 0,
         exact: bool = False,
+        hybrid: bool = False,
+        lexical: bool = False,
+        fusion: str = "rrf",
     ) -> list:
         """Searches by text ``q``, an ``image`` (path or encoded bytes), or a document
         ``like`` this id; any of them may combine. ``q`` and ``image`` may also be lists of
         ``(value, weight)`` pairs (negative weights push away). ``filter`` as in
-        ``gclip search --filter`` (``'price < 50 AND tags:summer'``). Returns hits, best first:
-        ``{"id", "score", "image", "fields"}``."""
+        ``gclip search --filter`` (``'price < 50 AND tags:summer'``). ``hybrid``: vector and
+        BM25 results fused (``fusion="rrf"`` or ``"weighted"``); ``lexical``: BM25 alone, no
+        model. Returns hits, best first: ``{"id", "score", "image", "fields"}``."""
         parts = []
 
         def weighted(value, kind_of):
@@ -347,7 +368,9 @@ class Collection:
                 v, (bytes, bytearray, memoryview)) else ("image", os.fspath(v)))
         if like is not None:
             parts.append(("document", str(like), 1.0))
-        return json.loads(self._c.search_json(parts, filter, limit, offset, exact))
+        return json.loads(
+            self._c.search_json(parts, filter, limit, offset, exact, hybrid, lexical, fusion)
+        )
 
     def get(self, id: str) -> Optional[dict]:
         """The document ``{"id", "fields"}`` with this id, or None."""
@@ -380,3 +403,56 @@ def eval_ranking(
         {str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in run.items()},
         None if cutoffs is None else [int(c) for c in cutoffs],
     )
+
+
+def _toml_value(value: Any) -> str:
+    """An override's value as TOML: JSON's strings, numbers, booleans and lists are TOML's."""
+    return json.dumps(value)
+
+
+def train(
+    config: Union[str, "os.PathLike[str]", dict],
+    overrides: Union[None, dict, Sequence[str]] = None,
+    output: Union[None, str, "os.PathLike[str]"] = None,
+    resume: Union[bool, str, "os.PathLike[str]"] = False,
+    callback: Optional[Any] = None,
+) -> dict:
+    """Trains a CLIP / GCL model as ``gclip train`` does, with the GIL released.
+
+    ``config``: a TOML file (relative paths in it taken from its folder) or a dict of the same
+    sections (``{"model": {...}, "data": {...}, "train": {...}}``, relative paths taken from
+    the working directory); docs/TRAINING.md describes every option. ``overrides``:
+    ``{"train.steps": 100, "loss.kind": "gcl"}`` or ``["train.steps=100", …]``, as ``--set``.
+    ``output``: the run directory (``train.output``). ``resume``: True to continue from the
+    run's newest checkpoint, or a checkpoint or run directory.
+
+    ``callback(event)`` is called with a dict per step (``{"event": "step", "step", "loss",
+    "lr", "logit_scale", …}``), evaluation (``"eval"``, ``"metrics"``) and checkpoint
+    (``"checkpoint"``, ``"path"``); returning False stops the run after that step, with a
+    checkpoint. So does Ctrl-C, raised as KeyboardInterrupt then. Returns ``{"steps_done",
+    "last_checkpoint", "log", "stopped_early"}``.
+    """
+    if overrides is None:
+        sets: list = []
+    elif isinstance(overrides, dict):
+        sets = [f"{k}={_toml_value(v)}" for k, v in overrides.items()]
+    elif isinstance(overrides, str):
+        raise TypeError("overrides must be a dict or a list of KEY=VALUE strings, not a string")
+    else:
+        sets = [str(s) for s in overrides]
+    if isinstance(config, dict):
+        path, config_json = None, json.dumps(config)
+    else:
+        path, config_json = os.fspath(config), None
+    out = None if output is None else os.fspath(output)
+    resume_from = None if resume is None or isinstance(resume, bool) else os.fspath(resume)
+    steps, checkpoint, log, stopped = _gclip.train(
+        config_path=path, config_json=config_json, overrides=sets, output=out,
+        resume=resume_from, resume_newest=resume is True, on_event=callback,
+    )
+    return {
+        "steps_done": steps,
+        "last_checkpoint": None if checkpoint is None else os.fspath(checkpoint),
+        "log": os.fspath(log),
+        "stopped_early": stopped,
+    }

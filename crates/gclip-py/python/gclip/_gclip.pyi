@@ -1,7 +1,7 @@
 """Type stubs of the native module gclip._gclip (the Rust half of the package)."""
 
 from os import PathLike
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -47,9 +47,19 @@ def eval_ranking(
     run: dict[str, dict[str, float]],
     cutoffs: Optional[Sequence[int]] = None,
 ) -> dict[str, float]: ...
+def train(
+    config_path: Optional[str] = None,
+    config_json: Optional[str] = None,
+    overrides: Sequence[str] = ...,
+    output: Optional[str] = None,
+    resume: Optional[str] = None,
+    resume_newest: bool = False,
+    on_event: Optional[Callable[[dict[str, Any]], Any]] = None,
+) -> tuple[int, Optional[PathLike[str]], PathLike[str], bool]: ...
 
 class Collection:
     path: PathLike[str]
+    closed: bool
     @staticmethod
     def create(
         path: Union[str, PathLike[str]],
@@ -61,6 +71,7 @@ class Collection:
     ) -> Collection: ...
     @staticmethod
     def open(path: Union[str, PathLike[str]]) -> Collection: ...
+    def close(self) -> None: ...
     def add_json(self, documents: Sequence[str], base: str, batch_size: int = 64) -> str: ...
     def search_json(
         self,
@@ -69,6 +80,9 @@ class Collection:
         limit: int = 10,
         offset: int = 0,
         exact: bool = False,
+        hybrid: bool = False,
+        lexical: bool = False,
+        fusion: str = "rrf",
     ) -> str: ...
     def delete(self, ids: Sequence[str]) -> int: ...
     def update_json(self, id: str, patch: str, base: str) -> bool: ...

@@ -27,6 +27,7 @@ pub mod loss;
 pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod run;
 pub mod step;
 pub mod trainer;
 

@@ -1,6 +1,10 @@
 //! Embedding files for pipelines: a `.npy` matrix with a sidecar naming each row
-//! (`X.ids.jsonl`), deterministic shards of an input list, and the merge of the shards' files
-//! into the file one run would have written.
+//! (`X.ids.jsonl`) or a Parquet file holding both (`X.parquet`), deterministic shards of an
+//! input list, and the merge of the shards' files into the file one run would have written.
+
+mod parquet_file;
+
+pub use parquet_file::{read_parquet, write_parquet};
 
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
@@ -31,7 +35,7 @@ pub enum OutputError {
     Invalid(String),
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> OutputError + '_ {
+pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> OutputError + '_ {
     move |e| OutputError::Io {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -119,9 +123,72 @@ impl RowId {
     }
 }
 
+/// The formats of embedding files, told by their extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// `.npy`, float32 `[N, D]`, with its `.ids.jsonl` sidecar.
+    Npy,
+    /// `.parquet`: index, line, text or image, embedding (`list<float32>`).
+    Parquet,
+}
+
+impl FileFormat {
+    /// The format of a file named `path`, if it is an embedding file's name.
+    pub fn of(path: &Path) -> Option<Self> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("npy") => Some(FileFormat::Npy),
+            Some("parquet") => Some(FileFormat::Parquet),
+            _ => None,
+        }
+    }
+
+    fn of_existing(path: &Path) -> Result<Self, OutputError> {
+        Self::of(path).ok_or_else(|| {
+            OutputError::Invalid(format!(
+                "{}: an embedding file must end in .npy or .parquet",
+                path.display()
+            ))
+        })
+    }
+}
+
+/// Writes embeddings and their ids in the format `path`'s extension names (`.npy` with its
+/// sidecar, or `.parquet`); `kind` names a Parquet file's value column.
+pub fn write_embeddings(
+    path: &Path,
+    embeddings: &Embeddings,
+    ids: &[RowId],
+    kind: ItemKind,
+) -> Result<(), OutputError> {
+    match FileFormat::of_existing(path)? {
+        FileFormat::Npy => write_npy_with_ids(path, embeddings, ids),
+        FileFormat::Parquet => write_parquet(path, embeddings, ids, kind),
+    }
+}
+
+/// Reads an embedding file of either format with its ids.
+pub fn read_embeddings(path: &Path) -> Result<(Embeddings, Vec<RowId>), OutputError> {
+    match FileFormat::of_existing(path)? {
+        FileFormat::Npy => read_npy_with_ids(path),
+        FileFormat::Parquet => read_parquet(path),
+    }
+}
+
 /// The sidecar of an embedding file: `X.npy` → `X.ids.jsonl`.
 pub fn sidecar_path(npy: &Path) -> PathBuf {
     npy.with_extension("ids.jsonl")
+}
+
+/// Refuses to write rows and ids that do not pair up.
+fn check_one_id_per_row(embeddings: &Embeddings, ids: &[RowId]) -> Result<(), OutputError> {
+    if embeddings.len() != ids.len() {
+        return Err(OutputError::Invalid(format!(
+            "{} rows but {} ids",
+            embeddings.len(),
+            ids.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Writes `rows` of `embeddings` as float32 `[N, D]` `.npy` and their ids in the sidecar.
@@ -130,13 +197,7 @@ pub fn write_npy_with_ids(
     embeddings: &Embeddings,
     ids: &[RowId],
 ) -> Result<(), OutputError> {
-    if embeddings.len() != ids.len() {
-        return Err(OutputError::Invalid(format!(
-            "{} rows but {} ids",
-            embeddings.len(),
-            ids.len()
-        )));
-    }
+    check_one_id_per_row(embeddings, ids)?;
     Tensor::from_vec(
         embeddings.data.clone(),
         (embeddings.len(), embeddings.dim),
@@ -201,23 +262,26 @@ pub fn read_npy_with_ids(npy: &Path) -> Result<(Embeddings, Vec<RowId>), OutputE
     Ok((Embeddings { dim, data }, ids))
 }
 
-/// Merges the embedding files of shards: the rows of all, ordered by their input index, as one
-/// run over the whole list writes them. Shards must hold the same kind of item and dimension,
-/// and no input index twice.
+/// Merges the embedding files of shards (`.npy` with sidecars or `.parquet`, mixed as may be):
+/// the rows of all, ordered by their input index, as one run over the whole list writes them.
+/// Shards must hold the same kind of item and dimension, and no input index twice; a shard
+/// with no rows constrains nothing.
 pub fn merge(parts: &[PathBuf]) -> Result<(Embeddings, Vec<RowId>), OutputError> {
     let mut all: Vec<(RowId, usize, usize)> = Vec::new();
     let mut files = Vec::with_capacity(parts.len());
-    let mut dim = None;
+    // The dimension, and the first file with rows that set it.
+    let mut dim: Option<(usize, usize)> = None;
     for (f, p) in parts.iter().enumerate() {
-        let (e, ids) = read_npy_with_ids(p)?;
+        let (e, ids) = read_embeddings(p)?;
         match dim {
-            None => dim = Some(e.dim),
-            Some(d) if d != e.dim => {
+            _ if ids.is_empty() => {}
+            None => dim = Some((e.dim, f)),
+            Some((d, first)) if d != e.dim => {
                 return Err(OutputError::Invalid(format!(
                     "{} has {}-dimensional rows, {} has {d}",
                     p.display(),
                     e.dim,
-                    parts[0].display()
+                    parts[first].display()
                 )))
             }
             Some(_) => {}
@@ -225,7 +289,10 @@ pub fn merge(parts: &[PathBuf]) -> Result<(Embeddings, Vec<RowId>), OutputError>
         all.extend(ids.into_iter().enumerate().map(|(r, id)| (id, f, r)));
         files.push(e);
     }
-    let dim = dim.ok_or_else(|| OutputError::Invalid("nothing to merge".into()))?;
+    if parts.is_empty() {
+        return Err(OutputError::Invalid("nothing to merge".into()));
+    }
+    let dim = dim.map_or(files[0].dim, |(d, _)| d);
     if let Some((first, _, _)) = all.first() {
         if let Some((odd, f, _)) = all.iter().find(|(id, _, _)| id.kind != first.kind) {
             return Err(OutputError::Invalid(format!(
@@ -316,5 +383,78 @@ mod tests {
         ));
         assert!(write_npy_with_ids(&a, &e(&[1.0, 2.0]), &[]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn image_id(index: usize, line: usize) -> RowId {
+        RowId {
+            index,
+            line,
+            kind: ItemKind::Image,
+            value: format!("photos/{index} é.jpg"),
+        }
+    }
+
+    #[test]
+    fn parquet_round_trips_and_merges_with_npy() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 5;
+        // More rows than a row group holds, to cross a group boundary.
+        let n = parquet_file::ROWS_PER_GROUP + 3;
+        let ids: Vec<RowId> = (0..n).map(|i| image_id(2 * i, i % 3)).collect();
+        let data: Vec<f32> = (0..n * dim).map(|v| v as f32 * 0.25 - 7.0).collect();
+        let all = Embeddings { dim, data };
+        let p = dir.path().join("all.parquet");
+        write_embeddings(&p, &all, &ids, ItemKind::Image).unwrap();
+        let (back, back_ids) = read_embeddings(&p).unwrap();
+        assert_eq!(back, all);
+        assert_eq!(back_ids, ids);
+
+        // Shards in both formats merge into the one file.
+        let split = 7;
+        let head = Embeddings {
+            dim,
+            data: all.data[..split * dim].to_vec(),
+        };
+        let tail = Embeddings {
+            dim,
+            data: all.data[split * dim..].to_vec(),
+        };
+        let a = dir.path().join("a.npy");
+        let b = dir.path().join("b.parquet");
+        write_embeddings(&a, &tail, &ids[split..], ItemKind::Image).unwrap();
+        write_embeddings(&b, &head, &ids[..split], ItemKind::Image).unwrap();
+        let empty = dir.path().join("empty.parquet");
+        write_embeddings(
+            &empty,
+            &Embeddings { dim, data: vec![] },
+            &[],
+            ItemKind::Image,
+        )
+        .unwrap();
+        assert_eq!(read_embeddings(&empty).unwrap().0.dim, dim);
+        let (m, m_ids) = merge(&[a, empty, b]).unwrap();
+        assert_eq!(m, all);
+        assert_eq!(m_ids, ids);
+    }
+
+    #[test]
+    fn parquet_refuses_what_it_cannot_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.parquet");
+        let one = Embeddings {
+            dim: 2,
+            data: vec![1.0, 2.0],
+        };
+        assert!(write_embeddings(&p, &one, &[], ItemKind::Image).is_err());
+        assert!(matches!(
+            write_embeddings(&p, &one, &[image_id(0, 0)], ItemKind::Text),
+            Err(OutputError::Invalid(m)) if m.contains("holds texts")
+        ));
+        assert!(matches!(
+            write_embeddings(&dir.path().join("x.csv"), &one, &[image_id(0, 0)], ItemKind::Image),
+            Err(OutputError::Invalid(m)) if m.contains(".npy or .parquet")
+        ));
+        std::fs::write(&p, b"not parquet").unwrap();
+        assert!(matches!(read_embeddings(&p), Err(OutputError::Io { .. })));
     }
 }
