@@ -90,6 +90,7 @@ def spark_bench(a, paths, cli_images):
     import gclip.spark
 
     os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
     cores = os.cpu_count()
     spark = (SparkSession.builder.master(f"local[{cores}]")
              .config("spark.driver.host", "127.0.0.1")

@@ -23,6 +23,8 @@ def spark():
     # The workers run this interpreter, which has gclip installed.
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    # Loopback only: without this Spark picks the host's first non-loopback address for itself.
+    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
     session = (
         SparkSession.builder.master("local[2]")
         .appName("gclip-test")
