@@ -487,10 +487,8 @@ impl AnnState {
             params: self.params,
         };
         let path = self.dir.join(ANN_META_FILE);
-        let tmp = path.with_extension("json.tmp");
         let json = serde_json::to_vec(&meta).map_err(ann_err)?;
-        std::fs::write(&tmp, json).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        gclip::fsutil::write_file_atomically(&path, &json).map_err(io_err(&path))?;
         Ok(Some(generation))
     }
 }

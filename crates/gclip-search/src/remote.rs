@@ -6,7 +6,6 @@
 //! (`GCLIP_IMAGE_CACHE`, else `$XDG_CACHE_HOME/gclip/images`, else `~/.cache/gclip/images`),
 //! a file per URL named by the URL's hash.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -268,12 +267,7 @@ impl RemoteImages {
     /// Written to a temporary file and renamed, so that a cached file is always whole.
     fn store(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.config.cache_dir)?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
+        gclip::fsutil::write_file_atomically(path, bytes)
     }
 }
 

@@ -13,7 +13,6 @@
 //! or not something exists there.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Result, SearchError};
@@ -61,15 +60,10 @@ pub fn record_roots(collection_dir: &Path, folders: &[PathBuf]) -> Result<()> {
         return Ok(());
     }
     let path = collection_dir.join(ROOTS_FILE);
-    let tmp = collection_dir.join(format!("{ROOTS_FILE}.tmp{}", std::process::id()));
     let list: Vec<&PathBuf> = all.iter().collect();
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(serde_json::to_string_pretty(&list)?.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    };
-    write().map_err(crate::error::io_err(&path))
+    let json = serde_json::to_string_pretty(&list).map_err(std::io::Error::from);
+    json.and_then(|json| gclip::fsutil::write_file_atomically(&path, json.as_bytes()))
+        .map_err(crate::error::io_err(&path))
 }
 
 /// Records the folders of the local image files that `documents` name in `image_fields`

@@ -1324,16 +1324,8 @@ fn write_ref(repo_dir: &Path, revision: &str, commit: &str) -> Result<(), HubErr
     }
     let dir = path.parent().unwrap_or(repo_dir);
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("ref"),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, commit).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        HubError::Io { path, source: e }
-    })
+    crate::fsutil::write_file_atomically(&path, commit.as_bytes())
+        .map_err(|source| HubError::Io { path, source })
 }
 
 /// `pointer` → `target` (relative, pointing at `blob`); a copy of the blob where symlinks are

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod embed;
 pub mod eval;
 pub mod family;
+pub mod fsutil;
 pub mod hub;
 pub mod input;
 pub mod model;

@@ -365,14 +365,9 @@ pub(crate) fn write(
         tensors,
     };
     let placeholder = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = path.with_extension(format!("tmp-{}-{nanos}", std::process::id()));
-    let written = (|| {
-        let mut f = std::io::BufWriter::new(File::create(&tmp)?);
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    crate::fsutil::write_atomically(path, |file| {
+        let mut f = std::io::BufWriter::new(file);
         f.write_all(MAGIC)?;
         f.write_all(&(placeholder.len() as u64).to_le_bytes())?;
         f.write_all(&placeholder)?;
@@ -392,16 +387,10 @@ pub(crate) fn write(
                 "converted-weights header changed length",
             ));
         }
-        let mut f = f.into_inner().map_err(|e| e.into_error())?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
         f.seek(SeekFrom::Start(16))?;
-        f.write_all(&header)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+        f.write_all(&header)
+    })
 }
 
 #[cfg(test)]

@@ -16,12 +16,11 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::export::{
-    checkpoint_tensors, hf_config_json, read_safetensors, safetensors_bytes, sync_dir,
-};
+use super::export::{checkpoint_tensors, hf_config_json, read_safetensors, safetensors_bytes};
 use super::optim::{AdamW, Moments};
 use super::params::ParamSet;
 use super::TrainError;
+use crate::fsutil::sync_dir;
 use crate::model::{Clip, ClipConfig, NamingScheme, Weights};
 
 /// Version of the checkpoint layout.

@@ -8,7 +8,6 @@
 //! (temporary file, `fsync`, rename, `fsync` of the directory).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
@@ -20,38 +19,9 @@ use crate::input::image::PreprocessConfig;
 use crate::model::weights::{checkpoint_source, SourceSpec};
 use crate::model::{Activation, Clip, ClipConfig, NamingScheme, TextPooling};
 
-/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let name = path
-        .file_name()
-        .ok_or_else(|| TrainError::io(path, "not a file path"))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = match dir {
-        Some(d) => d.join(format!(".{name}.tmp-{}", std::process::id())),
-        None => PathBuf::from(format!(".{name}.tmp-{}", std::process::id())),
-    };
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        if let Some(d) = dir {
-            sync_dir(d)?;
-        }
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        TrainError::io(path, e)
-    })
-}
-
-/// `fsync` of a directory, so that a rename in it is durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+/// Writes `bytes` to `path` whole or not at all ([`crate::fsutil::write_file_atomically`]).
+fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    crate::fsutil::write_file_atomically(path, bytes).map_err(|e| TrainError::io(path, e))
 }
 
 /// Serialises tensors as safetensors bytes (names sorted, so output is deterministic).
