@@ -164,21 +164,7 @@ const PREFETCH_AHEAD: usize = 8;
 #[inline(always)]
 fn prefetch_row(matrix: &[f32], row: usize, dim: usize) {
     if let Some(slice) = matrix.get(row * dim..(row + 1) * dim) {
-        prefetch(slice);
-    }
-}
-
-/// Asks the CPU to start loading `data` into cache, one request per 64-byte line.
-#[inline(always)]
-pub(crate) fn prefetch<T>(data: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let start = data.as_ptr().cast::<u8>();
-        for offset in (0..std::mem::size_of_val(data)).step_by(64) {
-            // SAFETY: prefetching is a hint that never faults; the address is inside `data`.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(offset).cast()) };
-        }
+        crate::quant::prefetch(slice);
     }
 }
 

@@ -20,6 +20,20 @@ pub(crate) fn quantize(v: &[f32], codes: &mut [i8]) -> f32 {
     max / 127.0
 }
 
+/// Asks the CPU to start loading `data` into cache, one request per 64-byte line.
+#[inline(always)]
+pub(crate) fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let start = data.as_ptr().cast::<u8>();
+        for offset in (0..std::mem::size_of_val(data)).step_by(64) {
+            // SAFETY: prefetching is a hint that never faults; the address is inside `data`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(offset).cast()) };
+        }
+    }
+}
+
 /// Integer dot products of `query` with the code rows `rows` (each `dim` long) of `codes`.
 #[inline(always)]
 fn dot_rows_generic(codes: &[i8], dim: usize, query: &[i8], rows: &[u32], out: &mut [i32]) {
@@ -30,7 +44,7 @@ fn dot_rows_generic(codes: &[i8], dim: usize, query: &[i8], rows: &[u32], out: &
         if let Some(&next) = rows.get(i + AHEAD) {
             let next = next as usize * dim;
             if let Some(row) = codes.get(next..next + dim) {
-                crate::exact::prefetch(row);
+                prefetch(row);
             }
         }
         let start = r as usize * dim;
