@@ -29,6 +29,8 @@
 
 use std::io::Cursor;
 
+pub use super::format::{DecodeError, Format};
+
 /// Pillow image modes that decoding can produce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -103,59 +105,6 @@ pub enum Transparency {
     Index(u8),
     /// Alpha for the first palette entries.
     Alphas(Vec<u8>),
-}
-
-/// Which file format an image was decoded from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// JPEG / JFIF.
-    Jpeg,
-    /// PNG.
-    Png,
-    /// GIF.
-    Gif,
-    /// Windows bitmap.
-    Bmp,
-    /// WebP.
-    Webp,
-    /// TIFF.
-    Tiff,
-    /// Pixels handed over already decoded ([`Decoded::from_pixels`]), not read from a file.
-    Pixels,
-}
-
-impl Format {
-    /// A short name for messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Jpeg => "JPEG",
-            Format::Png => "PNG",
-            Format::Gif => "GIF",
-            Format::Bmp => "BMP",
-            Format::Webp => "WebP",
-            Format::Tiff => "TIFF",
-            Format::Pixels => "raw pixels",
-        }
-    }
-
-    /// Recognise a format from the first bytes of a file.
-    pub fn sniff(bytes: &[u8]) -> Option<Format> {
-        if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-            Some(Format::Jpeg)
-        } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-            Some(Format::Png)
-        } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
-            Some(Format::Gif)
-        } else if bytes.starts_with(b"BM") && bytes.len() >= 26 {
-            Some(Format::Bmp)
-        } else if bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
-            Some(Format::Webp)
-        } else if bytes.starts_with(b"II*\0") || bytes.starts_with(b"MM\0*") {
-            Some(Format::Tiff)
-        } else {
-            None
-        }
-    }
 }
 
 /// Pixel samples: 8-bit for every mode but `I;16`.
@@ -252,23 +201,6 @@ impl Decoded {
             orientation: None,
         })
     }
-}
-
-/// Why a file could not be decoded; `image.rs` adds the file name.
-#[derive(Debug)]
-pub enum DecodeError {
-    /// Zero bytes.
-    Empty,
-    /// Not one of the supported formats.
-    UnknownFormat,
-    /// Malformed or truncated data.
-    Corrupt(Format, String),
-    /// A width or height of zero.
-    ZeroSized(u64, u64),
-    /// More pixels than allowed.
-    TooLarge(u64, u64, u64),
-    /// A valid file using a feature not supported here.
-    Unsupported(Format, String),
 }
 
 fn check_size(w: u64, h: u64, max_pixels: u64) -> Result<(), DecodeError> {

@@ -21,7 +21,7 @@
 
 use std::num::Wrapping as W;
 
-use super::decode::{DecodeError, Format};
+use super::format::{DecodeError, Format};
 
 /// Zigzag position → natural (row-major) position within an 8×8 block.
 const ZIGZAG: [usize; 64] = [

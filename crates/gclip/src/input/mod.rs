@@ -2,6 +2,7 @@
 //! reference pipeline of each model produces.
 
 pub mod decode;
+pub mod format;
 pub mod image;
 pub mod items;
 pub mod jpeg;
