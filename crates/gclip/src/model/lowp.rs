@@ -33,6 +33,9 @@ use rayon::prelude::*;
 
 use super::kernels::{act_row, Activation, RowBlocks};
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
+
 /// Output columns per packed weight panel (two 16-lane vectors).
 pub const NR: usize = 32;
 /// K-steps (bf16 pairs / int8 quads) per K block. Measured on Zen 4: no K
@@ -62,6 +65,8 @@ pub enum Bf16Kernel {
     Avx512,
     /// AVX-512 BF16: `vdpbf16ps`.
     Avx512Bf16,
+    /// AMX-BF16 tiles (`tdpbf16ps`, Intel Sapphire Rapids+), AVX-512 BF16 for the edges.
+    Amx,
 }
 
 /// int8 kernel variants.
@@ -74,6 +79,9 @@ pub enum Int8Kernel {
     Avx2,
     /// AVX-512 VNNI: `vpdpbusd`.
     Avx512Vnni,
+    /// AMX-INT8 tiles (`tdpbusd`, Intel Sapphire Rapids+), AVX-512 VNNI for the edges; equal
+    /// to the VNNI kernel bit for bit.
+    Amx,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -109,6 +117,22 @@ fn has_avx512vnni() -> bool {
 fn has_avx512vnni() -> bool {
     false
 }
+#[cfg(target_arch = "x86_64")]
+fn has_amx_bf16() -> bool {
+    has_avx512bf16() && amx::support().bf16
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn has_amx_bf16() -> bool {
+    false
+}
+#[cfg(target_arch = "x86_64")]
+fn has_amx_int8() -> bool {
+    has_avx512vnni() && std::arch::is_x86_feature_detected!("avx512bw") && amx::support().int8
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn has_amx_int8() -> bool {
+    false
+}
 
 impl Bf16Kernel {
     /// Whether this CPU can run the variant.
@@ -118,6 +142,7 @@ impl Bf16Kernel {
             Bf16Kernel::Avx2 => has_avx2_fma(),
             Bf16Kernel::Avx512 => has_avx512(),
             Bf16Kernel::Avx512Bf16 => has_avx512bf16(),
+            Bf16Kernel::Amx => has_amx_bf16(),
         }
     }
     /// The variants this CPU can run, slowest first.
@@ -127,6 +152,7 @@ impl Bf16Kernel {
             Bf16Kernel::Avx2,
             Bf16Kernel::Avx512,
             Bf16Kernel::Avx512Bf16,
+            Bf16Kernel::Amx,
         ]
         .into_iter()
         .filter(|k| k.is_available())
@@ -143,6 +169,7 @@ impl Bf16Kernel {
             Bf16Kernel::Avx2 => "bf16-avx2",
             Bf16Kernel::Avx512 => "bf16-avx512",
             Bf16Kernel::Avx512Bf16 => "bf16-avx512bf16",
+            Bf16Kernel::Amx => "bf16-amx",
         }
     }
 }
@@ -154,6 +181,7 @@ impl Int8Kernel {
             Int8Kernel::Portable => true,
             Int8Kernel::Avx2 => has_avx2_fma(),
             Int8Kernel::Avx512Vnni => has_avx512vnni(),
+            Int8Kernel::Amx => has_amx_int8(),
         }
     }
     /// The variants this CPU can run, slowest first.
@@ -162,6 +190,7 @@ impl Int8Kernel {
             Int8Kernel::Portable,
             Int8Kernel::Avx2,
             Int8Kernel::Avx512Vnni,
+            Int8Kernel::Amx,
         ]
         .into_iter()
         .filter(|k| k.is_available())
@@ -177,6 +206,7 @@ impl Int8Kernel {
             Int8Kernel::Portable => "int8-portable",
             Int8Kernel::Avx2 => "int8-avx2",
             Int8Kernel::Avx512Vnni => "int8-avx512vnni",
+            Int8Kernel::Amx => "int8-amx",
         }
     }
 }
@@ -1000,12 +1030,16 @@ struct Gemm<'a> {
     xscale: Option<&'a [f32]>,
     residual: Option<&'a [f32]>,
     kern: KernFn,
+    /// An AMX kernel: each task configures its thread's tiles, and the whole K runs in one
+    /// call (the accumulators live in tiles, not in `dst`).
+    amx: bool,
 }
 
 /// Writes every element of `dst[..rows * out]` (the first K block stores
 /// whole tiles without reading them), so `dst` may start uninitialised.
 fn run_tiles(g: &Gemm, dst: &mut [MaybeUninit<f32>], threads: usize) {
-    let (kc, mcb, ncp) = (KC, MC_BLOCKS, NC_PANELS);
+    let kc = if g.amx { g.ksteps.max(1) } else { KC };
+    let (mcb, ncp) = (MC_BLOCKS, NC_PANELS);
     let panels = g.out.div_ceil(NR);
     let mblocks = g.rows.div_ceil(g.mr);
     // Everything the kernels touch is inside these slices (checked here so
@@ -1079,18 +1113,31 @@ fn run_tiles(g: &Gemm, dst: &mut [MaybeUninit<f32>], threads: usize) {
             }
         }
     };
+    #[cfg(target_arch = "x86_64")]
+    let tile_session = || {
+        // SAFETY: `amx` is set only for the AMX kernels, chosen after `amx::support()`
+        // reported them; the tasks below never nest (they call no rayon work while the
+        // session lives).
+        g.amx.then(|| unsafe { amx::TileSession::start() })
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let tile_session = || ();
     let t = threads.min(items);
     if t <= 1 {
+        let _tiles = tile_session();
         (0..items).for_each(do_item);
         return;
     }
     let next = AtomicUsize::new(0);
-    let worker = || loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= items {
-            break;
+    let worker = || {
+        let _tiles = tile_session();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= items {
+                break;
+            }
+            do_item(i);
         }
-        do_item(i);
     };
     rayon::scope(|s| {
         for _ in 1..t {
@@ -1238,7 +1285,7 @@ mod x86 {
 
     /// Lane masks for the two 16-column halves of a tile with `ncols` columns.
     #[inline(always)]
-    fn masks(ncols: usize) -> (__mmask16, __mmask16) {
+    pub(super) fn masks(ncols: usize) -> (__mmask16, __mmask16) {
         let full = if ncols >= NR {
             u32::MAX
         } else {
@@ -1839,6 +1886,17 @@ fn check_residual(residual: Option<&[f32]>, dst_len: usize) -> Result<(), String
     }
 }
 
+/// Rows of packed activations a kernel reads: the AMX kernels load whole 16-row tiles, so
+/// their input is zero padded to a multiple of 16 rows.
+fn padded_rows(rows: usize, amx: bool) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if amx {
+        return rows.div_ceil(amx::ROW_PAD) * amx::ROW_PAD;
+    }
+    let _ = amx;
+    rows
+}
+
 /// `&mut [f32]` as the kernels' output type.
 fn as_uninit(dst: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the kernels
@@ -1935,6 +1993,8 @@ fn bf16_into(
         Bf16Kernel::Avx512 => (x86::AVX512_MR, true, x86::kern_bf16fma),
         #[cfg(target_arch = "x86_64")]
         Bf16Kernel::Avx512Bf16 => (x86::BF16_MR, false, x86::kern_bf16dp),
+        #[cfg(target_arch = "x86_64")]
+        Bf16Kernel::Amx => (amx::MR, false, amx::kern_bf16),
         #[cfg(not(target_arch = "x86_64"))]
         _ => return Err(format!("{} is not supported here", kernel.name())),
     };
@@ -1950,8 +2010,11 @@ fn bf16_into(
         AFormat::Bf16
     };
     let lda = ksteps * astep;
-    with_scratch(rows * lda, |a| {
-        pack_a_bf16(x, w.in_dim, fused.act, lda, fmt, a, threads);
+    let is_amx = kernel == Bf16Kernel::Amx;
+    with_scratch(padded_rows(rows, is_amx) * lda, |a| {
+        let (used, padding) = a.split_at_mut(rows * lda);
+        pack_a_bf16(x, w.in_dim, fused.act, lda, fmt, used, threads);
+        padding.fill(0);
         let g = Gemm {
             rows,
             out: w.out_dim,
@@ -1967,6 +2030,7 @@ fn bf16_into(
             xscale: None,
             residual: fused.residual,
             kern,
+            amx: is_amx,
         };
         run_tiles(&g, dst, threads);
     });
@@ -2030,6 +2094,8 @@ fn int8_into(
         Int8Kernel::Avx2 => (x86::AVX2_INT8_MR, x86::kern_int8_avx2),
         #[cfg(target_arch = "x86_64")]
         Int8Kernel::Avx512Vnni => (x86::VNNI_MR, x86::kern_vnni),
+        #[cfg(target_arch = "x86_64")]
+        Int8Kernel::Amx => (amx::MR, amx::kern_int8),
         #[cfg(not(target_arch = "x86_64"))]
         _ => return Err(format!("{} is not supported here", kernel.name())),
     };
@@ -2039,9 +2105,14 @@ fn int8_into(
     let threads = effective_threads(threads);
     let ksteps = w.in_dim.div_ceil(4);
     let mut sx = vec![0f32; rows];
-    with_scratch(rows * ksteps, |a| {
+    let is_amx = kernel == Int8Kernel::Amx;
+    with_scratch(padded_rows(rows, is_amx) * ksteps, |a| {
         let signed = kernel == Int8Kernel::Avx2;
-        pack_a_int8(x, w.in_dim, fused.act, ksteps, signed, a, &mut sx, threads);
+        let (used, padding) = a.split_at_mut(rows * ksteps);
+        pack_a_int8(
+            x, w.in_dim, fused.act, ksteps, signed, used, &mut sx, threads,
+        );
+        padding.fill(0);
         let g = Gemm {
             rows,
             out: w.out_dim,
@@ -2057,6 +2128,7 @@ fn int8_into(
             xscale: Some(&sx),
             residual: fused.residual,
             kern,
+            amx: is_amx,
         };
         run_tiles(&g, dst, threads);
     });
@@ -2127,6 +2199,9 @@ mod tests {
         (1, 64, 48),
         (13, 32, 64),
         (25, 400, 33),
+        // AMX blocks of 32 rows: a full one plus a 16-row tile, and one row past a block.
+        (48, 96, 64),
+        (33, 64, 40),
     ];
 
     fn check_bf16(kernel: Bf16Kernel, rows: usize, k: usize, n: usize, threads: usize, seed: u64) {
@@ -2518,14 +2593,23 @@ mod tests {
             );
         }
         assert_eq!(Bf16Kernel::best(), *Bf16Kernel::available().last().unwrap());
-        // vdpbf16ps treats denormal inputs as zero; the f32 paths do not.
+        if Bf16Kernel::available().contains(&Bf16Kernel::Amx) {
+            assert!(Bf16Kernel::available().contains(&Bf16Kernel::Avx512Bf16));
+        }
+        // vdpbf16ps and tdpbf16ps treat denormal inputs as zero; the f32 paths do not. K = 1
+        // runs AMX's edge code (vdpbf16ps), K = 32 its tiles.
         let tiny = f32::from_bits(0x0001_0000); // a bf16-exact denormal
-        let p = pack_bf16(&[1.0], 1, 1).unwrap();
-        for kernel in Bf16Kernel::available() {
-            let mut y = [0f32];
-            linear_bf16(&[tiny], 1, &p, &[], &mut y, kernel, 1).unwrap();
-            let flushed = y[0] == 0.0;
-            assert_eq!(flushed, kernel == Bf16Kernel::Avx512Bf16, "{kernel:?}");
+        for k in [1, 32] {
+            let p = pack_bf16(&vec![1.0; k], k, 1).unwrap();
+            let mut x = vec![0.0; k];
+            x[0] = tiny;
+            for kernel in Bf16Kernel::available() {
+                let mut y = [0f32];
+                linear_bf16(&x, 1, &p, &[], &mut y, kernel, 1).unwrap();
+                let flushed = y[0] == 0.0;
+                let flushing = matches!(kernel, Bf16Kernel::Avx512Bf16 | Bf16Kernel::Amx);
+                assert_eq!(flushed, flushing, "{kernel:?} K {k}");
+            }
         }
         // int8 variants are bit-identical (exact integer math, same epilogue)
         let mut rng = Rng(42);

@@ -1,0 +1,387 @@
+//! AMX microkernels (Intel Advanced Matrix Extensions: Sapphire Rapids and later) for the bf16
+//! and int8 linear layers of [`super`].
+//!
+//! The weights need no layout of their own: a packed panel's K-step rows of [`NR`] words are
+//! exactly two AMX "B" tiles side by side (16 columns of bf16 pairs for `tdpbf16ps`, of byte
+//! quads for `tdpbusd`), read with a 128-byte row stride, and the activations are packed as for
+//! the AVX-512 kernels (bf16 in memory order, or u8 codes `q + 128`). One call computes a
+//! 32 × 32 block in four accumulator tiles (tmm0..tmm3) from two A tiles (tmm4, tmm5) and two
+//! B tiles (tmm6, tmm7), stores the accumulators to the stack, and finishes with AVX-512: the K
+//! steps left over after the last whole tile (fewer than 16), the bias or the int8 correction
+//! and scales, and the residual.
+//!
+//! Rust has no stable AMX intrinsics, so the tile instructions are inline assembly. The
+//! operating system must grant each process the tile state (Linux: `arch_prctl`), which
+//! [`support`] requests once; without that grant, or on another OS, AMX is reported absent and
+//! the AVX-512 kernels run.
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::marker::PhantomData;
+use std::sync::OnceLock;
+
+use super::x86::masks;
+use super::{Tile, NR};
+
+/// Rows per microkernel call: two A tiles of 16 rows.
+pub const MR: usize = 32;
+/// The packed activations must be readable (zero padded) to a multiple of this many rows: the
+/// last call of a matrix loads whole 16-row A tiles.
+pub const ROW_PAD: usize = 16;
+/// K-steps (words) per tile multiply: a tile row holds 64 bytes.
+const TILE_K: usize = 16;
+/// Bytes between two K-steps of a packed weight panel (one row of both B tiles).
+const B_ROW_BYTES: usize = NR * 4;
+
+/// Which AMX multiplies this process may run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Support {
+    pub bf16: bool,
+    pub int8: bool,
+}
+
+/// AMX support of this CPU and OS, detected once per process (the first call also asks Linux
+/// for the tile state, see the module docs).
+pub fn support() -> Support {
+    static SUPPORT: OnceLock<Support> = OnceLock::new();
+    *SUPPORT.get_or_init(detect)
+}
+
+fn detect() -> Support {
+    let leaf7 = __cpuid_count(7, 0);
+    let tile = leaf7.edx >> 24 & 1 == 1;
+    let bf16 = leaf7.edx >> 22 & 1 == 1;
+    let int8 = leaf7.edx >> 25 & 1 == 1;
+    let osxsave = __cpuid(1).ecx >> 27 & 1 == 1;
+    if !tile || !osxsave {
+        return Support::default();
+    }
+    // XCR0 bits 17 (XTILECFG) and 18 (XTILEDATA): the OS saves the tile state.
+    let xcr0_low: u32;
+    // SAFETY: `xgetbv` with ecx = 0 reads XCR0; it is available because CPUID reports OSXSAVE,
+    // and it touches no memory.
+    unsafe {
+        asm!("xgetbv", in("ecx") 0u32, out("eax") xcr0_low, out("edx") _,
+             options(nomem, nostack, preserves_flags));
+    }
+    if xcr0_low & (3 << 17) != 3 << 17 || !request_tile_state() {
+        return Support::default();
+    }
+    Support { bf16, int8 }
+}
+
+/// Asks Linux to enable the AMX tile data state for this process (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// XFEATURE_XTILEDATA)`, Linux 5.16+); without it the first tile instruction faults.
+#[cfg(target_os = "linux")]
+fn request_tile_state() -> bool {
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let ret: i64;
+    // SAFETY: a raw `arch_prctl` system call with two integer arguments; the kernel reads no
+    // memory of ours for this request. `syscall` clobbers rcx and r11, declared below.
+    unsafe {
+        asm!("syscall",
+             inlateout("rax") SYS_ARCH_PRCTL => ret,
+             in("rdi") ARCH_REQ_XCOMP_PERM,
+             in("rsi") XFEATURE_XTILEDATA,
+             lateout("rcx") _, lateout("r11") _,
+             options(nostack));
+    }
+    ret == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_state() -> bool {
+    false
+}
+
+/// The tile configuration of one thread's AMX work: every tile 16 rows of 64 bytes. Dropping it
+/// releases the tile state (`tilerelease`), so an idle thread does not carry 8 KiB of tile
+/// registers through context switches.
+pub struct TileSession {
+    /// Tile state belongs to the thread that configured it.
+    _not_send: PhantomData<*const ()>,
+}
+
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileSession {
+    /// Configures the calling thread's tiles for the kernels of this module.
+    ///
+    /// # Safety
+    /// [`support`] must have reported AMX (so the OS granted the tile state), and the calling
+    /// thread must not be inside another session (the inner one's drop would release the
+    /// outer's tiles).
+    pub unsafe fn start() -> Self {
+        let mut cfg = TileConfig([0; 64]);
+        cfg.0[0] = 1; // palette 1: 8 tiles of at most 16 rows x 64 bytes
+        for t in 0..8 {
+            cfg.0[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
+            cfg.0[48 + t] = 16;
+        }
+        // SAFETY: the caller guarantees AMX is usable; `cfg` is a valid 64-byte aligned palette-1
+        // configuration that lives across the instruction.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly, preserves_flags));
+        }
+        Self {
+            _not_send: PhantomData,
+        }
+    }
+}
+
+impl Drop for TileSession {
+    fn drop(&mut self) {
+        // SAFETY: this thread configured its tiles in `start`, so AMX is usable here.
+        unsafe { asm!("tilerelease", options(nostack, nomem, preserves_flags)) };
+    }
+}
+
+/// 32 × 32 accumulators as the tiles store them: row stride 128 bytes.
+#[repr(C, align(64))]
+struct Accumulators([u32; MR * NR]);
+
+macro_rules! tile_product {
+    ($name:ident, $op:literal) => {
+        /// Multiplies the tile's first `steps` K-steps (a multiple of 16) of A rows `0..16`, or
+        /// `0..32` with `two`, by the panel's 32 columns, into `acc`.
+        ///
+        /// # Safety
+        /// A [`TileSession`] is active on this thread; A holds 16 (32 with `two`) readable rows
+        /// of at least `steps` words at stride `lda`; the panel holds `steps` K-steps.
+        #[inline(always)]
+        unsafe fn $name(t: &Tile, two: bool, steps: usize, acc: &mut Accumulators) {
+            let lda_bytes = t.lda * 4;
+            let mut a = t.a.cast::<u8>();
+            let mut b = t.b.cast::<u8>();
+            // SAFETY (whole body): tile loads read 16 rows of 64 bytes at the given strides,
+            // inside A and the panel per the contract above; the stores write 16 rows of 64
+            // bytes at stride 128 into `acc` (32 rows of 128 bytes); tmm0..tmm7 are configured
+            // by the active session and are not used by compiled code.
+            unsafe {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem, preserves_flags)
+                );
+                for _ in 0..steps / TILE_K {
+                    if two {
+                        asm!(
+                            "tileloadd tmm4, [{a} + {lda}*1]",
+                            "tileloadd tmm6, [{b} + {bs}*1]",
+                            "tileloadd tmm7, [{b2} + {bs}*1]",
+                            "tileloadd tmm5, [{a2} + {lda}*1]",
+                            concat!($op, " tmm0, tmm4, tmm6"),
+                            concat!($op, " tmm1, tmm4, tmm7"),
+                            concat!($op, " tmm2, tmm5, tmm6"),
+                            concat!($op, " tmm3, tmm5, tmm7"),
+                            a = in(reg) a,
+                            a2 = in(reg) a.add(16 * lda_bytes),
+                            b = in(reg) b,
+                            b2 = in(reg) b.add(64),
+                            lda = in(reg) lda_bytes,
+                            bs = in(reg) B_ROW_BYTES,
+                            options(nostack, readonly, preserves_flags)
+                        );
+                    } else {
+                        asm!(
+                            "tileloadd tmm4, [{a} + {lda}*1]",
+                            "tileloadd tmm6, [{b} + {bs}*1]",
+                            "tileloadd tmm7, [{b2} + {bs}*1]",
+                            concat!($op, " tmm0, tmm4, tmm6"),
+                            concat!($op, " tmm1, tmm4, tmm7"),
+                            a = in(reg) a,
+                            b = in(reg) b,
+                            b2 = in(reg) b.add(64),
+                            lda = in(reg) lda_bytes,
+                            bs = in(reg) B_ROW_BYTES,
+                            options(nostack, readonly, preserves_flags)
+                        );
+                    }
+                    a = a.add(TILE_K * 4);
+                    b = b.add(TILE_K * B_ROW_BYTES);
+                }
+                let c = acc.0.as_mut_ptr().cast::<u8>();
+                asm!(
+                    "tilestored [{c} + {s}*1], tmm0",
+                    "tilestored [{c1} + {s}*1], tmm1",
+                    c = in(reg) c,
+                    c1 = in(reg) c.add(64),
+                    s = in(reg) B_ROW_BYTES,
+                    options(nostack, preserves_flags)
+                );
+                if two {
+                    asm!(
+                        "tilestored [{c} + {s}*1], tmm2",
+                        "tilestored [{c1} + {s}*1], tmm3",
+                        c = in(reg) c.add(16 * B_ROW_BYTES),
+                        c1 = in(reg) c.add(16 * B_ROW_BYTES + 64),
+                        s = in(reg) B_ROW_BYTES,
+                        options(nostack, preserves_flags)
+                    );
+                }
+            }
+        }
+    };
+}
+
+tile_product!(product_bf16, "tdpbf16ps");
+tile_product!(product_int8, "tdpbusd");
+
+/// bf16 tile: `c = a·b + bias (+ residual)` for `m <= 32` rows, the panel's `ncols` columns.
+///
+/// # Safety
+/// The `Tile` contract with `m <= MR`, one bf16-pair word per A entry, A rows readable up to
+/// the next multiple of [`ROW_PAD`], the whole K in this call (`init` and `fin`), an active
+/// [`TileSession`] on this thread, and a CPU with AMX-BF16 and AVX-512 BF16.
+pub unsafe fn kern_bf16(t: &Tile, m: usize) {
+    debug_assert!(t.init && t.fin && m <= MR);
+    let mut acc = Accumulators([0; MR * NR]);
+    let steps = t.k / TILE_K * TILE_K;
+    // SAFETY: forwarded contract (rows beyond `m` up to the 16-row tile are the zero padding).
+    unsafe {
+        product_bf16(t, m > 16, steps, &mut acc);
+        finish_bf16(t, m, steps, &acc);
+    }
+}
+
+/// int8 tile: `c = (acc + corr)·sx·sw + bias (+ residual)`, the same float steps as the AVX-512
+/// VNNI kernel, so the results are equal bit for bit.
+///
+/// # Safety
+/// As [`kern_bf16`] with one u8-quad word per A entry, non-null corr/wscale/xscale, and a CPU
+/// with AMX-INT8 and AVX-512 VNNI.
+pub unsafe fn kern_int8(t: &Tile, m: usize) {
+    debug_assert!(t.init && t.fin && m <= MR);
+    let mut acc = Accumulators([0; MR * NR]);
+    let steps = t.k / TILE_K * TILE_K;
+    // SAFETY: as in `kern_bf16`.
+    unsafe {
+        product_int8(t, m > 16, steps, &mut acc);
+        finish_int8(t, m, steps, &acc);
+    }
+}
+
+/// Adds K-steps `from..t.k` with `vdpbf16ps`, then the bias and residual, and stores.
+///
+/// # Safety
+/// As [`kern_bf16`].
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn finish_bf16(t: &Tile, m: usize, from: usize, acc: &Accumulators) {
+    let (k0, k1) = masks(t.ncols);
+    // SAFETY (whole body): `acc` holds 32 rows of 32 values; A rows `< m` hold `t.k` words, the
+    // panel `t.k` K-steps of NR words; bias, c and the residual are read or written only in
+    // the `ncols` lanes the masks keep, rows `< m`.
+    unsafe {
+        let (bias0, bias1) = if t.bias.is_null() {
+            (_mm512_setzero_ps(), _mm512_setzero_ps())
+        } else {
+            (
+                _mm512_maskz_loadu_ps(k0, t.bias),
+                _mm512_maskz_loadu_ps(k1, t.bias.add(16)),
+            )
+        };
+        for i in 0..m {
+            let row = acc.0.as_ptr().add(i * NR).cast::<f32>();
+            let mut v0 = _mm512_loadu_ps(row);
+            let mut v1 = _mm512_loadu_ps(row.add(16));
+            for kk in from..t.k {
+                let av: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*t.a.add(i * t.lda + kk) as i32));
+                let b = t.b.add(kk * NR);
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16).cast()));
+                v0 = _mm512_dpbf16_ps(v0, av, b0);
+                v1 = _mm512_dpbf16_ps(v1, av, b1);
+            }
+            store_row(
+                t,
+                i,
+                _mm512_add_ps(v0, bias0),
+                _mm512_add_ps(v1, bias1),
+                k0,
+                k1,
+            );
+        }
+    }
+}
+
+/// Adds the correction and K-steps `from..t.k` with `vpdpbusd`, scales, adds the bias and
+/// residual, and stores.
+///
+/// # Safety
+/// As [`kern_int8`].
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn finish_int8(t: &Tile, m: usize, from: usize, acc: &Accumulators) {
+    let (k0, k1) = masks(t.ncols);
+    // SAFETY (whole body): as in `finish_bf16`; corr and wscale hold NR values (padded arrays),
+    // xscale holds `m`.
+    unsafe {
+        let corr0 = _mm512_loadu_si512(t.corr.cast());
+        let corr1 = _mm512_loadu_si512(t.corr.add(16).cast());
+        let s0 = _mm512_loadu_ps(t.wscale);
+        let s1 = _mm512_loadu_ps(t.wscale.add(16));
+        let (bias0, bias1) = if t.bias.is_null() {
+            (_mm512_setzero_ps(), _mm512_setzero_ps())
+        } else {
+            (
+                _mm512_maskz_loadu_ps(k0, t.bias),
+                _mm512_maskz_loadu_ps(k1, t.bias.add(16)),
+            )
+        };
+        for i in 0..m {
+            let row = acc.0.as_ptr().add(i * NR);
+            let mut r0 = _mm512_add_epi32(_mm512_loadu_si512(row.cast()), corr0);
+            let mut r1 = _mm512_add_epi32(_mm512_loadu_si512(row.add(16).cast()), corr1);
+            for kk in from..t.k {
+                let av = _mm512_set1_epi32(*t.a.add(i * t.lda + kk) as i32);
+                let b = t.b.add(kk * NR);
+                r0 = _mm512_dpbusd_epi32(r0, av, _mm512_loadu_si512(b.cast()));
+                r1 = _mm512_dpbusd_epi32(r1, av, _mm512_loadu_si512(b.add(16).cast()));
+            }
+            let xs = _mm512_set1_ps(*t.xscale.add(i));
+            let v0 = _mm512_mul_ps(_mm512_cvtepi32_ps(r0), _mm512_mul_ps(xs, s0));
+            let v1 = _mm512_mul_ps(_mm512_cvtepi32_ps(r1), _mm512_mul_ps(xs, s1));
+            store_row(
+                t,
+                i,
+                _mm512_add_ps(v0, bias0),
+                _mm512_add_ps(v1, bias1),
+                k0,
+                k1,
+            );
+        }
+    }
+}
+
+/// Stores row `i` of the tile, adding the residual when there is one.
+///
+/// # Safety
+/// Row `i` of `c` (and of the residual, which has the tile's shape and stride) holds the
+/// `ncols` lanes the masks keep.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_row(
+    t: &Tile,
+    i: usize,
+    mut v0: __m512,
+    mut v1: __m512,
+    k0: __mmask16,
+    k1: __mmask16,
+) {
+    // SAFETY: per the contract above.
+    unsafe {
+        if !t.resid.is_null() {
+            let r = t.resid.add(i * t.ldc);
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(k0, r));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(k1, r.add(16)));
+        }
+        let c = t.c.add(i * t.ldc);
+        _mm512_mask_storeu_ps(c, k0, v0);
+        _mm512_mask_storeu_ps(c.add(16), k1, v1);
+    }
+}
