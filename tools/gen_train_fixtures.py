@@ -43,6 +43,7 @@ from open_clip.loss import ClipLoss
 from open_clip_train.scheduler import cosine_lr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.dont_write_bytecode = True  # importing our sibling must not leave tools/__pycache__ behind
 from gen_fixtures import build_oc_from_cfg, randomize_oc  # noqa: E402  (our own generator)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
