@@ -18,7 +18,8 @@ PyTorch, so a shared misreading of a formula cannot hide:
 * adamw.safetensors       two `torch.optim.AdamW` steps over the tiny model's parameters with
                           open_clip's parameter groups (open_clip_train/main.py's rule).
 * train_step.safetensors  one open_clip training step of the tiny model: forward, ClipLoss,
-                          backward, gradient clipping, AdamW, logit-scale clamp.
+                          backward, gradient clipping, AdamW, logit-scale clamp (and the
+                          same step from a logit scale above the clamp).
 * tiny/                   the tiny open_clip model those start from.
 * manifest.json           hyper-parameters, the decay groups and the measured numbers.
 
@@ -279,8 +280,10 @@ def step_batch(seed=7005):
     return ids, px
 
 
-def train_step_fixture(model) -> tuple[dict, dict]:
-    ids, px = step_batch()
+def open_clip_step(model, ids, px):
+    """One iteration of open_clip_train/train.py's loop, without distribution or precision
+    options: set the scheduled lr, forward, ClipLoss, backward, clip the gradient norm (here to
+    half of it, so the clipping factor is part of the step), AdamW, clamp the logit scale."""
     model.train()
     opt = torch.optim.AdamW(param_groups(model, WD), lr=STEP["base_lr"], betas=BETAS, eps=EPS)
     scheduler = cosine_lr(opt, STEP["base_lr"], STEP["warmup"], STEP["total_steps"])
@@ -291,18 +294,41 @@ def train_step_fixture(model) -> tuple[dict, dict]:
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     norm = torch.sqrt(sum((gr.double() ** 2).sum() for gr in grads.values())).item()
-    # Clip to half the norm, so the clipping factor is part of the step.
     max_norm = norm / 2
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, norm_type=2.0)
     opt.step()
+    before_clamp = model.logit_scale.detach().clone()
     with torch.no_grad():
         model.logit_scale.clamp_(0, math.log(100))
+    meta = {"lr": lr, "grad_norm": norm, "max_grad_norm": max_norm, "loss": loss.item()}
+    return loss, grads, before_clamp, meta
+
+
+# A start above open_clip's clamp (a checkpoint can hold one): one step moves t by about lr,
+# far less than 0.01, so the clamp must bring it back to exactly ln(100).
+CLAMP_START = math.log(100) + 0.01
+
+
+def train_step_fixture() -> tuple[dict, dict]:
+    ids, px = step_batch()
+    model = tiny_model()
+    loss, grads, before_clamp, meta = open_clip_step(model, ids, px)
+    assert before_clamp.item() < math.log(100), "the main step does not reach the clamp"
     out = {"input_ids": ids, "pixel_values": px, "loss": loss.detach().reshape(1)}
     for n, gr in grads.items():
         out[f"grad.{n}"] = gr
     for n, p in model.named_parameters():
         out[f"param.{n}"] = p.detach().clone()
-    meta = {"lr": lr, "grad_norm": norm, "max_grad_norm": max_norm, "loss": loss.item()}
+    # The clamp: the same step from a logit scale above ln(100); only the scale is kept.
+    probe = tiny_model()
+    with torch.no_grad():
+        probe.logit_scale.fill_(CLAMP_START)
+    out["clamp.logit_scale_start"] = probe.logit_scale.detach().clone().reshape(1)
+    _, _, before, clamp_meta = open_clip_step(probe, ids, px)
+    assert before.item() > math.log(100)
+    out["clamp.logit_scale_before_clamp"] = before.reshape(1)
+    out["clamp.logit_scale"] = probe.logit_scale.detach().clone().reshape(1)
+    meta["clamp_max_grad_norm"] = clamp_meta["max_grad_norm"]
     return out, meta
 
 
@@ -334,7 +360,7 @@ def main():
     not_decayed = [n for n, p in model.named_parameters() if no_decay(n, p)]
 
     save("adamw.safetensors", adamw_fixture())
-    step, step_meta = train_step_fixture(tiny_model())
+    step, step_meta = train_step_fixture()
     save("train_step.safetensors", step)
 
     manifest = {

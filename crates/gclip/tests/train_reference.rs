@@ -654,8 +654,8 @@ fn one_training_step_matches_open_clip() {
         objective,
     };
     let run_dir = std::env::temp_dir().join(format!("gclip-train-ref-{}", std::process::id()));
-    let mut trainer = Trainer::new(tiny(), options, &run_dir).unwrap();
-    let log = trainer.step(&mut OneBatch(batch)).unwrap();
+    let mut trainer = Trainer::new(tiny(), options.clone(), &run_dir).unwrap();
+    let log = trainer.step(&mut OneBatch(batch.clone())).unwrap();
     let want_lr = ms["lr"].as_f64().unwrap();
     assert!(
         (log.lr - want_lr).abs() <= 1e-15,
@@ -707,5 +707,24 @@ fn one_training_step_matches_open_clip() {
         3e-7,
         Some(&slack),
     );
+
+    // The same step from a logit scale above ln(100): open_clip clamps after the optimiser,
+    // so the scale ends at exactly ln(100) as f32 (clamping before the step would leave it
+    // about lr away).
+    let start = get(&f, "clamp.logit_scale_start");
+    let before = scalar(get(&f, "clamp.logit_scale_before_clamp"));
+    let want = get(&f, "clamp.logit_scale").to_vec1::<f32>().unwrap()[0];
+    assert!(scalar(start) > 100f64.ln() && before > 100f64.ln() && before != want as f64);
+    let mut clip = tiny();
+    clip.logit_scale = scalar_tensor(start, DType::F32);
+    let clamp_options = TrainOptions {
+        max_grad_norm: Some(ms["clamp_max_grad_norm"].as_f64().unwrap()),
+        ..options
+    };
+    let mut trainer = Trainer::new(clip, clamp_options, &run_dir).unwrap();
+    trainer.step(&mut OneBatch(batch)).unwrap();
+    let got = trainer.clip.logit_scale.to_scalar::<f32>().unwrap();
+    assert_eq!(got, want, "logit scale after the clamp");
+    println!("clamped logit scale {got} vs {want} (before the clamp: {before})");
     let _ = std::fs::remove_dir_all(&run_dir);
 }
