@@ -413,16 +413,18 @@ mod tests {
             .collect();
         for name in [
             "vision.class_embedding",
-            "vision.position_embedding",
-            "text.position_embedding",
             "logit_scale",
             "vision.ln_pre.weight",
             "text.layers.1.attn.qkv.bias",
         ] {
             assert!(no_decay.contains(&name), "{name} should not decay");
         }
+        // open_clip_train/main.py decays every tensor of two or more dimensions whose name
+        // mentions no norm, bias or logit scale: the position embeddings too.
         for name in [
             "text.token_embedding",
+            "vision.position_embedding",
+            "text.position_embedding",
             "vision.patch_embed.weight",
             "vision.projection",
             "text.layers.0.mlp.fc1.weight",

@@ -69,18 +69,18 @@ pub struct ParamInfo {
 }
 
 impl ParamInfo {
-    /// Whether AdamW's weight decay applies, as open_clip decides it: every parameter with
-    /// fewer than two dimensions (gains, biases, `logit_scale`, the class embedding) and the
-    /// position embeddings are excluded; matrices, the patch convolution, the projections and
-    /// the token embedding are decayed.
+    /// Whether AdamW's weight decay applies, as open_clip's training script decides it
+    /// (`open_clip_train/main.py`: no decay for tensors of fewer than two dimensions and for
+    /// names with `ln`, `bn`, `bias` or `logit_scale`): gains, biases, `logit_scale` and the
+    /// class embedding are excluded; matrices, the patch convolution, the projections, the
+    /// token embedding and both (2-D) position embeddings are decayed. (The models'
+    /// `no_weight_decay()` lists that exclude position embeddings are only read by timm's
+    /// optimisers, not by open_clip's default AdamW; `tests/train_reference.rs` checks these
+    /// groups against the script's rule.)
     pub fn decays(&self) -> bool {
         !matches!(
             self.kind,
-            ParamKind::Bias
-                | ParamKind::Gain
-                | ParamKind::ClassEmbedding
-                | ParamKind::PositionEmbedding
-                | ParamKind::LogitScale
+            ParamKind::Bias | ParamKind::Gain | ParamKind::ClassEmbedding | ParamKind::LogitScale
         )
     }
 
