@@ -3,6 +3,7 @@
 mod add;
 mod args;
 mod bench;
+mod bench_train;
 mod check;
 mod classify;
 mod embed;
@@ -68,6 +69,8 @@ enum Command {
     Similarity(similarity::SimilarityArgs),
     /// Measure image and text throughput of an architecture on random weights.
     Bench(bench::BenchArgs),
+    /// Measure training throughput (samples/s) and peak memory on random weights.
+    BenchTrain(bench_train::BenchTrainArgs),
     /// Index a folder of images into a collection (incremental).
     Index(index::IndexArgs),
     /// Add documents (JSONL or CSV) to a collection; existing ids are replaced.
@@ -153,6 +156,7 @@ fn main() -> std::process::ExitCode {
         Command::Classify(args) => classify::run(args, &cli.device.device()),
         Command::Similarity(args) => similarity::run(args, &cli.device.device()),
         Command::Bench(args) => bench::run(args),
+        Command::BenchTrain(args) => bench_train::run(args),
         Command::Train(args) => match train::run(args) {
             Ok(code) => return code,
             Err(e) => Err(e),

@@ -239,6 +239,7 @@ fn help_shows_runnable_examples() {
         vec!["--help"],
         vec!["embed", "--help"],
         vec!["bench", "--help"],
+        vec!["bench-train", "--help"],
     ] {
         let o = gclip(&sub);
         let text = String::from_utf8_lossy(&o.stdout);
@@ -545,6 +546,52 @@ fn bench_names_the_kernels_of_each_precision() {
         kernels(&portable, "int8"),
         "qkv bf16-portable, out/fc1/fc2 int8-portable"
     );
+}
+
+/// `gclip bench-train` prints a record per step and a summary, with and without activation
+/// checkpointing and gradient caching, and names a bad batch size.
+#[test]
+fn bench_train_reports_steps_and_memory() {
+    let arch = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/models/oc-gelu/open_clip_config.json");
+    let arch = arch.to_str().unwrap();
+    let base = ["bench-train", "--arch", arch, "--tokens", "6", "--json"];
+    for extra in [
+        vec!["--batch", "3", "--steps", "2"],
+        vec![
+            "--batch",
+            "4",
+            "--steps",
+            "1",
+            "--activation-checkpointing",
+            "--grad-cache-chunk",
+            "3",
+        ],
+    ] {
+        let mut args = base.to_vec();
+        args.extend(&extra);
+        let o = gclip(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let steps: usize = extra[3].parse().unwrap();
+        assert_eq!(rows.len(), steps + 2, "{rows:?}");
+        assert!(rows[..=steps]
+            .iter()
+            .all(|r| r["event"] == "step" && r["loss"].as_f64().unwrap().is_finite()));
+        let summary = &rows[steps + 1];
+        assert!(summary["samples_per_s"].as_f64().unwrap() > 0.0);
+        assert!(summary["peak_rss_mib"].as_f64().unwrap() > 1.0);
+        assert_eq!(
+            summary["activation_checkpointing"],
+            extra.contains(&"--activation-checkpointing")
+        );
+    }
+    let o = gclip(&["bench-train", "--arch", arch, "--batch", "1"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("at least 2 pairs"));
 }
 
 /// `gclip embed` of `list` (`--shard` when given) into `out`, in batches of 3.

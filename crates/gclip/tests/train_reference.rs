@@ -638,6 +638,7 @@ fn one_training_step_matches_open_clip() {
         total_steps: ms["total_steps"].as_u64().unwrap(),
         accum_steps: 1,
         grad_cache_chunk: None,
+        activation_checkpointing: false,
         schedule: Schedule {
             kind: ScheduleKind::Cosine,
             base_lr: lr_base,

@@ -76,6 +76,13 @@ impl TextTower {
     /// The tower is causal, so tokens after the pooled position cannot change the output: the
     /// batch runs only up to its last pooled position.
     pub fn forward(&self, ids: &[Vec<u32>]) -> Result<Tensor> {
+        let stem = self.stem(ids)?;
+        self.head(&self.transformer.forward(&stem.x, true)?, &stem.pooled_rows)
+    }
+
+    /// The residual stream entering the first (causal) block: token and position embeddings,
+    /// up to the batch's last pooled position, and where [`Self::head`] pools each row.
+    pub fn stem(&self, ids: &[Vec<u32>]) -> Result<TextStem> {
         let c = &self.config;
         let batch = ids.len();
         let len = ids.first().map_or(0, Vec::len);
@@ -103,17 +110,37 @@ impl TextTower {
             .lookup(&flat, device)?
             .reshape((batch, run, c.width))?
             .broadcast_add(&self.position_embedding.narrow(0, 0, run)?)?;
-        let x = self.transformer.forward(&x, true)?;
-        // Gather the pooled token of each row; LayerNorm is per token, so it can follow.
         let rows: Vec<u32> = pool
             .iter()
             .enumerate()
             .map(|(b, &p)| (b * run + p) as u32)
             .collect();
-        let rows = Tensor::from_vec(rows, batch, device)?;
-        let pooled = x.reshape((batch * run, c.width))?.index_select(&rows, 0)?;
+        Ok(TextStem {
+            x,
+            pooled_rows: Tensor::from_vec(rows, batch, device)?,
+        })
+    }
+
+    /// The residual stream after the last block, `[batch, run, width]`, → `[batch, embed]`:
+    /// the pooled token of each row (`pooled_rows` from [`Self::stem`]), the final LayerNorm
+    /// and the projection.
+    pub fn head(&self, x: &Tensor, pooled_rows: &Tensor) -> Result<Tensor> {
+        let (batch, run, width) = x.dims3()?;
+        // LayerNorm is per token, so it can follow the gather.
+        let pooled = x
+            .reshape((batch * run, width))?
+            .index_select(pooled_rows, 0)?;
         self.ln_final
             .forward(&pooled)?
             .matmul(&self.projection.t()?)
     }
+}
+
+/// What the text tower's first block receives.
+#[derive(Debug, Clone)]
+pub struct TextStem {
+    /// `[batch, run, width]`, `run` the batch's last pooled position + 1.
+    pub x: Tensor,
+    /// `[batch]` u32: the flat row (`b * run + position`) that each text is pooled at.
+    pub pooled_rows: Tensor,
 }

@@ -59,6 +59,12 @@ impl VisionTower {
 
     /// `[batch, 3, size, size]` normalised pixels → `[batch, embed]` (not normalised).
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.head(&self.transformer.forward(&self.stem(pixels)?, false)?)
+    }
+
+    /// The residual stream entering the first block, `[batch, tokens, width]`: patch embedding,
+    /// class token, position embeddings and the pre-LayerNorm.
+    pub fn stem(&self, pixels: &Tensor) -> Result<Tensor> {
         let c = &self.config;
         let (batch, channels, h, w) = pixels.dims4()?;
         if channels != 3 || h != c.image_size || w != c.image_size {
@@ -93,8 +99,12 @@ impl VisionTower {
             .reshape((1, 1, c.width))?
             .broadcast_as((batch, 1, c.width))?;
         let x = Tensor::cat(&[&class, &tokens], 1)?.broadcast_add(&self.position_embedding)?;
-        let x = self.ln_pre.forward(&x)?;
-        let x = self.transformer.forward(&x, false)?;
+        self.ln_pre.forward(&x)
+    }
+
+    /// The residual stream after the last block → `[batch, embed]`: the class token's
+    /// post-LayerNorm and the projection.
+    pub fn head(&self, x: &Tensor) -> Result<Tensor> {
         // LayerNorm acts per token, so normalising only the class token equals normalising all.
         let pooled = self.ln_post.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
         pooled.matmul(&self.projection.t()?)

@@ -247,6 +247,8 @@ pub struct TrainSection {
     pub max_grad_norm: Option<f64>,
     pub accum_steps: u64,
     pub grad_cache_chunk: Option<usize>,
+    /// Recompute each residual block in the backward pass instead of keeping its activations.
+    pub activation_checkpointing: bool,
     pub seed: u64,
     pub output: PathBuf,
     pub checkpoint_every: u64,
@@ -274,6 +276,7 @@ impl Default for TrainSection {
             max_grad_norm: None,
             accum_steps: 1,
             grad_cache_chunk: None,
+            activation_checkpointing: false,
             seed: 0,
             output: PathBuf::from("runs/train"),
             checkpoint_every: 500,
@@ -305,6 +308,7 @@ impl TrainConfig {
             total_steps: t.steps,
             accum_steps: t.accum_steps,
             grad_cache_chunk: t.grad_cache_chunk,
+            activation_checkpointing: t.activation_checkpointing,
             schedule: Schedule {
                 kind: t.schedule,
                 base_lr: t.lr,

@@ -16,6 +16,7 @@
 //! * [`trainer`]: the loop, its log, evaluations, checkpoints and exact resumption.
 
 pub mod augment;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -26,6 +27,7 @@ pub mod loader;
 pub mod loss;
 pub mod optim;
 pub mod params;
+pub mod recompute;
 pub mod rng;
 pub mod run;
 pub mod step;

@@ -13,6 +13,7 @@ use candle_core::{Tensor, Var};
 
 use super::loss::{gcl_loss, FieldEmbedding, GclSpec, LossParts};
 use super::params::{ParamSet, Tower};
+use super::recompute::{self, BlockTrace};
 use super::TrainError;
 use crate::model::Clip;
 
@@ -175,29 +176,45 @@ pub fn loss_and_grads(
     })
 }
 
-/// Like [`loss_and_grads`], with gradient caching over chunks of `chunk` rows.
+/// Like [`loss_and_grads`], with gradient caching over chunks of `chunk` rows and, with
+/// `recompute_blocks`, activation checkpointing ([`super::recompute`]): the first pass keeps
+/// each chunk's block boundaries and the backward pass recomputes one block at a time, so no
+/// chunk is embedded a third time.
 pub fn loss_and_grads_cached(
     clip: &Clip,
     params: &ParamSet,
     spec: &GclSpec,
     batch: &Batch,
     chunk: usize,
+    recompute_blocks: bool,
 ) -> Result<StepOutput, TrainError> {
     check_batch(batch)?;
     let n = batch.len();
     let chunk = chunk.max(1);
     let trains = |t: Tower| params.params.iter().any(|p| p.info.tower == t);
-    // (1) Embeddings without graphs, as leaves of the loss graph.
-    let leaves = |fields: &[FieldBatch]| -> Result<Vec<(FieldEmbedding, Var)>, TrainError> {
+    let chunks: Vec<(usize, usize)> = (0..n)
+        .step_by(chunk)
+        .map(|start| (start, chunk.min(n - start)))
+        .collect();
+    // (1) Embeddings without graphs, as leaves of the loss graph (and each chunk's block
+    // boundaries when recomputing blocks for a tower that trains).
+    type Leaf = (FieldEmbedding, Var, Vec<Option<BlockTrace>>);
+    let leaves = |fields: &[FieldBatch]| -> Result<Vec<Leaf>, TrainError> {
         fields
             .iter()
             .map(|f| {
+                let keep = recompute_blocks && trains(f.data.tower());
                 let mut parts = Vec::new();
-                let mut start = 0;
-                while start < n {
-                    let len = chunk.min(n - start);
-                    parts.push(embed_rows(clip, &f.data, start, len)?.detach());
-                    start += len;
+                let mut traces = Vec::new();
+                for &(start, len) in &chunks {
+                    if keep {
+                        let (e, trace) = recompute::forward(clip, &f.data, start, len)?;
+                        parts.push(e);
+                        traces.push(Some(trace));
+                    } else {
+                        parts.push(embed_rows(clip, &f.data, start, len)?.detach());
+                        traces.push(None);
+                    }
                 }
                 let var = Var::from_tensor(&Tensor::cat(&parts, 0)?)?;
                 Ok((
@@ -207,14 +224,15 @@ pub fn loss_and_grads_cached(
                         present: f.present.clone(),
                     },
                     var,
+                    traces,
                 ))
             })
             .collect()
     };
     let q = leaves(&batch.query)?;
     let d = leaves(&batch.doc)?;
-    let qe: Vec<FieldEmbedding> = q.iter().map(|(e, _)| e.clone()).collect();
-    let de: Vec<FieldEmbedding> = d.iter().map(|(e, _)| e.clone()).collect();
+    let qe: Vec<FieldEmbedding> = q.iter().map(|(e, _, _)| e.clone()).collect();
+    let de: Vec<FieldEmbedding> = d.iter().map(|(e, _, _)| e.clone()).collect();
     // (2) The loss and its gradient with respect to the embeddings and the logit scale.
     let parts = gcl_loss(
         spec,
@@ -225,37 +243,48 @@ pub fn loss_and_grads_cached(
         &batch.query_keys,
         &batch.doc_keys,
     )?;
+    drop((qe, de));
     let (loss, main, extra) = parts_values(&parts)?;
     let store = parts.total.backward()?;
+    drop(parts);
     let mut grads: Vec<Option<Tensor>> = params
         .params
         .iter()
         .map(|p| store.get(p.var.as_tensor()).cloned())
         .collect();
-    // (3) Each chunk again, with its graph, from the cached embedding gradient.
-    for (field, (_, var)) in batch.query.iter().chain(&batch.doc).zip(q.iter().chain(&d)) {
+    // (3) Each chunk again, with its graph (or one block's at a time), from the cached
+    // embedding gradient.
+    for (field, (_, var, traces)) in batch
+        .query
+        .iter()
+        .chain(&batch.doc)
+        .zip(q.into_iter().chain(d))
+    {
         if !trains(field.data.tower()) {
             continue;
         }
         let Some(g_all) = store.get(var.as_tensor()) else {
             continue;
         };
-        let mut start = 0;
-        while start < n {
-            let len = chunk.min(n - start);
-            let e = embed_rows(clip, &field.data, start, len)?;
+        for (&(start, len), trace) in chunks.iter().zip(traces) {
             let g = g_all.narrow(0, start, len)?.detach();
-            let surrogate = (e * g)?.sum_all()?;
-            let chunk_store = surrogate.backward()?;
-            for (acc, p) in grads.iter_mut().zip(&params.params) {
-                if let Some(cg) = chunk_store.get(p.var.as_tensor()) {
-                    *acc = Some(match acc.take() {
-                        None => cg.clone(),
-                        Some(a) => (a + cg)?,
-                    });
+            match trace {
+                Some(trace) => recompute::backward(
+                    clip,
+                    &field.data,
+                    start,
+                    len,
+                    trace,
+                    &g,
+                    params,
+                    &mut grads,
+                )?,
+                None => {
+                    let e = embed_rows(clip, &field.data, start, len)?;
+                    let chunk_store = (e * g)?.sum_all()?.backward()?;
+                    recompute::accumulate(&mut grads, params, &chunk_store)?;
                 }
             }
-            start += len;
         }
     }
     let grads = grads
@@ -272,6 +301,32 @@ pub fn loss_and_grads_cached(
         extra,
         grads,
     })
+}
+
+/// How a step trades compute for memory: gradient caching over chunks of the contrastive
+/// batch, activation checkpointing, both or neither.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryPlan {
+    pub grad_cache_chunk: Option<usize>,
+    pub activation_checkpointing: bool,
+}
+
+/// [`loss_and_grads`] or [`loss_and_grads_cached`], as `plan` asks.
+pub fn loss_and_grads_planned(
+    clip: &Clip,
+    params: &ParamSet,
+    spec: &GclSpec,
+    batch: &Batch,
+    plan: MemoryPlan,
+) -> Result<StepOutput, TrainError> {
+    let n = batch.len();
+    match (plan.grad_cache_chunk, plan.activation_checkpointing) {
+        (Some(c), recompute) if c < n => {
+            loss_and_grads_cached(clip, params, spec, batch, c, recompute)
+        }
+        (_, true) => loss_and_grads_cached(clip, params, spec, batch, n, true),
+        _ => loss_and_grads(clip, params, spec, batch),
+    }
 }
 
 #[cfg(test)]
@@ -369,16 +424,31 @@ pub(crate) mod tests {
                 lock_image: true,
                 ..Default::default()
             },
+            Freeze {
+                lock_text: true,
+                lock_image: true,
+                lock_image_unlocked_groups: 1,
+                ..Default::default()
+            },
         ] {
             let mut clip =
                 init_open_clip(&tiny_config(false), 2, &Device::Cpu, DType::F32).unwrap();
             let set = ParamSet::attach(&mut clip, &freeze).unwrap();
             let full = loss_and_grads(&clip, &set, &spec, &batch).unwrap();
-            for chunk in [1, 3, 7, 100] {
-                let cached = loss_and_grads_cached(&clip, &set, &spec, &batch, chunk).unwrap();
+            for (chunk, recompute) in [
+                (1, false),
+                (3, false),
+                (7, false),
+                (100, false),
+                (1, true),
+                (3, true),
+                (7, true),
+            ] {
+                let cached =
+                    loss_and_grads_cached(&clip, &set, &spec, &batch, chunk, recompute).unwrap();
                 assert!(
                     (full.loss - cached.loss).abs() < 1e-6,
-                    "chunk {chunk}: loss"
+                    "chunk {chunk} recompute {recompute}: loss"
                 );
                 let mut nonzero = 0;
                 for ((a, b), p) in full.grads.iter().zip(&cached.grads).zip(&set.params) {
@@ -399,7 +469,7 @@ pub(crate) mod tests {
                         .unwrap();
                     assert!(
                         d <= 1e-5 + 1e-4 * scale,
-                        "chunk {chunk}: {} differs by {d} (scale {scale})",
+                        "chunk {chunk} recompute {recompute}: {} differs by {d} (scale {scale})",
                         p.info.name
                     );
                     nonzero += (scale > 0.0) as usize;

@@ -16,7 +16,7 @@ use super::checkpoint::{
 use super::loss::{clamp_logit_scale, GclSpec};
 use super::optim::{AdamW, AdamWConfig, Schedule};
 use super::params::{Freeze, ParamSet};
-use super::step::{loss_and_grads, loss_and_grads_cached, Batch};
+use super::step::{loss_and_grads_planned, Batch, MemoryPlan};
 use super::TrainError;
 use crate::model::Clip;
 
@@ -31,6 +31,10 @@ pub struct TrainOptions {
     pub accum_steps: u64,
     /// Embed and back-propagate in chunks of this many pairs with gradient caching.
     pub grad_cache_chunk: Option<usize>,
+    /// Keep only each residual block's input and recompute the block in the backward pass
+    /// ([`super::recompute`]); composes with `grad_cache_chunk`. Same gradients up to rounding.
+    #[serde(default)]
+    pub activation_checkpointing: bool,
     pub schedule: Schedule,
     pub adamw: AdamWConfig,
     /// Clip the global gradient norm to this value.
@@ -249,12 +253,16 @@ impl Trainer {
             let batch = self.next_batch(source)?;
             samples += batch.len();
             let o = &self.options;
-            let out = match o.grad_cache_chunk {
-                Some(c) if c < batch.len() => {
-                    loss_and_grads_cached(&self.clip, &self.params, &o.objective, &batch, c)?
-                }
-                _ => loss_and_grads(&self.clip, &self.params, &o.objective, &batch)?,
-            };
+            let out = loss_and_grads_planned(
+                &self.clip,
+                &self.params,
+                &o.objective,
+                &batch,
+                MemoryPlan {
+                    grad_cache_chunk: o.grad_cache_chunk,
+                    activation_checkpointing: o.activation_checkpointing,
+                },
+            )?;
             loss += out.loss / accum as f64;
             main += out.main / accum as f64;
             extra.resize(out.extra.len(), 0.0);
@@ -434,6 +442,7 @@ mod tests {
     use crate::train::gradcheck::tiny_config;
     use crate::train::init::init_open_clip;
     use crate::train::optim::ScheduleKind;
+    use crate::train::step::loss_and_grads;
     use crate::train::step::tests::{gcl_spec, synthetic_batch};
     use candle_core::{DType, Device};
 
@@ -464,6 +473,7 @@ mod tests {
             total_steps: total,
             accum_steps: 1,
             grad_cache_chunk: None,
+            activation_checkpointing: false,
             schedule: Schedule {
                 kind: ScheduleKind::Cosine,
                 base_lr: 5e-3,
@@ -586,5 +596,31 @@ mod tests {
             rec.logit_scale
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn activation_checkpointing_follows_the_same_loss_curve() {
+        let model = || init_open_clip(&tiny_config(false), 7, &Device::Cpu, DType::F32).unwrap();
+        let dir_a = temp("plain");
+        let (plain, _) = run(
+            &mut Trainer::new(model(), options(4), &dir_a).unwrap(),
+            None,
+        );
+        for chunk in [None, Some(4)] {
+            let mut opts = options(4);
+            opts.activation_checkpointing = true;
+            opts.grad_cache_chunk = chunk;
+            let dir_b = temp("recompute");
+            let (recomputed, _) = run(&mut Trainer::new(model(), opts, &dir_b).unwrap(), None);
+            assert_eq!(recomputed.len(), plain.len());
+            for ((s, a), (_, b)) in plain.iter().zip(&recomputed) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * a.abs(),
+                    "chunk {chunk:?} step {s}: {a} vs {b}"
+                );
+            }
+            let _ = std::fs::remove_dir_all(&dir_b);
+        }
+        let _ = std::fs::remove_dir_all(&dir_a);
     }
 }
