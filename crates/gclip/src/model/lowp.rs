@@ -1294,6 +1294,25 @@ mod x86 {
         (full as u16, (full >> 16) as u16)
     }
 
+    /// The tile's bias in the two 16-column halves (`ncols` lanes kept by the masks), zeros
+    /// when it has none.
+    ///
+    /// # Safety
+    /// Tile contract: a non-null `t.bias` holds `t.ncols` values; the CPU supports avx512f.
+    #[inline(always)]
+    pub(super) unsafe fn bias_halves(t: &Tile, k0: __mmask16, k1: __mmask16) -> (__m512, __m512) {
+        if t.bias.is_null() {
+            return (_mm512_setzero_ps(), _mm512_setzero_ps());
+        }
+        // SAFETY: the masks keep the `ncols` lanes that the bias holds.
+        unsafe {
+            (
+                _mm512_maskz_loadu_ps(k0, t.bias),
+                _mm512_maskz_loadu_ps(k1, t.bias.add(16)),
+            )
+        }
+    }
+
     /// Stores f32 accumulators into the tile, adding the residual in the
     /// last K block when there is one.
     ///
@@ -1480,14 +1499,7 @@ mod x86 {
             if t.fin {
                 let s0 = _mm512_loadu_ps(t.wscale);
                 let s1 = _mm512_loadu_ps(t.wscale.add(16));
-                let (bi0, bi1) = if t.bias.is_null() {
-                    (_mm512_setzero_ps(), _mm512_setzero_ps())
-                } else {
-                    (
-                        _mm512_maskz_loadu_ps(k0, t.bias),
-                        _mm512_maskz_loadu_ps(k1, t.bias.add(16)),
-                    )
-                };
+                let (bi0, bi1) = bias_halves(t, k0, k1);
                 let mut out = [[_mm512_setzero_ps(); 2]; M];
                 for ((o, r), i) in out.iter_mut().zip(&acc).zip(0..) {
                     let xs = _mm512_set1_ps(*t.xscale.add(i));

@@ -20,7 +20,7 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 use std::sync::OnceLock;
 
-use super::x86::masks;
+use super::x86::{bias_halves, masks};
 use super::{Tile, NR};
 
 /// Rows per microkernel call: two A tiles of 16 rows.
@@ -277,14 +277,7 @@ unsafe fn finish_bf16(t: &Tile, m: usize, from: usize, acc: &Accumulators) {
     // panel `t.k` K-steps of NR words; bias, c and the residual are read or written only in
     // the `ncols` lanes the masks keep, rows `< m`.
     unsafe {
-        let (bias0, bias1) = if t.bias.is_null() {
-            (_mm512_setzero_ps(), _mm512_setzero_ps())
-        } else {
-            (
-                _mm512_maskz_loadu_ps(k0, t.bias),
-                _mm512_maskz_loadu_ps(k1, t.bias.add(16)),
-            )
-        };
+        let (bias0, bias1) = bias_halves(t, k0, k1);
         for i in 0..m {
             let row = acc.0.as_ptr().add(i * NR).cast::<f32>();
             let mut v0 = _mm512_loadu_ps(row);
@@ -325,14 +318,7 @@ unsafe fn finish_int8(t: &Tile, m: usize, from: usize, acc: &Accumulators) {
         let corr1 = _mm512_loadu_si512(t.corr.add(16).cast());
         let s0 = _mm512_loadu_ps(t.wscale);
         let s1 = _mm512_loadu_ps(t.wscale.add(16));
-        let (bias0, bias1) = if t.bias.is_null() {
-            (_mm512_setzero_ps(), _mm512_setzero_ps())
-        } else {
-            (
-                _mm512_maskz_loadu_ps(k0, t.bias),
-                _mm512_maskz_loadu_ps(k1, t.bias.add(16)),
-            )
-        };
+        let (bias0, bias1) = bias_halves(t, k0, k1);
         for i in 0..m {
             let row = acc.0.as_ptr().add(i * NR);
             let mut r0 = _mm512_add_epi32(_mm512_loadu_si512(row.cast()), corr0);
