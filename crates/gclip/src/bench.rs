@@ -35,13 +35,14 @@ pub struct BenchPlan {
     pub texts: bool,
 }
 
-/// A model with random weights, as fast to run as a real one of the same architecture.
+/// A model with random weights, as fast to run as a real one of the same architecture: loaded
+/// for inference, so fp32 linear weights run in place as a checkpoint's do.
 pub fn random_model(
     config: &ClipConfig,
     device: &Device,
     dtype: DType,
 ) -> Result<Clip, ModelError> {
-    let weights = Weights::random(device, dtype);
+    let weights = Weights::random(device, dtype).for_training(false);
     Ok(Clip::load(config, &weights)?.0)
 }
 

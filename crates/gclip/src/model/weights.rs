@@ -152,6 +152,27 @@ pub struct MappedF32 {
 }
 
 impl MappedF32 {
+    /// `values` (`rows × cols`) copied into a read-only anonymous mapping of their own.
+    fn anonymous(values: &[f32], rows: usize, cols: usize) -> std::io::Result<Self> {
+        let len = std::mem::size_of_val(values);
+        if rows.checked_mul(cols) != Some(values.len()) || len == 0 {
+            return Err(std::io::Error::other(format!(
+                "{} values are not a [{rows}, {cols}] matrix",
+                values.len()
+            )));
+        }
+        let mut map = memmap2::MmapMut::map_anon(len)?;
+        for (dst, v) in map.chunks_exact_mut(4).zip(values) {
+            dst.copy_from_slice(&v.to_ne_bytes());
+        }
+        Ok(Self {
+            map: Arc::new(map.make_read_only()?),
+            bytes: 0..len,
+            rows,
+            cols,
+        })
+    }
+
     pub fn dims(&self) -> (usize, usize) {
         (self.rows, self.cols)
     }
@@ -708,6 +729,25 @@ impl Weights {
         name: &str,
         shape: [usize; 2],
     ) -> Result<Option<Vec<(&str, MappedF32)>>, ModelError> {
+        if let (Store::Random, DType::F32, false, true) = (
+            &self.store,
+            self.dtype,
+            self.trainable,
+            self.device.is_cpu(),
+        ) {
+            // Random weights for inference take the path a checkpoint's would (what `gclip
+            // bench` measures): their rows in a private anonymous mapping.
+            let values = random_tensor(name, &shape, &Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let block = MappedF32::anonymous(&values, shape[0], shape[1]).map_err(|e| {
+                ModelError::Checkpoint {
+                    path: self.path.clone(),
+                    message: format!("mapping random weights for `{name}`: {e}"),
+                }
+            })?;
+            return Ok(Some(vec![("<random>", block)]));
+        }
         let (Store::SafeTensors(st), DType::F32) = (&self.store, self.dtype) else {
             return Ok(None);
         };
@@ -1198,6 +1238,29 @@ mod tests {
             SourceSpec::Single { name, .. } => name,
             SourceSpec::Concat(parts) => parts.join("+"),
         }
+    }
+
+    #[test]
+    fn random_weights_for_inference_are_mapped_rows_and_for_training_dense() {
+        let inference = Weights::random(&Device::Cpu, DType::F32).for_training(false);
+        let w = inference
+            .mapped_linear("vision.layers.0.mlp.fc1.weight", [12, 5])
+            .unwrap()
+            .expect("random inference weights run in place");
+        assert_eq!(w.dims(), (5, 12));
+        let rows = w.rows().unwrap();
+        let values: Vec<f32> = (0..12).flat_map(|r| rows.row(r).to_vec()).collect();
+        assert_eq!(values.len(), 60);
+        // Normal with std 0.02, not a constant fill.
+        assert!(values.iter().all(|v| v.is_finite() && v.abs() < 0.2));
+        assert!(values.iter().any(|&v| v != values[0]));
+        let training = Weights::random(&Device::Cpu, DType::F32);
+        assert!(training
+            .mapped_linear("vision.layers.0.mlp.fc1.weight", [12, 5])
+            .unwrap()
+            .is_none());
+        assert!(MappedF32::anonymous(&[1.0; 6], 4, 2).is_err());
+        assert!(MappedF32::anonymous(&[], 0, 3).is_err());
     }
 
     #[test]
