@@ -5,10 +5,11 @@ use clap::Args;
 use gclip::model::ClipConfig;
 use gclip::train::bench::{TrainBenchPlan, TrainBenchStep};
 use gclip::train::params::Freeze;
+use gclip::train::precision::TrainPrecision;
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  gclip --threads 2 bench-train --arch ViT-B-32 --batch 64 --steps 3 --tokens 77 --json\n  gclip bench-train --batch 64 --activation-checkpointing\n  gclip bench-train --batch 1024 --grad-cache-chunk 64 --activation-checkpointing --steps 1"
+    after_help = "Examples:\n  gclip --threads 2 bench-train --arch ViT-B-32 --batch 64 --steps 3 --tokens 77 --json\n  gclip bench-train --batch 64 --activation-checkpointing --precision bf16\n  gclip bench-train --batch 1024 --grad-cache-chunk 64 --activation-checkpointing --steps 1"
 )]
 pub struct BenchTrainArgs {
     /// Architecture name (ViT-B-32, ViT-L-14, …) or an open_clip config JSON.
@@ -26,6 +27,9 @@ pub struct BenchTrainArgs {
     /// Recompute each residual block in the backward pass instead of keeping its activations.
     #[arg(long)]
     activation_checkpointing: bool,
+    /// Precision of the linear layers' products: fp32, or bf16 (mixed precision, f32 weights).
+    #[arg(long, default_value = "fp32")]
+    precision: TrainPrecision,
     /// Gradient caching: embed and back-propagate the batch in chunks of this many pairs.
     #[arg(long)]
     grad_cache_chunk: Option<usize>,
@@ -46,6 +50,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         tokens: args.tokens,
         activation_checkpointing: args.activation_checkpointing,
         grad_cache_chunk: args.grad_cache_chunk,
+        precision: args.precision,
         freeze: Freeze {
             lock_image: args.lock.as_deref() == Some("image"),
             lock_text: args.lock.as_deref() == Some("text"),
@@ -79,14 +84,15 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         v["tokens"] = args.tokens.into();
         v["steps"] = args.steps.into();
         v["threads"] = threads.into();
-        v["precision"] = "fp32".into();
+        v["precision"] = args.precision.name().into();
         v["activation_checkpointing"] = args.activation_checkpointing.into();
         v["grad_cache_chunk"] = args.grad_cache_chunk.into();
         println!("{v}");
     } else {
         println!(
-            "gclip {} fp32, batch {}, {} tokens, {threads} threads{}: {:.2} samples/s, {:.2} s/step, peak resident {} MiB",
+            "gclip {} {}, batch {}, {} tokens, {threads} threads{}: {:.2} samples/s, {:.2} s/step, peak resident {} MiB",
             args.arch,
+            args.precision,
             args.batch,
             args.tokens,
             if args.activation_checkpointing { ", activation checkpointing" } else { "" },

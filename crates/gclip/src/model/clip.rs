@@ -3,7 +3,7 @@
 use candle_core::{Device, Tensor};
 
 use super::config::ClipConfig;
-use super::precision::{KernelChoice, Precision};
+use super::precision::{DenseProducts, KernelChoice, Precision};
 use super::text::TextTower;
 use super::vision::{l2_normalize, VisionTower};
 use super::weights::Weights;
@@ -97,6 +97,14 @@ impl Clip {
         }
         self.vision.transformer.convert(precision, kernels)?;
         self.text.transformer.convert(precision, kernels)
+    }
+
+    /// How the transformer blocks' trainable linear layers multiply, in both towers: f32, or
+    /// bf16 products with f32 accumulation for mixed-precision training (the weights stay f32).
+    /// Layers that are not dense (packed or mapped weights) are not affected.
+    pub fn set_dense_products(&mut self, products: DenseProducts) {
+        self.vision.transformer.set_dense_products(products);
+        self.text.transformer.set_dense_products(products);
     }
 
     /// Which kernels the transformer's linear layers run (`gemm f32`, `bf16-avx512bf16`, …),

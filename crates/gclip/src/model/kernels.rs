@@ -15,6 +15,9 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::mixed;
+use super::precision::DenseProducts;
+
 /// Generates a run-time dispatcher `$name` that calls `$generic` compiled with AVX-512 when the
 /// CPU has it, with AVX2 and FMA when it has those (Zen 2/3, Intel before Ice Lake), and the
 /// baseline (SSE2) build otherwise. `$generic` must be `#[inline(always)]` so that it is compiled
@@ -620,8 +623,12 @@ pub(crate) fn bias_rows(b: &[f32], rows: usize) -> Vec<f32> {
 /// With `input_activation`, the op computes `act(x)·W + b` for the second layer of an MLP: the
 /// graph then keeps only the pre-activation `x` (the activated copy is a temporary, recomputed
 /// by the backward pass), a quarter of a transformer block's saved activations.
+///
+/// With `products` bf16, the three products (forward, input and weight gradients) round their
+/// operands to bf16 and accumulate in f32 ([`super::mixed`]); the weight stays f32.
 pub(crate) struct LinearOp {
     pub input_activation: Option<Activation>,
+    pub products: DenseProducts,
 }
 
 impl CustomOp3 for LinearOp {
@@ -648,6 +655,11 @@ impl CustomOp3 for LinearOp {
             (b, bl.shape()),
             self.input_activation,
         )?;
+        if let DenseProducts::Bf16(kernel) = self.products {
+            // The activation is already applied to `x` (as the f32 path needs it).
+            let dst = mixed::linear_forward(&x, rows, (w, in_dim, out_dim), b, None, kernel)?;
+            return Ok((CpuStorage::F32(dst), shape));
+        }
         let mut dst = bias_rows(b, rows);
         if rows > 0 {
             // SAFETY: dst is rows×out_dim row-major, x rows×in_dim row-major and w in_dim×out_dim
@@ -694,7 +706,12 @@ impl CustomOp3 for LinearOp {
         let (in_dim, out_dim) = w.dims2()?;
         let g2 = grad.reshape(((), out_dim))?;
         let x2 = x.reshape(((), in_dim))?;
-        let grad_in = g2.matmul(&w.t()?)?;
+        let grad_in = match self.products {
+            DenseProducts::F32 => g2.matmul(&w.t()?)?,
+            DenseProducts::Bf16(kernel) => g2
+                .contiguous()?
+                .apply_op2_no_bwd(&w.contiguous()?, &mixed::InputGradOp { kernel })?,
+        };
         let (input, grad_x) = match self.input_activation {
             None => (x2, grad_in),
             Some(act) => {
@@ -704,7 +721,12 @@ impl CustomOp3 for LinearOp {
             }
         };
         let grad_x = grad_x.reshape(x.shape())?;
-        let grad_w = input.t()?.matmul(&g2)?;
+        let grad_w = match self.products {
+            DenseProducts::F32 => input.t()?.matmul(&g2)?,
+            DenseProducts::Bf16(kernel) => input
+                .contiguous()?
+                .apply_op2_no_bwd(&g2.contiguous()?, &mixed::WeightGradOp { kernel })?,
+        };
         let grad_b = g2.contiguous()?.apply_op1_no_bwd(&ColumnSumOp)?;
         Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
     }

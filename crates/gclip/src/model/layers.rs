@@ -13,7 +13,7 @@ use super::kernels::{
 };
 use super::outin::{OutInLinearOp, OutInWeight};
 use super::packed::{PackedLinearOp, PackedWeight};
-use super::precision::{KernelChoice, Precision};
+use super::precision::{DenseProducts, KernelChoice, Precision};
 use super::weights::{MappedF32, Weights};
 use super::ModelError;
 
@@ -125,6 +125,9 @@ pub struct Linear {
     pub weight: LinearWeight,
     /// `[out]`
     pub bias: Tensor,
+    /// How a dense weight multiplies (f32, or bf16 products for mixed-precision training);
+    /// packed and mapped weights run their own kernels.
+    pub products: DenseProducts,
 }
 
 /// The weight of a linear layer, in the form its precision runs from.
@@ -166,6 +169,7 @@ impl Linear {
             return Ok(Self {
                 weight: LinearWeight::Packed(weight),
                 bias,
+                products: DenseProducts::F32,
             });
         }
         if !w.trainable() {
@@ -173,6 +177,7 @@ impl Linear {
                 return Ok(Self {
                     weight: LinearWeight::Mapped(Arc::new(weight)),
                     bias,
+                    products: DenseProducts::F32,
                 });
             }
         }
@@ -191,7 +196,11 @@ impl Linear {
             }
             other => other,
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            products: DenseProducts::F32,
+        })
     }
 
     /// A linear layer from its weight `[in, out]` and bias `[out]`.
@@ -199,6 +208,7 @@ impl Linear {
         Self {
             weight: LinearWeight::Dense(weight_t),
             bias,
+            products: DenseProducts::F32,
         }
     }
 
@@ -232,6 +242,7 @@ impl Linear {
                 return Ok(Self {
                     weight: packed(&w.rows()?, precision, kernels)?,
                     bias: self.bias.clone(),
+                    products: DenseProducts::F32,
                 })
             }
             (LinearWeight::Dense(w), _) => w,
@@ -252,6 +263,7 @@ impl Linear {
                 kernels,
             )?,
             bias: self.bias.clone(),
+            products: DenseProducts::F32,
         })
     }
 
@@ -301,6 +313,7 @@ impl Linear {
                 &self.bias,
                 LinearOp {
                     input_activation: act,
+                    products: self.products,
                 },
             ),
             LinearWeight::Dense(w) => {
@@ -521,6 +534,15 @@ impl Transformer {
             }
         }
         Ok(())
+    }
+
+    /// How every block's dense linear layers multiply (see [`DenseProducts`]).
+    pub fn set_dense_products(&mut self, products: DenseProducts) {
+        for b in &mut self.blocks {
+            for l in [&mut b.attn.qkv, &mut b.attn.out, &mut b.fc1, &mut b.fc2] {
+                l.products = products;
+            }
+        }
     }
 
     /// The precision the stack was converted to (fp32 for an empty stack): that of the MLP,

@@ -557,6 +557,57 @@ impl PackedBf16 {
             out_dim,
         })
     }
+
+    /// Packs row-major `w[in_dim][out_dim]` (y = x·w): the layout training keeps its weights
+    /// in, and the layout of a batch's rows when they are the K side of a product (a weight
+    /// gradient `xᵀ·g` packs `g`). Two consecutive rows give a panel's K-pairs; rows are rounded
+    /// and panels packed in parallel.
+    pub fn pack_in_out(w: &[f32], in_dim: usize, out_dim: usize) -> Result<Self, String> {
+        checked_dims(in_dim, out_dim, "bf16 pack")?;
+        if w.len() != in_dim * out_dim {
+            return Err(format!(
+                "bf16 pack: matrix has {} values, expected {in_dim} x {out_dim}",
+                w.len()
+            ));
+        }
+        let mut buf = AlignedWords::zeroed(bf16_words(in_dim, out_dim)?);
+        let k2 = in_dim.div_ceil(2);
+        if k2 == 0 || out_dim == 0 {
+            return Ok(Self {
+                buf,
+                in_dim,
+                out_dim,
+            });
+        }
+        // Rounded first, whole rows at a time (a panel's pieces of 32 values are too short for
+        // the vector conversion to pay), then interleaved into K-pairs panel by panel. An odd
+        // K gets a zero row.
+        let mut halves = vec![0u16; 2 * k2 * out_dim];
+        halves
+            .par_chunks_mut(out_dim)
+            .zip(w.par_chunks(out_dim))
+            .for_each(|(dst, src)| bf16_row(src, dst));
+        buf.words_mut()
+            .par_chunks_mut(k2 * NR)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                let n0 = p * NR;
+                let width = NR.min(out_dim - n0);
+                for (kp, words) in panel.chunks_exact_mut(NR).enumerate() {
+                    let even = &halves[2 * kp * out_dim + n0..][..width];
+                    let odd = &halves[(2 * kp + 1) * out_dim + n0..][..width];
+                    for ((word, &lo), &hi) in words.iter_mut().zip(even).zip(odd) {
+                        *word = lo as u32 | (hi as u32) << 16;
+                    }
+                }
+            });
+        Ok(Self {
+            buf,
+            in_dim,
+            out_dim,
+        })
+    }
+
     /// Input features (K).
     pub fn in_dim(&self) -> usize {
         self.in_dim
@@ -2243,6 +2294,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn bf16_packs_from_either_layout_alike() {
+        for &(_, k, n) in SHAPES {
+            let w = Rng(k as u64 * 131 + n as u64).vec(k * n, 3.0);
+            let from_out_in = pack_bf16(&w, k, n).unwrap();
+            let from_in_out = PackedBf16::pack_in_out(&w, k, n).unwrap();
+            assert_eq!(from_in_out, from_out_in, "{k}x{n}");
+        }
+        let e = PackedBf16::pack_in_out(&[0.0; 5], 2, 3).unwrap_err();
+        assert!(e.contains("5 values") && e.contains("2 x 3"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod converted;
 pub mod kernels;
 pub mod layers;
 pub mod lowp;
+pub mod mixed;
 pub mod outin;
 pub mod packed;
 pub mod precision;
@@ -22,7 +23,7 @@ pub use clip::{Clip, Embeddings};
 pub use config::{ClipConfig, TextConfig, TextPooling, VisionConfig};
 pub use converted::ConvertedCache;
 pub use kernels::Activation;
-pub use precision::{KernelChoice, Precision};
+pub use precision::{DenseProducts, KernelChoice, Precision};
 pub use weights::{NamingScheme, Weights};
 
 /// Everything that can go wrong loading or running a model.

@@ -11,6 +11,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::lowp::Bf16Kernel;
+
 /// The precision of a model's transformer weights.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
@@ -65,6 +67,16 @@ impl FromStr for Precision {
             )),
         }
     }
+}
+
+/// How a trainable layer (dense f32 weight) computes its matrix products, forward and backward:
+/// in f32, or in bf16 with f32 accumulation on a bf16 kernel (mixed-precision training: the f32
+/// weights stay the masters that the optimizer updates; see [`super::mixed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DenseProducts {
+    #[default]
+    F32,
+    Bf16(Bf16Kernel),
 }
 
 /// Which kernel variants the packed layers run: the fastest this CPU has (the default), or the

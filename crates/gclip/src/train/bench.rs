@@ -14,6 +14,7 @@ use super::init::init_open_clip;
 use super::loss::{FieldKind, FieldSpec, GclSpec, ScoreToWeight};
 use super::optim::{AdamW, AdamWConfig};
 use super::params::{Freeze, ParamSet};
+use super::precision::TrainPrecision;
 use super::rng::Rng;
 use super::step::{loss_and_grads_planned, Batch, FieldBatch, FieldData, MemoryPlan};
 use super::TrainError;
@@ -30,6 +31,7 @@ pub struct TrainBenchPlan {
     pub tokens: usize,
     pub activation_checkpointing: bool,
     pub grad_cache_chunk: Option<usize>,
+    pub precision: TrainPrecision,
     pub freeze: Freeze,
 }
 
@@ -83,6 +85,7 @@ pub fn run(
     }
     let config = &plan.config;
     let mut clip = init_open_clip(config, 0, &Device::Cpu, DType::F32)?;
+    clip.set_dense_products(plan.precision.products());
     let params = ParamSet::attach(&mut clip, &plan.freeze)?;
     let mut optimizer = AdamW::new(&params, AdamWConfig::default());
     let size = config.vision.image_size;
@@ -166,6 +169,7 @@ mod tests {
             tokens: 5,
             activation_checkpointing: true,
             grad_cache_chunk: Some(3),
+            precision: TrainPrecision::Bf16,
             freeze: Freeze::default(),
         };
         let mut steps = Vec::new();

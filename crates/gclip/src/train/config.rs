@@ -38,6 +38,7 @@ use super::loader::{BatchSampler, Loader, LoaderConfig};
 use super::loss::{ExtraTerm, FieldKind, FieldSpec, GclSpec, ScoreToWeight};
 use super::optim::{AdamWConfig, Schedule, ScheduleKind};
 use super::params::Freeze;
+use super::precision::TrainPrecision;
 use super::trainer::{TrainOptions, Trainer};
 use super::TrainError;
 use crate::eval::ranking::MetricSet;
@@ -249,6 +250,8 @@ pub struct TrainSection {
     pub grad_cache_chunk: Option<usize>,
     /// Recompute each residual block in the backward pass instead of keeping its activations.
     pub activation_checkpointing: bool,
+    /// `fp32` or `bf16` (mixed precision: bf16 products, f32 weights and everything else).
+    pub precision: TrainPrecision,
     pub seed: u64,
     pub output: PathBuf,
     pub checkpoint_every: u64,
@@ -277,6 +280,7 @@ impl Default for TrainSection {
             accum_steps: 1,
             grad_cache_chunk: None,
             activation_checkpointing: false,
+            precision: TrainPrecision::Fp32,
             seed: 0,
             output: PathBuf::from("runs/train"),
             checkpoint_every: 500,
@@ -309,6 +313,7 @@ impl TrainConfig {
             accum_steps: t.accum_steps,
             grad_cache_chunk: t.grad_cache_chunk,
             activation_checkpointing: t.activation_checkpointing,
+            precision: t.precision,
             schedule: Schedule {
                 kind: t.schedule,
                 base_lr: t.lr,

@@ -11,6 +11,7 @@
 //! * [`init`]: open_clip's random initialisation, seeded.
 //! * [`loss`]: CLIP and GCL objectives on embeddings.
 //! * [`optim`]: AdamW with open_clip's decay groups, schedules, gradient clipping.
+//! * [`precision`]: fp32 or bf16 mixed-precision products (`train.precision`).
 //! * [`rng`]: the seedable generator behind every random draw of training.
 //! * [`step`]: a batch's loss and gradients, plain or with gradient caching.
 //! * [`trainer`]: the loop, its log, evaluations, checkpoints and exact resumption.
@@ -27,6 +28,7 @@ pub mod loader;
 pub mod loss;
 pub mod optim;
 pub mod params;
+pub mod precision;
 pub mod recompute;
 pub mod rng;
 pub mod run;

@@ -16,6 +16,7 @@ use super::checkpoint::{
 use super::loss::{clamp_logit_scale, GclSpec};
 use super::optim::{AdamW, AdamWConfig, Schedule};
 use super::params::{Freeze, ParamSet};
+use super::precision::TrainPrecision;
 use super::step::{loss_and_grads_planned, Batch, MemoryPlan};
 use super::TrainError;
 use crate::model::Clip;
@@ -35,6 +36,9 @@ pub struct TrainOptions {
     /// ([`super::recompute`]); composes with `grad_cache_chunk`. Same gradients up to rounding.
     #[serde(default)]
     pub activation_checkpointing: bool,
+    /// The precision of the linear layers' products ([`TrainPrecision`]).
+    #[serde(default)]
+    pub precision: TrainPrecision,
     pub schedule: Schedule,
     pub adamw: AdamWConfig,
     /// Clip the global gradient norm to this value.
@@ -134,6 +138,7 @@ impl Trainer {
     /// A fresh run of `clip` writing into `run_dir` (`log.jsonl`, `checkpoints/`).
     pub fn new(mut clip: Clip, options: TrainOptions, run_dir: &Path) -> Result<Self, TrainError> {
         validate(&options)?;
+        clip.set_dense_products(options.precision.products());
         let params = ParamSet::attach(&mut clip, &options.freeze)?;
         let opt = AdamW::new(&params, options.adamw.clone());
         let state = TrainState {
@@ -176,16 +181,34 @@ impl Trainer {
         };
         let ck = load_checkpoint(&dir, &candle_core::Device::Cpu)?;
         if let Some(saved) = ck.state.extra.get("options") {
+            let saved_precision: TrainPrecision = saved
+                .get("precision")
+                .and_then(|p| serde_json::from_value(p.clone()).ok())
+                .unwrap_or_default();
+            if saved_precision != options.precision {
+                tracing::info!(
+                    checkpoint = %dir.display(),
+                    "resuming a run trained in {saved_precision} in {}: its weights and optimizer \
+                     state are f32 in either precision, so the run continues from them as saved",
+                    options.precision
+                );
+            }
             let now = serde_json::to_value(&options).unwrap_or_default();
             if let (Some(a), Some(b)) = (saved.as_object(), now.as_object()) {
                 for (k, v) in b {
-                    if k != "total_steps" && a.get(k) != Some(v) {
+                    // A checkpoint from before `precision` existed was trained in fp32.
+                    let same = a.get(k) == Some(v)
+                        || (k == "precision"
+                            && a.get(k).is_none()
+                            && saved_precision == options.precision);
+                    if k != "total_steps" && !same {
                         tracing::warn!(option = %k, "differs from the checkpoint's; the resumed run will not follow the original trajectory");
                     }
                 }
             }
         }
         let mut clip = ck.clip.clone();
+        clip.set_dense_products(options.precision.products());
         let params = ParamSet::attach(&mut clip, &options.freeze)?;
         let mut opt = AdamW::new(&params, options.adamw.clone());
         ck.restore_optimizer(&mut opt, &params)?;
@@ -474,6 +497,7 @@ mod tests {
             accum_steps: 1,
             grad_cache_chunk: None,
             activation_checkpointing: false,
+            precision: TrainPrecision::Fp32,
             schedule: Schedule {
                 kind: ScheduleKind::Cosine,
                 base_lr: 5e-3,
@@ -622,5 +646,77 @@ mod tests {
             let _ = std::fs::remove_dir_all(&dir_b);
         }
         let _ = std::fs::remove_dir_all(&dir_a);
+    }
+
+    /// bf16 products follow the fp32 run's loss curve (and do round: the curves differ); with activation checkpointing and gradient caching the bf16 run repeats
+    /// the plain bf16 run, as in fp32.
+    #[test]
+    fn bf16_training_follows_the_fp32_loss_curve() {
+        let model = || init_open_clip(&tiny_config(false), 7, &Device::Cpu, DType::F32).unwrap();
+        let dir = temp("fp32-curve");
+        let (fp32, _) = run(&mut Trainer::new(model(), options(4), &dir).unwrap(), None);
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut bf16_opts = options(4);
+        bf16_opts.precision = TrainPrecision::Bf16;
+        let dir = temp("bf16-curve");
+        let mut trainer = Trainer::new(model(), bf16_opts.clone(), &dir).unwrap();
+        assert!(matches!(
+            trainer.clip.vision.transformer.blocks[0].fc1.products,
+            crate::model::DenseProducts::Bf16(_)
+        ));
+        let (bf16, _) = run(&mut trainer, None);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(bf16.len(), fp32.len());
+        let mut largest = 0f64;
+        for ((s, a), (_, b)) in fp32.iter().zip(&bf16) {
+            let r = (a - b).abs() / a.abs();
+            // The first loss is of the same weights; later ones of trajectories that part
+            // a little more at each step of this toy run's high learning rate.
+            let tolerance = if *s == 1 { 2e-3 } else { 5e-2 };
+            assert!(r <= tolerance, "step {s}: fp32 {a} vs bf16 {b}");
+            largest = largest.max(r);
+        }
+        assert!(largest > 0.0, "the bf16 run gave the fp32 losses exactly");
+        for chunk in [None, Some(4)] {
+            let mut opts = bf16_opts.clone();
+            opts.activation_checkpointing = true;
+            opts.grad_cache_chunk = chunk;
+            let dir = temp("bf16-recompute");
+            let (recomputed, _) = run(&mut Trainer::new(model(), opts, &dir).unwrap(), None);
+            let _ = std::fs::remove_dir_all(&dir);
+            for ((s, a), (_, b)) in bf16.iter().zip(&recomputed) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * a.abs(),
+                    "chunk {chunk:?} step {s}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    /// A run checkpointed in fp32 resumes in bf16 (the weights and optimizer state are f32
+    /// either way), and the checkpoint of the bf16 run then records bf16.
+    #[test]
+    fn a_checkpoint_resumes_in_the_other_precision() {
+        let model = || init_open_clip(&tiny_config(false), 7, &Device::Cpu, DType::F32).unwrap();
+        let dir = temp("precision-switch");
+        let (first, _) = run(&mut Trainer::new(model(), options(3), &dir).unwrap(), None);
+        assert_eq!(first.len(), 3);
+        let mut opts = options(5);
+        opts.precision = TrainPrecision::Bf16;
+        let mut resumed = Trainer::resume(&dir, opts, &dir).unwrap();
+        assert_eq!(resumed.state.step, 3);
+        assert!(matches!(
+            resumed.clip.text.transformer.blocks[1].attn.qkv.products,
+            crate::model::DenseProducts::Bf16(_)
+        ));
+        let (rest, summary) = run(&mut resumed, None);
+        assert_eq!(rest.iter().map(|r| r.0).collect::<Vec<_>>(), vec![4, 5]);
+        assert!(rest.iter().all(|r| r.1.is_finite()));
+        let saved: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(summary.last_checkpoint.unwrap().join("state.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(saved["extra"]["options"]["precision"], "bf16", "{saved}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

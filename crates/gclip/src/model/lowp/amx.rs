@@ -18,6 +18,7 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use super::x86::{bias_halves, masks};
@@ -152,7 +153,7 @@ macro_rules! tile_product {
         /// A [`TileSession`] is active on this thread; A holds 16 (32 with `two`) readable rows
         /// of at least `steps` words at stride `lda`; the panel holds `steps` K-steps.
         #[inline(always)]
-        unsafe fn $name(t: &Tile, two: bool, steps: usize, acc: &mut Accumulators) {
+        unsafe fn $name(t: &Tile, two: bool, steps: usize, acc: *mut Accumulators) {
             let lda_bytes = t.lda * 4;
             let mut a = t.a.cast::<u8>();
             let mut b = t.b.cast::<u8>();
@@ -205,7 +206,7 @@ macro_rules! tile_product {
                     a = a.add(TILE_K * 4);
                     b = b.add(TILE_K * B_ROW_BYTES);
                 }
-                let c = acc.0.as_mut_ptr().cast::<u8>();
+                let c = acc.cast::<u8>();
                 asm!(
                     "tilestored [{c} + {s}*1], tmm0",
                     "tilestored [{c1} + {s}*1], tmm1",
@@ -240,12 +241,15 @@ tile_product!(product_int8, "tdpbusd");
 /// [`TileSession`] on this thread, and a CPU with AMX-BF16 and AVX-512 BF16.
 pub unsafe fn kern_bf16(t: &Tile, m: usize) {
     debug_assert!(t.init && t.fin && m <= MR);
-    let mut acc = Accumulators([0; MR * NR]);
+    // Not zeroed: the tiles store rows 0..16 (0..32 for `m > 16`) whatever `steps` is, and
+    // the finish reads rows below `m` only (a 4 KB memset per tile cost a quarter of the
+    // kernel's time on AMX).
+    let mut acc = MaybeUninit::<Accumulators>::uninit();
     let steps = t.k / TILE_K * TILE_K;
     // SAFETY: forwarded contract (rows beyond `m` up to the 16-row tile are the zero padding).
     unsafe {
-        product_bf16(t, m > 16, steps, &mut acc);
-        finish_bf16(t, m, steps, &acc);
+        product_bf16(t, m > 16, steps, acc.as_mut_ptr());
+        finish_bf16(t, m, steps, acc.as_ptr());
     }
 }
 
@@ -257,12 +261,12 @@ pub unsafe fn kern_bf16(t: &Tile, m: usize) {
 /// with AMX-INT8 and AVX-512 VNNI.
 pub unsafe fn kern_int8(t: &Tile, m: usize) {
     debug_assert!(t.init && t.fin && m <= MR);
-    let mut acc = Accumulators([0; MR * NR]);
+    let mut acc = MaybeUninit::<Accumulators>::uninit();
     let steps = t.k / TILE_K * TILE_K;
     // SAFETY: as in `kern_bf16`.
     unsafe {
-        product_int8(t, m > 16, steps, &mut acc);
-        finish_int8(t, m, steps, &acc);
+        product_int8(t, m > 16, steps, acc.as_mut_ptr());
+        finish_int8(t, m, steps, acc.as_ptr());
     }
 }
 
@@ -271,15 +275,16 @@ pub unsafe fn kern_int8(t: &Tile, m: usize) {
 /// # Safety
 /// As [`kern_bf16`].
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn finish_bf16(t: &Tile, m: usize, from: usize, acc: &Accumulators) {
+unsafe fn finish_bf16(t: &Tile, m: usize, from: usize, acc: *const Accumulators) {
     let (k0, k1) = masks(t.ncols);
-    // SAFETY (whole body): `acc` holds 32 rows of 32 values; A rows `< m` hold `t.k` words, the
+    // SAFETY (whole body): `acc` holds 32 rows of 32 values, the first `m` of them stored by
+    // the tiles; A rows `< m` hold `t.k` words, the
     // panel `t.k` K-steps of NR words; bias, c and the residual are read or written only in
     // the `ncols` lanes the masks keep, rows `< m`.
     unsafe {
         let (bias0, bias1) = bias_halves(t, k0, k1);
         for i in 0..m {
-            let row = acc.0.as_ptr().add(i * NR).cast::<f32>();
+            let row = acc.cast::<f32>().add(i * NR);
             let mut v0 = _mm512_loadu_ps(row);
             let mut v1 = _mm512_loadu_ps(row.add(16));
             for kk in from..t.k {
@@ -309,7 +314,7 @@ unsafe fn finish_bf16(t: &Tile, m: usize, from: usize, acc: &Accumulators) {
 /// # Safety
 /// As [`kern_int8`].
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn finish_int8(t: &Tile, m: usize, from: usize, acc: &Accumulators) {
+unsafe fn finish_int8(t: &Tile, m: usize, from: usize, acc: *const Accumulators) {
     let (k0, k1) = masks(t.ncols);
     // SAFETY (whole body): as in `finish_bf16`; corr and wscale hold NR values (padded arrays),
     // xscale holds `m`.
@@ -320,7 +325,7 @@ unsafe fn finish_int8(t: &Tile, m: usize, from: usize, acc: &Accumulators) {
         let s1 = _mm512_loadu_ps(t.wscale.add(16));
         let (bias0, bias1) = bias_halves(t, k0, k1);
         for i in 0..m {
-            let row = acc.0.as_ptr().add(i * NR);
+            let row = acc.cast::<u32>().add(i * NR);
             let mut r0 = _mm512_add_epi32(_mm512_loadu_si512(row.cast()), corr0);
             let mut r1 = _mm512_add_epi32(_mm512_loadu_si512(row.add(16).cast()), corr1);
             for kk in from..t.k {

@@ -1,0 +1,276 @@
+//! Mixed-precision training's matrix products. A dense layer keeps its f32 weight (the master
+//! copy that the optimizer updates) and multiplies in bf16 with f32 accumulation, forward and
+//! backward, on the bf16 kernels of [`super::lowp`] (AMX, `avx512_bf16`, or the fallbacks).
+//!
+//! Each product packs its right-hand side when it runs: the weights change at every step, and
+//! packing reads `in × out` values against the product's `rows × in × out` multiply-adds. The
+//! three products of a linear layer `y = x·W + b` (`W: [in, out]`) are
+//! - forward `x·W`, with `W` packed from its `[in, out]` rows;
+//! - input gradient `g·Wᵀ`, with `W` read as PyTorch's `[out, in]` layout of a layer from `out`
+//!   to `in`, which is what it is;
+//! - weight gradient `xᵀ·g`, a product over the batch's rows: `g` is packed as the right-hand
+//!   side (`[rows, out]`, its rows the K pairs) and `x` transposed to be the left one.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
+
+use super::kernels::{contiguous_f32, transpose_f32, Activation};
+use super::lowp::{self, Bf16Kernel, PackedBf16};
+
+fn kernel_error(what: &str) -> impl FnOnce(String) -> candle_core::Error + '_ {
+    move |e| candle_core::Error::Msg(format!("bf16 {what}: {e}"))
+}
+
+fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// `act(x)·W + b` for `x: [rows, in]`, `W: [in, out]` f32 (rounded to bf16 here), `b: [out]`.
+pub(crate) fn linear_forward(
+    x: &[f32],
+    rows: usize,
+    (w, in_dim, out_dim): (&[f32], usize, usize),
+    bias: &[f32],
+    act: Option<Activation>,
+    kernel: Bf16Kernel,
+) -> Result<Vec<f32>> {
+    let packed = PackedBf16::pack_in_out(w, in_dim, out_dim).map_err(kernel_error("linear"))?;
+    let fused = lowp::Fused {
+        act,
+        residual: None,
+    };
+    lowp::linear_bf16_fused(x, rows, &packed, bias, fused, kernel, threads())
+        .map_err(kernel_error("linear"))
+}
+
+/// `g·Wᵀ` (a [`CustomOp2`] of `g: [rows, out]` and `W: [in, out]`), `[rows, in]`: the gradient
+/// of a linear layer's input.
+pub(crate) struct InputGradOp {
+    pub kernel: Bf16Kernel,
+}
+
+impl CustomOp2 for InputGradOp {
+    fn name(&self) -> &'static str {
+        "gclip-bf16-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, out_dim) = gl.shape().dims2()?;
+        let (in_dim, w_out) = wl.shape().dims2()?;
+        if w_out != out_dim {
+            candle_core::bail!("bf16 input gradient: gradient [{rows}, {out_dim}] against weight [{in_dim}, {w_out}]");
+        }
+        let g = contiguous_f32(gs, gl, "output gradient")?;
+        let w = contiguous_f32(ws, wl, "linear weight")?;
+        // `W` row-major `[in, out]` is PyTorch's layout of a layer with `out` inputs.
+        let packed =
+            PackedBf16::pack_out_in(w, out_dim, in_dim).map_err(kernel_error("input gradient"))?;
+        let dst = lowp::linear_bf16_fused(
+            g,
+            rows,
+            &packed,
+            &[],
+            lowp::Fused::default(),
+            self.kernel,
+            threads(),
+        )
+        .map_err(kernel_error("input gradient"))?;
+        Ok((CpuStorage::F32(dst), Shape::from((rows, in_dim))))
+    }
+}
+
+/// `xᵀ·g` (a [`CustomOp2`] of `x: [rows, in]` and `g: [rows, out]`), `[in, out]`: the
+/// gradient of a linear layer's weight, summed over the rows in f32.
+pub(crate) struct WeightGradOp {
+    pub kernel: Bf16Kernel,
+}
+
+impl CustomOp2 for WeightGradOp {
+    fn name(&self) -> &'static str {
+        "gclip-bf16-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, in_dim) = xl.shape().dims2()?;
+        let (g_rows, out_dim) = gl.shape().dims2()?;
+        if g_rows != rows {
+            candle_core::bail!("bf16 weight gradient: input [{rows}, {in_dim}] against gradient [{g_rows}, {out_dim}]");
+        }
+        let shape = Shape::from((in_dim, out_dim));
+        if rows == 0 {
+            return Ok((CpuStorage::F32(vec![0.0; in_dim * out_dim]), shape));
+        }
+        let x = contiguous_f32(xs, xl, "linear input")?;
+        let g = contiguous_f32(gs, gl, "output gradient")?;
+        let packed =
+            PackedBf16::pack_in_out(g, rows, out_dim).map_err(kernel_error("weight gradient"))?;
+        let x_t = transpose_f32(x, rows, in_dim);
+        let dst = lowp::linear_bf16_fused(
+            &x_t,
+            in_dim,
+            &packed,
+            &[],
+            lowp::Fused::default(),
+            self.kernel,
+            threads(),
+        )
+        .map_err(kernel_error("weight gradient"))?;
+        Ok((CpuStorage::F32(dst), shape))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Tensor, Var};
+
+    use crate::model::kernels::{activate, test_tensor};
+    use crate::model::layers::Linear;
+    use crate::model::lowp::{bf16_to_f32, f32_to_bf16, Bf16Kernel};
+    use crate::model::precision::DenseProducts;
+    use crate::model::Activation;
+
+    /// `t` rounded to bf16, as f64 (exact), for a reference computed without rounding error.
+    fn rounded(t: &Tensor) -> Tensor {
+        let v: Vec<f64> = t
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|x| bf16_to_f32(f32_to_bf16(x)) as f64)
+            .collect();
+        Tensor::from_vec(v, t.dims(), t.device()).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let a = a.to_dtype(DType::F64).unwrap();
+        let b = b.to_dtype(DType::F64).unwrap();
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    /// Output, and gradients of `Σ out ∘ weights` with respect to x, W and b.
+    fn run(
+        products: DenseProducts,
+        (x, w, b): (&Tensor, &Tensor, &Tensor),
+        act: Option<Activation>,
+        weights: &Tensor,
+    ) -> (Tensor, [Tensor; 3]) {
+        let vars = [x, w, b].map(|t| Var::from_tensor(t).unwrap());
+        let mut layer = Linear::dense(vars[1].as_tensor().clone(), vars[2].as_tensor().clone());
+        layer.products = products;
+        let out = match act {
+            None => layer.forward(vars[0].as_tensor()),
+            Some(act) => layer.forward_after(vars[0].as_tensor(), act),
+        }
+        .unwrap();
+        let grads = (&out * weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
+        (out, [g(&vars[0]), g(&vars[1]), g(&vars[2])])
+    }
+
+    /// Each product equals an exact (f64) product of the bf16-rounded operands to f32
+    /// accumulation error, for every bf16 kernel this CPU runs; row counts that are not
+    /// multiples of the AMX tile height and odd ones (the weight gradient's K) included.
+    #[test]
+    fn bf16_products_equal_rounded_operands_forward_and_backward() {
+        for kernel in Bf16Kernel::available() {
+            for (rows, in_dim, out_dim) in [(14, 24, 33), (15, 40, 7), (1, 3, 5), (37, 96, 64)] {
+                let x = test_tensor(&[rows, in_dim], 1);
+                let w = test_tensor(&[in_dim, out_dim], 2);
+                let b = test_tensor(&[out_dim], 3);
+                let weights = test_tensor(&[rows, out_dim], 4);
+                let (out, [gx, gw, gb]) =
+                    run(DenseProducts::Bf16(kernel), (&x, &w, &b), None, &weights);
+                let (xr, wr, gr) = (rounded(&x), rounded(&w), rounded(&weights));
+                let want_out = xr
+                    .matmul(&wr)
+                    .unwrap()
+                    .broadcast_add(&b.to_dtype(DType::F64).unwrap())
+                    .unwrap();
+                let want_gx = gr.matmul(&wr.t().unwrap()).unwrap();
+                let want_gw = xr.t().unwrap().matmul(&gr).unwrap();
+                let want_gb = weights.to_dtype(DType::F64).unwrap().sum(0).unwrap();
+                let case = format!("{kernel:?} {rows}x{in_dim}x{out_dim}");
+                for (what, got, want, tol) in [
+                    ("output", &out, &want_out, 1e-5 * in_dim as f64),
+                    ("input gradient", &gx, &want_gx, 1e-5 * out_dim as f64),
+                    ("weight gradient", &gw, &want_gw, 1e-5 * rows as f64),
+                    ("bias gradient", &gb, &want_gb, 1e-5 * rows as f64),
+                ] {
+                    let d = max_abs_diff(got, want);
+                    assert!(d <= tol, "{case}: {what} differs by {d}");
+                }
+                // The products did round: the f32 layer gives other numbers.
+                let (out_f32, [_, gw_f32, _]) =
+                    run(DenseProducts::F32, (&x, &w, &b), None, &weights);
+                if in_dim > 3 {
+                    assert!(max_abs_diff(&out, &out_f32) > 1e-4, "{case}: not rounded");
+                    assert!(max_abs_diff(&gw, &gw_f32) > 1e-4, "{case}: not rounded");
+                }
+            }
+        }
+    }
+
+    /// With the MLP's activation applied inside the layer, the forward product rounds the
+    /// activated input, and the gradients stay within bf16 error of the f32 layer's.
+    #[test]
+    fn bf16_products_after_an_activation() {
+        let kernel = Bf16Kernel::best();
+        let (rows, in_dim, out_dim) = (20, 64, 24);
+        let x = (test_tensor(&[rows, in_dim], 5) * 3.0).unwrap();
+        let w = test_tensor(&[in_dim, out_dim], 6);
+        let b = test_tensor(&[out_dim], 7);
+        let weights = test_tensor(&[rows, out_dim], 8);
+        for act in [Activation::Gelu, Activation::QuickGelu] {
+            let (out, grads) = run(
+                DenseProducts::Bf16(kernel),
+                (&x, &w, &b),
+                Some(act),
+                &weights,
+            );
+            let want_out = rounded(&activate(&x, act).unwrap())
+                .matmul(&rounded(&w))
+                .unwrap()
+                .broadcast_add(&b.to_dtype(DType::F64).unwrap())
+                .unwrap();
+            let d = max_abs_diff(&out, &want_out);
+            assert!(d <= 1e-3, "{act:?}: output differs by {d}");
+            let (_, grads_f32) = run(DenseProducts::F32, (&x, &w, &b), Some(act), &weights);
+            for (i, (g, g32)) in grads.iter().zip(&grads_f32).enumerate() {
+                let scale = max_abs_diff(g32, &g32.zeros_like().unwrap());
+                let d = max_abs_diff(g, g32);
+                assert!(
+                    d <= 0.02 * scale,
+                    "{act:?}: gradient {i} differs by {d} of {scale}"
+                );
+                // The bias gradient sums the output gradient alone, in f32 either way.
+                assert_eq!(d > 0.0, i < 2, "{act:?}: gradient {i} differs by {d}");
+            }
+        }
+    }
+}
