@@ -54,9 +54,11 @@ pub struct TrainArgs {
     /// Continue from this checkpoint directory or run directory.
     #[arg(long, conflicts_with = "resume")]
     resume_from: Option<PathBuf>,
-    /// Training runs in fp32; bf16 and int8 are inference precisions (refused here).
-    #[arg(long, default_value = "fp32")]
-    precision: gclip::model::Precision,
+    /// Precision of the matrix products: fp32, or bf16 (mixed precision: bf16 products, f32
+    /// weights, optimizer state and loss). Overrides `train.precision`; int8 is for inference
+    /// only.
+    #[arg(long)]
+    precision: Option<gclip::train::precision::TrainPrecision>,
 }
 
 /// The command line that continues an interrupted run: this one, with `--resume` in place of
@@ -94,15 +96,10 @@ fn shell_quote(a: &str) -> String {
 }
 
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
-    if !args.precision.trains() {
-        anyhow::bail!(
-            "--precision {}: training runs in fp32 only (bf16 and int8 weights have no gradients); \
-             train in fp32, then embed, index or serve the result with --precision {}",
-            args.precision,
-            args.precision
-        );
-    }
     let mut sets = args.set.clone();
+    if let Some(p) = args.precision {
+        sets.push(format!("train.precision=\"{p}\""));
+    }
     if let Some(v) = args.steps {
         sets.push(format!("train.steps={v}"));
     }

@@ -479,11 +479,11 @@ fn converted_weights_are_cached_checked_and_rebuilt() {
     assert_eq!(cache_files(), vec![file]);
 }
 
-/// Training runs in fp32 only: a reduced precision is refused before anything is read, naming
-/// the precision and what to do instead.
+/// Training runs in fp32 or bf16: int8 and unknown precisions are refused before anything is
+/// read, naming the precision and the choices.
 #[test]
-fn training_refuses_reduced_precision() {
-    for precision in ["bf16", "int8"] {
+fn training_refuses_inference_only_and_unknown_precisions() {
+    for (precision, says) in [("int8", "for inference only"), ("fp16", "unknown")] {
         let o = gclip(&[
             "train",
             "--config",
@@ -494,11 +494,10 @@ fn training_refuses_reduced_precision() {
         assert!(!o.status.success());
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(
-            stderr.contains(&format!(
-                "--precision {precision}: training runs in fp32 only"
-            )),
+            stderr.contains(precision) && stderr.contains(says) && stderr.contains("fp32 or bf16"),
             "{stderr}"
         );
+        assert!(!stderr.contains("/nonexistent"), "{stderr}");
     }
 }
 

@@ -41,11 +41,6 @@ impl Precision {
             Precision::Int8 => "int8",
         }
     }
-
-    /// Whether training can run at this precision (only fp32 has gradients).
-    pub fn trains(self) -> bool {
-        self == Precision::Fp32
-    }
 }
 
 impl fmt::Display for Precision {

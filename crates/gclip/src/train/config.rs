@@ -608,4 +608,21 @@ mod tests {
         let e = parse(r#"{"train": {"batch_sampler": "one-per-query"}}"#).unwrap_err();
         assert!(e.contains("unknown variant") && e.contains("unique"), "{e}");
     }
+
+    #[test]
+    fn precision_reaches_the_options_and_refuses_int8_and_unknown_names() {
+        assert_eq!(
+            parse("{}").unwrap().options().unwrap().precision,
+            TrainPrecision::Fp32
+        );
+        let bf16 = parse(r#"{"train": {"precision": "bf16"}}"#).unwrap();
+        assert_eq!(bf16.options().unwrap().precision, TrainPrecision::Bf16);
+        for (bad, says) in [("int8", "for inference only"), ("half", "unknown")] {
+            let e = parse(&format!(r#"{{"train": {{"precision": "{bad}"}}}}"#)).unwrap_err();
+            assert!(
+                e.contains(bad) && e.contains(says) && e.contains("fp32 or bf16"),
+                "{e}"
+            );
+        }
+    }
 }
