@@ -19,6 +19,7 @@ pub mod exact;
 pub mod filter;
 pub mod ingest;
 pub mod lexical;
+mod memory;
 pub mod netguard;
 mod payload;
 mod quant;
