@@ -22,6 +22,7 @@ pub mod lexical;
 mod memory;
 pub mod netguard;
 mod payload;
+mod planner;
 mod quant;
 pub mod query;
 pub mod remote;

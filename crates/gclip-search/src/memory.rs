@@ -2,8 +2,8 @@
 //! indexes catch up from.
 //!
 //! The store ([`crate::sqlite`]) owns both and writes them; the derived indexes ([`crate::ann`],
-//! [`crate::lexical`]) and the store's searches only read them. This module sits below all of
-//! them and imports none of them.
+//! [`crate::lexical`]) and the query planner ([`crate::planner`]) only read them. This module
+//! sits below all of them and imports none of them.
 
 use std::collections::HashMap;
 

@@ -5,8 +5,11 @@
 //! Every write is one transaction that also bumps the collection's *generation*; each document
 //! row records the generation that last wrote it and each deletion leaves a tombstone, so a
 //! derived index saved at generation `g` catches up by replaying what changed after `g`.
+//!
+//! Here: the store (opening, the write transaction, catching the derived indexes up) and the
+//! [`Store`] operations. The tables, rows and lock file are in `schema.rs`; the documents held in
+//! memory in `memory.rs`; how a search runs in `planner.rs`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
@@ -15,59 +18,22 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::ann::AnnState;
 use crate::document::{Document, Fields};
 use crate::error::{corrupt, db_err, io_err, Result, SearchError};
-use crate::exact::{self, Quantized};
 use crate::lexical::LexicalState;
 use crate::memory::{Changes, Mem};
-use crate::payload::slot_bits;
+use crate::planner::Planner;
 use crate::store::{
-    CollectionInfo, FileState, Fusion, Hit, NewDocument, SearchMode, SearchRequest, Store,
-    WriteReceipt,
+    CollectionInfo, FileState, Hit, NewDocument, SearchRequest, Store, WriteReceipt,
 };
 
-/// The database file inside a collection directory.
-pub const DB_FILE: &str = "collection.sqlite3";
+mod schema;
 
-/// Held (an exclusive file lock) while a process has the collection open: the in-memory state
-/// and the derived indexes belong to one process at a time.
-pub const LOCK_FILE: &str = "collection.lock";
-
-const SCHEMA_VERSION: &str = "1";
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS documents (
-    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    fields TEXT NOT NULL,
-    vector BLOB NOT NULL,
-    source_path TEXT,
-    source_size INTEGER,
-    source_mtime INTEGER,
-    source_hash TEXT,
-    gen INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS documents_gen ON documents(gen);
-CREATE TABLE IF NOT EXISTS tombstones (rowid INTEGER NOT NULL, gen INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS tombstones_gen ON tombstones(gen);
-";
-
-/// Tuning of the embedded backend.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    /// Below this many documents, `SearchMode::Auto` searches exactly and no HNSW index is kept.
-    pub exact_below: usize,
-}
-
-impl Default for StoreOptions {
-    /// 20,000 documents, or `GCLIP_EXACT_BELOW` from the environment.
-    fn default() -> Self {
-        let exact_below = std::env::var("GCLIP_EXACT_BELOW")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(20_000);
-        Self { exact_below }
-    }
-}
+pub use crate::planner::StoreOptions;
+pub(crate) use schema::{
+    check_schema_version, decode_vector, lock_collection, now_unix, parse_fields, read_generation,
+    read_info,
+};
+use schema::{connect, vector_to_blob, SCHEMA_VERSION};
+pub use schema::{DB_FILE, LOCK_FILE};
 
 /// A collection stored in a directory: SQLite plus derived indexes.
 pub struct SqliteStore {
@@ -83,149 +49,11 @@ pub struct SqliteStore {
     lexical: LexicalState,
 }
 
-fn vector_to_blob(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// The vector stored for document `id` in the collection `dir`: exactly `dim` little-endian
-/// f32s, all finite (what [`Store::upsert`] accepts), or an error naming the document.
-pub(crate) fn decode_vector(dir: &Path, id: &str, blob: &[u8], dim: usize) -> Result<Vec<f32>> {
-    if blob.len() != dim * 4 {
-        return Err(corrupt(
-            dir,
-            format!(
-                "documents table: document {id:?} has a vector of {} bytes, the collection's \
-                 dimension {dim} needs {}",
-                blob.len(),
-                dim * 4
-            ),
-        ));
-    }
-    let v: Vec<f32> = blob
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(corrupt(
-            dir,
-            format!(
-                "documents table: document {id:?} has a non-finite vector ({} at index {i})",
-                v[i]
-            ),
-        ));
-    }
-    Ok(v)
-}
-
-/// The fields stored for document `id` in the collection `dir`: a JSON object, or an error
-/// naming the document and the parse error.
-pub(crate) fn parse_fields(dir: &Path, id: &str, text: &str) -> Result<Fields> {
-    serde_json::from_str::<Fields>(text).map_err(|e| {
-        corrupt(
-            dir,
-            format!("documents table: the fields of document {id:?} are not a JSON object: {e}"),
-        )
-    })
-}
-
-/// A value of the `meta` table, or an error naming the key when it is missing.
-pub(crate) fn read_meta(conn: &Connection, dir: &Path, key: &str) -> Result<String> {
-    let db_path = dir.join(DB_FILE);
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
-        r.get::<_, String>(0)
-    })
-    .optional()
-    .map_err(db_err(&db_path))?
-    .ok_or_else(|| corrupt(dir, format!("meta table: key {key:?} is missing")))
-}
-
-/// The collection info (model, spec) stored in the `meta` table.
-pub(crate) fn read_info(conn: &Connection, dir: &Path) -> Result<CollectionInfo> {
-    let text = read_meta(conn, dir, "info")?;
-    serde_json::from_str(&text).map_err(|e| {
-        corrupt(
-            dir,
-            format!("meta table: key \"info\" is not a collection info: {e}"),
-        )
-    })
-}
-
-/// The schema version, which must be the one this gclip reads.
-pub(crate) fn check_schema_version(conn: &Connection, dir: &Path) -> Result<()> {
-    let version = read_meta(conn, dir, "schema_version")?;
-    if version != SCHEMA_VERSION {
-        return Err(SearchError::Database {
-            path: dir.join(DB_FILE),
-            message: format!("schema version {version:?}, this gclip reads {SCHEMA_VERSION}"),
-        });
-    }
-    Ok(())
-}
-
-/// The generation of the last committed write, from the `meta` table.
-pub(crate) fn read_generation(conn: &Connection, dir: &Path) -> Result<u64> {
-    let g = read_meta(conn, dir, "generation")?;
-    g.parse().map_err(|e| {
-        corrupt(
-            dir,
-            format!("meta table: key \"generation\" holds {g:?}, not a generation: {e}"),
-        )
-    })
-}
-
-pub(crate) fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Takes the collection's lock (held while the returned file is open): one process at a time.
-pub(crate) fn lock_collection(dir: &Path) -> Result<std::fs::File> {
-    if !SqliteStore::exists(dir) {
-        return Err(SearchError::NotACollection(dir.to_path_buf()));
-    }
-    let lock_path = dir.join(LOCK_FILE);
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_err(&lock_path))?;
-    match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(std::fs::TryLockError::WouldBlock) => Err(SearchError::Invalid(format!(
-            "collection {} is open in another process (a running `gclip serve`?); \
-             stop it or use its HTTP API",
-            dir.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(io_err(&lock_path)(e)),
-    }
-}
-
 impl SqliteStore {
     /// True when `dir` holds a collection database.
     pub fn exists(dir: &Path) -> bool {
-        dir.join(DB_FILE).is_file()
+        schema::exists(dir)
     }
-
-    fn connect(db_path: &Path) -> Result<Connection> {
-        let conn = Connection::open(db_path).map_err(db_err(db_path))?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(db_err(db_path))?;
-        // A document row (a 512-d f32 vector is 2 KB) fits once in a default 4 KB page, leaving
-        // half of it empty; 16 KB pages hold seven. Only takes effect on a new database.
-        conn.pragma_update(None, "page_size", 16384)
-            .map_err(db_err(db_path))?;
-        // WAL: readers never block the writer; FULL: a committed batch survives power loss too.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_err(db_path))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(db_err(db_path))?;
-        conn.execute_batch(SCHEMA).map_err(db_err(db_path))?;
-        Ok(conn)
-    }
-
     /// Creates a collection in `dir` (made if missing). Fails if one is already there.
     pub fn create(dir: &Path, mut info: CollectionInfo, options: StoreOptions) -> Result<Self> {
         if Self::exists(dir) {
@@ -236,7 +64,7 @@ impl SqliteStore {
         }
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let db_path = dir.join(DB_FILE);
-        let conn = Self::connect(&db_path)?;
+        let conn = connect(&db_path)?;
         if info.created == 0 {
             info.created = now_unix();
         }
@@ -289,7 +117,7 @@ impl SqliteStore {
             }
         }
         let db_path = dir.join(DB_FILE);
-        let conn = Self::connect(&db_path)?;
+        let conn = connect(&db_path)?;
         check_schema_version(&conn, dir)?;
         let info = read_info(&conn, dir)?;
         // Read once here so that a damaged counter stops the open, not the first write.
@@ -348,11 +176,6 @@ impl SqliteStore {
         self.mem.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the HNSW index is used at the current size.
-    fn wants_ann(&self, len: usize) -> bool {
-        len >= self.options.exact_below
-    }
-
     /// Brings the derived indexes to the database's generation: loads them, replays the changes
     /// since their generation, or rebuilds them from the documents.
     fn sync_derived(&self) -> Result<()> {
@@ -360,7 +183,7 @@ impl SqliteStore {
         let generation = read_generation(&conn, &self.dir)?;
         let mem = self.mem();
         let changes = |since: u64| -> Result<Changes> { self.changes_since(&conn, since) };
-        if self.wants_ann(mem.len()) {
+        if self.options.wants_ann(mem.len()) {
             self.ann.sync(&mem, generation, &changes)?;
         }
         self.lexical
@@ -418,155 +241,6 @@ impl SqliteStore {
         tx.commit().map_err(&e)?;
         Ok((out, generation))
     }
-
-    fn hit(&self, mem: &Mem, slot: usize, score: f32) -> Hit {
-        let fields = mem.fields[slot].clone();
-        let image = self
-            .info
-            .spec
-            .image_fields()
-            .find_map(|f| fields.get(f).and_then(|v| v.as_str()).map(String::from));
-        Hit {
-            id: mem.ids[slot].clone(),
-            score,
-            cosine: None,
-            bm25: None,
-            image,
-            fields,
-        }
-    }
-
-    /// Vector search: `(slot, cosine)` best first, `k` of them.
-    fn vector_search(
-        &self,
-        mem: &Mem,
-        query: &[f32],
-        k: usize,
-        request: &SearchRequest,
-    ) -> Result<Vec<(usize, f32)>> {
-        if query.len() != mem.dim {
-            return Err(SearchError::Dimension {
-                got: query.len(),
-                want: mem.dim,
-            });
-        }
-        // Never more than there are documents (a user's limit can be anything).
-        let k = k.min(mem.len());
-        if k == 0 {
-            return Ok(Vec::new());
-        }
-        // Equality, tag and numeric range conditions name the documents that can match:
-        // exactly those, or a superset that the filter itself then checks.
-        let candidates = request
-            .filter
-            .as_ref()
-            .and_then(|f| mem.payload.candidates(f));
-        // Exact candidates need no check of the filter (a scan reads only them); otherwise the
-        // filter itself decides.
-        let exact_candidates = candidates.as_ref().is_some_and(|c| c.exact);
-        let keep = |slot: usize| -> bool {
-            mem.alive[slot]
-                && (exact_candidates
-                    || request
-                        .filter
-                        .as_ref()
-                        .is_none_or(|f| f.matches(&mem.ids[slot], &mem.fields[slot])))
-        };
-        let use_ann = match request.mode {
-            SearchMode::Exact => false,
-            SearchMode::Ann => true,
-            // A selective filter leaves few documents: scanning them exactly is cheaper than a
-            // graph walk that must step over all the others (and is exact).
-            SearchMode::Auto => {
-                self.wants_ann(mem.len())
-                    && match (&request.filter, &candidates) {
-                        (None, _) => true,
-                        (Some(_), Some(c)) => !self.scan_beats_walk(c.rows.len(), mem.len()),
-                        (Some(f), None) => {
-                            estimated_matches(mem, f) > self.options.exact_below as f64
-                        }
-                    }
-            }
-        };
-        if use_ann {
-            // The graph walk visits any node: exact candidates become a bit per slot, a test
-            // that does not touch the document's fields.
-            let allowed = candidates
-                .as_ref()
-                .filter(|c| c.exact)
-                .map(|c| slot_bits(c.rows.iter().copied(), mem.alive.len()));
-            let walk_keep = |slot: usize| -> bool {
-                match &allowed {
-                    Some(bits) => mem.alive[slot] && bits[slot / 64] & (1 << (slot % 64)) != 0,
-                    None => keep(slot),
-                }
-            };
-            let filter: Option<&dyn Fn(usize) -> bool> =
-                request.filter.is_some().then_some(&walk_keep);
-            if let Some(found) = self.ann.search(mem, query, k, filter)? {
-                // An approximate search that found fewer than asked while more documents may
-                // match (a selective filter) falls through to the exact scan.
-                if found.len() >= k.min(mem.len()) || request.filter.is_none() {
-                    return Ok(found);
-                }
-            }
-        }
-        let rows = candidates.as_ref().map(|c| c.rows.as_slice());
-        let found = match (request.mode, rows) {
-            // Exact mode reads every f32 vector it scores.
-            (SearchMode::Exact, Some(rows)) => {
-                exact::top_k_of_rows(&mem.vectors, mem.dim, query, k, rows, &keep)
-            }
-            (SearchMode::Exact, None) => exact::top_k(&mem.vectors, mem.dim, query, k, &keep),
-            _ => exact::top_k_quantized(
-                Quantized {
-                    codes: &mem.codes,
-                    scales: &mem.scales,
-                },
-                &mem.vectors,
-                mem.dim,
-                query,
-                k,
-                rows,
-                &keep,
-            ),
-        };
-        Ok(found.into_iter().map(|s| (s.row, s.score)).collect())
-    }
-
-    /// Whether scanning `candidates` known documents exactly is cheaper than a filtered graph
-    /// walk over a collection of `len`. The walk costs about (unfiltered walk) / (share
-    /// matching) = t_walk · len / candidates, the scan t_row · candidates; they cross at
-    /// candidates² = (t_walk / t_row) · len. Measured here (docs/BENCHMARKS.md): an unfiltered
-    /// walk at 1,000,000 (M 32, ef 128) ≈ 1.5 ms, a scattered candidate row ≈ 40 ns as 8-bit
-    /// codes.
-    fn scan_beats_walk(&self, candidates: usize, len: usize) -> bool {
-        const WALK_OVER_ROW: f64 = 40_000.0;
-        candidates <= self.options.exact_below
-            || (candidates as f64).powi(2) <= WALK_OVER_ROW * len as f64
-    }
-}
-
-/// How many documents a filter matches, from an evenly spaced sample of up to 1,000 slots.
-fn estimated_matches(mem: &Mem, filter: &crate::filter::Filter) -> f64 {
-    let slots = mem.alive.len();
-    if slots == 0 {
-        return 0.0;
-    }
-    let step = (slots / 1000).max(1);
-    let (mut seen, mut hits) = (0usize, 0usize);
-    for s in (0..slots).step_by(step) {
-        if mem.alive[s] {
-            seen += 1;
-            if filter.matches(&mem.ids[s], &mem.fields[s]) {
-                hits += 1;
-            }
-        }
-    }
-    if seen == 0 {
-        return mem.len() as f64;
-    }
-    hits as f64 / seen as f64 * mem.len() as f64
 }
 
 impl Store for SqliteStore {
@@ -634,7 +308,7 @@ impl Store for SqliteStore {
         for (d, &rowid) in docs.into_iter().zip(&rowids) {
             mem.put(rowid, &d.id, d.fields, &d.vector);
         }
-        let wants_ann = self.wants_ann(mem.len());
+        let wants_ann = self.options.wants_ann(mem.len());
         self.ann.apply(&mem, &rowids, &[], wants_ann);
         self.lexical
             .apply(&mem, &self.info.spec, generation, &rowids, &[]);
@@ -664,7 +338,7 @@ impl Store for SqliteStore {
         for id in ids {
             mem.remove(id);
         }
-        let wants_ann = self.wants_ann(mem.len());
+        let wants_ann = self.options.wants_ann(mem.len());
         self.ann.apply(&mem, &[], &removed, wants_ann);
         self.lexical
             .apply(&mem, &self.info.spec, generation, &[], &removed);
@@ -692,7 +366,7 @@ impl Store for SqliteStore {
         if let Some(&slot) = mem.by_id.get(id) {
             mem.set_fields(slot, fields);
         }
-        let wants_ann = self.wants_ann(mem.len());
+        let wants_ann = self.options.wants_ann(mem.len());
         self.ann.apply(&mem, &[rowid], &[], wants_ann);
         self.lexical
             .apply(&mem, &self.info.spec, generation, &[rowid], &[]);
@@ -747,61 +421,15 @@ impl Store for SqliteStore {
     }
 
     fn search(&self, request: &SearchRequest) -> Result<Vec<Hit>> {
-        let k = request.limit.saturating_add(request.offset);
-        if k == 0 {
-            return Ok(Vec::new());
-        }
         let mem = self.mem();
-        if let Some(filter) = &request.filter {
-            mem.payload
-                .check_filter(filter)
-                .map_err(SearchError::Invalid)?;
+        Planner {
+            mem: &mem,
+            ann: &self.ann,
+            lexical: &self.lexical,
+            spec: &self.info.spec,
+            options: &self.options,
         }
-        let text = request
-            .text
-            .as_deref()
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
-        let ranked: Vec<(usize, f32, Option<f32>, Option<f32>)> = match (&request.vector, text) {
-            (None, None) => {
-                return Err(SearchError::Invalid(
-                    "a query needs a vector (text/image) or lexical text".into(),
-                ))
-            }
-            (Some(v), None) => self
-                .vector_search(&mem, v, k, request)?
-                .into_iter()
-                .map(|(s, c)| (s, c, Some(c), None))
-                .collect(),
-            (None, Some(t)) => self
-                .lexical
-                .search(&mem, t, k, request.filter.as_ref())?
-                .into_iter()
-                .map(|(s, b)| (s, b, None, Some(b)))
-                .collect(),
-            (Some(v), Some(t)) => {
-                // Each side ranks a deeper list than asked, so that fusion has overlap to use.
-                let depth = k.max(50) * 2;
-                let vec_hits = self.vector_search(&mem, v, depth, request)?;
-                let lex_hits = self
-                    .lexical
-                    .search(&mem, t, depth, request.filter.as_ref())?;
-                fuse(&vec_hits, &lex_hits, request.fusion)
-            }
-        };
-        Ok(ranked
-            .into_iter()
-            .skip(request.offset)
-            .take(request.limit)
-            .map(|(slot, score, cosine, bm25)| {
-                let mut h = self.hit(&mem, slot, score);
-                if request.vector.is_some() && text.is_some() {
-                    h.cosine = cosine;
-                    h.bm25 = bm25;
-                }
-                h
-            })
-            .collect())
+        .search(request)
     }
 
     fn sources(&self) -> Result<Vec<(String, FileState)>> {
@@ -846,7 +474,7 @@ impl Store for SqliteStore {
         let conn = self.conn();
         let generation = read_generation(&conn, &self.dir)?;
         let mem = self.mem();
-        let wants_ann = self.wants_ann(mem.len());
+        let wants_ann = self.options.wants_ann(mem.len());
         let ann_gen = self.ann.save(&mem, generation, wants_ann)?;
         let lex_gen = self.lexical.save()?;
         // Tombstones older than every saved index are no longer needed for catching up.
@@ -857,39 +485,4 @@ impl Store for SqliteStore {
             .map_err(db_err(&self.db_path))?;
         Ok(())
     }
-}
-
-/// Merges vector hits `(slot, cosine)` and lexical hits `(slot, bm25)`, both best first.
-fn fuse(
-    vector: &[(usize, f32)],
-    lexical: &[(usize, f32)],
-    fusion: Fusion,
-) -> Vec<(usize, f32, Option<f32>, Option<f32>)> {
-    let mut acc: HashMap<usize, (f32, Option<f32>, Option<f32>)> = HashMap::new();
-    let max_bm25 = lexical.iter().map(|h| h.1).fold(0.0f32, f32::max);
-    for (rank, &(slot, cos)) in vector.iter().enumerate() {
-        let add = match fusion {
-            Fusion::Rrf { k } => 1.0 / (k + rank as f32 + 1.0),
-            Fusion::Weighted { vector, .. } => vector * cos,
-        };
-        let e = acc.entry(slot).or_insert((0.0, None, None));
-        e.0 += add;
-        e.1 = Some(cos);
-    }
-    for (rank, &(slot, bm25)) in lexical.iter().enumerate() {
-        let add = match fusion {
-            Fusion::Rrf { k } => 1.0 / (k + rank as f32 + 1.0),
-            Fusion::Weighted { lexical, .. } if max_bm25 > 0.0 => lexical * bm25 / max_bm25,
-            Fusion::Weighted { .. } => 0.0,
-        };
-        let e = acc.entry(slot).or_insert((0.0, None, None));
-        e.0 += add;
-        e.2 = Some(bm25);
-    }
-    let mut out: Vec<(usize, f32, Option<f32>, Option<f32>)> = acc
-        .into_iter()
-        .map(|(slot, (s, c, b))| (slot, s, c, b))
-        .collect();
-    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    out
 }
