@@ -193,23 +193,18 @@ impl SqliteStore {
 
     fn changes_since(&self, conn: &Connection, since: u64) -> Result<Changes> {
         let e = db_err(&self.db_path);
-        let mut removed = Vec::new();
-        let mut stmt = conn
-            .prepare("SELECT rowid FROM tombstones WHERE gen > ?1")
-            .map_err(&e)?;
-        let mut rows = stmt.query([since as i64]).map_err(&e)?;
-        while let Some(r) = rows.next().map_err(&e)? {
-            removed.push(r.get::<_, i64>(0).map_err(&e)?);
-        }
-        let mut written = Vec::new();
-        let mut stmt = conn
-            .prepare("SELECT rowid FROM documents WHERE gen > ?1")
-            .map_err(&e)?;
-        let mut rows = stmt.query([since as i64]).map_err(&e)?;
-        while let Some(r) = rows.next().map_err(&e)? {
-            written.push(r.get::<_, i64>(0).map_err(&e)?);
-        }
-        Ok(Changes { removed, written })
+        // The rowids a query over one table selects for generations after `since`.
+        let rowids = |sql: &str| -> Result<Vec<i64>> {
+            let mut stmt = conn.prepare(sql).map_err(&e)?;
+            let rows = stmt
+                .query_map([since as i64], |r| r.get::<_, i64>(0))
+                .map_err(&e)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(&e)
+        };
+        Ok(Changes {
+            removed: rowids("SELECT rowid FROM tombstones WHERE gen > ?1")?,
+            written: rowids("SELECT rowid FROM documents WHERE gen > ?1")?,
+        })
     }
 
     /// Runs `f` in one write transaction that bumps the generation; returns the new generation.
