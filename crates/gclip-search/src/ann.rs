@@ -11,7 +11,7 @@ use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use crate::document::dot;
 use crate::error::{io_err, Result, SearchError};
-use crate::sqlite::{Changes, Mem};
+use crate::memory::{Changes, Mem};
 
 /// The HNSW file inside a collection directory.
 pub const ANN_FILE: &str = "hnsw.usearch";

@@ -17,7 +17,7 @@ use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 use crate::document::{EmbedSpec, Fields};
 use crate::error::{Result, SearchError};
 use crate::filter::Filter;
-use crate::sqlite::{Changes, Mem};
+use crate::memory::{Changes, Mem};
 
 /// The lexical index directory inside a collection directory.
 pub const LEXICAL_DIR: &str = "lexical";

@@ -1,8 +1,10 @@
 //! A real server on a loopback port with the fixture model: documents in through the API,
 //! text, image and filtered searches, thumbnails only for documents, JSON 4xx for bad input,
 //! API key, metrics, restart and query again, graceful shutdown.
+//!
+//! Each test serves a collection of its own, so that one failure does not hide the others.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use gclip_search::{model_identity, Collection, EmbedSpec};
@@ -16,9 +18,20 @@ fn b64(path: &Path) -> String {
     base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
 }
 
-#[test]
-fn api_end_to_end_with_restart() {
-    let dir = scratch("api");
+/// A collection `shop` (title and image embedded) in a scratch folder of its own, and the
+/// configuration that serves it: API key `sekret`, `--root` for collections created through the
+/// API, the fixture images and model as files roots.
+struct Shop {
+    dir: PathBuf,
+    /// The fixture model's folder.
+    m: PathBuf,
+    images: PathBuf,
+    coll: PathBuf,
+    config: ServerConfig,
+}
+
+fn shop(name: &str) -> Shop {
+    let dir = scratch(name);
     let m = std::fs::canonicalize(fixtures().join("models/oc-fullvocab")).unwrap();
     let (identity, _) = model_identity(
         m.join("open_clip_model.safetensors").to_str().unwrap(),
@@ -37,19 +50,56 @@ fn api_end_to_end_with_restart() {
         files_roots: vec![images.clone(), m.clone()],
         ..Default::default()
     };
-    let server = Running::start(config.clone());
-    let a = server.addr;
+    Shop {
+        dir,
+        m,
+        images,
+        coll,
+        config,
+    }
+}
 
-    let (s, v) = call(a, "GET", "/api/health", None, None);
-    assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
-    let docs = json!({"documents": [
+/// Four documents that are written and two that fail alone (an image that does not exist, a
+/// value that is not an object).
+fn documents(images: &Path) -> Value {
+    json!({"documents": [
         {"id": "cat", "title": "a photo of a cat", "price": 10, "tags": ["pet"]},
         {"id": "dog", "title": "a photo of a dog", "price": 20, "tags": ["pet"]},
         {"id": "car", "title": "a red sports car", "price": 30000, "tags": ["vehicle"]},
         {"id": "moto", "title": "a motorcycle", "image": images.join("photo_motorcycle.png").to_str().unwrap(), "price": 9000},
         {"id": "broken", "image": "/nonexistent.png"},
         "not an object"
-    ]});
+    ]})
+}
+
+/// `shop` served, its documents written through the API.
+fn serving_shop(name: &str) -> (Shop, Running) {
+    let shop = shop(name);
+    let server = Running::start(shop.config.clone());
+    let (s, v) = call(
+        server.addr,
+        "POST",
+        "/api/collections/shop/documents",
+        Some(documents(&shop.images)),
+        Some("sekret"),
+    );
+    assert_eq!(s, 200, "writing the documents: {v}");
+    (shop, server)
+}
+
+#[test]
+fn writes_need_the_key_and_bad_documents_fail_alone() {
+    let Shop {
+        dir,
+        images,
+        config,
+        ..
+    } = shop("api-writes");
+    let server = Running::start(config);
+    let a = server.addr;
+    let (s, v) = call(a, "GET", "/api/health", None, None);
+    assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
+    let docs = documents(&images);
     // Writes need the key.
     let (s, v) = call(
         a,
@@ -69,7 +119,14 @@ fn api_end_to_end_with_restart() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["written"], 4);
     assert_eq!(v["failed"].as_array().unwrap().len(), 2);
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
+#[test]
+fn searches_by_text_image_filter_parts_and_words() {
+    let (Shop { dir, images, .. }, server) = serving_shop("api-search");
+    let a = server.addr;
     // Text search: the exact title first.
     let (s, v) = call(
         a,
@@ -158,7 +215,14 @@ fn api_end_to_end_with_restart() {
         None,
     );
     assert_eq!(v["hits"][0]["id"], "car");
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
+#[test]
+fn bad_input_is_a_json_4xx_never_a_500() {
+    let (Shop { dir, .. }, server) = serving_shop("api-bad-input");
+    let a = server.addr;
     // Bad input is a JSON 4xx, never a 500.
     let bad: Vec<(&str, &str, Option<&[u8]>, u16)> = vec![
         (
@@ -268,7 +332,14 @@ fn api_end_to_end_with_restart() {
         &[],
     );
     assert_eq!(status, 413);
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
+#[test]
+fn thumbnails_only_for_documents_images() {
+    let (Shop { dir, .. }, server) = serving_shop("api-thumbnails");
+    let a = server.addr;
     // Thumbnails: a PNG for a document's image; nothing for others or for paths.
     let (s, ctype, png) = request(
         a,
@@ -288,7 +359,14 @@ fn api_end_to_end_with_restart() {
         let (s, _, _) = request(a, "GET", path, None, &[]);
         assert_eq!(s, 404, "{path}");
     }
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
+#[test]
+fn embed_and_classify() {
+    let (Shop { dir, .. }, server) = serving_shop("api-embed");
+    let a = server.addr;
     // Embed and classify.
     let (s, v) = call(
         a,
@@ -322,7 +400,14 @@ fn api_end_to_end_with_restart() {
         .iter()
         .all(|l| l["cosine"].as_f64().unwrap().abs() <= 1.0 + 1e-5));
     assert!(labels.iter().all(|l| l.get("score").is_none()), "{v}");
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
+#[test]
+fn collections_are_created_under_the_root_listed_and_deleted() {
+    let (Shop { dir, m, .. }, server) = serving_shop("api-collections");
+    let a = server.addr;
     // Collections: create under --root, list, delete (removes only its files).
     let (s, v) = call(
         a,
@@ -366,7 +451,22 @@ fn api_end_to_end_with_restart() {
     let (s, v) = call(a, "DELETE", "/api/collections/made", None, Some("sekret"));
     assert_eq!((s, v["files_removed"].as_bool()), (200, Some(true)));
     assert!(!dir.join("root/made").exists());
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
+#[test]
+fn deletes_metrics_openapi_and_the_page() {
+    let (Shop { dir, coll, .. }, server) = serving_shop("api-metrics");
+    let a = server.addr;
+    // A search answered, for the metrics below.
+    call(
+        a,
+        "POST",
+        "/api/collections/shop/search",
+        Some(json!({"q": "a cat"})),
+        None,
+    );
     // Delete a document; metrics count what happened; the OpenAPI document parses.
     let (s, _) = call(
         a,
@@ -412,7 +512,14 @@ fn api_end_to_end_with_restart() {
     assert!(Collection::open(&coll).is_err());
     server.stop();
     assert!(coll.join("lexical").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
+#[test]
+fn a_server_that_protects_reads_needs_the_key_for_them() {
+    let (Shop { dir, config, .. }, server) = serving_shop("api-guarded");
+    // The collection is open in one server at a time.
+    server.stop();
     // A server that protects reads: searches and thumbnails need the key (header or ?key=).
     let guarded = Running::start(ServerConfig {
         protect_reads: true,
@@ -462,7 +569,22 @@ fn api_end_to_end_with_restart() {
     let (s, _) = call(g, "GET", "/api/health", None, None);
     assert_eq!(s, 200, "health stays open");
     guarded.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
+#[test]
+fn a_restarted_server_answers_from_disk() {
+    let (Shop { dir, config, .. }, server) = serving_shop("api-restart");
+    let a = server.addr;
+    // The documents as the end-to-end run leaves them: car deleted.
+    call(
+        a,
+        "DELETE",
+        "/api/collections/shop/documents/car",
+        None,
+        Some("sekret"),
+    );
+    server.stop();
     // Restart: the same answers from disk.
     let server = Running::start(config);
     let (s, v) = call(
