@@ -1322,6 +1322,23 @@ pub(crate) fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Deterministic pseudo-random values in [-1, 1) of `shape`, for tests (no RNG dependency).
+/// The largest `|a − b|` of two tensors of one shape, compared in f64.
+#[cfg(test)]
+pub(crate) fn test_max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap();
+    let b = b.to_dtype(DType::F64).unwrap();
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
 #[cfg(test)]
 pub(crate) fn test_tensor(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();

@@ -590,16 +590,7 @@ mod tests {
     use crate::model::kernels::test_tensor as rand;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        crate::model::kernels::test_max_abs_diff(a, b) as f32
     }
 
     /// Runs `f` on the fused path (f32) and on the composed path (f64, which never fuses) and

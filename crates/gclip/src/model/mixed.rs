@@ -42,6 +42,18 @@ pub(crate) fn linear_forward(
         .map_err(kernel_error("linear"))
 }
 
+/// `a·B` for `a: [rows, K]` and a packed `B`, without bias.
+fn product(
+    a: &[f32],
+    rows: usize,
+    b: &PackedBf16,
+    kernel: Bf16Kernel,
+    what: &str,
+) -> Result<Vec<f32>> {
+    lowp::linear_bf16_fused(a, rows, b, &[], lowp::Fused::default(), kernel, threads())
+        .map_err(kernel_error(what))
+}
+
 /// `g·Wᵀ` (a [`CustomOp2`] of `g: [rows, out]` and `W: [in, out]`), `[rows, in]`: the gradient
 /// of a linear layer's input.
 pub(crate) struct InputGradOp {
@@ -70,16 +82,7 @@ impl CustomOp2 for InputGradOp {
         // `W` row-major `[in, out]` is PyTorch's layout of a layer with `out` inputs.
         let packed =
             PackedBf16::pack_out_in(w, out_dim, in_dim).map_err(kernel_error("input gradient"))?;
-        let dst = lowp::linear_bf16_fused(
-            g,
-            rows,
-            &packed,
-            &[],
-            lowp::Fused::default(),
-            self.kernel,
-            threads(),
-        )
-        .map_err(kernel_error("input gradient"))?;
+        let dst = product(g, rows, &packed, self.kernel, "input gradient")?;
         Ok((CpuStorage::F32(dst), Shape::from((rows, in_dim))))
     }
 }
@@ -116,16 +119,7 @@ impl CustomOp2 for WeightGradOp {
         let packed =
             PackedBf16::pack_in_out(g, rows, out_dim).map_err(kernel_error("weight gradient"))?;
         let x_t = transpose_f32(x, rows, in_dim);
-        let dst = lowp::linear_bf16_fused(
-            &x_t,
-            in_dim,
-            &packed,
-            &[],
-            lowp::Fused::default(),
-            self.kernel,
-            threads(),
-        )
-        .map_err(kernel_error("weight gradient"))?;
+        let dst = product(&x_t, in_dim, &packed, self.kernel, "weight gradient")?;
         Ok((CpuStorage::F32(dst), shape))
     }
 }
@@ -134,7 +128,7 @@ impl CustomOp2 for WeightGradOp {
 mod tests {
     use candle_core::{DType, Tensor, Var};
 
-    use crate::model::kernels::{activate, test_tensor};
+    use crate::model::kernels::{activate, test_max_abs_diff as max_abs_diff, test_tensor};
     use crate::model::layers::Linear;
     use crate::model::lowp::{bf16_to_f32, f32_to_bf16, Bf16Kernel};
     use crate::model::precision::DenseProducts;
@@ -151,21 +145,6 @@ mod tests {
             .map(|x| bf16_to_f32(f32_to_bf16(x)) as f64)
             .collect();
         Tensor::from_vec(v, t.dims(), t.device()).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        let a = a.to_dtype(DType::F64).unwrap();
-        let b = b.to_dtype(DType::F64).unwrap();
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
     }
 
     /// Output, and gradients of `Σ out ∘ weights` with respect to x, W and b.
