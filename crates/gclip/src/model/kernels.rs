@@ -699,6 +699,22 @@ impl CustomOp3 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (grad_x, params) = self.grads(x, w, grad, true)?;
+        let (grad_w, grad_b) = params.unzip();
+        Ok((Some(grad_x), grad_w, grad_b))
+    }
+}
+
+impl LinearOp {
+    /// The gradients of `y = act(x)·W + b` given `∂loss/∂y`: that of `x` and, with
+    /// `param_grads`, those of `W` and `b` (a frozen layer skips its largest product).
+    pub(crate) fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+        param_grads: bool,
+    ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
         // Inputs are detached (here and in the other backward passes): a gradient computed from
         // tracked tensors would carry their graph, and the gradients that candle keeps for the
         // parameters would then hold every intermediate of the backward pass alive.
@@ -721,6 +737,9 @@ impl CustomOp3 for LinearOp {
             }
         };
         let grad_x = grad_x.reshape(x.shape())?;
+        if !param_grads {
+            return Ok((grad_x, None));
+        }
         let grad_w = match self.products {
             DenseProducts::F32 => input.t()?.matmul(&g2)?,
             DenseProducts::Bf16(kernel) => input
@@ -728,7 +747,7 @@ impl CustomOp3 for LinearOp {
                 .apply_op2_no_bwd(&g2.contiguous()?, &mixed::WeightGradOp { kernel })?,
         };
         let grad_b = g2.contiguous()?.apply_op1_no_bwd(&ColumnSumOp)?;
-        Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+        Ok((grad_x, Some((grad_w, grad_b))))
     }
 }
 
@@ -782,6 +801,19 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (grad_x, grad_w, grad_b) = self.grads(x, w, grad)?;
+        Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+    }
+}
+
+impl LayerNormOp {
+    /// The gradients of the input, the weight and the bias, given `∂loss/∂output`.
+    pub(crate) fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (x, w) = (x.detach(), w.detach());
         let width = w.dim(0)?;
         if fusable(&x) && fusable(&w) && fusable(grad) {
@@ -794,9 +826,9 @@ impl CustomOp3 for LayerNormOp {
             // The two small gradients are copied out so that they do not keep the large
             // buffer alive in the gradient store.
             return Ok((
-                Some(packed.narrow(0, 0, rows)?.reshape(x.shape())?),
-                Some(packed.narrow(0, rows, 1)?.reshape(width)?.copy()?),
-                Some(packed.narrow(0, rows + 1, 1)?.reshape(width)?.copy()?),
+                packed.narrow(0, 0, rows)?.reshape(x.shape())?,
+                packed.narrow(0, rows, 1)?.reshape(width)?.copy()?,
+                packed.narrow(0, rows + 1, 1)?.reshape(width)?.copy()?,
             ));
         }
         let x2 = x.reshape(((), width))?;
@@ -816,7 +848,7 @@ impl CustomOp3 for LayerNormOp {
             .sub(&x_hat.broadcast_mul(&mean_gx)?)?
             .broadcast_mul(&rstd)?
             .reshape(x.shape())?;
-        Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+        Ok((grad_x, grad_w, grad_b))
     }
 }
 
@@ -1105,22 +1137,29 @@ impl CustomOp1 for AttentionOp {
     }
 
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        self.grads(qkv, grad).map(Some)
+    }
+}
+
+impl AttentionOp {
+    /// The gradient of `qkv` given `∂loss/∂output`.
+    pub(crate) fn grads(&self, qkv: &Tensor, grad: &Tensor) -> Result<Tensor> {
         if fusable(qkv) && fusable(grad) {
             let op = AttentionBackwardOp {
                 heads: self.heads,
                 causal: self.causal,
             };
-            return Ok(Some(
-                qkv.contiguous()?
-                    .apply_op2_no_bwd(&grad.contiguous()?, &op)?,
-            ));
+            return qkv.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &op);
         }
         // Recompute the forward with differentiable ops and back-propagate through it.
         let var = candle_core::Var::from_tensor(&qkv.detach())?;
         let out = self.composed(var.as_tensor())?;
         let loss = (out * grad.detach())?.sum_all()?;
         let grads = loss.backward()?;
-        Ok(grads.get(var.as_tensor()).cloned())
+        match grads.get(var.as_tensor()) {
+            Some(g) => Ok(g.clone()),
+            None => var.as_tensor().zeros_like(),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! The tower code sees only gclip's own tensor names and [`config::ClipConfig`]; which file
 //! format and naming scheme the weights came from is resolved once, in [`weights`].
 
+pub mod backward;
 pub mod clip;
 pub mod config;
 pub mod converted;

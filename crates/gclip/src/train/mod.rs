@@ -20,6 +20,7 @@
 pub mod allocator;
 pub mod augment;
 pub mod bench;
+pub mod blockwise;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -31,7 +32,6 @@ pub mod loss;
 pub mod optim;
 pub mod params;
 pub mod precision;
-pub mod recompute;
 pub mod rng;
 pub mod run;
 pub mod step;

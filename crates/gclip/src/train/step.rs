@@ -11,9 +11,9 @@
 
 use candle_core::{Tensor, Var};
 
+use super::blockwise::{self, BlockTrace, Keep};
 use super::loss::{gcl_loss, FieldEmbedding, GclSpec, LossParts};
 use super::params::{ParamSet, Tower};
-use super::recompute::{self, BlockTrace};
 use super::TrainError;
 use crate::model::Clip;
 
@@ -134,7 +134,9 @@ fn check_batch(batch: &Batch) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// The loss of `batch` and the parameter gradients, over the whole batch at once.
+/// The loss of `batch` and the parameter gradients, over the whole batch at once by candle's
+/// autograd through one graph: the reference that the block-wise path of
+/// [`loss_and_grads_planned`] is tested against.
 pub fn loss_and_grads(
     clip: &Clip,
     params: &ParamSet,
@@ -176,10 +178,12 @@ pub fn loss_and_grads(
     })
 }
 
-/// Like [`loss_and_grads`], with gradient caching over chunks of `chunk` rows and, with
-/// `recompute_blocks`, activation checkpointing ([`super::recompute`]): the first pass keeps
-/// each chunk's block boundaries and the backward pass recomputes one block at a time, so no
-/// chunk is embedded a third time.
+/// Like [`loss_and_grads`], with gradient caching over chunks of `chunk` rows, and the towers'
+/// backward pass walked block by block ([`super::blockwise`]). A single chunk keeps every
+/// block's activations from the first pass; with several, each chunk is embedded again for its
+/// backward pass. With `recompute_blocks`, activation checkpointing: the first pass keeps each
+/// chunk's block boundaries and the backward pass recomputes one block at a time, so no chunk is
+/// embedded a third time.
 pub fn loss_and_grads_cached(
     clip: &Clip,
     params: &ParamSet,
@@ -196,19 +200,27 @@ pub fn loss_and_grads_cached(
         .step_by(chunk)
         .map(|start| (start, chunk.min(n - start)))
         .collect();
-    // (1) Embeddings without graphs, as leaves of the loss graph (and each chunk's block
-    // boundaries when recomputing blocks for a tower that trains).
+    // (1) Embeddings without graphs, as leaves of the loss graph, and for a tower that trains
+    // what its backward pass reads: each block's activations when there is one chunk, the
+    // block boundaries when recomputing blocks.
+    let keep = if recompute_blocks {
+        Some(Keep::Boundaries)
+    } else if chunks.len() == 1 {
+        Some(Keep::Activations)
+    } else {
+        None
+    };
     type Leaf = (FieldEmbedding, Var, Vec<Option<BlockTrace>>);
     let leaves = |fields: &[FieldBatch]| -> Result<Vec<Leaf>, TrainError> {
         fields
             .iter()
             .map(|f| {
-                let keep = recompute_blocks && trains(f.data.tower());
+                let keep = keep.filter(|_| trains(f.data.tower()));
                 let mut parts = Vec::new();
                 let mut traces = Vec::new();
                 for &(start, len) in &chunks {
-                    if keep {
-                        let (e, trace) = recompute::forward(clip, &f.data, start, len)?;
+                    if let Some(keep) = keep {
+                        let (e, trace) = blockwise::forward(clip, &f.data, start, len, keep)?;
                         parts.push(e);
                         traces.push(Some(trace));
                     } else {
@@ -252,8 +264,8 @@ pub fn loss_and_grads_cached(
         .iter()
         .map(|p| store.get(p.var.as_tensor()).cloned())
         .collect();
-    // (3) Each chunk again, with its graph (or one block's at a time), from the cached
-    // embedding gradient.
+    // (3) Each tower's backward pass per chunk, from the cached embedding gradient (a chunk
+    // without a trace is embedded again first).
     for (field, (_, var, traces)) in batch
         .query
         .iter()
@@ -268,23 +280,11 @@ pub fn loss_and_grads_cached(
         };
         for (&(start, len), trace) in chunks.iter().zip(traces) {
             let g = g_all.narrow(0, start, len)?.detach();
-            match trace {
-                Some(trace) => recompute::backward(
-                    clip,
-                    &field.data,
-                    start,
-                    len,
-                    trace,
-                    &g,
-                    params,
-                    &mut grads,
-                )?,
-                None => {
-                    let e = embed_rows(clip, &field.data, start, len)?;
-                    let chunk_store = (e * g)?.sum_all()?.backward()?;
-                    recompute::accumulate(&mut grads, params, &chunk_store)?;
-                }
-            }
+            let trace = match trace {
+                Some(trace) => trace,
+                None => blockwise::forward(clip, &field.data, start, len, Keep::Activations)?.1,
+            };
+            blockwise::backward(clip, &field.data, start, len, trace, &g, params, &mut grads)?;
         }
     }
     let grads = grads
@@ -311,7 +311,8 @@ pub struct MemoryPlan {
     pub activation_checkpointing: bool,
 }
 
-/// [`loss_and_grads`] or [`loss_and_grads_cached`], as `plan` asks.
+/// The step the trainer runs: [`loss_and_grads_cached`] with the chunks and checkpointing that
+/// `plan` asks for (one chunk of the whole batch without gradient caching).
 pub fn loss_and_grads_planned(
     clip: &Clip,
     params: &ParamSet,
@@ -324,8 +325,7 @@ pub fn loss_and_grads_planned(
         (Some(c), recompute) if c < n => {
             loss_and_grads_cached(clip, params, spec, batch, c, recompute)
         }
-        (_, true) => loss_and_grads_cached(clip, params, spec, batch, n, true),
-        _ => loss_and_grads(clip, params, spec, batch),
+        (_, recompute) => loss_and_grads_cached(clip, params, spec, batch, n, recompute),
     }
 }
 
@@ -428,6 +428,12 @@ pub(crate) mod tests {
                 lock_text: true,
                 lock_image: true,
                 lock_image_unlocked_groups: 1,
+                ..Default::default()
+            },
+            // The last image block trains, the first does not: the backward pass stops there.
+            Freeze {
+                lock_image: true,
+                lock_image_unlocked_groups: 2,
                 ..Default::default()
             },
         ] {
