@@ -87,6 +87,9 @@ impl CustomOp2 for InputGradOp {
     }
 }
 
+/// Rows of `x` and `g` per product of the weight gradient (see [`WeightGradOp`]).
+const WEIGHT_GRAD_ROWS: usize = 1024;
+
 /// `xᵀ·g` (a [`CustomOp2`] of `x: [rows, in]` and `g: [rows, out]`), `[in, out]`: the
 /// gradient of a linear layer's weight, summed over the rows in f32.
 pub(crate) struct WeightGradOp {
@@ -116,10 +119,23 @@ impl CustomOp2 for WeightGradOp {
         }
         let x = contiguous_f32(xs, xl, "linear input")?;
         let g = contiguous_f32(gs, gl, "output gradient")?;
-        let packed =
-            PackedBf16::pack_in_out(g, rows, out_dim).map_err(kernel_error("weight gradient"))?;
-        let x_t = transpose_f32(x, rows, in_dim);
-        let dst = product(&x_t, in_dim, &packed, self.kernel, "weight gradient")?;
+        // The rows are the product's K: a batch's thousands of tokens would make each tile's
+        // operand strips too long to stay in the core's cache across the tiles that reuse them,
+        // so the sum runs over slices of rows, each a product of the kernels' usual depth.
+        let mut dst: Vec<f32> = Vec::new();
+        for start in (0..rows).step_by(WEIGHT_GRAD_ROWS) {
+            let len = WEIGHT_GRAD_ROWS.min(rows - start);
+            let g_slice = &g[start * out_dim..(start + len) * out_dim];
+            let packed = PackedBf16::pack_in_out(g_slice, len, out_dim)
+                .map_err(kernel_error("weight gradient"))?;
+            let x_t = transpose_f32(&x[start * in_dim..(start + len) * in_dim], len, in_dim);
+            let part = product(&x_t, in_dim, &packed, self.kernel, "weight gradient")?;
+            if dst.is_empty() {
+                dst = part;
+            } else {
+                dst.iter_mut().zip(&part).for_each(|(d, p)| *d += p);
+            }
+        }
         Ok((CpuStorage::F32(dst), shape))
     }
 }
@@ -178,7 +194,14 @@ mod tests {
     #[test]
     fn bf16_products_equal_rounded_operands_forward_and_backward() {
         for kernel in Bf16Kernel::available() {
-            for (rows, in_dim, out_dim) in [(14, 24, 33), (15, 40, 7), (1, 3, 5), (37, 96, 64)] {
+            // 2,100 rows: the weight gradient sums three slices of rows (`WEIGHT_GRAD_ROWS`).
+            for (rows, in_dim, out_dim) in [
+                (14, 24, 33),
+                (15, 40, 7),
+                (1, 3, 5),
+                (37, 96, 64),
+                (2100, 16, 40),
+            ] {
                 let x = test_tensor(&[rows, in_dim], 1);
                 let w = test_tensor(&[in_dim, out_dim], 2);
                 let b = test_tensor(&[out_dim], 3);
