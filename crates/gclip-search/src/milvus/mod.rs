@@ -16,7 +16,8 @@
 //! directory, and refuses a collection that another tool made with other fields.
 //!
 //! Consistency: the collection is created with, and every read asks for, Milvus' *Strong*
-//! level: a read sees every write acknowledged before it started. A write returns once Milvus
+//! level by default: a read sees every write acknowledged before it started
+//! ([`MilvusOptions::consistency`], `GCLIP_MILVUS_CONSISTENCY`, trades that for latency). A write returns once Milvus
 //! has accepted it (it is in Milvus' log); `flush` does nothing (Milvus seals segments itself).
 //!
 //! The client is asynchronous; each store runs it on its own one-thread runtime and waits for
@@ -85,10 +86,48 @@ pub struct MilvusOptions {
     /// HNSW parameters: M and efConstruction when creating, ef when searching; the embedded
     /// index's defaults.
     pub hnsw: AnnParams,
+    /// What a read waits for.
+    pub consistency: Consistency,
+}
+
+/// Milvus consistency levels a read may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Sees every write acknowledged before the read started, from any client; waits for the
+    /// server's clock to pass the read's start (up to a time tick, 200 ms by default).
+    #[default]
+    Strong,
+    /// Sees this process's own writes; other clients' after a time tick or so.
+    Session,
+    /// May miss writes of the last few seconds (Milvus' `gracefulTime`, 5 s by default).
+    Bounded,
+}
+
+impl Consistency {
+    /// `strong`, `session` or `bounded`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "strong" => Some(Self::Strong),
+            "session" => Some(Self::Session),
+            "bounded" => Some(Self::Bounded),
+            _ => None,
+        }
+    }
+
+    fn level(self) -> i32 {
+        match self {
+            Self::Strong => ConsistencyLevel::Strong,
+            Self::Session => ConsistencyLevel::Session,
+            Self::Bounded => ConsistencyLevel::Bounded,
+        }
+        .into()
+    }
 }
 
 impl Default for MilvusOptions {
-    /// 30 s per call, or `GCLIP_MILVUS_TIMEOUT` seconds; 4 retries from 0.25 s; pages of 128.
+    /// 30 s per call, or `GCLIP_MILVUS_TIMEOUT` seconds; 4 retries from 0.25 s; pages of 128;
+    /// Strong consistency, or `GCLIP_MILVUS_CONSISTENCY` (`strong`, `session`, `bounded`; an
+    /// unknown value is a warning and Strong).
     fn default() -> Self {
         let timeout = std::env::var("GCLIP_MILVUS_TIMEOUT")
             .ok()
@@ -102,6 +141,19 @@ impl Default for MilvusOptions {
             backoff: Duration::from_millis(250),
             page: 128,
             hnsw: AnnParams::default(),
+            consistency: std::env::var("GCLIP_MILVUS_CONSISTENCY")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    Consistency::parse(&v).unwrap_or_else(|| {
+                        tracing::warn!(
+                            "GCLIP_MILVUS_CONSISTENCY={v:?} is not strong, session or bounded; \
+                             using strong"
+                        );
+                        Consistency::Strong
+                    })
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -525,10 +577,11 @@ impl MilvusStore {
     /// Counts the documents (strong consistency).
     fn count(&self) -> Result<usize> {
         let name = self.conn.address.name.clone();
+        let level = self.conn.options.consistency.level();
         let cols = self.conn.call("counting documents", move |c| async move {
             let options = QueryOptions::new()
                 .output_fields(vec!["count(*)".into()])
-                .consistency_level(ConsistencyLevel::Strong.into());
+                .consistency_level(level);
             c.query(name, "", &options).await
         })?;
         let n = match column(&cols, "count(*)") {
@@ -544,11 +597,12 @@ impl MilvusStore {
         let name = self.conn.address.name.clone();
         let mut output_fields: Vec<String> = vec![ID_FIELD.into()];
         output_fields.extend(outputs.iter().map(|s| s.to_string()));
+        let level = self.conn.options.consistency.level();
         let cols = self.conn.call(what, move |c| async move {
             let options = QueryOptions::new()
                 .output_fields(output_fields)
                 .limit(limit as i64)
-                .consistency_level(ConsistencyLevel::Strong.into());
+                .consistency_level(level);
             c.query(name, &expr, &options).await
         })?;
         self.rows(cols, limit, outputs)
@@ -907,6 +961,7 @@ impl Store for MilvusStore {
         let name = self.conn.address.name.clone();
         let query = Value::from(vector.clone());
         let (limit, offset) = (request.limit, request.offset);
+        let level = self.conn.options.consistency.level();
         let (ids, scores) = self.conn.call("searching", move |c| async move {
             let options = SearchOptions::new()
                 .limit(limit)
@@ -915,7 +970,7 @@ impl Store for MilvusStore {
                 .add_param("metric_type", "IP")
                 .add_param("ef", ef.to_string())
                 .add_param("offset", offset.to_string())
-                .consistency_level(ConsistencyLevel::Strong.into());
+                .consistency_level(level);
             // The client panics on a JSON output column in search replies (milvus-sdk-rust
             // 3.0.3), so the search returns ids and scores and the fields are read after.
             let results = c.search(name, vec![query], Some(options)).await?;
