@@ -21,7 +21,8 @@ use crate::progress::Progress;
 Each JSONL line is an object: {\"id\": \"p1\", \"title\": \"red dress\", \"image\": \"img/p1.jpg\",
 \"price\": 40, \"tags\": [\"summer\"]}. Documents with an existing id replace it.")]
 pub struct AddArgs {
-    /// Collection directory (created on first use, with --model).
+    /// Collection directory (created on first use, with --model), or a collection on a Milvus
+    /// server: milvus://HOST:PORT/NAME (docs/MILVUS.md).
     collection: PathBuf,
     /// Documents: .jsonl (one object per line) or .csv (header row; `tags` split on `|`).
     file: PathBuf,
@@ -78,7 +79,7 @@ pub fn run(args: AddArgs) -> Result<()> {
 Fields given replace those of the document (null removes one); the vector is recomputed when
 an embedded field changed.")]
 pub struct UpdateArgs {
-    /// Collection directory.
+    /// Collection directory, or milvus://HOST:PORT/NAME.
     collection: PathBuf,
     /// Document id.
     id: String,
@@ -119,7 +120,7 @@ pub fn run_update(args: UpdateArgs) -> Result<()> {
 #[command(after_help = "Example:
   gclip delete products p1 p2")]
 pub struct DeleteArgs {
-    /// Collection directory.
+    /// Collection directory, or milvus://HOST:PORT/NAME.
     collection: PathBuf,
     /// Document ids.
     #[arg(required = true)]

@@ -77,7 +77,7 @@ pub fn load_embedder(
     if precision != recorded {
         eprintln!(
             "note: collection {} holds {recorded} vectors; this command embeds in {precision}",
-            collection.dir().display()
+            collection.location()
         );
     }
     Ok(load_model(
@@ -100,7 +100,7 @@ pub fn finish_report(report: &IngestReport, collection: &Collection, json: bool)
             report.touched,
             report.removed,
             report.failed.len(),
-            collection.dir().display(),
+            collection.location(),
             count(collection.len(), "document", "documents")
         );
     }
@@ -123,7 +123,8 @@ pub fn finish_report(report: &IngestReport, collection: &Collection, json: bool)
 pub struct IndexArgs {
     /// Folder of images, walked recursively (JPEG, PNG, WebP, GIF, BMP, TIFF).
     dir: PathBuf,
-    /// Collection directory (created on first use, with --model).
+    /// Collection directory (created on first use, with --model), or a collection on a Milvus
+    /// server: milvus://HOST:PORT/NAME (docs/MILVUS.md).
     #[arg(long)]
     collection: PathBuf,
     #[command(flatten)]
@@ -161,7 +162,11 @@ pub fn run(args: IndexArgs) -> Result<()> {
                 Err(e)
             }
         })?;
-    gclip_search::roots::record_roots(collection.dir(), std::slice::from_ref(&args.dir))?;
+    // A Milvus collection has no directory to record the folder in; a server names its
+    // folders with --files-root.
+    if let Some(dir) = collection.dir() {
+        gclip_search::roots::record_roots(dir, std::slice::from_ref(&args.dir))?;
+    }
     let embedder = load_embedder(&collection, 32, args.model.precision)?;
     let mut progress: Option<Progress> = None;
     let report = index_directory(

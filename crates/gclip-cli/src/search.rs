@@ -26,7 +26,8 @@ enum FusionArg {
   gclip search shop \"linen shirt\" --hybrid          # BM25 fused with vectors (RRF, k = 60)
 Filters: FIELD = V, != , <, <=, >, >=, FIELD:TAG, AND, OR, NOT, parentheses.")]
 pub struct SearchArgs {
-    /// Collection directory.
+    /// Collection directory, or milvus://HOST:PORT/NAME (vector search only: Milvus has no
+    /// BM25, so --hybrid and --lexical are refused there).
     collection: PathBuf,
     /// Query text.
     text: Option<String>,

@@ -15,7 +15,8 @@ use gclip_server::{AppState, BatchConfig, ServerConfig};
   gclip serve --collection photos --collection shop --root ./collections --api-key \"$KEY\"
 API: see GET /api/openapi.json. Writes need the key when one is set.")]
 pub struct ServeArgs {
-    /// Collection directory to serve (repeat for several; named by their folder name).
+    /// Collection directory to serve (repeat for several; named by their folder name), or
+    /// milvus://HOST:PORT/NAME (named NAME).
     #[arg(long = "collection")]
     collections: Vec<PathBuf>,
     /// Folder for collections created through the API (its collections are served too).

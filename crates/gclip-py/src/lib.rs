@@ -620,7 +620,8 @@ impl PyCollection {
     fn wrap(collection: Collection) -> Self {
         let encoder = LazyEncoder::new(collection.info().model.clone(), None);
         Self {
-            path: collection.dir().to_path_buf(),
+            // A Milvus collection is named by its address (without the token).
+            path: collection.location().to_string().into(),
             open: RwLock::new(Some(OpenCollection {
                 collection,
                 encoder,

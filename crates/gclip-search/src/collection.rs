@@ -1,6 +1,8 @@
-//! A collection: a directory, the model it was created with, and a store behind the
-//! [`Store`] interface.
+//! A collection: where it lives (a directory, or a collection on a Milvus server named by a
+//! `milvus://HOST:PORT/NAME` address given where a directory is expected), the model it was
+//! created with, and a store behind the [`Store`] interface.
 
+use std::fmt;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
@@ -13,13 +15,45 @@ use crate::error::{Result, SearchError};
 use crate::ingest::{
     add_documents, update_document, Committed, IngestReport, InputDocument, UpdateReport,
 };
+use crate::milvus::{is_milvus_address, MilvusAddress, MilvusOptions, MilvusStore};
 use crate::roots::record_document_roots;
 use crate::sqlite::{SqliteStore, StoreOptions};
 use crate::store::{CollectionInfo, ModelIdentity, Store};
 
+/// Where a collection lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A directory: the embedded backend (the default).
+    Dir(PathBuf),
+    /// A collection on a Milvus server.
+    Milvus(MilvusAddress),
+}
+
+impl Location {
+    /// A `milvus://` or `milvuss://` address given where a directory is expected is a Milvus
+    /// collection (its token read from the address or the environment); anything else is a
+    /// directory.
+    pub fn of(dir: &Path) -> Result<Self> {
+        match dir.to_str() {
+            Some(s) if is_milvus_address(s) => Ok(Location::Milvus(MilvusAddress::parse(s)?)),
+            _ => Ok(Location::Dir(dir.to_path_buf())),
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    /// The directory, or the address without its token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Dir(d) => write!(f, "{}", d.display()),
+            Location::Milvus(a) => write!(f, "{a}"),
+        }
+    }
+}
+
 /// An open collection.
 pub struct Collection {
-    dir: PathBuf,
+    location: Location,
     store: Box<dyn Store>,
 }
 
@@ -79,14 +113,18 @@ impl Collection {
         on_commit: &mut dyn FnMut(&Committed),
     ) -> Result<IngestReport> {
         let image_fields: Vec<&str> = self.info().spec.image_fields().collect();
-        record_document_roots(
-            self.dir(),
-            inputs
-                .iter()
-                .filter_map(|d| d.doc.as_ref().ok().map(|d| &d.fields)),
-            &image_fields,
-            Path::new(""),
-        )?;
+        // A Milvus collection has no directory to record them in: a server gets its folders
+        // from --files-root.
+        if let Some(dir) = self.dir() {
+            record_document_roots(
+                dir,
+                inputs
+                    .iter()
+                    .filter_map(|d| d.doc.as_ref().ok().map(|d| &d.fields)),
+                &image_fields,
+                Path::new(""),
+            )?;
+        }
         add_documents(self.store(), encoder, inputs, batch_size, on_commit)
     }
 
@@ -100,13 +138,22 @@ impl Collection {
         base: &Path,
     ) -> Result<UpdateReport> {
         let image_fields: Vec<&str> = self.info().spec.image_fields().collect();
-        record_document_roots(self.dir(), [patch], &image_fields, base)?;
+        if let Some(dir) = self.dir() {
+            record_document_roots(dir, [patch], &image_fields, base)?;
+        }
         update_document(self.store(), encoder, id, patch, base)
     }
 
-    /// Whether `dir` holds a collection.
+    /// Whether `dir` holds a collection. For a Milvus address whose server cannot be asked
+    /// (or a malformed address) this is true, so that opening it reports why.
     pub fn exists(dir: &Path) -> bool {
-        SqliteStore::exists(dir)
+        match Location::of(dir) {
+            Ok(Location::Dir(d)) => SqliteStore::exists(&d),
+            Ok(Location::Milvus(a)) => {
+                MilvusStore::exists(&a, &MilvusOptions::default()).unwrap_or(true)
+            }
+            Err(_) => true,
+        }
     }
 
     /// Opens an existing collection.
@@ -116,10 +163,12 @@ impl Collection {
 
     /// Opens an existing collection with backend options.
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self> {
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            store: Box::new(SqliteStore::open(dir, options)?),
-        })
+        let location = Location::of(dir)?;
+        let store: Box<dyn Store> = match &location {
+            Location::Dir(d) => Box::new(SqliteStore::open(d, options)?),
+            Location::Milvus(a) => Box::new(MilvusStore::open(a, MilvusOptions::default())?),
+        };
+        Ok(Self { location, store })
     }
 
     /// Creates a collection.
@@ -139,10 +188,14 @@ impl Collection {
             spec,
             created: 0,
         };
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            store: Box::new(SqliteStore::create(dir, info, options)?),
-        })
+        let location = Location::of(dir)?;
+        let store: Box<dyn Store> = match &location {
+            Location::Dir(d) => Box::new(SqliteStore::create(d, info, options)?),
+            Location::Milvus(a) => {
+                Box::new(MilvusStore::create(a, info, MilvusOptions::default())?)
+            }
+        };
+        Ok(Self { location, store })
     }
 
     /// Opens `dir`, or creates it with `model` and `spec` when it holds no collection. When the
@@ -174,13 +227,24 @@ impl Collection {
             }
             return Ok(c);
         }
-        let model = model.ok_or_else(|| SearchError::NotACollection(dir.to_path_buf()))?;
+        let model = model.ok_or_else(|| match Location::of(dir) {
+            Ok(Location::Milvus(a)) => SearchError::NoCollectionAt(a.to_string()),
+            _ => SearchError::NotACollection(dir.to_path_buf()),
+        })?;
         Self::create(dir, model, spec.unwrap_or_else(EmbedSpec::image))
     }
 
-    /// The collection directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The collection directory; `None` for a collection on a Milvus server.
+    pub fn dir(&self) -> Option<&Path> {
+        match &self.location {
+            Location::Dir(d) => Some(d),
+            Location::Milvus(_) => None,
+        }
+    }
+
+    /// Where the collection lives; displays without any token.
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     /// The store.

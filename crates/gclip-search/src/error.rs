@@ -25,6 +25,18 @@ pub enum SearchError {
          `gclip add {0} DOCS.jsonl --model MODEL`"
     )]
     NotACollection(PathBuf),
+    /// A collection address names a server that has no collection of that name (and creating
+    /// one was not asked for).
+    #[error(
+        "{0} holds no collection; create one with \
+         `gclip add {0} DOCS.jsonl --model MODEL` or \
+         `gclip index IMAGE_DIR --collection {0} --model MODEL`"
+    )]
+    NoCollectionAt(String),
+    /// A collection on a server (Milvus) failed or could not be reached. `collection` is the
+    /// address without its token.
+    #[error("collection {collection}: {message}")]
+    Remote { collection: String, message: String },
     /// Opening a collection with a model other than the one it was created with.
     #[error("collection was created with model {stored}, not {given}; embeddings would not be comparable")]
     ModelMismatch { stored: String, given: String },
@@ -64,6 +76,7 @@ impl SearchError {
                 | SearchError::Dimension { .. }
                 | SearchError::NotFound(_)
                 | SearchError::NotACollection(_)
+                | SearchError::NoCollectionAt(_)
                 | SearchError::ModelMismatch { .. }
         )
     }

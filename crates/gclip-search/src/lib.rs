@@ -20,6 +20,7 @@ pub mod filter;
 pub mod ingest;
 pub mod lexical;
 mod memory;
+pub mod milvus;
 pub mod netguard;
 mod payload;
 mod planner;
@@ -30,7 +31,7 @@ pub mod roots;
 pub mod sqlite;
 pub mod store;
 
-pub use collection::{model_identity, Collection};
+pub use collection::{model_identity, Collection, Location};
 pub use document::{Document, EmbedSpec, Fields, Modality};
 pub use error::{Result, SearchError};
 pub use filter::Filter;

@@ -154,12 +154,17 @@ impl AppState {
             allowed_hosts,
         });
         for dir in state.config.collections.clone() {
-            let name = dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("collection")
-                .to_string();
             let collection = Collection::open(&dir)?;
+            // A Milvus collection is served under its Milvus name (the address's last part
+            // would carry a ?token=).
+            let name = match collection.location() {
+                gclip_search::Location::Milvus(address) => address.name.clone(),
+                gclip_search::Location::Dir(_) => dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("collection")
+                    .to_string(),
+            };
             state.insert(name, collection)?;
         }
         if let Some(root) = &state.config.root {
@@ -181,7 +186,11 @@ impl AppState {
 
     /// The folders a collection's local images may be read from.
     fn roots_of(&self, served: &Served) -> Result<FileRoots, ApiError> {
-        Ok(self.files_roots.with_collection(served.collection.dir())?)
+        // A collection on a Milvus server has no recorded folders: --files-root names them.
+        match served.collection.dir() {
+            Some(dir) => Ok(self.files_roots.with_collection(dir)?),
+            None => Ok(self.files_roots.clone()),
+        }
     }
 
     /// A model or architecture a client names: a hub id as given, or a file under the

@@ -127,9 +127,9 @@ pub(crate) async fn delete_collection(
         .config
         .root
         .as_ref()
-        .is_some_and(|r| served.collection.dir() == r.join(&name));
-    let dir = served.collection.dir().to_path_buf();
+        .is_some_and(|r| served.collection.dir() == Some(r.join(&name).as_path()));
+    let dir = served.collection.dir().map(|d| d.to_path_buf());
     drop(served);
-    let removed = under_root && std::fs::remove_dir_all(&dir).is_ok();
+    let removed = under_root && dir.is_some_and(|d| std::fs::remove_dir_all(d).is_ok());
     Ok(Json(json!({"deleted": name, "files_removed": removed})))
 }

@@ -36,7 +36,13 @@ pub(crate) async fn add_docs(
     blocking(move || {
         let spec = served.collection.info().spec.clone();
         let images: Vec<&str> = spec.image_fields().collect();
-        let base = served.collection.dir().to_path_buf();
+        // Relative image paths are resolved against the collection directory (a Milvus collection
+        // has none: the client's paths are absolute under the roots by now).
+        let base = served
+            .collection
+            .dir()
+            .map(|d| d.to_path_buf())
+            .unwrap_or_default();
         let roots = st.roots_of(&served)?;
         let inputs: Vec<InputDocument> = body
             .documents
@@ -163,7 +169,13 @@ pub(crate) async fn patch_doc(
         client_image_paths(&mut patch, &images, &st.roots_of(&served)?)
             .map_err(ApiError::bad_request)?;
         let worker = st.worker(&served.collection.info().model)?;
-        let base = served.collection.dir().to_path_buf();
+        // Relative image paths are resolved against the collection directory (a Milvus collection
+        // has none: the client's paths are absolute under the roots by now).
+        let base = served
+            .collection
+            .dir()
+            .map(|d| d.to_path_buf())
+            .unwrap_or_default();
         let r = update_document(
             served.collection.store(),
             worker.as_ref(),

@@ -1,0 +1,1084 @@
+//! Collections on a Milvus server or cluster (`milvus://HOST:PORT/NAME`), behind the same
+//! [`Store`] trait as the embedded backend, through the official client (`milvus-sdk-rust`,
+//! gRPC).
+//!
+//! One Milvus collection per gclip collection:
+//!
+//! | Milvus field | type | holds |
+//! | --- | --- | --- |
+//! | `id` | VARCHAR primary key (at most [`MAX_ID_BYTES`]) | the document id |
+//! | `vector` | FLOAT_VECTOR(dim), HNSW, inner product | the unit vector (inner product = cosine) |
+//! | `fields` | JSON | the document's fields |
+//! | `source` | JSON | the file it was indexed from (`{}` when none) |
+//!
+//! The collection's description holds [`DESCRIPTION_PREFIX`] and the [`CollectionInfo`] (model,
+//! embedding spec) as JSON; opening reads it back, so the same model guard applies as for a
+//! directory, and refuses a collection that another tool made with other fields.
+//!
+//! Consistency: the collection is created with, and every read asks for, Milvus' *Strong*
+//! level by default: a read sees every write acknowledged before it started
+//! ([`MilvusOptions::consistency`], `GCLIP_MILVUS_CONSISTENCY`, trades that for latency). A write returns once Milvus
+//! has accepted it (it is in Milvus' log); `flush` does nothing (Milvus seals segments itself).
+//!
+//! The client is asynchronous; each store runs it on its own one-thread runtime and waits for
+//! each call with a deadline ([`MilvusOptions::timeout`]), so a lost server is an error, not a
+//! hang, and the store's methods may be called from any thread (an async server's blocking pool
+//! included). A panic inside the client (it has a few `panic!`s on unexpected replies) ends that
+//! call's task only, and is reported as an error.
+
+mod address;
+mod expr;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use milvus::client::{Client, ConsistencyLevel};
+use milvus::data::FieldColumn;
+use milvus::index::{IndexParams, IndexType, MetricType};
+use milvus::options::{CreateCollectionOptions, LoadOptions};
+use milvus::query::{QueryOptions, SearchOptions};
+use milvus::schema::{CollectionSchema, CollectionSchemaBuilder, FieldSchema};
+use milvus::value::{Value, ValueVec};
+use serde_json::Value as Json;
+
+pub use address::{is_milvus_address, MilvusAddress, Token, TOKEN_VAR};
+pub use expr::to_milvus_expr;
+
+use crate::ann::AnnParams;
+use crate::document::{Document, Fields};
+use crate::error::{Result, SearchError};
+use crate::store::{
+    CollectionInfo, FileState, Hit, NewDocument, SearchMode, SearchRequest, Store, WriteReceipt,
+};
+use expr::{string_literal, FIELDS_FIELD, ID_FIELD};
+
+/// The vector field.
+const VECTOR_FIELD: &str = "vector";
+/// The field with the file a document was indexed from.
+const SOURCE_FIELD: &str = "source";
+/// What a gclip collection's description starts with; the [`CollectionInfo`] JSON follows.
+pub const DESCRIPTION_PREFIX: &str = "gclip collection v1 ";
+/// The longest document id, in bytes (the VARCHAR primary key's `max_length`).
+pub const MAX_ID_BYTES: usize = 4096;
+/// Milvus refuses a search or query window (`offset + limit`) beyond this.
+pub const MAX_WINDOW: usize = 16_384;
+/// Milvus' largest HNSW `ef`; `SearchMode::Exact` searches with it.
+const MAX_EF: usize = 32_768;
+/// Ids in one `id in [...]` expression.
+const IDS_PER_EXPR: usize = 512;
+/// Bytes of documents in one upsert request (the server takes 64 MiB by default; smaller
+/// requests are retried cheaply).
+const UPSERT_BYTES: usize = 8 << 20;
+
+/// How the store talks to the server.
+#[derive(Debug, Clone)]
+pub struct MilvusOptions {
+    /// Deadline of one call (connecting included).
+    pub timeout: Duration,
+    /// Retries of an idempotent write after a connection error (upserts by id, deletes by id).
+    pub retries: u32,
+    /// Wait before the first retry; doubled for each next one.
+    pub backoff: Duration,
+    /// Documents fetched per request when walking the collection in id order (listing, file
+    /// states). Each reply must stay under the client's 4 MiB message limit.
+    pub page: usize,
+    /// HNSW parameters: M and efConstruction when creating, ef when searching; the embedded
+    /// index's defaults.
+    pub hnsw: AnnParams,
+    /// What a read waits for.
+    pub consistency: Consistency,
+}
+
+/// Milvus consistency levels a read may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Sees every write acknowledged before the read started, from any client; waits for the
+    /// server's clock to pass the read's start (up to a time tick, 200 ms by default).
+    #[default]
+    Strong,
+    /// Sees this process's own writes; other clients' after a time tick or so.
+    Session,
+    /// May miss writes of the last few seconds (Milvus' `gracefulTime`, 5 s by default).
+    Bounded,
+}
+
+impl Consistency {
+    /// `strong`, `session` or `bounded`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "strong" => Some(Self::Strong),
+            "session" => Some(Self::Session),
+            "bounded" => Some(Self::Bounded),
+            _ => None,
+        }
+    }
+
+    fn level(self) -> i32 {
+        match self {
+            Self::Strong => ConsistencyLevel::Strong,
+            Self::Session => ConsistencyLevel::Session,
+            Self::Bounded => ConsistencyLevel::Bounded,
+        }
+        .into()
+    }
+}
+
+impl Default for MilvusOptions {
+    /// 30 s per call, or `GCLIP_MILVUS_TIMEOUT` seconds; 4 retries from 0.25 s; pages of 128;
+    /// Strong consistency, or `GCLIP_MILVUS_CONSISTENCY` (`strong`, `session`, `bounded`; an
+    /// unknown value is a warning and Strong).
+    fn default() -> Self {
+        let timeout = std::env::var("GCLIP_MILVUS_TIMEOUT")
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(Duration::from_secs_f64)
+            .unwrap_or(Duration::from_secs(30));
+        Self {
+            timeout,
+            retries: 4,
+            backoff: Duration::from_millis(250),
+            page: 128,
+            hnsw: AnnParams::default(),
+            consistency: std::env::var("GCLIP_MILVUS_CONSISTENCY")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    Consistency::parse(&v).unwrap_or_else(|| {
+                        tracing::warn!(
+                            "GCLIP_MILVUS_CONSISTENCY={v:?} is not strong, session or bounded; \
+                             using strong"
+                        );
+                        Consistency::Strong
+                    })
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A collection on a Milvus server.
+pub struct MilvusStore {
+    conn: Conn,
+    info: CollectionInfo,
+    schema: CollectionSchema,
+    /// The last count read, for `len` when the server cannot be asked.
+    last_len: AtomicUsize,
+}
+
+/// A failure of one call: the client's error, the deadline, or a panic in the client.
+enum CallError {
+    /// Boxed: the client's error is large, and most calls succeed.
+    Client(Box<milvus::error::Error>),
+    Deadline,
+    Panicked,
+}
+
+impl CallError {
+    /// Whether retrying may help: the connection failed or the server is unavailable.
+    fn is_transient(&self) -> bool {
+        match self {
+            CallError::Deadline => true,
+            CallError::Panicked => false,
+            CallError::Client(e) => match e.as_ref() {
+                milvus::error::Error::Communication(_) => true,
+                milvus::error::Error::Grpc(status) => matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+                ),
+                _ => false,
+            },
+        }
+    }
+
+    fn describe(&self, timeout: Duration) -> String {
+        match self {
+            CallError::Client(e) => e.to_string(),
+            CallError::Deadline => format!("no answer within {:.1} s", timeout.as_secs_f64()),
+            CallError::Panicked => "the Milvus client failed on the server's reply".into(),
+        }
+    }
+}
+
+fn schema_for(name: &str, info_json: &str, dim: usize) -> Result<CollectionSchema> {
+    let json = |name: &str| {
+        let mut f = FieldSchema::empty();
+        f.name = name.to_string();
+        f.dtype = milvus::proto::schema::DataType::Json;
+        f
+    };
+    CollectionSchemaBuilder::new(name, &format!("{DESCRIPTION_PREFIX}{info_json}"))
+        .add_field(FieldSchema::new_primary_varchar(
+            ID_FIELD,
+            "document id",
+            false,
+            MAX_ID_BYTES as i32,
+        ))
+        .add_field(FieldSchema::new_float_vector(
+            VECTOR_FIELD,
+            "unit vector",
+            dim as i64,
+        ))
+        .add_field(json(FIELDS_FIELD))
+        .add_field(json(SOURCE_FIELD))
+        .build()
+        .map_err(|e| SearchError::Invalid(format!("Milvus schema: {e}")))
+}
+
+/// The connection half of a store: the runtime, the client and the address, so that opening
+/// and creating can call the server before a store exists.
+struct Conn {
+    address: MilvusAddress,
+    options: MilvusOptions,
+    /// Where calls run; the runtime itself is only kept to be shut down.
+    handle: tokio::runtime::Handle,
+    /// Shut down in the background when the store is dropped: dropping a runtime blocks, which
+    /// tokio forbids inside another runtime (an async server dropping a collection).
+    runtime: Option<tokio::runtime::Runtime>,
+    client: Client,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Conn {
+    fn connect(address: &MilvusAddress, options: &MilvusOptions) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("gclip-milvus")
+            .enable_all()
+            .build()
+            .map_err(|e| remote(address, format!("starting the client's runtime: {e}")))?;
+        let endpoint = address.endpoint();
+        let (user, password) = match address.token() {
+            Some(t) => {
+                let (u, p) = t.credentials();
+                (Some(u.to_string()), Some(p.to_string()))
+            }
+            None => (None, None),
+        };
+        let timeout = options.timeout;
+        let handle = runtime.handle().clone();
+        let connecting = handle.spawn(async move {
+            tokio::time::timeout(
+                timeout,
+                Client::with_timeout(endpoint, timeout, user, password),
+            )
+            .await
+        });
+        let client = match wait(&handle, connecting) {
+            Ok(Ok(Ok(client))) => client,
+            Ok(Ok(Err(e))) => {
+                return Err(remote(
+                    address,
+                    format!(
+                        "cannot connect: {}",
+                        CallError::Client(Box::new(e)).describe(timeout)
+                    ),
+                ))
+            }
+            Ok(Err(_)) => {
+                return Err(remote(
+                    address,
+                    format!("cannot connect: {}", CallError::Deadline.describe(timeout)),
+                ))
+            }
+            Err(e) => {
+                return Err(remote(
+                    address,
+                    format!("cannot connect: {}", e.describe(timeout)),
+                ))
+            }
+        };
+        Ok(Self {
+            address: address.clone(),
+            options: options.clone(),
+            handle,
+            runtime: Some(runtime),
+            client,
+        })
+    }
+
+    /// Runs one client call with the deadline; `what` names it in errors.
+    fn call<T, F>(&self, what: &str, f: impl FnOnce(Client) -> F) -> Result<T>
+    where
+        F: Future<Output = milvus::error::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.try_call(f).map_err(|e| {
+            remote(
+                &self.address,
+                format!("{what}: {}", e.describe(self.options.timeout)),
+            )
+        })
+    }
+
+    fn try_call<T, F>(&self, f: impl FnOnce(Client) -> F) -> std::result::Result<T, CallError>
+    where
+        F: Future<Output = milvus::error::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let fut = f(self.client.clone());
+        let timeout = self.options.timeout;
+        let task = self
+            .handle
+            .spawn(async move { tokio::time::timeout(timeout, fut).await });
+        match wait(&self.handle, task)? {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(CallError::Client(Box::new(e))),
+            Err(_) => Err(CallError::Deadline),
+        }
+    }
+
+    /// Runs an idempotent write, retrying connection failures with a doubling back-off.
+    fn call_retrying<T, F>(&self, what: &str, f: impl Fn(Client) -> F) -> Result<T>
+    where
+        F: Future<Output = milvus::error::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut wait_for = self.options.backoff;
+        let mut attempt = 0;
+        loop {
+            match self.try_call(&f) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() && attempt < self.options.retries => {
+                    tracing::warn!(
+                        collection = %self.address,
+                        attempt = attempt + 1,
+                        "{what}: {}; retrying in {:?}",
+                        e.describe(self.options.timeout),
+                        wait_for
+                    );
+                    std::thread::sleep(wait_for);
+                    wait_for = wait_for.saturating_mul(2);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    let tries = if attempt > 0 {
+                        format!(" (after {} attempts)", attempt + 1)
+                    } else {
+                        String::new()
+                    };
+                    return Err(remote(
+                        &self.address,
+                        format!("{what}{tries}: {}", e.describe(self.options.timeout)),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Waits for a task of `runtime` from any thread (never inside the runtime: the store's
+/// methods are synchronous, and this blocks on a plain channel, not on the runtime).
+fn wait<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    task: tokio::task::JoinHandle<T>,
+) -> std::result::Result<T, CallError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let _ = tx.send(task.await);
+    });
+    match rx.recv() {
+        Ok(Ok(v)) => Ok(v),
+        // The task panicked (or the runtime went away): the client's panic message is on
+        // stderr already.
+        Ok(Err(_)) | Err(_) => Err(CallError::Panicked),
+    }
+}
+
+fn remote(address: &MilvusAddress, message: String) -> SearchError {
+    SearchError::Remote {
+        collection: address.to_string(),
+        message,
+    }
+}
+
+/// A column of a query reply, by name.
+fn column<'a>(cols: &'a [FieldColumn], name: &str) -> Option<&'a ValueVec> {
+    cols.iter().find(|c| c.name == name).map(|c| &c.value)
+}
+
+/// One row of a query reply.
+struct Row {
+    id: String,
+    fields: Option<Fields>,
+    vector: Option<Vec<f32>>,
+    source: Option<Option<FileState>>,
+}
+
+impl MilvusStore {
+    /// Whether the server has a collection under `address`'s name.
+    pub fn exists(address: &MilvusAddress, options: &MilvusOptions) -> Result<bool> {
+        let conn = Conn::connect(address, options)?;
+        let name = address.name.clone();
+        conn.call("checking the collection", move |c| async move {
+            c.has_collection(name).await
+        })
+    }
+
+    /// Creates the collection (with its HNSW index, loaded) and opens it. Fails when the
+    /// server already has a collection of that name.
+    pub fn create(
+        address: &MilvusAddress,
+        mut info: CollectionInfo,
+        options: MilvusOptions,
+    ) -> Result<Self> {
+        let conn = Conn::connect(address, &options)?;
+        let name = address.name.clone();
+        let n = name.clone();
+        if conn.call("checking the collection", move |c| async move {
+            c.has_collection(n).await
+        })? {
+            return Err(SearchError::Invalid(format!(
+                "{address} already holds a collection"
+            )));
+        }
+        if info.created == 0 {
+            info.created = crate::sqlite::now_unix();
+        }
+        let info_json = serde_json::to_string(&info)
+            .map_err(|e| SearchError::Invalid(format!("collection info: {e}")))?;
+        let schema = schema_for(&name, &info_json, info.model.dim)?;
+        let s = schema.clone();
+        conn.call("creating the collection", move |c| async move {
+            c.create_collection(
+                s,
+                Some(CreateCollectionOptions::with_consistency_level(
+                    ConsistencyLevel::Strong,
+                )),
+            )
+            .await
+        })?;
+        let hnsw = options.hnsw;
+        let n = name.clone();
+        conn.call("creating the HNSW index", move |c| async move {
+            let params = [
+                ("M".to_string(), hnsw.connectivity.to_string()),
+                ("efConstruction".to_string(), hnsw.expansion_add.to_string()),
+            ]
+            .into_iter()
+            .collect();
+            c.create_index(
+                n,
+                VECTOR_FIELD,
+                IndexParams::new(
+                    "vector_hnsw".into(),
+                    IndexType::HNSW,
+                    MetricType::IP,
+                    params,
+                ),
+            )
+            .await
+        })?;
+        Self::open_with(conn)
+    }
+
+    /// Opens the collection: reads its description back, checks its fields, loads it.
+    pub fn open(address: &MilvusAddress, options: MilvusOptions) -> Result<Self> {
+        let conn = Conn::connect(address, &options)?;
+        Self::open_with(conn)
+    }
+
+    fn open_with(conn: Conn) -> Result<Self> {
+        let address = conn.address.clone();
+        let name = address.name.clone();
+        let n = name.clone();
+        if !conn.call("checking the collection", move |c| async move {
+            c.has_collection(n).await
+        })? {
+            return Err(SearchError::NoCollectionAt(address.to_string()));
+        }
+        let n = name.clone();
+        let described = conn.call("describing the collection", move |c| async move {
+            c.describe_collection(n).await
+        })?;
+        let not_ours = |why: String| {
+            SearchError::Invalid(format!(
+                "{address} is not a gclip collection: {why}; gclip makes its collections with \
+                 the fields id (VARCHAR primary key), vector (FLOAT_VECTOR), fields (JSON) and \
+                 source (JSON) and its model in the description"
+            ))
+        };
+        let description = &described.schema.description;
+        let Some(info_json) = description.strip_prefix(DESCRIPTION_PREFIX) else {
+            return Err(not_ours(
+                "its description does not name a gclip model".into(),
+            ));
+        };
+        let info: CollectionInfo = serde_json::from_str(info_json)
+            .map_err(|e| not_ours(format!("its description does not read as gclip's ({e})")))?;
+        let dim = info.model.dim;
+        use milvus::proto::schema::DataType;
+        let mut found: Vec<String> = Vec::new();
+        let mut ok = described.schema.fields.len() == 4;
+        for f in &described.schema.fields {
+            let ty = DataType::try_from(f.data_type).unwrap_or(DataType::None);
+            found.push(format!("{} {}", f.name, ty.as_str_name()));
+            let param = |key: &str| {
+                f.type_params
+                    .iter()
+                    .find(|p| p.key == key)
+                    .map(|p| p.value.as_str())
+            };
+            ok &= match f.name.as_str() {
+                ID_FIELD => ty == DataType::VarChar && f.is_primary_key,
+                VECTOR_FIELD => {
+                    ty == DataType::FloatVector
+                        && param("dim").and_then(|d| d.parse::<usize>().ok()) == Some(dim)
+                }
+                FIELDS_FIELD | SOURCE_FIELD => ty == DataType::Json,
+                _ => false,
+            };
+        }
+        if !ok {
+            return Err(not_ours(format!(
+                "it has the fields {} (model dimension {dim})",
+                found.join(", ")
+            )));
+        }
+        let n = name.clone();
+        conn.call("loading the collection", move |c| async move {
+            c.load_collection(n, Some(LoadOptions::default())).await
+        })?;
+        let schema = schema_for(&name, info_json, dim)?;
+        let store = Self {
+            conn,
+            info,
+            schema,
+            last_len: AtomicUsize::new(0),
+        };
+        store.count()?;
+        Ok(store)
+    }
+
+    /// The address (without the token).
+    pub fn address(&self) -> &MilvusAddress {
+        &self.conn.address
+    }
+
+    fn invalid(&self, message: impl std::fmt::Display) -> SearchError {
+        SearchError::Invalid(format!("collection {}: {message}", self.conn.address))
+    }
+
+    fn bad_reply(&self, message: impl std::fmt::Display) -> SearchError {
+        remote(
+            &self.conn.address,
+            format!("unexpected reply from the server: {message}"),
+        )
+    }
+
+    /// Counts the documents (strong consistency).
+    fn count(&self) -> Result<usize> {
+        let name = self.conn.address.name.clone();
+        let level = self.conn.options.consistency.level();
+        let cols = self.conn.call("counting documents", move |c| async move {
+            let options = QueryOptions::new()
+                .output_fields(vec!["count(*)".into()])
+                .consistency_level(level);
+            c.query(name, "", &options).await
+        })?;
+        let n = match column(&cols, "count(*)") {
+            Some(ValueVec::Long(v)) if v.len() == 1 && v[0] >= 0 => v[0] as usize,
+            _ => return Err(self.bad_reply("count(*) is not one number")),
+        };
+        self.last_len.store(n, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Rows matching `expr`, at most `limit` of them, with the named outputs.
+    fn query(&self, what: &str, expr: String, limit: usize, outputs: &[&str]) -> Result<Vec<Row>> {
+        let name = self.conn.address.name.clone();
+        let mut output_fields: Vec<String> = vec![ID_FIELD.into()];
+        output_fields.extend(outputs.iter().map(|s| s.to_string()));
+        let level = self.conn.options.consistency.level();
+        let cols = self.conn.call(what, move |c| async move {
+            let options = QueryOptions::new()
+                .output_fields(output_fields)
+                .limit(limit as i64)
+                .consistency_level(level);
+            c.query(name, &expr, &options).await
+        })?;
+        self.rows(cols, limit, outputs)
+    }
+
+    /// Decodes a query reply, checking every column against the row count, which must be at
+    /// most `limit`: a reply cannot make the store allocate more than it asked for.
+    fn rows(&self, cols: Vec<FieldColumn>, limit: usize, outputs: &[&str]) -> Result<Vec<Row>> {
+        let ids = match column(&cols, ID_FIELD) {
+            Some(ValueVec::String(ids)) => ids.clone(),
+            None if cols.is_empty() => Vec::new(),
+            _ => return Err(self.bad_reply("no id column")),
+        };
+        if ids.len() > limit {
+            return Err(self.bad_reply(format!(
+                "{} rows where at most {limit} were asked for",
+                ids.len()
+            )));
+        }
+        let n = ids.len();
+        let json_column = |name: &str| -> Result<Option<Vec<Json>>> {
+            if !outputs.contains(&name) || n == 0 {
+                return Ok(None);
+            }
+            match column(&cols, name) {
+                Some(ValueVec::Json(values)) if values.len() == n => values
+                    .iter()
+                    .map(|b| {
+                        serde_json::from_slice(b)
+                            .map_err(|e| self.bad_reply(format!("{name} is not JSON: {e}")))
+                    })
+                    .collect::<Result<Vec<_>>>()
+                    .map(Some),
+                _ => Err(self.bad_reply(format!("the {name} column has not {n} values"))),
+            }
+        };
+        let fields = json_column(FIELDS_FIELD)?;
+        let sources = json_column(SOURCE_FIELD)?;
+        let dim = self.info.model.dim;
+        let vectors = if outputs.contains(&VECTOR_FIELD) && n > 0 {
+            match column(&cols, VECTOR_FIELD) {
+                Some(ValueVec::Float(v)) if v.len() == n * dim => Some(v.clone()),
+                _ => {
+                    return Err(
+                        self.bad_reply(format!("the vector column has not {n} × {dim} numbers"))
+                    )
+                }
+            }
+        } else {
+            None
+        };
+        let mut rows = Vec::with_capacity(n);
+        for (i, id) in ids.into_iter().enumerate() {
+            let fields = match &fields {
+                Some(f) => match &f[i] {
+                    Json::Object(m) => Some(m.clone()),
+                    _ => {
+                        return Err(
+                            self.bad_reply(format!("the fields of {id:?} are not an object"))
+                        )
+                    }
+                },
+                None => None,
+            };
+            let source = match &sources {
+                Some(s) => Some(match &s[i] {
+                    Json::Object(m) if m.is_empty() => None,
+                    other => Some(serde_json::from_value(other.clone()).map_err(|e| {
+                        self.bad_reply(format!("the source of {id:?} does not read: {e}"))
+                    })?),
+                }),
+                None => None,
+            };
+            let vector = vectors.as_ref().map(|v| v[i * dim..(i + 1) * dim].to_vec());
+            rows.push(Row {
+                id,
+                fields,
+                vector,
+                source,
+            });
+        }
+        Ok(rows)
+    }
+
+    /// Rows with these ids (any order; missing ids are absent).
+    fn rows_by_id(&self, what: &str, ids: &[String], outputs: &[&str]) -> Result<Vec<Row>> {
+        let mut rows = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_PER_EXPR) {
+            let list: Vec<String> = chunk.iter().map(|id| string_literal(id)).collect();
+            let expr = format!("{ID_FIELD} in [{}]", list.join(", "));
+            rows.extend(self.query(what, expr, chunk.len(), outputs)?);
+        }
+        Ok(rows)
+    }
+
+    /// Walks the collection in id order from after `after`: one page of at most `page` rows.
+    /// Milvus answers a query with a limit with the smallest primary keys that match.
+    fn page_after(&self, what: &str, after: Option<&str>, outputs: &[&str]) -> Result<Vec<Row>> {
+        let expr = match after {
+            Some(last) => format!("{ID_FIELD} > {}", string_literal(last)),
+            None => format!("{ID_FIELD} >= \"\""),
+        };
+        let mut rows = self.query(what, expr, self.conn.options.page.max(1), outputs)?;
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(rows)
+    }
+
+    fn check_document(&self, d: &NewDocument) -> Result<()> {
+        let dim = self.info.model.dim;
+        if d.id.is_empty() {
+            return Err(self.invalid("document id is empty"));
+        }
+        if d.id.len() > MAX_ID_BYTES {
+            return Err(self.invalid(format!(
+                "document id of {} bytes; a Milvus collection takes ids of at most {MAX_ID_BYTES}",
+                d.id.len()
+            )));
+        }
+        if d.vector.len() != dim {
+            return Err(SearchError::Dimension {
+                got: d.vector.len(),
+                want: dim,
+            });
+        }
+        if d.vector.iter().any(|x| !x.is_finite()) {
+            return Err(self.invalid(format!("document {:?} has a non-finite vector", d.id)));
+        }
+        Ok(())
+    }
+
+    /// Upserts documents in requests of at most [`UPSERT_BYTES`], each retried; returns the
+    /// server's timestamp of the last.
+    fn write(&self, docs: &[NewDocument]) -> Result<u64> {
+        let mut timestamp = 0;
+        let mut start = 0;
+        while start < docs.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            while end < docs.len() && (end == start || bytes < UPSERT_BYTES) {
+                let d = &docs[end];
+                let fields = serde_json::to_vec(&Json::Object(d.fields.clone()))
+                    .map_err(|e| self.invalid(format!("fields of {:?}: {e}", d.id)))?;
+                let source = match &d.source {
+                    Some(s) => serde_json::to_vec(s),
+                    None => Ok(b"{}".to_vec()),
+                }
+                .map_err(|e| self.invalid(format!("source of {:?}: {e}", d.id)))?;
+                bytes += d.id.len() + 4 * d.vector.len() + fields.len() + source.len();
+                columns.0.push(d.id.clone());
+                columns.1.extend_from_slice(&d.vector);
+                columns.2.push(fields);
+                columns.3.push(source);
+                end += 1;
+            }
+            let field = |name: &str| {
+                self.schema
+                    .get_field(name)
+                    .cloned()
+                    .ok_or_else(|| self.invalid(format!("schema has no field {name}")))
+            };
+            let (id_f, vec_f, fields_f, source_f) = (
+                field(ID_FIELD)?,
+                field(VECTOR_FIELD)?,
+                field(FIELDS_FIELD)?,
+                field(SOURCE_FIELD)?,
+            );
+            let name = self.conn.address.name.clone();
+            let count = end - start;
+            let result = self.conn.call_retrying("writing documents", |c| {
+                let name = name.clone();
+                let data = vec![
+                    FieldColumn::new(&id_f, columns.0.clone()),
+                    FieldColumn::new(&vec_f, columns.1.clone()),
+                    FieldColumn::new(&fields_f, ValueVec::Json(columns.2.clone())),
+                    FieldColumn::new(&source_f, ValueVec::Json(columns.3.clone())),
+                ];
+                async move {
+                    c.upsert(name, data, None::<milvus::mutate::UpsertOptions>)
+                        .await
+                }
+            })?;
+            if result.upsert_cnt != count as i64 {
+                return Err(self.bad_reply(format!(
+                    "{} documents written of {count}",
+                    result.upsert_cnt
+                )));
+            }
+            timestamp = result.timestamp;
+            start = end;
+        }
+        Ok(timestamp)
+    }
+}
+
+impl Store for MilvusStore {
+    fn info(&self) -> &CollectionInfo {
+        &self.info
+    }
+
+    /// The server's count; the last count read when the server cannot be asked (with a
+    /// warning: the trait has no error here).
+    fn len(&self) -> usize {
+        self.count().unwrap_or_else(|e| {
+            tracing::warn!("{e}; using the last count read");
+            self.last_len.load(Ordering::Relaxed)
+        })
+    }
+
+    fn upsert(&self, docs: Vec<NewDocument>) -> Result<WriteReceipt> {
+        for d in &docs {
+            self.check_document(d)?;
+        }
+        let timestamp = self.write(&docs)?;
+        Ok(WriteReceipt {
+            count: docs.len(),
+            generation: timestamp,
+        })
+    }
+
+    fn delete(&self, ids: &[String]) -> Result<WriteReceipt> {
+        // Milvus counts the keys it was given, present or not: ask which exist first, so that
+        // `count` says how many went, as for the embedded backend.
+        let present: Vec<String> = self
+            .rows_by_id("finding documents to delete", ids, &[])?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let mut timestamp = 0;
+        for chunk in present.chunks(IDS_PER_EXPR) {
+            let list: Vec<String> = chunk.iter().map(|id| string_literal(id)).collect();
+            let expr = format!("{ID_FIELD} in [{}]", list.join(", "));
+            let name = self.conn.address.name.clone();
+            let result = self.conn.call_retrying("deleting documents", |c| {
+                let name = name.clone();
+                let options = milvus::mutate::DeleteOptions::with_filter(expr.clone());
+                async move { c.delete(name, &options).await }
+            })?;
+            timestamp = result.timestamp;
+        }
+        Ok(WriteReceipt {
+            count: present.len(),
+            generation: timestamp,
+        })
+    }
+
+    fn update_fields(&self, id: &str, fields: Fields) -> Result<WriteReceipt> {
+        let ids = [id.to_string()];
+        let Some(row) = self
+            .rows_by_id("reading the document", &ids, &[VECTOR_FIELD, SOURCE_FIELD])?
+            .into_iter()
+            .next()
+        else {
+            return Err(SearchError::NotFound(id.to_string()));
+        };
+        let doc = NewDocument {
+            id: row.id,
+            fields,
+            vector: row.vector.unwrap_or_default(),
+            source: row.source.flatten(),
+        };
+        let timestamp = self.write(std::slice::from_ref(&doc))?;
+        Ok(WriteReceipt {
+            count: 1,
+            generation: timestamp,
+        })
+    }
+
+    fn get(&self, id: &str) -> Result<Option<Document>> {
+        let ids = [id.to_string()];
+        Ok(self
+            .rows_by_id("reading the document", &ids, &[FIELDS_FIELD])?
+            .into_iter()
+            .next()
+            .map(|r| Document {
+                id: r.id,
+                fields: r.fields.unwrap_or_default(),
+            }))
+    }
+
+    fn vector(&self, id: &str) -> Result<Option<Vec<f32>>> {
+        let ids = [id.to_string()];
+        Ok(self
+            .rows_by_id("reading the vector", &ids, &[VECTOR_FIELD])?
+            .into_iter()
+            .next()
+            .and_then(|r| r.vector))
+    }
+
+    fn list(&self, skip: usize, limit: usize) -> Result<Vec<Document>> {
+        // Pages in id order from the start, as the embedded backend lists: Milvus' own offset
+        // stops at a window of 16,384.
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        let mut last: Option<String> = None;
+        while out.len() < limit {
+            let page = self.page_after("listing documents", last.as_deref(), &[FIELDS_FIELD])?;
+            let Some(end) = page.last().map(|r| r.id.clone()) else {
+                break;
+            };
+            for r in page {
+                if skipped < skip {
+                    skipped += 1;
+                } else if out.len() < limit {
+                    out.push(Document {
+                        id: r.id,
+                        fields: r.fields.unwrap_or_default(),
+                    });
+                }
+            }
+            last = Some(end);
+        }
+        Ok(out)
+    }
+
+    fn search(&self, request: &SearchRequest) -> Result<Vec<Hit>> {
+        if request.text.is_some() {
+            return Err(self.invalid(
+                "lexical and hybrid search need a BM25 index, which Milvus 2.3 does not have; \
+                 search by vector only, or use a collection directory (docs/MILVUS.md)",
+            ));
+        }
+        let Some(vector) = &request.vector else {
+            return Err(self.invalid("a query needs a vector (text or image)"));
+        };
+        let dim = self.info.model.dim;
+        if vector.len() != dim {
+            return Err(SearchError::Dimension {
+                got: vector.len(),
+                want: dim,
+            });
+        }
+        let window = request.limit.saturating_add(request.offset);
+        if request.limit == 0 {
+            return Ok(Vec::new());
+        }
+        if window > MAX_WINDOW {
+            return Err(self.invalid(format!(
+                "offset + limit is {window}; Milvus searches at most {MAX_WINDOW} results deep"
+            )));
+        }
+        let filter = match &request.filter {
+            Some(f) => to_milvus_expr(f).map_err(|e| self.invalid(e))?,
+            None => String::new(),
+        };
+        let ef = match request.mode {
+            SearchMode::Exact => MAX_EF,
+            _ => self
+                .conn
+                .options
+                .hnsw
+                .expansion_search
+                .max(window)
+                .min(MAX_EF),
+        };
+        let name = self.conn.address.name.clone();
+        let query = Value::from(vector.clone());
+        let (limit, offset) = (request.limit, request.offset);
+        let level = self.conn.options.consistency.level();
+        let (ids, scores) = self.conn.call("searching", move |c| async move {
+            let options = SearchOptions::new()
+                .limit(limit)
+                .filter(filter)
+                .add_param("anns_field", VECTOR_FIELD)
+                .add_param("metric_type", "IP")
+                .add_param("ef", ef.to_string())
+                .add_param("offset", offset.to_string())
+                .consistency_level(level);
+            // The client panics on a JSON output column in search replies (milvus-sdk-rust
+            // 3.0.3), so the search returns ids and scores and the fields are read after.
+            let results = c.search(name, vec![query], Some(options)).await?;
+            let mut ids = Vec::new();
+            let mut scores = Vec::new();
+            for r in results {
+                for id in r.id {
+                    ids.push(match id {
+                        Value::String(s) => Some(s.into_owned()),
+                        _ => None,
+                    });
+                }
+                scores.extend(r.score);
+            }
+            Ok((ids, scores))
+        })?;
+        if ids.len() != scores.len() || ids.len() > limit {
+            return Err(self.bad_reply(format!(
+                "{} ids and {} scores for at most {limit} results",
+                ids.len(),
+                scores.len()
+            )));
+        }
+        let ids: Vec<String> = ids
+            .into_iter()
+            .map(|id| id.ok_or_else(|| self.bad_reply("an id that is not a string")))
+            .collect::<Result<_>>()?;
+        let mut fields: std::collections::HashMap<String, Fields> = self
+            .rows_by_id("reading the hits", &ids, &[FIELDS_FIELD])?
+            .into_iter()
+            .map(|r| (r.id, r.fields.unwrap_or_default()))
+            .collect();
+        let spec = &self.info.spec;
+        Ok(ids
+            .into_iter()
+            .zip(scores)
+            // A document deleted between the search and the read is left out.
+            .filter_map(|(id, score)| {
+                let fields = fields.remove(&id)?;
+                let image = spec
+                    .image_fields()
+                    .find_map(|f| fields.get(f).and_then(|v| v.as_str()).map(String::from));
+                Some(Hit {
+                    id,
+                    score,
+                    cosine: None,
+                    bm25: None,
+                    image,
+                    fields,
+                })
+            })
+            .collect())
+    }
+
+    fn sources(&self) -> Result<Vec<(String, FileState)>> {
+        let mut out = Vec::new();
+        let mut last: Option<String> = None;
+        loop {
+            let page = self.page_after("reading file states", last.as_deref(), &[SOURCE_FIELD])?;
+            let Some(end) = page.last().map(|r| r.id.clone()) else {
+                break;
+            };
+            out.extend(
+                page.into_iter()
+                    .filter_map(|r| Some((r.id, r.source.flatten()?))),
+            );
+            last = Some(end);
+        }
+        Ok(out)
+    }
+
+    fn update_sources(&self, states: &[(String, FileState)]) -> Result<WriteReceipt> {
+        let mut count = 0;
+        let mut timestamp = 0;
+        for chunk in states.chunks(self.conn.options.page.max(1)) {
+            let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
+            let mut rows: std::collections::HashMap<String, Row> = self
+                .rows_by_id("reading documents", &ids, &[VECTOR_FIELD, FIELDS_FIELD])?
+                .into_iter()
+                .map(|r| (r.id.clone(), r))
+                .collect();
+            let docs: Vec<NewDocument> = chunk
+                .iter()
+                .filter_map(|(id, state)| {
+                    let row = rows.remove(id)?;
+                    Some(NewDocument {
+                        id: row.id,
+                        fields: row.fields.unwrap_or_default(),
+                        vector: row.vector.unwrap_or_default(),
+                        source: Some(state.clone()),
+                    })
+                })
+                .collect();
+            if docs.is_empty() {
+                continue;
+            }
+            timestamp = self.write(&docs)?;
+            count += docs.len();
+        }
+        Ok(WriteReceipt {
+            count,
+            generation: timestamp,
+        })
+    }
+
+    /// Nothing to do: a write is in Milvus' log when acknowledged, and Milvus builds its
+    /// indexes and seals segments on its own.
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}

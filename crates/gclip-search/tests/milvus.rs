@@ -1,0 +1,532 @@
+//! Collections on a real Milvus server (the standalone server of the `milvus` Python package,
+//! 2.3.5), started here on a free loopback port and stopped at the end, checked against the
+//! embedded backend on the same documents.
+//!
+//! The server is found through `GCLIP_MILVUS_SERVER` (the `milvus-server` script of a virtual
+//! environment with `pip install milvus`), else in `target/milvus-venv`; `tools/test.sh` and
+//! `.ci/run` install it there. Without it these tests fail and say how to install it: CI must
+//! not pass by skipping them.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gclip_search::document::normalize;
+use gclip_search::milvus::{MilvusAddress, MilvusOptions, MilvusStore};
+use gclip_search::sqlite::{SqliteStore, StoreOptions};
+use gclip_search::store::{CollectionInfo, FileState, Store};
+use gclip_search::{
+    Collection, EmbedSpec, Filter, Hit, ModelIdentity, NewDocument, SearchError, SearchMode,
+    SearchRequest,
+};
+use serde_json::json;
+
+const DIM: usize = 16;
+/// Longest wait for the server to answer (it unpacks its binaries on first start: ~10 s).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn server_script() -> PathBuf {
+    if let Some(p) = std::env::var_os("GCLIP_MILVUS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let fallback = workspace.join("target/milvus-venv/bin/milvus-server");
+    if fallback.exists() {
+        return fallback;
+    }
+    panic!(
+        "no Milvus server for the Milvus tests: install it with\n  \
+         python3 -m venv target/milvus-venv && target/milvus-venv/bin/pip install milvus==2.3.5\n\
+         (tools/test.sh does), or set GCLIP_MILVUS_SERVER to a milvus-server script"
+    );
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The server process group, stopped when dropped (a failing test included).
+struct Server {
+    child: Child,
+    port: u16,
+    data: PathBuf,
+}
+
+impl Server {
+    fn start() -> Self {
+        let script = server_script();
+        let port = free_port();
+        let data = std::env::temp_dir().join(format!("gclip-milvus-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(&data).unwrap();
+        let log = std::fs::File::create(data.join("server.log")).unwrap();
+        let child = Command::new(&script)
+            .arg("--data")
+            .arg(&data)
+            .arg("--proxy-port")
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            // Its own process group: the script starts the server (and etcd inside it) as
+            // children, and stopping must reach all of them.
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", script.display()));
+        let mut server = Server { child, port, data };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        let at = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let probe =
+            MilvusAddress::parse_with(&format!("milvus://127.0.0.1:{}/probe", self.port), |_| None)
+                .unwrap();
+        let options = MilvusOptions {
+            timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        loop {
+            // The script does not exit when the server dies early (a port taken: its embedded
+            // etcd always listens on 127.0.0.1:2380, so only one such server runs per machine):
+            // the server's own log says so.
+            let crashed = std::fs::read_to_string(self.data.join("logs/milvus-stderr.log"))
+                .is_ok_and(|log| log.contains("panic:"));
+            if crashed {
+                panic!(
+                    "the Milvus server failed to start (is another one running? its etcd needs \
+                     127.0.0.1:2380); its log:\n{}",
+                    self.log_tail()
+                );
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "the Milvus server exited ({status}) before answering; its log:\n{}",
+                    self.log_tail()
+                );
+            }
+            if TcpStream::connect_timeout(&at, Duration::from_millis(200)).is_ok()
+                && MilvusStore::exists(&probe, &options).is_ok()
+            {
+                eprintln!(
+                    "Milvus answered on port {} after {:.1} s",
+                    self.port,
+                    start.elapsed().as_secs_f64()
+                );
+                return;
+            }
+            if start.elapsed() > START_TIMEOUT {
+                panic!(
+                    "the Milvus server did not answer on 127.0.0.1:{} within {START_TIMEOUT:?}; its log:\n{}",
+                    self.port,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The script's output and the server's error lines.
+    fn log_tail(&self) -> String {
+        let read = |p: &str| std::fs::read_to_string(self.data.join(p)).unwrap_or_default();
+        let script = read("server.log");
+        let server = read("logs/milvus-stdout.log");
+        let errors: Vec<&str> = server
+            .lines()
+            .filter(|l| l.contains("[ERROR]") || l.contains("[FATAL]"))
+            .collect();
+        format!(
+            "{script}\n{}",
+            errors[errors.len().saturating_sub(10)..].join("\n")
+        )
+    }
+
+    fn address(&self, name: &str) -> String {
+        format!("milvus://127.0.0.1:{}/{name}", self.port)
+    }
+
+    fn signal_group(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg("--")
+            .arg(format!("-{}", self.child.id()))
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGINT lets the script stop the server; whatever is left after 10 s is killed.
+        self.signal_group("INT");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.signal_group("KILL");
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e3779b97f4a7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+    x ^ (x >> 31)
+}
+
+fn unit_vector(seed: u64) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..DIM as u64)
+        .map(|i| (splitmix(seed * 1_000_003 + i) % 20_001) as f32 / 10_000.0 - 1.0)
+        .collect();
+    normalize(&mut v);
+    v
+}
+
+const COLOURS: [&str; 3] = ["red", "blue", "green"];
+
+fn document(i: u64) -> NewDocument {
+    let mut tags = vec!["all"];
+    if i.is_multiple_of(3) {
+        tags.push("summer");
+    }
+    if i.is_multiple_of(4) {
+        tags.push("winter");
+    }
+    let fields = json!({
+        "colour": COLOURS[(i % 3) as usize],
+        "price": (i * 7 % 50) as f64 + 0.5,
+        "tags": tags,
+        "date": format!("2024-{:02}-01", i % 12 + 1),
+        "image": format!("/images/{i}.png"),
+    });
+    NewDocument {
+        id: format!("d{i:03}"),
+        fields: fields.as_object().cloned().unwrap(),
+        vector: unit_vector(i),
+        source: i.is_multiple_of(5).then(|| FileState {
+            path: format!("/images/{i}.png"),
+            size: i * 100,
+            mtime_ns: i as i64 * 1_000,
+            hash: format!("{i:032x}"),
+        }),
+    }
+}
+
+fn identity(model: &str) -> ModelIdentity {
+    ModelIdentity {
+        model: model.into(),
+        arch: None,
+        dim: DIM,
+        precision: Default::default(),
+    }
+}
+
+fn request(vector: Vec<f32>, limit: usize, offset: usize, filter: Option<&str>) -> SearchRequest {
+    SearchRequest {
+        vector: Some(vector),
+        limit,
+        offset,
+        filter: filter.map(|f| Filter::parse(f).unwrap()),
+        mode: SearchMode::Exact,
+        ..Default::default()
+    }
+}
+
+fn ids(hits: &[Hit]) -> Vec<String> {
+    hits.iter().map(|h| h.id.clone()).collect()
+}
+
+/// Same ids in the same order, same fields and image, scores equal to float rounding.
+fn assert_same_hits(milvus: &[Hit], embedded: &[Hit], what: &str) {
+    assert_eq!(ids(milvus), ids(embedded), "{what}");
+    for (m, e) in milvus.iter().zip(embedded) {
+        assert!(
+            (m.score - e.score).abs() < 1e-5,
+            "{what}: {} {} vs {}",
+            m.id,
+            m.score,
+            e.score
+        );
+        assert_eq!(m.fields, e.fields, "{what}: fields of {}", m.id);
+        assert_eq!(m.image, e.image, "{what}: image of {}", m.id);
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gclip-milvus-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn a_milvus_collection_answers_as_the_embedded_one_does() {
+    let server = Server::start();
+    let address = server.address("products");
+    let info = CollectionInfo {
+        model: identity("test-model"),
+        spec: EmbedSpec::image(),
+        created: 0,
+    };
+
+    // Created through the collection API, as the CLI does, and beside it the embedded backend.
+    let c = Collection::create(Path::new(&address), info.model.clone(), info.spec.clone()).unwrap();
+    assert!(c.dir().is_none());
+    assert_eq!(c.location().to_string(), address);
+    let dir = scratch("embedded");
+    let embedded = SqliteStore::create(&dir, info.clone(), StoreOptions::default()).unwrap();
+    let docs: Vec<NewDocument> = (0..80).map(document).collect();
+    for batch in docs.chunks(25) {
+        let r = c.upsert(batch.to_vec()).unwrap();
+        assert_eq!(r.count, batch.len());
+        embedded.upsert(batch.to_vec()).unwrap();
+    }
+    assert_eq!(c.len(), 80);
+
+    // Exact top-k, with filters of every kind that translates, and pages.
+    let filters = [
+        None,
+        Some("colour = red"),
+        Some("price >= 10 AND price < 30.5"),
+        Some("tags:summer"),
+        Some("NOT colour = blue"),
+        Some("colour != red OR price > 40"),
+        Some("tags = winter AND NOT price < 10"),
+        Some("date >= '2024-06-01'"),
+        Some("id = d007 OR id = d012"),
+        Some("id < d010"),
+        Some("colour != red AND colour != green"),
+    ];
+    for q in 0..4u64 {
+        let v = unit_vector(1_000 + q);
+        for f in filters {
+            for (limit, offset) in [(10, 0), (5, 5), (7, 3)] {
+                let r = request(v.clone(), limit, offset, f);
+                let m = c.search(&r).unwrap_or_else(|e| panic!("{f:?}: {e}"));
+                let e = embedded.search(&r).unwrap();
+                assert_same_hits(
+                    &m,
+                    &e,
+                    &format!("query {q} filter {f:?} limit {limit} offset {offset}"),
+                );
+            }
+        }
+    }
+    // The default mode (HNSW, ef from the embedded index's defaults) finds the same here.
+    let mut auto = request(unit_vector(7), 10, 0, None);
+    auto.mode = SearchMode::Auto;
+    assert_same_hits(
+        &c.search(&auto).unwrap(),
+        &embedded.search(&auto).unwrap(),
+        "auto",
+    );
+
+    // Reading back: documents, vectors, listing in id order, file states.
+    let d5 = c.get("d005").unwrap().unwrap();
+    assert_eq!(d5.fields, docs[5].fields);
+    assert_eq!(c.vector("d005").unwrap().unwrap(), docs[5].vector);
+    assert!(c.get("nope").unwrap().is_none());
+    for (skip, limit) in [(0, 100), (10, 5), (75, 10), (200, 5)] {
+        assert_eq!(
+            c.list(skip, limit).unwrap(),
+            embedded.list(skip, limit).unwrap(),
+            "list {skip} {limit}"
+        );
+    }
+    let mut sources = c.sources().unwrap();
+    sources.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut want = embedded.sources().unwrap();
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(sources, want);
+    let touched = vec![(
+        "d010".to_string(),
+        FileState {
+            path: "/moved/10.png".into(),
+            size: 1,
+            mtime_ns: 2,
+            hash: "ab".into(),
+        },
+    )];
+    assert_eq!(c.update_sources(&touched).unwrap().count, 1);
+    embedded.update_sources(&touched).unwrap();
+    assert!(c.sources().unwrap().contains(&touched[0]));
+    assert_eq!(c.get("d010").unwrap().unwrap().fields, docs[10].fields);
+
+    // Updates: fields kept with the vector, a replaced vector, both visible at once.
+    let new_fields = json!({"colour": "purple", "price": 1.0})
+        .as_object()
+        .cloned()
+        .unwrap();
+    c.update_fields("d003", new_fields.clone()).unwrap();
+    embedded.update_fields("d003", new_fields.clone()).unwrap();
+    assert_eq!(c.get("d003").unwrap().unwrap().fields, new_fields);
+    assert_eq!(c.vector("d003").unwrap().unwrap(), docs[3].vector);
+    assert!(matches!(
+        c.update_fields("nope", new_fields.clone()),
+        Err(SearchError::NotFound(_))
+    ));
+    let mut replaced = document(4);
+    replaced.vector = unit_vector(4_004);
+    c.upsert(vec![replaced.clone()]).unwrap();
+    embedded.upsert(vec![replaced.clone()]).unwrap();
+    assert_eq!(c.vector("d004").unwrap().unwrap(), replaced.vector);
+    let purple = request(unit_vector(3), 5, 0, Some("colour = purple"));
+    assert_eq!(ids(&c.search(&purple).unwrap()), ["d003"]);
+
+    // Deletes count what went.
+    let r = c
+        .delete(&["d001".into(), "d002".into(), "nope".into()])
+        .unwrap();
+    assert_eq!(r.count, 2);
+    embedded.delete(&["d001".into(), "d002".into()]).unwrap();
+    assert!(c.get("d001").unwrap().is_none());
+    assert_eq!(c.len(), 78);
+    let v = unit_vector(2);
+    assert_same_hits(
+        &c.search(&request(v.clone(), 10, 0, None)).unwrap(),
+        &embedded.search(&request(v.clone(), 10, 0, None)).unwrap(),
+        "after delete",
+    );
+
+    // Listing walks pages in id order whatever their size.
+    let small_pages = MilvusStore::open(
+        &MilvusAddress::parse_with(&address, |_| None).unwrap(),
+        MilvusOptions {
+            page: 7,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        small_pages.list(0, 100).unwrap(),
+        embedded.list(0, 100).unwrap()
+    );
+    assert_eq!(
+        small_pages.list(20, 9).unwrap(),
+        embedded.list(20, 9).unwrap()
+    );
+    drop(small_pages);
+
+    // Reopened: the same collection, model and answers.
+    drop(c);
+    let c = Collection::open(Path::new(&address)).unwrap();
+    assert_eq!(c.info().model, info.model);
+    assert_eq!(c.info().spec, info.spec);
+    assert_eq!(c.len(), 78);
+    let r = request(v.clone(), 10, 0, Some("tags:summer"));
+    assert_same_hits(
+        &c.search(&r).unwrap(),
+        &embedded.search(&r).unwrap(),
+        "reopened",
+    );
+
+    // Bad input: each a clear error naming the collection address.
+    let other =
+        Collection::open_or_create(Path::new(&address), Some(identity("other-model")), None);
+    assert!(
+        matches!(other, Err(SearchError::ModelMismatch { .. })),
+        "{:?}",
+        other.err()
+    );
+    let mut short = document(90);
+    short.vector.pop();
+    assert!(matches!(
+        c.upsert(vec![short]),
+        Err(SearchError::Dimension { got: 15, want: 16 })
+    ));
+    assert!(matches!(
+        c.search(&request(vec![0.5; 15], 5, 0, None)),
+        Err(SearchError::Dimension { .. })
+    ));
+    let e = c
+        .search(&request(v.clone(), 5, 0, Some("sold AND price > 3")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&address) && e.contains("bare field `sold`"),
+        "{e}"
+    );
+    let mut hybrid = request(v.clone(), 5, 0, None);
+    hybrid.text = Some("red".into());
+    let e = c.search(&hybrid).unwrap_err().to_string();
+    assert!(e.contains(&address) && e.contains("BM25"), "{e}");
+    let e = c
+        .search(&request(v.clone(), 10, 16_380, None))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("16384"), "{e}");
+
+    // A token never shows in errors (this server checks none).
+    let with_token = format!("{}?token=root:sup3rsecret", server.address("absent"));
+    let e = Collection::open(Path::new(&with_token)).err().unwrap();
+    assert!(matches!(e, SearchError::NoCollectionAt(_)), "{e:?}");
+    let shown = format!("{e} {e:?}");
+    assert!(
+        !shown.contains("sup3rsecret") && shown.contains(&server.address("absent")),
+        "{shown}"
+    );
+
+    // A collection another tool made (Milvus' REST quick create: int64 ids, no gclip model).
+    let body = json!({"collectionName": "foreign", "dimension": DIM, "metricType": "IP"});
+    let reply = ureq::post(&format!(
+        "http://127.0.0.1:{}/v1/vector/collections/create",
+        server.port
+    ))
+    .header("Content-Type", "application/json")
+    .send(body.to_string())
+    .unwrap()
+    .into_body()
+    .read_to_string()
+    .unwrap();
+    assert!(reply.contains("200"), "{reply}");
+    let e = Collection::open(Path::new(&server.address("foreign")))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(&server.address("foreign")) && e.contains("not a gclip collection"),
+        "{e}"
+    );
+
+    // Creating where a collection exists is refused.
+    let again = Collection::create(Path::new(&address), info.model.clone(), info.spec.clone());
+    assert!(again
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("already holds a collection"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unreachable_server_is_a_prompt_error_naming_the_address() {
+    // A loopback port nothing listens on.
+    let port = free_port();
+    let address = format!("milvus://127.0.0.1:{port}/photos?token=root:hunter2");
+    let start = Instant::now();
+    let e = Collection::open(Path::new(&address)).err().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    let shown = format!("{e} {e:?}");
+    assert!(
+        shown.contains(&format!("milvus://127.0.0.1:{port}/photos")),
+        "{shown}"
+    );
+    assert!(shown.contains("cannot connect"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    // `exists` says true when it cannot ask, so that opening reports why.
+    assert!(Collection::exists(Path::new(&address)));
+}
