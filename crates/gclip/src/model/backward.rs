@@ -137,6 +137,15 @@ impl ResidualBlock {
     ///
     /// `[batch, tokens, width]` → `[batch, tokens, width]`
     pub fn forward_kept(&self, x: &Tensor, causal: bool) -> Result<(Tensor, BlockActivations)> {
+        let kept = self.activations(x, causal)?;
+        let y = (&kept.after_attention
+            + linear(&self.fc2, &kept.pre_activation, Some(self.activation))?)?;
+        Ok((y, kept))
+    }
+
+    /// What [`Self::backward`] reads, without the block's output: a recomputation for
+    /// checkpointing skips the MLP's second product (a third of the block's multiply-adds).
+    pub fn activations(&self, x: &Tensor, causal: bool) -> Result<BlockActivations> {
         let x = x.detach();
         let qkv = linear(&self.attn.qkv, &layer_norm(&self.ln_1, &x)?, None)?;
         let mixed = qkv.apply_op1_no_bwd(&AttentionOp {
@@ -145,17 +154,13 @@ impl ResidualBlock {
         })?;
         let after_attention = (&x + linear(&self.attn.out, &mixed, None)?)?;
         let pre_activation = linear(&self.fc1, &layer_norm(&self.ln_2, &after_attention)?, None)?;
-        let y = (&after_attention + linear(&self.fc2, &pre_activation, Some(self.activation))?)?;
-        Ok((
-            y,
-            BlockActivations {
-                x,
-                qkv,
-                mixed,
-                after_attention,
-                pre_activation,
-            },
-        ))
+        Ok(BlockActivations {
+            x,
+            qkv,
+            mixed,
+            after_attention,
+            pre_activation,
+        })
     }
 
     /// Back-propagates `grad_y` (`∂loss/∂y` of the output of [`Self::forward_kept`]) through the

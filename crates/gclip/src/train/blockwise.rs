@@ -240,7 +240,7 @@ pub fn backward(
         }
         let activations = match kept {
             KeptBlock::Activations(a) => a,
-            KeptBlock::Input(x) if b.owns_backward(&x) => b.forward_kept(&x, causal)?.1,
+            KeptBlock::Input(x) if b.owns_backward(&x) => b.activations(&x, causal)?,
             KeptBlock::Input(x) => {
                 g = match through(x, &g, grads, &|x| b.forward(x, causal))? {
                     Some(g) => g,
