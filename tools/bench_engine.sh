@@ -6,14 +6,8 @@
 # tools/setup_ref_env.sh; PYTHON overrides its interpreter, GCLIP the gclip binary)
 set -euo pipefail
 arch="${1:-ViT-B-32}"; rounds="${2:-3}"; secs="${3:-3}"
-root="$(cd "$(dirname "$0")/.." && pwd)"
-py="${PYTHON:-$root/tools/.venv/bin/python}"
-threads="$(nproc)"
 # GCLIP=path/to/gclip uses an existing release binary instead of building one.
-if [ -z "${GCLIP:-}" ]; then
-  cargo build --release -q -p gclip-cli --manifest-path "$root/Cargo.toml"
-fi
-gclip="${GCLIP:-${CARGO_TARGET_DIR:-$root/target}/release/gclip}"
+source "$(dirname "$0")/bench_common.sh"
 out="$(mktemp -d)"
 for r in $(seq "$rounds"); do
   "$gclip" bench --arch "$arch" --seconds "$secs" --json >> "$out/gclip.jsonl"

@@ -7,13 +7,8 @@
 #   PYTHON: interpreter of the reference venv (tools/setup_ref_env.sh), GCLIP: a gclip binary.
 set -euo pipefail
 arch="${1:-ViT-B-32}"; rounds="${2:-2}"; secs="${3:-3}"
-root="$(cd "$(dirname "$0")/.." && pwd)"
-py="${PYTHON:-$root/tools/.venv/bin/python}"
-threads="$(nproc)"
-if [ -z "${GCLIP:-}" ]; then
-  cargo build --release -q -p gclip-cli --manifest-path "$root/Cargo.toml"
-fi
-gclip="${GCLIP:-${CARGO_TARGET_DIR:-$root/target}/release/gclip}"
+# GCLIP=path/to/gclip uses an existing release binary instead of building one.
+source "$(dirname "$0")/bench_common.sh"
 out="$(mktemp -d)"
 lscpu | grep -E '^(Model name|CPU family|Model):' | sed 's/  */ /g'
 grep -o -w -E 'avx2|fma|avx512f|avx512_bf16|avx512_vnni|amx_bf16|amx_int8' /proc/cpuinfo | sort -u | tr '\n' ' '; echo

@@ -9,13 +9,8 @@
 #   CONFIGS: which rows to run (default all), e.g. "gclip:fp32 gclip:bf16:ckpt torch:amp_bf16".
 set -euo pipefail
 arch="${1:-ViT-B-32}"; batch="${2:-64}"; steps="${3:-2}"; rounds="${4:-1}"
-root="$(cd "$(dirname "$0")/.." && pwd)"
-py="${PYTHON:-$root/tools/.venv/bin/python}"
-threads="$(nproc)"
-if [ -z "${GCLIP:-}" ]; then
-  cargo build --release -q -p gclip-cli --manifest-path "$root/Cargo.toml"
-fi
-gclip="${GCLIP:-${CARGO_TARGET_DIR:-$root/target}/release/gclip}"
+# GCLIP=path/to/gclip uses an existing release binary instead of building one.
+source "$(dirname "$0")/bench_common.sh"
 configs="${CONFIGS:-gclip:fp32 gclip:fp32:ckpt gclip:bf16 gclip:bf16:ckpt torch:fp32 torch:fp32:ckpt torch:amp_bf16 torch:amp_bf16:ckpt}"
 out="$(mktemp -d)"
 lscpu | grep -E '^(Model name|CPU family|Model):' | sed 's/  */ /g'
