@@ -1,0 +1,114 @@
+//! Multiply-add rate of the bf16 and int8 linear kernels on the shapes of ViT-B/32's layers,
+//! for every kernel variant this CPU runs, so a kernel change can be measured alone (the
+//! towers' benchmarks also time packing, attention and the elementwise steps).
+//!
+//! ```text
+//! cargo run --release -p gclip --example bench_lowp -- [--threads N] [--seconds S] [--kernel NAME]
+//! ```
+//! Prints one line per (kernel, shape): rows × in × out, GFLOP/s (2 flops per multiply-add).
+
+use std::time::{Duration, Instant};
+
+use gclip::model::lowp::{self, Bf16Kernel, Int8Kernel, PackedBf16, PackedInt8};
+
+/// (what, rows, in, out): the image tower at batch 32 (1,600 tokens), training at batch 64
+/// (3,200 image tokens), and a weight-gradient product (K = 1,024 token rows).
+const SHAPES: &[(&str, usize, usize, usize)] = &[
+    ("qkv b32", 1600, 768, 2304),
+    ("out b32", 1600, 768, 768),
+    ("fc1 b32", 1600, 768, 3072),
+    ("fc2 b32", 1600, 3072, 768),
+    ("fc1 train", 3200, 768, 3072),
+    ("fc2 train", 3200, 3072, 768),
+    ("wgrad fc1", 768, 1024, 3072),
+    ("wgrad fc2", 3072, 1024, 768),
+    ("fc1 b1", 50, 768, 3072),
+];
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+/// Calls `run` until `seconds` have passed (at least twice) and returns GFLOP/s.
+fn rate(flops: f64, seconds: f64, mut run: impl FnMut()) -> f64 {
+    run();
+    let start = Instant::now();
+    let mut n = 0u32;
+    while n < 2 || start.elapsed() < Duration::from_secs_f64(seconds) {
+        run();
+        n += 1;
+    }
+    flops * n as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+fn main() {
+    let mut threads = 1usize;
+    let mut seconds = 1.0f64;
+    let mut only: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--threads" => {
+                threads = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--threads N")
+            }
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--seconds S")
+            }
+            "--kernel" => only = args.next(),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    println!("threads {threads}; GFLOP/s = 2 * rows * in * out / time");
+    for &(what, rows, din, dout) in SHAPES {
+        let x = pseudo_random(rows * din, 1);
+        let w = pseudo_random(din * dout, 2);
+        let bias = pseudo_random(dout, 3);
+        let mut dst = vec![0f32; rows * dout];
+        let flops = 2.0 * (rows * din * dout) as f64;
+        let packed = PackedBf16::pack_out_in(&w, din, dout).expect("pack bf16");
+        for kernel in Bf16Kernel::available() {
+            if !wanted(kernel.name()) {
+                continue;
+            }
+            let g = rate(flops, seconds, || {
+                lowp::linear_bf16(&x, rows, &packed, &bias, &mut dst, kernel, threads)
+                    .expect("bf16 product");
+            });
+            println!(
+                "{:<22} {what:<10} {rows:>5} x {din:>4} x {dout:>4} {g:>8.1}",
+                kernel.name()
+            );
+        }
+        let packed = PackedInt8::pack_out_in(&w, din, dout).expect("pack int8");
+        for kernel in Int8Kernel::available() {
+            if !wanted(kernel.name()) {
+                continue;
+            }
+            let g = rate(flops, seconds, || {
+                lowp::linear_int8(&x, rows, &packed, &bias, &mut dst, kernel, threads)
+                    .expect("int8 product");
+            });
+            println!(
+                "{:<22} {what:<10} {rows:>5} x {din:>4} x {dout:>4} {g:>8.1}",
+                kernel.name()
+            );
+        }
+    }
+}
