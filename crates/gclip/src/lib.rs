@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod embed;
+pub mod environment;
 pub mod eval;
 pub mod family;
 pub mod fsutil;
