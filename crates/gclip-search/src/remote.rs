@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use gclip::environment::Env;
+use gclip::http::AgentBuilder;
 use gclip::hub::is_loopback;
 
 use crate::netguard::{Guard, GuardedResolver};
@@ -191,26 +192,13 @@ impl RemoteImages {
         let direct = is_loopback(url) || self.config.guard.is_some();
         let cell = if direct { &self.direct } else { &self.agent };
         cell.get_or_init(|| {
-            let config = ureq::Agent::config_builder()
-                .http_status_as_error(false)
+            let builder = AgentBuilder::new(self.config.connect_timeout)
+                .total_timeout(self.config.timeout)
                 .max_redirects(5)
-                .proxy(if direct {
-                    None
-                } else {
-                    ureq::Proxy::try_from_env()
-                })
-                .user_agent(format!("gclip/{}", env!("CARGO_PKG_VERSION")))
-                .timeout_resolve(Some(self.config.connect_timeout))
-                .timeout_connect(Some(self.config.connect_timeout))
-                .timeout_global(Some(self.config.timeout))
-                .build();
+                .proxy(!direct);
             match &self.config.guard {
-                Some(guard) => ureq::Agent::with_parts(
-                    config,
-                    ureq::unversioned::transport::DefaultConnector::default(),
-                    GuardedResolver(guard.clone()),
-                ),
-                None => ureq::Agent::new_with_config(config),
+                Some(guard) => builder.build_with_resolver(GuardedResolver(guard.clone())),
+                None => builder.build(),
             }
         })
     }

@@ -36,6 +36,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::environment::Env;
+use crate::http::AgentBuilder;
 
 /// The model `--model` means when it is not given.
 pub const DEFAULT_MODEL: &str = "openai/clip-vit-base-patch32";
@@ -1024,24 +1025,13 @@ impl Hub {
 
     fn agent(&self) -> &ureq::Agent {
         self.agent.get_or_init(|| {
-            // A hub on this machine is never reached through a proxy.
-            let proxy = if is_loopback(&self.config.endpoint) {
-                None
-            } else {
-                ureq::Proxy::try_from_env()
-            };
-            let config = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .max_redirects(0)
-                .proxy(proxy)
-                .user_agent(format!("gclip/{}", env!("CARGO_PKG_VERSION")))
-                .timeout_resolve(Some(self.config.connect_timeout))
-                .timeout_connect(Some(self.config.connect_timeout))
-                .timeout_per_read(Some(self.config.read_timeout))
-                .timeout_per_write(Some(self.config.read_timeout))
-                .timeout_recv_response(Some(self.config.read_timeout))
-                .build();
-            ureq::Agent::new_with_config(config)
+            // Redirects are followed by this client, not the agent, so that the token never
+            // goes to another host (`send`); a hub on this machine is never reached through a
+            // proxy.
+            AgentBuilder::new(self.config.connect_timeout)
+                .read_timeout(self.config.read_timeout)
+                .proxy(!is_loopback(&self.config.endpoint))
+                .build()
         })
     }
 

@@ -8,6 +8,7 @@ pub mod environment;
 pub mod eval;
 pub mod family;
 pub mod fsutil;
+pub mod http;
 pub mod hub;
 pub mod input;
 pub mod model;
