@@ -71,9 +71,7 @@ pub(crate) async fn add_docs(
                 generation = c.generation;
             },
         )?;
-        st.metrics
-            .documents_written
-            .fetch_add(report.written as u64, std::sync::atomic::Ordering::Relaxed);
+        st.metrics.documents_written(report.written as u64);
         let failed: Vec<Value> = report
             .failed
             .iter()

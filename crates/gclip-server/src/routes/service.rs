@@ -1,13 +1,16 @@
 //! The server's own routes: the web page (`/`), health (`/api/health`), Prometheus metrics
 //! (`/metrics`) and the OpenAPI document (`/api/openapi.json`).
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::{openapi, Shared};
+use crate::metrics::{self, ModelTotals};
+use crate::{openapi, ApiError, Shared};
 
 pub(crate) async fn page() -> Html<&'static str> {
     Html(include_str!("../../assets/index.html"))
@@ -22,43 +25,33 @@ pub(crate) async fn openapi_json() -> Json<Value> {
     Json(openapi::document())
 }
 
-pub(crate) async fn metrics_text(State(state): Shared) -> impl IntoResponse {
-    let mut extra = Vec::new();
-    if let Ok(c) = state.collections.read() {
-        extra.push((
-            "# TYPE gclip_collection_documents gauge".to_string(),
-            f64::NAN,
-        ));
-        for (name, s) in c.iter() {
-            extra.push((
-                format!("gclip_collection_documents{{collection=\"{name}\"}}"),
-                s.collection.len() as f64,
-            ));
-        }
-    }
-    if let Ok(m) = state.models.lock() {
-        for (key, w) in m.iter() {
-            let k = key.replace('"', "'");
-            let load = |a: &std::sync::atomic::AtomicU64| {
-                a.load(std::sync::atomic::Ordering::Relaxed) as f64
-            };
-            extra.push((
-                format!("gclip_model_batches_total{{model=\"{k}\"}}"),
-                load(&w.stats.batches),
-            ));
-            extra.push((
-                format!("gclip_model_items_total{{model=\"{k}\"}}"),
-                load(&w.stats.items),
-            ));
-            extra.push((
-                format!("gclip_model_busy_seconds_total{{model=\"{k}\"}}"),
-                load(&w.stats.busy_us) / 1e6,
-            ));
-        }
-    }
-    let text = state.metrics.render(&extra).replace(
-        "# TYPE gclip_collection_documents gauge NaN",
-        "# TYPE gclip_collection_documents gauge",
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+pub(crate) async fn metrics_text(State(state): Shared) -> Result<impl IntoResponse, ApiError> {
+    let collections: Vec<(String, usize)> = state
+        .collections
+        .read()
+        .map(|c| {
+            c.iter()
+                .map(|(name, s)| (name.clone(), s.collection.len()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let models: Vec<ModelTotals> = state
+        .models
+        .lock()
+        .map(|m| {
+            m.iter()
+                .map(|(key, w)| ModelTotals {
+                    model: key.clone(),
+                    batches: w.stats.batches.load(Relaxed),
+                    items: w.stats.items.load(Relaxed),
+                    busy_seconds: w.stats.busy_us.load(Relaxed) as f64 / 1e6,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let text = state
+        .metrics
+        .render(&collections, &models)
+        .map_err(|e| ApiError::internal(format!("writing the metrics: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text))
 }
