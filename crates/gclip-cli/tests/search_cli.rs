@@ -410,23 +410,27 @@ fn serve_files(files: Vec<(String, Vec<u8>)>) -> u16 {
     port
 }
 
-/// One HTTP/1.1 request with `Connection: close`; status and body.
+/// One request to the server on `port`; status and body, `None` when it did not answer.
 fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .ok()?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
+    let agent = gclip::http::AgentBuilder::new(std::time::Duration::from_secs(10))
+        .read_timeout(std::time::Duration::from_secs(30))
+        .proxy(false)
+        .build();
+    let head = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}{path}"));
+    let answer = if body.is_empty() {
+        agent.run(head.body(()).ok()?)
+    } else {
+        agent.run(
+            head.header("content-type", "application/json")
+                .body(body)
+                .ok()?,
+        )
+    };
+    let mut answer = answer.ok()?;
+    let text = answer.body_mut().read_to_string().ok()?;
+    Some((answer.status().as_u16(), text))
 }
 
 /// `gclip serve` on a free loopback port with `extra` arguments, once it answers.

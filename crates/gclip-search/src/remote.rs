@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use gclip::hub::{is_loopback, is_true};
+use gclip::environment::Env;
+use gclip::http::AgentBuilder;
+use gclip::hub::is_loopback;
 
 use crate::netguard::{Guard, GuardedResolver};
 
@@ -47,29 +49,21 @@ pub struct RemoteConfig {
 impl RemoteConfig {
     /// From environment variables looked up by `var`:
     /// - cache: `GCLIP_IMAGE_CACHE`, else `$XDG_CACHE_HOME/gclip/images`, else
-    ///   `$HOME/.cache/gclip/images`;
+    ///   `$HOME/.cache/gclip/images` ([`Env::image_cache`]);
     /// - offline: `GCLIP_OFFLINE`, or `HF_HUB_OFFLINE` (the switch users already set for
     ///   models), true as `1`/`ON`/`YES`/`TRUE`;
     /// - size limit: `GCLIP_MAX_IMAGE_BYTES`, 50 MB by default;
     /// - download limit: `GCLIP_IMAGE_TIMEOUT` seconds, 30 by default (connecting: 10).
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
-        let get = |name: &str| var(name).filter(|v| !v.is_empty());
-        let cache_dir = get("GCLIP_IMAGE_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| get("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("gclip/images")))
-            .or_else(|| get("HOME").map(|h| PathBuf::from(h).join(".cache/gclip/images")))
-            .unwrap_or_else(|| PathBuf::from(".cache/gclip/images"));
-        let offline = is_true(get("GCLIP_OFFLINE")) || is_true(get("HF_HUB_OFFLINE"));
+        let env = Env::new(&var);
         let max_bytes =
-            gclip::input::image::parse_max_image_bytes(get("GCLIP_MAX_IMAGE_BYTES").as_deref());
-        let timeout = get("GCLIP_IMAGE_TIMEOUT")
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .map(Duration::from_secs_f64)
+            gclip::input::image::parse_max_image_bytes(env.get("GCLIP_MAX_IMAGE_BYTES").as_deref());
+        let timeout = env
+            .seconds("GCLIP_IMAGE_TIMEOUT")
             .unwrap_or(Duration::from_secs(30));
         Self {
-            cache_dir,
-            offline,
+            cache_dir: env.image_cache(),
+            offline: env.images_offline(),
             offline_reason: "GCLIP_OFFLINE or HF_HUB_OFFLINE is set".into(),
             max_bytes,
             connect_timeout: Duration::from_secs(10).min(timeout),
@@ -198,26 +192,13 @@ impl RemoteImages {
         let direct = is_loopback(url) || self.config.guard.is_some();
         let cell = if direct { &self.direct } else { &self.agent };
         cell.get_or_init(|| {
-            let config = ureq::Agent::config_builder()
-                .http_status_as_error(false)
+            let builder = AgentBuilder::new(self.config.connect_timeout)
+                .total_timeout(self.config.timeout)
                 .max_redirects(5)
-                .proxy(if direct {
-                    None
-                } else {
-                    ureq::Proxy::try_from_env()
-                })
-                .user_agent(format!("gclip/{}", env!("CARGO_PKG_VERSION")))
-                .timeout_resolve(Some(self.config.connect_timeout))
-                .timeout_connect(Some(self.config.connect_timeout))
-                .timeout_global(Some(self.config.timeout))
-                .build();
+                .proxy(!direct);
             match &self.config.guard {
-                Some(guard) => ureq::Agent::with_parts(
-                    config,
-                    ureq::unversioned::transport::DefaultConnector::default(),
-                    GuardedResolver(guard.clone()),
-                ),
-                None => ureq::Agent::new_with_config(config),
+                Some(guard) => builder.build_with_resolver(GuardedResolver(guard.clone())),
+                None => builder.build(),
             }
         })
     }

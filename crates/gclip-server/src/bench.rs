@@ -1,12 +1,13 @@
 //! Server throughput: text-query requests per second under concurrent clients on loopback,
 //! against the engine's own batched text throughput on the same model.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gclip::embed::Embedder;
+use gclip::http::AgentBuilder;
 use gclip_search::{Collection, EmbedSpec, ModelIdentity, NewDocument};
 use serde::Serialize;
 
@@ -52,36 +53,51 @@ pub struct AttackResult {
     pub attacks: Vec<(String, Vec<(u16, usize)>)>,
 }
 
-/// One hostile request: a name, the path and the raw request (head and body).
+/// One hostile request.
 pub struct Attack {
     pub name: &'static str,
-    pub request: Vec<u8>,
+    pub method: &'static str,
+    pub path: String,
+    /// A `Host` header other than the server's address.
+    pub host: Option<&'static str>,
+    /// A JSON body; empty for none.
+    pub body: Vec<u8>,
 }
 
-fn raw_request(
-    addr: SocketAddr,
-    host: Option<&str>,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> Vec<u8> {
-    let mut r = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        host.map_or_else(|| addr.to_string(), String::from),
-        body.len()
-    )
-    .into_bytes();
-    r.extend_from_slice(body);
-    r
+impl Attack {
+    fn post(name: &'static str, path: String, body: serde_json::Value) -> Self {
+        Self {
+            name,
+            method: "POST",
+            path,
+            host: None,
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    fn get(name: &'static str, path: String, host: Option<&'static str>) -> Self {
+        Self {
+            name,
+            method: "GET",
+            path,
+            host,
+            body: Vec::new(),
+        }
+    }
+}
+
+/// A client of the server under test: no proxy, a minute per answer.
+fn client() -> ureq::Agent {
+    AgentBuilder::new(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(120))
+        .proxy(false)
+        .build()
 }
 
 /// The requests of issue 10's attack report, against collection `name` of the server at
 /// `addr`: each must get a 4xx or a bounded answer while searches go on.
 pub fn attack_set(addr: SocketAddr, name: &str) -> Vec<Attack> {
     use base64::Engine as _;
-    let post = |path: String, body: serde_json::Value| {
-        raw_request(addr, None, "POST", &path, body.to_string().as_bytes())
-    };
     let search = format!("/api/collections/{name}/search");
     let documents = format!("/api/collections/{name}/documents");
     // 6300 × 6300 16-bit RGBA, one colour: a few hundred KB that decode to 635 MB of samples.
@@ -105,103 +121,82 @@ pub fn attack_set(addr: SocketAddr, name: &str) -> Vec<Attack> {
         out
     };
     vec![
-        Attack {
-            name: "10 MiB query text",
-            request: post(
-                search.clone(),
-                serde_json::json!({"q": "cat ".repeat(10 << 18)}),
-            ),
-        },
-        Attack {
-            name: "classify template {}x500000",
-            request: post(
-                "/api/classify".into(),
-                serde_json::json!({"labels": ["cat", "dog", "car", "boat"], "text": "a cat",
-                    "template": "{}".repeat(500_000)}),
-            ),
-        },
-        Attack {
-            name: "filter of 6000 NOTs",
-            request: post(
-                search.clone(),
-                serde_json::json!({"q": "cat", "filter": format!("{}title", "NOT ".repeat(6000))}),
-            ),
-        },
-        Attack {
-            name: "document image /dev/zero",
-            request: post(
-                documents.clone(),
-                serde_json::json!({"documents": [{"id": "z", "title": "z", "image": "/dev/zero"}]}),
-            ),
-        },
-        Attack {
-            name: "document image ../../etc/passwd",
-            request: post(
-                documents,
-                serde_json::json!({"documents": [{"id": "p", "title": "p", "image": "../../etc/passwd"}]}),
-            ),
-        },
-        Attack {
-            name: "image_url to loopback",
-            request: post(
-                search.clone(),
-                serde_json::json!({"image_url": format!("http://{addr}/api/health")}),
-            ),
-        },
-        Attack {
-            name: "offset 2^64-1",
-            request: raw_request(
-                addr,
-                None,
-                "GET",
-                &format!("/api/collections/{name}/documents?offset=18446744073709551615"),
-                b"",
-            ),
-        },
-        Attack {
-            name: "foreign Host header",
-            request: raw_request(
-                addr,
-                Some("rebind.attacker.example"),
-                "GET",
-                "/api/collections",
-                b"",
-            ),
-        },
-        Attack {
-            name: "6300x6300 16-bit PNG query",
-            request: post(
-                search,
-                serde_json::json!({"image": base64::engine::general_purpose::STANDARD.encode(&big_png)}),
-            ),
-        },
+        Attack::post(
+            "10 MiB query text",
+            search.clone(),
+            serde_json::json!({"q": "cat ".repeat(10 << 18)}),
+        ),
+        Attack::post(
+            "classify template {}x500000",
+            "/api/classify".into(),
+            serde_json::json!({"labels": ["cat", "dog", "car", "boat"], "text": "a cat",
+                "template": "{}".repeat(500_000)}),
+        ),
+        Attack::post(
+            "filter of 6000 NOTs",
+            search.clone(),
+            serde_json::json!({"q": "cat", "filter": format!("{}title", "NOT ".repeat(6000))}),
+        ),
+        Attack::post(
+            "document image /dev/zero",
+            documents.clone(),
+            serde_json::json!({"documents": [{"id": "z", "title": "z", "image": "/dev/zero"}]}),
+        ),
+        Attack::post(
+            "document image ../../etc/passwd",
+            documents,
+            serde_json::json!({"documents": [{"id": "p", "title": "p", "image": "../../etc/passwd"}]}),
+        ),
+        Attack::post(
+            "image_url to loopback",
+            search.clone(),
+            serde_json::json!({"image_url": format!("http://{addr}/api/health")}),
+        ),
+        Attack::get(
+            "offset 2^64-1",
+            format!("/api/collections/{name}/documents?offset=18446744073709551615"),
+            None,
+        ),
+        Attack::get(
+            "foreign Host header",
+            "/api/collections".into(),
+            Some("rebind.attacker.example"),
+        ),
+        Attack::post(
+            "6300x6300 16-bit PNG query",
+            search,
+            serde_json::json!({"image": base64::engine::general_purpose::STANDARD.encode(&big_png)}),
+        ),
     ]
 }
 
-/// Sends `request` on a new connection; the answer's status (0 when there was none).
-fn send_raw(addr: SocketAddr, request: &[u8]) -> u16 {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return 0;
+/// Sends `attack`; the answer's status (0 when there was none).
+fn send(agent: &ureq::Agent, addr: SocketAddr, attack: &Attack) -> u16 {
+    let mut head = ureq::http::Request::builder()
+        .method(attack.method)
+        .uri(format!("http://{addr}{}", attack.path));
+    if let Some(host) = attack.host {
+        head = head.header("host", host);
+    }
+    let answer = if attack.body.is_empty() {
+        head.body(()).map(|r| agent.run(r))
+    } else {
+        head.header("content-type", "application/json")
+            .body(attack.body.as_slice())
+            .map(|r| agent.run(r))
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
-    if s.write_all(request).is_err() {
-        return 0;
-    }
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
+    match answer {
+        Ok(Ok(mut r)) => {
+            let status = r.status().as_u16();
+            // Read the whole answer, so that the connection ends cleanly, not by a reset.
+            let _ = std::io::copy(
+                &mut r.body_mut().with_config().limit(u64::MAX).reader(),
+                &mut std::io::sink(),
+            );
+            status
         }
+        _ => 0,
     }
-    // Drain the rest so that the server is not stopped by a reset.
-    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-    String::from_utf8_lossy(&head)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
 }
 
 fn query_text(i: usize) -> String {
@@ -217,47 +212,15 @@ fn query_text(i: usize) -> String {
     )
 }
 
-/// Keep-alive client: POSTs `body` to `path`, returns the status.
-fn post(stream: &mut TcpStream, addr: SocketAddr, path: &str, body: &str) -> std::io::Result<u16> {
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(req.as_bytes())?;
-    let mut raw = Vec::with_capacity(4096);
-    let mut buf = [0u8; 8192];
-    let split = loop {
-        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p;
-        }
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            return Err(std::io::Error::other("closed"));
-        }
-        raw.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap_or(0))
-        })
-        .unwrap_or(0);
-    let mut have = raw.len() - split - 4;
-    while have < len {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            return Err(std::io::Error::other("closed"));
-        }
-        have += n;
-    }
-    Ok(status)
+/// POSTs `body` to `path`; the answer's status. The answer is read to its end, so that the
+/// agent keeps the connection for the next request.
+fn post(agent: &ureq::Agent, addr: SocketAddr, path: &str, body: &str) -> Result<u16, ureq::Error> {
+    let mut r = agent
+        .post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .send(body)?;
+    r.body_mut().read_to_vec()?;
+    Ok(r.status().as_u16())
 }
 
 /// Runs the benchmark in `dir` (a scratch directory): engine first, then the server with the
@@ -376,11 +339,12 @@ pub fn run_server_bench(
             .map(|a| {
                 let attacks = attacks.clone();
                 std::thread::spawn(move || {
+                    let agent = client();
                     let mut seen: Vec<Vec<u16>> = vec![Vec::new(); attacks.len()];
                     let mut i = a;
                     while Instant::now() < deadline {
                         let k = i % attacks.len();
-                        seen[k].push(send_raw(addr, &attacks[k].request));
+                        seen[k].push(send(&agent, addr, &attacks[k]));
                         i += 1;
                     }
                     seen
@@ -444,25 +408,29 @@ fn search_stream(addr: SocketAddr, clients: usize, deadline: Instant) -> (Vec<f6
     let handles: Vec<_> = (0..clients.max(1))
         .map(|c| {
             std::thread::spawn(move || -> (Vec<f64>, usize) {
+                let agent = client();
                 let mut lat = Vec::new();
                 let mut errors = 0;
-                let Ok(mut s) = TcpStream::connect(addr) else {
-                    return (lat, 1);
-                };
-                let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
                 let mut i = c * 100_000;
                 while Instant::now() < deadline {
                     let body = format!("{{\"q\": \"{}\", \"limit\": 10}}", query_text(i));
                     i += 1;
                     let t = Instant::now();
-                    match post(&mut s, addr, "/api/collections/bench/search", &body) {
+                    match post(&agent, addr, "/api/collections/bench/search", &body) {
                         Ok(200) => lat.push(t.elapsed().as_secs_f64() * 1e3),
                         Ok(_) => errors += 1,
-                        Err(_) => {
+                        Err(e) => {
                             errors += 1;
-                            match TcpStream::connect(addr) {
-                                Ok(n) => s = n,
-                                Err(_) => break,
+                            // A server that no longer accepts connections has stopped.
+                            let refused = match &e {
+                                ureq::Error::ConnectionFailed => true,
+                                ureq::Error::Io(io) => {
+                                    io.kind() == std::io::ErrorKind::ConnectionRefused
+                                }
+                                _ => false,
+                            };
+                            if refused {
+                                break;
                             }
                         }
                     }

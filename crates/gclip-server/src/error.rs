@@ -5,6 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use gclip_search::SearchError;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 /// An error answered to the client.
 #[derive(Debug, thiserror::Error)]
@@ -12,6 +14,25 @@ use gclip_search::SearchError;
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
+    pub message: String,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable name of the failure: `bad_request`, `bad_json`, `bad_query`, `bad_path`,
+    /// `bad_filter`, `not_found`, `unauthorized`, `host_not_allowed`, `no_root`, `exists`,
+    /// `too_large`, `bad_model`, `bad_image`, `cannot_embed`, `busy`, `internal`.
+    pub code: String,
+    /// What to change, for a person.
     pub message: String,
 }
 
@@ -90,7 +111,12 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!("{}", self.message);
         }
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use candle_core::Device;
 use gclip::embed::{Embedder, LoadOptions};
@@ -341,42 +341,51 @@ async fn blocking<T: Send + 'static>(
 // ---------------------------------------------------------------------------------------------
 // Router
 
-/// The API and the page.
-pub fn router(state: Arc<AppState>) -> Router {
-    let limit = state.config.max_body_bytes;
-    Router::new()
-        .route("/", get(page))
-        .route("/api/health", get(health))
-        .route("/metrics", get(metrics_text))
-        .route("/api/openapi.json", get(openapi_json))
-        .route(
+/// Every route the server answers: its path and handlers. The OpenAPI document describes the
+/// same paths and methods (`openapi::tests` holds the two together).
+fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
+    vec![
+        ("/", get(page)),
+        ("/api/health", get(health)),
+        ("/metrics", get(metrics_text)),
+        ("/api/openapi.json", get(openapi_json)),
+        (
             "/api/collections",
             get(list_collections)
                 .post(create_collection)
                 .layer(DefaultBodyLimit::max(limits::SMALL_BODY_BYTES)),
-        )
-        .route(
+        ),
+        (
             "/api/collections/{name}",
             get(get_collection).delete(delete_collection),
-        )
-        .route(
+        ),
+        (
             "/api/collections/{name}/documents",
             post(add_docs).get(list_docs),
-        )
-        .route(
+        ),
+        (
             "/api/collections/{name}/documents/{id}",
             get(get_doc)
                 .patch(patch_doc)
                 .delete(delete_doc)
                 .layer(DefaultBodyLimit::max(limits::PATCH_BODY_BYTES)),
-        )
-        .route(
+        ),
+        (
             "/api/collections/{name}/documents/{id}/thumbnail",
             get(thumbnail),
-        )
-        .route("/api/collections/{name}/search", post(search))
-        .route("/api/embed", post(embed))
-        .route("/api/classify", post(classify))
+        ),
+        ("/api/collections/{name}/search", post(search)),
+        ("/api/embed", post(embed)),
+        ("/api/classify", post(classify)),
+    ]
+}
+
+/// The API and the page.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    routes()
+        .into_iter()
+        .fold(Router::new(), |r, (path, handlers)| r.route(path, handlers))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(

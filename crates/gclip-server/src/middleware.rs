@@ -18,11 +18,9 @@ pub(crate) async fn track(State(state): Shared, req: Request, next: Next) -> Res
         .unwrap_or_else(|| "unmatched".into());
     let t = Instant::now();
     let resp = next.run(req).await;
-    state.metrics.record(
-        &route,
-        resp.status().as_u16(),
-        t.elapsed().as_secs_f64() * 1e3,
-    );
+    state
+        .metrics
+        .record(&route, resp.status().as_u16(), t.elapsed().as_secs_f64());
     resp
 }
 

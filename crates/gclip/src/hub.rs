@@ -35,6 +35,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::environment::Env;
+use crate::http::AgentBuilder;
+
 /// The model `--model` means when it is not given.
 pub const DEFAULT_MODEL: &str = "openai/clip-vit-base-patch32";
 /// The public hub, used unless `HF_ENDPOINT` says otherwise.
@@ -214,55 +217,29 @@ impl HubConfig {
     ///
     /// Empty variables count as unset.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
-        let get = |name: &str| var(name).filter(|v| !v.is_empty());
-        let home = || {
-            get("HOME")
-                .or_else(|| get("USERPROFILE"))
-                .map(PathBuf::from)
-        };
-        let expand = |v: String| -> PathBuf {
-            match (v.strip_prefix("~/"), home()) {
-                (Some(rest), Some(h)) => h.join(rest),
-                _ if v == "~" => home().unwrap_or_else(|| PathBuf::from(v)),
-                _ => PathBuf::from(v),
-            }
-        };
-        let hf_home = get("HF_HOME").map(expand).unwrap_or_else(|| {
-            get("XDG_CACHE_HOME")
-                .map(expand)
-                .or_else(|| home().map(|h| h.join(".cache")))
-                .unwrap_or_else(|| PathBuf::from(".cache"))
-                .join("huggingface")
-        });
-        let cache_dir = get("HF_HUB_CACHE")
-            .or_else(|| get("HUGGINGFACE_HUB_CACHE"))
-            .map(expand)
-            .unwrap_or_else(|| hf_home.join("hub"));
-        let offline = is_true(get("HF_HUB_OFFLINE").or_else(|| get("TRANSFORMERS_OFFLINE")));
-        let endpoint = get("HF_ENDPOINT")
+        let env = Env::new(&var);
+        let endpoint = env
+            .get("HF_ENDPOINT")
             .map(|e| e.trim_end_matches('/').to_string())
             .filter(|e| !e.is_empty())
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-        let token = if is_true(get("HF_HUB_DISABLE_IMPLICIT_TOKEN")) {
+        let token = if env.is_true("HF_HUB_DISABLE_IMPLICIT_TOKEN") {
             None
         } else {
-            clean_token(get("HF_TOKEN").or_else(|| get("HUGGING_FACE_HUB_TOKEN"))).or_else(|| {
-                let path = get("HF_TOKEN_PATH")
-                    .map(expand)
-                    .unwrap_or_else(|| hf_home.join("token"));
-                clean_token(std::fs::read_to_string(path).ok())
-            })
+            clean_token(
+                env.get("HF_TOKEN")
+                    .or_else(|| env.get("HUGGING_FACE_HUB_TOKEN")),
+            )
+            .or_else(|| clean_token(std::fs::read_to_string(env.hf_token_path()).ok()))
         };
-        let read_timeout = get("HF_HUB_DOWNLOAD_TIMEOUT")
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .map(Duration::from_secs_f64)
+        let read_timeout = env
+            .seconds("HF_HUB_DOWNLOAD_TIMEOUT")
             .unwrap_or(Duration::from_secs(10));
         Self {
             endpoint,
-            cache_dir,
+            cache_dir: env.hub_cache(),
             token,
-            offline,
+            offline: env.hub_offline(),
             connect_timeout: Duration::from_secs(5),
             read_timeout,
         }
@@ -286,17 +263,6 @@ impl HubConfig {
         self.cache_dir
             .join(format!("models--{}", repo.replace('/', "--")))
     }
-}
-
-/// True when an environment switch is on: `1`, `ON`, `YES` or `TRUE`, any case (huggingface_hub's
-/// rule, which gclip's own switches follow too).
-pub fn is_true(v: Option<String>) -> bool {
-    v.is_some_and(|v| {
-        matches!(
-            v.trim().to_ascii_uppercase().as_str(),
-            "1" | "ON" | "YES" | "TRUE"
-        )
-    })
 }
 
 fn clean_token(t: Option<String>) -> Option<String> {
@@ -1059,24 +1025,13 @@ impl Hub {
 
     fn agent(&self) -> &ureq::Agent {
         self.agent.get_or_init(|| {
-            // A hub on this machine is never reached through a proxy.
-            let proxy = if is_loopback(&self.config.endpoint) {
-                None
-            } else {
-                ureq::Proxy::try_from_env()
-            };
-            let config = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .max_redirects(0)
-                .proxy(proxy)
-                .user_agent(format!("gclip/{}", env!("CARGO_PKG_VERSION")))
-                .timeout_resolve(Some(self.config.connect_timeout))
-                .timeout_connect(Some(self.config.connect_timeout))
-                .timeout_per_read(Some(self.config.read_timeout))
-                .timeout_per_write(Some(self.config.read_timeout))
-                .timeout_recv_response(Some(self.config.read_timeout))
-                .build();
-            ureq::Agent::new_with_config(config)
+            // Redirects are followed by this client, not the agent, so that the token never
+            // goes to another host (`send`); a hub on this machine is never reached through a
+            // proxy.
+            AgentBuilder::new(self.config.connect_timeout)
+                .read_timeout(self.config.read_timeout)
+                .proxy(!is_loopback(&self.config.endpoint))
+                .build()
         })
     }
 

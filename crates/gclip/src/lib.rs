@@ -4,9 +4,11 @@
 
 pub mod bench;
 pub mod embed;
+pub mod environment;
 pub mod eval;
 pub mod family;
 pub mod fsutil;
+pub mod http;
 pub mod hub;
 pub mod input;
 pub mod model;

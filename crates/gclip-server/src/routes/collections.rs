@@ -5,59 +5,118 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::Json;
 use gclip::model::Precision;
-use gclip_search::{model_identity, Collection, EmbedSpec};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use gclip_search::{model_identity, Collection, EmbedSpec, ModelIdentity};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use crate::{blocking, valid_name, ApiError, Served, Shared};
+use super::answer;
+use crate::error::ErrorBody;
+use crate::{blocking, openapi, valid_name, ApiError, Served, Shared};
 
-fn collection_json(s: &Served) -> Value {
-    let info = s.collection.info();
-    json!({
-        "name": s.name,
-        "documents": s.collection.len(),
-        "model": info.model,
-        "embed": info.spec,
-        "image_fields": info.spec.image_fields().collect::<Vec<_>>(),
-    })
+/// A collection being served.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct CollectionSummary {
+    /// The name in URLs.
+    name: String,
+    /// Documents in the collection.
+    documents: usize,
+    /// The model its vectors were made with.
+    #[schema(value_type = openapi::Model)]
+    model: ModelIdentity,
+    /// The fields it embeds and their weights.
+    #[schema(value_type = openapi::EmbedSpec)]
+    embed: EmbedSpec,
+    /// The fields that hold images (paths or URLs).
+    image_fields: Vec<String>,
 }
 
-pub(crate) async fn list_collections(State(state): Shared) -> Json<Value> {
-    let c = state.collections.read().unwrap_or_else(|p| p.into_inner());
-    Json(Value::Array(
-        c.values().map(|s| collection_json(s)).collect(),
-    ))
+impl CollectionSummary {
+    fn of(s: &Served) -> Self {
+        let info = s.collection.info();
+        Self {
+            name: s.name.clone(),
+            documents: s.collection.len(),
+            model: info.model.clone(),
+            embed: info.spec.clone(),
+            image_fields: info.spec.image_fields().map(String::from).collect(),
+        }
+    }
 }
 
+/// The collections served.
+#[utoipa::path(get, path = "/api/collections", tag = "collections",
+    responses(
+        (status = 200, description = "every collection served, by name", body = Vec<CollectionSummary>),
+        (status = "4XX", description = "missing API key (servers that protect reads)", body = ErrorBody),
+    ))]
+pub(crate) async fn list_collections(State(state): Shared) -> Result<Json<Value>, ApiError> {
+    let all: Vec<CollectionSummary> = state
+        .collections
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .map(|s| CollectionSummary::of(s))
+        .collect();
+    answer(&all)
+}
+
+/// One collection.
+#[utoipa::path(get, path = "/api/collections/{name}", tag = "collections",
+    params(("name" = String, Path, description = "the collection")),
+    responses(
+        (status = 200, description = "the collection", body = CollectionSummary),
+        (status = "4XX", description = "no such collection; missing API key", body = ErrorBody),
+    ))]
 pub(crate) async fn get_collection(
     State(state): Shared,
     name: Result<UrlPath<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let UrlPath(name) = name?;
     let served = state.collection(&name)?;
-    Ok(Json(collection_json(&served)))
+    answer(&CollectionSummary::of(&served))
 }
 
-#[derive(Deserialize)]
+/// A collection to create under the server's `--root`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct CreateBody {
+pub(crate) struct CreateCollection {
+    /// 1-64 letters, digits, `-` and `_`.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     name: String,
+    /// A Hugging Face model id, or a model directory or checkpoint under the server's
+    /// `--files-root` folders.
     model: String,
+    /// The architecture of a checkpoint file: a built-in name (`ViT-B-32`) or an open_clip
+    /// config JSON under `--files-root`.
     #[serde(default)]
     arch: Option<String>,
-    /// `FIELD[:WEIGHT],…`
+    /// `FIELD[:WEIGHT],…`: the fields embedded and their weights; `image` when absent.
     #[serde(default)]
+    #[schema(example = "title:0.3,image:0.7")]
     embed: Option<String>,
+    /// The fields that hold images; `["image"]` when absent.
     #[serde(default)]
     image_fields: Option<Vec<String>>,
-    /// `fp32`, `bf16` or `int8`; the server's `--precision`, else fp32, when absent.
+    /// The precision of the vectors; the server's `--precision`, else fp32, when absent.
     #[serde(default)]
+    #[schema(value_type = Option<openapi::Precision>)]
     precision: Option<Precision>,
 }
 
+/// Creates a collection under `--root`.
+///
+/// The model is loaded and checked before anything is written.
+#[utoipa::path(post, path = "/api/collections", tag = "collections",
+    request_body = CreateCollection,
+    responses(
+        (status = 201, description = "created", body = CollectionSummary),
+        (status = "4XX", description = "bad name or model, name taken, no --root, missing API key", body = ErrorBody),
+        (status = "5XX", description = "the server failed", body = ErrorBody),
+    ))]
 pub(crate) async fn create_collection(
     State(state): Shared,
-    body: Result<Json<CreateBody>, JsonRejection>,
+    body: Result<Json<CreateCollection>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(body) = body?;
     let root = state.config.root.clone().ok_or_else(|| {
@@ -106,11 +165,28 @@ pub(crate) async fn create_collection(
         let c = Collection::create(&dir, identity, spec)?;
         st.insert(body.name.clone(), c)?;
         let s = st.collection(&body.name)?;
-        Ok((StatusCode::CREATED, Json(collection_json(&s))))
+        Ok((StatusCode::CREATED, answer(&CollectionSummary::of(&s))?))
     })
     .await
 }
 
+/// What deleting a collection did.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct CollectionDeleted {
+    /// The collection's name.
+    deleted: String,
+    /// Whether its files were removed: only for collections under `--root`; others are only no
+    /// longer served.
+    files_removed: bool,
+}
+
+/// Stops serving a collection; removes its files when it lives under `--root`.
+#[utoipa::path(delete, path = "/api/collections/{name}", tag = "collections",
+    params(("name" = String, Path, description = "the collection")),
+    responses(
+        (status = 200, description = "deleted", body = CollectionDeleted),
+        (status = "4XX", description = "no such collection; missing API key", body = ErrorBody),
+    ))]
 pub(crate) async fn delete_collection(
     State(state): Shared,
     name: Result<UrlPath<String>, PathRejection>,
@@ -131,5 +207,8 @@ pub(crate) async fn delete_collection(
     let dir = served.collection.dir().map(|d| d.to_path_buf());
     drop(served);
     let removed = under_root && dir.is_some_and(|d| std::fs::remove_dir_all(d).is_ok());
-    Ok(Json(json!({"deleted": name, "files_removed": removed})))
+    answer(&CollectionDeleted {
+        deleted: name,
+        files_removed: removed,
+    })
 }

@@ -11,23 +11,59 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use gclip_search::ingest::{add_documents, document_from_fields, update_document, InputDocument};
 use gclip_search::roots::FileRoots;
-use gclip_search::{Fields, SearchError};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use gclip_search::{Document, Fields, SearchError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::default_limit;
-use crate::{blocking, ApiError, Shared};
+use super::{answer, default_limit};
+use crate::error::ErrorBody;
+use crate::{blocking, openapi, ApiError, Shared};
 
-#[derive(Deserialize)]
+/// Documents to add or replace.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct AddBody {
+pub(crate) struct AddDocuments {
+    /// Each an object: `id` plus its fields (text, an image path under the server's
+    /// `--files-root` or an http(s) URL, numbers, lists of tags). One that is not an object, or
+    /// that cannot be embedded, fails alone.
+    #[schema(value_type = Vec<Object>)]
     documents: Vec<Value>,
 }
 
+/// What adding documents did.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DocumentsWritten {
+    /// Documents written (new or replaced).
+    written: usize,
+    /// The documents that failed, each alone.
+    failed: Vec<DocumentFailure>,
+    /// The collection's generation after the last write (one more per committed batch).
+    generation: u64,
+}
+
+/// A document that was not written.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DocumentFailure {
+    /// Its position in `documents`.
+    index: Option<usize>,
+    /// Why.
+    error: String,
+}
+
+/// Adds or replaces documents, embedded per the collection's spec.
+#[utoipa::path(post, path = "/api/collections/{name}/documents", tag = "documents",
+    params(("name" = String, Path, description = "the collection")),
+    request_body = AddDocuments,
+    responses(
+        (status = 200, description = "written and failed documents", body = DocumentsWritten),
+        (status = "4XX", description = "no such collection, bad JSON, missing API key", body = ErrorBody),
+        (status = "5XX", description = "the model or the store failed", body = ErrorBody),
+    ))]
 pub(crate) async fn add_docs(
     State(state): Shared,
     name: Result<UrlPath<String>, PathRejection>,
-    body: Result<Json<AddBody>, JsonRejection>,
+    body: Result<Json<AddDocuments>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let UrlPath(name) = name?;
     let Json(body) = body?;
@@ -71,17 +107,20 @@ pub(crate) async fn add_docs(
                 generation = c.generation;
             },
         )?;
-        st.metrics
-            .documents_written
-            .fetch_add(report.written as u64, std::sync::atomic::Ordering::Relaxed);
-        let failed: Vec<Value> = report
+        st.metrics.documents_written(report.written as u64);
+        let failed = report
             .failed
-            .iter()
-            .map(|(i, e)| json!({"index": i.parse::<usize>().ok(), "error": e}))
+            .into_iter()
+            .map(|(i, error)| DocumentFailure {
+                index: i.parse().ok(),
+                error,
+            })
             .collect();
-        Ok(Json(
-            json!({"written": report.written, "failed": failed, "generation": generation}),
-        ))
+        answer(&DocumentsWritten {
+            written: report.written,
+            failed,
+            generation,
+        })
     })
     .await
 }
@@ -114,6 +153,27 @@ pub(crate) struct ListQuery {
     limit: usize,
 }
 
+/// A page of a collection's documents.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DocumentPage {
+    /// The documents, by id.
+    #[schema(value_type = Vec<openapi::Document>)]
+    documents: Vec<Document>,
+    /// Documents in the collection.
+    total: usize,
+}
+
+/// A page of a collection's documents, by id.
+#[utoipa::path(get, path = "/api/collections/{name}/documents", tag = "documents",
+    params(
+        ("name" = String, Path, description = "the collection"),
+        ("offset" = Option<usize>, Query, description = "documents to skip; 0 when absent"),
+        ("limit" = Option<usize>, Query, description = "documents to return: 10 when absent, at most the server's largest page"),
+    ),
+    responses(
+        (status = 200, description = "the page", body = DocumentPage),
+        (status = "4XX", description = "no such collection; bad query; missing API key", body = ErrorBody),
+    ))]
 pub(crate) async fn list_docs(
     State(state): Shared,
     name: Result<UrlPath<String>, PathRejection>,
@@ -124,14 +184,25 @@ pub(crate) async fn list_docs(
     let served = state.collection(&name)?;
     let limit = q.limit.min(state.config.max_results);
     blocking(move || {
-        let docs = served.collection.list(q.offset, limit)?;
-        Ok(Json(
-            json!({"documents": docs, "total": served.collection.len()}),
-        ))
+        let documents = served.collection.list(q.offset, limit)?;
+        answer(&DocumentPage {
+            documents,
+            total: served.collection.len(),
+        })
     })
     .await
 }
 
+/// One document.
+#[utoipa::path(get, path = "/api/collections/{name}/documents/{id}", tag = "documents",
+    params(
+        ("name" = String, Path, description = "the collection"),
+        ("id" = String, Path, description = "the document"),
+    ),
+    responses(
+        (status = 200, description = "the document", body = openapi::Document),
+        (status = "4XX", description = "no such collection or document; missing API key", body = ErrorBody),
+    ))]
 pub(crate) async fn get_doc(
     State(state): Shared,
     p: Result<UrlPath<(String, String)>, PathRejection>,
@@ -142,11 +213,35 @@ pub(crate) async fn get_doc(
         .collection
         .get(&id)?
         .ok_or_else(|| ApiError::not_found(format!("no document {id:?} in {name:?}")))?;
-    Ok(Json(json!(doc)))
+    answer(&doc)
 }
 
-/// Sets the fields given (null removes one), keeps the others; re-embeds the document only
-/// when a field its vector comes from changed.
+/// What a patch did.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DocumentUpdated {
+    /// The document's id.
+    updated: String,
+    /// Whether its vector was made again (only when a field it is embedded from changed).
+    reembedded: bool,
+    /// The collection's generation after the write.
+    generation: u64,
+}
+
+/// Sets some fields of a document.
+///
+/// The fields given are set (null removes one), the others kept; the document is re-embedded
+/// only when a field its vector comes from changed.
+#[utoipa::path(patch, path = "/api/collections/{name}/documents/{id}", tag = "documents",
+    params(
+        ("name" = String, Path, description = "the collection"),
+        ("id" = String, Path, description = "the document"),
+    ),
+    request_body(content = std::collections::HashMap<String, serde_json::Value>, description = "the fields to set (null removes one); the id cannot change"),
+    responses(
+        (status = 200, description = "updated", body = DocumentUpdated),
+        (status = "4XX", description = "no such collection or document, bad fields, missing API key", body = ErrorBody),
+        (status = "5XX", description = "the model or the store failed", body = ErrorBody),
+    ))]
 pub(crate) async fn patch_doc(
     State(state): Shared,
     p: Result<UrlPath<(String, String)>, PathRejection>,
@@ -189,13 +284,34 @@ pub(crate) async fn patch_doc(
             }
             e => e.into(),
         })?;
-        Ok(Json(
-            json!({"updated": id, "reembedded": r.reembedded, "generation": r.generation}),
-        ))
+        answer(&DocumentUpdated {
+            updated: id,
+            reembedded: r.reembedded,
+            generation: r.generation,
+        })
     })
     .await
 }
 
+/// What deleting a document did.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DocumentDeleted {
+    /// The document's id.
+    deleted: String,
+    /// The collection's generation after the write.
+    generation: u64,
+}
+
+/// Deletes a document.
+#[utoipa::path(delete, path = "/api/collections/{name}/documents/{id}", tag = "documents",
+    params(
+        ("name" = String, Path, description = "the collection"),
+        ("id" = String, Path, description = "the document"),
+    ),
+    responses(
+        (status = 200, description = "deleted", body = DocumentDeleted),
+        (status = "4XX", description = "no such collection or document; missing API key", body = ErrorBody),
+    ))]
 pub(crate) async fn delete_doc(
     State(state): Shared,
     p: Result<UrlPath<(String, String)>, PathRejection>,
@@ -209,7 +325,10 @@ pub(crate) async fn delete_doc(
                 "no document {id:?} in {name:?}"
             )));
         }
-        Ok(Json(json!({"deleted": id, "generation": r.generation})))
+        answer(&DocumentDeleted {
+            deleted: id,
+            generation: r.generation,
+        })
     })
     .await
 }
@@ -224,8 +343,21 @@ fn default_thumb() -> usize {
     256
 }
 
-/// A PNG thumbnail of a document's image: only documents of the collection, only decodable
-/// images (the file is decoded and re-encoded, never sent as is).
+/// A PNG thumbnail of a document's image.
+///
+/// Only documents of the collection, only decodable images: the file is decoded and
+/// re-encoded, never sent as is.
+#[utoipa::path(get, path = "/api/collections/{name}/documents/{id}/thumbnail", tag = "documents",
+    params(
+        ("name" = String, Path, description = "the collection"),
+        ("id" = String, Path, description = "the document"),
+        ("size" = Option<usize>, Query, minimum = 16, maximum = 1024, description = "edge of the square thumbnail in pixels, 256 when absent (clamped to 16..1024)"),
+        ("key" = Option<String>, Query, description = "the API key, for image tags, which cannot send headers"),
+    ),
+    responses(
+        (status = 200, description = "the thumbnail", content(("image/png"))),
+        (status = "4XX", description = "no such collection or document, no image, image unavailable or not decodable, missing API key", body = ErrorBody),
+    ))]
 pub(crate) async fn thumbnail(
     State(state): Shared,
     p: Result<UrlPath<(String, String)>, PathRejection>,

@@ -4,29 +4,51 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::Json;
 use gclip_search::encoder::Encoder;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::{decode_image, model_for};
+use super::{answer, decode_image, model_for};
+use crate::error::ErrorBody;
 use crate::limits::{self, check_text};
 use crate::{blocking, ApiError, QueryEncoder, Shared};
 
-#[derive(Deserialize)]
+/// Texts and images to embed.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct EmbedBody {
-    /// Which collection's model; may be left out only when one collection is served.
+pub(crate) struct EmbedRequest {
+    /// The collection whose model to use; required when more than one collection is served.
     #[serde(default)]
     collection: Option<String>,
+    /// Texts.
     #[serde(default)]
     texts: Vec<String>,
-    /// Base64 images.
+    /// Images, base64 (a `data:` URL prefix is accepted).
     #[serde(default)]
     images: Vec<String>,
 }
 
+/// Embeddings of the texts and images asked for.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Embeddings {
+    /// Length of each vector.
+    dim: usize,
+    /// One L2-normalised vector per input: the texts first, then the images, each in the
+    /// order given.
+    embeddings: Vec<Vec<f32>>,
+}
+
+/// Embeds texts and images with a served collection's model.
+#[utoipa::path(post, path = "/api/embed", tag = "models",
+    request_body = EmbedRequest,
+    responses(
+        (status = 200, description = "one vector per input", body = Embeddings),
+        (status = "4XX", description = "nothing or too much to embed, bad base64, an image that does not decode, several collections served and none named, missing API key (servers that protect reads)", body = ErrorBody),
+        (status = "5XX", description = "the model failed; 503: the request waited past its deadline", body = ErrorBody),
+    ))]
 pub(crate) async fn embed(
     State(state): Shared,
-    body: Result<Json<EmbedBody>, JsonRejection>,
+    body: Result<Json<EmbedRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(body) = body?;
     if body.texts.is_empty() && body.images.is_empty() {
@@ -60,7 +82,10 @@ pub(crate) async fn embed(
         for (i, img) in images.iter().enumerate() {
             out.push(q.image_bytes(img, &format!("images[{i}]"))?);
         }
-        Ok(Json(json!({"dim": q.dim(), "embeddings": out})))
+        answer(&Embeddings {
+            dim: q.dim(),
+            embeddings: out,
+        })
     })
     .await
 }

@@ -3,8 +3,11 @@
 //! the OpenAPI document). The router that mounts them is [`crate::router`]; what they share
 //! ([`crate::AppState`], request limits, the helpers below) is beside them, never in a sibling.
 
+use axum::Json;
 use base64::Engine as _;
 use gclip_search::ModelIdentity;
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::{ApiError, AppState};
 
@@ -14,6 +17,16 @@ pub(crate) mod documents;
 pub(crate) mod embed;
 pub(crate) mod search;
 pub(crate) mod service;
+
+/// A typed answer (the type its OpenAPI schema comes from) as JSON. Through a `Value`, as the
+/// answers were built before they had types, so that their bytes did not change: an f32 there
+/// prints as the f64 it widens to (`0.30000001192092896`, where serialising the type directly
+/// would print `0.3`).
+pub(crate) fn answer<T: Serialize>(body: &T) -> Result<Json<Value>, ApiError> {
+    serde_json::to_value(body)
+        .map(Json)
+        .map_err(|e| ApiError::internal(format!("writing the answer: {e}")))
+}
 
 /// Results per page when a request does not say.
 pub(crate) fn default_limit() -> usize {

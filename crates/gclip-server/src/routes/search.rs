@@ -8,32 +8,39 @@ use axum::extract::{Path as UrlPath, State};
 use axum::Json;
 use gclip_search::encoder::Encoder;
 use gclip_search::query::{run_search, SearchOptions};
-use gclip_search::{Filter, Fusion, QueryInput, QueryPart};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use gclip_search::{Filter, Fusion, Hit, QueryInput, QueryPart};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::{decode_image, default_limit};
+use super::{answer, decode_image, default_limit};
+use crate::error::ErrorBody;
 use crate::limits::{self, check_text};
-use crate::{blocking, ApiError, QueryEncoder, Shared};
+use crate::{blocking, openapi, ApiError, QueryEncoder, Shared};
 
-/// One part of a weighted query.
-#[derive(Deserialize)]
+/// One part of a weighted query: exactly one of `text`, `image`, `image_url`, `document`,
+/// `vector`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PartBody {
+pub(crate) struct WeightedPart {
+    /// Text, embedded by the collection's model.
     #[serde(default)]
     text: Option<String>,
     /// Base64 of an encoded image (a `data:` URL prefix is accepted).
     #[serde(default)]
     image: Option<String>,
-    /// An `http(s)://` image URL, fetched by the server.
+    /// An `http(s)://` image URL, fetched by the server (when its operator allows it).
     #[serde(default)]
     image_url: Option<String>,
-    /// A document id of the collection (its stored vector).
+    /// The id of a document of the collection: its stored vector (more like this).
     #[serde(default)]
     document: Option<String>,
+    /// A vector of the collection's dimension.
     #[serde(default)]
     vector: Option<Vec<f32>>,
+    /// The part's weight in `normalise(Σ weight · normalise(part))`; negative pushes away.
     #[serde(default = "one")]
+    #[schema(default = 1.0)]
     weight: f32,
 }
 
@@ -41,41 +48,68 @@ fn one() -> f32 {
     1.0
 }
 
-#[derive(Deserialize)]
+/// A search: what to search for (`q`, `image`, `image_url` and `queries` together make one
+/// query vector), which documents (`filter`) and which page.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct SearchBody {
+pub(crate) struct SearchRequest {
     /// Query text.
     #[serde(default)]
     q: Option<String>,
-    /// Query image, base64.
+    /// Query image, base64 (a `data:` URL prefix is accepted).
     #[serde(default)]
     image: Option<String>,
-    /// Query image by `http(s)://` URL, fetched by the server.
+    /// Query image by `http(s)://` URL, fetched by the server (when its operator allows it).
     #[serde(default)]
     image_url: Option<String>,
-    /// Weighted parts.
+    /// Weighted parts, added to `q`, `image` and `image_url` (each weight 1).
     #[serde(default)]
-    queries: Vec<PartBody>,
+    queries: Vec<WeightedPart>,
+    /// Which documents may match: `FIELD = V`, `!=`, `<`, `<=`, `>`, `>=`, `FIELD:TAG`, a bare
+    /// `FIELD`, `AND`, `OR`, `NOT`, parentheses; `id` names the document id.
     #[serde(default)]
+    #[schema(example = "price < 50 AND tags:summer AND NOT sold")]
     filter: Option<String>,
+    /// Hits to return; limit + offset at most the server's largest page (1000 by default).
     #[serde(default = "default_limit")]
+    #[schema(default = 10, minimum = 1)]
     limit: usize,
+    /// Hits to skip.
     #[serde(default)]
     offset: usize,
+    /// Compare with every matching document instead of walking the HNSW index.
     #[serde(default)]
     exact: bool,
-    /// Fuse BM25 with the vector results.
+    /// Fuse BM25 (on the query text) with the vector results.
     #[serde(default)]
     hybrid: bool,
-    /// BM25 only.
+    /// BM25 on the query text only, no vectors.
     #[serde(default)]
     lexical: bool,
-    /// "rrf" (default) or "weighted".
+    /// How `hybrid` fuses: `rrf` (reciprocal rank fusion, k = 60; the default) or `weighted`
+    /// (0.5 · cosine + 0.5 · BM25 / the best BM25).
     #[serde(default)]
+    #[schema(value_type = Option<openapi::Fusion>)]
     fusion: Option<String>,
 }
 
-fn part_input(p: PartBody) -> Result<QueryPart, ApiError> {
+/// A page of hits.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SearchResults {
+    /// Best first.
+    #[schema(value_type = Vec<openapi::Hit>)]
+    hits: Vec<Hit>,
+    /// The `limit` asked for.
+    limit: usize,
+    /// The `offset` asked for.
+    offset: usize,
+    /// Documents in the collection.
+    documents: usize,
+    /// Time the server spent on the search, milliseconds.
+    took_ms: f64,
+}
+
+fn part_input(p: WeightedPart) -> Result<QueryPart, ApiError> {
     let given = [
         p.text.is_some(),
         p.image.is_some(),
@@ -110,10 +144,22 @@ fn part_input(p: PartBody) -> Result<QueryPart, ApiError> {
     })
 }
 
+/// Searches a collection.
+///
+/// By text, image, image URL, weighted parts or a document (more like this); with a filter,
+/// paging, and BM25 alone (`lexical`) or fused with the vectors (`hybrid`).
+#[utoipa::path(post, path = "/api/collections/{name}/search", tag = "search",
+    params(("name" = String, Path, description = "the collection")),
+    request_body = SearchRequest,
+    responses(
+        (status = 200, description = "hits, best first", body = SearchResults),
+        (status = "4XX", description = "no such collection, bad filter, bad query, nothing to search for, missing API key", body = ErrorBody),
+        (status = "5XX", description = "the model or the store failed; 503: the query waited past its deadline", body = ErrorBody),
+    ))]
 pub(crate) async fn search(
     State(state): Shared,
     name: Result<UrlPath<String>, PathRejection>,
-    body: Result<Json<SearchBody>, JsonRejection>,
+    body: Result<Json<SearchRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let t = Instant::now();
     let UrlPath(name) = name?;
@@ -199,11 +245,11 @@ pub(crate) async fn search(
         Ok((hits, served.collection.len()))
     })
     .await?;
-    Ok(Json(json!({
-        "hits": hits.0,
-        "limit": limit,
-        "offset": offset,
-        "documents": hits.1,
-        "took_ms": t.elapsed().as_secs_f64() * 1e3,
-    })))
+    answer(&SearchResults {
+        hits: hits.0,
+        limit,
+        offset,
+        documents: hits.1,
+        took_ms: t.elapsed().as_secs_f64() * 1e3,
+    })
 }

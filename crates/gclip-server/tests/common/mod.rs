@@ -1,11 +1,12 @@
-//! Helpers shared by the server tests: a loopback HTTP client and a server on a thread.
+//! Helpers shared by the server tests: requests through gclip's HTTP client, and a server on
+//! a thread.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gclip::http::AgentBuilder;
 use gclip_server::{AppState, ServerConfig};
 use serde_json::Value;
 
@@ -22,7 +23,8 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// One HTTP/1.1 request; returns status, content type and body.
+/// One request on a new connection (a server restarted between two requests is reached
+/// afresh); returns status, content type (lower case) and body.
 pub fn request(
     addr: SocketAddr,
     method: &str,
@@ -30,77 +32,38 @@ pub fn request(
     body: Option<&[u8]>,
     extra: &[(&str, &str)],
 ) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
-    if !extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        head += &format!("Host: {addr}\r\n");
-    }
+    let agent = AgentBuilder::new(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .proxy(false)
+        .build();
+    let mut head = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
     for (k, v) in extra {
-        head += &format!("{k}: {v}\r\n");
+        head = head.header(*k, *v);
     }
-    if let Some(b) = body {
-        head += &format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        );
-    }
-    head += "\r\n";
-    s.write_all(head.as_bytes()).unwrap();
-    if let Some(b) = body {
-        s.write_all(b).unwrap();
-    }
-    // Read the head, then the body by Content-Length (some servers keep the connection open).
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 65536];
-    let split = loop {
-        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p;
-        }
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "connection closed before a response head");
-        raw.extend_from_slice(&buf[..n]);
+    let sent = match body {
+        Some(b) => agent.run(
+            head.header("content-type", "application/json")
+                .body(b.to_vec())
+                .unwrap(),
+        ),
+        None => agent.run(head.body(()).unwrap()),
     };
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let lower = head.to_ascii_lowercase();
-    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let header = |name: &str| {
-        lower
-            .lines()
-            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-    };
-    let ctype = header("content-type:").unwrap_or_default();
-    let mut body = raw[split + 4..].to_vec();
-    if let Some(len) = header("content-length:").and_then(|v| v.parse::<usize>().ok()) {
-        while body.len() < len {
-            let n = s.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&buf[..n]);
-        }
-    } else {
-        s.read_to_end(&mut body).unwrap();
-        if lower.contains("transfer-encoding: chunked") {
-            body = dechunk(&body);
-        }
-    }
-    (status, ctype, body)
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(p) = b.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let n = usize::from_str_radix(std::str::from_utf8(&b[..p]).unwrap().trim(), 16).unwrap();
-        if n == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[p + 2..p + 2 + n]);
-        b = &b[p + 4 + n..];
-    }
+    let mut response = sent.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let ctype = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()
+        .unwrap_or_else(|e| panic!("{method} {path}: reading the answer: {e}"));
+    (response.status().as_u16(), ctype, body)
 }
 
 pub fn call(

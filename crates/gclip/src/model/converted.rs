@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::packed::PackedWeight;
 use super::precision::{KernelChoice, Precision};
+use crate::environment::Env;
 
 const MAGIC: &[u8; 8] = b"GCLIPCV1";
 /// Bumped whenever the packed layouts of `lowp` or this file's layout change.
@@ -42,7 +43,8 @@ const CHECKSUM_PIECE: usize = 8 << 20;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ConvertedCache {
     /// `GCLIP_CONVERTED_CACHE` (`off` disables the cache), else
-    /// `$XDG_CACHE_HOME/gclip/converted`, else `$HOME/.cache/gclip/converted`.
+    /// `$XDG_CACHE_HOME/gclip/converted`, else `$HOME/.cache/gclip/converted`
+    /// ([`Env::converted_cache`]).
     #[default]
     FromEnvironment,
     /// This directory.
@@ -55,26 +57,10 @@ impl ConvertedCache {
     /// The cache directory, if any.
     pub fn dir(&self) -> Option<PathBuf> {
         match self {
-            ConvertedCache::FromEnvironment => Self::dir_from_vars(|name| std::env::var(name).ok()),
+            ConvertedCache::FromEnvironment => Env::process().converted_cache(),
             ConvertedCache::At(dir) => Some(dir.clone()),
             ConvertedCache::Off => None,
         }
-    }
-
-    /// [`ConvertedCache::FromEnvironment`]'s directory with variables looked up by `var`
-    /// (empty variables count as unset).
-    pub fn dir_from_vars(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
-        let get = |name: &str| var(name).filter(|v| !v.is_empty());
-        if let Some(dir) = get("GCLIP_CONVERTED_CACHE") {
-            return match dir.to_ascii_lowercase().as_str() {
-                "off" | "0" | "false" | "no" => None,
-                _ => Some(PathBuf::from(dir)),
-            };
-        }
-        get("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| get("HOME").map(|h| Path::new(&h).join(".cache")))
-            .map(|base| base.join("gclip").join("converted"))
     }
 }
 
@@ -398,36 +384,6 @@ mod tests {
     use super::*;
     use crate::source::{LoadOptions, ModelSource};
     use candle_core::{DType, Device};
-
-    #[test]
-    fn cache_directory_follows_the_environment() {
-        let vars = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
-        let dir = ConvertedCache::dir_from_vars;
-        assert_eq!(
-            dir(vars(&[("GCLIP_CONVERTED_CACHE", "/c"), ("HOME", "/h")])),
-            Some(PathBuf::from("/c"))
-        );
-        assert_eq!(
-            dir(vars(&[("GCLIP_CONVERTED_CACHE", "off"), ("HOME", "/h")])),
-            None
-        );
-        assert_eq!(
-            dir(vars(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")])),
-            Some(PathBuf::from("/x/gclip/converted"))
-        );
-        assert_eq!(
-            dir(vars(&[("GCLIP_CONVERTED_CACHE", ""), ("HOME", "/h")])),
-            Some(PathBuf::from("/h/.cache/gclip/converted"))
-        );
-        assert_eq!(dir(vars(&[])), None);
-    }
 
     /// The second load maps the packed weights from the file and computes with them there:
     /// altered data with a matching checksum changes the embeddings (which a cache that was
