@@ -141,7 +141,6 @@ CAPTIONS = {
     "category": category_caption,
     "subcategory": lambda r, i: f"a {subcategory_words(r['subcategory'])} emoji",
     "template": lambda r, i: f"an emoji of {r['name']}" if i % 2 == 0 else f"{r['name']} emoji",
-    "keyword1": lambda r, i: r["keywords"][i % min(len(r["keywords"]), 4)] if r["keywords"] else None,
 }
 DEFAULT_CAPTIONS = ["name", "keywords", "category"]
 
@@ -273,9 +272,10 @@ def main():
     clip_sets(rows, out)
     try:
         import PIL  # noqa: F401
-        rotation_sets(rows, out)
     except ImportError:
         print("no Pillow: skipping the cross-vendor sets (clip-train-A-B, clip-heldout-*)")
+    else:
+        rotation_sets(rows, out)
     gcl_sets(rows, out)
     print(f"clip: {len(rows)} emoji with images from all three vendors -> {out}")
     if a.mini:
