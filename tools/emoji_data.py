@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Fetch the emoji packages from npm and build gclip's emoji training and evaluation sets.
 
-    tools/emoji_data.py [--mini]          # plain python3; --mini also needs Pillow
+    tools/emoji_data.py [--mini]          # plain python3; --mini and the cross-vendor sets
+                                          # need Pillow (without it they are skipped)
 
 Packages (`npm pack`, into the git-ignored data/emoji/): emoji-datasource-google, -twitter,
 -apple (64-pixel PNGs, names, categories, sub-categories) and emojilib (keywords per emoji).
@@ -13,6 +14,18 @@ Writes under data/emoji/sets/:
   "an emoji of CATEGORY", with "&" spelt "and" — many emoji share this caption, which is how
   the category words get tied to what the emoji of a category look like), `clip-test-{twitter,apple}.jsonl` (name <-> image of another vendor,
   one row per emoji, with its category for zero-shot accuracy), `categories.json`.
+* Cross-vendor CLIP (three rotations: train on two vendors, test on the third), with every
+  image flattened onto white first (`data/emoji/white/VENDOR/ID.png`, needs Pillow): under
+  their transparent pixels Google's and Apple's PNGs store arbitrary colours (orange, red),
+  Twitter's black, and open_clip's convention (`convert("RGB")`, gclip's for models trained
+  from scratch) shows them, so each vendor would come with its own background; transformers'
+  convention (an exported model) composites onto white instead. Flat images look the same to
+  both. `clip-train-{twitter-apple,google-apple,google-twitter}.jsonl` and, for a model of all
+  three, `clip-train-google-twitter-apple.jsonl` (each emoji once per training vendor and
+  caption kind; the default kinds are those of `clip-train-google.jsonl`), and
+  `clip-heldout-{google,twitter,apple}.jsonl` (name <-> flat image, with the category, one row
+  per emoji). `--captions KINDS --tag T` writes the training sets with other caption kinds as
+  `clip-train-A-B-T.jsonl` (kinds: see CAPTIONS).
 * GCL (four GS-style splits): queries are emojilib keywords, documents are Google emoji with
   fields `name` (text) and `image`. Relevance of keyword k to emoji e: 1.0 when k is e's name
   or short name, 0.6 when k is in e's emojilib keywords, 0.2 when e shares a sub-category with
@@ -114,6 +127,61 @@ def clip_sets(rows, out, image_of=lambda r, v: r["paths"][v], category_captions=
     (out / "categories.json").write_text(json.dumps(cats, indent=1))
 
 
+def subcategory_words(sub):
+    return sub.replace("-", " ")
+
+
+# Caption kinds of the cross-vendor training sets: (emoji row, index of the emoji and vendor
+# pair) -> caption, or None when the emoji has nothing to say of that kind. Kinds that many
+# emoji share (category, subcategory) tie those words to the look of a whole group; the rest
+# identify one emoji.
+CAPTIONS = {
+    "name": lambda r, i: r["name"],
+    "keywords": lambda r, i: ", ".join(r["keywords"][:4]) if r["keywords"] else None,
+    "category": category_caption,
+    "subcategory": lambda r, i: f"a {subcategory_words(r['subcategory'])} emoji",
+    "template": lambda r, i: f"an emoji of {r['name']}" if i % 2 == 0 else f"{r['name']} emoji",
+}
+DEFAULT_CAPTIONS = ["name", "keywords", "category"]
+
+
+def flatten(rows):
+    """Each vendor's image of each emoji, alpha-composited onto white, as an RGB PNG."""
+    from PIL import Image
+    out = {}
+    for r in rows:
+        for v in VENDORS:
+            dest = DATA / "white" / v / f"{r['id']}.png"
+            if not dest.is_file():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                im = Image.open(r["paths"][v]).convert("RGBA")
+                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                bg.alpha_composite(im)
+                bg.convert("RGB").save(dest)
+            out[(r["id"], v)] = str(dest)
+    return out
+
+
+def rotation_sets(rows, out, captions=DEFAULT_CAPTIONS, tag=""):
+    flat = flatten(rows)
+    # The three rotations, and all three vendors together (tools/emoji/train.sh's default).
+    for train_vendors in [[v for v in VENDORS if v != held_out] for held_out in VENDORS] + [VENDORS]:
+        train = []
+        for i, r in enumerate(rows):
+            for j, v in enumerate(train_vendors):
+                # i + j: the two vendors' drawings of one emoji get the two phrasings.
+                for kind in captions:
+                    text = CAPTIONS[kind](r, i + j)
+                    if text:
+                        train.append({"query": {"text": text}, "doc": {"image": flat[(r["id"], v)]}, "doc_id": f"{r['id']}-{v}"})
+        write(out / f"clip-train-{'-'.join(train_vendors)}{'-' + tag if tag else ''}.jsonl", train)
+    if not tag:
+        for v in VENDORS:
+            write(out / f"clip-heldout-{v}.jsonl", [
+                {"query": {"text": r["name"]}, "doc": {"image": flat[(r["id"], v)]}, "doc_id": r["id"], "category": r["category"]}
+                for r in rows])
+
+
 def gcl_sets(rows, out, seed=1):
     by_kw = {}
     for r in rows:
@@ -188,11 +256,26 @@ def mini(rows):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mini", action="store_true")
+    ap.add_argument("--captions", help="comma-separated caption kinds of extra cross-vendor training sets")
+    ap.add_argument("--tag", help="file-name suffix of those sets")
     a = ap.parse_args()
     fetch()
     rows = load()
     out = DATA / "sets"
+    if a.captions:
+        kinds = a.captions.split(",")
+        if not a.tag or any(k not in CAPTIONS for k in kinds):
+            ap.error(f"--captions needs --tag and kinds from {', '.join(CAPTIONS)}")
+        rotation_sets(rows, out, kinds, a.tag)
+        print(f"cross-vendor sets with captions {a.captions} -> {out}/clip-train-*-{a.tag}.jsonl")
+        return
     clip_sets(rows, out)
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        print("no Pillow: skipping the cross-vendor sets (clip-train-A-B, clip-heldout-*)")
+    else:
+        rotation_sets(rows, out)
     gcl_sets(rows, out)
     print(f"clip: {len(rows)} emoji with images from all three vendors -> {out}")
     if a.mini:
