@@ -49,40 +49,113 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// The server process group, stopped when dropped (a failing test included).
+/// How many times a server that dies while starting is started again, on new ports and a new
+/// data folder, before the test fails with every attempt's log.
+const START_ATTEMPTS: usize = 2;
+
+/// The server process group, stopped when dropped (a failing test included), and also when this
+/// test process dies without dropping it (killed by a timeout): see `Server::spawn`.
 struct Server {
     child: Child,
     port: u16,
     data: PathBuf,
 }
 
+/// Why a start failed, with the server's own words.
+struct StartFailure {
+    what: String,
+    log: String,
+}
+
 impl Server {
     fn start() -> Self {
         let script = server_script();
+        let mut failures = Vec::new();
+        for attempt in 1..=START_ATTEMPTS {
+            let mut server = Self::spawn(&script, attempt);
+            match server.wait_ready() {
+                Ok(()) => return server,
+                Err(failure) => {
+                    eprintln!("Milvus start {attempt}: {}", failure.what);
+                    failures.push(failure);
+                }
+            }
+        }
+        let report: Vec<String> = failures
+            .iter()
+            .enumerate()
+            .map(|(i, f)| format!("start {}: {}\n{}", i + 1, f.what, f.log))
+            .collect();
+        panic!(
+            "the Milvus server did not start ({START_ATTEMPTS} attempts):\n{}",
+            report.join("\n\n")
+        );
+    }
+
+    /// Starts the `milvus-server` script with every port it listens on chosen here, on
+    /// 127.0.0.1. Left to itself, its embedded etcd listens on localhost:2379 and :2380 whatever
+    /// the script is told, so a second server on the machine (or one left over) made it panic.
+    fn spawn(script: &Path, attempt: usize) -> Self {
         let port = free_port();
-        let data = std::env::temp_dir().join(format!("gclip-milvus-{}-{port}", std::process::id()));
+        let etcd_client = free_port();
+        let etcd_peer = free_port();
+        let data = std::env::temp_dir().join(format!(
+            "gclip-milvus-{}-{port}-{attempt}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(&data).unwrap();
+        // The embedded etcd reads its listeners from this file (Milvus's `etcd.config.path`,
+        // set through the environment, which Milvus reads over its configuration file).
+        let etcd_config = data.join("embed-etcd.yaml");
+        let peer = format!("http://127.0.0.1:{etcd_peer}");
+        let client = format!("http://127.0.0.1:{etcd_client}");
+        std::fs::write(
+            &etcd_config,
+            format!(
+                "listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n\
+                 initial-cluster: default={peer}\nlisten-client-urls: {client}\n\
+                 advertise-client-urls: {client}\n"
+            ),
+        )
+        .unwrap();
         let log = std::fs::File::create(data.join("server.log")).unwrap();
-        let child = Command::new(&script)
+        // A watcher reads a pipe that only this process writes to: when this process ends,
+        // however it ends, the pipe closes and the watcher stops the server's process group
+        // (SIGINT lets the script stop the server; whatever is left after 10 s is killed) and
+        // removes the data folder (half a gigabyte: the server unpacks its binaries there). It
+        // runs in a session of its own, out of the group's reach; a non-interactive shell gives
+        // background commands /dev/null as input, hence the pipe on fd 3.
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(
+                r#"exec 3<&0
+setsid sh -c 'cat >/dev/null; kill -INT -$1; sleep 10; kill -KILL -$1; rm -rf "$2"' \
+  watcher $$ "$GCLIP_MILVUS_TEST_DATA" <&3 >/dev/null 2>&1 &
+exec "$0" "$@" </dev/null 3<&-"#,
+            )
+            .arg(script)
             .arg("--data")
             .arg(&data)
             .arg("--proxy-port")
             .arg(port.to_string())
-            .stdin(Stdio::null())
+            .arg("--etcd-port")
+            .arg(etcd_client.to_string())
+            .env("GCLIP_MILVUS_TEST_DATA", &data)
+            .env("ETCD_CONFIG_PATH", &etcd_config)
+            .env("ETCD_ENDPOINTS", format!("127.0.0.1:{etcd_client}"))
+            .stdin(Stdio::piped())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
-            // Its own process group: the script starts the server (and etcd inside it) as
-            // children, and stopping must reach all of them.
+            // Its own process group: the script starts the server as a child, and stopping
+            // must reach all of them.
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", script.display()));
-        let mut server = Server { child, port, data };
-        server.wait_ready();
-        server
+        Server { child, port, data }
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), StartFailure> {
         let start = Instant::now();
         let at = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let probe =
@@ -93,23 +166,16 @@ impl Server {
             ..Default::default()
         };
         loop {
-            // The script does not exit when the server dies early (a port taken: its embedded
-            // etcd always listens on 127.0.0.1:2380, so only one such server runs per machine):
-            // the server's own log says so.
-            let crashed = std::fs::read_to_string(self.data.join("logs/milvus-stderr.log"))
-                .is_ok_and(|log| log.contains("panic:"));
-            if crashed {
-                panic!(
-                    "the Milvus server failed to start (is another one running? its etcd needs \
-                     127.0.0.1:2380); its log:\n{}",
-                    self.log_tail()
-                );
+            // The script does not exit when the server dies early: the server's own log says so.
+            if self
+                .server_stderr()
+                .lines()
+                .any(|l| l.starts_with("panic:"))
+            {
+                return Err(self.failure("the server panicked while starting"));
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "the Milvus server exited ({status}) before answering; its log:\n{}",
-                    self.log_tail()
-                );
+                return Err(self.failure(&format!("the script exited ({status}) before answering")));
             }
             if TcpStream::connect_timeout(&at, Duration::from_millis(200)).is_ok()
                 && MilvusStore::exists(&probe, &options).is_ok()
@@ -119,21 +185,25 @@ impl Server {
                     self.port,
                     start.elapsed().as_secs_f64()
                 );
-                return;
+                return Ok(());
             }
             if start.elapsed() > START_TIMEOUT {
-                panic!(
-                    "the Milvus server did not answer on 127.0.0.1:{} within {START_TIMEOUT:?}; its log:\n{}",
-                    self.port,
-                    self.log_tail()
-                );
+                return Err(self.failure(&format!(
+                    "no answer on 127.0.0.1:{} within {START_TIMEOUT:?}",
+                    self.port
+                )));
             }
             std::thread::sleep(Duration::from_millis(250));
         }
     }
 
-    /// The script's output and the server's error lines.
-    fn log_tail(&self) -> String {
+    fn server_stderr(&self) -> String {
+        std::fs::read_to_string(self.data.join("logs/milvus-stderr.log")).unwrap_or_default()
+    }
+
+    /// The script's output, the server's error lines, and its standard error from a panic on
+    /// (or its last lines).
+    fn failure(&self, what: &str) -> StartFailure {
         let read = |p: &str| std::fs::read_to_string(self.data.join(p)).unwrap_or_default();
         let script = read("server.log");
         let server = read("logs/milvus-stdout.log");
@@ -141,10 +211,20 @@ impl Server {
             .lines()
             .filter(|l| l.contains("[ERROR]") || l.contains("[FATAL]"))
             .collect();
-        format!(
-            "{script}\n{}",
-            errors[errors.len().saturating_sub(10)..].join("\n")
-        )
+        let stderr = self.server_stderr();
+        let lines: Vec<&str> = stderr.lines().collect();
+        let from = lines
+            .iter()
+            .position(|l| l.starts_with("panic:"))
+            .unwrap_or(lines.len().saturating_sub(20));
+        StartFailure {
+            what: what.to_string(),
+            log: format!(
+                "script output:\n{script}\nserver errors:\n{}\nserver stderr:\n{}",
+                errors[errors.len().saturating_sub(10)..].join("\n"),
+                lines[from..lines.len().min(from + 40)].join("\n")
+            ),
+        }
     }
 
     fn address(&self, name: &str) -> String {
