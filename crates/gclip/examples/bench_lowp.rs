@@ -1,4 +1,5 @@
-//! Multiply-add rate of the bf16 and int8 linear kernels on the shapes of ViT-B/32's layers,
+//! Multiply-add rate of the bf16 and int8 linear kernels (and of the f32 out-in kernel, for the
+//! few-row shapes) on the shapes of ViT-B/32's layers,
 //! for every kernel variant this CPU runs, so a kernel change can be measured alone (the
 //! towers' benchmarks also time packing, attention and the elementwise steps).
 //!
@@ -10,6 +11,7 @@
 use std::time::{Duration, Instant};
 
 use gclip::model::lowp::{self, Bf16Kernel, Int8Kernel, PackedBf16, PackedInt8};
+use gclip::model::outin::{out_in_add, OutInKernel, OUT_IN_MAX_ROWS};
 
 /// (what, rows, in, out): the image tower at batch 32 (1,600 tokens), training at batch 64
 /// (3,200 image tokens), and a weight-gradient product (K = 1,024 token rows).
@@ -23,6 +25,8 @@ const SHAPES: &[(&str, usize, usize, usize)] = &[
     ("wgrad fc1", 768, 1024, 3072),
     ("wgrad fc2", 3072, 1024, 768),
     ("fc1 b1", 50, 768, 3072),
+    ("fc2 b1", 50, 3072, 768),
+    ("text fc1", 48, 512, 2048),
 ];
 
 fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
@@ -82,6 +86,34 @@ fn main() {
         let bias = pseudo_random(dout, 3);
         let mut dst = vec![0f32; rows * dout];
         let flops = 2.0 * (rows * din * dout) as f64;
+        if rows <= OUT_IN_MAX_ROWS {
+            // The f32 weight read in place, as from a checkpoint: at a cache-line boundary, and
+            // one float past it (where safetensors' header length usually leaves it).
+            let mut buffer = vec![0f32; din * dout + 32];
+            let aligned = (64 - buffer.as_ptr() as usize % 64) % 64 / 4;
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("thread pool");
+            for kernel in OutInKernel::available() {
+                for shift in [0, 1] {
+                    let name = format!("{}+{shift}", kernel.name());
+                    if !wanted(&name) {
+                        continue;
+                    }
+                    let start = aligned + shift;
+                    buffer[start..start + w.len()].copy_from_slice(&w);
+                    let placed = &buffer[start..start + w.len()];
+                    let g = rate(flops, seconds, || {
+                        pool.install(|| {
+                            out_in_add(kernel, &x, rows, placed, dout, din, &mut dst, dout)
+                                .expect("out-in product")
+                        })
+                    });
+                    println!("{name:<22} {what:<10} {rows:>5} x {din:>4} x {dout:>4} {g:>8.1}");
+                }
+            }
+        }
         let packed = PackedBf16::pack_out_in(&w, din, dout).expect("pack bf16");
         for kernel in Bf16Kernel::available() {
             if !wanted(kernel.name()) {

@@ -20,7 +20,7 @@ use super::precision::KernelChoice;
 use super::weights::MappedF32;
 
 /// Most rows the out-in kernel takes: beyond this gemm's packing pays for itself.
-pub(crate) const OUT_IN_MAX_ROWS: usize = 64;
+pub const OUT_IN_MAX_ROWS: usize = 64;
 
 /// Variants of the out-in kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,10 +84,60 @@ impl OutInKernel {
 /// stay in L2 while every block of input rows passes over them.
 const TASK_ROWS: usize = 16;
 
+/// Bytes per cache line: a vector load that straddles two lines costs two.
+const LINE: usize = 64;
+
+/// Floats per cache line.
+const LINE_FLOATS: usize = LINE / 4;
+
+/// Floats between the cache-line boundary at or before `p` and `p` (`p` is 4-byte aligned, as
+/// every `f32` is).
+fn line_offset(p: *const f32) -> usize {
+    p as usize % LINE / 4
+}
+
+/// The `m` rows of `x` (each `k` long) copied so that every row starts at the same offset in a
+/// cache line as `w`'s rows do: a kernel that first steps up to `w`'s next line boundary then
+/// reads both from whole lines. A weight read in place in a checkpoint starts wherever the file
+/// put it, and misaligned loads on both sides measured a third slower on AVX-512.
+struct LineAlignedRows {
+    buffer: Vec<f32>,
+    start: usize,
+    stride: usize,
+}
+
+impl LineAlignedRows {
+    fn new(x: &[f32], m: usize, k: usize, w: *const f32) -> Self {
+        // A whole number of lines per row, so every row shares the first row's offset.
+        let stride = k.next_multiple_of(LINE_FLOATS);
+        // A line of room before the first row: the kernels' first (masked) step addresses the
+        // line before a row's first whole one.
+        let mut buffer = vec![0f32; m * stride + 2 * LINE_FLOATS];
+        let start = LINE_FLOATS
+            + (line_offset(w) + LINE_FLOATS - line_offset(buffer.as_ptr())) % LINE_FLOATS;
+        for (row, dst) in x
+            .chunks_exact(k)
+            .take(m)
+            .zip(buffer[start..].chunks_exact_mut(stride))
+        {
+            dst[..k].copy_from_slice(row);
+        }
+        Self {
+            buffer,
+            start,
+            stride,
+        }
+    }
+
+    fn row(&self, i: usize) -> &[f32] {
+        &self.buffer[self.start + i * self.stride..]
+    }
+}
+
 /// `out[i·ld + j] += x[i] · w[j]` for the `m` rows of `x` and the `n` rows of `w`, each `k`
 /// long, with `kernel` (an error when this CPU cannot run it or a slice is too short).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn out_in_add(
+pub fn out_in_add(
     kernel: OutInKernel,
     x: &[f32],
     m: usize,
@@ -118,6 +168,13 @@ pub(crate) fn out_in_add(
             "out-in product: {m}x{k} input, {n}x{k} weight, output rows of {ld}: slices too short"
         );
     }
+    // Rows of `w` all share the first row's offset in a line only when a row is whole lines.
+    let lead = if k.is_multiple_of(LINE_FLOATS) {
+        ((LINE_FLOATS - line_offset(w.as_ptr())) % LINE_FLOATS).min(k)
+    } else {
+        0
+    };
+    let x = LineAlignedRows::new(x, m, k, w.as_ptr());
     // One task per TASK_ROWS weight rows, each making an `m × rows` tile; the tiles are added
     // into `out` afterwards (m × n additions, nothing beside the k-long dot products).
     let tiles: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(TASK_ROWS))
@@ -128,11 +185,12 @@ pub(crate) fn out_in_add(
             let mut tile = vec![0f32; m * rows];
             tile_of(
                 kernel,
-                x,
+                &x,
                 m,
                 &w[j0 * k..(j0 + rows) * k],
                 rows,
                 k,
+                lead,
                 &mut tile,
             );
             (j0, tile)
@@ -153,14 +211,18 @@ pub(crate) fn out_in_add(
 const R: usize = 4;
 
 /// `tile[i·n + j] = x[i] · w[j]` for `m` rows of `x` and `n ≤ TASK_ROWS` rows of `w` (lengths
-/// checked by the caller; `kernel` available).
+/// checked by the caller; `kernel` available); the first `lead` lanes of each row are stepped
+/// alone, so that the rest are read from whole cache lines. The sums are the same, bit for bit,
+/// whatever `lead` is: each value meets the same accumulator lane, in the same order.
+#[allow(clippy::too_many_arguments)]
 fn tile_of(
     kernel: OutInKernel,
-    x: &[f32],
+    x: &LineAlignedRows,
     m: usize,
     w: &[f32],
     n: usize,
     k: usize,
+    lead: usize,
     tile: &mut [f32],
 ) {
     let x_rows = match kernel {
@@ -170,18 +232,17 @@ fn tile_of(
     for i0 in (0..m).step_by(x_rows) {
         for j0 in (0..n).step_by(R) {
             let mut res = [[0f32; R]; R];
-            let rows = |r: usize, count: usize, first: usize| (first + r).min(count - 1) * k;
             // Rows past the end repeat the last one; their results are dropped below.
-            let xr: [&[f32]; R] = std::array::from_fn(|r| &x[rows(r, m, i0)..][..k]);
-            let wr: [&[f32]; R] = std::array::from_fn(|c| &w[rows(c, n, j0)..][..k]);
+            let xr: [&[f32]; R] = std::array::from_fn(|r| &x.row((i0 + r).min(m - 1))[..k]);
+            let wr: [&[f32]; R] = std::array::from_fn(|c| &w[(j0 + c).min(n - 1) * k..][..k]);
             match kernel {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the variant's instructions were checked available by `out_in_add`;
                 // every row slice holds `k` floats.
-                OutInKernel::Avx2 => unsafe { x86::block_avx2(&xr, &wr, k, &mut res) },
+                OutInKernel::Avx2 => unsafe { x86::block_avx2(&xr, &wr, k, lead, &mut res) },
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: as above.
-                OutInKernel::Avx512 => unsafe { x86::block_avx512(&xr, &wr, k, &mut res) },
+                OutInKernel::Avx512 => unsafe { x86::block_avx512(&xr, &wr, k, lead, &mut res) },
                 _ => {
                     for (r, line) in res.iter_mut().enumerate().take(x_rows) {
                         for (c, v) in line.iter_mut().enumerate() {
@@ -203,39 +264,44 @@ mod x86 {
     use super::R;
     use std::arch::x86_64::*;
 
-    /// `res[r][c] = x[r] · w[c]` for r < 3, c < 4, with 8-lane FMAs (12 accumulators).
+    /// `res[r][c] = x[r] · w[c]` for r < 3, c < 4, with 8-lane FMAs (12 accumulators). The
+    /// full steps start at lane `lead % 8`, where `w`'s rows are 32-byte aligned; value `d`
+    /// still meets one accumulator lane in order of `d` (lane `d % 8` rotated by `lead % 8`,
+    /// which the final sum does not see), so any `lead` gives the same bits.
     ///
     /// # Safety
-    /// The CPU supports AVX2 and FMA; every row holds `k` floats.
+    /// The CPU supports AVX2 and FMA; every row holds `k ≥ lead % 8` floats.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn block_avx2(
         x: &[&[f32]; R],
         w: &[&[f32]; R],
         k: usize,
+        lead: usize,
         res: &mut [[f32; R]; R],
     ) {
         let mut acc = [[_mm256_setzero_ps(); R]; 3];
-        // One step of 8 lanes from `d`, each vector read by `$load` from pointer `$p` (spelt
-        // out, not a closure, so that every load inlines into this AVX2 function).
+        // One step of 8 lanes from `d` (an offset that may be negative, for the first step),
+        // each vector read by `$load` from pointer `$p` (spelt out, not a closure, so that
+        // every load inlines into this AVX2 function).
         macro_rules! step {
             ($d:expr, $p:ident => $load:expr) => {{
                 let xv: [__m256; 3] = [
                     {
-                        let $p = x[0].as_ptr().add($d);
+                        let $p = x[0].as_ptr().wrapping_offset($d);
                         $load
                     },
                     {
-                        let $p = x[1].as_ptr().add($d);
+                        let $p = x[1].as_ptr().wrapping_offset($d);
                         $load
                     },
                     {
-                        let $p = x[2].as_ptr().add($d);
+                        let $p = x[2].as_ptr().wrapping_offset($d);
                         $load
                     },
                 ];
                 for (c, wr) in w.iter().enumerate() {
                     let wv = {
-                        let $p = wr.as_ptr().add($d);
+                        let $p = wr.as_ptr().wrapping_offset($d);
                         $load
                     };
                     for r in 0..3 {
@@ -244,17 +310,29 @@ mod x86 {
                 }
             }};
         }
-        let whole = k / 8 * 8;
-        for d in (0..whole).step_by(8) {
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let rot = lead % 8;
+        if rot > 0 {
+            // Values 0..rot in lanes 8 - rot..8, read from the 8 floats before value `rot`.
+            let mask = _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(7 - rot as i32));
+            // SAFETY: only the lanes of values 0..rot ≤ k are read; the masked lanes (before
+            // the row) are not, and masked loads do not fault on them.
+            unsafe { step!(rot as isize - 8, p => _mm256_maskload_ps(p, mask)) };
+        }
+        let mut d = rot;
+        while d + 8 <= k {
             // SAFETY: lanes d..d + 8 ≤ k of rows that hold `k` floats.
-            unsafe { step!(d, p => _mm256_loadu_ps(p)) };
+            unsafe { step!(d as isize, p => _mm256_loadu_ps(p)) };
+            d += 8;
         }
-        if whole < k {
-            let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((k - whole) as i32), lane);
-            // SAFETY: lanes whole..k are read; the masked lanes past `k` are not.
-            unsafe { step!(whole, p => _mm256_maskload_ps(p, mask)) };
+        if d < k {
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((k - d) as i32), lane);
+            // SAFETY: lanes d..k are read; the masked lanes past `k` are not.
+            unsafe { step!(d as isize, p => _mm256_maskload_ps(p, mask)) };
         }
+        // Accumulator lane i holds the values of lane (i + rot) % 8. The sum below adds lanes
+        // half a vector apart at every level, pairs that a rotation keeps together: it gives
+        // the bits of the unrotated sum without rotating back.
         for r in 0..3 {
             for c in 0..R {
                 let v = acc[r][c];
@@ -266,38 +344,68 @@ mod x86 {
         }
     }
 
-    /// `res[r][c] = x[r] · w[c]` for r, c < 4, with 16-lane FMAs.
+    /// `res[r][c] = x[r] · w[c]` for r, c < 4, with 16-lane FMAs. The full steps start at
+    /// lane `lead` (< 16), where `w`'s rows (and the caller's `x` rows, placed alike) start
+    /// whole cache lines; value `d` still meets one accumulator lane in order of `d` (lane
+    /// `d % 16` rotated by `lead`, which the final sum does not see), so any `lead` gives the
+    /// same bits.
     ///
     /// # Safety
-    /// The CPU supports AVX-512F; every row holds `k` floats.
+    /// The CPU supports AVX-512F; every row holds `k ≥ lead` floats.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn block_avx512(
         x: &[&[f32]; R],
         w: &[&[f32]; R],
         k: usize,
+        lead: usize,
         res: &mut [[f32; R]; R],
     ) {
         let mut acc = [[_mm512_setzero_ps(); R]; R];
-        let mut d = 0;
-        while d < k {
-            let mask = if k - d >= 16 {
-                u16::MAX
-            } else {
-                ((1u32 << (k - d)) - 1) as u16
-            };
-            // SAFETY: lanes d..d + 16 within `k` (masked) of rows that hold `k` floats.
-            unsafe {
-                let xv: [__m512; R] =
-                    std::array::from_fn(|r| _mm512_maskz_loadu_ps(mask, x[r].as_ptr().add(d)));
-                for (c, wr) in w.iter().enumerate() {
-                    let wv = _mm512_maskz_loadu_ps(mask, wr.as_ptr().add(d));
+        let (x0, x1, x2, x3) = (x[0].as_ptr(), x[1].as_ptr(), x[2].as_ptr(), x[3].as_ptr());
+        let (w0, w1, w2, w3) = (w[0].as_ptr(), w[1].as_ptr(), w[2].as_ptr(), w[3].as_ptr());
+        // One step of 16 lanes from `d` (an offset that may be negative, for the first step),
+        // each vector read by `$load` from pointer `$p` (spelt out, not a closure, so that
+        // every load inlines into this function).
+        macro_rules! step {
+            ($d:expr, $p:ident => $load:expr) => {{
+                let xv = [x0, x1, x2, x3].map(|row| {
+                    let $p = row.wrapping_offset($d);
+                    $load
+                });
+                let wv = [w0, w1, w2, w3].map(|row| {
+                    let $p = row.wrapping_offset($d);
+                    $load
+                });
+                for c in 0..R {
                     for r in 0..R {
-                        acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
+                        acc[r][c] = _mm512_fmadd_ps(xv[r], wv[c], acc[r][c]);
                     }
                 }
-            }
+            }};
+        }
+        let rot = lead % 16;
+        if rot > 0 {
+            // Values 0..rot in lanes 16 - rot..16, read from the 16 floats before value `rot`.
+            let mask = (((1u32 << rot) - 1) << (16 - rot)) as u16;
+            // SAFETY: only the lanes of values 0..rot ≤ k are read; the masked lanes (before
+            // the row) are not, and masked loads do not fault on them.
+            unsafe { step!(rot as isize - 16, p => _mm512_maskz_loadu_ps(mask, p)) };
+        }
+        let mut d = rot;
+        while d + 16 <= k {
+            // SAFETY: lanes d..d + 16 ≤ k of rows that hold `k` floats.
+            unsafe { step!(d as isize, p => _mm512_loadu_ps(p)) };
             d += 16;
         }
+        if d < k {
+            let mask = ((1u32 << (k - d)) - 1) as u16;
+            // SAFETY: lanes d..k are read; the masked lanes past `k` are not.
+            unsafe { step!(d as isize, p => _mm512_maskz_loadu_ps(mask, p)) };
+        }
+        // Accumulator lane i holds the values of lane (i + rot) % 16. `_mm512_reduce_add_ps`
+        // adds lanes half a vector apart at every level, pairs that a rotation keeps together:
+        // it gives the bits of the unrotated sum without rotating back (the offsets test holds
+        // it to that).
         for r in 0..R {
             for c in 0..R {
                 res[r][c] = _mm512_reduce_add_ps(acc[r][c]);
@@ -520,6 +628,49 @@ mod tests {
                         assert!(
                             (got - want).abs() <= 1e-5 * (k as f32).sqrt(),
                             "{} {m}x{n}x{k} [{i}][{j}]: {got} vs {want}",
+                            kernel.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A weight read in place starts anywhere in a cache line: every start, with rows of
+    /// whole lines (the kernels step to the line boundary first) and without. Each kernel
+    /// gives the same bits at every offset (each value meets the same accumulator lane in the
+    /// same order), and agrees with the portable kernel.
+    #[test]
+    fn every_weight_offset_in_a_cache_line_gives_the_same_products() {
+        for &(m, n, k) in &[(5, 6, 48), (9, 5, 16), (4, 4, 40), (2, 3, 7), (6, 9, 64)] {
+            let x = test_tensor(&[m, k], 31).flatten_all().unwrap();
+            let x = x.to_vec1::<f32>().unwrap();
+            let w = test_tensor(&[n, k], 32).flatten_all().unwrap();
+            let w = w.to_vec1::<f32>().unwrap();
+            let mut want = vec![0f32; m * n];
+            out_in_add(OutInKernel::Portable, &x, m, &w, n, k, &mut want, n).unwrap();
+            let mut buffer = vec![0f32; n * k + 2 * LINE_FLOATS];
+            let base = (LINE_FLOATS - line_offset(buffer.as_ptr())) % LINE_FLOATS;
+            for kernel in OutInKernel::available() {
+                let mut at_line_start: Option<Vec<f32>> = None;
+                for offset in 0..LINE_FLOATS {
+                    let start = base + offset;
+                    buffer[start..start + n * k].copy_from_slice(&w);
+                    let placed = &buffer[start..start + n * k];
+                    assert_eq!(line_offset(placed.as_ptr()), offset);
+                    let mut got = vec![0f32; m * n];
+                    out_in_add(kernel, &x, m, placed, n, k, &mut got, n).unwrap();
+                    let first = at_line_start.get_or_insert_with(|| got.clone());
+                    assert_eq!(
+                        &got,
+                        first,
+                        "{} {m}x{n}x{k}: offset {offset} changed the sums",
+                        kernel.name()
+                    );
+                    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - e).abs() <= 1e-5 * (k as f32).sqrt(),
+                            "{} {m}x{n}x{k} offset {offset} [{i}]: {g} vs {e}",
                             kernel.name()
                         );
                     }
