@@ -414,15 +414,28 @@ fn converted_weights_are_cached_checked_and_rebuilt() {
         assert!(o.status.success(), "{stderr}");
         (read_npy(&out).1, stderr)
     };
+    // The converted-weights files (beside them, the record of the tensors found finite).
     let cache_files = || -> Vec<PathBuf> {
         std::fs::read_dir(&cache)
-            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .map(|d| {
+                d.map(|e| e.unwrap().path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "gclipcv"))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let (want, stderr) = run(1);
     assert!(!stderr.contains("not used"), "{stderr}");
     let files = cache_files();
     assert_eq!(files.len(), 1, "{files:?}");
+    let records = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().ends_with("-finite.json")
+        })
+        .count();
+    assert_eq!(records, 1);
     let file = files[0].clone();
     assert!(
         file.to_string_lossy().ends_with("-bf16.gclipcv"),

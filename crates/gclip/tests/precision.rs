@@ -452,3 +452,66 @@ fn mapped_fp32_weights_convert_and_become_trainable_like_dense_ones() {
     );
     assert!(dense(&layer.weight));
 }
+
+/// The finite-tensor record kept beside the converted weights: a second load of the unchanged
+/// checkpoint skips the NaN/infinity pass over the tensors the first one scanned, at fp32 as at
+/// bf16; once a value in the file changes to NaN the record no longer matches, the tensors are
+/// scanned again and the NaN is refused.
+#[test]
+fn an_unchanged_checkpoint_is_not_scanned_again_and_a_changed_one_is() {
+    use gclip::model::{ModelError, Weights};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join("models/hf-gelu").join(f), model.join(f)).unwrap();
+    }
+    let cache = ConvertedCache::At(tmp.path().join("cache"));
+    let load = |precision: Precision| -> Result<usize, ModelError> {
+        let source = ModelSource::HfDir(model.clone());
+        let config = source.describe()?.config;
+        let weights = Weights::open(&source.weight_files()?, &Device::Cpu, DType::F32)?
+            .with_precision(precision, KernelChoice::Fastest)
+            .for_training(false)
+            .with_converted_cache(&cache);
+        Clip::load(&config, &weights)?;
+        weights.save_converted();
+        Ok(weights.finite_checks_skipped())
+    };
+    assert_eq!(
+        load(Precision::Fp32).unwrap(),
+        0,
+        "first load: nothing known"
+    );
+    let skipped = load(Precision::Fp32).unwrap();
+    assert!(skipped >= 20, "second load skipped only {skipped} tensors");
+    // bf16 reads the LayerNorms, embeddings and projections from the checkpoint too.
+    assert!(load(Precision::Bf16).unwrap() > 0);
+    // A damaged record is not trusted: everything is scanned again and the record rewritten.
+    let record = std::fs::read_dir(tmp.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-finite.json"))
+        .expect("a finite-tensor record in the cache");
+    std::fs::write(&record, b"{\"format\": 1, \"sources\": [").unwrap();
+    assert_eq!(load(Precision::Fp32).unwrap(), 0);
+    assert_eq!(load(Precision::Fp32).unwrap(), skipped);
+
+    // One value of a tensor every load reads becomes NaN, in place (same size).
+    let path = model.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let name = "text_model.final_layer_norm.weight";
+    let start = header[name]["data_offsets"][0].as_u64().unwrap() as usize + 8 + header_len;
+    bytes[start..start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        match load(precision) {
+            Err(ModelError::NonFinite { name: n, count, .. }) => {
+                assert_eq!((n.as_str(), count), (name, 1), "{precision}")
+            }
+            other => panic!("{precision}: the NaN was not refused: {other:?}"),
+        }
+    }
+}

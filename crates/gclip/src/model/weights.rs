@@ -211,6 +211,21 @@ pub struct Weights {
     /// Every checkpoint file (shards), for the converted-weights cache.
     files: Vec<PathBuf>,
     converted: Option<Converted>,
+    /// Which stored tensors are known finite from an earlier load, and which this one checked.
+    finite: Option<FiniteChecks>,
+    /// How many stored tensors this load did not scan for NaN or infinity, because the
+    /// finite-tensor record of the unchanged files lists them.
+    finite_skipped: Cell<usize>,
+}
+
+/// The finite-tensor record of one load (see [`converted::finite_record_for`]).
+struct FiniteChecks {
+    path: PathBuf,
+    sources: Vec<SourceIdentity>,
+    /// From the record, when it matches the files as they are now.
+    known: BTreeSet<String>,
+    /// Found finite by this load.
+    checked: RefCell<BTreeSet<String>>,
 }
 
 /// The converted-weights cache of one load (see [`super::converted`]).
@@ -332,6 +347,8 @@ impl Weights {
             used: RefCell::new(BTreeSet::new()),
             files: Vec::new(),
             converted: None,
+            finite: None,
+            finite_skipped: Cell::new(0),
         })
     }
 
@@ -378,11 +395,15 @@ impl Weights {
     /// [`super::converted`]): a valid converted file is used in place; a missing, stale or
     /// corrupt one is reported and rebuilt by [`Weights::save_converted`]. Nothing changes for
     /// fp32 or for weights that do not come from files.
+    ///
+    /// The same directory keeps the record of which stored tensors were found finite, so that
+    /// a later load of the unchanged files (size, modification time, inode and the hash of
+    /// their ends all equal) skips that pass, at any precision.
     pub fn with_converted_cache(mut self, cache: &ConvertedCache) -> Self {
         let Some(dir) = cache.dir() else {
             return self;
         };
-        if self.precision == Precision::Fp32 || self.files.is_empty() {
+        if self.files.is_empty() {
             return self;
         }
         let sources = match self
@@ -400,6 +421,26 @@ impl Weights {
                 return self;
             }
         };
+        let record = converted::finite_record_for(&dir, &sources);
+        let known = match converted::read_finite_record(&record, &sources) {
+            Ok(known) => known,
+            Err(reason) => {
+                tracing::debug!(
+                    "finite-tensor record {} not used: {reason}",
+                    record.display()
+                );
+                BTreeSet::new()
+            }
+        };
+        self.finite = Some(FiniteChecks {
+            path: record,
+            sources: sources.clone(),
+            known,
+            checked: RefCell::new(BTreeSet::new()),
+        });
+        if self.precision == Precision::Fp32 {
+            return self;
+        }
         let path = converted::file_for(&dir, &sources, self.precision);
         let file = match ConvertedFile::open(&path, &sources, self.precision) {
             Ok(file) => file,
@@ -479,6 +520,7 @@ impl Weights {
     /// once the whole model has loaded). A cache that cannot be written is reported, not an
     /// error: the model works without it.
     pub fn save_converted(&self) {
+        self.save_finite_record();
         let Some(c) = &self.converted else {
             return;
         };
@@ -492,6 +534,54 @@ impl Weights {
                 c.path.display()
             ),
         }
+    }
+
+    /// Adds the tensors this load found finite to the finite-tensor record (see
+    /// [`Weights::with_converted_cache`]); a record that cannot be written is reported only.
+    fn save_finite_record(&self) {
+        let Some(f) = &self.finite else {
+            return;
+        };
+        let checked = f.checked.borrow();
+        if checked.is_subset(&f.known) {
+            return;
+        }
+        let all: BTreeSet<String> = f.known.union(&checked).cloned().collect();
+        if let Err(e) = converted::write_finite_record(&f.path, &f.sources, &all) {
+            tracing::warn!(
+                "could not write the finite-tensor record {}: {e}",
+                f.path.display()
+            );
+        }
+    }
+
+    /// How many stored tensors this load did not scan for NaN or infinity because an earlier
+    /// load of the same, unchanged files had (see [`Weights::with_converted_cache`]).
+    pub fn finite_checks_skipped(&self) -> usize {
+        self.finite_skipped.get()
+    }
+
+    /// Refuses stored tensor `file_name` if it holds NaN or infinity, counted by `count`
+    /// unless the finite-tensor record already vouches for it.
+    fn check_finite(
+        &self,
+        file_name: &str,
+        total: usize,
+        count: impl FnOnce() -> Result<usize, ModelError>,
+    ) -> Result<(), ModelError> {
+        if self
+            .finite
+            .as_ref()
+            .is_some_and(|f| f.known.contains(file_name))
+        {
+            self.finite_skipped.set(self.finite_skipped.get() + 1);
+            return Ok(());
+        }
+        self.refuse_non_finite(file_name, count()?, total)?;
+        if let Some(f) = &self.finite {
+            f.checked.borrow_mut().insert(file_name.to_string());
+        }
+        Ok(())
     }
 
     fn source_names(&self, name: &str) -> Vec<String> {
@@ -523,6 +613,8 @@ impl Weights {
             used: RefCell::new(BTreeSet::new()),
             files: Vec::new(),
             converted: None,
+            finite: None,
+            finite_skipped: Cell::new(0),
         }
     }
 
@@ -663,11 +755,9 @@ impl Weights {
         };
         // Every stored tensor is read once per load: the one place to refuse NaN or infinity,
         // which would otherwise flow silently into every embedding.
-        self.refuse_non_finite(
-            file_name,
-            count_non_finite(&t).map_err(bad)?,
-            t.elem_count(),
-        )?;
+        self.check_finite(file_name, t.elem_count(), || {
+            count_non_finite(&t).map_err(bad)
+        })?;
         Ok(t)
     }
 
@@ -776,8 +866,9 @@ impl Weights {
         }
         for (file_name, piece) in &blocks {
             let values = piece.values();
-            let count = super::kernels::count_non_finite_f32(values);
-            self.refuse_non_finite(file_name, count, values.len())?;
+            self.check_finite(file_name, values.len(), || {
+                Ok(super::kernels::count_non_finite_f32(values))
+            })?;
         }
         self.used.borrow_mut().extend(sources);
         Ok(Some(blocks))
