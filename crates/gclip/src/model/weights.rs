@@ -393,8 +393,8 @@ impl Weights {
 
     /// Reads and writes the bf16/int8 linear weights of this checkpoint in `cache` (see
     /// [`super::converted`]): a valid converted file is used in place; a missing, stale or
-    /// corrupt one is reported and rebuilt by [`Weights::save_converted`]. Nothing changes for
-    /// fp32 or for weights that do not come from files.
+    /// corrupt one is reported and rebuilt by [`Weights::save_converted`]. Weights that do not
+    /// come from files use no cache; fp32 loads use only the record below.
     ///
     /// The same directory keeps the record of which stored tensors were found finite, so that
     /// a later load of the unchanged files (size, modification time, inode and the hash of
