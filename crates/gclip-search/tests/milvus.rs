@@ -45,8 +45,15 @@ fn server_script() -> PathBuf {
 
 /// A port nothing listens on right now.
 fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    l.local_addr().unwrap().port()
+    free_ports::<1>()[0]
+}
+
+/// `N` different ports nothing listens on right now (all held open until all are chosen, so
+/// that the system cannot hand out one of them twice).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: [TcpListener; N] =
+        std::array::from_fn(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap());
+    held.map(|l| l.local_addr().unwrap().port())
 }
 
 /// How many times a server that dies while starting is started again, on new ports and a new
@@ -96,9 +103,7 @@ impl Server {
     /// 127.0.0.1. Left to itself, its embedded etcd listens on localhost:2379 and :2380 whatever
     /// the script is told, so a second server on the machine (or one left over) made it panic.
     fn spawn(script: &Path, attempt: usize) -> Self {
-        let port = free_port();
-        let etcd_client = free_port();
-        let etcd_peer = free_port();
+        let [port, etcd_client, etcd_peer] = free_ports();
         let data = std::env::temp_dir().join(format!(
             "gclip-milvus-{}-{port}-{attempt}",
             std::process::id()
