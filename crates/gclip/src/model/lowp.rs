@@ -1094,10 +1094,7 @@ struct Gemm<'a> {
 /// STAGED_FLOATS_PER_STEP` floats of staged weights.
 type StageFn = unsafe fn(*const u32, usize, *mut f32);
 
-/// Floats of staged weights per K-step.
-#[cfg(target_arch = "x86_64")]
-const STAGED_FLOATS_PER_STEP: usize = x86::STAGED_FLOATS_PER_STEP;
-#[cfg(not(target_arch = "x86_64"))]
+/// Floats of staged weights per K-step (two k values × the panel's `NR` columns).
 const STAGED_FLOATS_PER_STEP: usize = 2 * NR;
 
 /// K-steps per block of a staged kernel: one panel's staged block (64 steps × 32 columns × 2
@@ -1752,9 +1749,6 @@ mod x86 {
             }
         }
     }
-
-    /// Floats of staged weights per K-step (two k values × the panel's `NR` columns).
-    pub const STAGED_FLOATS_PER_STEP: usize = 2 * NR;
 
     /// # Safety
     /// Tile contract with `M` valid rows and f32-pair A entries, except that `t.b` points at
