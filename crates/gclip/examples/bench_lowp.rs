@@ -1,5 +1,6 @@
-//! Multiply-add rate of the bf16 and int8 linear kernels (and of the f32 out-in kernel, for the
-//! few-row shapes) on the shapes of ViT-B/32's layers,
+//! Multiply-add rate of the bf16 and int8 linear kernels (and of the f32 ones over weights in
+//! place: the out-in kernel for the few-row shapes, gemm for the others)
+//! on the shapes of ViT-B/32's layers,
 //! for every kernel variant this CPU runs, so a kernel change can be measured alone (the
 //! towers' benchmarks also time packing, attention and the elementwise steps).
 //!
@@ -11,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use gclip::model::lowp::{self, Bf16Kernel, Int8Kernel, PackedBf16, PackedInt8};
-use gclip::model::outin::{out_in_add, OutInKernel, OUT_IN_MAX_ROWS};
+use gclip::model::outin::{gemm_add, out_in_add, OutInKernel, OUT_IN_MAX_ROWS};
 
 /// (what, rows, in, out): the image tower at batch 32 (1,600 tokens), training at batch 64
 /// (3,200 image tokens), and a weight-gradient product (K = 1,024 token rows).
@@ -112,6 +113,25 @@ fn main() {
                     });
                     println!("{name:<22} {what:<10} {rows:>5} x {din:>4} x {dout:>4} {g:>8.1}");
                 }
+            }
+        }
+        if rows > OUT_IN_MAX_ROWS {
+            // f32 over the weight in place through gemm (which packs it per call), on
+            // `threads` tasks: the rate the low-precision kernels must beat.
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("thread pool");
+            if wanted("f32-gemm") {
+                let g = rate(flops, seconds, || {
+                    pool.install(|| {
+                        gemm_add(&x, rows, &w, dout, din, &mut dst, dout).expect("gemm product")
+                    })
+                });
+                println!(
+                    "{:<22} {what:<10} {rows:>5} x {din:>4} x {dout:>4} {g:>8.1}",
+                    "f32-gemm"
+                );
             }
         }
         let packed = PackedBf16::pack_out_in(&w, din, dout).expect("pack bf16");

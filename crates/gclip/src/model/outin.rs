@@ -134,6 +134,76 @@ impl LineAlignedRows {
     }
 }
 
+/// Whether `x` (`m × k`), `w` (`n × k`) and `out` (`m` rows of `ld`, `n` used) are long enough.
+fn check_extents(
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    out: &[f32],
+    ld: usize,
+) -> Result<()> {
+    let fits = m.checked_mul(k).is_some_and(|len| len <= x.len())
+        && n.checked_mul(k).is_some_and(|len| len <= w.len())
+        && n <= ld
+        && (m.max(1) - 1)
+            .checked_mul(ld)
+            .and_then(|e| e.checked_add(n))
+            .is_some_and(|len| len <= out.len());
+    if !fits {
+        candle_core::bail!(
+            "out-in product: {m}x{k} input, {n}x{k} weight, output rows of {ld}: slices too short"
+        );
+    }
+    Ok(())
+}
+
+/// [`out_in_add`] through gemm on the transposed strides of `w` (gemm packs `w` per call, which
+/// a product over many rows repays), on candle's thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_add(
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    out: &mut [f32],
+    ld: usize,
+) -> Result<()> {
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    check_extents(x, m, w, n, k, out, ld)?;
+    // SAFETY: out is m rows of ld (n ≤ ld columns written), x is m × k row-major, w is n × k
+    // row-major, read as the k × n matrix Wᵀ (row stride 1, column stride k); the lengths were
+    // checked just above, and out aliases neither input (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            ld as isize,
+            true,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            matmul_parallelism(),
+        );
+    }
+    Ok(())
+}
+
 /// `out[i·ld + j] += x[i] · w[j]` for the `m` rows of `x` and the `n` rows of `w`, each `k`
 /// long, with `kernel` (an error when this CPU cannot run it or a slice is too short).
 #[allow(clippy::too_many_arguments)]
@@ -156,18 +226,7 @@ pub fn out_in_add(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let fits = m.checked_mul(k).is_some_and(|len| len <= x.len())
-        && n.checked_mul(k).is_some_and(|len| len <= w.len())
-        && n <= ld
-        && (m - 1)
-            .checked_mul(ld)
-            .and_then(|e| e.checked_add(n))
-            .is_some_and(|len| len <= out.len());
-    if !fits {
-        candle_core::bail!(
-            "out-in product: {m}x{k} input, {n}x{k} weight, output rows of {ld}: slices too short"
-        );
-    }
+    check_extents(x, m, w, n, k, out, ld)?;
     // Rows of `w` all share the first row's offset in a line only when a row is whole lines.
     let lead = if k.is_multiple_of(LINE_FLOATS) {
         ((LINE_FLOATS - line_offset(w.as_ptr())) % LINE_FLOATS).min(k)
@@ -550,33 +609,7 @@ impl CustomOp2 for OutInLinearOp {
                     out_dim,
                 )?;
             } else {
-                // SAFETY: dst is rows × out_dim row-major and this block writes its columns
-                // first..first + n (n ≤ out_dim - first); x is rows × k row-major; w is n × k
-                // row-major, read as the k × n matrix Wᵀ (row stride 1, column stride k). All
-                // pointers are valid for those extents and dst aliases neither input.
-                unsafe {
-                    gemm::gemm(
-                        rows,
-                        n,
-                        k,
-                        dst.as_mut_ptr().add(first),
-                        1,
-                        out_dim as isize,
-                        true,
-                        x.as_ptr(),
-                        1,
-                        k as isize,
-                        w.as_ptr(),
-                        k as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        matmul_parallelism(),
-                    );
-                }
+                gemm_add(&x, rows, w, n, k, &mut dst[first..], out_dim)?;
             }
             first += n;
         }
