@@ -33,7 +33,9 @@ Writes under data/emoji/sets/:
   `gcl-train.jsonl` (train queries x train documents, all graded pairs), and test sets
   `gcl-in-domain.jsonl` (train queries, train documents), `gcl-novel-query.jsonl`,
   `gcl-novel-document.jsonl`, `gcl-zero-shot.jsonl`, each with a corpus file
-  `gcl-corpus-{train,test}.jsonl` of every document of its partition.
+  `gcl-corpus-{train,test}.jsonl` of every document of its partition. The same sets with a
+  third document field, `keywords` (the emoji's emojilib keywords, comma-separated), are
+  written as `gclkw-*.jsonl` (experiment 2c: a field in which a held-out query can be read).
 
 With --mini, also writes tests/fixtures/emoji-mini/: 200 emoji as 24-pixel PNGs from Google
 (train) and Twitter (test), and the JSONL files for CI's reduced run.
@@ -182,7 +184,7 @@ def rotation_sets(rows, out, captions=DEFAULT_CAPTIONS, tag=""):
                 for r in rows])
 
 
-def gcl_sets(rows, out, seed=1):
+def gcl_sets(rows, out, seed=1, prefix="gcl", keywords=False):
     by_kw = {}
     for r in rows:
         for k in set(r["keywords"]):
@@ -213,25 +215,30 @@ def gcl_sets(rows, out, seed=1):
                 g[r["id"]] = (1.0, r)
         return g
 
+    def doc(r):
+        d = {"name": r["name"], "image": r["paths"]["google"]}
+        if keywords and r["keywords"]:  # no field rather than an empty one
+            d["keywords"] = ", ".join(r["keywords"])
+        return d
+
     def pairs(qs, ds):
         out_rows = []
         for k in sorted(qs):
             for did, (score, r) in sorted(graded(k).items()):
                 if did in ds:
-                    out_rows.append({"query": {"text": k}, "doc": {"name": r["name"], "image": r["paths"]["google"]},
-                                     "score": score, "query_id": k, "doc_id": did})
+                    out_rows.append({"query": {"text": k}, "doc": doc(r), "score": score, "query_id": k, "doc_id": did})
         return out_rows
 
-    write(out / "gcl-train.jsonl", pairs(q_train, d_train))
-    write(out / "gcl-in-domain.jsonl", pairs(q_train, d_train))
-    write(out / "gcl-novel-query.jsonl", pairs(q_test, d_train))
-    write(out / "gcl-novel-document.jsonl", pairs(q_train, d_test))
-    write(out / "gcl-zero-shot.jsonl", pairs(q_test, d_test))
+    write(out / f"{prefix}-train.jsonl", pairs(q_train, d_train))
+    write(out / f"{prefix}-in-domain.jsonl", pairs(q_train, d_train))
+    write(out / f"{prefix}-novel-query.jsonl", pairs(q_test, d_train))
+    write(out / f"{prefix}-novel-document.jsonl", pairs(q_train, d_test))
+    write(out / f"{prefix}-zero-shot.jsonl", pairs(q_test, d_test))
     for name, ds in [("train", d_train), ("test", d_test)]:
-        write(out / f"gcl-corpus-{name}.jsonl", [
-            {"query": {"text": "-"}, "doc": {"name": r["name"], "image": r["paths"]["google"]}, "doc_id": r["id"]}
+        write(out / f"{prefix}-corpus-{name}.jsonl", [
+            {"query": {"text": "-"}, "doc": doc(r), "doc_id": r["id"]}
             for r in rows if r["id"] in ds])
-    print(f"gcl: {len(q_train)} train / {len(q_test)} novel queries, {len(d_train)} / {len(d_test)} documents")
+    print(f"{prefix}: {len(q_train)} train / {len(q_test)} novel queries, {len(d_train)} / {len(d_test)} documents")
 
 
 def mini(rows):
@@ -277,6 +284,7 @@ def main():
     else:
         rotation_sets(rows, out)
     gcl_sets(rows, out)
+    gcl_sets(rows, out, prefix="gclkw", keywords=True)
     print(f"clip: {len(rows)} emoji with images from all three vendors -> {out}")
     if a.mini:
         mini(rows)
