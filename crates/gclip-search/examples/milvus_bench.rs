@@ -120,7 +120,11 @@ fn main() {
         Err(e) => eprintln!("embedded: {e}"),
     }
     let _ = std::fs::remove_dir_all(&dir);
-    match MilvusStore::create(&address, info, MilvusOptions::default()) {
+    match MilvusStore::create(
+        &address,
+        info,
+        MilvusOptions::from_env().expect("Milvus options"),
+    ) {
         Ok(milvus) => run("milvus", &milvus, count, dim, queries),
         Err(e) => eprintln!("milvus: {e}"),
     }

@@ -149,9 +149,9 @@ impl Collection {
     pub fn exists(dir: &Path) -> bool {
         match Location::of(dir) {
             Ok(Location::Dir(d)) => SqliteStore::exists(&d),
-            Ok(Location::Milvus(a)) => {
-                MilvusStore::exists(&a, &MilvusOptions::default()).unwrap_or(true)
-            }
+            Ok(Location::Milvus(a)) => MilvusOptions::from_env()
+                .and_then(|options| MilvusStore::exists(&a, &options))
+                .unwrap_or(true),
             Err(_) => true,
         }
     }
@@ -166,7 +166,7 @@ impl Collection {
         let location = Location::of(dir)?;
         let store: Box<dyn Store> = match &location {
             Location::Dir(d) => Box::new(SqliteStore::open(d, options)?),
-            Location::Milvus(a) => Box::new(MilvusStore::open(a, MilvusOptions::default())?),
+            Location::Milvus(a) => Box::new(MilvusStore::open(a, MilvusOptions::from_env()?)?),
         };
         Ok(Self { location, store })
     }
@@ -192,7 +192,7 @@ impl Collection {
         let store: Box<dyn Store> = match &location {
             Location::Dir(d) => Box::new(SqliteStore::create(d, info, options)?),
             Location::Milvus(a) => {
-                Box::new(MilvusStore::create(a, info, MilvusOptions::default())?)
+                Box::new(MilvusStore::create(a, info, MilvusOptions::from_env()?)?)
             }
         };
         Ok(Self { location, store })

@@ -60,6 +60,14 @@ fn free_ports<const N: usize>() -> [u16; N] {
 /// data folder, before the test fails with every attempt's log.
 const START_ATTEMPTS: usize = 2;
 
+/// One server at a time on this machine (tests run in parallel): two would share its two cores
+/// while starting, and each holds about half a gigabyte. A test takes its turn before starting its
+/// server, and the turn ends after the server is dropped (locals drop in reverse order).
+fn one_server_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The server process group, stopped when dropped (a failing test included), and also when this
 /// test process dies without dropping it (killed by a timeout): see `Server::spawn`.
 struct Server {
@@ -356,6 +364,7 @@ fn scratch(name: &str) -> PathBuf {
 
 #[test]
 fn a_milvus_collection_answers_as_the_embedded_one_does() {
+    let _turn = one_server_at_a_time();
     let server = Server::start();
     let address = server.address("products");
     let info = CollectionInfo {
@@ -614,4 +623,59 @@ fn an_unreachable_server_is_a_prompt_error_naming_the_address() {
     assert!(!shown.contains("hunter2"), "{shown}");
     // `exists` says true when it cannot ask, so that opening reports why.
     assert!(Collection::exists(Path::new(&address)));
+}
+
+/// Cluster settings: the shards a collection is created with, and a replica count the server
+/// cannot give (a standalone server has one query node) refused with the address and the count.
+#[test]
+fn shards_are_set_at_creation_and_an_impossible_replica_count_is_refused() {
+    let _turn = one_server_at_a_time();
+    let server = Server::start();
+    let info = CollectionInfo {
+        model: identity("test-model"),
+        spec: EmbedSpec::image(),
+        created: 0,
+    };
+    let options = |shards: Option<u32>, replicas: Option<u32>| MilvusOptions {
+        shards,
+        replicas,
+        ..Default::default()
+    };
+    for shards in [2, 3] {
+        let address = server.address(&format!("sharded{shards}"));
+        let a = MilvusAddress::parse_with(&address, |_| None).unwrap();
+        let store = MilvusStore::create(&a, info.clone(), options(Some(shards), None)).unwrap();
+        assert_eq!(store.shards().unwrap(), shards, "{address}");
+        store.upsert((0..10).map(document).collect()).unwrap();
+        assert_eq!(store.len(), 10);
+        drop(store);
+        // Reopened with the replica count it is loaded with, or none asked: as it was.
+        for replicas in [None, Some(1)] {
+            let store = MilvusStore::open(&a, options(None, replicas)).unwrap();
+            assert_eq!((store.shards().unwrap(), store.len()), (shards, 10));
+        }
+        let e = MilvusStore::open(&a, options(None, Some(2)))
+            .err()
+            .unwrap()
+            .to_string();
+        eprintln!("two replicas on one query node: {e}");
+        assert!(e.contains(&address) && e.contains("2 replicas"), "{e}");
+        assert!(
+            !e.contains("no answer within"),
+            "refused, not timed out: {e}"
+        );
+    }
+    // An unloaded collection asked for more replicas than the server has query nodes.
+    let address = server.address("two_replicas");
+    let a = MilvusAddress::parse_with(&address, |_| None).unwrap();
+    let e = MilvusStore::create(&a, info.clone(), options(None, Some(2)))
+        .err()
+        .unwrap()
+        .to_string();
+    eprintln!("two replicas, not loaded yet: {e}");
+    assert!(e.contains(&address) && e.contains("2 replicas"), "{e}");
+    assert!(
+        !e.contains("no answer within"),
+        "refused, not timed out: {e}"
+    );
 }

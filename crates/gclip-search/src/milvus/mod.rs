@@ -88,7 +88,24 @@ pub struct MilvusOptions {
     pub hnsw: AnnParams,
     /// What a read waits for.
     pub consistency: Consistency,
+    /// Shards (write channels) of a collection this creates; `None`: the server's default
+    /// (one). Fixed at creation: a collection keeps the shards it was made with.
+    pub shards: Option<u32>,
+    /// In-memory replicas to load the collection with (each on its own query nodes, for read
+    /// throughput and availability); `None`: keep a loaded collection as it is, load an
+    /// unloaded one with one.
+    pub replicas: Option<u32>,
 }
+
+/// The most shards [`MilvusOptions::shards`] may ask for (Milvus' own `proxy.maxShardNum` is 16
+/// by default; a server configured for more still gets at most this many from gclip).
+pub const MAX_SHARDS: u32 = 64;
+/// The most replicas [`MilvusOptions::replicas`] may ask for.
+pub const MAX_REPLICAS: u32 = 64;
+/// The environment variable of [`MilvusOptions::shards`].
+pub const SHARDS_VAR: &str = "GCLIP_MILVUS_SHARDS";
+/// The environment variable of [`MilvusOptions::replicas`].
+pub const REPLICAS_VAR: &str = "GCLIP_MILVUS_REPLICAS";
 
 /// Milvus consistency levels a read may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -141,6 +158,8 @@ impl Default for MilvusOptions {
             backoff: Duration::from_millis(250),
             page: 128,
             hnsw: AnnParams::default(),
+            shards: None,
+            replicas: None,
             consistency: std::env::var("GCLIP_MILVUS_CONSISTENCY")
                 .ok()
                 .filter(|v| !v.is_empty())
@@ -155,6 +174,36 @@ impl Default for MilvusOptions {
                 })
                 .unwrap_or_default(),
         }
+    }
+}
+
+impl MilvusOptions {
+    /// [`MilvusOptions::default`] with the cluster settings of the environment:
+    /// `GCLIP_MILVUS_SHARDS` and `GCLIP_MILVUS_REPLICAS` (whole numbers from 1 to 64). A value
+    /// that is not one is an error naming the variable: shards cannot be changed once a
+    /// collection exists, so a mistyped value must not quietly create it with the default.
+    pub fn from_env() -> Result<Self> {
+        Self::from_env_with(|name| std::env::var(name).ok())
+    }
+
+    /// [`MilvusOptions::from_env`] reading variables through `var`.
+    pub fn from_env_with(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let count = |name: &str, max: u32| -> Result<Option<u32>> {
+            let Some(v) = var(name).filter(|v| !v.trim().is_empty()) else {
+                return Ok(None);
+            };
+            match v.trim().parse::<u32>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(SearchError::Invalid(format!(
+                    "{name}={v:?}: give a whole number from 1 to {max}"
+                ))),
+            }
+        };
+        Ok(Self {
+            shards: count(SHARDS_VAR, MAX_SHARDS)?,
+            replicas: count(REPLICAS_VAR, MAX_REPLICAS)?,
+            ..Self::default()
+        })
     }
 }
 
@@ -447,12 +496,15 @@ impl MilvusStore {
             .map_err(|e| SearchError::Invalid(format!("collection info: {e}")))?;
         let schema = schema_for(&name, &info_json, info.model.dim)?;
         let s = schema.clone();
+        // 0 asks for the server's default.
+        let shards = options.shards.unwrap_or(0) as i32;
         conn.call("creating the collection", move |c| async move {
             c.create_collection(
                 s,
-                Some(CreateCollectionOptions::with_consistency_level(
-                    ConsistencyLevel::Strong,
-                )),
+                Some(
+                    CreateCollectionOptions::with_consistency_level(ConsistencyLevel::Strong)
+                        .shard_num(shards),
+                ),
             )
             .await
         })?;
@@ -543,10 +595,26 @@ impl MilvusStore {
                 found.join(", ")
             )));
         }
+        let replicas = conn.options.replicas;
         let n = name.clone();
-        conn.call("loading the collection", move |c| async move {
-            c.load_collection(n, Some(LoadOptions::default())).await
-        })?;
+        let loaded = replicas.is_none()
+            && conn.call(
+                "asking whether the collection is loaded",
+                move |c| async move { c.get_load_state(n, None).await },
+            )? == milvus::proto::common::LoadState::Loaded;
+        if !loaded {
+            // Asking a loaded collection for another replica count is the server's error (it
+            // names both counts); an unloaded one is loaded with one unless told otherwise.
+            let n = name.clone();
+            let what = match replicas {
+                Some(r) => format!("loading the collection with {r} replicas"),
+                None => "loading the collection".into(),
+            };
+            conn.call(&what, move |c| async move {
+                let load = LoadOptions::default().replica_number(replicas.unwrap_or(1) as i32);
+                c.load_collection(n, Some(load)).await
+            })?;
+        }
         let schema = schema_for(&name, info_json, dim)?;
         let store = Self {
             conn,
@@ -572,6 +640,17 @@ impl MilvusStore {
             &self.conn.address,
             format!("unexpected reply from the server: {message}"),
         )
+    }
+
+    /// The collection's shards, as the server describes it.
+    pub fn shards(&self) -> Result<u32> {
+        let n = self.conn.address.name.clone();
+        let described = self
+            .conn
+            .call("describing the collection", move |c| async move {
+                c.describe_collection(n).await
+            })?;
+        Ok(described.shards_num.max(0) as u32)
     }
 
     /// Counts the documents (strong consistency).
@@ -1080,5 +1159,42 @@ impl Store for MilvusStore {
     /// indexes and seals segments on its own.
     fn flush(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(vars: &[(&str, &str)]) -> Result<MilvusOptions> {
+        MilvusOptions::from_env_with(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn shards_and_replicas_come_from_the_environment_within_bounds() {
+        let o = options(&[]).unwrap();
+        assert_eq!((o.shards, o.replicas), (None, None));
+        let o = options(&[(SHARDS_VAR, "4"), (REPLICAS_VAR, " 2 ")]).unwrap();
+        assert_eq!((o.shards, o.replicas), (Some(4), Some(2)));
+        let o = options(&[(SHARDS_VAR, ""), (REPLICAS_VAR, "64")]).unwrap();
+        assert_eq!((o.shards, o.replicas), (None, Some(64)));
+        for (var, bad) in [
+            (SHARDS_VAR, "0"),
+            (SHARDS_VAR, "65"),
+            (SHARDS_VAR, "two"),
+            (REPLICAS_VAR, "-1"),
+            (REPLICAS_VAR, "1.5"),
+            (REPLICAS_VAR, "99999999999"),
+        ] {
+            let e = options(&[(var, bad)]).unwrap_err().to_string();
+            assert!(
+                e.contains(var) && e.contains("from 1 to 64"),
+                "{var}={bad}: {e}"
+            );
+        }
     }
 }
