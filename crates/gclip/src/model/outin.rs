@@ -161,7 +161,6 @@ fn check_extents(
 
 /// [`out_in_add`] through gemm on the transposed strides of `w` (gemm packs `w` per call, which
 /// a product over many rows repays), on candle's thread count.
-#[allow(clippy::too_many_arguments)]
 pub fn gemm_add(
     x: &[f32],
     m: usize,
