@@ -89,19 +89,27 @@ import json, statistics, sys
 from pathlib import Path
 runs, arms, seeds = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3:]
 splits = ["in-domain", "novel-query", "novel-document", "zero-shot"]
-def metric(d, name):
-    # `gclip eval ranking --json` reports metrics by name, possibly nested under "metrics".
-    m = d.get("metrics", d)
-    return float(m[name])
+sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
+def scores(arm, split, metric):
+    return [json.loads((runs / f"{arm}-s{s}" / f"eval-{split}.json").read_text())[metric] for s in seeds]
 print("| split | arm | " + " | ".join(f"nDCG@10 s{s}" for s in seeds) + " | nDCG@10 mean ± sd | ERR mean ± sd |")
 print("|---|---|" + "---|" * len(seeds) + "---|---|")
 for split in splits:
     for arm in arms:
-        nd, er = [], []
-        for s in seeds:
-            d = json.loads((runs / f"{arm}-s{s}" / f"eval-{split}.json").read_text())
-            nd.append(metric(d, "ndcg@10")); er.append(metric(d, "err"))
-        sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
+        nd, er = scores(arm, split, "ndcg@10"), scores(arm, split, "err")
         print(f"| {split} | {arm} | " + " | ".join(f"{v:.4f}" for v in nd)
               + f" | {statistics.mean(nd):.4f} ± {sd(nd):.4f} | {statistics.mean(er):.4f} ± {sd(er):.4f} |")
+# GCL against CLIP with the same documents: the difference per seed (same seed, same batches).
+pairs = [(g, "clip-" + g[4:]) for g in arms if g.startswith("gcl-") and "clip-" + g[4:] in arms]
+if pairs:
+    print()
+    print("| split | GCL vs CLIP | nDCG@10 difference per seed | mean | relative to CLIP's mean |")
+    print("|---|---|---|---|---|")
+    for split in splits:
+        for g, c in pairs:
+            gv, cv = scores(g, split, "ndcg@10"), scores(c, split, "ndcg@10")
+            d = [a - b for a, b in zip(gv, cv)]
+            rel = statistics.mean(d) / statistics.mean(cv) * 100
+            print(f"| {split} | {g} vs {c} | " + " ".join(f"{x:+.4f}" for x in d)
+                  + f" | {statistics.mean(d):+.4f} | {rel:+.0f} % |")
 EOF
