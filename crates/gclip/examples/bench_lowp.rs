@@ -81,6 +81,11 @@ fn main() {
     }
     let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
     println!("threads {threads}; GFLOP/s = 2 * rows * in * out / time");
+    // The f32 products run on the current rayon pool; the low-precision ones take `threads`.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
     for &(what, rows, din, dout) in SHAPES {
         let x = pseudo_random(rows * din, 1);
         let w = pseudo_random(din * dout, 2);
@@ -92,10 +97,6 @@ fn main() {
             // one float past it (where safetensors' header length usually leaves it).
             let mut buffer = vec![0f32; din * dout + 32];
             let aligned = (64 - buffer.as_ptr() as usize % 64) % 64 / 4;
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("thread pool");
             for kernel in OutInKernel::available() {
                 for shift in [0, 1] {
                     let name = format!("{}+{shift}", kernel.name());
@@ -118,10 +119,6 @@ fn main() {
         if rows > OUT_IN_MAX_ROWS {
             // f32 over the weight in place through gemm (which packs it per call), on
             // `threads` tasks: the rate the low-precision kernels must beat.
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("thread pool");
             if wanted("f32-gemm") {
                 let g = rate(flops, seconds, || {
                     pool.install(|| {
