@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -400,3 +401,23 @@ def test_train_from_python_as_the_cli(tmp_path):
         gclip.train({"train": {"stepz": 1}})
     with pytest.raises(gclip.GclipError, match="nonexistent"):
         gclip.train(tiny_training_config(tmp_path, steps=1), overrides=["data.path=/nonexistent"])
+
+
+def test_import_and_load_leave_numpy_for_the_first_result():
+    # A fresh interpreter: numpy is imported by the first result, not by `import gclip` or
+    # `load` (its import costs more than gclip's start-up), and arrays still work afterwards.
+    script = f"""
+import sys
+import gclip
+m = gclip.load({OC_MODEL!r}, arch={OC_ARCH!r})
+before = "numpy" in sys.modules
+v = m.encode_text(["a photo of a cat"])
+import numpy as np
+assert isinstance(v, np.ndarray) and v.shape[0] == 1, (type(v), getattr(v, "shape", None))
+s = m.similarity([np.zeros((8, 8, 3), np.uint8)], ["a cat", "a dog"], scores="probs")
+assert s.shape == (1, 2) and abs(float(s.sum()) - 1.0) < 1e-5, s
+print(before)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False", r.stdout

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Optional, Sequence, Union
-
-import numpy as np
+import sys
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 
 from . import _gclip
 from ._gclip import DEFAULT_MODEL, GclipError, __version__
@@ -36,7 +35,18 @@ __all__ = [
     "__version__",
 ]
 
-ImageLike = Union[str, "os.PathLike[str]", bytes, np.ndarray, Any]
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy is imported when a result is made, not by `import gclip`: its import costs more than
+# gclip's own start-up (docs/BENCHMARKS.md, "Python"). No array can be passed in before the
+# caller has imported numpy, so an input is recognised through `sys.modules` alone.
+ImageLike = Union[str, "os.PathLike[str]", bytes, "np.ndarray", Any]
+
+
+def _is_ndarray(value: Any) -> bool:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.ndarray)
 
 _ARRAY_MODES = {2: "L", 3: "RGB", 4: "RGBA"}
 
@@ -48,7 +58,9 @@ def _image_item(image: ImageLike, index: int) -> Any:
         return ("file", os.fspath(image))
     if isinstance(image, (bytes, bytearray, memoryview)):
         return ("bytes", bytes(image), f"item {index} (bytes)")
-    if isinstance(image, np.ndarray):
+    if _is_ndarray(image):
+        import numpy as np
+
         if image.dtype != np.uint8:
             return ("error", f"numpy array of {image.dtype}, expected uint8")
         if image.ndim == 2:
@@ -85,7 +97,7 @@ def _pil_item(image: Any) -> Any:
 
 
 def _items(images: Iterable[ImageLike]) -> list:
-    if isinstance(images, (str, bytes, os.PathLike, np.ndarray)) or hasattr(images, "mode"):
+    if isinstance(images, (str, bytes, os.PathLike)) or _is_ndarray(images) or hasattr(images, "mode"):
         raise TypeError("images must be a list of images, not a single image")
     return [_image_item(im, i) for i, im in enumerate(images)]
 
@@ -209,6 +221,8 @@ class Model:
         :meth:`encode_image` (NaN rows)."""
         if scores not in ("cosine", "logits", "probs"):
             raise ValueError(f'scores must be "cosine", "logits" or "probs", not {scores!r}')
+        import numpy as np
+
         img, errs = self._m.encode_image_items(_items(images), True)
         txt = self.encode_text(texts)
         m = img @ txt.T
