@@ -1,7 +1,9 @@
 """The Python package against the gclip binary, on the same model, images and cores (issue 13):
 
 - start-up: `import gclip` + `gclip.load(model)` in a fresh interpreter, against the whole of
-  `gclip embed text` of one text (process start, load, one forward pass, write);
+  `gclip embed text` of one text (process start, load, one forward pass, write); and the like
+  for like measure, time to the first embedding: a fresh interpreter's import, load and
+  `encode_text` of that one text (numpy, imported by the first result, included);
 - encode_image throughput: `model.encode_image(paths)` against `gclip embed image` of the same
   list and batch size (each side's wall time, load excluded on the CLI side by subtracting the
   one-text run's time);
@@ -49,6 +51,7 @@ def main():
     lst = tmp / "images.txt"
     lst.write_text("\n".join(paths) + "\n")
     load_py = (f"import gclip; gclip.load({a.model!r}, arch={a.arch!r})")
+    first_py = (f"import gclip; gclip.load({a.model!r}, arch={a.arch!r}).encode_text(['a cat'])")
     encode_py = (
         "import sys, time, gclip\n"
         f"m = gclip.load({a.model!r}, arch={a.arch!r}, batch_size={a.batch_size})\n"
@@ -62,6 +65,7 @@ def main():
 
     for _ in range(a.rounds):
         keep("python import+load", timed([sys.executable, "-c", load_py]))
+        keep("python import+load+encode 1 text", timed([sys.executable, "-c", first_py]))
         keep("cli embed 1 text", timed([a.gclip, "embed", "text", *model_args, "a cat",
                                         "--output", str(tmp / "t.npy")]))
         r = subprocess.run([sys.executable, "-c", encode_py], check=True, capture_output=True,
@@ -80,6 +84,8 @@ def main():
     print(f"  python / cli throughput: {cli_images / best['python encode_image']:.3f}")
     print(f"  python import+load / cli start-up: "
           f"{best['python import+load'] / best['cli embed 1 text']:.3f}")
+    print(f"  python first embedding / cli start-up: "
+          f"{best['python import+load+encode 1 text'] / best['cli embed 1 text']:.3f}")
     if a.spark:
         spark_bench(a, paths, cli_images)
 

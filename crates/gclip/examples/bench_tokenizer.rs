@@ -8,6 +8,12 @@
 //! `--hf DIR` is given), first with every caption distinct (cold word cache), then repeated passes
 //! (warm cache), plus a few long or unusual inputs. `tools/bench_tokenizer.py` times open_clip and
 //! transformers on the same captions.
+//!
+//! `--tokenizers-json FILE` (with `--hf`) also runs the Rust `tokenizers` crate, the library behind
+//! transformers' fast tokenizer, on that `tokenizer.json`: its speed on the same captions (ids
+//! checked against gclip's), and its agreement with the fixtures of `tests/fixtures/tokenizer/`
+//! (the corpus at context 77 and the untruncated Unicode sweep), to decide whether gclip's
+//! transformers convention should be that crate (issue 15).
 
 use std::time::Instant;
 
@@ -143,6 +149,9 @@ fn main() {
         );
         bench("transformers convention, first pass", &hf, &texts, 1);
         bench("transformers convention, warm (3 passes)", &hf, &texts, 3);
+        if let Some(json) = value("--tokenizers-json") {
+            tokenizers_crate(std::path::Path::new(&json), &hf, &texts);
+        }
     }
 
     let odd: Vec<String> = vec![
@@ -173,4 +182,102 @@ fn main() {
         out.len() as f64 / start.elapsed().as_secs_f64(),
         out.len()
     );
+}
+
+/// The `tokenizers` crate on `json`: throughput on `texts` (ids compared with `hf`'s) and
+/// agreement with the transformers ids of the tokenizer fixtures.
+fn tokenizers_crate(json: &std::path::Path, hf: &ClipTokenizer, texts: &[String]) {
+    use std::io::BufRead;
+    use tokenizers::{Tokenizer, TruncationParams};
+
+    let start = Instant::now();
+    let mut crate_tok = Tokenizer::from_file(json).expect("tokenizer.json");
+    println!(
+        "tokenizers::Tokenizer::from_file(): {:.1} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    let untruncated = crate_tok.clone();
+    crate_tok
+        .with_truncation(Some(TruncationParams {
+            max_length: 77,
+            ..Default::default()
+        }))
+        .expect("truncation");
+    let encode = |tok: &Tokenizer, text: &str, special: bool| -> Vec<u32> {
+        tok.encode(text, special)
+            .expect("tokenizers encode")
+            .get_ids()
+            .to_vec()
+    };
+    let start = Instant::now();
+    let mut checksum = 0u64;
+    for t in texts {
+        checksum = checksum.wrapping_add(encode(&crate_tok, t, true)[1] as u64);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{:<44} {:>9.0} captions/s  {:>6.2} M/min  {:>6.2} µs/caption  (n={}, checksum {checksum})",
+        "tokenizers crate, one call per caption",
+        texts.len() as f64 / secs,
+        texts.len() as f64 / secs * 60.0 / 1e6,
+        secs * 1e6 / texts.len() as f64,
+        texts.len()
+    );
+    let differ = texts
+        .iter()
+        .filter(|t| {
+            let ours = trim_padding(&hf.encode(t), hf.pad_id());
+            encode(&crate_tok, t, true) != ours
+        })
+        .count();
+    println!(
+        "  ids differing from gclip's transformers convention: {differ} of {}",
+        texts.len()
+    );
+
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizer");
+    let gz = |name: &str| {
+        let file = std::fs::File::open(fixtures.join(name)).expect("tokenizer fixture");
+        std::io::BufReader::new(flate2::read::GzDecoder::new(file))
+    };
+    let (mut corpus, mut corpus_same) = (0, 0);
+    for line in gz("corpus.jsonl.gz").lines() {
+        let v: serde_json::Value = serde_json::from_str(&line.expect("line")).expect("json");
+        let want: Vec<u32> = serde_json::from_value(v["hf"].clone()).expect("hf ids");
+        corpus += 1;
+        corpus_same +=
+            usize::from(encode(&crate_tok, v["text"].as_str().unwrap_or(""), true) == want);
+    }
+    let sweep: serde_json::Value =
+        serde_json::from_reader(gz("unicode_sweep.json.gz")).expect("sweep");
+    let (chunks, hf_ids) = (
+        sweep["chunks"].as_array().expect("chunks"),
+        sweep["hf"].as_array().expect("hf"),
+    );
+    let mut sweep_same = 0;
+    let mut ours_same = 0;
+    for (chunk, want) in chunks.iter().zip(hf_ids) {
+        let chunk = chunk.as_str().unwrap_or("");
+        let want: Vec<u32> = serde_json::from_value(want.clone()).expect("hf ids");
+        sweep_same += usize::from(encode(&untruncated, chunk, false) == want);
+        ours_same += usize::from(hf.tokenize_unpadded(chunk) == want);
+    }
+    println!(
+        "  fixtures: corpus {corpus_same} / {corpus} (context 77); Unicode sweep {sweep_same} / {} \
+         untruncated (gclip: {ours_same} / {})",
+        chunks.len(),
+        chunks.len()
+    );
+}
+
+/// `ids` without the padding after the end token (the transformers convention pads with the end
+/// token itself, so the last id that is not padding is followed by the one end token kept).
+fn trim_padding(ids: &[u32], pad: u32) -> Vec<u32> {
+    let end = ids
+        .iter()
+        .rposition(|&id| id != pad)
+        .map_or(0, |i| i + 2)
+        .min(ids.len());
+    ids[..end].to_vec()
 }
