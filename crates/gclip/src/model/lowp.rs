@@ -1152,53 +1152,68 @@ fn run_tiles(g: &Gemm, dst: &mut [MaybeUninit<f32>], threads: usize) {
             let kl = kc.min(g.ksteps - kc0);
             let init = kc0 == 0;
             let fin = kc0 + kl >= g.ksteps;
-            for p in p_range.clone() {
+            let run_tile = |p: usize, b: *const u32, mb: usize| {
                 let c0 = p * NR;
-                // SAFETY: panel `p` spans `ksteps * NR` words from `(p * ksteps) * NR`, so the
-                // block's `kl` steps from `kc0` are inside `g.b` (asserted above).
-                let mut b = unsafe { g.b.as_ptr().add((p * g.ksteps + kc0) * NR) };
-                if let Some(stage) = g.stage {
-                    // SAFETY: `b` holds `kl * NR` words (above) and `staged` has room for
-                    // `kl <= kc` steps; the stage function was chosen with its kernel, after
-                    // the CPU features both need were detected.
-                    unsafe { stage(b, kl, staged.as_mut_ptr()) };
-                    b = staged.as_ptr().cast::<u32>();
-                }
+                let r0 = mb * g.mr;
+                let m = g.mr.min(g.rows - r0);
+                // SAFETY (pointer arithmetic): all offsets are within the
+                // slices asserted above: A rows `r0..r0+m` hold
+                // `ksteps*astep` words each, B panel `p` spans `ksteps*NR`,
+                // row `r0 + m - 1 < rows`, column `c0 + ncols <= out`, and
+                // the per-column arrays hold `panels*NR` values.
+                let t = unsafe {
+                    Tile {
+                        k: kl,
+                        a: g.a.as_ptr().add(r0 * g.lda + kc0 * g.astep),
+                        lda: g.lda,
+                        b,
+                        c: dptr.get().add(r0 * g.out + c0),
+                        ldc: g.out,
+                        ncols: NR.min(g.out - c0),
+                        init,
+                        fin,
+                        bias: g.bias.map_or(std::ptr::null(), |b| b.as_ptr().add(c0)),
+                        corr: g.corr.map_or(std::ptr::null(), |b| b.as_ptr().add(c0)),
+                        wscale: g.wscale.map_or(std::ptr::null(), |b| b.as_ptr().add(c0)),
+                        xscale: g.xscale.map_or(std::ptr::null(), |b| b.as_ptr().add(r0)),
+                        resid: g
+                            .residual
+                            .map_or(std::ptr::null(), |r| r.as_ptr().add(r0 * g.out + c0)),
+                    }
+                };
+                // SAFETY: the tile satisfies the kernel contract (pointers
+                // valid for the extents documented on `Tile`, `m <= mr`),
+                // and the kernel was chosen only after its CPU features
+                // were detected. Tiles of different items are disjoint
+                // rectangles of `dst`, so no two tasks write the same
+                // element.
+                unsafe { (g.kern)(&t, m) };
+            };
+            // SAFETY: panel `p` spans `ksteps * NR` words from `(p * ksteps) * NR`, so the
+            // block's `kl` steps from `kc0` are inside `g.b` (asserted above).
+            let panel = |p: usize| unsafe { g.b.as_ptr().add((p * g.ksteps + kc0) * NR) };
+            if g.amx {
+                // Row blocks outside: each row block's activations are read from L1 for all
+                // of the item's panels (3-20 % faster than panels outside on ViT-B/32's
+                // shapes, two threads; items that take row blocks outside lost 5-10 %).
                 for mb in mb_range.clone() {
-                    let r0 = mb * g.mr;
-                    let m = g.mr.min(g.rows - r0);
-                    // SAFETY (pointer arithmetic): all offsets are within the
-                    // slices asserted above: A rows `r0..r0+m` hold
-                    // `ksteps*astep` words each, B panel `p` spans `ksteps*NR`,
-                    // row `r0 + m - 1 < rows`, column `c0 + ncols <= out`, and
-                    // the per-column arrays hold `panels*NR` values.
-                    let t = unsafe {
-                        Tile {
-                            k: kl,
-                            a: g.a.as_ptr().add(r0 * g.lda + kc0 * g.astep),
-                            lda: g.lda,
-                            b,
-                            c: dptr.get().add(r0 * g.out + c0),
-                            ldc: g.out,
-                            ncols: NR.min(g.out - c0),
-                            init,
-                            fin,
-                            bias: g.bias.map_or(std::ptr::null(), |b| b.as_ptr().add(c0)),
-                            corr: g.corr.map_or(std::ptr::null(), |b| b.as_ptr().add(c0)),
-                            wscale: g.wscale.map_or(std::ptr::null(), |b| b.as_ptr().add(c0)),
-                            xscale: g.xscale.map_or(std::ptr::null(), |b| b.as_ptr().add(r0)),
-                            resid: g
-                                .residual
-                                .map_or(std::ptr::null(), |r| r.as_ptr().add(r0 * g.out + c0)),
-                        }
-                    };
-                    // SAFETY: the tile satisfies the kernel contract (pointers
-                    // valid for the extents documented on `Tile`, `m <= mr`),
-                    // and the kernel was chosen only after its CPU features
-                    // were detected. Tiles of different items are disjoint
-                    // rectangles of `dst`, so no two tasks write the same
-                    // element.
-                    unsafe { (g.kern)(&t, m) };
+                    for p in p_range.clone() {
+                        run_tile(p, panel(p), mb);
+                    }
+                }
+            } else {
+                for p in p_range.clone() {
+                    let mut b = panel(p);
+                    if let Some(stage) = g.stage {
+                        // SAFETY: `b` holds `kl * NR` words (above) and `staged` has room for
+                        // `kl <= kc` steps; the stage function was chosen with its kernel, after
+                        // the CPU features both need were detected.
+                        unsafe { stage(b, kl, staged.as_mut_ptr()) };
+                        b = staged.as_ptr().cast::<u32>();
+                    }
+                    for mb in mb_range.clone() {
+                        run_tile(p, b, mb);
+                    }
                 }
             }
             kc0 += kl;
