@@ -7,9 +7,9 @@
 //! the AVX-512 kernels (bf16 in memory order, or u8 codes `q + 128`). One call computes a
 //! 32 × 32 block in four accumulator tiles (tmm0..tmm3) from two A tiles (tmm4, tmm5) and two
 //! B tiles (tmm6, tmm7), stores the accumulators to the stack, and finishes with AVX-512: the K
-//! steps left over after the last whole tile (fewer than 16), the bias or the int8 correction
-//! and scales, and the residual. A bf16 block of whole tiles without a residual skips that
-//! finish: its accumulators start from the bias and are stored straight into the output.
+//! steps left over after the last whole tile (fewer than 16), the int8 correction, scales and
+//! bias, and the residual. bf16 accumulators start from the bias, and a bf16 block of whole
+//! tiles without a residual skips the finish: its tiles are stored straight into the output.
 //!
 //! Rust has no stable AMX intrinsics, so the tile instructions are inline assembly. The
 //! operating system must grant each process the tile state (Linux: `arch_prctl`), which
@@ -175,9 +175,9 @@ macro_rules! tile_product {
             // inside A and the panel per the contract above, or the same 64 bytes of `init` 16
             // times (stride 0); the stores write 16 rows of 64 bytes at `out_stride` inside
             // `out`; tmm0..tmm7 are configured by the active session and are not used by
-            // compiled code. Each tile is loaded just
-            // before the first product that reads it, so loads overlap the products before
-            // them (a few % faster than all four loads first).
+            // compiled code. Each tile is loaded just before the first product that reads it,
+            // so loads overlap the products before them (a few % faster than all four loads
+            // first).
             unsafe {
                 if init.is_null() {
                     asm!(
@@ -283,10 +283,12 @@ pub unsafe fn kern_bf16(t: &Tile, m: usize) {
         t.bias
     } else {
         // SAFETY: a non-null bias holds `ncols` values (the `Tile` contract).
-        bias_row[..t.ncols].copy_from_slice(unsafe { std::slice::from_raw_parts(t.bias, t.ncols) });
+        let bias = unsafe { std::slice::from_raw_parts(t.bias, t.ncols) };
+        bias_row[..t.ncols].copy_from_slice(bias);
         bias_row.as_ptr()
     };
-    if steps == t.k && t.resid.is_null() && t.ncols == NR && m == if two { MR } else { TILE_ROWS } {
+    let whole_rows = m == if two { MR } else { TILE_ROWS };
+    if steps == t.k && t.resid.is_null() && t.ncols == NR && whole_rows {
         // Whole tiles, no residual and no K-steps left over: the tiles are stored straight into
         // `c`, with no epilogue reading back what they just stored (6 % of the bf16 image
         // tower's time went there).
@@ -318,7 +320,7 @@ pub unsafe fn kern_int8(t: &Tile, m: usize) {
     unsafe {
         product_int8(
             t,
-            m > 16,
+            m > TILE_ROWS,
             steps,
             std::ptr::null(),
             acc.as_mut_ptr().cast(),
