@@ -100,7 +100,8 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     // `shifted` lies in [2^23, 2^24), where consecutive integers are consecutive bit patterns,
     // so its bits hold n exactly: integer arithmetic that vectorises, where `n as i32` (a
     // saturating conversion) made the compiler fall back to scalar code. A NaN x gives a NaN p,
@@ -174,6 +175,23 @@ fn sum_lanes(xs: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// The largest value of `xs` (−∞ when empty), NaN ignored as `f32::max` does. A plain
+/// `fold(f32::max)` compiles to a scalar loop (its NaN rule), which was half of a softmax.
+#[inline(always)]
+fn max_lanes(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    acc.iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
 #[inline(always)]
@@ -380,7 +398,7 @@ fn rows_with_column_sums(
 #[inline(always)]
 fn softmax_prefix_generic(row: &mut [f32], valid: usize) {
     let (live, masked) = row.split_at_mut(valid);
-    let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max_lanes(live);
     for v in live.iter_mut() {
         *v = exp_f32(*v - max);
     }
@@ -1474,6 +1492,20 @@ mod tests {
         }
         assert_eq!(transpose_blocks(&blocks), transpose_f32(&data, 33, cols));
         assert!(RowBlocks::new(vec![&data[..cols + 1]], cols).is_err());
+    }
+
+    #[test]
+    fn max_lanes_is_the_max_and_ignores_nan() {
+        for len in 0..40usize {
+            let mut xs: Vec<f32> = (0..len).map(|i| ((i * 37 % 23) as f32) - 11.5).collect();
+            if len > 3 {
+                xs[len / 2] = f32::NAN;
+            }
+            let want = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max_lanes(&xs), want, "length {len}");
+        }
+        assert_eq!(max_lanes(&[f32::NAN, -3.0]), -3.0);
+        assert_eq!(max_lanes(&[]), f32::NEG_INFINITY);
     }
 
     #[test]
