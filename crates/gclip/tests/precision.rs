@@ -126,11 +126,15 @@ fn fastest_and_portable_kernels_agree() {
         let portable = converted(&fp32, precision, KernelChoice::Portable);
         let a = fast.encode_pixels(pixels, true).unwrap();
         let b = portable.encode_pixels(pixels, true).unwrap();
-        // The same rounded products, summed in another order.
+        // The same rounded products, summed in another order; where the fastest kernels also
+        // run attention in bf16 (AMX), its rounding comes on top.
+        let bf16_attention = fast.kernel_description().contains("attention bf16");
+        let floor = if bf16_attention { 0.9999 } else { 0.99999 };
         let c = min_cosine(&a, &b);
         assert!(
-            c >= 0.99999,
-            "{precision}: kernels disagree, min cosine {c}"
+            c >= floor,
+            "{precision} ({}): kernels disagree, min cosine {c}",
+            fast.kernel_description()
         );
     }
 }

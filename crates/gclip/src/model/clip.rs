@@ -95,7 +95,7 @@ impl Clip {
                 self.precision()
             )));
         }
-        self.vision.transformer.convert(precision, kernels)?;
+        self.vision.convert(precision, kernels)?;
         self.text.transformer.convert(precision, kernels)
     }
 

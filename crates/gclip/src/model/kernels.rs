@@ -15,6 +15,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::lowp::{self, Bf16Kernel};
 use super::mixed;
 use super::precision::DenseProducts;
 
@@ -408,7 +409,7 @@ fn softmax_prefix_generic(row: &mut [f32], valid: usize) {
     }
     masked.fill(0.0);
 }
-simd_dispatch!(fn softmax_prefix(row: &mut [f32], valid: usize) = softmax_prefix_generic);
+simd_dispatch!(pub(crate) fn softmax_prefix(row: &mut [f32], valid: usize) = softmax_prefix_generic);
 
 pub(crate) fn contiguous_f32<'a>(
     storage: &'a CpuStorage,
@@ -1001,6 +1002,9 @@ impl CustomOp3 for LayerNormGradOp {
 pub(crate) struct AttentionOp {
     pub heads: usize,
     pub causal: bool,
+    /// `Bf16(Amx)` runs the forward's two products in bf16 on AMX tiles where the CPU has
+    /// them ([`lowp::attention_amx_bf16`]); anything else, and the backward pass, in f32.
+    pub products: DenseProducts,
 }
 
 impl AttentionOp {
@@ -1114,6 +1118,13 @@ impl CustomOp1 for AttentionOp {
         let qkv = contiguous_f32(storage, layout, "attention input")?;
         let (batch, tokens, width, head_dim) = self.check(layout.shape())?;
         let heads = self.heads;
+        if self.products == DenseProducts::Bf16(Bf16Kernel::Amx) {
+            if let Some(out) =
+                lowp::attention_amx_bf16(qkv, batch, tokens, width, heads, self.causal)
+            {
+                return Ok((CpuStorage::F32(out), Shape::from((batch, tokens, width))));
+            }
+        }
         let row = 3 * width;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let mut out = vec![0f32; batch * tokens * width];
@@ -1216,6 +1227,7 @@ impl CustomOp2 for AttentionBackwardOp {
         let fwd = AttentionOp {
             heads: self.heads,
             causal: self.causal,
+            products: DenseProducts::F32,
         };
         let qkv = contiguous_f32(qkv_s, qkv_l, "attention backward input")?;
         let grad = contiguous_f32(g_s, g_l, "attention backward gradient")?;

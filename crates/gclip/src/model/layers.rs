@@ -11,6 +11,7 @@ use super::kernels::{
     activate, fusable, transpose_2d, transpose_blocks, Activation, AttentionOp, LayerNormOp,
     LinearOp, RowBlocks,
 };
+use super::lowp::Bf16Kernel;
 use super::outin::{OutInLinearOp, OutInWeight};
 use super::packed::{PackedLinearOp, PackedWeight};
 use super::precision::{DenseProducts, KernelChoice, Precision};
@@ -203,6 +204,34 @@ impl Linear {
         })
     }
 
+    /// A layer without a bias whose `[out, in]` f32 CPU weight is packed for `precision` (not
+    /// fp32): the reduced-precision form of a product stored without a layer of its own, the
+    /// image tower's patch embedding.
+    pub(crate) fn packed_without_bias(
+        weight: &Tensor,
+        precision: Precision,
+        kernels: KernelChoice,
+    ) -> std::result::Result<Self, ModelError> {
+        if !fusable(weight) {
+            return Err(ModelError::Unsupported(format!(
+                "{precision} weights need f32 weights on the CPU (this one is {:?} on {:?})",
+                weight.dtype(),
+                weight.device()
+            )));
+        }
+        let (out_dim, in_dim) = weight.dims2()?;
+        let stored = weight.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self {
+            weight: packed(
+                &RowBlocks::whole(&stored, out_dim, in_dim),
+                precision,
+                kernels,
+            )?,
+            bias: Tensor::zeros(out_dim, candle_core::DType::F32, weight.device())?,
+            products: DenseProducts::F32,
+        })
+    }
+
     /// A linear layer from its weight `[in, out]` and bias `[out]`.
     pub fn dense(weight_t: Tensor, bias: Tensor) -> Self {
         Self {
@@ -364,6 +393,9 @@ pub struct Attention {
     pub qkv: Linear,
     pub out: Linear,
     pub heads: usize,
+    /// How the scores and the mix are multiplied: f32, or bf16 on AMX in a reduced-precision
+    /// model on a CPU that has it (see [`attention_products`]). Training runs f32.
+    pub products: DenseProducts,
 }
 
 impl Attention {
@@ -385,6 +417,7 @@ impl Attention {
         let op = AttentionOp {
             heads: self.heads,
             causal,
+            products: self.products,
         };
         if fusable(&qkv) {
             qkv.contiguous()?.apply_op1(op)
@@ -416,6 +449,19 @@ fn qkv_precision(precision: Precision) -> Precision {
     }
 }
 
+/// How the attention of a model of `precision` multiplies its scores and mix: in bf16 on AMX
+/// tiles for a bf16 or int8 model on a CPU with AMX-BF16 (the fastest kernels chosen), in f32
+/// otherwise. A head's two products of 50 tokens are too small for the f32 gemm to reach speed
+/// (see [`super::lowp::attention_amx_bf16`]).
+fn attention_products(precision: Precision, kernels: KernelChoice) -> DenseProducts {
+    let amx = Bf16Kernel::Amx;
+    if precision != Precision::Fp32 && kernels == KernelChoice::Fastest && amx.is_available() {
+        DenseProducts::Bf16(amx)
+    } else {
+        DenseProducts::F32
+    }
+}
+
 /// Pre-norm residual block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
 #[derive(Debug, Clone)]
 pub struct ResidualBlock {
@@ -443,7 +489,7 @@ impl ResidualBlock {
         prefix: &str,
         s: &StackShape,
     ) -> std::result::Result<Self, ModelError> {
-        let precision = w.precision().0;
+        let (precision, kernels) = w.precision();
         let qkv_precision = qkv_precision(precision);
         Ok(Self {
             ln_1: LayerNorm::load(w, &format!("{prefix}.ln_1"), s.width, s.layer_norm_eps)?,
@@ -463,6 +509,7 @@ impl ResidualBlock {
                     precision,
                 )?,
                 heads: s.heads,
+                products: attention_products(precision, kernels),
             },
             ln_2: LayerNorm::load(w, &format!("{prefix}.ln_2"), s.width, s.layer_norm_eps)?,
             fc1: Linear::load(
@@ -532,6 +579,7 @@ impl Transformer {
             for l in [&mut b.attn.out, &mut b.fc1, &mut b.fc2] {
                 *l = l.to_precision(precision, kernels)?;
             }
+            b.attn.products = attention_products(precision, kernels);
         }
         Ok(())
     }
@@ -567,10 +615,14 @@ impl Transformer {
             LinearWeight::Mapped(w) => format!("f32 in place ({}, gemm)", w.kernel().name()),
         };
         let (qkv, rest) = (name(&b.attn.qkv), name(&b.fc1));
-        if qkv == rest {
+        let linear = if qkv == rest {
             rest
         } else {
             format!("qkv {qkv}, out/fc1/fc2 {rest}")
+        };
+        match b.attn.products {
+            DenseProducts::Bf16(k) => format!("{linear}, attention {}", k.name()),
+            DenseProducts::F32 => linear,
         }
     }
 
@@ -694,7 +746,11 @@ mod tests {
             check_fused_against_composed(
                 &inputs,
                 |t| {
-                    let op = AttentionOp { heads: 4, causal };
+                    let op = AttentionOp {
+                        heads: 4,
+                        causal,
+                        products: DenseProducts::F32,
+                    };
                     if fusable(&t[0]) {
                         t[0].apply_op1(op).unwrap()
                     } else {

@@ -35,6 +35,8 @@ use super::kernels::{act_row, Activation, RowBlocks};
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod amx_attention;
 
 /// Output columns per packed weight panel (two 16-lane vectors).
 pub const NR: usize = 32;
@@ -2295,6 +2297,40 @@ fn int8_into(
         run_tiles(&g, dst, threads);
     });
     Ok(())
+}
+
+/// Multi-head self-attention over `qkv: [batch, tokens, 3·width]` into `[batch, tokens, width]`
+/// with both products (`Q·Kᵀ`, `P·V`) in bf16 on AMX tiles, f32 accumulation, scale and
+/// softmax; `None` on a CPU without AMX-BF16 (the caller keeps its f32 path).
+pub(crate) fn attention_amx_bf16(
+    qkv: &[f32],
+    batch: usize,
+    tokens: usize,
+    width: usize,
+    heads: usize,
+    causal: bool,
+) -> Option<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if has_amx_bf16() {
+        let mut out = vec![0f32; batch * tokens * width];
+        // SAFETY: AMX-BF16 and AVX-512 BF16 were detected just above; attention ops run
+        // between the linear kernels, never inside one's tile session.
+        unsafe {
+            amx_attention::attention(
+                qkv,
+                &mut out,
+                batch,
+                tokens,
+                width,
+                heads,
+                causal,
+                effective_threads(0),
+            )
+        };
+        return Some(out);
+    }
+    let _ = (qkv, batch, tokens, width, heads, causal);
+    None
 }
 
 #[cfg(test)]

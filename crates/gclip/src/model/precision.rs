@@ -3,10 +3,11 @@
 //! `fp32` runs every layer in f32, exactly as the reference does. `bf16` and `int8` change only
 //! the weights of the transformer blocks' linear layers (attention q/k/v and output, MLP), which
 //! hold nearly all of a tower's weights and multiply-adds: they are packed once, at load time,
-//! into the layout of the low-precision kernels ([`super::lowp`]). Everything else (patch
-//! embedding, LayerNorm, attention scores and softmax, GELU, final projection and
-//! normalisation) stays in f32, and activations travel between layers in f32: each packed
-//! layer converts its input rows on the way in (to bf16, or to int8 with one scale per token).
+//! into the layout of the low-precision kernels ([`super::lowp`]). The image tower's patch
+//! embedding runs in bf16 in both, and on CPUs with AMX so do the attention's two products.
+//! Everything else (LayerNorm, softmax, GELU, final projection and normalisation) stays in
+//! f32, and activations travel between layers in f32: each packed layer converts its input
+//! rows on the way in (to bf16, or to int8 with one scale per token).
 
 use std::fmt;
 use std::str::FromStr;

@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use crate::model::kernels::Activation;
 use crate::model::layers::{Attention, LayerNorm, Linear, ResidualBlock};
+use crate::model::precision::DenseProducts;
 use crate::model::{Clip, ClipConfig};
 
 use super::init::init_open_clip;
@@ -177,6 +178,7 @@ fn attention_gradients_causal_and_not() {
                 qkv: linear(&t[1], &t[2]),
                 out: linear(&t[3], &t[4]),
                 heads: 4,
+                products: DenseProducts::F32,
             };
             weighted_sum(&a.forward(&t[0], causal).unwrap(), 13)
         });
@@ -214,6 +216,7 @@ fn residual_block_gradients() {
                     qkv: linear(&t[3], &t[4]),
                     out: linear(&t[5], &t[6]),
                     heads: 2,
+                    products: DenseProducts::F32,
                 },
                 ln_2: LayerNorm {
                     weight: t[7].clone(),
