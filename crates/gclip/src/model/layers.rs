@@ -205,8 +205,8 @@ impl Linear {
     }
 
     /// A layer without a bias whose `[out, in]` f32 CPU weight is packed for `precision` (not
-    /// fp32): the reduced-precision form of a product stored without a layer of its own, the
-    /// image tower's patch embedding.
+    /// fp32): the reduced-precision form of a product stored without a layer of its own (the
+    /// image tower's patch embedding), and of a dense layer's transposed weight.
     pub(crate) fn packed_without_bias(
         weight: &Tensor,
         precision: Precision,
@@ -214,7 +214,7 @@ impl Linear {
     ) -> std::result::Result<Self, ModelError> {
         if !fusable(weight) {
             return Err(ModelError::Unsupported(format!(
-                "{precision} weights need f32 weights on the CPU (this one is {:?} on {:?})",
+                "{precision} weights need f32 weights on the CPU (this layer holds {:?} on {:?})",
                 weight.dtype(),
                 weight.device()
             )));
@@ -276,23 +276,10 @@ impl Linear {
             }
             (LinearWeight::Dense(w), _) => w,
         };
-        if !fusable(w) {
-            return Err(ModelError::Unsupported(format!(
-                "{precision} weights need f32 weights on the CPU (this layer holds {:?} on {:?})",
-                w.dtype(),
-                w.device()
-            )));
-        }
-        let (in_dim, out_dim) = w.dims2()?;
-        let stored = transpose_2d(w)?.flatten_all()?.to_vec1::<f32>()?;
+        let packed = Self::packed_without_bias(&transpose_2d(w)?, precision, kernels)?;
         Ok(Self {
-            weight: packed(
-                &RowBlocks::whole(&stored, out_dim, in_dim),
-                precision,
-                kernels,
-            )?,
             bias: self.bias.clone(),
-            products: DenseProducts::F32,
+            ..packed
         })
     }
 
