@@ -409,7 +409,7 @@ fn softmax_prefix_generic(row: &mut [f32], valid: usize) {
     }
     masked.fill(0.0);
 }
-simd_dispatch!(pub(crate) fn softmax_prefix(row: &mut [f32], valid: usize) = softmax_prefix_generic);
+simd_dispatch!(fn softmax_prefix(row: &mut [f32], valid: usize) = softmax_prefix_generic);
 
 pub(crate) fn contiguous_f32<'a>(
     storage: &'a CpuStorage,
