@@ -1233,27 +1233,42 @@ fn run_tiles(g: &Gemm, dst: &mut [MaybeUninit<f32>], threads: usize) {
     };
     #[cfg(not(target_arch = "x86_64"))]
     let tile_session = || ();
-    let t = threads.min(items);
-    if t <= 1 {
-        let _tiles = tile_session();
-        let mut staged = vec![0f32; staged_len];
-        (0..items).for_each(|i| do_item(i, &mut staged));
-        return;
-    }
+    on_workers(
+        items,
+        threads,
+        || (tile_session(), vec![0f32; staged_len]),
+        |i, (_tiles, staged)| do_item(i, staged),
+    );
+}
+
+/// Runs `work(item, state)` for items `0..items` on up to `workers` threads, each taking the
+/// next item from a shared counter, with its own `state` made by `init` on the thread that
+/// uses it (an AMX tile session belongs to its thread). `work` must call no rayon work: a
+/// thread waiting in it could take up another worker and its state.
+fn on_workers<S>(
+    items: usize,
+    workers: usize,
+    init: impl Fn() -> S + Sync,
+    work: impl Fn(usize, &mut S) + Sync,
+) {
     let next = AtomicUsize::new(0);
     let worker = || {
-        let _tiles = tile_session();
-        let mut staged = vec![0f32; staged_len];
+        let mut state = init();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= items {
                 break;
             }
-            do_item(i, &mut staged);
+            work(i, &mut state);
         }
     };
+    let workers = workers.min(items);
+    if workers <= 1 {
+        worker();
+        return;
+    }
     rayon::scope(|s| {
-        for _ in 1..t {
+        for _ in 1..workers {
             s.spawn(|_| worker());
         }
         worker();

@@ -21,10 +21,10 @@
 
 use std::arch::asm;
 use std::arch::x86_64::*;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::amx::TileSession;
-use super::x86::pack_row_bf16;
+use super::on_workers;
+use super::x86::{masks, pack_row_bf16};
 
 /// Rows (and 32-bit columns) of a tile.
 const TILE: usize = 16;
@@ -133,19 +133,17 @@ pub(crate) unsafe fn attention(
     let groups = (2 * workers).div_ceil(batch).clamp(1, heads);
     let group = heads.div_ceil(groups);
     let groups = heads.div_ceil(group);
-    let items = batch * groups;
-    let next = AtomicUsize::new(0);
     let out_addr = out.as_mut_ptr() as usize;
-    let worker = || {
-        // SAFETY: AMX is usable (the contract), and the workers call no rayon work while the
-        // session lives, so no other session starts on this thread inside it.
-        let _tiles = unsafe { TileSession::start() };
-        let mut scratch = Scratch::new(&e, group);
-        loop {
-            let item = next.fetch_add(1, Ordering::Relaxed);
-            if item >= items {
-                break;
-            }
+    on_workers(
+        batch * groups,
+        workers,
+        || {
+            // SAFETY: AMX is usable (the contract), and the work calls no rayon work while the
+            // session lives, so no other session starts on this thread inside it.
+            let tiles = unsafe { TileSession::start() };
+            (tiles, Scratch::new(&e, group))
+        },
+        |item, (_tiles, scratch)| {
             let (b, g) = (item / groups, item % groups);
             let first = g * group;
             let heads = first..(first + group).min(heads);
@@ -160,21 +158,11 @@ pub(crate) unsafe fn attention(
                     width,
                     causal,
                     &e,
-                    &mut scratch,
+                    scratch,
                 )
             };
-        }
-    };
-    if workers == 1 {
-        worker();
-        return;
-    }
-    rayon::scope(|s| {
-        for _ in 1..workers {
-            s.spawn(|_| worker());
-        }
-        worker();
-    });
+        },
+    );
 }
 
 /// The heads `heads` of sequence `b`.
@@ -529,7 +517,7 @@ unsafe fn interleave_v<'a>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 fn softmax_row_bf16(s: &mut [f32], valid: usize, scale: f32, p: &mut [u32]) {
     assert!(valid <= s.len() && 2 * p.len() <= s.len() && p.len().is_multiple_of(TILE));
-    let lanes = |c: usize| (1u32 << valid.saturating_sub(c).min(16)).wrapping_sub(1) as u16;
+    let lanes = |c: usize| masks(valid.saturating_sub(c)).0;
     let scale_v = _mm512_set1_ps(scale);
     let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
     for c in (0..valid).step_by(16) {
@@ -603,14 +591,8 @@ fn exp_ps(x: __m512) -> __m512 {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 fn bf16_words(x: &[f32]) -> __m512i {
-    let n = x.len().min(TILE_K_BF16);
-    let lo_mask = (1u32 << n.min(16)).wrapping_sub(1) as u16;
-    let hi_mask = if n > 16 {
-        (1u32 << (n - 16)).wrapping_sub(1) as u16
-    } else {
-        0
-    };
-    // SAFETY: the masked loads read only the first `n ≤ x.len()` values.
+    let (lo_mask, hi_mask) = masks(x.len());
+    // SAFETY: the masked loads read only the first `min(32, x.len())` values.
     let (lo, hi) = unsafe {
         (
             _mm512_maskz_loadu_ps(lo_mask, x.as_ptr()),
@@ -625,10 +607,8 @@ fn bf16_words(x: &[f32]) -> __m512i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 fn bf16_half(x: &[f32]) -> __m256i {
-    let n = x.len().min(16);
-    let mask = (1u32 << n).wrapping_sub(1) as u16;
-    // SAFETY: the masked load reads only the first `n ≤ x.len()` values.
-    let v = unsafe { _mm512_maskz_loadu_ps(mask, x.as_ptr()) };
+    // SAFETY: the masked load reads only the first `min(16, x.len())` values.
+    let v = unsafe { _mm512_maskz_loadu_ps(masks(x.len()).0, x.as_ptr()) };
     // SAFETY: __m256bh and __m256i are both 32 bytes of plain bits.
     unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v)) }
 }
