@@ -1130,9 +1130,11 @@ impl CustomOp1 for AttentionOp {
         let mut out = vec![0f32; batch * tokens * width];
         let out_ptr = SharedMut(out.as_mut_ptr());
         let causal = self.causal;
-        (0..batch * heads).into_par_iter().for_each_init(
+        lowp::on_workers(
+            batch * heads,
+            lowp::effective_threads(0),
             || vec![0f32; tokens * tokens],
-            |scores, task| {
+            |task, scores| {
                 let (b, h) = (task / heads, task % heads);
                 let seq = &qkv[b * tokens * row..(b + 1) * tokens * row];
                 let q = seq[h * head_dim..].as_ptr();
@@ -1245,9 +1247,11 @@ impl CustomOp2 for AttentionBackwardOp {
         let causal = self.causal;
         let mut out = vec![0f32; batch * tokens * row];
         let out_ptr = SharedMut(out.as_mut_ptr());
-        (0..batch * heads).into_par_iter().for_each_init(
+        lowp::on_workers(
+            batch * heads,
+            lowp::effective_threads(0),
             || (vec![0f32; tokens * tokens], vec![0f32; tokens * tokens]),
-            |(probs, dp), task| {
+            |task, (probs, dp)| {
                 let (b, h) = (task / heads, task % heads);
                 let seq = &qkv[b * tokens * row..(b + 1) * tokens * row];
                 let q = seq[h * head_dim..].as_ptr();

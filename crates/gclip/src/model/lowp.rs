@@ -15,9 +15,10 @@
 //! Every public entry point validates shapes and returns `Err(String)` instead
 //! of panicking; a kernel variant the CPU cannot run is also an `Err`.
 //!
-//! Threading: the work of one call is split over at most `threads` tasks on the
-//! current rayon pool (`threads == 0` means "the pool's size"); `threads == 1`
-//! runs on the calling thread without touching rayon. No pool is created.
+//! Threading: the work of one call is split over at most `threads` tasks (`threads == 0` means
+//! the current rayon pool's size): on the kernels' own thread team, whose threads spin briefly
+//! between calls instead of sleeping (`team.rs`), or on the rayon pool while another caller
+//! holds the team; `threads == 1` runs on the calling thread alone.
 //!
 //! Scratch: each call packs the activations into a per-calling-thread scratch
 //! buffer that is kept (thread-local) and reused by later calls on the same
@@ -27,7 +28,7 @@
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -37,6 +38,7 @@ use super::kernels::{act_row, Activation, RowBlocks};
 mod amx;
 #[cfg(target_arch = "x86_64")]
 mod amx_attention;
+mod team;
 
 /// Output columns per packed weight panel (two 16-lane vectors).
 pub const NR: usize = 32;
@@ -846,7 +848,7 @@ impl PackedInt8 {
 // ---------------------------------------------------------------------------
 
 /// Number of parallel tasks to use.
-fn effective_threads(threads: usize) -> usize {
+pub(crate) fn effective_threads(threads: usize) -> usize {
     let pool = rayon::current_num_threads().max(1);
     if threads == 0 {
         pool
@@ -877,14 +879,12 @@ fn for_rows(
         return;
     }
     let per = rows.div_ceil(threads);
-    buf.par_chunks_mut(per * lda)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            let mut tmp = vec![0f32; tmp_len];
-            for (i, r) in chunk.chunks_exact_mut(lda).enumerate() {
-                f(c * per + i, r, &mut tmp);
-            }
-        });
+    on_chunks(buf.chunks_mut(per * lda).collect(), threads, |c, chunk| {
+        let mut tmp = vec![0f32; tmp_len];
+        for (i, r) in chunk.chunks_exact_mut(lda).enumerate() {
+            f(c * per + i, r, &mut tmp);
+        }
+    });
 }
 
 /// Row `r` of `x` (`in_dim` wide), passed through `act` into `tmp` when
@@ -1013,10 +1013,8 @@ fn pack_a_int8(
         work(0, out, sx);
         return;
     }
-    out.par_chunks_mut(per * lda)
-        .zip(sx.par_chunks_mut(per))
-        .enumerate()
-        .for_each(|(c, (chunk, sxc))| work(c * per, chunk, sxc));
+    let chunks = out.chunks_mut(per * lda).zip(sx.chunks_mut(per)).collect();
+    on_chunks(chunks, threads, |c, (chunk, sxc)| work(c * per, chunk, sxc));
 }
 
 // ---------------------------------------------------------------------------
@@ -1245,7 +1243,7 @@ fn run_tiles(g: &Gemm, dst: &mut [MaybeUninit<f32>], threads: usize) {
 /// next item from a shared counter, with its own `state` made by `init` on the thread that
 /// uses it (an AMX tile session belongs to its thread). `work` must call no rayon work: a
 /// thread waiting in it could take up another worker and its state.
-fn on_workers<S>(
+pub(crate) fn on_workers<S>(
     items: usize,
     workers: usize,
     init: impl Fn() -> S + Sync,
@@ -1267,12 +1265,32 @@ fn on_workers<S>(
         worker();
         return;
     }
+    if team::run_on_team(workers, &|_| worker()).is_some() {
+        return;
+    }
     rayon::scope(|s| {
         for _ in 1..workers {
             s.spawn(|_| worker());
         }
         worker();
     });
+}
+
+/// Runs `work(index, chunk)` once for each of `chunks` on up to `workers` threads
+/// ([`on_workers`]).
+fn on_chunks<T: Send>(chunks: Vec<T>, workers: usize, work: impl Fn(usize, T) + Sync) {
+    let slots: Vec<Mutex<Option<T>>> = chunks.into_iter().map(|c| Mutex::new(Some(c))).collect();
+    on_workers(
+        slots.len(),
+        workers,
+        || (),
+        |i, ()| {
+            let chunk = slots[i].lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(chunk) = chunk {
+                work(i, chunk);
+            }
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -8,14 +8,14 @@
 //! many rows repays. The kernel has AVX-512, AVX2+FMA and portable variants, the fastest this
 //! CPU runs chosen at load time ([`OutInKernel::best`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
-use rayon::prelude::*;
 
 use super::kernels::{
     bias_rows, contiguous_f32, dot_lanes, matmul_parallelism, Activation, LinearInput, RowBlocks,
 };
+use super::lowp::{effective_threads, on_workers};
 use super::precision::KernelChoice;
 use super::weights::MappedF32;
 
@@ -235,9 +235,14 @@ pub fn out_in_add(
     let x = LineAlignedRows::new(x, m, k, w.as_ptr());
     // One task per TASK_ROWS weight rows, each making an `m × rows` tile; the tiles are added
     // into `out` afterwards (m × n additions, nothing beside the k-long dot products).
-    let tiles: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(TASK_ROWS))
-        .into_par_iter()
-        .map(|t| {
+    let tiles: Vec<Mutex<Vec<f32>>> = (0..n.div_ceil(TASK_ROWS))
+        .map(|_| Mutex::new(Vec::new()))
+        .collect();
+    on_workers(
+        tiles.len(),
+        effective_threads(0),
+        || (),
+        |t, ()| {
             let j0 = t * TASK_ROWS;
             let rows = TASK_ROWS.min(n - j0);
             let mut tile = vec![0f32; m * rows];
@@ -251,10 +256,12 @@ pub fn out_in_add(
                 lead,
                 &mut tile,
             );
-            (j0, tile)
-        })
-        .collect();
-    for (j0, tile) in tiles {
+            *tiles[t].lock().unwrap_or_else(|e| e.into_inner()) = tile;
+        },
+    );
+    for (t, tile) in tiles.into_iter().enumerate() {
+        let tile = tile.into_inner().unwrap_or_else(|e| e.into_inner());
+        let j0 = t * TASK_ROWS;
         let rows = tile.len() / m;
         for (i, t) in tile.chunks_exact(rows).enumerate() {
             for (o, v) in out[i * ld + j0..i * ld + j0 + rows].iter_mut().zip(t) {
