@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, Subcommand};
-use gclip::eval::marqo_gs::{self, Corpus};
-use gclip::eval::ranking::{evaluate, run_from_embeddings, MetricSet, Qrels, Run};
+use gclip::eval::gs_ranking::{GsQueries, GsSet, GsSpec};
+use gclip::eval::marqo_gs;
+use gclip::eval::ranking::{evaluate, MetricSet, Qrels, Run};
 use gclip::input::image::Preprocessor;
 use gclip::input::pipeline::InputPipeline;
 use gclip::input::tokenizer::ClipTokenizer;
@@ -15,7 +16,7 @@ use gclip::input::Convention;
 use gclip::model::Clip;
 use gclip::source::ModelSource;
 use gclip::train::checkpoint::load_checkpoint;
-use gclip::train::data::{load, DataSpec, FieldValue, Layout};
+use gclip::train::data::{load, DataSpec, Layout};
 use gclip::train::evaluate::{ranking_metrics, retrieval_metrics, Embedding};
 use gclip::train::loss::{FieldKind, FieldSpec};
 
@@ -355,19 +356,10 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
                 };
                 let r = ranking_metrics(&e, &ds, corpus.as_ref(), &q, &d, a.top_k, &set)?;
                 if let Some(p) = &a.save_run {
-                    std::fs::write(p, r.run.to_trec("gclip"))
-                        .with_context(|| format!("writing {}", p.display()))?;
+                    write(p, r.run.to_trec("gclip"))?;
                 }
                 if let Some(p) = &a.save_qrels {
-                    let mut text = String::new();
-                    for (qid, docs) in &r.qrels.0 {
-                        let mut docs: Vec<_> = docs.iter().collect();
-                        docs.sort();
-                        for (d, g) in docs {
-                            text.push_str(&format!("{qid} 0 {d} {g}\n"));
-                        }
-                    }
-                    std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+                    write(p, r.qrels.to_trec())?;
                 }
                 r.metrics
             };
@@ -393,31 +385,6 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     Ok(())
 }
 
-/// A GS CSV column of a query field: `text` is the `query` column, as in training data.
-fn query_column(f: &FieldSpec) -> String {
-    match f.name.as_str() {
-        "text" => "query".into(),
-        n => n.into(),
-    }
-}
-
-/// A field value: text as it is, an image path relative to `root` unless absolute (`None`
-/// when the file is missing).
-fn field_value(kind: FieldKind, raw: String, root: &Path) -> Option<FieldValue> {
-    match kind {
-        FieldKind::Text => Some(FieldValue::Text(raw)),
-        FieldKind::Image => {
-            let p = PathBuf::from(raw);
-            let p = if p.is_absolute() { p } else { root.join(p) };
-            p.is_file().then_some(FieldValue::Image(p))
-        }
-    }
-}
-
-fn folder_of(p: &Path) -> PathBuf {
-    p.parent().map(Path::to_path_buf).unwrap_or_default()
-}
-
 /// GCL's evaluation on Marqo-GS files: every document of a corpus JSON, queries and grades
 /// from a ground-truth file or from the split's CSV.
 fn gs_ranking(a: &RankingArgs, set: &MetricSet) -> Result<BTreeMap<String, f64>> {
@@ -437,189 +404,55 @@ fn gs_ranking(a: &RankingArgs, set: &MetricSet) -> Result<BTreeMap<String, f64>>
         .as_deref()
         .context("--model is required to evaluate a corpus")?;
     let (q, d) = (fields(&md.query_fields)?, fields(&md.doc_fields)?);
-    let columns: Vec<String> = q.iter().map(query_column).collect();
-    let rows = match &md.data {
-        Some(p) => {
-            if p.extension().is_none_or(|e| e != "csv") {
-                bail!(
-                    "{}: with a Marqo-GS corpus, --data is the split's CSV \
-                     (query_…_product_id_….csv)",
-                    p.display()
-                );
-            }
-            let r = marqo_gs::read_test_rows(p, &columns, "product_id", &md.score_column)?;
-            for (reason, n) in &r.skipped {
-                eprintln!("{}: skipped {n} rows: {reason}", p.display());
-            }
-            Some((p, r))
+    if let Some(p) = &md.data {
+        if p.extension().is_none_or(|e| e != "csv") {
+            bail!(
+                "{}: with a Marqo-GS corpus, --data is the split's CSV \
+                 (query_…_product_id_….csv)",
+                p.display()
+            );
         }
-        None => None,
-    };
-    let (qrels, queries): (Qrels, Vec<(String, Vec<String>)>) = match &a.ground_truth {
-        Some(gt) => {
-            let qrels = marqo_gs::read_ground_truth(gt)?;
-            let mut by_key: std::collections::HashMap<&str, &[String]> = Default::default();
-            if let Some((_, r)) = &rows {
-                // A key is GCL's query key, the CSV's query_id or (one query field) the
-                // query itself.
-                for row in r.rows.iter().rev() {
-                    if let [only] = row.query.as_slice() {
-                        by_key.insert(only, &row.query);
-                    }
-                    if let Some(id) = &row.query_id {
-                        by_key.insert(id, &row.query);
-                    }
-                    by_key.insert(&row.key, &row.query);
-                }
-            }
-            let mut queries = Vec::with_capacity(qrels.0.len());
-            for key in qrels.0.keys() {
-                let values = match by_key.get(key.as_str()) {
-                    Some(v) => v.to_vec(),
-                    None => marqo_gs::query_values(key, q.len()).with_context(|| {
-                        format!(
-                            "{}: query `{key}` is neither GCL's key of {} field(s) \
-                             (values each followed by `{}`) nor a query of --data",
-                            gt.display(),
-                            q.len(),
-                            marqo_gs::QUERY_KEY_SEPARATOR
-                        )
-                    })?,
-                };
-                queries.push((key.clone(), values));
-            }
-            (qrels, queries)
-        }
-        None => {
-            let (_, r) = rows.as_ref().context(
-                "give --ground-truth, or --data with the split's CSV to take queries from",
-            )?;
-            let keys = marqo_gs::sample_queries(&r.rows, a.sample_queries, a.seed);
-            let qrels = marqo_gs::ground_truth(&r.rows, &keys, a.top_k);
-            let mut first: std::collections::HashMap<&str, &[String]> = Default::default();
-            for row in r.rows.iter().rev() {
-                first.insert(&row.key, &row.query);
-            }
-            let queries = keys
-                .iter()
-                .map(|k| {
-                    (
-                        k.clone(),
-                        first.get(k.as_str()).map_or(vec![], |v| v.to_vec()),
-                    )
-                })
-                .collect();
-            (qrels, queries)
+    }
+    let queries = match (&a.ground_truth, &md.data) {
+        (Some(gt), csv) => GsQueries::GroundTruth {
+            path: gt.clone(),
+            csv: csv.clone(),
+        },
+        (None, Some(csv)) => GsQueries::Csv {
+            path: csv.clone(),
+            sample: a.sample_queries,
+            seed: a.seed,
+        },
+        (None, None) => {
+            bail!("give --ground-truth, or --data with the split's CSV to take queries from")
         }
     };
-    let query_root = md
-        .image_root
-        .clone()
-        .or_else(|| rows.as_ref().map(|(p, _)| folder_of(p)))
-        .unwrap_or_default();
-    let mut q_ids = Vec::with_capacity(queries.len());
-    let mut q_rows = Vec::with_capacity(queries.len());
-    for (key, values) in queries {
-        let row: Vec<Option<FieldValue>> = q
-            .iter()
-            .zip(values)
-            .map(|(f, v)| field_value(f.kind, v, &query_root))
-            .collect();
-        if row.iter().all(Option::is_none) {
-            eprintln!("query `{key}` has no usable field; it scores 0");
-            continue;
-        }
-        q_ids.push(key);
-        q_rows.push(row);
-    }
-
-    let corpus = Corpus::read(corpus_path)?;
-    let doc_root = md
-        .image_root
-        .clone()
-        .unwrap_or_else(|| folder_of(corpus_path));
-    let mut d_ids = Vec::with_capacity(corpus.ids.len());
-    let mut d_rows = Vec::with_capacity(corpus.ids.len());
-    let mut unusable = 0usize;
-    for (i, id) in corpus.ids.iter().enumerate() {
-        let row: Vec<Option<FieldValue>> = d
-            .iter()
-            .map(|f| {
-                let raw = match f.name.as_str() {
-                    "image" => corpus
-                        .field(i, "image_local")
-                        .or_else(|| corpus.field(i, "image")),
-                    n => corpus.field(i, n),
-                };
-                raw.and_then(|r| field_value(f.kind, r, &doc_root))
-            })
-            .collect();
-        if row.iter().all(Option::is_none) {
-            unusable += 1;
-            continue;
-        }
-        d_ids.push(id.clone());
-        d_rows.push(row);
-    }
-    if unusable > 0 {
-        eprintln!(
-            "{}: {unusable} of {} documents have none of the document fields (or their image \
-             is missing) and are not searched",
-            corpus_path.display(),
-            corpus.ids.len()
-        );
-    }
-    if d_rows.is_empty() {
-        bail!("{}: no document to search", corpus_path.display());
-    }
-    eprintln!("{} queries, {} documents", q_ids.len(), d_ids.len());
-    let model = load_model(model_name, md.arch.as_deref(), md.precision)?;
-    let e = model.embedding();
-    let qe = e.side(&as_slices(&q_rows), &q)?;
-    let de = e.side(&as_slices(&d_rows), &d)?;
-    let run = run_from_embeddings(
-        &q_ids,
-        &qe,
-        &d_ids,
-        &de,
-        model.clip.config.embed_dim,
-        a.top_k,
+    let spec = GsSpec {
+        corpus: corpus_path.clone(),
+        queries,
+        image_root: md.image_root.clone(),
+        query_fields: q,
+        doc_fields: d,
+        score_column: md.score_column.clone(),
+        top_k: a.top_k,
+    };
+    let gs = GsSet::read(&spec, &mut |note| eprintln!("{note}"))?;
+    eprintln!(
+        "{} queries, {} documents",
+        gs.query_ids.len(),
+        gs.doc_ids.len()
     );
+    let model = load_model(model_name, md.arch.as_deref(), md.precision)?;
+    let run = gs.run(&model.embedding())?;
     if let Some(p) = &a.save_run {
-        let by_query = run
-            .0
-            .iter()
-            .map(|(q, docs)| (q, docs.iter().map(|(d, s)| (d, s))));
-        save_nested_json(p, by_query)?;
+        write(p, run.to_json())?;
     }
     if let Some(p) = &a.save_qrels {
-        save_nested_json(p, qrels.0.iter())?;
+        write(p, gs.qrels.to_json())?;
     }
-    Ok(evaluate(&qrels, &run, set))
+    Ok(evaluate(&gs.qrels, &run, set))
 }
 
-/// Writes `{query: {document: value}}` as one JSON object (keys sorted), the form this mode
-/// saves runs and qrels in: GS query keys contain spaces, which the TREC formats cannot hold.
-fn save_nested_json<'a, D, V>(
-    path: &Path,
-    by_query: impl Iterator<Item = (&'a String, D)>,
-) -> Result<()>
-where
-    D: IntoIterator<Item = (&'a String, V)>,
-    V: serde::Serialize,
-{
-    let mut outer = serde_json::Map::new();
-    for (q, docs) in by_query {
-        let mut inner = serde_json::Map::new();
-        for (d, v) in docs {
-            inner.insert(d.clone(), serde_json::to_value(v)?);
-        }
-        outer.insert(q.clone(), serde_json::Value::Object(inner));
-    }
-    std::fs::write(path, serde_json::Value::Object(outer).to_string())
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-fn as_slices(rows: &[Vec<Option<FieldValue>>]) -> Vec<&[Option<FieldValue>]> {
-    rows.iter().map(Vec::as_slice).collect()
+fn write(path: &Path, text: String) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }

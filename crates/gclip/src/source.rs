@@ -65,7 +65,9 @@ impl ModelSource {
             return Self::from_dir(path, arch);
         }
         if let Some(id) = ModelId::parse(model) {
-            let dir = hub.model_snapshot(&id, arch.is_some())?;
+            let dir = hub
+                .model_snapshot(&id, arch.is_some())
+                .map_err(|e| ModelError::Fetch(Box::new(e)))?;
             return Self::from_dir(&dir, arch);
         }
         Err(ModelError::Io {

@@ -53,7 +53,10 @@ fn resolve(model: &str, hub: &Hub) -> Result<ModelSource, ModelError> {
 
 fn hub_err(r: Result<ModelSource, ModelError>) -> HubError {
     match r {
-        Err(ModelError::Hub(e)) => e,
+        Err(ModelError::Fetch(e)) => match e.downcast::<HubError>() {
+            Ok(e) => *e,
+            Err(e) => panic!("expected a hub error, got {e}"),
+        },
         Err(e) => panic!("expected a hub error, got {e}"),
         Ok(s) => panic!("expected a hub error, got {s:?}"),
     }

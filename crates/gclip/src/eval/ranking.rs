@@ -78,6 +78,47 @@ impl Qrels {
     pub fn read(path: &Path) -> Result<Self, RankingError> {
         Self::parse(&read(path)?, &path.display().to_string())
     }
+
+    /// The grades as TREC qrels, each query's documents in id order.
+    pub fn to_trec(&self) -> String {
+        let mut out = String::new();
+        for (q, docs) in &self.0 {
+            let mut docs: Vec<_> = docs.iter().collect();
+            docs.sort();
+            for (d, g) in docs {
+                out.push_str(&format!("{q} 0 {d} {g}\n"));
+            }
+        }
+        out
+    }
+
+    /// The grades as one JSON object `{query: {document: grade}}`, the form of Marqo-GS ground
+    /// truth ([`super::marqo_gs::read_ground_truth`] reads it back).
+    pub fn to_json(&self) -> String {
+        nested_json(
+            self.0
+                .iter()
+                .map(|(q, docs)| (q, docs.iter().map(|(d, g)| (d, *g)))),
+        )
+    }
+}
+
+/// `{query: {document: value}}` as one JSON object, keys sorted: what runs and qrels are saved as
+/// when query keys contain spaces (Marqo-GS keys do), which the TREC formats cannot hold.
+fn nested_json<'a, D, V>(by_query: impl Iterator<Item = (&'a String, D)>) -> String
+where
+    D: IntoIterator<Item = (&'a String, V)>,
+    V: Into<serde_json::Value>,
+{
+    let mut outer = serde_json::Map::new();
+    for (q, docs) in by_query {
+        let mut inner = serde_json::Map::new();
+        for (d, v) in docs {
+            inner.insert(d.clone(), v.into());
+        }
+        outer.insert(q.clone(), serde_json::Value::Object(inner));
+    }
+    serde_json::Value::Object(outer).to_string()
 }
 
 impl Run {
@@ -145,6 +186,16 @@ impl Run {
             }
         }
         out
+    }
+
+    /// The run as one JSON object `{query: {document: score}}`, as pytrec_eval writes runs
+    /// ([`Run::parse`] reads it back).
+    pub fn to_json(&self) -> String {
+        nested_json(
+            self.0
+                .iter()
+                .map(|(q, docs)| (q, docs.iter().map(|(d, s)| (d, *s)))),
+        )
     }
 }
 

@@ -72,8 +72,11 @@ pub enum ModelError {
     /// `RUST_BACKTRACE` set), and not exposed as a `source`, so that no error chain prints one.
     #[error("{}", error_message(.0))]
     Tensor(candle_core::Error),
+    /// The model's files could not be fetched from where they are kept (a model hub, say).
+    /// The model layer does not know the fetchers, so the error is theirs, shown as it is;
+    /// callers that need its kind downcast it.
     #[error(transparent)]
-    Hub(#[from] crate::hub::HubError),
+    Fetch(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<candle_core::Error> for ModelError {
