@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, Subcommand};
-use gclip::eval::gs_ranking::{GsQueries, GsSet, GsSpec};
 use gclip::eval::marqo_gs;
 use gclip::eval::ranking::{evaluate, MetricSet, Qrels, Run};
 use gclip::input::image::Preprocessor;
@@ -18,6 +17,7 @@ use gclip::source::ModelSource;
 use gclip::train::checkpoint::load_checkpoint;
 use gclip::train::data::{load, DataSpec, Layout};
 use gclip::train::evaluate::{ranking_metrics, retrieval_metrics, Embedding};
+use gclip::train::gs_ranking::{GsQueries, GsSet, GsSpec};
 use gclip::train::loss::{FieldKind, FieldSpec};
 
 #[derive(Subcommand)]

@@ -4,12 +4,11 @@
 //! * [`retrieval`]: text→image and image→text Recall@K, mean and median rank (open_clip).
 //! * [`marqo_gs`]: Marqo-GS evaluation files (corpus, ground truth) and GCL's sampling of test
 //!   queries.
-//! * [`gs_ranking`]: GCL's ranking evaluation of a model on Marqo-GS files (a corpus searched
-//!   whole, queries from a ground truth or the split's CSV).
+//! * GCL's ranking evaluation of a model on Marqo-GS files is `crate::train::gs_ranking`: it
+//!   embeds with training's field code.
 //! * [`ranking`]: graded-relevance ranking metrics of GCL's evaluation (nDCG, MAP, MRR, recall,
 //!   precision, ERR, RBP), TREC qrels and run files.
 
-pub mod gs_ranking;
 pub mod marqo_gs;
 pub mod ranking;
 pub mod retrieval;

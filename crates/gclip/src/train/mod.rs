@@ -26,6 +26,7 @@ pub mod config;
 pub mod data;
 pub mod evaluate;
 pub mod export;
+pub mod gs_ranking;
 pub mod init;
 pub mod loader;
 pub mod loss;

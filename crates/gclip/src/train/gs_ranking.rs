@@ -2,14 +2,15 @@
 //! of a corpus JSON is searched; the queries and their grades come from a ground-truth file or
 //! from the split's CSV.
 //!
-//! Field values and the embedding of rows of them are training's ([`crate::train`]): a run
-//! evaluates its held-out pairs with the same code, so both sides embed alike.
+//! It lives in `train` (not `eval`) because field values and the embedding of rows of them are
+//! training's: a run evaluates its held-out pairs with the same code, so both sides embed alike,
+//! and `train` already builds on `eval` (an `eval` module importing `train` would be a cycle).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::marqo_gs::{self, Corpus, GsError};
-use super::ranking::{run_from_embeddings, Qrels, Run};
+use crate::eval::marqo_gs::{self, Corpus, GsError};
+use crate::eval::ranking::{run_from_embeddings, Qrels, Run};
 use crate::train::data::FieldValue;
 use crate::train::evaluate::Embedding;
 use crate::train::loss::{FieldKind, FieldSpec};
