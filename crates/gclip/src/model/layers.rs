@@ -13,7 +13,7 @@ use super::kernels::{
 };
 use super::lowp::Bf16Kernel;
 use super::outin::{OutInLinearOp, OutInWeight};
-use super::packed::{PackedLinearOp, PackedWeight};
+use super::packed::{PackedLinearOp, PackedMlpOp, PackedWeight};
 use super::precision::{DenseProducts, KernelChoice, Precision};
 use super::weights::{MappedF32, Weights};
 use super::ModelError;
@@ -529,7 +529,19 @@ impl ResidualBlock {
         let x = self
             .attn
             .forward_residual(&self.ln_1.forward(x)?, causal, x)?;
-        let pre_activation = self.fc1.forward(&self.ln_2.forward(&x)?)?;
+        let h = self.ln_2.forward(&x)?;
+        if let (LinearWeight::Packed(w1), LinearWeight::Packed(w2)) =
+            (&self.fc1.weight, &self.fc2.weight)
+        {
+            if let Some(op) = PackedMlpOp::new(w1, &self.fc1.bias, w2, self.activation)? {
+                if fusable(&h) && fusable(&x) {
+                    return h
+                        .contiguous()?
+                        .apply_op3(&self.fc2.bias, &x.contiguous()?, op);
+                }
+            }
+        }
+        let pre_activation = self.fc1.forward(&h)?;
         self.fc2
             .forward_residual(pre_activation, Some(self.activation), &x)
     }

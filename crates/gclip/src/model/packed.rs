@@ -202,3 +202,91 @@ impl CustomOp3 for PackedLinearOp {
         self.run((xs, xl), (bs, bl), Some((rs, rl)))
     }
 }
+
+/// A residual block's MLP with both weights bf16 on AMX, `x + fc2(act(fc1(h)))`, as a
+/// [`CustomOp3`] of `h`, fc2's bias and the residual `x`: [`lowp::mlp_bf16_amx`] finishes fc1's
+/// tiles with the activation straight into fc2's bf16 input. Equal bit for bit to fc1 and fc2
+/// as two [`PackedLinearOp`]s.
+pub(crate) struct PackedMlpOp {
+    fc1: Arc<PackedWeight>,
+    fc1_bias: Vec<f32>,
+    fc2: Arc<PackedWeight>,
+    activation: Activation,
+}
+
+impl PackedMlpOp {
+    /// The fused MLP of these two layers, when both are bf16 on AMX and fc1's width fits the
+    /// kernel's panels; `None` otherwise (the layers then run one after the other).
+    pub(crate) fn new(
+        fc1: &Arc<PackedWeight>,
+        fc1_bias: &candle_core::Tensor,
+        fc2: &Arc<PackedWeight>,
+        activation: Activation,
+    ) -> Result<Option<Self>> {
+        let fits = match (&**fc1, &**fc2) {
+            (PackedWeight::Bf16(w1, Bf16Kernel::Amx), PackedWeight::Bf16(w2, Bf16Kernel::Amx)) => {
+                w1.out_dim() == w2.in_dim() && w1.out_dim().is_multiple_of(lowp::NR)
+            }
+            _ => false,
+        };
+        if !fits {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            fc1: fc1.clone(),
+            fc1_bias: fc1_bias.flatten_all()?.to_vec1::<f32>()?,
+            fc2: fc2.clone(),
+            activation,
+        }))
+    }
+}
+
+impl CustomOp3 for PackedMlpOp {
+    fn name(&self) -> &'static str {
+        "gclip-packed-mlp"
+    }
+
+    fn cpu_fwd(
+        &self,
+        hs: &CpuStorage,
+        hl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (PackedWeight::Bf16(fc1, _), PackedWeight::Bf16(fc2, _)) = (&*self.fc1, &*self.fc2)
+        else {
+            candle_core::bail!("mlp: both weights must be bf16");
+        };
+        let b2 = contiguous_f32(bs, bl, "mlp output bias")?;
+        let LinearInput { x, rows, shape } = LinearInput::new(
+            contiguous_f32(hs, hl, "mlp input")?,
+            hl.shape(),
+            (fc1.in_dim(), fc2.out_dim()),
+            (b2, bl.shape()),
+            None,
+        )?;
+        if rl.shape() != &shape {
+            candle_core::bail!(
+                "mlp: residual {:?} does not match the output {shape:?}",
+                rl.shape()
+            );
+        }
+        let residual = contiguous_f32(rs, rl, "residual")?;
+        let threads = candle_core::utils::get_num_threads();
+        let dst = lowp::mlp_bf16_amx(
+            &x,
+            rows,
+            fc1,
+            &self.fc1_bias,
+            self.activation,
+            fc2,
+            b2,
+            Some(residual),
+            threads,
+        )
+        .map_err(|e| candle_core::Error::Msg(format!("packed mlp: {e}")))?;
+        Ok((CpuStorage::F32(dst), shape))
+    }
+}

@@ -23,7 +23,7 @@ use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use super::x86::{bias_halves, masks};
-use super::{Tile, NR};
+use super::{act_row, Activation, Tile, NR};
 
 /// Rows per microkernel call: two A tiles of 16 rows.
 pub const MR: usize = 32;
@@ -288,6 +288,15 @@ pub unsafe fn kern_bf16(t: &Tile, m: usize) {
         bias_row.as_ptr()
     };
     let whole_rows = m == if two { MR } else { TILE_ROWS };
+    if let Some(act) = t.act {
+        let mut acc = MaybeUninit::<Accumulators>::uninit();
+        // SAFETY: forwarded contract, `c_bf16` set with `act` (see `Tile`); `init` as below.
+        unsafe {
+            product_bf16(t, two, steps, init, acc.as_mut_ptr().cast(), B_ROW_BYTES);
+            finish_activated_bf16(t, m, steps, acc.as_mut_ptr(), act);
+        }
+        return;
+    }
     if steps == t.k && t.resid.is_null() && t.ncols == NR && whole_rows {
         // Whole tiles, no residual and no K-steps left over: the tiles are stored straight into
         // `c`, with no epilogue reading back what they just stored (6 % of the bf16 image
@@ -357,6 +366,59 @@ unsafe fn finish_bf16(t: &Tile, m: usize, from: usize, acc: *const Accumulators)
                 v1 = _mm512_dpbf16_ps(v1, av, b1);
             }
             store_row(t, i, v0, v1, k0, k1);
+        }
+    }
+}
+
+/// Adds K-steps `from..t.k` to the accumulators (which start from the bias), applies `act` as
+/// the f32 layers do ([`act_row`], on the same f32 values), rounds to bf16 (to nearest even, as
+/// the activation packing does) and stores the `ncols` values of each row at `c_bf16`.
+///
+/// # Safety
+/// As [`kern_bf16`], with `c_bf16` holding rows `< m` of `ncols` values at `ldc` apart.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn finish_activated_bf16(
+    t: &Tile,
+    m: usize,
+    from: usize,
+    acc: *mut Accumulators,
+    act: Activation,
+) {
+    let (k0, k1) = masks(t.ncols);
+    let keep = u32::from(k0) | (u32::from(k1) << 16);
+    let mut activated = [0f32; MR * NR];
+    // SAFETY (whole body): `acc` holds 32 rows of 32 values, the first `m` stored by the tiles;
+    // A rows `< m` hold `t.k` words and the panel `t.k` K-steps of NR words (the contract);
+    // `c_bf16` is written only in the lanes `keep` holds, rows `< m`.
+    unsafe {
+        let sums = acc.cast::<f32>();
+        if from < t.k {
+            for i in 0..m {
+                let row = sums.add(i * NR);
+                let mut v0 = _mm512_loadu_ps(row);
+                let mut v1 = _mm512_loadu_ps(row.add(16));
+                for kk in from..t.k {
+                    let av: __m512bh =
+                        std::mem::transmute(_mm512_set1_epi32(*t.a.add(i * t.lda + kk) as i32));
+                    let b = t.b.add(kk * NR);
+                    let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
+                    let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16).cast()));
+                    v0 = _mm512_dpbf16_ps(v0, av, b0);
+                    v1 = _mm512_dpbf16_ps(v1, av, b1);
+                }
+                _mm512_storeu_ps(row, v0);
+                _mm512_storeu_ps(row.add(16), v1);
+            }
+        }
+        let sums = std::slice::from_raw_parts(sums, m * NR);
+        act_row(sums, &mut activated[..m * NR], act);
+        for i in 0..m {
+            let row = activated.as_ptr().add(i * NR);
+            let halves: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(
+                _mm512_loadu_ps(row.add(16)),
+                _mm512_loadu_ps(row),
+            ));
+            _mm512_mask_storeu_epi16(t.c_bf16.add(i * t.ldc).cast(), keep, halves);
         }
     }
 }
