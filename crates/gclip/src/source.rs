@@ -275,17 +275,7 @@ fn hf_weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
                 source_name: index.display().to_string(),
                 message: format!("not valid JSON: {e}"),
             })?;
-        let mut shards: Vec<String> = value
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .map(|m| {
-                m.values()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        shards.sort();
-        shards.dedup();
+        let shards = crate::hub::weight_map_files(&value);
         if shards.is_empty() {
             return Err(ModelError::Config {
                 source_name: index.display().to_string(),

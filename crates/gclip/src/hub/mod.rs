@@ -28,6 +28,7 @@ mod cache;
 mod client;
 mod config;
 mod plan;
+pub(crate) use plan::weight_map_files;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

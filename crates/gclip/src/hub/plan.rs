@@ -86,17 +86,7 @@ pub(super) fn plan(repo: &str, files: &mut dyn FileSet, arch: bool) -> Result<Pl
             required.push("model.safetensors".into());
         } else if files.has("model.safetensors.index.json") {
             let index = files.json("model.safetensors.index.json")?;
-            let mut shards: Vec<String> = index
-                .get("weight_map")
-                .and_then(Value::as_object)
-                .map(|m| {
-                    m.values()
-                        .filter_map(|v| v.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            shards.sort();
-            shards.dedup();
+            let shards = weight_map_files(&index);
             if shards.is_empty() {
                 return Err(not_a_model(
                     "model.safetensors.index.json has no `weight_map`",
@@ -145,4 +135,21 @@ pub(super) fn plan(repo: &str, files: &mut dyn FileSet, arch: bool) -> Result<Pl
         "neither a transformers CLIP config.json (with text_config / vision_config) nor \
          open_clip_config.json",
     ))
+}
+
+/// The shard files a `model.safetensors.index.json` names in its `weight_map`, sorted, each
+/// once (empty when it has none).
+pub(crate) fn weight_map_files(index: &Value) -> Vec<String> {
+    let mut shards: Vec<String> = index
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.values()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    shards.sort();
+    shards.dedup();
+    shards
 }
