@@ -354,19 +354,39 @@ unsafe fn finish_bf16(t: &Tile, m: usize, from: usize, acc: *const Accumulators)
     unsafe {
         for i in 0..m {
             let row = acc.cast::<f32>().add(i * NR);
-            let mut v0 = _mm512_loadu_ps(row);
-            let mut v1 = _mm512_loadu_ps(row.add(16));
-            for kk in from..t.k {
-                let av: __m512bh =
-                    std::mem::transmute(_mm512_set1_epi32(*t.a.add(i * t.lda + kk) as i32));
-                let b = t.b.add(kk * NR);
-                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
-                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16).cast()));
-                v0 = _mm512_dpbf16_ps(v0, av, b0);
-                v1 = _mm512_dpbf16_ps(v1, av, b1);
-            }
+            let (v0, v1) = with_remaining_steps(t, i, from, row);
             store_row(t, i, v0, v1, k0, k1);
         }
+    }
+}
+
+/// Row `i` of a bf16 block's 32 sums at `row`, with K-steps `from..t.k` (those after the last
+/// whole tile) added by `vdpbf16ps`.
+///
+/// # Safety
+/// `row` holds 32 f32; A row `i` holds `t.k` words and the panel `t.k` K-steps of NR words.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn with_remaining_steps(
+    t: &Tile,
+    i: usize,
+    from: usize,
+    row: *const f32,
+) -> (__m512, __m512) {
+    // SAFETY: per the contract above.
+    unsafe {
+        let mut v0 = _mm512_loadu_ps(row);
+        let mut v1 = _mm512_loadu_ps(row.add(16));
+        for kk in from..t.k {
+            let av: __m512bh =
+                std::mem::transmute(_mm512_set1_epi32(*t.a.add(i * t.lda + kk) as i32));
+            let b = t.b.add(kk * NR);
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16).cast()));
+            v0 = _mm512_dpbf16_ps(v0, av, b0);
+            v1 = _mm512_dpbf16_ps(v1, av, b1);
+        }
+        (v0, v1)
     }
 }
 
@@ -395,17 +415,7 @@ unsafe fn finish_activated_bf16(
         if from < t.k {
             for i in 0..m {
                 let row = sums.add(i * NR);
-                let mut v0 = _mm512_loadu_ps(row);
-                let mut v1 = _mm512_loadu_ps(row.add(16));
-                for kk in from..t.k {
-                    let av: __m512bh =
-                        std::mem::transmute(_mm512_set1_epi32(*t.a.add(i * t.lda + kk) as i32));
-                    let b = t.b.add(kk * NR);
-                    let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
-                    let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16).cast()));
-                    v0 = _mm512_dpbf16_ps(v0, av, b0);
-                    v1 = _mm512_dpbf16_ps(v1, av, b1);
-                }
+                let (v0, v1) = with_remaining_steps(t, i, from, row);
                 _mm512_storeu_ps(row, v0);
                 _mm512_storeu_ps(row.add(16), v1);
             }
