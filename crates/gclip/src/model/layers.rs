@@ -533,7 +533,7 @@ impl ResidualBlock {
         if let (LinearWeight::Packed(w1), LinearWeight::Packed(w2)) =
             (&self.fc1.weight, &self.fc2.weight)
         {
-            if let Some(op) = PackedMlpOp::new(w1, &self.fc1.bias, w2, self.activation)? {
+            if let Some(op) = PackedMlpOp::new(w1, &self.fc1.bias, w2, self.activation) {
                 if fusable(&h) && fusable(&x) {
                     return h
                         .contiguous()?

@@ -209,7 +209,8 @@ impl CustomOp3 for PackedLinearOp {
 /// as two [`PackedLinearOp`]s.
 pub(crate) struct PackedMlpOp {
     fc1: Arc<PackedWeight>,
-    fc1_bias: Vec<f32>,
+    /// Read in place at each call (a tensor clone shares the storage).
+    fc1_bias: candle_core::Tensor,
     fc2: Arc<PackedWeight>,
     activation: Activation,
 }
@@ -222,22 +223,19 @@ impl PackedMlpOp {
         fc1_bias: &candle_core::Tensor,
         fc2: &Arc<PackedWeight>,
         activation: Activation,
-    ) -> Result<Option<Self>> {
+    ) -> Option<Self> {
         let fits = match (&**fc1, &**fc2) {
             (PackedWeight::Bf16(w1, Bf16Kernel::Amx), PackedWeight::Bf16(w2, Bf16Kernel::Amx)) => {
                 w1.out_dim() == w2.in_dim() && w1.out_dim().is_multiple_of(lowp::NR)
             }
             _ => false,
         };
-        if !fits {
-            return Ok(None);
-        }
-        Ok(Some(Self {
+        fits.then(|| Self {
             fc1: fc1.clone(),
-            fc1_bias: fc1_bias.flatten_all()?.to_vec1::<f32>()?,
+            fc1_bias: fc1_bias.clone(),
             fc2: fc2.clone(),
             activation,
-        }))
+        })
     }
 }
 
@@ -259,6 +257,11 @@ impl CustomOp3 for PackedMlpOp {
         else {
             candle_core::bail!("mlp: both weights must be bf16");
         };
+        let (b1_storage, b1_layout) = self.fc1_bias.storage_and_layout();
+        let candle_core::Storage::Cpu(b1_storage) = &*b1_storage else {
+            candle_core::bail!("mlp: the hidden bias must be on the CPU");
+        };
+        let b1 = contiguous_f32(b1_storage, b1_layout, "mlp hidden bias")?;
         let b2 = contiguous_f32(bs, bl, "mlp output bias")?;
         let LinearInput { x, rows, shape } = LinearInput::new(
             contiguous_f32(hs, hl, "mlp input")?,
@@ -279,7 +282,7 @@ impl CustomOp3 for PackedMlpOp {
             &x,
             rows,
             fc1,
-            &self.fc1_bias,
+            b1,
             self.activation,
             fc2,
             b2,
