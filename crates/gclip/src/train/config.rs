@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
-use super::augment::CropConfig;
+use super::augment::AugmentConfig;
 use super::data::{load, DataSpec, Dataset, Layout};
 use super::evaluate::{ranking_metrics, retrieval_metrics, Embedding};
 use super::init::init_open_clip;
@@ -256,7 +256,8 @@ pub struct TrainSection {
     pub output: PathBuf,
     pub checkpoint_every: u64,
     pub keep_checkpoints: usize,
-    /// open_clip's random resized crop (scale 0.9–1.0); false: centre crop.
+    /// Training augmentation as the `[augment]` section sets it (by default open_clip's random
+    /// resized crop, scale 0.9–1.0); false: the model's centre crop.
     pub augment: bool,
     pub prefetch: usize,
     /// `random` (open_clip) or `unique` (at most one pair per query and per document in a batch).
@@ -301,6 +302,8 @@ pub struct TrainConfig {
     pub eval: Option<EvalSection>,
     pub loss: LossSection,
     pub train: TrainSection,
+    /// Used when `train.augment` is true.
+    pub augment: AugmentConfig,
     pub freeze: Freeze,
 }
 
@@ -308,6 +311,7 @@ impl TrainConfig {
     /// The trainer's options.
     pub fn options(&self) -> Result<TrainOptions, TrainError> {
         let t = &self.train;
+        self.augment.validate().map_err(TrainError::Config)?;
         Ok(TrainOptions {
             total_steps: t.steps,
             accum_steps: t.accum_steps,
@@ -445,7 +449,7 @@ pub fn prepare(cfg: TrainConfig, resume: Option<&Path>) -> Result<Session, Train
             seed: cfg.train.seed,
             sampler: cfg.train.batch_sampler,
             prefetch: cfg.train.prefetch,
-            augment: cfg.train.augment.then(CropConfig::default),
+            augment: cfg.train.augment.then_some(cfg.augment),
             preprocess: preprocess.clone(),
         },
     )?;
@@ -590,6 +594,24 @@ mod tests {
             .to_string();
         assert!(e.contains("loss.power must be a positive number"), "{e}");
         assert!(gcl(r#", "score_to_weight": "power", "power": 0.5"#).is_ok());
+    }
+
+    #[test]
+    fn augment_section_parses_and_is_checked_before_training() {
+        let cfg = parse(r#"{"augment": {"hue": 0.05, "stroke": 1, "scale": [0.5, 1.0]}}"#).unwrap();
+        assert_eq!((cfg.augment.hue, cfg.augment.stroke), (0.05, 1));
+        assert_eq!(cfg.augment.scale, (0.5, 1.0));
+        assert_eq!(cfg.augment.brightness, 0.0);
+        assert!(cfg.options().is_ok());
+        let e = parse(r#"{"augment": {"blur": 1}}"#).unwrap_err();
+        assert!(e.contains("unknown field `blur`"), "{e}");
+        let e = parse(r#"{"augment": {"hue": 0.7}}"#)
+            .unwrap()
+            .options()
+            .err()
+            .expect("hue 0.7 accepted")
+            .to_string();
+        assert!(e.contains("augment.hue must be between 0 and 0.5"), "{e}");
     }
 
     #[test]

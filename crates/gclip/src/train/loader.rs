@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use super::augment::{random_resized_crop, CropConfig};
+use super::augment::{augment_image, AugmentConfig};
 use super::data::{Dataset, FieldValue};
 use super::loss::{FieldKind, GclSpec};
 use super::rng::Rng;
@@ -48,8 +48,8 @@ pub struct LoaderConfig {
     pub sampler: BatchSampler,
     /// Batches prepared ahead of the model.
     pub prefetch: usize,
-    /// Random resized crop (training); `None`: the model's inference preprocessing.
-    pub augment: Option<CropConfig>,
+    /// Training augmentation; `None`: the model's inference preprocessing.
+    pub augment: Option<AugmentConfig>,
     /// Normalisation and input size.
     pub preprocess: PreprocessConfig,
 }
@@ -210,9 +210,9 @@ impl Shared {
     /// Normalised pixels of one image field value.
     fn pixels(&self, path: &std::path::Path, rng: Option<Rng>) -> Result<Vec<f32>, String> {
         match (self.cfg.augment, rng) {
-            (Some(crop), Some(mut rng)) => {
+            (Some(augment), Some(mut rng)) => {
                 let img = self.raw.rgb8_from_path(path).map_err(|e| e.to_string())?;
-                let out = random_resized_crop(&img, self.cfg.preprocess.crop_size, &crop, &mut rng);
+                let out = augment_image(&img, self.cfg.preprocess.crop_size, &augment, &mut rng);
                 Ok(self.plain.normalize(&out))
             }
             _ => self.plain.pixels_from_path(path).map_err(|e| e.to_string()),
@@ -489,7 +489,7 @@ mod tests {
                 seed: 9,
                 sampler: BatchSampler::Random,
                 prefetch: 1,
-                augment: augment.then(CropConfig::default),
+                augment: augment.then(AugmentConfig::default),
                 preprocess: PreprocessConfig::open_clip(24),
             },
         )
