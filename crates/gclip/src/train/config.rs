@@ -605,12 +605,10 @@ mod tests {
         assert!(cfg.options().is_ok());
         let e = parse(r#"{"augment": {"blur": 1}}"#).unwrap_err();
         assert!(e.contains("unknown field `blur`"), "{e}");
-        let e = parse(r#"{"augment": {"hue": 0.7}}"#)
-            .unwrap()
-            .options()
-            .err()
-            .expect("hue 0.7 accepted")
-            .to_string();
+        let Err(e) = parse(r#"{"augment": {"hue": 0.7}}"#).unwrap().options() else {
+            panic!("hue 0.7 accepted");
+        };
+        let e = e.to_string();
         assert!(e.contains("augment.hue must be between 0 and 0.5"), "{e}");
     }
 
