@@ -65,6 +65,7 @@ fn tiny_clip_learns_emoji_and_transfers_across_vendors() {
             keep_checkpoints: 1,
             ..Default::default()
         },
+        augment: Default::default(),
         freeze: Default::default(),
     };
     let mut session = prepare(cfg, None).unwrap();
