@@ -27,6 +27,7 @@
 //! call's task only, and is reported as an error.
 
 mod address;
+mod check;
 mod expr;
 
 use std::future::Future;
@@ -43,6 +44,7 @@ use milvus::value::{Value, ValueVec};
 use serde_json::Value as Json;
 
 pub use address::{is_milvus_address, MilvusAddress, Token, TOKEN_VAR};
+pub use check::check_collection;
 pub use expr::to_milvus_expr;
 
 use crate::ann::AnnParams;
@@ -449,6 +451,14 @@ fn remote(address: &MilvusAddress, message: String) -> SearchError {
     }
 }
 
+/// The expression of the ids after `last` in id order (all ids without one).
+fn ids_after(last: Option<&str>) -> String {
+    match last {
+        Some(last) => format!("{ID_FIELD} > {}", string_literal(last)),
+        None => format!("{ID_FIELD} >= \"\""),
+    }
+}
+
 /// A column of a query reply, by name.
 fn column<'a>(cols: &'a [FieldColumn], name: &str) -> Option<&'a ValueVec> {
     cols.iter().find(|c| c.name == name).map(|c| &c.value)
@@ -572,13 +582,16 @@ impl MilvusStore {
         let mut ok = described.schema.fields.len() == 4;
         for f in &described.schema.fields {
             let ty = DataType::try_from(f.data_type).unwrap_or(DataType::None);
-            found.push(format!("{} {}", f.name, ty.as_str_name()));
             let param = |key: &str| {
                 f.type_params
                     .iter()
                     .find(|p| p.key == key)
                     .map(|p| p.value.as_str())
             };
+            found.push(match param("dim") {
+                Some(d) => format!("{} {}(dim {d})", f.name, ty.as_str_name()),
+                None => format!("{} {}", f.name, ty.as_str_name()),
+            });
             ok &= match f.name.as_str() {
                 ID_FIELD => ty == DataType::VarChar && f.is_primary_key,
                 VECTOR_FIELD => {
@@ -673,18 +686,30 @@ impl MilvusStore {
 
     /// Rows matching `expr`, at most `limit` of them, with the named outputs.
     fn query(&self, what: &str, expr: String, limit: usize, outputs: &[&str]) -> Result<Vec<Row>> {
+        let cols = self.query_columns(what, expr, limit, outputs)?;
+        self.rows(cols, limit, outputs)
+    }
+
+    /// The reply to a query for `expr` as the client decodes it: the id column and the named
+    /// outputs, not yet checked.
+    fn query_columns(
+        &self,
+        what: &str,
+        expr: String,
+        limit: usize,
+        outputs: &[&str],
+    ) -> Result<Vec<FieldColumn>> {
         let name = self.conn.address.name.clone();
         let mut output_fields: Vec<String> = vec![ID_FIELD.into()];
         output_fields.extend(outputs.iter().map(|s| s.to_string()));
         let level = self.conn.options.consistency.level();
-        let cols = self.conn.call(what, move |c| async move {
+        self.conn.call(what, move |c| async move {
             let options = QueryOptions::new()
                 .output_fields(output_fields)
                 .limit(limit as i64)
                 .consistency_level(level);
             c.query(name, &expr, &options).await
-        })?;
-        self.rows(cols, limit, outputs)
+        })
     }
 
     /// Decodes a query reply, checking every column against the row count, which must be at
@@ -780,11 +805,7 @@ impl MilvusStore {
     /// Walks the collection in id order from after `after`: one page of at most `page` rows.
     /// Milvus answers a query with a limit with the smallest primary keys that match.
     fn page_after(&self, what: &str, after: Option<&str>, outputs: &[&str]) -> Result<Vec<Row>> {
-        let expr = match after {
-            Some(last) => format!("{ID_FIELD} > {}", string_literal(last)),
-            None => format!("{ID_FIELD} >= \"\""),
-        };
-        let mut rows = self.query(what, expr, self.conn.options.page.max(1), outputs)?;
+        let mut rows = self.query(what, ids_after(after), self.conn.options.page.max(1), outputs)?;
         rows.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(rows)
     }
