@@ -42,6 +42,7 @@ use milvus::query::{QueryOptions, SearchOptions};
 use milvus::schema::{CollectionSchema, CollectionSchemaBuilder, FieldSchema};
 use milvus::value::{Value, ValueVec};
 use serde_json::Value as Json;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 pub use address::{is_milvus_address, MilvusAddress, Token, TOKEN_VAR};
 pub use check::check_collection;
@@ -97,6 +98,9 @@ pub struct MilvusOptions {
     /// throughput and availability); `None`: keep a loaded collection as it is, load an
     /// unloaded one with one.
     pub replicas: Option<u32>,
+    /// A PEM file of certificates to trust for `milvuss://` besides the system's roots (a
+    /// cluster with a certificate of its own CA); `GCLIP_MILVUS_CA`.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// The most shards [`MilvusOptions::shards`] may ask for (Milvus' own `proxy.maxShardNum` is 16
@@ -108,6 +112,8 @@ pub const MAX_REPLICAS: u32 = 64;
 pub const SHARDS_VAR: &str = "GCLIP_MILVUS_SHARDS";
 /// The environment variable of [`MilvusOptions::replicas`].
 pub const REPLICAS_VAR: &str = "GCLIP_MILVUS_REPLICAS";
+/// The environment variable of [`MilvusOptions::ca`].
+pub const CA_VAR: &str = "GCLIP_MILVUS_CA";
 
 /// Milvus consistency levels a read may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -162,6 +168,7 @@ impl Default for MilvusOptions {
             hnsw: AnnParams::default(),
             shards: None,
             replicas: None,
+            ca: None,
             consistency: std::env::var("GCLIP_MILVUS_CONSISTENCY")
                 .ok()
                 .filter(|v| !v.is_empty())
@@ -184,6 +191,7 @@ impl MilvusOptions {
     /// `GCLIP_MILVUS_SHARDS` and `GCLIP_MILVUS_REPLICAS` (whole numbers from 1 to 64). A value
     /// that is not one is an error naming the variable: shards cannot be changed once a
     /// collection exists, so a mistyped value must not quietly create it with the default.
+    /// `GCLIP_MILVUS_CA` names a CA file to trust for `milvuss://` (read when connecting).
     pub fn from_env() -> Result<Self> {
         Self::from_env_with(|name| std::env::var(name).ok())
     }
@@ -204,6 +212,9 @@ impl MilvusOptions {
         Ok(Self {
             shards: count(SHARDS_VAR, MAX_SHARDS)?,
             replicas: count(REPLICAS_VAR, MAX_REPLICAS)?,
+            ca: var(CA_VAR)
+                .filter(|v| !v.trim().is_empty())
+                .map(std::path::PathBuf::from),
             ..Self::default()
         })
     }
@@ -245,11 +256,43 @@ impl CallError {
 
     fn describe(&self, timeout: Duration) -> String {
         match self {
-            CallError::Client(e) => e.to_string(),
+            CallError::Client(e) => match e.as_ref() {
+                // The transport's own words, cause by cause (the client shows its Debug form).
+                milvus::error::Error::Communication(t) => with_causes(t.to_string(), t),
+                milvus::error::Error::Grpc(status)
+                    if status.code() == tonic::Code::Unauthenticated =>
+                {
+                    format!(
+                        "the server refused the credentials ({}); give the right \
+                         ?token=USER:PASSWORD or {TOKEN_VAR}",
+                        status.message()
+                    )
+                }
+                milvus::error::Error::Grpc(status) => with_causes(
+                    format!("{} (gRPC status {:?})", status.message(), status.code()),
+                    status,
+                ),
+                other => other.to_string(),
+            },
             CallError::Deadline => format!("no answer within {:.1} s", timeout.as_secs_f64()),
             CallError::Panicked => "the Milvus client failed on the server's reply".into(),
         }
     }
+}
+
+/// `said`, then each cause of `e` that it does not end with already (an I/O error shows its
+/// inner error and also gives it as its cause).
+fn with_causes(mut said: String, e: &dyn std::error::Error) -> String {
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_said = c.to_string();
+        if !said.ends_with(&c_said) {
+            said.push_str(": ");
+            said.push_str(&c_said);
+        }
+        cause = c.source();
+    }
+    said
 }
 
 fn schema_for(name: &str, info_json: &str, dim: usize) -> Result<CollectionSchema> {
@@ -306,7 +349,7 @@ impl Conn {
             .enable_all()
             .build()
             .map_err(|e| remote(address, format!("starting the client's runtime: {e}")))?;
-        let endpoint = address.endpoint();
+        let endpoint = endpoint(address, options)?;
         let (user, password) = match address.token() {
             Some(t) => {
                 let (u, p) = t.credentials();
@@ -424,6 +467,40 @@ impl Conn {
             }
         }
     }
+}
+
+/// Where the client connects: for `milvuss://`, TLS trusting the system's roots and the
+/// certificates of [`MilvusOptions::ca`]. (The client itself, given an `https` URI as a string,
+/// makes an endpoint without TLS and then refuses to connect.)
+fn endpoint(address: &MilvusAddress, options: &MilvusOptions) -> Result<Endpoint> {
+    let endpoint = Endpoint::from_shared(address.endpoint())
+        .map_err(|e| remote(address, format!("the address is not a URI: {e}")))?;
+    if !address.tls {
+        return Ok(endpoint);
+    }
+    let mut tls = ClientTlsConfig::new().with_enabled_roots();
+    let mut ca_shown = String::new();
+    if let Some(path) = &options.ca {
+        ca_shown = format!(" with {CA_VAR}={}", path.display());
+        let pem = std::fs::read(path).map_err(|e| {
+            SearchError::Invalid(format!(
+                "{CA_VAR}={}: cannot read the CA certificates: {e}",
+                path.display()
+            ))
+        })?;
+        // The client's TLS set-up skips what is not a certificate without a word: a file of
+        // none would quietly leave only the system's roots.
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(SearchError::Invalid(format!(
+                "{CA_VAR}={}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            )));
+        }
+        tls = tls.ca_certificate(Certificate::from_pem(pem));
+    }
+    endpoint
+        .tls_config(tls)
+        .map_err(|e| remote(address, format!("setting up TLS{ca_shown}: {e}")))
 }
 
 /// Waits for a task of `runtime` from any thread (never inside the runtime: the store's
@@ -805,7 +882,12 @@ impl MilvusStore {
     /// Walks the collection in id order from after `after`: one page of at most `page` rows.
     /// Milvus answers a query with a limit with the smallest primary keys that match.
     fn page_after(&self, what: &str, after: Option<&str>, outputs: &[&str]) -> Result<Vec<Row>> {
-        let mut rows = self.query(what, ids_after(after), self.conn.options.page.max(1), outputs)?;
+        let mut rows = self.query(
+            what,
+            ids_after(after),
+            self.conn.options.page.max(1),
+            outputs,
+        )?;
         rows.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(rows)
     }
