@@ -97,20 +97,19 @@ fn check_and_search_bench_on_milvus_addresses() {
 
     // search-bench through a Milvus collection: one JSON row per filter.
     let bench_address = format!("{}?token={SECRET}", server.address("bench"));
-    let bench = gclip(&[
-        "search-bench",
-        "--store",
-        &bench_address,
-        "--count",
-        "100",
-        "--dim",
-        "16",
-        "--queries",
-        "2",
-        "--k",
-        "5",
-        "--json",
-    ]);
+    let bench_with = |more: &[&str]| {
+        let plan = [
+            "search-bench",
+            "--store",
+            &bench_address,
+            "--count",
+            "100",
+            "--dim",
+            "16",
+        ];
+        gclip(&[&plan[..], more].concat())
+    };
+    let bench = bench_with(&["--queries", "2", "--k", "5", "--json"]);
     let out = said(&bench);
     assert!(bench.status.success(), "{out}");
     let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&bench.stdout)
@@ -123,17 +122,7 @@ fn check_and_search_bench_on_milvus_addresses() {
     assert_eq!(rows[2]["selectivity"], 0.1);
     assert!(rows.iter().all(|r| r["recall_at_k"] == 1.0), "{out}");
     // The table form names the collection by its address, without the token.
-    let table = gclip(&[
-        "search-bench",
-        "--store",
-        &bench_address,
-        "--count",
-        "100",
-        "--dim",
-        "16",
-        "--queries",
-        "1",
-    ]);
+    let table = bench_with(&["--queries", "1"]);
     let out = said(&table);
     assert!(table.status.success(), "{out}");
     assert!(

@@ -111,6 +111,22 @@ fn assert_same_hits(milvus: &[Hit], embedded: &[Hit], what: &str) {
     }
 }
 
+/// Creates a collection through Milvus' REST API (quick create: int64 ids, a vector field, a
+/// dynamic JSON field), as another tool would.
+fn rest_create(server: &Server, body: serde_json::Value) {
+    let reply = ureq::post(&format!(
+        "http://127.0.0.1:{}/v1/vector/collections/create",
+        server.port
+    ))
+    .header("Content-Type", "application/json")
+    .send(body.to_string())
+    .unwrap()
+    .into_body()
+    .read_to_string()
+    .unwrap();
+    assert!(reply.contains("200"), "{body}: {reply}");
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gclip-milvus-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -326,18 +342,10 @@ fn a_milvus_collection_answers_as_the_embedded_one_does() {
     );
 
     // A collection another tool made (Milvus' REST quick create: int64 ids, no gclip model).
-    let body = json!({"collectionName": "foreign", "dimension": DIM, "metricType": "IP"});
-    let reply = ureq::post(&format!(
-        "http://127.0.0.1:{}/v1/vector/collections/create",
-        server.port
-    ))
-    .header("Content-Type", "application/json")
-    .send(body.to_string())
-    .unwrap()
-    .into_body()
-    .read_to_string()
-    .unwrap();
-    assert!(reply.contains("200"), "{reply}");
+    rest_create(
+        &server,
+        json!({"collectionName": "foreign", "dimension": DIM, "metricType": "IP"}),
+    );
     let e = Collection::open(Path::new(&server.address("foreign")))
         .err()
         .unwrap()
@@ -528,19 +536,11 @@ fn check_reports_a_milvus_collection_and_its_bad_documents() {
         gclip_search::milvus::DESCRIPTION_PREFIX,
         serde_json::to_string(&info).unwrap()
     );
-    let body = json!({"collectionName": "narrow", "dimension": 8, "metricType": "IP",
-                      "description": description});
-    let reply = ureq::post(&format!(
-        "http://127.0.0.1:{}/v1/vector/collections/create",
-        server.port
-    ))
-    .header("Content-Type", "application/json")
-    .send(body.to_string())
-    .unwrap()
-    .into_body()
-    .read_to_string()
-    .unwrap();
-    assert!(reply.contains("200"), "{reply}");
+    rest_create(
+        &server,
+        json!({"collectionName": "narrow", "dimension": 8, "metricType": "IP",
+               "description": description}),
+    );
     let narrow = format!("{}?token={secret}", server.address("narrow"));
     let e = check_collection(Path::new(&narrow), &CheckOptions::default())
         .unwrap_err()

@@ -30,22 +30,12 @@ fn ids(v: &Value) -> Vec<String> {
 /// The same search on both collections: the same ids in the same order, scores equal to float
 /// rounding, the same fields.
 fn assert_same_answer(a: std::net::SocketAddr, body: Value) -> Value {
-    let (s, m) = call(
-        a,
-        "POST",
-        "/api/collections/shop/search",
-        Some(body.clone()),
-        None,
-    );
-    assert_eq!(s, 200, "{body}: {m}");
-    let (s, e) = call(
-        a,
-        "POST",
-        "/api/collections/local/search",
-        Some(body.clone()),
-        None,
-    );
-    assert_eq!(s, 200, "{body}: {e}");
+    let [m, e] = ["shop", "local"].map(|name| {
+        let path = format!("/api/collections/{name}/search");
+        let (s, v) = call(a, "POST", &path, Some(body.clone()), None);
+        assert_eq!(s, 200, "{name} {body}: {v}");
+        v
+    });
     assert_eq!(ids(&m), ids(&e), "{body}");
     for (hm, he) in m["hits"]
         .as_array()
