@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use gclip_search::check::{check_collection, CheckOptions};
 use gclip_search::sqlite::StoreOptions;
+use gclip_search::Location;
 
 #[derive(Args)]
 #[command(after_help = "Examples:
@@ -19,9 +20,15 @@ database. --repair rebuilds the HNSW and lexical indexes from the database; it n
 deletes documents (bad ones are listed by id) unless --quarantine is given: then each bad
 document is first written in full (id, stored fields, source path, problems) to
 COLLECTION/quarantine/generation-G-TIME.jsonl, synced, and only then removed. Exit status: 0 when no problem remains, 1 otherwise.
-The collection must not be open in another process (stop `gclip serve` first).")]
+The collection must not be open in another process (stop `gclip serve` first).
+
+  gclip check milvus://127.0.0.1:19530/products
+A collection on a Milvus server (docs/MILVUS.md): checks that it exists, that its description
+names its model and embedding spec, its fields and vector dimension, its vector index (HNSW,
+inner product, built), every document (fields an object; vector finite, unit length) and the
+server's count. --repair is refused there: Milvus keeps its own indexes.")]
 pub struct CheckArgs {
-    /// Collection directory.
+    /// Collection directory, or milvus://HOST:PORT/NAME.
     collection: PathBuf,
     /// Rebuild the derived indexes (HNSW, lexical) from the database, then check again.
     #[arg(long)]
@@ -37,8 +44,13 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
         quarantine: args.quarantine,
         store: StoreOptions::default(),
     };
+    // The location displays a Milvus address without its token.
+    let shown = match Location::of(&args.collection) {
+        Ok(location) => location.to_string(),
+        Err(_) => "the collection".to_string(),
+    };
     let report = check_collection(&args.collection, &options)
-        .with_context(|| format!("checking {}", args.collection.display()))?;
+        .with_context(|| format!("checking {shown}"))?;
     println!("{report}");
     Ok(if report.is_clean() {
         ExitCode::SUCCESS

@@ -189,6 +189,7 @@ fn print_table(hits: &[Hit], offset: usize) {
   gclip search-bench --count 100000 --dim 512 --queries 200 --ef 64,128,256
   gclip search-bench --count 100000 --latent-dim 32
   gclip search-bench --count 100000 --latent-dim 32 --store /tmp/bench-collection
+  gclip search-bench --count 100000 --latent-dim 32 --store milvus://127.0.0.1:19530/bench100k
   gclip search-bench --count 100000 --latent-dim 32 --export bench-data   # vectors for other engines
 
 --export DIR writes data.npy (float32 [count, dim]), queries.npy (float32 [queries, dim]) and
@@ -228,8 +229,10 @@ pub struct SearchBenchArgs {
     /// Instead of the bare HNSW index: searches through a real collection in this directory
     /// (SQLite store, payload index, query planner, HNSW with the collection defaults), with
     /// and without filters of several kinds. The collection is kept and reused by the next run
-    /// with the same --count, --dim and --latent-dim.
-    #[arg(long, value_name = "DIR")]
+    /// with the same --count, --dim and --latent-dim. A milvus://HOST:PORT/NAME address
+    /// measures a collection on a Milvus server instead (created there, or reused when an
+    /// earlier run with the same plan made it; any other collection there is refused).
+    #[arg(long, value_name = "DIR|ADDRESS")]
     store: Option<PathBuf>,
     /// One JSON object per line instead of a table.
     #[arg(long)]
@@ -311,8 +314,12 @@ fn run_store_bench(args: &SearchBenchArgs, dir: &std::path::Path) -> Result<()> 
         }
         return Ok(());
     }
+    // Displays a Milvus address without its token.
+    let shown = gclip_search::Location::of(dir)
+        .map(|l| l.to_string())
+        .unwrap_or_default();
     println!(
-        "collection of {} × {}-d {} on {} threads: Auto (planner) against Exact, one query at a time",
+        "collection {shown} of {} × {}-d {} on {} threads: Auto (planner) against Exact, one query at a time",
         args.count,
         args.dim,
         vectors_kind(args.latent_dim),

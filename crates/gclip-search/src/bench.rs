@@ -265,13 +265,19 @@ fn bench_fields(i: usize) -> crate::document::Fields {
 
 /// Fills a collection in `dir` (or reuses the one a previous run left there, with the same
 /// plan) and times searches through it, one query at a time.
+///
+/// `dir` may be a `milvus://` address: the collection is created there, or reused when it was
+/// made by a run with the same plan (one interrupted part-way is completed: the documents are
+/// upserted by id). A collection made by anything else at that address is refused, never
+/// replaced.
 pub fn run_store_bench(
     plan: &StoreBenchPlan,
     dir: &std::path::Path,
     progress: &dyn Fn(&str),
 ) -> Result<Vec<StoreBenchRow>> {
-    use crate::collection::Collection;
+    use crate::collection::{Collection, Location};
     use crate::document::EmbedSpec;
+    use crate::error::SearchError;
     use crate::filter::Filter;
     use crate::sqlite::StoreOptions;
     use crate::store::{ModelIdentity, NewDocument, SearchMode, SearchRequest};
@@ -286,32 +292,55 @@ pub fn run_store_bench(
             .map(|l| format!("latent{l}"))
             .unwrap_or_else(|| "uniform".into())
     );
-    // Written once a fill completes, so that reuse needs no opening (a million documents take
-    // seconds to load) and an interrupted fill is never reused.
+    let identity = ModelIdentity {
+        model: label.clone(),
+        arch: None,
+        dim,
+        precision: Default::default(),
+    };
+    let spec = EmbedSpec::parse("title", &[])?;
+    // Written once a fill of a directory completes, so that reuse needs no opening (a million
+    // documents take seconds to load) and an interrupted fill is never reused.
     let filled = dir.join(STORE_BENCH_FILLED);
-    let reusable =
-        Collection::exists(dir) && std::fs::read_to_string(&filled).is_ok_and(|done| done == label);
-    if !reusable {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(crate::error::io_err(dir))?;
+    let to_fill = match Location::of(dir)? {
+        Location::Dir(_) => {
+            let reusable = Collection::exists(dir)
+                && std::fs::read_to_string(&filled).is_ok_and(|done| done == label);
+            if reusable {
+                None
+            } else {
+                if dir.exists() {
+                    std::fs::remove_dir_all(dir).map_err(crate::error::io_err(dir))?;
+                }
+                // No index while filling: it is built once, in parallel, when the collection
+                // reopens.
+                Some(Collection::create_with(
+                    dir,
+                    identity,
+                    spec,
+                    StoreOptions {
+                        exact_below: usize::MAX,
+                    },
+                )?)
+            }
         }
+        Location::Milvus(address) => {
+            if Collection::exists(dir) {
+                let c = Collection::open(dir)?;
+                if c.info().model.model != label {
+                    return Err(SearchError::Invalid(format!(
+                        "{address} holds a collection that is not this benchmark's ({label}); \
+                         give the address of a new collection (it is not replaced)"
+                    )));
+                }
+                (c.len() != plan.count).then_some(c)
+            } else {
+                Some(Collection::create(dir, identity, spec)?)
+            }
+        }
+    };
+    if let Some(c) = to_fill {
         progress(&format!("generating and storing {} documents", plan.count));
-        let identity = ModelIdentity {
-            model: label.clone(),
-            arch: None,
-            dim,
-            precision: Default::default(),
-        };
-        let spec = EmbedSpec::parse("title", &[])?;
-        // No index while filling: it is built once, in parallel, when the collection reopens.
-        let c = Collection::create_with(
-            dir,
-            identity,
-            spec,
-            StoreOptions {
-                exact_below: usize::MAX,
-            },
-        )?;
         let (data, _) = bench_vectors(plan.count, 0, dim, plan.seed, plan.latent_dim);
         for (b, block) in data.chunks(20_000 * dim).enumerate() {
             let docs = block
@@ -329,7 +358,9 @@ pub fn run_store_bench(
                 .collect();
             c.upsert(docs)?;
         }
-        std::fs::write(&filled, &label).map_err(crate::error::io_err(&filled))?;
+        if c.dir().is_some() {
+            std::fs::write(&filled, &label).map_err(crate::error::io_err(&filled))?;
+        }
     }
     progress("opening (builds or loads the HNSW index)");
     let t = Instant::now();

@@ -1,4 +1,5 @@
-//! Verifying a collection (`gclip check`): the database's integrity, every stored document, the
+//! Verifying a collection (`gclip check`; for a collection on a Milvus server see
+//! [`crate::milvus::check_collection`]): the database's integrity, every stored document, the
 //! generation counter, and the derived indexes (HNSW, lexical) against the database. With
 //! `repair`, the derived indexes are rebuilt from the database; documents are never changed,
 //! unless `quarantine` is also asked for: then bad documents are first written out in full to
@@ -25,8 +26,10 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::ann::{self, AnnParams, Hnsw, SavedState};
+use crate::collection::Location;
 use crate::error::{db_err, io_err, Result, SearchError};
 use crate::lexical::{self, document_text};
+use crate::milvus::MilvusOptions;
 use crate::sqlite::{self, SqliteStore, StoreOptions, DB_FILE};
 
 /// How far a stored vector's length may be from 1.
@@ -60,6 +63,8 @@ pub enum Component {
     Hnsw,
     /// The lexical index (derived: `--repair` rebuilds it).
     Lexical,
+    /// A collection on a Milvus server as a whole (its count).
+    Server,
 }
 
 impl Component {
@@ -77,6 +82,7 @@ impl fmt::Display for Component {
             Component::Document(id) => write!(f, "document {id:?}"),
             Component::Hnsw => f.write_str("HNSW index"),
             Component::Lexical => f.write_str("lexical index"),
+            Component::Server => f.write_str("Milvus collection"),
         }
     }
 }
@@ -91,7 +97,8 @@ pub struct Problem {
 /// What a check found.
 #[derive(Debug, Clone, Default)]
 pub struct CheckReport {
-    /// The collection directory.
+    /// The collection directory; for a collection on a Milvus server its address (without
+    /// the token).
     pub dir: PathBuf,
     /// Document rows read.
     pub documents: usize,
@@ -105,6 +112,8 @@ pub struct CheckReport {
     pub repaired: Vec<String>,
     /// The SQLite rowids of the documents reported as bad, in the order found.
     pub bad_rowids: Vec<i64>,
+    /// A collection on a Milvus server: nothing there is repaired by gclip.
+    pub on_server: bool,
 }
 
 impl CheckReport {
@@ -162,6 +171,13 @@ impl fmt::Display for CheckReport {
                 .filter(|p| p.component.is_derived())
                 .count();
             write!(f, "{} problem(s)", self.problems.len())?;
+            if self.on_server {
+                return write!(
+                    f,
+                    "; a check changes nothing on a Milvus server: write the documents named \
+                     again (gclip add) or delete them (gclip delete)"
+                );
+            }
             if derived > 0 && self.repaired.is_empty() {
                 write!(
                     f,
@@ -183,9 +199,21 @@ impl fmt::Display for CheckReport {
 /// Checks the collection in `dir`; with `options.repair`, rebuilds its derived indexes from the
 /// database when the documents are sound, and returns the check made after the repair.
 ///
+/// `dir` may be a `milvus://` address: then what a client can check is checked
+/// ([`crate::milvus::check_collection`]), and `repair` is refused (Milvus keeps its own indexes).
+///
 /// Errors only when the collection cannot be examined at all (not a collection, open in
 /// another process); everything found wrong inside it is a [`Problem`] in the report.
 pub fn check_collection(dir: &Path, options: &CheckOptions) -> Result<CheckReport> {
+    if let Location::Milvus(address) = Location::of(dir)? {
+        if options.repair {
+            return Err(SearchError::Invalid(format!(
+                "{address}: --repair and --quarantine apply to collection directories; Milvus \
+                 builds and keeps its own indexes, and a check never changes documents there"
+            )));
+        }
+        return crate::milvus::check_collection(&address, MilvusOptions::from_env()?);
+    }
     let report = {
         let _lock = sqlite::lock_collection(dir)?;
         examine(dir, &options.store)?

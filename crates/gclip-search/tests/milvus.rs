@@ -1,16 +1,13 @@
 //! Collections on a real Milvus server (the standalone server of the `milvus` Python package,
-//! 2.3.5), started here on a free loopback port and stopped at the end, checked against the
-//! embedded backend on the same documents.
+//! 2.3.5), started here on a free loopback port and stopped at the end (`support/
+//! milvus_server.rs`), checked against the embedded backend on the same documents.
 //!
 //! The server is found through `GCLIP_MILVUS_SERVER` (the `milvus-server` script of a virtual
 //! environment with `pip install milvus`), else in `target/milvus-venv`; `tools/test.sh` and
 //! `.ci/run` install it there. Without it these tests fail and say how to install it: CI must
 //! not pass by skipping them.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gclip_search::document::normalize;
@@ -23,253 +20,11 @@ use gclip_search::{
 };
 use serde_json::json;
 
+#[path = "support/milvus_server.rs"]
+mod milvus_server;
+use milvus_server::{free_port, one_server_at_a_time, Server};
+
 const DIM: usize = 16;
-/// Longest wait for the server to answer (it unpacks its binaries on first start: ~10 s).
-const START_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn server_script() -> PathBuf {
-    if let Some(p) = std::env::var_os("GCLIP_MILVUS_SERVER") {
-        return PathBuf::from(p);
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let fallback = workspace.join("target/milvus-venv/bin/milvus-server");
-    if fallback.exists() {
-        return fallback;
-    }
-    panic!(
-        "no Milvus server for the Milvus tests: install it with\n  \
-         python3 -m venv target/milvus-venv && target/milvus-venv/bin/pip install milvus==2.3.5\n\
-         (tools/test.sh does), or set GCLIP_MILVUS_SERVER to a milvus-server script"
-    );
-}
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    free_ports::<1>()[0]
-}
-
-/// `N` different ports nothing listens on right now (all held open until all are chosen, so
-/// that the system cannot hand out one of them twice).
-fn free_ports<const N: usize>() -> [u16; N] {
-    let held: [TcpListener; N] =
-        std::array::from_fn(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap());
-    held.map(|l| l.local_addr().unwrap().port())
-}
-
-/// How many times a server that dies while starting is started again, on new ports and a new
-/// data folder, before the test fails with every attempt's log.
-const START_ATTEMPTS: usize = 2;
-
-/// One server at a time on this machine (tests run in parallel): two would share its two cores
-/// while starting, and each holds about half a gigabyte. A test takes its turn before starting its
-/// server, and the turn ends after the server is dropped (locals drop in reverse order).
-fn one_server_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The server process group, stopped when dropped (a failing test included), and also when this
-/// test process dies without dropping it (killed by a timeout): see `Server::spawn`.
-struct Server {
-    child: Child,
-    port: u16,
-    data: PathBuf,
-}
-
-/// Why a start failed, with the server's own words.
-struct StartFailure {
-    what: String,
-    log: String,
-}
-
-impl Server {
-    fn start() -> Self {
-        let script = server_script();
-        let mut failures = Vec::new();
-        for attempt in 1..=START_ATTEMPTS {
-            let mut server = Self::spawn(&script, attempt);
-            match server.wait_ready() {
-                Ok(()) => return server,
-                Err(failure) => {
-                    eprintln!("Milvus start {attempt}: {}", failure.what);
-                    failures.push(failure);
-                }
-            }
-        }
-        let report: Vec<String> = failures
-            .iter()
-            .enumerate()
-            .map(|(i, f)| format!("start {}: {}\n{}", i + 1, f.what, f.log))
-            .collect();
-        panic!(
-            "the Milvus server did not start ({START_ATTEMPTS} attempts):\n{}",
-            report.join("\n\n")
-        );
-    }
-
-    /// Starts the `milvus-server` script with every port it listens on chosen here, on
-    /// 127.0.0.1. Left to itself, its embedded etcd listens on localhost:2379 and :2380 whatever
-    /// the script is told, so a second server on the machine (or one left over) made it panic.
-    fn spawn(script: &Path, attempt: usize) -> Self {
-        let [port, etcd_client, etcd_peer] = free_ports();
-        let data = std::env::temp_dir().join(format!(
-            "gclip-milvus-{}-{port}-{attempt}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&data);
-        std::fs::create_dir_all(&data).unwrap();
-        // The embedded etcd reads its listeners from this file (Milvus's `etcd.config.path`,
-        // set through the environment, which Milvus reads over its configuration file).
-        let etcd_config = data.join("embed-etcd.yaml");
-        let peer = format!("http://127.0.0.1:{etcd_peer}");
-        let client = format!("http://127.0.0.1:{etcd_client}");
-        std::fs::write(
-            &etcd_config,
-            format!(
-                "listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n\
-                 initial-cluster: default={peer}\nlisten-client-urls: {client}\n\
-                 advertise-client-urls: {client}\n"
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(data.join("server.log")).unwrap();
-        // A watcher reads a pipe that only this process writes to: when this process ends,
-        // however it ends, the pipe closes and the watcher stops the server's process group
-        // (SIGINT lets the script stop the server; whatever is left after 10 s is killed) and
-        // removes the data folder (half a gigabyte: the server unpacks its binaries there). It
-        // runs in a session of its own, out of the group's reach; a non-interactive shell gives
-        // background commands /dev/null as input, hence the pipe on fd 3.
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(
-                r#"exec 3<&0
-setsid sh -c 'cat >/dev/null; kill -INT -$1; sleep 10; kill -KILL -$1; rm -rf "$2"' \
-  watcher $$ "$GCLIP_MILVUS_TEST_DATA" <&3 >/dev/null 2>&1 &
-exec "$0" "$@" </dev/null 3<&-"#,
-            )
-            .arg(script)
-            .arg("--data")
-            .arg(&data)
-            .arg("--proxy-port")
-            .arg(port.to_string())
-            .arg("--etcd-port")
-            .arg(etcd_client.to_string())
-            .env("GCLIP_MILVUS_TEST_DATA", &data)
-            .env("ETCD_CONFIG_PATH", &etcd_config)
-            .env("ETCD_ENDPOINTS", format!("127.0.0.1:{etcd_client}"))
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            // Its own process group: the script starts the server as a child, and stopping
-            // must reach all of them.
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", script.display()));
-        Server { child, port, data }
-    }
-
-    fn wait_ready(&mut self) -> Result<(), StartFailure> {
-        let start = Instant::now();
-        let at = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        let probe =
-            MilvusAddress::parse_with(&format!("milvus://127.0.0.1:{}/probe", self.port), |_| None)
-                .unwrap();
-        let options = MilvusOptions {
-            timeout: Duration::from_secs(5),
-            ..Default::default()
-        };
-        loop {
-            // The script does not exit when the server dies early: the server's own log says so.
-            if self
-                .server_stderr()
-                .lines()
-                .any(|l| l.starts_with("panic:"))
-            {
-                return Err(self.failure("the server panicked while starting"));
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(self.failure(&format!("the script exited ({status}) before answering")));
-            }
-            if TcpStream::connect_timeout(&at, Duration::from_millis(200)).is_ok()
-                && MilvusStore::exists(&probe, &options).is_ok()
-            {
-                eprintln!(
-                    "Milvus answered on port {} after {:.1} s",
-                    self.port,
-                    start.elapsed().as_secs_f64()
-                );
-                return Ok(());
-            }
-            if start.elapsed() > START_TIMEOUT {
-                return Err(self.failure(&format!(
-                    "no answer on 127.0.0.1:{} within {START_TIMEOUT:?}",
-                    self.port
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    fn server_stderr(&self) -> String {
-        std::fs::read_to_string(self.data.join("logs/milvus-stderr.log")).unwrap_or_default()
-    }
-
-    /// The script's output, the server's error lines, and its standard error from a panic on
-    /// (or its last lines).
-    fn failure(&self, what: &str) -> StartFailure {
-        let read = |p: &str| std::fs::read_to_string(self.data.join(p)).unwrap_or_default();
-        let script = read("server.log");
-        let server = read("logs/milvus-stdout.log");
-        let errors: Vec<&str> = server
-            .lines()
-            .filter(|l| l.contains("[ERROR]") || l.contains("[FATAL]"))
-            .collect();
-        let stderr = self.server_stderr();
-        let lines: Vec<&str> = stderr.lines().collect();
-        let from = lines
-            .iter()
-            .position(|l| l.starts_with("panic:"))
-            .unwrap_or(lines.len().saturating_sub(20));
-        StartFailure {
-            what: what.to_string(),
-            log: format!(
-                "script output:\n{script}\nserver errors:\n{}\nserver stderr:\n{}",
-                errors[errors.len().saturating_sub(10)..].join("\n"),
-                lines[from..lines.len().min(from + 40)].join("\n")
-            ),
-        }
-    }
-
-    fn address(&self, name: &str) -> String {
-        format!("milvus://127.0.0.1:{}/{name}", self.port)
-    }
-
-    fn signal_group(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg("--")
-            .arg(format!("-{}", self.child.id()))
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGINT lets the script stop the server; whatever is left after 10 s is killed.
-        self.signal_group("INT");
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        self.signal_group("KILL");
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data);
-    }
-}
 
 fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e3779b97f4a7c15);
@@ -354,6 +109,22 @@ fn assert_same_hits(milvus: &[Hit], embedded: &[Hit], what: &str) {
         assert_eq!(m.fields, e.fields, "{what}: fields of {}", m.id);
         assert_eq!(m.image, e.image, "{what}: image of {}", m.id);
     }
+}
+
+/// Creates a collection through Milvus' REST API (quick create: int64 ids, a vector field, a
+/// dynamic JSON field), as another tool would.
+fn rest_create(server: &Server, body: serde_json::Value) {
+    let reply = ureq::post(&format!(
+        "http://127.0.0.1:{}/v1/vector/collections/create",
+        server.port
+    ))
+    .header("Content-Type", "application/json")
+    .send(body.to_string())
+    .unwrap()
+    .into_body()
+    .read_to_string()
+    .unwrap();
+    assert!(reply.contains("200"), "{body}: {reply}");
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -571,18 +342,10 @@ fn a_milvus_collection_answers_as_the_embedded_one_does() {
     );
 
     // A collection another tool made (Milvus' REST quick create: int64 ids, no gclip model).
-    let body = json!({"collectionName": "foreign", "dimension": DIM, "metricType": "IP"});
-    let reply = ureq::post(&format!(
-        "http://127.0.0.1:{}/v1/vector/collections/create",
-        server.port
-    ))
-    .header("Content-Type", "application/json")
-    .send(body.to_string())
-    .unwrap()
-    .into_body()
-    .read_to_string()
-    .unwrap();
-    assert!(reply.contains("200"), "{reply}");
+    rest_create(
+        &server,
+        json!({"collectionName": "foreign", "dimension": DIM, "metricType": "IP"}),
+    );
     let e = Collection::open(Path::new(&server.address("foreign")))
         .err()
         .unwrap()
@@ -676,4 +439,189 @@ fn shards_are_set_at_creation_and_an_impossible_replica_count_is_refused() {
         .unwrap()
         .to_string();
     assert_refused(e, &address);
+}
+
+/// `gclip check` of a Milvus collection: a sound one is clean and says what it checked; a
+/// document with a vector that is not unit length is reported by id; `--repair` is refused;
+/// a missing collection, and one whose vector dimension is not its model's, are errors naming
+/// the address and never the token.
+#[test]
+fn check_reports_a_milvus_collection_and_its_bad_documents() {
+    use gclip_search::check::{check_collection, CheckOptions, Component};
+    let _turn = one_server_at_a_time();
+    let server = Server::start();
+    let address = server.address("checked");
+    let secret = "root:ch3cksecret";
+    let with_token = format!("{address}?token={secret}");
+    let c = Collection::create(
+        Path::new(&address),
+        identity("test-model"),
+        EmbedSpec::image(),
+    )
+    .unwrap();
+    c.upsert((0..30).map(document).collect()).unwrap();
+
+    let report = check_collection(Path::new(&with_token), &CheckOptions::default()).unwrap();
+    let shown = report.to_string();
+    assert!(report.is_clean(), "{shown}");
+    assert_eq!(report.documents, 30, "{shown}");
+    assert!(
+        shown.starts_with(&format!("collection {address}: 30 documents")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("model test-model (16 dimensions)"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("HNSW, metric IP, M 32, efConstruction 128"),
+        "{shown}"
+    );
+    assert!(!shown.contains("ch3cksecret"), "{shown}");
+
+    // A vector of length 2 (the store writes what it is given; gclip's writers normalise).
+    let mut long = document(77);
+    long.id = "long".into();
+    long.vector.iter_mut().for_each(|x| *x *= 2.0);
+    c.upsert(vec![long]).unwrap();
+    let report = check_collection(Path::new(&address), &CheckOptions::default()).unwrap();
+    assert_eq!(report.documents, 31);
+    assert_eq!(report.bad_documents(), ["long"], "{report}");
+    assert!(
+        report.problems[0].component == Component::Document("long".into())
+            && report.problems[0]
+                .message
+                .contains("its vector has length 1.99"),
+        "{report}"
+    );
+    assert!(!report.is_clean());
+    // What to do names what works on a server (a repair is refused there).
+    let shown = report.to_string();
+    assert!(
+        shown.ends_with("1 problem(s); a check changes nothing on a Milvus server: write the documents named again (gclip add) or delete them (gclip delete)"),
+        "{shown}"
+    );
+
+    // --repair is refused; nothing was changed.
+    let repair = CheckOptions {
+        repair: true,
+        ..Default::default()
+    };
+    let e = check_collection(Path::new(&with_token), &repair)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&address) && e.contains("--repair"), "{e}");
+    assert!(!e.contains("ch3cksecret"), "{e}");
+    assert_eq!(c.len(), 31);
+
+    // No collection there.
+    let absent = format!("{}?token={secret}", server.address("absent"));
+    let e = check_collection(Path::new(&absent), &CheckOptions::default()).unwrap_err();
+    assert!(matches!(e, SearchError::NoCollectionAt(_)), "{e:?}");
+    let shown = format!("{e} {e:?}");
+    assert!(
+        shown.contains(&server.address("absent")) && !shown.contains("ch3cksecret"),
+        "{shown}"
+    );
+
+    // A collection whose description names a model of 16 dimensions and whose vectors have 8
+    // (made with Milvus' REST quick create, as another tool would).
+    let info = CollectionInfo {
+        model: identity("test-model"),
+        spec: EmbedSpec::image(),
+        created: 1,
+    };
+    let description = format!(
+        "{}{}",
+        gclip_search::milvus::DESCRIPTION_PREFIX,
+        serde_json::to_string(&info).unwrap()
+    );
+    rest_create(
+        &server,
+        json!({"collectionName": "narrow", "dimension": 8, "metricType": "IP",
+               "description": description}),
+    );
+    let narrow = format!("{}?token={secret}", server.address("narrow"));
+    let e = check_collection(Path::new(&narrow), &CheckOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&server.address("narrow"))
+            && e.contains("not a gclip collection")
+            && e.contains("FloatVector(dim 8)")
+            && e.contains("model dimension 16"),
+        "{e}"
+    );
+    assert!(!e.contains("ch3cksecret"), "{e}");
+}
+
+/// `search-bench --store milvus://…`: the benchmark collection is created on the server, filled,
+/// measured (recall of the default mode against exact search), and reused by a second run with
+/// the same plan; a collection that is not the benchmark's is refused and left alone.
+#[test]
+fn search_bench_measures_a_milvus_collection_and_reuses_it() {
+    use gclip_search::bench::{run_store_bench, StoreBenchPlan, STORE_BENCH_FILTERS};
+    use std::cell::RefCell;
+    let _turn = one_server_at_a_time();
+    let server = Server::start();
+    let address = server.address("bench");
+    let plan = StoreBenchPlan {
+        count: 100,
+        dim: DIM,
+        queries: 2,
+        k: 5,
+        seed: 42,
+        latent_dim: None,
+    };
+    let said = RefCell::new(Vec::<String>::new());
+    let progress = |m: &str| said.borrow_mut().push(m.to_string());
+    let rows = run_store_bench(&plan, Path::new(&address), &progress).unwrap();
+    assert_eq!(rows.len(), STORE_BENCH_FILTERS.len());
+    assert_eq!(
+        (rows[0].filter.as_str(), rows[0].selectivity),
+        ("none", 1.0)
+    );
+    assert_eq!(
+        (rows[1].filter.as_str(), rows[1].selectivity),
+        ("category = c3", 0.1)
+    );
+    for r in &rows {
+        // Small collections are searched exhaustively by Milvus (growing segments) in both
+        // modes: the default mode finds what exact search finds.
+        assert_eq!(r.recall_at_k, 1.0, "{r:?}");
+        assert!(r.p50_ms > 0.0 && r.p99_ms >= r.p50_ms, "{r:?}");
+    }
+    assert!(said.borrow().iter().any(|m| m.contains("storing 100")));
+    let c = Collection::open(Path::new(&address)).unwrap();
+    assert_eq!(c.len(), 100);
+    assert!(c.info().model.model.starts_with("bench:100x16"));
+    drop(c);
+
+    // Reused: nothing written the second time.
+    said.borrow_mut().clear();
+    run_store_bench(&plan, Path::new(&address), &progress).unwrap();
+    assert!(
+        !said.borrow().iter().any(|m| m.contains("storing")),
+        "{:?}",
+        said.borrow()
+    );
+
+    // Another collection at the address: refused, untouched.
+    let other = server.address("products");
+    let c = Collection::create(
+        Path::new(&other),
+        identity("test-model"),
+        EmbedSpec::image(),
+    )
+    .unwrap();
+    c.upsert((0..3).map(document).collect()).unwrap();
+    let e = run_store_bench(&plan, Path::new(&other), &progress)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&other) && e.contains("not this benchmark's"),
+        "{e}"
+    );
+    assert_eq!(c.len(), 3);
+    assert_eq!(c.info().model.model, "test-model");
 }

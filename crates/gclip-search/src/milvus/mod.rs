@@ -27,6 +27,7 @@
 //! call's task only, and is reported as an error.
 
 mod address;
+mod check;
 mod expr;
 
 use std::future::Future;
@@ -41,8 +42,10 @@ use milvus::query::{QueryOptions, SearchOptions};
 use milvus::schema::{CollectionSchema, CollectionSchemaBuilder, FieldSchema};
 use milvus::value::{Value, ValueVec};
 use serde_json::Value as Json;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 pub use address::{is_milvus_address, MilvusAddress, Token, TOKEN_VAR};
+pub use check::check_collection;
 pub use expr::to_milvus_expr;
 
 use crate::ann::AnnParams;
@@ -95,6 +98,9 @@ pub struct MilvusOptions {
     /// throughput and availability); `None`: keep a loaded collection as it is, load an
     /// unloaded one with one.
     pub replicas: Option<u32>,
+    /// A PEM file of certificates to trust for `milvuss://` besides the system's roots (a
+    /// cluster with a certificate of its own CA); `GCLIP_MILVUS_CA`.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// The most shards [`MilvusOptions::shards`] may ask for (Milvus' own `proxy.maxShardNum` is 16
@@ -106,6 +112,8 @@ pub const MAX_REPLICAS: u32 = 64;
 pub const SHARDS_VAR: &str = "GCLIP_MILVUS_SHARDS";
 /// The environment variable of [`MilvusOptions::replicas`].
 pub const REPLICAS_VAR: &str = "GCLIP_MILVUS_REPLICAS";
+/// The environment variable of [`MilvusOptions::ca`].
+pub const CA_VAR: &str = "GCLIP_MILVUS_CA";
 
 /// Milvus consistency levels a read may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -160,6 +168,7 @@ impl Default for MilvusOptions {
             hnsw: AnnParams::default(),
             shards: None,
             replicas: None,
+            ca: None,
             consistency: std::env::var("GCLIP_MILVUS_CONSISTENCY")
                 .ok()
                 .filter(|v| !v.is_empty())
@@ -182,6 +191,7 @@ impl MilvusOptions {
     /// `GCLIP_MILVUS_SHARDS` and `GCLIP_MILVUS_REPLICAS` (whole numbers from 1 to 64). A value
     /// that is not one is an error naming the variable: shards cannot be changed once a
     /// collection exists, so a mistyped value must not quietly create it with the default.
+    /// `GCLIP_MILVUS_CA` names a CA file to trust for `milvuss://` (read when connecting).
     pub fn from_env() -> Result<Self> {
         Self::from_env_with(|name| std::env::var(name).ok())
     }
@@ -202,6 +212,9 @@ impl MilvusOptions {
         Ok(Self {
             shards: count(SHARDS_VAR, MAX_SHARDS)?,
             replicas: count(REPLICAS_VAR, MAX_REPLICAS)?,
+            ca: var(CA_VAR)
+                .filter(|v| !v.trim().is_empty())
+                .map(std::path::PathBuf::from),
             ..Self::default()
         })
     }
@@ -243,11 +256,43 @@ impl CallError {
 
     fn describe(&self, timeout: Duration) -> String {
         match self {
-            CallError::Client(e) => e.to_string(),
+            CallError::Client(e) => match e.as_ref() {
+                // The transport's own words, cause by cause (the client shows its Debug form).
+                milvus::error::Error::Communication(t) => with_causes(t.to_string(), t),
+                milvus::error::Error::Grpc(status)
+                    if status.code() == tonic::Code::Unauthenticated =>
+                {
+                    format!(
+                        "the server refused the credentials ({}); give the right \
+                         ?token=USER:PASSWORD or {TOKEN_VAR}",
+                        status.message()
+                    )
+                }
+                milvus::error::Error::Grpc(status) => with_causes(
+                    format!("{} (gRPC status {:?})", status.message(), status.code()),
+                    status,
+                ),
+                other => other.to_string(),
+            },
             CallError::Deadline => format!("no answer within {:.1} s", timeout.as_secs_f64()),
             CallError::Panicked => "the Milvus client failed on the server's reply".into(),
         }
     }
+}
+
+/// `said`, then each cause of `e` that it does not end with already (an I/O error shows its
+/// inner error and also gives it as its cause).
+fn with_causes(mut said: String, e: &dyn std::error::Error) -> String {
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_said = c.to_string();
+        if !said.ends_with(&c_said) {
+            said.push_str(": ");
+            said.push_str(&c_said);
+        }
+        cause = c.source();
+    }
+    said
 }
 
 fn schema_for(name: &str, info_json: &str, dim: usize) -> Result<CollectionSchema> {
@@ -304,7 +349,7 @@ impl Conn {
             .enable_all()
             .build()
             .map_err(|e| remote(address, format!("starting the client's runtime: {e}")))?;
-        let endpoint = address.endpoint();
+        let endpoint = endpoint(address, options)?;
         let (user, password) = match address.token() {
             Some(t) => {
                 let (u, p) = t.credentials();
@@ -424,6 +469,40 @@ impl Conn {
     }
 }
 
+/// Where the client connects: for `milvuss://`, TLS trusting the system's roots and the
+/// certificates of [`MilvusOptions::ca`]. (The client itself, given an `https` URI as a string,
+/// makes an endpoint without TLS and then refuses to connect.)
+fn endpoint(address: &MilvusAddress, options: &MilvusOptions) -> Result<Endpoint> {
+    let endpoint = Endpoint::from_shared(address.endpoint())
+        .map_err(|e| remote(address, format!("the address is not a URI: {e}")))?;
+    if !address.tls {
+        return Ok(endpoint);
+    }
+    let mut tls = ClientTlsConfig::new().with_enabled_roots();
+    let mut ca_shown = String::new();
+    if let Some(path) = &options.ca {
+        ca_shown = format!(" with {CA_VAR}={}", path.display());
+        let pem = std::fs::read(path).map_err(|e| {
+            SearchError::Invalid(format!(
+                "{CA_VAR}={}: cannot read the CA certificates: {e}",
+                path.display()
+            ))
+        })?;
+        // The client's TLS set-up skips what is not a certificate without a word: a file of
+        // none would quietly leave only the system's roots.
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(SearchError::Invalid(format!(
+                "{CA_VAR}={}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            )));
+        }
+        tls = tls.ca_certificate(Certificate::from_pem(pem));
+    }
+    endpoint
+        .tls_config(tls)
+        .map_err(|e| remote(address, format!("setting up TLS{ca_shown}: {e}")))
+}
+
 /// Waits for a task of `runtime` from any thread (never inside the runtime: the store's
 /// methods are synchronous, and this blocks on a plain channel, not on the runtime).
 fn wait<T: Send + 'static>(
@@ -446,6 +525,14 @@ fn remote(address: &MilvusAddress, message: String) -> SearchError {
     SearchError::Remote {
         collection: address.to_string(),
         message,
+    }
+}
+
+/// The expression of the ids after `last` in id order (all ids without one).
+fn ids_after(last: Option<&str>) -> String {
+    match last {
+        Some(last) => format!("{ID_FIELD} > {}", string_literal(last)),
+        None => format!("{ID_FIELD} >= \"\""),
     }
 }
 
@@ -572,13 +659,16 @@ impl MilvusStore {
         let mut ok = described.schema.fields.len() == 4;
         for f in &described.schema.fields {
             let ty = DataType::try_from(f.data_type).unwrap_or(DataType::None);
-            found.push(format!("{} {}", f.name, ty.as_str_name()));
             let param = |key: &str| {
                 f.type_params
                     .iter()
                     .find(|p| p.key == key)
                     .map(|p| p.value.as_str())
             };
+            found.push(match param("dim") {
+                Some(d) => format!("{} {}(dim {d})", f.name, ty.as_str_name()),
+                None => format!("{} {}", f.name, ty.as_str_name()),
+            });
             ok &= match f.name.as_str() {
                 ID_FIELD => ty == DataType::VarChar && f.is_primary_key,
                 VECTOR_FIELD => {
@@ -673,18 +763,30 @@ impl MilvusStore {
 
     /// Rows matching `expr`, at most `limit` of them, with the named outputs.
     fn query(&self, what: &str, expr: String, limit: usize, outputs: &[&str]) -> Result<Vec<Row>> {
+        let cols = self.query_columns(what, expr, limit, outputs)?;
+        self.rows(cols, limit, outputs)
+    }
+
+    /// The reply to a query for `expr` as the client decodes it: the id column and the named
+    /// outputs, not yet checked.
+    fn query_columns(
+        &self,
+        what: &str,
+        expr: String,
+        limit: usize,
+        outputs: &[&str],
+    ) -> Result<Vec<FieldColumn>> {
         let name = self.conn.address.name.clone();
         let mut output_fields: Vec<String> = vec![ID_FIELD.into()];
         output_fields.extend(outputs.iter().map(|s| s.to_string()));
         let level = self.conn.options.consistency.level();
-        let cols = self.conn.call(what, move |c| async move {
+        self.conn.call(what, move |c| async move {
             let options = QueryOptions::new()
                 .output_fields(output_fields)
                 .limit(limit as i64)
                 .consistency_level(level);
             c.query(name, &expr, &options).await
-        })?;
-        self.rows(cols, limit, outputs)
+        })
     }
 
     /// Decodes a query reply, checking every column against the row count, which must be at
@@ -780,11 +882,12 @@ impl MilvusStore {
     /// Walks the collection in id order from after `after`: one page of at most `page` rows.
     /// Milvus answers a query with a limit with the smallest primary keys that match.
     fn page_after(&self, what: &str, after: Option<&str>, outputs: &[&str]) -> Result<Vec<Row>> {
-        let expr = match after {
-            Some(last) => format!("{ID_FIELD} > {}", string_literal(last)),
-            None => format!("{ID_FIELD} >= \"\""),
-        };
-        let mut rows = self.query(what, expr, self.conn.options.page.max(1), outputs)?;
+        let mut rows = self.query(
+            what,
+            ids_after(after),
+            self.conn.options.page.max(1),
+            outputs,
+        )?;
         rows.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(rows)
     }

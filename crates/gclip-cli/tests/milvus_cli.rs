@@ -1,0 +1,138 @@
+//! The command line against a real Milvus server (started here on free loopback ports, as
+//! `gclip-search`'s Milvus tests do): `gclip add`, `gclip check` and `gclip search-bench
+//! --store` on `milvus://` addresses, with a token in the address that must never be printed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+#[path = "../../gclip-search/tests/support/milvus_server.rs"]
+mod milvus_server;
+use milvus_server::{one_server_at_a_time, Server};
+
+const SECRET: &str = "root:cl1secret";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn gclip(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gclip"))
+        .args(args)
+        .env_remove("GCLIP_MILVUS_TOKEN")
+        .output()
+        .expect("gclip runs")
+}
+
+/// Standard output and error together, checked for the token on the way.
+fn said(o: &Output) -> String {
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!all.contains("cl1secret"), "the token was printed: {all}");
+    all
+}
+
+#[test]
+fn check_and_search_bench_on_milvus_addresses() {
+    let _turn = one_server_at_a_time();
+    let server = Server::start();
+    let address = server.address("shop");
+    let with_token = format!("{address}?token={SECRET}");
+    let dir = std::env::temp_dir().join(format!("gclip-milvus-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let docs = dir.join("docs.jsonl");
+    let mut text = String::new();
+    for (k, t) in ["a photo of a cat", "a photo of a dog", "a red car", "soup"]
+        .iter()
+        .enumerate()
+    {
+        text += &serde_json::json!({"id": format!("d{k}"), "title": t, "price": k}).to_string();
+        text.push('\n');
+    }
+    std::fs::write(&docs, text).unwrap();
+    let model = fixtures().join("models/oc-fullvocab");
+    let (weights, config) = (
+        model.join("open_clip_model.safetensors"),
+        model.join("open_clip_config.json"),
+    );
+    let add = gclip(&[
+        "add",
+        &with_token,
+        docs.to_str().unwrap(),
+        "--embed",
+        "title",
+        "--model",
+        weights.to_str().unwrap(),
+        "--arch",
+        config.to_str().unwrap(),
+    ]);
+    assert!(add.status.success(), "{}", said(&add));
+
+    // A sound collection: exit 0, the report names the address and what was checked.
+    let check = gclip(&["check", &with_token]);
+    let report = said(&check);
+    assert!(check.status.success(), "{report}");
+    assert!(
+        report.contains(&format!("collection {address}: 4 documents")),
+        "{report}"
+    );
+    assert!(report.contains("HNSW, metric IP"), "{report}");
+    assert!(report.contains("ok: no problems found"), "{report}");
+
+    // --repair is refused, naming the address.
+    let repair = gclip(&["check", &with_token, "--repair"]);
+    let e = said(&repair);
+    assert!(!repair.status.success(), "{e}");
+    assert!(e.contains(&address) && e.contains("--repair"), "{e}");
+
+    // No collection at the address: an error naming it.
+    let absent = format!("{}?token={SECRET}", server.address("absent"));
+    let none = gclip(&["check", &absent]);
+    let e = said(&none);
+    assert!(!none.status.success(), "{e}");
+    assert!(e.contains(&server.address("absent")), "{e}");
+
+    // search-bench through a Milvus collection: one JSON row per filter.
+    let bench_address = format!("{}?token={SECRET}", server.address("bench"));
+    let bench_with = |more: &[&str]| {
+        let plan = [
+            "search-bench",
+            "--store",
+            &bench_address,
+            "--count",
+            "100",
+            "--dim",
+            "16",
+        ];
+        gclip(&[&plan[..], more].concat())
+    };
+    let bench = bench_with(&["--queries", "2", "--k", "5", "--json"]);
+    let out = said(&bench);
+    assert!(bench.status.success(), "{out}");
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&bench.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 5, "{out}");
+    assert_eq!(rows[0]["filter"], "none");
+    assert_eq!(rows[2]["filter"], "shard = 7");
+    assert_eq!(rows[2]["selectivity"], 0.1);
+    assert!(rows.iter().all(|r| r["recall_at_k"] == 1.0), "{out}");
+    // The table form names the collection by its address, without the token.
+    let table = bench_with(&["--queries", "1"]);
+    let out = said(&table);
+    assert!(table.status.success(), "{out}");
+    assert!(
+        out.contains(&format!("collection {} of 100", server.address("bench"))),
+        "{out}"
+    );
+    // The shop collection is not a benchmark's: refused.
+    let refused = gclip(&["search-bench", "--store", &with_token, "--count", "100"]);
+    let e = said(&refused);
+    assert!(!refused.status.success(), "{e}");
+    assert!(e.contains("not this benchmark's"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

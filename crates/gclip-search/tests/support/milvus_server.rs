@@ -1,0 +1,264 @@
+//! A real Milvus server for tests (the standalone server of the `milvus` Python package,
+//! 2.3.5), started on free loopback ports and stopped when dropped. Shared by the Milvus tests
+//! of several crates (`#[path]`-included: `mod milvus_server;`).
+//!
+//! The server is found through `GCLIP_MILVUS_SERVER` (the `milvus-server` script of a virtual
+//! environment with `pip install milvus`), else in `target/milvus-venv`; `tools/test.sh` and
+//! `.ci/run` install it there. Without it the tests fail and say how to install it: CI must
+//! not pass by skipping them.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gclip_search::milvus::{MilvusAddress, MilvusOptions, MilvusStore};
+
+/// Longest wait for the server to answer (it unpacks its binaries on first start: ~10 s).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub fn server_script() -> PathBuf {
+    if let Some(p) = std::env::var_os("GCLIP_MILVUS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let fallback = workspace.join("target/milvus-venv/bin/milvus-server");
+    if fallback.exists() {
+        return fallback;
+    }
+    panic!(
+        "no Milvus server for the Milvus tests: install it with\n  \
+         python3 -m venv target/milvus-venv && target/milvus-venv/bin/pip install milvus==2.3.5\n\
+         (tools/test.sh does), or set GCLIP_MILVUS_SERVER to a milvus-server script"
+    );
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    free_ports::<1>()[0]
+}
+
+/// `N` different ports nothing listens on right now (all held open until all are chosen, so
+/// that the system cannot hand out one of them twice).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: [TcpListener; N] =
+        std::array::from_fn(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap());
+    held.map(|l| l.local_addr().unwrap().port())
+}
+
+/// How many times a server that dies while starting is started again, on new ports and a new
+/// data folder, before the test fails with every attempt's log.
+const START_ATTEMPTS: usize = 2;
+
+/// One server at a time on this machine (tests run in parallel): two would share its two cores
+/// while starting, and each holds about half a gigabyte. A test takes its turn before starting its
+/// server, and the turn ends after the server is dropped (locals drop in reverse order).
+pub fn one_server_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The server process group, stopped when dropped (a failing test included), and also when this
+/// test process dies without dropping it (killed by a timeout): see `Server::spawn`.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    data: PathBuf,
+}
+
+/// Why a start failed, with the server's own words.
+struct StartFailure {
+    what: String,
+    log: String,
+}
+
+impl Server {
+    pub fn start() -> Self {
+        let script = server_script();
+        let mut failures = Vec::new();
+        for attempt in 1..=START_ATTEMPTS {
+            let mut server = Self::spawn(&script, attempt);
+            match server.wait_ready() {
+                Ok(()) => return server,
+                Err(failure) => {
+                    eprintln!("Milvus start {attempt}: {}", failure.what);
+                    failures.push(failure);
+                }
+            }
+        }
+        let report: Vec<String> = failures
+            .iter()
+            .enumerate()
+            .map(|(i, f)| format!("start {}: {}\n{}", i + 1, f.what, f.log))
+            .collect();
+        panic!(
+            "the Milvus server did not start ({START_ATTEMPTS} attempts):\n{}",
+            report.join("\n\n")
+        );
+    }
+
+    /// Starts the `milvus-server` script with every port it listens on chosen here, on
+    /// 127.0.0.1. Left to itself, its embedded etcd listens on localhost:2379 and :2380 whatever
+    /// the script is told, so a second server on the machine (or one left over) made it panic.
+    fn spawn(script: &Path, attempt: usize) -> Self {
+        let [port, etcd_client, etcd_peer] = free_ports();
+        let data = std::env::temp_dir().join(format!(
+            "gclip-milvus-{}-{port}-{attempt}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(&data).unwrap();
+        // The embedded etcd reads its listeners from this file (Milvus's `etcd.config.path`,
+        // set through the environment, which Milvus reads over its configuration file).
+        let etcd_config = data.join("embed-etcd.yaml");
+        let peer = format!("http://127.0.0.1:{etcd_peer}");
+        let client = format!("http://127.0.0.1:{etcd_client}");
+        std::fs::write(
+            &etcd_config,
+            format!(
+                "listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n\
+                 initial-cluster: default={peer}\nlisten-client-urls: {client}\n\
+                 advertise-client-urls: {client}\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(data.join("server.log")).unwrap();
+        // A watcher reads a pipe that only this process writes to: when this process ends,
+        // however it ends, the pipe closes and the watcher stops the server's process group
+        // (SIGINT lets the script stop the server; whatever is left after 10 s is killed) and
+        // removes the data folder (half a gigabyte: the server unpacks its binaries there). It
+        // runs in a session of its own, out of the group's reach; a non-interactive shell gives
+        // background commands /dev/null as input, hence the pipe on fd 3.
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(
+                r#"exec 3<&0
+setsid sh -c 'cat >/dev/null; kill -INT -$1; sleep 10; kill -KILL -$1; rm -rf "$2"' \
+  watcher $$ "$GCLIP_MILVUS_TEST_DATA" <&3 >/dev/null 2>&1 &
+exec "$0" "$@" </dev/null 3<&-"#,
+            )
+            .arg(script)
+            .arg("--data")
+            .arg(&data)
+            .arg("--proxy-port")
+            .arg(port.to_string())
+            .arg("--etcd-port")
+            .arg(etcd_client.to_string())
+            .env("GCLIP_MILVUS_TEST_DATA", &data)
+            .env("ETCD_CONFIG_PATH", &etcd_config)
+            .env("ETCD_ENDPOINTS", format!("127.0.0.1:{etcd_client}"))
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            // Its own process group: the script starts the server as a child, and stopping
+            // must reach all of them.
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", script.display()));
+        Server { child, port, data }
+    }
+
+    fn wait_ready(&mut self) -> Result<(), StartFailure> {
+        let start = Instant::now();
+        let at = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let probe =
+            MilvusAddress::parse_with(&format!("milvus://127.0.0.1:{}/probe", self.port), |_| None)
+                .unwrap();
+        let options = MilvusOptions {
+            timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        loop {
+            // The script does not exit when the server dies early: the server's own log says so.
+            if self
+                .server_stderr()
+                .lines()
+                .any(|l| l.starts_with("panic:"))
+            {
+                return Err(self.failure("the server panicked while starting"));
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(self.failure(&format!("the script exited ({status}) before answering")));
+            }
+            if TcpStream::connect_timeout(&at, Duration::from_millis(200)).is_ok()
+                && MilvusStore::exists(&probe, &options).is_ok()
+            {
+                eprintln!(
+                    "Milvus answered on port {} after {:.1} s",
+                    self.port,
+                    start.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            if start.elapsed() > START_TIMEOUT {
+                return Err(self.failure(&format!(
+                    "no answer on 127.0.0.1:{} within {START_TIMEOUT:?}",
+                    self.port
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn server_stderr(&self) -> String {
+        std::fs::read_to_string(self.data.join("logs/milvus-stderr.log")).unwrap_or_default()
+    }
+
+    /// The script's output, the server's error lines, and its standard error from a panic on
+    /// (or its last lines).
+    fn failure(&self, what: &str) -> StartFailure {
+        let read = |p: &str| std::fs::read_to_string(self.data.join(p)).unwrap_or_default();
+        let script = read("server.log");
+        let server = read("logs/milvus-stdout.log");
+        let errors: Vec<&str> = server
+            .lines()
+            .filter(|l| l.contains("[ERROR]") || l.contains("[FATAL]"))
+            .collect();
+        let stderr = self.server_stderr();
+        let lines: Vec<&str> = stderr.lines().collect();
+        let from = lines
+            .iter()
+            .position(|l| l.starts_with("panic:"))
+            .unwrap_or(lines.len().saturating_sub(20));
+        StartFailure {
+            what: what.to_string(),
+            log: format!(
+                "script output:\n{script}\nserver errors:\n{}\nserver stderr:\n{}",
+                errors[errors.len().saturating_sub(10)..].join("\n"),
+                lines[from..lines.len().min(from + 40)].join("\n")
+            ),
+        }
+    }
+
+    pub fn address(&self, name: &str) -> String {
+        format!("milvus://127.0.0.1:{}/{name}", self.port)
+    }
+
+    fn signal_group(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg("--")
+            .arg(format!("-{}", self.child.id()))
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGINT lets the script stop the server; whatever is left after 10 s is killed.
+        self.signal_group("INT");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.signal_group("KILL");
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
