@@ -3,19 +3,23 @@
 //! `gclip eval`.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::data::{Dataset, FieldValue};
-use super::loss::{fuse_fields, FieldEmbedding, FieldKind, FieldSpec};
+use super::checkpoint::{checkpoint_dir, load_checkpoint};
+use super::data::{load, DataSpec, Dataset, FieldValue};
+use super::loss::{fuse_fields, FieldEmbedding, FieldKind, FieldSpec, GclSpec, ScoreToWeight};
 use super::TrainError;
+use crate::embed::{EmbedError, Embedder, LoadOptions};
 use crate::eval::ranking::{
     evaluate, relevance_labels, run_from_embeddings, MetricSet, Qrels, Run,
 };
 use crate::eval::retrieval::{clip_retrieval, RetrievalMetrics};
 use crate::input::image::Preprocessor;
 use crate::input::tokenizer::ClipTokenizer;
-use crate::model::Clip;
+use crate::model::{Clip, Precision};
+use crate::source::ModelSource;
 
 /// What a side needs to be embedded.
 pub struct Embedding<'a> {
@@ -23,6 +27,83 @@ pub struct Embedding<'a> {
     pub tokenizer: &'a ClipTokenizer,
     pub preprocessor: &'a Preprocessor,
     pub batch_size: usize,
+}
+
+/// Loads a model to evaluate: a gclip training checkpoint (a checkpoint directory, or a run
+/// directory, whose newest checkpoint is read), restored in fp32 and then converted to
+/// `precision`; or anything [`ModelSource::resolve`] takes (`arch` naming the architecture of an
+/// open_clip checkpoint file), packed as it is read. The model must be able to embed text.
+pub fn load_model(
+    model: &str,
+    arch: Option<&str>,
+    precision: Precision,
+) -> Result<Embedder, TrainError> {
+    let path = Path::new(model);
+    let embedder = if path.join("state.json").is_file() || path.join("checkpoints").is_dir() {
+        let mut clip = load_checkpoint(&checkpoint_dir(path)?, &Device::Cpu)?.clip;
+        clip.convert(precision, Default::default())?;
+        Embedder::with_open_clip_inputs(clip)?
+    } else {
+        let options = LoadOptions {
+            precision,
+            ..Default::default()
+        };
+        Embedder::load_with(&ModelSource::resolve(model, arch)?, &Device::Cpu, options)?
+    };
+    tokenizer_of(&embedder)?;
+    Ok(embedder)
+}
+
+/// The tokenizer of `embedder`'s model, or why it has none.
+fn tokenizer_of(embedder: &Embedder) -> Result<&ClipTokenizer, TrainError> {
+    Ok(embedder
+        .inputs()
+        .tokenizer()
+        .map_err(|e| EmbedError::NoTokenizer(e.to_string()))?)
+}
+
+/// Pairs to evaluate on, read with the query and document fields of an evaluation and without
+/// score weighting. Rows that could not be used are told to `note` in one line; a file without
+/// a usable pair is an error.
+pub fn load_eval_pairs(
+    data: &DataSpec,
+    query_fields: &[FieldSpec],
+    doc_fields: &[FieldSpec],
+    note: &mut dyn FnMut(String),
+) -> Result<Dataset, TrainError> {
+    let spec = GclSpec {
+        score_to_weight: ScoreToWeight::None,
+        query_fields: query_fields.to_vec(),
+        doc_fields: doc_fields.to_vec(),
+        extra_terms: vec![],
+        mask_shared: false,
+        weight_floor: 0.0,
+    };
+    let ds = load(data, &spec)?;
+    if ds.skipped.total() > 0 {
+        note(format!(
+            "skipped {} of {} rows: {:?}",
+            ds.skipped.total(),
+            ds.rows_read,
+            ds.skipped.counts
+        ));
+    }
+    if ds.pairs.is_empty() {
+        return Err(TrainError::Data("no usable pairs in the data".into()));
+    }
+    Ok(ds)
+}
+
+impl<'a> Embedding<'a> {
+    /// The model and inputs of `embedder`, `batch_size` rows at a time.
+    pub fn of(embedder: &'a Embedder, batch_size: usize) -> Result<Self, TrainError> {
+        Ok(Self {
+            clip: embedder.clip(),
+            tokenizer: tokenizer_of(embedder)?,
+            preprocessor: embedder.inputs().preprocessor(),
+            batch_size,
+        })
+    }
 }
 
 impl Embedding<'_> {
