@@ -4,19 +4,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
 use clap::{Args, Subcommand};
+use gclip::embed::Embedder;
 use gclip::eval::marqo_gs;
 use gclip::eval::ranking::{evaluate, MetricSet, Qrels, Run};
-use gclip::input::image::Preprocessor;
-use gclip::input::pipeline::InputPipeline;
-use gclip::input::tokenizer::ClipTokenizer;
-use gclip::input::Convention;
-use gclip::model::Clip;
-use gclip::source::ModelSource;
-use gclip::train::checkpoint::load_checkpoint;
-use gclip::train::data::{load, DataSpec, Layout};
-use gclip::train::evaluate::{ranking_metrics, retrieval_metrics, Embedding};
+use gclip::train::data::{DataSpec, Layout};
+use gclip::train::evaluate::{
+    load_eval_pairs, load_model, ranking_metrics, retrieval_metrics, Embedding,
+};
 use gclip::train::gs_ranking::{GsQueries, GsSet, GsSpec};
 use gclip::train::loss::{FieldKind, FieldSpec};
 
@@ -157,71 +152,9 @@ fn fields(spec: &str) -> Result<Vec<FieldSpec>> {
         .collect()
 }
 
-struct Loaded {
-    clip: Clip,
-    tokenizer: ClipTokenizer,
-    preprocessor: Preprocessor,
-}
-
-impl Loaded {
-    /// The model as the evaluation functions embed with it, 64 rows at a time.
-    fn embedding(&self) -> Embedding<'_> {
-        Embedding {
-            clip: &self.clip,
-            tokenizer: &self.tokenizer,
-            preprocessor: &self.preprocessor,
-            batch_size: 64,
-        }
-    }
-}
-
-fn load_model(
-    model: &str,
-    arch: Option<&str>,
-    precision: gclip::model::Precision,
-) -> Result<Loaded> {
-    let path = Path::new(model);
-    let as_checkpoint = if path.join("state.json").is_file() || path.join("checkpoints").is_dir() {
-        Some(crate::train::checkpoint_dir(path)?)
-    } else {
-        None
-    };
-    let (clip, convention, dir) = match as_checkpoint {
-        Some(dir) => {
-            // A training checkpoint is restored in fp32, then converted.
-            let mut clip = load_checkpoint(&dir, &Device::Cpu)?.clip;
-            clip.convert(precision, Default::default())?;
-            (clip, Convention::OpenClip, None)
-        }
-        None => {
-            // Model files are packed as they are read.
-            let options = gclip::embed::LoadOptions {
-                precision,
-                ..Default::default()
-            };
-            let l =
-                ModelSource::resolve(model, arch)?.load_in(&Device::Cpu, DType::F32, &options)?;
-            (l.clip, l.convention, l.dir)
-        }
-    };
-    let ctx = clip.config.text.context_length;
-    let pipeline = InputPipeline::new(
-        convention,
-        dir.as_deref(),
-        ctx,
-        clip.config.vision.image_size,
-    )?;
-    let preprocessor = Preprocessor::new(pipeline.preprocessor().config().clone());
-    let tokenizer = match (convention, dir.as_deref()) {
-        (Convention::Transformers, Some(d)) => ClipTokenizer::from_hf_dir(d)?,
-        _ => ClipTokenizer::open_clip_default()?,
-    }
-    .with_context_length(ctx);
-    Ok(Loaded {
-        clip,
-        tokenizer,
-        preprocessor,
-    })
+/// The model as the evaluation functions embed with it, 64 rows at a time.
+fn embedding(model: &Embedder) -> Result<Embedding<'_>> {
+    Ok(Embedding::of(model, 64)?)
 }
 
 /// The metrics that count something rather than measure it.
@@ -257,40 +190,15 @@ fn dataset_at(
     q: &[FieldSpec],
     d: &[FieldSpec],
 ) -> Result<gclip::train::data::Dataset> {
-    let layout = if path.extension().is_some_and(|e| e == "csv") {
-        Layout::Gs
-    } else {
-        Layout::Jsonl
+    let data = DataSpec {
+        layout: Layout::of_path(&path),
+        path,
+        image_root: md.image_root.clone(),
+        score_column: md.score_column.clone(),
     };
-    let spec = gclip::train::loss::GclSpec {
-        score_to_weight: gclip::train::loss::ScoreToWeight::None,
-        query_fields: q.to_vec(),
-        doc_fields: d.to_vec(),
-        extra_terms: vec![],
-        mask_shared: false,
-        weight_floor: 0.0,
-    };
-    let ds = load(
-        &DataSpec {
-            layout,
-            path,
-            image_root: md.image_root.clone(),
-            score_column: md.score_column.clone(),
-        },
-        &spec,
-    )?;
-    if ds.skipped.total() > 0 {
-        eprintln!(
-            "skipped {} of {} rows: {:?}",
-            ds.skipped.total(),
-            ds.rows_read,
-            ds.skipped.counts
-        );
-    }
-    if ds.pairs.is_empty() {
-        bail!("no usable pairs in the data");
-    }
-    Ok(ds)
+    Ok(load_eval_pairs(&data, q, d, &mut |note| {
+        eprintln!("{note}")
+    })?)
 }
 
 pub fn run(cmd: EvalCommand) -> Result<()> {
@@ -304,7 +212,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
             )?;
             let (q, d) = (fields(&md.query_fields)?, fields(&md.doc_fields)?);
             let ds = dataset(md, &q, &d)?;
-            let e = model.embedding();
+            let e = embedding(&model)?;
             let m = retrieval_metrics(&e, &ds, &q, &d)?;
             let map: BTreeMap<String, f64> = m.named().into_iter().collect();
             print(
@@ -349,7 +257,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
                 )?;
                 let (q, d) = (fields(&md.query_fields)?, fields(&md.doc_fields)?);
                 let ds = dataset(md, &q, &d)?;
-                let e = model.embedding();
+                let e = embedding(&model)?;
                 let corpus = match &a.corpus {
                     Some(c) => Some(dataset_at(md, c.clone(), &q, &d)?),
                     None => None,
@@ -443,7 +351,7 @@ fn gs_ranking(a: &RankingArgs, set: &MetricSet) -> Result<BTreeMap<String, f64>>
         gs.doc_ids.len()
     );
     let model = load_model(model_name, md.arch.as_deref(), md.precision)?;
-    let run = gs.run(&model.embedding())?;
+    let run = gs.run(&embedding(&model)?)?;
     if let Some(p) = &a.save_run {
         write(p, run.to_json())?;
     }

@@ -181,18 +181,13 @@ pub struct ServeBenchArgs {
 pub fn run_bench(args: ServeBenchArgs) -> Result<()> {
     use candle_core::{DType, Device};
     use gclip::embed::Embedder;
-    use gclip::source::{Convention, LoadedModel, ModelSource};
+    use gclip::source::ModelSource;
     let embedder = if args.random {
         let arch = args.arch.as_deref().unwrap_or("ViT-B-32");
         let config = gclip::model::ClipConfig::open_clip(arch)?;
         let mut clip = gclip::bench::random_model(&config, &Device::Cpu, DType::F32)?;
         clip.convert(args.precision, Default::default())?;
-        Embedder::new(LoadedModel {
-            clip,
-            convention: Convention::OpenClip,
-            dir: None,
-            unused_tensors: Vec::new(),
-        })?
+        Embedder::with_open_clip_inputs(clip)?
     } else {
         let model = args
             .model

@@ -1,13 +1,13 @@
 //! `gclip train` and `gclip export`
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use gclip::input::image::PreprocessConfig;
-use gclip::train::checkpoint::{list_checkpoints, load_checkpoint};
+use gclip::train::checkpoint::{checkpoint_dir, load_checkpoint};
 use gclip::train::config::prepare;
 use gclip::train::export::{export_hf, export_open_clip, TokenizerSource};
 use gclip::train::run::read_config;
@@ -275,20 +275,6 @@ pub struct ExportArgs {
     /// open_clip's (hf format).
     #[arg(long)]
     tokenizer_from: Option<PathBuf>,
-}
-
-/// A checkpoint directory from a checkpoint or run directory.
-pub fn checkpoint_dir(path: &Path) -> Result<PathBuf> {
-    if path.join("state.json").is_file() {
-        return Ok(path.to_path_buf());
-    }
-    match list_checkpoints(&path.join("checkpoints"))?.pop() {
-        Some((_, p)) => Ok(p),
-        None => bail!(
-            "{}: neither a checkpoint (state.json) nor a run directory with checkpoints/step-*",
-            path.display()
-        ),
-    }
 }
 
 pub fn export(args: ExportArgs) -> Result<()> {

@@ -87,6 +87,17 @@ impl Embedder {
         })
     }
 
+    /// Wraps a model that has no directory of its own (a training checkpoint, random weights)
+    /// with open_clip's inputs: its tokenizer and transform at the model's sizes.
+    pub fn with_open_clip_inputs(clip: Clip) -> Result<Self, EmbedError> {
+        Self::new(LoadedModel {
+            clip,
+            convention: Convention::OpenClip,
+            dir: None,
+            unused_tensors: Vec::new(),
+        })
+    }
+
     /// The model.
     pub fn clip(&self) -> &Clip {
         &self.clip

@@ -1,13 +1,15 @@
 //! Evaluation, with metrics computed the way the reference benchmarks compute them.
 //!
-//! * [`zeroshot`]: zero-shot classification accuracy (top-1, top-5) on image-folder datasets.
+//! * [`zeroshot`]: zero-shot classification accuracy (top-1, top-5) on image-folder datasets;
+//!   the class embeddings of a prompt ensemble.
 //! * [`retrieval`]: text→image and image→text Recall@K, mean and median rank (open_clip).
 //! * [`marqo_gs`]: Marqo-GS evaluation files (corpus, ground truth) and GCL's sampling of test
 //!   queries.
-//! * GCL's ranking evaluation of a model on Marqo-GS files is `crate::train::gs_ranking`: it
-//!   embeds with training's field code.
+//! * GCL's ranking evaluation of a model on Marqo-GS files is `crate::train::gs_ranking`, and
+//!   the evaluation of a model on held-out pairs `crate::train::evaluate`: both embed rows of
+//!   fields with training's field code, then score with the metrics here.
 //! * [`ranking`]: graded-relevance ranking metrics of GCL's evaluation (nDCG, MAP, MRR, recall,
-//!   precision, ERR, RBP), TREC qrels and run files.
+//!   precision, ERR, RBP), TREC qrels and run files, GCL's qrels of graded pairs.
 
 pub mod marqo_gs;
 pub mod ranking;

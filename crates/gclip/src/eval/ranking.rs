@@ -388,6 +388,27 @@ pub fn relevance_labels(scores: &[f64]) -> Vec<i64> {
         .collect()
 }
 
+/// GCL's qrels of graded pairs `(query id, document id, score)`: the scores become relevance
+/// labels over the whole set ([`relevance_labels`]); a pair listed more than once keeps its
+/// highest label.
+pub fn graded_qrels(pairs: impl IntoIterator<Item = (String, String, f64)>) -> Qrels {
+    let pairs: Vec<(String, String, f64)> = pairs.into_iter().collect();
+    let labels = relevance_labels(&pairs.iter().map(|p| p.2).collect::<Vec<_>>());
+    let mut qrels = Qrels::default();
+    for ((query, doc, _), l) in pairs.into_iter().zip(labels) {
+        let g = qrels.0.entry(query).or_default().entry(doc).or_insert(l);
+        *g = (*g).max(l);
+    }
+    qrels
+}
+
+/// The qrels, run and metrics of a ranking evaluation.
+pub struct RankingEval {
+    pub qrels: Qrels,
+    pub run: Run,
+    pub metrics: BTreeMap<String, f64>,
+}
+
 /// The top `k` documents of each query by dot product of embedding rows (`dim` values each),
 /// as a [`Run`]. Ties keep document order.
 pub fn run_from_embeddings(

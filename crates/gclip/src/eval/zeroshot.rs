@@ -159,6 +159,27 @@ impl ImageFolder {
     }
 }
 
+/// The class embeddings of a prompt ensemble (CLIP's zero-shot recipe): class `c`'s embedding
+/// is the normalised mean of its prompts' normalised embeddings. `rows` holds the prompt
+/// embeddings of every class, class after class, `counts[c]` rows for class `c`.
+pub fn ensemble_class_embeddings(rows: &[f32], dim: usize, counts: &[usize]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(counts.len() * dim);
+    let mut start = 0;
+    for &n in counts {
+        let mut mean = vec![0.0f32; dim];
+        for r in rows[start * dim..(start + n) * dim].chunks_exact(dim) {
+            let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            for (m, x) in mean.iter_mut().zip(r) {
+                *m += x / norm;
+            }
+        }
+        let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        out.extend(mean.iter().map(|m| m / norm));
+        start += n;
+    }
+    out
+}
+
 /// The 0-based rank of class `target` in a row of logits: how many classes score higher, ties
 /// going to the lower class index (the order of a stable descending sort).
 pub fn target_rank(logits: &[f32], target: usize) -> usize {
@@ -448,5 +469,20 @@ mod tests {
         assert!(ds
             .with_classnames(&serde_json::json!({"tabby": 3, "golden_retriever": "d"}))
             .is_err());
+    }
+
+    #[test]
+    fn ensemble_averages_normalised_prompts_per_class() {
+        // Class 0: two prompts of different lengths along x and y: the mean of the normalised
+        // rows points at 45°, whatever the lengths. Class 1: one prompt, only normalised.
+        let rows = [10.0f32, 0.0, 0.0, 0.5, 0.0, -3.0];
+        let e = ensemble_class_embeddings(&rows, 2, &[2, 1]);
+        let h = std::f32::consts::FRAC_1_SQRT_2;
+        assert_eq!(e.len(), 4);
+        assert!((e[0] - h).abs() < 1e-6 && (e[1] - h).abs() < 1e-6, "{e:?}");
+        assert!(
+            (e[2] - 0.0).abs() < 1e-6 && (e[3] + 1.0).abs() < 1e-6,
+            "{e:?}"
+        );
     }
 }

@@ -142,6 +142,21 @@ pub fn list_checkpoints(root: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> 
     Ok(out)
 }
 
+/// The checkpoint `path` names: `path` itself when it is a checkpoint (it holds `state.json`),
+/// otherwise the newest complete checkpoint of a run directory (`checkpoints/step-*`).
+pub fn checkpoint_dir(path: &Path) -> Result<PathBuf, TrainError> {
+    if path.join("state.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    match list_checkpoints(&path.join("checkpoints"))?.pop() {
+        Some((_, p)) => Ok(p),
+        None => Err(TrainError::io(
+            path,
+            "neither a checkpoint (state.json) nor a run directory with checkpoints/step-*",
+        )),
+    }
+}
+
 /// Deletes all but the newest `keep` checkpoints, and temporary directories left by crashes.
 pub fn prune_checkpoints(root: &Path, keep: usize) -> Result<(), TrainError> {
     let list = list_checkpoints(root)?;

@@ -85,6 +85,17 @@ pub enum Layout {
     Gs,
 }
 
+impl Layout {
+    /// The layout of a data file by its name: Marqo-GS for a `.csv` file, JSONL otherwise.
+    pub fn of_path(path: &Path) -> Self {
+        if path.extension().is_some_and(|e| e == "csv") {
+            Layout::Gs
+        } else {
+            Layout::Jsonl
+        }
+    }
+}
+
 /// Where the data is and how to read it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,21 +1,29 @@
 //! Evaluation of a model on held-out pairs: retrieval (open_clip's metrics) for image–text
 //! pairs, ranking (GCL's metrics) for graded query–document pairs. Used during training and by
 //! `gclip eval`.
+//!
+//! This module embeds rows of field values ([`Embedding`]) and hands the vectors to the metrics
+//! of [`crate::eval`]. It stays in `train` because the rows, their fields and their fusion are
+//! training's ([`super::data`], [`super::loss`]), so a run's evaluation embeds exactly as it
+//! trains; `eval` importing them would make `eval` and `train` import each other.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::data::{Dataset, FieldValue};
-use super::loss::{fuse_fields, FieldEmbedding, FieldKind, FieldSpec};
+use super::checkpoint::{checkpoint_dir, load_checkpoint};
+use super::data::{load, DataSpec, Dataset, FieldValue};
+use super::loss::{fuse_fields, FieldEmbedding, FieldKind, FieldSpec, GclSpec, ScoreToWeight};
 use super::TrainError;
-use crate::eval::ranking::{
-    evaluate, relevance_labels, run_from_embeddings, MetricSet, Qrels, Run,
-};
+use crate::embed::{EmbedError, Embedder, LoadOptions};
+use crate::eval::ranking::{evaluate, graded_qrels, run_from_embeddings, MetricSet, RankingEval};
 use crate::eval::retrieval::{clip_retrieval, RetrievalMetrics};
+use crate::eval::zeroshot::ensemble_class_embeddings;
 use crate::input::image::Preprocessor;
 use crate::input::tokenizer::ClipTokenizer;
-use crate::model::Clip;
+use crate::model::{Clip, Precision};
+use crate::source::ModelSource;
 
 /// What a side needs to be embedded.
 pub struct Embedding<'a> {
@@ -23,6 +31,83 @@ pub struct Embedding<'a> {
     pub tokenizer: &'a ClipTokenizer,
     pub preprocessor: &'a Preprocessor,
     pub batch_size: usize,
+}
+
+/// Loads a model to evaluate: a gclip training checkpoint (a checkpoint directory, or a run
+/// directory, whose newest checkpoint is read), restored in fp32 and then converted to
+/// `precision`; or anything [`ModelSource::resolve`] takes (`arch` naming the architecture of an
+/// open_clip checkpoint file), packed as it is read. The model must be able to embed text.
+pub fn load_model(
+    model: &str,
+    arch: Option<&str>,
+    precision: Precision,
+) -> Result<Embedder, TrainError> {
+    let path = Path::new(model);
+    let embedder = if path.join("state.json").is_file() || path.join("checkpoints").is_dir() {
+        let mut clip = load_checkpoint(&checkpoint_dir(path)?, &Device::Cpu)?.clip;
+        clip.convert(precision, Default::default())?;
+        Embedder::with_open_clip_inputs(clip)?
+    } else {
+        let options = LoadOptions {
+            precision,
+            ..Default::default()
+        };
+        Embedder::load_with(&ModelSource::resolve(model, arch)?, &Device::Cpu, options)?
+    };
+    tokenizer_of(&embedder)?;
+    Ok(embedder)
+}
+
+/// The tokenizer of `embedder`'s model, or why it has none.
+fn tokenizer_of(embedder: &Embedder) -> Result<&ClipTokenizer, TrainError> {
+    Ok(embedder
+        .inputs()
+        .tokenizer()
+        .map_err(|e| EmbedError::NoTokenizer(e.to_string()))?)
+}
+
+/// Pairs to evaluate on, read with the query and document fields of an evaluation and without
+/// score weighting. Rows that could not be used are told to `note` in one line; a file without
+/// a usable pair is an error.
+pub fn load_eval_pairs(
+    data: &DataSpec,
+    query_fields: &[FieldSpec],
+    doc_fields: &[FieldSpec],
+    note: &mut dyn FnMut(String),
+) -> Result<Dataset, TrainError> {
+    let spec = GclSpec {
+        score_to_weight: ScoreToWeight::None,
+        query_fields: query_fields.to_vec(),
+        doc_fields: doc_fields.to_vec(),
+        extra_terms: vec![],
+        mask_shared: false,
+        weight_floor: 0.0,
+    };
+    let ds = load(data, &spec)?;
+    if ds.skipped.total() > 0 {
+        note(format!(
+            "skipped {} of {} rows: {:?}",
+            ds.skipped.total(),
+            ds.rows_read,
+            ds.skipped.counts
+        ));
+    }
+    if ds.pairs.is_empty() {
+        return Err(TrainError::Data("no usable pairs in the data".into()));
+    }
+    Ok(ds)
+}
+
+impl<'a> Embedding<'a> {
+    /// The model and inputs of `embedder`, `batch_size` rows at a time.
+    pub fn of(embedder: &'a Embedder, batch_size: usize) -> Result<Self, TrainError> {
+        Ok(Self {
+            clip: embedder.clip(),
+            tokenizer: tokenizer_of(embedder)?,
+            preprocessor: embedder.inputs().preprocessor(),
+            batch_size,
+        })
+    }
 }
 
 impl Embedding<'_> {
@@ -110,13 +195,6 @@ pub fn retrieval_metrics(
     Ok(clip_retrieval(&image, &text, e.clip.config.embed_dim))
 }
 
-/// Queries, corpus, qrels and run of a graded evaluation set.
-pub struct RankingEval {
-    pub qrels: Qrels,
-    pub run: Run,
-    pub metrics: BTreeMap<String, f64>,
-}
-
 /// GCL's ranking evaluation of a model on graded pairs: every distinct query searches every
 /// distinct document of the set (by cosine of fused embeddings, top `k`); relevance labels are
 /// the pair scores rescaled to integers 1–100 over the set.
@@ -144,24 +222,18 @@ pub fn ranking_metrics(
     for (i, p) in data.pairs.iter().enumerate() {
         queries.entry(p.query_key).or_insert(i);
     }
-    let labels = relevance_labels(&data.pairs.iter().map(|p| p.score).collect::<Vec<_>>());
-    let mut qrels = Qrels::default();
-    for (p, &l) in data.pairs.iter().zip(&labels) {
-        let g = qrels
-            .0
-            .entry(format!("{:016x}", p.query_key))
-            .or_default()
-            .entry(format!("{:016x}", p.doc_key))
-            .or_insert(l);
-        *g = (*g).max(l);
-    }
+    let qrels = graded_qrels(
+        data.pairs
+            .iter()
+            .map(|p| (hex_key(p.query_key), hex_key(p.doc_key), p.score)),
+    );
     let q_rows: Vec<&[Option<FieldValue>]> = queries
         .values()
         .map(|&i| data.pairs[i].query.as_slice())
         .collect();
     let d_rows: Vec<&[Option<FieldValue>]> = docs.values().copied().collect();
-    let q_ids: Vec<String> = queries.keys().map(|k| format!("{k:016x}")).collect();
-    let d_ids: Vec<String> = docs.keys().map(|k| format!("{k:016x}")).collect();
+    let q_ids: Vec<String> = queries.keys().map(|&k| hex_key(k)).collect();
+    let d_ids: Vec<String> = docs.keys().map(|&k| hex_key(k)).collect();
     let qe = e.side(&q_rows, query_fields)?;
     let de = e.side(&d_rows, doc_fields)?;
     let run = run_from_embeddings(&q_ids, &qe, &d_ids, &de, e.clip.config.embed_dim, k);
@@ -171,6 +243,11 @@ pub fn ranking_metrics(
         run,
         metrics,
     })
+}
+
+/// The id of a query or document key in qrels and runs: 16 hexadecimal digits.
+fn hex_key(key: u64) -> String {
+    format!("{key:016x}")
 }
 
 /// Zero-shot classification accuracy: each image is assigned the class whose prompt embeds
@@ -183,27 +260,6 @@ pub fn zero_shot_accuracy(
 ) -> Result<f64, TrainError> {
     let single: Vec<Vec<String>> = prompts.iter().map(|p| vec![p.clone()]).collect();
     zero_shot_accuracy_ensemble(e, images, labels, &single)
-}
-
-/// The class embeddings of a prompt ensemble (CLIP's zero-shot recipe): class `c`'s embedding
-/// is the normalised mean of its prompts' normalised embeddings. `rows` holds the prompt
-/// embeddings of every class, class after class, `counts[c]` rows for class `c`.
-pub fn ensemble_class_embeddings(rows: &[f32], dim: usize, counts: &[usize]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(counts.len() * dim);
-    let mut start = 0;
-    for &n in counts {
-        let mut mean = vec![0.0f32; dim];
-        for r in rows[start * dim..(start + n) * dim].chunks_exact(dim) {
-            let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-            for (m, x) in mean.iter_mut().zip(r) {
-                *m += x / norm;
-            }
-        }
-        let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        out.extend(mean.iter().map(|m| m / norm));
-        start += n;
-    }
-    out
 }
 
 /// Zero-shot classification accuracy with several prompts per class (`prompts[c]`, at least
@@ -263,24 +319,4 @@ pub fn zero_shot_accuracy_ensemble(
         correct += (best == label) as usize;
     }
     Ok(correct as f64 / labels.len().max(1) as f64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ensemble_averages_normalised_prompts_per_class() {
-        // Class 0: two prompts of different lengths along x and y: the mean of the normalised
-        // rows points at 45°, whatever the lengths. Class 1: one prompt, only normalised.
-        let rows = [10.0f32, 0.0, 0.0, 0.5, 0.0, -3.0];
-        let e = ensemble_class_embeddings(&rows, 2, &[2, 1]);
-        let h = std::f32::consts::FRAC_1_SQRT_2;
-        assert_eq!(e.len(), 4);
-        assert!((e[0] - h).abs() < 1e-6 && (e[1] - h).abs() < 1e-6, "{e:?}");
-        assert!(
-            (e[2] - 0.0).abs() < 1e-6 && (e[3] + 1.0).abs() < 1e-6,
-            "{e:?}"
-        );
-    }
 }

@@ -58,6 +58,9 @@ pub enum TrainError {
     Data(String),
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// A model loaded to embed with could not be read, or cannot embed text.
+    #[error(transparent)]
+    Embed(#[from] crate::embed::EmbedError),
     /// A tensor operation failed (shown without any captured backtrace; see
     /// [`crate::model::error_message`]).
     #[error("{}", crate::model::error_message(.0))]
