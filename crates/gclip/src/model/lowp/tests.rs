@@ -1,0 +1,577 @@
+use super::*;
+
+// The tests write weights as `w[k][n]` (y = x·w); the model packs PyTorch's `[out, in]`.
+fn pack_bf16(w: &[f32], k: usize, n: usize) -> Result<PackedBf16, String> {
+    PackedBf16::pack_out_in(&crate::model::kernels::transpose_f32(w, k, n), k, n)
+}
+
+fn pack_int8(w: &[f32], k: usize, n: usize) -> Result<PackedInt8, String> {
+    PackedInt8::pack_out_in(&crate::model::kernels::transpose_f32(w, k, n), k, n)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next() * scale).collect()
+    }
+}
+
+fn r16(v: f32) -> f64 {
+    bf16_to_f32(f32_to_bf16(v)) as f64
+}
+
+/// f64 reference on bf16-rounded inputs; returns (value, magnitude bound).
+fn ref_bf16(x: &[f32], rows: usize, w: &[f32], k: usize, n: usize, b: &[f32]) -> Vec<(f64, f64)> {
+    let mut out = Vec::with_capacity(rows * n);
+    for m in 0..rows {
+        for j in 0..n {
+            let bj = b.get(j).map_or(0.0, |&v| v as f64);
+            let (mut s, mut mag) = (bj, bj.abs());
+            for kk in 0..k {
+                let p = r16(x[m * k + kk]) * r16(w[kk * n + j]);
+                s += p;
+                mag += p.abs();
+            }
+            out.push((s, mag));
+        }
+    }
+    out
+}
+
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (3, 7, 5),
+    (17, 33, 31),
+    (100, 768, 47),
+    (17, 768, 2304),
+    (1, 64, 48),
+    (13, 32, 64),
+    (25, 400, 33),
+    // AMX blocks of 32 rows: a full one plus a 16-row tile, and one row past a block.
+    (48, 96, 64),
+    (33, 64, 40),
+];
+
+fn check_bf16(kernel: Bf16Kernel, rows: usize, k: usize, n: usize, threads: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let x = rng.vec(rows * k, 2.0);
+    let w = rng.vec(k * n, 0.5);
+    let b = rng.vec(n, 1.0);
+    let p = pack_bf16(&w, k, n).unwrap();
+    let mut y = vec![f32::NAN; rows * n];
+    linear_bf16(&x, rows, &p, &b, &mut y, kernel, threads).unwrap();
+    let r = ref_bf16(&x, rows, &w, k, n, &b);
+    for (i, (&got, &(want, mag))) in y.iter().zip(&r).enumerate() {
+        let err = (got as f64 - want).abs();
+        assert!(
+            err <= 1e-4 * mag + 1e-30,
+            "{kernel:?} {rows}x{k}x{n} t{threads} at {i}: got {got}, want {want}, mag {mag}"
+        );
+    }
+}
+
+#[test]
+fn bf16_matches_reference() {
+    for kernel in Bf16Kernel::available() {
+        for (s, &(rows, k, n)) in SHAPES.iter().enumerate() {
+            for threads in [1, 2] {
+                check_bf16(kernel, rows, k, n, threads, 7 + s as u64);
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_packs_from_either_layout_alike() {
+    for &(_, k, n) in SHAPES {
+        let w = Rng(k as u64 * 131 + n as u64).vec(k * n, 3.0);
+        let from_out_in = pack_bf16(&w, k, n).unwrap();
+        let from_in_out = PackedBf16::pack_in_out(&w, k, n).unwrap();
+        assert_eq!(from_in_out, from_out_in, "{k}x{n}");
+    }
+    let e = PackedBf16::pack_in_out(&[0.0; 5], 2, 3).unwrap_err();
+    assert!(e.contains("5 values") && e.contains("2 x 3"), "{e}");
+}
+
+#[test]
+fn bf16_more_odd_shapes() {
+    for kernel in Bf16Kernel::available() {
+        for rows in [1, 3, 17, 100] {
+            for k in [1, 7, 33, 768] {
+                for n in [1, 5, 31, 47] {
+                    check_bf16(kernel, rows, k, n, 2, (rows * 31 + k * 7 + n) as u64);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_k_blocking_and_big_k() {
+    // in_dim > 2*KC exercises several K blocks (partial last one).
+    for kernel in Bf16Kernel::available() {
+        check_bf16(kernel, 29, 3072, 40, 2, 99);
+        check_bf16(kernel, 5, 2 * KC * 2 + 3, 33, 1, 98);
+    }
+}
+
+#[test]
+fn bf16_special_values() {
+    for kernel in Bf16Kernel::available() {
+        let (rows, k, n) = (5, 9, 37);
+        let mut rng = Rng(3);
+        let w = rng.vec(k * n, 1.0);
+        let p = pack_bf16(&w, k, n).unwrap();
+        // all-zero x, no bias -> zeros; with bias -> bias
+        let x = vec![0f32; rows * k];
+        let mut y = vec![1f32; rows * n];
+        linear_bf16(&x, rows, &p, &[], &mut y, kernel, 2).unwrap();
+        assert!(y.iter().all(|&v| v == 0.0));
+        let b = rng.vec(n, 1.0);
+        linear_bf16(&x, rows, &p, &b, &mut y, kernel, 2).unwrap();
+        for r in 0..rows {
+            assert_eq!(&y[r * n..(r + 1) * n], &b[..]);
+        }
+        // NaN in row 2 -> whole row NaN, other rows finite
+        let mut x = rng.vec(rows * k, 1.0);
+        x[2 * k + 4] = f32::NAN;
+        linear_bf16(&x, rows, &p, &b, &mut y, kernel, 2).unwrap();
+        for r in 0..rows {
+            let row = &y[r * n..(r + 1) * n];
+            if r == 2 {
+                assert!(row.iter().all(|v| v.is_nan()), "{kernel:?}");
+            } else {
+                assert!(row.iter().all(|v| v.is_finite()), "{kernel:?}");
+            }
+        }
+        // large magnitudes (no overflow in f32)
+        let x: Vec<f32> = rng.vec(rows * k, 1e15);
+        let w2: Vec<f32> = rng.vec(k * n, 1e15);
+        let p2 = pack_bf16(&w2, k, n).unwrap();
+        linear_bf16(&x, rows, &p2, &[], &mut y, kernel, 1).unwrap();
+        let r = ref_bf16(&x, rows, &w2, k, n, &[]);
+        for (&got, &(want, mag)) in y.iter().zip(&r) {
+            assert!((got as f64 - want).abs() <= 1e-4 * mag);
+        }
+        // rows == 0 is fine
+        linear_bf16(&[], 0, &p, &b, &mut [], kernel, 2).unwrap();
+    }
+}
+
+#[test]
+fn the_amx_mlp_equals_its_two_layers() {
+    // fc1's tiles finished with the activation into fc2's bf16 input must give the bits of
+    // fc1 in f32, then fc2 activating and converting that output. K = 100 leaves 2 K-steps
+    // after the whole tiles, which the finish adds; rows cover partial and whole tiles.
+    let mut rng = Rng(23);
+    let (k, hidden, n) = (100, 160, 40);
+    let (w1, w2) = (rng.vec(k * hidden, 0.3), rng.vec(hidden * n, 0.3));
+    let (p1, p2) = (
+        pack_bf16(&w1, k, hidden).unwrap(),
+        pack_bf16(&w2, hidden, n).unwrap(),
+    );
+    let (b1, b2) = (rng.vec(hidden, 1.0), rng.vec(n, 1.0));
+    let amx = Bf16Kernel::Amx;
+    if !amx.is_available() {
+        let e = mlp_bf16_amx(
+            &[0.0; 100],
+            1,
+            &p1,
+            &b1,
+            Activation::Gelu,
+            &p2,
+            &b2,
+            None,
+            1,
+        )
+        .unwrap_err();
+        assert!(e.contains("not supported"), "{e}");
+        return;
+    }
+    for &rows in &[1, 16, 17, 33, 50, 77] {
+        let x = rng.vec(rows * k, 3.0);
+        let res = rng.vec(rows * n, 10.0);
+        for act in [Activation::QuickGelu, Activation::Gelu] {
+            for residual in [None, Some(&res[..])] {
+                for threads in [1, 2] {
+                    let h = linear_bf16_fused(&x, rows, &p1, &b1, Fused::default(), amx, threads)
+                        .unwrap();
+                    let fused = Fused {
+                        act: Some(act),
+                        residual,
+                    };
+                    let want = linear_bf16_fused(&h, rows, &p2, &b2, fused, amx, threads).unwrap();
+                    let got =
+                        mlp_bf16_amx(&x, rows, &p1, &b1, act, &p2, &b2, residual, threads).unwrap();
+                    assert_eq!(got, want, "{rows} rows, {act:?}, {threads} threads");
+                }
+            }
+        }
+    }
+    let narrow = pack_bf16(&w1[..k * 48], k, 48).unwrap();
+    let e = mlp_bf16_amx(
+        &[0.0; 100],
+        1,
+        &narrow,
+        &[],
+        Activation::Gelu,
+        &p2,
+        &b2,
+        None,
+        1,
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("fc1 gives 48 values per row, fc2 takes 160"),
+        "{e}"
+    );
+    let odd = pack_bf16(&w2[..48 * n], 48, n).unwrap();
+    let e = mlp_bf16_amx(
+        &[0.0; 100],
+        1,
+        &narrow,
+        &[],
+        Activation::Gelu,
+        &odd,
+        &b2,
+        None,
+        1,
+    )
+    .unwrap_err();
+    assert!(e.contains("hidden width 48 is not a multiple of 32"), "{e}");
+}
+
+#[test]
+fn fused_steps_equal_the_unfused_ones() {
+    // The activation fused into the input conversion and the residual added by the kernel
+    // must give the very bits of an activated copy run through the plain entry points and
+    // a separate sum, for every kernel (K = 9000 also runs several K blocks).
+    use crate::model::kernels::act_row;
+    let mut rng = Rng(17);
+    for &(rows, k, n) in &[(1, 7, 5), (13, 100, 33), (37, 768, 70), (14, 9000, 40)] {
+        let x = rng.vec(rows * k, 3.0);
+        let w = rng.vec(k * n, 0.3);
+        let b = rng.vec(n, 1.0);
+        let res = rng.vec(rows * n, 10.0);
+        let (pb, pi) = (pack_bf16(&w, k, n).unwrap(), pack_int8(&w, k, n).unwrap());
+        for act in [None, Some(Activation::QuickGelu), Some(Activation::Gelu)] {
+            let mut xa = x.clone();
+            if let Some(act) = act {
+                for (d, s) in xa.chunks_exact_mut(k).zip(x.chunks_exact(k)) {
+                    act_row(s, d, act);
+                }
+            }
+            for residual in [None, Some(&res[..])] {
+                let fused = Fused { act, residual };
+                let add = |y: &mut Vec<f32>| {
+                    if let Some(r) = residual {
+                        for (y, r) in y.iter_mut().zip(r) {
+                            *y += r;
+                        }
+                    }
+                };
+                for kernel in Bf16Kernel::available() {
+                    for threads in [1, 2] {
+                        let mut want = vec![0f32; rows * n];
+                        linear_bf16(&xa, rows, &pb, &b, &mut want, kernel, threads).unwrap();
+                        add(&mut want);
+                        let got =
+                            linear_bf16_fused(&x, rows, &pb, &b, fused, kernel, threads).unwrap();
+                        assert_eq!(got, want, "{kernel:?} {fused:?} {rows}x{k}x{n}");
+                    }
+                }
+                for kernel in Int8Kernel::available() {
+                    for threads in [1, 2] {
+                        let mut want = vec![0f32; rows * n];
+                        linear_int8(&xa, rows, &pi, &b, &mut want, kernel, threads).unwrap();
+                        add(&mut want);
+                        let got =
+                            linear_int8_fused(&x, rows, &pi, &b, fused, kernel, threads).unwrap();
+                        assert_eq!(got, want, "{kernel:?} {fused:?} {rows}x{k}x{n}");
+                    }
+                }
+            }
+        }
+    }
+    let p = pack_bf16(&[1.0], 1, 1).unwrap();
+    let none = Fused::default();
+    let fused = linear_bf16_fused(&[], 0, &p, &[], none, Bf16Kernel::Portable, 1).unwrap();
+    assert!(fused.is_empty());
+    let short = Fused {
+        act: None,
+        residual: Some(&[1.0]),
+    };
+    assert!(linear_bf16_fused(&[1.0; 2], 2, &p, &[], short, Bf16Kernel::Portable, 1).is_err());
+}
+
+#[test]
+fn bf16_conversion() {
+    assert_eq!(f32_to_bf16(1.0), 0x3F80);
+    // halfway cases round to even
+    assert_eq!(f32_to_bf16(f32::from_bits(0x3F80_8000)), 0x3F80);
+    assert_eq!(f32_to_bf16(f32::from_bits(0x3F81_8000)), 0x3F82);
+    assert_eq!(f32_to_bf16(f32::from_bits(0x3F80_8001)), 0x3F81);
+    assert_eq!(f32_to_bf16(f32::INFINITY), 0x7F80);
+    assert_eq!(f32_to_bf16(f32::MAX), 0x7F80);
+    assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
+    // a NaN whose payload is only in the low bits must stay NaN
+    assert!(bf16_to_f32(f32_to_bf16(f32::from_bits(0x7F80_0001))).is_nan());
+}
+
+#[test]
+fn shape_errors() {
+    let w = vec![0f32; 6];
+    assert!(PackedBf16::pack_out_in(&w, 2, 4).is_err());
+    assert!(PackedInt8::pack_out_in(&w, 4, 2).is_err());
+    let p = pack_bf16(&w, 2, 3).unwrap();
+    let q = pack_int8(&w, 2, 3).unwrap();
+    let mut y = vec![0f32; 6];
+    let x = vec![0f32; 4];
+    assert!(linear_bf16(&x[..3], 2, &p, &[], &mut y, Bf16Kernel::Portable, 1).is_err());
+    assert!(linear_bf16(&x, 2, &p, &[], &mut y[..5], Bf16Kernel::Portable, 1).is_err());
+    assert!(linear_bf16(&x, 2, &p, &[1.0], &mut y, Bf16Kernel::Portable, 1).is_err());
+    assert!(linear_int8(&x[..3], 2, &q, &[], &mut y, Int8Kernel::Portable, 1).is_err());
+    assert!(linear_int8(&x, 2, &q, &[0.0; 4], &mut y, Int8Kernel::Portable, 1).is_err());
+    assert!(linear_bf16(&x, usize::MAX, &p, &[], &mut y, Bf16Kernel::Portable, 1).is_err());
+    for k in [Bf16Kernel::Avx512, Bf16Kernel::Avx512Bf16] {
+        let r = linear_bf16(&x, 2, &p, &[], &mut y, k, 1);
+        assert_eq!(r.is_ok(), k.is_available());
+    }
+    let r = linear_int8(&x, 2, &q, &[], &mut y, Int8Kernel::Avx512Vnni, 1);
+    assert_eq!(r.is_ok(), Int8Kernel::Avx512Vnni.is_available());
+}
+
+#[test]
+fn bytes_round_trip() {
+    let mut rng = Rng(5);
+    for &(k, n) in &[(1, 1), (7, 33), (768, 47)] {
+        let w = rng.vec(k * n, 1.0);
+        let p = pack_bf16(&w, k, n).unwrap();
+        let p2 = PackedBf16::from_bytes(p.as_bytes(), k, n).unwrap();
+        assert_eq!(p, p2);
+        assert_eq!(p.as_bytes(), p2.as_bytes());
+        assert!(PackedBf16::from_bytes(&p.as_bytes()[1..], k, n).is_err());
+        assert!(PackedBf16::from_bytes(p.as_bytes(), k + 2, n).is_err());
+        let q = pack_int8(&w, k, n).unwrap();
+        let q2 = PackedInt8::from_bytes(q.as_bytes(), k, n).unwrap();
+        assert_eq!(q, q2);
+        assert!(PackedInt8::from_bytes(&q.as_bytes()[4..], k, n).is_err());
+        assert!(PackedInt8::from_bytes(q.as_bytes(), k, n + NR).is_err());
+        for kk in 0..k {
+            for j in 0..n {
+                assert_eq!(p.get(kk, j) as f64, r16(w[kk * n + j]));
+            }
+        }
+    }
+}
+
+/// Scalar reproduction of the int8 path: exact i32 dot of quantised data.
+fn ref_int8(x: &[f32], rows: usize, p: &PackedInt8, b: &[f32]) -> Vec<(f64, f64, i64)> {
+    let (k, n) = (p.in_dim(), p.out_dim());
+    let mut out = Vec::new();
+    let mut q = vec![0i8; k];
+    for m in 0..rows {
+        let sx = quantize_row_i8(&x[m * k..(m + 1) * k], &mut q) as f64;
+        for j in 0..n {
+            let acc: i64 = (0..k).map(|kk| q[kk] as i64 * p.q(kk, j) as i64).sum();
+            let s = sx * p.scale(j) as f64;
+            let bj = b.get(j).map_or(0.0, |&v| v as f64);
+            out.push((s * acc as f64 + bj, (s * acc as f64).abs() + bj.abs(), acc));
+        }
+    }
+    out
+}
+
+fn check_int8(kernel: Int8Kernel, rows: usize, k: usize, n: usize, threads: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let x = rng.vec(rows * k, 3.0);
+    let w = rng.vec(k * n, 0.2);
+    let b = rng.vec(n, 1.0);
+    let p = pack_int8(&w, k, n).unwrap();
+    let mut y = vec![f32::NAN; rows * n];
+    linear_int8(&x, rows, &p, &b, &mut y, kernel, threads).unwrap();
+    let r = ref_int8(&x, rows, &p, &b);
+    for (i, (&got, &(want, mag, _))) in y.iter().zip(&r).enumerate() {
+        assert!(
+            (got as f64 - want).abs() <= 1e-6 * mag + 1e-6,
+            "{kernel:?} {rows}x{k}x{n} at {i}: got {got} want {want}"
+        );
+    }
+    // close to the f32 result
+    let mut exact = vec![0f64; rows * n];
+    for m in 0..rows {
+        for j in 0..n {
+            exact[m * n + j] = b[j] as f64
+                + (0..k)
+                    .map(|kk| x[m * k + kk] as f64 * w[kk * n + j] as f64)
+                    .sum::<f64>();
+        }
+    }
+    if k >= 32 && rows * n >= 32 {
+        let dot: f64 = exact.iter().zip(&y).map(|(a, &b)| a * b as f64).sum();
+        let na: f64 = exact.iter().map(|a| a * a).sum::<f64>().sqrt();
+        let nb: f64 = y.iter().map(|&b| (b as f64).powi(2)).sum::<f64>().sqrt();
+        assert!(dot / (na * nb) >= 0.999, "cosine {}", dot / (na * nb));
+    }
+}
+
+#[test]
+fn int8_matches_reference() {
+    for kernel in Int8Kernel::available() {
+        for (s, &(rows, k, n)) in SHAPES.iter().enumerate() {
+            for threads in [1, 2] {
+                check_int8(kernel, rows, k, n, threads, 11 + s as u64);
+            }
+        }
+        for rows in [1, 3, 17, 100] {
+            for k in [1, 7, 33, 768] {
+                for n in [1, 5, 31, 47] {
+                    check_int8(kernel, rows, k, n, 2, (rows * 13 + k * 5 + n) as u64);
+                }
+            }
+        }
+        check_int8(kernel, 29, 3072, 40, 2, 77);
+        check_int8(kernel, 5, 4 * KC * 2 + 5, 33, 1, 78);
+    }
+}
+
+#[test]
+fn int8_exact_integer_accumulators() {
+    // Integer data with row max 127 and column max 127: both scales are
+    // exactly 1, so dst equals the raw i32 accumulator.
+    let (rows, k, n) = (19, 1029, 45);
+    let mut rng = Rng(21);
+    let ints = |rng: &mut Rng, len: usize| -> Vec<f32> {
+        (0..len).map(|_| (rng.next() * 127.0).round()).collect()
+    };
+    let mut x = ints(&mut rng, rows * k);
+    let mut w = ints(&mut rng, k * n);
+    for m in 0..rows {
+        x[m * k + m % k] = if m % 2 == 0 { 127.0 } else { -127.0 };
+    }
+    for j in 0..n {
+        w[(j * 3 % k) * n + j] = -127.0;
+    }
+    let p = pack_int8(&w, k, n).unwrap();
+    for kernel in Int8Kernel::available() {
+        let mut y = vec![0f32; rows * n];
+        linear_int8(&x, rows, &p, &[], &mut y, kernel, 2).unwrap();
+        for m in 0..rows {
+            for j in 0..n {
+                let acc: i64 = (0..k)
+                    .map(|kk| x[m * k + kk] as i64 * w[kk * n + j] as i64)
+                    .sum();
+                assert!(acc.abs() < 1 << 24);
+                assert_eq!(y[m * n + j], acc as f32, "{kernel:?} {m} {j}");
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_special_values() {
+    for kernel in Int8Kernel::available() {
+        let (rows, k, n) = (4, 13, 35);
+        let mut rng = Rng(8);
+        let w = rng.vec(k * n, 1.0);
+        let b = rng.vec(n, 1.0);
+        let p = pack_int8(&w, k, n).unwrap();
+        let mut x = rng.vec(rows * k, 1.0);
+        x[k..2 * k].fill(0.0); // zero row -> bias
+        x[2 * k + 3] = f32::NAN; // NaN row -> NaN
+        x[3 * k + 5] = f32::INFINITY; // inf row -> NaN
+        let mut y = vec![0f32; rows * n];
+        linear_int8(&x, rows, &p, &b, &mut y, kernel, 1).unwrap();
+        assert!(y[..n].iter().all(|v| v.is_finite()));
+        assert_eq!(&y[n..2 * n], &b[..]);
+        assert!(y[2 * n..].iter().all(|v| v.is_nan()));
+        // large magnitudes are fine (scales absorb them)
+        let x = rng.vec(rows * k, 1e30);
+        linear_int8(&x, rows, &p, &[], &mut y, kernel, 1).unwrap();
+        assert!(y.iter().all(|v| v.is_finite()));
+        // non-finite weight column -> NaN column
+        let mut w2 = w.clone();
+        w2[2 * n + 7] = f32::NAN;
+        let p2 = pack_int8(&w2, k, n).unwrap();
+        let x = rng.vec(rows * k, 1.0);
+        linear_int8(&x, rows, &p2, &b, &mut y, kernel, 1).unwrap();
+        for m in 0..rows {
+            for j in 0..n {
+                assert_eq!(y[m * n + j].is_nan(), j == 7);
+            }
+        }
+    }
+}
+
+#[test]
+fn quantize_row_rules() {
+    let mut q = [0i8; 4];
+    assert_eq!(quantize_row_i8(&[0.0; 4], &mut q), 0.0);
+    assert_eq!(q, [0; 4]);
+    let s = quantize_row_i8(&[1.0, -2.0, 0.5, 2.0], &mut q);
+    assert_eq!(s, 2.0 / 127.0);
+    assert_eq!(q, [64, -127, 32, 127]); // 63.5 -> 64 (ties to even), 31.75 -> 32
+    assert!(quantize_row_i8(&[1.0, f32::NAN, 0.0, 0.0], &mut q).is_nan());
+    assert_eq!(q, [0; 4]);
+}
+
+#[test]
+fn dispatch_runs_the_requested_variant() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let av = Bf16Kernel::available();
+        assert_eq!(
+            av.contains(&Bf16Kernel::Avx512Bf16),
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bf16")
+        );
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        assert_eq!(av.contains(&Bf16Kernel::Avx2), avx2);
+        assert_eq!(Int8Kernel::available().contains(&Int8Kernel::Avx2), avx2);
+        assert_eq!(
+            Int8Kernel::available().contains(&Int8Kernel::Avx512Vnni),
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+        );
+    }
+    assert_eq!(Bf16Kernel::best(), *Bf16Kernel::available().last().unwrap());
+    if Bf16Kernel::available().contains(&Bf16Kernel::Amx) {
+        assert!(Bf16Kernel::available().contains(&Bf16Kernel::Avx512Bf16));
+    }
+    // vdpbf16ps and tdpbf16ps treat denormal inputs as zero; the f32 paths do not. K = 1
+    // runs AMX's edge code (vdpbf16ps), K = 32 its tiles.
+    let tiny = f32::from_bits(0x0001_0000); // a bf16-exact denormal
+    for k in [1, 32] {
+        let p = pack_bf16(&vec![1.0; k], k, 1).unwrap();
+        let mut x = vec![0.0; k];
+        x[0] = tiny;
+        for kernel in Bf16Kernel::available() {
+            let mut y = [0f32];
+            linear_bf16(&x, 1, &p, &[], &mut y, kernel, 1).unwrap();
+            let flushed = y[0] == 0.0;
+            let flushing = matches!(kernel, Bf16Kernel::Avx512Bf16 | Bf16Kernel::Amx);
+            assert_eq!(flushed, flushing, "{kernel:?} K {k}");
+        }
+    }
+    // int8 variants are bit-identical (exact integer math, same epilogue)
+    let mut rng = Rng(42);
+    let (rows, k, n) = (23, 100, 70);
+    let x = rng.vec(rows * k, 1.0);
+    let w = rng.vec(k * n, 1.0);
+    let b = rng.vec(n, 1.0);
+    let p = pack_int8(&w, k, n).unwrap();
+    let mut y0 = vec![0f32; rows * n];
+    linear_int8(&x, rows, &p, &b, &mut y0, Int8Kernel::Portable, 1).unwrap();
+    for kernel in Int8Kernel::available() {
+        let mut y = vec![0f32; rows * n];
+        linear_int8(&x, rows, &p, &b, &mut y, kernel, 2).unwrap();
+        assert_eq!(y, y0, "{kernel:?}");
+    }
+}

@@ -1,0 +1,519 @@
+//! Packed weights ([`PackedBf16`], [`PackedInt8`]) in 64-byte aligned word buffers, owned or
+//! in place in a mapped file, and the per-thread scratch that activation packing writes into.
+
+use super::*;
+
+/// `u32` words whose first element is 64-byte aligned: owned, or in place in a read-only
+/// memory-mapped file (a converted-weights cache, see `super::converted`).
+pub(super) struct AlignedWords {
+    pub(super) store: WordStore,
+    pub(super) len: usize,
+}
+
+pub(super) enum WordStore {
+    /// The words start `off` elements into the vector.
+    Owned { v: Vec<u32>, off: usize },
+    /// The words start `byte_offset` bytes into the mapping (checked 64-byte aligned and in
+    /// bounds when built).
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        byte_offset: usize,
+    },
+}
+
+pub(super) fn align_off(ptr: *const u32) -> usize {
+    // Vec<u32> is 4-byte aligned, so the byte distance is a multiple of 4.
+    (ptr as usize).wrapping_neg() % 64 / 4
+}
+
+impl AlignedWords {
+    pub(super) fn zeroed(len: usize) -> Self {
+        let v = vec![0u32; len + 16];
+        let off = align_off(v.as_ptr());
+        Self {
+            store: WordStore::Owned { v, off },
+            len,
+        }
+    }
+    /// `len` words at `byte_offset` in `map`, which must lie inside it and be 64-byte aligned.
+    pub(super) fn mapped(
+        map: Arc<memmap2::Mmap>,
+        byte_offset: usize,
+        len: usize,
+    ) -> Result<Self, String> {
+        let end = len
+            .checked_mul(4)
+            .and_then(|bytes| bytes.checked_add(byte_offset))
+            .ok_or_else(|| "packed weight: size overflows".to_string())?;
+        if end > map.len() {
+            return Err(format!(
+                "packed weight: bytes {byte_offset}..{end} lie outside the {}-byte file",
+                map.len()
+            ));
+        }
+        if !(map.as_ptr() as usize + byte_offset).is_multiple_of(64) {
+            return Err(format!(
+                "packed weight: offset {byte_offset} is not 64-byte aligned"
+            ));
+        }
+        Ok(Self {
+            store: WordStore::Mapped { map, byte_offset },
+            len,
+        })
+    }
+    pub(super) fn is_mapped(&self) -> bool {
+        matches!(self.store, WordStore::Mapped { .. })
+    }
+    pub(super) fn words(&self) -> &[u32] {
+        match &self.store {
+            WordStore::Owned { v, off } => &v[*off..*off + self.len],
+            WordStore::Mapped { map, byte_offset } => {
+                // SAFETY: `mapped` checked that `len` words from `byte_offset` lie inside the
+                // mapping and start 64-byte aligned (so u32-aligned); every bit pattern is a
+                // valid u32; the mapping is read-only, never written through, and the Arc
+                // keeps it alive as long as this borrow of `self`.
+                unsafe {
+                    std::slice::from_raw_parts(
+                        map.as_ptr().add(*byte_offset).cast::<u32>(),
+                        self.len,
+                    )
+                }
+            }
+        }
+    }
+    /// The owned words, to fill while packing (packing always starts from [`Self::zeroed`]).
+    pub(super) fn words_mut(&mut self) -> &mut [u32] {
+        match &mut self.store {
+            WordStore::Owned { v, off } => &mut v[*off..*off + self.len],
+            WordStore::Mapped { .. } => &mut [],
+        }
+    }
+    pub(super) fn bytes(&self) -> &[u8] {
+        let w = self.words();
+        // SAFETY: `w` is a valid, initialised `[u32]`; u32 has no padding and
+        // every byte pattern is a valid u8; u8 needs alignment 1; the byte
+        // length is exactly `4 * w.len()` and the borrow keeps `self` alive.
+        unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<u8>(), w.len() * 4) }
+    }
+    /// `bytes.len()` must be a multiple of 4 (callers check the exact length).
+    pub(super) fn from_bytes(bytes: &[u8]) -> Self {
+        let mut s = Self::zeroed(bytes.len() / 4);
+        for (d, c) in s.words_mut().iter_mut().zip(bytes.chunks_exact(4)) {
+            *d = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        s
+    }
+}
+
+impl Clone for AlignedWords {
+    fn clone(&self) -> Self {
+        match &self.store {
+            WordStore::Mapped { map, byte_offset } => Self {
+                store: WordStore::Mapped {
+                    map: map.clone(),
+                    byte_offset: *byte_offset,
+                },
+                len: self.len,
+            },
+            WordStore::Owned { .. } => {
+                let mut s = Self::zeroed(self.len);
+                s.words_mut().copy_from_slice(self.words());
+                s
+            }
+        }
+    }
+}
+
+impl PartialEq for AlignedWords {
+    fn eq(&self, o: &Self) -> bool {
+        self.words() == o.words()
+    }
+}
+
+impl std::fmt::Debug for AlignedWords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedWords({} words)", self.len)
+    }
+}
+
+thread_local! {
+    pub(super) static SCRATCH: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// The hidden activations of a fused MLP ([`mlp_bf16_amx`]), beside its input's scratch.
+    pub(super) static HIDDEN_SCRATCH: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a 64-byte aligned scratch slice of `len` words (contents
+/// unspecified) that is kept per thread between calls.
+pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
+    with_scratch_in(&SCRATCH, len, f)
+}
+
+pub(super) fn with_scratch_in<R>(
+    slot: &'static std::thread::LocalKey<RefCell<Vec<u32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [u32]) -> R,
+) -> R {
+    let mut v = slot.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    if v.len() < len + 16 {
+        v = vec![0u32; len + 16];
+    }
+    let off = align_off(v.as_ptr());
+    let r = f(&mut v[off..off + len]);
+    slot.with(|s| *s.borrow_mut() = v);
+    r
+}
+
+/// Frees the calling thread's scratch buffers (they are re-created on demand).
+pub fn release_scratch() {
+    SCRATCH.with(|s| *s.borrow_mut() = Vec::new());
+    HIDDEN_SCRATCH.with(|s| *s.borrow_mut() = Vec::new());
+}
+
+pub(super) fn checked_dims(a: usize, b: usize, what: &str) -> Result<usize, String> {
+    a.checked_mul(b)
+        .ok_or_else(|| format!("{what}: size {a} x {b} overflows"))
+}
+
+// ---------------------------------------------------------------------------
+// Packed weights
+// ---------------------------------------------------------------------------
+
+/// bf16 weights packed for the microkernels.
+///
+/// Layout (words of two bf16): panel `p` of [`NR`] columns, then K-pair `kp`,
+/// then column `j`: word = `bf16(w[2kp][n]) | bf16(w[2kp+1][n]) << 16` with
+/// `n = p*NR + j`; K is padded to even and N to a multiple of `NR` with zeros.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedBf16 {
+    pub(super) buf: AlignedWords,
+    pub(super) in_dim: usize,
+    pub(super) out_dim: usize,
+}
+
+pub(super) fn bf16_words(in_dim: usize, out_dim: usize) -> Result<usize, String> {
+    let panels = out_dim.div_ceil(NR);
+    let per = checked_dims(in_dim.div_ceil(2), NR, "bf16 pack")?;
+    checked_dims(panels, per, "bf16 pack")
+}
+
+impl PackedBf16 {
+    /// Packs row-major `w[out_dim][in_dim]` (PyTorch's `nn.Linear` layout, y = x·wᵀ): each
+    /// output channel is a contiguous row, read once; panels are packed in parallel.
+    pub fn pack_out_in(w: &[f32], in_dim: usize, out_dim: usize) -> Result<Self, String> {
+        checked_dims(in_dim, out_dim, "bf16 pack")?;
+        if w.len() != in_dim * out_dim {
+            return Err(format!(
+                "bf16 pack: weight has {} values, expected {out_dim} x {in_dim}",
+                w.len()
+            ));
+        }
+        Self::pack_rows(&RowBlocks::whole(w, out_dim, in_dim))
+    }
+
+    /// [`Self::pack_out_in`] of a weight held in row blocks (`[out_dim, in_dim]`).
+    pub(crate) fn pack_rows(w: &RowBlocks) -> Result<Self, String> {
+        let (in_dim, out_dim) = (w.cols(), w.rows());
+        let mut buf = AlignedWords::zeroed(bf16_words(in_dim, out_dim)?);
+        let k2 = in_dim.div_ceil(2);
+        if k2 > 0 {
+            buf.words_mut()
+                .par_chunks_mut(k2 * NR)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    // Each output channel's row is converted whole (vectorised), then its
+                    // K-pairs are laid into the panel's column for that channel.
+                    let mut halves = vec![0u16; 2 * k2];
+                    for j in 0..NR.min(out_dim.saturating_sub(p * NR)) {
+                        bf16_row(w.row(p * NR + j), &mut halves[..in_dim]);
+                        for (kp, pair) in halves.chunks_exact(2).enumerate() {
+                            panel[kp * NR + j] = pair[0] as u32 | (pair[1] as u32) << 16;
+                        }
+                    }
+                });
+        }
+        Ok(Self {
+            buf,
+            in_dim,
+            out_dim,
+        })
+    }
+
+    /// Packs row-major `w[in_dim][out_dim]` (y = x·w): the layout training keeps its weights
+    /// in, and the layout of a batch's rows when they are the K side of a product (a weight
+    /// gradient `xᵀ·g` packs `g`). Two consecutive rows give a panel's K-pairs; rows are rounded
+    /// and panels packed in parallel.
+    pub fn pack_in_out(w: &[f32], in_dim: usize, out_dim: usize) -> Result<Self, String> {
+        checked_dims(in_dim, out_dim, "bf16 pack")?;
+        if w.len() != in_dim * out_dim {
+            return Err(format!(
+                "bf16 pack: matrix has {} values, expected {in_dim} x {out_dim}",
+                w.len()
+            ));
+        }
+        let mut buf = AlignedWords::zeroed(bf16_words(in_dim, out_dim)?);
+        let k2 = in_dim.div_ceil(2);
+        if k2 == 0 || out_dim == 0 {
+            return Ok(Self {
+                buf,
+                in_dim,
+                out_dim,
+            });
+        }
+        // Rounded first, whole rows at a time (a panel's pieces of 32 values are too short for
+        // the vector conversion to pay), then interleaved into K-pairs panel by panel. An odd
+        // K gets a zero row.
+        let mut halves = vec![0u16; 2 * k2 * out_dim];
+        halves
+            .par_chunks_mut(out_dim)
+            .zip(w.par_chunks(out_dim))
+            .for_each(|(dst, src)| bf16_row(src, dst));
+        buf.words_mut()
+            .par_chunks_mut(k2 * NR)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                let n0 = p * NR;
+                let width = NR.min(out_dim - n0);
+                for (kp, words) in panel.chunks_exact_mut(NR).enumerate() {
+                    let even = &halves[2 * kp * out_dim + n0..][..width];
+                    let odd = &halves[(2 * kp + 1) * out_dim + n0..][..width];
+                    for ((word, &lo), &hi) in words.iter_mut().zip(even).zip(odd) {
+                        *word = lo as u32 | (hi as u32) << 16;
+                    }
+                }
+            });
+        Ok(Self {
+            buf,
+            in_dim,
+            out_dim,
+        })
+    }
+
+    /// Input features (K).
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+    /// Output features (N).
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+    /// The packed weights (native-endian; see the type docs for the layout).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buf.bytes()
+    }
+    /// Rebuilds from [`Self::as_bytes`] output (copied into an aligned buffer).
+    pub fn from_bytes(bytes: &[u8], in_dim: usize, out_dim: usize) -> Result<Self, String> {
+        let words = bf16_words(in_dim, out_dim)?;
+        if bytes.len() != words * 4 {
+            return Err(format!(
+                "bf16 packed weight: {} bytes, expected {} for {in_dim} x {out_dim}",
+                bytes.len(),
+                words * 4
+            ));
+        }
+        Ok(Self {
+            buf: AlignedWords::from_bytes(bytes),
+            in_dim,
+            out_dim,
+        })
+    }
+    /// Uses packed words in place: `in_dim × out_dim` weights at `byte_offset` in `map`, as
+    /// [`Self::as_bytes`] wrote them (a converted-weights cache file).
+    pub(crate) fn from_mapped(
+        map: Arc<memmap2::Mmap>,
+        byte_offset: usize,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            buf: AlignedWords::mapped(map, byte_offset, bf16_words(in_dim, out_dim)?)?,
+            in_dim,
+            out_dim,
+        })
+    }
+    /// Whether the words are used in place in a mapped file.
+    pub fn is_mapped(&self) -> bool {
+        self.buf.is_mapped()
+    }
+    /// The bf16-rounded weight `w[k][n]` as f32 (for tests / debugging).
+    pub fn get(&self, k: usize, n: usize) -> f32 {
+        assert!(k < self.in_dim && n < self.out_dim);
+        let k2 = self.in_dim.div_ceil(2);
+        let word = self.buf.words()[(n / NR) * k2 * NR + (k / 2) * NR + n % NR];
+        bf16_to_f32((word >> (16 * (k % 2))) as u16)
+    }
+}
+
+/// int8 weights, symmetric per output column, packed for the microkernels.
+///
+/// Byte image (all native-endian 32-bit words), with `npad = ceil(N/NR)*NR`:
+/// `corr: [i32; npad]` = `-128 * sum_k q[k][n]` (the u8-offset correction),
+/// `scale: [f32; npad]` = `max_k |w[k][n]| / 127`, then the quantised weights:
+/// panel `p`, K-quad `kq`, column `j`: word = bytes `q[4kq+t][p*NR+j]`,
+/// `t = 0..4` (K padded to a multiple of 4 and N to `npad` with zeros).
+/// `q = round_half_even(w / scale)` clamped to ±127. A column that contains a
+/// NaN or infinity gets scale NaN and q = 0, so its outputs are NaN; an
+/// all-zero column gets scale 0.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedInt8 {
+    pub(super) buf: AlignedWords,
+    pub(super) in_dim: usize,
+    pub(super) out_dim: usize,
+}
+
+pub(super) fn int8_words(in_dim: usize, out_dim: usize) -> Result<usize, String> {
+    let panels = out_dim.div_ceil(NR);
+    let per = checked_dims(in_dim.div_ceil(4), NR, "int8 pack")?;
+    let data = checked_dims(panels, per, "int8 pack")?;
+    data.checked_add(2 * panels * NR)
+        .ok_or_else(|| "int8 pack: size overflows".to_string())
+}
+
+impl PackedInt8 {
+    /// Quantises and packs row-major `w[out_dim][in_dim]` (PyTorch's layout): each output
+    /// channel, whose scale is its own, is a contiguous row; panels are packed in parallel.
+    pub fn pack_out_in(w: &[f32], in_dim: usize, out_dim: usize) -> Result<Self, String> {
+        checked_dims(in_dim, out_dim, "int8 pack")?;
+        if w.len() != in_dim * out_dim {
+            return Err(format!(
+                "int8 pack: weight has {} values, expected {out_dim} x {in_dim}",
+                w.len()
+            ));
+        }
+        Self::pack_rows(&RowBlocks::whole(w, out_dim, in_dim))
+    }
+
+    /// [`Self::pack_out_in`] of a weight held in row blocks (`[out_dim, in_dim]`).
+    pub(crate) fn pack_rows(w: &RowBlocks) -> Result<Self, String> {
+        let (in_dim, out_dim) = (w.cols(), w.rows());
+        if in_dim > MAX_INT8_IN_DIM {
+            return Err(format!(
+                "int8 pack: in_dim {in_dim} > {MAX_INT8_IN_DIM} could overflow i32"
+            ));
+        }
+        let mut buf = AlignedWords::zeroed(int8_words(in_dim, out_dim)?);
+        let npad = out_dim.div_ceil(NR) * NR;
+        let k4 = in_dim.div_ceil(4);
+        let words = buf.words_mut();
+        let (head, data) = words.split_at_mut(2 * npad);
+        let (corrections, scales) = head.split_at_mut(npad);
+        // One task per panel of NR output channels: its corrections, scales and packed quads.
+        let panels = corrections
+            .par_chunks_mut(NR)
+            .zip(scales.par_chunks_mut(NR))
+            .zip(data.par_chunks_mut((k4 * NR).max(1)))
+            .enumerate();
+        panels.for_each(|(p, ((corr, scale), panel))| {
+            let mut col = vec![0i8; k4 * 4];
+            for j in 0..NR.min(out_dim.saturating_sub(p * NR)) {
+                let row = w.row(p * NR + j);
+                // The same rule as the activations': scale max|w| / 127 (NaN for a row with a
+                // non-finite value, whose codes are then 0), codes rounded half to even.
+                let (s, inv) = row_quant_params(row);
+                let mut sum = 0i32;
+                for (q, &v) in col.iter_mut().zip(row) {
+                    *q = inv.map_or(0, |inv| quant(v, inv) as i8);
+                    sum += *q as i32;
+                }
+                corr[j] = (-128 * sum) as u32;
+                scale[j] = s.to_bits();
+                for (kq, quad) in col.chunks_exact(4).enumerate() {
+                    panel[kq * NR + j] = u32::from_le_bytes([
+                        quad[0] as u8,
+                        quad[1] as u8,
+                        quad[2] as u8,
+                        quad[3] as u8,
+                    ]);
+                }
+            }
+        });
+        Ok(Self {
+            buf,
+            in_dim,
+            out_dim,
+        })
+    }
+
+    /// Input features (K).
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+    /// Output features (N).
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+    /// Scales, corrections and quantised weights (see the type docs).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buf.bytes()
+    }
+    /// Rebuilds from [`Self::as_bytes`] output (copied into an aligned buffer).
+    pub fn from_bytes(bytes: &[u8], in_dim: usize, out_dim: usize) -> Result<Self, String> {
+        if in_dim > MAX_INT8_IN_DIM {
+            return Err(format!("int8 packed weight: in_dim {in_dim} too large"));
+        }
+        let words = int8_words(in_dim, out_dim)?;
+        if bytes.len() != words * 4 {
+            return Err(format!(
+                "int8 packed weight: {} bytes, expected {} for {in_dim} x {out_dim}",
+                bytes.len(),
+                words * 4
+            ));
+        }
+        Ok(Self {
+            buf: AlignedWords::from_bytes(bytes),
+            in_dim,
+            out_dim,
+        })
+    }
+    /// Uses packed words in place: `in_dim × out_dim` weights at `byte_offset` in `map`, as
+    /// [`Self::as_bytes`] wrote them (a converted-weights cache file).
+    pub(crate) fn from_mapped(
+        map: Arc<memmap2::Mmap>,
+        byte_offset: usize,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Self, String> {
+        if in_dim > MAX_INT8_IN_DIM {
+            return Err(format!("int8 packed weight: in_dim {in_dim} too large"));
+        }
+        Ok(Self {
+            buf: AlignedWords::mapped(map, byte_offset, int8_words(in_dim, out_dim)?)?,
+            in_dim,
+            out_dim,
+        })
+    }
+    /// Whether the words are used in place in a mapped file.
+    pub fn is_mapped(&self) -> bool {
+        self.buf.is_mapped()
+    }
+    pub(super) fn npad(&self) -> usize {
+        self.out_dim.div_ceil(NR) * NR
+    }
+    /// Per-column scale of column `n`.
+    pub fn scale(&self, n: usize) -> f32 {
+        assert!(n < self.out_dim);
+        f32::from_bits(self.buf.words()[self.npad() + n])
+    }
+    /// Quantised weight `q[k][n]`.
+    pub fn q(&self, k: usize, n: usize) -> i8 {
+        assert!(k < self.in_dim && n < self.out_dim);
+        let k4 = self.in_dim.div_ceil(4);
+        let word = self.buf.words()[2 * self.npad() + (n / NR) * k4 * NR + (k / 4) * NR + n % NR];
+        (word >> (8 * (k % 4))) as u8 as i8
+    }
+    pub(super) fn corr(&self) -> &[i32] {
+        let w = &self.buf.words()[..self.npad()];
+        // SAFETY: i32 and u32 have identical size and alignment and every bit
+        // pattern is valid for both; the length is unchanged.
+        unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<i32>(), w.len()) }
+    }
+    pub(super) fn scales(&self) -> &[f32] {
+        let np = self.npad();
+        let w = &self.buf.words()[np..2 * np];
+        // SAFETY: f32 and u32 have identical size and alignment and every bit
+        // pattern is a valid f32; the length is unchanged.
+        unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<f32>(), w.len()) }
+    }
+    pub(super) fn data(&self) -> &[u32] {
+        &self.buf.words()[2 * self.npad()..]
+    }
+}

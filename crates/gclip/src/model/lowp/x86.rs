@@ -1,0 +1,616 @@
+//! The x86 kernels besides AMX: AVX-512 (bf16 `vdpbf16ps`, int8 `vpdpbusd`, bf16 widened to
+//! f32 FMA) and AVX2 + FMA (staged bf16, int8 `vpmaddubsw`), and the activation packing
+//! compiled for each; chosen at run time by [`super::Bf16Kernel`] / [`super::Int8Kernel`].
+
+use super::{Tile, NR};
+use std::arch::x86_64::*;
+
+pub const BF16_MR: usize = 12;
+pub const AVX512_MR: usize = 8;
+pub const VNNI_MR: usize = 12;
+pub const AVX2_BF16_MR: usize = 6;
+pub const AVX2_INT8_MR: usize = 4;
+
+/// Lane masks for the two 16-column halves of a tile with `ncols` columns.
+#[inline(always)]
+pub(super) fn masks(ncols: usize) -> (__mmask16, __mmask16) {
+    let full = if ncols >= NR {
+        u32::MAX
+    } else {
+        (1u32 << ncols) - 1
+    };
+    (full as u16, (full >> 16) as u16)
+}
+
+/// The tile's bias in the two 16-column halves (`ncols` lanes kept by the masks), zeros
+/// when it has none.
+///
+/// # Safety
+/// Tile contract: a non-null `t.bias` holds `t.ncols` values; the CPU supports avx512f.
+#[inline(always)]
+pub(super) unsafe fn bias_halves(t: &Tile, k0: __mmask16, k1: __mmask16) -> (__m512, __m512) {
+    if t.bias.is_null() {
+        return (_mm512_setzero_ps(), _mm512_setzero_ps());
+    }
+    // SAFETY: the masks keep the `ncols` lanes that the bias holds.
+    unsafe {
+        (
+            _mm512_maskz_loadu_ps(k0, t.bias),
+            _mm512_maskz_loadu_ps(k1, t.bias.add(16)),
+        )
+    }
+}
+
+/// Stores f32 accumulators into the tile, adding the residual in the
+/// last K block when there is one.
+///
+/// # Safety
+/// Tile contract with `M` valid rows.
+#[inline(always)]
+unsafe fn store_f32<const M: usize>(
+    t: &Tile,
+    acc: &[[__m512; 2]; M],
+    k0: __mmask16,
+    k1: __mmask16,
+) {
+    let resid = t.fin && !t.resid.is_null();
+    for (i, r) in acc.iter().enumerate() {
+        // SAFETY: rows `< M` of `c` (and of the residual, which has the
+        // tile's shape and stride) hold the `ncols` lanes the masks keep.
+        unsafe {
+            let c = t.c.add(i * t.ldc);
+            let (mut v0, mut v1) = (r[0], r[1]);
+            if resid {
+                let p = t.resid.add(i * t.ldc);
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(k0, p));
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(k1, p.add(16)));
+            }
+            _mm512_mask_storeu_ps(c, k0, v0);
+            _mm512_mask_storeu_ps(c.add(16), k1, v1);
+        }
+    }
+}
+
+macro_rules! dispatch_m {
+    ($name:ident, $inner:ident, $feat:literal, $($m:literal)*) => {
+        /// # Safety
+        /// `t` must satisfy the `Tile` contract and the CPU must support
+        #[doc = $feat]
+        pub unsafe fn $name(t: &Tile, m: usize) {
+            // SAFETY: forwarded contract; `m` selects the instantiation.
+            unsafe {
+                match m {
+                    $($m => $inner::<$m>(t),)*
+                    _ => {}
+                }
+            }
+        }
+    };
+}
+
+/// # Safety
+/// Tile contract with `M` valid rows, one bf16-pair word per A entry; CPU
+/// supports avx512f + avx512bf16.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn bf16dp<const M: usize>(t: &Tile) {
+    let (k0, k1) = masks(t.ncols);
+    let mut acc = [[_mm512_setzero_ps(); 2]; M];
+    // SAFETY (whole body): pointers are valid for the extents in the Tile
+    // contract; masked loads/stores never touch lanes beyond `ncols`.
+    unsafe {
+        if t.init {
+            if !t.bias.is_null() {
+                let b0 = _mm512_maskz_loadu_ps(k0, t.bias);
+                let b1 = _mm512_maskz_loadu_ps(k1, t.bias.add(16));
+                for r in acc.iter_mut() {
+                    *r = [b0, b1];
+                }
+            }
+        } else {
+            for (i, r) in acc.iter_mut().enumerate() {
+                let c = t.c.add(i * t.ldc);
+                *r = [
+                    _mm512_maskz_loadu_ps(k0, c),
+                    _mm512_maskz_loadu_ps(k1, c.add(16)),
+                ];
+            }
+        }
+        let mut a = t.a;
+        let mut b = t.b;
+        for _ in 0..t.k {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16).cast()));
+            for (i, r) in acc.iter_mut().enumerate() {
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(i * t.lda) as i32));
+                r[0] = _mm512_dpbf16_ps(r[0], av, b0);
+                r[1] = _mm512_dpbf16_ps(r[1], av, b1);
+            }
+            a = a.add(1);
+            b = b.add(NR);
+        }
+        store_f32(t, &acc, k0, k1);
+    }
+}
+dispatch_m!(kern_bf16dp, bf16dp, "avx512f and avx512bf16.", 1 2 3 4 5 6 7 8 9 10 11 12);
+
+/// # Safety
+/// Tile contract with `M` valid rows, f32-pair A entries; CPU supports
+/// avx512f.
+#[target_feature(enable = "avx512f")]
+unsafe fn bf16fma<const M: usize>(t: &Tile) {
+    let (k0, k1) = masks(t.ncols);
+    let mut acc = [[_mm512_setzero_ps(); 2]; M];
+    // SAFETY (whole body): as in `bf16dp`.
+    unsafe {
+        if t.init {
+            if !t.bias.is_null() {
+                let b0 = _mm512_maskz_loadu_ps(k0, t.bias);
+                let b1 = _mm512_maskz_loadu_ps(k1, t.bias.add(16));
+                for r in acc.iter_mut() {
+                    *r = [b0, b1];
+                }
+            }
+        } else {
+            for (i, r) in acc.iter_mut().enumerate() {
+                let c = t.c.add(i * t.ldc);
+                *r = [
+                    _mm512_maskz_loadu_ps(k0, c),
+                    _mm512_maskz_loadu_ps(k1, c.add(16)),
+                ];
+            }
+        }
+        let hi = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+        let mut a = t.a.cast::<f32>();
+        let mut b = t.b;
+        for _ in 0..t.k {
+            let w0 = _mm512_loadu_si512(b.cast());
+            let w1 = _mm512_loadu_si512(b.add(16).cast());
+            let e0 = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w0));
+            let o0 = _mm512_castsi512_ps(_mm512_and_si512(w0, hi));
+            let e1 = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w1));
+            let o1 = _mm512_castsi512_ps(_mm512_and_si512(w1, hi));
+            for (i, r) in acc.iter_mut().enumerate() {
+                let ae = _mm512_set1_ps(*a.add(i * t.lda));
+                let ao = _mm512_set1_ps(*a.add(i * t.lda + 1));
+                r[0] = _mm512_fmadd_ps(ae, e0, r[0]);
+                r[1] = _mm512_fmadd_ps(ae, e1, r[1]);
+                r[0] = _mm512_fmadd_ps(ao, o0, r[0]);
+                r[1] = _mm512_fmadd_ps(ao, o1, r[1]);
+            }
+            a = a.add(2);
+            b = b.add(NR);
+        }
+        store_f32(t, &acc, k0, k1);
+    }
+}
+dispatch_m!(kern_bf16fma, bf16fma, "avx512f.", 1 2 3 4 5 6 7 8);
+
+/// # Safety
+/// Tile contract with `M` valid rows, one u8-quad word per A entry,
+/// non-null corr/wscale/xscale; CPU supports avx512f + avx512vnni.
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn vnni<const M: usize>(t: &Tile) {
+    let (k0, k1) = masks(t.ncols);
+    let mut acc = [[_mm512_setzero_si512(); 2]; M];
+    // SAFETY (whole body): as in `bf16dp`; `corr`/`wscale` hold `NR`
+    // values (padded arrays), `xscale` holds `M`.
+    unsafe {
+        if t.init {
+            let c0 = _mm512_loadu_si512(t.corr.cast());
+            let c1 = _mm512_loadu_si512(t.corr.add(16).cast());
+            for r in acc.iter_mut() {
+                *r = [c0, c1];
+            }
+        } else {
+            for (i, r) in acc.iter_mut().enumerate() {
+                let c = t.c.add(i * t.ldc).cast::<i32>();
+                *r = [
+                    _mm512_maskz_loadu_epi32(k0, c),
+                    _mm512_maskz_loadu_epi32(k1, c.add(16)),
+                ];
+            }
+        }
+        let mut a = t.a;
+        let mut b = t.b;
+        for _ in 0..t.k {
+            let b0 = _mm512_loadu_si512(b.cast());
+            let b1 = _mm512_loadu_si512(b.add(16).cast());
+            for (i, r) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_epi32(*a.add(i * t.lda) as i32);
+                r[0] = _mm512_dpbusd_epi32(r[0], av, b0);
+                r[1] = _mm512_dpbusd_epi32(r[1], av, b1);
+            }
+            a = a.add(1);
+            b = b.add(NR);
+        }
+        if t.fin {
+            let s0 = _mm512_loadu_ps(t.wscale);
+            let s1 = _mm512_loadu_ps(t.wscale.add(16));
+            let (bi0, bi1) = bias_halves(t, k0, k1);
+            let mut out = [[_mm512_setzero_ps(); 2]; M];
+            for ((o, r), i) in out.iter_mut().zip(&acc).zip(0..) {
+                let xs = _mm512_set1_ps(*t.xscale.add(i));
+                let v0 = _mm512_mul_ps(_mm512_cvtepi32_ps(r[0]), _mm512_mul_ps(xs, s0));
+                let v1 = _mm512_mul_ps(_mm512_cvtepi32_ps(r[1]), _mm512_mul_ps(xs, s1));
+                *o = [_mm512_add_ps(v0, bi0), _mm512_add_ps(v1, bi1)];
+            }
+            store_f32(t, &out, k0, k1);
+        } else {
+            for (i, r) in acc.iter().enumerate() {
+                let c = t.c.add(i * t.ldc).cast::<i32>();
+                _mm512_mask_storeu_epi32(c, k0, r[0]);
+                _mm512_mask_storeu_epi32(c.add(16), k1, r[1]);
+            }
+        }
+    }
+}
+dispatch_m!(kern_vnni, vnni, "avx512f and avx512vnni.", 1 2 3 4 5 6 7 8 9 10 11 12);
+
+// AVX2 has 16 vector registers and no lane masks: the kernels below run a tile's 32
+// columns as two halves of 16 (two 8-lane vectors), so that the accumulators of MR rows,
+// the weights and a broadcast fit in registers, and they read or write the columns past a
+// narrow tile's edge through `vmaskmov` lane masks.
+
+/// The lane mask of the first `n` (0..=8) of 8 lanes.
+#[inline(always)]
+fn lane_mask(n: usize) -> __m256i {
+    // SAFETY: only needs AVX, which every caller's target features include.
+    unsafe {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n.min(8) as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+}
+
+/// The 16 columns `col0..col0 + 16` of a tile as two 8-lane halves: how many of each
+/// half's lanes are inside the tile, and their masks.
+struct Half16 {
+    n: [usize; 2],
+    mask: [__m256i; 2],
+}
+
+#[inline(always)]
+fn half16(ncols: usize, col0: usize) -> Half16 {
+    let rest = ncols.saturating_sub(col0);
+    let n = [rest.min(8), rest.saturating_sub(8).min(8)];
+    Half16 {
+        n,
+        mask: [lane_mask(n[0]), lane_mask(n[1])],
+    }
+}
+
+/// Loads the lanes of `p` that the half holds (zeros elsewhere).
+///
+/// # Safety
+/// `p` is valid for reading `n` f32; CPU supports AVX.
+#[inline(always)]
+unsafe fn load8(p: *const f32, n: usize, mask: __m256i) -> __m256 {
+    // SAFETY: a full load when all 8 lanes are valid, else a masked one that touches
+    // only the first `n` lanes.
+    unsafe {
+        if n == 8 {
+            _mm256_loadu_ps(p)
+        } else {
+            _mm256_maskload_ps(p, mask)
+        }
+    }
+}
+
+/// Stores the lanes of `v` that the half holds.
+///
+/// # Safety
+/// `p` is valid for writing `n` f32; CPU supports AVX.
+#[inline(always)]
+unsafe fn store8(p: *mut f32, n: usize, mask: __m256i, v: __m256) {
+    // SAFETY: as in `load8`, for writing.
+    unsafe {
+        if n == 8 {
+            _mm256_storeu_ps(p, v)
+        } else if n > 0 {
+            _mm256_maskstore_ps(p, mask, v)
+        }
+    }
+}
+
+/// Stores f32 accumulators of 16 columns from `col0`, adding the residual in the last
+/// K block when there is one.
+///
+/// # Safety
+/// Tile contract with `M` valid rows; CPU supports AVX2.
+#[inline(always)]
+unsafe fn store_f32_avx2<const M: usize>(
+    t: &Tile,
+    col0: usize,
+    h: &Half16,
+    acc: &[[__m256; 2]; M],
+) {
+    let resid = t.fin && !t.resid.is_null();
+    for (i, r) in acc.iter().enumerate() {
+        // SAFETY: rows `< M` of `c` (and of the residual, which has the tile's shape and
+        // stride) hold the lanes the half keeps.
+        unsafe {
+            let c = t.c.add(i * t.ldc + col0);
+            let (mut v0, mut v1) = (r[0], r[1]);
+            if resid {
+                let p = t.resid.add(i * t.ldc + col0);
+                v0 = _mm256_add_ps(v0, load8(p, h.n[0], h.mask[0]));
+                v1 = _mm256_add_ps(v1, load8(p.add(8), h.n[1], h.mask[1]));
+            }
+            store8(c, h.n[0], h.mask[0], v0);
+            store8(c.add(8), h.n[1], h.mask[1], v1);
+        }
+    }
+}
+
+/// Widens `ksteps` K-steps of a bf16 weight panel to f32 in the order
+/// [`kern_bf16_avx2`] reads them: the panel's two 16-column halves one after the other,
+/// each `2 * ksteps` rows of 16 values (row `2s` the even K of step `s`, row `2s + 1` the
+/// odd one). Widening once per block, not once per row block that uses it, is what lets
+/// the multiply-adds run at the f32 rate: widened in the inner loop (two more vector
+/// operations per two multiply-adds, and an extra broadcast per row), the kernel ran at
+/// about 65 % of it on Zen 1.
+///
+/// # Safety
+/// `b` is valid for `ksteps * NR` words, `out` for `STAGED_FLOATS_PER_STEP * ksteps`
+/// floats; the CPU supports avx2 and fma.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn stage_bf16_avx2(b: *const u32, ksteps: usize, out: *mut f32) {
+    let hi = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+    for half in 0..2 {
+        // SAFETY: the reads stay in the `ksteps * NR` words of `b`, the writes in the
+        // `2 * ksteps * NR` floats of `out` (half `h` owns `[h * 2 * ksteps * 16, ..)`).
+        unsafe {
+            let dst = out.add(half * 2 * ksteps * 16);
+            for s in 0..ksteps {
+                let src = b.add(s * NR + half * 16);
+                let w0 = _mm256_loadu_si256(src.cast());
+                let w1 = _mm256_loadu_si256(src.add(8).cast());
+                // Even k: the low bf16 of each word shifted up; odd k: the high one kept.
+                let even = dst.add(2 * s * 16);
+                _mm256_storeu_ps(even, _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w0)));
+                _mm256_storeu_ps(
+                    even.add(8),
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w1)),
+                );
+                let odd = even.add(16);
+                _mm256_storeu_ps(odd, _mm256_castsi256_ps(_mm256_and_si256(w0, hi)));
+                _mm256_storeu_ps(odd.add(8), _mm256_castsi256_ps(_mm256_and_si256(w1, hi)));
+            }
+        }
+    }
+}
+
+/// # Safety
+/// Tile contract with `M` valid rows and f32-pair A entries, except that `t.b` points at
+/// `t.k` K-steps of weights staged by [`stage_bf16_avx2`] (f32, not bf16 words); CPU
+/// supports avx2 and fma.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bf16avx2<const M: usize>(t: &Tile) {
+    let kvalues = 2 * t.k;
+    for (half, col0) in [0, 16].into_iter().enumerate() {
+        if col0 >= t.ncols {
+            break;
+        }
+        let h = half16(t.ncols, col0);
+        let mut acc = [[_mm256_setzero_ps(); 2]; M];
+        // SAFETY (whole body): pointers are valid for the extents in the Tile contract;
+        // `load8`/`store8` touch only the lanes inside the tile; each staged half holds
+        // `kvalues` rows of 16 floats whatever `ncols` is.
+        unsafe {
+            if t.init {
+                if !t.bias.is_null() {
+                    let b0 = load8(t.bias.add(col0), h.n[0], h.mask[0]);
+                    let b1 = load8(t.bias.add(col0 + 8), h.n[1], h.mask[1]);
+                    for r in acc.iter_mut() {
+                        *r = [b0, b1];
+                    }
+                }
+            } else {
+                for (i, r) in acc.iter_mut().enumerate() {
+                    let c = t.c.add(i * t.ldc + col0);
+                    *r = [
+                        load8(c, h.n[0], h.mask[0]),
+                        load8(c.add(8), h.n[1], h.mask[1]),
+                    ];
+                }
+            }
+            // Every accumulator takes the even then the odd k of each step, as the
+            // unstaged kernel did, so the sums are the same bits.
+            // One pointer per row, indexed by k: the rows' addresses are not recomputed
+            // in the loop.
+            let rows: [*const f32; M] = std::array::from_fn(|i| t.a.add(i * t.lda).cast());
+            let b = t.b.cast::<f32>().add(half * kvalues * 16);
+            for k in 0..kvalues {
+                let w0 = _mm256_loadu_ps(b.add(16 * k));
+                let w1 = _mm256_loadu_ps(b.add(16 * k + 8));
+                for (r, row) in acc.iter_mut().zip(&rows) {
+                    let av = _mm256_broadcast_ss(&*row.add(k));
+                    r[0] = _mm256_fmadd_ps(av, w0, r[0]);
+                    r[1] = _mm256_fmadd_ps(av, w1, r[1]);
+                }
+            }
+            store_f32_avx2(t, col0, &h, &acc);
+        }
+    }
+}
+dispatch_m!(kern_bf16_avx2, bf16avx2, "avx2 and fma.", 1 2 3 4 5 6);
+
+/// # Safety
+/// Tile contract with `M` valid rows, one i8-quad word per A entry (the signed codes),
+/// non-null wscale/xscale; CPU supports avx2 and fma.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn int8avx2<const M: usize>(t: &Tile) {
+    let ones = _mm256_set1_epi16(1);
+    for col0 in [0, 16] {
+        if col0 >= t.ncols {
+            break;
+        }
+        let h = half16(t.ncols, col0);
+        // The signed A codes need no correction term: a first K block starts from zero.
+        let mut acc = [[_mm256_setzero_si256(); 2]; M];
+        // SAFETY (whole body): as in `bf16avx2`; `wscale` holds `NR` values (padded
+        // arrays), `xscale` holds `M`; i32 and f32 have the same size and alignment.
+        unsafe {
+            if !t.init {
+                for (i, r) in acc.iter_mut().enumerate() {
+                    let c = t.c.add(i * t.ldc + col0);
+                    *r = [
+                        _mm256_castps_si256(load8(c, h.n[0], h.mask[0])),
+                        _mm256_castps_si256(load8(c.add(8), h.n[1], h.mask[1])),
+                    ];
+                }
+            }
+            // One pointer per row, indexed by k: the rows' addresses are not recomputed
+            // in the loop.
+            let rows: [*const u32; M] = std::array::from_fn(|i| t.a.add(i * t.lda));
+            let mut b = t.b.add(col0);
+            for k in 0..t.k {
+                let w0 = _mm256_loadu_si256(b.cast());
+                let w1 = _mm256_loadu_si256(b.add(8).cast());
+                for (r, row) in acc.iter_mut().zip(&rows) {
+                    let av = _mm256_set1_epi32(*row.add(k) as i32);
+                    let aa = _mm256_abs_epi8(av);
+                    // |a| * (w with a's sign) = a * w; each pair sum is at most
+                    // 2 * 127 * 127 < 2^15, so `vpmaddubsw` never saturates.
+                    let p0 = _mm256_maddubs_epi16(aa, _mm256_sign_epi8(w0, av));
+                    let p1 = _mm256_maddubs_epi16(aa, _mm256_sign_epi8(w1, av));
+                    r[0] = _mm256_add_epi32(r[0], _mm256_madd_epi16(p0, ones));
+                    r[1] = _mm256_add_epi32(r[1], _mm256_madd_epi16(p1, ones));
+                }
+                b = b.add(NR);
+            }
+            if t.fin {
+                let s0 = _mm256_loadu_ps(t.wscale.add(col0));
+                let s1 = _mm256_loadu_ps(t.wscale.add(col0 + 8));
+                let (bi0, bi1) = if t.bias.is_null() {
+                    (_mm256_setzero_ps(), _mm256_setzero_ps())
+                } else {
+                    (
+                        load8(t.bias.add(col0), h.n[0], h.mask[0]),
+                        load8(t.bias.add(col0 + 8), h.n[1], h.mask[1]),
+                    )
+                };
+                let mut out = [[_mm256_setzero_ps(); 2]; M];
+                for ((o, r), i) in out.iter_mut().zip(&acc).zip(0..) {
+                    let xs = _mm256_set1_ps(*t.xscale.add(i));
+                    let v0 = _mm256_mul_ps(_mm256_cvtepi32_ps(r[0]), _mm256_mul_ps(xs, s0));
+                    let v1 = _mm256_mul_ps(_mm256_cvtepi32_ps(r[1]), _mm256_mul_ps(xs, s1));
+                    *o = [_mm256_add_ps(v0, bi0), _mm256_add_ps(v1, bi1)];
+                }
+                store_f32_avx2(t, col0, &h, &out);
+            } else {
+                for (i, r) in acc.iter().enumerate() {
+                    let c = t.c.add(i * t.ldc + col0);
+                    store8(c, h.n[0], h.mask[0], _mm256_castsi256_ps(r[0]));
+                    store8(c.add(8), h.n[1], h.mask[1], _mm256_castsi256_ps(r[1]));
+                }
+            }
+        }
+    }
+}
+dispatch_m!(kern_int8_avx2, int8avx2, "avx2 and fma.", 1 2 3 4);
+
+/// [`super::pack_row_f32pair`] compiled for AVX2.
+///
+/// # Safety
+/// CPU supports avx2 and fma.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn pack_row_f32pair_avx2(xr: &[f32], out: &mut [u32]) {
+    super::pack_row_f32pair(xr, out)
+}
+
+/// [`super::pack_row_u8`] compiled for AVX2.
+///
+/// # Safety
+/// CPU supports avx2 and fma.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn pack_row_u8_avx2(xr: &[f32], out: &mut [u8]) -> f32 {
+    super::pack_row_u8(xr, out)
+}
+
+/// Converts one row to bf16 (RNE, `vcvtneps2bf16`), zero padded to
+/// `2 * out.len()` values.
+///
+/// # Safety
+/// CPU supports avx512f, avx512bw, avx512vl and avx512bf16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub unsafe fn pack_row_bf16(xr: &[f32], out: &mut [u32]) {
+    let total = 2 * out.len();
+    let dst = out.as_mut_ptr().cast::<u16>();
+    let mut c = 0;
+    while c < total {
+        let nx = xr.len().saturating_sub(c).min(16);
+        let nd = (total - c).min(16);
+        let mx = ((1u32 << nx) - 1) as u16;
+        let md = ((1u32 << nd) - 1) as u16;
+        // SAFETY: the masked load reads only `xr[c..c + nx]` (in bounds)
+        // and the masked store writes only the `nd` u16 at `c..c + nd`,
+        // which lie inside `out` (2 u16 per word).
+        unsafe {
+            let v = _mm512_maskz_loadu_ps(mx, xr.as_ptr().add(c.min(xr.len())));
+            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+            _mm256_mask_storeu_epi16(dst.add(c).cast(), md, h);
+        }
+        c += 16;
+    }
+}
+
+/// [`super::pack_row_f32pair`] compiled for AVX-512.
+///
+/// # Safety
+/// CPU supports avx512f.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn pack_row_f32pair_avx512(xr: &[f32], out: &mut [u32]) {
+    super::pack_row_f32pair(xr, out)
+}
+
+/// Same result as [`super::pack_row_u8`] (bit for bit), with intrinsics.
+///
+/// # Safety
+/// CPU supports avx512f and avx512bw; `out.len() >= xr.len()`.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn pack_row_u8_avx512(xr: &[f32], out: &mut [u8]) -> f32 {
+    let n = xr.len();
+    let p = xr.as_ptr();
+    // For non-negative floats the bit patterns order like the values, and
+    // every NaN/inf pattern is >= 0x7F80_0000.
+    let absmask = _mm512_set1_epi32(0x7FFF_FFFF);
+    let mut mx = _mm512_setzero_si512();
+    let mut c = 0;
+    while c < n {
+        let m = ((1u32 << (n - c).min(16)) - 1) as u16;
+        // SAFETY: masked load of `xr[c..c + min(16, n - c)]`, in bounds.
+        let v = unsafe { _mm512_maskz_loadu_epi32(m, p.add(c).cast()) };
+        mx = _mm512_max_epu32(mx, _mm512_and_si512(v, absmask));
+        c += 16;
+    }
+    let maxbits = _mm512_reduce_max_epu32(mx);
+    if maxbits >= 0x7F80_0000 || maxbits == 0 {
+        out.fill(128);
+        return if maxbits == 0 { 0.0 } else { f32::NAN };
+    }
+    let max = f32::from_bits(maxbits);
+    let inv = _mm512_set1_ps(127.0 / max);
+    let lo = _mm512_set1_epi32(-127);
+    let hi = _mm512_set1_epi32(127);
+    let off = _mm512_set1_epi32(128);
+    let o = out.as_mut_ptr();
+    let mut c = 0;
+    while c < n {
+        let m = ((1u32 << (n - c).min(16)) - 1) as u16;
+        // SAFETY: masked load of in-bounds `xr` values and masked store of
+        // the same count of bytes into `out` (`out.len() >= n`). The
+        // conversion rounds to nearest even (default MXCSR), matching
+        // `quant` for these magnitudes (|v * inv| <= 127 + rounding).
+        unsafe {
+            let v = _mm512_maskz_loadu_ps(m, p.add(c));
+            let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inv));
+            let q = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(q, lo), hi), off);
+            _mm512_mask_cvtepi32_storeu_epi8(o.add(c).cast(), m, q);
+        }
+        c += 16;
+    }
+    out[n..].fill(128);
+    max / 127.0
+}
