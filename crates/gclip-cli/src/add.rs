@@ -95,7 +95,8 @@ pub fn run_update(args: UpdateArgs) -> Result<()> {
         bail!(
             "no document with id {:?} in {}",
             args.id,
-            args.collection.display()
+            // The collection as it names itself: a Milvus address without its token.
+            collection.location()
         );
     }
     // The model is loaded only when an embedded field changes.

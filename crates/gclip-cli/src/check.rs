@@ -44,11 +44,7 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
         quarantine: args.quarantine,
         store: StoreOptions::default(),
     };
-    // The location displays a Milvus address without its token.
-    let shown = match Location::of(&args.collection) {
-        Ok(location) => location.to_string(),
-        Err(_) => "the collection".to_string(),
-    };
+    let shown = Location::shown(&args.collection);
     let report = check_collection(&args.collection, &options)
         .with_context(|| format!("checking {shown}"))?;
     println!("{report}");

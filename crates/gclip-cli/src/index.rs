@@ -10,7 +10,7 @@ use gclip::input::items::{walk_images, IMAGE_TYPES};
 use gclip::model::Precision;
 use gclip_search::encoder::load_model;
 use gclip_search::ingest::{index_directory, IndexOptions, IngestReport};
-use gclip_search::{model_identity, Collection, EmbedSpec};
+use gclip_search::{model_identity, Collection, EmbedSpec, Location};
 
 use crate::progress::Progress;
 use crate::wording::{about, count};
@@ -58,11 +58,11 @@ pub fn open_collection(
     if identity.is_none() && !Collection::exists(dir) {
         bail!(
             "{} is not a collection yet: give --model (and --arch for a checkpoint file) to create it",
-            dir.display()
+            Location::shown(dir)
         );
     }
     Collection::open_or_create(dir, identity, spec)
-        .with_context(|| format!("opening collection {}", dir.display()))
+        .with_context(|| format!("opening collection {}", Location::shown(dir)))
 }
 
 /// Loads the model a collection was created with, in the collection's precision unless

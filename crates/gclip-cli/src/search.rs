@@ -314,10 +314,7 @@ fn run_store_bench(args: &SearchBenchArgs, dir: &std::path::Path) -> Result<()> 
         }
         return Ok(());
     }
-    // Displays a Milvus address without its token.
-    let shown = gclip_search::Location::of(dir)
-        .map(|l| l.to_string())
-        .unwrap_or_default();
+    let shown = gclip_search::Location::shown(dir);
     println!(
         "collection {shown} of {} × {}-d {} on {} threads: Auto (planner) against Exact, one query at a time",
         args.count,

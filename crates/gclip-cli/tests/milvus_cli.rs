@@ -136,3 +136,108 @@ fn check_and_search_bench_on_milvus_addresses() {
     assert!(e.contains("not this benchmark's"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `gclip update` and `gclip delete` on a Milvus address do what they do to a directory
+/// collection: the same search results afterwards, the same error for an unknown id (naming
+/// the address, never the token).
+#[test]
+fn update_and_delete_on_a_milvus_address_match_a_directory_collection() {
+    let _turn = one_server_at_a_time();
+    let server = Server::start();
+    let address = server.address("edits");
+    let with_token = format!("{address}?token={SECRET}");
+    let dir = std::env::temp_dir().join(format!("gclip-milvus-edit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let docs = dir.join("docs.jsonl");
+    let mut text = String::new();
+    for (k, t) in ["a photo of a cat", "soup", "a red car"].iter().enumerate() {
+        text += &serde_json::json!({"id": format!("d{k}"), "title": t, "price": k}).to_string();
+        text.push('\n');
+    }
+    std::fs::write(&docs, text).unwrap();
+    let model = fixtures().join("models/oc-fullvocab");
+    let (weights, config) = (
+        model.join("open_clip_model.safetensors"),
+        model.join("open_clip_config.json"),
+    );
+    let local = dir.join("local");
+    let local = local.to_str().unwrap();
+    let search = |collection: &str, query: &str| -> Vec<serde_json::Value> {
+        let out = gclip(&["search", collection, query, "--json", "--limit", "3"]);
+        let text = said(&out);
+        assert!(out.status.success(), "{text}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    for collection in [local, &with_token] {
+        let add = gclip(&[
+            "add",
+            collection,
+            docs.to_str().unwrap(),
+            "--embed",
+            "title",
+            "--model",
+            weights.to_str().unwrap(),
+            "--arch",
+            config.to_str().unwrap(),
+        ]);
+        assert!(add.status.success(), "{}", said(&add));
+        // A field and the embedded text change: the vector is recomputed.
+        let update = gclip(&[
+            "update",
+            collection,
+            "d1",
+            "--set",
+            r#"{"price": 30, "title": "a photo of a cat"}"#,
+        ]);
+        let out = said(&update);
+        assert!(update.status.success(), "{out}");
+        assert!(out.contains("updated d1 (re-embedded)"), "{out}");
+        let delete = gclip(&["delete", collection, "d2"]);
+        assert!(delete.status.success(), "{}", said(&delete));
+        let unknown = gclip(&["update", collection, "d9", "--set", r#"{"price": 1}"#]);
+        let e = said(&unknown);
+        assert!(!unknown.status.success(), "{e}");
+        assert!(e.contains(r#"no document with id "d9""#), "{e}");
+    }
+    let e = said(&gclip(&["update", &with_token, "d9", "--set", "{}"]));
+    assert!(e.contains(&address), "{e}");
+    // A server that cannot be reached: the error names the address, not the token (said()).
+    let closed = format!("milvus://127.0.0.1:9/x?token={SECRET}");
+    let add = gclip(&["add", &closed, docs.to_str().unwrap(), "--embed", "title"]);
+    let e = said(&add);
+    assert!(!add.status.success(), "{e}");
+    assert!(e.contains("milvus://127.0.0.1:9/x"), "{e}");
+    for query in ["a photo of a cat", "soup", "a red car"] {
+        let (want, got) = (search(local, query), search(&with_token, query));
+        assert_eq!(want.len(), 2, "d2 was deleted: {want:?}");
+        assert_eq!(got.len(), want.len(), "{query}: {got:?} vs {want:?}");
+        // d0 and the updated d1 now hold the same text, so they tie: compared by id.
+        let by_id = |r: &[serde_json::Value]| {
+            let mut v: Vec<(String, serde_json::Value, f64)> = r
+                .iter()
+                .map(|x| {
+                    let id = x["id"].as_str().unwrap().to_string();
+                    (id, x["fields"].clone(), x["score"].as_f64().unwrap())
+                })
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let (got, want) = (by_id(&got), by_id(&want));
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!((&g.0, &g.1), (&w.0, &w.1), "{query}");
+            assert!((g.2 - w.2).abs() < 1e-4, "{query}: {g:?} vs {w:?}");
+        }
+        assert_eq!(
+            got.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(),
+            ["d0", "d1"]
+        );
+    }
+    let d1 = search(&with_token, "soup")
+        .into_iter()
+        .find(|r| r["id"] == "d1")
+        .unwrap();
+    assert_eq!(d1["fields"]["price"], 30);
+    let _ = std::fs::remove_dir_all(&dir);
+}

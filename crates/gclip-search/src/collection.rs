@@ -41,6 +41,18 @@ impl Location {
     }
 }
 
+impl Location {
+    /// `dir` as messages name a collection: the directory, or the Milvus address without its
+    /// token (an address that does not parse loses everything from its `?` and any user
+    /// information), so that no error or report prints a secret.
+    pub fn shown(dir: &Path) -> String {
+        match Location::of(dir) {
+            Ok(location) => location.to_string(),
+            Err(_) => crate::milvus::address::redacted(&dir.to_string_lossy()),
+        }
+    }
+}
+
 impl fmt::Display for Location {
     /// The directory, or the address without its token.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -257,5 +269,25 @@ impl Collection {
         let m = &self.info().model;
         ModelSource::resolve(&m.model, m.arch.as_deref())
             .map_err(|e| SearchError::Invalid(format!("collection model {}: {e}", m.describe())))
+    }
+}
+
+#[cfg(test)]
+mod location_tests {
+    use super::*;
+
+    #[test]
+    fn shown_locations_never_carry_a_token() {
+        assert_eq!(Location::shown(Path::new("photos/coll")), "photos/coll");
+        assert_eq!(
+            Location::shown(Path::new("milvus://db.example:19530/shop?token=u:secret")),
+            "milvus://db.example:19530/shop"
+        );
+        // Not a valid address (no collection name), still without its secrets.
+        let bad = Location::shown(Path::new(
+            "milvus://u:secret@db.example:19530?token=u:secret",
+        ));
+        assert!(!bad.contains("secret"), "{bad}");
+        assert!(bad.starts_with("milvus://"), "{bad}");
     }
 }

@@ -83,7 +83,7 @@ pub fn is_milvus_address(s: &str) -> bool {
 }
 
 /// `s` without what may hold a secret: the query (`?…`) and user information (`…@`).
-fn redacted(s: &str) -> String {
+pub(crate) fn redacted(s: &str) -> String {
     let before_query = s.split(['?', '#']).next().unwrap_or("");
     match before_query.rsplit_once('@') {
         Some((head, tail)) => {

@@ -26,7 +26,7 @@
 //! included). A panic inside the client (it has a few `panic!`s on unexpected replies) ends that
 //! call's task only, and is reported as an error.
 
-mod address;
+pub(crate) mod address;
 mod check;
 mod expr;
 
