@@ -34,41 +34,49 @@ fn said(o: &Output) -> String {
     all
 }
 
+/// A fresh temporary directory holding `docs.jsonl`: one document per title (`d0`, `d1`, …,
+/// with `price` its index).
+fn documents_in_temp_dir(tag: &str, titles: &[&str]) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("gclip-milvus-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let docs = dir.join("docs.jsonl");
+    let mut text = String::new();
+    for (k, t) in titles.iter().enumerate() {
+        text += &serde_json::json!({"id": format!("d{k}"), "title": t, "price": k}).to_string();
+        text.push('\n');
+    }
+    std::fs::write(&docs, text).unwrap();
+    (dir, docs)
+}
+
+/// `gclip add COLLECTION DOCS --embed title` with the fixture model.
+fn add_with_fixture_model(collection: &str, docs: &Path) -> Output {
+    let model = fixtures().join("models/oc-fullvocab");
+    gclip(&[
+        "add",
+        collection,
+        docs.to_str().unwrap(),
+        "--embed",
+        "title",
+        "--model",
+        model.join("open_clip_model.safetensors").to_str().unwrap(),
+        "--arch",
+        model.join("open_clip_config.json").to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn check_and_search_bench_on_milvus_addresses() {
     let _turn = one_server_at_a_time();
     let server = Server::start();
     let address = server.address("shop");
     let with_token = format!("{address}?token={SECRET}");
-    let dir = std::env::temp_dir().join(format!("gclip-milvus-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let docs = dir.join("docs.jsonl");
-    let mut text = String::new();
-    for (k, t) in ["a photo of a cat", "a photo of a dog", "a red car", "soup"]
-        .iter()
-        .enumerate()
-    {
-        text += &serde_json::json!({"id": format!("d{k}"), "title": t, "price": k}).to_string();
-        text.push('\n');
-    }
-    std::fs::write(&docs, text).unwrap();
-    let model = fixtures().join("models/oc-fullvocab");
-    let (weights, config) = (
-        model.join("open_clip_model.safetensors"),
-        model.join("open_clip_config.json"),
+    let (dir, docs) = documents_in_temp_dir(
+        "cli",
+        &["a photo of a cat", "a photo of a dog", "a red car", "soup"],
     );
-    let add = gclip(&[
-        "add",
-        &with_token,
-        docs.to_str().unwrap(),
-        "--embed",
-        "title",
-        "--model",
-        weights.to_str().unwrap(),
-        "--arch",
-        config.to_str().unwrap(),
-    ]);
+    let add = add_with_fixture_model(&with_token, &docs);
     assert!(add.status.success(), "{}", said(&add));
 
     // A sound collection: exit 0, the report names the address and what was checked.
@@ -146,21 +154,7 @@ fn update_and_delete_on_a_milvus_address_match_a_directory_collection() {
     let server = Server::start();
     let address = server.address("edits");
     let with_token = format!("{address}?token={SECRET}");
-    let dir = std::env::temp_dir().join(format!("gclip-milvus-edit-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let docs = dir.join("docs.jsonl");
-    let mut text = String::new();
-    for (k, t) in ["a photo of a cat", "soup", "a red car"].iter().enumerate() {
-        text += &serde_json::json!({"id": format!("d{k}"), "title": t, "price": k}).to_string();
-        text.push('\n');
-    }
-    std::fs::write(&docs, text).unwrap();
-    let model = fixtures().join("models/oc-fullvocab");
-    let (weights, config) = (
-        model.join("open_clip_model.safetensors"),
-        model.join("open_clip_config.json"),
-    );
+    let (dir, docs) = documents_in_temp_dir("edit", &["a photo of a cat", "soup", "a red car"]);
     let local = dir.join("local");
     let local = local.to_str().unwrap();
     let search = |collection: &str, query: &str| -> Vec<serde_json::Value> {
@@ -170,17 +164,7 @@ fn update_and_delete_on_a_milvus_address_match_a_directory_collection() {
         serde_json::from_slice(&out.stdout).unwrap()
     };
     for collection in [local, &with_token] {
-        let add = gclip(&[
-            "add",
-            collection,
-            docs.to_str().unwrap(),
-            "--embed",
-            "title",
-            "--model",
-            weights.to_str().unwrap(),
-            "--arch",
-            config.to_str().unwrap(),
-        ]);
+        let add = add_with_fixture_model(collection, &docs);
         assert!(add.status.success(), "{}", said(&add));
         // A field and the embedded text change: the vector is recomputed.
         let update = gclip(&[
