@@ -318,23 +318,25 @@ fn hsv_to_rgb(h: f32, s: f32, v: f32) -> [f32; 3] {
 /// pixel, the window clipped at the edges; separable, rows then columns.
 fn square_filter(img: &Rgb8Image, r: usize, take_min: bool) -> Rgb8Image {
     let (w, h) = (img.width, img.height);
-    let pick = |a: u8, b: u8| if take_min { a.min(b) } else { a.max(b) };
+    let (start, pick): (u8, fn(u8, u8) -> u8) = if take_min {
+        (u8::MAX, u8::min)
+    } else {
+        (u8::MIN, u8::max)
+    };
+    // One pass along each row (neighbours 3 bytes apart) or each column (3·w apart).
     let pass = |src: &[u8], along_rows: bool| {
+        let (step, len) = if along_rows { (3, w) } else { (3 * w, h) };
         let mut dst = vec![0u8; src.len()];
         for y in 0..h {
             for x in 0..w {
+                let pos = if along_rows { x } else { y };
+                let line_start = (y * w + x) * 3 - pos * step;
+                let window = pos.saturating_sub(r)..=(pos + r).min(len - 1);
                 for c in 0..3 {
-                    let (lo, hi, at): (usize, usize, &dyn Fn(usize) -> usize) = if along_rows {
-                        (x.saturating_sub(r), (x + r).min(w - 1), &|i| {
-                            (y * w + i) * 3 + c
-                        })
-                    } else {
-                        (y.saturating_sub(r), (y + r).min(h - 1), &|i| {
-                            (i * w + x) * 3 + c
-                        })
-                    };
-                    dst[(y * w + x) * 3 + c] =
-                        (lo..=hi).map(|i| src[at(i)]).fold(src[at(lo)], pick);
+                    dst[(y * w + x) * 3 + c] = window
+                        .clone()
+                        .map(|p| src[line_start + p * step + c])
+                        .fold(start, pick);
                 }
             }
         }
@@ -521,6 +523,12 @@ mod tests {
         assert_eq!(dark_columns(&square_filter(&img, 1, true)), 3);
         assert_eq!(dark_columns(&square_filter(&img, 2, true)), 5);
         assert_eq!(dark_columns(&square_filter(&img, 1, false)), 0);
+        // The column pass: a horizontal line thickens into rows above and below.
+        let mut across = uniform(5, 9, [255, 255, 255]);
+        across.data[4 * 5 * 3..5 * 5 * 3].fill(0);
+        let dark_rows = |im: &Rgb8Image| (0..9).filter(|&y| im.data[(y * 5 + 2) * 3] == 0).count();
+        assert_eq!(dark_rows(&square_filter(&across, 1, true)), 3);
+        assert_eq!(dark_rows(&square_filter(&across, 3, true)), 7);
         // Drawn radii cover thicker, thinner and unchanged.
         let cfg = AugmentConfig {
             scale: (1.0, 1.0),
