@@ -472,6 +472,61 @@ fn pack_a_bf16(
     });
 }
 
+/// Converts the columns of a row-major `[k, rows]` matrix into `out` (rows × lda words) in the
+/// given layout: the rows of its transpose, which is never made in f32. Bands of 16 rows run
+/// in parallel; each reads its 16 columns down the matrix, a few cache lines at a time.
+fn pack_a_bf16_columns(
+    x: &[f32],
+    k: usize,
+    lda: usize,
+    fmt: AFormat,
+    out: &mut [u32],
+    threads: usize,
+) {
+    const BAND: usize = 16;
+    if lda == 0 {
+        return;
+    }
+    let rows = out.len() / lda;
+    let bands: Vec<&mut [u32]> = out.chunks_mut(BAND * lda).collect();
+    let workers = threads.min(bands.len()).max(1);
+    on_chunks(bands, workers, |band, words| {
+        let r0 = band * BAND;
+        match fmt {
+            #[cfg(target_arch = "x86_64")]
+            AFormat::Bf16 => {
+                // SAFETY: this layout is only chosen for the Avx512Bf16 and AMX kernels, after
+                // their CPU features (avx512_bf16 among them) were detected; `x` holds `k`
+                // rows of `rows` values and `words` whole rows of `lda >= k.div_ceil(2)` words.
+                unsafe { x86::pack_columns_bf16(x, k, rows, r0, words, lda) }
+            }
+            _ => pack_columns_f32pair(x, k, rows, r0, words, lda),
+        }
+    });
+}
+
+/// Columns `r0..` of a row-major `[k, rows]` matrix as rows of `lda` words in the
+/// f32-pair layout (one bf16-rounded f32 per k, the rest of each row zero).
+#[inline(always)]
+fn pack_columns_f32pair_generic(
+    x: &[f32],
+    k: usize,
+    rows: usize,
+    r0: usize,
+    out: &mut [u32],
+    lda: usize,
+) {
+    for (i, row) in out.chunks_exact_mut(lda).enumerate() {
+        let column = x[r0 + i..].iter().step_by(rows).take(k);
+        for (word, &v) in row.iter_mut().zip(column) {
+            *word = (f32_to_bf16(v) as u32) << 16;
+        }
+        row[k..].fill(0);
+    }
+}
+
+crate::simd_dispatch!(fn pack_columns_f32pair(x: &[f32], k: usize, rows: usize, r0: usize, out: &mut [u32], lda: usize) = pack_columns_f32pair_generic);
+
 /// Quantises `act(x)` rows into `lda` words each, scales into `sx`: u8 codes (`q + 128`, what
 /// `vpdpbusd` multiplies), or with `signed` the codes `q` themselves as i8 (the AVX2 kernel's).
 #[allow(clippy::too_many_arguments)]
@@ -931,8 +986,8 @@ pub fn linear_bf16(
     kernel: Bf16Kernel,
     threads: usize,
 ) -> Result<(), String> {
-    let fused = Fused::default();
-    bf16_into(x, rows, fused, w, bias, as_uninit(dst), kernel, threads)
+    let lhs = Lhs::Rows(x, None);
+    bf16_into(lhs, rows, None, w, bias, as_uninit(dst), kernel, threads)
 }
 
 /// What a linear layer computes around its product, in the kernels' passes:
@@ -959,23 +1014,50 @@ pub fn linear_bf16_fused(
     threads: usize,
 ) -> Result<Vec<f32>, String> {
     new_output(rows, w.out_dim, |dst| {
-        bf16_into(x, rows, fused, w, bias, dst, kernel, threads)
+        let lhs = Lhs::Rows(x, fused.act);
+        bf16_into(lhs, rows, fused.residual, w, bias, dst, kernel, threads)
     })
+}
+
+/// `xᵀ·W` for a row-major `x: [K, rows]` (`K = w.in_dim`), into a new `rows × out_dim`
+/// vector: a weight gradient's product over a batch's rows, whose left-hand side is the
+/// batch's inputs transposed. The transpose is taken as the values are rounded to bf16 and is
+/// never made in f32. Equals [`linear_bf16_fused`] of the transposed `x` bit for bit.
+pub fn transposed_product_bf16(
+    x: &[f32],
+    rows: usize,
+    w: &PackedBf16,
+    kernel: Bf16Kernel,
+    threads: usize,
+) -> Result<Vec<f32>, String> {
+    new_output(rows, w.out_dim, |dst| {
+        bf16_into(Lhs::Columns(x), rows, None, w, &[], dst, kernel, threads)
+    })
+}
+
+/// The left-hand side of a bf16 product, `rows × K`.
+#[derive(Clone, Copy)]
+enum Lhs<'a> {
+    /// Row-major `[rows, K]`, each row passed through the activation first when there is one.
+    Rows(&'a [f32], Option<Activation>),
+    /// Row-major `[K, rows]`, read transposed.
+    Columns(&'a [f32]),
 }
 
 #[allow(clippy::too_many_arguments)]
 fn bf16_into(
-    x: &[f32],
+    lhs: Lhs,
     rows: usize,
-    fused: Fused,
+    residual: Option<&[f32]>,
     w: &PackedBf16,
     bias: &[f32],
     dst: &mut [MaybeUninit<f32>],
     kernel: Bf16Kernel,
     threads: usize,
 ) -> Result<(), String> {
+    let (Lhs::Rows(x, _) | Lhs::Columns(x)) = lhs;
     check_common(x, rows, w.in_dim, w.out_dim, bias, dst.len())?;
-    check_residual(fused.residual, dst.len())?;
+    check_residual(residual, dst.len())?;
     if !kernel.is_available() {
         return Err(format!("{} is not supported by this CPU", kernel.name()));
     }
@@ -1011,7 +1093,10 @@ fn bf16_into(
     let is_amx = kernel == Bf16Kernel::Amx;
     with_scratch(padded_rows(rows, is_amx) * lda, |a| {
         let (used, padding) = a.split_at_mut(rows * lda);
-        pack_a_bf16(x, w.in_dim, fused.act, lda, fmt, used, threads);
+        match lhs {
+            Lhs::Rows(x, act) => pack_a_bf16(x, w.in_dim, act, lda, fmt, used, threads),
+            Lhs::Columns(x) => pack_a_bf16_columns(x, w.in_dim, lda, fmt, used, threads),
+        }
         padding.fill(0);
         let g = Gemm {
             rows,
@@ -1026,7 +1111,7 @@ fn bf16_into(
             corr: None,
             wscale: None,
             xscale: None,
-            residual: fused.residual,
+            residual,
             kern,
             amx: is_amx,
             stage,

@@ -9,11 +9,12 @@
 //! - input gradient `g·Wᵀ`, with `W` read as PyTorch's `[out, in]` layout of a layer from `out`
 //!   to `in`, which is what it is;
 //! - weight gradient `xᵀ·g`, a product over the batch's rows: `g` is packed as the right-hand
-//!   side (`[rows, out]`, its rows the K pairs) and `x` transposed to be the left one.
+//!   side (`[rows, out]`, its rows the K pairs) and `x` is read transposed as the left one,
+//!   straight into bf16.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 
-use super::kernels::{contiguous_f32, transpose_f32, Activation};
+use super::kernels::{contiguous_f32, Activation};
 use super::lowp::{self, Bf16Kernel, PackedBf16};
 
 fn kernel_error(what: &str) -> impl FnOnce(String) -> candle_core::Error + '_ {
@@ -128,8 +129,10 @@ impl CustomOp2 for WeightGradOp {
             let g_slice = &g[start * out_dim..(start + len) * out_dim];
             let packed = PackedBf16::pack_in_out(g_slice, len, out_dim)
                 .map_err(kernel_error("weight gradient"))?;
-            let x_t = transpose_f32(&x[start * in_dim..(start + len) * in_dim], len, in_dim);
-            let part = product(&x_t, in_dim, &packed, self.kernel, "weight gradient")?;
+            let x_slice = &x[start * in_dim..(start + len) * in_dim];
+            let part =
+                lowp::transposed_product_bf16(x_slice, in_dim, &packed, self.kernel, threads())
+                    .map_err(kernel_error("weight gradient"))?;
             if dst.is_empty() {
                 dst = part;
             } else {

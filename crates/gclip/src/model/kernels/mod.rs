@@ -39,7 +39,9 @@ pub(crate) use layer_norm::LayerNormOp;
 pub(crate) use linear::{bias_rows, LinearInput, LinearOp};
 pub(crate) use math::{count_non_finite_f32, dot_lanes};
 pub use transpose::transpose_2d;
-pub(crate) use transpose::{transpose_blocks, transpose_f32, RowBlocks};
+#[cfg(test)]
+pub(crate) use transpose::transpose_f32;
+pub(crate) use transpose::{transpose_blocks, RowBlocks};
 
 pub(crate) fn contiguous_f32<'a>(
     storage: &'a CpuStorage,

@@ -100,6 +100,51 @@ fn bf16_packs_from_either_layout_alike() {
 }
 
 #[test]
+fn transposed_products_equal_products_of_the_transpose() {
+    // `xᵀ·W` from `x: [K, rows]` read in place, against the rows of `xᵀ` made in f32: bit for
+    // bit on every kernel, over K blocks of 32 with tails, odd K, bands of 16 rows with tails.
+    for kernel in Bf16Kernel::available() {
+        for (rows, k, n) in [
+            (1, 1, 1),
+            (16, 32, 32),
+            (17, 33, 31),
+            (40, 77, 64),
+            (768, 1024, 40),
+            (5, 1000, 3),
+        ] {
+            let mut rng = Rng((rows * 1_000_003 + k * 1009 + n) as u64);
+            let mut x = rng.vec(k * rows, 3.0);
+            // Values the conversions treat apart: NaN, infinity, a subnormal, ties to even.
+            for (i, v) in [f32::NAN, f32::INFINITY, 1.0e-39, 1.0 + f32::EPSILON * 64.0]
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(slot) = x.get_mut(i * 7) {
+                    *slot = v;
+                }
+            }
+            let w = pack_bf16(&rng.vec(k * n, 0.5), k, n).unwrap();
+            let x_t = crate::model::kernels::transpose_f32(&x, k, rows);
+            for threads in [1, 2] {
+                let want =
+                    linear_bf16_fused(&x_t, rows, &w, &[], Fused::default(), kernel, threads)
+                        .unwrap();
+                let got = transposed_product_bf16(&x, rows, &w, kernel, threads).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{kernel:?} {rows}x{k}x{n} t{threads}"
+                );
+            }
+        }
+    }
+    let w = pack_bf16(&[0.0; 6], 2, 3).unwrap();
+    let e = transposed_product_bf16(&[0.0; 5], 2, &w, Bf16Kernel::Portable, 1).unwrap_err();
+    assert!(e.contains("5 values"), "{e}");
+}
+
+#[test]
 fn bf16_more_odd_shapes() {
     for kernel in Bf16Kernel::available() {
         for rows in [1, 3, 17, 100] {

@@ -556,6 +556,79 @@ pub unsafe fn pack_row_bf16(xr: &[f32], out: &mut [u32]) {
     }
 }
 
+/// Columns `r0..` of a row-major `[k, rows]` matrix as rows of `lda` words of bf16 (`k` values
+/// in memory order, the rest zero), one per row of `out`, rounded as [`pack_row_bf16`] rounds:
+/// each 32 values of a column are two gathers and one conversion, with the band's columns read
+/// side by side so that the gathered cache lines serve all of them.
+///
+/// # Safety
+/// CPU supports avx512f, avx512bw, avx512vl and avx512bf16; `x` holds `k` rows of `rows` values;
+/// `out` holds whole rows of `lda >= k.div_ceil(2)` words, and `r0 + out.len() / lda <= rows`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub unsafe fn pack_columns_bf16(
+    x: &[f32],
+    k: usize,
+    rows: usize,
+    r0: usize,
+    out: &mut [u32],
+    lda: usize,
+) {
+    let n = out.len() / lda;
+    let mask = |lanes: usize| ((1u32 << lanes.min(16)) - 1) as __mmask16;
+    // Lane j reads row j of a block of 16: byte offsets up to 15·rows·4 must be i32s. Wider
+    // matrices (none that a model makes) gather through a small buffer instead.
+    let gather = rows <= i32::MAX as usize / 64;
+    let offsets = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(if gather { rows as i32 } else { 0 }),
+    );
+    let zero = _mm512_setzero_ps();
+    let column_block = |start: *const f32, lanes: usize| -> __m512 {
+        if lanes == 0 {
+            return zero;
+        }
+        if gather {
+            // SAFETY: the `lanes` rows read lie inside `x` (the caller's contract and
+            // `kb + lanes <= k`); masked-off lanes are not read.
+            unsafe { _mm512_mask_i32gather_ps::<4>(zero, mask(lanes), offsets, start.cast()) }
+        } else {
+            let mut block = [0f32; 16];
+            for (j, v) in block.iter_mut().enumerate().take(lanes) {
+                // SAFETY: as above, row `j < lanes` of the block is inside `x`.
+                *v = unsafe { *start.add(j * rows) };
+            }
+            // SAFETY: `block` holds 16 floats.
+            unsafe { _mm512_loadu_ps(block.as_ptr()) }
+        }
+    };
+    let dst = out.as_mut_ptr();
+    let mut kb = 0;
+    while kb < k {
+        let nk = (k - kb).min(32);
+        let words = mask(nk.div_ceil(2));
+        for i in 0..n {
+            // SAFETY: `kb < k` and `r0 + i < rows`, so this element and the blocks below
+            // (rows `kb..kb + nk`) are inside `x`; the store writes words `kb / 2..` of row `i`,
+            // at most `k.div_ceil(2) <= lda` of them.
+            unsafe {
+                let first = x.as_ptr().add(kb * rows + r0 + i);
+                let lo = column_block(first, nk.min(16));
+                let hi = if nk > 16 {
+                    column_block(first.add(16 * rows), nk - 16)
+                } else {
+                    zero
+                };
+                let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_mask_storeu_epi32(dst.add(i * lda + kb / 2).cast(), words, h);
+            }
+        }
+        kb += 32;
+    }
+    for row in out.chunks_exact_mut(lda) {
+        row[k.div_ceil(2)..].fill(0);
+    }
+}
+
 /// [`super::pack_row_f32pair`] compiled for AVX-512.
 ///
 /// # Safety
