@@ -35,6 +35,30 @@ impl AlignedWords {
             len,
         }
     }
+    /// `len` words written by `fill`, without zeroing them first (the packs rewrite every word
+    /// of a buffer as large as the weights at each training step; zeroing it was a full extra
+    /// pass over the memory).
+    ///
+    /// # Safety
+    /// `fill` writes every element of the slice it is given.
+    pub(super) unsafe fn filled_by(len: usize, fill: impl FnOnce(&mut [MaybeUninit<u32>])) -> Self {
+        let mut v = Vec::<u32>::with_capacity(len + 16);
+        let off = align_off(v.as_ptr());
+        let spare = &mut v.spare_capacity_mut()[..len + 16];
+        let (head, rest) = spare.split_at_mut(off);
+        let (words, tail) = rest.split_at_mut(len);
+        head.iter_mut().chain(tail).for_each(|w| {
+            w.write(0);
+        });
+        fill(words);
+        // SAFETY: the first `len + 16 <= capacity` elements are initialised: the padding just
+        // above, the words by `fill` (the caller's contract).
+        unsafe { v.set_len(len + 16) };
+        Self {
+            store: WordStore::Owned { v, off },
+            len,
+        }
+    }
     /// `len` words at `byte_offset` in `map`, which must lie inside it and be 64-byte aligned.
     pub(super) fn mapped(
         map: Arc<memmap2::Mmap>,
@@ -190,6 +214,56 @@ pub struct PackedBf16 {
     pub(super) out_dim: usize,
 }
 
+/// K-pairs `kp0..` of a row-major `[in_dim, out_dim]` matrix into their words of every
+/// [`PackedBf16`] panel (`panels[p]` holds panel `p`'s words for those pairs, `NR` per pair):
+/// zero beyond `out_dim`, and for an odd `in_dim` in the last pair's high halves. Each pair of
+/// rows is read once, front to back.
+#[inline(always)]
+fn pack_pair_rows_generic(
+    w: &[f32],
+    in_dim: usize,
+    out_dim: usize,
+    kp0: usize,
+    panels: &mut [&mut [MaybeUninit<u32>]],
+) {
+    let pair = |lo: f32, hi: f32| f32_to_bf16(lo) as u32 | (f32_to_bf16(hi) as u32) << 16;
+    let pairs = panels.first().map_or(0, |p| p.len() / NR);
+    let zeros = vec![0f32; out_dim];
+    for i in 0..pairs {
+        let kp = kp0 + i;
+        let even = &w[2 * kp * out_dim..][..out_dim];
+        let odd = if 2 * kp + 1 < in_dim {
+            &w[(2 * kp + 1) * out_dim..][..out_dim]
+        } else {
+            &zeros[..]
+        };
+        for (p, panel) in panels.iter_mut().enumerate() {
+            let n0 = p * NR;
+            let words = &mut panel[i * NR..][..NR];
+            let width = NR.min(out_dim - n0);
+            let (even, odd) = (&even[n0..n0 + width], &odd[n0..n0 + width]);
+            match (<&[f32; NR]>::try_from(even), <&[f32; NR]>::try_from(odd)) {
+                // A whole panel over a constant width: the loop becomes vector code.
+                (Ok(even), Ok(odd)) => {
+                    for ((word, &lo), &hi) in words.iter_mut().zip(even).zip(odd) {
+                        word.write(pair(lo, hi));
+                    }
+                }
+                _ => {
+                    for ((word, &lo), &hi) in words.iter_mut().zip(even).zip(odd) {
+                        word.write(pair(lo, hi));
+                    }
+                    words[width..].iter_mut().for_each(|word| {
+                        word.write(0);
+                    });
+                }
+            }
+        }
+    }
+}
+
+crate::simd_dispatch!(fn pack_pair_rows(w: &[f32], in_dim: usize, out_dim: usize, kp0: usize, panels: &mut [&mut [MaybeUninit<u32>]]) = pack_pair_rows_generic);
+
 pub(super) fn bf16_words(in_dim: usize, out_dim: usize) -> Result<usize, String> {
     let panels = out_dim.div_ceil(NR);
     let per = checked_dims(in_dim.div_ceil(2), NR, "bf16 pack")?;
@@ -213,24 +287,33 @@ impl PackedBf16 {
     /// [`Self::pack_out_in`] of a weight held in row blocks (`[out_dim, in_dim]`).
     pub(crate) fn pack_rows(w: &RowBlocks) -> Result<Self, String> {
         let (in_dim, out_dim) = (w.cols(), w.rows());
-        let mut buf = AlignedWords::zeroed(bf16_words(in_dim, out_dim)?);
         let k2 = in_dim.div_ceil(2);
-        if k2 > 0 {
-            buf.words_mut()
-                .par_chunks_mut(k2 * NR)
+        let fill = |buf: &mut [MaybeUninit<u32>]| {
+            if k2 == 0 {
+                return;
+            }
+            buf.par_chunks_mut(k2 * NR)
                 .enumerate()
                 .for_each(|(p, panel)| {
-                    // Each output channel's row is converted whole (vectorised), then its
-                    // K-pairs are laid into the panel's column for that channel.
+                    // Each output channel's row is converted whole (vectorised), then its K-pairs
+                    // are laid into the panel's column for that channel; columns past `out_dim`
+                    // are zero.
                     let mut halves = vec![0u16; 2 * k2];
-                    for j in 0..NR.min(out_dim.saturating_sub(p * NR)) {
-                        bf16_row(w.row(p * NR + j), &mut halves[..in_dim]);
+                    for j in 0..NR {
+                        if p * NR + j < out_dim {
+                            bf16_row(w.row(p * NR + j), &mut halves[..in_dim]);
+                        } else {
+                            halves.fill(0);
+                        }
                         for (kp, pair) in halves.chunks_exact(2).enumerate() {
-                            panel[kp * NR + j] = pair[0] as u32 | (pair[1] as u32) << 16;
+                            panel[kp * NR + j].write(pair[0] as u32 | (pair[1] as u32) << 16);
                         }
                     }
                 });
-        }
+        };
+        // SAFETY: the buffer is `panels × k2 × NR` words (none when K or N is 0), and each
+        // panel's task writes word `kp * NR + j` for every K-pair `kp < k2` and column `j < NR`.
+        let buf = unsafe { AlignedWords::filled_by(bf16_words(in_dim, out_dim)?, fill) };
         Ok(Self {
             buf,
             in_dim,
@@ -250,37 +333,34 @@ impl PackedBf16 {
                 w.len()
             ));
         }
-        let mut buf = AlignedWords::zeroed(bf16_words(in_dim, out_dim)?);
         let k2 = in_dim.div_ceil(2);
-        if k2 == 0 || out_dim == 0 {
-            return Ok(Self {
-                buf,
-                in_dim,
-                out_dim,
-            });
-        }
-        // Rounded first, whole rows at a time (a panel's pieces of 32 values are too short for
-        // the vector conversion to pay), then interleaved into K-pairs panel by panel. An odd
-        // K gets a zero row.
-        let mut halves = vec![0u16; 2 * k2 * out_dim];
-        halves
-            .par_chunks_mut(out_dim)
-            .zip(w.par_chunks(out_dim))
-            .for_each(|(dst, src)| bf16_row(src, dst));
-        buf.words_mut()
-            .par_chunks_mut(k2 * NR)
-            .enumerate()
-            .for_each(|(p, panel)| {
-                let n0 = p * NR;
-                let width = NR.min(out_dim - n0);
-                for (kp, words) in panel.chunks_exact_mut(NR).enumerate() {
-                    let even = &halves[2 * kp * out_dim + n0..][..width];
-                    let odd = &halves[(2 * kp + 1) * out_dim + n0..][..width];
-                    for ((word, &lo), &hi) in words.iter_mut().zip(even).zip(odd) {
-                        *word = lo as u32 | (hi as u32) << 16;
-                    }
+        let fill = |buf: &mut [MaybeUninit<u32>]| {
+            if k2 == 0 || out_dim == 0 {
+                return;
+            }
+            // Each task takes a range of K-pairs and writes their words into every panel: the
+            // rows are read front to back (panel by panel, each K-pair's pieces of a panel's
+            // width are strided reads, at half the speed on ViT-B/32's shapes).
+            let tasks = rayon::current_num_threads().clamp(1, k2);
+            let per = k2.div_ceil(tasks);
+            let mut ranges: Vec<Vec<&mut [MaybeUninit<u32>]>> =
+                (0..tasks).map(|_| Vec::new()).collect();
+            for panel in buf.chunks_mut(k2 * NR) {
+                for (range, words) in ranges.iter_mut().zip(panel.chunks_mut(per * NR)) {
+                    range.push(words);
                 }
-            });
+            }
+            ranges
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(t, mut panels)| {
+                    pack_pair_rows(w, in_dim, out_dim, t * per, &mut panels)
+                });
+        };
+        // SAFETY: the buffer is `panels × k2 × NR` words (an empty one when K or N is 0), and
+        // every panel's words for every K-pair are in exactly one task's ranges, whose
+        // `pack_pair_rows` writes all `NR` words of each pair it is given.
+        let buf = unsafe { AlignedWords::filled_by(bf16_words(in_dim, out_dim)?, fill) };
         Ok(Self {
             buf,
             in_dim,
