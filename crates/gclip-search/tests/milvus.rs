@@ -921,6 +921,38 @@ fn tenants_by_partition_key_answer_as_the_embedded_backend() {
         "through Collection",
     );
     drop(c);
+    // `gclip check`: clean, naming the key; a row whose tenant field disagrees with its fields
+    // (written by another tool, here the client itself) is reported by id.
+    use gclip_search::check::{check_collection, CheckOptions};
+    let report = check_collection(Path::new(&address), &CheckOptions::default()).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.documents, 58);
+    assert!(
+        report
+            .to_string()
+            .contains("partition key `tenant` (tenants), 64 partitions"),
+        "{report}"
+    );
+    forge_row(
+        &server,
+        "tenants",
+        "forged",
+        "globex",
+        json!({"tenant": "acme"}),
+    );
+    let report = check_collection(Path::new(&address), &CheckOptions::default()).unwrap();
+    assert_eq!(report.bad_documents(), ["forged"], "{report}");
+    assert!(
+        report.problems[0]
+            .message
+            .contains(r#"partition key field `tenant` holds "globex" and its fields say "acme""#),
+        "{report}"
+    );
+    MilvusStore::open(&a, MilvusOptions::default())
+        .unwrap()
+        .delete(&["forged".into()])
+        .unwrap();
+
     // With the same key asked: as it is. With another, or a key for a collection without one:
     // refused, naming both.
     assert!(MilvusStore::open(&a, with_key("tenant")).is_ok());
@@ -960,4 +992,47 @@ fn tenants_by_partition_key_answer_as_the_embedded_backend() {
     let bad = MilvusAddress::parse_with(&server.address("bad_key"), |_| None).unwrap();
     assert!(!MilvusStore::exists(&bad, &MilvusOptions::default()).unwrap());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes one row into a gclip collection with a partition key `tenant` through the client
+/// itself, as another tool would: its `tenant` field and its `fields` as given.
+fn forge_row(server: &Server, collection: &str, id: &str, tenant: &str, fields: serde_json::Value) {
+    use milvus::data::FieldColumn;
+    use milvus::schema::FieldSchema;
+    use milvus::value::ValueVec;
+    let json_field = |name: &str| {
+        let mut f = FieldSchema::empty();
+        f.name = name.into();
+        f.dtype = milvus::proto::schema::DataType::Json;
+        f
+    };
+    let columns = vec![
+        FieldColumn::new(
+            &FieldSchema::new_primary_varchar("id", "", false, 4096),
+            vec![id.to_string()],
+        ),
+        FieldColumn::new(
+            &FieldSchema::new_float_vector("vector", "", DIM as i64),
+            unit_vector(99),
+        ),
+        FieldColumn::new(
+            &json_field("fields"),
+            ValueVec::Json(vec![fields.to_string().into_bytes()]),
+        ),
+        FieldColumn::new(&json_field("source"), ValueVec::Json(vec![b"{}".to_vec()])),
+        FieldColumn::new(
+            &FieldSchema::new_varchar("tenant", "", 512),
+            ValueVec::String(vec![tenant.to_string()]),
+        ),
+    ];
+    let endpoint = format!("http://127.0.0.1:{}", server.port);
+    let collection = collection.to_string();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let client = milvus::client::Client::new(endpoint).await.unwrap();
+            client.insert(collection, columns, None).await.unwrap();
+        });
 }
