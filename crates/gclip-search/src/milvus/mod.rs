@@ -10,6 +10,7 @@
 //! | `vector` | FLOAT_VECTOR(dim), HNSW, inner product | the unit vector (inner product = cosine) |
 //! | `fields` | JSON | the document's fields |
 //! | `source` | JSON | the file it was indexed from (`{}` when none) |
+//! | the tenant field, when declared | VARCHAR partition key (at most [`MAX_TENANT_BYTES`]) | a copy of the document's field of that name ([`MilvusOptions::partition_key`]) |
 //!
 //! The collection's description holds [`DESCRIPTION_PREFIX`] and the [`CollectionInfo`] (model,
 //! embedding spec) as JSON; opening reads it back, so the same model guard applies as for a
