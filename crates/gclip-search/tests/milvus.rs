@@ -781,6 +781,13 @@ fn tenants_by_partition_key_answer_as_the_embedded_backend() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("is 5, not a string"), "{e}");
+    let mut null = tenant_document(74);
+    null.fields.insert("tenant".into(), serde_json::Value::Null);
+    let e = store.upsert(vec![null]).unwrap_err().to_string();
+    assert!(
+        e.contains(r#"field "tenant""#) && e.contains("is null, not a string"),
+        "{e}"
+    );
     assert_eq!(store.len(), 60);
     assert!(store.get("d073").unwrap().is_none());
 

@@ -941,7 +941,7 @@ impl MilvusStore {
                  long; a tenant is at most {MAX_TENANT_BYTES}",
                 t.len()
             )),
-            None | Some(Json::Null) => Err(format!(
+            None => Err(format!(
                 "document {id:?} has no field {key:?}, the partition key of {address}: every \
                  document names its tenant there, as a string"
             )),
