@@ -16,9 +16,16 @@ fn fixtures() -> PathBuf {
 }
 
 fn gclip(args: &[&str]) -> Output {
+    gclip_with(args, &[])
+}
+
+/// `gclip ARGS` with these environment variables (and no Milvus settings of the caller's).
+fn gclip_with(args: &[&str], vars: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gclip"))
         .args(args)
         .env_remove("GCLIP_MILVUS_TOKEN")
+        .env_remove("GCLIP_MILVUS_PARTITION_KEY")
+        .envs(vars.iter().copied())
         .output()
         .expect("gclip runs")
 }
@@ -223,5 +230,111 @@ fn update_and_delete_on_a_milvus_address_match_a_directory_collection() {
         .find(|r| r["id"] == "d1")
         .unwrap();
     assert_eq!(d1["fields"]["price"], 30);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Tenants through the command line: `GCLIP_MILVUS_PARTITION_KEY=tenant gclip add` creates
+/// the collection with the key; documents without a string tenant fail alone, by id and field
+/// name, and the command says so and fails; a search filtered by tenant finds that tenant's
+/// documents only; later commands need no variable (the key is the collection's); a key that
+/// cannot be one is an error naming the variable, and nothing is created.
+#[test]
+fn tenants_through_the_command_line() {
+    let _turn = one_server_at_a_time();
+    let server = Server::start();
+    let address = server.address("tenants");
+    let with_token = format!("{address}?token={SECRET}");
+    let dir = std::env::temp_dir().join(format!("gclip-milvus-tenants-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let docs = dir.join("docs.jsonl");
+    let lines = [
+        serde_json::json!({"id": "a1", "title": "a photo of a cat", "tenant": "acme"}),
+        serde_json::json!({"id": "g1", "title": "a photo of a cat", "tenant": "globex"}),
+        serde_json::json!({"id": "a2", "title": "a red car", "tenant": "acme"}),
+        serde_json::json!({"id": "n1", "title": "soup"}),
+        serde_json::json!({"id": "n2", "title": "soup", "tenant": 7}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&docs, text).unwrap();
+    let model = fixtures().join("models/oc-fullvocab");
+    let add = |collection: &str, vars: &[(&str, &str)]| {
+        gclip_with(
+            &[
+                "add",
+                collection,
+                docs.to_str().unwrap(),
+                "--embed",
+                "title",
+                "--model",
+                model.join("open_clip_model.safetensors").to_str().unwrap(),
+                "--arch",
+                model.join("open_clip_config.json").to_str().unwrap(),
+            ],
+            vars,
+        )
+    };
+
+    // A name that cannot be a partition key: refused before anything is created.
+    let bad = add(&with_token, &[("GCLIP_MILVUS_PARTITION_KEY", "ten-ant")]);
+    let e = said(&bad);
+    assert!(!bad.status.success(), "{e}");
+    assert!(e.contains(r#"GCLIP_MILVUS_PARTITION_KEY="ten-ant""#), "{e}");
+    let check = gclip(&["check", &with_token]);
+    assert!(
+        !check.status.success(),
+        "nothing was created: {}",
+        said(&check)
+    );
+
+    let out = add(&with_token, &[("GCLIP_MILVUS_PARTITION_KEY", "tenant")]);
+    let e = said(&out);
+    assert!(!out.status.success(), "two documents failed: {e}");
+    assert!(e.contains("3 written"), "{e}");
+    assert!(e.contains(r#"document "n1" has no field "tenant""#), "{e}");
+    assert!(e.contains(r#"document "n2": field "tenant""#), "{e}");
+    assert!(e.contains("is 7, not a string"), "{e}");
+    assert!(e.contains("2 inputs failed"), "{e}");
+
+    let search = |filter: &str| -> Vec<String> {
+        let out = gclip(&[
+            "search",
+            &with_token,
+            "a photo of a cat",
+            "--json",
+            "--filter",
+            filter,
+        ]);
+        let text = said(&out);
+        assert!(out.status.success(), "{text}");
+        let hits: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        hits.iter()
+            .map(|h| h["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(search("tenant = acme"), ["a1", "a2"]);
+    assert_eq!(search("tenant = globex"), ["g1"]);
+    assert_eq!(search("tenant = initech"), Vec::<String>::new());
+
+    // The key is the collection's: check names it, with no variable set.
+    let check = gclip(&["check", &with_token]);
+    let report = said(&check);
+    assert!(check.status.success(), "{report}");
+    assert!(report.contains("partition key `tenant`"), "{report}");
+    assert!(
+        report.contains(&format!("collection {address}: 3 documents")),
+        "{report}"
+    );
+    // Another key asked of it: refused, naming both.
+    let other = gclip_with(
+        &["search", &with_token, "cat", "--filter", "tenant = acme"],
+        &[("GCLIP_MILVUS_PARTITION_KEY", "region")],
+    );
+    let e = said(&other);
+    assert!(!other.status.success(), "{e}");
+    assert!(
+        e.contains("the partition key `tenant`") && e.contains("region"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -602,13 +602,16 @@ fn train(
 }
 
 /// A collection: documents with fields, their vectors, and the model that made them (a
-/// directory; see `gclip index`/`add`/`search`).
+/// directory, or a collection on a Milvus server named by its `milvus://` address, opened
+/// through the same code as the command line's; see `gclip index`/`add`/`search`).
 #[pyclass(frozen, module = "gclip._gclip", name = "Collection")]
 struct PyCollection {
     /// None once closed. Calls share the read lock (searches run concurrently); `close` takes
     /// the write lock, so it waits for the calls in progress.
     open: RwLock<Option<OpenCollection>>,
     path: PathBuf,
+    /// The address of a collection on a Milvus server, without the token.
+    address: Option<String>,
 }
 
 struct OpenCollection {
@@ -619,9 +622,14 @@ struct OpenCollection {
 impl PyCollection {
     fn wrap(collection: Collection) -> Self {
         let encoder = LazyEncoder::new(collection.info().model.clone(), None);
+        // A Milvus collection is named by its address (without the token).
+        let (path, address) = match collection.location() {
+            gclip_search::Location::Milvus(a) => (a.to_string().into(), Some(a.to_string())),
+            gclip_search::Location::Dir(d) => (d.clone(), None),
+        };
         Self {
-            // A Milvus collection is named by its address (without the token).
-            path: collection.location().to_string().into(),
+            path,
+            address,
             open: RwLock::new(Some(OpenCollection {
                 collection,
                 encoder,
@@ -652,8 +660,9 @@ fn to_json(value: &impl serde::Serialize) -> gclip_search::Result<String> {
 
 #[pymethods]
 impl PyCollection {
-    /// Creates a collection in `path` for `model` (and `arch` for a checkpoint file), embedding
-    /// the fields of `embed` (`FIELD[:WEIGHT],…`); `image_fields` hold image paths.
+    /// Creates a collection in `path` (a directory or a `milvus://` address) for `model` (and
+    /// `arch` for a checkpoint file), embedding the fields of `embed` (`FIELD[:WEIGHT],…`);
+    /// `image_fields` hold image paths.
     #[staticmethod]
     #[pyo3(signature = (path, model, arch = None, precision = "fp32", embed = "image", image_fields = vec!["image".to_string()]))]
     fn create(
@@ -669,9 +678,10 @@ impl PyCollection {
         let spec = EmbedSpec::parse(embed, &image_fields).map_err(err)?;
         py.detach(|| -> gclip_search::Result<Self> {
             if Collection::exists(&path) {
+                // An address is shown without its token.
                 return Err(gclip_search::SearchError::Invalid(format!(
                     "{} already holds a collection; open it with Collection.open",
-                    path.display()
+                    gclip_search::Location::shown(&path)
                 )));
             }
             let (identity, _) = model_identity(model, arch, precision)?;
@@ -680,7 +690,7 @@ impl PyCollection {
         .map_err(err)
     }
 
-    /// Opens the collection in `path`.
+    /// Opens the collection in `path` (a directory or a `milvus://` address).
     #[staticmethod]
     fn open(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         py.detach(|| Collection::open(&path))
@@ -838,10 +848,14 @@ impl PyCollection {
         })
     }
 
-    /// The collection directory.
+    /// The collection directory (a path), or its Milvus address without the token (a string:
+    /// as a path, `milvus://` would lose a slash).
     #[getter]
-    fn path(&self) -> PathBuf {
-        self.path.clone()
+    fn path<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match &self.address {
+            Some(a) => Ok(a.into_pyobject(py)?.into_any()),
+            None => Ok(self.path.clone().into_pyobject(py)?.into_any()),
+        }
     }
 
     /// The model, spec and creation time, as JSON.

@@ -233,9 +233,15 @@ pub fn add_documents(
     for chunk in inputs.chunks(batch_size.max(1)) {
         let mut good: Vec<&Document> = Vec::new();
         for input in chunk {
-            match &input.doc {
+            // Checked before embedding: a document the store refuses costs nothing more.
+            let checked = input
+                .doc
+                .as_ref()
+                .map_err(String::clone)
+                .and_then(|d| store.check_fields(&d.id, &d.fields).map(|()| d));
+            match checked {
                 Ok(d) => good.push(d),
-                Err(e) => report.failed.push((input.label.clone(), e.clone())),
+                Err(e) => report.failed.push((input.label.clone(), e)),
             }
         }
         let labels: HashMap<&str, &str> = chunk
@@ -531,32 +537,42 @@ pub fn index_directory(
     let total = todo.len();
     let mut done = 0;
     for chunk in todo.chunks(options.batch_size.max(1)) {
-        let paths: Vec<PathBuf> = chunk.iter().map(|(p, _)| p.clone()).collect();
-        let vectors = encoder.image_files(&paths)?;
-        let mut batch = Vec::new();
-        for ((path, state), v) in chunk.iter().zip(vectors) {
+        // Each file's document fields, checked by the store before anything is embedded.
+        let mut wanted = Vec::new();
+        for (path, state) in chunk {
             let key = path.display().to_string();
-            match v {
-                Ok(vector) => {
-                    let mut fields = Fields::new();
-                    fields.insert(image_field.clone(), Value::String(key.clone()));
-                    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                        fields.insert("file_name".into(), Value::String(name.into()));
+            let mut fields = Fields::new();
+            fields.insert(image_field.clone(), Value::String(key.clone()));
+            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                fields.insert("file_name".into(), Value::String(name.into()));
+            }
+            if let Ok(rel) = path.strip_prefix(&dir) {
+                if let Some(parent) = rel.parent().and_then(|p| p.to_str()) {
+                    if !parent.is_empty() {
+                        fields.insert("folder".into(), Value::String(parent.into()));
                     }
-                    if let Ok(rel) = path.strip_prefix(&dir) {
-                        if let Some(parent) = rel.parent().and_then(|p| p.to_str()) {
-                            if !parent.is_empty() {
-                                fields.insert("folder".into(), Value::String(parent.into()));
-                            }
-                        }
-                    }
-                    batch.push(NewDocument {
-                        id: key,
-                        fields,
-                        vector,
-                        source: Some(state.clone()),
-                    });
                 }
+            }
+            match store.check_fields(&key, &fields) {
+                Ok(()) => wanted.push((path.clone(), key, fields, state)),
+                Err(e) => report.failed.push((key, e)),
+            }
+        }
+        let paths: Vec<PathBuf> = wanted.iter().map(|(p, ..)| p.clone()).collect();
+        let vectors = if paths.is_empty() {
+            Vec::new()
+        } else {
+            encoder.image_files(&paths)?
+        };
+        let mut batch = Vec::new();
+        for ((_, key, fields, state), v) in wanted.into_iter().zip(vectors) {
+            match v {
+                Ok(vector) => batch.push(NewDocument {
+                    id: key,
+                    fields,
+                    vector,
+                    source: Some(state.clone()),
+                }),
                 Err(e) => report.failed.push((key, e)),
             }
         }

@@ -145,6 +145,13 @@ pub trait Store: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Why the store cannot take a document with this id and these fields, if it cannot (a
+    /// Milvus collection with a partition key needs the tenant field in every document).
+    /// Writers of many documents ask before embedding each one, so that a document refused
+    /// fails alone and the batch goes on; `upsert` refuses the same documents whole.
+    fn check_fields(&self, _id: &str, _fields: &Fields) -> std::result::Result<(), String> {
+        Ok(())
+    }
     /// Inserts documents, replacing those with the same id.
     fn upsert(&self, docs: Vec<NewDocument>) -> Result<WriteReceipt>;
     /// Deletes documents by id; ids not present are ignored (`count` says how many went).

@@ -625,3 +625,421 @@ fn search_bench_measures_a_milvus_collection_and_reuses_it() {
     assert_eq!(c.len(), 3);
     assert_eq!(c.info().model.model, "test-model");
 }
+
+/// A fake model for the writers that embed (`add_documents`, `index_directory`): a text's or a
+/// file's vector from its bytes. Counts what it embeds, so that a test can see that documents
+/// the store refuses were never embedded.
+#[derive(Default)]
+struct CountingEncoder {
+    embedded: std::sync::atomic::AtomicUsize,
+}
+
+impl gclip_search::encoder::Encoder for CountingEncoder {
+    fn dim(&self) -> usize {
+        DIM
+    }
+    fn texts(&self, texts: &[&str]) -> gclip_search::Result<Vec<Vec<f32>>> {
+        self.embedded
+            .fetch_add(texts.len(), std::sync::atomic::Ordering::Relaxed);
+        Ok(texts
+            .iter()
+            .map(|t| unit_vector(t.bytes().fold(7, |h, b| splitmix(h ^ b as u64)) % 1_000_000))
+            .collect())
+    }
+    fn image_files(
+        &self,
+        paths: &[PathBuf],
+    ) -> gclip_search::Result<Vec<Result<Vec<f32>, String>>> {
+        self.embedded
+            .fetch_add(paths.len(), std::sync::atomic::Ordering::Relaxed);
+        Ok(paths
+            .iter()
+            .map(|p| {
+                std::fs::read(p)
+                    .map(|b| unit_vector(b.len() as u64))
+                    .map_err(|e| e.to_string())
+            })
+            .collect())
+    }
+    fn image_bytes(&self, bytes: &[u8], _name: &str) -> gclip_search::Result<Vec<f32>> {
+        Ok(unit_vector(bytes.len() as u64))
+    }
+}
+
+/// `document(i)` of tenant `acme` (two in three) or `globex`.
+fn tenant_document(i: u64) -> NewDocument {
+    let mut d = document(i);
+    let tenant = if i.is_multiple_of(3) {
+        "globex"
+    } else {
+        "acme"
+    };
+    d.fields.insert("tenant".into(), json!(tenant));
+    d
+}
+
+/// Tenants by partition key: a collection created with `tenant` as its partition key has the
+/// field and the server's 64 partitions; documents of two tenants answer every search as the
+/// embedded backend does, with and without a filter on the tenant (which goes to the VARCHAR
+/// field, so that Milvus prunes partitions), across `OR` and `NOT` too; a document without the
+/// field, or with a value that is not a string, is refused by id and field name (alone, in the
+/// writers of many documents); a document moves between tenants; reopening recovers the key
+/// from the collection, and asking for another key is refused.
+#[test]
+fn tenants_by_partition_key_answer_as_the_embedded_backend() {
+    use gclip_search::ingest::{add_documents, index_directory, IndexOptions, InputDocument};
+    use gclip_search::{Document, Fields};
+    let _turn = one_server_at_a_time();
+    let server = Server::start();
+    let address = server.address("tenants");
+    let a = MilvusAddress::parse_with(&address, |_| None).unwrap();
+    let info = CollectionInfo {
+        model: identity("test-model"),
+        spec: EmbedSpec::image(),
+        created: 0,
+    };
+    let with_key = |key: &str| MilvusOptions {
+        partition_key: Some(key.into()),
+        ..Default::default()
+    };
+    let store = MilvusStore::create(&a, info.clone(), with_key("tenant")).unwrap();
+    assert_eq!(store.partition_key(), Some("tenant"));
+    // The server made the partitions of a partition key (one, `_default`, without).
+    assert_eq!(store.partitions().unwrap(), 64);
+    let dir = scratch("tenants-embedded");
+    let embedded = SqliteStore::create(&dir, info.clone(), StoreOptions::default()).unwrap();
+    let docs: Vec<NewDocument> = (0..60).map(tenant_document).collect();
+    for batch in docs.chunks(25) {
+        assert_eq!(store.upsert(batch.to_vec()).unwrap().count, batch.len());
+        embedded.upsert(batch.to_vec()).unwrap();
+    }
+    assert_eq!(store.len(), 60);
+    assert_eq!(store.get("d001").unwrap().unwrap().fields, docs[1].fields);
+
+    let filters = [
+        None,
+        Some("tenant = acme"),
+        Some("tenant:globex"),
+        Some("tenant = globex AND colour = red"),
+        Some("colour = blue AND tenant = acme AND price < 30"),
+        Some("tenant != acme"),
+        Some("tenant = acme OR price > 40"),
+        Some("NOT tenant = globex AND tags:summer"),
+        Some("(tenant = acme AND price < 10) OR (tenant = globex AND price > 40)"),
+        Some("tenant = initech"),
+        Some("tenant > b"),
+    ];
+    // Each search waits for Strong consistency (about 0.4 s): few queries, every filter.
+    let compare = |s: &MilvusStore, queries: u64, what: &str| {
+        for q in 0..queries {
+            let v = unit_vector(2_000 + q);
+            for f in filters {
+                for (limit, offset) in [(10, 0), (6, 4)] {
+                    let r = request(v.clone(), limit, offset, f);
+                    let m = s.search(&r).unwrap_or_else(|e| panic!("{f:?}: {e}"));
+                    let e = embedded.search(&r).unwrap();
+                    assert_same_hits(
+                        &m,
+                        &e,
+                        &format!("{what}: query {q} filter {f:?} limit {limit} offset {offset}"),
+                    );
+                }
+            }
+        }
+    };
+    compare(&store, 2, "created");
+    // The filters select what they say (not everything, not nothing).
+    let acme = store
+        .search(&request(unit_vector(5), 100, 0, Some("tenant = acme")))
+        .unwrap();
+    assert_eq!(acme.len(), 40);
+    assert!(acme.iter().all(|h| h.fields["tenant"] == "acme"));
+
+    // Refused whole by `upsert`, naming the document and the field; nothing written.
+    let mut untenanted = document(70);
+    untenanted.id = "nobody".into();
+    let mut numbered = tenant_document(71);
+    numbered.fields.insert("tenant".into(), json!(5));
+    let mut long = tenant_document(72);
+    long.fields.insert("tenant".into(), json!("x".repeat(513)));
+    for (bad, says) in [
+        (
+            untenanted.clone(),
+            r#"document "nobody" has no field "tenant""#,
+        ),
+        (numbered.clone(), r#"document "d071": field "tenant""#),
+        (long.clone(), "513 bytes long; a tenant is at most 512"),
+    ] {
+        let e = store
+            .upsert(vec![tenant_document(73), bad])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says) && e.contains(&address), "{e}");
+    }
+    let e = store
+        .upsert(vec![numbered.clone()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is 5, not a string"), "{e}");
+    let mut null = tenant_document(74);
+    null.fields.insert("tenant".into(), serde_json::Value::Null);
+    let e = store.upsert(vec![null]).unwrap_err().to_string();
+    assert!(
+        e.contains(r#"field "tenant""#) && e.contains("is null, not a string"),
+        "{e}"
+    );
+    assert_eq!(store.len(), 60);
+    assert!(store.get("d073").unwrap().is_none());
+
+    // Writers of many documents refuse such documents alone, before embedding them.
+    let input = |id: &str, fields: serde_json::Value| InputDocument {
+        label: format!("docs.jsonl:{id}"),
+        doc: Ok(Document {
+            id: id.into(),
+            fields: fields.as_object().cloned().unwrap(),
+        }),
+    };
+    let text_info = CollectionInfo {
+        model: identity("test-model"),
+        spec: EmbedSpec::parse("title", &[]).unwrap(),
+        created: 0,
+    };
+    let texts_address = server.address("tenant_texts");
+    let texts = MilvusStore::create(
+        &MilvusAddress::parse_with(&texts_address, |_| None).unwrap(),
+        text_info,
+        with_key("tenant"),
+    )
+    .unwrap();
+    let encoder = CountingEncoder::default();
+    let report = add_documents(
+        &texts,
+        &encoder,
+        vec![
+            input("t1", json!({"title": "red shoe", "tenant": "acme"})),
+            input("t2", json!({"title": "blue shoe"})),
+            input("t3", json!({"title": "green shoe", "tenant": ["acme"]})),
+            input("t4", json!({"title": "grey shoe", "tenant": "globex"})),
+        ],
+        3,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(report.written, 2, "{report:?}");
+    assert_eq!(
+        encoder.embedded.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    let failed: Vec<(&str, &str)> = report
+        .failed
+        .iter()
+        .map(|(l, e)| (l.as_str(), e.as_str()))
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert_eq!(failed[0].0, "docs.jsonl:t2");
+    assert!(
+        failed[0]
+            .1
+            .contains(r#"document "t2" has no field "tenant""#),
+        "{failed:?}"
+    );
+    assert_eq!(failed[1].0, "docs.jsonl:t3");
+    assert!(
+        failed[1].1.contains(r#"is ["acme"], not a string"#),
+        "{failed:?}"
+    );
+    assert_eq!(texts.len(), 2);
+    drop(texts);
+
+    // Indexing files into a collection whose partition key is the sub-folder: files in one
+    // are written, files at the top are refused (they have no folder), each by path.
+    let images = scratch("tenant-images");
+    std::fs::create_dir_all(images.join("acme")).unwrap();
+    std::fs::write(images.join("acme/a.png"), b"aaaa").unwrap();
+    std::fs::write(images.join("top.png"), b"tttttt").unwrap();
+    let folders = MilvusStore::create(
+        &MilvusAddress::parse_with(&server.address("tenant_folders"), |_| None).unwrap(),
+        info.clone(),
+        with_key("folder"),
+    )
+    .unwrap();
+    let encoder = CountingEncoder::default();
+    let report = index_directory(
+        &folders,
+        &encoder,
+        &images,
+        &IndexOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(report.written, 1, "{report:?}");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(report.failed[0].0.ends_with("top.png"), "{report:?}");
+    assert!(
+        report.failed[0].1.contains(r#"has no field "folder""#),
+        "{report:?}"
+    );
+    assert_eq!(
+        encoder.embedded.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let hits = folders
+        .search(&request(unit_vector(1), 5, 0, Some("folder = acme")))
+        .unwrap();
+    assert_eq!(hits.len(), 1);
+    assert!(hits[0].id.ends_with("acme/a.png"), "{hits:?}");
+    drop(folders);
+    let _ = std::fs::remove_dir_all(&images);
+
+    // A document moves to another tenant (its fields changed, its vector kept): found under
+    // the new one only, and counted once.
+    let mut moved: Fields = docs[4].fields.clone();
+    moved.insert("tenant".into(), json!("globex"));
+    store.update_fields("d004", moved.clone()).unwrap();
+    embedded.update_fields("d004", moved.clone()).unwrap();
+    assert_eq!(store.len(), 60);
+    let mut gone = moved.clone();
+    gone.remove("tenant");
+    let e = store.update_fields("d004", gone).unwrap_err().to_string();
+    assert!(
+        e.contains(r#"document "d004" has no field "tenant""#),
+        "{e}"
+    );
+    assert_eq!(store.get("d004").unwrap().unwrap().fields, moved);
+    let r = store
+        .delete(&["d005".into(), "d006".into(), "nope".into()])
+        .unwrap();
+    assert_eq!(r.count, 2);
+    embedded.delete(&["d005".into(), "d006".into()]).unwrap();
+    compare(&store, 1, "after a move and deletes");
+    drop(store);
+
+    // Reopened without the option: the key comes from the collection itself.
+    let store = MilvusStore::open(&a, MilvusOptions::default()).unwrap();
+    assert_eq!(store.partition_key(), Some("tenant"));
+    assert_eq!(store.len(), 58);
+    compare(&store, 1, "reopened");
+    drop(store);
+    let c = Collection::open(Path::new(&address)).unwrap();
+    let r = request(unit_vector(9), 10, 0, Some("tenant = globex"));
+    assert_same_hits(
+        &c.search(&r).unwrap(),
+        &embedded.search(&r).unwrap(),
+        "through Collection",
+    );
+    drop(c);
+    // `gclip check`: clean, naming the key; a row whose tenant field disagrees with its fields
+    // (written by another tool, here the client itself) is reported by id.
+    use gclip_search::check::{check_collection, CheckOptions};
+    let report = check_collection(Path::new(&address), &CheckOptions::default()).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.documents, 58);
+    assert!(
+        report
+            .to_string()
+            .contains("partition key `tenant` (tenants), 64 partitions"),
+        "{report}"
+    );
+    forge_row(
+        &server,
+        "tenants",
+        "forged",
+        "globex",
+        json!({"tenant": "acme"}),
+    );
+    let report = check_collection(Path::new(&address), &CheckOptions::default()).unwrap();
+    assert_eq!(report.bad_documents(), ["forged"], "{report}");
+    assert!(
+        report.problems[0]
+            .message
+            .contains(r#"partition key field `tenant` holds "globex" and its fields say "acme""#),
+        "{report}"
+    );
+    MilvusStore::open(&a, MilvusOptions::default())
+        .unwrap()
+        .delete(&["forged".into()])
+        .unwrap();
+
+    // With the same key asked: as it is. With another, or a key for a collection without one:
+    // refused, naming both.
+    assert!(MilvusStore::open(&a, with_key("tenant")).is_ok());
+    let e = MilvusStore::open(&a, with_key("region"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(&address)
+            && e.contains("the partition key `tenant`")
+            && e.contains("GCLIP_MILVUS_PARTITION_KEY=region"),
+        "{e}"
+    );
+    let plain_address = server.address("plain");
+    let plain = MilvusAddress::parse_with(&plain_address, |_| None).unwrap();
+    let p = MilvusStore::create(&plain, info.clone(), MilvusOptions::default()).unwrap();
+    assert_eq!((p.partition_key(), p.partitions().unwrap()), (None, 1));
+    drop(p);
+    let e = MilvusStore::open(&plain, with_key("tenant"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(&plain_address) && e.contains("no partition key"),
+        "{e}"
+    );
+    // A name that cannot be a partition key is refused before anything is created.
+    let e = MilvusStore::create(
+        &MilvusAddress::parse_with(&server.address("bad_key"), |_| None).unwrap(),
+        info.clone(),
+        with_key("fields"),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("gclip's own fields"), "{e}");
+    let bad = MilvusAddress::parse_with(&server.address("bad_key"), |_| None).unwrap();
+    assert!(!MilvusStore::exists(&bad, &MilvusOptions::default()).unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes one row into a gclip collection with a partition key `tenant` through the client
+/// itself, as another tool would: its `tenant` field and its `fields` as given.
+fn forge_row(server: &Server, collection: &str, id: &str, tenant: &str, fields: serde_json::Value) {
+    use milvus::data::FieldColumn;
+    use milvus::schema::FieldSchema;
+    use milvus::value::ValueVec;
+    let json_field = |name: &str| {
+        let mut f = FieldSchema::empty();
+        f.name = name.into();
+        f.dtype = milvus::proto::schema::DataType::Json;
+        f
+    };
+    let columns = vec![
+        FieldColumn::new(
+            &FieldSchema::new_primary_varchar("id", "", false, 4096),
+            vec![id.to_string()],
+        ),
+        FieldColumn::new(
+            &FieldSchema::new_float_vector("vector", "", DIM as i64),
+            unit_vector(99),
+        ),
+        FieldColumn::new(
+            &json_field("fields"),
+            ValueVec::Json(vec![fields.to_string().into_bytes()]),
+        ),
+        FieldColumn::new(&json_field("source"), ValueVec::Json(vec![b"{}".to_vec()])),
+        FieldColumn::new(
+            &FieldSchema::new_varchar("tenant", "", 512),
+            ValueVec::String(vec![tenant.to_string()]),
+        ),
+    ];
+    let endpoint = format!("http://127.0.0.1:{}", server.port);
+    let collection = collection.to_string();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let client = milvus::client::Client::new(endpoint).await.unwrap();
+            client.insert(collection, columns, None).await.unwrap();
+        });
+}

@@ -1,7 +1,9 @@
 //! Credentials and TLS of `milvus://` / `milvuss://` addresses, without an authenticating
 //! Milvus server: a stub on 127.0.0.1 (started here, on a port of its own) that speaks HTTP/2 as
 //! gRPC does, records the path and `authorization` header of every request, and refuses each
-//! one as Milvus refuses a wrong token (gRPC status 16, UNAUTHENTICATED). With TLS it presents a
+//! one as Milvus refuses a wrong token (gRPC status 16, UNAUTHENTICATED); told to, it first says
+//! that the collection does not exist, so that creating one sends its request (gclip sends that
+//! one on a connection of its own). With TLS it presents a
 //! certificate signed by a CA made here, which the client trusts through `MilvusOptions::ca`
 //! (`GCLIP_MILVUS_CA`).
 //!
@@ -48,6 +50,12 @@ impl Drop for Stub {
 
 impl Stub {
     fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        Self::start_with(tls, false)
+    }
+
+    /// With `has_collection`, `HasCollection` is answered (no such collection); everything
+    /// else is refused.
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>, has_collection: bool) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -68,10 +76,10 @@ impl Stub {
                             if let Ok(io) =
                                 tokio_rustls::TlsAcceptor::from(config).accept(tcp).await
                             {
-                                refuse_all(io, log, true).await;
+                                refuse_all(io, log, true, has_collection).await;
                             }
                         }
-                        None => refuse_all(tcp, log, false).await,
+                        None => refuse_all(tcp, log, false, has_collection).await,
                     }
                 });
             }
@@ -94,7 +102,7 @@ impl Stub {
 
 /// Serves one HTTP/2 connection: records each request and answers it as Milvus answers a
 /// request with a wrong token (a trailers-only gRPC response, status 16).
-async fn refuse_all<T>(io: T, log: Arc<Mutex<Vec<Seen>>>, tls: bool)
+async fn refuse_all<T>(io: T, log: Arc<Mutex<Vec<Seen>>>, tls: bool, has_collection: bool)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -111,6 +119,10 @@ where
                 .map(String::from),
             tls,
         });
+        if has_collection && request.uri().path().ends_with("/HasCollection") {
+            answer_no_such_collection(respond);
+            continue;
+        }
         let answer = http::Response::builder()
             .status(200)
             .header("content-type", "application/grpc")
@@ -123,6 +135,32 @@ where
             .unwrap();
         let _ = respond.send_response(answer, true);
     }
+}
+
+/// Answers `HasCollection` as Milvus does for a name it does not have: a `BoolResponse` with a
+/// success status and `false`, framed as gRPC (no compression, 4-byte length), then status 0.
+fn answer_no_such_collection(mut respond: h2::server::SendResponse<bytes::Bytes>) {
+    use prost::Message;
+    let reply = milvus::proto::milvus::BoolResponse {
+        status: Some(milvus::proto::common::Status::default()),
+        value: false,
+    }
+    .encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(reply.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&reply);
+    let head = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let Ok(mut stream) = respond.send_response(head, false) else {
+        return;
+    };
+    let _ = stream.send_data(framed.into(), false);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let _ = stream.send_trailers(trailers);
 }
 
 /// A CA made here, and a server configuration with a certificate for 127.0.0.1 it signed.
@@ -340,6 +378,65 @@ fn milvuss_speaks_tls_and_trusts_the_ca_of_gclip_milvus_ca() {
     );
     assert_eq!(stub.seen().len(), 1, "{:?}", stub.seen());
 
+    let log = String::from_utf8_lossy(&logged().lock().unwrap()).into_owned();
+    assert_no_token(&log);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Creating a collection (with a partition key, whose request gclip sends on a connection of
+/// its own, the client's call being unable to mark one) sends the token as every other call
+/// does, over TLS when asked, and a refusal names the address and what was being done.
+#[test]
+fn creating_a_collection_sends_the_token_too() {
+    let (ca_pem, config) = tls_pair();
+    let dir = scratch("create");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &ca_pem).unwrap();
+    for (stub, scheme) in [
+        (Stub::start_with(None, true), "milvus"),
+        (Stub::start_with(Some(config), true), "milvuss"),
+    ] {
+        logged();
+        let address = stub.address(scheme, "?token=root:st0bsecret%26x");
+        let a = MilvusAddress::parse_with(&address, |_| None).unwrap();
+        let info = gclip_search::store::CollectionInfo {
+            model: gclip_search::ModelIdentity {
+                model: "m".into(),
+                arch: None,
+                dim: 4,
+                precision: Default::default(),
+            },
+            spec: gclip_search::EmbedSpec::image(),
+            created: 0,
+        };
+        let options = MilvusOptions {
+            partition_key: Some("tenant".into()),
+            ..options(Some(ca.clone()))
+        };
+        let e = match MilvusStore::create(&a, info, options) {
+            Ok(_) => panic!("{address}: a stub that refuses creating created"),
+            Err(e) => format!("{e} | {e:?}"),
+        };
+        assert_no_token(&e);
+        assert!(
+            e.contains(&format!("collection {}:", stub.address(scheme, "")))
+                && e.contains("creating the collection: the server refused the credentials"),
+            "{e}"
+        );
+        let seen = stub.seen();
+        let paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/milvus.proto.milvus.MilvusService/HasCollection",
+                "/milvus.proto.milvus.MilvusService/CreateCollection"
+            ]
+        );
+        for s in &seen {
+            assert_eq!(s.authorization.as_deref(), Some(SENT), "{seen:?}");
+            assert_eq!(s.tls, scheme == "milvuss", "{seen:?}");
+        }
+    }
     let log = String::from_utf8_lossy(&logged().lock().unwrap()).into_owned();
     assert_no_token(&log);
     let _ = std::fs::remove_dir_all(&dir);

@@ -261,7 +261,9 @@ def load(
 
 
 class Collection:
-    """A searchable collection of documents (a directory), as ``gclip index``/``add`` make.
+    """A searchable collection of documents (a directory, or a collection on a Milvus server
+    named by its address ``milvus://HOST:PORT/NAME``, see docs/MILVUS.md), as ``gclip
+    index``/``add`` make.
 
     Documents are dicts: an ``id`` (else a hash of the document), text fields, image fields
     holding paths, numbers, tags (lists of strings) and booleans. One process has a collection
@@ -296,9 +298,11 @@ class Collection:
         embed: str = "image",
         image_fields: Sequence[str] = ("image",),
     ) -> "Collection":
-        """Creates a collection in ``path`` for ``model``, embedding the fields of ``embed``
-        (``"FIELD[:WEIGHT],…"``, e.g. ``"title:0.3,image:0.7"``); ``image_fields`` hold image
-        paths, the other fields text."""
+        """Creates a collection in ``path`` (a directory, or a ``milvus://`` address) for
+        ``model``, embedding the fields of ``embed`` (``"FIELD[:WEIGHT],…"``, e.g.
+        ``"title:0.3,image:0.7"``); ``image_fields`` hold image paths, the other fields text.
+        On a Milvus server, the ``GCLIP_MILVUS_*`` variables of the environment apply as for
+        the command line (shards, partition key, token)."""
         return Collection(
             _gclip.Collection.create(
                 os.fspath(path), os.fspath(model),
@@ -309,12 +313,13 @@ class Collection:
 
     @staticmethod
     def open(path: Union[str, "os.PathLike[str]"]) -> "Collection":
-        """Opens the collection in ``path``."""
+        """Opens the collection in ``path`` (a directory, or a ``milvus://`` address)."""
         return Collection(_gclip.Collection.open(os.fspath(path)))
 
     @property
     def path(self) -> str:
-        """The collection directory."""
+        """The collection directory, or its Milvus address without the token (reopening
+        it then needs ``GCLIP_MILVUS_TOKEN``)."""
         return os.fspath(self._c.path)
 
     @property

@@ -58,7 +58,7 @@ def train(
 ) -> tuple[int, Optional[PathLike[str]], PathLike[str], bool]: ...
 
 class Collection:
-    path: PathLike[str]
+    path: Union[str, PathLike[str]]  # a Milvus address is a str
     closed: bool
     @staticmethod
     def create(

@@ -6,7 +6,9 @@
 //! - the vector field's index: HNSW with the inner product metric, and whether its build
 //!   failed (one still being built is a note);
 //! - every document, walked in id order: fields that read as a JSON object, a vector of finite
-//!   values and unit length within [`NORM_TOLERANCE`];
+//!   values and unit length within [`NORM_TOLERANCE`], and, in a collection with a partition
+//!   key, a tenant field that holds what the document's fields say (rows written by another
+//!   tool, a bulk insert say, may not);
 //! - the server's count against the documents read.
 //!
 //! Nothing is repaired: Milvus builds and keeps its own indexes, and a document is never
@@ -45,6 +47,12 @@ pub fn check_collection(address: &MilvusAddress, options: MilvusOptions) -> Resu
         info.model.dim,
         info.spec.describe()
     ));
+    if let Some(key) = store.partition_key() {
+        report.notes.push(format!(
+            "partition key `{key}` (tenants), {} partitions",
+            store.partitions()?
+        ));
+    }
     store.check_index(&mut report)?;
     store.check_documents(&mut report)?;
     let counted = store.count()?;
@@ -124,7 +132,10 @@ impl MilvusStore {
     /// Walks every document in id order, page by page, and judges it.
     fn check_documents(&self, report: &mut CheckReport) -> Result<()> {
         let page = self.conn.options.page.max(1);
-        let outputs = [FIELDS_FIELD, VECTOR_FIELD];
+        let mut outputs = vec![FIELDS_FIELD, VECTOR_FIELD];
+        if let Some(key) = self.partition_key() {
+            outputs.push(key);
+        }
         let mut last: Option<String> = None;
         loop {
             let cols = self.query_columns(
@@ -134,10 +145,10 @@ impl MilvusStore {
                 &outputs,
             )?;
             let rows = self.check_page(&cols, page)?;
-            let Some(end) = rows.iter().map(|(id, _, _)| id).max().cloned() else {
+            let Some(end) = rows.iter().map(|(id, ..)| id).max().cloned() else {
                 return Ok(());
             };
-            for (id, fields, vector) in &rows {
+            for (id, fields, vector, tenant) in &rows {
                 report.documents += 1;
                 let mut bad = |message: String| {
                     report.problems.push(Problem {
@@ -146,7 +157,19 @@ impl MilvusStore {
                     })
                 };
                 match serde_json::from_slice::<Json>(fields) {
-                    Ok(Json::Object(_)) => {}
+                    Ok(Json::Object(f)) => {
+                        if let (Some(key), Some(tenant)) = (self.partition_key(), tenant) {
+                            let said = f.get(key);
+                            if said.and_then(Json::as_str) != Some(tenant.as_str()) {
+                                let said = said.map_or("nothing".into(), |v| v.to_string());
+                                bad(format!(
+                                    "its partition key field `{key}` holds {tenant:?} and its \
+                                     fields say {said}: a search that names a tenant goes by \
+                                     the first (written by another tool? write it again)"
+                                ));
+                            }
+                        }
+                    }
                     Ok(other) => bad(format!(
                         "its fields are JSON {}, not an object",
                         json_kind(&other)
@@ -195,17 +218,28 @@ impl MilvusStore {
                 return Err(self.bad_reply(format!("the vector column has not {n} × {dim} numbers")))
             }
         };
+        let tenants = match self.partition_key() {
+            None => None,
+            Some(key) => match column(cols, key) {
+                Some(ValueVec::String(t)) if t.len() == n => Some(t),
+                _ => return Err(self.bad_reply(format!("the {key} column has not {n} values"))),
+            },
+        };
         Ok(ids
             .iter()
             .zip(fields)
             .zip(vectors.chunks_exact(dim))
-            .map(|((id, f), v)| (id.clone(), f.as_slice(), v))
+            .enumerate()
+            .map(|(i, ((id, f), v))| {
+                let tenant = tenants.map(|t| t[i].clone());
+                (id.clone(), f.as_slice(), v, tenant)
+            })
             .collect())
     }
 }
 
-/// A document of a page: id, fields JSON as stored, vector.
-type PageRow<'a> = (String, &'a [u8], &'a [f32]);
+/// A document of a page: id, fields JSON as stored, vector, the partition key field's value.
+type PageRow<'a> = (String, &'a [u8], &'a [f32], Option<String>);
 
 fn json_kind(v: &Json) -> &'static str {
     match v {

@@ -8,6 +8,14 @@
 //! | `f != v` | `not (…)` of the above: a missing field matches, as in gclip |
 //! | `f < v` (`<=`, `>`, `>=`) | `fields["f"] < v` |
 //! | `id = x` … | `id == "x"` … on the primary key |
+//! | `tenant = v`, `tenant != v` on the partition key field | `tenant == "v"`, `tenant != "v"` on that VARCHAR field |
+//!
+//! The partition key field (a collection's tenant field, when it has one) holds a copy of the
+//! document field of its name, a string present in every document; an equality on it reads that
+//! field, so that Milvus sends the search only to the partitions its value hashes to (it does so
+//! for `key == v` and `key in [...]` that every match must satisfy: under `and`, or on both sides
+//! of an `or`). A number or `true`/`false` compared with it is its text (`tenant = 3` is
+//! `tenant == "3"`); ranges on it read the JSON field as for any field.
 //!
 //! What has no equivalent is refused by name ([`SearchError::Invalid`]): a bare field (`sold`:
 //! true or present; Milvus 2.3 has no `exists`), a range against `true`/`false`, a range on
@@ -27,8 +35,14 @@ pub(crate) const FIELDS_FIELD: &str = "fields";
 
 /// The Milvus expression for `filter`, or an error naming the construct it cannot express.
 pub fn to_milvus_expr(filter: &Filter) -> Result<String> {
+    to_milvus_expr_for(filter, None)
+}
+
+/// [`to_milvus_expr`] for a collection whose field `partition_key` is its partition key:
+/// equalities on that field read the VARCHAR field itself, so that Milvus prunes partitions.
+pub fn to_milvus_expr_for(filter: &Filter, partition_key: Option<&str>) -> Result<String> {
     let mut out = String::new();
-    write_expr(filter, &mut out)?;
+    write_expr(filter, partition_key, &mut out)?;
     Ok(out)
 }
 
@@ -97,7 +111,7 @@ fn op_text(op: Op) -> &'static str {
     }
 }
 
-fn write_expr(filter: &Filter, out: &mut String) -> Result<()> {
+fn write_expr(filter: &Filter, key: Option<&str>, out: &mut String) -> Result<()> {
     match filter {
         Filter::And(parts) | Filter::Or(parts) => {
             let joiner = if matches!(filter, Filter::And(_)) {
@@ -110,13 +124,13 @@ fn write_expr(filter: &Filter, out: &mut String) -> Result<()> {
                 if i > 0 {
                     out.push_str(joiner);
                 }
-                write_expr(p, out)?;
+                write_expr(p, key, out)?;
             }
             out.push(')');
         }
         Filter::Not(inner) => {
             out.push_str("not (");
-            write_expr(inner, out)?;
+            write_expr(inner, key, out)?;
             out.push(')');
         }
         Filter::Truthy(field) => {
@@ -140,6 +154,22 @@ fn write_expr(filter: &Filter, out: &mut String) -> Result<()> {
                 }
             };
             out.push_str(&format!("{ID_FIELD} {} {literal}", op_text(*op)));
+        }
+        Filter::Compare { field, op, value }
+            if key == Some(field.as_str()) && matches!(op, Op::Eq | Op::Ne) =>
+        {
+            // Every document holds a string here (writes refuse any other), so a value that is
+            // not a string can only equal its text, and a list never holds it (`:` is `=`).
+            let text = match value {
+                Value::String(s) => s.clone(),
+                Value::Number(_) | Value::Bool(_) => value.to_string(),
+                other => return Err(unsupported(format!("the value {other} of `{field}`"))),
+            };
+            out.push_str(&format!(
+                "{field} {} {}",
+                op_text(*op),
+                string_literal(&text)
+            ));
         }
         Filter::Compare { field, op, value } => {
             let key = format!("{FIELDS_FIELD}[{}]", string_literal(field));
@@ -206,6 +236,45 @@ mod tests {
         ] {
             assert_eq!(expr(f).unwrap_or_else(|e| panic!("{f}: {e}")), want, "{f}");
         }
+    }
+
+    #[test]
+    fn equalities_on_the_partition_key_read_its_field() {
+        let with_key = |f: &str| to_milvus_expr_for(&Filter::parse(f).unwrap(), Some("tenant"));
+        for (f, want) in [
+            ("tenant = acme", r#"tenant == "acme""#),
+            ("tenant:acme", r#"tenant == "acme""#),
+            ("tenant != 'Acme Co'", r#"tenant != "Acme Co""#),
+            ("tenant = 3", r#"tenant == "3""#),
+            ("tenant = true", r#"tenant == "true""#),
+            (
+                "tenant = acme AND colour = red",
+                r#"(tenant == "acme" and (fields["colour"] == "red" or json_contains(fields["colour"], "red")))"#,
+            ),
+            (
+                "tenant = a OR NOT tenant = b",
+                r#"(tenant == "a" or not (tenant == "b"))"#,
+            ),
+            // Ranges read the JSON field, as for any field.
+            ("tenant > m", r#"fields["tenant"] > "m""#),
+            // Another field of the same spelling in another case is another field.
+            (
+                "Tenant = acme",
+                r#"(fields["Tenant"] == "acme" or json_contains(fields["Tenant"], "acme"))"#,
+            ),
+        ] {
+            assert_eq!(with_key(f).unwrap(), want, "{f}");
+        }
+        // Without a partition key, the same filter reads the JSON field.
+        assert_eq!(
+            expr("tenant = acme").unwrap(),
+            r#"(fields["tenant"] == "acme" or json_contains(fields["tenant"], "acme"))"#
+        );
+        // Quotes in a tenant cannot end the literal.
+        assert_eq!(
+            with_key(r#"tenant = "a\" or tenant != \"""#).unwrap(),
+            r#"tenant == "a\" or tenant != \"""#
+        );
     }
 
     #[test]

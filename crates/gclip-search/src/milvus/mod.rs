@@ -10,6 +10,7 @@
 //! | `vector` | FLOAT_VECTOR(dim), HNSW, inner product | the unit vector (inner product = cosine) |
 //! | `fields` | JSON | the document's fields |
 //! | `source` | JSON | the file it was indexed from (`{}` when none) |
+//! | the tenant field, when declared | VARCHAR partition key (at most [`MAX_TENANT_BYTES`]) | a copy of the document's field of that name ([`MilvusOptions::partition_key`]) |
 //!
 //! The collection's description holds [`DESCRIPTION_PREFIX`] and the [`CollectionInfo`] (model,
 //! embedding spec) as JSON; opening reads it back, so the same model guard applies as for a
@@ -37,7 +38,7 @@ use std::time::Duration;
 use milvus::client::{Client, ConsistencyLevel};
 use milvus::data::FieldColumn;
 use milvus::index::{IndexParams, IndexType, MetricType};
-use milvus::options::{CreateCollectionOptions, LoadOptions};
+use milvus::options::LoadOptions;
 use milvus::query::{QueryOptions, SearchOptions};
 use milvus::schema::{CollectionSchema, CollectionSchemaBuilder, FieldSchema};
 use milvus::value::{Value, ValueVec};
@@ -46,7 +47,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 pub use address::{is_milvus_address, MilvusAddress, Token, TOKEN_VAR};
 pub use check::check_collection;
-pub use expr::to_milvus_expr;
+pub use expr::{to_milvus_expr, to_milvus_expr_for};
 
 use crate::ann::AnnParams;
 use crate::document::{Document, Fields};
@@ -101,6 +102,12 @@ pub struct MilvusOptions {
     /// A PEM file of certificates to trust for `milvuss://` besides the system's roots (a
     /// cluster with a certificate of its own CA); `GCLIP_MILVUS_CA`.
     pub ca: Option<std::path::PathBuf>,
+    /// The document field that names each document's tenant, declared when this creates a
+    /// collection (`GCLIP_MILVUS_PARTITION_KEY`): the collection gets a VARCHAR field of that
+    /// name marked as Milvus' partition key, filled from the document field on every write.
+    /// Fixed at creation: opening reads the collection's own declaration, and asking for
+    /// another key than it has is an error. Checked by [`check_partition_key_name`].
+    pub partition_key: Option<String>,
 }
 
 /// The most shards [`MilvusOptions::shards`] may ask for (Milvus' own `proxy.maxShardNum` is 16
@@ -114,6 +121,50 @@ pub const SHARDS_VAR: &str = "GCLIP_MILVUS_SHARDS";
 pub const REPLICAS_VAR: &str = "GCLIP_MILVUS_REPLICAS";
 /// The environment variable of [`MilvusOptions::ca`].
 pub const CA_VAR: &str = "GCLIP_MILVUS_CA";
+/// The environment variable of [`MilvusOptions::partition_key`].
+pub const PARTITION_KEY_VAR: &str = "GCLIP_MILVUS_PARTITION_KEY";
+/// The longest partition key field name.
+pub const MAX_PARTITION_KEY_NAME: usize = 64;
+/// The longest tenant value, in bytes (the partition key field's VARCHAR `max_length`).
+pub const MAX_TENANT_BYTES: usize = 512;
+
+/// Why `name` cannot be a partition key field, if it cannot: it must be 1 to
+/// [`MAX_PARTITION_KEY_NAME`] ASCII letters, digits and `_`, not starting with a digit (a Milvus
+/// field name that reads as itself in an expression), and neither one of gclip's own fields
+/// (`id`, `vector`, `fields`, `source`) nor a word of Milvus' expression language (`and`, `in`,
+/// `like`, `json_contains`, ...), in any case.
+pub fn check_partition_key_name(name: &str) -> std::result::Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok
+        || name.len() > MAX_PARTITION_KEY_NAME
+        || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(format!(
+            "a partition key is a field name of 1 to {MAX_PARTITION_KEY_NAME} ASCII letters, \
+             digits and `_`, not starting with a digit"
+        ));
+    }
+    let lower = name.to_ascii_lowercase();
+    if [ID_FIELD, VECTOR_FIELD, FIELDS_FIELD, SOURCE_FIELD].contains(&lower.as_str()) {
+        return Err(format!(
+            "`{name}` is one of gclip's own fields in a Milvus collection (id, vector, fields, \
+             source); give the document field that names the tenant"
+        ));
+    }
+    let keyword = ["and", "or", "not", "in", "like", "exists", "true", "false"]
+        .contains(&lower.as_str())
+        || lower.starts_with("json_")
+        || lower.starts_with("array_");
+    if keyword {
+        return Err(format!(
+            "`{name}` is a word of Milvus' expression language, which cannot name a field there"
+        ));
+    }
+    Ok(())
+}
 
 /// Milvus consistency levels a read may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -169,6 +220,7 @@ impl Default for MilvusOptions {
             shards: None,
             replicas: None,
             ca: None,
+            partition_key: None,
             consistency: std::env::var("GCLIP_MILVUS_CONSISTENCY")
                 .ok()
                 .filter(|v| !v.is_empty())
@@ -192,6 +244,8 @@ impl MilvusOptions {
     /// that is not one is an error naming the variable: shards cannot be changed once a
     /// collection exists, so a mistyped value must not quietly create it with the default.
     /// `GCLIP_MILVUS_CA` names a CA file to trust for `milvuss://` (read when connecting).
+    /// `GCLIP_MILVUS_PARTITION_KEY` names the tenant field of a collection this creates (a
+    /// name [`check_partition_key_name`] refuses is an error naming the variable).
     pub fn from_env() -> Result<Self> {
         Self::from_env_with(|name| std::env::var(name).ok())
     }
@@ -209,9 +263,23 @@ impl MilvusOptions {
                 ))),
             }
         };
+        let partition_key = match var(PARTITION_KEY_VAR).filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(v) => {
+                let name = v.trim();
+                check_partition_key_name(name).map_err(|why| {
+                    // Quoted at most in part: the value is the user's, of any length.
+                    let shown: String = name.chars().take(MAX_PARTITION_KEY_NAME + 8).collect();
+                    let more = if shown.len() < name.len() { "…" } else { "" };
+                    SearchError::Invalid(format!("{PARTITION_KEY_VAR}={shown:?}{more}: {why}"))
+                })?;
+                Some(name.to_string())
+            }
+        };
         Ok(Self {
             shards: count(SHARDS_VAR, MAX_SHARDS)?,
             replicas: count(REPLICAS_VAR, MAX_REPLICAS)?,
+            partition_key,
             ca: var(CA_VAR)
                 .filter(|v| !v.trim().is_empty())
                 .map(std::path::PathBuf::from),
@@ -225,6 +293,8 @@ pub struct MilvusStore {
     conn: Conn,
     info: CollectionInfo,
     schema: CollectionSchema,
+    /// The collection's partition key field (its tenant field), as the server describes it.
+    partition_key: Option<String>,
     /// The last count read, for `len` when the server cannot be asked.
     last_len: AtomicUsize,
 }
@@ -295,14 +365,21 @@ fn with_causes(mut said: String, e: &dyn std::error::Error) -> String {
     said
 }
 
-fn schema_for(name: &str, info_json: &str, dim: usize) -> Result<CollectionSchema> {
+fn schema_for(
+    name: &str,
+    info_json: &str,
+    dim: usize,
+    partition_key: Option<&str>,
+) -> Result<CollectionSchema> {
     let json = |name: &str| {
         let mut f = FieldSchema::empty();
         f.name = name.to_string();
         f.dtype = milvus::proto::schema::DataType::Json;
         f
     };
-    CollectionSchemaBuilder::new(name, &format!("{DESCRIPTION_PREFIX}{info_json}"))
+    let mut builder =
+        CollectionSchemaBuilder::new(name, &format!("{DESCRIPTION_PREFIX}{info_json}"));
+    builder
         .add_field(FieldSchema::new_primary_varchar(
             ID_FIELD,
             "document id",
@@ -315,9 +392,51 @@ fn schema_for(name: &str, info_json: &str, dim: usize) -> Result<CollectionSchem
             dim as i64,
         ))
         .add_field(json(FIELDS_FIELD))
-        .add_field(json(SOURCE_FIELD))
+        .add_field(json(SOURCE_FIELD));
+    if let Some(key) = partition_key {
+        builder.add_field(FieldSchema::new_varchar(
+            key,
+            "tenant: the partition key, a copy of the document field of this name",
+            MAX_TENANT_BYTES as i32,
+        ));
+    }
+    builder
         .build()
         .map_err(|e| SearchError::Invalid(format!("Milvus schema: {e}")))
+}
+
+/// The request that creates a collection of `schema`, its field `partition_key` (if any)
+/// marked as the partition key. The client's own `create_collection` cannot mark one (its
+/// schema conversion always writes `is_partition_key: false`), so gclip sends the client's
+/// protocol message itself, through the client's generated gRPC stub.
+fn create_request(
+    schema: CollectionSchema,
+    partition_key: Option<&str>,
+    shards: i32,
+) -> Result<milvus::proto::milvus::CreateCollectionRequest> {
+    use prost::Message;
+    let name = schema.name().to_string();
+    let mut proto: milvus::proto::schema::CollectionSchema = schema.into();
+    if let Some(key) = partition_key {
+        let field = proto
+            .fields
+            .iter_mut()
+            .find(|f| f.name == key)
+            .ok_or_else(|| SearchError::Invalid(format!("Milvus schema has no field {key}")))?;
+        field.is_partition_key = true;
+    }
+    Ok(milvus::proto::milvus::CreateCollectionRequest {
+        base: Some(milvus::proto::common::MsgBase::new(
+            milvus::proto::common::MsgType::CreateCollection,
+        )),
+        collection_name: name,
+        schema: proto.encode_to_vec(),
+        shards_num: shards,
+        consistency_level: ConsistencyLevel::Strong.into(),
+        // 0: the server's default number of partitions for a partition key (64).
+        num_partitions: 0,
+        ..Default::default()
+    })
 }
 
 /// The connection half of a store: the runtime, the client and the address, so that opening
@@ -399,6 +518,44 @@ impl Conn {
         })
     }
 
+    /// Creates a collection by the request [`create_request`] made, on a connection of its own
+    /// (same endpoint, TLS settings, deadline and credentials as the client's): the one call
+    /// the client cannot make as gclip needs it.
+    fn create_collection(
+        &self,
+        request: milvus::proto::milvus::CreateCollectionRequest,
+    ) -> Result<()> {
+        use milvus::proto::milvus::milvus_service_client::MilvusServiceClient;
+        let endpoint = endpoint(&self.address, &self.options)?.timeout(self.options.timeout);
+        // What the client sends: base64 of USER:PASSWORD in `authorization`.
+        let authorization = match self.address.token() {
+            Some(t) => {
+                use base64::Engine;
+                let (user, password) = t.credentials();
+                let encoded =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                Some(
+                    tonic::metadata::MetadataValue::try_from(encoded.as_str()).map_err(|_| {
+                        remote(&self.address, "the token cannot be sent as metadata".into())
+                    })?,
+                )
+            }
+            None => None,
+        };
+        self.call("creating the collection", move |_| async move {
+            let channel = endpoint.connect().await?;
+            let mut service =
+                MilvusServiceClient::with_interceptor(channel, Authorization(authorization));
+            let status = service.create_collection(request).await?.into_inner();
+            #[allow(deprecated)]
+            let failed = status.error_code != milvus::proto::common::ErrorCode::Success as i32;
+            if failed || status.code != 0 {
+                return Err(milvus::error::Error::from(status));
+            }
+            Ok(())
+        })
+    }
+
     /// Runs one client call with the deadline; `what` names it in errors.
     fn call<T, F>(&self, what: &str, f: impl FnOnce(Client) -> F) -> Result<T>
     where
@@ -466,6 +623,22 @@ impl Conn {
                 }
             }
         }
+    }
+}
+
+/// The `authorization` metadata of every request on a connection of gclip's own (the client's
+/// interceptor cannot be made outside it).
+struct Authorization(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Authorization {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(a) = &self.0 {
+            request.metadata_mut().insert("authorization", a.clone());
+        }
+        Ok(request)
     }
 }
 
@@ -581,20 +754,15 @@ impl MilvusStore {
         }
         let info_json = serde_json::to_string(&info)
             .map_err(|e| SearchError::Invalid(format!("collection info: {e}")))?;
-        let schema = schema_for(&name, &info_json, info.model.dim)?;
-        let s = schema.clone();
+        let key = options.partition_key.as_deref();
+        if let Some(k) = key {
+            check_partition_key_name(k)
+                .map_err(|why| SearchError::Invalid(format!("collection {address}: {why}")))?;
+        }
+        let schema = schema_for(&name, &info_json, info.model.dim, key)?;
         // 0 asks for the server's default.
         let shards = options.shards.unwrap_or(0) as i32;
-        conn.call("creating the collection", move |c| async move {
-            c.create_collection(
-                s,
-                Some(
-                    CreateCollectionOptions::with_consistency_level(ConsistencyLevel::Strong)
-                        .shard_num(shards),
-                ),
-            )
-            .await
-        })?;
+        conn.create_collection(create_request(schema, key, shards)?)?;
         let hnsw = options.hnsw;
         let n = name.clone();
         conn.call("creating the HNSW index", move |c| async move {
@@ -642,7 +810,8 @@ impl MilvusStore {
             SearchError::Invalid(format!(
                 "{address} is not a gclip collection: {why}; gclip makes its collections with \
                  the fields id (VARCHAR primary key), vector (FLOAT_VECTOR), fields (JSON) and \
-                 source (JSON) and its model in the description"
+                 source (JSON), and a VARCHAR partition key when declared, and its model in the \
+                 description"
             ))
         };
         let description = &described.schema.description;
@@ -656,7 +825,15 @@ impl MilvusStore {
         let dim = info.model.dim;
         use milvus::proto::schema::DataType;
         let mut found: Vec<String> = Vec::new();
-        let mut ok = described.schema.fields.len() == 4;
+        // The declaration is the collection's: a VARCHAR field marked as partition key,
+        // besides gclip's four.
+        let partition_key = described
+            .schema
+            .fields
+            .iter()
+            .find(|f| f.is_partition_key)
+            .map(|f| f.name.clone());
+        let mut ok = described.schema.fields.len() == 4 + usize::from(partition_key.is_some());
         for f in &described.schema.fields {
             let ty = DataType::try_from(f.data_type).unwrap_or(DataType::None);
             let param = |key: &str| {
@@ -665,11 +842,19 @@ impl MilvusStore {
                     .find(|p| p.key == key)
                     .map(|p| p.value.as_str())
             };
+            let key = if f.is_partition_key {
+                " (partition key)"
+            } else {
+                ""
+            };
             found.push(match param("dim") {
-                Some(d) => format!("{} {}(dim {d})", f.name, ty.as_str_name()),
-                None => format!("{} {}", f.name, ty.as_str_name()),
+                Some(d) => format!("{} {}(dim {d}){key}", f.name, ty.as_str_name()),
+                None => format!("{} {}{key}", f.name, ty.as_str_name()),
             });
             ok &= match f.name.as_str() {
+                _ if f.is_partition_key => {
+                    ty == DataType::VarChar && check_partition_key_name(&f.name).is_ok()
+                }
                 ID_FIELD => ty == DataType::VarChar && f.is_primary_key,
                 VECTOR_FIELD => {
                     ty == DataType::FloatVector
@@ -684,6 +869,19 @@ impl MilvusStore {
                 "it has the fields {} (model dimension {dim})",
                 found.join(", ")
             )));
+        }
+        if let Some(asked) = &conn.options.partition_key {
+            if partition_key.as_ref() != Some(asked) {
+                let has = match &partition_key {
+                    Some(k) => format!("the partition key `{k}`"),
+                    None => "no partition key".into(),
+                };
+                return Err(SearchError::Invalid(format!(
+                    "collection {address} was created with {has}, and \
+                     {PARTITION_KEY_VAR}={asked} asks for `{asked}`; a partition key is fixed \
+                     when a collection is created (unset the variable to use this one as it is)"
+                )));
+            }
         }
         let replicas = conn.options.replicas;
         let n = name.clone();
@@ -705,11 +903,12 @@ impl MilvusStore {
                 c.load_collection(n, Some(load)).await
             })?;
         }
-        let schema = schema_for(&name, info_json, dim)?;
+        let schema = schema_for(&name, info_json, dim, partition_key.as_deref())?;
         let store = Self {
             conn,
             info,
             schema,
+            partition_key,
             last_len: AtomicUsize::new(0),
         };
         store.count()?;
@@ -719,6 +918,49 @@ impl MilvusStore {
     /// The address (without the token).
     pub fn address(&self) -> &MilvusAddress {
         &self.conn.address
+    }
+
+    /// The document field that is the collection's partition key (its tenant), as the
+    /// collection was created; `None` when it has none.
+    pub fn partition_key(&self) -> Option<&str> {
+        self.partition_key.as_deref()
+    }
+
+    /// The tenant of a document: the value of its partition key field, which must be a string
+    /// of at most [`MAX_TENANT_BYTES`]; `None` when the collection has no partition key. The
+    /// error names the document and the field.
+    fn tenant_of(&self, id: &str, fields: &Fields) -> std::result::Result<Option<String>, String> {
+        let Some(key) = &self.partition_key else {
+            return Ok(None);
+        };
+        let address = &self.conn.address;
+        match fields.get(key.as_str()) {
+            Some(Json::String(t)) if t.len() <= MAX_TENANT_BYTES => Ok(Some(t.clone())),
+            Some(Json::String(t)) => Err(format!(
+                "document {id:?}: field {key:?} (the partition key of {address}) is {} bytes \
+                 long; a tenant is at most {MAX_TENANT_BYTES}",
+                t.len()
+            )),
+            None => Err(format!(
+                "document {id:?} has no field {key:?}, the partition key of {address}: every \
+                 document names its tenant there, as a string"
+            )),
+            Some(other) => {
+                let mut shown = other.to_string();
+                if shown.len() > 40 {
+                    let cut = (0..=40)
+                        .rev()
+                        .find(|&i| shown.is_char_boundary(i))
+                        .unwrap_or(0);
+                    shown.truncate(cut);
+                    shown.push('…');
+                }
+                Err(format!(
+                    "document {id:?}: field {key:?} (the partition key of {address}) is {shown}, \
+                     not a string; a tenant is a string"
+                ))
+            }
+        }
     }
 
     fn invalid(&self, message: impl std::fmt::Display) -> SearchError {
@@ -741,6 +983,18 @@ impl MilvusStore {
                 c.describe_collection(n).await
             })?;
         Ok(described.shards_num.max(0) as u32)
+    }
+
+    /// The collection's partitions, as the server lists them: one (`_default`) without a
+    /// partition key, the server's default number (64) with one.
+    pub fn partitions(&self) -> Result<usize> {
+        let n = self.conn.address.name.clone();
+        let names = self
+            .conn
+            .call("listing the partitions", move |c| async move {
+                c.list_partitions(n).await
+            })?;
+        Ok(names.len())
     }
 
     /// Counts the documents (strong consistency).
@@ -912,20 +1166,50 @@ impl MilvusStore {
         if d.vector.iter().any(|x| !x.is_finite()) {
             return Err(self.invalid(format!("document {:?} has a non-finite vector", d.id)));
         }
+        self.tenant_of(&d.id, &d.fields)
+            .map_err(SearchError::Invalid)?;
         Ok(())
     }
 
     /// Upserts documents in requests of at most [`UPSERT_BYTES`], each retried; returns the
     /// server's timestamp of the last.
+    ///
+    /// A collection with a partition key is written by deleting the ids and inserting the
+    /// documents, in one retried step, instead of upserting: Milvus 2.3.5 files an upserted row
+    /// under the partition of another field's hash (milvus-io/milvus#30607, fixed after 2.3.5
+    /// by #30773), where a search that names the tenant does not look. Each id is written once
+    /// (the last of its documents), as an upsert would.
     fn write(&self, docs: &[NewDocument]) -> Result<u64> {
+        let docs: Vec<&NewDocument> = if self.partition_key.is_some() {
+            let last: std::collections::HashMap<&str, usize> = docs
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.id.as_str(), i))
+                .collect();
+            docs.iter()
+                .enumerate()
+                .filter(|(i, d)| last.get(d.id.as_str()) == Some(i))
+                .map(|(_, d)| d)
+                .collect()
+        } else {
+            docs.iter().collect()
+        };
         let mut timestamp = 0;
         let mut start = 0;
         while start < docs.len() {
             let mut end = start;
             let mut bytes = 0;
             let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let mut tenants = Vec::new();
             while end < docs.len() && (end == start || bytes < UPSERT_BYTES) {
-                let d = &docs[end];
+                let d = docs[end];
+                if let Some(t) = self
+                    .tenant_of(&d.id, &d.fields)
+                    .map_err(SearchError::Invalid)?
+                {
+                    bytes += t.len();
+                    tenants.push(t);
+                }
                 let fields = serde_json::to_vec(&Json::Object(d.fields.clone()))
                     .map_err(|e| self.invalid(format!("fields of {:?}: {e}", d.id)))?;
                 let source = match &d.source {
@@ -952,28 +1236,58 @@ impl MilvusStore {
                 field(FIELDS_FIELD)?,
                 field(SOURCE_FIELD)?,
             );
+            let tenant_f = match &self.partition_key {
+                Some(key) => Some(field(key)?),
+                None => None,
+            };
             let name = self.conn.address.name.clone();
             let count = end - start;
+            // For the delete of a partition-key write: the ids, a bounded list per expression.
+            let deletes: Vec<String> = match &tenant_f {
+                Some(_) => columns
+                    .0
+                    .chunks(IDS_PER_EXPR)
+                    .map(|chunk| {
+                        let list: Vec<String> = chunk.iter().map(|id| string_literal(id)).collect();
+                        format!("{ID_FIELD} in [{}]", list.join(", "))
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
             let result = self.conn.call_retrying("writing documents", |c| {
                 let name = name.clone();
-                let data = vec![
+                let deletes = deletes.clone();
+                let mut data = vec![
                     FieldColumn::new(&id_f, columns.0.clone()),
                     FieldColumn::new(&vec_f, columns.1.clone()),
                     FieldColumn::new(&fields_f, ValueVec::Json(columns.2.clone())),
                     FieldColumn::new(&source_f, ValueVec::Json(columns.3.clone())),
                 ];
+                if let Some(f) = &tenant_f {
+                    data.push(FieldColumn::new(f, ValueVec::String(tenants.clone())));
+                }
                 async move {
-                    c.upsert(name, data, None::<milvus::mutate::UpsertOptions>)
-                        .await
+                    if deletes.is_empty() {
+                        let r = c
+                            .upsert(name, data, None::<milvus::mutate::UpsertOptions>)
+                            .await?;
+                        return Ok((r.upsert_cnt, r.timestamp));
+                    }
+                    // Deleting and inserting again is idempotent as a whole, so the pair is
+                    // retried as one step.
+                    for expr in deletes {
+                        let options = milvus::mutate::DeleteOptions::with_filter(expr);
+                        c.delete(name.clone(), &options).await?;
+                    }
+                    let r = c.insert(name, data, None).await?;
+                    Ok((r.insert_cnt, r.timestamp))
                 }
             })?;
-            if result.upsert_cnt != count as i64 {
-                return Err(self.bad_reply(format!(
-                    "{} documents written of {count}",
-                    result.upsert_cnt
-                )));
+            let (written, written_at) = result;
+            if written != count as i64 {
+                return Err(self.bad_reply(format!("{written} documents written of {count}")));
             }
-            timestamp = result.timestamp;
+            timestamp = written_at;
             start = end;
         }
         Ok(timestamp)
@@ -983,6 +1297,11 @@ impl MilvusStore {
 impl Store for MilvusStore {
     fn info(&self) -> &CollectionInfo {
         &self.info
+    }
+
+    /// A collection with a partition key takes only documents that name their tenant in it.
+    fn check_fields(&self, id: &str, fields: &Fields) -> std::result::Result<(), String> {
+        self.tenant_of(id, fields).map(|_| ())
     }
 
     /// The server's count; the last count read when the server cannot be asked (with a
@@ -1127,7 +1446,9 @@ impl Store for MilvusStore {
             )));
         }
         let filter = match &request.filter {
-            Some(f) => to_milvus_expr(f).map_err(|e| self.invalid(e))?,
+            Some(f) => {
+                to_milvus_expr_for(f, self.partition_key.as_deref()).map_err(|e| self.invalid(e))?
+            }
             None => String::new(),
         };
         let ef = match request.mode {
@@ -1155,7 +1476,16 @@ impl Store for MilvusStore {
                 .consistency_level(level);
             // The client panics on a JSON output column in search replies (milvus-sdk-rust
             // 3.0.3), so the search returns ids and scores and the fields are read after.
-            let results = c.search(name, vec![query], Some(options)).await?;
+            let results = match c.search(name, vec![query], Some(options)).await {
+                Ok(r) => r,
+                // The server leaves out the ids of a search that found nothing (one whose
+                // filter pruned it to empty partitions, say), and the client takes that for a
+                // malformed reply.
+                Err(milvus::error::Error::Unexpected(m)) if m == "no IDs in search result" => {
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            };
             let mut ids = Vec::new();
             let mut scores = Vec::new();
             for r in results {
@@ -1275,6 +1605,56 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| v.to_string())
         })
+    }
+
+    #[test]
+    fn the_partition_key_comes_from_the_environment_and_is_bounded() {
+        assert_eq!(options(&[]).unwrap().partition_key, None);
+        assert_eq!(
+            options(&[(PARTITION_KEY_VAR, " ")]).unwrap().partition_key,
+            None
+        );
+        for good in [
+            "tenant",
+            "_t",
+            "Tenant_2",
+            &"t".repeat(MAX_PARTITION_KEY_NAME),
+        ] {
+            let o = options(&[(PARTITION_KEY_VAR, good)]).unwrap();
+            assert_eq!(o.partition_key.as_deref(), Some(good));
+        }
+        let o = options(&[(PARTITION_KEY_VAR, " tenant\n")]).unwrap();
+        assert_eq!(o.partition_key.as_deref(), Some("tenant"));
+        let long = "t".repeat(MAX_PARTITION_KEY_NAME + 1);
+        let huge = "t".repeat(10_000);
+        for (bad, says) in [
+            ("te-nant", "ASCII letters"),
+            ("2tenant", "not starting with a digit"),
+            ("a.b", "ASCII letters"),
+            ("ténant", "ASCII letters"),
+            ("ten ant", "ASCII letters"),
+            (long.as_str(), "1 to 64"),
+            (huge.as_str(), "1 to 64"),
+            ("id", "gclip's own fields"),
+            ("Vector", "gclip's own fields"),
+            ("fields", "gclip's own fields"),
+            ("source", "gclip's own fields"),
+            ("and", "expression language"),
+            ("IN", "expression language"),
+            ("like", "expression language"),
+            ("json_contains", "expression language"),
+            ("array_length", "expression language"),
+        ] {
+            let e = options(&[(PARTITION_KEY_VAR, bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(PARTITION_KEY_VAR) && e.contains(says),
+                "{bad}: {e}"
+            );
+            // A long value is quoted in part only.
+            assert!(e.len() < 400, "{bad}: {e}");
+        }
     }
 
     #[test]
