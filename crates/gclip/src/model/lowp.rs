@@ -1019,19 +1019,30 @@ pub fn linear_bf16_fused(
     })
 }
 
-/// `xᵀ·W` for a row-major `x: [K, rows]` (`K = w.in_dim`), into a new `rows × out_dim`
-/// vector: a weight gradient's product over a batch's rows, whose left-hand side is the
-/// batch's inputs transposed. The transpose is taken as the values are rounded to bf16 and is
-/// never made in f32. Equals [`linear_bf16_fused`] of the transposed `x` bit for bit.
+/// `xᵀ·W (+ residual)` for a row-major `x: [K, rows]` (`K = w.in_dim`), into a new
+/// `rows × out_dim` vector: a weight gradient's product over a batch's rows, whose left-hand
+/// side is the batch's inputs transposed, plus the sum of the batch's earlier rows as the
+/// residual. The transpose is taken as the values are rounded to bf16 and is never made in
+/// f32. Equals [`linear_bf16_fused`] of the transposed `x` with that residual, bit for bit.
 pub fn transposed_product_bf16(
     x: &[f32],
     rows: usize,
     w: &PackedBf16,
+    residual: Option<&[f32]>,
     kernel: Bf16Kernel,
     threads: usize,
 ) -> Result<Vec<f32>, String> {
     new_output(rows, w.out_dim, |dst| {
-        bf16_into(Lhs::Columns(x), rows, None, w, &[], dst, kernel, threads)
+        bf16_into(
+            Lhs::Columns(x),
+            rows,
+            residual,
+            w,
+            &[],
+            dst,
+            kernel,
+            threads,
+        )
     })
 }
 

@@ -123,22 +123,27 @@ impl CustomOp2 for WeightGradOp {
         // The rows are the product's K: a batch's thousands of tokens would make each tile's
         // operand strips too long to stay in the core's cache across the tiles that reuse them,
         // so the sum runs over slices of rows, each a product of the kernels' usual depth.
-        let mut dst: Vec<f32> = Vec::new();
+        // Each slice's product adds the sum so far as its residual, in the kernel's last pass
+        // over its output, instead of a separate pass that added the slices up.
+        let mut dst: Option<Vec<f32>> = None;
         for start in (0..rows).step_by(WEIGHT_GRAD_ROWS) {
             let len = WEIGHT_GRAD_ROWS.min(rows - start);
             let g_slice = &g[start * out_dim..(start + len) * out_dim];
             let packed = PackedBf16::pack_in_out(g_slice, len, out_dim)
                 .map_err(kernel_error("weight gradient"))?;
             let x_slice = &x[start * in_dim..(start + len) * in_dim];
-            let part =
-                lowp::transposed_product_bf16(x_slice, in_dim, &packed, self.kernel, threads())
-                    .map_err(kernel_error("weight gradient"))?;
-            if dst.is_empty() {
-                dst = part;
-            } else {
-                dst.iter_mut().zip(&part).for_each(|(d, p)| *d += p);
-            }
+            let sum = lowp::transposed_product_bf16(
+                x_slice,
+                in_dim,
+                &packed,
+                dst.as_deref(),
+                self.kernel,
+                threads(),
+            )
+            .map_err(kernel_error("weight gradient"))?;
+            dst = Some(sum);
         }
+        let dst = dst.unwrap_or_default();
         Ok((CpuStorage::F32(dst), shape))
     }
 }
