@@ -2,9 +2,9 @@
 //! pass of a linear layer taking it as input recomputes.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 use super::math::{erf_f32, exp_f32};
-use super::rows::new_rows;
 use super::{contiguous_f32, fusable};
 
 /// The activation functions of CLIP's MLPs.
@@ -72,9 +72,12 @@ simd_dispatch!(fn act_grad_row(z: &[f32], g: &[f32], act: Activation, dz: &mut [
 
 /// `act(z)` over contiguous rows, in parallel.
 pub(super) fn activate_rows(z: &[f32], width: usize, act: Activation) -> Vec<f32> {
-    new_rows(z.len(), width, 8, |r, d| {
-        act_row(&z[r * width..][..d.len()], d, act)
-    })
+    let mut dst = vec![0f32; z.len()];
+    dst.par_chunks_mut(width)
+        .zip(z.par_chunks(width))
+        .with_min_len(8)
+        .for_each(|(d, s)| act_row(s, d, act));
+    dst
 }
 
 /// `act(z)`, with no backward pass of its own: only [`super::LinearOp::bwd`] applies it, without a graph.
@@ -124,11 +127,12 @@ impl CustomOp2 for ActivationGradOp {
             );
         }
         let width = zl.shape().dims().last().copied().unwrap_or(0).max(1);
+        let mut dz = vec![0f32; z.len()];
         let act = self.act;
-        let dz = new_rows(z.len(), width, 8, |r, d| {
-            let at = r * width..r * width + d.len();
-            act_grad_row(&z[at.clone()], &g[at], act, d)
-        });
+        dz.par_chunks_mut(width)
+            .zip(z.par_chunks(width).zip(g.par_chunks(width)))
+            .with_min_len(8)
+            .for_each(|(d, (zr, gr))| act_grad_row(zr, gr, act, d));
         Ok((CpuStorage::F32(dz), zl.shape().clone()))
     }
 }

@@ -1,9 +1,10 @@
 //! LayerNorm over the last dimension: the fused forward op and its gradient.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 use super::math::{sum_lanes, sum_sq_dev_lanes, LANES};
-use super::rows::{new_rows, rows_with_column_sums};
+use super::rows::rows_with_column_sums;
 use super::{contiguous_f32, fusable};
 
 #[inline(always)]
@@ -104,10 +105,12 @@ impl CustomOp3 for LayerNormOp {
                 bl.shape()
             );
         }
+        let mut dst = vec![0f32; x.len()];
         let eps = self.eps;
-        let dst = new_rows(x.len(), width, 16, |r, d| {
-            layer_norm_row(&x[r * width..][..d.len()], d, w, b, eps)
-        });
+        dst.par_chunks_mut(width)
+            .zip(x.par_chunks(width))
+            .with_min_len(16)
+            .for_each(|(d, s)| layer_norm_row(s, d, w, b, eps));
         Ok((CpuStorage::F32(dst), xl.shape().clone()))
     }
 

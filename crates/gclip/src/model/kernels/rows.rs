@@ -6,38 +6,6 @@ use rayon::prelude::*;
 
 use super::contiguous_f32;
 
-/// A new row-major matrix of `len` values, `width` per row (`len` a multiple of it), whose row
-/// `r` is written by `fill(r, row)`, rows in parallel. The memory is not zeroed first: each row
-/// is made in a per-task buffer that stays in cache and then moved to its place, where zeroing
-/// a training step's activations was a full extra pass over them (a twentieth of a step).
-pub(super) fn new_rows(
-    len: usize,
-    width: usize,
-    min_rows: usize,
-    fill: impl Fn(usize, &mut [f32]) + Sync,
-) -> Vec<f32> {
-    let width = width.max(1);
-    let mut v = Vec::with_capacity(len);
-    v.spare_capacity_mut()[..len]
-        .par_chunks_mut(width)
-        .enumerate()
-        .with_min_len(min_rows)
-        .for_each_init(
-            || vec![0f32; width],
-            |row, (r, dst)| {
-                let row = &mut row[..dst.len()];
-                fill(r, row);
-                for (d, &value) in dst.iter_mut().zip(row.iter()) {
-                    d.write(value);
-                }
-            },
-        );
-    // SAFETY: the chunks cover the first `len` elements, and each chunk's every element was
-    // written just above.
-    unsafe { v.set_len(len) };
-    v
-}
-
 /// Rows per parallel task for a pass over `rows` rows that also accumulates column sums: about
 /// four tasks per thread, each at least 8 rows so that its partial sums pay for themselves.
 fn rows_per_task(rows: usize) -> usize {
