@@ -141,6 +141,9 @@ CAPTIONS = {
     "name": lambda r, i: r["name"],
     "keywords": lambda r, i: ", ".join(r["keywords"][:4]) if r["keywords"] else None,
     "category": category_caption,
+    # The other phrasing of the category caption: with both kinds, each drawing is paired with
+    # both "a CATEGORY emoji" and "an emoji of CATEGORY" (a larger share of category captions).
+    "category2": lambda r, i: category_caption(r, i + 1),
     "subcategory": lambda r, i: f"a {subcategory_words(r['subcategory'])} emoji",
     "template": lambda r, i: f"an emoji of {r['name']}" if i % 2 == 0 else f"{r['name']} emoji",
 }

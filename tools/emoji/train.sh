@@ -6,7 +6,7 @@
 #     tools/emoji/train.sh OUT_DIR [--vendors google,twitter,apple] [--seed N] [--threads N]
 #
 # --vendors: the vendors to train on (two or three of google, twitter, apple; default all three).
-# With two, the third is held out: the run evaluates on it every 100 steps and the script prints
+# With two, the third is held out: the run evaluates on it every 400 steps and the script prints
 # its retrieval metrics and zero-shot category accuracy at the end (docs/TRAINING.md, experiment
 # 1b). The run directory (log, checkpoints) is data/emoji/runs/recipe-VENDORS-seedN.
 # Needs npm and Python with Pillow (tools/emoji_data.py); the gclip binary is $GCLIP, else built here
