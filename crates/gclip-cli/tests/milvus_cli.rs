@@ -59,18 +59,26 @@ fn documents_in_temp_dir(tag: &str, titles: &[&str]) -> (PathBuf, PathBuf) {
 
 /// `gclip add COLLECTION DOCS --embed title` with the fixture model.
 fn add_with_fixture_model(collection: &str, docs: &Path) -> Output {
+    add_with_fixture_model_and(collection, docs, &[])
+}
+
+/// [`add_with_fixture_model`] with these environment variables.
+fn add_with_fixture_model_and(collection: &str, docs: &Path, vars: &[(&str, &str)]) -> Output {
     let model = fixtures().join("models/oc-fullvocab");
-    gclip(&[
-        "add",
-        collection,
-        docs.to_str().unwrap(),
-        "--embed",
-        "title",
-        "--model",
-        model.join("open_clip_model.safetensors").to_str().unwrap(),
-        "--arch",
-        model.join("open_clip_config.json").to_str().unwrap(),
-    ])
+    gclip_with(
+        &[
+            "add",
+            collection,
+            docs.to_str().unwrap(),
+            "--embed",
+            "title",
+            "--model",
+            model.join("open_clip_model.safetensors").to_str().unwrap(),
+            "--arch",
+            model.join("open_clip_config.json").to_str().unwrap(),
+        ],
+        vars,
+    )
 }
 
 #[test]
@@ -257,22 +265,8 @@ fn tenants_through_the_command_line() {
     ];
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(&docs, text).unwrap();
-    let model = fixtures().join("models/oc-fullvocab");
     let add = |collection: &str, vars: &[(&str, &str)]| {
-        gclip_with(
-            &[
-                "add",
-                collection,
-                docs.to_str().unwrap(),
-                "--embed",
-                "title",
-                "--model",
-                model.join("open_clip_model.safetensors").to_str().unwrap(),
-                "--arch",
-                model.join("open_clip_config.json").to_str().unwrap(),
-            ],
-            vars,
-        )
+        add_with_fixture_model_and(collection, &docs, vars)
     };
 
     // A name that cannot be a partition key: refused before anything is created.
