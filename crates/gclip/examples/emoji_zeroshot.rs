@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use gclip::input::image::{PreprocessConfig, Preprocessor};
 use gclip::input::tokenizer::ClipTokenizer;
-use gclip::train::checkpoint::{list_checkpoints, load_checkpoint};
+use gclip::train::checkpoint::{checkpoint_dir, load_checkpoint};
 use gclip::train::evaluate::{zero_shot_accuracy, zero_shot_accuracy_ensemble, Embedding};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,10 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (Some(r), Some(t)) => (PathBuf::from(r), PathBuf::from(t)),
         _ => return Err("usage: emoji_zeroshot RUN_OR_CHECKPOINT_DIR TEST.jsonl".into()),
     };
-    let dir = match list_checkpoints(&run.join("checkpoints"))?.pop() {
-        Some((_, d)) => d,
-        None => run.clone(),
-    };
+    let dir = checkpoint_dir(&run)?;
     let clip = load_checkpoint(&dir, &Device::Cpu)?.clip;
     let tokenizer =
         ClipTokenizer::open_clip_default()?.with_context_length(clip.config.text.context_length);

@@ -11,7 +11,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 
 use super::checkpoint::{
-    list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint, TrainState, FORMAT,
+    checkpoint_dir, load_checkpoint, prune_checkpoints, save_checkpoint, TrainState, FORMAT,
 };
 use super::loss::{clamp_logit_scale, GclSpec};
 use super::optim::{AdamW, AdamWConfig, Schedule};
@@ -167,19 +167,7 @@ impl Trainer {
     /// reported when they differ from the checkpoint's.
     pub fn resume(from: &Path, options: TrainOptions, run_dir: &Path) -> Result<Self, TrainError> {
         validate(&options)?;
-        let dir = if from.join("state.json").is_file() {
-            from.to_path_buf()
-        } else {
-            list_checkpoints(&from.join("checkpoints"))?
-                .pop()
-                .map(|(_, p)| p)
-                .ok_or_else(|| TrainError::Checkpoint {
-                    path: from.to_path_buf(),
-                    message:
-                        "no complete checkpoint (checkpoints/step-*/state.json) to resume from"
-                            .into(),
-                })?
-        };
+        let dir = checkpoint_dir(from)?;
         let ck = load_checkpoint(&dir, &candle_core::Device::Cpu)?;
         if let Some(saved) = ck.state.extra.get("options") {
             let saved_precision: TrainPrecision = saved
@@ -464,6 +452,7 @@ fn validate(o: &TrainOptions) -> Result<(), TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::checkpoint::list_checkpoints;
     use crate::train::gradcheck::tiny_config;
     use crate::train::init::init_open_clip;
     use crate::train::optim::ScheduleKind;
