@@ -181,14 +181,7 @@ impl MilvusAddress {
                 _ => return Err(bad("the port is not a number from 1 to 65535")),
             },
         };
-        let mut chars = name.chars();
-        let first_ok = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-        if !first_ok
-            || name.len() > MAX_NAME
-            || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
+        if !is_identifier(name, MAX_NAME) {
             return Err(bad(&format!(
                 "the collection name must start with a letter or `_` and hold only letters, \
                  digits and `_`, at most {MAX_NAME} of them"
@@ -238,6 +231,16 @@ impl MilvusAddress {
     pub(crate) fn token(&self) -> Option<&Token> {
         self.token.as_ref()
     }
+}
+
+/// Whether `name` is a Milvus identifier of at most `max` bytes: an ASCII letter or `_`, then
+/// letters, digits and `_` (collection and field names alike).
+pub(super) fn is_identifier(name: &str, max: usize) -> bool {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    first_ok && name.len() <= max && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]

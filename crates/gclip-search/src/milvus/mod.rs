@@ -134,14 +134,7 @@ pub const MAX_TENANT_BYTES: usize = 512;
 /// (`id`, `vector`, `fields`, `source`) nor a word of Milvus' expression language (`and`, `in`,
 /// `like`, `json_contains`, ...), in any case.
 pub fn check_partition_key_name(name: &str) -> std::result::Result<(), String> {
-    let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if !first_ok
-        || name.len() > MAX_PARTITION_KEY_NAME
-        || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
+    if !address::is_identifier(name, MAX_PARTITION_KEY_NAME) {
         return Err(format!(
             "a partition key is a field name of 1 to {MAX_PARTITION_KEY_NAME} ASCII letters, \
              digits and `_`, not starting with a digit"
