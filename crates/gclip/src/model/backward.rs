@@ -15,7 +15,6 @@ use candle_core::{Result, Tensor};
 
 use super::kernels::{fusable, AttentionOp, LayerNormOp, LinearOp};
 use super::layers::{LayerNorm, Linear, LinearWeight, ResidualBlock};
-use super::precision::DenseProducts;
 
 /// What a block's backward pass reads: its input, the q/k/v projection, the heads' mixed values,
 /// the residual stream after attention and the MLP's pre-activation (`10 × width` floats per
@@ -152,7 +151,7 @@ impl ResidualBlock {
         let mixed = qkv.apply_op1_no_bwd(&AttentionOp {
             heads: self.attn.heads,
             causal,
-            products: DenseProducts::F32,
+            products: self.attn.products,
         })?;
         let after_attention = (&x + linear(&self.attn.out, &mixed, None)?)?;
         let pre_activation = linear(&self.fc1, &layer_norm(&self.ln_2, &after_attention)?, None)?;
@@ -202,7 +201,7 @@ impl ResidualBlock {
         let attention = AttentionOp {
             heads: self.attn.heads,
             causal,
-            products: DenseProducts::F32,
+            products: self.attn.products,
         };
         let grad_qkv = attention.grads(&qkv, &grad_mixed)?;
         drop((qkv, grad_mixed));
@@ -259,7 +258,7 @@ mod tests {
                 qkv: linear("qkv", WIDTH, 3 * WIDTH, 3),
                 out: linear("out", WIDTH, WIDTH, 5),
                 heads: 4,
-                products: DenseProducts::F32,
+                products,
             },
             ln_2: ln("ln_2", 7),
             fc1: linear("fc1", WIDTH, MLP, 9),
@@ -349,7 +348,9 @@ mod tests {
     #[test]
     fn owned_block_backward_equals_autograd_in_bf16_products() {
         for kernel in Bf16Kernel::available() {
-            check(&[], DenseProducts::Bf16(kernel), false);
+            for causal in [false, true] {
+                check(&[], DenseProducts::Bf16(kernel), causal);
+            }
         }
     }
 

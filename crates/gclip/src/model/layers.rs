@@ -381,7 +381,8 @@ pub struct Attention {
     pub out: Linear,
     pub heads: usize,
     /// How the scores and the mix are multiplied: f32, or bf16 on AMX in a reduced-precision
-    /// model on a CPU that has it (see [`attention_products`]). Training runs f32.
+    /// model or bf16 training on a CPU that has it (see [`attention_products`] and
+    /// [`Transformer::set_dense_products`]).
     pub products: DenseProducts,
 }
 
@@ -583,12 +584,14 @@ impl Transformer {
         Ok(())
     }
 
-    /// How every block's dense linear layers multiply (see [`DenseProducts`]).
+    /// How every block's dense linear layers and attention multiply (see [`DenseProducts`];
+    /// the attention takes bf16 only on AMX tiles, f32 with any other kernel).
     pub fn set_dense_products(&mut self, products: DenseProducts) {
         for b in &mut self.blocks {
             for l in [&mut b.attn.qkv, &mut b.attn.out, &mut b.fc1, &mut b.fc2] {
                 l.products = products;
             }
+            b.attn.products = products;
         }
     }
 

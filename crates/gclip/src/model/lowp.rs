@@ -1386,5 +1386,46 @@ pub(crate) fn attention_amx_bf16(
     None
 }
 
+/// The gradient of [`attention_amx_bf16`] with respect to `qkv`, given `d_out: [batch, tokens,
+/// width]`, the gradient of its output: the five products of the backward pass in bf16 on AMX
+/// tiles with f32 accumulation, the softmax and the score gradient in f32 (see
+/// [`amx_attention::attention_backward`]); `None` on a CPU without AMX-BF16.
+pub(crate) fn attention_backward_amx_bf16(
+    qkv: &[f32],
+    d_out: &[f32],
+    batch: usize,
+    tokens: usize,
+    width: usize,
+    heads: usize,
+    causal: bool,
+) -> Option<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if has_amx_bf16() {
+        let rows = batch * tokens;
+        let d_qkv = new_output(rows, qkv.len() / rows.max(1), |d_qkv| {
+            // SAFETY: AMX-BF16 and AVX-512 BF16 were detected just above; attention ops run
+            // between the linear kernels, never inside one's tile session. The kernel writes
+            // every value of `d_qkv`, as `new_output` needs.
+            unsafe {
+                amx_attention::attention_backward(
+                    qkv,
+                    d_out,
+                    d_qkv,
+                    batch,
+                    tokens,
+                    width,
+                    heads,
+                    causal,
+                    effective_threads(0),
+                )
+            };
+            Ok(())
+        });
+        return d_qkv.ok();
+    }
+    let _ = (qkv, d_out, batch, tokens, width, heads, causal);
+    None
+}
+
 #[cfg(test)]
 mod tests;

@@ -278,12 +278,7 @@ fn f32_sum_of_squares(g: &Tensor) -> Option<f64> {
     else {
         return None;
     };
-    Some(
-        v[a..b]
-            .par_chunks(1 << 14)
-            .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-            .sum(),
-    )
+    Some(crate::model::kernels::sum_of_squares_f64(&v[a..b]))
 }
 
 #[cfg(test)]

@@ -31,8 +31,9 @@ simd_dispatch!(fn softmax_prefix(row: &mut [f32], valid: usize) = softmax_prefix
 pub(crate) struct AttentionOp {
     pub heads: usize,
     pub causal: bool,
-    /// `Bf16(Amx)` runs the forward's two products in bf16 on AMX tiles where the CPU has
-    /// them ([`lowp::attention_amx_bf16`]); anything else, and the backward pass, in f32.
+    /// `Bf16(Amx)` runs the products in bf16 on AMX tiles where the CPU has them, the
+    /// forward's two ([`lowp::attention_amx_bf16`]) and the backward's five; anything else in
+    /// f32.
     pub products: DenseProducts,
 }
 
@@ -216,6 +217,7 @@ impl AttentionOp {
             let op = AttentionBackwardOp {
                 heads: self.heads,
                 causal: self.causal,
+                products: self.products,
             };
             return qkv.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &op);
         }
@@ -241,6 +243,9 @@ impl AttentionOp {
 pub(crate) struct AttentionBackwardOp {
     pub heads: usize,
     pub causal: bool,
+    /// As [`AttentionOp::products`]: `Bf16(Amx)` runs the five products in bf16 on AMX tiles
+    /// ([`lowp::attention_backward_amx_bf16`]) where the CPU has them.
+    pub products: DenseProducts,
 }
 
 impl CustomOp2 for AttentionBackwardOp {
@@ -271,6 +276,19 @@ impl CustomOp2 for AttentionBackwardOp {
             );
         }
         let heads = self.heads;
+        if self.products == DenseProducts::Bf16(Bf16Kernel::Amx) {
+            if let Some(out) = lowp::attention_backward_amx_bf16(
+                qkv,
+                grad,
+                batch,
+                tokens,
+                width,
+                heads,
+                self.causal,
+            ) {
+                return Ok((CpuStorage::F32(out), qkv_l.shape().clone()));
+            }
+        }
         let row = 3 * width;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let causal = self.causal;

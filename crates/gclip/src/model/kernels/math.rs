@@ -137,6 +137,38 @@ pub(crate) fn count_non_finite_f32(xs: &[f32]) -> usize {
     }
 }
 
+#[inline(always)]
+fn sum_of_squares_generic(xs: &[f32]) -> f64 {
+    // Independent f64 lanes, so that the loop vectorises instead of waiting on one sum.
+    let mut acc = [0f64; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest: f64 = chunks
+        .remainder()
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum();
+    for c in chunks {
+        for i in 0..LANES {
+            let x = f64::from(c[i]);
+            acc[i] += x * x;
+        }
+    }
+    acc.iter().sum::<f64>() + rest
+}
+
+simd_dispatch!(fn sum_of_squares_run(xs: &[f32]) -> f64 = sum_of_squares_generic);
+
+/// `Σ x²` of `xs`, each square and the sum in f64, in parallel for long slices (the global
+/// gradient norm of a training step reads every gradient).
+pub(crate) fn sum_of_squares_f64(xs: &[f32]) -> f64 {
+    const CHUNK: usize = 1 << 14;
+    if xs.len() <= CHUNK {
+        sum_of_squares_run(xs)
+    } else {
+        xs.par_chunks(CHUNK).map(sum_of_squares_run).sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +219,31 @@ mod tests {
             assert!(d < 3e-7, "erf({x}) off by {d}");
             x += 0.01;
         }
+    }
+
+    #[test]
+    fn sum_of_squares_matches_a_plain_f64_sum() {
+        // Short tails, one chunk, and several chunks summed in parallel.
+        for len in (0..40).chain([1 << 14, (1 << 16) + 7]) {
+            let xs: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 1e-3)
+                .collect();
+            let plain: f64 = xs.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+            let got = sum_of_squares_f64(&xs);
+            assert!(
+                (got - plain).abs() <= 1e-12 * plain.max(1e-30),
+                "{len} values: {got} against {plain}"
+            );
+            assert_eq!(
+                sum_of_squares_run(&xs),
+                sum_of_squares_generic(&xs),
+                "{len} values"
+            );
+        }
+        assert!(sum_of_squares_f64(&[f32::NAN, 1.0]).is_nan());
+        assert_eq!(
+            sum_of_squares_f64(&[f32::MAX, f32::MAX]),
+            2.0 * f64::from(f32::MAX).powi(2)
+        );
     }
 }

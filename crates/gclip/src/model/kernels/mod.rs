@@ -37,7 +37,7 @@ pub(crate) use attention::AttentionOp;
 pub use dispatch::{has_avx2_fma, has_avx512};
 pub(crate) use layer_norm::LayerNormOp;
 pub(crate) use linear::{bias_rows, LinearInput, LinearOp};
-pub(crate) use math::{count_non_finite_f32, dot_lanes};
+pub(crate) use math::{count_non_finite_f32, dot_lanes, sum_of_squares_f64};
 pub use transpose::transpose_2d;
 #[cfg(test)]
 pub(crate) use transpose::transpose_f32;

@@ -126,27 +126,13 @@ pub(crate) unsafe fn attention(
         return;
     }
     let e = Extents::new(tokens, width / heads);
-    let workers = threads.clamp(1, batch * heads);
-    // An item is a group of one sequence's heads, the whole sequence when there are enough
-    // sequences to share out: the group's q/k/v are converted in one pass over the rows, where
-    // one head's 256-byte pieces 9 KB apart (ViT-B) stalled on memory.
-    let groups = (2 * workers).div_ceil(batch).clamp(1, heads);
-    let group = heads.div_ceil(groups);
-    let groups = heads.div_ceil(group);
     let out_addr = out.as_mut_ptr() as usize;
-    on_workers(
-        batch * groups,
-        workers,
-        || {
-            // SAFETY: AMX is usable (the contract), and the work calls no rayon work while the
-            // session lives, so no other session starts on this thread inside it.
-            let tiles = unsafe { TileSession::start() };
-            (tiles, Scratch::new(&e, group))
-        },
-        |item, (_tiles, scratch)| {
-            let (b, g) = (item / groups, item % groups);
-            let first = g * group;
-            let heads = first..(first + group).min(heads);
+    over_head_groups(
+        batch,
+        heads,
+        threads,
+        |group| Scratch::new(&e, group),
+        |b, heads, scratch| {
             // SAFETY: the workers take distinct items, and an item writes only its heads'
             // columns of sequence b's rows of `out` (inside it by the asserted sizes).
             unsafe {
@@ -161,6 +147,43 @@ pub(crate) unsafe fn attention(
                     scratch,
                 )
             };
+        },
+    );
+}
+
+/// Runs `run(b, heads, scratch)` for every sequence `b` and group of its heads, on up to
+/// `threads` workers, each with a [`TileSession`] and its own `scratch(group size)`. An item is
+/// a group of one sequence's heads, the whole sequence when there are enough sequences to share
+/// out: the group's q/k/v are converted in one pass over the rows, where one head's 256-byte
+/// pieces 9 KB apart (ViT-B) stalled on memory.
+///
+/// # Safety
+/// AMX-BF16 is usable (`Bf16Kernel::Amx` is available), the calling thread holds no
+/// [`TileSession`], and `run` starts no rayon work.
+unsafe fn over_head_groups<S>(
+    batch: usize,
+    heads: usize,
+    threads: usize,
+    scratch: impl Fn(usize) -> S + Sync,
+    run: impl Fn(usize, std::ops::Range<usize>, &mut S) + Sync,
+) {
+    let workers = threads.clamp(1, batch * heads);
+    let groups = (2 * workers).div_ceil(batch).clamp(1, heads);
+    let group = heads.div_ceil(groups);
+    let groups = heads.div_ceil(group);
+    on_workers(
+        batch * groups,
+        workers,
+        || {
+            // SAFETY: AMX is usable (the contract), and the work calls no rayon work while the
+            // session lives, so no other session starts on this thread inside it.
+            let tiles = unsafe { TileSession::start() };
+            (tiles, scratch(group))
+        },
+        |item, (_tiles, scratch)| {
+            let (b, g) = (item / groups, item % groups);
+            let first = g * group;
+            run(b, first..(first + group).min(heads), scratch);
         },
     );
 }
@@ -193,40 +216,18 @@ unsafe fn heads_of_sequence(
     };
     let n = heads.len();
     let (q_words, k_words, v_words) = (e.q_words(), e.k_words(), e.v_words());
-    let q_row_words = e.head_k / 2;
-    for i in 0..t {
-        for (g, h) in heads.clone().enumerate() {
-            let q = &mut s.q[g * q_words + i * q_row_words..][..q_row_words];
-            // SAFETY: AVX-512 BF16 (this function's features).
-            unsafe { pack_row_bf16(part(0, h, i), q) };
-        }
-    }
     // SAFETY: this function's CPU features; each head's buffer has its extent's size.
     unsafe {
+        rows_bf16(&|g, j| part(0, heads.start + g, j), n, e, &mut s.q);
         transpose_k(&|g, j| part(1, heads.start + g, j), n, e, &mut s.k_t);
         interleave_v(&|g, j| part(2, heads.start + g, j), n, e, &mut s.v);
     }
     let scale = 1.0 / (d as f32).sqrt();
     let p_words = e.tokens_k / 2;
-    let whole_rows = t / TILE * TILE;
     for (g, h) in heads.enumerate() {
-        // S = Q·Kᵀ, with a row stride of `tokens_k` (≥ `tokens_rows`) so that P's rows are
-        // made in place.
-        // SAFETY: Q holds `tokens_rows` rows of `head_k` bf16, Kᵀ `head_k / 2` rows of
-        // `tokens_rows` words, S `tokens_rows` rows of `tokens_k ≥ tokens_rows` floats.
-        unsafe {
-            tile_matmul(
-                s.q[g * q_words..].as_ptr().cast(),
-                e.head_k * 2,
-                s.k_t[g * k_words..].as_ptr().cast(),
-                e.tokens_rows * 4,
-                s.scores.as_mut_ptr().cast(),
-                e.tokens_k * 4,
-                e.tokens_rows,
-                e.tokens_rows,
-                e.head_k,
-            );
-        }
+        // SAFETY: the head's Q and Kᵀ in their extents' sizes, and `scores` `tokens_rows`
+        // rows of `tokens_k` floats.
+        unsafe { scores(&s.q[g * q_words..], &s.k_t[g * k_words..], &mut s.scores, e) };
         for i in 0..t {
             let r = &mut s.scores[i * e.tokens_k..(i + 1) * e.tokens_k];
             let valid = if causal { i + 1 } else { t };
@@ -237,50 +238,477 @@ unsafe fn heads_of_sequence(
                 &mut s.probs[i * p_words..(i + 1) * p_words],
             );
         }
-        let out_head = out.wrapping_add(b * t * width + h * d);
-        let v = s.v[g * v_words..].as_ptr().cast::<u8>();
-        // O = P·V: the whole row tiles straight into the output when the head's width is
-        // whole tiles, the rest through `out_tail`.
-        let direct = if d == e.head_cols { whole_rows } else { 0 };
-        if direct > 0 {
-            // SAFETY: P's first `direct` rows, V as above; the tiles write rows `< t` of the
-            // head's `d` columns (row stride `width`), this item's block of `out`.
+        // O = P·V
+        // SAFETY: P holds `tokens_rows` rows of `tokens_k` bf16, V `tokens_k / 2` rows of
+        // `head_cols` words; the head's block of `out` (rows of sequence b, its d columns) is
+        // this item's.
+        unsafe {
+            product_into_head(
+                s.probs.as_ptr().cast(),
+                s.v[g * v_words..].as_ptr().cast(),
+                out.wrapping_add(b * t * width + h * d),
+                width,
+                e,
+                &mut s.out_tail,
+            );
+        }
+    }
+}
+
+/// `S = A·Bᵀ` for one head into `s` (`tokens_rows` rows of `tokens_k` floats, the columns past
+/// `tokens_rows` left as they are): `a` holds `tokens_rows` rows of `head_k` bf16 (Q or dO),
+/// `b_t` the other operand's transpose, `head_k / 2` rows of `tokens_rows` words (Kᵀ or Vᵀ).
+///
+/// # Safety
+/// A [`TileSession`] is active on this thread and the three buffers have at least those sizes.
+#[inline(always)]
+unsafe fn scores(a: &[u32], b_t: &[u32], s: &mut [f32], e: &Extents) {
+    assert!(
+        a.len() >= e.q_words() && b_t.len() >= e.k_words() && s.len() >= e.tokens_rows * e.tokens_k
+    );
+    // SAFETY: the sizes asserted above; the row stride of S is `tokens_k ≥ tokens_rows`.
+    unsafe {
+        tile_matmul(
+            a.as_ptr().cast(),
+            e.head_k * 2,
+            b_t.as_ptr().cast(),
+            e.tokens_rows * 4,
+            s.as_mut_ptr().cast(),
+            e.tokens_k * 4,
+            e.tokens_rows,
+            e.tokens_rows,
+            e.head_k,
+        );
+    }
+}
+
+/// One worker's buffers for the backward pass, in the tiles' layouts (see [`Scratch`]) and
+/// zeroed once: each item overwrites the same live regions, so the padding stays zero.
+struct BackwardScratch {
+    /// Per head: Q and dO as rows of bf16 (`A` tiles of S = Q·Kᵀ and dP = dO·Vᵀ).
+    q: Vec<u32>,
+    d_out: Vec<u32>,
+    /// Per head: Kᵀ and Vᵀ, pairs along the head width (`B` tiles of S and dP).
+    k_t: Vec<u32>,
+    v_t: Vec<u32>,
+    /// Per head: K, Q and dO, pairs along the tokens (`B` tiles of dQ, dK and dV).
+    k_pairs: Vec<u32>,
+    q_pairs: Vec<u32>,
+    d_out_pairs: Vec<u32>,
+    /// `tokens_rows × tokens_k` floats: S, then P.
+    probs: Vec<f32>,
+    /// `tokens_rows × tokens_k` floats: dP, then s·dS.
+    d_probs: Vec<f32>,
+    /// `tokens_rows × tokens_k / 2` words: s·dS as rows of bf16 (`A` tiles of dQ).
+    d_scores: Vec<u32>,
+    /// `tokens_rows × tokens_k / 2` words: Pᵀ, then s·dSᵀ, as rows of bf16 (`A` tiles of dV,
+    /// then of dK).
+    transposed: Vec<u32>,
+    /// `TILE × head_cols` floats: the last, partial row tile of one head's product.
+    out_tail: Vec<f32>,
+}
+
+impl BackwardScratch {
+    fn new(e: &Extents, group: usize) -> Self {
+        let probs = e.tokens_rows * e.tokens_k;
+        Self {
+            q: vec![0; group * e.q_words()],
+            d_out: vec![0; group * e.q_words()],
+            k_t: vec![0; group * e.k_words()],
+            v_t: vec![0; group * e.k_words()],
+            k_pairs: vec![0; group * e.v_words()],
+            q_pairs: vec![0; group * e.v_words()],
+            d_out_pairs: vec![0; group * e.v_words()],
+            probs: vec![0.0; probs],
+            d_probs: vec![0.0; probs],
+            d_scores: vec![0; probs / 2],
+            transposed: vec![0; probs / 2],
+            out_tail: vec![0.0; TILE * e.head_cols],
+        }
+    }
+}
+
+/// The gradient of [`attention`] with respect to `qkv` (`d_qkv: [batch, tokens, 3·width]`),
+/// given `d_out: [batch, tokens, width]`, the gradient of its output, on up to `threads`
+/// workers. Per (sequence, head), with `P = softmax(s·QKᵀ)` recomputed from the bf16 operands as
+/// the forward pass makes it: `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ∘ (dP − rowsum(P ∘ dP))`,
+/// `dQ = s·dS·K`, `dK = s·dSᵀ·Q`. The five products take bf16 operands (P and s·dS rounded
+/// to bf16, as PyTorch's bf16 autocast rounds them) and accumulate in f32; the softmax and dS
+/// are f32. Every value of `d_qkv` is written, none read, so it need not be initialised.
+///
+/// # Safety
+/// As [`attention`], with `d_out` and `d_qkv` of the sizes above.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn attention_backward(
+    qkv: &[f32],
+    d_out: &[f32],
+    d_qkv: &mut [std::mem::MaybeUninit<f32>],
+    batch: usize,
+    tokens: usize,
+    width: usize,
+    heads: usize,
+    causal: bool,
+    threads: usize,
+) {
+    assert!(
+        heads > 0 && width.is_multiple_of(heads),
+        "attention backward: bad head count"
+    );
+    let size = batch * tokens * width;
+    assert_eq!(qkv.len(), 3 * size, "attention backward: qkv size");
+    assert_eq!(d_out.len(), size, "attention backward: gradient size");
+    assert_eq!(d_qkv.len(), 3 * size, "attention backward: output size");
+    if batch == 0 || tokens == 0 {
+        return;
+    }
+    let e = Extents::new(tokens, width / heads);
+    let out_addr = d_qkv.as_mut_ptr() as usize;
+    over_head_groups(
+        batch,
+        heads,
+        threads,
+        |group| BackwardScratch::new(&e, group),
+        |b, heads, scratch| {
+            // SAFETY: the workers take distinct items, and an item writes only its heads' q, k
+            // and v columns of sequence b's rows of `d_qkv` (inside it by the asserted sizes).
             unsafe {
-                tile_matmul(
-                    s.probs.as_ptr().cast(),
-                    e.tokens_k * 2,
-                    v,
-                    e.head_cols * 4,
-                    out_head.cast(),
-                    width * 4,
-                    direct,
-                    e.head_cols,
-                    e.tokens_k,
-                );
+                head_gradients_of_sequence(
+                    qkv,
+                    d_out,
+                    out_addr as *mut f32,
+                    b,
+                    heads,
+                    width,
+                    causal,
+                    &e,
+                    scratch,
+                )
+            };
+        },
+    );
+}
+
+/// The gradients of the heads `heads` of sequence `b`.
+///
+/// # Safety
+/// A [`TileSession`] is active on this thread, the CPU has AVX-512 BF16, and the block of those
+/// heads' q, k and v columns of sequence `b`'s rows (row stride `3·width`) is inside `d_qkv`
+/// and written by no other thread meanwhile.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn head_gradients_of_sequence(
+    qkv: &[f32],
+    d_out: &[f32],
+    d_qkv: *mut f32,
+    b: usize,
+    heads: std::ops::Range<usize>,
+    width: usize,
+    causal: bool,
+    e: &Extents,
+    s: &mut BackwardScratch,
+) {
+    let (t, d) = (e.tokens, e.head_dim);
+    let row = 3 * width;
+    let seq = &qkv[b * t * row..(b + 1) * t * row];
+    let d_seq = &d_out[b * t * width..(b + 1) * t * width];
+    let part = |part: usize, h: usize, j: usize| {
+        let at = j * row + part * width + h * d;
+        &seq[at..at + d]
+    };
+    let d_out_row = |h: usize, j: usize| &d_seq[j * width + h * d..][..d];
+    let n = heads.len();
+    let first = heads.start;
+    // SAFETY: this function's CPU features; each head's buffer has its extent's size.
+    unsafe {
+        rows_bf16(&|g, j| part(0, first + g, j), n, e, &mut s.q);
+        rows_bf16(&|g, j| d_out_row(first + g, j), n, e, &mut s.d_out);
+        transpose_k(&|g, j| part(1, first + g, j), n, e, &mut s.k_t);
+        transpose_k(&|g, j| part(2, first + g, j), n, e, &mut s.v_t);
+        interleave_v(&|g, j| part(1, first + g, j), n, e, &mut s.k_pairs);
+        interleave_v(&|g, j| part(0, first + g, j), n, e, &mut s.q_pairs);
+        interleave_v(&|g, j| d_out_row(first + g, j), n, e, &mut s.d_out_pairs);
+    }
+    let scale = 1.0 / (d as f32).sqrt();
+    let (q_words, k_words, v_words) = (e.q_words(), e.k_words(), e.v_words());
+    let (tk, ds_words) = (e.tokens_k, e.tokens_k / 2);
+    let seq_out = d_qkv.wrapping_add(b * t * row);
+    for (g, h) in heads.enumerate() {
+        let pairs = |v: &[u32]| v[g * v_words..].as_ptr().cast::<u8>();
+        // SAFETY: the head's operands in their extents' sizes; `probs` and `d_probs` hold
+        // `tokens_rows × tokens_k` floats.
+        unsafe {
+            scores(&s.q[g * q_words..], &s.k_t[g * k_words..], &mut s.probs, e);
+            scores(
+                &s.d_out[g * q_words..],
+                &s.v_t[g * k_words..],
+                &mut s.d_probs,
+                e,
+            );
+        }
+        for i in 0..t {
+            let valid = if causal { i + 1 } else { t };
+            softmax_row_f32(&mut s.probs[i * tk..(i + 1) * tk], valid, scale);
+        }
+        transposed_bf16(&s.probs, t, e, &mut s.transposed);
+        // dV = Pᵀ·dO
+        // SAFETY: Pᵀ holds `tokens_rows` rows of `tokens_k` bf16, dO's pairs `tokens_k / 2`
+        // rows of `head_cols` words; the head's v columns of sequence b are this item's.
+        unsafe {
+            product_into_head(
+                s.transposed.as_ptr().cast(),
+                pairs(&s.d_out_pairs),
+                seq_out.wrapping_add(2 * width + h * d),
+                row,
+                e,
+                &mut s.out_tail,
+            );
+        }
+        for i in 0..t {
+            let valid = if causal { i + 1 } else { t };
+            score_gradient_row(
+                &s.probs[i * tk..(i + 1) * tk],
+                &mut s.d_probs[i * tk..(i + 1) * tk],
+                valid,
+                scale,
+                &mut s.d_scores[i * ds_words..(i + 1) * ds_words],
+            );
+        }
+        transposed_bf16(&s.d_probs, t, e, &mut s.transposed);
+        // dQ = s·dS·K, dK = s·dSᵀ·Q
+        // SAFETY: as above, for the head's q and k columns.
+        unsafe {
+            product_into_head(
+                s.d_scores.as_ptr().cast(),
+                pairs(&s.k_pairs),
+                seq_out.wrapping_add(h * d),
+                row,
+                e,
+                &mut s.out_tail,
+            );
+            product_into_head(
+                s.transposed.as_ptr().cast(),
+                pairs(&s.q_pairs),
+                seq_out.wrapping_add(width + h * d),
+                row,
+                e,
+                &mut s.out_tail,
+            );
+        }
+    }
+}
+
+/// One row of P in f32 in place: `softmax(scale · s[..valid])`, zeros after it to the end of
+/// `s`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+fn softmax_row_f32(s: &mut [f32], valid: usize, scale: f32) {
+    assert!(valid <= s.len());
+    let lanes = |c: usize| masks(valid.saturating_sub(c)).0;
+    let scale_v = _mm512_set1_ps(scale);
+    let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+    for c in (0..valid).step_by(16) {
+        let m = lanes(c);
+        // SAFETY: the mask keeps lanes below `valid ≤ s.len()`.
+        let x = unsafe { _mm512_maskz_loadu_ps(m, s.as_ptr().add(c)) };
+        max = _mm512_mask_max_ps(max, m, max, _mm512_mul_ps(x, scale_v));
+    }
+    let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+    let mut sum = _mm512_setzero_ps();
+    for c in (0..valid).step_by(16) {
+        let m = lanes(c);
+        // SAFETY: as above, for the load and the masked store.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(m, s.as_ptr().add(c));
+            let y = _mm512_maskz_mov_ps(m, exp_ps(_mm512_fmsub_ps(x, scale_v, max)));
+            sum = _mm512_add_ps(sum, y);
+            _mm512_mask_storeu_ps(s.as_mut_ptr().add(c), m, y);
+        }
+    }
+    let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+    for c in (0..s.len()).step_by(16) {
+        let m = lanes(c);
+        let store = masks(s.len() - c).0;
+        // SAFETY: the load keeps lanes below `valid`, the store lanes below `s.len()`.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(m, s.as_ptr().add(c));
+            _mm512_mask_storeu_ps(s.as_mut_ptr().add(c), store, _mm512_mul_ps(x, inv));
+        }
+    }
+}
+
+/// One row of `s·dS = s · P ∘ (dP − Σ P ∘ dP)` over `..valid`, zeros after it: in place of dP
+/// in f32 and as bf16 pairs in `d_s` (`d_p.len() = 2 · d_s.len()`, a multiple of 32).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+fn score_gradient_row(p: &[f32], d_p: &mut [f32], valid: usize, scale: f32, d_s: &mut [u32]) {
+    assert!(valid <= p.len() && p.len() == d_p.len() && d_p.len() == 2 * d_s.len());
+    assert!(d_s.len().is_multiple_of(TILE));
+    let lanes = |c: usize| masks(valid.saturating_sub(c)).0;
+    let mut dot = _mm512_setzero_ps();
+    for c in (0..valid).step_by(16) {
+        let m = lanes(c);
+        // SAFETY: the mask keeps lanes below `valid`, inside both rows.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(m, p.as_ptr().add(c));
+            let y = _mm512_maskz_loadu_ps(m, d_p.as_ptr().add(c));
+            dot = _mm512_fmadd_ps(x, y, dot);
+        }
+    }
+    let dot = _mm512_set1_ps(_mm512_reduce_add_ps(dot));
+    let scale_v = _mm512_set1_ps(scale);
+    for (w, c) in (0..d_p.len()).step_by(32).enumerate() {
+        // SAFETY: the masks keep the loads below `valid`; the stores write values c..c+32 of
+        // `d_p` and words 16w..16w+16 of `d_s`, inside both (the lengths asserted above).
+        unsafe {
+            let [lo, hi] = [c, c + 16].map(|c| {
+                let m = lanes(c);
+                let x = _mm512_maskz_loadu_ps(m, p.as_ptr().add(c));
+                let y = _mm512_maskz_loadu_ps(m, d_p.as_ptr().add(c));
+                _mm512_mul_ps(_mm512_mul_ps(x, scale_v), _mm512_sub_ps(y, dot))
+            });
+            _mm512_storeu_ps(d_p.as_mut_ptr().add(c), lo);
+            _mm512_storeu_ps(d_p.as_mut_ptr().add(c + 16), hi);
+            let words = _mm512_cvtne2ps_pbh(hi, lo);
+            _mm512_storeu_si512(
+                d_s.as_mut_ptr().add(16 * w).cast(),
+                std::mem::transmute::<__m512bh, __m512i>(words),
+            );
+        }
+    }
+}
+
+/// The transpose of a `tokens_rows × tokens_k` f32 matrix `m` (rows from `rows` on taken as
+/// zero) as `A` tiles: `tokens_rows` rows of `tokens_k / 2` words, word `(j, p)` holding
+/// `m[2p][j]` and `m[2p + 1][j]` in bf16. Blocks of 32 rows × 16 columns are paired row by row
+/// and transposed in registers.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+fn transposed_bf16(m: &[f32], rows: usize, e: &Extents, out: &mut [u32]) {
+    let (tk, words) = (e.tokens_k, e.tokens_k / 2);
+    assert!(m.len() >= e.tokens_rows * tk && out.len() >= e.tokens_rows * words);
+    let rows = rows.min(e.tokens_rows);
+    let interleave = pair_interleave();
+    let load = |i: usize, j0: usize| {
+        if i < rows {
+            // SAFETY: row i < tokens_rows, columns j0..j0+16 ≤ tokens_rows ≤ tokens_k.
+            unsafe { _mm512_loadu_ps(m.as_ptr().add(i * tk + j0)) }
+        } else {
+            _mm512_setzero_ps()
+        }
+    };
+    for i0 in (0..tk).step_by(TILE_K_BF16) {
+        for j0 in (0..e.tokens_rows).step_by(TILE) {
+            let mut block = [_mm512_setzero_si512(); TILE];
+            for (w, r) in block.iter_mut().enumerate() {
+                let (lo, hi) = (load(i0 + 2 * w, j0), load(i0 + 2 * w + 1, j0));
+                // SAFETY: __m512bh and __m512i are both 64 bytes of plain bits.
+                let both = unsafe {
+                    std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
+                };
+                *r = _mm512_permutexvar_epi16(interleave, both);
+            }
+            transpose_16x16(&mut block);
+            for (c, r) in block.iter().enumerate() {
+                let at = (j0 + c) * words + i0 / 2;
+                // SAFETY: row j0 + c < tokens_rows, words i0/2..i0/2+16 ≤ tokens_k / 2.
+                unsafe { _mm512_storeu_si512(out[at..at + TILE].as_mut_ptr().cast(), *r) };
             }
         }
-        for i0 in (direct..t).step_by(TILE) {
-            // SAFETY: P's row tile at i0 (< tokens_rows), V as above, `out_tail` one row tile
-            // of `head_cols` floats.
-            unsafe {
-                tile_matmul(
-                    s.probs[i0 * p_words..].as_ptr().cast(),
-                    e.tokens_k * 2,
-                    v,
-                    e.head_cols * 4,
-                    s.out_tail.as_mut_ptr().cast(),
-                    e.head_cols * 4,
-                    TILE,
-                    e.head_cols,
-                    e.tokens_k,
-                );
-            }
-            for i in i0..(i0 + TILE).min(t) {
-                let src = &s.out_tail[(i - i0) * e.head_cols..][..d];
-                // SAFETY: row i < t of sequence b, the head's d columns: this item's block.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out_head.add(i * width), d) };
-                dst.copy_from_slice(src);
-            }
+    }
+}
+
+/// The rows `0..tokens` of `heads` heads as `A` tiles, one `q_words` buffer per head: rows of
+/// `head_k` bf16, zero padded.
+///
+/// # Safety
+/// The CPU has AVX-512 BF16 and `out` holds `heads × q_words` words.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn rows_bf16<'a>(
+    row: &impl Fn(usize, usize) -> &'a [f32],
+    heads: usize,
+    e: &Extents,
+    out: &mut [u32],
+) {
+    assert!(out.len() >= heads * e.q_words());
+    let row_words = e.head_k / 2;
+    for i in 0..e.tokens {
+        for g in 0..heads {
+            let dst = &mut out[g * e.q_words() + i * row_words..][..row_words];
+            // SAFETY: AVX-512 BF16 (this function's features).
+            unsafe { pack_row_bf16(row(g, i), dst) };
+        }
+    }
+}
+
+/// The `permutexvar_epi16` indices that interleave two 16-value halves: element 2i of the
+/// result is element i of the low half, 2i + 1 element i of the high half.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn pair_interleave() -> __m512i {
+    _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    )
+}
+
+/// `A·B` into one head's `tokens × head_dim` block of an output with row stride `stride`
+/// floats: A is `tokens_rows` rows of `tokens_k` bf16, B `tokens_k / 2` rows of `head_cols`
+/// bf16 pairs. The whole row tiles go straight into the output when the head's width is whole
+/// tiles, the rest through `tail` (`TILE × head_cols` floats).
+///
+/// # Safety
+/// A [`TileSession`] is active on this thread, A and B have the stated extents, and `out`
+/// addresses `tokens` rows of `head_dim` floats at stride `stride` that no other thread writes
+/// meanwhile.
+#[inline(always)]
+unsafe fn product_into_head(
+    a: *const u8,
+    b: *const u8,
+    out: *mut f32,
+    stride: usize,
+    e: &Extents,
+    tail: &mut [f32],
+) {
+    let (t, d) = (e.tokens, e.head_dim);
+    let a_words = e.tokens_k / 2;
+    let direct = if d == e.head_cols { t / TILE * TILE } else { 0 };
+    if direct > 0 {
+        // SAFETY: A's first `direct` rows, B as stated; the tiles write rows `< t` of the
+        // head's `d` columns.
+        unsafe {
+            tile_matmul(
+                a,
+                e.tokens_k * 2,
+                b,
+                e.head_cols * 4,
+                out.cast(),
+                stride * 4,
+                direct,
+                e.head_cols,
+                e.tokens_k,
+            );
+        }
+    }
+    for i0 in (direct..t).step_by(TILE) {
+        // SAFETY: A's row tile at i0 (< tokens_rows), B as stated, `tail` one row tile of
+        // `head_cols` floats.
+        unsafe {
+            tile_matmul(
+                a.add(i0 * a_words * 4),
+                e.tokens_k * 2,
+                b,
+                e.head_cols * 4,
+                tail.as_mut_ptr().cast(),
+                e.head_cols * 4,
+                TILE,
+                e.head_cols,
+                e.tokens_k,
+            );
+        }
+        for i in i0..(i0 + TILE).min(t) {
+            let src = &tail[(i - i0) * e.head_cols..][..d];
+            // SAFETY: row i < t of the head's block (the contract), which may not have been
+            // initialised yet: written through the pointer, never read.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), out.add(i * stride), d) };
         }
     }
 }
@@ -487,11 +915,7 @@ unsafe fn interleave_v<'a>(
     v: &mut [u32],
 ) {
     assert!(v.len() >= heads * e.v_words());
-    // Element 2i of the result is element i of the first row, 2i + 1 element i of the second.
-    let interleave = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
-        19, 3, 18, 2, 17, 1, 16, 0,
-    );
+    let interleave = pair_interleave();
     for p in 0..e.tokens.div_ceil(2) {
         for g in 0..heads {
             let first = v_row(g, 2 * p);
@@ -659,7 +1083,24 @@ fn swap_indices(block: usize) -> (__m512i, __m512i) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{attention_amx_bf16, bf16_to_f32, f32_to_bf16, Bf16Kernel};
+    use super::super::{
+        attention_amx_bf16, attention_backward_amx_bf16, bf16_to_f32, f32_to_bf16, Bf16Kernel,
+    };
+
+    /// (batch, tokens, width, heads, causal): tokens that fill no tile, one tile, odd pairs;
+    /// head widths of 64, 16 and 80 (ViT-H); whole row tiles stored straight into the output
+    /// and partial ones through the tail; whole sequences per item, and a group of heads cut
+    /// short.
+    const SHAPES: [(usize, usize, usize, usize, bool); 8] = [
+        (2, 50, 128, 2, false),
+        (2, 77, 64, 4, true),
+        (1, 1, 64, 1, false),
+        (3, 17, 160, 2, true),
+        (1, 33, 160, 2, false),
+        (8, 20, 192, 3, false),
+        (5, 40, 256, 4, true),
+        (1, 23, 320, 5, false),
+    ];
 
     fn bf16(x: f32) -> f64 {
         bf16_to_f32(f32_to_bf16(x)) as f64
@@ -709,19 +1150,7 @@ mod tests {
             assert!(attention_amx_bf16(&[0.0; 3], 1, 1, 1, 1, false).is_none());
             return;
         }
-        // Tokens that fill no tile, one tile, odd pairs; head widths of 64, 16 and 80 (ViT-H);
-        // whole row tiles stored straight into the output and partial ones through the tail.
-        let shapes = [
-            (2, 50, 128, 2, false),
-            (2, 77, 64, 4, true),
-            (1, 1, 64, 1, false),
-            (3, 17, 160, 2, true),
-            (1, 33, 160, 2, false),
-            // Whole sequences per item, and a group of heads cut short.
-            (8, 20, 192, 3, false),
-            (5, 40, 256, 4, true),
-            (1, 23, 320, 5, false),
-        ];
+        let shapes = SHAPES;
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         for (batch, tokens, width, heads, causal) in shapes {
             let qkv: Vec<f32> = (0..batch * tokens * 3 * width)
@@ -742,6 +1171,107 @@ mod tests {
             let what = format!("batch {batch}, tokens {tokens}, width {width}, heads {heads}");
             assert!(worst < 2e-3, "{what}: worst difference {worst}");
             assert!(got.iter().all(|v| v.is_finite()), "{what}");
+        }
+    }
+
+    /// The gradient of `qkv` in f64 from the operands the tiles read: q, k, v and the output's
+    /// gradient rounded to bf16, P recomputed from them, rounded for `dV = Pᵀ·dO`, and
+    /// `s·dS` rounded for `dQ` and `dK`.
+    fn backward_reference(
+        qkv: &[f32],
+        d_out: &[f32],
+        (batch, tokens, width, heads, causal): (usize, usize, usize, usize, bool),
+    ) -> Vec<f32> {
+        let d = width / heads;
+        let row = 3 * width;
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut grad = vec![0f32; qkv.len()];
+        for b in 0..batch {
+            for h in 0..heads {
+                let at = |j: usize, part: usize, c: usize| {
+                    bf16(qkv[(b * tokens + j) * row + part * width + h * d + c])
+                };
+                let d_o = |i: usize, c: usize| bf16(d_out[(b * tokens + i) * width + h * d + c]);
+                let mut p = vec![vec![0f64; tokens]; tokens];
+                let mut d_s = vec![vec![0f64; tokens]; tokens];
+                for i in 0..tokens {
+                    let valid = if causal { i + 1 } else { tokens };
+                    let s: Vec<f64> = (0..valid)
+                        .map(|j| (0..d).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>() * scale)
+                        .collect();
+                    let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let sum: f64 = s.iter().map(|v| (v - max).exp()).sum();
+                    for j in 0..valid {
+                        p[i][j] = (s[j] - max).exp() / sum;
+                    }
+                    let d_p: Vec<f64> = (0..valid)
+                        .map(|j| (0..d).map(|c| d_o(i, c) * at(j, 2, c)).sum())
+                        .collect();
+                    let dot: f64 = (0..valid).map(|j| p[i][j] * d_p[j]).sum();
+                    for j in 0..valid {
+                        d_s[i][j] = bf16((scale * p[i][j] * (d_p[j] - dot)) as f32);
+                    }
+                }
+                for j in 0..tokens {
+                    for c in 0..d {
+                        let base = (b * tokens + j) * row + h * d + c;
+                        grad[base] =
+                            (0..tokens).map(|i| d_s[j][i] * at(i, 1, c)).sum::<f64>() as f32;
+                        grad[base + width] =
+                            (0..tokens).map(|i| d_s[i][j] * at(i, 0, c)).sum::<f64>() as f32;
+                        grad[base + 2 * width] = (0..tokens)
+                            .map(|i| bf16(p[i][j] as f32) * d_o(i, c))
+                            .sum::<f64>() as f32;
+                    }
+                }
+            }
+        }
+        grad
+    }
+
+    #[test]
+    fn amx_attention_gradient_matches_bf16_rounded_reference() {
+        if !Bf16Kernel::Amx.is_available() {
+            assert!(attention_backward_amx_bf16(&[0.0; 3], &[0.0], 1, 1, 1, 1, false).is_none());
+            return;
+        }
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut random = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+                })
+                .collect()
+        };
+        for shape in SHAPES {
+            let (batch, tokens, width, heads, causal) = shape;
+            let qkv = random(batch * tokens * 3 * width);
+            let d_out = random(batch * tokens * width);
+            let got =
+                attention_backward_amx_bf16(&qkv, &d_out, batch, tokens, width, heads, causal)
+                    .unwrap();
+            let want = backward_reference(&qkv, &d_out, shape);
+            let largest = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (g - w).abs())
+                .fold(0f32, f32::max);
+            let what = format!("batch {batch}, tokens {tokens}, width {width}, heads {heads}");
+            // One bf16 step of a rounded score gradient (2⁻⁸ relative) that the f32 dS and the
+            // f64 reference round to neighbouring values moves a result by far less than this.
+            assert!(
+                worst <= 2e-3 * largest.max(1.0),
+                "{what}, causal {causal}: worst difference {worst} (largest {largest})"
+            );
+            assert!(got.iter().all(|v| v.is_finite()), "{what}");
+            // Every value is written: the gradient of a token's k and v under causal masking
+            // is not all zero except for what the reference makes zero.
+            let zeros = |v: &[f32]| v.iter().filter(|x| **x == 0.0).count();
+            assert_eq!(zeros(&got), zeros(&want), "{what}, causal {causal}");
         }
     }
 }
