@@ -99,11 +99,13 @@ impl Clip {
         self.text.transformer.convert(precision, kernels)
     }
 
-    /// How the transformer blocks' trainable linear layers multiply, in both towers: f32, or
-    /// bf16 products with f32 accumulation for mixed-precision training (the weights stay f32).
-    /// Layers that are not dense (packed or mapped weights) are not affected.
+    /// How the transformer blocks' trainable linear layers, their attention and the patch
+    /// embedding multiply, in both towers: f32, or bf16 products with f32 accumulation for
+    /// mixed-precision training (the weights stay f32). Layers that are not dense (packed or
+    /// mapped weights) are not affected.
     pub fn set_dense_products(&mut self, products: DenseProducts) {
         self.vision.transformer.set_dense_products(products);
+        self.vision.patch_embed_products = products;
         self.text.transformer.set_dense_products(products);
     }
 

@@ -12,7 +12,7 @@
 //!   side (`[rows, out]`, its rows the K pairs) and `x` is read transposed as the left one,
 //!   straight into bf16.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::kernels::{contiguous_f32, Activation};
 use super::lowp::{self, Bf16Kernel, PackedBf16};
@@ -145,6 +145,82 @@ impl CustomOp2 for WeightGradOp {
         }
         let dst = dst.unwrap_or_default();
         Ok((CpuStorage::F32(dst), shape))
+    }
+}
+
+/// `x·Wᵀ` for `x: [.., in]` and `W: [out, in]` (PyTorch's layout, which the patch embedding
+/// keeps as its convolution's weight), `[.., out]`, with bf16 products and f32 accumulation in
+/// the forward pass and both gradients: `gᵀ·x` for `W` ([`WeightGradOp`] with the roles
+/// swapped), `g·W` for `x` when `x` is part of a graph.
+pub(crate) struct OutInLinearOp {
+    pub kernel: Bf16Kernel,
+}
+
+impl OutInLinearOp {
+    /// `(rows, in, out)` of the product, checking that the shapes fit.
+    fn dims(x: &Shape, w: &Shape) -> Result<(usize, usize, usize)> {
+        let (out_dim, in_dim) = w.dims2()?;
+        let x_in = x.dims().last().copied().unwrap_or(0);
+        if x.rank() < 2 || x_in != in_dim {
+            candle_core::bail!("bf16 linear: input {x:?} against weight [{out_dim}, {in_dim}]");
+        }
+        Ok((x.elem_count() / in_dim.max(1), in_dim, out_dim))
+    }
+}
+
+impl CustomOp2 for OutInLinearOp {
+    fn name(&self) -> &'static str {
+        "gclip-bf16-linear-out-in"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, in_dim, out_dim) = Self::dims(xl.shape(), wl.shape())?;
+        let x = contiguous_f32(xs, xl, "linear input")?;
+        let w = contiguous_f32(ws, wl, "linear weight")?;
+        let packed = PackedBf16::pack_out_in(w, in_dim, out_dim).map_err(kernel_error("linear"))?;
+        let dst = product(x, rows, &packed, self.kernel, "linear")?;
+        let mut dims = xl.shape().dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = out_dim;
+        }
+        Ok((CpuStorage::F32(dst), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (rows, in_dim, out_dim) = Self::dims(x.shape(), w.shape())?;
+        let g = grad.reshape((rows, out_dim))?;
+        let x_rows = x.reshape((rows, in_dim))?;
+        let grad_w = g.apply_op2_no_bwd(
+            &x_rows,
+            &WeightGradOp {
+                kernel: self.kernel,
+            },
+        )?;
+        let grad_x = if x.track_op() {
+            let op = InputGradOp {
+                kernel: self.kernel,
+            };
+            // `g·W` is `g·Mᵀ` for `M = Wᵀ`, the `[in, out]` weight InputGradOp reads.
+            Some(
+                g.apply_op2_no_bwd(&w.t()?.contiguous()?, &op)?
+                    .reshape(x.shape())?,
+            )
+        } else {
+            None
+        };
+        Ok((grad_x, Some(grad_w)))
     }
 }
 
@@ -282,5 +358,87 @@ mod tests {
                 assert_eq!(d > 0.0, i < 2, "{act:?}: gradient {i} differs by {d}");
             }
         }
+    }
+
+    /// The patch embedding's `x·Wᵀ` with `W: [out, in]`: output and both gradients equal exact
+    /// products of the bf16-rounded operands to f32 accumulation error, for every bf16 kernel
+    /// this CPU runs, with leading dimensions folded into rows; no input gradient for an input
+    /// outside the graph.
+    #[test]
+    fn out_in_products_equal_rounded_operands_forward_and_backward() {
+        use super::OutInLinearOp;
+        for kernel in Bf16Kernel::available() {
+            for (lead, in_dim, out_dim) in [([2, 7], 48, 20), ([1, 1], 3, 5), ([3, 700], 32, 24)] {
+                let rows = lead[0] * lead[1];
+                let x = test_tensor(&[lead[0], lead[1], in_dim], 11);
+                let w = test_tensor(&[out_dim, in_dim], 12);
+                let weights = test_tensor(&[lead[0], lead[1], out_dim], 13);
+                let (xv, wv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+                let out = xv
+                    .as_tensor()
+                    .apply_op2(wv.as_tensor(), OutInLinearOp { kernel })
+                    .unwrap();
+                assert_eq!(out.dims(), &[lead[0], lead[1], out_dim]);
+                let grads = (&out * &weights)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let flat = |t: &Tensor, cols: usize| t.reshape((rows, cols)).unwrap();
+                let (xr, wr, gr) = (
+                    flat(&rounded(&x), in_dim),
+                    rounded(&w),
+                    flat(&rounded(&weights), out_dim),
+                );
+                let case = format!("{kernel:?} {rows}x{in_dim}x{out_dim}");
+                let got_gx = grads.get(xv.as_tensor()).unwrap();
+                let got_gw = grads.get(wv.as_tensor()).unwrap();
+                for (what, got, want, tol) in [
+                    (
+                        "output",
+                        flat(&out, out_dim),
+                        xr.matmul(&wr.t().unwrap()).unwrap(),
+                        in_dim,
+                    ),
+                    (
+                        "input gradient",
+                        flat(got_gx, in_dim),
+                        gr.matmul(&wr).unwrap(),
+                        out_dim,
+                    ),
+                    (
+                        "weight gradient",
+                        got_gw.clone(),
+                        gr.t().unwrap().matmul(&xr).unwrap(),
+                        rows,
+                    ),
+                ] {
+                    let d = max_abs_diff(&got, &want);
+                    assert!(d <= 1e-5 * tol as f64, "{case}: {what} differs by {d}");
+                }
+                // An input outside the graph gets no gradient; the weight's is the same.
+                let out = x
+                    .apply_op2(wv.as_tensor(), OutInLinearOp { kernel })
+                    .unwrap();
+                let grads = (&out * &weights)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                assert!(grads.get(&x).is_none(), "{case}");
+                let d = max_abs_diff(grads.get(wv.as_tensor()).unwrap(), got_gw);
+                assert_eq!(d, 0.0, "{case}: weight gradient without the input's");
+            }
+        }
+        assert!(test_tensor(&[2, 3], 1)
+            .apply_op2(
+                &test_tensor(&[4, 5], 2),
+                OutInLinearOp {
+                    kernel: Bf16Kernel::best()
+                }
+            )
+            .is_err());
     }
 }

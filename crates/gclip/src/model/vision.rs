@@ -5,8 +5,9 @@ use candle_core::{Result, Tensor, D};
 use super::config::VisionConfig;
 use super::kernels::fusable;
 use super::layers::{LayerNorm, Linear, StackShape, Transformer};
+use super::mixed::OutInLinearOp;
 use super::outin::{OutInKernel, OutInMatmulOp, OUT_IN_MAX_ROWS};
-use super::precision::{KernelChoice, Precision};
+use super::precision::{DenseProducts, KernelChoice, Precision};
 use super::weights::Weights;
 use super::ModelError;
 
@@ -21,6 +22,10 @@ pub struct VisionTower {
     /// PyTorch's bf16 autocast runs the convolution): its f32 gemm was 8-10 % of those towers'
     /// time. `None` in fp32.
     pub patch_embed_packed: Option<Linear>,
+    /// How the dense patch embedding multiplies: f32, or bf16 products with f32 accumulation
+    /// for mixed-precision training, as the blocks' linear layers (see
+    /// [`super::Clip::set_dense_products`]).
+    pub patch_embed_products: DenseProducts,
     pub class_embedding: Tensor,
     pub position_embedding: Tensor,
     pub ln_pre: LayerNorm,
@@ -44,6 +49,7 @@ impl VisionTower {
         Ok(Self {
             patch_embed_packed: packed_patch_embed(&patch, precision, kernels)?,
             patch_embed: patch,
+            patch_embed_products: DenseProducts::F32,
             class_embedding: w.get("vision.class_embedding", &[c.width])?,
             position_embedding: w.get("vision.position_embedding", &[c.tokens(), c.width])?,
             ln_pre: LayerNorm::load(w, "vision.ln_pre", c.width, c.layer_norm_eps)?,
@@ -105,6 +111,8 @@ impl VisionTower {
         // For one image the weight read in place beats a gemm that repacks all of it per call.
         let tokens = if let Some(packed) = &self.patch_embed_packed {
             packed.forward(&patches)?
+        } else if let DenseProducts::Bf16(kernel) = self.patch_embed_products {
+            patches.apply_op2(&self.patch_embed, OutInLinearOp { kernel })?
         } else if !self.patch_embed.track_op()
             && fusable(&patches)
             && fusable(&self.patch_embed)
