@@ -478,30 +478,52 @@ fn pack_a_bf16(
 fn pack_a_bf16_columns(
     x: &[f32],
     k: usize,
+    act: Option<Activation>,
     lda: usize,
     fmt: AFormat,
     out: &mut [u32],
     threads: usize,
 ) {
     const BAND: usize = 16;
+    thread_local! {
+        /// A band's columns, then their activations: `k × BAND` values each.
+        static ACTIVATED: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+            const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    }
     if lda == 0 {
         return;
     }
     let rows = out.len() / lda;
     let bands: Vec<&mut [u32]> = out.chunks_mut(BAND * lda).collect();
     let workers = threads.min(bands.len()).max(1);
+    let pack = |x: &[f32], rows: usize, r0: usize, words: &mut [u32]| match fmt {
+        #[cfg(target_arch = "x86_64")]
+        AFormat::Bf16 => {
+            // SAFETY: this layout is only chosen for the Avx512Bf16 and AMX kernels, after
+            // their CPU features (avx512_bf16 among them) were detected; `x` holds `k` rows of
+            // `rows` values and `words` whole rows of `lda >= k.div_ceil(2)` words.
+            unsafe { x86::pack_columns_bf16(x, k, rows, r0, words, lda) }
+        }
+        _ => pack_columns_f32pair(x, k, rows, r0, words, lda),
+    };
     on_chunks(bands, workers, |band, words| {
         let r0 = band * BAND;
-        match fmt {
-            #[cfg(target_arch = "x86_64")]
-            AFormat::Bf16 => {
-                // SAFETY: this layout is only chosen for the Avx512Bf16 and AMX kernels, after
-                // their CPU features (avx512_bf16 among them) were detected; `x` holds `k`
-                // rows of `rows` values and `words` whole rows of `lda >= k.div_ceil(2)` words.
-                unsafe { x86::pack_columns_bf16(x, k, rows, r0, words, lda) }
+        let Some(act) = act else {
+            return pack(x, rows, r0, words);
+        };
+        // The band's columns side by side (`k × n`, a few cache lines per row of `x`), through
+        // the activation in one call, then packed from there: the activated matrix is never
+        // made whole.
+        let n = words.len() / lda;
+        ACTIVATED.with_borrow_mut(|(columns, activated)| {
+            columns.clear();
+            for row in x.chunks_exact(rows).take(k) {
+                columns.extend_from_slice(&row[r0..r0 + n]);
             }
-            _ => pack_columns_f32pair(x, k, rows, r0, words, lda),
-        }
+            activated.resize(columns.len(), 0.0);
+            act_row(columns, activated, act);
+            pack(activated, n, 0, words);
+        });
     });
 }
 
@@ -1019,22 +1041,24 @@ pub fn linear_bf16_fused(
     })
 }
 
-/// `xᵀ·W (+ residual)` for a row-major `x: [K, rows]` (`K = w.in_dim`), into a new
+/// `act(x)ᵀ·W (+ residual)` for a row-major `x: [K, rows]` (`K = w.in_dim`), into a new
 /// `rows × out_dim` vector: a weight gradient's product over a batch's rows, whose left-hand
-/// side is the batch's inputs transposed, plus the sum of the batch's earlier rows as the
-/// residual. The transpose is taken as the values are rounded to bf16 and is never made in
-/// f32. Equals [`linear_bf16_fused`] of the transposed `x` with that residual, bit for bit.
+/// side is the batch's inputs transposed (activated, for the layer after an MLP's activation),
+/// plus the sum of the batch's earlier rows as the residual. The transpose (and activation) is
+/// taken as the values are rounded to bf16 and is never made whole in f32. Equals
+/// [`linear_bf16_fused`] of the transposed `x` with that activation and residual, bit for bit.
 pub fn transposed_product_bf16(
     x: &[f32],
     rows: usize,
     w: &PackedBf16,
-    residual: Option<&[f32]>,
+    fused: Fused,
     kernel: Bf16Kernel,
     threads: usize,
 ) -> Result<Vec<f32>, String> {
+    let residual = fused.residual;
     new_output(rows, w.out_dim, |dst| {
         bf16_into(
-            Lhs::Columns(x),
+            Lhs::Columns(x, fused.act),
             rows,
             residual,
             w,
@@ -1051,8 +1075,9 @@ pub fn transposed_product_bf16(
 enum Lhs<'a> {
     /// Row-major `[rows, K]`, each row passed through the activation first when there is one.
     Rows(&'a [f32], Option<Activation>),
-    /// Row-major `[K, rows]`, read transposed.
-    Columns(&'a [f32]),
+    /// Row-major `[K, rows]`, read transposed, each value passed through the activation first
+    /// when there is one.
+    Columns(&'a [f32], Option<Activation>),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1066,7 +1091,7 @@ fn bf16_into(
     kernel: Bf16Kernel,
     threads: usize,
 ) -> Result<(), String> {
-    let (Lhs::Rows(x, _) | Lhs::Columns(x)) = lhs;
+    let (Lhs::Rows(x, _) | Lhs::Columns(x, _)) = lhs;
     check_common(x, rows, w.in_dim, w.out_dim, bias, dst.len())?;
     check_residual(residual, dst.len())?;
     if !kernel.is_available() {
@@ -1106,7 +1131,7 @@ fn bf16_into(
         let (used, padding) = a.split_at_mut(rows * lda);
         match lhs {
             Lhs::Rows(x, act) => pack_a_bf16(x, w.in_dim, act, lda, fmt, used, threads),
-            Lhs::Columns(x) => pack_a_bf16_columns(x, w.in_dim, lda, fmt, used, threads),
+            Lhs::Columns(x, act) => pack_a_bf16_columns(x, w.in_dim, act, lda, fmt, used, threads),
         }
         padding.fill(0);
         let g = Gemm {

@@ -91,10 +91,12 @@ impl CustomOp2 for InputGradOp {
 /// Rows of `x` and `g` per product of the weight gradient (see [`WeightGradOp`]).
 const WEIGHT_GRAD_ROWS: usize = 1024;
 
-/// `xᵀ·g` (a [`CustomOp2`] of `x: [rows, in]` and `g: [rows, out]`), `[in, out]`: the
-/// gradient of a linear layer's weight, summed over the rows in f32.
+/// `act(x)ᵀ·g` (a [`CustomOp2`] of `x: [rows, in]` and `g: [rows, out]`), `[in, out]`: the
+/// gradient of a linear layer's weight, summed over the rows in f32; `x` is passed through
+/// `input_activation` first when the layer applies one to its input.
 pub(crate) struct WeightGradOp {
     pub kernel: Bf16Kernel,
+    pub input_activation: Option<Activation>,
 }
 
 impl CustomOp2 for WeightGradOp {
@@ -132,11 +134,15 @@ impl CustomOp2 for WeightGradOp {
             let packed = PackedBf16::pack_in_out(g_slice, len, out_dim)
                 .map_err(kernel_error("weight gradient"))?;
             let x_slice = &x[start * in_dim..(start + len) * in_dim];
+            let fused = lowp::Fused {
+                act: self.input_activation,
+                residual: dst.as_deref(),
+            };
             let sum = lowp::transposed_product_bf16(
                 x_slice,
                 in_dim,
                 &packed,
-                dst.as_deref(),
+                fused,
                 self.kernel,
                 threads(),
             )
@@ -206,6 +212,7 @@ impl CustomOp2 for OutInLinearOp {
             &x_rows,
             &WeightGradOp {
                 kernel: self.kernel,
+                input_activation: None,
             },
         )?;
         let grad_x = if x.track_op() {

@@ -171,23 +171,33 @@ impl LinearOp {
                 .contiguous()?
                 .apply_op2_no_bwd(&w.contiguous()?, &mixed::InputGradOp { kernel })?,
         };
-        let (input, grad_x) = match self.input_activation {
-            None => (x2, grad_in),
-            Some(act) => {
-                let x2 = x2.contiguous()?;
-                let grad_x = x2.apply_op2_no_bwd(&grad_in, &ActivationGradOp { act })?;
-                (activate(&x2, act)?, grad_x)
-            }
+        let act = self.input_activation;
+        let grad_x = match act {
+            None => grad_in,
+            Some(act) => x2
+                .contiguous()?
+                .apply_op2_no_bwd(&grad_in, &ActivationGradOp { act })?,
         };
         let grad_x = grad_x.reshape(x.shape())?;
         if !param_grads {
             return Ok((grad_x, None));
         }
         let grad_w = match self.products {
-            DenseProducts::F32 => input.t()?.matmul(&g2)?,
-            DenseProducts::Bf16(kernel) => input
-                .contiguous()?
-                .apply_op2_no_bwd(&g2.contiguous()?, &mixed::WeightGradOp { kernel })?,
+            DenseProducts::F32 => {
+                let input = match act {
+                    None => x2,
+                    Some(act) => activate(&x2.contiguous()?, act)?,
+                };
+                input.t()?.matmul(&g2)?
+            }
+            // The bf16 product activates the input as it reads it.
+            DenseProducts::Bf16(kernel) => x2.contiguous()?.apply_op2_no_bwd(
+                &g2.contiguous()?,
+                &mixed::WeightGradOp {
+                    kernel,
+                    input_activation: act,
+                },
+            )?,
         };
         let grad_b = g2.contiguous()?.apply_op1_no_bwd(&ColumnSumOp)?;
         Ok((grad_x, Some((grad_w, grad_b))))

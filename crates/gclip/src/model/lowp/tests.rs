@@ -127,16 +127,18 @@ fn transposed_products_equal_products_of_the_transpose() {
             let x_t = crate::model::kernels::transpose_f32(&x, k, rows);
             let earlier = rng.vec(rows * n, 10.0);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let cases = [
+                (None, None),
+                (Some(&earlier[..]), Some(Activation::QuickGelu)),
+                (None, Some(Activation::Gelu)),
+            ];
             for threads in [1, 2] {
-                for residual in [None, Some(&earlier[..])] {
-                    let fused = Fused {
-                        act: None,
-                        residual,
-                    };
+                for (residual, act) in cases {
+                    let fused = Fused { act, residual };
                     let want =
                         linear_bf16_fused(&x_t, rows, &w, &[], fused, kernel, threads).unwrap();
                     let got =
-                        transposed_product_bf16(&x, rows, &w, residual, kernel, threads).unwrap();
+                        transposed_product_bf16(&x, rows, &w, fused, kernel, threads).unwrap();
                     let with = if residual.is_some() {
                         " + residual"
                     } else {
@@ -145,14 +147,15 @@ fn transposed_products_equal_products_of_the_transpose() {
                     assert_eq!(
                         bits(&got),
                         bits(&want),
-                        "{kernel:?} {rows}x{k}x{n} t{threads}{with}"
+                        "{kernel:?} {rows}x{k}x{n} t{threads}{with} {act:?}"
                     );
                 }
             }
         }
     }
     let w = pack_bf16(&[0.0; 6], 2, 3).unwrap();
-    let e = transposed_product_bf16(&[0.0; 5], 2, &w, None, Bf16Kernel::Portable, 1).unwrap_err();
+    let e = transposed_product_bf16(&[0.0; 5], 2, &w, Fused::default(), Bf16Kernel::Portable, 1)
+        .unwrap_err();
     assert!(e.contains("5 values"), "{e}");
 }
 
