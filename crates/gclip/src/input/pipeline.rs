@@ -69,6 +69,12 @@ impl InputPipeline {
         self.tokenizer.as_ref().map_err(String::as_str)
     }
 
+    /// The tokenizer (or why the model has none) and the image preprocessing, taken apart: a
+    /// trainer's data loader and its evaluation keep them.
+    pub fn into_parts(self) -> (Result<ClipTokenizer, String>, Preprocessor) {
+        (self.tokenizer, self.preprocessor)
+    }
+
     /// The image preprocessing.
     pub fn preprocessor(&self) -> &Preprocessor {
         &self.preprocessor

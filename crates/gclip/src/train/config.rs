@@ -27,6 +27,7 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device};
 
@@ -360,7 +361,7 @@ pub struct Session {
     pub loader: Loader,
     pub eval_data: Option<Dataset>,
     pub eval_corpus: Option<Dataset>,
-    pub tokenizer: ClipTokenizer,
+    pub tokenizer: Arc<ClipTokenizer>,
     pub preprocess: PreprocessConfig,
     pub convention: Convention,
     /// The model directory of a fine-tuned source (for its tokenizer files at export).
@@ -397,20 +398,12 @@ pub fn prepare(cfg: TrainConfig, resume: Option<&Path>) -> Result<Session, Train
         clip.config.vision.image_size,
     )
     .map_err(|e| TrainError::Config(e.to_string()))?;
-    pipeline
-        .tokenizer()
-        .map_err(|e| TrainError::Config(format!("the model has no tokenizer: {e}")))?;
-    let ctx = clip.config.text.context_length;
-    let make_tokenizer = || -> Result<ClipTokenizer, TrainError> {
-        let t = match (convention, source_dir.as_deref()) {
-            (Convention::Transformers, Some(dir)) => ClipTokenizer::from_hf_dir(dir),
-            _ => ClipTokenizer::open_clip_default(),
-        };
-        Ok(t.map_err(|e| TrainError::Config(e.to_string()))?
-            .with_context_length(ctx))
-    };
-    let tokenizer = make_tokenizer()?;
-    let preprocess = pipeline.preprocessor().config().clone();
+    let (tokenizer, preprocessor) = pipeline.into_parts();
+    // One tokenizer for the loader and the evaluation: the vocabulary is read once.
+    let tokenizer = Arc::new(
+        tokenizer.map_err(|e| TrainError::Config(format!("the model has no tokenizer: {e}")))?,
+    );
+    let preprocess = preprocessor.config().clone();
     let data_section = cfg
         .data
         .as_ref()
@@ -443,7 +436,7 @@ pub fn prepare(cfg: TrainConfig, resume: Option<&Path>) -> Result<Session, Train
     let loader = Loader::new(
         dataset,
         &options.objective,
-        make_tokenizer()?,
+        Arc::clone(&tokenizer),
         LoaderConfig {
             batch_size: cfg.train.batch_size,
             seed: cfg.train.seed,

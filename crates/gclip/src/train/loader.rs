@@ -58,7 +58,7 @@ struct Shared {
     data: Dataset,
     weights: Vec<f32>,
     spec: GclSpec,
-    tokenizer: ClipTokenizer,
+    tokenizer: Arc<ClipTokenizer>,
     cfg: LoaderConfig,
     /// Loads full images without resizing (the crop comes after).
     raw: Preprocessor,
@@ -80,7 +80,7 @@ impl Loader {
     pub fn new(
         data: Dataset,
         spec: &GclSpec,
-        tokenizer: ClipTokenizer,
+        tokenizer: Arc<ClipTokenizer>,
         cfg: LoaderConfig,
     ) -> Result<Self, TrainError> {
         if cfg.batch_size < 2 {
@@ -483,7 +483,7 @@ mod tests {
         Loader::new(
             data,
             spec,
-            tok,
+            Arc::new(tok),
             LoaderConfig {
                 batch_size: 4,
                 seed: 9,
@@ -556,7 +556,7 @@ mod tests {
             augment: None,
             preprocess: PreprocessConfig::open_clip(24),
         };
-        (Loader::new(data, &spec, tok, cfg), d)
+        (Loader::new(data, &spec, Arc::new(tok), cfg), d)
     }
 
     fn repeats(keys: &[u64]) -> usize {
