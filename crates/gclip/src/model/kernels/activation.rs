@@ -1,7 +1,7 @@
 //! GELU and QuickGELU, forward and gradient, row by row; the activation op that the backward
 //! pass of a linear layer taking it as input recomputes.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, InplaceOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::math::{erf_f32, exp_f32};
@@ -44,11 +44,11 @@ fn act_row_generic(src: &[f32], dst: &mut [f32], act: Activation) {
 }
 simd_dispatch!(pub(crate) fn act_row(src: &[f32], dst: &mut [f32], act: Activation) = act_row_generic);
 
-/// One row of the activation gradient: `dz = g ∘ act′(z)`.
+/// One row of the activation gradient in place of the output gradient: `g ← g ∘ act′(z)`.
 #[inline(always)]
-fn act_grad_row_generic(z: &[f32], g: &[f32], act: Activation, dz: &mut [f32]) {
+fn act_grad_row_generic(z: &[f32], g: &mut [f32], act: Activation) {
     let width = z.len();
-    let (g, dz) = (&g[..width], &mut dz[..width]);
+    let g = &mut g[..width];
     match act {
         Activation::Gelu => {
             // d/dz [z·Φ(z)] = Φ(z) + z·φ(z)
@@ -56,19 +56,19 @@ fn act_grad_row_generic(z: &[f32], g: &[f32], act: Activation, dz: &mut [f32]) {
             for j in 0..width {
                 let cdf = 0.5 * (1.0 + erf_f32(z[j] * std::f32::consts::FRAC_1_SQRT_2));
                 let pdf = INV_SQRT_2PI * exp_f32(-0.5 * z[j] * z[j]);
-                dz[j] = g[j] * (cdf + z[j] * pdf);
+                g[j] *= cdf + z[j] * pdf;
             }
         }
         Activation::QuickGelu => {
             // d/dz [z·σ(az)] = σ(az) + a·z·σ(az)·(1 − σ(az))
             for j in 0..width {
                 let s = 1.0 / (1.0 + exp_f32(-1.702 * z[j]));
-                dz[j] = g[j] * (s + 1.702 * z[j] * s * (1.0 - s));
+                g[j] *= s + 1.702 * z[j] * s * (1.0 - s);
             }
         }
     }
 }
-simd_dispatch!(fn act_grad_row(z: &[f32], g: &[f32], act: Activation, dz: &mut [f32]) = act_grad_row_generic);
+simd_dispatch!(fn act_grad_row(z: &[f32], g: &mut [f32], act: Activation) = act_grad_row_generic);
 
 /// `act(z)` over contiguous rows, in parallel.
 pub(super) fn activate_rows(z: &[f32], width: usize, act: Activation) -> Vec<f32> {
@@ -100,25 +100,25 @@ impl CustomOp1 for ActivationOp {
     }
 }
 
-/// `grad ∘ act′(z)` given `(z, grad)`, without a graph.
-pub(super) struct ActivationGradOp {
+/// `grad ← grad ∘ act′(z)`, in place of the gradient (the output gradient of a layer whose
+/// input is activated, which nothing else reads), given `z`; without a graph.
+pub(super) struct ActivationGradInPlace {
     pub(super) act: Activation,
 }
 
-impl CustomOp2 for ActivationGradOp {
+impl InplaceOp2 for ActivationGradInPlace {
     fn name(&self) -> &'static str {
         "gclip-activation-backward"
     }
 
     fn cpu_fwd(
         &self,
+        gs: &mut CpuStorage,
+        gl: &Layout,
         zs: &CpuStorage,
         zl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    ) -> Result<()> {
         let z = contiguous_f32(zs, zl, "activation backward input")?;
-        let g = contiguous_f32(gs, gl, "activation backward gradient")?;
         if zl.shape() != gl.shape() {
             candle_core::bail!(
                 "activation backward: input {:?} and gradient {:?} differ",
@@ -126,14 +126,17 @@ impl CustomOp2 for ActivationGradOp {
                 gl.shape()
             );
         }
+        let (CpuStorage::F32(g), Some((start, end))) = (gs, gl.contiguous_offsets()) else {
+            candle_core::bail!("activation backward: the gradient must be contiguous f32");
+        };
         let width = zl.shape().dims().last().copied().unwrap_or(0).max(1);
-        let mut dz = vec![0f32; z.len()];
         let act = self.act;
-        dz.par_chunks_mut(width)
-            .zip(z.par_chunks(width).zip(g.par_chunks(width)))
+        g[start..end]
+            .par_chunks_mut(width)
+            .zip(z.par_chunks(width))
             .with_min_len(8)
-            .for_each(|(d, (zr, gr))| act_grad_row(zr, gr, act, d));
-        Ok((CpuStorage::F32(dz), zl.shape().clone()))
+            .for_each(|(g, z)| act_grad_row(z, g, act));
+        Ok(())
     }
 }
 

@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::activation::{activate, activate_rows, Activation, ActivationGradOp};
+use super::activation::{activate, activate_rows, Activation, ActivationGradInPlace};
 use super::rows::ColumnSumOp;
 use super::{contiguous_f32, matmul_parallelism};
 use crate::model::mixed;
@@ -174,9 +174,13 @@ impl LinearOp {
         let act = self.input_activation;
         let grad_x = match act {
             None => grad_in,
-            Some(act) => x2
-                .contiguous()?
-                .apply_op2_no_bwd(&grad_in, &ActivationGradOp { act })?,
+            Some(act) => {
+                // `grad_in` is this function's own new tensor: the gradient through the
+                // activation overwrites it.
+                let grad_in = grad_in.contiguous()?;
+                grad_in.inplace_op2(&x2.contiguous()?, &ActivationGradInPlace { act })?;
+                grad_in
+            }
         };
         let grad_x = grad_x.reshape(x.shape())?;
         if !param_grads {
