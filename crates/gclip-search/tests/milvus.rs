@@ -1056,16 +1056,22 @@ fn forge_row(
     .into_iter()
     .chain(typed)
     .collect();
+    with_client(server, |client| async move {
+        client.insert(collection, columns, None).await.unwrap();
+    });
+}
+
+/// Runs `f` to completion with a client of its own on the server, as another tool would.
+fn with_client<T, F: std::future::Future<Output = T>>(
+    server: &Server,
+    f: impl FnOnce(milvus::client::Client) -> F,
+) -> T {
     let endpoint = format!("http://127.0.0.1:{}", server.port);
-    let collection = collection.to_string();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(async move {
-            let client = milvus::client::Client::new(endpoint).await.unwrap();
-            client.insert(collection, columns, None).await.unwrap();
-        });
+        .block_on(async move { f(milvus::client::Client::new(endpoint).await.unwrap()).await })
 }
 
 /// `document(i)` with the fields a shop declares as scalar fields: `brand` (a string; some
@@ -1122,6 +1128,17 @@ fn scalar_fields_answer_as_the_embedded_backend() {
     assert_eq!(keyed.partition_key(), Some("brand"));
     assert_eq!(keyed.partitions().unwrap(), 16);
     assert_eq!(keyed.scalar_fields().len(), 3);
+    // Each string and number field has Milvus' index for its type.
+    let indexes = scalar_indexes(&server, "shop");
+    assert_eq!(
+        indexes,
+        [
+            ("brand".to_string(), "Trie".to_string()),
+            ("rating".into(), "STL_SORT".into()),
+            ("stock".into(), "STL_SORT".into())
+        ],
+        "{indexes:?}"
+    );
 
     let dir = scratch("scalar-embedded");
     let embedded = SqliteStore::create(&dir, info.clone(), StoreOptions::default()).unwrap();
@@ -1306,6 +1323,10 @@ fn scalar_fields_answer_as_the_embedded_backend() {
         .unwrap();
     assert_eq!(ids(&hits), ["d008"]);
     drop((shop, keyed));
+    // Sealed and indexed, then loaded again by opening: the searches below read the scalar
+    // indexes, not only growing segments.
+    seal_and_index(&server, "shop");
+    seal_and_index(&server, "shop_keyed");
 
     // Reopened without the options: the declarations come from the collections.
     let shop = MilvusStore::open(&a, MilvusOptions::default()).unwrap();
@@ -1402,6 +1423,12 @@ fn scalar_fields_answer_as_the_embedded_backend() {
             .contains(&format!("scalar fields {declared} (filters on them read")),
         "{report}"
     );
+    assert!(
+        report
+            .to_string()
+            .contains("scalar field indexes: brand Trie, rating STL_SORT, stock STL_SORT"),
+        "{report}"
+    );
     forge_row(
         &server,
         "shop",
@@ -1436,4 +1463,54 @@ fn scalar_fields_answer_as_the_embedded_backend() {
         "{report}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The index type of each indexed field of a collection but the vector, by field name, as the
+/// server describes them (through a client of its own).
+fn scalar_indexes(server: &Server, collection: &str) -> Vec<(String, String)> {
+    let collection = collection.to_string();
+    with_client(server, |client| async move {
+        // Milvus 2.3 describes every index of the collection, whatever field is named.
+        let indexes = client
+            .describe_index(collection, "vector".to_string())
+            .await
+            .unwrap();
+        let mut out: Vec<(String, String)> = indexes
+            .iter()
+            .filter(|i| i.field_name() != "vector")
+            .map(|i| {
+                let kind = i.params().index_type().to_string();
+                (i.field_name().to_string(), kind)
+            })
+            .collect();
+        out.sort();
+        out
+    })
+}
+
+/// Seals a collection's segments (flush), waits until Milvus has built every index over them,
+/// and releases the collection, so that the next open loads the sealed, indexed segments.
+fn seal_and_index(server: &Server, collection: &str) {
+    use milvus::proto::common::IndexState;
+    let collection = collection.to_string();
+    with_client(server, |client| async move {
+        client.flush(collection.clone()).await.unwrap();
+        let start = Instant::now();
+        loop {
+            let indexes = client
+                .describe_index(collection.clone(), "vector".to_string())
+                .await
+                .unwrap();
+            if indexes.iter().all(|i| i.state() == IndexState::Finished) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "{collection}: indexes not built: {:?}",
+                indexes.iter().map(|i| i.state()).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        client.release_collection(collection).await.unwrap();
+    })
 }

@@ -95,7 +95,19 @@ impl MilvusStore {
             Err(e) if e.to_string().contains("index not found") => Vec::new(),
             Err(e) => return Err(e),
         };
-        let Some(index) = indexes.first() else {
+        // Milvus 2.3 describes every index of the collection (the scalar fields' too).
+        let mut scalar: Vec<String> = indexes
+            .iter()
+            .filter(|i| i.field_name() != VECTOR_FIELD)
+            .map(|i| format!("{} {}", i.field_name(), i.params().index_type()))
+            .collect();
+        scalar.sort();
+        if !scalar.is_empty() {
+            report
+                .notes
+                .push(format!("scalar field indexes: {}", scalar.join(", ")));
+        }
+        let Some(index) = indexes.iter().find(|i| i.field_name() == VECTOR_FIELD) else {
             report.problems.push(Problem {
                 component: Component::Hnsw,
                 message: "the vector field has no index (gclip creates HNSW with the inner \

@@ -11,7 +11,7 @@
 //! | `fields` | JSON | the document's fields |
 //! | `source` | JSON | the file it was indexed from (`{}` when none) |
 //! | the tenant field, when declared | VARCHAR partition key (at most [`MAX_TENANT_BYTES`]) | a copy of the document's field of that name ([`MilvusOptions::partition_key`]) |
-//! | each declared scalar field | VARCHAR, INT64, DOUBLE or BOOL | a copy of the document's field of that name ([`MilvusOptions::scalar_fields`]) |
+//! | each declared scalar field | VARCHAR (`Trie` index), INT64, DOUBLE (`STL_SORT`) or BOOL | a copy of the document's field of that name ([`MilvusOptions::scalar_fields`]) |
 //!
 //! The collection's description holds [`DESCRIPTION_PREFIX`] and the [`CollectionInfo`] (model,
 //! embedding spec) as JSON; opening reads it back, so the same model guard applies as for a
@@ -855,6 +855,25 @@ impl MilvusStore {
             )
             .await
         })?;
+        // Milvus 2.3's scalar indexes: sorted for numbers, a trie for strings; none for
+        // booleans (a scan of a BOOL column is as cheap).
+        for f in scalar_fields {
+            let kind = match f.ty {
+                ScalarType::String(_) => IndexType::Trie,
+                ScalarType::Int | ScalarType::Float => IndexType::StlSort,
+                ScalarType::Bool => continue,
+            };
+            let (n, field) = (name.clone(), f.name.clone());
+            conn.call(
+                &format!("creating the {kind} index of the scalar field {field}"),
+                move |c| async move {
+                    let index = format!("{field}_{kind}").to_ascii_lowercase();
+                    let params =
+                        IndexParams::new(index, kind, MetricType::INVALID, Default::default());
+                    c.create_index(n, field, params).await
+                },
+            )?;
+        }
         Self::open_with(conn)
     }
 
