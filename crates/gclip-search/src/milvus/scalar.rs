@@ -131,8 +131,10 @@ pub(crate) fn check_field_name(name: &str, what: &str) -> Result<(), String> {
 
 /// Reads a declaration: `name:type` entries separated by commas, types `string` (at most
 /// [`DEFAULT_STRING_BYTES`] bytes), `string(N)` (N from 1 to [`MAX_STRING_BYTES`]), `int`,
-/// `float` and `bool`; at most [`MAX_SCALAR_FIELDS`] fields, names as [`check_field_name`]
-/// says, each once (in any case). Blank is no field.
+/// `float` and `bool`; at most [`MAX_SCALAR_FIELDS`] fields, names as for a partition key
+/// ([`super::check_partition_key_name`]: 1 to [`super::MAX_PARTITION_KEY_NAME`] ASCII
+/// letters, digits and `_`, not starting with a digit, neither gclip's own fields nor words of
+/// Milvus' expression language), each once (in any case). Blank is no field.
 pub fn parse_scalar_fields(spec: &str) -> Result<Vec<ScalarField>, String> {
     let mut out: Vec<ScalarField> = Vec::new();
     if spec.trim().is_empty() {
