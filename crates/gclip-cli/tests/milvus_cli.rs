@@ -257,11 +257,12 @@ fn tenants_through_the_command_line() {
     std::fs::create_dir_all(&dir).unwrap();
     let docs = dir.join("docs.jsonl");
     let lines = [
-        serde_json::json!({"id": "a1", "title": "a photo of a cat", "tenant": "acme"}),
-        serde_json::json!({"id": "g1", "title": "a photo of a cat", "tenant": "globex"}),
-        serde_json::json!({"id": "a2", "title": "a red car", "tenant": "acme"}),
-        serde_json::json!({"id": "n1", "title": "soup"}),
-        serde_json::json!({"id": "n2", "title": "soup", "tenant": 7}),
+        serde_json::json!({"id": "a1", "title": "a photo of a cat", "tenant": "acme", "stock": 3}),
+        serde_json::json!({"id": "g1", "title": "a photo of a cat", "tenant": "globex", "stock": 5}),
+        serde_json::json!({"id": "a2", "title": "a red car", "tenant": "acme", "stock": 9}),
+        serde_json::json!({"id": "n1", "title": "soup", "stock": 1}),
+        serde_json::json!({"id": "n2", "title": "soup", "tenant": 7, "stock": 1}),
+        serde_json::json!({"id": "s1", "title": "soup", "tenant": "acme", "stock": "many"}),
     ];
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(&docs, text).unwrap();
@@ -274,6 +275,22 @@ fn tenants_through_the_command_line() {
     let e = said(&bad);
     assert!(!bad.status.success(), "{e}");
     assert!(e.contains(r#"GCLIP_MILVUS_PARTITION_KEY="ten-ant""#), "{e}");
+    // So are partitions and scalar fields out of bounds, naming the variable.
+    let key = ("GCLIP_MILVUS_PARTITION_KEY", "tenant");
+    for (vars, says) in [
+        (
+            [key, ("GCLIP_MILVUS_PARTITIONS", "5000")],
+            "GCLIP_MILVUS_PARTITIONS=\"5000\": give a whole number from 1 to 4096",
+        ),
+        (
+            [key, ("GCLIP_MILVUS_SCALAR_FIELDS", "stock:integer")],
+            "GCLIP_MILVUS_SCALAR_FIELDS: stock: unknown type \"integer\"",
+        ),
+    ] {
+        let bad = add(&with_token, &vars);
+        let e = said(&bad);
+        assert!(!bad.status.success() && e.contains(says), "{e}");
+    }
     let check = gclip(&["check", &with_token]);
     assert!(
         !check.status.success(),
@@ -281,14 +298,26 @@ fn tenants_through_the_command_line() {
         said(&check)
     );
 
-    let out = add(&with_token, &[("GCLIP_MILVUS_PARTITION_KEY", "tenant")]);
+    let out = add(
+        &with_token,
+        &[
+            key,
+            ("GCLIP_MILVUS_PARTITIONS", "8"),
+            ("GCLIP_MILVUS_SCALAR_FIELDS", "stock:int"),
+        ],
+    );
     let e = said(&out);
-    assert!(!out.status.success(), "two documents failed: {e}");
+    assert!(!out.status.success(), "three documents failed: {e}");
     assert!(e.contains("3 written"), "{e}");
     assert!(e.contains(r#"document "n1" has no field "tenant""#), "{e}");
     assert!(e.contains(r#"document "n2": field "tenant""#), "{e}");
     assert!(e.contains("is 7, not a string"), "{e}");
-    assert!(e.contains("2 inputs failed"), "{e}");
+    assert!(
+        e.contains(r#"document "s1": field "stock" (a scalar field stock:int of"#)
+            && e.contains(r#"is "many", not a whole number"#),
+        "{e}"
+    );
+    assert!(e.contains("3 inputs failed"), "{e}");
 
     let search = |filter: &str| -> Vec<String> {
         let out = gclip(&[
@@ -309,12 +338,17 @@ fn tenants_through_the_command_line() {
     assert_eq!(search("tenant = acme"), ["a1", "a2"]);
     assert_eq!(search("tenant = globex"), ["g1"]);
     assert_eq!(search("tenant = initech"), Vec::<String>::new());
+    assert_eq!(search("tenant = acme AND stock > 4.5"), ["a2"]);
 
     // The key is the collection's: check names it, with no variable set.
     let check = gclip(&["check", &with_token]);
     let report = said(&check);
     assert!(check.status.success(), "{report}");
-    assert!(report.contains("partition key `tenant`"), "{report}");
+    assert!(
+        report.contains("partition key `tenant` (tenants), 8 partitions"),
+        "{report}"
+    );
+    assert!(report.contains("scalar fields stock:int"), "{report}");
     assert!(
         report.contains(&format!("collection {address}: 3 documents")),
         "{report}"

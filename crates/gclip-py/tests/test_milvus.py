@@ -208,3 +208,50 @@ def test_tenants_by_partition_key_from_python(server, monkeypatch):
         c.add([{"id": "x3", "title": "soup"}])
     assert len(c) == 6
     c.close()
+
+
+def test_scalar_fields_and_partitions_from_python(server, tmp_path, monkeypatch):
+    address = f"milvus://127.0.0.1:{server}/py_scalar"
+    settings = {
+        "GCLIP_MILVUS_PARTITION_KEY": "tenant",
+        "GCLIP_MILVUS_PARTITIONS": "4",
+        "GCLIP_MILVUS_SCALAR_FIELDS": "price:int",
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    c = gclip.Collection.create(address, OC_MODEL, arch=OC_ARCH, embed="title")
+    for name in settings:
+        monkeypatch.delenv(name)
+    local = gclip.Collection.create(tmp_path / "local", OC_MODEL, arch=OC_ARCH, embed="title")
+    docs = _documents()
+    for coll in (c, local):
+        report = coll.add(docs, batch_size=5)
+        assert report["written"] == len(docs) and report["failed"] == []
+    # Filters on the declared field read its INT64 field, with the directory's answers.
+    for f in ["price < 10.5", "price = 7 AND tenant = acme", "price >= 14 OR tags:even",
+              "NOT price = '14'"]:
+        for limit, offset in [(5, 0), (4, 3)]:
+            got = c.search("a photo of a cat", filter=f, limit=limit, offset=offset, exact=True)
+            want = local.search("a photo of a cat", filter=f, limit=limit, offset=offset, exact=True)
+            assert want or offset, f
+            _same_hits(got, want, (f, limit, offset))
+    # A document whose declared field has another type is refused alone, naming it.
+    report = c.add([{"id": "x1", "title": "soup", "tenant": "acme", "price": 2.5},
+                    {"id": "x2", "title": "soup", "tenant": "acme", "price": 3}], errors="ignore")
+    assert report["written"] == 1
+    failed = dict(report["failed"])
+    assert 'document "x1": field "price"' in failed["document 0"], failed
+    assert "is 2.5, not a whole number" in failed["document 0"], failed
+    c.close()
+    # The declarations are the collection's; asking for others is refused, naming both.
+    monkeypatch.setenv("GCLIP_MILVUS_PARTITIONS", "8")
+    with pytest.raises(gclip.GclipError, match="was created with 4 partitions"):
+        gclip.Collection.open(address)
+    monkeypatch.setenv("GCLIP_MILVUS_PARTITIONS", "5000")
+    with pytest.raises(gclip.GclipError, match="from 1 to 4096"):
+        gclip.Collection.open(address)
+    monkeypatch.delenv("GCLIP_MILVUS_PARTITIONS")
+    c = gclip.Collection.open(address)
+    assert len(c) == len(docs) + 1
+    c.close()
+    local.close()

@@ -18,6 +18,9 @@ use gclip_search::{
     Collection, EmbedSpec, Filter, Hit, ModelIdentity, NewDocument, SearchError, SearchMode,
     SearchRequest,
 };
+use milvus::data::FieldColumn;
+use milvus::schema::FieldSchema;
+use milvus::value::ValueVec;
 use serde_json::json;
 
 #[path = "support/milvus_server.rs"]
@@ -111,6 +114,54 @@ fn assert_same_hits(milvus: &[Hit], embedded: &[Hit], what: &str) {
     }
 }
 
+/// Each search of `queries` (seeds of query vectors) × `filters` × `pages` (limit, offset), in
+/// exact mode, answers as the embedded backend does (`assert_same_hits`).
+fn assert_same_searches(
+    milvus: &MilvusStore,
+    embedded: &SqliteStore,
+    queries: &[u64],
+    filters: &[Option<&str>],
+    pages: &[(usize, usize)],
+    what: &str,
+) {
+    for &q in queries {
+        for &f in filters {
+            for &(limit, offset) in pages {
+                let r = request(unit_vector(q), limit, offset, f);
+                let m = milvus
+                    .search(&r)
+                    .unwrap_or_else(|e| panic!("{what} {f:?}: {e}"));
+                let e = embedded.search(&r).unwrap();
+                assert_same_hits(
+                    &m,
+                    &e,
+                    &format!("{what}: query {q} filter {f:?} limit {limit} offset {offset}"),
+                );
+            }
+        }
+    }
+}
+
+/// A document of a JSONL file for `add_documents`, labelled `docs.jsonl:ID`.
+fn input(id: &str, fields: serde_json::Value) -> gclip_search::ingest::InputDocument {
+    gclip_search::ingest::InputDocument {
+        label: format!("docs.jsonl:{id}"),
+        doc: Ok(gclip_search::Document {
+            id: id.into(),
+            fields: fields.as_object().cloned().unwrap(),
+        }),
+    }
+}
+
+/// The collection info of the tests: the test model, images embedded.
+fn image_info() -> CollectionInfo {
+    CollectionInfo {
+        model: identity("test-model"),
+        spec: EmbedSpec::image(),
+        created: 0,
+    }
+}
+
 /// Creates a collection through Milvus' REST API (quick create: int64 ids, a vector field, a
 /// dynamic JSON field), as another tool would.
 fn rest_create(server: &Server, body: serde_json::Value) {
@@ -138,11 +189,7 @@ fn a_milvus_collection_answers_as_the_embedded_one_does() {
     let _turn = one_server_at_a_time();
     let server = Server::start();
     let address = server.address("products");
-    let info = CollectionInfo {
-        model: identity("test-model"),
-        spec: EmbedSpec::image(),
-        created: 0,
-    };
+    let info = image_info();
 
     // Created through the collection API, as the CLI does, and beside it the embedded backend.
     let c = Collection::create(Path::new(&address), info.model.clone(), info.spec.clone()).unwrap();
@@ -394,11 +441,7 @@ fn an_unreachable_server_is_a_prompt_error_naming_the_address() {
 fn shards_are_set_at_creation_and_an_impossible_replica_count_is_refused() {
     let _turn = one_server_at_a_time();
     let server = Server::start();
-    let info = CollectionInfo {
-        model: identity("test-model"),
-        spec: EmbedSpec::image(),
-        created: 0,
-    };
+    let info = image_info();
     let options = |shards: Option<u32>, replicas: Option<u32>| MilvusOptions {
         shards,
         replicas,
@@ -687,17 +730,13 @@ fn tenant_document(i: u64) -> NewDocument {
 /// from the collection, and asking for another key is refused.
 #[test]
 fn tenants_by_partition_key_answer_as_the_embedded_backend() {
-    use gclip_search::ingest::{add_documents, index_directory, IndexOptions, InputDocument};
-    use gclip_search::{Document, Fields};
+    use gclip_search::ingest::{add_documents, index_directory, IndexOptions};
+    use gclip_search::Fields;
     let _turn = one_server_at_a_time();
     let server = Server::start();
     let address = server.address("tenants");
     let a = MilvusAddress::parse_with(&address, |_| None).unwrap();
-    let info = CollectionInfo {
-        model: identity("test-model"),
-        spec: EmbedSpec::image(),
-        created: 0,
-    };
+    let info = image_info();
     let with_key = |key: &str| MilvusOptions {
         partition_key: Some(key.into()),
         ..Default::default()
@@ -731,21 +770,8 @@ fn tenants_by_partition_key_answer_as_the_embedded_backend() {
     ];
     // Each search waits for Strong consistency (about 0.4 s): few queries, every filter.
     let compare = |s: &MilvusStore, queries: u64, what: &str| {
-        for q in 0..queries {
-            let v = unit_vector(2_000 + q);
-            for f in filters {
-                for (limit, offset) in [(10, 0), (6, 4)] {
-                    let r = request(v.clone(), limit, offset, f);
-                    let m = s.search(&r).unwrap_or_else(|e| panic!("{f:?}: {e}"));
-                    let e = embedded.search(&r).unwrap();
-                    assert_same_hits(
-                        &m,
-                        &e,
-                        &format!("{what}: query {q} filter {f:?} limit {limit} offset {offset}"),
-                    );
-                }
-            }
-        }
+        let queries: Vec<u64> = (2_000..2_000 + queries).collect();
+        assert_same_searches(s, &embedded, &queries, &filters, &[(10, 0), (6, 4)], what);
     };
     compare(&store, 2, "created");
     // The filters select what they say (not everything, not nothing).
@@ -768,7 +794,7 @@ fn tenants_by_partition_key_answer_as_the_embedded_backend() {
             r#"document "nobody" has no field "tenant""#,
         ),
         (numbered.clone(), r#"document "d071": field "tenant""#),
-        (long.clone(), "513 bytes long; a tenant is at most 512"),
+        (long.clone(), "513 bytes long; it takes at most 512"),
     ] {
         let e = store
             .upsert(vec![tenant_document(73), bad])
@@ -792,13 +818,6 @@ fn tenants_by_partition_key_answer_as_the_embedded_backend() {
     assert!(store.get("d073").unwrap().is_none());
 
     // Writers of many documents refuse such documents alone, before embedding them.
-    let input = |id: &str, fields: serde_json::Value| InputDocument {
-        label: format!("docs.jsonl:{id}"),
-        doc: Ok(Document {
-            id: id.into(),
-            fields: fields.as_object().cloned().unwrap(),
-        }),
-    };
     let text_info = CollectionInfo {
         model: identity("test-model"),
         spec: EmbedSpec::parse("title", &[]).unwrap(),
@@ -944,8 +963,11 @@ fn tenants_by_partition_key_answer_as_the_embedded_backend() {
         &server,
         "tenants",
         "forged",
-        "globex",
         json!({"tenant": "acme"}),
+        vec![FieldColumn::new(
+            &FieldSchema::new_varchar("tenant", "", 512),
+            ValueVec::String(vec!["globex".into()]),
+        )],
     );
     let report = check_collection(Path::new(&address), &CheckOptions::default()).unwrap();
     assert_eq!(report.bad_documents(), ["forged"], "{report}");
@@ -1001,19 +1023,22 @@ fn tenants_by_partition_key_answer_as_the_embedded_backend() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Writes one row into a gclip collection with a partition key `tenant` through the client
-/// itself, as another tool would: its `tenant` field and its `fields` as given.
-fn forge_row(server: &Server, collection: &str, id: &str, tenant: &str, fields: serde_json::Value) {
-    use milvus::data::FieldColumn;
-    use milvus::schema::FieldSchema;
-    use milvus::value::ValueVec;
+/// Writes one row into a gclip collection through the client itself, as another tool would:
+/// its `fields` as given, and its typed fields' columns (partition key, scalar fields).
+fn forge_row(
+    server: &Server,
+    collection: &str,
+    id: &str,
+    fields: serde_json::Value,
+    typed: Vec<FieldColumn>,
+) {
     let json_field = |name: &str| {
         let mut f = FieldSchema::empty();
         f.name = name.into();
         f.dtype = milvus::proto::schema::DataType::Json;
         f
     };
-    let columns = vec![
+    let columns: Vec<FieldColumn> = vec![
         FieldColumn::new(
             &FieldSchema::new_primary_varchar("id", "", false, 4096),
             vec![id.to_string()],
@@ -1027,19 +1052,465 @@ fn forge_row(server: &Server, collection: &str, id: &str, tenant: &str, fields: 
             ValueVec::Json(vec![fields.to_string().into_bytes()]),
         ),
         FieldColumn::new(&json_field("source"), ValueVec::Json(vec![b"{}".to_vec()])),
-        FieldColumn::new(
-            &FieldSchema::new_varchar("tenant", "", 512),
-            ValueVec::String(vec![tenant.to_string()]),
-        ),
-    ];
+    ]
+    .into_iter()
+    .chain(typed)
+    .collect();
+    with_client(server, |client| async move {
+        client.insert(collection, columns, None).await.unwrap();
+    });
+}
+
+/// Runs `f` to completion with a client of its own on the server, as another tool would.
+fn with_client<T, F: std::future::Future<Output = T>>(
+    server: &Server,
+    f: impl FnOnce(milvus::client::Client) -> F,
+) -> T {
     let endpoint = format!("http://127.0.0.1:{}", server.port);
-    let collection = collection.to_string();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(async move {
-            let client = milvus::client::Client::new(endpoint).await.unwrap();
-            client.insert(collection, columns, None).await.unwrap();
-        });
+        .block_on(async move { f(milvus::client::Client::new(endpoint).await.unwrap()).await })
+}
+
+/// `document(i)` with the fields a shop declares as scalar fields: `brand` (a string; some
+/// brands look like numbers), `stock` (a whole number, some negative), `rating` (a number) and
+/// `sold` (true or false).
+fn shop_document(i: u64) -> NewDocument {
+    let mut d = document(i);
+    let brand = ["acme", "globex", "initech", "7", "07"][(i % 5) as usize];
+    d.fields.insert("brand".into(), json!(brand));
+    d.fields
+        .insert("stock".into(), json!((i * 37 % 100) as i64 - 20));
+    d.fields
+        .insert("rating".into(), json!((i % 9) as f64 * 0.5 + 0.25));
+    d.fields.insert("sold".into(), json!(i % 4 == 1));
+    d
+}
+
+/// Declared scalar fields (`GCLIP_MILVUS_SCALAR_FIELDS`): a collection created with them has
+/// typed fields that filters on them read, and answers every filter as the embedded backend
+/// does: equalities, ranges with fractional and out-of-range bounds, values of another type
+/// (`stock = '17'`, `stock = abc`, `sold = 'true'`), mixed with JSON fields; with and without a
+/// partition key (set with its number of partitions, `GCLIP_MILVUS_PARTITIONS`), which is then a
+/// typed field too. A document without a declared field or with a value of another type is
+/// refused by id and field (alone, in the writers of many documents). Reopening reads the
+/// declarations back; asking for others, or for another number of partitions, is refused;
+/// `gclip check` names the fields and reports a row whose typed field disagrees with its fields.
+#[test]
+fn scalar_fields_answer_as_the_embedded_backend() {
+    use gclip_search::ingest::add_documents;
+    use gclip_search::milvus::parse_scalar_fields;
+    let _turn = one_server_at_a_time();
+    let server = Server::start();
+    let info = image_info();
+    let declared = "brand:string(16),stock:int,rating:float,sold:bool";
+    let declared_options = || MilvusOptions {
+        scalar_fields: Some(parse_scalar_fields(declared).unwrap()),
+        ..Default::default()
+    };
+    let address = server.address("shop");
+    let a = MilvusAddress::parse_with(&address, |_| None).unwrap();
+    let shop = MilvusStore::create(&a, info.clone(), declared_options()).unwrap();
+    let shown: Vec<String> = shop.scalar_fields().iter().map(|f| f.to_string()).collect();
+    assert_eq!(shown.join(","), declared);
+    // The brand as partition key (16 partitions), the other three declared.
+    let keyed_address = server.address("shop_keyed");
+    let k = MilvusAddress::parse_with(&keyed_address, |_| None).unwrap();
+    let keyed_options = || MilvusOptions {
+        partition_key: Some("brand".into()),
+        partitions: Some(16),
+        scalar_fields: Some(parse_scalar_fields("stock:int,rating:float,sold:bool").unwrap()),
+        ..Default::default()
+    };
+    let keyed = MilvusStore::create(&k, info.clone(), keyed_options()).unwrap();
+    assert_eq!(keyed.partition_key(), Some("brand"));
+    assert_eq!(keyed.partitions().unwrap(), 16);
+    assert_eq!(keyed.scalar_fields().len(), 3);
+    // Each string and number field has Milvus' index for its type.
+    let indexes = scalar_indexes(&server, "shop");
+    assert_eq!(
+        indexes,
+        [
+            ("brand".to_string(), "Trie".to_string()),
+            ("rating".into(), "STL_SORT".into()),
+            ("stock".into(), "STL_SORT".into())
+        ],
+        "{indexes:?}"
+    );
+
+    let dir = scratch("scalar-embedded");
+    let embedded = SqliteStore::create(&dir, info.clone(), StoreOptions::default()).unwrap();
+    let docs: Vec<NewDocument> = (0..60).map(shop_document).collect();
+    for batch in docs.chunks(25) {
+        shop.upsert(batch.to_vec()).unwrap();
+        keyed.upsert(batch.to_vec()).unwrap();
+        embedded.upsert(batch.to_vec()).unwrap();
+    }
+    assert_eq!((shop.len(), keyed.len()), (60, 60));
+    assert_eq!(shop.get("d003").unwrap().unwrap().fields, docs[3].fields);
+
+    let filters = [
+        None,
+        Some("brand = acme"),
+        Some("brand:globex"),
+        Some("brand != acme"),
+        Some("brand >= h"),
+        Some("brand < globex"),
+        Some("brand = '7'"),
+        Some("brand = '07'"),
+        Some("stock = 17"),
+        Some("stock = '17'"),
+        Some("stock = 17.0"),
+        Some("stock != 17"),
+        Some("stock < 10.5"),
+        Some("stock <= 10"),
+        Some("stock > 50"),
+        Some("stock >= -5.5"),
+        Some("stock < 1e300"),
+        Some("stock = 12.5"),
+        Some("stock < '50'"),
+        Some("rating = 2.75"),
+        Some("rating = '2.75'"),
+        Some("rating > 2"),
+        Some("rating <= 1.25"),
+        Some("rating != 0.25"),
+        Some("sold = true"),
+        Some("sold != true"),
+        Some("sold:false"),
+        Some("sold = 'true'"),
+        Some("sold != 1"),
+        Some("brand = acme AND stock > 20"),
+        Some("(sold = true OR rating > 3) AND NOT brand = globex"),
+        Some("stock > 10 AND colour = red"),
+        Some("tags:summer OR stock < 0"),
+    ];
+    // Each search waits for Strong consistency (about 0.4 s): one query, every filter, one or
+    // two pages.
+    let compare = |s: &MilvusStore, pages: &[(usize, usize)], what: &str| {
+        assert_same_searches(s, &embedded, &[3_000], &filters, pages, what);
+    };
+    let pages = [(10, 0), (6, 4)];
+    compare(&shop, &pages, "declared");
+    compare(&keyed, &pages, "declared with a partition key");
+    // The filters select what they say (not everything, not nothing).
+    let count = |f: &str| {
+        shop.search(&request(unit_vector(5), 100, 0, Some(f)))
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count("stock = '17'"), 1);
+    assert_eq!(count("sold = true"), 15);
+    assert_eq!(count("stock = 12.5"), 0);
+    // A comparison with a kind of value the field never holds: refused by both, in the same
+    // words.
+    for f in ["stock = abc", "rating != x", "sold > 1"] {
+        let r = request(unit_vector(5), 10, 0, Some(f));
+        let e = embedded.search(&r).unwrap_err().to_string();
+        let m = shop.search(&r).unwrap_err().to_string();
+        assert!(m.contains(&address) && m.ends_with(&e), "{f}: {m} | {e}");
+    }
+    // The one difference: a string field compared with a number matches the number's text
+    // only; the embedded backend also takes other strings that parse to it ("07").
+    let seven = request(unit_vector(5), 100, 0, Some("brand = 7"));
+    let (m, e) = (
+        shop.search(&seven).unwrap(),
+        embedded.search(&seven).unwrap(),
+    );
+    assert_eq!((m.len(), e.len()), (12, 24));
+    assert!(m.iter().all(|h| h.fields["brand"] == "7"));
+
+    // Refused by `upsert`, naming the document and the field; nothing written.
+    let with = |i: u64, name: &str, value: serde_json::Value| {
+        let mut d = shop_document(i);
+        match value {
+            serde_json::Value::Null => d.fields.remove(name),
+            v => d.fields.insert(name.into(), v),
+        };
+        d
+    };
+    for (bad, says) in [
+        (
+            with(70, "stock", serde_json::Value::Null),
+            r#"document "d070" has no field "stock", a scalar field stock:int of"#,
+        ),
+        (
+            with(71, "stock", json!("12")),
+            r#"document "d071": field "stock" (a scalar field stock:int of"#,
+        ),
+        (with(72, "stock", json!(2.5)), "is 2.5, not a whole number"),
+        (
+            with(73, "stock", json!(9_007_199_254_740_993u64)),
+            "is 9007199254740993, not a whole number",
+        ),
+        (
+            with(74, "rating", json!("high")),
+            r#"is "high", not a number"#,
+        ),
+        (with(75, "sold", json!(1)), "is 1, not true or false"),
+        (
+            with(76, "brand", json!("b".repeat(17))),
+            "is 17 bytes long; it takes at most 16",
+        ),
+        (
+            with(77, "brand", json!(["acme"])),
+            r#"is ["acme"], not a string"#,
+        ),
+    ] {
+        let e = shop
+            .upsert(vec![shop_document(78), bad])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says) && e.contains(&address), "{e}");
+    }
+    assert_eq!(shop.len(), 60);
+    assert!(shop.get("d078").unwrap().is_none());
+    // Writers of many documents refuse such documents alone, before embedding them.
+    let text_info = CollectionInfo {
+        model: identity("test-model"),
+        spec: EmbedSpec::parse("title", &[]).unwrap(),
+        created: 0,
+    };
+    let texts = MilvusStore::create(
+        &MilvusAddress::parse_with(&server.address("shop_texts"), |_| None).unwrap(),
+        text_info,
+        MilvusOptions {
+            scalar_fields: Some(parse_scalar_fields("stock:int").unwrap()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let encoder = CountingEncoder::default();
+    let report = add_documents(
+        &texts,
+        &encoder,
+        vec![
+            input("t1", json!({"title": "red shoe", "stock": 3})),
+            input("t2", json!({"title": "blue shoe", "stock": "3"})),
+            input("t3", json!({"title": "green shoe"})),
+            input("t4", json!({"title": "grey shoe", "stock": -1})),
+        ],
+        3,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(report.written, 2, "{report:?}");
+    assert_eq!(
+        encoder.embedded.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    let failed: Vec<&str> = report.failed.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(failed, ["docs.jsonl:t2", "docs.jsonl:t3"], "{report:?}");
+    assert!(
+        report.failed[0].1.contains(r#"is "3", not a whole number"#),
+        "{report:?}"
+    );
+    assert!(
+        report.failed[1].1.contains(r#"has no field "stock""#),
+        "{report:?}"
+    );
+    drop(texts);
+
+    // Changed fields are written to the typed fields too.
+    let mut changed = docs[8].fields.clone();
+    changed.insert("stock".into(), json!(1000));
+    shop.update_fields("d008", changed.clone()).unwrap();
+    keyed.update_fields("d008", changed.clone()).unwrap();
+    embedded.update_fields("d008", changed).unwrap();
+    let hits = shop
+        .search(&request(unit_vector(1), 10, 0, Some("stock >= 1000")))
+        .unwrap();
+    assert_eq!(ids(&hits), ["d008"]);
+    drop((shop, keyed));
+    // Sealed and indexed, then loaded again by opening: the searches below read the scalar
+    // indexes, not only growing segments.
+    seal_and_index(&server, "shop");
+    seal_and_index(&server, "shop_keyed");
+
+    // Reopened without the options: the declarations come from the collections.
+    let shop = MilvusStore::open(&a, MilvusOptions::default()).unwrap();
+    let shown: Vec<String> = shop.scalar_fields().iter().map(|f| f.to_string()).collect();
+    assert_eq!(shown.join(","), declared);
+    compare(&shop, &pages[..1], "reopened");
+    drop(shop);
+    let keyed = MilvusStore::open(&k, MilvusOptions::default()).unwrap();
+    assert_eq!(keyed.partition_key(), Some("brand"));
+    assert_eq!(keyed.scalar_fields().len(), 3);
+    compare(&keyed, &pages[..1], "reopened with a partition key");
+    drop(keyed);
+    // The same declarations (in any order) and partitions: as it is. Others: refused, naming
+    // both.
+    let reordered = MilvusOptions {
+        scalar_fields: Some(
+            parse_scalar_fields("sold:bool,rating:float,stock:int,brand:string(16)").unwrap(),
+        ),
+        ..Default::default()
+    };
+    assert!(MilvusStore::open(&a, reordered).is_ok());
+    assert!(MilvusStore::open(&k, keyed_options()).is_ok());
+    for (options, says) in [
+        (
+            MilvusOptions {
+                scalar_fields: Some(parse_scalar_fields("brand:string(32),stock:int").unwrap()),
+                ..Default::default()
+            },
+            "was created with the scalar fields brand:string(16),rating:float,sold:bool,\
+             stock:int, and GCLIP_MILVUS_SCALAR_FIELDS asks for the scalar fields \
+             brand:string(32),stock:int",
+        ),
+        (
+            MilvusOptions {
+                partitions: Some(16),
+                ..Default::default()
+            },
+            "has no partition key, and GCLIP_MILVUS_PARTITIONS=16",
+        ),
+    ] {
+        let e = MilvusStore::open(&a, options).err().unwrap().to_string();
+        assert!(e.contains(&address) && e.contains(says), "{e}");
+    }
+    let e = MilvusStore::open(
+        &k,
+        MilvusOptions {
+            partitions: Some(32),
+            ..keyed_options()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains(&keyed_address)
+            && e.contains("was created with 16 partitions, and GCLIP_MILVUS_PARTITIONS=32"),
+        "{e}"
+    );
+    // Partitions without a partition key, and a declared field that is the partition key, are
+    // refused before anything is created.
+    let nothing = MilvusAddress::parse_with(&server.address("nothing"), |_| None).unwrap();
+    for (options, says) in [
+        (
+            MilvusOptions {
+                partitions: Some(8),
+                ..Default::default()
+            },
+            "GCLIP_MILVUS_PARTITIONS=8 sets the partitions of a partition key",
+        ),
+        (
+            MilvusOptions {
+                partition_key: Some("brand".into()),
+                ..declared_options()
+            },
+            "brand:string(16) is the partition key `brand`",
+        ),
+    ] {
+        let e = MilvusStore::create(&nothing, info.clone(), options)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(says), "{e}");
+    }
+    assert!(!MilvusStore::exists(&nothing, &MilvusOptions::default()).unwrap());
+
+    // `gclip check`: clean, naming the fields; a row whose typed field disagrees with its
+    // fields (written by another tool, here the client itself) is reported by id.
+    use gclip_search::check::{check_collection, CheckOptions};
+    let report = check_collection(Path::new(&address), &CheckOptions::default()).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains(&format!("scalar fields {declared} (filters on them read")),
+        "{report}"
+    );
+    assert!(
+        report
+            .to_string()
+            .contains("scalar field indexes: brand Trie, rating STL_SORT, stock STL_SORT"),
+        "{report}"
+    );
+    forge_row(
+        &server,
+        "shop",
+        "forged",
+        json!({"brand": "acme", "stock": 4, "rating": 1.0, "sold": false}),
+        vec![
+            FieldColumn::new(
+                &FieldSchema::new_varchar("brand", "", 16),
+                ValueVec::String(vec!["acme".into()]),
+            ),
+            FieldColumn::new(
+                &FieldSchema::new_int64("stock", ""),
+                ValueVec::Long(vec![5]),
+            ),
+            FieldColumn::new(
+                &FieldSchema::new_double("rating", ""),
+                ValueVec::Double(vec![1.0]),
+            ),
+            FieldColumn::new(
+                &FieldSchema::new_bool("sold", ""),
+                ValueVec::Bool(vec![false]),
+            ),
+        ],
+    );
+    let report = check_collection(Path::new(&address), &CheckOptions::default()).unwrap();
+    assert_eq!(report.bad_documents(), ["forged"], "{report}");
+    assert_eq!(report.problems.len(), 1, "{report}");
+    assert!(
+        report.problems[0]
+            .message
+            .contains("its scalar field stock:int holds 5 and its fields say 4"),
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The index type of each indexed field of a collection but the vector, by field name, as the
+/// server describes them (through a client of its own).
+fn scalar_indexes(server: &Server, collection: &str) -> Vec<(String, String)> {
+    let collection = collection.to_string();
+    with_client(server, |client| async move {
+        // Milvus 2.3 describes every index of the collection, whatever field is named.
+        let indexes = client
+            .describe_index(collection, "vector".to_string())
+            .await
+            .unwrap();
+        let mut out: Vec<(String, String)> = indexes
+            .iter()
+            .filter(|i| i.field_name() != "vector")
+            .map(|i| {
+                let kind = i.params().index_type().to_string();
+                (i.field_name().to_string(), kind)
+            })
+            .collect();
+        out.sort();
+        out
+    })
+}
+
+/// Seals a collection's segments (flush), waits until Milvus has built every index over them,
+/// and releases the collection, so that the next open loads the sealed, indexed segments.
+fn seal_and_index(server: &Server, collection: &str) {
+    use milvus::proto::common::IndexState;
+    let collection = collection.to_string();
+    with_client(server, |client| async move {
+        client.flush(collection.clone()).await.unwrap();
+        let start = Instant::now();
+        loop {
+            let indexes = client
+                .describe_index(collection.clone(), "vector".to_string())
+                .await
+                .unwrap();
+            if indexes.iter().all(|i| i.state() == IndexState::Finished) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "{collection}: indexes not built: {:?}",
+                indexes.iter().map(|i| i.state()).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        client.release_collection(collection).await.unwrap();
+    })
 }

@@ -7,8 +7,8 @@
 //!   failed (one still being built is a note);
 //! - every document, walked in id order: fields that read as a JSON object, a vector of finite
 //!   values and unit length within [`NORM_TOLERANCE`], and, in a collection with a partition
-//!   key, a tenant field that holds what the document's fields say (rows written by another
-//!   tool, a bulk insert say, may not);
+//!   key or scalar fields, typed fields that hold what the document's fields say (rows written
+//!   by another tool, a bulk insert say, may not);
 //! - the server's count against the documents read.
 //!
 //! Nothing is repaired: Milvus builds and keeps its own indexes, and a document is never
@@ -21,6 +21,7 @@ use milvus::proto::common::IndexState;
 use milvus::value::ValueVec;
 use serde_json::Value as Json;
 
+use super::scalar::ScalarValue;
 use super::{column, ids_after, MilvusAddress, MilvusOptions, MilvusStore, VECTOR_FIELD};
 use crate::check::{CheckReport, Component, Problem, NORM_TOLERANCE};
 use crate::error::Result;
@@ -53,6 +54,17 @@ pub fn check_collection(address: &MilvusAddress, options: MilvusOptions) -> Resu
             store.partitions()?
         ));
     }
+    if !store.scalar_fields().is_empty() {
+        let declared: Vec<String> = store
+            .scalar_fields()
+            .iter()
+            .map(|f| f.to_string())
+            .collect();
+        report.notes.push(format!(
+            "scalar fields {} (filters on them read these typed fields)",
+            declared.join(",")
+        ));
+    }
     store.check_index(&mut report)?;
     store.check_documents(&mut report)?;
     let counted = store.count()?;
@@ -83,7 +95,19 @@ impl MilvusStore {
             Err(e) if e.to_string().contains("index not found") => Vec::new(),
             Err(e) => return Err(e),
         };
-        let Some(index) = indexes.first() else {
+        // Milvus 2.3 describes every index of the collection (the scalar fields' too).
+        let mut scalar: Vec<String> = indexes
+            .iter()
+            .filter(|i| i.field_name() != VECTOR_FIELD)
+            .map(|i| format!("{} {}", i.field_name(), i.params().index_type()))
+            .collect();
+        scalar.sort();
+        if !scalar.is_empty() {
+            report
+                .notes
+                .push(format!("scalar field indexes: {}", scalar.join(", ")));
+        }
+        let Some(index) = indexes.iter().find(|i| i.field_name() == VECTOR_FIELD) else {
             report.problems.push(Problem {
                 component: Component::Hnsw,
                 message: "the vector field has no index (gclip creates HNSW with the inner \
@@ -133,9 +157,7 @@ impl MilvusStore {
     fn check_documents(&self, report: &mut CheckReport) -> Result<()> {
         let page = self.conn.options.page.max(1);
         let mut outputs = vec![FIELDS_FIELD, VECTOR_FIELD];
-        if let Some(key) = self.partition_key() {
-            outputs.push(key);
-        }
+        outputs.extend(self.typed.iter().map(|f| f.name.as_str()));
         let mut last: Option<String> = None;
         loop {
             let cols = self.query_columns(
@@ -148,7 +170,7 @@ impl MilvusStore {
             let Some(end) = rows.iter().map(|(id, ..)| id).max().cloned() else {
                 return Ok(());
             };
-            for (id, fields, vector, tenant) in &rows {
+            for (id, fields, vector, typed) in &rows {
                 report.documents += 1;
                 let mut bad = |message: String| {
                     report.problems.push(Problem {
@@ -158,16 +180,26 @@ impl MilvusStore {
                 };
                 match serde_json::from_slice::<Json>(fields) {
                     Ok(Json::Object(f)) => {
-                        if let (Some(key), Some(tenant)) = (self.partition_key(), tenant) {
-                            let said = f.get(key);
-                            if said.and_then(Json::as_str) != Some(tenant.as_str()) {
-                                let said = said.map_or("nothing".into(), |v| v.to_string());
-                                bad(format!(
-                                    "its partition key field `{key}` holds {tenant:?} and its \
+                        for (field, held) in self.typed.iter().zip(typed) {
+                            let name = field.name.as_str();
+                            if field.value_in(id, &f, "", "").as_ref() == Ok(held) {
+                                continue;
+                            }
+                            let said = f.get(name).map_or("nothing".into(), |v| v.to_string());
+                            let held = held.to_json();
+                            bad(if self.partition_key() == Some(name) {
+                                format!(
+                                    "its partition key field `{name}` holds {held} and its \
                                      fields say {said}: a search that names a tenant goes by \
                                      the first (written by another tool? write it again)"
-                                ));
-                            }
+                                )
+                            } else {
+                                format!(
+                                    "its scalar field {field} holds {held} and its fields say \
+                                     {said}: a filter on `{name}` goes by the first (written by \
+                                     another tool? write it again)"
+                                )
+                            });
                         }
                     }
                     Ok(other) => bad(format!(
@@ -218,28 +250,31 @@ impl MilvusStore {
                 return Err(self.bad_reply(format!("the vector column has not {n} × {dim} numbers")))
             }
         };
-        let tenants = match self.partition_key() {
-            None => None,
-            Some(key) => match column(cols, key) {
-                Some(ValueVec::String(t)) if t.len() == n => Some(t),
-                _ => return Err(self.bad_reply(format!("the {key} column has not {n} values"))),
-            },
-        };
+        let typed = self
+            .typed
+            .iter()
+            .map(|f| match column(cols, &f.name) {
+                Some(c) if ScalarValue::rows(c) == Some(n) => Ok(c),
+                _ => Err(self.bad_reply(format!("the {} column has not {n} values", f.name))),
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(ids
             .iter()
             .zip(fields)
             .zip(vectors.chunks_exact(dim))
             .enumerate()
             .map(|(i, ((id, f), v))| {
-                let tenant = tenants.map(|t| t[i].clone());
-                (id.clone(), f.as_slice(), v, tenant)
+                // Every typed column has n rows of a scalar type (above).
+                let values = typed.iter().filter_map(|c| ScalarValue::at(c, i)).collect();
+                (id.clone(), f.as_slice(), v, values)
             })
             .collect())
     }
 }
 
-/// A document of a page: id, fields JSON as stored, vector, the partition key field's value.
-type PageRow<'a> = (String, &'a [u8], &'a [f32], Option<String>);
+/// A document of a page: id, fields JSON as stored, vector, the typed fields' values (the
+/// store's `typed` order).
+type PageRow<'a> = (String, &'a [u8], &'a [f32], Vec<ScalarValue>);
 
 fn json_kind(v: &Json) -> &'static str {
     match v {

@@ -8,14 +8,17 @@
 //! | `f != v` | `not (…)` of the above: a missing field matches, as in gclip |
 //! | `f < v` (`<=`, `>`, `>=`) | `fields["f"] < v` |
 //! | `id = x` … | `id == "x"` … on the primary key |
-//! | `tenant = v`, `tenant != v` on the partition key field | `tenant == "v"`, `tenant != "v"` on that VARCHAR field |
+//! | `f = v`, `f < v` … on a typed field (the partition key, a declared scalar field) | `f == v`, `f < v` … on that field, with `v` as the field's type reads it (below) |
 //!
-//! The partition key field (a collection's tenant field, when it has one) holds a copy of the
-//! document field of its name, a string present in every document; an equality on it reads that
-//! field, so that Milvus sends the search only to the partitions its value hashes to (it does so
-//! for `key == v` and `key in [...]` that every match must satisfy: under `and`, or on both sides
-//! of an `or`). A number or `true`/`false` compared with it is its text (`tenant = 3` is
-//! `tenant == "3"`); ranges on it read the JSON field as for any field.
+//! A typed field holds a copy of the document field of its name, of its type, present in every
+//! document (writes refuse others; [`super::scalar`]). A condition on it reads the typed field
+//! wherever that answers as the embedded backend does ([`scalar_condition`]); an equality on the
+//! partition key then lets Milvus send the search only to the partitions its value hashes to (it
+//! does so for `key == v` and `key in [...]` that every match must satisfy: under `and`, or on
+//! both sides of an `or`). On a string field a number or `true`/`false` compared for equality is
+//! its text (`tenant = 3` is `tenant == "3"`); a comparison that can match no value of the type
+//! (`price = abc` on an `int` field) is a condition no document meets; ranges on a string field
+//! against a number read the JSON field as for any field.
 //!
 //! What has no equivalent is refused by name ([`SearchError::Invalid`]): a bare field (`sold`:
 //! true or present; Milvus 2.3 has no `exists`), a range against `true`/`false`, a range on
@@ -27,6 +30,7 @@ use serde_json::Value;
 
 use crate::error::{Result, SearchError};
 use crate::filter::{Filter, Op};
+use crate::milvus::scalar::{ScalarField, ScalarType, MAX_EXACT_INT};
 
 /// The primary key: the document id.
 pub(crate) const ID_FIELD: &str = "id";
@@ -35,15 +39,101 @@ pub(crate) const FIELDS_FIELD: &str = "fields";
 
 /// The Milvus expression for `filter`, or an error naming the construct it cannot express.
 pub fn to_milvus_expr(filter: &Filter) -> Result<String> {
-    to_milvus_expr_for(filter, None)
+    to_milvus_expr_for(filter, &[])
 }
 
-/// [`to_milvus_expr`] for a collection whose field `partition_key` is its partition key:
-/// equalities on that field read the VARCHAR field itself, so that Milvus prunes partitions.
-pub fn to_milvus_expr_for(filter: &Filter, partition_key: Option<&str>) -> Result<String> {
+/// [`to_milvus_expr`] for a collection with typed fields (its partition key, a VARCHAR, and
+/// its declared scalar fields), each a copy of the document field of its name held by every
+/// document: conditions on them read the typed field wherever that gives the embedded
+/// backend's answers (equalities on the partition key then let Milvus prune partitions).
+pub fn to_milvus_expr_for(filter: &Filter, typed: &[ScalarField]) -> Result<String> {
     let mut out = String::new();
-    write_expr(filter, partition_key, &mut out)?;
+    write_expr(filter, typed, &mut out)?;
     Ok(out)
+}
+
+/// A condition no document matches: ids are never empty (writes refuse an empty id).
+const NEVER: &str = "id == \"\"";
+/// A condition every document matches.
+const ALWAYS: &str = "id != \"\"";
+
+/// `field op value` on a typed field, with the embedded backend's answers given that every
+/// document holds a value of the field's type there (writes refuse others); `None` where that
+/// takes the JSON field (a range on a string field against a number, any range against
+/// `true`/`false`, which the JSON translation refuses by name).
+///
+/// The embedded backend's rules (crate::filter): a number equals a string that parses to it; a
+/// boolean equals the string `"true"`/`"false"` but not a number; ranges compare numbers with
+/// numbers (a string that parses to a number too, when the field holds the string) and strings
+/// with strings; anything else matches no comparison (and every `!=`). And it refuses, with
+/// these words, a comparison with a kind of value the field never holds (crate::payload's
+/// `check_filter`): equality of a numeric field with text that is not a number, a range on a
+/// field without numbers (a `bool` field) against a number.
+fn scalar_condition(field: &ScalarField, op: Op, value: &Value) -> Result<Option<String>> {
+    let name = &field.name;
+    let equality = matches!(op, Op::Eq | Op::Ne);
+    match (field.ty, value) {
+        (ScalarType::Int | ScalarType::Float, Value::String(s))
+            if equality && s.parse::<f64>().is_err() =>
+        {
+            return Err(SearchError::Invalid(format!(
+                "filter: `{name}` holds numbers only, and `{s}` is not a number"
+            )))
+        }
+        (ScalarType::Bool, Value::Number(n)) if !equality => {
+            return Err(SearchError::Invalid(format!(
+                "filter: `{name}` is compared with the number {n}, but no document's `{name}` \
+                 is a number"
+            )))
+        }
+        (_, Value::Bool(_)) if !equality => return Ok(None),
+        _ => {}
+    }
+    let no_match = || if op == Op::Ne { ALWAYS } else { NEVER }.to_string();
+    let compare = |literal: String| format!("{name} {} {literal}", op_text(op));
+    // The value as the embedded backend compares it with a number held by the document.
+    let number = match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) if equality => s.parse::<f64>().ok().filter(|x| x.is_finite()),
+        _ => None,
+    };
+    Ok(Some(match field.ty {
+        ScalarType::String(_) => match value {
+            Value::String(s) => compare(string_literal(s)),
+            // A number is compared with its text (the embedded backend also takes "3.0" for
+            // 3); a boolean equals its text exactly.
+            Value::Number(_) | Value::Bool(_) if equality => {
+                compare(string_literal(&value.to_string()))
+            }
+            _ => return Ok(None),
+        },
+        ScalarType::Float => match number {
+            Some(x) => compare(format!("{x:?}")),
+            None => no_match(),
+        },
+        ScalarType::Int => {
+            let Some(x) = number else {
+                return Ok(Some(no_match()));
+            };
+            // The field holds integers of magnitude at most 2^53: a fractional bound becomes
+            // the integer on the side that keeps the same answers, and one beyond ±2^54 (past
+            // every value, exactly representable) becomes ±2^54.
+            let max = MAX_EXACT_INT as f64;
+            let bound = match op {
+                Op::Eq | Op::Ne if x.fract() != 0.0 || x.abs() > max => {
+                    return Ok(Some(no_match()))
+                }
+                Op::Eq | Op::Ne => x,
+                Op::Lt | Op::Ge => x.ceil(),
+                Op::Le | Op::Gt => x.floor(),
+            };
+            compare((bound.clamp(-2.0 * max, 2.0 * max) as i64).to_string())
+        }
+        ScalarType::Bool => match value {
+            Value::Bool(b) => compare(b.to_string()),
+            _ => no_match(),
+        },
+    }))
 }
 
 /// A string literal that Milvus' expression parser reads back as `s`.
@@ -111,7 +201,7 @@ fn op_text(op: Op) -> &'static str {
     }
 }
 
-fn write_expr(filter: &Filter, key: Option<&str>, out: &mut String) -> Result<()> {
+fn write_expr(filter: &Filter, typed: &[ScalarField], out: &mut String) -> Result<()> {
     match filter {
         Filter::And(parts) | Filter::Or(parts) => {
             let joiner = if matches!(filter, Filter::And(_)) {
@@ -124,13 +214,13 @@ fn write_expr(filter: &Filter, key: Option<&str>, out: &mut String) -> Result<()
                 if i > 0 {
                     out.push_str(joiner);
                 }
-                write_expr(p, key, out)?;
+                write_expr(p, typed, out)?;
             }
             out.push(')');
         }
         Filter::Not(inner) => {
             out.push_str("not (");
-            write_expr(inner, key, out)?;
+            write_expr(inner, typed, out)?;
             out.push(')');
         }
         Filter::Truthy(field) => {
@@ -155,23 +245,13 @@ fn write_expr(filter: &Filter, key: Option<&str>, out: &mut String) -> Result<()
             };
             out.push_str(&format!("{ID_FIELD} {} {literal}", op_text(*op)));
         }
-        Filter::Compare { field, op, value }
-            if key == Some(field.as_str()) && matches!(op, Op::Eq | Op::Ne) =>
-        {
-            // Every document holds a string here (writes refuse any other), so a value that is
-            // not a string can only equal its text, and a list never holds it (`:` is `=`).
-            let text = match value {
-                Value::String(s) => s.clone(),
-                Value::Number(_) | Value::Bool(_) => value.to_string(),
-                other => return Err(unsupported(format!("the value {other} of `{field}`"))),
-            };
-            out.push_str(&format!(
-                "{field} {} {}",
-                op_text(*op),
-                string_literal(&text)
-            ));
-        }
         Filter::Compare { field, op, value } => {
+            if let Some(typed) = typed.iter().find(|t| t.name == *field) {
+                if let Some(condition) = scalar_condition(typed, *op, value)? {
+                    out.push_str(&condition);
+                    return Ok(());
+                }
+            }
             let key = format!("{FIELDS_FIELD}[{}]", string_literal(field));
             let literal = value_literal(field, value)?;
             match op {
@@ -240,7 +320,11 @@ mod tests {
 
     #[test]
     fn equalities_on_the_partition_key_read_its_field() {
-        let with_key = |f: &str| to_milvus_expr_for(&Filter::parse(f).unwrap(), Some("tenant"));
+        let key = [ScalarField {
+            name: "tenant".into(),
+            ty: ScalarType::String(512),
+        }];
+        let with_key = |f: &str| to_milvus_expr_for(&Filter::parse(f).unwrap(), &key);
         for (f, want) in [
             ("tenant = acme", r#"tenant == "acme""#),
             ("tenant:acme", r#"tenant == "acme""#),
@@ -255,8 +339,10 @@ mod tests {
                 "tenant = a OR NOT tenant = b",
                 r#"(tenant == "a" or not (tenant == "b"))"#,
             ),
-            // Ranges read the JSON field, as for any field.
-            ("tenant > m", r#"fields["tenant"] > "m""#),
+            // Ranges against a string read the string field; against a number, the JSON field
+            // (the embedded backend parses the string), as for any field.
+            ("tenant > m", r#"tenant > "m""#),
+            ("tenant > 3", r#"fields["tenant"] > 3"#),
             // Another field of the same spelling in another case is another field.
             (
                 "Tenant = acme",
@@ -275,6 +361,91 @@ mod tests {
             with_key(r#"tenant = "a\" or tenant != \"""#).unwrap(),
             r#"tenant == "a\" or tenant != \"""#
         );
+    }
+
+    /// Each typed field's translation, with what the embedded backend answers for the documents
+    /// it can hold (every document holds a value of the field's type).
+    #[test]
+    fn conditions_on_declared_fields_read_their_typed_fields() {
+        let typed = crate::milvus::scalar::parse_scalar_fields(
+            "brand:string(64),price:int,rating:float,sold:bool",
+        )
+        .unwrap();
+        let typed_expr = |f: &str| to_milvus_expr_for(&Filter::parse(f).unwrap(), &typed).unwrap();
+        let (never, always) = (r#"id == """#, r#"id != """#);
+        for (f, want) in [
+            ("brand = acme", r#"brand == "acme""#),
+            ("brand:acme", r#"brand == "acme""#),
+            ("brand != acme", r#"brand != "acme""#),
+            ("brand >= m", r#"brand >= "m""#),
+            ("brand = true", r#"brand == "true""#),
+            ("brand = 7", r#"brand == "7""#),
+            ("brand < 7", r#"fields["brand"] < 7"#),
+            ("price = 12", "price == 12"),
+            ("price = '12'", "price == 12"),
+            ("price = 12.0", "price == 12"),
+            ("price != 12", "price != 12"),
+            ("price = 12.5", never),
+            ("price != 12.5", always),
+            ("price = 'nan'", never),
+            ("price = true", never),
+            ("price != false", always),
+            ("price = 9007199254740992", "price == 9007199254740992"),
+            ("price = 9007199254740994", never),
+            ("price < 2.5", "price < 3"),
+            ("price <= 2.5", "price <= 2"),
+            ("price > 2.5", "price > 2"),
+            ("price >= 2.5", "price >= 3"),
+            ("price >= -2.5", "price >= -2"),
+            ("price > 1e300", "price > 18014398509481984"),
+            ("price < -1e300", "price < -18014398509481984"),
+            // The embedded backend compares a number with a string only for equality.
+            ("price < '3'", never),
+            ("rating = 4", "rating == 4.0"),
+            ("rating = 0.1", "rating == 0.1"),
+            ("rating != '4.5'", "rating != 4.5"),
+            ("rating >= 4", "rating >= 4.0"),
+            ("rating > 1e300", "rating > 1e300"),
+            ("rating > x", never),
+            ("sold = true", "sold == true"),
+            ("sold:false", "sold == false"),
+            ("sold != true", "sold != true"),
+            ("sold = 'true'", never),
+            ("sold != 1", always),
+            (
+                "brand = acme AND (price < 10 OR NOT sold = true) AND colour = red",
+                r#"(brand == "acme" and (price < 10 or not (sold == true)) and (fields["colour"] == "red" or json_contains(fields["colour"], "red")))"#,
+            ),
+            // Another case is another field.
+            (
+                "Price = 3",
+                r#"(fields["Price"] == 3 or json_contains(fields["Price"], 3))"#,
+            ),
+        ] {
+            assert_eq!(typed_expr(f), want, "{f}");
+        }
+        // A range against true/false is refused by name, as on any field; comparisons with
+        // a kind of value the field never holds in the embedded backend's words.
+        for (f, says) in [
+            ("sold < true", "range against true/false"),
+            ("price >= false", "range against true/false"),
+            ("brand > true", "range against true/false"),
+            (
+                "price = abc",
+                "`price` holds numbers only, and `abc` is not a number",
+            ),
+            (
+                "rating != x",
+                "`rating` holds numbers only, and `x` is not a number",
+            ),
+            (
+                "sold > 1",
+                "`sold` is compared with the number 1, but no document's `sold` is a number",
+            ),
+        ] {
+            let e = to_milvus_expr_for(&Filter::parse(f).unwrap(), &typed).unwrap_err();
+            assert!(e.to_string().contains(says), "{f}: {e}");
+        }
     }
 
     #[test]

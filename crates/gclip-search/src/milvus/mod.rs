@@ -11,6 +11,7 @@
 //! | `fields` | JSON | the document's fields |
 //! | `source` | JSON | the file it was indexed from (`{}` when none) |
 //! | the tenant field, when declared | VARCHAR partition key (at most [`MAX_TENANT_BYTES`]) | a copy of the document's field of that name ([`MilvusOptions::partition_key`]) |
+//! | each declared scalar field | VARCHAR (`Trie` index), INT64, DOUBLE (`STL_SORT`) or BOOL | a copy of the document's field of that name ([`MilvusOptions::scalar_fields`]) |
 //!
 //! The collection's description holds [`DESCRIPTION_PREFIX`] and the [`CollectionInfo`] (model,
 //! embedding spec) as JSON; opening reads it back, so the same model guard applies as for a
@@ -30,6 +31,7 @@
 pub(crate) mod address;
 mod check;
 mod expr;
+mod scalar;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,6 +50,10 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 pub use address::{is_milvus_address, MilvusAddress, Token, TOKEN_VAR};
 pub use check::check_collection;
 pub use expr::{to_milvus_expr, to_milvus_expr_for};
+pub use scalar::{
+    parse_scalar_fields, ScalarField, ScalarType, DEFAULT_STRING_BYTES, MAX_EXACT_INT,
+    MAX_SCALAR_FIELDS, MAX_STRING_BYTES, SCALAR_FIELDS_VAR,
+};
 
 use crate::ann::AnnParams;
 use crate::document::{Document, Fields};
@@ -56,6 +62,7 @@ use crate::store::{
     CollectionInfo, FileState, Hit, NewDocument, SearchMode, SearchRequest, Store, WriteReceipt,
 };
 use expr::{string_literal, FIELDS_FIELD, ID_FIELD};
+use scalar::ScalarValue;
 
 /// The vector field.
 const VECTOR_FIELD: &str = "vector";
@@ -108,6 +115,17 @@ pub struct MilvusOptions {
     /// Fixed at creation: opening reads the collection's own declaration, and asking for
     /// another key than it has is an error. Checked by [`check_partition_key_name`].
     pub partition_key: Option<String>,
+    /// The partitions Milvus makes for the partition key of a collection this creates
+    /// (`GCLIP_MILVUS_PARTITIONS`, 1 to [`MAX_PARTITIONS`]); `None`: the server's default (64).
+    /// Fixed at creation: opening a collection with another number asked for is an error.
+    pub partitions: Option<u32>,
+    /// The document fields that get typed Milvus fields of their own, declared when this
+    /// creates a collection (`GCLIP_MILVUS_SCALAR_FIELDS`, read by [`parse_scalar_fields`]):
+    /// filters on them read those fields (which Milvus can index) instead of the JSON field,
+    /// and every document must hold each with a value of its type. `None`: none when creating,
+    /// and whatever the collection has when opening; `Some` (even empty) when opening must be
+    /// what the collection was created with.
+    pub scalar_fields: Option<Vec<ScalarField>>,
 }
 
 /// The most shards [`MilvusOptions::shards`] may ask for (Milvus' own `proxy.maxShardNum` is 16
@@ -124,7 +142,12 @@ pub const CA_VAR: &str = "GCLIP_MILVUS_CA";
 /// The environment variable of [`MilvusOptions::partition_key`].
 pub const PARTITION_KEY_VAR: &str = "GCLIP_MILVUS_PARTITION_KEY";
 /// The longest partition key field name.
-pub const MAX_PARTITION_KEY_NAME: usize = 64;
+pub const MAX_PARTITION_KEY_NAME: usize = scalar::MAX_FIELD_NAME;
+/// The environment variable of [`MilvusOptions::partitions`].
+pub const PARTITIONS_VAR: &str = "GCLIP_MILVUS_PARTITIONS";
+/// The most partitions [`MilvusOptions::partitions`] may ask for (Milvus' own
+/// `rootCoord.maxPartitionNum` is 4,096 by default).
+pub const MAX_PARTITIONS: u32 = 4096;
 /// The longest tenant value, in bytes (the partition key field's VARCHAR `max_length`).
 pub const MAX_TENANT_BYTES: usize = 512;
 
@@ -134,29 +157,7 @@ pub const MAX_TENANT_BYTES: usize = 512;
 /// (`id`, `vector`, `fields`, `source`) nor a word of Milvus' expression language (`and`, `in`,
 /// `like`, `json_contains`, ...), in any case.
 pub fn check_partition_key_name(name: &str) -> std::result::Result<(), String> {
-    if !address::is_identifier(name, MAX_PARTITION_KEY_NAME) {
-        return Err(format!(
-            "a partition key is a field name of 1 to {MAX_PARTITION_KEY_NAME} ASCII letters, \
-             digits and `_`, not starting with a digit"
-        ));
-    }
-    let lower = name.to_ascii_lowercase();
-    if [ID_FIELD, VECTOR_FIELD, FIELDS_FIELD, SOURCE_FIELD].contains(&lower.as_str()) {
-        return Err(format!(
-            "`{name}` is one of gclip's own fields in a Milvus collection (id, vector, fields, \
-             source); give the document field that names the tenant"
-        ));
-    }
-    let keyword = ["and", "or", "not", "in", "like", "exists", "true", "false"]
-        .contains(&lower.as_str())
-        || lower.starts_with("json_")
-        || lower.starts_with("array_");
-    if keyword {
-        return Err(format!(
-            "`{name}` is a word of Milvus' expression language, which cannot name a field there"
-        ));
-    }
-    Ok(())
+    scalar::check_field_name(name, "a partition key")
 }
 
 /// Milvus consistency levels a read may ask for.
@@ -214,6 +215,8 @@ impl Default for MilvusOptions {
             replicas: None,
             ca: None,
             partition_key: None,
+            partitions: None,
+            scalar_fields: None,
             consistency: std::env::var("GCLIP_MILVUS_CONSISTENCY")
                 .ok()
                 .filter(|v| !v.is_empty())
@@ -238,7 +241,11 @@ impl MilvusOptions {
     /// collection exists, so a mistyped value must not quietly create it with the default.
     /// `GCLIP_MILVUS_CA` names a CA file to trust for `milvuss://` (read when connecting).
     /// `GCLIP_MILVUS_PARTITION_KEY` names the tenant field of a collection this creates (a
-    /// name [`check_partition_key_name`] refuses is an error naming the variable).
+    /// name [`check_partition_key_name`] refuses is an error naming the variable), and
+    /// `GCLIP_MILVUS_PARTITIONS` its number of partitions (1 to 4,096).
+    /// `GCLIP_MILVUS_SCALAR_FIELDS` declares its scalar fields (`price:int,brand:string(64)`;
+    /// a declaration [`parse_scalar_fields`] refuses, or one naming the partition key, is an
+    /// error naming the variable).
     pub fn from_env() -> Result<Self> {
         Self::from_env_with(|name| std::env::var(name).ok())
     }
@@ -269,9 +276,24 @@ impl MilvusOptions {
                 Some(name.to_string())
             }
         };
+        let scalar_fields =
+            match var(SCALAR_FIELDS_VAR).filter(|v| !v.trim().is_empty()) {
+                None => None,
+                Some(v) => {
+                    let fields = parse_scalar_fields(&v).and_then(|fields| {
+                        check_typed_fields(partition_key.as_deref(), &fields)?;
+                        Ok(fields)
+                    });
+                    Some(fields.map_err(|why| {
+                        SearchError::Invalid(format!("{SCALAR_FIELDS_VAR}: {why}"))
+                    })?)
+                }
+            };
         Ok(Self {
             shards: count(SHARDS_VAR, MAX_SHARDS)?,
             replicas: count(REPLICAS_VAR, MAX_REPLICAS)?,
+            partitions: count(PARTITIONS_VAR, MAX_PARTITIONS)?,
+            scalar_fields,
             partition_key,
             ca: var(CA_VAR)
                 .filter(|v| !v.trim().is_empty())
@@ -288,6 +310,10 @@ pub struct MilvusStore {
     schema: CollectionSchema,
     /// The collection's partition key field (its tenant field), as the server describes it.
     partition_key: Option<String>,
+    /// The typed copies of document fields, as the server describes them: the partition key
+    /// (a string of at most [`MAX_TENANT_BYTES`]) first when there is one, then the declared
+    /// scalar fields.
+    typed: Vec<ScalarField>,
     /// The last count read, for `len` when the server cannot be asked.
     last_len: AtomicUsize,
 }
@@ -358,11 +384,43 @@ fn with_causes(mut said: String, e: &dyn std::error::Error) -> String {
     said
 }
 
+/// The typed fields of a collection: its partition key (a string of at most
+/// [`MAX_TENANT_BYTES`]) first, then its declared scalar fields.
+fn typed_fields(partition_key: Option<&str>, scalar_fields: &[ScalarField]) -> Vec<ScalarField> {
+    let key = partition_key.map(|k| ScalarField {
+        name: k.to_string(),
+        ty: ScalarType::String(MAX_TENANT_BYTES as u32),
+    });
+    key.into_iter()
+        .chain(scalar_fields.iter().cloned())
+        .collect()
+}
+
+/// Why a collection cannot have these typed fields, if it cannot: the declared fields as
+/// [`scalar::check_declared`] says, none of them the partition key.
+fn check_typed_fields(
+    partition_key: Option<&str>,
+    scalar_fields: &[ScalarField],
+) -> std::result::Result<(), String> {
+    scalar::check_declared(scalar_fields)?;
+    match (partition_key, scalar_fields) {
+        (Some(key), fields) => match fields.iter().find(|f| f.name.eq_ignore_ascii_case(key)) {
+            Some(f) => Err(format!(
+                "the scalar field {f} is the partition key `{key}`, a string field already; \
+                 declare it once"
+            )),
+            None => Ok(()),
+        },
+        (None, _) => Ok(()),
+    }
+}
+
 fn schema_for(
     name: &str,
     info_json: &str,
     dim: usize,
     partition_key: Option<&str>,
+    scalar_fields: &[ScalarField],
 ) -> Result<CollectionSchema> {
     let json = |name: &str| {
         let mut f = FieldSchema::empty();
@@ -393,6 +451,16 @@ fn schema_for(
             MAX_TENANT_BYTES as i32,
         ));
     }
+    for f in scalar_fields {
+        let what = "gclip scalar field: a copy of the document field of this name";
+        builder.add_field(match f.ty {
+            // At least 1 (parse_scalar_fields' bound): the client panics on 0.
+            ScalarType::String(max) => FieldSchema::new_varchar(&f.name, what, max.max(1) as i32),
+            ScalarType::Int => FieldSchema::new_int64(&f.name, what),
+            ScalarType::Float => FieldSchema::new_double(&f.name, what),
+            ScalarType::Bool => FieldSchema::new_bool(&f.name, what),
+        });
+    }
     builder
         .build()
         .map_err(|e| SearchError::Invalid(format!("Milvus schema: {e}")))
@@ -406,6 +474,7 @@ fn create_request(
     schema: CollectionSchema,
     partition_key: Option<&str>,
     shards: i32,
+    partitions: i64,
 ) -> Result<milvus::proto::milvus::CreateCollectionRequest> {
     use prost::Message;
     let name = schema.name().to_string();
@@ -427,7 +496,7 @@ fn create_request(
         shards_num: shards,
         consistency_level: ConsistencyLevel::Strong.into(),
         // 0: the server's default number of partitions for a partition key (64).
-        num_partitions: 0,
+        num_partitions: partitions,
         ..Default::default()
     })
 }
@@ -748,14 +817,23 @@ impl MilvusStore {
         let info_json = serde_json::to_string(&info)
             .map_err(|e| SearchError::Invalid(format!("collection info: {e}")))?;
         let key = options.partition_key.as_deref();
+        let invalid = |why: String| SearchError::Invalid(format!("collection {address}: {why}"));
         if let Some(k) = key {
-            check_partition_key_name(k)
-                .map_err(|why| SearchError::Invalid(format!("collection {address}: {why}")))?;
+            check_partition_key_name(k).map_err(invalid)?;
         }
-        let schema = schema_for(&name, &info_json, info.model.dim, key)?;
+        let scalar_fields = options.scalar_fields.as_deref().unwrap_or_default();
+        check_typed_fields(key, scalar_fields).map_err(invalid)?;
+        if let (Some(n), None) = (options.partitions, key) {
+            return Err(invalid(format!(
+                "{PARTITIONS_VAR}={n} sets the partitions of a partition key, and the collection \
+                 would have none; give {PARTITION_KEY_VAR} too, or leave {PARTITIONS_VAR} unset"
+            )));
+        }
+        let schema = schema_for(&name, &info_json, info.model.dim, key, scalar_fields)?;
         // 0 asks for the server's default.
         let shards = options.shards.unwrap_or(0) as i32;
-        conn.create_collection(create_request(schema, key, shards)?)?;
+        let partitions = options.partitions.unwrap_or(0).into();
+        conn.create_collection(create_request(schema, key, shards, partitions)?)?;
         let hnsw = options.hnsw;
         let n = name.clone();
         conn.call("creating the HNSW index", move |c| async move {
@@ -777,6 +855,25 @@ impl MilvusStore {
             )
             .await
         })?;
+        // Milvus 2.3's scalar indexes: sorted for numbers, a trie for strings; none for
+        // booleans (a scan of a BOOL column is as cheap).
+        for f in scalar_fields {
+            let kind = match f.ty {
+                ScalarType::String(_) => IndexType::Trie,
+                ScalarType::Int | ScalarType::Float => IndexType::StlSort,
+                ScalarType::Bool => continue,
+            };
+            let (n, field) = (name.clone(), f.name.clone());
+            conn.call(
+                &format!("creating the {kind} index of the scalar field {field}"),
+                move |c| async move {
+                    let index = format!("{field}_{kind}").to_ascii_lowercase();
+                    let params =
+                        IndexParams::new(index, kind, MetricType::INVALID, Default::default());
+                    c.create_index(n, field, params).await
+                },
+            )?;
+        }
         Self::open_with(conn)
     }
 
@@ -803,8 +900,8 @@ impl MilvusStore {
             SearchError::Invalid(format!(
                 "{address} is not a gclip collection: {why}; gclip makes its collections with \
                  the fields id (VARCHAR primary key), vector (FLOAT_VECTOR), fields (JSON) and \
-                 source (JSON), and a VARCHAR partition key when declared, and its model in the \
-                 description"
+                 source (JSON), a VARCHAR partition key and VARCHAR, INT64, DOUBLE or BOOL scalar \
+                 fields when declared, and its model in the description"
             ))
         };
         let description = &described.schema.description;
@@ -818,15 +915,16 @@ impl MilvusStore {
         let dim = info.model.dim;
         use milvus::proto::schema::DataType;
         let mut found: Vec<String> = Vec::new();
-        // The declaration is the collection's: a VARCHAR field marked as partition key,
-        // besides gclip's four.
+        // The declarations are the collection's: a VARCHAR field marked as partition key, and
+        // scalar fields, besides gclip's four.
         let partition_key = described
             .schema
             .fields
             .iter()
             .find(|f| f.is_partition_key)
             .map(|f| f.name.clone());
-        let mut ok = described.schema.fields.len() == 4 + usize::from(partition_key.is_some());
+        let mut scalar_fields: Vec<ScalarField> = Vec::new();
+        let mut ok = true;
         for f in &described.schema.fields {
             let ty = DataType::try_from(f.data_type).unwrap_or(DataType::None);
             let param = |key: &str| {
@@ -840,9 +938,10 @@ impl MilvusStore {
             } else {
                 ""
             };
-            found.push(match param("dim") {
-                Some(d) => format!("{} {}(dim {d}){key}", f.name, ty.as_str_name()),
-                None => format!("{} {}{key}", f.name, ty.as_str_name()),
+            found.push(match (param("dim"), param("max_length")) {
+                (Some(d), _) => format!("{} {}(dim {d}){key}", f.name, ty.as_str_name()),
+                (None, Some(n)) => format!("{} {}({n}){key}", f.name, ty.as_str_name()),
+                (None, None) => format!("{} {}{key}", f.name, ty.as_str_name()),
             });
             ok &= match f.name.as_str() {
                 _ if f.is_partition_key => {
@@ -854,9 +953,18 @@ impl MilvusStore {
                         && param("dim").and_then(|d| d.parse::<usize>().ok()) == Some(dim)
                 }
                 FIELDS_FIELD | SOURCE_FIELD => ty == DataType::Json,
-                _ => false,
+                _ => match ScalarField::from_schema(f) {
+                    Some(declared) => {
+                        scalar_fields.push(declared);
+                        true
+                    }
+                    None => false,
+                },
             };
         }
+        // Field names are unique: gclip's four are all there when the count adds up.
+        ok &= described.schema.fields.len()
+            == 4 + usize::from(partition_key.is_some()) + scalar_fields.len();
         if !ok {
             return Err(not_ours(format!(
                 "it has the fields {} (model dimension {dim})",
@@ -873,6 +981,54 @@ impl MilvusStore {
                     "collection {address} was created with {has}, and \
                      {PARTITION_KEY_VAR}={asked} asks for `{asked}`; a partition key is fixed \
                      when a collection is created (unset the variable to use this one as it is)"
+                )));
+            }
+        }
+        if let Some(asked) = &conn.options.scalar_fields {
+            let sorted = |fields: &[ScalarField]| {
+                let mut shown: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+                shown.sort();
+                shown
+            };
+            let (has, wants) = (sorted(&scalar_fields), sorted(asked));
+            if has != wants {
+                let list = |l: &[String]| match l {
+                    [] => "no scalar fields".to_string(),
+                    l => format!("the scalar fields {}", l.join(",")),
+                };
+                return Err(SearchError::Invalid(format!(
+                    "collection {address} was created with {}, and {SCALAR_FIELDS_VAR} asks for \
+                     {}; scalar fields are fixed when a collection is created (unset the \
+                     variable to use this one as it is)",
+                    list(&has),
+                    list(&wants)
+                )));
+            }
+        }
+        if let Some(asked) = conn.options.partitions {
+            if partition_key.is_none() {
+                return Err(SearchError::Invalid(format!(
+                    "collection {address} has no partition key, and {PARTITIONS_VAR}={asked} \
+                     sets the partitions of one (unset the variable to use this collection)"
+                )));
+            }
+            // Milvus 2.3 reports the number it made; a server that does not (0) is asked for
+            // its partitions.
+            let has = match usize::try_from(described.num_partitions) {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    let n = name.clone();
+                    conn.call("listing the partitions", move |c| async move {
+                        c.list_partitions(n).await
+                    })?
+                    .len()
+                }
+            };
+            if has != asked as usize {
+                return Err(SearchError::Invalid(format!(
+                    "collection {address} was created with {has} partitions, and \
+                     {PARTITIONS_VAR}={asked} asks for {asked}; the partitions are fixed when a \
+                     collection is created (unset the variable to use this one as it is)"
                 )));
             }
         }
@@ -896,11 +1052,19 @@ impl MilvusStore {
                 c.load_collection(n, Some(load)).await
             })?;
         }
-        let schema = schema_for(&name, info_json, dim, partition_key.as_deref())?;
+        let schema = schema_for(
+            &name,
+            info_json,
+            dim,
+            partition_key.as_deref(),
+            &scalar_fields,
+        )?;
+        let typed = typed_fields(partition_key.as_deref(), &scalar_fields);
         let store = Self {
             conn,
             info,
             schema,
+            typed,
             partition_key,
             last_len: AtomicUsize::new(0),
         };
@@ -919,41 +1083,35 @@ impl MilvusStore {
         self.partition_key.as_deref()
     }
 
-    /// The tenant of a document: the value of its partition key field, which must be a string
-    /// of at most [`MAX_TENANT_BYTES`]; `None` when the collection has no partition key. The
-    /// error names the document and the field.
-    fn tenant_of(&self, id: &str, fields: &Fields) -> std::result::Result<Option<String>, String> {
-        let Some(key) = &self.partition_key else {
-            return Ok(None);
-        };
+    /// The declared scalar fields (besides the partition key), as the collection was created.
+    pub fn scalar_fields(&self) -> &[ScalarField] {
+        let key = usize::from(self.partition_key.is_some());
+        &self.typed[key..]
+    }
+
+    /// A document's values of the typed fields (the partition key's first, then the declared
+    /// scalar fields'), in order: each must be present with a value of its type (a tenant: a
+    /// string of at most [`MAX_TENANT_BYTES`]). The error names the document and the field.
+    fn typed_values(
+        &self,
+        id: &str,
+        fields: &Fields,
+    ) -> std::result::Result<Vec<ScalarValue>, String> {
         let address = &self.conn.address;
-        match fields.get(key.as_str()) {
-            Some(Json::String(t)) if t.len() <= MAX_TENANT_BYTES => Ok(Some(t.clone())),
-            Some(Json::String(t)) => Err(format!(
-                "document {id:?}: field {key:?} (the partition key of {address}) is {} bytes \
-                 long; a tenant is at most {MAX_TENANT_BYTES}",
-                t.len()
-            )),
-            None => Err(format!(
-                "document {id:?} has no field {key:?}, the partition key of {address}: every \
-                 document names its tenant there, as a string"
-            )),
-            Some(other) => {
-                let mut shown = other.to_string();
-                if shown.len() > 40 {
-                    let cut = (0..=40)
-                        .rev()
-                        .find(|&i| shown.is_char_boundary(i))
-                        .unwrap_or(0);
-                    shown.truncate(cut);
-                    shown.push('…');
+        self.typed
+            .iter()
+            .map(|f| {
+                if self.partition_key.as_deref() == Some(f.name.as_str()) {
+                    let role = format!("the partition key of {address}");
+                    f.value_in(id, fields, &role, "names its tenant there, as a string")
+                } else {
+                    let role = format!("a scalar field {f} of {address}");
+                    let holds = "holds a value of its type there (Milvus 2.3's scalar fields \
+                                 cannot be empty)";
+                    f.value_in(id, fields, &role, holds)
                 }
-                Err(format!(
-                    "document {id:?}: field {key:?} (the partition key of {address}) is {shown}, \
-                     not a string; a tenant is a string"
-                ))
-            }
-        }
+            })
+            .collect()
     }
 
     fn invalid(&self, message: impl std::fmt::Display) -> SearchError {
@@ -979,7 +1137,8 @@ impl MilvusStore {
     }
 
     /// The collection's partitions, as the server lists them: one (`_default`) without a
-    /// partition key, the server's default number (64) with one.
+    /// partition key, as many as it was created with (`GCLIP_MILVUS_PARTITIONS`, else the
+    /// server's default, 64) with one.
     pub fn partitions(&self) -> Result<usize> {
         let n = self.conn.address.name.clone();
         let names = self
@@ -1159,7 +1318,7 @@ impl MilvusStore {
         if d.vector.iter().any(|x| !x.is_finite()) {
             return Err(self.invalid(format!("document {:?} has a non-finite vector", d.id)));
         }
-        self.tenant_of(&d.id, &d.fields)
+        self.typed_values(&d.id, &d.fields)
             .map_err(SearchError::Invalid)?;
         Ok(())
     }
@@ -1193,15 +1352,20 @@ impl MilvusStore {
             let mut end = start;
             let mut bytes = 0;
             let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let mut tenants = Vec::new();
+            let mut typed: Vec<ValueVec> = self.typed.iter().map(|f| f.empty_column()).collect();
             while end < docs.len() && (end == start || bytes < UPSERT_BYTES) {
                 let d = docs[end];
-                if let Some(t) = self
-                    .tenant_of(&d.id, &d.fields)
-                    .map_err(SearchError::Invalid)?
-                {
-                    bytes += t.len();
-                    tenants.push(t);
+                let values = self
+                    .typed_values(&d.id, &d.fields)
+                    .map_err(SearchError::Invalid)?;
+                for (value, column) in values.into_iter().zip(&mut typed) {
+                    bytes += match &value {
+                        ScalarValue::String(s) => s.len(),
+                        _ => 8,
+                    };
+                    if !value.push_to(column) {
+                        return Err(self.invalid("a typed field's value and column disagree"));
+                    }
                 }
                 let fields = serde_json::to_vec(&Json::Object(d.fields.clone()))
                     .map_err(|e| self.invalid(format!("fields of {:?}: {e}", d.id)))?;
@@ -1229,14 +1393,15 @@ impl MilvusStore {
                 field(FIELDS_FIELD)?,
                 field(SOURCE_FIELD)?,
             );
-            let tenant_f = match &self.partition_key {
-                Some(key) => Some(field(key)?),
-                None => None,
-            };
+            let typed_f = self
+                .typed
+                .iter()
+                .map(|f| field(&f.name))
+                .collect::<Result<Vec<_>>>()?;
             let name = self.conn.address.name.clone();
             let count = end - start;
             // For the delete of a partition-key write: the ids, a bounded list per expression.
-            let deletes: Vec<String> = match &tenant_f {
+            let deletes: Vec<String> = match &self.partition_key {
                 Some(_) => columns
                     .0
                     .chunks(IDS_PER_EXPR)
@@ -1256,8 +1421,8 @@ impl MilvusStore {
                     FieldColumn::new(&fields_f, ValueVec::Json(columns.2.clone())),
                     FieldColumn::new(&source_f, ValueVec::Json(columns.3.clone())),
                 ];
-                if let Some(f) = &tenant_f {
-                    data.push(FieldColumn::new(f, ValueVec::String(tenants.clone())));
+                for (f, values) in typed_f.iter().zip(&typed) {
+                    data.push(FieldColumn::new(f, values.clone()));
                 }
                 async move {
                     if deletes.is_empty() {
@@ -1292,9 +1457,10 @@ impl Store for MilvusStore {
         &self.info
     }
 
-    /// A collection with a partition key takes only documents that name their tenant in it.
+    /// A collection with a partition key takes only documents that name their tenant in it,
+    /// one with scalar fields only documents that hold a value of each field's type.
     fn check_fields(&self, id: &str, fields: &Fields) -> std::result::Result<(), String> {
-        self.tenant_of(id, fields).map(|_| ())
+        self.typed_values(id, fields).map(|_| ())
     }
 
     /// The server's count; the last count read when the server cannot be asked (with a
@@ -1439,9 +1605,7 @@ impl Store for MilvusStore {
             )));
         }
         let filter = match &request.filter {
-            Some(f) => {
-                to_milvus_expr_for(f, self.partition_key.as_deref()).map_err(|e| self.invalid(e))?
-            }
+            Some(f) => to_milvus_expr_for(f, &self.typed).map_err(|e| self.invalid(e))?,
             None => String::new(),
         };
         let ef = match request.mode {
@@ -1648,6 +1812,122 @@ mod tests {
             // A long value is quoted in part only.
             assert!(e.len() < 400, "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn partitions_and_scalar_fields_come_from_the_environment_within_bounds() {
+        let o = options(&[]).unwrap();
+        assert_eq!((o.partitions, o.scalar_fields), (None, None));
+        for (given, want) in [("1", 1), (" 16 ", 16), ("4096", MAX_PARTITIONS)] {
+            let o = options(&[(PARTITIONS_VAR, given)]).unwrap();
+            assert_eq!(o.partitions, Some(want), "{given}");
+        }
+        for bad in ["0", "4097", "-3", "many", "1e3"] {
+            let e = options(&[(PARTITIONS_VAR, bad)]).unwrap_err().to_string();
+            assert!(
+                e.contains(PARTITIONS_VAR) && e.contains("from 1 to 4096"),
+                "{bad}: {e}"
+            );
+        }
+        let o = options(&[(SCALAR_FIELDS_VAR, "price:int, brand:string(64)")]).unwrap();
+        let declared: Vec<String> = o
+            .scalar_fields
+            .unwrap()
+            .iter()
+            .map(|f| f.to_string())
+            .collect();
+        assert_eq!(declared, ["price:int", "brand:string(64)"]);
+        assert_eq!(
+            options(&[(SCALAR_FIELDS_VAR, " ")]).unwrap().scalar_fields,
+            None
+        );
+        let e = options(&[(SCALAR_FIELDS_VAR, "price:money")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(SCALAR_FIELDS_VAR) && e.contains(r#"unknown type "money""#),
+            "{e}"
+        );
+        // The partition key is a string field already.
+        let e = options(&[
+            (PARTITION_KEY_VAR, "tenant"),
+            (SCALAR_FIELDS_VAR, "price:int,Tenant:string"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(SCALAR_FIELDS_VAR)
+                && e.contains("Tenant:string(256) is the partition key `tenant`"),
+            "{e}"
+        );
+        let o = options(&[
+            (PARTITION_KEY_VAR, "tenant"),
+            (SCALAR_FIELDS_VAR, "price:int"),
+        ])
+        .unwrap();
+        assert_eq!(
+            typed_fields(o.partition_key.as_deref(), &o.scalar_fields.unwrap()),
+            [
+                ScalarField {
+                    name: "tenant".into(),
+                    ty: ScalarType::String(MAX_TENANT_BYTES as u32)
+                },
+                ScalarField {
+                    name: "price".into(),
+                    ty: ScalarType::Int
+                }
+            ]
+        );
+    }
+
+    /// The hand-built create request marks the partition key and carries the partitions and
+    /// every typed field with its Milvus type.
+    #[test]
+    fn the_create_request_carries_the_key_the_partitions_and_the_scalar_fields() {
+        use milvus::proto::schema::DataType;
+        use prost::Message;
+        let declared =
+            parse_scalar_fields("brand:string(64),price:int,rating:float,sold:bool").unwrap();
+        let schema = schema_for("shop", "{}", 8, Some("tenant"), &declared).unwrap();
+        let request = create_request(schema, Some("tenant"), 2, 128).unwrap();
+        assert_eq!((request.shards_num, request.num_partitions), (2, 128));
+        let schema =
+            milvus::proto::schema::CollectionSchema::decode(request.schema.as_slice()).unwrap();
+        let fields: Vec<(String, DataType, bool, Option<String>)> = schema
+            .fields
+            .iter()
+            .map(|f| {
+                let max = f.type_params.iter().find(|p| p.key == "max_length");
+                (
+                    f.name.clone(),
+                    DataType::try_from(f.data_type).unwrap(),
+                    f.is_partition_key,
+                    max.map(|p| p.value.clone()),
+                )
+            })
+            .collect();
+        let field =
+            |n: &str, t, key, max: Option<&str>| (n.to_string(), t, key, max.map(String::from));
+        assert_eq!(
+            fields,
+            [
+                field("id", DataType::VarChar, false, Some("4096")),
+                field("vector", DataType::FloatVector, false, None),
+                field("fields", DataType::Json, false, None),
+                field("source", DataType::Json, false, None),
+                field("tenant", DataType::VarChar, true, Some("512")),
+                field("brand", DataType::VarChar, false, Some("64")),
+                field("price", DataType::Int64, false, None),
+                field("rating", DataType::Double, false, None),
+                field("sold", DataType::Bool, false, None),
+            ]
+        );
+        // Read back as the collection declares them.
+        let read: Vec<ScalarField> = schema.fields[5..]
+            .iter()
+            .filter_map(ScalarField::from_schema)
+            .collect();
+        assert_eq!(read, declared);
     }
 
     #[test]
