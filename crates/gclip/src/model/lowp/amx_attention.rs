@@ -502,29 +502,8 @@ unsafe fn head_gradients_of_sequence(
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 fn softmax_row_f32(s: &mut [f32], valid: usize, scale: f32) {
-    assert!(valid <= s.len());
+    let inv = exponentials(s, valid, scale);
     let lanes = |c: usize| masks(valid.saturating_sub(c)).0;
-    let scale_v = _mm512_set1_ps(scale);
-    let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
-    for c in (0..valid).step_by(16) {
-        let m = lanes(c);
-        // SAFETY: the mask keeps lanes below `valid ≤ s.len()`.
-        let x = unsafe { _mm512_maskz_loadu_ps(m, s.as_ptr().add(c)) };
-        max = _mm512_mask_max_ps(max, m, max, _mm512_mul_ps(x, scale_v));
-    }
-    let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
-    let mut sum = _mm512_setzero_ps();
-    for c in (0..valid).step_by(16) {
-        let m = lanes(c);
-        // SAFETY: as above, for the load and the masked store.
-        unsafe {
-            let x = _mm512_maskz_loadu_ps(m, s.as_ptr().add(c));
-            let y = _mm512_maskz_mov_ps(m, exp_ps(_mm512_fmsub_ps(x, scale_v, max)));
-            sum = _mm512_add_ps(sum, y);
-            _mm512_mask_storeu_ps(s.as_mut_ptr().add(c), m, y);
-        }
-    }
-    let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
     for c in (0..s.len()).step_by(16) {
         let m = lanes(c);
         let store = masks(s.len() - c).0;
@@ -933,14 +912,12 @@ unsafe fn interleave_v<'a>(
     }
 }
 
-/// One row of P: `softmax(scale · s[..valid])` in bf16, zeros after it to the end of `p`
-/// (`2 · p.len() ≤ s.len()` values); `s` is left holding the unnormalised exponentials. In
-/// registers with masked tails: the f32 softmax of the towers' kernels, written for any row
-/// length, spent most of its time on the scalar tails and lane reductions of 50-value rows.
+/// `exp(scale · s[j] − max)` in place of `s[..valid]` (the values after it left as they are),
+/// returning `1 / Σ` on every lane: the shared first passes of a softmax row.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-fn softmax_row_bf16(s: &mut [f32], valid: usize, scale: f32, p: &mut [u32]) {
-    assert!(valid <= s.len() && 2 * p.len() <= s.len() && p.len().is_multiple_of(TILE));
+fn exponentials(s: &mut [f32], valid: usize, scale: f32) -> __m512 {
+    assert!(valid <= s.len());
     let lanes = |c: usize| masks(valid.saturating_sub(c)).0;
     let scale_v = _mm512_set1_ps(scale);
     let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
@@ -962,7 +939,19 @@ fn softmax_row_bf16(s: &mut [f32], valid: usize, scale: f32, p: &mut [u32]) {
             _mm512_mask_storeu_ps(s.as_mut_ptr().add(c), m, y);
         }
     }
-    let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+    _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum))
+}
+
+/// One row of P: `softmax(scale · s[..valid])` in bf16, zeros after it to the end of `p`
+/// (`2 · p.len() ≤ s.len()` values); `s` is left holding the unnormalised exponentials. In
+/// registers with masked tails: the f32 softmax of the towers' kernels, written for any row
+/// length, spent most of its time on the scalar tails and lane reductions of 50-value rows.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+fn softmax_row_bf16(s: &mut [f32], valid: usize, scale: f32, p: &mut [u32]) {
+    assert!(2 * p.len() <= s.len() && p.len().is_multiple_of(TILE));
+    let inv = exponentials(s, valid, scale);
+    let lanes = |c: usize| masks(valid.saturating_sub(c)).0;
     for (w, c) in (0..2 * p.len()).step_by(32).enumerate() {
         // SAFETY: the masks keep lanes below `valid ≤ s.len()`; the store writes words
         // 16w..16w+16 < p.len() (a multiple of 16).
