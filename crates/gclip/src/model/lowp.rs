@@ -1390,22 +1390,25 @@ pub(crate) fn attention_amx_bf16(
 ) -> Option<Vec<f32>> {
     #[cfg(target_arch = "x86_64")]
     if has_amx_bf16() {
-        let mut out = vec![0f32; batch * tokens * width];
-        // SAFETY: AMX-BF16 and AVX-512 BF16 were detected just above; attention ops run
-        // between the linear kernels, never inside one's tile session.
-        unsafe {
-            amx_attention::attention(
-                qkv,
-                &mut out,
-                batch,
-                tokens,
-                width,
-                heads,
-                causal,
-                effective_threads(0),
-            )
-        };
-        return Some(out);
+        let out = new_output(batch * tokens, width, |out| {
+            // SAFETY: AMX-BF16 and AVX-512 BF16 were detected just above; attention ops run
+            // between the linear kernels, never inside one's tile session. The kernel writes
+            // every value of `out`, as `new_output` needs.
+            unsafe {
+                amx_attention::attention(
+                    qkv,
+                    out,
+                    batch,
+                    tokens,
+                    width,
+                    heads,
+                    causal,
+                    effective_threads(0),
+                )
+            };
+            Ok(())
+        });
+        return out.ok();
     }
     let _ = (qkv, batch, tokens, width, heads, causal);
     None

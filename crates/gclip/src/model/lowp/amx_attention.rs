@@ -99,7 +99,8 @@ impl Scratch {
 }
 
 /// Attention over `qkv: [batch, tokens, 3·width]` (q, k, v side by side, heads contiguous in
-/// each) into `out: [batch, tokens, width]`, on up to `threads` workers.
+/// each) into `out: [batch, tokens, width]`, on up to `threads` workers. Every value of `out`
+/// is written, none read, so it need not be initialised.
 ///
 /// # Safety
 /// The CPU and OS support AMX-BF16 and AVX-512 BF16 (`Bf16Kernel::Amx` is available), the
@@ -108,7 +109,7 @@ impl Scratch {
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn attention(
     qkv: &[f32],
-    out: &mut [f32],
+    out: &mut [std::mem::MaybeUninit<f32>],
     batch: usize,
     tokens: usize,
     width: usize,
