@@ -8,6 +8,7 @@ tests), else in target/milvus-venv. Without either the tests are skipped, saying
 ``GCLIP_MILVUS_SERVER`` that names no file is a failure, not a skip.
 """
 
+import errno
 import os
 import pathlib
 import shutil
@@ -52,12 +53,59 @@ setsid sh -c 'cat >/dev/null; kill -INT -$1; sleep 10; kill -KILL -$1; rm -rf "$
 exec "$0" "$@" </dev/null 3<&-"""
 
 
-def _free_ports(n):
-    held = [socket.socket() for _ in range(n)]
+# Every port the server listens on is chosen here: its components' defaults (53100, 13333, …)
+# lie in the range the system hands out to outgoing connections, and the script checks them only
+# on 127.0.0.1 while the server binds every address (a Rust test's two starts both failed on
+# ":53100 address already in use" in CI). Ports below that range, free on both loopbacks.
+_SERVER_PORTS = [
+    "--proxy-port", "--proxy-internal-port", "--root-coord-port", "--query-coord-port",
+    "--query-node-port", "--index-coord-port", "--index-node-port", "--data-coord-port",
+    "--data-node-port", "--etcd-port",
+]
+
+
+def _hold_on_loopback(port):
+    held = []
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        s = socket.socket(family)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            s.listen()
+        except OSError as e:
+            s.close()
+            if family == socket.AF_INET6 and e.errno == errno.EADDRNOTAVAIL:
+                continue  # no IPv6 on this machine
+            for h in held:
+                h.close()
+            return None
+        held.append(s)
+    return held
+
+
+def _listen_ports(n):
     try:
-        for s in held:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in held]
+        low = int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    top = max(low - 1, 2048)
+    bottom = max(top - 16384, 1024)
+    pool = top - bottom + 1
+    seed = os.getpid() ^ time.time_ns()
+    held, chosen = [], []
+    try:
+        for step in range(pool):
+            if len(chosen) == n:
+                break
+            port = bottom + (seed + step * 7919) % pool
+            if port in chosen:
+                continue
+            sockets = _hold_on_loopback(port)
+            if sockets:
+                held += sockets
+                chosen.append(port)
+        assert len(chosen) == n, f"only {len(chosen)} free loopback ports below {top}"
+        return chosen
     finally:
         for s in held:
             s.close()
@@ -69,7 +117,8 @@ def server():
     here, its embedded etcd's included, so that it never meets another server's)."""
     if not SCRIPT.exists():
         pytest.fail(f"GCLIP_MILVUS_SERVER={SCRIPT} does not exist (tools/milvus_setup.sh)")
-    port, etcd_client, etcd_peer = _free_ports(3)
+    ports = _listen_ports(len(_SERVER_PORTS) + 1)
+    port, etcd_client, etcd_peer = ports[0], ports[len(_SERVER_PORTS) - 1], ports[-1]
     data = pathlib.Path(tempfile.mkdtemp(prefix=f"gclip-py-milvus-{port}-"))
     peer, client = f"http://127.0.0.1:{etcd_peer}", f"http://127.0.0.1:{etcd_client}"
     (data / "embed-etcd.yaml").write_text(
@@ -85,8 +134,8 @@ def server():
     )
     log = open(data / "server.log", "wb")
     proc = subprocess.Popen(
-        ["sh", "-c", _WRAPPER, str(SCRIPT), "--data", str(data), "--proxy-port", str(port),
-         "--etcd-port", str(etcd_client)],
+        ["sh", "-c", _WRAPPER, str(SCRIPT), "--data", str(data)]
+        + [a for flag, p in zip(_SERVER_PORTS, ports) for a in (flag, str(p))],
         stdin=subprocess.PIPE, stdout=log, stderr=log, env=env, start_new_session=True,
     )
     try:

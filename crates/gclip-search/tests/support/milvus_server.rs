@@ -37,20 +37,94 @@ pub fn server_script() -> PathBuf {
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
-    free_ports::<1>()[0]
+    listen_ports::<1>()[0]
 }
 
-/// `N` different ports nothing listens on right now (all held open until all are chosen, so
-/// that the system cannot hand out one of them twice).
-pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: [TcpListener; N] =
-        std::array::from_fn(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap());
-    held.map(|l| l.local_addr().unwrap().port())
+/// The server's components listen on ports of their own (root coordinator 53100, data
+/// coordinator 13333, …), by default inside the range the system hands out to outgoing
+/// connections; the script checks them only on 127.0.0.1 while the server binds every address,
+/// IPv6 included. In CI (stop 35) both starts of a test failed on "listen tcp :53100: address
+/// already in use" right after the previous test's server had stopped. So every port is chosen
+/// here, below the ephemeral range (no outgoing connection can hold one) and free on both
+/// loopback addresses.
+const SERVER_PORTS: [&str; 10] = [
+    "--proxy-port",
+    "--proxy-internal-port",
+    "--root-coord-port",
+    "--query-coord-port",
+    "--query-node-port",
+    "--index-coord-port",
+    "--index-node-port",
+    "--data-coord-port",
+    "--data-node-port",
+    "--etcd-port",
+];
+
+/// The system's range for outgoing connections' ports (`ip_local_port_range`).
+fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = text
+        .split_whitespace()
+        .filter_map(|n| n.parse::<u16>().ok());
+    match (bounds.next(), bounds.next()) {
+        (Some(low), Some(high)) if low <= high => low..=high,
+        _ => 32768..=60999,
+    }
+}
+
+/// Holds `port` on 127.0.0.1 and, where the machine has IPv6, on ::1; `None` when either is
+/// taken.
+fn hold_on_loopback(port: u16) -> Option<Vec<TcpListener>> {
+    let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).ok()?;
+    match TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, port)) {
+        Ok(v6) => Some(vec![v4, v6]),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => Some(vec![v4]),
+        Err(_) => None,
+    }
+}
+
+/// `N` different ports free on both loopback addresses, outside the ephemeral range (so that
+/// no outgoing connection takes one before the server binds it), all held until all are chosen.
+/// The search starts at a place set by this process and the clock, so that test binaries
+/// started one after another do not walk the same ports.
+pub fn listen_ports<const N: usize>() -> [u16; N] {
+    let ephemeral = ephemeral_ports();
+    // A pool of up to 16,384 ports below the ephemeral range, from 1,024 up.
+    let top = ephemeral.start().saturating_sub(1).max(2048);
+    let bottom = top.saturating_sub(16_384).max(1024);
+    let pool = u32::from(top - bottom) + 1;
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    let mut held = Vec::new();
+    let mut chosen = Vec::new();
+    for step in 0..pool {
+        if chosen.len() == N {
+            break;
+        }
+        let port = bottom + ((seed.wrapping_add(step.wrapping_mul(7919))) % pool) as u16;
+        if ephemeral.contains(&port) || chosen.contains(&port) {
+            continue;
+        }
+        if let Some(listeners) = hold_on_loopback(port) {
+            held.extend(listeners);
+            chosen.push(port);
+        }
+    }
+    chosen.try_into().unwrap_or_else(|c: Vec<u16>| {
+        panic!(
+            "only {} free loopback ports below {bottom}..={top}",
+            c.len()
+        )
+    })
 }
 
 /// How many times a server that dies while starting is started again, on new ports and a new
 /// data folder, before the test fails with every attempt's log.
-const START_ATTEMPTS: usize = 2;
+const START_ATTEMPTS: usize = 3;
 
 /// One server at a time on this machine (tests run in parallel): two would share its two cores
 /// while starting, and each holds about half a gigabyte. A test takes its turn before starting its
@@ -103,7 +177,10 @@ impl Server {
     /// 127.0.0.1. Left to itself, its embedded etcd listens on localhost:2379 and :2380 whatever
     /// the script is told, so a second server on the machine (or one left over) made it panic.
     fn spawn(script: &Path, attempt: usize) -> Self {
-        let [port, etcd_client, etcd_peer] = free_ports();
+        let ports: [u16; SERVER_PORTS.len() + 1] = listen_ports();
+        let port = ports[0];
+        let etcd_client = ports[SERVER_PORTS.len() - 1];
+        let etcd_peer = ports[SERVER_PORTS.len()];
         let data = std::env::temp_dir().join(format!(
             "gclip-milvus-{}-{port}-{attempt}",
             std::process::id()
@@ -142,10 +219,12 @@ exec "$0" "$@" </dev/null 3<&-"#,
             .arg(script)
             .arg("--data")
             .arg(&data)
-            .arg("--proxy-port")
-            .arg(port.to_string())
-            .arg("--etcd-port")
-            .arg(etcd_client.to_string())
+            .args(
+                SERVER_PORTS
+                    .iter()
+                    .zip(ports)
+                    .flat_map(|(flag, port)| [flag.to_string(), port.to_string()]),
+            )
             .env("GCLIP_MILVUS_TEST_DATA", &data)
             .env("ETCD_CONFIG_PATH", &etcd_config)
             .env("ETCD_ENDPOINTS", format!("127.0.0.1:{etcd_client}"))
