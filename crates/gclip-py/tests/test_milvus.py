@@ -67,15 +67,18 @@ _SERVER_PORTS = [
 def _hold_on_loopback(port):
     held = []
     for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
-        s = socket.socket(family)
+        try:
+            s = socket.socket(family)
+        except OSError:
+            continue  # no IPv6 on this machine
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
             s.listen()
         except OSError as e:
             s.close()
-            if family == socket.AF_INET6 and e.errno == errno.EADDRNOTAVAIL:
-                continue  # no IPv6 on this machine
+            if family == socket.AF_INET6 and e.errno != errno.EADDRINUSE:
+                continue  # no ::1 on this machine
             for h in held:
                 h.close()
             return None

@@ -79,8 +79,9 @@ fn hold_on_loopback(port: u16) -> Option<Vec<TcpListener>> {
     let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).ok()?;
     match TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, port)) {
         Ok(v6) => Some(vec![v4, v6]),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => Some(vec![v4]),
-        Err(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => None,
+        // No IPv6 here (no ::1, or no IPv6 at all): nothing can hold the port there either.
+        Err(_) => Some(vec![v4]),
     }
 }
 
