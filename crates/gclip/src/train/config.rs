@@ -29,7 +29,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 
 use super::augment::AugmentConfig;
 use super::data::{load, DataSpec, Dataset, Layout};
@@ -60,6 +60,9 @@ pub struct ModelSection {
     pub from: Option<String>,
     /// The architecture of an open_clip checkpoint file given in `from`.
     pub from_arch: Option<String>,
+    /// From scratch only: the factor that multiplies cosine similarities at step 0,
+    /// `exp(logit_scale)` (open_clip's default 1/0.07 ≈ 14.3; the loss caps it at 100).
+    pub initial_logit_scale: Option<f64>,
 }
 
 /// `[data]` and `[eval]`'s data.
@@ -374,8 +377,15 @@ fn model_of(cfg: &TrainConfig) -> Result<(Clip, Convention, Option<PathBuf>), Tr
     match (&cfg.model.arch, &cfg.model.from) {
         (Some(arch), None) => {
             let c = ClipConfig::open_clip(arch)?;
-            Ok((init_open_clip(&c, cfg.train.seed, &Device::Cpu, DType::F32)?, Convention::OpenClip, None))
+            let mut clip = init_open_clip(&c, cfg.train.seed, &Device::Cpu, DType::F32)?;
+            if let Some(scale) = cfg.model.initial_logit_scale {
+                clip.logit_scale = Tensor::new(initial_log_scale(scale)?, &Device::Cpu)?;
+            }
+            Ok((clip, Convention::OpenClip, None))
         }
+        (None, Some(_)) if cfg.model.initial_logit_scale.is_some() => Err(TrainError::Config(
+            "[model] initial_logit_scale applies only to training from scratch (`arch`); a checkpoint given in `from` brings its own logit scale".into(),
+        )),
         (None, Some(from)) => {
             let loaded = ModelSource::resolve(from, cfg.model.from_arch.as_deref())?.load(&Device::Cpu, DType::F32)?;
             Ok((loaded.clip, loaded.convention, loaded.dir))
@@ -383,6 +393,18 @@ fn model_of(cfg: &TrainConfig) -> Result<(Clip, Convention, Option<PathBuf>), Tr
         _ => Err(TrainError::Config(
             "[model] needs exactly one of `arch` (train from scratch) or `from` (fine-tune a checkpoint)".into(),
         )),
+    }
+}
+
+/// The logarithm stored as `logit_scale` for an initial factor `scale`, which must lie in
+/// (0, 100] (the loss caps the factor at 100).
+fn initial_log_scale(scale: f64) -> Result<f32, TrainError> {
+    if scale.is_finite() && scale > 0.0 && scale <= 100.0 {
+        Ok(scale.ln() as f32)
+    } else {
+        Err(TrainError::Config(format!(
+            "[model] initial_logit_scale = {scale}: expected a factor above 0 and at most 100 (open_clip starts at 1/0.07 ≈ 14.3)"
+        )))
     }
 }
 
@@ -637,5 +659,40 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn initial_logit_scale_sets_the_scratch_model_and_is_refused_out_of_range_or_with_from() {
+        let arch = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/models/oc-gelu/open_clip_config.json");
+        let with = |extra: &str| {
+            parse(&format!(
+                r#"{{"model": {{"arch": {}{extra}}}}}"#,
+                serde_json::to_string(&arch).unwrap()
+            ))
+            .unwrap()
+        };
+        let default = model_of(&with("")).unwrap().0.logit_scale_exp().unwrap();
+        assert!((default - 1.0 / 0.07).abs() < 1e-3, "{default}");
+        let set = model_of(&with(r#", "initial_logit_scale": 30"#)).unwrap().0;
+        assert!((set.logit_scale_exp().unwrap() - 30.0).abs() < 1e-3);
+        for bad in ["0", "-2", "150"] {
+            let Err(e) = model_of(&with(&format!(r#", "initial_logit_scale": {bad}"#))) else {
+                panic!("{bad} accepted");
+            };
+            let e = e.to_string();
+            assert!(
+                e.contains("initial_logit_scale") && e.contains("at most 100"),
+                "{e}"
+            );
+        }
+        let from = parse(r#"{"model": {"from": "somewhere", "initial_logit_scale": 20}}"#).unwrap();
+        let Err(e) = model_of(&from) else {
+            panic!("initial_logit_scale accepted with `from`");
+        };
+        assert!(
+            e.to_string().contains("only to training from scratch"),
+            "{e}"
+        );
     }
 }
