@@ -123,7 +123,8 @@ pub struct MilvusOptions {
     /// The document fields that get typed Milvus fields of their own, declared when this
     /// creates a collection (`GCLIP_MILVUS_SCALAR_FIELDS`, read by [`parse_scalar_fields`]):
     /// filters on them read those fields (which Milvus can index) instead of the JSON field,
-    /// and every document must hold each with a value of its type. `None`: none when creating,
+    /// and every document must hold each with a value of its type (an optional one, `name:type?`,
+    /// may be missing or null). `None`: none when creating,
     /// and whatever the collection has when opening; `Some` (even empty) when opening must be
     /// what the collection was created with.
     pub scalar_fields: Option<Vec<ScalarField>>,
