@@ -1465,6 +1465,395 @@ fn scalar_fields_answer_as_the_embedded_backend() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `document(i)` with optional shop fields, each missing from some documents and null in
+/// others: `brand` (a string, sometimes empty), `stock` (a whole number, sometimes 0), `rating`
+/// (a number, sometimes 0) and `sold` (true or false); and `level` (0 to 3), held by every
+/// document.
+fn sparse_document(i: u64) -> NewDocument {
+    let mut d = document(i);
+    let mut set = |name: &str, value: Option<serde_json::Value>, null: bool| {
+        match value {
+            Some(v) => d.fields.insert(name.into(), v),
+            None if null => d.fields.insert(name.into(), serde_json::Value::Null),
+            None => None,
+        };
+    };
+    let brand = ["acme", "globex", "", "7"][(i % 4) as usize];
+    set("brand", (i % 3 != 0).then(|| json!(brand)), i % 9 == 0);
+    set(
+        "stock",
+        (i % 4 != 0).then(|| json!((i * 37 % 40) as i64 - 10)),
+        i % 8 == 4,
+    );
+    set(
+        "rating",
+        (i % 5 != 2).then(|| json!((i % 6) as f64 * 0.5)),
+        i % 10 == 7,
+    );
+    set("sold", (i % 2 == 0).then(|| json!(i % 4 == 0)), i % 6 == 1);
+    set("level", Some(json!(i % 4)), false);
+    d
+}
+
+/// Optional scalar fields (`GCLIP_MILVUS_SCALAR_FIELDS=brand:string(16)?,…`): documents that
+/// lack a field or hold null there are written, and every filter construct (equality,
+/// inequality, ranges, values of another type, bare fields, `NOT`, `AND`, `OR`) finds exactly
+/// the embedded backend's documents, with and without a partition key, before and after the
+/// segments are sealed and indexed. A value of another type is still refused by id and field.
+/// Reopening reads the declarations back with their `?`; another declaration, optionality
+/// included, is refused naming both. The presence fields have no index (Milvus 2.3.5 refuses
+/// one on a BOOL field), and `gclip check` reports a row whose presence field disagrees with
+/// its fields.
+#[test]
+fn optional_scalar_fields_answer_as_the_embedded_backend() {
+    use gclip_search::milvus::parse_scalar_fields;
+    let _turn = one_server_at_a_time();
+    let server = Server::start();
+    let info = image_info();
+    let declared = "brand:string(16)?,stock:int?,rating:float?,sold:bool?,level:int";
+    let declared_options = || MilvusOptions {
+        scalar_fields: Some(parse_scalar_fields(declared).unwrap()),
+        ..Default::default()
+    };
+    let address = server.address("sparse");
+    let a = MilvusAddress::parse_with(&address, |_| None).unwrap();
+    let sparse = MilvusStore::create(&a, info.clone(), declared_options()).unwrap();
+    let shown: Vec<String> = sparse
+        .scalar_fields()
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    assert_eq!(shown.join(","), declared);
+    // The colour as partition key, written by delete and insert.
+    let keyed_address = server.address("sparse_keyed");
+    let k = MilvusAddress::parse_with(&keyed_address, |_| None).unwrap();
+    let keyed_options = || MilvusOptions {
+        partition_key: Some("colour".into()),
+        partitions: Some(4),
+        ..declared_options()
+    };
+    let keyed = MilvusStore::create(&k, info.clone(), keyed_options()).unwrap();
+    assert_eq!(keyed.scalar_fields().len(), 5);
+    // The values are indexed as for required fields; the presence fields are not: Milvus
+    // 2.3.5 has no index for a BOOL field.
+    let indexes = scalar_indexes(&server, "sparse");
+    assert_eq!(
+        indexes,
+        [
+            ("brand".to_string(), "Trie".to_string()),
+            ("level".into(), "STL_SORT".into()),
+            ("rating".into(), "STL_SORT".into()),
+            ("stock".into(), "STL_SORT".into())
+        ],
+        "{indexes:?}"
+    );
+    let refused = with_client(&server, |client| async move {
+        let params = milvus::index::IndexParams::new(
+            "presence".into(),
+            milvus::index::IndexType::StlSort,
+            milvus::index::MetricType::INVALID,
+            Default::default(),
+        );
+        client
+            .create_index("sparse", "stock__present", params)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    eprintln!("an index on a presence field: {refused:?}");
+    assert!(refused.is_err(), "{refused:?}");
+
+    let dir = scratch("optional-embedded");
+    let embedded = SqliteStore::create(&dir, info.clone(), StoreOptions::default()).unwrap();
+    let docs: Vec<NewDocument> = (0..60).map(sparse_document).collect();
+    for batch in docs.chunks(25) {
+        sparse.upsert(batch.to_vec()).unwrap();
+        keyed.upsert(batch.to_vec()).unwrap();
+        embedded.upsert(batch.to_vec()).unwrap();
+    }
+    assert_eq!((sparse.len(), keyed.len()), (60, 60));
+    // Missing stays missing and null stays null in the document.
+    assert_eq!(sparse.get("d000").unwrap().unwrap().fields, docs[0].fields);
+    assert_eq!(
+        sparse.get("d004").unwrap().unwrap().fields["stock"],
+        json!(null)
+    );
+    assert!(!sparse
+        .get("d008")
+        .unwrap()
+        .unwrap()
+        .fields
+        .contains_key("stock"));
+
+    let filters = [
+        None,
+        // Equality, of each type, with the placeholder's value too (0, 0.0, "", false).
+        Some("brand = acme"),
+        Some("brand:globex"),
+        Some("brand = ''"),
+        Some("brand = '7'"),
+        Some("stock = 0"),
+        Some("stock = '-3'"),
+        Some("rating = 0"),
+        Some("rating = 1.5"),
+        Some("sold = true"),
+        Some("sold:false"),
+        Some("level = 2"),
+        // Inequality: a missing or null field matches.
+        Some("brand != acme"),
+        Some("brand != ''"),
+        Some("stock != 0"),
+        Some("rating != 0"),
+        Some("sold != true"),
+        Some("sold != false"),
+        // Ranges, with fractional and out-of-range bounds, and a string field against a
+        // number (the JSON field).
+        Some("stock < 10.5"),
+        Some("stock >= 0"),
+        Some("stock > -1e300"),
+        Some("rating > 1"),
+        Some("rating <= 0"),
+        Some("brand >= b"),
+        Some("brand < h"),
+        Some("brand < 7"),
+        // Values of another type: no document, or (`!=`) every one.
+        Some("stock = 12.5"),
+        Some("stock != 12.5"),
+        Some("stock < '3'"),
+        Some("sold = 1"),
+        Some("sold != 1"),
+        Some("sold = 'true'"),
+        // Bare fields: a number is true (0 too), a string when not empty, a boolean when true.
+        Some("brand"),
+        Some("stock"),
+        Some("rating"),
+        Some("sold"),
+        Some("level"),
+        // NOT, AND, OR.
+        Some("NOT stock > 10"),
+        Some("NOT brand = acme"),
+        Some("NOT brand != acme"),
+        Some("NOT stock"),
+        Some("NOT sold"),
+        Some("NOT (brand OR rating)"),
+        Some("(stock > 10 OR NOT rating > 1) AND brand != globex"),
+        Some("sold OR stock < 0"),
+        Some("colour = red AND NOT stock"),
+        Some("level = 2 AND NOT sold != true"),
+        Some("NOT (sold = false AND rating >= 1) OR tags:summer"),
+    ];
+    // Every document in one page, so that the whole set matching is compared.
+    let compare = |s: &MilvusStore, what: &str| {
+        assert_same_searches(s, &embedded, &[3_000], &filters, &[(60, 0)], what);
+    };
+    compare(&sparse, "optional");
+    compare(&keyed, "optional with a partition key");
+    // The filters select what they say: documents without the field are in the answer to
+    // `!=` and `NOT`, never in the others.
+    let count = |f: &str| {
+        sparse
+            .search(&request(unit_vector(5), 100, 0, Some(f)))
+            .unwrap()
+            .len()
+    };
+    let lacking = |name: &str| {
+        docs.iter()
+            .filter(|d| d.fields.get(name).is_none_or(|v| v.is_null()))
+            .count()
+    };
+    let (no_stock, no_sold) = (lacking("stock"), lacking("sold"));
+    assert!(no_stock > 10 && no_stock < 30, "{no_stock}");
+    assert_eq!(count("NOT stock"), no_stock);
+    assert_eq!(count("stock") + no_stock, 60);
+    assert_eq!(count("sold = true") + count("sold = false") + no_sold, 60);
+    assert_eq!(count("sold != true"), count("sold = false") + no_sold);
+    assert_eq!(count("stock = 0") + count("stock != 0"), 60);
+    assert!(count("stock = 0") > 0);
+
+    // A value of another type is refused, naming the document and the field; nothing
+    // written.
+    for (field, value, says) in [
+        (
+            "stock",
+            json!("12"),
+            r#"document "d070": field "stock" (a scalar field stock:int? of"#,
+        ),
+        ("stock", json!(2.5), "is 2.5, not a whole number"),
+        ("rating", json!("high"), r#"is "high", not a number"#),
+        ("sold", json!(1), "is 1, not true or false"),
+        (
+            "brand",
+            json!("b".repeat(17)),
+            "is 17 bytes long; it takes at most 16",
+        ),
+        ("brand", json!(["acme"]), r#"is ["acme"], not a string"#),
+    ] {
+        let mut bad = sparse_document(70);
+        bad.fields.insert(field.into(), value);
+        let e = sparse
+            .upsert(vec![sparse_document(71), bad])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says) && e.contains(&address), "{e}");
+    }
+    // A required field is still required.
+    let mut bad = sparse_document(72);
+    bad.fields.remove("level");
+    let e = sparse.upsert(vec![bad]).unwrap_err().to_string();
+    assert!(
+        e.contains(r#"document "d072" has no field "level", a scalar field level:int of"#)
+            && e.contains("a field declared optional, name:type?, may be missing"),
+        "{e}"
+    );
+    assert_eq!(sparse.len(), 60);
+
+    // Removing and adding an optional field by changing a document's fields.
+    let mut changed = docs[9].fields.clone();
+    assert!(changed.contains_key("stock"));
+    changed.remove("stock");
+    changed.insert("rating".into(), json!(null));
+    for s in [&sparse as &dyn Store, &keyed, &embedded] {
+        s.update_fields("d009", changed.clone()).unwrap();
+    }
+    let mut changed = docs[8].fields.clone();
+    assert!(!changed.contains_key("stock"));
+    changed.insert("stock".into(), json!(1000));
+    for s in [&sparse as &dyn Store, &keyed, &embedded] {
+        s.update_fields("d008", changed.clone()).unwrap();
+    }
+    assert_eq!(count("NOT stock"), no_stock);
+    let hits = sparse
+        .search(&request(unit_vector(1), 10, 0, Some("stock >= 1000")))
+        .unwrap();
+    assert_eq!(ids(&hits), ["d008"]);
+    drop((sparse, keyed));
+    seal_and_index(&server, "sparse");
+    seal_and_index(&server, "sparse_keyed");
+
+    // Reopened without the options: the declarations, optional ones with their `?`, come
+    // from the collections, and the sealed, indexed segments answer alike.
+    let sparse = MilvusStore::open(&a, MilvusOptions::default()).unwrap();
+    let shown: Vec<String> = sparse
+        .scalar_fields()
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    assert_eq!(shown.join(","), declared);
+    compare(&sparse, "optional, reopened");
+    drop(sparse);
+    let keyed = MilvusStore::open(&k, MilvusOptions::default()).unwrap();
+    assert_eq!(keyed.partition_key(), Some("colour"));
+    compare(&keyed, "optional with a partition key, reopened");
+    drop(keyed);
+    // The same declarations in another order: as it is. Another optionality or type: refused,
+    // naming both.
+    let reordered = MilvusOptions {
+        scalar_fields: Some(
+            parse_scalar_fields("level:int,sold:bool?,rating:float?,stock:int?,brand:string(16)?")
+                .unwrap(),
+        ),
+        ..Default::default()
+    };
+    assert!(MilvusStore::open(&a, reordered).is_ok());
+    assert!(MilvusStore::open(&k, keyed_options()).is_ok());
+    for asked in [
+        "brand:string(16)?,stock:int,rating:float?,sold:bool?,level:int",
+        "brand:string(16)?,stock:int?,rating:float?,sold:bool?,level:int?",
+        "brand:string(16),stock:int,rating:float,sold:bool,level:int",
+    ] {
+        let options = MilvusOptions {
+            scalar_fields: Some(parse_scalar_fields(asked).unwrap()),
+            ..Default::default()
+        };
+        let e = MilvusStore::open(&a, options).err().unwrap().to_string();
+        let mut wants: Vec<&str> = asked.split(',').collect();
+        wants.sort();
+        let says = format!(
+            "was created with the scalar fields brand:string(16)?,level:int,rating:float?,\
+             sold:bool?,stock:int?, and GCLIP_MILVUS_SCALAR_FIELDS asks for the scalar fields {}",
+            wants.join(",")
+        );
+        assert!(e.contains(&address) && e.contains(&says), "{e}");
+    }
+
+    // `gclip check`: clean, naming the declarations; a row whose presence field says the
+    // field is missing while its fields hold it is reported by id; a placeholder that is not
+    // the zero of its type beside a false presence field is not.
+    use gclip_search::check::{check_collection, CheckOptions};
+    let report = check_collection(Path::new(&address), &CheckOptions::default()).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains(&format!("scalar fields {declared} (filters on them read")),
+        "{report}"
+    );
+    let typed = |stock: i64, stock_present: bool| {
+        vec![
+            FieldColumn::new(
+                &FieldSchema::new_varchar("brand", "", 16),
+                ValueVec::String(vec!["".into()]),
+            ),
+            FieldColumn::new(
+                &FieldSchema::new_bool("brand__present", ""),
+                ValueVec::Bool(vec![false]),
+            ),
+            FieldColumn::new(
+                &FieldSchema::new_int64("stock", ""),
+                ValueVec::Long(vec![stock]),
+            ),
+            FieldColumn::new(
+                &FieldSchema::new_bool("stock__present", ""),
+                ValueVec::Bool(vec![stock_present]),
+            ),
+            FieldColumn::new(
+                &FieldSchema::new_double("rating", ""),
+                ValueVec::Double(vec![0.0]),
+            ),
+            FieldColumn::new(
+                &FieldSchema::new_bool("rating__present", ""),
+                ValueVec::Bool(vec![false]),
+            ),
+            FieldColumn::new(
+                &FieldSchema::new_bool("sold", ""),
+                ValueVec::Bool(vec![false]),
+            ),
+            FieldColumn::new(
+                &FieldSchema::new_bool("sold__present", ""),
+                ValueVec::Bool(vec![false]),
+            ),
+            FieldColumn::new(
+                &FieldSchema::new_int64("level", ""),
+                ValueVec::Long(vec![1]),
+            ),
+        ]
+    };
+    forge_row(
+        &server,
+        "sparse",
+        "forged",
+        json!({"stock": 4, "level": 1}),
+        typed(4, false),
+    );
+    forge_row(
+        &server,
+        "sparse",
+        "placeholder",
+        json!({"level": 1}),
+        typed(9, false),
+    );
+    let report = check_collection(Path::new(&address), &CheckOptions::default()).unwrap();
+    assert_eq!(report.bad_documents(), ["forged"], "{report}");
+    assert_eq!(report.problems.len(), 1, "{report}");
+    assert!(
+        report.problems[0].message.contains(
+            "its scalar field stock:int? holds nothing (its presence field stock__present is \
+             false) and its fields say 4"
+        ),
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The index type of each indexed field of a collection but the vector, by field name, as the
 /// server describes them (through a client of its own).
 fn scalar_indexes(server: &Server, collection: &str) -> Vec<(String, String)> {

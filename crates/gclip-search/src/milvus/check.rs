@@ -156,8 +156,9 @@ impl MilvusStore {
     /// Walks every document in id order, page by page, and judges it.
     fn check_documents(&self, report: &mut CheckReport) -> Result<()> {
         let page = self.conn.options.page.max(1);
+        let columns: Vec<String> = self.typed.iter().flat_map(|f| f.column_names()).collect();
         let mut outputs = vec![FIELDS_FIELD, VECTOR_FIELD];
-        outputs.extend(self.typed.iter().map(|f| f.name.as_str()));
+        outputs.extend(columns.iter().map(String::as_str));
         let mut last: Option<String> = None;
         loop {
             let cols = self.query_columns(
@@ -180,13 +181,25 @@ impl MilvusStore {
                 };
                 match serde_json::from_slice::<Json>(fields) {
                     Ok(Json::Object(f)) => {
-                        for (field, held) in self.typed.iter().zip(typed) {
+                        let mut cells = typed.as_slice();
+                        for field in &self.typed {
                             let name = field.name.as_str();
-                            if field.value_in(id, &f, "", "").as_ref() == Ok(held) {
+                            let k = field.column_names().len().min(cells.len());
+                            let (held, rest) = cells.split_at(k);
+                            cells = rest;
+                            let value = field.value_in(id, &f, "", "");
+                            if value.is_ok_and(|v| field.holds(v, held)) {
                                 continue;
                             }
                             let said = f.get(name).map_or("nothing".into(), |v| v.to_string());
-                            let held = held.to_json();
+                            let held = match held {
+                                [_, ScalarValue::Bool(false)] => format!(
+                                    "nothing (its presence field {} is false)",
+                                    super::presence_name(name)
+                                ),
+                                [value, ..] => value.to_json().to_string(),
+                                [] => "nothing".into(),
+                            };
                             bad(if self.partition_key() == Some(name) {
                                 format!(
                                     "its partition key field `{name}` holds {held} and its \
@@ -253,9 +266,10 @@ impl MilvusStore {
         let typed = self
             .typed
             .iter()
-            .map(|f| match column(cols, &f.name) {
+            .flat_map(|f| f.column_names())
+            .map(|name| match column(cols, &name) {
                 Some(c) if ScalarValue::rows(c) == Some(n) => Ok(c),
-                _ => Err(self.bad_reply(format!("the {} column has not {n} values", f.name))),
+                _ => Err(self.bad_reply(format!("the {name} column has not {n} values"))),
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(ids
@@ -272,8 +286,8 @@ impl MilvusStore {
     }
 }
 
-/// A document of a page: id, fields JSON as stored, vector, the typed fields' values (the
-/// store's `typed` order).
+/// A document of a page: id, fields JSON as stored, vector, the typed columns' values (the
+/// store's `typed` order, each optional field's presence after its value).
 type PageRow<'a> = (String, &'a [u8], &'a [f32], Vec<ScalarValue>);
 
 fn json_kind(v: &Json) -> &'static str {

@@ -9,9 +9,14 @@
 //! | `f < v` (`<=`, `>`, `>=`) | `fields["f"] < v` |
 //! | `id = x` … | `id == "x"` … on the primary key |
 //! | `f = v`, `f < v` … on a typed field (the partition key, a declared scalar field) | `f == v`, `f < v` … on that field, with `v` as the field's type reads it (below) |
+//! | the same on an optional declared field | `(f__present == true and f == v)`, `(f__present == true and f < v)` …; `f != v`: `(f__present == false or f != v)` |
+//! | a bare typed field `f` (true, or present and not empty) | `f != ""` (string), `f == true` (bool), every document (number); optional: and `f__present == true` |
 //!
 //! A typed field holds a copy of the document field of its name, of its type, present in every
-//! document (writes refuse others; [`super::scalar`]). A condition on it reads the typed field
+//! document (writes refuse others; [`super::scalar`]), or, for an optional field, a placeholder
+//! beside a presence field that says the document lacks it: gclip takes a missing field (or
+//! null) as matching `!=` and no other comparison, nor a bare field, so a condition on an
+//! optional field tests the presence field first. A condition on a typed field reads the typed field
 //! wherever that answers as the embedded backend does ([`scalar_condition`]); an equality on the
 //! partition key then lets Milvus send the search only to the partitions its value hashes to (it
 //! does so for `key == v` and `key in [...]` that every match must satisfy: under `and`, or on
@@ -20,8 +25,9 @@
 //! (`price = abc` on an `int` field) is a condition no document meets; ranges on a string field
 //! against a number read the JSON field as for any field.
 //!
-//! What has no equivalent is refused by name ([`SearchError::Invalid`]): a bare field (`sold`:
-//! true or present; Milvus 2.3 has no `exists`), a range against `true`/`false`, a range on
+//! What has no equivalent is refused by name ([`SearchError::Invalid`]): a bare field other
+//! than a typed one (`sold`: true or present; Milvus 2.3 has no `exists` for a key of the JSON
+//! field), a range against `true`/`false`, a range on
 //! `id` against a number. Comparisons are typed in Milvus where gclip is lenient: a string field
 //! holding `"3"` does not equal the number 3, and a range does not look inside a list
 //! (docs/MILVUS.md).
@@ -30,7 +36,7 @@ use serde_json::Value;
 
 use crate::error::{Result, SearchError};
 use crate::filter::{Filter, Op};
-use crate::milvus::scalar::{ScalarField, ScalarType, MAX_EXACT_INT};
+use crate::milvus::scalar::{presence_name, ScalarField, ScalarType, MAX_EXACT_INT};
 
 /// The primary key: the document id.
 pub(crate) const ID_FIELD: &str = "id";
@@ -136,6 +142,40 @@ fn scalar_condition(field: &ScalarField, op: Op, value: &Value) -> Result<Option
     }))
 }
 
+/// `condition` (from [`scalar_condition`]) on `field`, answering as the embedded backend does
+/// for a document that lacks an optional field (whose column then holds a placeholder): `!=`
+/// matches it, every other comparison does not. A condition that matches no document, or
+/// every one, already answers so.
+fn with_presence(field: &ScalarField, op: Op, condition: String) -> String {
+    if !field.optional || condition == NEVER || condition == ALWAYS {
+        return condition;
+    }
+    let present = presence_name(&field.name);
+    if op == Op::Ne {
+        format!("({present} == false or {condition})")
+    } else {
+        format!("({present} == true and {condition})")
+    }
+}
+
+/// The bare field on a typed field, as the embedded backend reads it: a number (0 too) is
+/// true, a string when not empty, a boolean when true; a missing field (or null) is false.
+fn truthy_condition(field: &ScalarField) -> String {
+    let name = &field.name;
+    let value = match field.ty {
+        ScalarType::String(_) => Some(format!("{name} != \"\"")),
+        ScalarType::Int | ScalarType::Float => None,
+        ScalarType::Bool => Some(format!("{name} == true")),
+    };
+    let present = presence_name(name);
+    match (field.optional, value) {
+        (false, Some(condition)) => condition,
+        (false, None) => ALWAYS.to_string(),
+        (true, Some(condition)) => format!("({present} == true and {condition})"),
+        (true, None) => format!("{present} == true"),
+    }
+}
+
 /// A string literal that Milvus' expression parser reads back as `s`.
 pub(crate) fn string_literal(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -224,9 +264,13 @@ fn write_expr(filter: &Filter, typed: &[ScalarField], out: &mut String) -> Resul
             out.push(')');
         }
         Filter::Truthy(field) => {
+            if let Some(typed) = typed.iter().find(|t| t.name == *field) {
+                out.push_str(&truthy_condition(typed));
+                return Ok(());
+            }
             return Err(unsupported(format!(
                 "the bare field `{field}` (true, or present and not empty)"
-            )))
+            )));
         }
         Filter::Compare { field, op, value } if field == ID_FIELD => {
             // The id is a string: gclip compares a number with its text for equality, which is
@@ -248,7 +292,7 @@ fn write_expr(filter: &Filter, typed: &[ScalarField], out: &mut String) -> Resul
         Filter::Compare { field, op, value } => {
             if let Some(typed) = typed.iter().find(|t| t.name == *field) {
                 if let Some(condition) = scalar_condition(typed, *op, value)? {
-                    out.push_str(&condition);
+                    out.push_str(&with_presence(typed, *op, condition));
                     return Ok(());
                 }
             }
@@ -323,6 +367,7 @@ mod tests {
         let key = [ScalarField {
             name: "tenant".into(),
             ty: ScalarType::String(512),
+            optional: false,
         }];
         let with_key = |f: &str| to_milvus_expr_for(&Filter::parse(f).unwrap(), &key);
         for (f, want) in [
@@ -446,6 +491,85 @@ mod tests {
             let e = to_milvus_expr_for(&Filter::parse(f).unwrap(), &typed).unwrap_err();
             assert!(e.to_string().contains(says), "{f}: {e}");
         }
+    }
+
+    /// An optional field's conditions test its presence field so that a document without the
+    /// field answers as in the embedded backend: `!=` matches it, nothing else does (a bare
+    /// field included).
+    #[test]
+    fn conditions_on_optional_fields_test_their_presence_fields() {
+        let typed = crate::milvus::scalar::parse_scalar_fields(
+            "brand:string(64)?,price:int?,rating:float?,sold:bool?,stock:int,code:string",
+        )
+        .unwrap();
+        let typed_expr = |f: &str| to_milvus_expr_for(&Filter::parse(f).unwrap(), &typed).unwrap();
+        let (never, always) = (r#"id == """#, r#"id != """#);
+        for (f, want) in [
+            ("brand = acme", r#"(brand__present == true and brand == "acme")"#),
+            ("brand:acme", r#"(brand__present == true and brand == "acme")"#),
+            ("brand != acme", r#"(brand__present == false or brand != "acme")"#),
+            ("brand = ''", r#"(brand__present == true and brand == "")"#),
+            ("brand != ''", r#"(brand__present == false or brand != "")"#),
+            ("brand >= m", r#"(brand__present == true and brand >= "m")"#),
+            // As for a required field: the JSON field, which a missing key never matches.
+            ("brand < 7", r#"fields["brand"] < 7"#),
+            ("price = 0", "(price__present == true and price == 0)"),
+            ("price != 0", "(price__present == false or price != 0)"),
+            ("price < 2.5", "(price__present == true and price < 3)"),
+            ("price >= -1", "(price__present == true and price >= -1)"),
+            ("price = 12.5", never),
+            ("price != 12.5", always),
+            ("price < '3'", never),
+            ("rating <= 0", "(rating__present == true and rating <= 0.0)"),
+            ("rating != '4.5'", "(rating__present == false or rating != 4.5)"),
+            ("sold = false", "(sold__present == true and sold == false)"),
+            ("sold != true", "(sold__present == false or sold != true)"),
+            ("sold = 1", never),
+            ("sold != 1", always),
+            (
+                "NOT price > 3",
+                "not ((price__present == true and price > 3))",
+            ),
+            (
+                "NOT (price > 3 OR rating != 1) AND stock = 2",
+                "(not (((price__present == true and price > 3) or (rating__present == false or rating != 1.0))) and stock == 2)",
+            ),
+            // Bare fields: a number is true (0 too), a string when not empty, a boolean when
+            // true; missing, never.
+            ("price", "price__present == true"),
+            ("rating", "rating__present == true"),
+            ("brand", r#"(brand__present == true and brand != "")"#),
+            ("sold", "(sold__present == true and sold == true)"),
+            ("NOT sold", "not ((sold__present == true and sold == true))"),
+            ("stock", always),
+            ("code", r#"code != """#),
+            // A required field reads as before.
+            ("stock != 3", "stock != 3"),
+        ] {
+            assert_eq!(typed_expr(f), want, "{f}");
+        }
+        // Refused as for a required field.
+        for (f, says) in [
+            ("sold < true", "range against true/false"),
+            (
+                "price = abc",
+                "`price` holds numbers only, and `abc` is not a number",
+            ),
+            ("other", "bare field `other`"),
+        ] {
+            let e = to_milvus_expr_for(&Filter::parse(f).unwrap(), &typed).unwrap_err();
+            assert!(e.to_string().contains(says), "{f}: {e}");
+        }
+        // The partition key's bare field: not empty.
+        let key = [ScalarField {
+            name: "tenant".into(),
+            ty: ScalarType::String(512),
+            optional: false,
+        }];
+        assert_eq!(
+            to_milvus_expr_for(&Filter::parse("tenant").unwrap(), &key).unwrap(),
+            r#"tenant != """#
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! | `fields` | JSON | the document's fields |
 //! | `source` | JSON | the file it was indexed from (`{}` when none) |
 //! | the tenant field, when declared | VARCHAR partition key (at most [`MAX_TENANT_BYTES`]) | a copy of the document's field of that name ([`MilvusOptions::partition_key`]) |
-//! | each declared scalar field | VARCHAR (`Trie` index), INT64, DOUBLE (`STL_SORT`) or BOOL | a copy of the document's field of that name ([`MilvusOptions::scalar_fields`]) |
+//! | each declared scalar field | VARCHAR (`Trie` index), INT64, DOUBLE (`STL_SORT`) or BOOL | a copy of the document's field of that name ([`MilvusOptions::scalar_fields`]); for an optional one the zero of its type when the document lacks it |
+//! | `NAME__present`, for each optional scalar field `NAME` | BOOL | whether the document holds that field |
 //!
 //! The collection's description holds [`DESCRIPTION_PREFIX`] and the [`CollectionInfo`] (model,
 //! embedding spec) as JSON; opening reads it back, so the same model guard applies as for a
@@ -51,8 +52,8 @@ pub use address::{is_milvus_address, MilvusAddress, Token, TOKEN_VAR};
 pub use check::check_collection;
 pub use expr::{to_milvus_expr, to_milvus_expr_for};
 pub use scalar::{
-    parse_scalar_fields, ScalarField, ScalarType, DEFAULT_STRING_BYTES, MAX_EXACT_INT,
-    MAX_SCALAR_FIELDS, MAX_STRING_BYTES, SCALAR_FIELDS_VAR,
+    parse_scalar_fields, presence_name, ScalarField, ScalarType, DEFAULT_STRING_BYTES,
+    MAX_EXACT_INT, MAX_SCALAR_FIELDS, MAX_STRING_BYTES, PRESENCE_SUFFIX, SCALAR_FIELDS_VAR,
 };
 
 use crate::ann::AnnParams;
@@ -122,7 +123,8 @@ pub struct MilvusOptions {
     /// The document fields that get typed Milvus fields of their own, declared when this
     /// creates a collection (`GCLIP_MILVUS_SCALAR_FIELDS`, read by [`parse_scalar_fields`]):
     /// filters on them read those fields (which Milvus can index) instead of the JSON field,
-    /// and every document must hold each with a value of its type. `None`: none when creating,
+    /// and every document must hold each with a value of its type (an optional one, `name:type?`,
+    /// may be missing or null). `None`: none when creating,
     /// and whatever the collection has when opening; `Some` (even empty) when opening must be
     /// what the collection was created with.
     pub scalar_fields: Option<Vec<ScalarField>>,
@@ -390,6 +392,7 @@ fn typed_fields(partition_key: Option<&str>, scalar_fields: &[ScalarField]) -> V
     let key = partition_key.map(|k| ScalarField {
         name: k.to_string(),
         ty: ScalarType::String(MAX_TENANT_BYTES as u32),
+        optional: false,
     });
     key.into_iter()
         .chain(scalar_fields.iter().cloned())
@@ -413,6 +416,19 @@ fn check_typed_fields(
         },
         (None, _) => Ok(()),
     }
+}
+
+/// Marks the declared fields named in `presence` (the fields whose presence fields a collection
+/// has) optional; false when one names no declared field (the partition key is never
+/// optional, nor among `fields`).
+fn mark_optional(fields: &mut [ScalarField], presence: &[&str]) -> bool {
+    presence.iter().all(|name| {
+        fields
+            .iter_mut()
+            .find(|f| f.name == *name)
+            .map(|f| f.optional = true)
+            .is_some()
+    })
 }
 
 fn schema_for(
@@ -460,6 +476,13 @@ fn schema_for(
             ScalarType::Float => FieldSchema::new_double(&f.name, what),
             ScalarType::Bool => FieldSchema::new_bool(&f.name, what),
         });
+        if f.optional {
+            builder.add_field(FieldSchema::new_bool(
+                &presence_name(&f.name),
+                "gclip presence field: whether the document holds the optional scalar field \
+                 of the name before __present",
+            ));
+        }
     }
     builder
         .build()
@@ -856,7 +879,7 @@ impl MilvusStore {
             .await
         })?;
         // Milvus 2.3's scalar indexes: sorted for numbers, a trie for strings; none for
-        // booleans (a scan of a BOOL column is as cheap).
+        // booleans (a scan of a BOOL column is as cheap), presence fields included.
         for f in scalar_fields {
             let kind = match f.ty {
                 ScalarType::String(_) => IndexType::Trie,
@@ -901,7 +924,8 @@ impl MilvusStore {
                 "{address} is not a gclip collection: {why}; gclip makes its collections with \
                  the fields id (VARCHAR primary key), vector (FLOAT_VECTOR), fields (JSON) and \
                  source (JSON), a VARCHAR partition key and VARCHAR, INT64, DOUBLE or BOOL scalar \
-                 fields when declared, and its model in the description"
+                 fields when declared (with a BOOL NAME__present for an optional one), and its \
+                 model in the description"
             ))
         };
         let description = &described.schema.description;
@@ -924,6 +948,8 @@ impl MilvusStore {
             .find(|f| f.is_partition_key)
             .map(|f| f.name.clone());
         let mut scalar_fields: Vec<ScalarField> = Vec::new();
+        // The optional fields, by the presence fields found.
+        let mut presence: Vec<&str> = Vec::new();
         let mut ok = true;
         for f in &described.schema.fields {
             let ty = DataType::try_from(f.data_type).unwrap_or(DataType::None);
@@ -953,6 +979,10 @@ impl MilvusStore {
                         && param("dim").and_then(|d| d.parse::<usize>().ok()) == Some(dim)
                 }
                 FIELDS_FIELD | SOURCE_FIELD => ty == DataType::Json,
+                _ if ScalarField::presence_of(f).is_some() => {
+                    presence.extend(ScalarField::presence_of(f));
+                    true
+                }
                 _ => match ScalarField::from_schema(f) {
                     Some(declared) => {
                         scalar_fields.push(declared);
@@ -962,9 +992,10 @@ impl MilvusStore {
                 },
             };
         }
+        ok &= mark_optional(&mut scalar_fields, &presence);
         // Field names are unique: gclip's four are all there when the count adds up.
         ok &= described.schema.fields.len()
-            == 4 + usize::from(partition_key.is_some()) + scalar_fields.len();
+            == 4 + usize::from(partition_key.is_some()) + scalar_fields.len() + presence.len();
         if !ok {
             return Err(not_ours(format!(
                 "it has the fields {} (model dimension {dim})",
@@ -1089,29 +1120,31 @@ impl MilvusStore {
         &self.typed[key..]
     }
 
-    /// A document's values of the typed fields (the partition key's first, then the declared
-    /// scalar fields'), in order: each must be present with a value of its type (a tenant: a
-    /// string of at most [`MAX_TENANT_BYTES`]). The error names the document and the field.
+    /// What a document's typed columns hold (the partition key's first, then the declared
+    /// scalar fields', each followed by its presence field when optional), in order: each
+    /// field but an optional one must be present with a value of its type (a tenant: a string
+    /// of at most [`MAX_TENANT_BYTES`]). The error names the document and the field.
     fn typed_values(
         &self,
         id: &str,
         fields: &Fields,
     ) -> std::result::Result<Vec<ScalarValue>, String> {
         let address = &self.conn.address;
-        self.typed
-            .iter()
-            .map(|f| {
-                if self.partition_key.as_deref() == Some(f.name.as_str()) {
-                    let role = format!("the partition key of {address}");
-                    f.value_in(id, fields, &role, "names its tenant there, as a string")
-                } else {
-                    let role = format!("a scalar field {f} of {address}");
-                    let holds = "holds a value of its type there (Milvus 2.3's scalar fields \
-                                 cannot be empty)";
-                    f.value_in(id, fields, &role, holds)
-                }
-            })
-            .collect()
+        let mut cells = Vec::new();
+        for f in &self.typed {
+            let value = if self.partition_key.as_deref() == Some(f.name.as_str()) {
+                let role = format!("the partition key of {address}");
+                f.value_in(id, fields, &role, "names its tenant there, as a string")?
+            } else {
+                let role = format!("a scalar field {f} of {address}");
+                let holds = "holds a value of its type there (Milvus 2.3's scalar fields \
+                             cannot be empty; a field declared optional, name:type?, may be \
+                             missing)";
+                f.value_in(id, fields, &role, holds)?
+            };
+            cells.extend(f.cells(value));
+        }
+        Ok(cells)
     }
 
     fn invalid(&self, message: impl std::fmt::Display) -> SearchError {
@@ -1352,7 +1385,8 @@ impl MilvusStore {
             let mut end = start;
             let mut bytes = 0;
             let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let mut typed: Vec<ValueVec> = self.typed.iter().map(|f| f.empty_column()).collect();
+            let mut typed: Vec<ValueVec> =
+                self.typed.iter().flat_map(|f| f.empty_columns()).collect();
             while end < docs.len() && (end == start || bytes < UPSERT_BYTES) {
                 let d = docs[end];
                 let values = self
@@ -1396,7 +1430,8 @@ impl MilvusStore {
             let typed_f = self
                 .typed
                 .iter()
-                .map(|f| field(&f.name))
+                .flat_map(|f| f.column_names())
+                .map(|name| field(&name))
                 .collect::<Result<Vec<_>>>()?;
             let name = self.conn.address.name.clone();
             let count = end - start;
@@ -1458,7 +1493,8 @@ impl Store for MilvusStore {
     }
 
     /// A collection with a partition key takes only documents that name their tenant in it,
-    /// one with scalar fields only documents that hold a value of each field's type.
+    /// one with scalar fields only documents that hold a value of each field's type (or, for
+    /// an optional field, nothing or null).
     fn check_fields(&self, id: &str, fields: &Fields) -> std::result::Result<(), String> {
         self.typed_values(id, fields).map(|_| ())
     }
@@ -1837,6 +1873,24 @@ mod tests {
             .map(|f| f.to_string())
             .collect();
         assert_eq!(declared, ["price:int", "brand:string(64)"]);
+        let o = options(&[(SCALAR_FIELDS_VAR, "price:int?,brand:string(64) ?")]).unwrap();
+        let declared: Vec<String> = o
+            .scalar_fields
+            .unwrap()
+            .iter()
+            .map(|f| f.to_string())
+            .collect();
+        assert_eq!(declared, ["price:int?", "brand:string(64)?"]);
+        // Optional fields count twice against the bound, and the error names the variable.
+        let many: Vec<String> = (0..17).map(|i| format!("f{i}:int?")).collect();
+        let e = options(&[(SCALAR_FIELDS_VAR, &many.join(","))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(SCALAR_FIELDS_VAR)
+                && e.contains("17 fields, 17 of them optional (each with a presence field): 34"),
+            "{e}"
+        );
         assert_eq!(
             options(&[(SCALAR_FIELDS_VAR, " ")]).unwrap().scalar_fields,
             None
@@ -1870,24 +1924,27 @@ mod tests {
             [
                 ScalarField {
                     name: "tenant".into(),
-                    ty: ScalarType::String(MAX_TENANT_BYTES as u32)
+                    ty: ScalarType::String(MAX_TENANT_BYTES as u32),
+                    optional: false,
                 },
                 ScalarField {
                     name: "price".into(),
-                    ty: ScalarType::Int
+                    ty: ScalarType::Int,
+                    optional: false,
                 }
             ]
         );
     }
 
     /// The hand-built create request marks the partition key and carries the partitions and
-    /// every typed field with its Milvus type.
+    /// every typed field with its Milvus type, each optional one followed by its presence
+    /// field.
     #[test]
     fn the_create_request_carries_the_key_the_partitions_and_the_scalar_fields() {
         use milvus::proto::schema::DataType;
         use prost::Message;
         let declared =
-            parse_scalar_fields("brand:string(64),price:int,rating:float,sold:bool").unwrap();
+            parse_scalar_fields("brand:string(64),price:int?,rating:float,sold:bool?").unwrap();
         let schema = schema_for("shop", "{}", 8, Some("tenant"), &declared).unwrap();
         let request = create_request(schema, Some("tenant"), 2, 128).unwrap();
         assert_eq!((request.shards_num, request.num_partitions), (2, 128));
@@ -1918,16 +1975,27 @@ mod tests {
                 field("tenant", DataType::VarChar, true, Some("512")),
                 field("brand", DataType::VarChar, false, Some("64")),
                 field("price", DataType::Int64, false, None),
+                field("price__present", DataType::Bool, false, None),
                 field("rating", DataType::Double, false, None),
                 field("sold", DataType::Bool, false, None),
+                field("sold__present", DataType::Bool, false, None),
             ]
         );
-        // Read back as the collection declares them.
-        let read: Vec<ScalarField> = schema.fields[5..]
+        // Read back as the collection declares them, as opening does: a presence field marks
+        // its field optional.
+        let presence: Vec<&str> = schema.fields[5..]
+            .iter()
+            .filter_map(ScalarField::presence_of)
+            .collect();
+        assert_eq!(presence, ["price", "sold"]);
+        let mut read: Vec<ScalarField> = schema.fields[5..]
             .iter()
             .filter_map(ScalarField::from_schema)
             .collect();
+        assert!(mark_optional(&mut read, &presence));
         assert_eq!(read, declared);
+        // A presence field of no declared field is not gclip's.
+        assert!(!mark_optional(&mut read, &["tenant"]));
     }
 
     #[test]

@@ -9,8 +9,11 @@
 //!
 //! Milvus 2.3's scalar fields are typed and cannot be null, so every document must hold each
 //! such field with a value of its type; a document that does not is refused alone, by id and
-//! field ([`ScalarField::value_in`]). The document's `fields` JSON keeps the value too: reads
-//! never look at the copies.
+//! field ([`ScalarField::value_in`]). A field declared optional (`rating:float?`) may be missing
+//! (or null, which gclip's filters treat as missing): the document then holds a placeholder
+//! there, the zero of the type, and `false` in the field's presence field, a BOOL named
+//! [`presence_name`], which filters test so that a missing field answers as in the embedded
+//! backend. The document's `fields` JSON keeps the value too: reads never look at the copies.
 
 use serde_json::Value as Json;
 
@@ -22,9 +25,13 @@ use crate::document::Fields;
 
 /// The environment variable that declares the scalar fields of a collection gclip creates.
 pub const SCALAR_FIELDS_VAR: &str = "GCLIP_MILVUS_SCALAR_FIELDS";
-/// The most declared scalar fields (Milvus allows 64 fields in a collection; gclip's own and a
-/// partition key take 5).
+/// The most Milvus fields the declared scalar fields take, an optional one counting twice (its
+/// presence field). Milvus 2.3 allows 64 fields in a collection (`proxy.maxFieldNum`), and
+/// gclip's own and a partition key take 5.
 pub const MAX_SCALAR_FIELDS: usize = 32;
+/// The end of a presence field's name: the name of the optional field, then this. Names that end
+/// so cannot be declared ([`check_field_name`]), so a presence field never meets a user's field.
+pub const PRESENCE_SUFFIX: &str = "__present";
 /// The longest field name (partition key or scalar field).
 pub const MAX_FIELD_NAME: usize = 64;
 /// The `max_length` of a `string` field declared without one, in bytes.
@@ -80,13 +87,22 @@ impl std::fmt::Display for ScalarType {
 pub struct ScalarField {
     pub name: String,
     pub ty: ScalarType,
+    /// Documents may lack the field (declared `name:type?`); the collection then has its
+    /// presence field too ([`presence_name`]).
+    pub optional: bool,
 }
 
 impl std::fmt::Display for ScalarField {
-    /// As declared: `name:type`.
+    /// As declared: `name:type`, `name:type?` when optional.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.name, self.ty)
+        let optional = if self.optional { "?" } else { "" };
+        write!(f, "{}:{}{optional}", self.name, self.ty)
     }
+}
+
+/// The name of the BOOL field that says whether a document holds the optional field `name`.
+pub fn presence_name(name: &str) -> String {
+    format!("{name}{PRESENCE_SUFFIX}")
 }
 
 /// A value of a scalar field, as written to its column.
@@ -102,7 +118,8 @@ pub(crate) enum ScalarValue {
 /// cannot: it must be 1 to [`MAX_FIELD_NAME`] ASCII letters, digits and `_`, not starting with a
 /// digit (a Milvus field name that reads as itself in an expression), and neither one of gclip's
 /// own fields (`id`, `vector`, `fields`, `source`) nor a word of Milvus' expression language
-/// (`and`, `in`, `like`, `json_contains`, ...), in any case.
+/// (`and`, `in`, `like`, `json_contains`, ...), in any case, nor ending in [`PRESENCE_SUFFIX`]
+/// (in any case: gclip's presence fields).
 pub(crate) fn check_field_name(name: &str, what: &str) -> Result<(), String> {
     if !is_identifier(name, MAX_FIELD_NAME) {
         return Err(format!(
@@ -126,12 +143,19 @@ pub(crate) fn check_field_name(name: &str, what: &str) -> Result<(), String> {
             "`{name}` is a word of Milvus' expression language, which cannot name a field there"
         ));
     }
+    if lower.ends_with(PRESENCE_SUFFIX) {
+        return Err(format!(
+            "`{name}` ends in `{PRESENCE_SUFFIX}`, which gclip keeps for the presence fields of \
+             optional scalar fields"
+        ));
+    }
     Ok(())
 }
 
 /// Reads a declaration: `name:type` entries separated by commas, types `string` (at most
 /// [`DEFAULT_STRING_BYTES`] bytes), `string(N)` (N from 1 to [`MAX_STRING_BYTES`]), `int`,
-/// `float` and `bool`; at most [`MAX_SCALAR_FIELDS`] fields, names as for a partition key
+/// `float` and `bool`, each optional when followed by `?` (`rating:float?`); fields taking at
+/// most [`MAX_SCALAR_FIELDS`] Milvus fields (an optional one two), names as for a partition key
 /// ([`super::check_partition_key_name`]: 1 to [`super::MAX_PARTITION_KEY_NAME`] ASCII
 /// letters, digits and `_`, not starting with a digit, neither gclip's own fields nor words of
 /// Milvus' expression language), each once (in any case). Blank is no field.
@@ -144,15 +168,21 @@ pub fn parse_scalar_fields(spec: &str) -> Result<Vec<ScalarField>, String> {
         let entry = entry.trim();
         let Some((name, ty)) = entry.split_once(':') else {
             return Err(format!(
-                "{:?} is not name:type (types: string, string(N), int, float, bool)",
+                "{:?} is not name:type or name:type? (types: string, string(N), int, float, \
+                 bool)",
                 shorten(entry)
             ));
         };
         let (name, ty) = (name.trim(), ty.trim());
+        let (ty, optional) = match ty.strip_suffix('?') {
+            Some(ty) => (ty.trim_end(), true),
+            None => (ty, false),
+        };
         let ty = parse_type(ty).map_err(|why| format!("{}: {why}", shorten(name)))?;
         out.push(ScalarField {
             name: name.to_string(),
             ty,
+            optional,
         });
     }
     check_declared(&out)?;
@@ -160,14 +190,23 @@ pub fn parse_scalar_fields(spec: &str) -> Result<Vec<ScalarField>, String> {
 }
 
 /// Why these fields cannot be declared together, if they cannot: more than
-/// [`MAX_SCALAR_FIELDS`], a name [`check_field_name`] refuses, a name twice (in any case), a
-/// string length outside 1 to [`MAX_STRING_BYTES`].
+/// [`MAX_SCALAR_FIELDS`] Milvus fields (an optional field takes two), a name
+/// [`check_field_name`] refuses, a name twice (in any case), a string length outside 1 to
+/// [`MAX_STRING_BYTES`].
 pub(crate) fn check_declared(fields: &[ScalarField]) -> Result<(), String> {
-    if fields.len() > MAX_SCALAR_FIELDS {
-        return Err(format!(
-            "{} fields, more than {MAX_SCALAR_FIELDS}; declare the fields filters use most",
-            fields.len()
-        ));
+    let optional = fields.iter().filter(|f| f.optional).count();
+    let taken = fields.len() + optional;
+    if taken > MAX_SCALAR_FIELDS {
+        let why = if optional == 0 {
+            format!("{} fields, more than {MAX_SCALAR_FIELDS}", fields.len())
+        } else {
+            format!(
+                "{} fields, {optional} of them optional (each with a presence field): {taken} \
+                 Milvus fields, more than {MAX_SCALAR_FIELDS}",
+                fields.len()
+            )
+        };
+        return Err(format!("{why}; declare the fields filters use most"));
     }
     for (i, f) in fields.iter().enumerate() {
         check_field_name(&f.name, "a scalar field")
@@ -254,25 +293,66 @@ impl ScalarField {
         Some(Self {
             name: f.name.clone(),
             ty,
+            optional: false,
         })
     }
 
-    /// The document's value of this field as its column takes it, or why the document cannot
-    /// be written: it lacks the field, or holds a value of another type (a list, null, a
-    /// string too long, an integer beyond 2^53). `role` says what the field is for the error
-    /// ("the partition key of ADDRESS"), `holds` what every document must do.
+    /// The optional field whose presence field `f` is, by name, if `f` is a BOOL named as one
+    /// ([`presence_name`]); whether that field is declared is the caller's to check.
+    pub(crate) fn presence_of(f: &milvus::proto::schema::FieldSchema) -> Option<&str> {
+        let name = f.name.strip_suffix(PRESENCE_SUFFIX)?;
+        let bool = DataType::try_from(f.data_type).ok()? == DataType::Bool;
+        bool.then_some(name)
+    }
+
+    /// The Milvus fields that hold this field: its own, then its presence field when optional.
+    pub(crate) fn column_names(&self) -> Vec<String> {
+        let mut names = vec![self.name.clone()];
+        if self.optional {
+            names.push(presence_name(&self.name));
+        }
+        names
+    }
+
+    /// What a document's columns of this field hold ([`Self::column_names`]) for its value
+    /// (`None`: an optional field the document lacks): the value, or the zero of the type as
+    /// a placeholder, then, when optional, whether the document holds the field.
+    pub(crate) fn cells(&self, value: Option<ScalarValue>) -> Vec<ScalarValue> {
+        let present = value.is_some();
+        let mut cells = vec![value.unwrap_or(match self.ty {
+            ScalarType::String(_) => ScalarValue::String(String::new()),
+            ScalarType::Int => ScalarValue::Int(0),
+            ScalarType::Float => ScalarValue::Float(0.0),
+            ScalarType::Bool => ScalarValue::Bool(false),
+        })];
+        if self.optional {
+            cells.push(ScalarValue::Bool(present));
+        }
+        cells
+    }
+
+    /// The document's value of this field as its column takes it (`None`: the field is
+    /// optional and the document lacks it or holds null, which gclip's filters take for
+    /// missing), or why the document cannot be written: it lacks a required field, or holds a
+    /// value of another type (a list, null for a required field, a string too long, an integer
+    /// beyond 2^53). `role` says what the field is for the error ("the partition key of
+    /// ADDRESS"), `holds` what every document must do.
     pub(crate) fn value_in(
         &self,
         id: &str,
         fields: &Fields,
         role: &str,
         holds: &str,
-    ) -> Result<ScalarValue, String> {
+    ) -> Result<Option<ScalarValue>, String> {
         let name = &self.name;
-        let Some(value) = fields.get(name.as_str()) else {
-            return Err(format!(
-                "document {id:?} has no field {name:?}, {role}: every document {holds}"
-            ));
+        let value = match fields.get(name.as_str()) {
+            None | Some(Json::Null) if self.optional => return Ok(None),
+            Some(value) => value,
+            None => {
+                return Err(format!(
+                    "document {id:?} has no field {name:?}, {role}: every document {holds}"
+                ))
+            }
         };
         let got = match (self.ty, value) {
             (ScalarType::String(max), Json::String(s)) => {
@@ -293,7 +373,7 @@ impl ScalarField {
             (ScalarType::Bool, Json::Bool(b)) => Some(ScalarValue::Bool(*b)),
             _ => None,
         };
-        got.ok_or_else(|| {
+        got.map(Some).ok_or_else(|| {
             let mut shown = value.to_string();
             if shown.len() > 40 {
                 let cut = (0..=40)
@@ -310,14 +390,29 @@ impl ScalarField {
         })
     }
 
-    /// An empty column of this field's type.
-    pub(crate) fn empty_column(&self) -> ValueVec {
-        match self.ty {
+    /// Whether a document's columns of this field (`held`, as [`Self::cells`] writes them) say
+    /// `value`: the same cells, except that the placeholder beside a false presence field may
+    /// be anything (filters never read it).
+    pub(crate) fn holds(&self, value: Option<ScalarValue>, held: &[ScalarValue]) -> bool {
+        match (value, held) {
+            (None, [_, ScalarValue::Bool(false)]) => self.optional,
+            (value, held) => self.cells(value) == held,
+        }
+    }
+
+    /// Empty columns of this field's type, then of its presence field when optional (as
+    /// [`Self::column_names`]).
+    pub(crate) fn empty_columns(&self) -> Vec<ValueVec> {
+        let mut columns = vec![match self.ty {
             ScalarType::String(_) => ValueVec::String(Vec::new()),
             ScalarType::Int => ValueVec::Long(Vec::new()),
             ScalarType::Float => ValueVec::Double(Vec::new()),
             ScalarType::Bool => ValueVec::Bool(Vec::new()),
+        }];
+        if self.optional {
+            columns.push(ValueVec::Bool(Vec::new()));
         }
+        columns
     }
 }
 
@@ -377,7 +472,129 @@ mod tests {
         ScalarField {
             name: name.into(),
             ty,
+            optional: false,
         }
+    }
+
+    fn optional(name: &str, ty: ScalarType) -> ScalarField {
+        ScalarField {
+            optional: true,
+            ..field(name, ty)
+        }
+    }
+
+    #[test]
+    fn a_question_mark_declares_a_field_optional() {
+        assert_eq!(
+            parse_scalar_fields("rating:float?, brand:string(8)?,sold : bool ? ,stock:INT?,n:int")
+                .unwrap(),
+            vec![
+                optional("rating", ScalarType::Float),
+                optional("brand", ScalarType::String(8)),
+                optional("sold", ScalarType::Bool),
+                optional("stock", ScalarType::Int),
+                field("n", ScalarType::Int),
+            ]
+        );
+        let f = parse_scalar_fields("a:string?,b:int").unwrap();
+        let shown: Vec<String> = f.iter().map(|f| f.to_string()).collect();
+        assert_eq!(shown, ["a:string(256)?", "b:int"]);
+        assert_eq!(presence_name("rating"), "rating__present");
+        assert_eq!(f[0].column_names(), ["a", "a__present"]);
+        assert_eq!(f[1].column_names(), ["b"]);
+        // An optional field takes two of the 32 Milvus fields.
+        let fits: Vec<String> = (0..MAX_SCALAR_FIELDS / 2)
+            .map(|i| format!("f{i}:int?"))
+            .collect();
+        assert_eq!(parse_scalar_fields(&fits.join(",")).unwrap().len(), 16);
+        let mixed: Vec<String> = (0..MAX_SCALAR_FIELDS - 2)
+            .map(|i| format!("f{i}:int"))
+            .chain(["o:bool?".to_string()])
+            .collect();
+        assert_eq!(parse_scalar_fields(&mixed.join(",")).unwrap().len(), 31);
+        for (bad, says) in [
+            (
+                format!("{},g:float?", fits.join(",")),
+                "17 fields, 17 of them optional (each with a presence field): 34 Milvus fields, \
+                 more than 32",
+            ),
+            (
+                format!("{},o2:int?", mixed.join(",")),
+                "32 fields, 2 of them optional (each with a presence field): 34 Milvus fields",
+            ),
+            ("price:int??".into(), r#"price: unknown type "int?""#),
+            ("price:?".into(), r#"price: unknown type """#),
+            ("price?:int".into(), "ASCII letters"),
+            ("brand:string(0)?".into(), "from 1 to 65535"),
+            (
+                "rating__present:bool".into(),
+                "`rating__present` ends in `__present`, which gclip keeps for the presence \
+                 fields",
+            ),
+            ("X__Present:int?".into(), "ends in `__present`"),
+        ] {
+            let e = parse_scalar_fields(&bad).unwrap_err();
+            assert!(e.contains(says), "{bad:.80}: {e}");
+        }
+        // A partition key cannot take a presence field's name either.
+        assert!(check_field_name("tenant__present", "a partition key").is_err());
+        assert!(check_field_name("present", "a partition key").is_ok());
+        assert!(check_field_name("tenant_present", "a partition key").is_ok());
+    }
+
+    #[test]
+    fn an_optional_field_may_be_missing_or_null_but_not_of_another_type() {
+        let fields: Fields = json!({"rating": 4.5, "nothing": null, "brand": 3})
+            .as_object()
+            .unwrap()
+            .clone();
+        let value = |f: ScalarField| f.value_in("d1", &fields, "ROLE", "HOLDS");
+        assert_eq!(
+            value(optional("rating", ScalarType::Float)),
+            Ok(Some(ScalarValue::Float(4.5)))
+        );
+        assert_eq!(value(optional("missing", ScalarType::Float)), Ok(None));
+        assert_eq!(value(optional("nothing", ScalarType::Int)), Ok(None));
+        let e = value(optional("brand", ScalarType::String(8))).unwrap_err();
+        assert!(e.contains(r#"document "d1": field "brand" (ROLE) is 3, not a string"#));
+        // Required: missing and null are refused.
+        assert!(value(field("missing", ScalarType::Float))
+            .unwrap_err()
+            .contains("has no field"));
+        assert!(value(field("nothing", ScalarType::Int))
+            .unwrap_err()
+            .contains("is null"));
+
+        // Cells: the value or the zero of the type, then whether the field is there.
+        for (ty, zero) in [
+            (ScalarType::String(4), ScalarValue::String(String::new())),
+            (ScalarType::Int, ScalarValue::Int(0)),
+            (ScalarType::Float, ScalarValue::Float(0.0)),
+            (ScalarType::Bool, ScalarValue::Bool(false)),
+        ] {
+            let f = optional("f", ty);
+            assert_eq!(f.cells(None), [zero.clone(), ScalarValue::Bool(false)]);
+            let mut columns = f.empty_columns();
+            assert_eq!(columns.len(), 2);
+            for (cell, column) in f.cells(None).into_iter().zip(&mut columns) {
+                assert!(cell.push_to(column), "{ty}");
+            }
+            assert_eq!(field("f", ty).cells(Some(zero.clone())), [zero]);
+        }
+        let f = optional("rating", ScalarType::Float);
+        let held = f.cells(Some(ScalarValue::Float(2.0)));
+        assert_eq!(held, [ScalarValue::Float(2.0), ScalarValue::Bool(true)]);
+        // What the columns hold agrees with the document, the placeholder beside a false
+        // presence field being anything.
+        assert!(f.holds(Some(ScalarValue::Float(2.0)), &held));
+        assert!(!f.holds(Some(ScalarValue::Float(3.0)), &held));
+        assert!(!f.holds(None, &held));
+        let absent = [ScalarValue::Float(7.0), ScalarValue::Bool(false)];
+        assert!(f.holds(None, &absent));
+        assert!(!f.holds(Some(ScalarValue::Float(7.0)), &absent));
+        let required = field("rating", ScalarType::Float);
+        assert!(required.holds(Some(ScalarValue::Float(7.0)), &[ScalarValue::Float(7.0)]));
+        assert!(!required.holds(None, &absent));
     }
 
     #[test]
@@ -422,7 +639,7 @@ mod tests {
         let long_name = format!("{}:int", "n".repeat(MAX_FIELD_NAME + 1));
         let huge = "x".repeat(100_000);
         for (bad, says) in [
-            ("price", "is not name:type"),
+            ("price", "is not name:type or name:type?"),
             ("price:int,", "is not name:type"),
             ("price:integer", "unknown type \"integer\""),
             ("price:", "unknown type"),
@@ -461,6 +678,7 @@ mod tests {
         .unwrap()
         .clone();
         let value = |name: &str, ty| field(name, ty).value_in("d1", &fields, "ROLE", "HOLDS");
+        let value = |name: &str, ty| value(name, ty).map(|v| v.unwrap());
         assert_eq!(
             value("brand", ScalarType::String(4)),
             Ok(ScalarValue::String("acme".into()))
@@ -516,7 +734,7 @@ mod tests {
 
     #[test]
     fn columns_take_values_of_their_type_only() {
-        let mut c = field("p", ScalarType::Int).empty_column();
+        let mut c = field("p", ScalarType::Int).empty_columns().remove(0);
         assert!(ScalarValue::Int(3).push_to(&mut c));
         assert!(!ScalarValue::Float(3.0).push_to(&mut c));
         assert_eq!(ScalarValue::rows(&c), Some(1));
