@@ -23,7 +23,7 @@ use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use super::x86::{bias_halves, masks};
-use super::{act_row, Activation, Tile, NR};
+use super::{Activation, Tile, NR};
 
 /// Rows per microkernel call: two A tiles of 16 rows.
 pub const MR: usize = 32;
@@ -391,7 +391,7 @@ unsafe fn with_remaining_steps(
 }
 
 /// Adds K-steps `from..t.k` to the accumulators (which start from the bias), applies `act` as
-/// the f32 layers do ([`act_row`], on the same f32 values), rounds to bf16 (to nearest even, as
+/// the packing of activated inputs does ([`super::act_row_lowp`]), rounds to bf16 (to nearest even, as
 /// the activation packing does) and stores the `ncols` values of each row at `c_bf16`.
 ///
 /// # Safety
@@ -421,7 +421,7 @@ unsafe fn finish_activated_bf16(
             }
         }
         let sums = std::slice::from_raw_parts(sums, m * NR);
-        act_row(sums, &mut activated[..m * NR], act);
+        super::x86::act_row_avx512(sums, &mut activated[..m * NR], act);
         for i in 0..m {
             let row = activated.as_ptr().add(i * NR);
             let halves: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(

@@ -58,7 +58,7 @@ fn input_row<'a>(
         None => src,
         Some(act) => {
             let tmp = &mut tmp[..in_dim];
-            act_row(src, tmp, act);
+            act_row_lowp(src, tmp, act);
             tmp
         }
     }
@@ -173,7 +173,7 @@ pub(super) fn pack_a_bf16_columns(
                 columns.extend_from_slice(&row[r0..r0 + n]);
             }
             activated.resize(columns.len(), 0.0);
-            act_row(columns, activated, act);
+            act_row_lowp(columns, activated, act);
             pack(activated, n, 0, words);
         });
     });

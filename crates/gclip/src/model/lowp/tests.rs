@@ -312,7 +312,6 @@ fn fused_steps_equal_the_unfused_ones() {
     // The activation fused into the input conversion and the residual added by the kernel
     // must give the very bits of an activated copy run through the plain entry points and
     // a separate sum, for every kernel (K = 9000 also runs several K blocks).
-    use crate::model::kernels::act_row;
     let mut rng = Rng(17);
     for &(rows, k, n) in &[(1, 7, 5), (13, 100, 33), (37, 768, 70), (14, 9000, 40)] {
         let x = rng.vec(rows * k, 3.0);
@@ -324,7 +323,7 @@ fn fused_steps_equal_the_unfused_ones() {
             let mut xa = x.clone();
             if let Some(act) = act {
                 for (d, s) in xa.chunks_exact_mut(k).zip(x.chunks_exact(k)) {
-                    act_row(s, d, act);
+                    act_row_lowp(s, d, act);
                 }
             }
             for residual in [None, Some(&res[..])] {
@@ -633,5 +632,49 @@ fn dispatch_runs_the_requested_variant() {
         let mut y = vec![0f32; rows * n];
         linear_int8(&x, rows, &p, &b, &mut y, kernel, 2).unwrap();
         assert_eq!(y, y0, "{kernel:?}");
+    }
+}
+
+#[test]
+fn low_precision_activation_stays_within_1e5_of_the_f32_one() {
+    // Every value from -30 to 30 in steps of 2^-10, tiny and huge ones, and a row length that
+    // leaves a masked tail; relative error against the f32 layers' activation, plus 2e-7
+    // absolute: below x = -4, GELU's 1 + erf(x/√2) cancels to a few 1e-5 in both forms, whose
+    // f32 roundings differ by up to 1e-7 there.
+    use crate::model::kernels::act_row;
+    let mut src: Vec<f32> = (-30 * 1024..=30 * 1024)
+        .map(|i| i as f32 / 1024.0)
+        .collect();
+    src.extend([
+        1e-30, -1e-30, 1e-6, -1e-6, 80.0, -80.0, 1e6, -1e6, 0.0, -0.0,
+    ]);
+    src.push(0.75);
+    assert_ne!(src.len() % 16, 0);
+    for act in [Activation::QuickGelu, Activation::Gelu] {
+        let (mut exact, mut fast) = (vec![0f32; src.len()], vec![0f32; src.len()]);
+        act_row(&src, &mut exact, act);
+        act_row_lowp(&src, &mut fast, act);
+        let mut worst = (0f32, 0f32);
+        for ((&x, &e), &f) in src.iter().zip(&exact).zip(&fast) {
+            let error = (f - e).abs();
+            assert!(
+                error <= 1e-5 * e.abs() + 2e-7,
+                "{act:?}({x}) = {f}, f32 layers {e} (relative {})",
+                error / e.abs()
+            );
+            if e.abs() > 1e-2 && error / e.abs() > worst.1 {
+                worst = (x, error / e.abs());
+            }
+        }
+        eprintln!(
+            "{act:?}: worst relative error {:.2e} at {}",
+            worst.1, worst.0
+        );
+        // NaN stays NaN, infinities keep their sign's limit.
+        let special = [f32::NAN, f32::INFINITY];
+        let mut out = [0f32; 2];
+        act_row_lowp(&special, &mut out, act);
+        assert!(out[0].is_nan(), "{act:?}(NaN) = {}", out[0]);
+        assert_eq!(out[1], f32::INFINITY, "{act:?}(inf)");
     }
 }

@@ -2,7 +2,7 @@
 //! f32 FMA) and AVX2 + FMA (staged bf16, int8 `vpmaddubsw`), and the activation packing
 //! compiled for each; chosen at run time by [`super::Bf16Kernel`] / [`super::Int8Kernel`].
 
-use super::{Tile, NR};
+use super::{Activation, Tile, NR};
 use std::arch::x86_64::*;
 
 pub const BF16_MR: usize = 12;
@@ -686,4 +686,116 @@ pub unsafe fn pack_row_u8_avx512(xr: &[f32], out: &mut [u8]) -> f32 {
     }
     out[n..].fill(128);
     max / 127.0
+}
+
+/// `2^t` for `t` in [-126, 126] (the callers clamp): `2^f` for the fraction
+/// `f = t - round(t)` in [-½, ½] by its Taylor series to the fifth power (relative error below
+/// 2.5e-6), scaled by `2^round(t)` with `vscalefps`.
+#[inline(always)]
+unsafe fn exp2_avx512(t: __m512) -> __m512 {
+    // (ln 2)^k / k!
+    const C: [f32; 5] = [
+        std::f32::consts::LN_2,
+        0.240_226_5,
+        0.055_504_11,
+        0.009_618_129,
+        0.001_333_355_8,
+    ];
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+    let f = _mm512_sub_ps(t, n);
+    let mut p = _mm512_set1_ps(C[4]);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(C[3]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(C[2]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(C[1]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(C[0]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0));
+    _mm512_scalef_ps(p, n)
+}
+
+/// `1 / d` from `vrcp14ps` and one Newton step (relative error about 1e-8 where `d` is a
+/// normal number above 1).
+#[inline(always)]
+unsafe fn reciprocal_avx512(d: __m512) -> __m512 {
+    let r = _mm512_rcp14_ps(d);
+    // r · (2 − d·r)
+    _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0)))
+}
+
+/// [`crate::model::kernels::act_row`] for values that are rounded to bf16 or quantised to int8
+/// right after (the low-precision layers' activated inputs): the same functions with FMAs, a
+/// shorter exp series, `vscalefps` and a reciprocal instead of a division. Relative error
+/// below 1e-5 against the f32 layers' activation (tested), where bf16 keeps 8 bits (3.9e-3).
+/// The exact kind cost a tenth of the bf16 towers (text 32 × 16: 11 % of the samples).
+///
+/// # Safety
+/// CPU supports avx512f; `dst.len() >= src.len()`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn act_row_avx512(src: &[f32], dst: &mut [f32], act: Activation) {
+    let n = src.len();
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut c = 0;
+    while c < n {
+        let m = ((1u32 << (n - c).min(16)) - 1) as u16;
+        // SAFETY: masked load of `src[c..c + 16)` ∩ `src` and masked store of the same lanes
+        // into `dst`, which is at least as long.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(m, s.add(c));
+            let y = match act {
+                Activation::QuickGelu => {
+                    // x / (1 + 2^(−1.702·log2(e)·x)); clamping keeps 2^t finite and normal, and
+                    // a NaN x stays NaN through the last product.
+                    let t = _mm512_mul_ps(x, _mm512_set1_ps(-1.702 * std::f32::consts::LOG2_E));
+                    let t = _mm512_min_ps(
+                        _mm512_max_ps(t, _mm512_set1_ps(-126.0)),
+                        _mm512_set1_ps(126.0),
+                    );
+                    let e = exp2_avx512(t);
+                    _mm512_mul_ps(x, reciprocal_avx512(_mm512_add_ps(e, _mm512_set1_ps(1.0))))
+                }
+                Activation::Gelu => {
+                    // ½·x·(1 + erf(x/√2)), erf as `math::erf_f32` (Abramowitz & Stegun 7.1.26).
+                    const P: f32 = 0.327_591_1;
+                    const A: [f32; 5] = [
+                        0.254_829_6,
+                        -0.284_496_74,
+                        1.421_413_8,
+                        -1.453_152_1,
+                        1.061_405_4,
+                    ];
+                    let z = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+                    // erf(10) is 1 in f32; the bound keeps the reciprocal finite (an infinite
+                    // x made it 0 · ∞) and takes a NaN to 1, the NaN then kept by ½·x.
+                    let az = _mm512_min_ps(_mm512_abs_ps(z), _mm512_set1_ps(10.0));
+                    let t = reciprocal_avx512(_mm512_fmadd_ps(
+                        az,
+                        _mm512_set1_ps(P),
+                        _mm512_set1_ps(1.0),
+                    ));
+                    let mut poly = _mm512_set1_ps(A[4]);
+                    for a in A[..4].iter().rev() {
+                        poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(*a));
+                    }
+                    poly = _mm512_mul_ps(poly, t);
+                    // exp(−z²) = 2^(−z²·log2 e), clamped below as `exp_f32` clamps.
+                    let q = _mm512_mul_ps(
+                        _mm512_mul_ps(az, az),
+                        _mm512_set1_ps(-std::f32::consts::LOG2_E),
+                    );
+                    let e = exp2_avx512(_mm512_max_ps(q, _mm512_set1_ps(-126.0)));
+                    let erf_abs = _mm512_fnmadd_ps(poly, e, _mm512_set1_ps(1.0));
+                    // erf is odd: the sign bit of z and the other bits of |erf| (0xD8: c ? b : a).
+                    let sign = _mm512_set1_epi32(i32::MIN);
+                    let erf = _mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xD8>(
+                        _mm512_castps_si512(erf_abs),
+                        _mm512_castps_si512(z),
+                        sign,
+                    ));
+                    let half_x = _mm512_mul_ps(x, _mm512_set1_ps(0.5));
+                    _mm512_fmadd_ps(half_x, erf, half_x)
+                }
+            };
+            _mm512_mask_storeu_ps(d.add(c), m, y);
+        }
+        c += 16;
+    }
 }
