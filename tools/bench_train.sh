@@ -6,7 +6,8 @@
 # open_clip fp32 and to open_clip amp_bf16.
 # Usage: tools/bench_train.sh [ARCH] [BATCH] [STEPS] [ROUNDS]
 #   PYTHON: interpreter of the reference venv (tools/setup_ref_env.sh), GCLIP: a gclip binary,
-#   CONFIGS: which rows to run (default all), e.g. "gclip:fp32 gclip:bf16:ckpt torch:amp_bf16".
+#   CONFIGS: which rows to run (default all), e.g. "gclip:fp32 gclip:bf16:ckpt torch:amp_bf16";
+#   gclip:bf16:ckpt=0.5 checkpoints half of each tower's blocks (--checkpoint-share 0.5).
 set -euo pipefail
 arch="${1:-ViT-B-32}"; batch="${2:-64}"; steps="${3:-2}"; rounds="${4:-1}"
 # GCLIP=path/to/gclip uses an existing release binary instead of building one.
@@ -19,9 +20,12 @@ echo "started $(date -u +%H:%M:%S) UTC, load average $(cut -d' ' -f1-3 /proc/loa
 for r in $(seq "$rounds"); do
   for c in $configs; do
     IFS=: read -r impl precision ckpt <<< "$c"
+    # ckpt=SHARE: gclip checkpoints that share of each tower's blocks (--checkpoint-share).
+    share=""; [[ "$ckpt" == ckpt=* ]] && share="${ckpt#ckpt=}"
     if [ "$impl" = gclip ]; then
       "$gclip" --threads "$threads" bench-train --arch "$arch" --batch "$batch" --steps "$steps" \
-        --tokens 77 --precision "$precision" ${ckpt:+--activation-checkpointing} --json \
+        --tokens 77 --precision "$precision" ${ckpt:+--activation-checkpointing} \
+        ${share:+--checkpoint-share "$share"} --json \
         | tail -n 1 | sed "s/^{/{\"config\":\"$c\",/" >> "$out/runs.jsonl"
     else
       "$py" "$root/tools/bench_train_torch.py" --arch "$arch" --batch "$batch" --steps "$steps" \
@@ -48,7 +52,10 @@ names = {"fp32": "fp32", "bf16": "bf16", "amp_bf16": "amp_bf16"}
 def label(c):
     impl, precision, *ckpt = c.split(":")
     who = "gclip" if impl == "gclip" else "open_clip"
-    return f"{who} {precision}" + (" + checkpointing" if ckpt and ckpt[0] else "")
+    if not ckpt or not ckpt[0]:
+        return f"{who} {precision}"
+    share = ckpt[0].partition("=")[2]
+    return f"{who} {precision} + checkpointing" + (f" of {share} of the blocks" if share else "")
 ref = best.get("torch:fp32")
 amp = best.get("torch:amp_bf16")
 print(f"\n{arch}, batch {batch}, 77 tokens, {threads} threads, best of {rounds} round(s)\n")

@@ -27,6 +27,10 @@ pub struct BenchTrainArgs {
     /// Recompute each residual block in the backward pass instead of keeping its activations.
     #[arg(long)]
     activation_checkpointing: bool,
+    /// With --activation-checkpointing, the share of each tower's blocks recomputed, in (0, 1]
+    /// (the others keep their activations: faster, more memory).
+    #[arg(long, default_value_t = 1.0)]
+    checkpoint_share: f64,
     /// Precision of the linear layers' products: fp32, or bf16 (mixed precision, f32 weights).
     #[arg(long, default_value = "fp32")]
     precision: TrainPrecision,
@@ -49,6 +53,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         steps: args.steps,
         tokens: args.tokens,
         activation_checkpointing: args.activation_checkpointing,
+        checkpoint_share: args.checkpoint_share,
         grad_cache_chunk: args.grad_cache_chunk,
         precision: args.precision,
         freeze: Freeze {
@@ -86,6 +91,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         v["threads"] = threads.into();
         v["precision"] = args.precision.name().into();
         v["activation_checkpointing"] = args.activation_checkpointing.into();
+        v["checkpoint_share"] = args.checkpoint_share.into();
         v["grad_cache_chunk"] = args.grad_cache_chunk.into();
         println!("{v}");
     } else {

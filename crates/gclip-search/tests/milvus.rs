@@ -1479,7 +1479,11 @@ fn sparse_document(i: u64) -> NewDocument {
         };
     };
     let brand = ["acme", "globex", "", "7"][(i % 4) as usize];
-    set("brand", (!i.is_multiple_of(3)).then(|| json!(brand)), i.is_multiple_of(9));
+    set(
+        "brand",
+        (!i.is_multiple_of(3)).then(|| json!(brand)),
+        i.is_multiple_of(9),
+    );
     set(
         "stock",
         (!i.is_multiple_of(4)).then(|| json!((i * 37 % 40) as i64 - 10)),
@@ -1490,7 +1494,11 @@ fn sparse_document(i: u64) -> NewDocument {
         (i % 5 != 2).then(|| json!((i % 6) as f64 * 0.5)),
         i % 10 == 7,
     );
-    set("sold", i.is_multiple_of(2).then(|| json!(i.is_multiple_of(4))), i % 6 == 1);
+    set(
+        "sold",
+        i.is_multiple_of(2).then(|| json!(i.is_multiple_of(4))),
+        i % 6 == 1,
+    );
     set("level", Some(json!(i % 4)), false);
     d
 }

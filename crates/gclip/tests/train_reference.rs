@@ -639,6 +639,7 @@ fn one_training_step_matches_open_clip() {
         accum_steps: 1,
         grad_cache_chunk: None,
         activation_checkpointing: false,
+        checkpoint_share: 1.0,
         precision: gclip::train::precision::TrainPrecision::Fp32,
         schedule: Schedule {
             kind: ScheduleKind::Cosine,

@@ -30,6 +30,8 @@ pub struct TrainBenchPlan {
     /// Tokens per caption, start and end tokens included.
     pub tokens: usize,
     pub activation_checkpointing: bool,
+    /// With checkpointing, the share of each tower's blocks recomputed, in (0, 1].
+    pub checkpoint_share: f64,
     pub grad_cache_chunk: Option<usize>,
     pub precision: TrainPrecision,
     pub freeze: Freeze,
@@ -78,6 +80,7 @@ pub fn run(
     if plan.steps == 0 {
         return Err(TrainError::Config("time at least one step".into()));
     }
+    MemoryPlan::check_share(plan.checkpoint_share).map_err(TrainError::Config)?;
     if plan.grad_cache_chunk == Some(0) {
         return Err(TrainError::Config(
             "grad_cache_chunk must be at least 1".into(),
@@ -134,6 +137,7 @@ pub fn run(
             MemoryPlan {
                 grad_cache_chunk: plan.grad_cache_chunk,
                 activation_checkpointing: plan.activation_checkpointing,
+                checkpoint_share: plan.checkpoint_share,
             },
         )?;
         optimizer.step(&params, &out.grads, 1e-5, None)?;
@@ -169,6 +173,7 @@ mod tests {
             steps: 2,
             tokens: 5,
             activation_checkpointing: true,
+            checkpoint_share: 0.5,
             grad_cache_chunk: Some(3),
             precision: TrainPrecision::Bf16,
             freeze: Freeze::default(),
@@ -192,6 +197,18 @@ mod tests {
             },
             TrainBenchPlan {
                 grad_cache_chunk: Some(0),
+                ..plan.clone()
+            },
+            TrainBenchPlan {
+                checkpoint_share: 0.0,
+                ..plan.clone()
+            },
+            TrainBenchPlan {
+                checkpoint_share: 1.5,
+                ..plan.clone()
+            },
+            TrainBenchPlan {
+                checkpoint_share: f64::NAN,
                 ..plan.clone()
             },
         ] {

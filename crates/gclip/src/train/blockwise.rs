@@ -4,8 +4,8 @@
 //! gradient into a fresh zero tensor, so the traversal of the towers is owned here: the forward
 //! pass runs the stem, each residual block and the head without graphs and keeps, per block,
 //! either what its backward pass reads ([`Keep::Activations`]) or only its input
-//! ([`Keep::Boundaries`], activation checkpointing: the block is recomputed in the backward
-//! pass). Starting from the gradient of the loss with respect to the tower's embedding, the
+//! ([`Keep::Boundaries`], activation checkpointing of all or a share of the blocks: such a
+//! block is recomputed in the backward pass). Starting from the gradient of the loss with respect to the tower's embedding, the
 //! backward pass rebuilds the head with a graph on a leaf holding the last block's output, then
 //! runs each block's own backward pass ([`ResidualBlock::backward`]) from the last to the first,
 //! each activation dropped as soon as it is read, then the stem with a graph. A block whose
@@ -26,14 +26,25 @@ use crate::model::layers::{EmbeddingTable, ResidualBlock};
 use crate::model::Clip;
 
 /// What a tower's forward pass keeps for the backward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Keep {
     /// Each block's activations: nothing is recomputed.
     Activations,
-    /// Each block's input only; the backward pass recomputes the block (activation
-    /// checkpointing: `(blocks + 1) × rows × tokens × width` floats, a fraction of one block's
-    /// activations).
-    Boundaries,
+    /// Activation checkpointing of a share of the blocks (in (0, 1]; 1: every block), spread
+    /// evenly over the tower ([`recomputes`]): such a block keeps its input only and the
+    /// backward pass recomputes it (`rows × tokens × width` floats, a fraction of its
+    /// activations); the others keep their activations. The share trades memory for the
+    /// recomputation's time.
+    Boundaries(f64),
+}
+
+/// Whether block `index` is one of those that a checkpointed `share` of the blocks recomputes:
+/// the blocks where `⌊(index + 1)·share⌋` steps up, `⌊blocks·share⌋` of them, evenly spread
+/// (all for 1, every second one for ½).
+pub fn recomputes(index: usize, share: f64) -> bool {
+    // The small margin keeps shares such as 0.3 · 10 from rounding just below a whole number.
+    let upto = |i: usize| (i as f64 * share + 1e-9).floor();
+    upto(index + 1) > upto(index)
 }
 
 /// What the forward pass kept of one block.
@@ -119,12 +130,12 @@ pub fn forward(
     let (blocks, causal) = blocks(clip, data);
     let mut kept = Vec::with_capacity(blocks.len());
     let mut x = x.detach();
-    for b in blocks {
+    for (index, b) in blocks.iter().enumerate() {
         if b.owns_backward(&x) {
             let (y, activations) = b.forward_kept(&x, causal)?;
             kept.push(match keep {
-                Keep::Activations => KeptBlock::Activations(activations),
-                Keep::Boundaries => KeptBlock::Input(x),
+                Keep::Boundaries(share) if recomputes(index, share) => KeptBlock::Input(x),
+                _ => KeptBlock::Activations(activations),
             });
             x = y;
         } else {

@@ -40,6 +40,7 @@ use super::loss::{ExtraTerm, FieldKind, FieldSpec, GclSpec, ScoreToWeight};
 use super::optim::{AdamWConfig, Schedule, ScheduleKind};
 use super::params::Freeze;
 use super::precision::TrainPrecision;
+use super::step::MemoryPlan;
 use super::trainer::{TrainOptions, Trainer};
 use super::TrainError;
 use crate::eval::ranking::MetricSet;
@@ -254,6 +255,10 @@ pub struct TrainSection {
     pub grad_cache_chunk: Option<usize>,
     /// Recompute each residual block in the backward pass instead of keeping its activations.
     pub activation_checkpointing: bool,
+    /// With `activation_checkpointing`, the share of each tower's blocks recomputed, in (0, 1]
+    /// (1: every block); the others keep their activations: less recomputation for more
+    /// memory.
+    pub checkpoint_share: f64,
     /// `fp32` or `bf16` (mixed precision: bf16 products, f32 weights and everything else).
     pub precision: TrainPrecision,
     pub seed: u64,
@@ -285,6 +290,7 @@ impl Default for TrainSection {
             accum_steps: 1,
             grad_cache_chunk: None,
             activation_checkpointing: false,
+            checkpoint_share: 1.0,
             precision: TrainPrecision::Fp32,
             seed: 0,
             output: PathBuf::from("runs/train"),
@@ -316,11 +322,20 @@ impl TrainConfig {
     pub fn options(&self) -> Result<TrainOptions, TrainError> {
         let t = &self.train;
         self.augment.validate().map_err(TrainError::Config)?;
+        MemoryPlan::check_share(t.checkpoint_share)
+            .map_err(|why| TrainError::Config(format!("train.{why}")))?;
+        if t.checkpoint_share < 1.0 && !t.activation_checkpointing {
+            return Err(TrainError::Config(format!(
+                "train.checkpoint_share = {} needs train.activation_checkpointing = true",
+                t.checkpoint_share
+            )));
+        }
         Ok(TrainOptions {
             total_steps: t.steps,
             accum_steps: t.accum_steps,
             grad_cache_chunk: t.grad_cache_chunk,
             activation_checkpointing: t.activation_checkpointing,
+            checkpoint_share: t.checkpoint_share,
             precision: t.precision,
             schedule: Schedule {
                 kind: t.schedule,
@@ -694,5 +709,51 @@ mod tests {
             e.to_string().contains("only to training from scratch"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn checkpoint_share_reaches_the_options_and_is_refused_out_of_range_or_alone() {
+        let opts = |train: &str| {
+            parse(&format!(r#"{{"train": {{{train}}}}}"#))
+                .unwrap()
+                .options()
+        };
+        assert_eq!(opts("").unwrap().checkpoint_share, 1.0);
+        let half = opts(r#""activation_checkpointing": true, "checkpoint_share": 0.5"#).unwrap();
+        assert!(half.activation_checkpointing && half.checkpoint_share == 0.5);
+        for bad in ["0", "-0.5", "1.5"] {
+            let Err(e) = opts(&format!(
+                r#""activation_checkpointing": true, "checkpoint_share": {bad}"#
+            )) else {
+                panic!("{bad} accepted");
+            };
+            let e = e.to_string();
+            assert!(
+                e.contains("train.checkpoint_share is") && e.contains("at most 1"),
+                "{e}"
+            );
+        }
+        let Err(e) = opts(r#""checkpoint_share": 0.5"#) else {
+            panic!("a share without checkpointing accepted");
+        };
+        assert!(
+            e.to_string()
+                .contains("needs train.activation_checkpointing = true"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_checkpointed_share_recomputes_that_many_blocks_evenly_spread() {
+        use crate::train::blockwise::recomputes;
+        let which = |blocks: usize, share: f64| -> Vec<usize> {
+            (0..blocks).filter(|&i| recomputes(i, share)).collect()
+        };
+        assert_eq!(which(12, 1.0), (0..12).collect::<Vec<_>>());
+        assert_eq!(which(12, 0.5), [1, 3, 5, 7, 9, 11]);
+        assert_eq!(which(12, 0.4), [2, 4, 7, 9]);
+        assert_eq!(which(10, 0.3), [3, 6, 9]);
+        assert_eq!(which(2, 0.5), [1]);
+        assert!(which(6, 0.1).is_empty());
     }
 }

@@ -181,16 +181,17 @@ pub fn loss_and_grads(
 /// Like [`loss_and_grads`], with gradient caching over chunks of `chunk` rows, and the towers'
 /// backward pass walked block by block ([`super::blockwise`]). A single chunk keeps every
 /// block's activations from the first pass; with several, each chunk is embedded again for its
-/// backward pass. With `recompute_blocks`, activation checkpointing: the first pass keeps each
+/// backward pass. With a `recompute_share`, activation checkpointing: the first pass keeps each
 /// chunk's block boundaries and the backward pass recomputes one block at a time, so no chunk is
-/// embedded a third time.
+/// embedded a third time. `recompute_share` is the share of each tower's blocks recomputed so
+/// ([`blockwise::recomputes`]; 0: none, 1: all).
 pub fn loss_and_grads_cached(
     clip: &Clip,
     params: &ParamSet,
     spec: &GclSpec,
     batch: &Batch,
     chunk: usize,
-    recompute_blocks: bool,
+    recompute_share: f64,
 ) -> Result<StepOutput, TrainError> {
     check_batch(batch)?;
     let n = batch.len();
@@ -203,8 +204,8 @@ pub fn loss_and_grads_cached(
     // (1) Embeddings without graphs, as leaves of the loss graph, and for a tower that trains
     // what its backward pass reads: each block's activations when there is one chunk, the
     // block boundaries when recomputing blocks.
-    let keep = if recompute_blocks {
-        Some(Keep::Boundaries)
+    let keep = if recompute_share > 0.0 {
+        Some(Keep::Boundaries(recompute_share))
     } else if chunks.len() == 1 {
         Some(Keep::Activations)
     } else {
@@ -304,11 +305,38 @@ pub fn loss_and_grads_cached(
 }
 
 /// How a step trades compute for memory: gradient caching over chunks of the contrastive
-/// batch, activation checkpointing, both or neither.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// batch, activation checkpointing (of every block or a share of them), both or neither.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MemoryPlan {
     pub grad_cache_chunk: Option<usize>,
     pub activation_checkpointing: bool,
+    /// With checkpointing, the share of each tower's blocks recomputed, in (0, 1]
+    /// ([`blockwise::recomputes`]).
+    pub checkpoint_share: f64,
+}
+
+impl MemoryPlan {
+    /// Why `share` cannot be [`Self::checkpoint_share`], if it cannot: it must be in (0, 1].
+    pub fn check_share(share: f64) -> Result<(), String> {
+        if share > 0.0 && share <= 1.0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "checkpoint_share is {share}: it must be above 0 and at most 1 (the share of \
+                 each tower's blocks that activation checkpointing recomputes)"
+            ))
+        }
+    }
+}
+
+impl Default for MemoryPlan {
+    fn default() -> Self {
+        Self {
+            grad_cache_chunk: None,
+            activation_checkpointing: false,
+            checkpoint_share: 1.0,
+        }
+    }
 }
 
 /// The step the trainer runs: [`loss_and_grads_cached`] with the chunks and checkpointing that
@@ -321,12 +349,13 @@ pub fn loss_and_grads_planned(
     plan: MemoryPlan,
 ) -> Result<StepOutput, TrainError> {
     let n = batch.len();
-    match (plan.grad_cache_chunk, plan.activation_checkpointing) {
-        (Some(c), recompute) if c < n => {
-            loss_and_grads_cached(clip, params, spec, batch, c, recompute)
-        }
-        (_, recompute) => loss_and_grads_cached(clip, params, spec, batch, n, recompute),
-    }
+    let recompute = if plan.activation_checkpointing {
+        plan.checkpoint_share
+    } else {
+        0.0
+    };
+    let chunk = plan.grad_cache_chunk.filter(|&c| c < n).unwrap_or(n);
+    loss_and_grads_cached(clip, params, spec, batch, chunk, recompute)
 }
 
 #[cfg(test)]
@@ -442,13 +471,15 @@ pub(crate) mod tests {
             let set = ParamSet::attach(&mut clip, &freeze).unwrap();
             let full = loss_and_grads(&clip, &set, &spec, &batch).unwrap();
             for (chunk, recompute) in [
-                (1, false),
-                (3, false),
-                (7, false),
-                (100, false),
-                (1, true),
-                (3, true),
-                (7, true),
+                (1, 0.0),
+                (3, 0.0),
+                (7, 0.0),
+                (100, 0.0),
+                (1, 1.0),
+                (3, 1.0),
+                (7, 1.0),
+                (3, 0.5),
+                (100, 0.5),
             ] {
                 let cached =
                     loss_and_grads_cached(&clip, &set, &spec, &batch, chunk, recompute).unwrap();

@@ -36,6 +36,10 @@ pub struct TrainOptions {
     /// ([`super::recompute`]); composes with `grad_cache_chunk`. Same gradients up to rounding.
     #[serde(default)]
     pub activation_checkpointing: bool,
+    /// With `activation_checkpointing`, the share of each tower's blocks recomputed, in (0, 1]
+    /// ([`super::blockwise::recomputes`]); the others keep their activations.
+    #[serde(default = "every_block")]
+    pub checkpoint_share: f64,
     /// The precision of the linear layers' products ([`TrainPrecision`]).
     #[serde(default)]
     pub precision: TrainPrecision,
@@ -52,6 +56,11 @@ pub struct TrainOptions {
     pub seed: u64,
     pub freeze: Freeze,
     pub objective: GclSpec,
+}
+
+/// [`TrainOptions::checkpoint_share`] when not given: every block.
+fn every_block() -> f64 {
+    1.0
 }
 
 /// A source of training batches, positioned by `(epoch, batch index)`.
@@ -274,6 +283,7 @@ impl Trainer {
                 MemoryPlan {
                     grad_cache_chunk: o.grad_cache_chunk,
                     activation_checkpointing: o.activation_checkpointing,
+                    checkpoint_share: o.checkpoint_share,
                 },
             )?;
             loss += out.loss / accum as f64;
@@ -488,6 +498,7 @@ mod tests {
             accum_steps: 1,
             grad_cache_chunk: None,
             activation_checkpointing: false,
+            checkpoint_share: 1.0,
             precision: TrainPrecision::Fp32,
             schedule: Schedule {
                 kind: ScheduleKind::Cosine,
