@@ -5,7 +5,7 @@
 //!
 //! fp32 inference loads use the checkpoint's linear weights in place (PyTorch's `[out, in]`,
 //! mapped; no transposed copy) and give the embeddings of the trainable load, which holds
-//! `[in, out]` copies: bit-identical where gemm runs (more than 64 rows: the same products
+//! `[in, out]` copies: bit-identical where gemm runs (more than OUT_IN_MAX_ROWS rows: the same products
 //! summed in the same order), within 1e-6 of cosine where the out-in kernel runs (few rows:
 //! dot products summed in another order). Its kernel variants are tested in `model::outin`.
 
@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use gclip::embed::{Embedder, LoadOptions};
 use gclip::eval::zeroshot::{evaluate, EvalOptions, ImageFolder};
 use gclip::model::layers::{Linear, LinearWeight};
-use gclip::model::outin::OutInKernel;
+use gclip::model::outin::{OutInKernel, OUT_IN_MAX_ROWS};
 use gclip::model::{Clip, ConvertedCache, KernelChoice, Precision};
 use gclip::source::ModelSource;
 
@@ -391,12 +391,21 @@ fn fp32_inference_loads_use_safetensors_weights_in_place_with_the_same_numbers()
         );
         let tokens =
             1 + (trainable.config.vision.image_size / trainable.config.vision.patch_size).pow(2);
-        // Batches of more than 64 rows run gemm: enough copies of the fixture images, and 65
-        // texts (each at least one token); one image and two texts run the out-in kernel.
-        assert!(tokens <= 64, "{name}: one image is {tokens} tokens");
-        let copies = 64 / (pixels.dim(0).unwrap() * tokens) + 1;
+        // Batches of more than OUT_IN_MAX_ROWS rows run gemm: enough copies of the fixture
+        // images, and that many texts plus one (each at least one token); one image and two
+        // texts run the out-in kernel.
+        assert!(
+            tokens <= OUT_IN_MAX_ROWS,
+            "{name}: one image is {tokens} tokens"
+        );
+        let copies = OUT_IN_MAX_ROWS / (pixels.dim(0).unwrap() * tokens) + 1;
         let many = Tensor::cat(&vec![pixels; copies], 0).unwrap();
-        let many_ids: Vec<Vec<u32>> = ids.iter().cycle().take(65).cloned().collect();
+        let many_ids: Vec<Vec<u32>> = ids
+            .iter()
+            .cycle()
+            .take(OUT_IN_MAX_ROWS + 1)
+            .cloned()
+            .collect();
         let images = trainable.encode_pixels(&many, true).unwrap();
         let texts = trainable.encode_text_ids(&many_ids, true).unwrap();
         let one_image = pixels.narrow(0, 0, 1).unwrap();

@@ -19,8 +19,13 @@ use super::lowp::{effective_threads, on_workers};
 use super::precision::KernelChoice;
 use super::weights::MappedF32;
 
-/// Most rows the out-in kernel takes: beyond this gemm's packing pays for itself.
-pub const OUT_IN_MAX_ROWS: usize = 64;
+/// Most rows the out-in kernel takes: beyond this gemm's packing pays for itself. On Zen 4 (2
+/// threads) the AVX-512 out-in kernel ran at 124–174 GFLOP/s on ViT-B/32's shapes from 48 to
+/// 256 rows; gemm over the same weight was slower on every shape up to 256 rows except the
+/// image tower's 768 × 3072, which it overtakes at about 160 rows (155 against 149;
+/// docs/BENCHMARKS.md, session 25). 64 sent a 77-token text, and two images, to gemm at a third
+/// of the speed.
+pub const OUT_IN_MAX_ROWS: usize = 160;
 
 /// Variants of the out-in kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -752,7 +757,7 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(diff < 1e-5, "{diff}");
-        let x = test_tensor(&[65, 8], 3);
+        let x = test_tensor(&[OUT_IN_MAX_ROWS + 1, 8], 3);
         assert!(x
             .apply_op2_no_bwd(&test_tensor(&[3, 8], 4), &OutInMatmulOp { kernel })
             .is_err());
