@@ -5,9 +5,10 @@
 //!
 //! fp32 inference loads use the checkpoint's linear weights in place (PyTorch's `[out, in]`,
 //! mapped; no transposed copy) and give the embeddings of the trainable load, which holds
-//! `[in, out]` copies: bit-identical where gemm runs (more than OUT_IN_MAX_ROWS rows: the same products
-//! summed in the same order), within 1e-6 of cosine where the out-in kernel runs (few rows:
-//! dot products summed in another order). Its kernel variants are tested in `model::outin`.
+//! `[in, out]` copies: bit-identical where gemm runs (more than `OUT_IN_MAX_ROWS` rows: the
+//! same products summed in the same order), within 1e-6 of cosine where the out-in kernel runs
+//! (few rows: dot products summed in another order). Its kernel variants are tested in
+//! `model::outin`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1865,22 +1865,22 @@ mod tests {
                 "{bad}: {e}"
             );
         }
-        let o = options(&[(SCALAR_FIELDS_VAR, "price:int, brand:string(64)")]).unwrap();
-        let declared: Vec<String> = o
-            .scalar_fields
-            .unwrap()
-            .iter()
-            .map(|f| f.to_string())
-            .collect();
-        assert_eq!(declared, ["price:int", "brand:string(64)"]);
-        let o = options(&[(SCALAR_FIELDS_VAR, "price:int?,brand:string(64) ?")]).unwrap();
-        let declared: Vec<String> = o
-            .scalar_fields
-            .unwrap()
-            .iter()
-            .map(|f| f.to_string())
-            .collect();
-        assert_eq!(declared, ["price:int?", "brand:string(64)?"]);
+        let declared = |spec: &str| -> Vec<String> {
+            let o = options(&[(SCALAR_FIELDS_VAR, spec)]).unwrap();
+            o.scalar_fields
+                .unwrap()
+                .iter()
+                .map(|f| f.to_string())
+                .collect()
+        };
+        assert_eq!(
+            declared("price:int, brand:string(64)"),
+            ["price:int", "brand:string(64)"]
+        );
+        assert_eq!(
+            declared("price:int?,brand:string(64) ?"),
+            ["price:int?", "brand:string(64)?"]
+        );
         // Optional fields count twice against the bound, and the error names the variable.
         let many: Vec<String> = (0..17).map(|i| format!("f{i}:int?")).collect();
         let e = options(&[(SCALAR_FIELDS_VAR, &many.join(","))])

@@ -5,8 +5,9 @@
 //! pass runs the stem, each residual block and the head without graphs and keeps, per block,
 //! either what its backward pass reads ([`Keep::Activations`]) or only its input
 //! ([`Keep::Boundaries`], activation checkpointing of all or a share of the blocks: such a
-//! block is recomputed in the backward pass). Starting from the gradient of the loss with respect to the tower's embedding, the
-//! backward pass rebuilds the head with a graph on a leaf holding the last block's output, then
+//! block is recomputed in the backward pass). Starting from the gradient of the loss with
+//! respect to the tower's embedding, the backward pass rebuilds the head with a graph on a leaf
+//! holding the last block's output, then
 //! runs each block's own backward pass ([`ResidualBlock::backward`]) from the last to the first,
 //! each activation dropped as soon as it is read, then the stem with a graph. A block whose
 //! weights the fused kernels cannot run (other devices and dtypes) is rebuilt with a graph on
