@@ -80,7 +80,8 @@ pub fn run(
     if plan.steps == 0 {
         return Err(TrainError::Config("time at least one step".into()));
     }
-    MemoryPlan::check_share(plan.checkpoint_share).map_err(TrainError::Config)?;
+    MemoryPlan::check_share(plan.checkpoint_share, plan.activation_checkpointing, "")
+        .map_err(TrainError::Config)?;
     if plan.grad_cache_chunk == Some(0) {
         return Err(TrainError::Config(
             "grad_cache_chunk must be at least 1".into(),
@@ -209,6 +210,10 @@ mod tests {
             },
             TrainBenchPlan {
                 checkpoint_share: f64::NAN,
+                ..plan.clone()
+            },
+            TrainBenchPlan {
+                activation_checkpointing: false,
                 ..plan.clone()
             },
         ] {

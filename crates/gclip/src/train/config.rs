@@ -322,14 +322,8 @@ impl TrainConfig {
     pub fn options(&self) -> Result<TrainOptions, TrainError> {
         let t = &self.train;
         self.augment.validate().map_err(TrainError::Config)?;
-        MemoryPlan::check_share(t.checkpoint_share)
-            .map_err(|why| TrainError::Config(format!("train.{why}")))?;
-        if t.checkpoint_share < 1.0 && !t.activation_checkpointing {
-            return Err(TrainError::Config(format!(
-                "train.checkpoint_share = {} needs train.activation_checkpointing = true",
-                t.checkpoint_share
-            )));
-        }
+        MemoryPlan::check_share(t.checkpoint_share, t.activation_checkpointing, "train.")
+            .map_err(TrainError::Config)?;
         Ok(TrainOptions {
             total_steps: t.steps,
             accum_steps: t.accum_steps,

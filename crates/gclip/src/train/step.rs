@@ -316,16 +316,22 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    /// Why `share` cannot be [`Self::checkpoint_share`], if it cannot: it must be in (0, 1].
-    pub fn check_share(share: f64) -> Result<(), String> {
-        if share > 0.0 && share <= 1.0 {
-            Ok(())
-        } else {
-            Err(format!(
-                "checkpoint_share is {share}: it must be above 0 and at most 1 (the share of \
-                 each tower's blocks that activation checkpointing recomputes)"
-            ))
+    /// Why `share` cannot be [`Self::checkpoint_share`] beside `checkpointing`, if it cannot: it
+    /// must be in (0, 1], and below 1 only with checkpointing. `prefix` goes before the two
+    /// settings' names in the message (`train.` for the config file).
+    pub fn check_share(share: f64, checkpointing: bool, prefix: &str) -> Result<(), String> {
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(format!(
+                "{prefix}checkpoint_share is {share}: it must be above 0 and at most 1 (the \
+                 share of each tower's blocks that activation checkpointing recomputes)"
+            ));
         }
+        if share < 1.0 && !checkpointing {
+            return Err(format!(
+                "{prefix}checkpoint_share = {share} needs {prefix}activation_checkpointing = true"
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -391,8 +391,8 @@ unsafe fn with_remaining_steps(
 }
 
 /// Adds K-steps `from..t.k` to the accumulators (which start from the bias), applies `act` as
-/// the packing of activated inputs does ([`super::act_row_lowp`]), rounds to bf16 (to nearest even, as
-/// the activation packing does) and stores the `ncols` values of each row at `c_bf16`.
+/// the packing of activated inputs does ([`super::act_row_lowp`]), rounds to bf16 (to nearest
+/// even, as the activation packing does) and stores the `ncols` values of each row at `c_bf16`.
 ///
 /// # Safety
 /// As [`kern_bf16`], with `c_bf16` holding rows `< m` of `ncols` values at `ldc` apart.
