@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 #[path = "../../gclip-search/tests/support/milvus_server.rs"]
 mod milvus_server;
-use milvus_server::{one_server_at_a_time, Server};
+use milvus_server::Server;
 
 const SECRET: &str = "root:cl1secret";
 
@@ -83,8 +83,7 @@ fn add_with_fixture_model_and(collection: &str, docs: &Path, vars: &[(&str, &str
 
 #[test]
 fn check_and_search_bench_on_milvus_addresses() {
-    let _turn = one_server_at_a_time();
-    let server = Server::start();
+    let server = Server::shared();
     let address = server.address("shop");
     let with_token = format!("{address}?token={SECRET}");
     let (dir, docs) = documents_in_temp_dir(
@@ -165,8 +164,7 @@ fn check_and_search_bench_on_milvus_addresses() {
 /// the address, never the token).
 #[test]
 fn update_and_delete_on_a_milvus_address_match_a_directory_collection() {
-    let _turn = one_server_at_a_time();
-    let server = Server::start();
+    let server = Server::shared();
     let address = server.address("edits");
     let with_token = format!("{address}?token={SECRET}");
     let (dir, docs) = documents_in_temp_dir("edit", &["a photo of a cat", "soup", "a red car"]);
@@ -248,8 +246,7 @@ fn update_and_delete_on_a_milvus_address_match_a_directory_collection() {
 /// cannot be one is an error naming the variable, and nothing is created.
 #[test]
 fn tenants_through_the_command_line() {
-    let _turn = one_server_at_a_time();
-    let server = Server::start();
+    let server = Server::shared();
     let address = server.address("tenants");
     let with_token = format!("{address}?token={SECRET}");
     let dir = std::env::temp_dir().join(format!("gclip-milvus-tenants-{}", std::process::id()));

@@ -138,6 +138,9 @@ def server():
     log = open(data / "server.log", "wb")
     proc = subprocess.Popen(
         ["sh", "-c", _WRAPPER, str(SCRIPT), "--data", str(data)]
+        # A time tick every 10 ms, not 200: each Strong search waits for the next one (as the
+        # Rust harness, crates/gclip-search/tests/support/milvus_server.rs).
+        + ["--extra-config", "proxy.timeTickInterval=10"]
         + [a for flag, p in zip(_SERVER_PORTS, ports) for a in (flag, str(p))],
         stdin=subprocess.PIPE, stdout=log, stderr=log, env=env, start_new_session=True,
     )

@@ -25,7 +25,7 @@ use serde_json::json;
 
 #[path = "support/milvus_server.rs"]
 mod milvus_server;
-use milvus_server::{free_port, one_server_at_a_time, Server};
+use milvus_server::{free_port, Server};
 
 const DIM: usize = 16;
 
@@ -186,8 +186,7 @@ fn scratch(name: &str) -> PathBuf {
 
 #[test]
 fn a_milvus_collection_answers_as_the_embedded_one_does() {
-    let _turn = one_server_at_a_time();
-    let server = Server::start();
+    let server = Server::shared();
     let address = server.address("products");
     let info = image_info();
 
@@ -390,7 +389,7 @@ fn a_milvus_collection_answers_as_the_embedded_one_does() {
 
     // A collection another tool made (Milvus' REST quick create: int64 ids, no gclip model).
     rest_create(
-        &server,
+        server,
         json!({"collectionName": "foreign", "dimension": DIM, "metricType": "IP"}),
     );
     let e = Collection::open(Path::new(&server.address("foreign")))
@@ -439,8 +438,7 @@ fn an_unreachable_server_is_a_prompt_error_naming_the_address() {
 /// cannot give (a standalone server has one query node) refused with the address and the count.
 #[test]
 fn shards_are_set_at_creation_and_an_impossible_replica_count_is_refused() {
-    let _turn = one_server_at_a_time();
-    let server = Server::start();
+    let server = Server::shared();
     let info = image_info();
     let options = |shards: Option<u32>, replicas: Option<u32>| MilvusOptions {
         shards,
@@ -491,8 +489,7 @@ fn shards_are_set_at_creation_and_an_impossible_replica_count_is_refused() {
 #[test]
 fn check_reports_a_milvus_collection_and_its_bad_documents() {
     use gclip_search::check::{check_collection, CheckOptions, Component};
-    let _turn = one_server_at_a_time();
-    let server = Server::start();
+    let server = Server::shared();
     let address = server.address("checked");
     let secret = "root:ch3cksecret";
     let with_token = format!("{address}?token={secret}");
@@ -580,7 +577,7 @@ fn check_reports_a_milvus_collection_and_its_bad_documents() {
         serde_json::to_string(&info).unwrap()
     );
     rest_create(
-        &server,
+        server,
         json!({"collectionName": "narrow", "dimension": 8, "metricType": "IP",
                "description": description}),
     );
@@ -605,8 +602,7 @@ fn check_reports_a_milvus_collection_and_its_bad_documents() {
 fn search_bench_measures_a_milvus_collection_and_reuses_it() {
     use gclip_search::bench::{run_store_bench, StoreBenchPlan, STORE_BENCH_FILTERS};
     use std::cell::RefCell;
-    let _turn = one_server_at_a_time();
-    let server = Server::start();
+    let server = Server::shared();
     let address = server.address("bench");
     let plan = StoreBenchPlan {
         count: 100,
@@ -650,7 +646,7 @@ fn search_bench_measures_a_milvus_collection_and_reuses_it() {
     );
 
     // Another collection at the address: refused, untouched.
-    let other = server.address("products");
+    let other = server.address("bench_other");
     let c = Collection::create(
         Path::new(&other),
         identity("test-model"),
@@ -732,8 +728,7 @@ fn tenant_document(i: u64) -> NewDocument {
 fn tenants_by_partition_key_answer_as_the_embedded_backend() {
     use gclip_search::ingest::{add_documents, index_directory, IndexOptions};
     use gclip_search::Fields;
-    let _turn = one_server_at_a_time();
-    let server = Server::start();
+    let server = Server::shared();
     let address = server.address("tenants");
     let a = MilvusAddress::parse_with(&address, |_| None).unwrap();
     let info = image_info();
@@ -768,7 +763,7 @@ fn tenants_by_partition_key_answer_as_the_embedded_backend() {
         Some("tenant = initech"),
         Some("tenant > b"),
     ];
-    // Each search waits for Strong consistency (about 0.4 s): few queries, every filter.
+    // Each search waits for Strong consistency (the server's next time tick): few queries, every filter.
     let compare = |s: &MilvusStore, queries: u64, what: &str| {
         let queries: Vec<u64> = (2_000..2_000 + queries).collect();
         assert_same_searches(s, &embedded, &queries, &filters, &[(10, 0), (6, 4)], what);
@@ -960,7 +955,7 @@ fn tenants_by_partition_key_answer_as_the_embedded_backend() {
         "{report}"
     );
     forge_row(
-        &server,
+        server,
         "tenants",
         "forged",
         json!({"tenant": "acme"}),
@@ -1102,8 +1097,7 @@ fn shop_document(i: u64) -> NewDocument {
 fn scalar_fields_answer_as_the_embedded_backend() {
     use gclip_search::ingest::add_documents;
     use gclip_search::milvus::parse_scalar_fields;
-    let _turn = one_server_at_a_time();
-    let server = Server::start();
+    let server = Server::shared();
     let info = image_info();
     let declared = "brand:string(16),stock:int,rating:float,sold:bool";
     let declared_options = || MilvusOptions {
@@ -1129,7 +1123,7 @@ fn scalar_fields_answer_as_the_embedded_backend() {
     assert_eq!(keyed.partitions().unwrap(), 16);
     assert_eq!(keyed.scalar_fields().len(), 3);
     // Each string and number field has Milvus' index for its type.
-    let indexes = scalar_indexes(&server, "shop");
+    let indexes = scalar_indexes(server, "shop");
     assert_eq!(
         indexes,
         [
@@ -1186,7 +1180,7 @@ fn scalar_fields_answer_as_the_embedded_backend() {
         Some("stock > 10 AND colour = red"),
         Some("tags:summer OR stock < 0"),
     ];
-    // Each search waits for Strong consistency (about 0.4 s): one query, every filter, one or
+    // Each search waits for Strong consistency (the server's next time tick): one query, every filter, one or
     // two pages.
     let compare = |s: &MilvusStore, pages: &[(usize, usize)], what: &str| {
         assert_same_searches(s, &embedded, &[3_000], &filters, pages, what);
@@ -1325,8 +1319,8 @@ fn scalar_fields_answer_as_the_embedded_backend() {
     drop((shop, keyed));
     // Sealed and indexed, then loaded again by opening: the searches below read the scalar
     // indexes, not only growing segments.
-    seal_and_index(&server, "shop");
-    seal_and_index(&server, "shop_keyed");
+    seal_and_index(server, "shop");
+    seal_and_index(server, "shop_keyed");
 
     // Reopened without the options: the declarations come from the collections.
     let shop = MilvusStore::open(&a, MilvusOptions::default()).unwrap();
@@ -1430,7 +1424,7 @@ fn scalar_fields_answer_as_the_embedded_backend() {
         "{report}"
     );
     forge_row(
-        &server,
+        server,
         "shop",
         "forged",
         json!({"brand": "acme", "stock": 4, "rating": 1.0, "sold": false}),
@@ -1515,8 +1509,7 @@ fn sparse_document(i: u64) -> NewDocument {
 #[test]
 fn optional_scalar_fields_answer_as_the_embedded_backend() {
     use gclip_search::milvus::parse_scalar_fields;
-    let _turn = one_server_at_a_time();
-    let server = Server::start();
+    let server = Server::shared();
     let info = image_info();
     let declared = "brand:string(16)?,stock:int?,rating:float?,sold:bool?,level:int";
     let declared_options = || MilvusOptions {
@@ -1544,7 +1537,7 @@ fn optional_scalar_fields_answer_as_the_embedded_backend() {
     assert_eq!(keyed.scalar_fields().len(), 5);
     // The values are indexed as for required fields; the presence fields are not: Milvus
     // 2.3.5 has no index for a BOOL field.
-    let indexes = scalar_indexes(&server, "sparse");
+    let indexes = scalar_indexes(server, "sparse");
     assert_eq!(
         indexes,
         [
@@ -1555,7 +1548,7 @@ fn optional_scalar_fields_answer_as_the_embedded_backend() {
         ],
         "{indexes:?}"
     );
-    let refused = with_client(&server, |client| async move {
+    let refused = with_client(server, |client| async move {
         let params = milvus::index::IndexParams::new(
             "presence".into(),
             milvus::index::IndexType::StlSort,
@@ -1734,8 +1727,8 @@ fn optional_scalar_fields_answer_as_the_embedded_backend() {
         .unwrap();
     assert_eq!(ids(&hits), ["d008"]);
     drop((sparse, keyed));
-    seal_and_index(&server, "sparse");
-    seal_and_index(&server, "sparse_keyed");
+    seal_and_index(server, "sparse");
+    seal_and_index(server, "sparse_keyed");
 
     // Reopened without the options: the declarations, optional ones with their `?`, come
     // from the collections, and the sealed, indexed segments answer alike.
@@ -1836,14 +1829,14 @@ fn optional_scalar_fields_answer_as_the_embedded_backend() {
         ]
     };
     forge_row(
-        &server,
+        server,
         "sparse",
         "forged",
         json!({"stock": 4, "level": 1}),
         typed(4, false),
     );
     forge_row(
-        &server,
+        server,
         "sparse",
         "placeholder",
         json!({"level": 1}),

@@ -14,7 +14,7 @@ use common::{call, fixtures, scratch, Running};
 
 #[path = "../../gclip-search/tests/support/milvus_server.rs"]
 mod milvus_server;
-use milvus_server::{one_server_at_a_time, Server};
+use milvus_server::Server;
 
 const KEY: &str = "sekret";
 
@@ -52,8 +52,7 @@ fn assert_same_answer(a: std::net::SocketAddr, body: Value) -> Value {
 
 #[test]
 fn serve_answers_from_a_milvus_collection_as_from_a_directory() {
-    let _turn = one_server_at_a_time();
-    let milvus = Server::start();
+    let milvus = Server::shared();
     let address = milvus.address("shop");
     let with_token = format!("{address}?token=root:s3rvesecret");
 

@@ -1,6 +1,7 @@
 //! A real Milvus server for tests (the standalone server of the `milvus` Python package,
-//! 2.3.5), started on free loopback ports and stopped when dropped. Shared by the Milvus tests
-//! of several crates (`#[path]`-included: `mod milvus_server;`).
+//! 2.3.5), one per test process, started on free loopback ports by the first test that asks and
+//! stopped when the process ends. Shared by the Milvus tests of several crates (`#[path]`-included:
+//! `mod milvus_server;`).
 //!
 //! The server is found through `GCLIP_MILVUS_SERVER` (the `milvus-server` script of a virtual
 //! environment with `pip install milvus`), else in `target/milvus-venv`; `tools/test.sh` and
@@ -127,16 +128,27 @@ pub fn listen_ports<const N: usize>() -> [u16; N] {
 /// data folder, before the test fails with every attempt's log.
 const START_ATTEMPTS: usize = 3;
 
-/// One server at a time on this machine (tests run in parallel): two would share its two cores
-/// while starting, and each holds about half a gigabyte. A test takes its turn before starting its
-/// server, and the turn ends after the server is dropped (locals drop in reverse order).
-pub fn one_server_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Milvus' proxy sends its time tick every 200 ms by default, and a search at Strong consistency
+/// waits for the tick after it: about 0.4 s per search, most of the tests' time (the first test
+/// of tests/milvus.rs took 76 s). At 10 ms it took 15 s. Nothing the tests check depends on the
+/// interval.
+const EXTRA_CONFIG: [&str; 1] = ["proxy.timeTickInterval=10"];
+
+impl Server {
+    /// This process's server. Its tests share it (started by the first that asks) and run on it
+    /// at once, each on collections of names of its own: a start costs about 7 s and a stop up
+    /// to 10 s, more than most tests' own work, and tests/milvus.rs took 97 s taking turns and
+    /// 58 s at once. A static is never dropped: the server stops when the process ends, through
+    /// the watcher of `Server::spawn`.
+    pub fn shared() -> &'static Server {
+        static SERVER: std::sync::OnceLock<Server> = std::sync::OnceLock::new();
+        SERVER.get_or_init(Server::start)
+    }
 }
 
 /// The server process group, stopped when dropped (a failing test included), and also when this
-/// test process dies without dropping it (killed by a timeout): see `Server::spawn`.
+/// test process ends without dropping it (the shared server, or a test killed by a timeout): see
+/// `Server::spawn`.
 pub struct Server {
     child: Child,
     pub port: u16,
@@ -150,7 +162,7 @@ struct StartFailure {
 }
 
 impl Server {
-    pub fn start() -> Self {
+    fn start() -> Self {
         let script = server_script();
         let mut failures = Vec::new();
         for attempt in 1..=START_ATTEMPTS {
@@ -220,6 +232,7 @@ exec "$0" "$@" </dev/null 3<&-"#,
             .arg(script)
             .arg("--data")
             .arg(&data)
+            .args(EXTRA_CONFIG.iter().flat_map(|c| ["--extra-config", c]))
             .args(
                 SERVER_PORTS
                     .iter()
