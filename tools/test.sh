@@ -1,10 +1,37 @@
 #!/usr/bin/env bash
-# The whole test suite: the Rust workspace, then the Python package (tools/test_python.sh).
+# The whole test suite: the Rust workspace and the Python package (tools/test_python.sh).
 # The Milvus backend's tests start a Milvus server from the `milvus` PyPI package, installed
 # first in target/milvus-venv (tools/milvus_setup.sh).
+#
+# Ordered for the wall clock on a small machine: the Python environment downloads and installs
+# while the workspace compiles, and the Python tests run beside the Rust tests (both mostly wait:
+# on Milvus servers, on subprocesses), their output printed when both are done. Exits non-zero
+# when either fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GCLIP_MILVUS_SERVER="$(bash tools/milvus_setup.sh)"
 export GCLIP_MILVUS_SERVER
-cargo test --workspace
-bash tools/test_python.sh
+logs=target/test-logs
+mkdir -p "$logs"
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+
+bash tools/test_python.sh --venv >"$logs/python-venv.log" 2>&1 &
+venv_job=$!
+cargo test --workspace --no-run
+if ! wait "$venv_job"; then
+  cat "$logs/python-venv.log"
+  echo "tools/test.sh: the Python package's virtual environment failed (above)" >&2
+  exit 1
+fi
+bash tools/test_python.sh --wheel
+
+bash tools/test_python.sh --run >"$logs/python-tests.log" 2>&1 &
+python_job=$!
+rust=0
+cargo test --workspace || rust=$?
+python=0
+wait "$python_job" || python=$?
+echo "--- Python package tests (tools/test_python.sh --run, beside the Rust tests):"
+cat "$logs/python-tests.log"
+echo "tools/test.sh: Rust tests exit $rust, Python tests exit $python"
+[ "$rust" = 0 ] && [ "$python" = 0 ]

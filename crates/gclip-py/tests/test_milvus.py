@@ -114,12 +114,29 @@ def _listen_ports(n):
             s.close()
 
 
-@pytest.fixture(scope="module")
-def server():
-    """The port of a Milvus server started for this module (every port it listens on chosen
-    here, its embedded etcd's included, so that it never meets another server's)."""
-    if not SCRIPT.exists():
-        pytest.fail(f"GCLIP_MILVUS_SERVER={SCRIPT} does not exist (tools/milvus_setup.sh)")
+# How many times a server that dies while starting is started again, on new ports and a new data
+# folder, before the module fails with every attempt's log (as the Rust harness does). Another
+# test process may take a chosen port between the choice and the server's start: tools/test.sh
+# runs these tests beside the Rust ones, which start servers of their own.
+_START_ATTEMPTS = 3
+
+
+def _stop(proc):
+    try:
+        os.killpg(proc.pid, 2)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, 9)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _start():
+    """One start: (process, port, data folder), or (None, why, data folder) when the server died
+    or did not answer within 120 s."""
     ports = _listen_ports(len(_SERVER_PORTS) + 1)
     port, etcd_client, etcd_peer = ports[0], ports[len(_SERVER_PORTS) - 1], ports[-1]
     data = pathlib.Path(tempfile.mkdtemp(prefix=f"gclip-py-milvus-{port}-"))
@@ -135,41 +152,55 @@ def server():
         ETCD_CONFIG_PATH=str(data / "embed-etcd.yaml"),
         ETCD_ENDPOINTS=f"127.0.0.1:{etcd_client}",
     )
-    log = open(data / "server.log", "wb")
-    proc = subprocess.Popen(
-        ["sh", "-c", _WRAPPER, str(SCRIPT), "--data", str(data)]
-        # A time tick every 10 ms, not 200: each Strong search waits for the next one (as the
-        # Rust harness, crates/gclip-search/tests/support/milvus_server.rs).
-        + ["--extra-config", "proxy.timeTickInterval=10"]
-        + [a for flag, p in zip(_SERVER_PORTS, ports) for a in (flag, str(p))],
-        stdin=subprocess.PIPE, stdout=log, stderr=log, env=env, start_new_session=True,
-    )
+    with open(data / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            ["sh", "-c", _WRAPPER, str(SCRIPT), "--data", str(data)]
+            # A time tick every 10 ms, not 200: each Strong search waits for the next one (as
+            # the Rust harness, crates/gclip-search/tests/support/milvus_server.rs).
+            + ["--extra-config", "proxy.timeTickInterval=10"]
+            + [a for flag, p in zip(_SERVER_PORTS, ports) for a in (flag, str(p))],
+            stdin=subprocess.PIPE, stdout=log, stderr=log, env=env, start_new_session=True,
+        )
+    start = time.monotonic()
+    while True:
+        # Ready when gclip's own client gets the server's answer: no such collection.
+        try:
+            gclip.Collection.open(f"milvus://127.0.0.1:{port}/probe")
+        except gclip.GclipError as e:
+            if "holds no collection" in str(e):
+                return proc, port, data
+        # The script does not exit when the server dies early: the server's own log says so.
+        stderr = data / "logs" / "milvus-stderr.log"
+        panicked = stderr.exists() and "\npanic:" in "\n" + stderr.read_text(errors="replace")
+        if panicked or proc.poll() is not None or time.monotonic() - start > 120:
+            _stop(proc)
+            why = "panicked" if panicked else "exited" if proc.poll() is not None else "no answer"
+            tail = (data / "server.log").read_text(errors="replace")[-3000:]
+            if stderr.exists():
+                tail += "\n" + stderr.read_text(errors="replace")[-3000:]
+            return None, f"port {port}: {why}\n{tail}", data
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The port of a Milvus server started for this module (every port it listens on chosen
+    here, its embedded etcd's included, so that it never meets another server's)."""
+    if not SCRIPT.exists():
+        pytest.fail(f"GCLIP_MILVUS_SERVER={SCRIPT} does not exist (tools/milvus_setup.sh)")
+    failures = []
+    for attempt in range(1, _START_ATTEMPTS + 1):
+        proc, port_or_why, data = _start()
+        if proc is not None:
+            break
+        shutil.rmtree(data, ignore_errors=True)
+        failures.append(f"start {attempt}: {port_or_why}")
+    else:
+        pytest.fail("the Milvus server did not start:\n" + "\n\n".join(failures))
     try:
-        start = time.monotonic()
-        while True:
-            # Ready when gclip's own client gets the server's answer: no such collection.
-            try:
-                gclip.Collection.open(f"milvus://127.0.0.1:{port}/probe")
-            except gclip.GclipError as e:
-                if "holds no collection" in str(e):
-                    break
-            if proc.poll() is not None or time.monotonic() - start > 120:
-                tail = (data / "server.log").read_text(errors="replace")[-3000:]
-                pytest.fail(f"the Milvus server did not start on port {port}:\n{tail}")
-            time.sleep(0.5)
-        yield port
+        yield port_or_why
     finally:
-        try:
-            os.killpg(proc.pid, 2)
-            proc.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(proc.pid, 9)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        log.close()
+        _stop(proc)
         shutil.rmtree(data, ignore_errors=True)
 
 
