@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
+use gclip::model::backward::KeptPrecision;
 use gclip::model::ClipConfig;
 use gclip::train::bench::{TrainBenchPlan, TrainBenchStep};
 use gclip::train::params::Freeze;
@@ -34,6 +35,10 @@ pub struct BenchTrainArgs {
     /// Precision of the linear layers' products: fp32, or bf16 (mixed precision, f32 weights).
     #[arg(long, default_value = "fp32")]
     precision: TrainPrecision,
+    /// Precision the blocks keep their products' outputs in between the forward and backward
+    /// passes: f32, or bf16 (half their memory, as PyTorch's bf16 autocast keeps them).
+    #[arg(long, default_value = "f32")]
+    kept_activations: KeptPrecision,
     /// Gradient caching: embed and back-propagate the batch in chunks of this many pairs.
     #[arg(long)]
     grad_cache_chunk: Option<usize>,
@@ -56,6 +61,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         checkpoint_share: args.checkpoint_share,
         grad_cache_chunk: args.grad_cache_chunk,
         precision: args.precision,
+        kept_precision: args.kept_activations,
         freeze: Freeze {
             lock_image: args.lock.as_deref() == Some("image"),
             lock_text: args.lock.as_deref() == Some("text"),
@@ -92,16 +98,18 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         v["precision"] = args.precision.name().into();
         v["activation_checkpointing"] = args.activation_checkpointing.into();
         v["checkpoint_share"] = args.checkpoint_share.into();
+        v["kept_activations"] = args.kept_activations.name().into();
         v["grad_cache_chunk"] = args.grad_cache_chunk.into();
         println!("{v}");
     } else {
         println!(
-            "gclip {} {}, batch {}, {} tokens, {threads} threads{}: {:.2} samples/s, {:.2} s/step, peak resident {} MiB",
+            "gclip {} {}, batch {}, {} tokens, {threads} threads{}{}: {:.2} samples/s, {:.2} s/step, peak resident {} MiB",
             args.arch,
             args.precision,
             args.batch,
             args.tokens,
             if args.activation_checkpointing { ", activation checkpointing" } else { "" },
+            if args.kept_activations == KeptPrecision::Bf16 { ", activations kept in bf16" } else { "" },
             result.samples_per_s,
             result.seconds_per_step,
             mib(result.peak_rss_mib)

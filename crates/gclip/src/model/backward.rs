@@ -11,26 +11,116 @@
 //! Only blocks whose weights are dense f32 CPU tensors (what training builds) run here; others
 //! ([`ResidualBlock::owns_backward`] false) keep candle's graph.
 
-use candle_core::{Result, Tensor};
+use candle_core::{Device, Result, Shape, Storage, Tensor};
 
-use super::kernels::{fusable, AttentionOp, LayerNormOp, LinearOp};
+use super::kernels::{contiguous_f32, fusable, AttentionOp, LayerNormOp, LinearOp};
 use super::layers::{LayerNorm, Linear, LinearWeight, ResidualBlock};
+use super::lowp::{bf16_bits_of, f32_of_bf16_bits};
 
 /// What a block's backward pass reads: its input, the q/k/v projection, the heads' mixed values,
-/// the residual stream after attention and the MLP's pre-activation (`10 × width` floats per
+/// the residual stream after attention and the MLP's pre-activation (`10 × width` numbers per
 /// token in all).
 #[derive(Debug)]
 pub struct BlockActivations {
     /// `[batch, tokens, width]`
     x: Tensor,
     /// `[batch, tokens, 3·width]`
-    qkv: Tensor,
+    qkv: Kept,
     /// `[batch, tokens, width]`
-    mixed: Tensor,
+    mixed: Kept,
     /// `[batch, tokens, width]`
     after_attention: Tensor,
     /// `[batch, tokens, mlp]`
-    pre_activation: Tensor,
+    pre_activation: Kept,
+}
+
+/// The precision a block keeps the outputs of its products in (the q/k/v projection, the
+/// attention's mixed values, the MLP's pre-activation: 8 of the 10 numbers per token and width
+/// it keeps) between its forward and backward passes. The forward pass computes in f32 either
+/// way; the residual stream (the block's input and the stream after attention, which the
+/// LayerNorms' gradients read) stays f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeptPrecision {
+    #[default]
+    F32,
+    /// Rounded to bf16 (to nearest, ties to even), as PyTorch's bf16 autocast keeps the outputs
+    /// of its bf16 products: half the memory. The weight gradients of the attention's output
+    /// projection and of the MLP's second layer read bf16 inputs anyway in bf16 training.
+    Bf16,
+}
+
+impl KeptPrecision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for KeptPrecision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            _ => Err(format!(
+                "unknown precision for kept activations {s:?}: choose f32 or bf16"
+            )),
+        }
+    }
+}
+
+/// A product's output kept between the passes.
+#[derive(Debug)]
+enum Kept {
+    F32(Tensor),
+    /// The values rounded to bf16, as bits (converted by the kernels' own row loops on all
+    /// threads: candle's dtype conversion runs on one).
+    Bf16 {
+        bits: Vec<u16>,
+        shape: Shape,
+    },
+}
+
+impl Kept {
+    fn new(t: Tensor, precision: KeptPrecision) -> Result<Self> {
+        if precision == KeptPrecision::F32 || !fusable(&t) {
+            return Ok(Self::F32(t));
+        }
+        let t = t.contiguous()?;
+        let (storage, layout) = t.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            candle_core::bail!("kept activations in bf16 need a CPU tensor");
+        };
+        let bits = bf16_bits_of(contiguous_f32(cpu, layout, "kept activation")?);
+        Ok(Self::Bf16 {
+            bits,
+            shape: t.shape().clone(),
+        })
+    }
+
+    /// The f32 tensor the kernels read.
+    fn into_f32(self) -> Result<Tensor> {
+        match self {
+            Self::F32(t) => Ok(t),
+            Self::Bf16 { bits, shape } => {
+                Tensor::from_vec(f32_of_bf16_bits(&bits), shape, &Device::Cpu)
+            }
+        }
+    }
+}
+
+impl BlockActivations {
+    fn kept_in(self, precision: KeptPrecision) -> Result<Self> {
+        Ok(Self {
+            qkv: Kept::new(self.qkv.into_f32()?, precision)?,
+            mixed: Kept::new(self.mixed.into_f32()?, precision)?,
+            pre_activation: Kept::new(self.pre_activation.into_f32()?, precision)?,
+            ..self
+        })
+    }
 }
 
 /// A parameter tensor of a block and the gradient of the loss with respect to it.
@@ -136,16 +226,34 @@ impl ResidualBlock {
     /// values), keeping what [`Self::backward`] reads.
     ///
     /// `[batch, tokens, width]` → `[batch, tokens, width]`
-    pub fn forward_kept(&self, x: &Tensor, causal: bool) -> Result<(Tensor, BlockActivations)> {
-        let kept = self.activations(x, causal)?;
-        let y = (&kept.after_attention
-            + linear(&self.fc2, &kept.pre_activation, Some(self.activation))?)?;
-        Ok((y, kept))
+    pub fn forward_kept(
+        &self,
+        x: &Tensor,
+        causal: bool,
+        precision: KeptPrecision,
+    ) -> Result<(Tensor, BlockActivations)> {
+        let kept = self.activations_f32(x, causal)?;
+        let Kept::F32(pre_activation) = &kept.pre_activation else {
+            candle_core::bail!("a block's own forward pass keeps f32 until it is done");
+        };
+        let y =
+            (&kept.after_attention + linear(&self.fc2, pre_activation, Some(self.activation))?)?;
+        Ok((y, kept.kept_in(precision)?))
     }
 
     /// What [`Self::backward`] reads, without the block's output: a recomputation for
     /// checkpointing skips the MLP's second product (a third of the block's multiply-adds).
-    pub fn activations(&self, x: &Tensor, causal: bool) -> Result<BlockActivations> {
+    /// The same values as [`Self::forward_kept`] keeps for `precision`.
+    pub fn activations(
+        &self,
+        x: &Tensor,
+        causal: bool,
+        precision: KeptPrecision,
+    ) -> Result<BlockActivations> {
+        self.activations_f32(x, causal)?.kept_in(precision)
+    }
+
+    fn activations_f32(&self, x: &Tensor, causal: bool) -> Result<BlockActivations> {
         let x = x.detach();
         let qkv = linear(&self.attn.qkv, &layer_norm(&self.ln_1, &x)?, None)?;
         let mixed = qkv.apply_op1_no_bwd(&AttentionOp {
@@ -157,10 +265,10 @@ impl ResidualBlock {
         let pre_activation = linear(&self.fc1, &layer_norm(&self.ln_2, &after_attention)?, None)?;
         Ok(BlockActivations {
             x,
-            qkv,
-            mixed,
+            qkv: Kept::F32(qkv),
+            mixed: Kept::F32(mixed),
             after_attention,
-            pre_activation,
+            pre_activation: Kept::F32(pre_activation),
         })
     }
 
@@ -182,6 +290,7 @@ impl ResidualBlock {
             pre_activation,
         } = kept;
         // y = a + fc2(act(fc1(ln_2(a)))), a = x + out(attention(qkv(ln_1(x))))
+        let pre_activation = pre_activation.into_f32()?;
         let grad_pre = linear_grads(
             &self.fc2,
             &pre_activation,
@@ -196,6 +305,7 @@ impl ResidualBlock {
         let grad_a =
             (grad_y + layer_norm_grads(&self.ln_2, &after_attention, &grad_normed, grads)?)?;
         drop((after_attention, grad_normed));
+        let mixed = mixed.into_f32()?;
         let grad_mixed = linear_grads(&self.attn.out, &mixed, None, &grad_a, grads)?;
         drop(mixed);
         let attention = AttentionOp {
@@ -203,6 +313,7 @@ impl ResidualBlock {
             causal,
             products: self.attn.products,
         };
+        let qkv = qkv.into_f32()?;
         let grad_qkv = attention.grads(&qkv, &grad_mixed)?;
         drop((qkv, grad_mixed));
         let normed = layer_norm(&self.ln_1, &x)?;
@@ -284,7 +395,7 @@ mod tests {
             .unwrap();
         // The owned pass.
         assert!(b.owns_backward(&x));
-        let (y, kept) = b.forward_kept(&x, causal).unwrap();
+        let (y, kept) = b.forward_kept(&x, causal, KeptPrecision::F32).unwrap();
         assert_eq!(test_max_abs_diff(&y, &y_graph), 0.0, "forward differs");
         let mut grads = Vec::new();
         let grad_x = b.backward(kept, &grad_y, causal, &mut grads).unwrap();
@@ -351,6 +462,50 @@ mod tests {
             for causal in [false, true] {
                 check(&[], DenseProducts::Bf16(kernel), causal);
             }
+        }
+    }
+
+    /// Kept in bf16, the products' outputs take half the memory; the residual stream stays f32
+    /// and the block's output is the same.
+    #[test]
+    fn activations_kept_in_bf16_are_bf16_tensors() {
+        let b = block(4, &[], DenseProducts::F32);
+        let x = test_tensor(&[2, 5, WIDTH], 7);
+        let (y32, kept32) = b.forward_kept(&x, true, KeptPrecision::F32).unwrap();
+        let (y16, kept16) = b.forward_kept(&x, true, KeptPrecision::Bf16).unwrap();
+        assert_eq!(test_max_abs_diff(&y32, &y16), 0.0);
+        let BlockActivations {
+            x: x16,
+            after_attention: after16,
+            qkv,
+            mixed,
+            pre_activation,
+        } = kept16;
+        for (f32_kept, bf16_kept) in [
+            (&kept32.qkv, qkv),
+            (&kept32.mixed, mixed),
+            (&kept32.pre_activation, pre_activation),
+        ] {
+            let Kept::F32(f32_kept) = f32_kept else {
+                panic!("kept in bf16 for f32")
+            };
+            let Kept::Bf16 { bits, .. } = &bf16_kept else {
+                panic!("kept in f32 for bf16")
+            };
+            assert_eq!(bits.len(), f32_kept.elem_count());
+            let back = bf16_kept.into_f32().unwrap();
+            assert_eq!(back.shape(), f32_kept.shape());
+            let d = test_max_abs_diff(&back, f32_kept);
+            let scale = f32_kept.abs().unwrap().max_all().unwrap();
+            let scale = f64::from(scale.to_scalar::<f32>().unwrap());
+            assert!(
+                d > 0.0 && d <= scale / 256.0,
+                "rounded by {d} (scale {scale})"
+            );
+        }
+        for (a, b) in [(&kept32.x, &x16), (&kept32.after_attention, &after16)] {
+            assert_eq!(b.dtype(), candle_core::DType::F32);
+            assert_eq!(test_max_abs_diff(a, b), 0.0);
         }
     }
 

@@ -100,6 +100,37 @@ pub fn bf16_to_f32(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
+#[inline(always)]
+fn f32_row_from_bf16_generic(src: &[u16], dst: &mut [f32]) {
+    for (d, &h) in dst.iter_mut().zip(src) {
+        *d = bf16_to_f32(h);
+    }
+}
+
+crate::simd_dispatch!(fn f32_row_from_bf16(src: &[u16], dst: &mut [f32]) = f32_row_from_bf16_generic);
+
+/// Values per task of the whole-buffer conversions below (a quarter of a MiB of f32).
+const CONVERSION_CHUNK: usize = 1 << 16;
+
+/// `src` rounded to bf16 bits as [`f32_to_bf16`] rounds, converted in chunks on the rayon pool.
+pub(crate) fn bf16_bits_of(src: &[f32]) -> Vec<u16> {
+    let mut bits = vec![0u16; src.len()];
+    bits.par_chunks_mut(CONVERSION_CHUNK)
+        .zip(src.par_chunks(CONVERSION_CHUNK))
+        .for_each(|(d, s)| bf16_row(s, d));
+    bits
+}
+
+/// The f32 values of bf16 bits (exact), converted in chunks on the rayon pool.
+pub(crate) fn f32_of_bf16_bits(bits: &[u16]) -> Vec<f32> {
+    let mut values = vec![0f32; bits.len()];
+    values
+        .par_chunks_mut(CONVERSION_CHUNK)
+        .zip(bits.par_chunks(CONVERSION_CHUNK))
+        .for_each(|(d, s)| f32_row_from_bf16(s, d));
+    values
+}
+
 /// Round to nearest even for |v| <= 2^22 (used for values within ±128).
 #[inline]
 fn rne_small(v: f32) -> f32 {

@@ -18,6 +18,7 @@ use super::precision::TrainPrecision;
 use super::rng::Rng;
 use super::step::{loss_and_grads_planned, Batch, FieldBatch, FieldData, MemoryPlan};
 use super::TrainError;
+use crate::model::backward::KeptPrecision;
 use crate::model::ClipConfig;
 
 /// What to measure.
@@ -34,6 +35,8 @@ pub struct TrainBenchPlan {
     pub checkpoint_share: f64,
     pub grad_cache_chunk: Option<usize>,
     pub precision: TrainPrecision,
+    /// The precision the blocks keep their products' outputs in ([`KeptPrecision`]).
+    pub kept_precision: KeptPrecision,
     pub freeze: Freeze,
 }
 
@@ -139,6 +142,7 @@ pub fn run(
                 grad_cache_chunk: plan.grad_cache_chunk,
                 activation_checkpointing: plan.activation_checkpointing,
                 checkpoint_share: plan.checkpoint_share,
+                kept_precision: plan.kept_precision,
             },
         )?;
         optimizer.step(&params, &out.grads, 1e-5, None)?;
@@ -177,6 +181,7 @@ mod tests {
             checkpoint_share: 0.5,
             grad_cache_chunk: Some(3),
             precision: TrainPrecision::Bf16,
+            kept_precision: KeptPrecision::F32,
             freeze: Freeze::default(),
         };
         let mut steps = Vec::new();

@@ -22,7 +22,7 @@ use candle_core::{Tensor, TensorId, Var};
 
 use super::params::ParamSet;
 use super::step::FieldData;
-use crate::model::backward::{BlockActivations, ParamGrad};
+use crate::model::backward::{BlockActivations, KeptPrecision, ParamGrad};
 use crate::model::layers::{EmbeddingTable, ResidualBlock};
 use crate::model::Clip;
 
@@ -63,6 +63,8 @@ pub struct BlockTrace {
     top: Tensor,
     /// For texts, the flat row each text is pooled at.
     pooled_rows: Option<Tensor>,
+    /// How the blocks' activations are kept, recomputed ones included.
+    precision: KeptPrecision,
 }
 
 /// The stem's output for rows `start..start+len` (with a graph) and, for texts, the pooled rows.
@@ -119,13 +121,15 @@ fn head(clip: &Clip, x: &Tensor, pooled_rows: Option<&Tensor>) -> candle_core::R
 }
 
 /// Embeds rows `start..start+len` of a field (`[len, embed]`, not normalised, detached) and
-/// keeps what `keep` asks for [`backward`]. No graph outlives the block that built it.
+/// keeps what `keep` asks for [`backward`], in `precision`. No graph outlives the block that
+/// built it.
 pub fn forward(
     clip: &Clip,
     data: &FieldData,
     start: usize,
     len: usize,
     keep: Keep,
+    precision: KeptPrecision,
 ) -> candle_core::Result<(Tensor, BlockTrace)> {
     let (x, pooled_rows) = stem(clip, data, start, len)?;
     let (blocks, causal) = blocks(clip, data);
@@ -133,7 +137,7 @@ pub fn forward(
     let mut x = x.detach();
     for (index, b) in blocks.iter().enumerate() {
         if b.owns_backward(&x) {
-            let (y, activations) = b.forward_kept(&x, causal)?;
+            let (y, activations) = b.forward_kept(&x, causal, precision)?;
             kept.push(match keep {
                 Keep::Boundaries(share) if recomputes(index, share) => KeptBlock::Input(x),
                 _ => KeptBlock::Activations(activations),
@@ -152,6 +156,7 @@ pub fn forward(
             blocks: kept,
             top: x,
             pooled_rows,
+            precision,
         },
     ))
 }
@@ -204,6 +209,7 @@ pub fn backward(
         blocks: kept,
         top,
         pooled_rows,
+        precision,
     } = trace;
     let (blocks, causal) = blocks(clip, data);
     if kept.len() != blocks.len() {
@@ -252,7 +258,7 @@ pub fn backward(
         }
         let activations = match kept {
             KeptBlock::Activations(a) => a,
-            KeptBlock::Input(x) if b.owns_backward(&x) => b.activations(&x, causal)?,
+            KeptBlock::Input(x) if b.owns_backward(&x) => b.activations(&x, causal, precision)?,
             KeptBlock::Input(x) => {
                 g = match through(x, &g, grads, &|x| b.forward(x, causal))? {
                     Some(g) => g,

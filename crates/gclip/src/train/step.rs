@@ -15,6 +15,7 @@ use super::blockwise::{self, BlockTrace, Keep};
 use super::loss::{gcl_loss, FieldEmbedding, GclSpec, LossParts};
 use super::params::{ParamSet, Tower};
 use super::TrainError;
+use crate::model::backward::KeptPrecision;
 use crate::model::Clip;
 
 /// A field's inputs for a batch.
@@ -192,6 +193,7 @@ pub fn loss_and_grads_cached(
     batch: &Batch,
     chunk: usize,
     recompute_share: f64,
+    kept: KeptPrecision,
 ) -> Result<StepOutput, TrainError> {
     check_batch(batch)?;
     let n = batch.len();
@@ -221,7 +223,7 @@ pub fn loss_and_grads_cached(
                 let mut traces = Vec::new();
                 for &(start, len) in &chunks {
                     if let Some(keep) = keep {
-                        let (e, trace) = blockwise::forward(clip, &f.data, start, len, keep)?;
+                        let (e, trace) = blockwise::forward(clip, &f.data, start, len, keep, kept)?;
                         parts.push(e);
                         traces.push(Some(trace));
                     } else {
@@ -283,7 +285,9 @@ pub fn loss_and_grads_cached(
             let g = g_all.narrow(0, start, len)?.detach();
             let trace = match trace {
                 Some(trace) => trace,
-                None => blockwise::forward(clip, &field.data, start, len, Keep::Activations)?.1,
+                None => {
+                    blockwise::forward(clip, &field.data, start, len, Keep::Activations, kept)?.1
+                }
             };
             blockwise::backward(clip, &field.data, start, len, trace, &g, params, &mut grads)?;
         }
@@ -313,6 +317,8 @@ pub struct MemoryPlan {
     /// With checkpointing, the share of each tower's blocks recomputed, in (0, 1]
     /// ([`blockwise::recomputes`]).
     pub checkpoint_share: f64,
+    /// The precision the blocks keep their products' outputs in for the backward pass.
+    pub kept_precision: KeptPrecision,
 }
 
 impl MemoryPlan {
@@ -341,6 +347,7 @@ impl Default for MemoryPlan {
             grad_cache_chunk: None,
             activation_checkpointing: false,
             checkpoint_share: 1.0,
+            kept_precision: KeptPrecision::F32,
         }
     }
 }
@@ -361,7 +368,15 @@ pub fn loss_and_grads_planned(
         0.0
     };
     let chunk = plan.grad_cache_chunk.filter(|&c| c < n).unwrap_or(n);
-    loss_and_grads_cached(clip, params, spec, batch, chunk, recompute)
+    loss_and_grads_cached(
+        clip,
+        params,
+        spec,
+        batch,
+        chunk,
+        recompute,
+        plan.kept_precision,
+    )
 }
 
 #[cfg(test)]
@@ -487,8 +502,16 @@ pub(crate) mod tests {
                 (3, 0.5),
                 (100, 0.5),
             ] {
-                let cached =
-                    loss_and_grads_cached(&clip, &set, &spec, &batch, chunk, recompute).unwrap();
+                let cached = loss_and_grads_cached(
+                    &clip,
+                    &set,
+                    &spec,
+                    &batch,
+                    chunk,
+                    recompute,
+                    KeptPrecision::F32,
+                )
+                .unwrap();
                 assert!(
                     (full.loss - cached.loss).abs() < 1e-6,
                     "chunk {chunk} recompute {recompute}: loss"
@@ -524,6 +547,53 @@ pub(crate) mod tests {
                     "only {nonzero} non-zero gradients"
                 );
             }
+        }
+    }
+
+    /// With bf16 products, activations kept in bf16: checkpointing recomputes exactly what the
+    /// plain step keeps (the same gradients, bit for bit), and the gradients stay within bf16's
+    /// rounding of those of activations kept in f32, without equalling them (so the rounding
+    /// happened).
+    #[test]
+    fn activations_kept_in_bf16_round_alike_with_and_without_checkpointing() {
+        let batch = synthetic_batch(7, 3);
+        let spec = gcl_spec();
+        for kernel in crate::model::lowp::Bf16Kernel::available() {
+            let mut clip =
+                init_open_clip(&tiny_config(false), 2, &Device::Cpu, DType::F32).unwrap();
+            clip.set_dense_products(crate::model::DenseProducts::Bf16(kernel));
+            let set = ParamSet::attach(&mut clip, &Freeze::default()).unwrap();
+            let step = |recompute: f64, kept: KeptPrecision| {
+                loss_and_grads_cached(&clip, &set, &spec, &batch, 7, recompute, kept).unwrap()
+            };
+            let max_abs =
+                |t: &Tensor| -> f32 { t.abs().unwrap().max_all().unwrap().to_scalar().unwrap() };
+            let plain = step(0.0, KeptPrecision::Bf16);
+            for recompute in [1.0, 0.5] {
+                let checkpointed = step(recompute, KeptPrecision::Bf16);
+                assert_eq!(plain.loss, checkpointed.loss);
+                for ((a, b), p) in plain.grads.iter().zip(&checkpointed.grads).zip(&set.params) {
+                    let d = max_abs(&(a - b).unwrap());
+                    assert_eq!(d, 0.0, "{kernel:?} {recompute}: {}", p.info.name);
+                }
+            }
+            let f32_kept = step(0.0, KeptPrecision::F32);
+            assert_eq!(plain.loss, f32_kept.loss, "the forward pass is the same");
+            let mut differ = 0;
+            for ((a, b), p) in plain.grads.iter().zip(&f32_kept.grads).zip(&set.params) {
+                let d = max_abs(&(a - b).unwrap());
+                let scale = max_abs(b);
+                assert!(
+                    d <= 2e-2 * scale + 1e-6,
+                    "{kernel:?}: {} differs by {d} (scale {scale})",
+                    p.info.name
+                );
+                differ += (d > 0.0) as usize;
+            }
+            assert!(
+                differ > set.params.len() / 2,
+                "only {differ} gradients differ"
+            );
         }
     }
 }

@@ -19,6 +19,7 @@ use super::params::{Freeze, ParamSet};
 use super::precision::TrainPrecision;
 use super::step::{loss_and_grads_planned, Batch, MemoryPlan};
 use super::TrainError;
+use crate::model::backward::KeptPrecision;
 use crate::model::Clip;
 
 /// Everything that shapes a run's trajectory.
@@ -284,6 +285,7 @@ impl Trainer {
                     grad_cache_chunk: o.grad_cache_chunk,
                     activation_checkpointing: o.activation_checkpointing,
                     checkpoint_share: o.checkpoint_share,
+                    kept_precision: KeptPrecision::F32,
                 },
             )?;
             loss += out.loss / accum as f64;
