@@ -7,7 +7,9 @@
 # Usage: tools/bench_train.sh [ARCH] [BATCH] [STEPS] [ROUNDS]
 #   PYTHON: interpreter of the reference venv (tools/setup_ref_env.sh), GCLIP: a gclip binary,
 #   CONFIGS: which rows to run (default all), e.g. "gclip:fp32 gclip:bf16:ckpt torch:amp_bf16";
-#   gclip:bf16:ckpt=0.5 checkpoints half of each tower's blocks (--checkpoint-share 0.5).
+#   gclip:bf16:ckpt=0.5 checkpoints half of each tower's blocks (--checkpoint-share 0.5);
+#   gclip:bf16:kept=bf16 keeps the blocks' activations in bf16 (--kept-activations bf16), and
+#   options combine: gclip:bf16:ckpt=0.1:kept=bf16.
 set -euo pipefail
 arch="${1:-ViT-B-32}"; batch="${2:-64}"; steps="${3:-2}"; rounds="${4:-1}"
 # GCLIP=path/to/gclip uses an existing release binary instead of building one.
@@ -19,13 +21,22 @@ grep -o -w -E 'avx2|fma|avx512f|avx512_bf16|avx512_vnni|amx_bf16|amx_int8' /proc
 echo "started $(date -u +%H:%M:%S) UTC, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$rounds"); do
   for c in $configs; do
-    IFS=: read -r impl precision ckpt <<< "$c"
+    IFS=: read -r impl precision rest <<< "$c"
     # ckpt=SHARE: gclip checkpoints that share of each tower's blocks (--checkpoint-share).
-    share=""; [[ "$ckpt" == ckpt=* ]] && share="${ckpt#ckpt=}"
+    ckpt=""; share=""; kept=""
+    IFS=: read -ra options <<< "$rest"
+    for o in "${options[@]}"; do
+      case "$o" in
+        ckpt) ckpt=1 ;;
+        ckpt=*) ckpt=1; share="${o#ckpt=}" ;;
+        kept=*) kept="${o#kept=}" ;;
+        *) echo "unknown option '$o' in configuration $c" >&2; exit 2 ;;
+      esac
+    done
     if [ "$impl" = gclip ]; then
       "$gclip" --threads "$threads" bench-train --arch "$arch" --batch "$batch" --steps "$steps" \
         --tokens 77 --precision "$precision" ${ckpt:+--activation-checkpointing} \
-        ${share:+--checkpoint-share "$share"} --json \
+        ${share:+--checkpoint-share "$share"} ${kept:+--kept-activations "$kept"} --json \
         | tail -n 1 | sed "s/^{/{\"config\":\"$c\",/" >> "$out/runs.jsonl"
     else
       "$py" "$root/tools/bench_train_torch.py" --arch "$arch" --batch "$batch" --steps "$steps" \
@@ -50,12 +61,15 @@ for line in open(path):
     b["all"].append(sps)
 names = {"fp32": "fp32", "bf16": "bf16", "amp_bf16": "amp_bf16"}
 def label(c):
-    impl, precision, *ckpt = c.split(":")
-    who = "gclip" if impl == "gclip" else "open_clip"
-    if not ckpt or not ckpt[0]:
-        return f"{who} {precision}"
-    share = ckpt[0].partition("=")[2]
-    return f"{who} {precision} + checkpointing" + (f" of {share} of the blocks" if share else "")
+    impl, precision, *options = c.split(":")
+    text = ("gclip" if impl == "gclip" else "open_clip") + " " + precision
+    for o in options:
+        name, _, value = o.partition("=")
+        if name == "ckpt":
+            text += " + checkpointing" + (f" of {value} of the blocks" if value else "")
+        elif name == "kept":
+            text += f", activations kept in {value}"
+    return text
 ref = best.get("torch:fp32")
 amp = best.get("torch:amp_bf16")
 print(f"\n{arch}, batch {batch}, 77 tokens, {threads} threads, best of {rounds} round(s)\n")

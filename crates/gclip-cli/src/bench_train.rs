@@ -36,9 +36,10 @@ pub struct BenchTrainArgs {
     #[arg(long, default_value = "fp32")]
     precision: TrainPrecision,
     /// Precision the blocks keep their products' outputs in between the forward and backward
-    /// passes: f32, or bf16 (half their memory, as PyTorch's bf16 autocast keeps them).
-    #[arg(long, default_value = "f32")]
-    kept_activations: KeptPrecision,
+    /// passes: f32, or bf16 (half their memory, as PyTorch's bf16 autocast keeps them);
+    /// by default that of --precision.
+    #[arg(long)]
+    kept_activations: Option<KeptPrecision>,
     /// Gradient caching: embed and back-propagate the batch in chunks of this many pairs.
     #[arg(long)]
     grad_cache_chunk: Option<usize>,
@@ -52,6 +53,9 @@ pub struct BenchTrainArgs {
 
 pub fn run(args: BenchTrainArgs) -> Result<()> {
     let config = ClipConfig::open_clip(&args.arch)?;
+    let kept = args
+        .kept_activations
+        .unwrap_or_else(|| args.precision.kept_activations());
     let plan = TrainBenchPlan {
         config,
         batch: args.batch,
@@ -61,7 +65,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         checkpoint_share: args.checkpoint_share,
         grad_cache_chunk: args.grad_cache_chunk,
         precision: args.precision,
-        kept_precision: args.kept_activations,
+        kept_precision: kept,
         freeze: Freeze {
             lock_image: args.lock.as_deref() == Some("image"),
             lock_text: args.lock.as_deref() == Some("text"),
@@ -98,18 +102,17 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         v["precision"] = args.precision.name().into();
         v["activation_checkpointing"] = args.activation_checkpointing.into();
         v["checkpoint_share"] = args.checkpoint_share.into();
-        v["kept_activations"] = args.kept_activations.name().into();
+        v["kept_activations"] = kept.name().into();
         v["grad_cache_chunk"] = args.grad_cache_chunk.into();
         println!("{v}");
     } else {
         println!(
-            "gclip {} {}, batch {}, {} tokens, {threads} threads{}{}: {:.2} samples/s, {:.2} s/step, peak resident {} MiB",
+            "gclip {} {}, batch {}, {} tokens, {threads} threads{}, activations kept in {kept}: {:.2} samples/s, {:.2} s/step, peak resident {} MiB",
             args.arch,
             args.precision,
             args.batch,
             args.tokens,
             if args.activation_checkpointing { ", activation checkpointing" } else { "" },
-            if args.kept_activations == KeptPrecision::Bf16 { ", activations kept in bf16" } else { "" },
             result.samples_per_s,
             result.seconds_per_step,
             mib(result.peak_rss_mib)

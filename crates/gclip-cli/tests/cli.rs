@@ -566,7 +566,8 @@ fn bench_names_the_kernels_of_each_precision() {
 }
 
 /// `gclip bench-train` prints a record per step and a summary, with and without activation
-/// checkpointing and gradient caching, and names a bad batch size.
+/// checkpointing and gradient caching, and in bf16, and names a bad batch size and a bad
+/// precision for kept activations.
 #[test]
 fn bench_train_reports_steps_and_memory() {
     let arch = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -584,6 +585,8 @@ fn bench_train_reports_steps_and_memory() {
             "--grad-cache-chunk",
             "3",
         ],
+        // bf16 keeps the blocks' activations in bf16 unless told otherwise.
+        vec!["--batch", "3", "--steps", "1", "--precision", "bf16"],
     ] {
         let mut args = base.to_vec();
         args.extend(&extra);
@@ -605,7 +608,16 @@ fn bench_train_reports_steps_and_memory() {
             summary["activation_checkpointing"],
             extra.contains(&"--activation-checkpointing")
         );
+        let kept = if extra.contains(&"bf16") {
+            "bf16"
+        } else {
+            "f32"
+        };
+        assert_eq!(summary["kept_activations"], kept);
     }
+    let o = gclip(&["bench-train", "--arch", arch, "--kept-activations", "int8"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("choose f32 or bf16"));
     let o = gclip(&["bench-train", "--arch", arch, "--batch", "1"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("at least 2 pairs"));

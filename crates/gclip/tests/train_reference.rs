@@ -641,6 +641,7 @@ fn one_training_step_matches_open_clip() {
         activation_checkpointing: false,
         checkpoint_share: 1.0,
         precision: gclip::train::precision::TrainPrecision::Fp32,
+        kept_precision: gclip::model::backward::KeptPrecision::F32,
         schedule: Schedule {
             kind: ScheduleKind::Cosine,
             base_lr: lr_base,

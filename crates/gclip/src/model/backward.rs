@@ -39,7 +39,8 @@ pub struct BlockActivations {
 /// it keeps) between its forward and backward passes. The forward pass computes in f32 either
 /// way; the residual stream (the block's input and the stream after attention, which the
 /// LayerNorms' gradients read) stays f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum KeptPrecision {
     #[default]
     F32,
@@ -69,6 +70,26 @@ impl std::str::FromStr for KeptPrecision {
                 "unknown precision for kept activations {s:?}: choose f32 or bf16"
             )),
         }
+    }
+}
+
+impl TryFrom<String> for KeptPrecision {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<KeptPrecision> for String {
+    fn from(p: KeptPrecision) -> Self {
+        p.name().into()
+    }
+}
+
+impl std::fmt::Display for KeptPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

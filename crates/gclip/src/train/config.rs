@@ -48,6 +48,7 @@ use crate::input::image::{PreprocessConfig, Preprocessor};
 use crate::input::pipeline::InputPipeline;
 use crate::input::tokenizer::ClipTokenizer;
 use crate::input::Convention;
+use crate::model::backward::KeptPrecision;
 use crate::model::{Clip, ClipConfig};
 use crate::source::ModelSource;
 
@@ -261,6 +262,10 @@ pub struct TrainSection {
     pub checkpoint_share: f64,
     /// `fp32` or `bf16` (mixed precision: bf16 products, f32 weights and everything else).
     pub precision: TrainPrecision,
+    /// `f32` or `bf16`: the precision the blocks keep their products' outputs in between the
+    /// forward and backward passes; unset, that of `precision` (bf16 halves those activations'
+    /// memory, as PyTorch's bf16 autocast keeps them).
+    pub kept_activations: Option<KeptPrecision>,
     pub seed: u64,
     pub output: PathBuf,
     pub checkpoint_every: u64,
@@ -292,6 +297,7 @@ impl Default for TrainSection {
             activation_checkpointing: false,
             checkpoint_share: 1.0,
             precision: TrainPrecision::Fp32,
+            kept_activations: None,
             seed: 0,
             output: PathBuf::from("runs/train"),
             checkpoint_every: 500,
@@ -331,6 +337,9 @@ impl TrainConfig {
             activation_checkpointing: t.activation_checkpointing,
             checkpoint_share: t.checkpoint_share,
             precision: t.precision,
+            kept_precision: t
+                .kept_activations
+                .unwrap_or_else(|| t.precision.kept_activations()),
             schedule: Schedule {
                 kind: t.schedule,
                 base_lr: t.lr,
@@ -651,6 +660,26 @@ mod tests {
         );
         let e = parse(r#"{"train": {"batch_sampler": "one-per-query"}}"#).unwrap_err();
         assert!(e.contains("unknown variant") && e.contains("unique"), "{e}");
+    }
+
+    #[test]
+    fn kept_activations_follow_the_precision_unless_set() {
+        let kept = |json: &str| parse(json).unwrap().options().unwrap().kept_precision;
+        assert_eq!(kept("{}"), KeptPrecision::F32);
+        assert_eq!(
+            kept(r#"{"train": {"precision": "bf16"}}"#),
+            KeptPrecision::Bf16
+        );
+        assert_eq!(
+            kept(r#"{"train": {"precision": "bf16", "kept_activations": "f32"}}"#),
+            KeptPrecision::F32
+        );
+        assert_eq!(
+            kept(r#"{"train": {"kept_activations": "bf16"}}"#),
+            KeptPrecision::Bf16
+        );
+        let e = parse(r#"{"train": {"kept_activations": "int8"}}"#).unwrap_err();
+        assert!(e.contains("int8") && e.contains("f32 or bf16"), "{e}");
     }
 
     #[test]

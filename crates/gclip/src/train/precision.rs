@@ -10,6 +10,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::model::backward::KeptPrecision;
 use crate::model::lowp::Bf16Kernel;
 use crate::model::DenseProducts;
 
@@ -26,6 +27,15 @@ impl TrainPrecision {
         match self {
             TrainPrecision::Fp32 => "fp32",
             TrainPrecision::Bf16 => "bf16",
+        }
+    }
+
+    /// The precision the blocks keep their products' outputs in between the passes unless
+    /// told otherwise: bf16 in bf16 training, as PyTorch's bf16 autocast keeps them.
+    pub fn kept_activations(self) -> KeptPrecision {
+        match self {
+            TrainPrecision::Fp32 => KeptPrecision::F32,
+            TrainPrecision::Bf16 => KeptPrecision::Bf16,
         }
     }
 

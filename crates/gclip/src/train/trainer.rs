@@ -44,6 +44,9 @@ pub struct TrainOptions {
     /// The precision of the linear layers' products ([`TrainPrecision`]).
     #[serde(default)]
     pub precision: TrainPrecision,
+    /// The precision the blocks keep their products' outputs in between the passes.
+    #[serde(default)]
+    pub kept_precision: KeptPrecision,
     pub schedule: Schedule,
     pub adamw: AdamWConfig,
     /// Clip the global gradient norm to this value.
@@ -285,7 +288,7 @@ impl Trainer {
                     grad_cache_chunk: o.grad_cache_chunk,
                     activation_checkpointing: o.activation_checkpointing,
                     checkpoint_share: o.checkpoint_share,
-                    kept_precision: KeptPrecision::F32,
+                    kept_precision: o.kept_precision,
                 },
             )?;
             loss += out.loss / accum as f64;
@@ -502,6 +505,7 @@ mod tests {
             activation_checkpointing: false,
             checkpoint_share: 1.0,
             precision: TrainPrecision::Fp32,
+            kept_precision: KeptPrecision::F32,
             schedule: Schedule {
                 kind: ScheduleKind::Cosine,
                 base_lr: 5e-3,
