@@ -486,10 +486,10 @@ mod tests {
         }
     }
 
-    /// Kept in bf16, the products' outputs take half the memory; the residual stream stays f32
+    /// Kept in bf16, the products' outputs are bf16 bits (half the memory); the residual stream stays f32
     /// and the block's output is the same.
     #[test]
-    fn activations_kept_in_bf16_are_bf16_tensors() {
+    fn activations_kept_in_bf16_are_rounded_bits() {
         let b = block(4, &[], DenseProducts::F32);
         let x = test_tensor(&[2, 5, WIDTH], 7);
         let (y32, kept32) = b.forward_kept(&x, true, KeptPrecision::F32).unwrap();
