@@ -486,8 +486,8 @@ mod tests {
         }
     }
 
-    /// Kept in bf16, the products' outputs are bf16 bits (half the memory); the residual stream stays f32
-    /// and the block's output is the same.
+    /// Kept in bf16, the products' outputs are bf16 bits (half the memory); the residual stream
+    /// stays f32 and the block's output is the same.
     #[test]
     fn activations_kept_in_bf16_are_rounded_bits() {
         let b = block(4, &[], DenseProducts::F32);
