@@ -9,8 +9,11 @@
 # when either fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each phase's end, in seconds since the start, for measuring what the tests cost.
+phase() { echo "tools/test.sh: $1 at ${SECONDS} s" >&2; }
 GCLIP_MILVUS_SERVER="$(bash tools/milvus_setup.sh)"
 export GCLIP_MILVUS_SERVER
+phase "Milvus server installed"
 logs=target/test-logs
 mkdir -p "$logs"
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
@@ -18,19 +21,24 @@ trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 bash tools/test_python.sh --venv >"$logs/python-venv.log" 2>&1 &
 venv_job=$!
 cargo test --workspace --no-run
+phase "workspace tests compiled"
 if ! wait "$venv_job"; then
   cat "$logs/python-venv.log"
   echo "tools/test.sh: the Python package's virtual environment failed (above)" >&2
   exit 1
 fi
+phase "Python environment ready"
 bash tools/test_python.sh --wheel
+phase "Python wheel built and installed"
 
 bash tools/test_python.sh --run >"$logs/python-tests.log" 2>&1 &
 python_job=$!
 rust=0
 cargo test --workspace || rust=$?
+phase "Rust tests run"
 python=0
 wait "$python_job" || python=$?
+phase "Python tests run"
 echo "--- Python package tests (tools/test_python.sh --run, beside the Rust tests):"
 cat "$logs/python-tests.log"
 echo "tools/test.sh: Rust tests exit $rust, Python tests exit $python"
