@@ -307,8 +307,9 @@ fn run_store_bench(args: &SearchBenchArgs, dir: &std::path::Path) -> Result<()> 
         seed: BENCH_SEED,
         latent_dim: args.latent_dim,
     };
-    let rows = run_store_bench(&plan, dir, &|m| eprintln!("{m}"))?;
+    let (setup, rows) = run_store_bench(&plan, dir, &|m| eprintln!("{m}"))?;
     if args.json {
+        println!("{}", serde_json::to_string(&setup)?);
         for r in &rows {
             println!("{}", serde_json::to_string(r)?);
         }
@@ -322,6 +323,22 @@ fn run_store_bench(args: &SearchBenchArgs, dir: &std::path::Path) -> Result<()> 
         vectors_kind(args.latent_dim),
         rayon::current_num_threads()
     );
+    if setup.written > 0 {
+        println!(
+            "written: {} documents in {:.1} s ({:.0} documents/s); opened in {:.1} s",
+            setup.written,
+            setup.write_s,
+            setup.written as f64 / setup.write_s.max(1e-9),
+            setup.open_s
+        );
+    }
+    if gclip_search::Location::of(dir).is_ok_and(|l| matches!(l, gclip_search::Location::Milvus(_)))
+    {
+        println!(
+            "vector index complete {:.1} s after the flush ({} documents outside it when searching began)",
+            setup.index_s, setup.unindexed
+        );
+    }
     println!(
         "{:<30}  {:>6}  {:>9}  {:>8}  {:>8}  {:>10}",
         "filter", "match", "recall@k", "p50 ms", "p99 ms", "exact p50"

@@ -117,7 +117,7 @@ fn check_and_search_bench_on_milvus_addresses() {
     assert!(!none.status.success(), "{e}");
     assert!(e.contains(&server.address("absent")), "{e}");
 
-    // search-bench through a Milvus collection: one JSON row per filter.
+    // search-bench through a Milvus collection: how it was set up, then one JSON row per filter.
     let bench_address = format!("{}?token={SECRET}", server.address("bench"));
     let bench_with = |more: &[&str]| {
         let plan = [
@@ -134,10 +134,13 @@ fn check_and_search_bench_on_milvus_addresses() {
     let bench = bench_with(&["--queries", "2", "--k", "5", "--json"]);
     let out = said(&bench);
     assert!(bench.status.success(), "{out}");
-    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&bench.stdout)
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&bench.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    let (setup, rows) = lines.split_first().expect("output");
+    assert_eq!(setup["written"], 100, "{out}");
+    assert_eq!(setup["unindexed"], 0, "{out}");
     assert_eq!(rows.len(), 5, "{out}");
     assert_eq!(rows[0]["filter"], "none");
     assert_eq!(rows[2]["filter"], "shard = 7");
@@ -150,6 +153,11 @@ fn check_and_search_bench_on_milvus_addresses() {
     assert!(
         out.contains(&format!("collection {} of 100", server.address("bench"))),
         "{out}"
+    );
+    assert!(out.contains("vector index complete"), "{out}");
+    assert!(
+        !out.contains("written:"),
+        "reused, not written again: {out}"
     );
     // The shop collection is not a benchmark's: refused.
     let refused = gclip(&["search-bench", "--store", &with_token, "--count", "100"]);

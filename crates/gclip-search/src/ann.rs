@@ -94,16 +94,26 @@ impl Hnsw {
     ) -> Result<Self> {
         let h = Self::new(dim, params)?;
         h.index.reserve(items.len().max(16)).map_err(ann_err)?;
+        h.add_in_parallel(items, progress)?;
+        Ok(h)
+    }
+
+    /// Adds keys that are not in the index, on all threads (usearch's insertion is
+    /// thread-safe once the capacity is reserved).
+    fn add_in_parallel(
+        &self,
+        items: &[(u64, &[f32])],
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<()> {
         let done = std::sync::atomic::AtomicUsize::new(0);
         items.par_chunks(1024).try_for_each(|chunk| -> Result<()> {
             for (key, v) in chunk {
-                h.index.add(*key, v).map_err(ann_err)?;
+                self.index.add(*key, v).map_err(ann_err)?;
             }
             let n = done.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
             progress(n + chunk.len());
             Ok(())
-        })?;
-        Ok(h)
+        })
     }
 
     /// Changes the search-time candidate list (ef).
@@ -122,16 +132,30 @@ impl Hnsw {
         self.len() == 0
     }
 
-    /// Adds or replaces a vector.
-    pub fn upsert(&self, key: u64, vector: &[f32]) -> Result<()> {
-        if self.index.contains(key) {
-            self.index.remove(key).map_err(ann_err)?;
+    /// Adds or replaces vectors; a batch is inserted on all threads. A key given twice keeps
+    /// its last vector.
+    pub fn upsert(&self, items: &[(u64, &[f32])]) -> Result<()> {
+        let mut last = std::collections::HashMap::with_capacity(items.len());
+        for (i, (key, _)) in items.iter().enumerate() {
+            last.insert(*key, i);
         }
-        if self.index.size() + 1 > self.index.capacity() {
-            let cap = (self.index.capacity() * 2).max(1024);
+        let unique: Vec<(u64, &[f32])> = items
+            .iter()
+            .enumerate()
+            .filter(|(i, (key, _))| last[key] == *i)
+            .map(|(_, &item)| item)
+            .collect();
+        for (key, _) in &unique {
+            if self.index.contains(*key) {
+                self.index.remove(*key).map_err(ann_err)?;
+            }
+        }
+        let needed = self.index.size() + unique.len();
+        if needed > self.index.capacity() {
+            let cap = needed.max(self.index.capacity() * 2).max(1024);
             self.index.reserve(cap).map_err(ann_err)?;
         }
-        self.index.add(key, vector).map_err(ann_err)
+        self.add_in_parallel(&unique, &|_| {})
     }
 
     /// Whether a key is in the index.
@@ -327,12 +351,16 @@ impl AnnState {
         for &r in &changes.removed {
             h.remove(r as u64)?;
         }
-        for &r in &changes.written {
-            if let Some(&slot) = mem.by_rowid.get(&r) {
-                h.upsert(r as u64, mem.vector(slot))?;
-            }
-        }
-        Ok(())
+        let written: Vec<(u64, &[f32])> = changes
+            .written
+            .iter()
+            .filter_map(|r| {
+                mem.by_rowid
+                    .get(r)
+                    .map(|&slot| (*r as u64, mem.vector(slot)))
+            })
+            .collect();
+        h.upsert(&written)
     }
 
     /// Loads the saved index and replays what changed since it was saved, or rebuilds it.
@@ -490,5 +518,57 @@ impl AnnState {
         let json = serde_json::to_vec(&meta).map_err(ann_err)?;
         gclip::fsutil::write_file_atomically(&path, &json).map_err(io_err(&path))?;
         Ok(Some(generation))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::random_unit_vectors;
+
+    fn params() -> AnnParams {
+        AnnParams {
+            connectivity: 16,
+            expansion_add: 64,
+            expansion_search: 64,
+            bf16: false,
+        }
+    }
+
+    fn top(h: &Hnsw, query: &[f32]) -> u64 {
+        h.search(query, 1, None).unwrap()[0].0
+    }
+
+    #[test]
+    fn a_batch_upsert_adds_replaces_and_keeps_the_last_of_a_repeated_key() {
+        let dim = 32;
+        let data = random_unit_vectors(3_000, dim, 7);
+        let row = |i: usize| &data[i * dim..(i + 1) * dim];
+        let h = Hnsw::new(dim, params()).unwrap();
+        let first: Vec<(u64, &[f32])> = (0..1_000).map(|i| (i as u64, row(i))).collect();
+        h.upsert(&first).unwrap();
+        assert_eq!(h.len(), 1_000);
+        // Keys 0..500 get new vectors (rows 1000..1500); keys 1000..2000 are new; key 1999
+        // comes twice, its second vector (row 2999) wins.
+        let mut second: Vec<(u64, &[f32])> = (0..500).map(|i| (i as u64, row(1_000 + i))).collect();
+        second.extend((1_000..2_000).map(|i| (i as u64, row(500 + i))));
+        second.push((1_999, row(2_999)));
+        h.upsert(&second).unwrap();
+        assert_eq!(h.len(), 2_000);
+        for i in (0..500).step_by(50) {
+            assert_eq!(top(&h, row(1_000 + i)), i as u64, "replaced key {i}");
+        }
+        for i in (500..1_000).step_by(50) {
+            assert_eq!(top(&h, row(i)), i as u64, "kept key {i}");
+        }
+        for i in (1_000..1_999).step_by(50) {
+            assert_eq!(top(&h, row(500 + i)), i as u64, "added key {i}");
+        }
+        assert_eq!(top(&h, row(2_999)), 1_999);
+        assert_ne!(
+            top(&h, row(2_499)),
+            1_999,
+            "the first vector of a repeated key is gone"
+        );
     }
 }

@@ -241,6 +241,27 @@ pub struct StoreBenchRow {
     pub exact_p50_ms: f64,
 }
 
+/// How the collection benchmark's collection came to be searchable.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StoreBenchSetup {
+    /// Documents this run wrote (0 when it reused a filled collection).
+    pub written: usize,
+    /// Seconds writing them took, acknowledged by the store (a directory: without an index).
+    pub write_s: f64,
+    /// Seconds opening took (a directory: loading it, and building its HNSW index when the
+    /// fill left none).
+    pub open_s: f64,
+    /// Seconds from the flush until the backend's vector index covered every document (a
+    /// server builds it in the background; 0 for a directory).
+    pub index_s: f64,
+    /// Documents still outside the vector index when the searches began (0 unless waiting
+    /// for it gave up after [`INDEX_WAIT_LIMIT`]).
+    pub unindexed: u64,
+}
+
+/// How long the collection benchmark waits for a server's vector index before searching.
+pub const INDEX_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(3_600);
+
 /// The filters of the collection benchmark and how each document's fields are drawn:
 /// `category` one of ten (10 %), `shard` one of a hundred (1 %), `price` 0–999 (a range, which
 /// the payload index does not cover).
@@ -264,7 +285,8 @@ fn bench_fields(i: usize) -> crate::document::Fields {
 }
 
 /// Fills a collection in `dir` (or reuses the one a previous run left there, with the same
-/// plan) and times searches through it, one query at a time.
+/// plan), waits until its vector index covers every document, and times searches through it,
+/// one query at a time.
 ///
 /// `dir` may be a `milvus://` address: the collection is created there, or reused when it was
 /// made by a run with the same plan (one interrupted part-way is completed: the documents are
@@ -274,7 +296,7 @@ pub fn run_store_bench(
     plan: &StoreBenchPlan,
     dir: &std::path::Path,
     progress: &dyn Fn(&str),
-) -> Result<Vec<StoreBenchRow>> {
+) -> Result<(StoreBenchSetup, Vec<StoreBenchRow>)> {
     use crate::collection::{Collection, Location};
     use crate::document::EmbedSpec;
     use crate::error::SearchError;
@@ -339,9 +361,11 @@ pub fn run_store_bench(
             }
         }
     };
+    let mut setup = StoreBenchSetup::default();
     if let Some(c) = to_fill {
         progress(&format!("generating and storing {} documents", plan.count));
         let (data, _) = bench_vectors(plan.count, 0, dim, plan.seed, plan.latent_dim);
+        let t = Instant::now();
         for (b, block) in data.chunks(20_000 * dim).enumerate() {
             let docs = block
                 .chunks_exact(dim)
@@ -358,6 +382,14 @@ pub fn run_store_bench(
                 .collect();
             c.upsert(docs)?;
         }
+        setup.written = plan.count;
+        setup.write_s = t.elapsed().as_secs_f64();
+        progress(&format!(
+            "stored {} documents in {:.1} s ({:.0} documents/s)",
+            plan.count,
+            setup.write_s,
+            plan.count as f64 / setup.write_s.max(1e-9)
+        ));
         if c.dir().is_some() {
             std::fs::write(&filled, &label).map_err(crate::error::io_err(&filled))?;
         }
@@ -365,8 +397,29 @@ pub fn run_store_bench(
     progress("opening (builds or loads the HNSW index)");
     let t = Instant::now();
     let c = Collection::open(dir)?;
+    setup.open_s = t.elapsed().as_secs_f64();
+    progress(&format!("open in {:.1} s", setup.open_s));
+    let t = Instant::now();
     c.flush()?;
-    progress(&format!("open in {:.1} s", t.elapsed().as_secs_f64()));
+    loop {
+        setup.unindexed = c.store().unindexed()?;
+        if setup.unindexed == 0 || t.elapsed() >= INDEX_WAIT_LIMIT {
+            break;
+        }
+        progress(&format!(
+            "{} documents not in the vector index yet ({:.0} s)",
+            setup.unindexed,
+            t.elapsed().as_secs_f64()
+        ));
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    }
+    setup.index_s = t.elapsed().as_secs_f64();
+    if c.dir().is_none() {
+        progress(&format!(
+            "indexed {:.1} s after the flush ({} documents left out)",
+            setup.index_s, setup.unindexed
+        ));
+    }
     let (_, queries) = bench_vectors(0, plan.queries, dim, plan.seed, plan.latent_dim);
     let mut rows = Vec::new();
     for text in STORE_BENCH_FILTERS {
@@ -415,5 +468,5 @@ pub fn run_store_bench(
             exact_p50_ms: percentile(&exact_ms, 0.5),
         });
     }
-    Ok(rows)
+    Ok((setup, rows))
 }

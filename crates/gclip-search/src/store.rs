@@ -173,4 +173,10 @@ pub trait Store: Send + Sync {
     /// Brings derived indexes (HNSW, lexical) up to date on disk, so that the next open
     /// does not rebuild them.
     fn flush(&self) -> Result<()>;
+    /// Documents written but not yet in the vector index, for a backend that builds it in the
+    /// background (a Milvus server, after [`Store::flush`] sealed what was written); searches
+    /// find them meanwhile, more slowly. The embedded backend indexes as it writes: 0.
+    fn unindexed(&self) -> Result<u64> {
+        Ok(0)
+    }
 }

@@ -595,6 +595,53 @@ fn check_reports_a_milvus_collection_and_its_bad_documents() {
     assert!(!e.contains("ch3cksecret"), "{e}");
 }
 
+/// A flush seals what was written, so that the server indexes it now; `unindexed` counts what
+/// searches still find without the vector index (everything, while it is in a growing segment)
+/// and reaches 0 once the indexed segment is loaded, also for a segment too small for an index
+/// (searched exhaustively by design). Searches find the documents before and after.
+#[test]
+fn a_flush_gets_the_writes_indexed_and_unindexed_counts_down_to_zero() {
+    let server = Server::shared();
+    let open = |name: &str| {
+        Collection::create(
+            Path::new(&server.address(name)),
+            identity("m"),
+            EmbedSpec::image(),
+        )
+        .unwrap()
+    };
+    // Above and below the 1,024 rows under which Milvus builds no index on a segment.
+    let (large, small) = (open("indexed_large"), open("indexed_small"));
+    large.upsert((0..3_000).map(document).collect()).unwrap();
+    small.upsert((0..100).map(document).collect()).unwrap();
+    assert_eq!(large.store().unindexed().unwrap(), 3_000);
+    assert_eq!(small.store().unindexed().unwrap(), 100);
+    let probe = request(unit_vector(1_234), 1, 0, None);
+    assert_eq!(large.search(&probe).unwrap()[0].id, document(1_234).id);
+    large.flush().unwrap();
+    small.flush().unwrap();
+    let start = std::time::Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let left = (
+            large.store().unindexed().unwrap(),
+            small.store().unindexed().unwrap(),
+        );
+        seen.push(left);
+        assert!(left.0 <= 3_000 && left.1 <= 100, "{seen:?}");
+        if left == (0, 0) {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "the index never covered the writes: {seen:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(large.search(&probe).unwrap()[0].id, document(1_234).id);
+    assert_eq!((large.len(), small.len()), (3_000, 100));
+}
+
 /// `search-bench --store milvus://…`: the benchmark collection is created on the server, filled,
 /// measured (recall of the default mode against exact search), and reused by a second run with
 /// the same plan; a collection that is not the benchmark's is refused and left alone.
@@ -614,7 +661,10 @@ fn search_bench_measures_a_milvus_collection_and_reuses_it() {
     };
     let said = RefCell::new(Vec::<String>::new());
     let progress = |m: &str| said.borrow_mut().push(m.to_string());
-    let rows = run_store_bench(&plan, Path::new(&address), &progress).unwrap();
+    let (setup, rows) = run_store_bench(&plan, Path::new(&address), &progress).unwrap();
+    assert_eq!(setup.written, 100);
+    assert!(setup.write_s > 0.0 && setup.open_s > 0.0, "{setup:?}");
+    assert_eq!(setup.unindexed, 0, "{setup:?}");
     assert_eq!(rows.len(), STORE_BENCH_FILTERS.len());
     assert_eq!(
         (rows[0].filter.as_str(), rows[0].selectivity),
@@ -638,7 +688,8 @@ fn search_bench_measures_a_milvus_collection_and_reuses_it() {
 
     // Reused: nothing written the second time.
     said.borrow_mut().clear();
-    run_store_bench(&plan, Path::new(&address), &progress).unwrap();
+    let (setup, _) = run_store_bench(&plan, Path::new(&address), &progress).unwrap();
+    assert_eq!((setup.written, setup.unindexed), (0, 0), "{setup:?}");
     assert!(
         !said.borrow().iter().any(|m| m.contains("storing")),
         "{:?}",

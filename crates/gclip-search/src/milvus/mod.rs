@@ -75,6 +75,10 @@ pub const DESCRIPTION_PREFIX: &str = "gclip collection v1 ";
 pub const MAX_ID_BYTES: usize = 4096;
 /// Milvus refuses a search or query window (`offset + limit`) beyond this.
 pub const MAX_WINDOW: usize = 16_384;
+/// The fewest rows of a sealed segment that Milvus builds an index for (its default
+/// `indexCoord.segment.minSegmentNumRowsToEnableIndex`); smaller ones are searched exhaustively.
+const MIN_ROWS_FOR_AN_INDEX: i64 = 1024;
+
 /// Milvus' largest HNSW `ef`; `SearchMode::Exact` searches with it.
 const MAX_EF: usize = 32_768;
 /// Ids in one `id in [...]` expression.
@@ -1781,10 +1785,35 @@ impl Store for MilvusStore {
         })
     }
 
-    /// Nothing to do: a write is in Milvus' log when acknowledged, and Milvus builds its
-    /// indexes and seals segments on its own.
+    /// Seals the segments that took writes, so that Milvus builds their HNSW index now rather
+    /// than when they fill up or idle out; returns without waiting for the index (a write is
+    /// in Milvus' log, and found by searches, as soon as it is acknowledged).
     fn flush(&self) -> Result<()> {
-        Ok(())
+        let name = self.conn.address.name.clone();
+        self.conn.call(
+            "sealing the written segments (flush)",
+            move |c| async move { c.flush(name).await },
+        )
+    }
+
+    /// The documents outside the sealed segments that the query node has loaded with their
+    /// index: those of growing segments (searched without the HNSW index), and of sealed ones
+    /// whose index is still being built or loaded. A sealed segment too small for an index is
+    /// searched exhaustively by design, and counts as indexed. Deleted documents still held
+    /// by sealed segments (until Milvus compacts them) make it count fewer.
+    fn unindexed(&self) -> Result<u64> {
+        let name = self.conn.address.name.clone();
+        let segments = self
+            .conn
+            .call("listing the loaded segments", move |c| async move {
+                c.list_loaded_segments(name).await
+            })?;
+        let indexed: i64 = segments
+            .iter()
+            .filter(|s| !s.index_name.is_empty() || s.num_rows < MIN_ROWS_FOR_AN_INDEX)
+            .map(|s| s.num_rows)
+            .sum();
+        Ok((self.count()? as u64).saturating_sub(indexed.max(0) as u64))
     }
 }
 
