@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use gclip::input::image::PreprocessConfig;
-use gclip::train::checkpoint::{checkpoint_dir, load_checkpoint};
+use gclip::train::checkpoint::{average_checkpoints, checkpoint_dir, load_checkpoint};
 use gclip::train::config::prepare;
 use gclip::train::export::{export_hf, export_open_clip, TokenizerSource};
 use gclip::train::run::read_config;
@@ -275,23 +275,45 @@ pub struct ExportArgs {
     /// open_clip's (hf format).
     #[arg(long)]
     tokenizer_from: Option<PathBuf>,
+    /// Export the mean of the model weights of N checkpoints: the named one and the N - 1
+    /// kept before it (the emoji recipe averages its last 12, docs/TRAINING.md).
+    #[arg(long, value_name = "N")]
+    average: Option<usize>,
 }
 
 pub fn export(args: ExportArgs) -> Result<()> {
     let dir = checkpoint_dir(&args.checkpoint)?;
     let ck = load_checkpoint(&dir, &candle_core::Device::Cpu)?;
-    let pp = PreprocessConfig::open_clip(ck.clip.config.vision.image_size);
+    let (clip, what) = match args.average {
+        None => (
+            ck.clip,
+            format!("step {} of {}", ck.state.step, dir.display()),
+        ),
+        Some(n) => {
+            let (mean, used) = average_checkpoints(&dir, n, &candle_core::Device::Cpu)?;
+            let steps: Vec<String> = used.iter().map(|(s, _)| s.to_string()).collect();
+            (
+                mean,
+                format!(
+                    "the mean of {n} checkpoints (steps {}) in {}",
+                    steps.join(", "),
+                    dir.parent().unwrap_or(&dir).display()
+                ),
+            )
+        }
+    };
+    let pp = PreprocessConfig::open_clip(clip.config.vision.image_size);
     let files = match args.format {
         Format::Hf => {
             let tok = match args.tokenizer_from {
                 Some(d) => TokenizerSource::HfDir(d),
                 None => TokenizerSource::OpenClip,
             };
-            export_hf(&ck.clip, &args.output, &pp, &tok)?
+            export_hf(&clip, &args.output, &pp, &tok)?
         }
-        Format::OpenClip => export_open_clip(&ck.clip, &args.output, &pp)?,
+        Format::OpenClip => export_open_clip(&clip, &args.output, &pp)?,
     };
-    eprintln!("exported step {} of {}", ck.state.step, dir.display());
+    eprintln!("exported {what}");
     for f in files {
         println!("{}", f.display());
     }

@@ -2,8 +2,8 @@
 //!
 //!     cargo run --release -p gclip --example emoji_zeroshot -- RUN_OR_CHECKPOINT_DIR data/emoji/sets/clip-test-twitter.jsonl
 //!
-//! RUN_OR_CHECKPOINT_DIR is a run directory (its newest checkpoint is used) or one checkpoint
-//! (`RUN/checkpoints/step-NNNNNNNN`). Each test image (a row of the JSONL, with its `category`)
+//! RUN_OR_CHECKPOINT_DIR is a run directory (its newest checkpoint is used), one checkpoint
+//! (`RUN/checkpoints/step-NNNNNNNN`) or a model directory (`gclip export`'s). Each test image (a row of the JSONL, with its `category`)
 //! is assigned the category whose prompts embed closest, two ways:
 //!
 //! * `accuracy_name`: one prompt, the category's name in lower case ("animals & nature");
@@ -17,11 +17,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
 use gclip::input::image::{PreprocessConfig, Preprocessor};
 use gclip::input::tokenizer::ClipTokenizer;
-use gclip::train::checkpoint::{checkpoint_dir, load_checkpoint};
-use gclip::train::evaluate::{zero_shot_accuracy, zero_shot_accuracy_ensemble, Embedding};
+use gclip::model::Precision;
+use gclip::train::evaluate::{
+    load_model, zero_shot_accuracy, zero_shot_accuracy_ensemble, Embedding,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -29,8 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (Some(r), Some(t)) => (PathBuf::from(r), PathBuf::from(t)),
         _ => return Err("usage: emoji_zeroshot RUN_OR_CHECKPOINT_DIR TEST.jsonl".into()),
     };
-    let dir = checkpoint_dir(&run)?;
-    let clip = load_checkpoint(&dir, &Device::Cpu)?.clip;
+    let run = run.to_string_lossy().into_owned();
+    let embedder = load_model(&run, None, Precision::Fp32)?;
+    let clip = embedder.clip();
     let tokenizer =
         ClipTokenizer::open_clip_default()?.with_context_length(clip.config.text.context_length);
     let pp = Preprocessor::new(PreprocessConfig::open_clip(clip.config.vision.image_size));
@@ -68,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let majority = freq.iter().copied().max().unwrap_or(0) as f64 / labels.len().max(1) as f64;
     let e = Embedding {
-        clip: &clip,
+        clip,
         tokenizer: &tokenizer,
         preprocessor: &pp,
         batch_size: 64,
@@ -77,7 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let acc_prompts = zero_shot_accuracy_ensemble(&e, &images, &labels, &prompts)?;
     println!(
         "{{\"checkpoint\": \"{}\", \"images\": {}, \"classes\": {}, \"accuracy_name\": {acc_name:.4}, \"accuracy_prompts\": {acc_prompts:.4}, \"chance\": {:.4}, \"majority\": {majority:.4}}}",
-        dir.display(),
+        run,
         images.len(),
         names.len(),
         1.0 / names.len() as f64

@@ -253,6 +253,109 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<LoadedCheckpoint, 
     })
 }
 
+/// The mean of the model weights of `count` checkpoints of one run: `dir`'s and the `count - 1`
+/// kept before it. Averaging the second half of a run's checkpoints lands nearer the centre of
+/// the region its last steps wander in, which held-out accuracy prefers (docs/TRAINING.md);
+/// only the model is averaged (an average is exported, not resumed from).
+///
+/// Every checkpoint must have `dir`'s architecture (the same `config.json`) and tensors; the
+/// averaged ones are returned with the model, oldest first. Fewer than `count` kept is an
+/// error that says how many there are.
+pub fn average_checkpoints(
+    dir: &Path,
+    count: usize,
+    device: &Device,
+) -> Result<(Clip, Vec<(u64, PathBuf)>), TrainError> {
+    if count == 0 {
+        return Err(TrainError::Config(
+            "averaging needs at least one checkpoint".into(),
+        ));
+    }
+    let root = dir.parent().unwrap_or(Path::new("."));
+    let all = list_checkpoints(root)?;
+    let Some(last) = all.iter().position(|(_, p)| p == dir) else {
+        return Err(bad(
+            dir,
+            format!("not among the checkpoints of {}", root.display()),
+        ));
+    };
+    if last + 1 < count {
+        return Err(bad(
+            dir,
+            format!(
+                "averaging {count} checkpoints needs {count} up to this one, and {} holds {} \
+                 (train.keep_checkpoints sets how many a run keeps)",
+                root.display(),
+                last + 1
+            ),
+        ));
+    }
+    let chosen = all[last + 1 - count..=last].to_vec();
+    let config_bytes = |d: &Path| {
+        std::fs::read(d.join("config.json")).map_err(|e| TrainError::io(d.join("config.json"), e))
+    };
+    let config_of_last = config_bytes(dir)?;
+    let mut sum: Option<HashMap<String, Tensor>> = None;
+    for (_, d) in &chosen {
+        if config_bytes(d)? != config_of_last {
+            return Err(bad(
+                d,
+                format!("another architecture (config.json) than {}", dir.display()),
+            ));
+        }
+        let tensors = read_safetensors(&d.join("model.safetensors"))?;
+        sum = Some(match sum {
+            None => tensors,
+            Some(mut acc) => {
+                if acc.len() != tensors.len() {
+                    return Err(bad(
+                        d,
+                        format!(
+                            "{} tensors, {} has {}",
+                            tensors.len(),
+                            dir.display(),
+                            acc.len()
+                        ),
+                    ));
+                }
+                for (name, t) in tensors {
+                    let a = acc.get_mut(&name).ok_or_else(|| {
+                        bad(d, format!("tensor `{name}` is not in {}", dir.display()))
+                    })?;
+                    if a.dims() != t.dims() {
+                        return Err(bad(
+                            d,
+                            format!(
+                                "tensor `{name}` has shape {:?}, not {:?}",
+                                t.dims(),
+                                a.dims()
+                            ),
+                        ));
+                    }
+                    *a = a.add(&t.to_dtype(a.dtype())?)?;
+                }
+                acc
+            }
+        });
+    }
+    let scale = 1.0 / count as f64;
+    let mean = sum
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.affine(scale, 0.0)?)))
+        .collect::<Result<HashMap<_, _>, TrainError>>()?;
+    let config = ClipConfig::from_hf_file(&dir.join("config.json"))?;
+    let weights = Weights::from_tensors(mean, device, DType::F32)?;
+    let (clip, unused) = Clip::load(&config, &weights)?;
+    if !unused.is_empty() {
+        return Err(bad(
+            dir,
+            format!("unexpected tensors: {}", unused.join(", ")),
+        ));
+    }
+    Ok((clip, chosen))
+}
+
 impl LoadedCheckpoint {
     /// Puts the saved moments into a fresh optimiser for `params`, which must be the same
     /// trainable parameters the checkpoint was saved with.
@@ -281,5 +384,98 @@ impl LoadedCheckpoint {
         }
         opt.step = self.adamw_step;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::init::init_open_clip;
+
+    fn tiny(width: usize) -> ClipConfig {
+        let v = serde_json::json!({
+            "embed_dim": 8,
+            "vision_cfg": {"image_size": 16, "patch_size": 8, "width": width, "layers": 1, "head_width": 8},
+            "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}
+        });
+        ClipConfig::from_open_clip_value(&v, "tiny").unwrap()
+    }
+
+    /// The files of a checkpoint that averaging reads (and the state.json that marks it
+    /// complete), for a freshly initialised model.
+    fn write_model(root: &Path, step: u64, config: &ClipConfig, seed: u64) -> (PathBuf, Clip) {
+        let clip = init_open_clip(config, seed, &Device::Cpu, DType::F32).unwrap();
+        let dir = root.join(step_dir_name(step));
+        std::fs::create_dir_all(&dir).unwrap();
+        let model = checkpoint_tensors(&clip, NamingScheme::OpenClip).unwrap();
+        std::fs::write(
+            dir.join("model.safetensors"),
+            safetensors_bytes(&model).unwrap(),
+        )
+        .unwrap();
+        let cfg = serde_json::to_vec_pretty(&hf_config_json(&clip.config)).unwrap();
+        std::fs::write(dir.join("config.json"), cfg).unwrap();
+        std::fs::write(dir.join("state.json"), "{}").unwrap();
+        (dir, clip)
+    }
+
+    fn tensor(clip: &Clip, name: &str) -> Vec<f32> {
+        let all = checkpoint_tensors(clip, NamingScheme::OpenClip).unwrap();
+        let (_, t) = all.into_iter().find(|(n, _)| n == name).unwrap();
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn averaging_takes_the_mean_of_the_newest_checkpoints_up_to_the_one_named() {
+        let root = std::env::temp_dir().join(format!("gclip-average-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let config = tiny(16);
+        let (_, a) = write_model(&root, 100, &config, 1);
+        let (b_dir, b) = write_model(&root, 200, &config, 2);
+        let (c_dir, c) = write_model(&root, 300, &config, 3);
+
+        let name = "visual.conv1.weight";
+        let (mean, used) = average_checkpoints(&c_dir, 2, &Device::Cpu).unwrap();
+        assert_eq!(used.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [200, 300]);
+        let (tb, tc, tm) = (tensor(&b, name), tensor(&c, name), tensor(&mean, name));
+        assert!(tb != tc);
+        for ((x, y), m) in tb.iter().zip(&tc).zip(&tm) {
+            assert!((m - (x + y) / 2.0).abs() <= 1e-6, "{m} against {x} and {y}");
+        }
+        // Up to an older checkpoint: the ones before it, never the newer.
+        let (mean, used) = average_checkpoints(&b_dir, 2, &Device::Cpu).unwrap();
+        assert_eq!(used.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [100, 200]);
+        let (ta, tm) = (tensor(&a, name), tensor(&mean, name));
+        assert!((tm[0] - (ta[0] + tb[0]) / 2.0).abs() <= 1e-6);
+        // One: the checkpoint itself.
+        let (one, _) = average_checkpoints(&c_dir, 1, &Device::Cpu).unwrap();
+        assert_eq!(tensor(&one, name), tc);
+
+        let e = average_checkpoints(&c_dir, 4, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("averaging 4 checkpoints") && e.contains("holds 3"),
+            "{e}"
+        );
+        let e = average_checkpoints(&c_dir, 0, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("at least one"), "{e}");
+
+        // Another architecture among them: refused, naming it.
+        let (d_dir, _) = write_model(&root, 400, &tiny(24), 4);
+        let (e_dir, _) = write_model(&root, 500, &config, 5);
+        let e = average_checkpoints(&e_dir, 3, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains(&d_dir.display().to_string()) && e.contains("another architecture"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
