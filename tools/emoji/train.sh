@@ -3,25 +3,28 @@
 # on the chosen vendors' drawings (tools/emoji/clip-vendors.toml) and export it as a Hugging
 # Face model directory.
 #
-#     tools/emoji/train.sh OUT_DIR [--vendors google,twitter,apple] [--seed N] [--threads N]
+#     tools/emoji/train.sh OUT_DIR [--vendors google,twitter,apple] [--seed N] [--threads N] [--average N]
 #
 # --vendors: the vendors to train on (two or three of google, twitter, apple; default all three).
 # With two, the third is held out: the run evaluates on it every 400 steps and the script prints
 # its retrieval metrics and zero-shot category accuracy at the end (docs/TRAINING.md, experiment
 # 1b). The run directory (log, checkpoints) is data/emoji/runs/recipe-VENDORS-seedN.
+# --average: the exported model is the mean of the weights of the run's last N checkpoints
+# (default 12, every one the recipe keeps: steps 1,400-3,600; 1 exports the last alone).
 # Needs npm and Python with Pillow (tools/emoji_data.py); the gclip binary is $GCLIP, else built here
 # (with the emoji_zeroshot example, or $EMOJI_ZEROSHOT).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-usage() { echo "usage: $0 OUT_DIR [--vendors google,twitter,apple] [--seed N] [--threads N]" >&2; exit 2; }
+usage() { echo "usage: $0 OUT_DIR [--vendors google,twitter,apple] [--seed N] [--threads N] [--average N]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 out="$1"; shift
-vendors=google,twitter,apple seed=0 threads=2
+vendors=google,twitter,apple seed=0 threads=2 average=12
 while [ $# -gt 0 ]; do
   case "$1" in
     --vendors) vendors="${2:?}"; shift 2 ;;
     --seed) seed="${2:?}"; shift 2 ;;
     --threads) threads="${2:?}"; shift 2 ;;
+    --average) average="${2:?}"; shift 2 ;;
     *) usage ;;
   esac
 done
@@ -74,12 +77,12 @@ RAYON_NUM_THREADS="$threads" "$gclip" --threads "$threads" train --config "$conf
 echo "trained in $(( $(date +%s) - start )) s"
 last="$(ls -d "$run"/checkpoints/step-* | sort | tail -1)"
 mkdir -p "$out"
-"$gclip" export --checkpoint "$last" --format hf --output "$out"
+"$gclip" export --checkpoint "$last" --format hf --output "$out" --average "$average"
 if [ ${#held[@]} -gt 0 ]; then
   echo "held-out vendor ${held[0]}:"
   "$gclip" --threads "$threads" eval retrieval --model "$out" --data "$test" --json
   if [ -x "$zeroshot" ]; then
-    "$zeroshot" "$last" "$test"
+    "$zeroshot" "$out" "$test"
   else
     echo "zero-shot category accuracy: no $zeroshot (set EMOJI_ZEROSHOT)" >&2
   fi
