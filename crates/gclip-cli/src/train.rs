@@ -285,7 +285,7 @@ pub fn export(args: ExportArgs) -> Result<()> {
     let dir = checkpoint_dir(&args.checkpoint)?;
     let ck = load_checkpoint(&dir, &candle_core::Device::Cpu)?;
     let (clip, what) = match args.average {
-        None => (
+        None | Some(1) => (
             ck.clip,
             format!("step {} of {}", ck.state.step, dir.display()),
         ),
