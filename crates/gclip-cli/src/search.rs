@@ -328,7 +328,7 @@ fn run_store_bench(args: &SearchBenchArgs, dir: &std::path::Path) -> Result<()> 
             "written: {} documents in {:.1} s ({:.0} documents/s); opened in {:.1} s",
             setup.written,
             setup.write_s,
-            setup.written as f64 / setup.write_s.max(1e-9),
+            setup.documents_per_s(),
             setup.open_s
         );
     }

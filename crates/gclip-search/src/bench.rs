@@ -259,6 +259,13 @@ pub struct StoreBenchSetup {
     pub unindexed: u64,
 }
 
+impl StoreBenchSetup {
+    /// Documents written per second (0 when none were).
+    pub fn documents_per_s(&self) -> f64 {
+        self.written as f64 / self.write_s.max(1e-9)
+    }
+}
+
 /// How long the collection benchmark waits for a server's vector index before searching.
 pub const INDEX_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(3_600);
 
@@ -388,7 +395,7 @@ pub fn run_store_bench(
             "stored {} documents in {:.1} s ({:.0} documents/s)",
             plan.count,
             setup.write_s,
-            plan.count as f64 / setup.write_s.max(1e-9)
+            setup.documents_per_s()
         ));
         if c.dir().is_some() {
             std::fs::write(&filled, &label).map_err(crate::error::io_err(&filled))?;
