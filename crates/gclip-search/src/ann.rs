@@ -106,7 +106,10 @@ impl Hnsw {
         progress: &(dyn Fn(usize) + Sync),
     ) -> Result<()> {
         let done = std::sync::atomic::AtomicUsize::new(0);
-        items.par_chunks(1024).try_for_each(|chunk| -> Result<()> {
+        // Small enough chunks that a write's batch (1,000 documents is typical) spreads over
+        // every thread; at most 1,024 between progress reports.
+        let chunk = (items.len() / (8 * rayon::current_num_threads())).clamp(1, 1024);
+        items.par_chunks(chunk).try_for_each(|chunk| -> Result<()> {
             for (key, v) in chunk {
                 self.index.add(*key, v).map_err(ann_err)?;
             }
