@@ -283,12 +283,14 @@ pub struct ExportArgs {
 
 pub fn export(args: ExportArgs) -> Result<()> {
     let dir = checkpoint_dir(&args.checkpoint)?;
-    let ck = load_checkpoint(&dir, &candle_core::Device::Cpu)?;
     let (clip, what) = match args.average {
-        None | Some(1) => (
-            ck.clip,
-            format!("step {} of {}", ck.state.step, dir.display()),
-        ),
+        None | Some(1) => {
+            let ck = load_checkpoint(&dir, &candle_core::Device::Cpu)?;
+            (
+                ck.clip,
+                format!("step {} of {}", ck.state.step, dir.display()),
+            )
+        }
         Some(n) => {
             let (mean, used) = average_checkpoints(&dir, n, &candle_core::Device::Cpu)?;
             let steps: Vec<String> = used.iter().map(|(s, _)| s.to_string()).collect();

@@ -218,15 +218,8 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<LoadedCheckpoint, 
         .get("adamw_step")
         .and_then(|v| v.as_u64())
         .ok_or_else(|| bad(dir, "state.json has no adamw_step"))?;
-    let config = ClipConfig::from_hf_file(&dir.join("config.json"))?;
     let weights = Weights::open(&[dir.join("model.safetensors")], device, DType::F32)?;
-    let (clip, unused) = Clip::load(&config, &weights)?;
-    if !unused.is_empty() {
-        return Err(bad(
-            dir,
-            format!("unexpected tensors: {}", unused.join(", ")),
-        ));
-    }
+    let clip = model_of(dir, &weights)?;
     let opt = read_safetensors(&dir.join("optimizer.safetensors"))?;
     let mut moments = HashMap::new();
     for name in &state.trainable {
@@ -295,6 +288,7 @@ pub fn average_checkpoints(
         std::fs::read(d.join("config.json")).map_err(|e| TrainError::io(d.join("config.json"), e))
     };
     let config_of_last = config_bytes(dir)?;
+    let first = &chosen[0].1;
     let mut sum: Option<HashMap<String, Tensor>> = None;
     for (_, d) in &chosen {
         if config_bytes(d)? != config_of_last {
@@ -313,14 +307,14 @@ pub fn average_checkpoints(
                         format!(
                             "{} tensors, {} has {}",
                             tensors.len(),
-                            dir.display(),
+                            first.display(),
                             acc.len()
                         ),
                     ));
                 }
                 for (name, t) in tensors {
                     let a = acc.get_mut(&name).ok_or_else(|| {
-                        bad(d, format!("tensor `{name}` is not in {}", dir.display()))
+                        bad(d, format!("tensor `{name}` is not in {}", first.display()))
                     })?;
                     if a.dims() != t.dims() {
                         return Err(bad(
@@ -344,16 +338,21 @@ pub fn average_checkpoints(
         .into_iter()
         .map(|(name, t)| Ok((name, t.affine(scale, 0.0)?)))
         .collect::<Result<HashMap<_, _>, TrainError>>()?;
-    let config = ClipConfig::from_hf_file(&dir.join("config.json"))?;
     let weights = Weights::from_tensors(mean, device, DType::F32)?;
-    let (clip, unused) = Clip::load(&config, &weights)?;
+    Ok((model_of(dir, &weights)?, chosen))
+}
+
+/// The model of checkpoint `dir` (its `config.json`) made of `weights`, every tensor used.
+fn model_of(dir: &Path, weights: &Weights) -> Result<Clip, TrainError> {
+    let config = ClipConfig::from_hf_file(&dir.join("config.json"))?;
+    let (clip, unused) = Clip::load(&config, weights)?;
     if !unused.is_empty() {
         return Err(bad(
             dir,
             format!("unexpected tensors: {}", unused.join(", ")),
         ));
     }
-    Ok((clip, chosen))
+    Ok(clip)
 }
 
 impl LoadedCheckpoint {
