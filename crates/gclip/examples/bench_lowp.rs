@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use gclip::model::lowp::{self, Bf16Kernel, Int8Kernel, PackedBf16, PackedInt8};
+use gclip::model::lowp::{self, Bf16Kernel, Int8Kernel, PackedBf16, PackedF32, PackedInt8};
 use gclip::model::outin::{gemm_add, out_in_add, OutInKernel, OUT_IN_MAX_ROWS};
 
 /// (what, rows, in, out): the image tower at batch 32 (1,600 tokens), training at batch 64
@@ -28,6 +28,12 @@ const SHAPES: &[(&str, usize, usize, usize)] = &[
     ("fc1 b1", 50, 768, 3072),
     ("fc2 b1", 50, 3072, 768),
     ("text fc1", 48, 512, 2048),
+    ("text b1 fc1", 16, 512, 2048),
+    ("text b1 fc2", 16, 2048, 512),
+    ("one row", 1, 768, 3072),
+    ("text qkv", 512, 512, 1536),
+    ("text fc1", 512, 512, 2048),
+    ("text fc2", 512, 2048, 512),
 ];
 
 fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
@@ -130,6 +136,19 @@ fn main() {
                     "f32-gemm"
                 );
             }
+        }
+        if lowp::has_f32_panel_kernel() && wanted("f32-panel") {
+            let packed = PackedF32::pack_out_in(&w, din, dout).expect("pack f32");
+            let g = rate(flops, seconds, || {
+                let y =
+                    lowp::linear_f32_fused(&x, rows, &packed, &bias, Default::default(), threads)
+                        .expect("f32 product");
+                std::hint::black_box(y);
+            });
+            println!(
+                "{:<22} {what:<10} {rows:>5} x {din:>4} x {dout:>4} {g:>8.1}",
+                "f32-panel"
+            );
         }
         let packed = PackedBf16::pack_out_in(&w, din, dout).expect("pack bf16");
         for kernel in Bf16Kernel::available() {

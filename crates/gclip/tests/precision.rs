@@ -392,9 +392,10 @@ fn fp32_inference_loads_use_safetensors_weights_in_place_with_the_same_numbers()
         );
         let tokens =
             1 + (trainable.config.vision.image_size / trainable.config.vision.patch_size).pow(2);
-        // Batches of more than OUT_IN_MAX_ROWS rows run gemm: enough copies of the fixture
-        // images, and that many texts plus one (each at least one token); one image and two
-        // texts run the out-in kernel.
+        // Batches of more than OUT_IN_MAX_ROWS rows run gemm or, on AVX-512 CPUs, the f32 panel
+        // kernel: enough copies of the fixture images, and that many texts plus one (each at
+        // least one token); one image and two texts run the out-in kernel the first time and
+        // the panel kernel (where it runs) the second time.
         assert!(
             tokens <= OUT_IN_MAX_ROWS,
             "{name}: one image is {tokens} tokens"
@@ -427,12 +428,31 @@ fn fp32_inference_loads_use_safetensors_weights_in_place_with_the_same_numbers()
                 "{what}: every linear weight in place"
             );
             assert!(what.contains(OutInKernel::chosen(kernels).name()), "{what}");
-            assert_eq!(c.encode_pixels(&many, true).unwrap(), images, "{what}");
-            assert_eq!(c.encode_text_ids(&many_ids, true).unwrap(), texts, "{what}");
-            let cos = min_cosine(&c.encode_pixels(&one_image, true).unwrap(), &one);
-            assert!(cos >= 1.0 - 1e-6, "{what}: one image, cosine {cos}");
-            let cos = min_cosine(&c.encode_text_ids(&short, true).unwrap(), &short_texts);
-            assert!(cos >= 1.0 - 1e-6, "{what}: two texts, cosine {cos}");
+            let panels =
+                kernels == KernelChoice::Fastest && gclip::model::lowp::has_f32_panel_kernel();
+            assert_eq!(what.contains("f32-panels"), panels, "{what}");
+            for round in ["first", "second"] {
+                let what = format!("{what}, {round} run");
+                let cos = min_cosine(&c.encode_pixels(&one_image, true).unwrap(), &one);
+                assert!(cos >= 1.0 - 1e-6, "{what}: one image, cosine {cos}");
+                let cos = min_cosine(&c.encode_text_ids(&short, true).unwrap(), &short_texts);
+                assert!(cos >= 1.0 - 1e-6, "{what}: two texts, cosine {cos}");
+            }
+            let (many_images, many_texts) = (
+                c.encode_pixels(&many, true).unwrap(),
+                c.encode_text_ids(&many_ids, true).unwrap(),
+            );
+            if panels {
+                // Another summation order than gemm's.
+                let cos = min_cosine(&many_images, &images);
+                assert!(cos >= 1.0 - 1e-6, "{what}: many images, cosine {cos}");
+                let cos = min_cosine(&many_texts, &texts);
+                assert!(cos >= 1.0 - 1e-6, "{what}: many texts, cosine {cos}");
+            } else {
+                // gemm over the weight in place, as the dense load runs it.
+                assert_eq!(many_images, images, "{what}");
+                assert_eq!(many_texts, texts, "{what}");
+            }
         }
     }
 }

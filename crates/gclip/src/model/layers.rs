@@ -606,7 +606,8 @@ impl Transformer {
 
     /// The kernels of the first block's layers, e.g. `qkv bf16-avx512bf16, out/fc1/fc2
     /// int8-avx512vnni`, `gemm f32`, or `f32 in place (f32-outin-avx2, gemm)` (the out-in
-    /// kernel for few rows, gemm for more).
+    /// kernel for a weight's first product of few rows, gemm or `f32-panels-avx512` for the
+    /// others).
     pub fn kernel_description(&self) -> String {
         let Some(b) = self.blocks.first() else {
             return "none".into();
@@ -614,7 +615,11 @@ impl Transformer {
         let name = |l: &Linear| match &l.weight {
             LinearWeight::Packed(w) => w.kernel_name(),
             LinearWeight::Dense(_) => "gemm f32".into(),
-            LinearWeight::Mapped(w) => format!("f32 in place ({}, gemm)", w.kernel().name()),
+            LinearWeight::Mapped(w) => format!(
+                "f32 in place ({}, {})",
+                w.kernel().name(),
+                w.repeated_kernel_name()
+            ),
         };
         let (qkv, rest) = (name(&b.attn.qkv), name(&b.fc1));
         let linear = if qkv == rest {

@@ -52,7 +52,7 @@ use portable::{kern_bf16_portable, kern_int8_portable, PORTABLE_MR};
 use select::*;
 pub use select::{Bf16Kernel, Int8Kernel};
 use weights::*;
-pub use weights::{release_scratch, PackedBf16, PackedInt8};
+pub use weights::{release_scratch, PackedBf16, PackedF32, PackedInt8};
 
 /// Output columns per packed weight panel (two 16-lane vectors).
 pub const NR: usize = 32;
@@ -308,6 +308,8 @@ struct Gemm<'a> {
     /// A kernel that reads its weights staged: each K block of each panel is converted once
     /// by this function into a per-task scratch, which every row block then reads.
     stage: Option<StageFn>,
+    /// K-steps per block when not the default of the kernel's kind.
+    kblock: Option<usize>,
 }
 
 /// Converts `ksteps` K-steps of a packed panel (`NR` words each) into `ksteps *
@@ -324,7 +326,9 @@ const STAGED_KC: usize = 64;
 /// Writes every element of the output's first `rows * out` (the first K block stores
 /// whole tiles without reading them), so it may start uninitialised.
 fn run_tiles(g: &Gemm, out: Out, threads: usize) {
-    let kc = if g.amx {
+    let kc = if let Some(kc) = g.kblock {
+        kc
+    } else if g.amx {
         g.ksteps.max(1)
     } else if g.stage.is_some() {
         STAGED_KC
@@ -783,10 +787,95 @@ fn bf16_into(
             kern,
             amx: is_amx,
             stage,
+            kblock: None,
         };
         run_tiles(&g, Out::F32(dst), threads);
     });
     Ok(())
+}
+
+/// Whether this CPU runs the f32 panel kernel of [`linear_f32_fused`] (AVX-512F).
+pub fn has_f32_panel_kernel() -> bool {
+    has_avx512()
+}
+
+/// `act(x)·W + b (+ residual)` in f32 over weights packed by [`PackedF32`], into a new `rows ×
+/// out_dim` vector: the product of many rows that gemm would otherwise run after repacking the
+/// weight on every call. The activation is the f32 one ([`act_row`]). Errors on shape mismatch
+/// or when the CPU lacks AVX-512F ([`has_f32_panel_kernel`]).
+pub fn linear_f32_fused(
+    x: &[f32],
+    rows: usize,
+    w: &PackedF32,
+    bias: &[f32],
+    fused: Fused,
+    threads: usize,
+) -> Result<Vec<f32>, String> {
+    check_common(
+        x,
+        rows,
+        w.in_dim,
+        w.out_dim,
+        bias,
+        rows.saturating_mul(w.out_dim),
+    )?;
+    check_residual(fused.residual, rows * w.out_dim)?;
+    if !has_f32_panel_kernel() {
+        return Err("the f32 panel kernel needs AVX-512F, which this CPU lacks".into());
+    }
+    #[cfg(target_arch = "x86_64")]
+    let (mr, kern): (usize, KernFn) = (x86::F32_MR, x86::kern_f32fma);
+    #[cfg(not(target_arch = "x86_64"))]
+    let (mr, kern): (usize, KernFn) = unreachable!("no f32 panel kernel off x86");
+    let threads = effective_threads(threads);
+    let k = w.in_dim;
+    let run = |a: &[u32], lda: usize, dst: &mut [MaybeUninit<f32>]| {
+        let g = Gemm {
+            rows,
+            out: w.out_dim,
+            ksteps: k,
+            mr,
+            lda,
+            astep: 1,
+            a,
+            b: w.buf.words(),
+            bias: (!bias.is_empty()).then_some(bias),
+            corr: None,
+            wscale: None,
+            xscale: None,
+            residual: fused.residual,
+            kern,
+            amx: false,
+            stage: None,
+            kblock: None,
+        };
+        run_tiles(&g, Out::F32(dst), threads);
+    };
+    // A kernel reads one value from each of its MR rows per step: rows a multiple of 4 KiB apart
+    // fall in one L1 set, more of them than its ways (K = 3,072 ran at 80 % of K = 768's
+    // rate). Such rows, and activated ones (written anyway), are copied at a padded stride.
+    let padded = k.is_multiple_of(1024);
+    new_output(rows, w.out_dim, |dst| {
+        if fused.act.is_none() && !padded {
+            run(pack::f32_bits(x), k, dst);
+        } else {
+            let lda = if k.is_multiple_of(256) { k + 16 } else { k };
+            with_scratch(rows * lda, |a| {
+                for (r, row) in a.chunks_exact_mut(lda.max(1)).enumerate() {
+                    let (src, dst) = (
+                        &x[r * k..(r + 1) * k],
+                        pack::words_as_f32_mut(&mut row[..k]),
+                    );
+                    match fused.act {
+                        Some(act) => act_row(src, dst, act),
+                        None => dst.copy_from_slice(src),
+                    }
+                }
+                run(a, lda, dst)
+            });
+        }
+        Ok(())
+    })
 }
 
 /// A transformer MLP in bf16 on AMX, `act(x·W1 + b1)·W2 + b2 (+ residual)`: fc1's tiles are
@@ -870,6 +959,7 @@ pub fn mlp_bf16_amx(
                     kern: amx::kern_bf16,
                     amx: true,
                     stage: None,
+                    kblock: None,
                 };
                 let (used, padding) = h.split_at_mut(rows * lda2);
                 padding.fill(0);
@@ -897,6 +987,7 @@ pub fn mlp_bf16_amx(
                     kern: amx::kern_bf16,
                     amx: true,
                     stage: None,
+                    kblock: None,
                 };
                 run_tiles(&g, Out::F32(dst), threads);
                 Ok(())
@@ -1003,6 +1094,7 @@ fn int8_into(
             kern,
             amx: is_amx,
             stage: None,
+            kblock: None,
         };
         run_tiles(&g, Out::F32(dst), threads);
     });

@@ -1,21 +1,25 @@
 //! `x·Wᵀ` with `W` read in place in PyTorch's `[out, in]` layout: the fp32 linear layers of an
 //! inference load use the checkpoint's own weights, mapped, instead of a transposed copy.
 //!
-//! Few input rows (one image's 50 tokens, a few short captions) go through the out-in kernel
-//! of this module: every output is the dot product of two contiguous rows, so the weight is
-//! read once, in place, and never repacked. More rows go through gemm on the transposed
-//! strides of the same memory; gemm then packs the weight per call, which its product over
-//! many rows repays. The kernel has AVX-512, AVX2+FMA and portable variants, the fastest this
-//! CPU runs chosen at load time ([`OutInKernel::best`]).
+//! A weight's first product of few input rows (one image's 50 tokens, a few short captions)
+//! goes through the out-in kernel of this module: every output is the dot product of two
+//! contiguous rows, so the weight is read once, in place, and never repacked; a process that
+//! embeds once (`gclip classify`) holds no copy of its weights. On AVX-512 CPUs the weight's
+//! other products (many rows, or any product after the first) go through the f32 panel kernel
+//! of [`super::lowp`] over a copy packed once, at the first such product; elsewhere products of
+//! many rows go through gemm on the transposed strides of the mapped memory, which packs the
+//! weight per call. The out-in kernel has AVX-512, AVX2+FMA and portable variants, the fastest
+//! this CPU runs chosen at load time ([`OutInKernel::chosen`]).
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 
 use super::kernels::{
     bias_rows, contiguous_f32, dot_lanes, matmul_parallelism, Activation, LinearInput, RowBlocks,
 };
-use super::lowp::{effective_threads, on_workers};
+use super::lowp::{self, effective_threads, on_workers, Fused, PackedF32};
 use super::precision::KernelChoice;
 use super::weights::MappedF32;
 
@@ -538,6 +542,16 @@ pub struct OutInWeight {
     in_dim: usize,
     out_dim: usize,
     kernel: OutInKernel,
+    /// The weight packed for the f32 panel kernel, on a CPU that runs it: made by the first
+    /// product of more than [`OUT_IN_MAX_ROWS`] rows, or by the weight's second product, and
+    /// used by every product after. A second copy, kept while the weight lives: the panel
+    /// kernel runs ViT-B/32's shapes 1.3–1.6× faster than the out-in kernel (16–50 rows) and
+    /// gemm (512–1,600 rows; gemm also repacked the weight on every call), so a weight used
+    /// again repays it, while a process that runs each weight once (one `gclip classify`)
+    /// never makes it.
+    panels: OnceLock<std::result::Result<PackedF32, String>>,
+    /// Products run with this weight so far.
+    uses: Arc<AtomicUsize>,
 }
 
 impl OutInWeight {
@@ -553,6 +567,8 @@ impl OutInWeight {
             in_dim,
             out_dim,
             kernel,
+            panels: OnceLock::new(),
+            uses: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -572,6 +588,43 @@ impl OutInWeight {
             self.blocks.iter().map(|b| b.values()).collect(),
             self.in_dim,
         )
+    }
+
+    /// What runs the products that do not go through the out-in kernel: the weight's products
+    /// of many rows, and on AVX-512 CPUs every product after its first.
+    pub fn repeated_kernel_name(&self) -> &'static str {
+        if self.runs_panels() {
+            "f32-panels-avx512"
+        } else {
+            "gemm"
+        }
+    }
+
+    fn runs_panels(&self) -> bool {
+        self.kernel == OutInKernel::Avx512 && lowp::has_f32_panel_kernel()
+    }
+
+    /// The weight packed for the f32 panel kernel, for a product of `rows` rows (packed by the
+    /// first call that needs it, see `panels`), or `None` where the product reads the weight
+    /// in place: a first product of few rows, a CPU without AVX-512F, or the portable kernels
+    /// asked for.
+    fn panels_for(&self, rows: usize) -> Result<Option<&PackedF32>> {
+        let earlier_uses = self.uses.fetch_add(1, Ordering::Relaxed);
+        if !self.runs_panels() {
+            return Ok(None);
+        }
+        if rows <= OUT_IN_MAX_ROWS && earlier_uses == 0 && self.panels.get().is_none() {
+            return Ok(None);
+        }
+        let packed = self.panels.get_or_init(|| {
+            self.rows()
+                .map_err(|e| e.to_string())
+                .and_then(|rows| PackedF32::pack_rows(&rows))
+        });
+        match packed {
+            Ok(packed) => Ok(Some(packed)),
+            Err(e) => candle_core::bail!("packing an f32 weight: {e}"),
+        }
     }
 }
 
@@ -596,8 +649,21 @@ impl CustomOp2 for OutInLinearOp {
     ) -> Result<(CpuStorage, Shape)> {
         let b = contiguous_f32(bs, bl, "linear bias")?;
         let (in_dim, out_dim) = self.weight.dims();
+        let x = contiguous_f32(xs, xl, "linear input")?;
+        let rows = x.len() / in_dim.max(1);
+        if let Some(packed) = self.weight.panels_for(rows)? {
+            let LinearInput { x, rows, shape } =
+                LinearInput::new(x, xl.shape(), (in_dim, out_dim), (b, bl.shape()), None)?;
+            let fused = Fused {
+                act: self.input_activation,
+                residual: None,
+            };
+            let out = lowp::linear_f32_fused(&x, rows, packed, b, fused, 0)
+                .map_err(candle_core::Error::Msg)?;
+            return Ok((CpuStorage::F32(out), shape));
+        }
         let LinearInput { x, rows, shape } = LinearInput::new(
-            contiguous_f32(xs, xl, "linear input")?,
+            x,
             xl.shape(),
             (in_dim, out_dim),
             (b, bl.shape()),

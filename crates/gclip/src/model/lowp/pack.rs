@@ -71,6 +71,20 @@ pub(super) fn words_as_halves_mut(w: &mut [u32]) -> &mut [u16] {
     unsafe { std::slice::from_raw_parts_mut(w.as_mut_ptr().cast::<u16>(), w.len() * 2) }
 }
 
+/// f32 values as the words the kernels read (their bits).
+pub(super) fn f32_bits(x: &[f32]) -> &[u32] {
+    // SAFETY: u32 and f32 have the same size and alignment, every bit pattern is a valid u32,
+    // and the shared borrow covers exactly the same memory.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u32>(), x.len()) }
+}
+
+/// Words as the f32 values they will hold.
+pub(super) fn words_as_f32_mut(w: &mut [u32]) -> &mut [f32] {
+    // SAFETY: u32 and f32 have the same size and alignment, every bit pattern is a valid f32,
+    // and the slice borrows `w` mutably for its whole lifetime, so there is no aliasing.
+    unsafe { std::slice::from_raw_parts_mut(w.as_mut_ptr().cast::<f32>(), w.len()) }
+}
+
 fn words_as_bytes_mut(w: &mut [u32]) -> &mut [u8] {
     // SAFETY: the byte slice covers exactly the memory of `w` (4 bytes per
     // word), u8 has alignment 1 and no invalid bit patterns, and it borrows

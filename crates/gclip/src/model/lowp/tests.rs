@@ -678,3 +678,77 @@ fn low_precision_activation_stays_within_1e5_of_the_f32_one() {
         assert_eq!(out[1], f32::INFINITY, "{act:?}(inf)");
     }
 }
+
+/// The f32 panel kernel against an f64 reference on the weights as stored: ragged rows (not a
+/// multiple of its 14), columns (not of 32), K at and off a multiple of 1,024 (the padded copy),
+/// with and without bias, activation and residual, on one and two threads.
+#[test]
+fn f32_panels_match_the_f64_product() {
+    if !has_f32_panel_kernel() {
+        eprintln!("skipped: this CPU has no AVX-512F");
+        let w = PackedF32::pack_out_in(&[1.0], 1, 1).expect("pack");
+        assert!(linear_f32_fused(&[1.0], 1, &w, &[], Fused::default(), 1).is_err());
+        return;
+    }
+    let mut rng = Rng(7);
+    let shapes = [
+        (1, 1, 1),
+        (15, 33, 31),
+        (29, 1024, 70),
+        (200, 96, 64),
+        (3, 2048, 33),
+    ];
+    for &(rows, k, n) in &shapes {
+        for (case, threads) in [(0, 1), (1, 2), (2, 2)] {
+            let x = rng.vec(rows * k, 1.0);
+            let w = rng.vec(n * k, 0.5);
+            let bias = if case == 0 {
+                Vec::new()
+            } else {
+                rng.vec(n, 1.0)
+            };
+            let residual = rng.vec(rows * n, 1.0);
+            let act = (case == 2).then_some(Activation::QuickGelu);
+            let fused = Fused {
+                act,
+                residual: (case != 0).then_some(&residual[..]),
+            };
+            let packed = PackedF32::pack_out_in(&w, k, n).expect("pack");
+            let y = linear_f32_fused(&x, rows, &packed, &bias, fused, threads).expect("product");
+            assert_eq!(y.len(), rows * n);
+            let mut activated = vec![0f32; k];
+            for r in 0..rows {
+                let xr = &x[r * k..(r + 1) * k];
+                let xr = match act {
+                    Some(a) => {
+                        act_row(xr, &mut activated, a);
+                        &activated[..]
+                    }
+                    None => xr,
+                };
+                for j in 0..n {
+                    let mut s = bias.get(j).map_or(0.0, |&b| b as f64);
+                    let mut mag = s.abs();
+                    for (kk, &xv) in xr.iter().enumerate() {
+                        let p = xv as f64 * w[j * k + kk] as f64;
+                        s += p;
+                        mag += p.abs();
+                    }
+                    if case != 0 {
+                        s += residual[r * n + j] as f64;
+                        mag += residual[r * n + j].abs() as f64;
+                    }
+                    let got = y[r * n + j] as f64;
+                    assert!(
+                        (got - s).abs() <= 1e-6 * mag + 1e-6,
+                        "rows {rows} k {k} n {n} case {case}: [{r}][{j}] = {got}, expected {s}"
+                    );
+                }
+            }
+        }
+    }
+    let w = PackedF32::pack_out_in(&[0.0; 6], 3, 2).expect("pack");
+    assert!(linear_f32_fused(&[0.0; 5], 2, &w, &[], Fused::default(), 1).is_err());
+    assert!(linear_f32_fused(&[0.0; 6], 2, &w, &[0.0], Fused::default(), 1).is_err());
+    assert!(PackedF32::pack_out_in(&[0.0; 5], 3, 2).is_err());
+}

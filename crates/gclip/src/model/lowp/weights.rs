@@ -423,6 +423,81 @@ impl PackedBf16 {
     }
 }
 
+/// f32 weights packed for the f32 panel kernel ([`linear_f32_fused`]): the layout of
+/// [`PackedBf16`] with one f32 per K-step instead of a bf16 pair, panel `p`, K-step `k`, column
+/// `j`: word = bits of `w[k][p*NR+j]`, N padded to a multiple of `NR` with zeros. A second copy
+/// of weights that an fp32 load otherwise reads in place: made only for products of many rows,
+/// where reading the weights in PyTorch's layout (or having gemm repack them per call) costs
+/// more than the copy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedF32 {
+    pub(super) buf: AlignedWords,
+    pub(super) in_dim: usize,
+    pub(super) out_dim: usize,
+}
+
+impl PackedF32 {
+    /// Packs a weight held in row blocks (`[out_dim, in_dim]`, PyTorch's `nn.Linear` layout);
+    /// panels are packed in parallel.
+    pub(crate) fn pack_rows(w: &RowBlocks) -> Result<Self, String> {
+        let (in_dim, out_dim) = (w.cols(), w.rows());
+        let words = checked_dims(
+            out_dim.div_ceil(NR),
+            checked_dims(in_dim, NR, "f32 pack")?,
+            "f32 pack",
+        )?;
+        let fill = |buf: &mut [MaybeUninit<u32>]| {
+            if in_dim == 0 {
+                return;
+            }
+            buf.par_chunks_mut(in_dim * NR)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    for j in 0..NR {
+                        let n = p * NR + j;
+                        if n < out_dim {
+                            for (k, &v) in w.row(n).iter().enumerate() {
+                                panel[k * NR + j].write(v.to_bits());
+                            }
+                        } else {
+                            for k in 0..in_dim {
+                                panel[k * NR + j].write(0);
+                            }
+                        }
+                    }
+                });
+        };
+        // SAFETY: the buffer is `panels × in_dim × NR` words (none when K or N is 0), and each
+        // panel's task writes word `k * NR + j` for every K-step `k < in_dim` and column `j < NR`.
+        let buf = unsafe { AlignedWords::filled_by(words, fill) };
+        Ok(Self {
+            buf,
+            in_dim,
+            out_dim,
+        })
+    }
+
+    /// Packs row-major `w[out_dim][in_dim]`.
+    pub fn pack_out_in(w: &[f32], in_dim: usize, out_dim: usize) -> Result<Self, String> {
+        if w.len() != checked_dims(in_dim, out_dim, "f32 pack")? {
+            return Err(format!(
+                "f32 pack: weight has {} values, expected {out_dim} x {in_dim}",
+                w.len()
+            ));
+        }
+        Self::pack_rows(&RowBlocks::whole(w, out_dim, in_dim))
+    }
+
+    /// Input features (K).
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+    /// Output features (N).
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+}
+
 /// int8 weights, symmetric per output column, packed for the microkernels.
 ///
 /// Byte image (all native-endian 32-bit words), with `npad = ceil(N/NR)*NR`:

@@ -7,6 +7,9 @@ use std::arch::x86_64::*;
 
 pub const BF16_MR: usize = 12;
 pub const AVX512_MR: usize = 8;
+/// Rows of the f32 kernel: 28 accumulators, two weight vectors and the broadcast fill the 32
+/// registers.
+pub const F32_MR: usize = 14;
 pub const VNNI_MR: usize = 12;
 pub const AVX2_BF16_MR: usize = 6;
 pub const AVX2_INT8_MR: usize = 4;
@@ -184,6 +187,50 @@ unsafe fn bf16fma<const M: usize>(t: &Tile) {
     }
 }
 dispatch_m!(kern_bf16fma, bf16fma, "avx512f.", 1 2 3 4 5 6 7 8);
+
+/// # Safety
+/// Tile contract with `M` valid rows, one f32 (as its bits) per A entry and `NR` f32 weights
+/// per K-step of the panel ([`super::PackedF32`]); CPU supports avx512f.
+#[target_feature(enable = "avx512f")]
+unsafe fn f32fma<const M: usize>(t: &Tile) {
+    let (k0, k1) = masks(t.ncols);
+    let mut acc = [[_mm512_setzero_ps(); 2]; M];
+    // SAFETY (whole body): as in `bf16dp`.
+    unsafe {
+        if t.init {
+            if !t.bias.is_null() {
+                let b0 = _mm512_maskz_loadu_ps(k0, t.bias);
+                let b1 = _mm512_maskz_loadu_ps(k1, t.bias.add(16));
+                for r in acc.iter_mut() {
+                    *r = [b0, b1];
+                }
+            }
+        } else {
+            for (i, r) in acc.iter_mut().enumerate() {
+                let c = t.c.add(i * t.ldc);
+                *r = [
+                    _mm512_maskz_loadu_ps(k0, c),
+                    _mm512_maskz_loadu_ps(k1, c.add(16)),
+                ];
+            }
+        }
+        let mut a = t.a.cast::<f32>();
+        let mut b = t.b.cast::<f32>();
+        for _ in 0..t.k {
+            let w0 = _mm512_loadu_ps(b);
+            let w1 = _mm512_loadu_ps(b.add(16));
+            for (i, r) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a.add(i * t.lda));
+                r[0] = _mm512_fmadd_ps(av, w0, r[0]);
+                r[1] = _mm512_fmadd_ps(av, w1, r[1]);
+            }
+            a = a.add(1);
+            b = b.add(NR);
+        }
+        store_f32(t, &acc, k0, k1);
+    }
+}
+dispatch_m!(kern_f32fma, f32fma, "avx512f.", 1 2 3 4 5 6 7 8 9 10 11 12 13 14);
 
 /// # Safety
 /// Tile contract with `M` valid rows, one u8-quad word per A entry,
