@@ -34,12 +34,14 @@ for f in ("gclip", "peers"):
 cols = ["gclip-fp32", "gclip-bf16", "gclip-int8", "torch", "torch-bf16", "ort", "ort-int8", "ov", "ov-bf16"]
 print(f"{arch}, {threads} threads, best of the rounds, items/s; gclip kernels: " +
       ", ".join(f"{k}: {v}" for k, v in kernels.items()))
-print("| tower | batch | tokens | " + " | ".join(cols) + " | bf16 / best bf16 peer | int8 / ort-int8 |")
-print("|---" * (len(cols) + 5) + "|")
+print("| tower | batch | tokens | " + " | ".join(cols) + " | fp32 / best fp32 peer | bf16 / best bf16 peer | int8 / ort-int8 |")
+print("|---" * (len(cols) + 6) + "|")
 for (tower, batch, tokens), v in sorted(best.items(), key=lambda kv: (kv[0][0], kv[0][2] or 0, kv[0][1])):
     cells = [f"{v.get(c, 0):.1f}" for c in cols]
+    peer_fp32 = max(v.get("torch", 0), v.get("ort", 0), v.get("ov", 0))
+    r0 = f"{v.get('gclip-fp32', 0) / peer_fp32:.2f}" if peer_fp32 else "-"
     peer_bf16 = max(v.get("torch-bf16", 0), v.get("ov-bf16", 0))
     r1 = f"{v.get('gclip-bf16', 0) / peer_bf16:.2f}" if peer_bf16 else "-"
     r2 = f"{v.get('gclip-int8', 0) / v['ort-int8']:.2f}" if v.get("ort-int8") else "-"
-    print(f"| {tower} | {batch} | {tokens or '-'} | " + " | ".join(cells) + f" | {r1} | {r2} |")
+    print(f"| {tower} | {batch} | {tokens or '-'} | " + " | ".join(cells) + f" | {r0} | {r1} | {r2} |")
 PY

@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
 
 use super::kernels::{
     bias_rows, contiguous_f32, dot_lanes, matmul_parallelism, Activation, LinearInput, RowBlocks,
@@ -635,28 +635,38 @@ pub(crate) struct OutInLinearOp {
     pub input_activation: Option<Activation>,
 }
 
-impl CustomOp2 for OutInLinearOp {
-    fn name(&self) -> &'static str {
-        "gclip-out-in-linear"
-    }
-
-    fn cpu_fwd(
+impl OutInLinearOp {
+    /// `act(x)·Wᵀ + b`, plus `residual` (the output's shape) when there is one, added last: the
+    /// same sums as adding it afterwards, without a pass and an allocation of their own.
+    fn run(
         &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
+        (xs, xl): (&CpuStorage, &Layout),
+        (bs, bl): (&CpuStorage, &Layout),
+        residual: Option<(&CpuStorage, &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
         let b = contiguous_f32(bs, bl, "linear bias")?;
         let (in_dim, out_dim) = self.weight.dims();
         let x = contiguous_f32(xs, xl, "linear input")?;
         let rows = x.len() / in_dim.max(1);
+        let residual = match residual {
+            Some((rs, rl)) => {
+                let r = contiguous_f32(rs, rl, "linear residual")?;
+                if r.len() != rows * out_dim {
+                    candle_core::bail!(
+                        "linear: residual {:?} does not fit {rows} rows of {out_dim}",
+                        rl.shape()
+                    );
+                }
+                Some(r)
+            }
+            None => None,
+        };
         if let Some(packed) = self.weight.panels_for(rows)? {
             let LinearInput { x, rows, shape } =
                 LinearInput::new(x, xl.shape(), (in_dim, out_dim), (b, bl.shape()), None)?;
             let fused = Fused {
                 act: self.input_activation,
-                residual: None,
+                residual,
             };
             let out = lowp::linear_f32_fused(&x, rows, packed, b, fused, 0)
                 .map_err(candle_core::Error::Msg)?;
@@ -690,7 +700,47 @@ impl CustomOp2 for OutInLinearOp {
             }
             first += n;
         }
+        if let Some(r) = residual {
+            for (d, r) in dst.iter_mut().zip(r) {
+                *d += r;
+            }
+        }
         Ok((CpuStorage::F32(dst), shape))
+    }
+}
+
+impl CustomOp2 for OutInLinearOp {
+    fn name(&self) -> &'static str {
+        "gclip-out-in-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((xs, xl), (bs, bl), None)
+    }
+}
+
+/// `act(x)·Wᵀ + b + r` as a [`CustomOp3`] of `x`, `b` and the residual `r`.
+impl CustomOp3 for OutInLinearOp {
+    fn name(&self) -> &'static str {
+        "gclip-out-in-linear-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((xs, xl), (bs, bl), Some((rs, rl)))
     }
 }
 
