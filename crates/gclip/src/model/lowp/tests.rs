@@ -56,6 +56,10 @@ const SHAPES: &[(usize, usize, usize)] = &[
     // AMX blocks of 32 rows: a full one plus a 16-row tile, and one row past a block.
     (48, 96, 64),
     (33, 64, 40),
+    // Activation rows 4 KiB apart in bf16 (and in the f32-pair layout of K = 1,024): packed at
+    // a padded stride.
+    (13, 2048, 40),
+    (15, 1024, 33),
 ];
 
 fn check_bf16(kernel: Bf16Kernel, rows: usize, k: usize, n: usize, threads: usize, seed: u64) {
