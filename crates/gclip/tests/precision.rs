@@ -453,6 +453,14 @@ fn fp32_inference_loads_use_safetensors_weights_in_place_with_the_same_numbers()
                 assert_eq!(many_images, images, "{what}");
                 assert_eq!(many_texts, texts, "{what}");
             }
+            // The panels' packing released the weights' pages from the process: converting
+            // reads them again, from the file.
+            let bf16 = converted(&c, Precision::Bf16, kernels);
+            let cos = min_cosine(&bf16.encode_pixels(&many, true).unwrap(), &images);
+            assert!(
+                cos >= 0.999,
+                "{what}: bf16 from the released weights, cosine {cos}"
+            );
         }
     }
 }

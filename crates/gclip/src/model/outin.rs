@@ -617,9 +617,16 @@ impl OutInWeight {
             return Ok(None);
         }
         let packed = self.panels.get_or_init(|| {
-            self.rows()
+            let packed = self
+                .rows()
                 .map_err(|e| e.to_string())
-                .and_then(|rows| PackedF32::pack_rows(&rows))
+                .and_then(|rows| PackedF32::pack_rows(&rows));
+            if packed.is_ok() {
+                // Every later product reads the packed copy: the mapped rows need not count in
+                // the process's memory (ViT-B/32's image tower, 350 MB).
+                self.blocks.iter().for_each(MappedF32::release_pages);
+            }
+            packed
         });
         match packed {
             Ok(packed) => Ok(Some(packed)),

@@ -113,6 +113,7 @@ impl MappedSafetensors {
             bytes: t.bytes.clone(),
             rows,
             cols,
+            in_file: true,
         })
     }
 
@@ -149,6 +150,9 @@ pub struct MappedF32 {
     bytes: std::ops::Range<usize>,
     rows: usize,
     cols: usize,
+    /// Whether the mapping is of a file (shared, read-only), whose released pages come back
+    /// from the file, rather than anonymous memory, whose released pages would read as zeros.
+    in_file: bool,
 }
 
 impl MappedF32 {
@@ -170,7 +174,33 @@ impl MappedF32 {
             bytes: 0..len,
             rows,
             cols,
+            in_file: false,
         })
+    }
+
+    /// Drops the whole pages of this matrix from the process when it lies in a mapped file
+    /// (as `MappedSafetensors::release` does for a tensor): for a weight whose values have been copied into
+    /// another layout and are not read here again, except rarely (they come back from the
+    /// page cache on the next access).
+    pub(crate) fn release_pages(&self) {
+        if !self.in_file {
+            return;
+        }
+        let page = 4096;
+        let start = self.bytes.start.next_multiple_of(page);
+        let end = self.bytes.end / page * page;
+        if end > start {
+            // SAFETY: the mapping is of a file, shared and read-only, so MADV_DONTNEED discards
+            // no data: a later access reads the same bytes from the file again. Only whole
+            // pages inside this matrix are advised.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
     }
 
     pub fn dims(&self) -> (usize, usize) {
