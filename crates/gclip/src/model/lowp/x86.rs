@@ -44,6 +44,38 @@ pub(super) unsafe fn bias_halves(t: &Tile, k0: __mmask16, k1: __mmask16) -> (__m
     }
 }
 
+/// The accumulators a K block starts from: the bias (or zeros) in the first block, the
+/// tile's partial sums in later ones.
+///
+/// # Safety
+/// Tile contract with `M` valid rows; CPU supports avx512f.
+#[inline(always)]
+unsafe fn start_acc<const M: usize>(t: &Tile, k0: __mmask16, k1: __mmask16) -> [[__m512; 2]; M] {
+    // SAFETY: a non-null bias holds `ncols` values and `c` holds `M` rows of `ncols` at
+    // stride `ldc` (Tile contract); the masks keep every load inside them.
+    unsafe {
+        if t.init {
+            let (b0, b1) = if t.bias.is_null() {
+                (_mm512_setzero_ps(), _mm512_setzero_ps())
+            } else {
+                (
+                    _mm512_maskz_loadu_ps(k0, t.bias),
+                    _mm512_maskz_loadu_ps(k1, t.bias.add(16)),
+                )
+            };
+            [[b0, b1]; M]
+        } else {
+            std::array::from_fn(|i| {
+                let c = t.c.add(i * t.ldc);
+                [
+                    _mm512_maskz_loadu_ps(k0, c),
+                    _mm512_maskz_loadu_ps(k1, c.add(16)),
+                ]
+            })
+        }
+    }
+}
+
 /// Stores f32 accumulators into the tile, adding the residual in the
 /// last K block when there is one.
 ///
@@ -97,27 +129,10 @@ macro_rules! dispatch_m {
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn bf16dp<const M: usize>(t: &Tile) {
     let (k0, k1) = masks(t.ncols);
-    let mut acc = [[_mm512_setzero_ps(); 2]; M];
     // SAFETY (whole body): pointers are valid for the extents in the Tile
     // contract; masked loads/stores never touch lanes beyond `ncols`.
     unsafe {
-        if t.init {
-            if !t.bias.is_null() {
-                let b0 = _mm512_maskz_loadu_ps(k0, t.bias);
-                let b1 = _mm512_maskz_loadu_ps(k1, t.bias.add(16));
-                for r in acc.iter_mut() {
-                    *r = [b0, b1];
-                }
-            }
-        } else {
-            for (i, r) in acc.iter_mut().enumerate() {
-                let c = t.c.add(i * t.ldc);
-                *r = [
-                    _mm512_maskz_loadu_ps(k0, c),
-                    _mm512_maskz_loadu_ps(k1, c.add(16)),
-                ];
-            }
-        }
+        let mut acc = start_acc::<M>(t, k0, k1);
         let mut a = t.a;
         let mut b = t.b;
         for _ in 0..t.k {
@@ -142,26 +157,9 @@ dispatch_m!(kern_bf16dp, bf16dp, "avx512f and avx512bf16.", 1 2 3 4 5 6 7 8 9 10
 #[target_feature(enable = "avx512f")]
 unsafe fn bf16fma<const M: usize>(t: &Tile) {
     let (k0, k1) = masks(t.ncols);
-    let mut acc = [[_mm512_setzero_ps(); 2]; M];
     // SAFETY (whole body): as in `bf16dp`.
     unsafe {
-        if t.init {
-            if !t.bias.is_null() {
-                let b0 = _mm512_maskz_loadu_ps(k0, t.bias);
-                let b1 = _mm512_maskz_loadu_ps(k1, t.bias.add(16));
-                for r in acc.iter_mut() {
-                    *r = [b0, b1];
-                }
-            }
-        } else {
-            for (i, r) in acc.iter_mut().enumerate() {
-                let c = t.c.add(i * t.ldc);
-                *r = [
-                    _mm512_maskz_loadu_ps(k0, c),
-                    _mm512_maskz_loadu_ps(k1, c.add(16)),
-                ];
-            }
-        }
+        let mut acc = start_acc::<M>(t, k0, k1);
         let hi = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
         let mut a = t.a.cast::<f32>();
         let mut b = t.b;
@@ -194,26 +192,9 @@ dispatch_m!(kern_bf16fma, bf16fma, "avx512f.", 1 2 3 4 5 6 7 8);
 #[target_feature(enable = "avx512f")]
 unsafe fn f32fma<const M: usize>(t: &Tile) {
     let (k0, k1) = masks(t.ncols);
-    let mut acc = [[_mm512_setzero_ps(); 2]; M];
     // SAFETY (whole body): as in `bf16dp`.
     unsafe {
-        if t.init {
-            if !t.bias.is_null() {
-                let b0 = _mm512_maskz_loadu_ps(k0, t.bias);
-                let b1 = _mm512_maskz_loadu_ps(k1, t.bias.add(16));
-                for r in acc.iter_mut() {
-                    *r = [b0, b1];
-                }
-            }
-        } else {
-            for (i, r) in acc.iter_mut().enumerate() {
-                let c = t.c.add(i * t.ldc);
-                *r = [
-                    _mm512_maskz_loadu_ps(k0, c),
-                    _mm512_maskz_loadu_ps(k1, c.add(16)),
-                ];
-            }
-        }
+        let mut acc = start_acc::<M>(t, k0, k1);
         let mut a = t.a.cast::<f32>();
         let mut b = t.b.cast::<f32>();
         for _ in 0..t.k {
