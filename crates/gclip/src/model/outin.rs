@@ -1,17 +1,15 @@
 //! `x·Wᵀ` with `W` read in place in PyTorch's `[out, in]` layout: the fp32 linear layers of an
 //! inference load use the checkpoint's own weights, mapped, instead of a transposed copy.
 //!
-//! A weight's first product of few input rows (one image's 50 tokens, a few short captions)
-//! goes through the out-in kernel of this module: every output is the dot product of two
-//! contiguous rows, so the weight is read once, in place, and never repacked; a process that
-//! embeds once (`gclip classify`) holds no copy of its weights. On AVX-512 CPUs the weight's
-//! other products (many rows, or any product after the first) go through the f32 panel kernel
-//! of [`super::lowp`] over a copy packed once, at the first such product; elsewhere products of
-//! many rows go through gemm on the transposed strides of the mapped memory, which packs the
-//! weight per call. The out-in kernel has AVX-512, AVX2+FMA and portable variants, the fastest
+//! On CPUs with AVX-512F a weight's first product packs it once for the f32 panel kernel of
+//! [`super::lowp`], which then runs every product of it (the mapped pages are released).
+//! Elsewhere few input rows (one image's 50 tokens, a few short captions) go through the
+//! out-in kernel of this module: every output is the dot product of two contiguous rows, so the
+//! weight is read once, in place, and never repacked; more rows go through gemm on the
+//! transposed strides of the mapped memory, which packs the weight per call. The out-in kernel
+//! has AVX-512, AVX2+FMA and portable variants, the fastest
 //! this CPU runs chosen at load time ([`OutInKernel::chosen`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
@@ -542,16 +540,14 @@ pub struct OutInWeight {
     in_dim: usize,
     out_dim: usize,
     kernel: OutInKernel,
-    /// The weight packed for the f32 panel kernel, on a CPU that runs it: made by the first
-    /// product of more than [`OUT_IN_MAX_ROWS`] rows, or by the weight's second product, and
-    /// used by every product after. A second copy, kept while the weight lives: the panel
-    /// kernel runs ViT-B/32's shapes 1.3–1.6× faster than the out-in kernel (16–50 rows) and
-    /// gemm (512–1,600 rows; gemm also repacked the weight on every call), so a weight used
-    /// again repays it, while a process that runs each weight once (one `gclip classify`)
-    /// never makes it.
+    /// The weight packed for the f32 panel kernel, on a CPU that runs it: made by the weight's
+    /// first product and used by every product, whatever its rows, so that an input's result
+    /// does not depend on what ran before it (packing at the second product made a one-shot
+    /// `gclip classify` and a long-lived model differ in the last bits). The panel kernel runs
+    /// ViT-B/32's shapes 1.3–1.6× faster than the out-in kernel (16–50 rows) and gemm
+    /// (512–1,600 rows; gemm also repacked the weight on every call). The mapped rows are
+    /// released once it is made.
     panels: OnceLock<std::result::Result<PackedF32, String>>,
-    /// Products run with this weight so far.
-    uses: Arc<AtomicUsize>,
 }
 
 impl OutInWeight {
@@ -568,7 +564,6 @@ impl OutInWeight {
             out_dim,
             kernel,
             panels: OnceLock::new(),
-            uses: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -590,8 +585,8 @@ impl OutInWeight {
         )
     }
 
-    /// What runs the products that do not go through the out-in kernel: the weight's products
-    /// of many rows, and on AVX-512 CPUs every product after its first.
+    /// What runs the products of more than [`OUT_IN_MAX_ROWS`] rows (on AVX-512 CPUs, every
+    /// product).
     pub fn repeated_kernel_name(&self) -> &'static str {
         if self.runs_panels() {
             "f32-panels-avx512"
@@ -604,16 +599,11 @@ impl OutInWeight {
         self.kernel == OutInKernel::Avx512 && lowp::has_f32_panel_kernel()
     }
 
-    /// The weight packed for the f32 panel kernel, for a product of `rows` rows (packed by the
-    /// first call that needs it, see `panels`), or `None` where the product reads the weight
-    /// in place: a first product of few rows, a CPU without AVX-512F, or the portable kernels
-    /// asked for.
-    fn panels_for(&self, rows: usize) -> Result<Option<&PackedF32>> {
-        let earlier_uses = self.uses.fetch_add(1, Ordering::Relaxed);
+    /// The weight packed for the f32 panel kernel (packed by the first call, see `panels`), or
+    /// `None` where products read the weight in place: a CPU without AVX-512F, or the portable
+    /// kernels asked for.
+    fn panels(&self) -> Result<Option<&PackedF32>> {
         if !self.runs_panels() {
-            return Ok(None);
-        }
-        if rows <= OUT_IN_MAX_ROWS && earlier_uses == 0 && self.panels.get().is_none() {
             return Ok(None);
         }
         let packed = self.panels.get_or_init(|| {
@@ -668,7 +658,7 @@ impl OutInLinearOp {
             }
             None => None,
         };
-        if let Some(packed) = self.weight.panels_for(rows)? {
+        if let Some(packed) = self.weight.panels()? {
             let LinearInput { x, rows, shape } =
                 LinearInput::new(x, xl.shape(), (in_dim, out_dim), (b, bl.shape()), None)?;
             let fused = Fused {

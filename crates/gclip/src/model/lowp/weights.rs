@@ -26,6 +26,28 @@ pub(super) fn align_off(ptr: *const u32) -> usize {
     (ptr as usize).wrapping_neg() % 64 / 4
 }
 
+/// Asks the kernel to back the whole 2 MiB pages inside `buf` with huge pages (where
+/// transparent huge pages are enabled on request, as by default): a packed weight is written
+/// once, right after it is allocated, and faulting it in 4 KiB at a time cost more system time
+/// than the packing itself (ViT-B/32's fp32 panels: 0.25 s of 0.35 s for one `gclip classify`).
+fn ask_for_huge_pages<T>(buf: &mut [MaybeUninit<T>]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (buf.as_mut_ptr() as usize).next_multiple_of(HUGE);
+        let end = (buf.as_mut_ptr() as usize + std::mem::size_of_val(buf)) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: the range lies inside `buf`, memory this process owns and has not yet
+            // written; MADV_HUGEPAGE changes only how it is backed, never its contents.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
+}
+
 impl AlignedWords {
     pub(super) fn zeroed(len: usize) -> Self {
         let v = vec![0u32; len + 16];
@@ -43,6 +65,7 @@ impl AlignedWords {
     /// `fill` writes every element of the slice it is given.
     pub(super) unsafe fn filled_by(len: usize, fill: impl FnOnce(&mut [MaybeUninit<u32>])) -> Self {
         let mut v = Vec::<u32>::with_capacity(len + 16);
+        ask_for_huge_pages(v.spare_capacity_mut());
         let off = align_off(v.as_ptr());
         let spare = &mut v.spare_capacity_mut()[..len + 16];
         let (head, rest) = spare.split_at_mut(off);
