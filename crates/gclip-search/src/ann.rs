@@ -158,20 +158,22 @@ impl Hnsw {
             .filter(|(i, (key, _))| last[key] == *i)
             .map(|(_, &item)| item)
             .collect();
-        for (key, _) in &unique {
-            if self.index.contains(*key) {
-                self.index.remove(*key).map_err(ann_err)?;
-                self.removed
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
+        let replaces = unique.iter().any(|(key, _)| self.index.contains(*key));
         let needed = self.index.size() + unique.len();
         if needed > self.index.capacity() {
             let cap = needed.max(self.index.capacity() * 2).max(1024);
             self.index.reserve(cap).map_err(ann_err)?;
         }
-        if self.removed.load(std::sync::atomic::Ordering::Relaxed) {
+        if replaces || self.removed.load(std::sync::atomic::Ordering::Relaxed) {
+            // One key at a time, each removed right before its new vector is added, as before
+            // batches were inserted in parallel: removing a batch's keys first and then adding
+            // lost vectors to searches.
             for (key, v) in &unique {
+                if self.index.contains(*key) {
+                    self.index.remove(*key).map_err(ann_err)?;
+                    self.removed
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 self.index.add(*key, v).map_err(ann_err)?;
             }
             return Ok(());
