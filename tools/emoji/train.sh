@@ -3,19 +3,19 @@
 # on the chosen vendors' drawings (tools/emoji/clip-vendors.toml) and export it as a Hugging
 # Face model directory.
 #
-#     tools/emoji/train.sh OUT_DIR [--vendors google,twitter,apple] [--seed N] [--threads N] [--average N]
+#     tools/emoji/train.sh OUT_DIR [--vendors google,twitter,apple[,facebook]] [--seed N] [--threads N] [--average N]
 #
-# --vendors: the vendors to train on (two or three of google, twitter, apple; default all three).
-# With two, the third is held out: the run evaluates on it every 400 steps and the script prints
-# its retrieval metrics and zero-shot category accuracy at the end (docs/TRAINING.md, experiment
-# 1b). The run directory (log, checkpoints) is data/emoji/runs/recipe-VENDORS-seedN.
+# --vendors: the vendors to train on (two or three of google, twitter, apple; default all three),
+# and facebook to add Facebook's drawings (a fourth style, never held out). With two of the three,
+# the third is held out: the run evaluates on it every 400 steps and the script prints its
+# retrieval metrics and zero-shot category accuracy at the end (docs/TRAINING.md, experiment 1b). The run directory (log, checkpoints) is data/emoji/runs/recipe-VENDORS-seedN.
 # --average: the exported model is the mean of the weights of the run's last N checkpoints
 # (default 12, every one the recipe keeps: steps 1,400-3,600; 1 exports the last alone).
 # Needs npm and Python with Pillow (tools/emoji_data.py); the gclip binary is $GCLIP, else built here
 # (with the emoji_zeroshot example, or $EMOJI_ZEROSHOT).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-usage() { echo "usage: $0 OUT_DIR [--vendors google,twitter,apple] [--seed N] [--threads N] [--average N]" >&2; exit 2; }
+usage() { echo "usage: $0 OUT_DIR [--vendors google,twitter,apple[,facebook]] [--seed N] [--threads N] [--average N]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 out="$1"; shift
 vendors=google,twitter,apple seed=0 threads=2 average=12
@@ -34,12 +34,14 @@ for v in google twitter apple; do
   if [[ ",$vendors," == *",$v,"* ]]; then train+=("$v"); else held+=("$v"); fi
 done
 for v in ${vendors//,/ }; do
-  case "$v" in google|twitter|apple) ;; *) echo "unknown vendor: $v" >&2; exit 2 ;; esac
+  case "$v" in google|twitter|apple|facebook) ;; *) echo "unknown vendor: $v" >&2; exit 2 ;; esac
 done
 if [ ${#train[@]} -lt 2 ]; then
-  echo "--vendors needs two or three vendors (one vendor: tools/emoji/clip.toml)" >&2; exit 2
+  echo "--vendors needs two or three of google, twitter, apple (one vendor: tools/emoji/clip.toml)" >&2
+  exit 2
 fi
 tag="$(IFS=-; echo "${train[*]}")"
+if [[ ",$vendors," == *",facebook,"* ]]; then tag="$tag-facebook"; fi
 
 if [ -z "${GCLIP:-}" ]; then
   cargo build --release -q -p gclip-cli --manifest-path "$root/Cargo.toml"

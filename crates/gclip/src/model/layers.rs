@@ -618,9 +618,10 @@ impl Transformer {
     }
 
     /// The kernels of the first block's layers, e.g. `qkv bf16-avx512bf16, out/fc1/fc2
-    /// int8-avx512vnni`, `gemm f32`, or `f32 in place (f32-outin-avx2, gemm)` (the out-in
-    /// kernel for a weight's first product of few rows, gemm or `f32-panels-avx512` for the
-    /// others).
+    /// int8-avx512vnni`, `gemm f32`, `f32 in place (f32-outin-avx2, gemm)` (the out-in kernel
+    /// for products of few rows, gemm for the others) or, where a weight is packed for the
+    /// panel kernel at its first product and every product runs that, `f32 packed at first use
+    /// (f32-panels-avx512)`.
     pub fn kernel_description(&self) -> String {
         let Some(b) = self.blocks.first() else {
             return "none".into();
@@ -628,6 +629,9 @@ impl Transformer {
         let name = |l: &Linear| match &l.weight {
             LinearWeight::Packed(w) => w.kernel_name(),
             LinearWeight::Dense(_) => "gemm f32".into(),
+            LinearWeight::Mapped(w) if w.runs_panels() => {
+                format!("f32 packed at first use ({})", w.repeated_kernel_name())
+            }
             LinearWeight::Mapped(w) => format!(
                 "f32 in place ({}, {})",
                 w.kernel().name(),

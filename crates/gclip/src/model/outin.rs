@@ -595,7 +595,8 @@ impl OutInWeight {
         }
     }
 
-    fn runs_panels(&self) -> bool {
+    /// Whether every product runs the panel kernel (packed at the first).
+    pub fn runs_panels(&self) -> bool {
         self.kernel == OutInKernel::Avx512 && lowp::has_f32_panel_kernel()
     }
 
