@@ -5,8 +5,8 @@
 #
 #     tools/emoji/train.sh OUT_DIR [--vendors google,twitter,apple[,facebook]] [--seed N] [--threads N] [--average N]
 #
-# --vendors: the vendors to train on (two or three of google, twitter, apple; default all three),
-# and facebook to add Facebook's drawings (a fourth style, never held out). With two of the three,
+# --vendors: the vendors to train on: two or three of google, twitter, apple, and facebook to add
+# Facebook's drawings (a fourth style, never held out; default all four). With two of the three,
 # the third is held out: the run evaluates on it every 400 steps and the script prints its
 # retrieval metrics and zero-shot category accuracy at the end (docs/TRAINING.md, experiment 1b). The run directory (log, checkpoints) is data/emoji/runs/recipe-VENDORS-seedN.
 # --average: the exported model is the mean of the weights of the run's last N checkpoints
@@ -18,7 +18,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 usage() { echo "usage: $0 OUT_DIR [--vendors google,twitter,apple[,facebook]] [--seed N] [--threads N] [--average N]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 out="$1"; shift
-vendors=google,twitter,apple seed=0 threads=2 average=12
+vendors=google,twitter,apple,facebook seed=0 threads=2 average=12
 while [ $# -gt 0 ]; do
   case "$1" in
     --vendors) vendors="${2:?}"; shift 2 ;;
