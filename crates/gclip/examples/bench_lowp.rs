@@ -7,11 +7,15 @@
 //! ```text
 //! cargo run --release -p gclip --example bench_lowp -- [--threads N] [--seconds S] [--kernel NAME]
 //! ```
-//! Prints one line per (kernel, shape): rows × in × out, GFLOP/s (2 flops per multiply-add).
+//! Prints one line per (kernel, shape): rows × in × out, GFLOP/s (2 flops per multiply-add),
+//! and for the AVX-512 kernels the share of the ceiling of the instruction they are built of,
+//! measured first on `--threads` threads at once (`lowp::peak_multiply_adds`).
 
 use std::time::{Duration, Instant};
 
-use gclip::model::lowp::{self, Bf16Kernel, Int8Kernel, PackedBf16, PackedF32, PackedInt8};
+use gclip::model::lowp::{
+    self, Bf16Kernel, Int8Kernel, PackedBf16, PackedF32, PackedInt8, PeakInstruction,
+};
 use gclip::model::outin::{gemm_add, out_in_add, OutInKernel, OUT_IN_MAX_ROWS};
 
 /// (what, rows, in, out): the image tower at batch 32 (1,600 tokens), training at batch 64
@@ -62,6 +66,34 @@ fn rate(flops: f64, seconds: f64, mut run: impl FnMut()) -> f64 {
     flops * n as f64 / start.elapsed().as_secs_f64() / 1e9
 }
 
+/// GFLOP/s of `instruction` with every one of `threads` threads running it at once.
+fn peak_gflops(instruction: PeakInstruction, threads: usize, seconds: f64) -> Option<f64> {
+    let rates: Vec<Option<f64>> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..threads)
+            .map(|_| s.spawn(move || lowp::peak_multiply_adds(instruction, seconds)))
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("peak thread"))
+            .collect()
+    });
+    rates
+        .into_iter()
+        .sum::<Option<f64>>()
+        .map(|r| 2.0 * r / 1e9)
+}
+
+/// The instruction a kernel (by name) is built of, where its ceiling is measured.
+fn instruction_of(kernel: &str) -> Option<PeakInstruction> {
+    match kernel {
+        k if k.starts_with("f32-panel") || k.starts_with("f32-outin-avx512") => {
+            Some(PeakInstruction::F32Fma)
+        }
+        "bf16-avx512bf16" => Some(PeakInstruction::Bf16Dot),
+        "int8-avx512vnni" => Some(PeakInstruction::Int8Dot),
+        _ => None,
+    }
+}
+
 fn main() {
     let mut threads = 1usize;
     let mut seconds = 1.0f64;
@@ -87,6 +119,23 @@ fn main() {
     }
     let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
     println!("threads {threads}; GFLOP/s = 2 * rows * in * out / time");
+    let peaks: Vec<(PeakInstruction, f64)> = PeakInstruction::ALL
+        .into_iter()
+        .filter_map(|i| Some((i, peak_gflops(i, threads, seconds.min(1.0))?)))
+        .collect();
+    for (i, g) in &peaks {
+        println!(
+            "ceiling {:<18} {g:>8.1} GFLOP/s on {threads} threads at once",
+            i.name()
+        );
+    }
+    let row = |kernel: &str, what: &str, rows: usize, din: usize, dout: usize, g: f64| {
+        let share = instruction_of(kernel)
+            .and_then(|i| peaks.iter().find(|(p, _)| *p == i))
+            .map(|(_, peak)| format!(" {:>5.1} % of ceiling", 100.0 * g / peak))
+            .unwrap_or_default();
+        println!("{kernel:<22} {what:<10} {rows:>5} x {din:>4} x {dout:>4} {g:>8.1}{share}");
+    };
     // The f32 products run on the current rayon pool; the low-precision ones take `threads`.
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -118,7 +167,7 @@ fn main() {
                                 .expect("out-in product")
                         })
                     });
-                    println!("{name:<22} {what:<10} {rows:>5} x {din:>4} x {dout:>4} {g:>8.1}");
+                    row(&name, what, rows, din, dout, g);
                 }
             }
         }
@@ -131,10 +180,7 @@ fn main() {
                         gemm_add(&x, rows, &w, dout, din, &mut dst, dout).expect("gemm product")
                     })
                 });
-                println!(
-                    "{:<22} {what:<10} {rows:>5} x {din:>4} x {dout:>4} {g:>8.1}",
-                    "f32-gemm"
-                );
+                row("f32-gemm", what, rows, din, dout, g);
             }
         }
         if lowp::has_f32_panel_kernel() && wanted("f32-panel") {
@@ -145,10 +191,7 @@ fn main() {
                         .expect("f32 product");
                 std::hint::black_box(y);
             });
-            println!(
-                "{:<22} {what:<10} {rows:>5} x {din:>4} x {dout:>4} {g:>8.1}",
-                "f32-panel"
-            );
+            row("f32-panel", what, rows, din, dout, g);
         }
         let packed = PackedBf16::pack_out_in(&w, din, dout).expect("pack bf16");
         for kernel in Bf16Kernel::available() {
@@ -159,10 +202,7 @@ fn main() {
                 lowp::linear_bf16(&x, rows, &packed, &bias, &mut dst, kernel, threads)
                     .expect("bf16 product");
             });
-            println!(
-                "{:<22} {what:<10} {rows:>5} x {din:>4} x {dout:>4} {g:>8.1}",
-                kernel.name()
-            );
+            row(kernel.name(), what, rows, din, dout, g);
         }
         let packed = PackedInt8::pack_out_in(&w, din, dout).expect("pack int8");
         for kernel in Int8Kernel::available() {
@@ -173,10 +213,7 @@ fn main() {
                 lowp::linear_int8(&x, rows, &packed, &bias, &mut dst, kernel, threads)
                     .expect("int8 product");
             });
-            println!(
-                "{:<22} {what:<10} {rows:>5} x {din:>4} x {dout:>4} {g:>8.1}",
-                kernel.name()
-            );
+            row(kernel.name(), what, rows, din, dout, g);
         }
     }
 }

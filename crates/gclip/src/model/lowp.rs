@@ -807,6 +807,77 @@ fn bf16_into(
     Ok(())
 }
 
+/// An instruction whose one-core ceiling [`peak_multiply_adds`] measures: what the f32, bf16
+/// and int8 AVX-512 kernels are built of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeakInstruction {
+    /// `vfmadd231ps` (the f32 panel and out-in kernels).
+    F32Fma,
+    /// `vdpbf16ps` (the bf16 kernel of `avx512_bf16` CPUs).
+    Bf16Dot,
+    /// `vpdpbusd` (the int8 kernel of `avx512_vnni` CPUs).
+    Int8Dot,
+}
+
+impl PeakInstruction {
+    pub const ALL: [PeakInstruction; 3] = [Self::F32Fma, Self::Bf16Dot, Self::Int8Dot];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32Fma => "vfmadd231ps zmm",
+            Self::Bf16Dot => "vdpbf16ps zmm",
+            Self::Int8Dot => "vpdpbusd zmm",
+        }
+    }
+
+    /// Whether this CPU has the instruction.
+    pub fn is_available(self) -> bool {
+        match self {
+            Self::F32Fma => has_avx512(),
+            Self::Bf16Dot => has_avx512bf16(),
+            Self::Int8Dot => has_avx512vnni(),
+        }
+    }
+}
+
+/// Multiply-adds per second that the calling thread retires in `instruction` on zmm registers
+/// (independent accumulators, no memory operands) over at least `seconds`: the ceiling of a
+/// kernel built of it, on one core. Run it on every thread at once for the CPU's ceiling (cores
+/// may share units or clock down). `None` where the CPU lacks the instruction.
+pub fn peak_multiply_adds(instruction: PeakInstruction, seconds: f64) -> Option<f64> {
+    if !instruction.is_available() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        const ROUNDS: usize = 1 << 20;
+        let run = |seed: f32| -> f32 {
+            // SAFETY: `is_available` checked the instruction's CPU features above.
+            unsafe {
+                match instruction {
+                    PeakInstruction::F32Fma => x86::peak_f32_fma(ROUNDS, seed),
+                    PeakInstruction::Bf16Dot => x86::peak_bf16_dot(ROUNDS, seed),
+                    PeakInstruction::Int8Dot => x86::peak_int8_dot(ROUNDS, seed),
+                }
+            }
+        };
+        let per_round = x86::PEAK_MULTIPLY_ADDS_PER_ROUND[instruction as usize];
+        std::hint::black_box(run(std::hint::black_box(0.5)));
+        let start = std::time::Instant::now();
+        let mut calls = 0usize;
+        while calls < 2 || start.elapsed().as_secs_f64() < seconds {
+            std::hint::black_box(run(std::hint::black_box(0.5)));
+            calls += 1;
+        }
+        Some((calls * ROUNDS * per_round) as f64 / start.elapsed().as_secs_f64())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = seconds;
+        None
+    }
+}
+
 /// Whether this CPU runs the f32 panel kernel of [`linear_f32_fused`] (AVX-512F).
 pub fn has_f32_panel_kernel() -> bool {
     has_avx512()

@@ -756,3 +756,24 @@ fn f32_panels_match_the_f64_product() {
     assert!(linear_f32_fused(&[0.0; 6], 2, &w, &[0.0], Fused::default(), 1).is_err());
     assert!(PackedF32::pack_out_in(&[0.0; 5], 3, 2).is_err());
 }
+
+#[test]
+fn peak_rates_are_measured_for_the_instructions_this_cpu_has() {
+    for instruction in PeakInstruction::ALL {
+        let rate = peak_multiply_adds(instruction, 0.01);
+        assert_eq!(
+            rate.is_some(),
+            instruction.is_available(),
+            "{instruction:?}"
+        );
+        if let Some(r) = rate {
+            // Even unoptimised (tests build this crate at opt-level 0) a core retires more than
+            // 1e8 multiply-adds a second; a loop the compiler dropped would report far more than
+            // any core's 1e13.
+            assert!(
+                r.is_finite() && r > 1e8 && r < 1e13,
+                "{instruction:?}: {r} multiply-adds/s"
+            );
+        }
+    }
+}

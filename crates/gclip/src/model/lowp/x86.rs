@@ -827,3 +827,63 @@ pub unsafe fn act_row_avx512(src: &[f32], dst: &mut [f32], act: Activation) {
         c += 16;
     }
 }
+
+/// Independent accumulator chains of the peak loops: more than any of the three instructions'
+/// latency × throughput on the CPUs seen (4–5 cycles × 1–2 per cycle), so the loop is bound by
+/// throughput alone.
+const PEAK_CHAINS: usize = 12;
+
+/// `iters` rounds of [`PEAK_CHAINS`] `vfmadd231ps` on zmm registers, no memory operands: the
+/// f32 ceiling the kernels' rates are read against. Returns a sum of the accumulators so the
+/// work cannot be dropped.
+///
+/// # Safety
+/// The CPU supports avx512f.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn peak_f32_fma(iters: usize, seed: f32) -> f32 {
+    let (x, y) = (_mm512_set1_ps(seed), _mm512_set1_ps(1.0 - seed));
+    let mut acc = [_mm512_setzero_ps(); PEAK_CHAINS];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(x, y, *a);
+        }
+    }
+    acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+}
+
+/// As [`peak_f32_fma`] with `vdpbf16ps` (two bf16 multiply-adds per f32 lane).
+///
+/// # Safety
+/// The CPU supports avx512f and avx512bf16.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn peak_bf16_dot(iters: usize, seed: f32) -> f32 {
+    let v = _mm512_set1_ps(seed);
+    let x = _mm512_cvtne2ps_pbh(v, v);
+    let mut acc = [_mm512_setzero_ps(); PEAK_CHAINS];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_dpbf16_ps(*a, x, x);
+        }
+    }
+    acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+}
+
+/// As [`peak_f32_fma`] with `vpdpbusd` (four u8 × i8 multiply-adds per i32 lane).
+///
+/// # Safety
+/// The CPU supports avx512f and avx512vnni.
+#[target_feature(enable = "avx512f,avx512vnni")]
+pub(super) unsafe fn peak_int8_dot(iters: usize, seed: f32) -> f32 {
+    let x = _mm512_set1_epi8(seed as i8);
+    let mut acc = [_mm512_setzero_si512(); PEAK_CHAINS];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_dpbusd_epi32(*a, x, x);
+        }
+    }
+    acc.iter().map(|&a| _mm512_reduce_add_epi32(a) as f32).sum()
+}
+
+/// Multiply-adds per call of the peak loops' inner round, by instruction.
+pub(super) const PEAK_MULTIPLY_ADDS_PER_ROUND: [usize; 3] =
+    [PEAK_CHAINS * 16, PEAK_CHAINS * 32, PEAK_CHAINS * 64];
