@@ -833,6 +833,19 @@ pub unsafe fn act_row_avx512(src: &[f32], dst: &mut [f32], act: Activation) {
 /// throughput alone.
 const PEAK_CHAINS: usize = 12;
 
+/// `iters` rounds of `step` on each of [`PEAK_CHAINS`] independent accumulators: the body of
+/// the peak loops below, inlined into each so that `step` compiles to its one instruction.
+#[inline(always)]
+fn peak_chains<T: Copy>(iters: usize, zero: T, step: impl Fn(T) -> T) -> [T; PEAK_CHAINS] {
+    let mut acc = [zero; PEAK_CHAINS];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = step(*a);
+        }
+    }
+    acc
+}
+
 /// `iters` rounds of [`PEAK_CHAINS`] `vfmadd231ps` on zmm registers, no memory operands: the
 /// f32 ceiling the kernels' rates are read against. Returns a sum of the accumulators so the
 /// work cannot be dropped.
@@ -842,12 +855,7 @@ const PEAK_CHAINS: usize = 12;
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn peak_f32_fma(iters: usize, seed: f32) -> f32 {
     let (x, y) = (_mm512_set1_ps(seed), _mm512_set1_ps(1.0 - seed));
-    let mut acc = [_mm512_setzero_ps(); PEAK_CHAINS];
-    for _ in 0..iters {
-        for a in acc.iter_mut() {
-            *a = _mm512_fmadd_ps(x, y, *a);
-        }
-    }
+    let acc = peak_chains(iters, _mm512_setzero_ps(), |a| _mm512_fmadd_ps(x, y, a));
     acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
 }
 
@@ -859,12 +867,7 @@ pub(super) unsafe fn peak_f32_fma(iters: usize, seed: f32) -> f32 {
 pub(super) unsafe fn peak_bf16_dot(iters: usize, seed: f32) -> f32 {
     let v = _mm512_set1_ps(seed);
     let x = _mm512_cvtne2ps_pbh(v, v);
-    let mut acc = [_mm512_setzero_ps(); PEAK_CHAINS];
-    for _ in 0..iters {
-        for a in acc.iter_mut() {
-            *a = _mm512_dpbf16_ps(*a, x, x);
-        }
-    }
+    let acc = peak_chains(iters, _mm512_setzero_ps(), |a| _mm512_dpbf16_ps(a, x, x));
     acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
 }
 
@@ -874,13 +877,10 @@ pub(super) unsafe fn peak_bf16_dot(iters: usize, seed: f32) -> f32 {
 /// The CPU supports avx512f and avx512vnni.
 #[target_feature(enable = "avx512f,avx512vnni")]
 pub(super) unsafe fn peak_int8_dot(iters: usize, seed: f32) -> f32 {
-    let x = _mm512_set1_epi8(seed as i8);
-    let mut acc = [_mm512_setzero_si512(); PEAK_CHAINS];
-    for _ in 0..iters {
-        for a in acc.iter_mut() {
-            *a = _mm512_dpbusd_epi32(*a, x, x);
-        }
-    }
+    let x = _mm512_set1_epi8((seed * 4.0) as i8);
+    let acc = peak_chains(iters, _mm512_setzero_si512(), |a| {
+        _mm512_dpbusd_epi32(a, x, x)
+    });
     acc.iter().map(|&a| _mm512_reduce_add_epi32(a) as f32).sum()
 }
 
