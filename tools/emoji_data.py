@@ -5,7 +5,8 @@
                                           # need Pillow (without it they are skipped)
 
 Packages (`npm pack`, into the git-ignored data/emoji/): emoji-datasource-google, -twitter,
--apple (64-pixel PNGs, names, categories, sub-categories) and emojilib (keywords per emoji).
+-apple, -facebook (64-pixel PNGs, names, categories, sub-categories) and emojilib (keywords per
+emoji).
 
 Writes under data/emoji/sets/:
 
@@ -24,9 +25,10 @@ Writes under data/emoji/sets/:
   three, `clip-train-google-twitter-apple.jsonl` (each emoji once per training vendor and
   caption kind; the default kinds are those of `clip-train-google.jsonl`), and
   `clip-heldout-{google,twitter,apple}.jsonl` (name <-> flat image, with the category, one row
-  per emoji). Each training set also comes with Facebook's drawings added, where Facebook
-  draws the emoji (`clip-train-A-B-facebook.jsonl`, `clip-train-google-twitter-apple-facebook.jsonl`;
-  emoji-datasource-facebook): a fourth style that is never held out. `--captions KINDS --tag T` writes the training sets with other caption kinds as
+  per emoji). Each training set also comes with Facebook's drawings added where Facebook draws
+  the emoji (emoji-datasource-facebook; `clip-train-A-B-facebook.jsonl`,
+  `clip-train-google-twitter-apple-facebook.jsonl`): a fourth style, never held out.
+  `--captions KINDS --tag T` writes the training sets with other caption kinds as
   `clip-train-A-B-T.jsonl` (kinds: see CAPTIONS).
 * GCL (four GS-style splits): queries are emojilib keywords, documents are Google emoji with
   fields `name` (text) and `image`. Relevance of keyword k to emoji e: 1.0 when k is e's name
@@ -178,8 +180,9 @@ def flatten(rows):
 
 def rotation_sets(rows, out, captions=DEFAULT_CAPTIONS, tag=""):
     flat = flatten(rows)
-    # The three rotations, and all three vendors together (tools/emoji/train.sh's default).
-    # Each also with the extra vendors' drawings where they exist (`-facebook` in the name).
+    # The three rotations and all three vendors together, each also with the extra vendors'
+    # drawings where they exist (`-facebook` in the name; tools/emoji/train.sh's default is all
+    # three with them).
     rotations = [[v for v in VENDORS if v != held_out] for held_out in VENDORS] + [VENDORS]
     for train_vendors in rotations + [r + EXTRA_VENDORS for r in rotations]:
         train = []

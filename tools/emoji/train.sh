@@ -8,7 +8,8 @@
 # --vendors: the vendors to train on: two or three of google, twitter, apple, and facebook to add
 # Facebook's drawings (a fourth style, never held out; default all four). With two of the three,
 # the third is held out: the run evaluates on it every 400 steps and the script prints its
-# retrieval metrics and zero-shot category accuracy at the end (docs/TRAINING.md, experiment 1b). The run directory (log, checkpoints) is data/emoji/runs/recipe-VENDORS-seedN.
+# retrieval metrics and zero-shot category accuracy at the end (docs/TRAINING.md, experiment 1b).
+# The run directory (log, checkpoints) is data/emoji/runs/recipe-VENDORS-seedN.
 # --average: the exported model is the mean of the weights of the run's last N checkpoints
 # (default 12, every one the recipe keeps: steps 1,400-3,600; 1 exports the last alone).
 # Needs npm and Python with Pillow (tools/emoji_data.py); the gclip binary is $GCLIP, else built here
