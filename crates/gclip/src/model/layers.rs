@@ -765,8 +765,9 @@ mod tests {
 
     #[test]
     fn attention_fused_matches_composed_with_gradients() {
-        for causal in [false, true] {
-            let inputs = [rand(&[3, 9, 3 * 16], 7)];
+        // 70 tokens as well as 9: softmax rows and causal masks several SIMD vectors long.
+        for (causal, tokens) in [(false, 9), (true, 9), (false, 70), (true, 70)] {
+            let inputs = [rand(&[3, tokens, 3 * 16], 7)];
             check_fused_against_composed(
                 &inputs,
                 |t| {
