@@ -830,6 +830,16 @@ impl PeakInstruction {
         }
     }
 
+    /// Multiply-adds of one instruction on zmm registers: 16 f32 lanes of one, two bf16 pairs
+    /// or four u8 × i8 quads per lane.
+    pub fn multiply_adds_per_instruction(self) -> usize {
+        match self {
+            Self::F32Fma => 16,
+            Self::Bf16Dot => 32,
+            Self::Int8Dot => 64,
+        }
+    }
+
     /// Whether this CPU has the instruction.
     pub fn is_available(self) -> bool {
         match self {
@@ -861,7 +871,7 @@ pub fn peak_multiply_adds(instruction: PeakInstruction, seconds: f64) -> Option<
                 }
             }
         };
-        let per_round = x86::PEAK_MULTIPLY_ADDS_PER_ROUND[instruction as usize];
+        let per_round = x86::PEAK_CHAINS * instruction.multiply_adds_per_instruction();
         std::hint::black_box(run(std::hint::black_box(0.5)));
         let start = std::time::Instant::now();
         let mut calls = 0usize;

@@ -831,7 +831,7 @@ pub unsafe fn act_row_avx512(src: &[f32], dst: &mut [f32], act: Activation) {
 /// Independent accumulator chains of the peak loops: more than any of the three instructions'
 /// latency × throughput on the CPUs seen (4–5 cycles × 1–2 per cycle), so the loop is bound by
 /// throughput alone.
-const PEAK_CHAINS: usize = 12;
+pub(super) const PEAK_CHAINS: usize = 12;
 
 /// `iters` rounds of `step` on each of [`PEAK_CHAINS`] independent accumulators: the body of
 /// the peak loops below, inlined into each so that `step` compiles to its one instruction.
@@ -883,7 +883,3 @@ pub(super) unsafe fn peak_int8_dot(iters: usize, seed: f32) -> f32 {
     });
     acc.iter().map(|&a| _mm512_reduce_add_epi32(a) as f32).sum()
 }
-
-/// Multiply-adds per call of the peak loops' inner round, by instruction.
-pub(super) const PEAK_MULTIPLY_ADDS_PER_ROUND: [usize; 3] =
-    [PEAK_CHAINS * 16, PEAK_CHAINS * 32, PEAK_CHAINS * 64];
