@@ -390,9 +390,9 @@ pub struct Attention {
     pub qkv: Linear,
     pub out: Linear,
     pub heads: usize,
-    /// How the scores and the mix are multiplied: f32, or bf16 on AMX in a reduced-precision
-    /// model or bf16 training on a CPU that has it (see [`attention_products`] and
-    /// [`Transformer::set_dense_products`]).
+    /// How the scores and the mix are multiplied: f32, or bf16 in a reduced-precision model
+    /// (AMX or AVX-512 BF16) or in bf16 training on a CPU with AMX (see [`attention_products`]
+    /// and [`Transformer::set_dense_products`]).
     pub products: DenseProducts,
 }
 
@@ -447,17 +447,19 @@ fn qkv_precision(precision: Precision) -> Precision {
     }
 }
 
-/// How the attention of a model of `precision` multiplies its scores and mix: in bf16 on AMX
-/// tiles for a bf16 or int8 model on a CPU with AMX-BF16 (the fastest kernels chosen), in f32
-/// otherwise. A head's two products of 50 tokens are too small for the f32 gemm to reach speed
-/// (see [`super::lowp::attention_amx_bf16`]).
+/// How the attention of a model of `precision` multiplies its scores and mix: in bf16 for a
+/// bf16 or int8 model with the fastest kernels, on AMX tiles where the CPU has AMX-BF16 and with
+/// AVX-512 BF16 dot products where it has those, in f32 otherwise. A head's two products of
+/// 50-77 tokens are too small for the f32 gemm to reach speed (see
+/// [`super::lowp::attention_bf16`]).
 fn attention_products(precision: Precision, kernels: KernelChoice) -> DenseProducts {
-    let amx = Bf16Kernel::Amx;
-    if precision != Precision::Fp32 && kernels == KernelChoice::Fastest && amx.is_available() {
-        DenseProducts::Bf16(amx)
-    } else {
-        DenseProducts::F32
+    if precision == Precision::Fp32 || kernels != KernelChoice::Fastest {
+        return DenseProducts::F32;
     }
+    [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16]
+        .into_iter()
+        .find(|k| k.is_available())
+        .map_or(DenseProducts::F32, DenseProducts::Bf16)
 }
 
 /// Pre-norm residual block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
@@ -597,14 +599,19 @@ impl Transformer {
         Ok(())
     }
 
-    /// How every block's dense linear layers and attention multiply (see [`DenseProducts`];
-    /// the attention takes bf16 only on AMX tiles, f32 with any other kernel).
+    /// How every block's dense linear layers and attention multiply in training (see
+    /// [`DenseProducts`]; the attention takes bf16 only on AMX tiles, whose backward pass is
+    /// bf16 too, and f32 with any other kernel).
     pub fn set_dense_products(&mut self, products: DenseProducts) {
+        let attention = match products {
+            DenseProducts::Bf16(Bf16Kernel::Amx) => products,
+            _ => DenseProducts::F32,
+        };
         for b in &mut self.blocks {
             for l in [&mut b.attn.qkv, &mut b.attn.out, &mut b.fc1, &mut b.fc2] {
                 l.products = products;
             }
-            b.attn.products = products;
+            b.attn.products = attention;
         }
     }
 

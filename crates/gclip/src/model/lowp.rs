@@ -1194,9 +1194,11 @@ fn int8_into(
 }
 
 /// Multi-head self-attention over `qkv: [batch, tokens, 3·width]` into `[batch, tokens, width]`
-/// with both products (`Q·Kᵀ`, `P·V`) in bf16 on AMX tiles, f32 accumulation, scale and
-/// softmax; `None` on a CPU without AMX-BF16 (the caller keeps its f32 path).
-pub(crate) fn attention_amx_bf16(
+/// with both products (`Q·Kᵀ`, `P·V`) in bf16, f32 accumulation, scale and softmax: on AMX
+/// tiles for `Bf16Kernel::Amx`, with `vdpbf16ps` for `Bf16Kernel::Avx512Bf16`. `None` for any
+/// other kernel or one this CPU lacks (the caller keeps its f32 path).
+pub(crate) fn attention_bf16(
+    kernel: Bf16Kernel,
     qkv: &[f32],
     batch: usize,
     tokens: usize,
@@ -1205,13 +1207,20 @@ pub(crate) fn attention_amx_bf16(
     causal: bool,
 ) -> Option<Vec<f32>> {
     #[cfg(target_arch = "x86_64")]
-    if has_amx_bf16() {
+    {
+        let engine = match kernel {
+            Bf16Kernel::Amx if has_amx_bf16() => amx_attention::Engine::Amx,
+            Bf16Kernel::Avx512Bf16 if has_avx512bf16() => amx_attention::Engine::DotProducts,
+            _ => return None,
+        };
         let out = new_output(batch * tokens, width, |out| {
-            // SAFETY: AMX-BF16 and AVX-512 BF16 were detected just above; attention ops run
-            // between the linear kernels, never inside one's tile session. The kernel writes
-            // every value of `out`, as `new_output` needs.
+            // SAFETY: the engine's CPU features were detected just above (both include
+            // AVX-512 BF16, BW and VL); attention ops run between the linear kernels, never
+            // inside one's tile session. The kernel writes every value of `out`, as
+            // `new_output` needs.
             unsafe {
                 amx_attention::attention(
+                    engine,
                     qkv,
                     out,
                     batch,
@@ -1224,13 +1233,16 @@ pub(crate) fn attention_amx_bf16(
             };
             Ok(())
         });
-        return out.ok();
+        out.ok()
     }
-    let _ = (qkv, batch, tokens, width, heads, causal);
-    None
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (kernel, qkv, batch, tokens, width, heads, causal);
+        None
+    }
 }
 
-/// The gradient of [`attention_amx_bf16`] with respect to `qkv`, given `d_out: [batch, tokens,
+/// The gradient of [`attention_bf16`] on AMX with respect to `qkv`, given `d_out: [batch, tokens,
 /// width]`, the gradient of its output: the five products of the backward pass in bf16 on AMX
 /// tiles with f32 accumulation, the softmax and the score gradient in f32 (see
 /// [`amx_attention::attention_backward`]); `None` on a CPU without AMX-BF16.

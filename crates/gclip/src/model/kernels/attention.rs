@@ -32,8 +32,11 @@ pub(crate) struct AttentionOp {
     pub heads: usize,
     pub causal: bool,
     /// `Bf16(Amx)` runs the products in bf16 on AMX tiles where the CPU has them, the
-    /// forward's two ([`lowp::attention_amx_bf16`]) and the backward's five; anything else in
-    /// f32.
+    /// forward's two ([`lowp::attention_bf16`]) and the backward's five; `Bf16(Avx512Bf16)`
+    /// the forward's two with `vdpbf16ps` (inference only: [`Transformer::set_dense_products`]
+    /// keeps training's attention in f32 without AMX); anything else in f32.
+    ///
+    /// [`Transformer::set_dense_products`]: crate::model::Transformer::set_dense_products
     pub products: DenseProducts,
 }
 
@@ -148,9 +151,9 @@ impl CustomOp1 for AttentionOp {
         let qkv = contiguous_f32(storage, layout, "attention input")?;
         let (batch, tokens, width, head_dim) = self.check(layout.shape())?;
         let heads = self.heads;
-        if self.products == DenseProducts::Bf16(Bf16Kernel::Amx) {
+        if let DenseProducts::Bf16(kernel) = self.products {
             if let Some(out) =
-                lowp::attention_amx_bf16(qkv, batch, tokens, width, heads, self.causal)
+                lowp::attention_bf16(kernel, qkv, batch, tokens, width, heads, self.causal)
             {
                 return Ok((CpuStorage::F32(out), Shape::from((batch, tokens, width))));
             }

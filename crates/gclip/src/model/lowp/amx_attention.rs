@@ -1,6 +1,8 @@
-//! Multi-head self-attention with both products on AMX-BF16 tiles, for the reduced-precision
-//! towers: `S = Q·Kᵀ` and `O = P·V` take bf16 operands and accumulate in f32, while the scale,
-//! the softmax and the output stay f32, as in PyTorch's bf16 autocast.
+//! Multi-head self-attention with both products in bf16, for the reduced-precision towers:
+//! `S = Q·Kᵀ` and `O = P·V` take bf16 operands and accumulate in f32, while the scale, the
+//! softmax and the output stay f32, as in PyTorch's bf16 autocast. The products run on AMX-BF16
+//! tiles where the CPU has them (and in the backward pass of bf16 training there), or with
+//! AVX-512 BF16 dot products (`vdpbf16ps`, Zen 4, Cooper Lake) on the same layouts.
 //!
 //! On ViT-B/32's 50 tokens and 64-wide heads one head is two 50 × 50 × 64 products, too small
 //! for a general gemm to reach speed. Here each (sequence, head) is converted once into the
@@ -31,9 +33,34 @@ const TILE: usize = 16;
 /// bf16 values in one tile row (64 bytes): the K of one `tdpbf16ps`.
 const TILE_K_BF16: usize = 32;
 
-/// The padded extents of one (sequence, head).
+/// Which instructions multiply the bf16 operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Engine {
+    /// AMX-BF16 tiles (`tdpbf16ps`), inside a [`TileSession`].
+    Amx,
+    /// AVX-512 BF16 dot products (`vdpbf16ps`) on the same layouts: the A words are broadcast,
+    /// the B rows loaded as they are.
+    DotProducts,
+}
+
+/// Which part of a product a causal mask leaves needed, for the dot-product engine (the tiles
+/// compute every block).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Triangle {
+    /// All of it.
+    Full,
+    /// `S = Q·Kᵀ` under a causal mask: row i needs columns up to i (its softmax reads no
+    /// further, so the blocks right of the diagonal are left unwritten).
+    CausalColumns,
+    /// `O = P·V` under a causal mask: P's row i is zero past column i, so the pairs past the
+    /// block's last row add nothing and are skipped.
+    CausalPairs,
+}
+
+/// The padded extents of one (sequence, head), and the engine of its products.
 #[derive(Clone, Copy, Debug)]
 struct Extents {
+    engine: Engine,
     tokens: usize,
     head_dim: usize,
     /// Tokens padded to whole tiles: rows of Q, S, P and O, columns of S.
@@ -47,8 +74,9 @@ struct Extents {
 }
 
 impl Extents {
-    fn new(tokens: usize, head_dim: usize) -> Self {
+    fn new(tokens: usize, head_dim: usize, engine: Engine) -> Self {
         Self {
+            engine,
             tokens,
             head_dim,
             tokens_rows: tokens.div_ceil(TILE) * TILE,
@@ -103,11 +131,13 @@ impl Scratch {
 /// is written, none read, so it need not be initialised.
 ///
 /// # Safety
-/// The CPU and OS support AMX-BF16 and AVX-512 BF16 (`Bf16Kernel::Amx` is available), the
-/// calling thread holds no [`TileSession`], and `qkv` and `out` have the sizes above with
-/// `width` divisible by `heads`.
+/// The CPU supports AVX-512 BF16 (`Bf16Kernel::Avx512Bf16` is available), and with
+/// [`Engine::Amx`] the CPU and OS support AMX-BF16 (`Bf16Kernel::Amx` is available) and the
+/// calling thread holds no [`TileSession`]; `qkv` and `out` have the sizes above with `width`
+/// divisible by `heads`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn attention(
+    engine: Engine,
     qkv: &[f32],
     out: &mut [std::mem::MaybeUninit<f32>],
     batch: usize,
@@ -126,9 +156,10 @@ pub(crate) unsafe fn attention(
     if batch == 0 || tokens == 0 {
         return;
     }
-    let e = Extents::new(tokens, width / heads);
+    let e = Extents::new(tokens, width / heads, engine);
     let out_addr = out.as_mut_ptr() as usize;
     over_head_groups(
+        engine,
         batch,
         heads,
         threads,
@@ -153,15 +184,16 @@ pub(crate) unsafe fn attention(
 }
 
 /// Runs `run(b, heads, scratch)` for every sequence `b` and group of its heads, on up to
-/// `threads` workers, each with a [`TileSession`] and its own `scratch(group size)`. An item is
-/// a group of one sequence's heads, the whole sequence when there are enough sequences to share
-/// out: the group's q/k/v are converted in one pass over the rows, where one head's 256-byte
-/// pieces 9 KB apart (ViT-B) stalled on memory.
+/// `threads` workers, each with its own `scratch(group size)` (and a [`TileSession`] for
+/// [`Engine::Amx`]). An item is a group of one sequence's heads, the whole sequence when there
+/// are enough sequences to share out: the group's q/k/v are converted in one pass over the
+/// rows, where one head's 256-byte pieces 9 KB apart (ViT-B) stalled on memory.
 ///
 /// # Safety
-/// AMX-BF16 is usable (`Bf16Kernel::Amx` is available), the calling thread holds no
-/// [`TileSession`], and `run` starts no rayon work.
+/// With [`Engine::Amx`], AMX-BF16 is usable (`Bf16Kernel::Amx` is available) and the calling
+/// thread holds no [`TileSession`]; `run` starts no rayon work.
 unsafe fn over_head_groups<S>(
+    engine: Engine,
     batch: usize,
     heads: usize,
     threads: usize,
@@ -176,9 +208,9 @@ unsafe fn over_head_groups<S>(
         batch * groups,
         workers,
         || {
-            // SAFETY: AMX is usable (the contract), and the work calls no rayon work while the
-            // session lives, so no other session starts on this thread inside it.
-            let tiles = unsafe { TileSession::start() };
+            // SAFETY: AMX is usable when asked for (the contract), and the work calls no rayon
+            // work while the session lives, so no other session starts on this thread inside it.
+            let tiles = (engine == Engine::Amx).then(|| unsafe { TileSession::start() });
             (tiles, scratch(group))
         },
         |item, (_tiles, scratch)| {
@@ -192,7 +224,8 @@ unsafe fn over_head_groups<S>(
 /// The heads `heads` of sequence `b`.
 ///
 /// # Safety
-/// A [`TileSession`] is active on this thread, the CPU has AVX-512 BF16, and the output block
+/// The CPU has AVX-512 BF16, a [`TileSession`] is active on this thread for [`Engine::Amx`]
+/// (`e.engine`), and the output block
 /// of those heads (rows of sequence `b`, their columns, row stride `width`) is inside `out` and
 /// written by no other thread meanwhile.
 #[allow(clippy::too_many_arguments)]
@@ -226,9 +259,22 @@ unsafe fn heads_of_sequence(
     let scale = 1.0 / (d as f32).sqrt();
     let p_words = e.tokens_k / 2;
     for (g, h) in heads.enumerate() {
+        let (score_part, mix_part) = if causal {
+            (Triangle::CausalColumns, Triangle::CausalPairs)
+        } else {
+            (Triangle::Full, Triangle::Full)
+        };
         // SAFETY: the head's Q and Kᵀ in their extents' sizes, and `scores` `tokens_rows`
         // rows of `tokens_k` floats.
-        unsafe { scores(&s.q[g * q_words..], &s.k_t[g * k_words..], &mut s.scores, e) };
+        unsafe {
+            scores(
+                &s.q[g * q_words..],
+                &s.k_t[g * k_words..],
+                &mut s.scores,
+                e,
+                score_part,
+            )
+        };
         for i in 0..t {
             let r = &mut s.scores[i * e.tokens_k..(i + 1) * e.tokens_k];
             let valid = if causal { i + 1 } else { t };
@@ -251,6 +297,7 @@ unsafe fn heads_of_sequence(
                 width,
                 e,
                 &mut s.out_tail,
+                mix_part,
             );
         }
     }
@@ -261,15 +308,19 @@ unsafe fn heads_of_sequence(
 /// `b_t` the other operand's transpose, `head_k / 2` rows of `tokens_rows` words (Kᵀ or Vᵀ).
 ///
 /// # Safety
-/// A [`TileSession`] is active on this thread and the three buffers have at least those sizes.
+/// The CPU has AVX-512 BF16, a [`TileSession`] is active on this thread for [`Engine::Amx`]
+/// (`e.engine`), and the three buffers have at least those sizes.
 #[inline(always)]
-unsafe fn scores(a: &[u32], b_t: &[u32], s: &mut [f32], e: &Extents) {
+unsafe fn scores(a: &[u32], b_t: &[u32], s: &mut [f32], e: &Extents, triangle: Triangle) {
     assert!(
         a.len() >= e.q_words() && b_t.len() >= e.k_words() && s.len() >= e.tokens_rows * e.tokens_k
     );
     // SAFETY: the sizes asserted above; the row stride of S is `tokens_k ≥ tokens_rows`.
     unsafe {
         tile_matmul(
+            e.engine,
+            triangle,
+            0,
             a.as_ptr().cast(),
             e.head_k * 2,
             b_t.as_ptr().cast(),
@@ -362,9 +413,10 @@ pub(crate) unsafe fn attention_backward(
     if batch == 0 || tokens == 0 {
         return;
     }
-    let e = Extents::new(tokens, width / heads);
+    let e = Extents::new(tokens, width / heads, Engine::Amx);
     let out_addr = d_qkv.as_mut_ptr() as usize;
     over_head_groups(
+        Engine::Amx,
         batch,
         heads,
         threads,
@@ -438,12 +490,20 @@ unsafe fn head_gradients_of_sequence(
         // SAFETY: the head's operands in their extents' sizes; `probs` and `d_probs` hold
         // `tokens_rows × tokens_k` floats.
         unsafe {
-            scores(&s.q[g * q_words..], &s.k_t[g * k_words..], &mut s.probs, e);
+            let full = Triangle::Full;
+            scores(
+                &s.q[g * q_words..],
+                &s.k_t[g * k_words..],
+                &mut s.probs,
+                e,
+                full,
+            );
             scores(
                 &s.d_out[g * q_words..],
                 &s.v_t[g * k_words..],
                 &mut s.d_probs,
                 e,
+                full,
             );
         }
         for i in 0..t {
@@ -462,6 +522,7 @@ unsafe fn head_gradients_of_sequence(
                 row,
                 e,
                 &mut s.out_tail,
+                Triangle::Full,
             );
         }
         for i in 0..t {
@@ -485,6 +546,7 @@ unsafe fn head_gradients_of_sequence(
                 row,
                 e,
                 &mut s.out_tail,
+                Triangle::Full,
             );
             product_into_head(
                 s.transposed.as_ptr().cast(),
@@ -493,6 +555,7 @@ unsafe fn head_gradients_of_sequence(
                 row,
                 e,
                 &mut s.out_tail,
+                Triangle::Full,
             );
         }
     }
@@ -636,7 +699,8 @@ fn pair_interleave() -> __m512i {
 /// tiles, the rest through `tail` (`TILE × head_cols` floats).
 ///
 /// # Safety
-/// A [`TileSession`] is active on this thread, A and B have the stated extents, and `out`
+/// The CPU has AVX-512 BF16, a [`TileSession`] is active on this thread for [`Engine::Amx`]
+/// (`e.engine`), A and B have the stated extents, and `out`
 /// addresses `tokens` rows of `head_dim` floats at stride `stride` that no other thread writes
 /// meanwhile.
 #[inline(always)]
@@ -647,6 +711,7 @@ unsafe fn product_into_head(
     stride: usize,
     e: &Extents,
     tail: &mut [f32],
+    triangle: Triangle,
 ) {
     let (t, d) = (e.tokens, e.head_dim);
     let a_words = e.tokens_k / 2;
@@ -656,6 +721,9 @@ unsafe fn product_into_head(
         // head's `d` columns.
         unsafe {
             tile_matmul(
+                e.engine,
+                triangle,
+                0,
                 a,
                 e.tokens_k * 2,
                 b,
@@ -673,6 +741,9 @@ unsafe fn product_into_head(
         // `head_cols` floats.
         unsafe {
             tile_matmul(
+                e.engine,
+                triangle,
+                i0,
                 a.add(i0 * a_words * 4),
                 e.tokens_k * 2,
                 b,
@@ -693,17 +764,22 @@ unsafe fn product_into_head(
     }
 }
 
-/// `C = A·B` on tiles: A is `m × k` bf16 (`lda` bytes per row), B `k / 2` rows of `n` bf16
-/// pairs (`ldb` bytes per row), C `m × n` f32 (`ldc` bytes per row); m and n multiples of 16,
-/// k of 32. Blocks of 2 × 2 output tiles (fewer at the edges) accumulate over all of k in
+/// `C = A·B`: A is `m × k` bf16 (`lda` bytes per row), B `k / 2` rows of `n` bf16 pairs
+/// (`ldb` bytes per row), C `m × n` f32 (`ldc` bytes per row); m and n multiples of 16, k of
+/// 32; A's first row is row `row0` of its sequence, which `triangle` needs (the tiles ignore
+/// it and compute every block). On AMX, blocks of 2 × 2 output tiles (fewer at the edges) accumulate over all of k in
 /// tmm0..tmm3 and are stored once: four independent accumulators keep the tile unit busy where
-/// one waited out each product's latency.
+/// one waited out each product's latency. With dot products, see [`dot_product_matmul`].
 ///
 /// # Safety
-/// A [`TileSession`] is active on this thread and the three matrices have the stated extents.
+/// The CPU has AVX-512 BF16, with [`Engine::Amx`] a [`TileSession`] is active on this thread,
+/// and the three matrices have the stated extents.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn tile_matmul(
+    engine: Engine,
+    triangle: Triangle,
+    row0: usize,
     a: *const u8,
     lda: usize,
     b: *const u8,
@@ -714,6 +790,24 @@ unsafe fn tile_matmul(
     n: usize,
     k: usize,
 ) {
+    if engine == Engine::DotProducts {
+        // SAFETY: forwarded contract; the strides are whole words and floats (the layouts'
+        // rows are multiples of 16 words).
+        unsafe {
+            dot_product_matmul(
+                a.cast(),
+                lda / 4,
+                b.cast(),
+                ldb / 4,
+                c.cast(),
+                ldc / 4,
+                (m, n, k / 2),
+                triangle,
+                row0,
+            )
+        };
+        return;
+    }
     let (row_tiles, col_tiles) = (m / TILE, n / TILE);
     let mut i = 0;
     while i < row_tiles {
@@ -738,6 +832,132 @@ unsafe fn tile_matmul(
             j += 1 + two_cols as usize;
         }
         i += 1 + two_rows as usize;
+    }
+}
+
+/// Output rows of one [`dot_product_block`]: 6 rows × 4 vectors of 16 columns fill 24 of the
+/// 32 registers with accumulators, and each step broadcasts 6 words against 4 loaded vectors.
+const DOT_ROWS: usize = 6;
+const DOT_VECTORS: usize = 4;
+
+/// [`tile_matmul`] with `vdpbf16ps`: `C = A·B` for A `m` rows of `pairs` words (`lda` words per
+/// row), B `pairs` rows of `n` words (`ldb` words per row), C `m × n` f32 (`ldc` floats per
+/// row), n a multiple of 16; only the part `triangle` needs when A's first row is row `row0`
+/// of the sequence. Blocks of up to [`DOT_ROWS`] × [`DOT_VECTORS`]·16 outputs accumulate over
+/// the pairs in registers and are stored once.
+///
+/// # Safety
+/// The CPU has AVX-512 BF16 and the three matrices have the stated extents.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dot_product_matmul(
+    a: *const u32,
+    lda: usize,
+    b: *const u32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    (m, n, pairs): (usize, usize, usize),
+    triangle: Triangle,
+    row0: usize,
+) {
+    for j0 in (0..n).step_by(16 * DOT_VECTORS) {
+        for i0 in (0..m).step_by(DOT_ROWS) {
+            let rows = (m - i0).min(DOT_ROWS);
+            // The block's rows need the columns (or P's pairs) before `reach`.
+            let reach = row0 + i0 + rows;
+            let mut vectors = ((n - j0) / 16).min(DOT_VECTORS);
+            let mut used_pairs = pairs;
+            match triangle {
+                Triangle::Full => {}
+                Triangle::CausalColumns if j0 >= reach => continue,
+                Triangle::CausalColumns => vectors = vectors.min((reach - j0).div_ceil(16)),
+                Triangle::CausalPairs => used_pairs = pairs.min(reach.div_ceil(2)),
+            }
+            // SAFETY: rows i0.. < m of A and C, columns j0.. < n of B and C, pairs below
+            // `pairs` (the contract).
+            unsafe {
+                let (a, b, c) = (a.add(i0 * lda), b.add(j0), c.add(i0 * ldc + j0));
+                let p = used_pairs;
+                match vectors {
+                    1 => dot_product_rows::<1>(rows, a, lda, b, ldb, c, ldc, p),
+                    2 => dot_product_rows::<2>(rows, a, lda, b, ldb, c, ldc, p),
+                    3 => dot_product_rows::<3>(rows, a, lda, b, ldb, c, ldc, p),
+                    _ => dot_product_rows::<4>(rows, a, lda, b, ldb, c, ldc, p),
+                }
+            }
+        }
+    }
+}
+
+/// [`dot_product_block`] for `rows` (1 to [`DOT_ROWS`]) rows.
+///
+/// # Safety
+/// As [`dot_product_block`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dot_product_rows<const V: usize>(
+    rows: usize,
+    a: *const u32,
+    lda: usize,
+    b: *const u32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    pairs: usize,
+) {
+    // SAFETY: forwarded contract, `rows` selecting the instantiation.
+    unsafe {
+        match rows {
+            1 => dot_product_block::<1, V>(a, lda, b, ldb, c, ldc, pairs),
+            2 => dot_product_block::<2, V>(a, lda, b, ldb, c, ldc, pairs),
+            3 => dot_product_block::<3, V>(a, lda, b, ldb, c, ldc, pairs),
+            4 => dot_product_block::<4, V>(a, lda, b, ldb, c, ldc, pairs),
+            5 => dot_product_block::<5, V>(a, lda, b, ldb, c, ldc, pairs),
+            _ => dot_product_block::<6, V>(a, lda, b, ldb, c, ldc, pairs),
+        }
+    }
+}
+
+/// `R` rows × `V` vectors of 16 columns of `C = A·B` (see [`dot_product_matmul`]).
+///
+/// # Safety
+/// The CPU has AVX-512 BF16; A holds `R` rows of `pairs` words at stride `lda`, B `pairs` rows
+/// of `16·V` words at stride `ldb`, C `R` rows of `16·V` floats at stride `ldc`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dot_product_block<const R: usize, const V: usize>(
+    a: *const u32,
+    lda: usize,
+    b: *const u32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    pairs: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    // SAFETY (whole body): every load and store is inside the extents of the contract.
+    unsafe {
+        for p in 0..pairs {
+            let bv: [__m512bh; V] = std::array::from_fn(|j| {
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                    b.add(p * ldb + 16 * j).cast(),
+                ))
+            });
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
+                    *a.add(i * lda + p) as i32,
+                ));
+                for (r, bj) in row.iter_mut().zip(&bv) {
+                    *r = _mm512_dpbf16_ps(*r, av, *bj);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, r) in row.iter().enumerate() {
+                _mm512_storeu_ps(c.add(i * ldc + 16 * j), *r);
+            }
+        }
     }
 }
 
@@ -1074,7 +1294,7 @@ fn swap_indices(block: usize) -> (__m512i, __m512i) {
 #[cfg(test)]
 mod tests {
     use super::super::{
-        attention_amx_bf16, attention_backward_amx_bf16, bf16_to_f32, f32_to_bf16, Bf16Kernel,
+        attention_backward_amx_bf16, attention_bf16, bf16_to_f32, f32_to_bf16, Bf16Kernel,
     };
 
     /// (batch, tokens, width, heads, causal): tokens that fill no tile, one tile, odd pairs;
@@ -1134,33 +1354,48 @@ mod tests {
         out
     }
 
+    /// Both engines (AMX tiles and `vdpbf16ps`), each where the CPU has it; elsewhere the entry
+    /// point declines, so the caller keeps its f32 path.
     #[test]
-    fn amx_attention_matches_bf16_rounded_reference() {
-        if !Bf16Kernel::Amx.is_available() {
-            assert!(attention_amx_bf16(&[0.0; 3], 1, 1, 1, 1, false).is_none());
-            return;
+    fn bf16_attention_matches_bf16_rounded_reference() {
+        for kernel in [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16] {
+            if !kernel.is_available() {
+                assert!(attention_bf16(kernel, &[0.0; 3], 1, 1, 1, 1, false).is_none());
+                continue;
+            }
+            let mut state = 0x9E37_79B9_7F4A_7C15u64;
+            for (batch, tokens, width, heads, causal) in SHAPES {
+                let qkv: Vec<f32> = (0..batch * tokens * 3 * width)
+                    .map(|_| {
+                        state = state
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+                    })
+                    .collect();
+                let got =
+                    attention_bf16(kernel, &qkv, batch, tokens, width, heads, causal).unwrap();
+                let want = reference(&qkv, batch, tokens, width, heads, causal);
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(g, w)| (g - w).abs())
+                    .fold(0f32, f32::max);
+                let what = format!(
+                    "{}: batch {batch}, tokens {tokens}, width {width}, heads {heads}",
+                    kernel.name()
+                );
+                assert!(worst < 2e-3, "{what}: worst difference {worst}");
+                assert!(got.iter().all(|v| v.is_finite()), "{what}");
+            }
         }
-        let shapes = SHAPES;
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        for (batch, tokens, width, heads, causal) in shapes {
-            let qkv: Vec<f32> = (0..batch * tokens * 3 * width)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
-                })
-                .collect();
-            let got = attention_amx_bf16(&qkv, batch, tokens, width, heads, causal).unwrap();
-            let want = reference(&qkv, batch, tokens, width, heads, causal);
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(g, w)| (g - w).abs())
-                .fold(0f32, f32::max);
-            let what = format!("batch {batch}, tokens {tokens}, width {width}, heads {heads}");
-            assert!(worst < 2e-3, "{what}: worst difference {worst}");
-            assert!(got.iter().all(|v| v.is_finite()), "{what}");
+    }
+
+    /// The fp32 and portable kernels have no bf16 attention: the caller's f32 path runs.
+    #[test]
+    fn bf16_attention_declines_other_kernels() {
+        for kernel in [Bf16Kernel::Portable, Bf16Kernel::Avx2, Bf16Kernel::Avx512] {
+            assert!(attention_bf16(kernel, &[0.0; 3], 1, 1, 1, 1, false).is_none());
         }
     }
 
