@@ -37,7 +37,7 @@ use super::kernels::{act_row, Activation, RowBlocks};
 #[cfg(target_arch = "x86_64")]
 mod amx;
 #[cfg(target_arch = "x86_64")]
-mod amx_attention;
+mod bf16_attention;
 mod pack;
 mod portable;
 mod select;
@@ -1209,8 +1209,8 @@ pub(crate) fn attention_bf16(
     #[cfg(target_arch = "x86_64")]
     {
         let engine = match kernel {
-            Bf16Kernel::Amx if has_amx_bf16() => amx_attention::Engine::Amx,
-            Bf16Kernel::Avx512Bf16 if has_avx512bf16() => amx_attention::Engine::DotProducts,
+            Bf16Kernel::Amx if has_amx_bf16() => bf16_attention::Engine::Amx,
+            Bf16Kernel::Avx512Bf16 if has_avx512bf16() => bf16_attention::Engine::DotProducts,
             _ => return None,
         };
         let out = new_output(batch * tokens, width, |out| {
@@ -1219,7 +1219,7 @@ pub(crate) fn attention_bf16(
             // inside one's tile session. The kernel writes every value of `out`, as
             // `new_output` needs.
             unsafe {
-                amx_attention::attention(
+                bf16_attention::attention(
                     engine,
                     qkv,
                     out,
@@ -1245,7 +1245,7 @@ pub(crate) fn attention_bf16(
 /// The gradient of [`attention_bf16`] on AMX with respect to `qkv`, given `d_out: [batch, tokens,
 /// width]`, the gradient of its output: the five products of the backward pass in bf16 on AMX
 /// tiles with f32 accumulation, the softmax and the score gradient in f32 (see
-/// [`amx_attention::attention_backward`]); `None` on a CPU without AMX-BF16.
+/// [`bf16_attention::attention_backward`]); `None` on a CPU without AMX-BF16.
 pub(crate) fn attention_backward_amx_bf16(
     qkv: &[f32],
     d_out: &[f32],
@@ -1263,7 +1263,7 @@ pub(crate) fn attention_backward_amx_bf16(
             // between the linear kernels, never inside one's tile session. The kernel writes
             // every value of `d_qkv`, as `new_output` needs.
             unsafe {
-                amx_attention::attention_backward(
+                bf16_attention::attention_backward(
                     qkv,
                     d_out,
                     d_qkv,
