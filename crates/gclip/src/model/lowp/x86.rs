@@ -106,6 +106,48 @@ unsafe fn store_f32<const M: usize>(
     }
 }
 
+/// Runs `step(a, b)` over the tile's `t.k` K-steps, A advancing `a_step` elements and B `NR`
+/// per step. During the first `M` steps it also asks for the output rows' cache lines in the
+/// exclusive state (`prefetchw`), one row per step: the tile's stores at the end then find
+/// them in cache instead of each waiting for its line. The outputs are megabytes written once:
+/// a microbenchmark of the bf16 tile loop on Zen 4 ran at 99 % of `vdpbf16ps`'s ceiling with a
+/// small output and 92 % with a product's 15 MB one. `bench_lowp` on one thread, three
+/// alternating rounds: bf16 ViT-B/32 shapes at 1,600 rows 86-92 % of the ceiling without,
+/// 86-95 % with (the attention output 87-89 against 92-95 %); f32 panels on the text tower's
+/// 512 rows 91-97 % against 95-100 %; int8 within the runs' spread.
+///
+/// # Safety
+/// `a` and `b` hold the tile's `t.k` steps (Tile contract).
+#[inline(always)]
+unsafe fn k_loop<const M: usize, A, B>(
+    t: &Tile,
+    mut a: *const A,
+    a_step: usize,
+    mut b: *const B,
+    mut step: impl FnMut(*const A, *const B),
+) {
+    let warm = t.k.min(M);
+    // SAFETY: the steps stay inside the tile's `t.k` steps of A and B (the caller's
+    // contract); prefetches never fault, whatever the address.
+    unsafe {
+        for i in 0..warm {
+            if !t.c.is_null() {
+                let c = t.c.add(i * t.ldc);
+                _mm_prefetch::<_MM_HINT_ET0>(c.cast());
+                _mm_prefetch::<_MM_HINT_ET0>(c.add(16).cast());
+            }
+            step(a, b);
+            a = a.add(a_step);
+            b = b.add(NR);
+        }
+        for _ in warm..t.k {
+            step(a, b);
+            a = a.add(a_step);
+            b = b.add(NR);
+        }
+    }
+}
+
 macro_rules! dispatch_m {
     ($name:ident, $inner:ident, $feat:literal, $($m:literal)*) => {
         /// # Safety
@@ -133,9 +175,7 @@ unsafe fn bf16dp<const M: usize>(t: &Tile) {
     // contract; masked loads/stores never touch lanes beyond `ncols`.
     unsafe {
         let mut acc = start_acc::<M>(t, k0, k1);
-        let mut a = t.a;
-        let mut b = t.b;
-        for _ in 0..t.k {
+        k_loop::<M, _, _>(t, t.a, 1, t.b, |a, b| {
             let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
             let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16).cast()));
             for (i, r) in acc.iter_mut().enumerate() {
@@ -143,9 +183,7 @@ unsafe fn bf16dp<const M: usize>(t: &Tile) {
                 r[0] = _mm512_dpbf16_ps(r[0], av, b0);
                 r[1] = _mm512_dpbf16_ps(r[1], av, b1);
             }
-            a = a.add(1);
-            b = b.add(NR);
-        }
+        });
         store_f32(t, &acc, k0, k1);
     }
 }
@@ -161,9 +199,7 @@ unsafe fn bf16fma<const M: usize>(t: &Tile) {
     unsafe {
         let mut acc = start_acc::<M>(t, k0, k1);
         let hi = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
-        let mut a = t.a.cast::<f32>();
-        let mut b = t.b;
-        for _ in 0..t.k {
+        k_loop::<M, _, _>(t, t.a.cast::<f32>(), 2, t.b, |a, b| {
             let w0 = _mm512_loadu_si512(b.cast());
             let w1 = _mm512_loadu_si512(b.add(16).cast());
             let e0 = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w0));
@@ -178,9 +214,7 @@ unsafe fn bf16fma<const M: usize>(t: &Tile) {
                 r[0] = _mm512_fmadd_ps(ao, o0, r[0]);
                 r[1] = _mm512_fmadd_ps(ao, o1, r[1]);
             }
-            a = a.add(2);
-            b = b.add(NR);
-        }
+        });
         store_f32(t, &acc, k0, k1);
     }
 }
@@ -195,9 +229,7 @@ unsafe fn f32fma<const M: usize>(t: &Tile) {
     // SAFETY (whole body): as in `bf16dp`.
     unsafe {
         let mut acc = start_acc::<M>(t, k0, k1);
-        let mut a = t.a.cast::<f32>();
-        let mut b = t.b.cast::<f32>();
-        for _ in 0..t.k {
+        k_loop::<M, _, _>(t, t.a.cast::<f32>(), 1, t.b.cast::<f32>(), |a, b| {
             let w0 = _mm512_loadu_ps(b);
             let w1 = _mm512_loadu_ps(b.add(16));
             for (i, r) in acc.iter_mut().enumerate() {
@@ -205,9 +237,7 @@ unsafe fn f32fma<const M: usize>(t: &Tile) {
                 r[0] = _mm512_fmadd_ps(av, w0, r[0]);
                 r[1] = _mm512_fmadd_ps(av, w1, r[1]);
             }
-            a = a.add(1);
-            b = b.add(NR);
-        }
+        });
         store_f32(t, &acc, k0, k1);
     }
 }
@@ -238,9 +268,7 @@ unsafe fn vnni<const M: usize>(t: &Tile) {
                 ];
             }
         }
-        let mut a = t.a;
-        let mut b = t.b;
-        for _ in 0..t.k {
+        k_loop::<M, _, _>(t, t.a, 1, t.b, |a, b| {
             let b0 = _mm512_loadu_si512(b.cast());
             let b1 = _mm512_loadu_si512(b.add(16).cast());
             for (i, r) in acc.iter_mut().enumerate() {
@@ -248,9 +276,7 @@ unsafe fn vnni<const M: usize>(t: &Tile) {
                 r[0] = _mm512_dpbusd_epi32(r[0], av, b0);
                 r[1] = _mm512_dpbusd_epi32(r[1], av, b1);
             }
-            a = a.add(1);
-            b = b.add(NR);
-        }
+        });
         if t.fin {
             let s0 = _mm512_loadu_ps(t.wscale);
             let s1 = _mm512_loadu_ps(t.wscale.add(16));
