@@ -111,10 +111,10 @@ unsafe fn store_f32<const M: usize>(
 /// exclusive state (`prefetchw`), one row per step: the tile's stores at the end then find
 /// them in cache instead of each waiting for its line. The outputs are megabytes written once:
 /// a microbenchmark of the bf16 tile loop on Zen 4 ran at 99 % of `vdpbf16ps`'s ceiling with a
-/// small output and 92 % with a product's 15 MB one. `bench_lowp` on one thread, three
+/// small output and 89-92 % with a product's 15 MB one. `bench_lowp` on one thread, three
 /// alternating rounds: bf16 ViT-B/32 shapes at 1,600 rows 86-92 % of the ceiling without,
-/// 86-95 % with (the attention output 87-89 against 92-95 %); f32 panels on the text tower's
-/// 512 rows 91-97 % against 95-100 %; int8 within the runs' spread.
+/// 86-95 % with (the attention output 86-89 against 92-95 %); f32 panels on the text tower's
+/// 512 rows 91-95 % against 95-100 %; int8 within the runs' spread.
 ///
 /// # Safety
 /// `a` and `b` hold the tile's `t.k` steps (Tile contract).
