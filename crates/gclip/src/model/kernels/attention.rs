@@ -36,7 +36,7 @@ pub(crate) struct AttentionOp {
     /// the forward's two with `vdpbf16ps` (inference only: [`Transformer::set_dense_products`]
     /// keeps training's attention in f32 without AMX); anything else in f32.
     ///
-    /// [`Transformer::set_dense_products`]: crate::model::Transformer::set_dense_products
+    /// [`Transformer::set_dense_products`]: crate::model::layers::Transformer::set_dense_products
     pub products: DenseProducts,
 }
 
