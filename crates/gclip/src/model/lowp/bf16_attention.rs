@@ -490,21 +490,10 @@ unsafe fn head_gradients_of_sequence(
         // SAFETY: the head's operands in their extents' sizes; `probs` and `d_probs` hold
         // `tokens_rows × tokens_k` floats.
         unsafe {
-            let full = Triangle::Full;
-            scores(
-                &s.q[g * q_words..],
-                &s.k_t[g * k_words..],
-                &mut s.probs,
-                e,
-                full,
-            );
-            scores(
-                &s.d_out[g * q_words..],
-                &s.v_t[g * k_words..],
-                &mut s.d_probs,
-                e,
-                full,
-            );
+            let (q, k_t) = (&s.q[g * q_words..], &s.k_t[g * k_words..]);
+            scores(q, k_t, &mut s.probs, e, Triangle::Full);
+            let (d_out, v_t) = (&s.d_out[g * q_words..], &s.v_t[g * k_words..]);
+            scores(d_out, v_t, &mut s.d_probs, e, Triangle::Full);
         }
         for i in 0..t {
             let valid = if causal { i + 1 } else { t };

@@ -131,11 +131,9 @@ unsafe fn k_loop<const M: usize, A, B>(
     // contract); prefetches never fault, whatever the address.
     unsafe {
         for i in 0..warm {
-            if !t.c.is_null() {
-                let c = t.c.add(i * t.ldc);
-                _mm_prefetch::<_MM_HINT_ET0>(c.cast());
-                _mm_prefetch::<_MM_HINT_ET0>(c.add(16).cast());
-            }
+            let c = t.c.wrapping_add(i * t.ldc);
+            _mm_prefetch::<_MM_HINT_ET0>(c.cast());
+            _mm_prefetch::<_MM_HINT_ET0>(c.wrapping_add(16).cast());
             step(a, b);
             a = a.add(a_step);
             b = b.add(NR);
