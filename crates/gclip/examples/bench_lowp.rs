@@ -216,4 +216,80 @@ fn main() {
             row(kernel.name(), what, rows, din, dout, g);
         }
     }
+    // A transformer MLP in bf16, fused (fc1's tiles activated straight into fc2's bf16 input)
+    // and as its two layers one after the other; `in x out` is the width × the hidden width.
+    for &(what, rows, width, hidden) in MLP_SHAPES {
+        let x = pseudo_random(rows * width, 1);
+        let residual = pseudo_random(rows * width, 4);
+        let fc1 = PackedBf16::pack_out_in(&pseudo_random(hidden * width, 2), width, hidden)
+            .expect("pack fc1");
+        let fc2 = PackedBf16::pack_out_in(&pseudo_random(width * hidden, 3), hidden, width)
+            .expect("pack fc2");
+        let (b1, b2) = (pseudo_random(hidden, 5), pseudo_random(width, 6));
+        let flops = 4.0 * (rows * width * hidden) as f64;
+        let act = gclip::model::kernels::Activation::QuickGelu;
+        for kernel in Bf16Kernel::available() {
+            let fused = || {
+                let y = lowp::mlp_bf16(
+                    &x,
+                    rows,
+                    &fc1,
+                    &b1,
+                    act,
+                    &fc2,
+                    &b2,
+                    Some(&residual),
+                    kernel,
+                    threads,
+                );
+                std::hint::black_box(y)
+            };
+            if !wanted(kernel.name()) || fused().is_err() {
+                continue;
+            }
+            let g = rate(flops, seconds, || {
+                fused().expect("fused mlp");
+            });
+            row(
+                kernel.name(),
+                &format!("{what} fused"),
+                rows,
+                width,
+                hidden,
+                g,
+            );
+            let g = rate(flops, seconds, || {
+                let h = lowp::linear_bf16_fused(
+                    &x,
+                    rows,
+                    &fc1,
+                    &b1,
+                    Default::default(),
+                    kernel,
+                    threads,
+                )
+                .expect("fc1");
+                let steps = lowp::Fused {
+                    act: Some(act),
+                    residual: Some(&residual),
+                };
+                let y = lowp::linear_bf16_fused(&h, rows, &fc2, &b2, steps, kernel, threads)
+                    .expect("fc2");
+                std::hint::black_box(y);
+            });
+            row(
+                kernel.name(),
+                &format!("{what} 2 layers"),
+                rows,
+                width,
+                hidden,
+                g,
+            );
+        }
+    }
 }
+
+/// (what, rows, width, hidden width) of the MLPs: the image tower at batch 32 and the text
+/// tower at 32 × 77 tokens.
+const MLP_SHAPES: &[(&str, usize, usize, usize)] =
+    &[("mlp b32", 1600, 768, 3072), ("text mlp", 2464, 512, 2048)];

@@ -253,7 +253,8 @@ struct Tile {
     /// Added to the result in the last K block (row stride `ldc`, like `c`), or null.
     resid: *const f32,
     /// Instead of `c` (then null): the output as bf16, `act` applied first, row stride `ldc`
-    /// values. Only the AMX bf16 kernel writes this form ([`mlp_bf16_amx`]).
+    /// values, written by the AMX and AVX-512 BF16 kernels ([`mlp_bf16`]) in a tile that runs
+    /// the whole K (`init` and `fin` both set).
     c_bf16: *mut u16,
     act: Option<Activation>,
 }
@@ -281,10 +282,16 @@ impl<T> SendPtr<T> {
     }
 }
 
-/// Where [`run_tiles`] writes the product: f32, or (AMX bf16 only) `act` of it as bf16.
+/// Where [`run_tiles`] writes the product: f32, or (the AMX and AVX-512 BF16 kernels, the whole
+/// K in one block) `act` of it as bf16.
 enum Out<'a> {
     F32(&'a mut [MaybeUninit<f32>]),
-    ActivatedBf16(&'a mut [u16], Activation),
+    /// Rows `stride` values apart (at least the product's width).
+    ActivatedBf16 {
+        dst: &'a mut [u16],
+        act: Activation,
+        stride: usize,
+    },
 }
 
 struct Gemm<'a> {
@@ -347,14 +354,20 @@ fn run_tiles(g: &Gemm, out: Out, threads: usize) {
     let ncp = NC_PANELS;
     // Everything the kernels touch is inside these slices (checked here so
     // the raw-pointer arithmetic below stays in bounds).
-    let (dptr, hptr, act) = match out {
+    let (dptr, hptr, act, hstride) = match out {
         Out::F32(dst) => {
             assert!(dst.len() >= g.rows * g.out);
-            (dst.as_mut_ptr().cast::<f32>(), std::ptr::null_mut(), None)
+            (
+                dst.as_mut_ptr().cast::<f32>(),
+                std::ptr::null_mut(),
+                None,
+                0,
+            )
         }
-        Out::ActivatedBf16(dst, act) => {
-            assert!(g.amx && g.residual.is_none() && dst.len() >= g.rows * g.out);
-            (std::ptr::null_mut(), dst.as_mut_ptr(), Some(act))
+        Out::ActivatedBf16 { dst, act, stride } => {
+            assert!(kc >= g.ksteps && g.residual.is_none() && stride >= g.out);
+            assert!(g.rows == 0 || dst.len() >= (g.rows - 1) * stride + g.out);
+            (std::ptr::null_mut(), dst.as_mut_ptr(), Some(act), stride)
         }
     };
     let (dptr, hptr) = (SendPtr(dptr), SendPtr(hptr));
@@ -408,10 +421,10 @@ fn run_tiles(g: &Gemm, out: Out, threads: usize) {
                         c_bf16: if hptr.get().is_null() {
                             hptr.get()
                         } else {
-                            hptr.get().add(r0 * g.out + c0)
+                            hptr.get().add(r0 * hstride + c0)
                         },
                         act,
-                        ldc: g.out,
+                        ldc: if hptr.get().is_null() { g.out } else { hstride },
                         ncols: NR.min(g.out - c0),
                         init,
                         fin,
@@ -970,14 +983,16 @@ pub fn linear_f32_fused(
     })
 }
 
-/// A transformer MLP in bf16 on AMX, `act(x·W1 + b1)·W2 + b2 (+ residual)`: fc1's tiles are
-/// finished with the activation and stored as bf16 straight into fc2's packed input, so the
-/// hidden layer is never written in f32 nor read back to be activated and converted (at batch
-/// 32 that pass was a tenth of the bf16 image tower). The result equals [`linear_bf16_fused`]
-/// for fc1, then for fc2 with `act` and the residual, bit for bit. Errors when AMX-BF16 is not
-/// available, on shape mismatch, or when fc1's width is not a multiple of [`NR`].
+/// A transformer MLP in bf16, `act(x·W1 + b1)·W2 + b2 (+ residual)`, on AMX tiles or AVX-512
+/// BF16 dot products (`kernel`): fc1's tiles are finished with the activation and stored as
+/// bf16 straight into fc2's packed input, so the hidden layer is never written in f32 nor read
+/// back to be activated and converted (at batch 32 that pass was a tenth of the bf16 image
+/// tower on AMX; on Zen 4 the activation and its packing were 5 % of it). The result equals
+/// [`linear_bf16_fused`] for fc1, then for fc2 with `act` and the residual, bit for bit. Errors
+/// when `kernel` is another kernel or not available, on shape mismatch, or when fc1's width is
+/// not a multiple of [`NR`].
 #[allow(clippy::too_many_arguments)]
-pub fn mlp_bf16_amx(
+pub fn mlp_bf16(
     x: &[f32],
     rows: usize,
     fc1: &PackedBf16,
@@ -986,6 +1001,7 @@ pub fn mlp_bf16_amx(
     fc2: &PackedBf16,
     b2: &[f32],
     residual: Option<&[f32]>,
+    kernel: Bf16Kernel,
     threads: usize,
 ) -> Result<Vec<f32>, String> {
     let hidden = fc1.out_dim;
@@ -1017,18 +1033,29 @@ pub fn mlp_bf16_amx(
     )?;
     let out_len = checked_dims(rows, fc2.out_dim, "dst")?;
     check_residual(residual, out_len)?;
-    if !Bf16Kernel::Amx.is_available() {
+    if !matches!(kernel, Bf16Kernel::Amx | Bf16Kernel::Avx512Bf16) {
         return Err(format!(
-            "{} is not supported by this CPU",
-            Bf16Kernel::Amx.name()
+            "mlp: the fused MLP runs on {} or {}, not {}",
+            Bf16Kernel::Amx.name(),
+            Bf16Kernel::Avx512Bf16.name(),
+            kernel.name()
         ));
+    }
+    if !kernel.is_available() {
+        return Err(format!("{} is not supported by this CPU", kernel.name()));
     }
     #[cfg(target_arch = "x86_64")]
     {
         let threads = effective_threads(threads);
-        let lda1 = fc1.in_dim.div_ceil(2);
-        let lda2 = hidden / 2;
-        let padded = padded_rows(rows, true);
+        let amx = kernel == Bf16Kernel::Amx;
+        let (mr, kern): (usize, KernFn) = if amx {
+            (amx::MR, amx::kern_bf16)
+        } else {
+            (x86::BF16_MR, x86::kern_bf16dp)
+        };
+        let (ksteps1, ksteps2) = (fc1.in_dim.div_ceil(2), hidden / 2);
+        let (lda1, lda2) = (unaliased_stride(ksteps1), unaliased_stride(ksteps2));
+        let padded = padded_rows(rows, amx);
         with_scratch_in(&HIDDEN_SCRATCH, padded * lda2, |h| {
             with_scratch(padded * lda1, |a| {
                 let (used, padding) = a.split_at_mut(rows * lda1);
@@ -1037,8 +1064,8 @@ pub fn mlp_bf16_amx(
                 let g = Gemm {
                     rows,
                     out: hidden,
-                    ksteps: lda1,
-                    mr: amx::MR,
+                    ksteps: ksteps1,
+                    mr,
                     lda: lda1,
                     astep: 1,
                     a,
@@ -1048,25 +1075,29 @@ pub fn mlp_bf16_amx(
                     wscale: None,
                     xscale: None,
                     residual: None,
-                    kern: amx::kern_bf16,
-                    amx: true,
+                    kern,
+                    amx,
                     stage: None,
-                    kblock: None,
+                    // The activated bf16 form is stored by a tile that runs the whole K.
+                    kblock: Some(ksteps1.max(1)),
                 };
                 let (used, padding) = h.split_at_mut(rows * lda2);
+                // The AMX tiles read whole rows past `rows` (a row's words past `ksteps2`, if
+                // any, are never read).
                 padding.fill(0);
-                run_tiles(
-                    &g,
-                    Out::ActivatedBf16(words_as_halves_mut(used), act),
-                    threads,
-                );
+                let out = Out::ActivatedBf16 {
+                    dst: words_as_halves_mut(used),
+                    act,
+                    stride: lda2 * 2,
+                };
+                run_tiles(&g, out, threads);
             });
             new_output(rows, fc2.out_dim, |dst| {
                 let g = Gemm {
                     rows,
                     out: fc2.out_dim,
-                    ksteps: lda2,
-                    mr: amx::MR,
+                    ksteps: ksteps2,
+                    mr,
                     lda: lda2,
                     astep: 1,
                     a: h,
@@ -1076,8 +1107,8 @@ pub fn mlp_bf16_amx(
                     wscale: None,
                     xscale: None,
                     residual,
-                    kern: amx::kern_bf16,
-                    amx: true,
+                    kern,
+                    amx,
                     stage: None,
                     kblock: None,
                 };
@@ -1089,7 +1120,7 @@ pub fn mlp_bf16_amx(
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (act, threads);
-        unreachable!("AMX is reported available on x86-64 only")
+        unreachable!("the fused MLP's kernels are reported available on x86-64 only")
     }
 }
 

@@ -203,8 +203,8 @@ impl CustomOp3 for PackedLinearOp {
     }
 }
 
-/// A residual block's MLP with both weights bf16 on AMX, `x + fc2(act(fc1(h)))`, as a
-/// [`CustomOp3`] of `h`, fc2's bias and the residual `x`: [`lowp::mlp_bf16_amx`] finishes fc1's
+/// A residual block's MLP with both weights bf16 on AMX or AVX-512 BF16, `x + fc2(act(fc1(h)))`,
+/// as a [`CustomOp3`] of `h`, fc2's bias and the residual `x`: [`lowp::mlp_bf16`] finishes fc1's
 /// tiles with the activation straight into fc2's bf16 input. Equal bit for bit to fc1 and fc2
 /// as two [`PackedLinearOp`]s.
 pub(crate) struct PackedMlpOp {
@@ -216,8 +216,9 @@ pub(crate) struct PackedMlpOp {
 }
 
 impl PackedMlpOp {
-    /// The fused MLP of these two layers, when both are bf16 on AMX and fc1's width fits the
-    /// kernel's panels; `None` otherwise (the layers then run one after the other).
+    /// The fused MLP of these two layers, when both are bf16 on the same kernel, AMX or AVX-512
+    /// BF16, and fc1's width fits the kernel's panels; `None` otherwise (the layers then run one
+    /// after the other).
     pub(crate) fn new(
         fc1: &Arc<PackedWeight>,
         fc1_bias: &candle_core::Tensor,
@@ -225,8 +226,11 @@ impl PackedMlpOp {
         activation: Activation,
     ) -> Option<Self> {
         let fits = match (&**fc1, &**fc2) {
-            (PackedWeight::Bf16(w1, Bf16Kernel::Amx), PackedWeight::Bf16(w2, Bf16Kernel::Amx)) => {
-                w1.out_dim() == w2.in_dim() && w1.out_dim().is_multiple_of(lowp::NR)
+            (PackedWeight::Bf16(w1, k1), PackedWeight::Bf16(w2, k2)) => {
+                k1 == k2
+                    && matches!(k1, Bf16Kernel::Amx | Bf16Kernel::Avx512Bf16)
+                    && w1.out_dim() == w2.in_dim()
+                    && w1.out_dim().is_multiple_of(lowp::NR)
             }
             _ => false,
         };
@@ -253,7 +257,8 @@ impl CustomOp3 for PackedMlpOp {
         rs: &CpuStorage,
         rl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (PackedWeight::Bf16(fc1, _), PackedWeight::Bf16(fc2, _)) = (&*self.fc1, &*self.fc2)
+        let (PackedWeight::Bf16(fc1, kernel), PackedWeight::Bf16(fc2, _)) =
+            (&*self.fc1, &*self.fc2)
         else {
             candle_core::bail!("mlp: both weights must be bf16");
         };
@@ -278,7 +283,7 @@ impl CustomOp3 for PackedMlpOp {
         }
         let residual = contiguous_f32(rs, rl, "residual")?;
         let threads = candle_core::utils::get_num_threads();
-        let dst = lowp::mlp_bf16_amx(
+        let dst = lowp::mlp_bf16(
             &x,
             rows,
             fc1,
@@ -287,6 +292,7 @@ impl CustomOp3 for PackedMlpOp {
             fc2,
             b2,
             Some(residual),
+            *kernel,
             threads,
         )
         .map_err(|e| candle_core::Error::Msg(format!("packed mlp: {e}")))?;

@@ -229,86 +229,101 @@ fn bf16_special_values() {
 }
 
 #[test]
-fn the_amx_mlp_equals_its_two_layers() {
+fn the_fused_mlp_equals_its_two_layers() {
     // fc1's tiles finished with the activation into fc2's bf16 input must give the bits of
-    // fc1 in f32, then fc2 activating and converting that output. K = 100 leaves 2 K-steps
-    // after the whole tiles, which the finish adds; rows cover partial and whole tiles.
+    // fc1 in f32, then fc2 activating and converting that output, on each kernel that fuses.
+    // K = 100 leaves 2 K-steps after AMX's whole tiles, which its finish adds; rows cover
+    // partial and whole tiles of both kernels; K = 4,100 is more than one K block of the
+    // unfused dot-product kernel (the fused fc1 runs it whole).
     let mut rng = Rng(23);
-    let (k, hidden, n) = (100, 160, 40);
-    let (w1, w2) = (rng.vec(k * hidden, 0.3), rng.vec(hidden * n, 0.3));
-    let (p1, p2) = (
-        pack_bf16(&w1, k, hidden).unwrap(),
-        pack_bf16(&w2, hidden, n).unwrap(),
-    );
+    let (hidden, n) = (160, 40);
+    let w2 = rng.vec(hidden * n, 0.3);
+    let p2 = pack_bf16(&w2, hidden, n).unwrap();
     let (b1, b2) = (rng.vec(hidden, 1.0), rng.vec(n, 1.0));
-    let amx = Bf16Kernel::Amx;
-    if !amx.is_available() {
-        let e = mlp_bf16_amx(
-            &[0.0; 100],
-            1,
-            &p1,
-            &b1,
-            Activation::Gelu,
-            &p2,
-            &b2,
-            None,
-            1,
-        )
-        .unwrap_err();
-        assert!(e.contains("not supported"), "{e}");
-        return;
-    }
-    for &rows in &[1, 16, 17, 33, 50, 77] {
-        let x = rng.vec(rows * k, 3.0);
-        let res = rng.vec(rows * n, 10.0);
-        for act in [Activation::QuickGelu, Activation::Gelu] {
-            for residual in [None, Some(&res[..])] {
-                for threads in [1, 2] {
-                    let h = linear_bf16_fused(&x, rows, &p1, &b1, Fused::default(), amx, threads)
-                        .unwrap();
-                    let fused = Fused {
-                        act: Some(act),
-                        residual,
-                    };
-                    let want = linear_bf16_fused(&h, rows, &p2, &b2, fused, amx, threads).unwrap();
-                    let got =
-                        mlp_bf16_amx(&x, rows, &p1, &b1, act, &p2, &b2, residual, threads).unwrap();
-                    assert_eq!(got, want, "{rows} rows, {act:?}, {threads} threads");
+    for kernel in [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16] {
+        for k in [100, 4100] {
+            let w1 = rng.vec(k * hidden, 0.3);
+            let p1 = pack_bf16(&w1, k, hidden).unwrap();
+            if !kernel.is_available() {
+                let x = vec![0.0; k];
+                let e = mlp_bf16(&x, 1, &p1, &b1, Activation::Gelu, &p2, &b2, None, kernel, 1)
+                    .unwrap_err();
+                assert!(e.contains("not supported"), "{e}");
+                continue;
+            }
+            let row_counts: &[usize] = if k > 1000 {
+                &[1, 13, 50]
+            } else {
+                &[1, 11, 12, 16, 17, 33, 50, 77]
+            };
+            for &rows in row_counts {
+                let x = rng.vec(rows * k, 3.0);
+                let res = rng.vec(rows * n, 10.0);
+                for act in [Activation::QuickGelu, Activation::Gelu] {
+                    for residual in [None, Some(&res[..])] {
+                        for threads in [1, 2] {
+                            let h = linear_bf16_fused(
+                                &x,
+                                rows,
+                                &p1,
+                                &b1,
+                                Fused::default(),
+                                kernel,
+                                threads,
+                            )
+                            .unwrap();
+                            let fused = Fused {
+                                act: Some(act),
+                                residual,
+                            };
+                            let want =
+                                linear_bf16_fused(&h, rows, &p2, &b2, fused, kernel, threads)
+                                    .unwrap();
+                            let got = mlp_bf16(
+                                &x, rows, &p1, &b1, act, &p2, &b2, residual, kernel, threads,
+                            )
+                            .unwrap();
+                            assert_eq!(
+                                got, want,
+                                "{kernel:?}, K {k}, {rows} rows, {act:?}, {threads} threads"
+                            );
+                        }
+                    }
                 }
             }
         }
     }
-    let narrow = pack_bf16(&w1[..k * 48], k, 48).unwrap();
-    let e = mlp_bf16_amx(
-        &[0.0; 100],
-        1,
-        &narrow,
-        &[],
-        Activation::Gelu,
-        &p2,
-        &b2,
-        None,
-        1,
-    )
-    .unwrap_err();
+    let w1 = rng.vec(100 * 48, 0.3);
+    let narrow = pack_bf16(&w1, 100, 48).unwrap();
+    let mlp_error = |fc1: &PackedBf16, fc2: &PackedBf16, kernel| {
+        mlp_bf16(
+            &[0.0; 100],
+            1,
+            fc1,
+            &[],
+            Activation::Gelu,
+            fc2,
+            &[],
+            None,
+            kernel,
+            1,
+        )
+        .unwrap_err()
+    };
+    let e = mlp_error(&narrow, &p2, Bf16Kernel::Avx512Bf16);
     assert!(
         e.contains("fc1 gives 48 values per row, fc2 takes 160"),
         "{e}"
     );
     let odd = pack_bf16(&w2[..48 * n], 48, n).unwrap();
-    let e = mlp_bf16_amx(
-        &[0.0; 100],
-        1,
-        &narrow,
-        &[],
-        Activation::Gelu,
-        &odd,
-        &b2,
-        None,
-        1,
-    )
-    .unwrap_err();
+    let e = mlp_error(&narrow, &odd, Bf16Kernel::Amx);
     assert!(e.contains("hidden width 48 is not a multiple of 32"), "{e}");
+    let p1 = pack_bf16(&rng.vec(100 * hidden, 0.3), 100, hidden).unwrap();
+    for other in [Bf16Kernel::Portable, Bf16Kernel::Avx512] {
+        let e = mlp_error(&p1, &p2, other);
+        assert!(e.contains("the fused MLP runs on"), "{e}");
+        assert!(e.contains(other.name()), "{e}");
+    }
 }
 
 #[test]

@@ -185,7 +185,7 @@ impl std::fmt::Debug for AlignedWords {
 
 thread_local! {
     pub(super) static SCRATCH: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-    /// The hidden activations of a fused MLP ([`mlp_bf16_amx`]), beside its input's scratch.
+    /// The hidden activations of a fused MLP ([`mlp_bf16`]), beside its input's scratch.
     pub(super) static HIDDEN_SCRATCH: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 

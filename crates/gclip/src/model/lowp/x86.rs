@@ -106,6 +106,34 @@ unsafe fn store_f32<const M: usize>(
     }
 }
 
+/// Stores a tile's sums as bf16 at `t.c_bf16`, each value passed through `t.act` first when
+/// there is one ([`activate_avx512`]) and rounded to nearest even: fc1 of a fused MLP writing
+/// fc2's packed input, with the bits the activated input packing would give.
+///
+/// # Safety
+/// Tile contract with `sums.len()` valid rows and a non-null `c_bf16`; CPU supports avx512f,
+/// avx512bw and avx512bf16.
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn store_activated_bf16(t: &Tile, sums: &[[f32; NR]]) {
+    let (k0, k1) = masks(t.ncols);
+    let keep = u32::from(k0) | (u32::from(k1) << 16);
+    for (i, row) in sums.iter().enumerate() {
+        // SAFETY: rows `< sums.len()` of `c_bf16` hold the `ncols` values the mask keeps (the
+        // contract); the loads read the row's 32 sums.
+        unsafe {
+            let v0 = _mm512_loadu_ps(row.as_ptr());
+            let v1 = _mm512_loadu_ps(row.as_ptr().add(16));
+            let (v0, v1) = match t.act {
+                Some(act) => (activate_avx512(v0, act), activate_avx512(v1, act)),
+                None => (v0, v1),
+            };
+            let halves: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(v1, v0));
+            _mm512_mask_storeu_epi16(t.c_bf16.add(i * t.ldc).cast(), keep, halves);
+        }
+    }
+}
+
 /// Runs `step(a, b)` over the tile's `t.k` K-steps, A advancing `a_step` elements and B `NR`
 /// per step. During the first `M` steps it also asks for the output rows' cache lines in the
 /// exclusive state (`prefetchw`), one row per step: the tile's stores at the end then find
@@ -127,13 +155,19 @@ unsafe fn k_loop<const M: usize, A, B>(
     mut step: impl FnMut(*const A, *const B),
 ) {
     let warm = t.k.min(M);
+    // The rows the tile stores: f32, or bf16 for a kernel finishing a fused MLP's fc1.
+    let (out, row_bytes) = if t.c.is_null() {
+        (t.c_bf16.cast::<u8>(), t.ldc * 2)
+    } else {
+        (t.c.cast::<u8>(), t.ldc * 4)
+    };
     // SAFETY: the steps stay inside the tile's `t.k` steps of A and B (the caller's
     // contract); prefetches never fault, whatever the address.
     unsafe {
         for i in 0..warm {
-            let c = t.c.wrapping_add(i * t.ldc);
+            let c = out.wrapping_add(i * row_bytes);
             _mm_prefetch::<_MM_HINT_ET0>(c.cast());
-            _mm_prefetch::<_MM_HINT_ET0>(c.wrapping_add(16).cast());
+            _mm_prefetch::<_MM_HINT_ET0>(c.wrapping_add(64).cast());
             step(a, b);
             a = a.add(a_step);
             b = b.add(NR);
@@ -165,8 +199,8 @@ macro_rules! dispatch_m {
 
 /// # Safety
 /// Tile contract with `M` valid rows, one bf16-pair word per A entry; CPU
-/// supports avx512f + avx512bf16.
-#[target_feature(enable = "avx512f,avx512bf16")]
+/// supports avx512f, avx512bw and avx512bf16.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn bf16dp<const M: usize>(t: &Tile) {
     let (k0, k1) = masks(t.ncols);
     // SAFETY (whole body): pointers are valid for the extents in the Tile
@@ -182,10 +216,23 @@ unsafe fn bf16dp<const M: usize>(t: &Tile) {
                 r[1] = _mm512_dpbf16_ps(r[1], av, b1);
             }
         });
-        store_f32(t, &acc, k0, k1);
+        if t.c_bf16.is_null() {
+            store_f32(t, &acc, k0, k1);
+        } else {
+            // Through memory: the accumulators passed by reference, or activated in this body,
+            // were kept on the stack and stored there at every K-step (the towers ran at half
+            // speed); a store of each, unrolled like `store_f32`, leaves the loop's registers
+            // alone.
+            let mut sums = [[0f32; NR]; M];
+            for (s, r) in sums.iter_mut().zip(&acc) {
+                _mm512_storeu_ps(s.as_mut_ptr(), r[0]);
+                _mm512_storeu_ps(s.as_mut_ptr().add(16), r[1]);
+            }
+            store_activated_bf16(t, &sums);
+        }
     }
 }
-dispatch_m!(kern_bf16dp, bf16dp, "avx512f and avx512bf16.", 1 2 3 4 5 6 7 8 9 10 11 12);
+dispatch_m!(kern_bf16dp, bf16dp, "avx512f, avx512bw and avx512bf16.", 1 2 3 4 5 6 7 8 9 10 11 12);
 
 /// # Safety
 /// Tile contract with `M` valid rows, f32-pair A entries; CPU supports
@@ -792,63 +839,72 @@ pub unsafe fn act_row_avx512(src: &[f32], dst: &mut [f32], act: Activation) {
         // into `dst`, which is at least as long.
         unsafe {
             let x = _mm512_maskz_loadu_ps(m, s.add(c));
-            let y = match act {
-                Activation::QuickGelu => {
-                    // x / (1 + 2^(−1.702·log2(e)·x)); clamping keeps 2^t finite and normal, and
-                    // a NaN x stays NaN through the last product.
-                    let t = _mm512_mul_ps(x, _mm512_set1_ps(-1.702 * std::f32::consts::LOG2_E));
-                    let t = _mm512_min_ps(
-                        _mm512_max_ps(t, _mm512_set1_ps(-126.0)),
-                        _mm512_set1_ps(126.0),
-                    );
-                    let e = exp2_avx512(t);
-                    _mm512_mul_ps(x, reciprocal_avx512(_mm512_add_ps(e, _mm512_set1_ps(1.0))))
-                }
-                Activation::Gelu => {
-                    // ½·x·(1 + erf(x/√2)), erf as `math::erf_f32` (Abramowitz & Stegun 7.1.26).
-                    const P: f32 = 0.327_591_1;
-                    const A: [f32; 5] = [
-                        0.254_829_6,
-                        -0.284_496_74,
-                        1.421_413_8,
-                        -1.453_152_1,
-                        1.061_405_4,
-                    ];
-                    let z = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
-                    // erf(10) is 1 in f32; the bound keeps the reciprocal finite (an infinite
-                    // x made it 0 · ∞) and takes a NaN to 1, the NaN then kept by ½·x.
-                    let az = _mm512_min_ps(_mm512_abs_ps(z), _mm512_set1_ps(10.0));
-                    let t = reciprocal_avx512(_mm512_fmadd_ps(
-                        az,
-                        _mm512_set1_ps(P),
-                        _mm512_set1_ps(1.0),
-                    ));
-                    let mut poly = _mm512_set1_ps(A[4]);
-                    for a in A[..4].iter().rev() {
-                        poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(*a));
-                    }
-                    poly = _mm512_mul_ps(poly, t);
-                    // exp(−z²) = 2^(−z²·log2 e), clamped below as `exp_f32` clamps.
-                    let q = _mm512_mul_ps(
-                        _mm512_mul_ps(az, az),
-                        _mm512_set1_ps(-std::f32::consts::LOG2_E),
-                    );
-                    let e = exp2_avx512(_mm512_max_ps(q, _mm512_set1_ps(-126.0)));
-                    let erf_abs = _mm512_fnmadd_ps(poly, e, _mm512_set1_ps(1.0));
-                    // erf is odd: the sign bit of z and the other bits of |erf| (0xD8: c ? b : a).
-                    let sign = _mm512_set1_epi32(i32::MIN);
-                    let erf = _mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xD8>(
-                        _mm512_castps_si512(erf_abs),
-                        _mm512_castps_si512(z),
-                        sign,
-                    ));
-                    let half_x = _mm512_mul_ps(x, _mm512_set1_ps(0.5));
-                    _mm512_fmadd_ps(half_x, erf, half_x)
-                }
-            };
-            _mm512_mask_storeu_ps(d.add(c), m, y);
+            _mm512_mask_storeu_ps(d.add(c), m, activate_avx512(x, act));
         }
         c += 16;
+    }
+}
+
+/// `act` of 16 values as [`act_row_avx512`] computes it (lane by lane, so a fused kernel that
+/// activates its accumulators gets the bits of the activated input packing).
+///
+/// # Safety
+/// CPU supports avx512f.
+#[inline(always)]
+unsafe fn activate_avx512(x: __m512, act: Activation) -> __m512 {
+    // SAFETY: register arithmetic only, on a CPU with avx512f (the caller's contract).
+    unsafe {
+        match act {
+            Activation::QuickGelu => {
+                // x / (1 + 2^(−1.702·log2(e)·x)); clamping keeps 2^t finite and normal, and
+                // a NaN x stays NaN through the last product.
+                let t = _mm512_mul_ps(x, _mm512_set1_ps(-1.702 * std::f32::consts::LOG2_E));
+                let t = _mm512_min_ps(
+                    _mm512_max_ps(t, _mm512_set1_ps(-126.0)),
+                    _mm512_set1_ps(126.0),
+                );
+                let e = exp2_avx512(t);
+                _mm512_mul_ps(x, reciprocal_avx512(_mm512_add_ps(e, _mm512_set1_ps(1.0))))
+            }
+            Activation::Gelu => {
+                // ½·x·(1 + erf(x/√2)), erf as `math::erf_f32` (Abramowitz & Stegun 7.1.26).
+                const P: f32 = 0.327_591_1;
+                const A: [f32; 5] = [
+                    0.254_829_6,
+                    -0.284_496_74,
+                    1.421_413_8,
+                    -1.453_152_1,
+                    1.061_405_4,
+                ];
+                let z = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+                // erf(10) is 1 in f32; the bound keeps the reciprocal finite (an infinite
+                // x made it 0 · ∞) and takes a NaN to 1, the NaN then kept by ½·x.
+                let az = _mm512_min_ps(_mm512_abs_ps(z), _mm512_set1_ps(10.0));
+                let t =
+                    reciprocal_avx512(_mm512_fmadd_ps(az, _mm512_set1_ps(P), _mm512_set1_ps(1.0)));
+                let mut poly = _mm512_set1_ps(A[4]);
+                for a in A[..4].iter().rev() {
+                    poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(*a));
+                }
+                poly = _mm512_mul_ps(poly, t);
+                // exp(−z²) = 2^(−z²·log2 e), clamped below as `exp_f32` clamps.
+                let q = _mm512_mul_ps(
+                    _mm512_mul_ps(az, az),
+                    _mm512_set1_ps(-std::f32::consts::LOG2_E),
+                );
+                let e = exp2_avx512(_mm512_max_ps(q, _mm512_set1_ps(-126.0)));
+                let erf_abs = _mm512_fnmadd_ps(poly, e, _mm512_set1_ps(1.0));
+                // erf is odd: the sign bit of z and the other bits of |erf| (0xD8: c ? b : a).
+                let sign = _mm512_set1_epi32(i32::MIN);
+                let erf = _mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xD8>(
+                    _mm512_castps_si512(erf_abs),
+                    _mm512_castps_si512(z),
+                    sign,
+                ));
+                let half_x = _mm512_mul_ps(x, _mm512_set1_ps(0.5));
+                _mm512_fmadd_ps(half_x, erf, half_x)
+            }
+        }
     }
 }
 
