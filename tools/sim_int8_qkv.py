@@ -6,8 +6,9 @@ smallest cosine to fp32 over the fixture's reference texts and images. Every oth
 weights per output channel, both symmetric, round half to even.
 
 q/k/v schemes: bf16 (gclip's), int8 (per-row activations, per-channel weights), int8 with the
-activations in groups of G values along each row (gG), and each half alone: int8 activations
-with bf16 weights (aq), bf16 activations with int8 weights (wq).
+activations in groups of G values along each row (gG), each half alone: int8 activations with
+bf16 weights (aq), bf16 activations with int8 weights (wq), and one projection in int8 with
+the other two in bf16 (v8: v in int8, k8: k in int8).
 
     tools/.venv/bin/python tools/sim_int8_qkv.py hf-quickgelu [hf-gelu ...]
 
@@ -21,7 +22,7 @@ from safetensors.torch import load_file
 from transformers import CLIPModel
 
 FIXTURES = "tests/fixtures/models"
-SCHEMES = ["bf16", "int8", "g32", "g16", "aq", "wq"]
+SCHEMES = ["bf16", "int8", "g32", "g16", "aq", "wq", "v8", "k8"]
 
 
 def bf16(x):
@@ -83,8 +84,14 @@ def main():
             for module_name, module in model.named_modules():
                 if not isinstance(module, torch.nn.Linear) or "layers" not in module_name:
                     continue
-                is_qkv = module_name.endswith(("q_proj", "k_proj", "v_proj"))
-                forward = qkv_forward(scheme) if is_qkv else product(int8_rows, int8_weight)
+                in_bf16 = {"v8": ("q_proj", "k_proj"), "k8": ("q_proj", "v_proj")}.get(scheme)
+                if in_bf16:
+                    keep = module_name.endswith(in_bf16)
+                    forward = product(bf16, bf16) if keep else product(int8_rows, int8_weight)
+                elif module_name.endswith(("q_proj", "k_proj", "v_proj")):
+                    forward = qkv_forward(scheme)
+                else:
+                    forward = product(int8_rows, int8_weight)
                 module.forward = types.MethodType(forward, module)
             try:
                 text, image = embeddings()
