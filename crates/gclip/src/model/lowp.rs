@@ -354,14 +354,15 @@ fn run_tiles(g: &Gemm, out: Out, threads: usize) {
     let ncp = NC_PANELS;
     // Everything the kernels touch is inside these slices (checked here so
     // the raw-pointer arithmetic below stays in bounds).
-    let (dptr, hptr, act, hstride) = match out {
+    // `ldc`: the output's row stride in values (the residual has the f32 output's).
+    let (dptr, hptr, act, ldc) = match out {
         Out::F32(dst) => {
             assert!(dst.len() >= g.rows * g.out);
             (
                 dst.as_mut_ptr().cast::<f32>(),
                 std::ptr::null_mut(),
                 None,
-                0,
+                g.out,
             )
         }
         Out::ActivatedBf16 { dst, act, stride } => {
@@ -405,7 +406,8 @@ fn run_tiles(g: &Gemm, out: Out, threads: usize) {
                 // SAFETY (pointer arithmetic): all offsets are within the
                 // slices asserted above: A rows `r0..r0+m` hold
                 // `ksteps*astep` words each, B panel `p` spans `ksteps*NR`,
-                // row `r0 + m - 1 < rows`, column `c0 + ncols <= out`, and
+                // row `r0 + m - 1 < rows` (output rows `ldc >= out` apart,
+                // the residual's too), column `c0 + ncols <= out`, and
                 // the per-column arrays hold `panels*NR` values.
                 let t = unsafe {
                     Tile {
@@ -416,15 +418,15 @@ fn run_tiles(g: &Gemm, out: Out, threads: usize) {
                         c: if dptr.get().is_null() {
                             dptr.get()
                         } else {
-                            dptr.get().add(r0 * g.out + c0)
+                            dptr.get().add(r0 * ldc + c0)
                         },
                         c_bf16: if hptr.get().is_null() {
                             hptr.get()
                         } else {
-                            hptr.get().add(r0 * hstride + c0)
+                            hptr.get().add(r0 * ldc + c0)
                         },
                         act,
-                        ldc: if hptr.get().is_null() { g.out } else { hstride },
+                        ldc,
                         ncols: NR.min(g.out - c0),
                         init,
                         fin,
@@ -434,7 +436,7 @@ fn run_tiles(g: &Gemm, out: Out, threads: usize) {
                         xscale: g.xscale.map_or(std::ptr::null(), |b| b.as_ptr().add(r0)),
                         resid: g
                             .residual
-                            .map_or(std::ptr::null(), |r| r.as_ptr().add(r0 * g.out + c0)),
+                            .map_or(std::ptr::null(), |r| r.as_ptr().add(r0 * ldc + c0)),
                     }
                 };
                 // SAFETY: the tile satisfies the kernel contract (pointers
