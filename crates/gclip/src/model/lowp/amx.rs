@@ -23,7 +23,7 @@ use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use super::x86::{bias_halves, masks};
-use super::{Activation, Tile, NR};
+use super::{Tile, NR};
 
 /// Rows per microkernel call: two A tiles of 16 rows.
 pub const MR: usize = 32;
@@ -288,12 +288,12 @@ pub unsafe fn kern_bf16(t: &Tile, m: usize) {
         bias_row.as_ptr()
     };
     let whole_rows = m == if two { MR } else { TILE_ROWS };
-    if let Some(act) = t.act {
+    if t.act.is_some() {
         let mut acc = MaybeUninit::<Accumulators>::uninit();
         // SAFETY: forwarded contract, `c_bf16` set with `act` (see `Tile`); `init` as below.
         unsafe {
             product_bf16(t, two, steps, init, acc.as_mut_ptr().cast(), B_ROW_BYTES);
-            finish_activated_bf16(t, m, steps, acc.as_mut_ptr(), act);
+            finish_activated_bf16(t, m, steps, acc.as_mut_ptr());
         }
         return;
     }
@@ -390,26 +390,18 @@ unsafe fn with_remaining_steps(
     }
 }
 
-/// Adds K-steps `from..t.k` to the accumulators (which start from the bias), applies `act` as
-/// the packing of activated inputs does ([`super::act_row_lowp`]), rounds to bf16 (to nearest
-/// even, as the activation packing does) and stores the `ncols` values of each row at `c_bf16`.
+/// Adds K-steps `from..t.k` to the accumulators (which start from the bias), then stores the
+/// `ncols` values of each row at `c_bf16`, passed through `t.act`, rounded to bf16 as the dot-product
+/// kernel's fused MLP does ([`super::x86::store_activated_bf16`]: the bits of the activated
+/// input packing).
 ///
 /// # Safety
 /// As [`kern_bf16`], with `c_bf16` holding rows `< m` of `ncols` values at `ldc` apart.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn finish_activated_bf16(
-    t: &Tile,
-    m: usize,
-    from: usize,
-    acc: *mut Accumulators,
-    act: Activation,
-) {
-    let (k0, k1) = masks(t.ncols);
-    let keep = u32::from(k0) | (u32::from(k1) << 16);
-    let mut activated = [0f32; MR * NR];
+unsafe fn finish_activated_bf16(t: &Tile, m: usize, from: usize, acc: *mut Accumulators) {
     // SAFETY (whole body): `acc` holds 32 rows of 32 values, the first `m` stored by the tiles;
     // A rows `< m` hold `t.k` words and the panel `t.k` K-steps of NR words (the contract);
-    // `c_bf16` is written only in the lanes `keep` holds, rows `< m`.
+    // `c_bf16` holds rows `< m` (the contract) for the shared store.
     unsafe {
         let sums = acc.cast::<f32>();
         if from < t.k {
@@ -420,16 +412,8 @@ unsafe fn finish_activated_bf16(
                 _mm512_storeu_ps(row.add(16), v1);
             }
         }
-        let sums = std::slice::from_raw_parts(sums, m * NR);
-        super::x86::act_row_avx512(sums, &mut activated[..m * NR], act);
-        for i in 0..m {
-            let row = activated.as_ptr().add(i * NR);
-            let halves: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(
-                _mm512_loadu_ps(row.add(16)),
-                _mm512_loadu_ps(row),
-            ));
-            _mm512_mask_storeu_epi16(t.c_bf16.add(i * t.ldc).cast(), keep, halves);
-        }
+        let rows = std::slice::from_raw_parts(sums.cast::<[f32; NR]>(), m);
+        super::x86::store_activated_bf16(t, rows);
     }
 }
 

@@ -115,7 +115,7 @@ unsafe fn store_f32<const M: usize>(
 /// avx512bw and avx512bf16.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn store_activated_bf16(t: &Tile, sums: &[[f32; NR]]) {
+pub(super) unsafe fn store_activated_bf16(t: &Tile, sums: &[[f32; NR]]) {
     let (k0, k1) = masks(t.ncols);
     let keep = u32::from(k0) | (u32::from(k1) << 16);
     for (i, row) in sums.iter().enumerate() {
