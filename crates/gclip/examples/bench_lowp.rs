@@ -14,7 +14,8 @@
 use std::time::{Duration, Instant};
 
 use gclip::model::lowp::{
-    self, Bf16Kernel, Int8Kernel, PackedBf16, PackedF32, PackedInt8, PeakInstruction,
+    self, Bf16Kernel, F32PanelKernel, Int8Kernel, PackedBf16, PackedF32, PackedInt8,
+    PeakInstruction,
 };
 use gclip::model::outin::{gemm_add, out_in_add, OutInKernel, OUT_IN_MAX_ROWS};
 
@@ -85,7 +86,7 @@ fn peak_gflops(instruction: PeakInstruction, threads: usize, seconds: f64) -> Op
 /// The instruction a kernel (by name) is built of, where its ceiling is measured.
 fn instruction_of(kernel: &str) -> Option<PeakInstruction> {
     match kernel {
-        k if k.starts_with("f32-panel") || k.starts_with("f32-outin-avx512") => {
+        k if k.starts_with("f32-panels-avx512") || k.starts_with("f32-outin-avx512") => {
             Some(PeakInstruction::F32Fma)
         }
         "bf16-avx512bf16" => Some(PeakInstruction::Bf16Dot),
@@ -183,15 +184,20 @@ fn main() {
                 row("f32-gemm", what, rows, din, dout, g);
             }
         }
-        if lowp::has_f32_panel_kernel() && wanted("f32-panel") {
-            let packed = PackedF32::pack_out_in(&w, din, dout).expect("pack f32");
+        let panel_kernels = F32PanelKernel::available();
+        let packed = panel_kernels
+            .iter()
+            .any(|k| wanted(k.name()))
+            .then(|| PackedF32::pack_out_in(&w, din, dout).expect("pack f32"));
+        for &kernel in panel_kernels.iter().filter(|k| wanted(k.name())) {
+            let packed = packed.as_ref().expect("packed above");
+            let fused = Default::default();
             let g = rate(flops, seconds, || {
-                let y =
-                    lowp::linear_f32_fused(&x, rows, &packed, &bias, Default::default(), threads)
-                        .expect("f32 product");
+                let y = lowp::linear_f32_fused(&x, rows, packed, &bias, fused, kernel, threads)
+                    .expect("f32 product");
                 std::hint::black_box(y);
             });
-            row("f32-panel", what, rows, din, dout, g);
+            row(kernel.name(), what, rows, din, dout, g);
         }
         let packed = PackedBf16::pack_out_in(&w, din, dout).expect("pack bf16");
         for kernel in Bf16Kernel::available() {

@@ -50,7 +50,7 @@ pub(crate) use pack::effective_threads;
 use pack::*;
 use portable::{kern_bf16_portable, kern_int8_portable, PORTABLE_MR};
 use select::*;
-pub use select::{Bf16Kernel, Int8Kernel};
+pub use select::{Bf16Kernel, F32PanelKernel, Int8Kernel};
 use weights::*;
 pub use weights::{release_scratch, PackedBf16, PackedF32, PackedInt8};
 
@@ -903,21 +903,23 @@ pub fn peak_multiply_adds(instruction: PeakInstruction, seconds: f64) -> Option<
     }
 }
 
-/// Whether this CPU runs the f32 panel kernel of [`linear_f32_fused`] (AVX-512F).
+/// Whether this CPU runs an f32 panel kernel of [`linear_f32_fused`] (AVX2 + FMA or AVX-512F).
 pub fn has_f32_panel_kernel() -> bool {
-    has_avx512()
+    F32PanelKernel::best().is_some()
 }
 
 /// `act(x)·W + b (+ residual)` in f32 over weights packed by [`PackedF32`], into a new `rows ×
 /// out_dim` vector: the product of many rows that gemm would otherwise run after repacking the
-/// weight on every call. The activation is the f32 one ([`act_row`]). Errors on shape mismatch
-/// or when the CPU lacks AVX-512F ([`has_f32_panel_kernel`]).
+/// weight on every call. The activation is the f32 one ([`act_row`]). Every kernel adds the
+/// bias, then the K products in order, then the residual: the variants give the same bits.
+/// Errors on shape mismatch or when the CPU cannot run `kernel`.
 pub fn linear_f32_fused(
     x: &[f32],
     rows: usize,
     w: &PackedF32,
     bias: &[f32],
     fused: Fused,
+    kernel: F32PanelKernel,
     threads: usize,
 ) -> Result<Vec<f32>, String> {
     check_common(
@@ -929,11 +931,14 @@ pub fn linear_f32_fused(
         rows.saturating_mul(w.out_dim),
     )?;
     check_residual(fused.residual, rows * w.out_dim)?;
-    if !has_f32_panel_kernel() {
-        return Err("the f32 panel kernel needs AVX-512F, which this CPU lacks".into());
+    if !kernel.is_available() {
+        return Err(format!("{} is not supported by this CPU", kernel.name()));
     }
     #[cfg(target_arch = "x86_64")]
-    let (mr, kern): (usize, KernFn) = (x86::F32_MR, x86::kern_f32fma);
+    let (mr, kern): (usize, KernFn) = match kernel {
+        F32PanelKernel::Avx2 => (x86::AVX2_F32_MR, x86::kern_f32fma_avx2),
+        F32PanelKernel::Avx512 => (x86::F32_MR, x86::kern_f32fma),
+    };
     #[cfg(not(target_arch = "x86_64"))]
     let (mr, kern): (usize, KernFn) = unreachable!("no f32 panel kernel off x86");
     let threads = effective_threads(threads);

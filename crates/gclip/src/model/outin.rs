@@ -1,9 +1,9 @@
 //! `x·Wᵀ` with `W` read in place in PyTorch's `[out, in]` layout: the fp32 linear layers of an
 //! inference load use the checkpoint's own weights, mapped, instead of a transposed copy.
 //!
-//! On CPUs with AVX-512F a weight's first product packs it once for the f32 panel kernel of
-//! [`super::lowp`], which then runs every product of it (the mapped pages are released).
-//! Elsewhere few input rows (one image's 50 tokens, a few short captions) go through the
+//! On CPUs with AVX2+FMA or AVX-512F a weight's first product packs it once for the f32 panel
+//! kernel of [`super::lowp`], which then runs every product of it (the mapped pages are
+//! released). With the portable kernels (asked for, or all the CPU has) few input rows (one image's 50 tokens, a few short captions) go through the
 //! out-in kernel of this module: every output is the dot product of two contiguous rows, so the
 //! weight is read once, in place, and never repacked; more rows go through gemm on the
 //! transposed strides of the mapped memory, which packs the weight per call. The out-in kernel
@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
 use super::kernels::{
     bias_rows, contiguous_f32, dot_lanes, matmul_parallelism, Activation, LinearInput, RowBlocks,
 };
-use super::lowp::{self, effective_threads, on_workers, Fused, PackedF32};
+use super::lowp::{self, effective_threads, on_workers, F32PanelKernel, Fused, PackedF32};
 use super::precision::KernelChoice;
 use super::weights::MappedF32;
 
@@ -543,10 +543,10 @@ pub struct OutInWeight {
     /// The weight packed for the f32 panel kernel, on a CPU that runs it: made by the weight's
     /// first product and used by every product, whatever its rows, so that an input's result
     /// does not depend on what ran before it (packing at the second product made a one-shot
-    /// `gclip classify` and a long-lived model differ in the last bits). The panel kernel runs
-    /// ViT-B/32's shapes 1.3–1.6× faster than the out-in kernel (16–50 rows) and gemm
-    /// (512–1,600 rows; gemm also repacked the weight on every call). The mapped rows are
-    /// released once it is made.
+    /// `gclip classify` and a long-lived model differ in the last bits). The AVX-512 panel
+    /// kernel runs ViT-B/32's shapes 1.3–1.6× faster than the out-in kernel (16–50 rows) and
+    /// gemm (512–1,600 rows; gemm also repacked the weight on every call) on Zen 4; the AVX2 one
+    /// made Zen 3's fp32 towers 0–23 % faster. The mapped rows are released once it is made.
     panels: OnceLock<std::result::Result<PackedF32, String>>,
 }
 
@@ -585,28 +585,35 @@ impl OutInWeight {
         )
     }
 
-    /// What runs the products of more than [`OUT_IN_MAX_ROWS`] rows (on AVX-512 CPUs, every
-    /// product).
+    /// What runs the products of more than [`OUT_IN_MAX_ROWS`] rows (on AVX2 and AVX-512 CPUs,
+    /// every product).
     pub fn repeated_kernel_name(&self) -> &'static str {
-        if self.runs_panels() {
-            "f32-panels-avx512"
-        } else {
-            "gemm"
-        }
+        self.panel_kernel().map_or("gemm", F32PanelKernel::name)
     }
 
     /// Whether every product runs the panel kernel (packed at the first).
     pub fn runs_panels(&self) -> bool {
-        self.kernel == OutInKernel::Avx512 && lowp::has_f32_panel_kernel()
+        self.panel_kernel().is_some()
+    }
+
+    /// The f32 panel kernel of the out-in kernel's instruction set, or `None` for the
+    /// portable one (asked for, or all the CPU has).
+    fn panel_kernel(&self) -> Option<F32PanelKernel> {
+        let kernel = match self.kernel {
+            OutInKernel::Portable => return None,
+            OutInKernel::Avx2 => F32PanelKernel::Avx2,
+            OutInKernel::Avx512 => F32PanelKernel::Avx512,
+        };
+        kernel.is_available().then_some(kernel)
     }
 
     /// The weight packed for the f32 panel kernel (packed by the first call, see `panels`), or
     /// `None` where products read the weight in place: a CPU without AVX-512F, or the portable
     /// kernels asked for.
-    fn panels(&self) -> Result<Option<&PackedF32>> {
-        if !self.runs_panels() {
+    fn panels(&self) -> Result<Option<(&PackedF32, F32PanelKernel)>> {
+        let Some(kernel) = self.panel_kernel() else {
             return Ok(None);
-        }
+        };
         let packed = self.panels.get_or_init(|| {
             let packed = self
                 .rows()
@@ -620,7 +627,7 @@ impl OutInWeight {
             packed
         });
         match packed {
-            Ok(packed) => Ok(Some(packed)),
+            Ok(packed) => Ok(Some((packed, kernel))),
             Err(e) => candle_core::bail!("packing an f32 weight: {e}"),
         }
     }
@@ -659,14 +666,14 @@ impl OutInLinearOp {
             }
             None => None,
         };
-        if let Some(packed) = self.weight.panels()? {
+        if let Some((packed, kernel)) = self.weight.panels()? {
             let LinearInput { x, rows, shape } =
                 LinearInput::new(x, xl.shape(), (in_dim, out_dim), (b, bl.shape()), None)?;
             let fused = Fused {
                 act: self.input_activation,
                 residual,
             };
-            let out = lowp::linear_f32_fused(&x, rows, packed, b, fused, 0)
+            let out = lowp::linear_f32_fused(&x, rows, packed, b, fused, kernel, 0)
                 .map_err(candle_core::Error::Msg)?;
             return Ok((CpuStorage::F32(out), shape));
         }

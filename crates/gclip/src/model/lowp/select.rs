@@ -84,6 +84,43 @@ pub(super) fn has_amx_int8() -> bool {
     false
 }
 
+/// f32 panel kernel variants ([`super::linear_f32_fused`] over [`super::PackedF32`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum F32PanelKernel {
+    /// AVX2 + FMA: 6 rows × 16 columns of accumulators, each panel in two halves.
+    Avx2,
+    /// AVX-512F: 14 rows × 32 columns of accumulators.
+    Avx512,
+}
+
+impl F32PanelKernel {
+    /// Whether this CPU can run the variant.
+    pub fn is_available(self) -> bool {
+        match self {
+            F32PanelKernel::Avx2 => has_avx2_fma(),
+            F32PanelKernel::Avx512 => has_avx512(),
+        }
+    }
+    /// The variants this CPU can run, slowest first.
+    pub fn available() -> Vec<F32PanelKernel> {
+        [F32PanelKernel::Avx2, F32PanelKernel::Avx512]
+            .into_iter()
+            .filter(|k| k.is_available())
+            .collect()
+    }
+    /// The fastest variant this CPU can run, if any.
+    pub fn best() -> Option<F32PanelKernel> {
+        Self::available().last().copied()
+    }
+    /// Short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            F32PanelKernel::Avx2 => "f32-panels-avx2",
+            F32PanelKernel::Avx512 => "f32-panels-avx512",
+        }
+    }
+}
+
 impl Bf16Kernel {
     /// Whether this CPU can run the variant.
     pub fn is_available(self) -> bool {

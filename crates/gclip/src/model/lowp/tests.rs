@@ -698,15 +698,24 @@ fn low_precision_activation_stays_within_1e5_of_the_f32_one() {
     }
 }
 
-/// The f32 panel kernel against an f64 reference on the weights as stored: ragged rows (not a
-/// multiple of its 14), columns (not of 32), K at and off a multiple of 1,024 (the padded copy),
+/// Every f32 panel kernel this CPU runs against an f64 reference on the weights as stored, and
+/// the variants against each other bit for bit: ragged rows (not a multiple of 6 or 14), columns
+/// (not of 16 or 32), K at and off a multiple of 1,024 (the padded copy) and past one K block,
 /// with and without bias, activation and residual, on one and two threads.
 #[test]
 fn f32_panels_match_the_f64_product() {
-    if !has_f32_panel_kernel() {
-        eprintln!("skipped: this CPU has no AVX-512F");
-        let w = PackedF32::pack_out_in(&[1.0], 1, 1).expect("pack");
-        assert!(linear_f32_fused(&[1.0], 1, &w, &[], Fused::default(), 1).is_err());
+    let kernels = F32PanelKernel::available();
+    for kernel in [F32PanelKernel::Avx2, F32PanelKernel::Avx512] {
+        if !kernel.is_available() {
+            let w = PackedF32::pack_out_in(&[1.0], 1, 1).expect("pack");
+            let err = linear_f32_fused(&[1.0], 1, &w, &[], Fused::default(), kernel, 1)
+                .expect_err("a kernel this CPU lacks");
+            assert!(err.contains(kernel.name()), "{err}");
+        }
+    }
+    assert_eq!(has_f32_panel_kernel(), !kernels.is_empty());
+    if kernels.is_empty() {
+        eprintln!("skipped: this CPU has neither AVX2 + FMA nor AVX-512F");
         return;
     }
     let mut rng = Rng(7);
@@ -716,6 +725,7 @@ fn f32_panels_match_the_f64_product() {
         (29, 1024, 70),
         (200, 96, 64),
         (3, 2048, 33),
+        (7, 2100, 17),
     ];
     for &(rows, k, n) in &shapes {
         for (case, threads) in [(0, 1), (1, 2), (2, 2)] {
@@ -733,8 +743,21 @@ fn f32_panels_match_the_f64_product() {
                 residual: (case != 0).then_some(&residual[..]),
             };
             let packed = PackedF32::pack_out_in(&w, k, n).expect("pack");
-            let y = linear_f32_fused(&x, rows, &packed, &bias, fused, threads).expect("product");
+            let run = |kernel| {
+                linear_f32_fused(&x, rows, &packed, &bias, fused, kernel, threads)
+                    .expect("product")
+            };
+            let y = run(kernels[0]);
             assert_eq!(y.len(), rows * n);
+            for &other in &kernels[1..] {
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert!(
+                    bits(&run(other)) == bits(&y),
+                    "rows {rows} k {k} n {n} case {case}: {} and {} differ",
+                    kernels[0].name(),
+                    other.name()
+                );
+            }
             let mut activated = vec![0f32; k];
             for r in 0..rows {
                 let xr = &x[r * k..(r + 1) * k];
@@ -767,8 +790,13 @@ fn f32_panels_match_the_f64_product() {
         }
     }
     let w = PackedF32::pack_out_in(&[0.0; 6], 3, 2).expect("pack");
-    assert!(linear_f32_fused(&[0.0; 5], 2, &w, &[], Fused::default(), 1).is_err());
-    assert!(linear_f32_fused(&[0.0; 6], 2, &w, &[0.0], Fused::default(), 1).is_err());
+    for &kernel in &kernels {
+        let run = |x: &[f32], bias: &[f32]| {
+            linear_f32_fused(x, 2, &w, bias, Fused::default(), kernel, 1)
+        };
+        assert!(run(&[0.0; 5], &[]).is_err());
+        assert!(run(&[0.0; 6], &[0.0]).is_err());
+    }
     assert!(PackedF32::pack_out_in(&[0.0; 5], 3, 2).is_err());
 }
 

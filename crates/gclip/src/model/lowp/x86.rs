@@ -13,6 +13,9 @@ pub const F32_MR: usize = 14;
 pub const VNNI_MR: usize = 12;
 pub const AVX2_BF16_MR: usize = 6;
 pub const AVX2_INT8_MR: usize = 4;
+/// Rows of the AVX2 f32 panel kernel: 12 accumulators, two weight vectors and the broadcast of
+/// the 16 registers.
+pub const AVX2_F32_MR: usize = 6;
 
 /// Lane masks for the two 16-column halves of a tile with `ncols` columns.
 #[inline(always)]
@@ -480,60 +483,103 @@ pub unsafe fn stage_bf16_avx2(b: *const u32, ksteps: usize, out: *mut f32) {
     }
 }
 
+/// The f32 FMA core of the AVX2 bf16 and f32 kernels: the tile's 16 columns from `col0`,
+/// `kvalues` K values, each row's value `k` at `t.a` (as f32) + `row * t.lda + k` times the 16
+/// weights at `b + k * b_stride`; bias (or the partial sums) first, then every K value in order,
+/// so both kernels give the AVX-512 f32 panel kernel's sums.
+///
+/// # Safety
+/// Tile contract with `M` valid rows whose A rows hold `kvalues` f32; `b` is valid for
+/// `kvalues` rows of 16 floats `b_stride` apart; CPU supports avx2 and fma.
+#[inline(always)]
+unsafe fn fma_half_avx2<const M: usize>(
+    t: &Tile,
+    col0: usize,
+    kvalues: usize,
+    b: *const f32,
+    b_stride: usize,
+) {
+    let h = half16(t.ncols, col0);
+    let mut acc = [[_mm256_setzero_ps(); 2]; M];
+    // SAFETY (whole body): pointers are valid for the extents in the Tile contract and the
+    // caller's; `load8`/`store8` touch only the lanes inside the tile.
+    unsafe {
+        if t.init {
+            if !t.bias.is_null() {
+                let b0 = load8(t.bias.add(col0), h.n[0], h.mask[0]);
+                let b1 = load8(t.bias.add(col0 + 8), h.n[1], h.mask[1]);
+                for r in acc.iter_mut() {
+                    *r = [b0, b1];
+                }
+            }
+        } else {
+            for (i, r) in acc.iter_mut().enumerate() {
+                let c = t.c.add(i * t.ldc + col0);
+                *r = [
+                    load8(c, h.n[0], h.mask[0]),
+                    load8(c.add(8), h.n[1], h.mask[1]),
+                ];
+            }
+        }
+        // One pointer per row, indexed by k: the rows' addresses are not recomputed in the
+        // loop.
+        let rows: [*const f32; M] = std::array::from_fn(|i| t.a.add(i * t.lda).cast());
+        for k in 0..kvalues {
+            let w0 = _mm256_loadu_ps(b.add(b_stride * k));
+            let w1 = _mm256_loadu_ps(b.add(b_stride * k + 8));
+            for (r, row) in acc.iter_mut().zip(&rows) {
+                let av = _mm256_broadcast_ss(&*row.add(k));
+                r[0] = _mm256_fmadd_ps(av, w0, r[0]);
+                r[1] = _mm256_fmadd_ps(av, w1, r[1]);
+            }
+        }
+        store_f32_avx2(t, col0, &h, &acc);
+    }
+}
+
 /// # Safety
 /// Tile contract with `M` valid rows and f32-pair A entries, except that `t.b` points at
 /// `t.k` K-steps of weights staged by [`stage_bf16_avx2`] (f32, not bf16 words); CPU
 /// supports avx2 and fma.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn bf16avx2<const M: usize>(t: &Tile) {
+    // Every accumulator takes the even then the odd k of each step, as the unstaged kernel
+    // did, so the sums are the same bits.
     let kvalues = 2 * t.k;
     for (half, col0) in [0, 16].into_iter().enumerate() {
         if col0 >= t.ncols {
             break;
         }
-        let h = half16(t.ncols, col0);
-        let mut acc = [[_mm256_setzero_ps(); 2]; M];
-        // SAFETY (whole body): pointers are valid for the extents in the Tile contract;
-        // `load8`/`store8` touch only the lanes inside the tile; each staged half holds
-        // `kvalues` rows of 16 floats whatever `ncols` is.
+        // SAFETY: each staged half holds `kvalues` rows of 16 floats whatever `ncols` is, the
+        // A rows `kvalues` f32 (f32 pairs); the rest is the caller's contract.
         unsafe {
-            if t.init {
-                if !t.bias.is_null() {
-                    let b0 = load8(t.bias.add(col0), h.n[0], h.mask[0]);
-                    let b1 = load8(t.bias.add(col0 + 8), h.n[1], h.mask[1]);
-                    for r in acc.iter_mut() {
-                        *r = [b0, b1];
-                    }
-                }
-            } else {
-                for (i, r) in acc.iter_mut().enumerate() {
-                    let c = t.c.add(i * t.ldc + col0);
-                    *r = [
-                        load8(c, h.n[0], h.mask[0]),
-                        load8(c.add(8), h.n[1], h.mask[1]),
-                    ];
-                }
-            }
-            // Every accumulator takes the even then the odd k of each step, as the
-            // unstaged kernel did, so the sums are the same bits.
-            // One pointer per row, indexed by k: the rows' addresses are not recomputed
-            // in the loop.
-            let rows: [*const f32; M] = std::array::from_fn(|i| t.a.add(i * t.lda).cast());
             let b = t.b.cast::<f32>().add(half * kvalues * 16);
-            for k in 0..kvalues {
-                let w0 = _mm256_loadu_ps(b.add(16 * k));
-                let w1 = _mm256_loadu_ps(b.add(16 * k + 8));
-                for (r, row) in acc.iter_mut().zip(&rows) {
-                    let av = _mm256_broadcast_ss(&*row.add(k));
-                    r[0] = _mm256_fmadd_ps(av, w0, r[0]);
-                    r[1] = _mm256_fmadd_ps(av, w1, r[1]);
-                }
-            }
-            store_f32_avx2(t, col0, &h, &acc);
+            fma_half_avx2::<M>(t, col0, kvalues, b, 16);
         }
     }
 }
 dispatch_m!(kern_bf16_avx2, bf16avx2, "avx2 and fma.", 1 2 3 4 5 6);
+
+/// The f32 panel kernel on AVX2 + FMA: [`f32fma`]'s tile in two 16-column halves of 6 rows, the
+/// panel's weights read in place (`NR` per K-step), the same sums in the same order.
+///
+/// # Safety
+/// Tile contract with `M` valid rows, one f32 (as its bits) per A entry and `NR` f32 weights
+/// per K-step of the panel ([`super::PackedF32`]); CPU supports avx2 and fma.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn f32fma_avx2<const M: usize>(t: &Tile) {
+    for col0 in [0, 16] {
+        if col0 >= t.ncols {
+            break;
+        }
+        // SAFETY: the panel holds `t.k` steps of `NR` floats (padded with zeros past
+        // `ncols`), so the 16 from `col0` of each step are inside it; the A rows hold `t.k`
+        // f32.
+        unsafe { fma_half_avx2::<M>(t, col0, t.k, t.b.cast::<f32>().add(col0), NR) };
+    }
+}
+dispatch_m!(kern_f32fma_avx2, f32fma_avx2, "avx2 and fma.", 1 2 3 4 5 6);
+
 
 /// # Safety
 /// Tile contract with `M` valid rows, one i8-quad word per A entry (the signed codes),
