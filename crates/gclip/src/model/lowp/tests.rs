@@ -744,8 +744,7 @@ fn f32_panels_match_the_f64_product() {
             };
             let packed = PackedF32::pack_out_in(&w, k, n).expect("pack");
             let run = |kernel| {
-                linear_f32_fused(&x, rows, &packed, &bias, fused, kernel, threads)
-                    .expect("product")
+                linear_f32_fused(&x, rows, &packed, &bias, fused, kernel, threads).expect("product")
             };
             let y = run(kernels[0]);
             assert_eq!(y.len(), rows * n);
@@ -791,9 +790,8 @@ fn f32_panels_match_the_f64_product() {
     }
     let w = PackedF32::pack_out_in(&[0.0; 6], 3, 2).expect("pack");
     for &kernel in &kernels {
-        let run = |x: &[f32], bias: &[f32]| {
-            linear_f32_fused(x, 2, &w, bias, Fused::default(), kernel, 1)
-        };
+        let run =
+            |x: &[f32], bias: &[f32]| linear_f32_fused(x, 2, &w, bias, Fused::default(), kernel, 1);
         assert!(run(&[0.0; 5], &[]).is_err());
         assert!(run(&[0.0; 6], &[0.0]).is_err());
     }

@@ -580,7 +580,6 @@ unsafe fn f32fma_avx2<const M: usize>(t: &Tile) {
 }
 dispatch_m!(kern_f32fma_avx2, f32fma_avx2, "avx2 and fma.", 1 2 3 4 5 6);
 
-
 /// # Safety
 /// Tile contract with `M` valid rows, one i8-quad word per A entry (the signed codes),
 /// non-null wscale/xscale; CPU supports avx2 and fma.
