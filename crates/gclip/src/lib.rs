@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: [`input`] (tokens, pixels) → [`model`] (the two towers) → embeddings → tasks ([`zeroshot`], [`eval`]).
 
+pub mod allocator;
 pub mod bench;
 pub mod embed;
 pub mod environment;

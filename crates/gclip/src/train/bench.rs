@@ -91,7 +91,7 @@ pub fn run(
         ));
     }
     let config = &plan.config;
-    super::allocator::retain_freed_memory();
+    crate::allocator::retain_freed_memory();
     let mut clip = init_open_clip(config, 0, &Device::Cpu, DType::F32)?;
     clip.set_dense_products(plan.precision.products());
     let params = ParamSet::attach(&mut clip, &plan.freeze)?;

@@ -1,7 +1,6 @@
 //! Training: CLIP's contrastive loss and Generalized Contrastive Learning (GCL), from scratch or
 //! from a checkpoint, on the same model code that serves inference.
 //!
-//! * [`allocator`]: freed memory kept for reuse between steps.
 //! * [`data`], [`augment`]: training pairs (JSONL, Marqo-GS) and open_clip's train transform.
 //! * [`loader`]: batches built on a worker thread through a bounded queue.
 //! * [`config`]: the `train.toml` file and the assembly of a run; [`evaluate`]: metrics of
@@ -17,7 +16,6 @@
 //! * [`step`]: a batch's loss and gradients, plain or with gradient caching.
 //! * [`trainer`]: the loop, its log, evaluations, checkpoints and exact resumption.
 
-pub mod allocator;
 pub mod augment;
 pub mod bench;
 pub mod blockwise;

@@ -151,7 +151,7 @@ impl Trainer {
     /// A fresh run of `clip` writing into `run_dir` (`log.jsonl`, `checkpoints/`).
     pub fn new(mut clip: Clip, options: TrainOptions, run_dir: &Path) -> Result<Self, TrainError> {
         validate(&options)?;
-        super::allocator::retain_freed_memory();
+        crate::allocator::retain_freed_memory();
         clip.set_dense_products(options.precision.products());
         let params = ParamSet::attach(&mut clip, &options.freeze)?;
         let opt = AdamW::new(&params, options.adamw.clone());
@@ -210,7 +210,7 @@ impl Trainer {
             }
         }
         let mut clip = ck.clip.clone();
-        super::allocator::retain_freed_memory();
+        crate::allocator::retain_freed_memory();
         clip.set_dense_products(options.precision.products());
         let params = ParamSet::attach(&mut clip, &options.freeze)?;
         let mut opt = AdamW::new(&params, options.adamw.clone());
