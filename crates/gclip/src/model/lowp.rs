@@ -903,9 +903,11 @@ pub fn peak_multiply_adds(instruction: PeakInstruction, seconds: f64) -> Option<
     }
 }
 
-/// Whether this CPU runs an f32 panel kernel of [`linear_f32_fused`] (AVX2 + FMA or AVX-512F).
+/// Whether inference packs fp32 weights for the panel kernel on this CPU: where it runs the
+/// AVX-512 one. (The AVX2 one runs on AVX2 CPUs through [`linear_f32_fused`], but inference does
+/// not pack for it: see `OutInWeight`'s choice.)
 pub fn has_f32_panel_kernel() -> bool {
-    F32PanelKernel::best().is_some()
+    F32PanelKernel::Avx512.is_available()
 }
 
 /// `act(x)·W + b (+ residual)` in f32 over weights packed by [`PackedF32`], into a new `rows ×

@@ -1,9 +1,9 @@
 //! `x·Wᵀ` with `W` read in place in PyTorch's `[out, in]` layout: the fp32 linear layers of an
 //! inference load use the checkpoint's own weights, mapped, instead of a transposed copy.
 //!
-//! On CPUs with AVX2+FMA or AVX-512F a weight's first product packs it once for the f32 panel
-//! kernel of [`super::lowp`], which then runs every product of it (the mapped pages are
-//! released). With the portable kernels (asked for, or all the CPU has) few input rows (one image's 50 tokens, a few short captions) go through the
+//! On CPUs with AVX-512F a weight's first product packs it once for the f32 panel kernel of
+//! [`super::lowp`], which then runs every product of it (the mapped pages are released).
+//! Elsewhere few input rows (one image's 50 tokens, a few short captions) go through the
 //! out-in kernel of this module: every output is the dot product of two contiguous rows, so the
 //! weight is read once, in place, and never repacked; more rows go through gemm on the
 //! transposed strides of the mapped memory, which packs the weight per call. The out-in kernel
@@ -545,8 +545,8 @@ pub struct OutInWeight {
     /// does not depend on what ran before it (packing at the second product made a one-shot
     /// `gclip classify` and a long-lived model differ in the last bits). The AVX-512 panel
     /// kernel runs ViT-B/32's shapes 1.3–1.6× faster than the out-in kernel (16–50 rows) and
-    /// gemm (512–1,600 rows; gemm also repacked the weight on every call) on Zen 4; the AVX2 one
-    /// made Zen 3's fp32 towers 0–23 % faster. The mapped rows are released once it is made.
+    /// gemm (512–1,600 rows; gemm also repacked the weight on every call) on Zen 4 (AVX2 CPUs
+    /// do not pack: see `panel_kernel`). The mapped rows are released once it is made.
     panels: OnceLock<std::result::Result<PackedF32, String>>,
 }
 
@@ -585,8 +585,8 @@ impl OutInWeight {
         )
     }
 
-    /// What runs the products of more than [`OUT_IN_MAX_ROWS`] rows (on AVX2 and AVX-512 CPUs,
-    /// every product).
+    /// What runs the products of more than [`OUT_IN_MAX_ROWS`] rows (on AVX-512 CPUs, every
+    /// product).
     pub fn repeated_kernel_name(&self) -> &'static str {
         self.panel_kernel().map_or("gemm", F32PanelKernel::name)
     }
@@ -596,12 +596,14 @@ impl OutInWeight {
         self.panel_kernel().is_some()
     }
 
-    /// The f32 panel kernel of the out-in kernel's instruction set, or `None` for the
-    /// portable one (asked for, or all the CPU has).
+    /// The f32 panel kernel this weight's products run: the AVX-512 one where the out-in kernel
+    /// is AVX-512, else `None`. The AVX2 panel kernel made Zen 3's fp32 towers 0–23 % faster, but
+    /// packing at the first product added 0.2–1.1 s of page faults to a one-shot `gclip classify`
+    /// there (0.23–0.35 s before; docs/BENCHMARKS.md, session 32), so AVX2 CPUs keep reading the
+    /// weights in place until the packing costs less.
     fn panel_kernel(&self) -> Option<F32PanelKernel> {
         let kernel = match self.kernel {
-            OutInKernel::Portable => return None,
-            OutInKernel::Avx2 => F32PanelKernel::Avx2,
+            OutInKernel::Portable | OutInKernel::Avx2 => return None,
             OutInKernel::Avx512 => F32PanelKernel::Avx512,
         };
         kernel.is_available().then_some(kernel)
