@@ -108,10 +108,6 @@ impl F32PanelKernel {
             .filter(|k| k.is_available())
             .collect()
     }
-    /// The fastest variant this CPU can run, if any.
-    pub fn best() -> Option<F32PanelKernel> {
-        Self::available().last().copied()
-    }
     /// Short name.
     pub fn name(self) -> &'static str {
         match self {
