@@ -50,6 +50,11 @@ pub struct BenchArgs {
     /// AVX-512 would (the default is the fastest this CPU runs).
     #[arg(long)]
     portable_kernels: bool,
+    /// Pack the fp32 weights for the f32 panel kernel before timing, as `gclip serve` does
+    /// (on AVX2 CPUs other commands read them in place; on AVX-512 CPUs the first product packs
+    /// them anyway)
+    #[arg(long)]
+    pack_f32: bool,
 }
 
 /// What is timed: random weights, converted to each precision, or a model's own, loaded in each.
@@ -103,6 +108,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     .clip
             }
         };
+        if args.pack_f32 {
+            model.pack_f32_weights()?;
+        }
         let kernels = model.kernel_description();
         if !args.json {
             println!("gclip {arch} {precision}, {threads} threads, kernels: {kernels}");

@@ -202,6 +202,8 @@ pub fn run_bench(args: ServeBenchArgs) -> Result<()> {
             },
         )?
     };
+    // As the server packs a model's fp32 weights when it loads it.
+    embedder.clip().pack_f32_weights()?;
     let dir = std::env::temp_dir().join(format!("gclip-serve-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let plan = gclip_server::bench::ServerBenchPlan {

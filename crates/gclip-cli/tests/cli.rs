@@ -559,6 +559,17 @@ fn bench_names_the_kernels_of_each_precision() {
     }
     assert!(kernels(&fastest, "bf16").starts_with("bf16-"));
     assert!(kernels(&fastest, "int8").contains("int8-"));
+    // Packed before timing, as the server does, on AVX2 CPUs too; bf16 and int8 unchanged.
+    let asked = run(&["--pack-f32"]);
+    let panel_kernels = gclip::model::lowp::F32PanelKernel::available();
+    match panel_kernels.last() {
+        Some(best) => assert_eq!(
+            kernels(&asked, "fp32"),
+            format!("f32 packed when asked ({})", best.name())
+        ),
+        None => assert_eq!(kernels(&asked, "fp32"), fp32),
+    }
+    assert_eq!(kernels(&asked, "int8"), kernels(&fastest, "int8"));
     let portable = run(&["--portable-kernels"]);
     assert_eq!(kernels(&portable, "bf16"), "bf16-portable");
     assert_eq!(

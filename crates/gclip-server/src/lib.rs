@@ -269,6 +269,12 @@ impl AppState {
         };
         let embedder = Embedder::load_with(&source, &Device::Cpu, options)
             .map_err(|e| ApiError::internal(format!("loading model {key}: {e}")))?;
+        // A server runs many small batches: its fp32 weights go to the panel kernel before
+        // the first query, on AVX2 CPUs too.
+        embedder
+            .clip()
+            .pack_f32_weights()
+            .map_err(|e| ApiError::internal(format!("loading model {key}: {e}")))?;
         if precision != identity.precision {
             tracing::warn!(
                 "model {key}: the collections of this model were embedded in {}; queries run in \

@@ -17,6 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use gclip::embed::{Embedder, LoadOptions};
 use gclip::eval::zeroshot::{evaluate, EvalOptions, ImageFolder};
 use gclip::model::layers::{Linear, LinearWeight};
+use gclip::model::lowp::F32PanelKernel;
 use gclip::model::outin::{OutInKernel, OUT_IN_MAX_ROWS};
 use gclip::model::{Clip, ConvertedCache, KernelChoice, Precision};
 use gclip::source::ModelSource;
@@ -468,6 +469,58 @@ fn fp32_inference_loads_use_safetensors_weights_in_place_with_the_same_numbers()
             );
         }
     }
+}
+
+/// `Clip::pack_f32_weights` (what the server calls after loading) packs every in-place fp32
+/// weight for this CPU's panel kernel, on AVX2 CPUs too, and says so; the packed model gives
+/// the dense model's embeddings within f32 rounding and the same bits on a second run. With the
+/// portable kernels there is nothing to pack.
+#[test]
+fn fp32_weights_packed_when_asked_run_the_panel_kernel_with_the_same_numbers() {
+    let (name, source) = models().remove(0);
+    let r = reference(name);
+    let (ids, pixels) = (ids_of(&r["input_ids"]), &r["pixel_values"]);
+    let dense_model = source.load(&Device::Cpu, DType::F32).unwrap().clip;
+    let images = dense_model.encode_pixels(pixels, true).unwrap();
+    let texts = dense_model.encode_text_ids(&ids, true).unwrap();
+    let linears = dense_model.vision.transformer.blocks.len() * 4
+        + dense_model.text.transformer.blocks.len() * 4;
+
+    let portable = fp32_inference(&source, KernelChoice::Portable);
+    let before = portable.kernel_description();
+    assert_eq!(portable.pack_f32_weights().unwrap(), 0);
+    assert_eq!(portable.kernel_description(), before);
+
+    let c = fp32_inference(&source, KernelChoice::Fastest);
+    let packed = c.pack_f32_weights().unwrap();
+    let what = c.kernel_description();
+    if F32PanelKernel::available().is_empty() {
+        assert_eq!(packed, 0, "{what}");
+        assert!(!what.contains("packed"), "{what}");
+        return;
+    }
+    assert_eq!(packed, linears, "{what}");
+    let kernel = if F32PanelKernel::Avx512.is_available() {
+        F32PanelKernel::Avx512
+    } else {
+        F32PanelKernel::Avx2
+    };
+    assert_eq!(what, format!("f32 packed when asked ({})", kernel.name()));
+    // Asking again packs nothing new and changes nothing.
+    assert_eq!(c.pack_f32_weights().unwrap(), linears);
+    let first = (
+        c.encode_pixels(pixels, true).unwrap(),
+        c.encode_text_ids(&ids, true).unwrap(),
+    );
+    let cos = min_cosine(&first.0, &images);
+    assert!(cos >= 1.0 - 1e-6, "{what}: images, cosine {cos}");
+    let cos = min_cosine(&first.1, &texts);
+    assert!(cos >= 1.0 - 1e-6, "{what}: texts, cosine {cos}");
+    let second = (
+        c.encode_pixels(pixels, true).unwrap(),
+        c.encode_text_ids(&ids, true).unwrap(),
+    );
+    assert_eq!(first, second, "{what}: a second run");
 }
 
 #[test]

@@ -109,6 +109,18 @@ impl Clip {
         self.text.transformer.set_dense_products(products);
     }
 
+    /// Packs both towers' fp32 weights that are used in place for this CPU's f32 panel kernel
+    /// now, for a long-lived process (a server) to call before its first product: on AVX2 CPUs
+    /// these weights are otherwise read in place by every product, and the panel kernel runs
+    /// products of few rows 1.2–1.5× faster (Zen 3, docs/BENCHMARKS.md session 33); on AVX-512
+    /// CPUs the first product would pack them anyway. The cost is the packing's memory (the
+    /// mapped weights' pages are released) and its page faults, 0.1–2 s for ViT-B/32. Returns
+    /// how many weights were packed (none with the portable kernels or other precisions).
+    pub fn pack_f32_weights(&self) -> Result<usize, ModelError> {
+        Ok(self.vision.transformer.pack_f32_weights()?
+            + self.text.transformer.pack_f32_weights()?)
+    }
+
     /// Which kernels the transformer's linear layers run (`gemm f32`, `bf16-avx512bf16`, …),
     /// chosen at load time for this CPU.
     pub fn kernel_description(&self) -> String {

@@ -615,6 +615,20 @@ impl Transformer {
         }
     }
 
+    /// Packs every fp32 weight used in place for this CPU's f32 panel kernel now (see
+    /// [`super::outin::OutInWeight::pack_now`]); returns how many were packed.
+    pub fn pack_f32_weights(&self) -> Result<usize> {
+        let mut packed = 0;
+        for b in &self.blocks {
+            for l in [&b.attn.qkv, &b.attn.out, &b.fc1, &b.fc2] {
+                if let LinearWeight::Mapped(w) = &l.weight {
+                    packed += usize::from(w.pack_now()?);
+                }
+            }
+        }
+        Ok(packed)
+    }
+
     /// The precision the stack was converted to (fp32 for an empty stack): that of the MLP,
     /// which every precision packs as asked.
     pub fn precision(&self) -> Precision {
@@ -628,7 +642,8 @@ impl Transformer {
     /// int8-avx512vnni`, `gemm f32`, `f32 in place (f32-outin-avx2, gemm)` (the out-in kernel
     /// for products of few rows, gemm for the others) or, where a weight is packed for the
     /// panel kernel at its first product and every product runs that, `f32 packed at first use
-    /// (f32-panels-avx512)`.
+    /// (f32-panels-avx512)`, or `f32 packed when asked (f32-panels-avx2)` after
+    /// [`Transformer::pack_f32_weights`].
     pub fn kernel_description(&self) -> String {
         let Some(b) = self.blocks.first() else {
             return "none".into();
@@ -636,6 +651,9 @@ impl Transformer {
         let name = |l: &Linear| match &l.weight {
             LinearWeight::Packed(w) => w.kernel_name(),
             LinearWeight::Dense(_) => "gemm f32".into(),
+            LinearWeight::Mapped(w) if w.packed_when_asked() => {
+                format!("f32 packed when asked ({})", w.repeated_kernel_name())
+            }
             LinearWeight::Mapped(w) if w.runs_panels() => {
                 format!("f32 packed at first use ({})", w.repeated_kernel_name())
             }

@@ -2,8 +2,9 @@
 //! inference load use the checkpoint's own weights, mapped, instead of a transposed copy.
 //!
 //! On CPUs with AVX-512F a weight's first product packs it once for the f32 panel kernel of
-//! [`super::lowp`], which then runs every product of it (the mapped pages are released).
-//! Elsewhere few input rows (one image's 50 tokens, a few short captions) go through the
+//! [`super::lowp`], which then runs every product of it (the mapped pages are released); on
+//! AVX2 CPUs that happens only where a long-lived process asks for it before its first product
+//! ([`OutInWeight::pack_now`]). Elsewhere few input rows (one image's 50 tokens, a few short captions) go through the
 //! out-in kernel of this module: every output is the dot product of two contiguous rows, so the
 //! weight is read once, in place, and never repacked; more rows go through gemm on the
 //! transposed strides of the mapped memory, which packs the weight per call. The out-in kernel
@@ -545,9 +546,19 @@ pub struct OutInWeight {
     /// does not depend on what ran before it (packing at the second product made a one-shot
     /// `gclip classify` and a long-lived model differ in the last bits). The AVX-512 panel
     /// kernel runs ViT-B/32's shapes 1.3–1.6× faster than the out-in kernel (16–50 rows) and
-    /// gemm (512–1,600 rows; gemm also repacked the weight on every call) on Zen 4 (AVX2 CPUs
-    /// do not pack: see `panel_kernel`). The mapped rows are released once it is made.
-    panels: OnceLock<std::result::Result<PackedF32, String>>,
+    /// gemm (512–1,600 rows; gemm also repacked the weight on every call) on Zen 4. AVX2 CPUs
+    /// pack only when asked to, before any product ([`OutInWeight::pack_now`]: see
+    /// `panel_kernel`). The mapped rows are released once it is made.
+    panels: OnceLock<std::result::Result<PanelCopy, String>>,
+}
+
+/// A weight packed for the f32 panel kernel, with the kernel and when it was packed.
+#[derive(Debug, Clone)]
+struct PanelCopy {
+    packed: PackedF32,
+    kernel: F32PanelKernel,
+    /// By [`OutInWeight::pack_now`], rather than by the first product.
+    asked: bool,
 }
 
 impl OutInWeight {
@@ -585,53 +596,96 @@ impl OutInWeight {
         )
     }
 
-    /// What runs the products of more than [`OUT_IN_MAX_ROWS`] rows (on AVX-512 CPUs, every
-    /// product).
+    /// What runs the products of more than [`OUT_IN_MAX_ROWS`] rows (where the weight is or
+    /// will be packed, every product).
     pub fn repeated_kernel_name(&self) -> &'static str {
-        self.panel_kernel().map_or("gemm", F32PanelKernel::name)
+        match self.panel_copy() {
+            Some(copy) => copy.kernel.name(),
+            None => self.panel_kernel().map_or("gemm", F32PanelKernel::name),
+        }
     }
 
-    /// Whether every product runs the panel kernel (packed at the first).
+    /// Whether every product runs the panel kernel: packed by [`OutInWeight::pack_now`], or to
+    /// be packed by the first product.
     pub fn runs_panels(&self) -> bool {
-        self.panel_kernel().is_some()
+        self.panel_copy().is_some() || self.panel_kernel().is_some()
     }
 
-    /// The f32 panel kernel this weight's products run: the AVX-512 one where the out-in kernel
-    /// is AVX-512, else `None`. The AVX2 panel kernel made Zen 3's fp32 towers 0–23 % faster, but
-    /// packing at the first product added 0.2–1.1 s of page faults to a one-shot `gclip classify`
-    /// there (0.23–0.35 s before; docs/BENCHMARKS.md, session 32), so AVX2 CPUs keep reading the
-    /// weights in place until the packing costs less.
-    fn panel_kernel(&self) -> Option<F32PanelKernel> {
+    /// Whether the weight was packed by [`OutInWeight::pack_now`].
+    pub fn packed_when_asked(&self) -> bool {
+        self.panel_copy().is_some_and(|copy| copy.asked)
+    }
+
+    /// The panel kernel of the out-in kernel's instruction set, or `None` for the portable one
+    /// (asked for, or all the CPU has).
+    fn own_panel_kernel(&self) -> Option<F32PanelKernel> {
         let kernel = match self.kernel {
-            OutInKernel::Portable | OutInKernel::Avx2 => return None,
+            OutInKernel::Portable => return None,
+            OutInKernel::Avx2 => F32PanelKernel::Avx2,
             OutInKernel::Avx512 => F32PanelKernel::Avx512,
         };
         kernel.is_available().then_some(kernel)
     }
 
-    /// The weight packed for the f32 panel kernel (packed by the first call, see `panels`), or
-    /// `None` where products read the weight in place: a CPU without AVX-512F, or the portable
-    /// kernels asked for.
-    fn panels(&self) -> Result<Option<(&PackedF32, F32PanelKernel)>> {
-        let Some(kernel) = self.panel_kernel() else {
-            return Ok(None);
+    /// The f32 panel kernel that the first product packs this weight for: the AVX-512 one where
+    /// the out-in kernel is AVX-512, else `None`. The AVX2 panel kernel runs Zen 3's products of
+    /// 16–77 rows 1.2–1.5× faster than the out-in kernel, but packing at the first product added
+    /// 0.2–1.1 s of page faults to a one-shot `gclip classify` there (0.23–0.35 s before;
+    /// docs/BENCHMARKS.md, sessions 32 and 33), so on AVX2 CPUs only a process that asks for it
+    /// ([`OutInWeight::pack_now`], as the server does) gets it.
+    fn panel_kernel(&self) -> Option<F32PanelKernel> {
+        self.own_panel_kernel()
+            .filter(|&kernel| kernel == F32PanelKernel::Avx512)
+    }
+
+    /// The packed copy, if it was made.
+    fn panel_copy(&self) -> Option<&PanelCopy> {
+        self.panels.get().and_then(|made| made.as_ref().ok())
+    }
+
+    /// Packs the weight for the f32 panel kernel of this CPU now, on AVX2 CPUs too, so that
+    /// every product runs that kernel: for a long-lived process that asks before its first
+    /// product, so that no input's result depends on what ran before it. `Ok(false)` where
+    /// there is no panel kernel (the portable kernels); a weight already packed stays as it is.
+    pub fn pack_now(&self) -> Result<bool> {
+        let Some(kernel) = self.own_panel_kernel() else {
+            return Ok(false);
         };
-        let packed = self.panels.get_or_init(|| {
+        self.packed_copy(kernel, true).map(|_| true)
+    }
+
+    /// The packed copy for `kernel`, made by this call if no call made it before.
+    fn packed_copy(&self, kernel: F32PanelKernel, asked: bool) -> Result<&PanelCopy> {
+        let made = self.panels.get_or_init(|| {
             let packed = self
                 .rows()
                 .map_err(|e| e.to_string())
-                .and_then(|rows| PackedF32::pack_rows(&rows));
-            if packed.is_ok() {
-                // Every later product reads the packed copy: the mapped rows need not count in
-                // the process's memory (ViT-B/32's image tower, 350 MB).
-                self.blocks.iter().for_each(MappedF32::release_pages);
-            }
-            packed
+                .and_then(|rows| PackedF32::pack_rows(&rows))?;
+            // Every later product reads the packed copy: the mapped rows need not count in
+            // the process's memory (ViT-B/32's image tower, 350 MB).
+            self.blocks.iter().for_each(MappedF32::release_pages);
+            Ok(PanelCopy {
+                packed,
+                kernel,
+                asked,
+            })
         });
-        match packed {
-            Ok(packed) => Ok(Some((packed, kernel))),
+        match made {
+            Ok(copy) => Ok(copy),
             Err(e) => candle_core::bail!("packing an f32 weight: {e}"),
         }
+    }
+
+    /// The weight packed for the f32 panel kernel (by [`OutInWeight::pack_now`], or by the
+    /// first call where `panel_kernel` says so), or `None` where products read the weight in
+    /// place.
+    fn panels(&self) -> Result<Option<(&PackedF32, F32PanelKernel)>> {
+        let copy = match (self.panel_copy(), self.panel_kernel()) {
+            (Some(copy), _) => copy,
+            (None, Some(kernel)) => self.packed_copy(kernel, false)?,
+            (None, None) => return Ok(None),
+        };
+        Ok(Some((&copy.packed, copy.kernel)))
     }
 }
 
