@@ -344,16 +344,20 @@ fn run_tiles(g: &Gemm, out: Out, threads: usize) {
     };
     let panels = g.out.div_ceil(NR);
     let mblocks = g.rows.div_ceil(g.mr);
-    // Row tiles of at least MC_BLOCKS row blocks each, evened out: every row tile reads the
-    // whole weight, and a tile of one or two blocks beside a full one (50 rows in 6-row blocks
-    // as 8 + 1) read it a second time for a few rows, from memory in a tower (Zen 3, the image
-    // tower at batch 1 on the AVX2 panels, docs/BENCHMARKS.md session 33). Unstaged kernels keep
-    // as many row tiles as the threads need beside the panel tiles.
-    let mut row_tiles = (mblocks / MC_BLOCKS).max(1);
-    if g.stage.is_none() {
+    // Row tiles evened out: every row tile reads the whole weight, and a tile of one or two
+    // blocks beside a full one (50 rows in 6-row blocks as 8 + 1) read it a second time for a
+    // few rows, from memory in a tower (Zen 3, the image tower at batch 1 on the AVX2 panels,
+    // docs/BENCHMARKS.md session 33). Staged kernels take at least MC_BLOCKS row blocks per
+    // tile, so that every staged block is read by that many; the others about MC_BLOCKS (at
+    // most 11), and as many row tiles as the threads need beside the panel tiles.
+    let row_tiles = if g.stage.is_some() {
+        (mblocks / MC_BLOCKS).max(1)
+    } else {
         let panel_tiles = panels.div_ceil(NC_PANELS).max(1);
-        row_tiles = row_tiles.max(threads.div_ceil(panel_tiles).min(mblocks));
-    }
+        ((mblocks + MC_BLOCKS / 2) / MC_BLOCKS)
+            .max(1)
+            .max(threads.div_ceil(panel_tiles).min(mblocks))
+    };
     let mcb = mblocks.div_ceil(row_tiles).max(1);
     let ncp = NC_PANELS;
     // Everything the kernels touch is inside these slices (checked here so
