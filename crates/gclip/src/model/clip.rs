@@ -112,7 +112,7 @@ impl Clip {
     /// Packs both towers' fp32 weights that are used in place for this CPU's f32 panel kernel
     /// now, for a long-lived process (a server) to call before its first product: on AVX2 CPUs
     /// these weights are otherwise read in place by every product, and the panel kernel runs
-    /// products of few rows 1.2–1.5× faster (Zen 3, docs/BENCHMARKS.md session 33); on AVX-512
+    /// products of few rows 1.1–1.7× faster (Zen 3, docs/BENCHMARKS.md session 33); on AVX-512
     /// CPUs the first product would pack them anyway. The cost is the packing's memory (the
     /// mapped weights' pages are released) and its page faults, 0.1–2 s for ViT-B/32. Returns
     /// how many weights were packed (none with the portable kernels or other precisions).

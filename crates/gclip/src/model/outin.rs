@@ -4,8 +4,8 @@
 //! On CPUs with AVX-512F a weight's first product packs it once for the f32 panel kernel of
 //! [`super::lowp`], which then runs every product of it (the mapped pages are released); on
 //! AVX2 CPUs that happens only where a long-lived process asks for it before its first product
-//! ([`OutInWeight::pack_now`]). Elsewhere few input rows (one image's 50 tokens, a few short captions) go through the
-//! out-in kernel of this module: every output is the dot product of two contiguous rows, so the
+//! ([`OutInWeight::pack_now`]). Elsewhere few input rows (one image's 50 tokens, a few short
+//! captions) go through the out-in kernel of this module: every output is the dot product of two contiguous rows, so the
 //! weight is read once, in place, and never repacked; more rows go through gemm on the
 //! transposed strides of the mapped memory, which packs the weight per call. The out-in kernel
 //! has AVX-512, AVX2+FMA and portable variants, the fastest
@@ -629,8 +629,8 @@ impl OutInWeight {
 
     /// The f32 panel kernel that the first product packs this weight for: the AVX-512 one where
     /// the out-in kernel is AVX-512, else `None`. The AVX2 panel kernel runs Zen 3's products of
-    /// 16–77 rows 1.2–1.5× faster than the out-in kernel, but packing at the first product added
-    /// 0.2–1.1 s of page faults to a one-shot `gclip classify` there (0.23–0.35 s before;
+    /// 16–77 rows 1.1–1.7× faster than the out-in kernel, but packing at the first product added
+    /// 0.1–1.9 s of page faults to a one-shot `gclip classify` there (0.23–0.35 s without;
     /// docs/BENCHMARKS.md, sessions 32 and 33), so on AVX2 CPUs only a process that asks for it
     /// ([`OutInWeight::pack_now`], as the server does) gets it.
     fn panel_kernel(&self) -> Option<F32PanelKernel> {
