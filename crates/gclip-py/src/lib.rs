@@ -380,6 +380,14 @@ impl Model {
         self.embedder.inputs().preprocessor().config().crop_size
     }
 
+    /// Packs the fp32 weights for this CPU's f32 panel kernel now (see
+    /// `Clip::pack_f32_weights`): for a long-lived process, before its first embedding. Returns
+    /// how many weights were packed.
+    fn pack_f32_weights(&self, py: Python<'_>) -> PyResult<usize> {
+        py.detach(|| self.embedder.clip().pack_f32_weights())
+            .map_err(err)
+    }
+
     /// fp32, bf16 or int8.
     #[getter]
     fn precision(&self) -> String {

@@ -142,6 +142,25 @@ def test_numpy_views_and_modes(oc):
     assert "uint8" in errors[0][1] and "shape" in errors[1][1]
 
 
+def test_packed_f32_weights_give_the_same_vectors_within_rounding():
+    packed = gclip.load(OC_MODEL, arch=OC_ARCH)
+    count = packed.pack_f32_weights()
+    # Every transformer linear of both towers (4 per block) where the CPU has AVX2 and FMA.
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text().split() if cpuinfo.exists() else []
+    assert (count > 0) == ("avx2" in flags and "fma" in flags), count
+    assert count % 4 == 0
+    assert packed.pack_f32_weights() == count
+    in_place = gclip.load(OC_MODEL, arch=OC_ARCH)
+    for encode, items in [
+        ("encode_text", TEXTS),
+        ("encode_image", [str(IMAGES / "rgb_301x199.png"), str(IMAGES / "photo_chelsea.jpg")]),
+    ]:
+        got, want = getattr(packed, encode)(items), getattr(in_place, encode)(items)
+        cosine = (got * want).sum(axis=1)
+        assert cosine.min() >= 1 - 1e-6, (encode, cosine)
+
+
 def test_a_bad_item_is_named_and_the_rest_are_embedded(oc, tmp_path):
     good = [str(IMAGES / "photo_chelsea.jpg"), str(IMAGES / "rgb_301x199.png")]
     missing = str(tmp_path / "missing.jpg")

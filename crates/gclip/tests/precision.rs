@@ -490,6 +490,9 @@ fn fp32_weights_packed_when_asked_run_the_panel_kernel_with_the_same_numbers() {
     let before = portable.kernel_description();
     assert_eq!(portable.pack_f32_weights().unwrap(), 0);
     assert_eq!(portable.kernel_description(), before);
+    // bf16 weights are packed already: nothing in f32 to pack.
+    let bf16 = converted(&portable, Precision::Bf16, KernelChoice::Fastest);
+    assert_eq!(bf16.pack_f32_weights().unwrap(), 0);
 
     let c = fp32_inference(&source, KernelChoice::Fastest);
     let packed = c.pack_f32_weights().unwrap();
