@@ -911,9 +911,9 @@ pub fn peak_multiply_adds(instruction: PeakInstruction, seconds: f64) -> Option<
     }
 }
 
-/// Whether inference packs fp32 weights for the panel kernel on this CPU: where it runs the
-/// AVX-512 one. (The AVX2 one runs on AVX2 CPUs through [`linear_f32_fused`], but inference does
-/// not pack for it: see `OutInWeight`'s choice.)
+/// Whether inference packs fp32 weights for the panel kernel at their first product on this
+/// CPU: where it runs the AVX-512 one. (AVX2 CPUs pack for theirs only when a process asks,
+/// `Clip::pack_f32_weights`: see `OutInWeight`'s choice.)
 pub fn has_f32_panel_kernel() -> bool {
     F32PanelKernel::Avx512.is_available()
 }

@@ -5,11 +5,11 @@
 //! [`super::lowp`], which then runs every product of it (the mapped pages are released); on
 //! AVX2 CPUs that happens only where a long-lived process asks for it before its first product
 //! ([`OutInWeight::pack_now`]). Elsewhere few input rows (one image's 50 tokens, a few short
-//! captions) go through the out-in kernel of this module: every output is the dot product of two contiguous rows, so the
-//! weight is read once, in place, and never repacked; more rows go through gemm on the
-//! transposed strides of the mapped memory, which packs the weight per call. The out-in kernel
-//! has AVX-512, AVX2+FMA and portable variants, the fastest
-//! this CPU runs chosen at load time ([`OutInKernel::chosen`]).
+//! captions) go through the out-in kernel of this module: every output is the dot product of
+//! two contiguous rows, so the weight is read once, in place, and never repacked; more rows go
+//! through gemm on the transposed strides of the mapped memory, which packs the weight per
+//! call. The out-in kernel has AVX-512, AVX2+FMA and portable variants, the fastest this CPU
+//! runs chosen at load time ([`OutInKernel::chosen`]).
 
 use std::sync::{Arc, Mutex, OnceLock};
 
