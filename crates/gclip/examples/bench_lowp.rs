@@ -6,7 +6,11 @@
 //!
 //! ```text
 //! cargo run --release -p gclip --example bench_lowp -- [--threads N] [--seconds S] [--kernel NAME]
+//!     [--shape NAME] [--rounds N]
 //! ```
+//! `--shape NAME` runs only the shapes of that name (e.g. `fc1 b32`); `--rounds N` times each
+//! product of a shape N times in turn and prints its median, so that kernels are compared under
+//! the same load on a noisy machine.
 //! Prints one line per (kernel, shape): rows × in × out, GFLOP/s (2 flops per multiply-add),
 //! and for the AVX-512 kernels the share of the ceiling of the instruction they are built of,
 //! measured first on `--threads` threads at once (`lowp::peak_multiply_adds`).
@@ -99,6 +103,8 @@ fn main() {
     let mut threads = 1usize;
     let mut seconds = 1.0f64;
     let mut only: Option<String> = None;
+    let mut only_shape: Option<String> = None;
+    let mut rounds = 1usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -115,6 +121,14 @@ fn main() {
                     .expect("--seconds S")
             }
             "--kernel" => only = args.next(),
+            "--shape" => only_shape = args.next(),
+            "--rounds" => {
+                rounds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+                    .expect("--rounds N (at least 1)")
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -143,83 +157,114 @@ fn main() {
         .build()
         .expect("thread pool");
     for &(what, rows, din, dout) in SHAPES {
+        if only_shape.as_deref().is_some_and(|o| o != what) {
+            continue;
+        }
         let x = pseudo_random(rows * din, 1);
         let w = pseudo_random(din * dout, 2);
         let bias = pseudo_random(dout, 3);
-        let mut dst = vec![0f32; rows * dout];
+        let new_dst = || vec![0f32; rows * dout];
         let flops = 2.0 * (rows * din * dout) as f64;
+        // Every product of the shape, by name; timed in turn below.
+        let mut runs: Vec<(String, Box<dyn FnMut() + '_>)> = Vec::new();
         if rows <= OUT_IN_MAX_ROWS {
             // The f32 weight read in place, as from a checkpoint: at a cache-line boundary, and
             // one float past it (where safetensors' header length usually leaves it).
-            let mut buffer = vec![0f32; din * dout + 32];
-            let aligned = (64 - buffer.as_ptr() as usize % 64) % 64 / 4;
             for kernel in OutInKernel::available() {
                 for shift in [0, 1] {
                     let name = format!("{}+{shift}", kernel.name());
                     if !wanted(&name) {
                         continue;
                     }
+                    let mut buffer = vec![0f32; din * dout + 32];
+                    let aligned = (64 - buffer.as_ptr() as usize % 64) % 64 / 4;
                     let start = aligned + shift;
                     buffer[start..start + w.len()].copy_from_slice(&w);
-                    let placed = &buffer[start..start + w.len()];
-                    let g = rate(flops, seconds, || {
-                        pool.install(|| {
-                            out_in_add(kernel, &x, rows, placed, dout, din, &mut dst, dout)
-                                .expect("out-in product")
-                        })
-                    });
-                    row(&name, what, rows, din, dout, g);
+                    let (x, pool, mut dst) = (&x, &pool, new_dst());
+                    runs.push((
+                        name,
+                        Box::new(move || {
+                            let placed = &buffer[start..start + din * dout];
+                            pool.install(|| {
+                                out_in_add(kernel, x, rows, placed, dout, din, &mut dst, dout)
+                                    .expect("out-in product")
+                            })
+                        }),
+                    ));
                 }
             }
         }
-        if rows > OUT_IN_MAX_ROWS {
+        if rows > OUT_IN_MAX_ROWS && wanted("f32-gemm") {
             // f32 over the weight in place through gemm (which packs it per call), on
             // `threads` tasks: the rate the low-precision kernels must beat.
-            if wanted("f32-gemm") {
-                let g = rate(flops, seconds, || {
+            let (x, w, pool, mut dst) = (&x, &w, &pool, new_dst());
+            runs.push((
+                "f32-gemm".into(),
+                Box::new(move || {
                     pool.install(|| {
-                        gemm_add(&x, rows, &w, dout, din, &mut dst, dout).expect("gemm product")
+                        gemm_add(x, rows, w, dout, din, &mut dst, dout).expect("gemm product")
                     })
-                });
-                row("f32-gemm", what, rows, din, dout, g);
+                }),
+            ));
+        }
+        let panel_kernels: Vec<F32PanelKernel> = F32PanelKernel::available()
+            .into_iter()
+            .filter(|k| wanted(k.name()))
+            .collect();
+        if !panel_kernels.is_empty() {
+            let packed = std::rc::Rc::new(PackedF32::pack_out_in(&w, din, dout).expect("pack f32"));
+            for kernel in panel_kernels {
+                let (x, bias, packed) = (&x, &bias, packed.clone());
+                runs.push((
+                    kernel.name().into(),
+                    Box::new(move || {
+                        let fused = Default::default();
+                        let y =
+                            lowp::linear_f32_fused(x, rows, &packed, bias, fused, kernel, threads)
+                                .expect("f32 product");
+                        std::hint::black_box(y);
+                    }),
+                ));
             }
         }
-        let panel_kernels = F32PanelKernel::available();
-        let packed = panel_kernels
-            .iter()
-            .any(|k| wanted(k.name()))
-            .then(|| PackedF32::pack_out_in(&w, din, dout).expect("pack f32"));
-        for &kernel in panel_kernels.iter().filter(|k| wanted(k.name())) {
-            let packed = packed.as_ref().expect("packed above");
-            let fused = Default::default();
-            let g = rate(flops, seconds, || {
-                let y = lowp::linear_f32_fused(&x, rows, packed, &bias, fused, kernel, threads)
-                    .expect("f32 product");
-                std::hint::black_box(y);
-            });
-            row(kernel.name(), what, rows, din, dout, g);
-        }
-        let packed = PackedBf16::pack_out_in(&w, din, dout).expect("pack bf16");
+        let packed = std::rc::Rc::new(PackedBf16::pack_out_in(&w, din, dout).expect("pack bf16"));
         for kernel in Bf16Kernel::available() {
             if !wanted(kernel.name()) {
                 continue;
             }
-            let g = rate(flops, seconds, || {
-                lowp::linear_bf16(&x, rows, &packed, &bias, &mut dst, kernel, threads)
-                    .expect("bf16 product");
-            });
-            row(kernel.name(), what, rows, din, dout, g);
+            let (x, bias, packed, mut dst) = (&x, &bias, packed.clone(), new_dst());
+            runs.push((
+                kernel.name().into(),
+                Box::new(move || {
+                    lowp::linear_bf16(x, rows, &packed, bias, &mut dst, kernel, threads)
+                        .expect("bf16 product");
+                }),
+            ));
         }
-        let packed = PackedInt8::pack_out_in(&w, din, dout).expect("pack int8");
+        let packed = std::rc::Rc::new(PackedInt8::pack_out_in(&w, din, dout).expect("pack int8"));
         for kernel in Int8Kernel::available() {
             if !wanted(kernel.name()) {
                 continue;
             }
-            let g = rate(flops, seconds, || {
-                lowp::linear_int8(&x, rows, &packed, &bias, &mut dst, kernel, threads)
-                    .expect("int8 product");
-            });
-            row(kernel.name(), what, rows, din, dout, g);
+            let (x, bias, packed, mut dst) = (&x, &bias, packed.clone(), new_dst());
+            runs.push((
+                kernel.name().into(),
+                Box::new(move || {
+                    lowp::linear_int8(x, rows, &packed, bias, &mut dst, kernel, threads)
+                        .expect("int8 product");
+                }),
+            ));
+        }
+        // In turn, `rounds` times, so that products are compared under the same load.
+        let mut rates = vec![Vec::new(); runs.len()];
+        for _ in 0..rounds {
+            for ((_, run), rates) in runs.iter_mut().zip(&mut rates) {
+                rates.push(rate(flops, seconds, run));
+            }
+        }
+        for ((name, _), rates) in runs.iter().zip(&mut rates) {
+            rates.sort_by(f64::total_cmp);
+            row(name, what, rows, din, dout, rates[rates.len() / 2]);
         }
     }
     // A transformer MLP in bf16, fused (fc1's tiles activated straight into fc2's bf16 input)
