@@ -6,8 +6,11 @@
 //!
 //! ```text
 //! cargo run --release -p gclip --example bench_lowp -- [--threads N] [--seconds S] [--kernel NAME]
-//!     [--shape NAME] [--rounds N]
+//!     [--shape NAME] [--rounds N] [--cold]
 //! ```
+//! `--cold` gives the packed kernels (f32 panels, bf16, int8) copies of the weight totalling
+//! 256 MiB of f32, one per call in turn, so that each call reads its weight from memory as the
+//! towers do.
 //! `--shape NAME` runs only the shapes of that name (e.g. `fc1 b32`); `--rounds N` times each
 //! product of a shape N times in turn and prints its median, so that kernels are compared under
 //! the same load on a noisy machine.
@@ -44,6 +47,14 @@ const SHAPES: &[(&str, usize, usize, usize)] = &[
     ("text fc1", 512, 512, 2048),
     ("text fc2", 512, 2048, 512),
 ];
+
+/// f32 bytes of the copies of a weight that `--cold` cycles through: several times any L3.
+const COLD_BYTES: usize = 256 << 20;
+
+/// `count` weights made by `pack`.
+fn copies<T>(count: usize, pack: impl Fn() -> T) -> Vec<T> {
+    (0..count).map(|_| pack()).collect()
+}
 
 fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed
@@ -105,6 +116,7 @@ fn main() {
     let mut only: Option<String> = None;
     let mut only_shape: Option<String> = None;
     let mut rounds = 1usize;
+    let mut cold = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -122,6 +134,7 @@ fn main() {
             }
             "--kernel" => only = args.next(),
             "--shape" => only_shape = args.next(),
+            "--cold" => cold = true,
             "--rounds" => {
                 rounds = args
                     .next()
@@ -165,6 +178,13 @@ fn main() {
         let bias = pseudo_random(dout, 3);
         let new_dst = || vec![0f32; rows * dout];
         let flops = 2.0 * (rows * din * dout) as f64;
+        // With --cold, enough copies of each packed weight that each call reads its copy from
+        // memory, as a tower does (its weights do not fit in the caches); one copy otherwise.
+        let copy_count = if cold {
+            COLD_BYTES.div_ceil(din * dout * 4).max(2)
+        } else {
+            1
+        };
         // Every product of the shape, by name; timed in turn below.
         let mut runs: Vec<(String, Box<dyn FnMut() + '_>)> = Vec::new();
         if rows <= OUT_IN_MAX_ROWS {
@@ -212,45 +232,56 @@ fn main() {
             .filter(|k| wanted(k.name()))
             .collect();
         if !panel_kernels.is_empty() {
-            let packed = std::rc::Rc::new(PackedF32::pack_out_in(&w, din, dout).expect("pack f32"));
+            let packed = std::rc::Rc::new(copies(copy_count, || {
+                PackedF32::pack_out_in(&w, din, dout).expect("pack f32")
+            }));
             for kernel in panel_kernels {
-                let (x, bias, packed) = (&x, &bias, packed.clone());
+                let (x, bias, packed, mut turn) = (&x, &bias, packed.clone(), 0);
                 runs.push((
                     kernel.name().into(),
                     Box::new(move || {
                         let fused = Default::default();
-                        let y =
-                            lowp::linear_f32_fused(x, rows, &packed, bias, fused, kernel, threads)
-                                .expect("f32 product");
+                        let w = &packed[turn % packed.len()];
+                        turn += 1;
+                        let y = lowp::linear_f32_fused(x, rows, w, bias, fused, kernel, threads)
+                            .expect("f32 product");
                         std::hint::black_box(y);
                     }),
                 ));
             }
         }
-        let packed = std::rc::Rc::new(PackedBf16::pack_out_in(&w, din, dout).expect("pack bf16"));
+        let packed = std::rc::Rc::new(copies(copy_count, || {
+            PackedBf16::pack_out_in(&w, din, dout).expect("pack bf16")
+        }));
         for kernel in Bf16Kernel::available() {
             if !wanted(kernel.name()) {
                 continue;
             }
-            let (x, bias, packed, mut dst) = (&x, &bias, packed.clone(), new_dst());
+            let (x, bias, packed, mut dst, mut turn) = (&x, &bias, packed.clone(), new_dst(), 0);
             runs.push((
                 kernel.name().into(),
                 Box::new(move || {
-                    lowp::linear_bf16(x, rows, &packed, bias, &mut dst, kernel, threads)
+                    let w = &packed[turn % packed.len()];
+                    turn += 1;
+                    lowp::linear_bf16(x, rows, w, bias, &mut dst, kernel, threads)
                         .expect("bf16 product");
                 }),
             ));
         }
-        let packed = std::rc::Rc::new(PackedInt8::pack_out_in(&w, din, dout).expect("pack int8"));
+        let packed = std::rc::Rc::new(copies(copy_count, || {
+            PackedInt8::pack_out_in(&w, din, dout).expect("pack int8")
+        }));
         for kernel in Int8Kernel::available() {
             if !wanted(kernel.name()) {
                 continue;
             }
-            let (x, bias, packed, mut dst) = (&x, &bias, packed.clone(), new_dst());
+            let (x, bias, packed, mut dst, mut turn) = (&x, &bias, packed.clone(), new_dst(), 0);
             runs.push((
                 kernel.name().into(),
                 Box::new(move || {
-                    lowp::linear_int8(x, rows, &packed, bias, &mut dst, kernel, threads)
+                    let w = &packed[turn % packed.len()];
+                    turn += 1;
+                    lowp::linear_int8(x, rows, w, bias, &mut dst, kernel, threads)
                         .expect("int8 product");
                 }),
             ));
