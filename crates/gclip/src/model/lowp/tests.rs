@@ -600,6 +600,51 @@ fn quantize_row_rules() {
 }
 
 #[test]
+fn every_cpu_variant_of_the_activation_codes_equals_the_portable_one() {
+    let mut rng = Rng(5);
+    let mut rows: Vec<Vec<f32>> = (0..80).map(|len| rng.vec(len, 3.0)).collect();
+    // Ties (63.5 and 31.75 of 127 / 2), a value at the maximum with each sign, zeros, and
+    // the rows that give no codes (all zero, NaN, infinity) at every position of a vector.
+    let mut ties = vec![1.0, -2.0, 0.5, 2.0, -0.0, 0.0];
+    ties.extend(rng.vec(40, 2.0));
+    rows.push(ties);
+    rows.push(vec![0.0; 37]);
+    for (len, bad) in [(9, f32::NAN), (33, f32::INFINITY), (40, f32::NEG_INFINITY)] {
+        for at in [0, len / 2, len - 1] {
+            let mut row = rng.vec(len, 1.0);
+            row[at] = bad;
+            rows.push(row);
+        }
+    }
+    for row in &rows {
+        let padded = row.len().next_multiple_of(4) + 4;
+        let mut want = vec![0u8; padded];
+        let want_scale = pack_row_u8(row, &mut want);
+        #[allow(unused_mut)]
+        let mut variants: Vec<(&str, Vec<u8>, f32)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx2_fma() {
+                let mut got = vec![7u8; padded];
+                // SAFETY: avx2 and fma were detected just above; `got` is longer than the row.
+                let scale = unsafe { x86::pack_row_u8_avx2(row, &mut got) };
+                variants.push(("avx2", got, scale));
+            }
+            if has_avx512() && std::arch::is_x86_feature_detected!("avx512bw") {
+                let mut got = vec![7u8; padded];
+                // SAFETY: avx512f and avx512bw were detected just above; `got` is longer.
+                let scale = unsafe { x86::pack_row_u8_avx512(row, &mut got) };
+                variants.push(("avx512", got, scale));
+            }
+        }
+        for (name, got, scale) in variants {
+            assert_eq!(got, want, "{name}, row of {}", row.len());
+            assert_eq!(scale.to_bits(), want_scale.to_bits(), "{name} scale");
+        }
+    }
+}
+
+#[test]
 fn dispatch_runs_the_requested_variant() {
     #[cfg(target_arch = "x86_64")]
     {

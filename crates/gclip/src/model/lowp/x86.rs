@@ -664,13 +664,78 @@ pub unsafe fn pack_row_f32pair_avx2(xr: &[f32], out: &mut [u32]) {
     super::pack_row_f32pair(xr, out)
 }
 
-/// [`super::pack_row_u8`] compiled for AVX2.
+/// Same result as [`super::pack_row_u8`] (bit for bit), with AVX2 intrinsics: compiled from the
+/// portable loops it stayed scalar (5 % of the int8 image tower at batch 32 on Zen 3).
 ///
 /// # Safety
-/// CPU supports avx2 and fma.
+/// CPU supports avx2 and fma; `out.len() >= xr.len()`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn pack_row_u8_avx2(xr: &[f32], out: &mut [u8]) -> f32 {
-    super::pack_row_u8(xr, out)
+    assert!(
+        out.len() >= xr.len(),
+        "pack_row_u8_avx2: out shorter than the row"
+    );
+    let n = xr.len();
+    let whole = n / 32 * 32;
+    let p = xr.as_ptr();
+    // For non-negative floats the bit patterns order like the values, and every NaN/inf pattern
+    // is >= 0x7F80_0000.
+    let absmask = _mm256_set1_epi32(0x7FFF_FFFF);
+    let mut mx = _mm256_setzero_si256();
+    let mut c = 0;
+    while c + 8 <= n {
+        // SAFETY: `xr[c..c + 8]` is in bounds.
+        let v = unsafe { _mm256_loadu_si256(p.add(c).cast()) };
+        mx = _mm256_max_epu32(mx, _mm256_and_si256(v, absmask));
+        c += 8;
+    }
+    let mut lanes = [0u32; 8];
+    // SAFETY: `lanes` holds 8 u32.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), mx) };
+    let maxbits = xr[c..]
+        .iter()
+        .map(|v| v.to_bits() & 0x7FFF_FFFF)
+        .chain(lanes)
+        .max()
+        .unwrap_or(0);
+    if maxbits >= 0x7F80_0000 || maxbits == 0 {
+        out.fill(128);
+        return if maxbits == 0 { 0.0 } else { f32::NAN };
+    }
+    let max = f32::from_bits(maxbits);
+    let inv_scalar = 127.0 / max;
+    let inv = _mm256_set1_ps(inv_scalar);
+    let lo = _mm256_set1_epi32(-127);
+    let hi = _mm256_set1_epi32(127);
+    let off = _mm256_set1_epi32(128);
+    // The packs interleave the 128-bit lanes: this puts the 32 bytes back in order.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let o = out.as_mut_ptr();
+    let mut c = 0;
+    while c < whole {
+        // SAFETY: `xr[c..c + 32]` and `out[c..c + 32]` are in bounds (`c + 32 <= n <=
+        // out.len()`). The conversion rounds to nearest even (default MXCSR), as `quant` does
+        // for these magnitudes (|v * inv| <= 127 + rounding); the codes 1..=255 pass both
+        // saturating packs unchanged.
+        unsafe {
+            let code = |i: usize| {
+                let v = _mm256_loadu_ps(p.add(c + 8 * i));
+                let q = _mm256_cvtps_epi32(_mm256_mul_ps(v, inv));
+                _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(q, lo), hi), off)
+            };
+            let words01 = _mm256_packs_epi32(code(0), code(1));
+            let words23 = _mm256_packs_epi32(code(2), code(3));
+            let bytes = _mm256_packus_epi16(words01, words23);
+            let bytes = _mm256_permutevar8x32_epi32(bytes, order);
+            _mm256_storeu_si256(o.add(c).cast(), bytes);
+        }
+        c += 32;
+    }
+    for (d, &v) in out[whole..n].iter_mut().zip(&xr[whole..]) {
+        *d = (super::quant(v, inv_scalar) as i32 + 128) as u8;
+    }
+    out[n..].fill(128);
+    max / 127.0
 }
 
 /// Converts one row to bf16 (RNE, `vcvtneps2bf16`), zero padded to
