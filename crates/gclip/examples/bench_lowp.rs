@@ -51,6 +51,18 @@ const SHAPES: &[(&str, usize, usize, usize)] = &[
 /// f32 bytes of the copies of a weight that `--cold` cycles through: several times any L3.
 const COLD_BYTES: usize = 256 << 20;
 
+/// A timed product that takes the next of `weights` at each call (`--cold`).
+fn cycling<'a, W: 'a>(
+    weights: std::rc::Rc<Vec<W>>,
+    mut product: impl FnMut(&W) + 'a,
+) -> Box<dyn FnMut() + 'a> {
+    let mut turn = 0;
+    Box::new(move || {
+        product(&weights[turn % weights.len()]);
+        turn += 1;
+    })
+}
+
 /// `count` weights made by `pack`.
 fn copies<T>(count: usize, pack: impl Fn() -> T) -> Vec<T> {
     (0..count).map(|_| pack()).collect()
@@ -236,18 +248,14 @@ fn main() {
                 PackedF32::pack_out_in(&w, din, dout).expect("pack f32")
             }));
             for kernel in panel_kernels {
-                let (x, bias, packed, mut turn) = (&x, &bias, packed.clone(), 0);
-                runs.push((
-                    kernel.name().into(),
-                    Box::new(move || {
-                        let fused = Default::default();
-                        let w = &packed[turn % packed.len()];
-                        turn += 1;
-                        let y = lowp::linear_f32_fused(x, rows, w, bias, fused, kernel, threads)
-                            .expect("f32 product");
-                        std::hint::black_box(y);
-                    }),
-                ));
+                let (x, bias) = (&x, &bias);
+                let run = cycling(packed.clone(), move |w| {
+                    let fused = Default::default();
+                    let y = lowp::linear_f32_fused(x, rows, w, bias, fused, kernel, threads)
+                        .expect("f32 product");
+                    std::hint::black_box(y);
+                });
+                runs.push((kernel.name().into(), run));
             }
         }
         let packed = std::rc::Rc::new(copies(copy_count, || {
@@ -257,16 +265,12 @@ fn main() {
             if !wanted(kernel.name()) {
                 continue;
             }
-            let (x, bias, packed, mut dst, mut turn) = (&x, &bias, packed.clone(), new_dst(), 0);
-            runs.push((
-                kernel.name().into(),
-                Box::new(move || {
-                    let w = &packed[turn % packed.len()];
-                    turn += 1;
-                    lowp::linear_bf16(x, rows, w, bias, &mut dst, kernel, threads)
-                        .expect("bf16 product");
-                }),
-            ));
+            let (x, bias, mut dst) = (&x, &bias, new_dst());
+            let run = cycling(packed.clone(), move |w| {
+                lowp::linear_bf16(x, rows, w, bias, &mut dst, kernel, threads)
+                    .expect("bf16 product")
+            });
+            runs.push((kernel.name().into(), run));
         }
         let packed = std::rc::Rc::new(copies(copy_count, || {
             PackedInt8::pack_out_in(&w, din, dout).expect("pack int8")
@@ -275,16 +279,12 @@ fn main() {
             if !wanted(kernel.name()) {
                 continue;
             }
-            let (x, bias, packed, mut dst, mut turn) = (&x, &bias, packed.clone(), new_dst(), 0);
-            runs.push((
-                kernel.name().into(),
-                Box::new(move || {
-                    let w = &packed[turn % packed.len()];
-                    turn += 1;
-                    lowp::linear_int8(x, rows, w, bias, &mut dst, kernel, threads)
-                        .expect("int8 product");
-                }),
-            ));
+            let (x, bias, mut dst) = (&x, &bias, new_dst());
+            let run = cycling(packed.clone(), move |w| {
+                lowp::linear_int8(x, rows, w, bias, &mut dst, kernel, threads)
+                    .expect("int8 product")
+            });
+            runs.push((kernel.name().into(), run));
         }
         // In turn, `rounds` times, so that products are compared under the same load.
         let mut rates = vec![Vec::new(); runs.len()];
