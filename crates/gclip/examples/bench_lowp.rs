@@ -258,13 +258,19 @@ fn main() {
                 runs.push((kernel.name().into(), run));
             }
         }
-        let packed = std::rc::Rc::new(copies(copy_count, || {
-            PackedBf16::pack_out_in(&w, din, dout).expect("pack bf16")
-        }));
-        for kernel in Bf16Kernel::available() {
-            if !wanted(kernel.name()) {
-                continue;
-            }
+        let bf16_kernels: Vec<Bf16Kernel> = Bf16Kernel::available()
+            .into_iter()
+            .filter(|k| wanted(k.name()))
+            .collect();
+        // Packed (and copied, with --cold) only for kernels that run.
+        let packed = std::rc::Rc::new(if bf16_kernels.is_empty() {
+            Vec::new()
+        } else {
+            copies(copy_count, || {
+                PackedBf16::pack_out_in(&w, din, dout).expect("pack bf16")
+            })
+        });
+        for kernel in bf16_kernels {
             let (x, bias, mut dst) = (&x, &bias, new_dst());
             let run = cycling(packed.clone(), move |w| {
                 lowp::linear_bf16(x, rows, w, bias, &mut dst, kernel, threads)
@@ -272,13 +278,18 @@ fn main() {
             });
             runs.push((kernel.name().into(), run));
         }
-        let packed = std::rc::Rc::new(copies(copy_count, || {
-            PackedInt8::pack_out_in(&w, din, dout).expect("pack int8")
-        }));
-        for kernel in Int8Kernel::available() {
-            if !wanted(kernel.name()) {
-                continue;
-            }
+        let int8_kernels: Vec<Int8Kernel> = Int8Kernel::available()
+            .into_iter()
+            .filter(|k| wanted(k.name()))
+            .collect();
+        let packed = std::rc::Rc::new(if int8_kernels.is_empty() {
+            Vec::new()
+        } else {
+            copies(copy_count, || {
+                PackedInt8::pack_out_in(&w, din, dout).expect("pack int8")
+            })
+        });
+        for kernel in int8_kernels {
             let (x, bias, mut dst) = (&x, &bias, new_dst());
             let run = cycling(packed.clone(), move |w| {
                 lowp::linear_int8(x, rows, w, bias, &mut dst, kernel, threads)
