@@ -10,8 +10,9 @@
 #   IMAGE           default tests/fixtures/images/photo_chelsea.jpg (451×300 JPEG of a cat)
 #   PYTHON          an interpreter with torch and transformers (default tools/.venv/bin/python)
 # Environment: RUNS (process runs per tool, default 10), WARM (in-process calls, default 20).
-# gclip runs in fp32, bf16 and int8 (bf16/int8 from a converted-weights cache of the run's own,
-# made by a first run of each that is timed apart).
+# gclip runs in fp32, bf16 and int8 from a converted-weights cache of the run's own (bf16/int8
+# weights converted, fp32 ones packed for the CPU's f32 panel kernel where it has one), made by
+# a first run of each that is timed apart.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 src="${1:-/tmp/vitb32}"
@@ -78,9 +79,10 @@ gclip_bf16=("$gclip" classify --precision bf16 --model "$model" --labels "${capt
 gclip_int8=("$gclip" classify --precision int8 --model "$model" --labels "${captions[@]}" -- "$image")
 py_cmd=("$py" "$root/tools/bench_classify.py" "$model" "$image")
 imp_cmd=("$py" -c "import torch, transformers; from transformers import CLIPModel, CLIPProcessor")
-# bf16/int8 keep their converted weights in a cache of this run's own: the first run of each
-# (timed apart) converts and writes it, the timed runs map it.
+# Converted weights go to a cache of this run's own: the first run of each precision (timed
+# apart) converts and writes it, the timed runs map it.
 export GCLIP_CONVERTED_CACHE="$tmp/converted"
+timed "$tmp/first-fp32" "${gclip_cmd[@]}"
 timed "$tmp/first-bf16" "${gclip_bf16[@]}"
 timed "$tmp/first-int8" "${gclip_int8[@]}"
 "${gclip_cmd[@]}" > /dev/null 2>&1; "${py_cmd[@]}" > /dev/null 2>&1  # warm-up
@@ -92,7 +94,7 @@ for _ in $(seq "$runs"); do
   timed "$tmp/py" "${py_cmd[@]}"
   timed "$tmp/imp" "${imp_cmd[@]}"
 done
-for p in bf16 int8; do
+for p in fp32 bf16 int8; do
   read -r w c m < "$tmp/first-$p"
   echo "gclip classify --precision $p, first run (converts, writes the cache): $w ms wall, $c ms CPU, $(( m / 1024 )) MB"
 done

@@ -20,7 +20,8 @@ pub struct BenchArgs {
     #[arg(long)]
     arch: Option<String>,
     /// Time a model's own weights, loaded as the task commands load them (fp32 weights used in
-    /// place in a safetensors checkpoint, bf16/int8 from the converted-weights cache): a Hugging
+    /// place in a safetensors checkpoint or packed in the converted-weights cache, bf16/int8
+    /// from that cache): a Hugging
     /// Face id or directory, or an open_clip checkpoint file with --arch. Default: random
     /// weights of --arch.
     #[arg(long)]

@@ -384,11 +384,37 @@ fn tokenizer_only_directory_tokenizes_and_preprocesses() {
 }
 
 /// `--precision bf16` converts the weights once into the converted-weights cache and maps them
-/// from there afterwards; a corrupt, truncated or stale cache file is reported, rebuilt and
-/// never used, and every run embeds the same.
+/// from there afterwards, as fp32 keeps them packed for the f32 panel kernel where the CPU has
+/// one; a corrupt, truncated or stale cache file is reported, rebuilt and never used, and every
+/// run embeds the same.
 #[test]
 fn converted_weights_are_cached_checked_and_rebuilt() {
-    let dir = scratch("converted");
+    converted_weights_are_cached_checked_and_rebuilt_at("bf16");
+    if gclip::model::lowp::F32PanelKernel::available().is_empty() {
+        // fp32 weights are then read in place at every load: no cache file.
+        let dir = scratch("converted-fp32-none");
+        let (model, arch) = full_vocab_model();
+        let o = Command::new(env!("CARGO_BIN_EXE_gclip"))
+            .args(["embed", "text", "--model", &model, "--arch", &arch, "a cat"])
+            .arg("--output")
+            .arg(dir.join("out.npy"))
+            .env("GCLIP_CONVERTED_CACHE", dir.join("cache"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let written: Vec<_> = std::fs::read_dir(dir.join("cache"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".gclipcv"))
+            .collect();
+        assert!(written.is_empty(), "{written:?}");
+    } else {
+        converted_weights_are_cached_checked_and_rebuilt_at("fp32");
+    }
+}
+
+fn converted_weights_are_cached_checked_and_rebuilt_at(precision: &str) {
+    let dir = scratch(&format!("converted-{precision}"));
     let (model, arch) = full_vocab_model();
     let local_model = dir.join("model.safetensors");
     std::fs::copy(&model, &local_model).unwrap();
@@ -401,7 +427,7 @@ fn converted_weights_are_cached_checked_and_rebuilt() {
     let run = |n: usize| {
         let out = dir.join(format!("out{n}.npy"));
         let o = Command::new(env!("CARGO_BIN_EXE_gclip"))
-            .args(["embed", "text", "--precision", "bf16", "--model"])
+            .args(["embed", "text", "--precision", precision, "--model"])
             .arg(&local_model)
             .args(["--arch", &arch, "--input"])
             .arg(dir.join("captions.txt"))
@@ -438,7 +464,8 @@ fn converted_weights_are_cached_checked_and_rebuilt() {
     assert_eq!(records, 1);
     let file = files[0].clone();
     assert!(
-        file.to_string_lossy().ends_with("-bf16.gclipcv"),
+        file.to_string_lossy()
+            .ends_with(&format!("-{precision}.gclipcv")),
         "{file:?}"
     );
     let written = std::fs::metadata(&file).unwrap().modified().unwrap();

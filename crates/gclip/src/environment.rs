@@ -67,9 +67,9 @@ impl<'a> Env<'a> {
             .unwrap_or_else(|| PathBuf::from(".cache/gclip/images"))
     }
 
-    /// Where converted (bf16, int8) weights are kept: `GCLIP_CONVERTED_CACHE` (`off`, `0`,
-    /// `false` or `no`, any case: no cache), else `$XDG_CACHE_HOME/gclip/converted`, else
-    /// `$HOME/.cache/gclip/converted`, else no cache.
+    /// Where converted weights (bf16, int8, and fp32 packed for the f32 panel kernel) are kept:
+    /// `GCLIP_CONVERTED_CACHE` (`off`, `0`, `false` or `no`, any case: no cache), else
+    /// `$XDG_CACHE_HOME/gclip/converted`, else `$HOME/.cache/gclip/converted`, else no cache.
     pub fn converted_cache(&self) -> Option<PathBuf> {
         match self.get("GCLIP_CONVERTED_CACHE") {
             Some(dir) => match dir.to_ascii_lowercase().as_str() {

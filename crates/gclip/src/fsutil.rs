@@ -50,6 +50,23 @@ pub fn write_atomically(
     written
 }
 
+/// Whether [`write_atomically`] could write `path` now: its directory exists or can be made, and
+/// a file can be created there (one is, then removed). For work done only to be written, such as
+/// weights packed for a cache, skipped where the cache cannot keep them.
+pub fn can_write(path: &Path) -> bool {
+    let Ok(probe) = temporary_sibling(path) else {
+        return false;
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if std::fs::create_dir_all(dir).is_err() {
+            return false;
+        }
+    }
+    let created = File::options().write(true).create_new(true).open(&probe);
+    let _ = std::fs::remove_file(&probe);
+    created.is_ok()
+}
+
 /// [`write_atomically`] of `bytes`.
 pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_atomically(path, |f| f.write_all(bytes))

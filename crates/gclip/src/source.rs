@@ -222,7 +222,8 @@ pub struct LoadOptions {
     pub precision: Precision,
     /// Which kernel variants the bf16/int8 layers run.
     pub kernels: KernelChoice,
-    /// Where bf16/int8 weights converted at an earlier load are kept and found.
+    /// Where bf16/int8 weights converted at an earlier load are kept and found, and an fp32
+    /// inference load's weights packed for this CPU's f32 panel kernel.
     pub converted_cache: ConvertedCache,
     /// Whether the model will be trained (fp32 only): its linear weights are then trainable
     /// `[in, out]` tensors. Otherwise (the default) fp32 linear weights are used in place in a

@@ -1,6 +1,10 @@
 //! The converted-weights cache: the bf16 and int8 linear weights of a model, packed once and
 //! written to a file that later loads map and use in place, so that a reduced-precision model
-//! starts without reading, converting and repacking its f32 checkpoint again.
+//! starts without reading, converting and repacking its f32 checkpoint again. On a CPU with an
+//! f32 panel kernel an fp32 inference load keeps its linear weights there too, packed for that
+//! kernel (`PackedF32`): every product then runs the panel kernel from the first, without the
+//! page faults of packing into fresh memory at every start (0.1–1.9 s on Zen 3's one-shot
+//! `gclip classify`, docs/BENCHMARKS.md).
 //!
 //! One file per checkpoint and precision, named by a hash of the checkpoint's canonical path(s)
 //! and the precision, in `GCLIP_CONVERTED_CACHE`, else `$XDG_CACHE_HOME/gclip/converted`, else
@@ -28,6 +32,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::lowp::PackedF32;
 use super::packed::PackedWeight;
 use super::precision::{KernelChoice, Precision};
 use crate::environment::Env;
@@ -217,20 +222,28 @@ pub(crate) fn write_finite_record(
     crate::fsutil::write_file_atomically(path, &serde_json::to_vec(&record)?)
 }
 
-/// xxh3-64 of the xxh3-64 digests of consecutive [`CHECKSUM_PIECE`]-byte pieces (so the pieces
-/// hash in parallel), hex.
-fn checksum(data: &[u8]) -> String {
-    let digests: Vec<u8> = data
-        .par_chunks(CHECKSUM_PIECE)
-        .map(xxhash_rust::xxh3::xxh3_64)
-        .collect::<Vec<u64>>()
-        .into_iter()
-        .flat_map(u64::to_le_bytes)
-        .collect();
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&digests))
+/// The checksum of `len` bytes of `file` from `start`: xxh3-64 of the xxh3-64 digests of
+/// consecutive [`CHECKSUM_PIECE`]-byte pieces, hex, as [`PieceHasher`] gives it. The pieces are
+/// read (not touched through the file's mapping, which would count every page of the file in
+/// the process's memory, also those of weights it never uses) and hashed in parallel.
+#[cfg(unix)]
+fn checksum_of_file(file: &File, start: u64, len: u64) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let pieces = len.div_ceil(CHECKSUM_PIECE as u64);
+    let digests = (0..pieces)
+        .into_par_iter()
+        .map_init(Vec::new, |buf: &mut Vec<u8>, i| {
+            let offset = i * CHECKSUM_PIECE as u64;
+            buf.resize((len - offset).min(CHECKSUM_PIECE as u64) as usize, 0);
+            file.read_exact_at(buf, start + offset)?;
+            Ok(xxhash_rust::xxh3::xxh3_64(buf))
+        })
+        .collect::<std::io::Result<Vec<u64>>>()?;
+    let digests: Vec<u8> = digests.into_iter().flat_map(u64::to_le_bytes).collect();
+    Ok(format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&digests)))
 }
 
-/// [`checksum`] of data that arrives in slices.
+/// The checksum of data that arrives in slices (see `checksum_of_file`).
 #[derive(Default)]
 struct PieceHasher {
     piece: Vec<u8>,
@@ -328,7 +341,16 @@ impl ConvertedFile {
                 data_start as u64 + header.data_len
             ));
         }
-        if checksum(&bytes[data_start..]) != header.checksum {
+        #[cfg(unix)]
+        let sum = checksum_of_file(&file, data_start as u64, header.data_len)
+            .map_err(|e| format!("cannot read it: {e}"))?;
+        #[cfg(not(unix))]
+        let sum = {
+            let mut hasher = PieceHasher::default();
+            hasher.update(&bytes[data_start..]);
+            hasher.finish()
+        };
+        if sum != header.checksum {
             return Err("checksum mismatch (the file is corrupt)".into());
         }
         let mut entries = HashMap::with_capacity(header.tensors.len());
@@ -345,6 +367,33 @@ impl ConvertedFile {
             data_start,
             entries,
         }))
+    }
+
+    /// The fp32 weight gclip calls `name`, packed for the f32 panel kernel for `in_dim ×
+    /// out_dim`, used in place; `None` when the file holds no such weight.
+    pub(crate) fn panels(
+        &self,
+        name: &str,
+        (in_dim, out_dim): (usize, usize),
+    ) -> Option<Result<PackedF32, String>> {
+        let e = self.entries.get(name)?;
+        if e.precision != Precision::Fp32 || e.in_dim != in_dim || e.out_dim != out_dim {
+            return None;
+        }
+        let offset = self.data_start + e.offset as usize;
+        let weight = PackedF32::from_mapped(self.map.clone(), offset, in_dim, out_dim);
+        Some(weight.and_then(|w| Self::check_len(name, e, w.as_bytes().len()).map(|()| w)))
+    }
+
+    fn check_len(name: &str, e: &Entry, bytes: usize) -> Result<(), String> {
+        if bytes as u64 == e.len {
+            Ok(())
+        } else {
+            Err(format!(
+                "tensor `{name}` has {} bytes, expected {bytes}",
+                e.len
+            ))
+        }
     }
 
     /// The weight gclip calls `name`, packed in `precision` for `in_dim × out_dim`, used in
@@ -369,37 +418,37 @@ impl ConvertedFile {
             precision,
             kernels,
         );
-        Some(weight.and_then(|w| {
-            if w.bytes() as u64 == e.len {
-                Ok(w)
-            } else {
-                Err(format!(
-                    "tensor `{name}` has {} bytes, expected {}",
-                    e.len,
-                    w.bytes()
-                ))
-            }
-        }))
+        Some(weight.and_then(|w| Self::check_len(name, e, w.bytes()).map(|()| w)))
     }
 }
 
-/// Writes `weights` (gclip name → packed weight) as the conversion of `sources` at
-/// `precision` to `path`: into a temporary file beside it, synced, then renamed into place.
+/// One packed weight as a converted-weights file stores it.
+pub(crate) struct StoredWeight<'a> {
+    /// gclip's name of the weight.
+    pub name: &'a str,
+    pub precision: Precision,
+    /// `(in_dim, out_dim)`
+    pub dims: (usize, usize),
+    pub bytes: &'a [u8],
+}
+
+/// Writes `weights` as the conversion of `sources` at `precision` to `path`: into a temporary
+/// file beside it, synced, then renamed into place.
 pub(crate) fn write(
     path: &Path,
     sources: &[SourceIdentity],
     precision: Precision,
-    weights: &[(String, Arc<PackedWeight>)],
+    weights: &[StoredWeight],
 ) -> std::io::Result<()> {
     let mut tensors = Vec::with_capacity(weights.len());
     let mut offset = 0u64;
-    for (name, w) in weights {
-        let len = w.bytes() as u64;
+    for w in weights {
+        let len = w.bytes.len() as u64;
         tensors.push(Entry {
-            name: name.clone(),
-            precision: w.precision(),
-            in_dim: w.dims().0,
-            out_dim: w.dims().1,
+            name: w.name.to_string(),
+            precision: w.precision,
+            in_dim: w.dims.0,
+            out_dim: w.dims.1,
             offset,
             len,
         });
@@ -425,9 +474,9 @@ pub(crate) fn write(
         f.write_all(&placeholder)?;
         f.write_all(&vec![0u8; padding(16 + placeholder.len())])?;
         let mut hasher = PieceHasher::default();
-        for (e, (_, w)) in header.tensors.iter().zip(weights) {
+        for (e, w) in header.tensors.iter().zip(weights) {
             let pad = vec![0u8; (e.len.next_multiple_of(ALIGN as u64) - e.len) as usize];
-            for bytes in [w.as_bytes(), &pad] {
+            for bytes in [w.bytes, &pad] {
                 hasher.update(bytes);
                 f.write_all(bytes)?;
             }
@@ -451,12 +500,71 @@ mod tests {
     use crate::source::{LoadOptions, ModelSource};
     use candle_core::{DType, Device};
 
+    /// An fp32 load whose cache directory cannot be made reads its weights in place, as without
+    /// the cache, rather than packing them at every load for a file that is never written; with
+    /// a cache it can write (and a CPU with an f32 panel kernel) it packs them and writes it.
+    #[test]
+    fn fp32_weights_are_packed_only_for_a_cache_that_can_be_written() {
+        use crate::model::layers::LinearWeight;
+        use crate::model::outin::OutInKernel;
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        let source = ModelSource::HfDir(fixtures.join("models/hf-gelu"));
+        let tmp = tempfile::tempdir().unwrap();
+        let blocker = tmp.path().join("a-file");
+        std::fs::write(&blocker, b"").unwrap();
+        let packed_linears = |cache: ConvertedCache| {
+            let options = LoadOptions {
+                converted_cache: cache,
+                ..Default::default()
+            };
+            let clip = source
+                .load_in(&Device::Cpu, DType::F32, &options)
+                .unwrap()
+                .clip;
+            let towers = [&clip.vision.transformer, &clip.text.transformer];
+            let linears: Vec<_> = towers
+                .iter()
+                .flat_map(|t| &t.blocks)
+                .flat_map(|b| [&b.attn.qkv, &b.attn.out, &b.fc1, &b.fc2])
+                .map(|l| match &l.weight {
+                    LinearWeight::Mapped(w) => w.panel_origin().is_some(),
+                    other => panic!("an fp32 inference load maps its weights: {other:?}"),
+                })
+                .collect();
+            assert!(!linears.is_empty());
+            linears.iter().filter(|&&packed| packed).count()
+        };
+        assert_eq!(packed_linears(ConvertedCache::At(blocker.join("cache"))), 0);
+        assert!(!blocker.join("cache").exists());
+        let cache = tmp.path().join("cache");
+        let written = packed_linears(ConvertedCache::At(cache.clone()));
+        let files: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with("-fp32.gclipcv"))
+            .collect();
+        if OutInKernel::chosen(KernelChoice::Fastest)
+            .panel_kernel()
+            .is_some()
+        {
+            assert!(written > 0);
+            assert_eq!(files.len(), 1, "{files:?}");
+        } else {
+            assert_eq!(written, 0);
+            assert!(files.is_empty(), "{files:?}");
+        }
+    }
+
     /// The second load maps the packed weights from the file and computes with them there:
     /// altered data with a matching checksum changes the embeddings (which a cache that was
     /// silently bypassed would not), and the file's own data gives exactly the embeddings of
-    /// packing afresh.
+    /// packing afresh. fp32 (where the CPU has an f32 panel kernel) as bf16 and int8: its
+    /// weights packed for the panel kernel, the same embeddings as a load without the cache
+    /// that packs them when asked (as the server does).
     #[test]
     fn a_valid_file_is_used_in_place() {
+        use crate::model::layers::LinearWeight;
+        use crate::model::outin::{OutInKernel, PanelOrigin};
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
         let source = ModelSource::HfDir(fixtures.join("models/hf-gelu"));
         let reference = candle_core::safetensors::load(
@@ -466,7 +574,11 @@ mod tests {
         .unwrap();
         let pixels = &reference["pixel_values"];
         let cache = tempfile::tempdir().unwrap();
-        for precision in [Precision::Bf16, Precision::Int8] {
+        let panels = OutInKernel::chosen(KernelChoice::Fastest)
+            .panel_kernel()
+            .is_some();
+        let fp32 = panels.then_some(Precision::Fp32);
+        for precision in [Precision::Bf16, Precision::Int8].into_iter().chain(fp32) {
             let load = |converted_cache: ConvertedCache| {
                 let options = LoadOptions {
                     precision,
@@ -479,18 +591,29 @@ mod tests {
                     .clip
             };
             let mapped = |clip: &crate::model::Clip| {
-                clip.vision.transformer.blocks.iter().all(|b| {
-                    [&b.attn.qkv, &b.attn.out, &b.fc1, &b.fc2].iter().all(|l| {
-                        matches!(&l.weight, crate::model::layers::LinearWeight::Packed(w) if w.is_mapped())
-                    })
+                let towers = [&clip.vision.transformer, &clip.text.transformer];
+                towers.iter().flat_map(|t| &t.blocks).all(|b| {
+                    [&b.attn.qkv, &b.attn.out, &b.fc1, &b.fc2]
+                        .iter()
+                        .all(|l| match &l.weight {
+                            LinearWeight::Packed(w) => w.is_mapped(),
+                            LinearWeight::Mapped(w) => {
+                                w.panel_origin() == Some(PanelOrigin::Mapped)
+                            }
+                            LinearWeight::Dense(_) => false,
+                        })
                 })
             };
             let fresh = load(ConvertedCache::Off);
+            if precision == Precision::Fp32 {
+                assert!(fresh.pack_f32_weights().unwrap() > 0);
+            }
             assert!(!mapped(&fresh));
             let want = fresh.encode_pixels(pixels, true).unwrap();
             let at = ConvertedCache::At(cache.path().to_path_buf());
             let first = load(at.clone());
             assert!(!mapped(&first), "nothing to map before the file exists");
+            assert_eq!(first.encode_pixels(pixels, true).unwrap(), want);
             let second = load(at.clone());
             assert!(mapped(&second), "{precision}");
             assert_eq!(second.encode_pixels(pixels, true).unwrap(), want);
@@ -511,22 +634,25 @@ mod tests {
             let mut header: Header = serde_json::from_slice(&bytes[16..16 + header_len]).unwrap();
             for e in &header.tensors {
                 let start = data_start + e.offset as usize;
-                // bf16: halve every weight; int8: halve every scale (the words after the
-                // corrections), both by lowering the f32/bf16 exponent by one.
+                // bf16: halve every weight; int8: quarter every scale (the words after the
+                // corrections); fp32: quarter every weight; by lowering the exponent by one
+                // in the high byte (bf16), by two in an f32's high byte.
                 let words = &mut bytes[start..start + e.len as usize];
+                let lower = |high: &mut u8| *high = high.wrapping_sub(u8::from(*high & 0x7f != 0));
                 match e.precision {
-                    Precision::Bf16 => words
-                        .chunks_exact_mut(2)
-                        .for_each(|h| h[1] = h[1].wrapping_sub(u8::from(h[1] & 0x7f != 0))),
-                    _ => {
+                    Precision::Bf16 => words.chunks_exact_mut(2).for_each(|h| lower(&mut h[1])),
+                    Precision::Fp32 => words.chunks_exact_mut(4).for_each(|f| lower(&mut f[3])),
+                    Precision::Int8 => {
                         let npad = e.out_dim.next_multiple_of(crate::model::lowp::NR);
                         words[4 * npad..8 * npad]
                             .chunks_exact_mut(4)
-                            .for_each(|f| f[3] = f[3].wrapping_sub(u8::from(f[3] & 0x7f != 0)));
+                            .for_each(|f| lower(&mut f[3]));
                     }
                 }
             }
-            header.checksum = checksum(&bytes[data_start..]);
+            let mut hasher = PieceHasher::default();
+            hasher.update(&bytes[data_start..]);
+            header.checksum = hasher.finish();
             let new_header = serde_json::to_vec(&header).unwrap();
             assert_eq!(new_header.len(), header_len);
             bytes[16..16 + header_len].copy_from_slice(&new_header);

@@ -12,7 +12,7 @@ use super::kernels::{
     LinearOp, RowBlocks,
 };
 use super::lowp::Bf16Kernel;
-use super::outin::{OutInLinearOp, OutInWeight};
+use super::outin::{OutInLinearOp, OutInWeight, PanelOrigin};
 use super::packed::{PackedLinearOp, PackedMlpOp, PackedWeight};
 use super::precision::{DenseProducts, KernelChoice, Precision};
 use super::weights::{MappedF32, Weights};
@@ -176,7 +176,7 @@ impl Linear {
         if !w.trainable() {
             if let Some(weight) = w.mapped_linear(&weight_name, [out_dim, in_dim])? {
                 return Ok(Self {
-                    weight: LinearWeight::Mapped(Arc::new(weight)),
+                    weight: LinearWeight::Mapped(weight),
                     bias,
                     products: DenseProducts::F32,
                 });
@@ -642,8 +642,9 @@ impl Transformer {
     /// int8-avx512vnni`, `gemm f32`, `f32 in place (f32-outin-avx2, gemm)` (the out-in kernel
     /// for products of few rows, gemm for the others) or, where a weight is packed for the
     /// panel kernel at its first product and every product runs that, `f32 packed at first use
-    /// (f32-panels-avx512)`, or `f32 packed when asked (f32-panels-avx2)` after
-    /// [`Transformer::pack_f32_weights`].
+    /// (f32-panels-avx512)`, `f32 packed when asked (f32-panels-avx2)` after
+    /// [`Transformer::pack_f32_weights`], or `f32 packed, mapped from the converted cache
+    /// (f32-panels-avx2)` where a load found them packed in the converted-weights cache.
     pub fn kernel_description(&self) -> String {
         let Some(b) = self.blocks.first() else {
             return "none".into();
@@ -651,11 +652,13 @@ impl Transformer {
         let name = |l: &Linear| match &l.weight {
             LinearWeight::Packed(w) => w.kernel_name(),
             LinearWeight::Dense(_) => "gemm f32".into(),
-            LinearWeight::Mapped(w) if w.packed_when_asked() => {
-                format!("f32 packed when asked ({})", w.repeated_kernel_name())
-            }
             LinearWeight::Mapped(w) if w.runs_panels() => {
-                format!("f32 packed at first use ({})", w.repeated_kernel_name())
+                let how = match w.panel_origin() {
+                    Some(PanelOrigin::Asked) => "packed when asked",
+                    Some(PanelOrigin::Mapped) => "packed, mapped from the converted cache",
+                    Some(PanelOrigin::FirstProduct) | None => "packed at first use",
+                };
+                format!("f32 {how} ({})", w.repeated_kernel_name())
             }
             LinearWeight::Mapped(w) => format!(
                 "f32 in place ({}, {})",

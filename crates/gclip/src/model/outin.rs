@@ -78,6 +78,17 @@ impl OutInKernel {
         }
     }
 
+    /// The f32 panel kernel of this variant's instruction set, where the CPU runs it; `None`
+    /// for the portable variant (asked for, or all the CPU has).
+    pub fn panel_kernel(self) -> Option<F32PanelKernel> {
+        let kernel = match self {
+            OutInKernel::Portable => return None,
+            OutInKernel::Avx2 => F32PanelKernel::Avx2,
+            OutInKernel::Avx512 => F32PanelKernel::Avx512,
+        };
+        kernel.is_available().then_some(kernel)
+    }
+
     /// Short name (for `gclip bench`).
     pub fn name(self) -> &'static str {
         match self {
@@ -548,17 +559,30 @@ pub struct OutInWeight {
     /// kernel runs ViT-B/32's shapes 1.3–1.6× faster than the out-in kernel (16–50 rows) and
     /// gemm (512–1,600 rows; gemm also repacked the weight on every call) on Zen 4. AVX2 CPUs
     /// pack only when asked to, before any product ([`OutInWeight::pack_now`]: see
-    /// `panel_kernel`). The mapped rows are released once it is made.
+    /// `panel_kernel`). A load with the converted-weights cache sets it before any product too,
+    /// to the copy mapped from the cache file ([`OutInWeight::use_mapped_panels`]) or packed for
+    /// that file. The mapped rows are released once a copy is packed.
     panels: OnceLock<std::result::Result<PanelCopy, String>>,
 }
 
-/// A weight packed for the f32 panel kernel, with the kernel and when it was packed.
+/// A weight packed for the f32 panel kernel, with the kernel and where the copy came from.
 #[derive(Debug, Clone)]
 struct PanelCopy {
     packed: PackedF32,
     kernel: F32PanelKernel,
-    /// By [`OutInWeight::pack_now`], rather than by the first product.
-    asked: bool,
+    origin: PanelOrigin,
+}
+
+/// Where a weight's copy for the f32 panel kernel came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanelOrigin {
+    /// Packed by the weight's first product (AVX-512 CPUs).
+    FirstProduct,
+    /// Packed by [`OutInWeight::pack_now`].
+    Asked,
+    /// Mapped from a converted-weights cache file, packed there by an earlier load
+    /// ([`OutInWeight::use_mapped_panels`]).
+    Mapped,
 }
 
 impl OutInWeight {
@@ -611,20 +635,14 @@ impl OutInWeight {
         self.panel_copy().is_some() || self.panel_kernel().is_some()
     }
 
-    /// Whether the weight was packed by [`OutInWeight::pack_now`].
-    pub fn packed_when_asked(&self) -> bool {
-        self.panel_copy().is_some_and(|copy| copy.asked)
+    /// Where the weight's copy for the panel kernel came from, once there is one.
+    pub fn panel_origin(&self) -> Option<PanelOrigin> {
+        self.panel_copy().map(|copy| copy.origin)
     }
 
-    /// The panel kernel of the out-in kernel's instruction set, or `None` for the portable one
-    /// (asked for, or all the CPU has).
-    fn own_panel_kernel(&self) -> Option<F32PanelKernel> {
-        let kernel = match self.kernel {
-            OutInKernel::Portable => return None,
-            OutInKernel::Avx2 => F32PanelKernel::Avx2,
-            OutInKernel::Avx512 => F32PanelKernel::Avx512,
-        };
-        kernel.is_available().then_some(kernel)
+    /// The packed copy's bytes (as [`PackedF32::as_bytes`] gives them), once there is one.
+    pub(crate) fn panel_bytes(&self) -> Option<&[u8]> {
+        self.panel_copy().map(|copy| copy.packed.as_bytes())
     }
 
     /// The f32 panel kernel that the first product packs this weight for: the AVX-512 one where
@@ -632,9 +650,11 @@ impl OutInWeight {
     /// 16–77 rows 1.1–1.7× faster than the out-in kernel, but packing at the first product added
     /// 0.1–1.9 s of page faults to a one-shot `gclip classify` there (0.23–0.35 s without;
     /// docs/BENCHMARKS.md, sessions 32 and 33), so on AVX2 CPUs only a process that asks for it
-    /// ([`OutInWeight::pack_now`], as the server does) gets it.
+    /// ([`OutInWeight::pack_now`], as the server does) or finds the copy in the
+    /// converted-weights cache ([`OutInWeight::use_mapped_panels`]) gets it.
     fn panel_kernel(&self) -> Option<F32PanelKernel> {
-        self.own_panel_kernel()
+        self.kernel
+            .panel_kernel()
             .filter(|&kernel| kernel == F32PanelKernel::Avx512)
     }
 
@@ -648,14 +668,40 @@ impl OutInWeight {
     /// product, so that no input's result depends on what ran before it. `Ok(false)` where
     /// there is no panel kernel (the portable kernels); a weight already packed stays as it is.
     pub fn pack_now(&self) -> Result<bool> {
-        let Some(kernel) = self.own_panel_kernel() else {
+        let Some(kernel) = self.kernel.panel_kernel() else {
             return Ok(false);
         };
-        self.packed_copy(kernel, true).map(|_| true)
+        self.packed_copy(kernel, PanelOrigin::Asked).map(|_| true)
+    }
+
+    /// Runs every product over `packed`, this weight packed earlier for the panel kernel (a
+    /// converted-weights file's copy, mapped), so that the checkpoint's rows are never read.
+    /// Refused where this CPU has no panel kernel for the weight's out-in kernel, where the
+    /// dimensions differ, or once a copy exists.
+    pub(crate) fn use_mapped_panels(&self, packed: PackedF32) -> Result<()> {
+        let Some(kernel) = self.kernel.panel_kernel() else {
+            candle_core::bail!("no f32 panel kernel runs {} weights", self.kernel.name());
+        };
+        if (packed.in_dim(), packed.out_dim()) != self.dims() {
+            candle_core::bail!(
+                "a packed f32 weight of {} x {} for a {} x {} weight",
+                packed.in_dim(),
+                packed.out_dim(),
+                self.in_dim,
+                self.out_dim
+            );
+        }
+        self.panels
+            .set(Ok(PanelCopy {
+                packed,
+                kernel,
+                origin: PanelOrigin::Mapped,
+            }))
+            .map_err(|_| candle_core::Error::Msg("the weight is packed already".into()))
     }
 
     /// The packed copy for `kernel`, made by this call if no call made it before.
-    fn packed_copy(&self, kernel: F32PanelKernel, asked: bool) -> Result<&PanelCopy> {
+    fn packed_copy(&self, kernel: F32PanelKernel, origin: PanelOrigin) -> Result<&PanelCopy> {
         let made = self.panels.get_or_init(|| {
             let packed = self
                 .rows()
@@ -667,7 +713,7 @@ impl OutInWeight {
             Ok(PanelCopy {
                 packed,
                 kernel,
-                asked,
+                origin,
             })
         });
         match made {
@@ -682,7 +728,7 @@ impl OutInWeight {
     fn panels(&self) -> Result<Option<(&PackedF32, F32PanelKernel)>> {
         let copy = match (self.panel_copy(), self.panel_kernel()) {
             (Some(copy), _) => copy,
-            (None, Some(kernel)) => self.packed_copy(kernel, false)?,
+            (None, Some(kernel)) => self.packed_copy(kernel, PanelOrigin::FirstProduct)?,
             (None, None) => return Ok(None),
         };
         Ok(Some((&copy.packed, copy.kernel)))

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
 
-use super::converted::{self, ConvertedCache, ConvertedFile, SourceIdentity};
+use super::converted::{self, ConvertedCache, ConvertedFile, SourceIdentity, StoredWeight};
 use super::kernels::RowBlocks;
 use super::outin::{OutInKernel, OutInWeight};
 use super::packed::PackedWeight;
@@ -265,9 +265,17 @@ struct Converted {
     /// The file to read from, when a valid one exists.
     file: Option<ConvertedFile>,
     /// Every weight packed in this load, from the file or converted afresh, by gclip name.
-    packed: RefCell<Vec<(String, Arc<PackedWeight>)>>,
+    packed: RefCell<Vec<(String, ConvertedWeight)>>,
     /// Whether any weight was converted afresh (the file is then written anew).
     fresh: Cell<bool>,
+}
+
+/// A weight that a load with the converted-weights cache packed, from the file or afresh.
+enum ConvertedWeight {
+    /// bf16 or int8.
+    Packed(Arc<PackedWeight>),
+    /// fp32, packed for the f32 panel kernel.
+    Panels(Arc<OutInWeight>),
 }
 
 /// Where one gclip tensor comes from in a checkpoint (and where an exporter puts it).
@@ -406,25 +414,52 @@ impl Weights {
     /// The linear weight gclip calls `name` (`[out, in]`), used in place in the mapped
     /// checkpoint when it is stored there as f32 rows (checked finite), with the out-in kernel
     /// of this load's kernel choice; `None` otherwise (read it with [`Weights::with_f32`]).
+    /// With the converted-weights cache (a CPU with an f32 panel kernel, see
+    /// [`Weights::with_converted_cache`]) every product runs the panel kernel over the copy
+    /// packed in the cache file, or over a copy packed now for the file that
+    /// [`Weights::save_converted`] writes.
     pub(crate) fn mapped_linear(
         &self,
         name: &str,
         shape: [usize; 2],
-    ) -> Result<Option<OutInWeight>, ModelError> {
+    ) -> Result<Option<Arc<OutInWeight>>, ModelError> {
         let Some(blocks) = self.mapped_row_blocks(name, shape)? else {
             return Ok(None);
         };
         let blocks = blocks.into_iter().map(|(_, block)| block).collect();
-        Ok(Some(OutInWeight::new(
-            blocks,
-            OutInKernel::chosen(self.kernels),
-        )?))
+        let weight = Arc::new(OutInWeight::new(blocks, OutInKernel::chosen(self.kernels))?);
+        let Some(c) = &self.converted else {
+            return Ok(Some(weight));
+        };
+        let from_file = c.file.as_ref().and_then(|f| f.panels(name, weight.dims()));
+        let mapped = match from_file {
+            Some(Ok(packed)) => weight.use_mapped_panels(packed).map_err(|e| e.to_string()),
+            Some(Err(reason)) => Err(reason),
+            None => Err(String::new()),
+        };
+        if let Err(reason) = mapped {
+            if !reason.is_empty() {
+                tracing::warn!(
+                    "converted-weights cache {}: {reason}; packing `{name}` again",
+                    c.path.display()
+                );
+            }
+            weight.pack_now()?;
+            c.fresh.set(true);
+        }
+        c.packed
+            .borrow_mut()
+            .push((name.to_string(), ConvertedWeight::Panels(weight.clone())));
+        Ok(Some(weight))
     }
 
     /// Reads and writes the bf16/int8 linear weights of this checkpoint in `cache` (see
     /// [`super::converted`]): a valid converted file is used in place; a missing, stale or
-    /// corrupt one is reported and rebuilt by [`Weights::save_converted`]. Weights that do not
-    /// come from files use no cache; fp32 loads use only the record below.
+    /// corrupt one is reported and rebuilt by [`Weights::save_converted`]. An fp32 load for
+    /// inference (call [`Weights::for_training`] first) keeps there the linear weights it uses
+    /// in place, packed for the f32 panel kernel, where this CPU and the kernel choice have
+    /// one; other fp32 loads use only the record below. Weights that do not come from files
+    /// use no cache.
     ///
     /// The same directory keeps the record of which stored tensors were found finite, so that
     /// a later load of the unchanged files (size, modification time, inode and the hash of
@@ -468,7 +503,8 @@ impl Weights {
             known,
             checked: RefCell::new(BTreeSet::new()),
         });
-        if self.precision == Precision::Fp32 {
+        let panels = !self.trainable && OutInKernel::chosen(self.kernels).panel_kernel().is_some();
+        if self.precision == Precision::Fp32 && !panels {
             return self;
         }
         let path = converted::file_for(&dir, &sources, self.precision);
@@ -483,6 +519,16 @@ impl Weights {
                 None
             }
         };
+        if self.precision == Precision::Fp32 && file.is_none() && !crate::fsutil::can_write(&path) {
+            // Packed only to be written: where the file cannot be, fp32 weights are read in
+            // place as without the cache (packing at every load costs more than it saves a
+            // one-shot command on AVX2 CPUs).
+            tracing::debug!(
+                "converted-weights cache {} cannot be written: fp32 weights stay in place",
+                path.display()
+            );
+            return self;
+        }
         self.converted = Some(Converted {
             path,
             sources,
@@ -541,7 +587,7 @@ impl Weights {
         if let Some(c) = &self.converted {
             c.packed
                 .borrow_mut()
-                .push((name.to_string(), weight.clone()));
+                .push((name.to_string(), ConvertedWeight::Packed(weight.clone())));
         }
         Ok(weight)
     }
@@ -557,10 +603,30 @@ impl Weights {
         if !c.fresh.get() {
             return;
         }
-        match converted::write(&c.path, &c.sources, self.precision, &c.packed.borrow()) {
+        let packed = c.packed.borrow();
+        let mut stored = Vec::with_capacity(packed.len());
+        for (name, w) in packed.iter() {
+            let (precision, dims, bytes) = match w {
+                ConvertedWeight::Packed(w) => (w.precision(), w.dims(), w.as_bytes()),
+                ConvertedWeight::Panels(w) => match w.panel_bytes() {
+                    Some(bytes) => (Precision::Fp32, w.dims(), bytes),
+                    // Packed at load above, so never: a file without the weight would only
+                    // send the next load back to packing it.
+                    None => continue,
+                },
+            };
+            stored.push(StoredWeight {
+                name,
+                precision,
+                dims,
+                bytes,
+            });
+        }
+        match converted::write(&c.path, &c.sources, self.precision, &stored) {
             Ok(()) => tracing::info!("converted weights written to {}", c.path.display()),
             Err(e) => tracing::warn!(
-                "could not write the converted-weights cache {}: {e}",
+                "could not write the converted-weights cache {}: {e} (GCLIP_CONVERTED_CACHE=off \
+                 turns the cache off)",
                 c.path.display()
             ),
         }

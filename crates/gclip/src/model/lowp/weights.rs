@@ -459,16 +459,20 @@ pub struct PackedF32 {
     pub(super) out_dim: usize,
 }
 
+fn f32_words(in_dim: usize, out_dim: usize) -> Result<usize, String> {
+    checked_dims(
+        out_dim.div_ceil(NR),
+        checked_dims(in_dim, NR, "f32 pack")?,
+        "f32 pack",
+    )
+}
+
 impl PackedF32 {
     /// Packs a weight held in row blocks (`[out_dim, in_dim]`, PyTorch's `nn.Linear` layout);
     /// panels are packed in parallel.
     pub(crate) fn pack_rows(w: &RowBlocks) -> Result<Self, String> {
         let (in_dim, out_dim) = (w.cols(), w.rows());
-        let words = checked_dims(
-            out_dim.div_ceil(NR),
-            checked_dims(in_dim, NR, "f32 pack")?,
-            "f32 pack",
-        )?;
+        let words = f32_words(in_dim, out_dim)?;
         let fill = |buf: &mut [MaybeUninit<u32>]| {
             if in_dim == 0 {
                 return;
@@ -518,6 +522,28 @@ impl PackedF32 {
     /// Output features (N).
     pub fn out_dim(&self) -> usize {
         self.out_dim
+    }
+    /// The packed weights (native-endian; see the type docs for the layout).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buf.bytes()
+    }
+    /// Uses packed words in place: `in_dim × out_dim` weights at `byte_offset` in `map`, as
+    /// [`Self::as_bytes`] wrote them (a converted-weights cache file).
+    pub(crate) fn from_mapped(
+        map: Arc<memmap2::Mmap>,
+        byte_offset: usize,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            buf: AlignedWords::mapped(map, byte_offset, f32_words(in_dim, out_dim)?)?,
+            in_dim,
+            out_dim,
+        })
+    }
+    /// Whether the words are used in place in a mapped file.
+    pub fn is_mapped(&self) -> bool {
+        self.buf.is_mapped()
     }
 }
 
