@@ -67,6 +67,32 @@ pub fn can_write(path: &Path) -> bool {
     created.is_ok()
 }
 
+/// Bytes that this user may still write on the file system holding `dir` (`statvfs`'s available
+/// blocks), or `None` where that cannot be asked (no such directory, another OS).
+pub fn available_bytes(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `path` is NUL-terminated and outlives the call; `stat` has room for one
+        // `statvfs`, which the call fills completely when it returns 0 (read only then).
+        let stat = unsafe {
+            if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
+                return None;
+            }
+            stat.assume_init()
+        };
+        #[allow(clippy::unnecessary_cast)] // the fields' widths differ between targets
+        Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
 /// [`write_atomically`] of `bytes`.
 pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_atomically(path, |f| f.write_all(bytes))
@@ -79,6 +105,13 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn available_bytes_are_known_for_a_directory_and_not_for_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(available_bytes(dir.path()).is_some_and(|b| b > 0));
+        assert_eq!(available_bytes(&dir.path().join("missing")), None);
+    }
+
     use super::*;
 
     #[test]

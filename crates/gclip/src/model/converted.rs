@@ -150,6 +150,24 @@ struct Entry {
     len: u64,
 }
 
+/// Room left beside an fp32 conversion, so that writing one never fills a file system.
+const FP32_SPARE_BYTES: u64 = 1 << 30;
+
+/// Whether an fp32 conversion of `sources` (weights packed only to be written, see
+/// `Weights::with_converted_cache`) can be written to `path` now: a file can be created in its
+/// directory, and the file system has room for as many bytes as the checkpoint holds (more than
+/// its packed linear weights take) and [`FP32_SPARE_BYTES`] besides, where it says.
+pub(crate) fn can_hold_fp32(path: &Path, sources: &[SourceIdentity]) -> bool {
+    if !crate::fsutil::can_write(path) {
+        return false;
+    }
+    let needed = sources
+        .iter()
+        .fold(FP32_SPARE_BYTES, |n, s| n.saturating_add(s.size));
+    let dir = path.parent().unwrap_or(Path::new("."));
+    crate::fsutil::available_bytes(dir).is_none_or(|available| available >= needed)
+}
+
 /// The cache files of `sources` are named by this hash of their canonical paths.
 fn stem_for(sources: &[SourceIdentity]) -> String {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
@@ -553,6 +571,24 @@ mod tests {
             assert_eq!(written, 0);
             assert!(files.is_empty(), "{files:?}");
         }
+    }
+
+    /// An fp32 conversion is written only where the file system has room for it: a checkpoint
+    /// as large as the disk is refused, the fixture model's is not.
+    #[test]
+    fn fp32_conversions_need_room_for_the_checkpoint() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        let source =
+            SourceIdentity::of(&fixtures.join("models/hf-gelu/model.safetensors")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = file_for(dir.path(), std::slice::from_ref(&source), Precision::Fp32);
+        assert!(can_hold_fp32(&path, std::slice::from_ref(&source)));
+        let available = crate::fsutil::available_bytes(dir.path()).unwrap();
+        let huge = SourceIdentity {
+            size: available,
+            ..source.clone()
+        };
+        assert!(!can_hold_fp32(&path, &[huge]));
     }
 
     /// The second load maps the packed weights from the file and computes with them there:

@@ -519,12 +519,16 @@ impl Weights {
                 None
             }
         };
-        if self.precision == Precision::Fp32 && file.is_none() && !crate::fsutil::can_write(&path) {
+        if self.precision == Precision::Fp32
+            && file.is_none()
+            && !converted::can_hold_fp32(&path, &sources)
+        {
             // Packed only to be written: where the file cannot be, fp32 weights are read in
             // place as without the cache (packing at every load costs more than it saves a
             // one-shot command on AVX2 CPUs).
             tracing::debug!(
-                "converted-weights cache {} cannot be written: fp32 weights stay in place",
+                "converted-weights cache {} cannot be written or has no room: fp32 weights \
+                 stay in place",
                 path.display()
             );
             return self;
