@@ -381,8 +381,9 @@ impl Model {
     }
 
     /// Packs the fp32 weights for this CPU's f32 panel kernel now (see
-    /// `Clip::pack_f32_weights`): for a long-lived process, before its first embedding. Returns
-    /// how many weights were packed.
+    /// `Clip::pack_f32_weights`): for a long-lived process, before its first embedding; a model
+    /// loaded with the converted-weights cache has them packed already. Returns how many
+    /// weights are packed.
     fn pack_f32_weights(&self, py: Python<'_>) -> PyResult<usize> {
         py.detach(|| self.embedder.clip().pack_f32_weights())
             .map_err(err)

@@ -142,7 +142,9 @@ def test_numpy_views_and_modes(oc):
     assert "uint8" in errors[0][1] and "shape" in errors[1][1]
 
 
-def test_packed_f32_weights_give_the_same_vectors_within_rounding():
+def test_packed_f32_weights_give_the_same_vectors_within_rounding(monkeypatch, tmp_path):
+    # Without the converted-weights cache, which would hand both loads the weights packed.
+    monkeypatch.setenv("GCLIP_CONVERTED_CACHE", "off")
     packed = gclip.load(OC_MODEL, arch=OC_ARCH)
     count = packed.pack_f32_weights()
     # Every transformer linear of both towers (4 per block) where the CPU has AVX2 and FMA.
@@ -159,6 +161,15 @@ def test_packed_f32_weights_give_the_same_vectors_within_rounding():
         got, want = getattr(packed, encode)(items), getattr(in_place, encode)(items)
         cosine = (got * want).sum(axis=1)
         assert cosine.min() >= 1 - 1e-6, (encode, cosine)
+    # With the cache: the first load packs them for it, the second maps them from it; both run
+    # as the load that was asked to pack, to the bit.
+    monkeypatch.setenv("GCLIP_CONVERTED_CACHE", str(tmp_path / "converted"))
+    for _ in range(2):
+        cached = gclip.load(OC_MODEL, arch=OC_ARCH)
+        assert cached.pack_f32_weights() == count
+        assert np.array_equal(cached.encode_text(TEXTS), packed.encode_text(TEXTS))
+    written = list((tmp_path / "converted").glob("*-fp32.gclipcv"))
+    assert len(written) == (1 if count else 0), written
 
 
 def test_a_bad_item_is_named_and_the_rest_are_embedded(oc, tmp_path):

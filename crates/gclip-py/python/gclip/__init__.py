@@ -155,10 +155,12 @@ class Model:
 
     def pack_f32_weights(self) -> int:
         """Packs an fp32 model's weights for this CPU's fastest fp32 kernel now, as ``gclip
-        serve`` does: for a long-lived process, called before its first embedding. Otherwise
-        AVX2 CPUs read the weights in place (the packing's page faults would cost a one-shot
-        script 0.1-2 s) and AVX-512 CPUs pack them at the first embedding. Returns how many
-        weights were packed (0 for bf16 and int8 models, or without AVX2)."""
+        serve`` does: for a long-lived process, called before its first embedding. A model
+        loaded with the converted-weights cache (``~/.cache/gclip/converted`` or
+        ``GCLIP_CONVERTED_CACHE``; on unless set to ``off``) has them packed already, mapped from
+        the cache. Otherwise AVX2 CPUs read the weights in place (the packing's page faults would
+        cost a one-shot script 0.1-2 s) and AVX-512 CPUs pack them at the first embedding.
+        Returns how many weights are packed (0 for bf16 and int8 models, or without AVX2)."""
         return self._m.pack_f32_weights()
 
     def encode_text(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:

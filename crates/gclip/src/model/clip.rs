@@ -114,8 +114,10 @@ impl Clip {
     /// these weights are otherwise read in place by every product, and the panel kernel runs
     /// products of few rows 1.1–1.7× faster (Zen 3, docs/BENCHMARKS.md session 33); on AVX-512
     /// CPUs the first product would pack them anyway. The cost is the packing's memory (the
-    /// mapped weights' pages are released) and its page faults, 0.1–2 s for ViT-B/32. Returns
-    /// how many weights were packed (none with the portable kernels or other precisions).
+    /// mapped weights' pages are released) and its page faults, 0.1–2 s for ViT-B/32. A load
+    /// with the converted-weights cache has them packed already (mapped from the cache file, or
+    /// packed for it): nothing is packed again. Returns how many weights are packed (none with
+    /// the portable kernels or other precisions).
     pub fn pack_f32_weights(&self) -> Result<usize, ModelError> {
         Ok(self.vision.transformer.pack_f32_weights()?
             + self.text.transformer.pack_f32_weights()?)
