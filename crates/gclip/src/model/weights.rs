@@ -431,19 +431,21 @@ impl Weights {
         let Some(c) = &self.converted else {
             return Ok(Some(weight));
         };
-        let from_file = c.file.as_ref().and_then(|f| f.panels(name, weight.dims()));
-        let mapped = match from_file {
-            Some(Ok(packed)) => weight.use_mapped_panels(packed).map_err(|e| e.to_string()),
-            Some(Err(reason)) => Err(reason),
-            None => Err(String::new()),
-        };
-        if let Err(reason) = mapped {
-            if !reason.is_empty() {
-                tracing::warn!(
-                    "converted-weights cache {}: {reason}; packing `{name}` again",
-                    c.path.display()
-                );
+        let mapped = match c.file.as_ref().and_then(|f| f.panels(name, weight.dims())) {
+            None => false,
+            Some(found) => {
+                let used = found
+                    .and_then(|packed| weight.use_mapped_panels(packed).map_err(|e| e.to_string()));
+                if let Err(reason) = &used {
+                    tracing::warn!(
+                        "converted-weights cache {}: {reason}; packing `{name}` again",
+                        c.path.display()
+                    );
+                }
+                used.is_ok()
             }
+        };
+        if !mapped {
             weight.pack_now()?;
             c.fresh.set(true);
         }
