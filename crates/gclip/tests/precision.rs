@@ -419,9 +419,24 @@ fn fp32_inference_loads_use_safetensors_weights_in_place_with_the_same_numbers()
             let c = fp32_inference(&source, kernels);
             let what = format!("{name} {}", c.kernel_description());
             if name == "hf-quickgelu" {
-                // A PyTorch zip cannot be mapped: it loads dense.
-                assert!(linears_are(&c, dense), "{what}");
-                assert_eq!(c.kernel_description(), "gemm f32");
+                // A PyTorch zip cannot be mapped: it loads packed for the panel kernel where
+                // the CPU has one (see `fp32_weights_of_a_pytorch_archive_are_packed_at_load_
+                // and_cached`), else dense.
+                match OutInKernel::chosen(kernels).panel_kernel() {
+                    Some(panel) => {
+                        assert!(linears_are(&c, mapped), "{what}");
+                        assert_eq!(
+                            c.kernel_description(),
+                            format!("f32 packed at load ({})", panel.name())
+                        );
+                        let cos = min_cosine(&c.encode_pixels(&many, true).unwrap(), &images);
+                        assert!(cos >= 1.0 - 1e-6, "{what}: many images, cosine {cos}");
+                    }
+                    None => {
+                        assert!(linears_are(&c, dense), "{what}");
+                        assert_eq!(c.kernel_description(), "gemm f32");
+                    }
+                }
                 continue;
             }
             assert!(
@@ -522,6 +537,98 @@ fn fp32_weights_packed_when_asked_run_the_panel_kernel_with_the_same_numbers() {
         c.encode_text_ids(&ids, true).unwrap(),
     );
     assert_eq!(first, second, "{what}: a second run");
+}
+
+/// An fp32 inference load of a checkpoint that cannot be used in place (a PyTorch archive)
+/// packs its linear weights for this CPU's f32 panel kernel as it reads them, instead of a
+/// transposed copy for gemm: the dense model's embeddings within f32 rounding. With the
+/// converted-weights cache the next load maps them from there without reading them, to the
+/// bit; converted to bf16 from the packed weights, the dense model's bf16 to the bit. Without
+/// a panel kernel (or with the portable kernels) they load dense, as before.
+#[test]
+fn fp32_weights_of_a_pytorch_archive_are_packed_at_load_and_cached() {
+    use gclip::model::outin::PanelOrigin;
+    let source = open_clip("oc-gelu", "open_clip_model.pt");
+    let r = reference("oc-gelu");
+    let (ids, pixels) = (ids_of(&r["input_ids"]), &r["pixel_values"]);
+    let trainable = source.load(&Device::Cpu, DType::F32).unwrap().clip;
+    let tmp = tempfile::tempdir().unwrap();
+    let load = |converted_cache: ConvertedCache, kernels: KernelChoice| {
+        let options = LoadOptions {
+            kernels,
+            converted_cache,
+            ..Default::default()
+        };
+        source
+            .load_in(&Device::Cpu, DType::F32, &options)
+            .unwrap()
+            .clip
+    };
+    let cache = ConvertedCache::At(tmp.path().to_path_buf());
+    let portable = load(cache.clone(), KernelChoice::Portable);
+    assert!(
+        linears_are(&portable, dense),
+        "{}",
+        portable.kernel_description()
+    );
+    if OutInKernel::chosen(KernelChoice::Fastest)
+        .panel_kernel()
+        .is_none()
+    {
+        let c = load(cache, KernelChoice::Fastest);
+        assert!(linears_are(&c, dense), "{}", c.kernel_description());
+        return;
+    }
+    let origins = |c: &Clip| -> Vec<Option<PanelOrigin>> {
+        [&c.vision.transformer, &c.text.transformer]
+            .into_iter()
+            .flat_map(|t| &t.blocks)
+            .flat_map(|b| [&b.attn.qkv, &b.attn.out, &b.fc1, &b.fc2])
+            .map(|l| match &l.weight {
+                LinearWeight::Mapped(w) => w.panel_origin(),
+                _ => None,
+            })
+            .collect()
+    };
+    let embed = |c: &Clip| {
+        (
+            c.encode_pixels(pixels, true).unwrap(),
+            c.encode_text_ids(&ids, true).unwrap(),
+        )
+    };
+    let without_cache = load(ConvertedCache::Off, KernelChoice::Fastest);
+    assert!(origins(&without_cache)
+        .iter()
+        .all(|&o| o == Some(PanelOrigin::Load)));
+    let want = embed(&without_cache);
+    let dense_model = embed(&trainable);
+    let cos = min_cosine(&want.0, &dense_model.0).min(min_cosine(&want.1, &dense_model.1));
+    assert!(cos >= 1.0 - 1e-6, "cosine {cos}");
+
+    let first = load(cache.clone(), KernelChoice::Fastest);
+    assert!(origins(&first)
+        .iter()
+        .all(|&o| o == Some(PanelOrigin::Load)));
+    assert_eq!(embed(&first), want);
+    let second = load(cache, KernelChoice::Fastest);
+    assert!(origins(&second)
+        .iter()
+        .all(|&o| o == Some(PanelOrigin::Mapped)));
+    assert_eq!(embed(&second), want);
+    assert!(
+        second
+            .kernel_description()
+            .starts_with("f32 packed, mapped from the converted cache (f32-panels-"),
+        "{}",
+        second.kernel_description()
+    );
+    // Unpacked for another precision: the same weights as the dense model's.
+    let a = converted(&trainable, Precision::Bf16, KernelChoice::Fastest);
+    let b = converted(&second, Precision::Bf16, KernelChoice::Fastest);
+    assert_eq!(
+        a.encode_pixels(pixels, true).unwrap(),
+        b.encode_pixels(pixels, true).unwrap()
+    );
 }
 
 #[test]

@@ -174,7 +174,13 @@ impl Linear {
             });
         }
         if !w.trainable() {
-            if let Some(weight) = w.mapped_linear(&weight_name, [out_dim, in_dim])? {
+            let shape = [out_dim, in_dim];
+            let weight = match w.mapped_linear(&weight_name, shape)? {
+                Some(weight) => Some(weight),
+                None if fusable(&bias) => w.packed_f32_linear(&weight_name, shape)?,
+                None => None,
+            };
+            if let Some(weight) = weight {
                 return Ok(Self {
                     weight: LinearWeight::Mapped(weight),
                     bias,
@@ -655,6 +661,7 @@ impl Transformer {
             LinearWeight::Mapped(w) if w.runs_panels() => {
                 let how = match w.panel_origin() {
                     Some(PanelOrigin::Asked) => "packed when asked",
+                    Some(PanelOrigin::Load) => "packed at load",
                     Some(PanelOrigin::Mapped) => "packed, mapped from the converted cache",
                     Some(PanelOrigin::FirstProduct) | None => "packed at first use",
                 };

@@ -563,6 +563,9 @@ pub struct OutInWeight {
     /// to the copy mapped from the cache file ([`OutInWeight::use_mapped_panels`]) or packed for
     /// that file. The mapped rows are released once a copy is packed.
     panels: OnceLock<std::result::Result<PanelCopy, String>>,
+    /// The rows of a weight held only packed ([`OutInWeight::packed_only`]), unpacked when
+    /// asked for (converting the model to another precision, or for training).
+    unpacked: OnceLock<Vec<f32>>,
 }
 
 /// A weight packed for the f32 panel kernel, with the kernel and where the copy came from.
@@ -580,6 +583,9 @@ pub enum PanelOrigin {
     FirstProduct,
     /// Packed by [`OutInWeight::pack_now`].
     Asked,
+    /// Packed as the load read a weight that cannot be used in place (a PyTorch archive, f16
+    /// values): the weight has no rows of its own ([`OutInWeight::packed_only`]).
+    Load,
     /// Mapped from a converted-weights cache file, packed there by an earlier load
     /// ([`OutInWeight::use_mapped_panels`]).
     Mapped,
@@ -599,6 +605,7 @@ impl OutInWeight {
             out_dim,
             kernel,
             panels: OnceLock::new(),
+            unpacked: OnceLock::new(),
         })
     }
 
@@ -612,8 +619,45 @@ impl OutInWeight {
         self.kernel
     }
 
-    /// The stored `[out, in]` rows.
+    /// A weight held only packed for the panel kernel of `kernel`'s instruction set (none
+    /// where the CPU lacks it: refused), from the packing of a load that could not use the
+    /// stored weight in place, or from the converted-weights cache; every product runs the
+    /// panel kernel, and [`OutInWeight::rows`] unpacks a copy.
+    pub(crate) fn packed_only(
+        packed: PackedF32,
+        kernel: OutInKernel,
+        origin: PanelOrigin,
+    ) -> Result<Self> {
+        let Some(panel_kernel) = kernel.panel_kernel() else {
+            candle_core::bail!("no f32 panel kernel runs {} weights", kernel.name());
+        };
+        let weight = Self {
+            blocks: Vec::new(),
+            in_dim: packed.in_dim(),
+            out_dim: packed.out_dim(),
+            kernel,
+            panels: OnceLock::new(),
+            unpacked: OnceLock::new(),
+        };
+        let copy = PanelCopy {
+            packed,
+            kernel: panel_kernel,
+            origin,
+        };
+        // A fresh lock: the set cannot find a value.
+        let _ = weight.panels.set(Ok(copy));
+        Ok(weight)
+    }
+
+    /// The stored `[out, in]` rows (of a weight held only packed: unpacked, once).
     pub(crate) fn rows(&self) -> Result<RowBlocks<'_>> {
+        if self.blocks.is_empty() {
+            let copy = self.panel_copy().ok_or_else(|| {
+                candle_core::Error::Msg("an f32 weight with neither rows nor panels".into())
+            })?;
+            let rows = self.unpacked.get_or_init(|| copy.packed.unpack_out_in());
+            return RowBlocks::new(vec![rows.as_slice()], self.in_dim);
+        }
         RowBlocks::new(
             self.blocks.iter().map(|b| b.values()).collect(),
             self.in_dim,

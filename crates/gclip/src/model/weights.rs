@@ -16,7 +16,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::converted::{self, ConvertedCache, ConvertedFile, SourceIdentity, StoredWeight};
 use super::kernels::RowBlocks;
-use super::outin::{OutInKernel, OutInWeight};
+use super::lowp::PackedF32;
+use super::outin::{OutInKernel, OutInWeight, PanelOrigin};
 use super::packed::PackedWeight;
 use super::precision::{KernelChoice, Precision};
 use super::{error_message, ModelError};
@@ -455,6 +456,77 @@ impl Weights {
         Ok(Some(weight))
     }
 
+    /// The fp32 linear weight gclip calls `name` (`[out, in]`) for inference where it cannot be
+    /// used in place ([`Weights::mapped_linear`] gave `None`: a PyTorch archive, f16 values) and
+    /// this CPU has an f32 panel kernel for the load's kernel choice: packed for that kernel as
+    /// it is read (instead of a transposed copy for gemm), or mapped from the converted-weights
+    /// cache without reading the checkpoint's tensor, and then written there. `None` for
+    /// training loads, other devices and dtypes, and without a panel kernel.
+    pub(crate) fn packed_f32_linear(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+    ) -> Result<Option<Arc<OutInWeight>>, ModelError> {
+        let kernel = OutInKernel::chosen(self.kernels);
+        if self.trainable
+            || kernel.panel_kernel().is_none()
+            || !self.device.is_cpu()
+            || self.dtype != DType::F32
+            || matches!(self.store, Store::Random)
+        {
+            return Ok(None);
+        }
+        let dims = (shape[1], shape[0]);
+        let from_file = self.converted.as_ref().and_then(|c| {
+            let sources = self.stored_sources(name)?;
+            let found = c.file.as_ref()?.panels(name, dims)?;
+            let weight = found.and_then(|packed| {
+                OutInWeight::packed_only(packed, kernel, PanelOrigin::Mapped)
+                    .map_err(|e| e.to_string())
+            });
+            match weight {
+                Ok(w) => {
+                    self.used.borrow_mut().extend(sources);
+                    Some(Arc::new(w))
+                }
+                Err(reason) => {
+                    tracing::warn!(
+                        "converted-weights cache {}: {reason}; packing `{name}` again",
+                        c.path.display()
+                    );
+                    None
+                }
+            }
+        });
+        let weight = match from_file {
+            Some(w) => w,
+            None => {
+                let packed = self.with_f32(name, shape, |rows| {
+                    PackedF32::pack_rows(rows).map_err(ModelError::Unsupported)
+                })?;
+                if let Some(c) = &self.converted {
+                    c.fresh.set(true);
+                }
+                Arc::new(OutInWeight::packed_only(packed, kernel, PanelOrigin::Load)?)
+            }
+        };
+        if let Some(c) = &self.converted {
+            c.packed
+                .borrow_mut()
+                .push((name.to_string(), ConvertedWeight::Panels(weight.clone())));
+        }
+        Ok(Some(weight))
+    }
+
+    /// The names in the files of what gclip calls `name`, when every one is stored there.
+    fn stored_sources(&self, name: &str) -> Option<Vec<String>> {
+        let sources = self.source_names(name);
+        sources
+            .iter()
+            .all(|s| self.names.contains_key(s))
+            .then_some(sources)
+    }
+
     /// Reads and writes the bf16/int8 linear weights of this checkpoint in `cache` (see
     /// [`super::converted`]): a valid converted file is used in place; a missing, stale or
     /// corrupt one is reported and rebuilt by [`Weights::save_converted`]. An fp32 load for
@@ -555,10 +627,7 @@ impl Weights {
         precision: Precision,
     ) -> Result<Arc<PackedWeight>, ModelError> {
         let from_file = self.converted.as_ref().and_then(|c| {
-            let sources = self.source_names(name);
-            if !sources.iter().all(|s| self.names.contains_key(s)) {
-                return None;
-            }
+            let sources = self.stored_sources(name)?;
             match c
                 .file
                 .as_ref()?

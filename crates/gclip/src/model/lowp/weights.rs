@@ -545,6 +545,16 @@ impl PackedF32 {
     pub fn is_mapped(&self) -> bool {
         self.buf.is_mapped()
     }
+    /// The weight back in row-major `[out_dim][in_dim]` (the packing keeps every value's bits).
+    pub(crate) fn unpack_out_in(&self) -> Vec<f32> {
+        let (k_len, words) = (self.in_dim, self.buf.words());
+        let mut w = Vec::with_capacity(self.in_dim * self.out_dim);
+        for n in 0..self.out_dim {
+            let panel = &words[(n / NR) * k_len * NR..];
+            w.extend((0..k_len).map(|k| f32::from_bits(panel[k * NR + n % NR])));
+        }
+        w
+    }
 }
 
 /// int8 weights, symmetric per output column, packed for the microkernels.
