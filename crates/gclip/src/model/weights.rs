@@ -477,28 +477,14 @@ impl Weights {
             return Ok(None);
         }
         let dims = (shape[1], shape[0]);
-        let from_file = self.converted.as_ref().and_then(|c| {
-            let sources = self.stored_sources(name)?;
-            let found = c.file.as_ref()?.panels(name, dims)?;
-            let weight = found.and_then(|packed| {
+        let from_file = self.take_from_converted_file(name, |file| {
+            let found = file.panels(name, dims)?;
+            Some(found.and_then(|packed| {
                 OutInWeight::packed_only(packed, kernel, PanelOrigin::Mapped)
                     .map_err(|e| e.to_string())
-            });
-            match weight {
-                Ok(w) => {
-                    self.used.borrow_mut().extend(sources);
-                    Some(Arc::new(w))
-                }
-                Err(reason) => {
-                    tracing::warn!(
-                        "converted-weights cache {}: {reason}; packing `{name}` again",
-                        c.path.display()
-                    );
-                    None
-                }
-            }
+            }))
         });
-        let weight = match from_file {
+        let weight = match from_file.map(Arc::new) {
             Some(w) => w,
             None => {
                 let packed = self.with_f32(name, shape, |rows| {
@@ -516,6 +502,31 @@ impl Weights {
                 .push((name.to_string(), ConvertedWeight::Panels(weight.clone())));
         }
         Ok(Some(weight))
+    }
+
+    /// The weight gclip calls `name` as `take` finds it in the converted-weights file (`None`
+    /// where the file does not hold it), its stored tensors then counted as used; one the file
+    /// holds but `take` refuses is reported (it is converted from the checkpoint again).
+    fn take_from_converted_file<W>(
+        &self,
+        name: &str,
+        take: impl FnOnce(&ConvertedFile) -> Option<Result<W, String>>,
+    ) -> Option<W> {
+        let c = self.converted.as_ref()?;
+        let sources = self.stored_sources(name)?;
+        match take(c.file.as_ref()?)? {
+            Ok(w) => {
+                self.used.borrow_mut().extend(sources);
+                Some(w)
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    "converted-weights cache {}: {reason}; converting `{name}` again",
+                    c.path.display()
+                );
+                None
+            }
+        }
     }
 
     /// The names in the files of what gclip calls `name`, when every one is stored there.
@@ -626,27 +637,10 @@ impl Weights {
         [out_dim, in_dim]: [usize; 2],
         precision: Precision,
     ) -> Result<Arc<PackedWeight>, ModelError> {
-        let from_file = self.converted.as_ref().and_then(|c| {
-            let sources = self.stored_sources(name)?;
-            match c
-                .file
-                .as_ref()?
-                .packed(name, precision, (in_dim, out_dim), self.kernels)?
-            {
-                Ok(w) => {
-                    self.used.borrow_mut().extend(sources);
-                    Some(Arc::new(w))
-                }
-                Err(reason) => {
-                    tracing::warn!(
-                        "converted-weights cache {}: {reason}; converting it again",
-                        c.path.display()
-                    );
-                    None
-                }
-            }
+        let from_file = self.take_from_converted_file(name, |file| {
+            file.packed(name, precision, (in_dim, out_dim), self.kernels)
         });
-        let weight = match from_file {
+        let weight = match from_file.map(Arc::new) {
             Some(w) => w,
             None => {
                 let w = self.with_f32(name, [out_dim, in_dim], |rows| {
