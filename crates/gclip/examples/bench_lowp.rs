@@ -63,9 +63,11 @@ fn cycling<'a, W: 'a>(
     })
 }
 
-/// `count` weights made by `pack`.
-fn copies<T>(count: usize, pack: impl Fn() -> T) -> Vec<T> {
-    (0..count).map(|_| pack()).collect()
+/// `count` weights made by `pack`, for `kernels` to cycle through: none when no kernel of
+/// theirs runs, so that a weight is packed (and copied, with --cold) only for kernels timed.
+fn copies_for<K, T>(kernels: &[K], count: usize, pack: impl Fn() -> T) -> std::rc::Rc<Vec<T>> {
+    let count = if kernels.is_empty() { 0 } else { count };
+    std::rc::Rc::new((0..count).map(|_| pack()).collect())
 }
 
 fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
@@ -243,32 +245,25 @@ fn main() {
             .into_iter()
             .filter(|k| wanted(k.name()))
             .collect();
-        if !panel_kernels.is_empty() {
-            let packed = std::rc::Rc::new(copies(copy_count, || {
-                PackedF32::pack_out_in(&w, din, dout).expect("pack f32")
-            }));
-            for kernel in panel_kernels {
-                let (x, bias) = (&x, &bias);
-                let run = cycling(packed.clone(), move |w| {
-                    let fused = Default::default();
-                    let y = lowp::linear_f32_fused(x, rows, w, bias, fused, kernel, threads)
-                        .expect("f32 product");
-                    std::hint::black_box(y);
-                });
-                runs.push((kernel.name().into(), run));
-            }
+        let packed = copies_for(&panel_kernels, copy_count, || {
+            PackedF32::pack_out_in(&w, din, dout).expect("pack f32")
+        });
+        for kernel in panel_kernels {
+            let (x, bias) = (&x, &bias);
+            let run = cycling(packed.clone(), move |w| {
+                let fused = Default::default();
+                let y = lowp::linear_f32_fused(x, rows, w, bias, fused, kernel, threads)
+                    .expect("f32 product");
+                std::hint::black_box(y);
+            });
+            runs.push((kernel.name().into(), run));
         }
         let bf16_kernels: Vec<Bf16Kernel> = Bf16Kernel::available()
             .into_iter()
             .filter(|k| wanted(k.name()))
             .collect();
-        // Packed (and copied, with --cold) only for kernels that run.
-        let packed = std::rc::Rc::new(if bf16_kernels.is_empty() {
-            Vec::new()
-        } else {
-            copies(copy_count, || {
-                PackedBf16::pack_out_in(&w, din, dout).expect("pack bf16")
-            })
+        let packed = copies_for(&bf16_kernels, copy_count, || {
+            PackedBf16::pack_out_in(&w, din, dout).expect("pack bf16")
         });
         for kernel in bf16_kernels {
             let (x, bias, mut dst) = (&x, &bias, new_dst());
@@ -282,12 +277,8 @@ fn main() {
             .into_iter()
             .filter(|k| wanted(k.name()))
             .collect();
-        let packed = std::rc::Rc::new(if int8_kernels.is_empty() {
-            Vec::new()
-        } else {
-            copies(copy_count, || {
-                PackedInt8::pack_out_in(&w, din, dout).expect("pack int8")
-            })
+        let packed = copies_for(&int8_kernels, copy_count, || {
+            PackedInt8::pack_out_in(&w, din, dout).expect("pack int8")
         });
         for kernel in int8_kernels {
             let (x, bias, mut dst) = (&x, &bias, new_dst());
