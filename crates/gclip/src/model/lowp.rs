@@ -257,6 +257,11 @@ struct Tile {
     /// the whole K (`init` and `fin` both set).
     c_bf16: *mut u16,
     act: Option<Activation>,
+    /// The weights the task reads next (null: none), `prefetch_lines` cache lines of them,
+    /// which the AVX2 kernels fetch one line per K value while this tile re-reads its weights
+    /// from cache. Prefetches never fault, so only the caller's accounting bounds them.
+    prefetch: *const u8,
+    prefetch_lines: usize,
 }
 
 /// Runs one tile; `m` is the number of valid rows.
@@ -329,6 +334,25 @@ const STAGED_FLOATS_PER_STEP: usize = 2 * NR;
 /// K-steps per block of a staged kernel: one panel's staged block (64 steps × 32 columns × 2
 /// k values × 4 bytes = 16 KiB) stays in a 32 KiB L1 cache next to the rows that read it.
 const STAGED_KC: usize = 64;
+
+/// The weight block that [`run_tiles`]' item over `panels` reads after panel `p`'s block at
+/// K-step `kc0` (blocks of `kc` steps, K blocks outside, panels inside): `(panel, kc0)`, or
+/// `None` after the item's last.
+fn block_after(
+    p: usize,
+    kc0: usize,
+    panels: &std::ops::Range<usize>,
+    ksteps: usize,
+    kc: usize,
+) -> Option<(usize, usize)> {
+    if p + 1 < panels.end {
+        Some((p + 1, kc0))
+    } else if kc0 + kc < ksteps {
+        Some((panels.start, kc0 + kc))
+    } else {
+        None
+    }
+}
 
 /// Writes every element of the output's first `rows * out` (the first K block stores
 /// whole tiles without reading them), so it may start uninitialised.
@@ -407,7 +431,7 @@ fn run_tiles(g: &Gemm, out: Out, threads: usize) {
             let kl = kc.min(g.ksteps - kc0);
             let init = kc0 == 0;
             let fin = kc0 + kl >= g.ksteps;
-            let run_tile = |p: usize, b: *const u32, mb: usize| {
+            let run_tile = |p: usize, b: *const u32, mb: usize, prefetch: (*const u8, usize)| {
                 let c0 = p * NR;
                 let r0 = mb * g.mr;
                 let m = g.mr.min(g.rows - r0);
@@ -445,6 +469,8 @@ fn run_tiles(g: &Gemm, out: Out, threads: usize) {
                         resid: g
                             .residual
                             .map_or(std::ptr::null(), |r| r.as_ptr().add(r0 * ldc + c0)),
+                        prefetch: prefetch.0,
+                        prefetch_lines: prefetch.1,
                     }
                 };
                 // SAFETY: the tile satisfies the kernel contract (pointers
@@ -458,13 +484,21 @@ fn run_tiles(g: &Gemm, out: Out, threads: usize) {
             // SAFETY: panel `p` spans `ksteps * NR` words from `(p * ksteps) * NR`, so the
             // block's `kl` steps from `kc0` are inside `g.b` (asserted above).
             let panel = |p: usize| unsafe { g.b.as_ptr().add((p * g.ksteps + kc0) * NR) };
+            // The weights this item reads after panel `p`'s block at `kc0`, as a start and a
+            // count of cache lines; only ever prefetched, never read.
+            let next_weights = |p: usize, kc0: usize| {
+                let (p, kc0) = block_after(p, kc0, &p_range, g.ksteps, kc)?;
+                let steps = kc.min(g.ksteps - kc0);
+                let start = g.b.as_ptr().wrapping_add((p * g.ksteps + kc0) * NR);
+                Some((start.cast::<u8>(), (steps * NR * 4).div_ceil(64)))
+            };
             if g.amx {
                 // Row blocks outside: each row block's activations are read from L1 for all
                 // of the item's panels (3-20 % faster than panels outside on ViT-B/32's
                 // shapes, two threads; items that take row blocks outside lost 5-10 %).
                 for mb in mb_range.clone() {
                     for p in p_range.clone() {
-                        run_tile(p, panel(p), mb);
+                        run_tile(p, panel(p), mb, (std::ptr::null(), 0));
                     }
                 }
             } else {
@@ -477,8 +511,18 @@ fn run_tiles(g: &Gemm, out: Out, threads: usize) {
                         unsafe { stage(b, kl, staged.as_mut_ptr()) };
                         b = staged.as_ptr().cast::<u32>();
                     }
+                    // One row tile reads the whole weight once, from memory: its second row
+                    // block (the first if it has one) fetches the weights that come next in
+                    // this item while it re-reads this panel's from cache, so memory is not
+                    // idle between panels (docs/BENCHMARKS.md, session 36).
+                    let ahead = if tm == 1 { next_weights(p, kc0) } else { None };
+                    let prefetch_mb = mb_range.start + usize::from(mb_range.len() > 1);
                     for mb in mb_range.clone() {
-                        run_tile(p, b, mb);
+                        let prefetch = match ahead {
+                            Some(words) if mb == prefetch_mb => words,
+                            _ => (std::ptr::null(), 0),
+                        };
+                        run_tile(p, b, mb, prefetch);
                     }
                 }
             }

@@ -866,3 +866,34 @@ fn peak_rates_are_measured_for_the_instructions_this_cpu_has() {
         }
     }
 }
+
+#[test]
+fn the_prefetched_block_is_the_one_the_item_reads_next() {
+    for (panels, ksteps, kc) in [
+        (0..1, 10, 64),
+        (4..8, 10, 64),
+        (4..7, 200, 64),
+        (2..3, 129, 64),
+        (0..4, 2048, 2048),
+        (0..4, 2049, 2048),
+    ] {
+        // The order in which `run_tiles` reads an item's weight blocks: K blocks outside,
+        // panels inside.
+        let mut order = Vec::new();
+        let mut kc0 = 0;
+        while kc0 < ksteps {
+            order.extend(panels.clone().map(|p| (p, kc0)));
+            kc0 += kc;
+        }
+        for pair in order.windows(2) {
+            let (p, k0) = pair[0];
+            assert_eq!(
+                block_after(p, k0, &panels, ksteps, kc),
+                Some(pair[1]),
+                "{panels:?} {ksteps} {kc}"
+            );
+        }
+        let &(p, k0) = order.last().expect("a block");
+        assert_eq!(block_after(p, k0, &panels, ksteps, kc), None);
+    }
+}

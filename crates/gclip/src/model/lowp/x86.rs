@@ -483,10 +483,28 @@ pub unsafe fn stage_bf16_avx2(b: *const u32, ksteps: usize, out: *mut f32) {
     }
 }
 
+/// The lines of `t.prefetch` that the `half`-th pass over a tile of `kvalues` K values fetches,
+/// one per K value: their start and count (the lines from `half * kvalues`).
+fn prefetch_span(t: &Tile, half: usize, kvalues: usize) -> (*const u8, usize) {
+    let first_line = half * kvalues;
+    let count = t.prefetch_lines.saturating_sub(first_line).min(kvalues);
+    // `wrapping_add`: the address is only ever prefetched (which never faults), not read.
+    (t.prefetch.wrapping_add(first_line * 64), count)
+}
+
+/// Fetches line `k` from `ahead` into L2, where the next panel's pass finds it.
+#[inline(always)]
+fn prefetch_line(ahead: *const u8, k: usize) {
+    // SAFETY: a prefetch is a hint that never faults, whatever the address; SSE is part of
+    // x86_64.
+    unsafe { _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(k * 64).cast()) };
+}
+
 /// The f32 FMA core of the AVX2 bf16 and f32 kernels: the tile's 16 columns from `col0`,
 /// `kvalues` K values, each row's value `k` at `t.a` (as f32) + `row * t.lda + k` times the 16
 /// weights at `b + k * b_stride`; bias (or the partial sums) first, then every K value in order,
-/// so both kernels give the AVX-512 f32 panel kernel's sums.
+/// so both kernels give the AVX-512 f32 panel kernel's sums. The `half`-th half of the tile's
+/// K values: it fetches the lines of `t.prefetch` from `half * kvalues`, one per K value.
 ///
 /// # Safety
 /// Tile contract with `M` valid rows whose A rows hold `kvalues` f32; `b` is valid for
@@ -498,6 +516,7 @@ unsafe fn fma_half_avx2<const M: usize>(
     kvalues: usize,
     b: *const f32,
     b_stride: usize,
+    half: usize,
 ) {
     let h = half16(t.ncols, col0);
     let mut acc = [[_mm256_setzero_ps(); 2]; M];
@@ -524,7 +543,7 @@ unsafe fn fma_half_avx2<const M: usize>(
         // One pointer per row, indexed by k: the rows' addresses are not recomputed in the
         // loop.
         let rows: [*const f32; M] = std::array::from_fn(|i| t.a.add(i * t.lda).cast());
-        for k in 0..kvalues {
+        let mut step = |k: usize| {
             let w0 = _mm256_loadu_ps(b.add(b_stride * k));
             let w1 = _mm256_loadu_ps(b.add(b_stride * k + 8));
             for (r, row) in acc.iter_mut().zip(&rows) {
@@ -532,6 +551,14 @@ unsafe fn fma_half_avx2<const M: usize>(
                 r[0] = _mm256_fmadd_ps(av, w0, r[0]);
                 r[1] = _mm256_fmadd_ps(av, w1, r[1]);
             }
+        };
+        let (ahead, fetched) = prefetch_span(t, half, kvalues);
+        for k in 0..fetched {
+            prefetch_line(ahead, k);
+            step(k);
+        }
+        for k in fetched..kvalues {
+            step(k);
         }
         store_f32_avx2(t, col0, &h, &acc);
     }
@@ -554,7 +581,7 @@ unsafe fn bf16avx2<const M: usize>(t: &Tile) {
         // A rows `kvalues` f32 (f32 pairs); the rest is the caller's contract.
         unsafe {
             let b = t.b.cast::<f32>().add(half * kvalues * 16);
-            fma_half_avx2::<M>(t, col0, kvalues, b, 16);
+            fma_half_avx2::<M>(t, col0, kvalues, b, 16, half);
         }
     }
 }
@@ -568,14 +595,14 @@ dispatch_m!(kern_bf16_avx2, bf16avx2, "avx2 and fma.", 1 2 3 4 5 6);
 /// per K-step of the panel ([`super::PackedF32`]); CPU supports avx2 and fma.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn f32fma_avx2<const M: usize>(t: &Tile) {
-    for col0 in [0, 16] {
+    for (half, col0) in [0, 16].into_iter().enumerate() {
         if col0 >= t.ncols {
             break;
         }
         // SAFETY: the panel holds `t.k` steps of `NR` floats (padded with zeros past
         // `ncols`), so the 16 from `col0` of each step are inside it; the A rows hold `t.k`
         // f32.
-        unsafe { fma_half_avx2::<M>(t, col0, t.k, t.b.cast::<f32>().add(col0), NR) };
+        unsafe { fma_half_avx2::<M>(t, col0, t.k, t.b.cast::<f32>().add(col0), NR, half) };
     }
 }
 dispatch_m!(kern_f32fma_avx2, f32fma_avx2, "avx2 and fma.", 1 2 3 4 5 6);
@@ -586,7 +613,7 @@ dispatch_m!(kern_f32fma_avx2, f32fma_avx2, "avx2 and fma.", 1 2 3 4 5 6);
 #[target_feature(enable = "avx2,fma")]
 unsafe fn int8avx2<const M: usize>(t: &Tile) {
     let ones = _mm256_set1_epi16(1);
-    for col0 in [0, 16] {
+    for (half, col0) in [0, 16].into_iter().enumerate() {
         if col0 >= t.ncols {
             break;
         }
@@ -608,10 +635,10 @@ unsafe fn int8avx2<const M: usize>(t: &Tile) {
             // One pointer per row, indexed by k: the rows' addresses are not recomputed
             // in the loop.
             let rows: [*const u32; M] = std::array::from_fn(|i| t.a.add(i * t.lda));
-            let mut b = t.b.add(col0);
-            for k in 0..t.k {
-                let w0 = _mm256_loadu_si256(b.cast());
-                let w1 = _mm256_loadu_si256(b.add(8).cast());
+            let b = t.b.add(col0);
+            let mut step = |k: usize| {
+                let w0 = _mm256_loadu_si256(b.add(k * NR).cast());
+                let w1 = _mm256_loadu_si256(b.add(k * NR + 8).cast());
                 for (r, row) in acc.iter_mut().zip(&rows) {
                     let av = _mm256_set1_epi32(*row.add(k) as i32);
                     let aa = _mm256_abs_epi8(av);
@@ -622,7 +649,14 @@ unsafe fn int8avx2<const M: usize>(t: &Tile) {
                     r[0] = _mm256_add_epi32(r[0], _mm256_madd_epi16(p0, ones));
                     r[1] = _mm256_add_epi32(r[1], _mm256_madd_epi16(p1, ones));
                 }
-                b = b.add(NR);
+            };
+            let (ahead, fetched) = prefetch_span(t, half, t.k);
+            for k in 0..fetched {
+                prefetch_line(ahead, k);
+                step(k);
+            }
+            for k in fetched..t.k {
+                step(k);
             }
             if t.fin {
                 let s0 = _mm256_loadu_ps(t.wscale.add(col0));
