@@ -649,6 +649,11 @@ mod tests {
             let at = ConvertedCache::At(cache.path().to_path_buf());
             let first = load(at.clone());
             assert!(!mapped(&first), "nothing to map before the file exists");
+            if precision == Precision::Fp32 {
+                // Packed by the load, for the file: not "when asked", which nobody did.
+                let what = first.kernel_description();
+                assert!(what.starts_with("f32 packed at load ("), "{what}");
+            }
             assert_eq!(first.encode_pixels(pixels, true).unwrap(), want);
             let second = load(at.clone());
             assert!(mapped(&second), "{precision}");

@@ -649,8 +649,10 @@ impl Transformer {
     /// for products of few rows, gemm for the others) or, where a weight is packed for the
     /// panel kernel at its first product and every product runs that, `f32 packed at first use
     /// (f32-panels-avx512)`, `f32 packed when asked (f32-panels-avx2)` after
-    /// [`Transformer::pack_f32_weights`], or `f32 packed, mapped from the converted cache
-    /// (f32-panels-avx2)` where a load found them packed in the converted-weights cache.
+    /// [`Transformer::pack_f32_weights`], `f32 packed at load (f32-panels-avx2)` where the load
+    /// packed them (for the converted-weights cache, or read from an archive), or `f32 packed,
+    /// mapped from the converted cache (f32-panels-avx2)` where a load found them packed in the
+    /// converted-weights cache.
     pub fn kernel_description(&self) -> String {
         let Some(b) = self.blocks.first() else {
             return "none".into();

@@ -583,8 +583,10 @@ pub enum PanelOrigin {
     FirstProduct,
     /// Packed by [`OutInWeight::pack_now`].
     Asked,
-    /// Packed as the load read a weight that cannot be used in place (a PyTorch archive, f16
-    /// values): the weight has no rows of its own ([`OutInWeight::packed_only`]).
+    /// Packed as the load read the weight: one that cannot be used in place (a PyTorch
+    /// archive, f16 values), which then has no rows of its own ([`OutInWeight::packed_only`]),
+    /// or one packed for the converted-weights cache, which later loads map
+    /// ([`OutInWeight::pack_at_load`]).
     Load,
     /// Mapped from a converted-weights cache file, packed there by an earlier load
     /// ([`OutInWeight::use_mapped_panels`]).
@@ -712,10 +714,20 @@ impl OutInWeight {
     /// product, so that no input's result depends on what ran before it. `Ok(false)` where
     /// there is no panel kernel (the portable kernels); a weight already packed stays as it is.
     pub fn pack_now(&self) -> Result<bool> {
+        self.pack_for_panels(PanelOrigin::Asked)
+    }
+
+    /// Packs the weight for the f32 panel kernel of this CPU as the load reads it, for the
+    /// converted-weights cache (as [`OutInWeight::pack_now`], labelled [`PanelOrigin::Load`]).
+    pub(crate) fn pack_at_load(&self) -> Result<bool> {
+        self.pack_for_panels(PanelOrigin::Load)
+    }
+
+    fn pack_for_panels(&self, origin: PanelOrigin) -> Result<bool> {
         let Some(kernel) = self.kernel.panel_kernel() else {
             return Ok(false);
         };
-        self.packed_copy(kernel, PanelOrigin::Asked).map(|_| true)
+        self.packed_copy(kernel, origin).map(|_| true)
     }
 
     /// Runs every product over `packed`, this weight packed earlier for the panel kernel (a

@@ -447,7 +447,7 @@ impl Weights {
             }
         };
         if !mapped {
-            weight.pack_now()?;
+            weight.pack_at_load()?;
             c.fresh.set(true);
         }
         c.packed
