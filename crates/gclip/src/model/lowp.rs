@@ -512,7 +512,7 @@ fn run_tiles(g: &Gemm, out: Out, threads: usize) {
                         b = staged.as_ptr().cast::<u32>();
                     }
                     // One row tile reads the whole weight once, from memory: its second row
-                    // block (the first if it has one) fetches the weights that come next in
+                    // block (the first if it has only one) fetches the weights that come next in
                     // this item while it re-reads this panel's from cache, so memory is not
                     // idle between panels (docs/BENCHMARKS.md, session 36).
                     let ahead = if tm == 1 { next_weights(p, kc0) } else { None };

@@ -483,21 +483,24 @@ pub unsafe fn stage_bf16_avx2(b: *const u32, ksteps: usize, out: *mut f32) {
     }
 }
 
-/// The lines of `t.prefetch` that the `half`-th pass over a tile of `kvalues` K values fetches,
-/// one per K value: their start and count (the lines from `half * kvalues`).
-fn prefetch_span(t: &Tile, half: usize, kvalues: usize) -> (*const u8, usize) {
-    let first_line = half * kvalues;
-    let count = t.prefetch_lines.saturating_sub(first_line).min(kvalues);
-    // `wrapping_add`: the address is only ever prefetched (which never faults), not read.
-    (t.prefetch.wrapping_add(first_line * 64), count)
-}
-
-/// Fetches line `k` from `ahead` into L2, where the next panel's pass finds it.
+/// Runs `step(k)` for every K value `k` of the `half`-th pass over a tile of `kvalues` K values,
+/// in order, fetching into L2 one line of `t.prefetch` with each: the lines from
+/// `half * kvalues`, so that the tile's passes together fetch its `prefetch_lines`.
 #[inline(always)]
-fn prefetch_line(ahead: *const u8, k: usize) {
-    // SAFETY: a prefetch is a hint that never faults, whatever the address; SSE is part of
-    // x86_64.
-    unsafe { _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(k * 64).cast()) };
+fn steps_fetching_ahead(t: &Tile, half: usize, kvalues: usize, mut step: impl FnMut(usize)) {
+    let first_line = half * kvalues;
+    let fetched = t.prefetch_lines.saturating_sub(first_line).min(kvalues);
+    // `wrapping_add`: the address is only ever prefetched (which never faults), not read.
+    let ahead = t.prefetch.wrapping_add(first_line * 64);
+    for k in 0..fetched {
+        // SAFETY: a prefetch is a hint that never faults, whatever the address; SSE is part
+        // of x86_64.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(k * 64).cast()) };
+        step(k);
+    }
+    for k in fetched..kvalues {
+        step(k);
+    }
 }
 
 /// The f32 FMA core of the AVX2 bf16 and f32 kernels: the tile's 16 columns from `col0`,
@@ -543,7 +546,7 @@ unsafe fn fma_half_avx2<const M: usize>(
         // One pointer per row, indexed by k: the rows' addresses are not recomputed in the
         // loop.
         let rows: [*const f32; M] = std::array::from_fn(|i| t.a.add(i * t.lda).cast());
-        let mut step = |k: usize| {
+        steps_fetching_ahead(t, half, kvalues, |k| {
             let w0 = _mm256_loadu_ps(b.add(b_stride * k));
             let w1 = _mm256_loadu_ps(b.add(b_stride * k + 8));
             for (r, row) in acc.iter_mut().zip(&rows) {
@@ -551,15 +554,7 @@ unsafe fn fma_half_avx2<const M: usize>(
                 r[0] = _mm256_fmadd_ps(av, w0, r[0]);
                 r[1] = _mm256_fmadd_ps(av, w1, r[1]);
             }
-        };
-        let (ahead, fetched) = prefetch_span(t, half, kvalues);
-        for k in 0..fetched {
-            prefetch_line(ahead, k);
-            step(k);
-        }
-        for k in fetched..kvalues {
-            step(k);
-        }
+        });
         store_f32_avx2(t, col0, &h, &acc);
     }
 }
@@ -636,7 +631,7 @@ unsafe fn int8avx2<const M: usize>(t: &Tile) {
             // in the loop.
             let rows: [*const u32; M] = std::array::from_fn(|i| t.a.add(i * t.lda));
             let b = t.b.add(col0);
-            let mut step = |k: usize| {
+            steps_fetching_ahead(t, half, t.k, |k| {
                 let w0 = _mm256_loadu_si256(b.add(k * NR).cast());
                 let w1 = _mm256_loadu_si256(b.add(k * NR + 8).cast());
                 for (r, row) in acc.iter_mut().zip(&rows) {
@@ -649,15 +644,7 @@ unsafe fn int8avx2<const M: usize>(t: &Tile) {
                     r[0] = _mm256_add_epi32(r[0], _mm256_madd_epi16(p0, ones));
                     r[1] = _mm256_add_epi32(r[1], _mm256_madd_epi16(p1, ones));
                 }
-            };
-            let (ahead, fetched) = prefetch_span(t, half, t.k);
-            for k in 0..fetched {
-                prefetch_line(ahead, k);
-                step(k);
-            }
-            for k in fetched..t.k {
-                step(k);
-            }
+            });
             if t.fin {
                 let s0 = _mm256_loadu_ps(t.wscale.add(col0));
                 let s1 = _mm256_loadu_ps(t.wscale.add(col0 + 8));
